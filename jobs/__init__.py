@@ -1,0 +1,1 @@
+"""Stage entry points: one thin ``main(argv)`` a stage (see each module docstring)."""

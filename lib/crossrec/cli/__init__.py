@@ -1,0 +1,1 @@
+"""The ``crossrec`` command."""

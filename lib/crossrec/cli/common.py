@@ -1,0 +1,74 @@
+"""What every job's ``main()`` shares: common flags, config resolution, logging, exit codes."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Callable
+
+from crossrec.io.config import ConfigError, CrossrecConfig, resolve_config
+
+log = logging.getLogger("crossrec")
+
+EXIT_OK = 0
+EXIT_BAD_INPUT = 2  # raw data or configuration does not follow the documented format
+EXIT_VALIDATION = 3  # a Great Expectations checkpoint failed
+EXIT_ACCOUNTING = 4  # rows in != rows out + quarantined + duplicates
+
+
+def add_common_args(p: argparse.ArgumentParser, raw: bool = False) -> None:
+    """Flags every Spark job takes; each overrides the config file and the environment."""
+    g = p.add_argument_group("configuration (defaults -> --config file -> CROSSREC_* env -> flags)")
+    g.add_argument("--config", help="TOML file with config keys (see README, Configuration)")
+    g.add_argument("--lake-root", dest="lake_root", help="lakehouse root: folder or s3a://, abfss://, hdfs:// URI (default ./lakehouse)")
+    if raw:
+        g.add_argument("--raw-dir", dest="raw_dir", help="raw data set folder holding dataset.json (default ./demo-data/raw)")
+    g.add_argument("--run-date", dest="run_date", help="logical date YYYY-MM-DD of this run (default: today, UTC)")
+    g.add_argument("--run-id", dest="run_id", help="id stamped on written rows (default <stage>-<run-date>)")
+    g.add_argument("--spark-master", dest="spark_master", help="'local[*]' (default) or 'none' to take it from spark-submit")
+    g.add_argument("--pseudonym-key-file", dest="pseudonym_key_file", help="file with the secret for user-id pseudonymisation")
+    g.add_argument("--no-validate", dest="validate", action="store_const", const=False, help="skip Great Expectations checkpoints")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def config_from_args(args: argparse.Namespace) -> CrossrecConfig:
+    keys = ("lake_root", "raw_dir", "run_date", "run_id", "spark_master", "pseudonym_key_file", "validate")
+    overrides = {k: getattr(args, k, None) for k in keys}
+    return resolve_config(getattr(args, "config", None), overrides)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Configure logging once, in ``main()``: crossrec at INFO (DEBUG with -v), noisy libraries at WARNING."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("py4j", "great_expectations", "urllib3", "matplotlib", "filelock", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_guarded(stage: str, fn: Callable[[], object]) -> int:
+    """Run a job body, turning the project's known failures into a one-paragraph message and an exit code."""
+    from crossrec.data.rawformat import RawFormatError
+    from crossrec.io.accounting import AccountingError
+    from crossrec.quality.contracts import ContractError
+    from crossrec.quality.validate import ValidationFailed
+
+    t0 = time.time()
+    try:
+        fn()
+    except (RawFormatError, ConfigError, ContractError) as e:
+        log.error("%s: bad input: %s", stage, e)
+        return EXIT_BAD_INPUT
+    except ValidationFailed as e:
+        log.error("%s: validation failed; nothing downstream should run.\n%s", stage, e)
+        return EXIT_VALIDATION
+    except AccountingError as e:
+        log.error("%s: %s", stage, e)
+        return EXIT_ACCOUNTING
+    log.info("%s: done in %.1fs", stage, time.time() - t0)
+    return EXIT_OK

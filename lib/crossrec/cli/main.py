@@ -1,0 +1,107 @@
+"""The ``crossrec`` command: one sub-command per stage plus data tools.
+
+    crossrec generate OUT [--users N --domains D --seed S ...]   synthetic multi-domain raw data set
+    crossrec import amazon-food-kitchen SRC OUT                  real Food+Kitchen data -> raw format
+    crossrec import recbole SRC OUT --domain-column COL          RecBole atomic files -> raw format
+    crossrec ingest [--raw-dir ... --lake-root ...]              raw -> bronze (jobs/ingest.py)
+    crossrec clean  [--raw-dir ... --lake-root ...]              bronze -> silver (jobs/clean.py)
+
+Stage sub-commands are the ``main(argv)`` of the job files in ``jobs/`` (package ``crossrec_jobs``);
+``crossrec <stage> --help`` lists their flags.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+
+from crossrec.cli.common import EXIT_BAD_INPUT, setup_logging
+
+log = logging.getLogger("crossrec.cli")
+
+STAGES = {
+    "ingest": "raw files -> bronze Delta tables",
+    "clean": "bronze -> silver (typed, deduplicated, pseudonymised, quarantined)",
+}
+
+
+def _generate(argv: list[str]) -> int:
+    from crossrec.data.synthetic import SyntheticSpec, generate
+
+    d = SyntheticSpec()
+    p = argparse.ArgumentParser(prog="crossrec generate", description="Write a deterministic synthetic multi-domain raw data set.")
+    p.add_argument("out", help="output folder (the raw data set: dataset.json + files)")
+    p.add_argument("--users", type=int, default=d.users, help=f"number of users (default {d.users})")
+    p.add_argument("--domains", type=int, default=d.domains, help=f"number of domains (default {d.domains})")
+    p.add_argument("--items-per-domain", type=int, default=d.items_per_domain, help=f"items per domain (default {d.items_per_domain})")
+    p.add_argument("--mean-events", type=float, default=d.mean_events_per_user, help=f"mean events per user (default {d.mean_events_per_user})")
+    p.add_argument("--topics", type=int, default=d.topics, help=f"latent cross-domain interests (default {d.topics})")
+    p.add_argument("--single-domain-share", type=float, default=d.single_domain_share, help=f"share of users active in one domain only (default {d.single_domain_share})")
+    p.add_argument("--dirty-rate", type=float, default=d.dirty_rate, help="share of extra bad rows injected to exercise quarantine (default 0)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    a = p.parse_args(argv)
+    setup_logging()
+    spec = SyntheticSpec(
+        users=a.users, domains=a.domains, items_per_domain=a.items_per_domain, mean_events_per_user=a.mean_events,
+        topics=a.topics, single_domain_share=a.single_domain_share, dirty_rate=a.dirty_rate, seed=a.seed,
+    )
+    manifest = generate(a.out, spec)
+    print(json.dumps({k: v for k, v in manifest.items() if k != "spec"}, indent=2))
+    return 0
+
+
+def _import(argv: list[str]) -> int:
+    from crossrec.data import importers
+
+    p = argparse.ArgumentParser(prog="crossrec import", description="Convert a public data set into crossrec's raw format.")
+    sub = p.add_subparsers(dest="source", required=True)
+    fk = sub.add_parser("amazon-food-kitchen", help="Amazon Food+Kitchen (LLMCDSR release) -> two domains")
+    fk.add_argument("src", help="folder with items.tsv, train_A.txt, train_B.txt, train_overlap.txt, valid.txt, test.txt")
+    fk.add_argument("out", help="output raw data set folder")
+    rb = sub.add_parser("recbole", help="RecBole atomic files (.inter/.item) -> raw format")
+    rb.add_argument("src", help="folder with <name>.inter and <name>.item")
+    rb.add_argument("out", help="output raw data set folder")
+    rb.add_argument("--domain", dest="domain_of", required=True, help="a column of .item that holds the domain, or one domain name for all items")
+    a = p.parse_args(argv)
+    setup_logging()
+    try:
+        if a.source == "amazon-food-kitchen":
+            manifest = importers.import_amazon_food_kitchen(a.src, a.out)
+        else:
+            manifest = importers.import_recbole_atomic(a.src, a.out, a.domain_of)
+    except (FileNotFoundError, ValueError) as e:
+        log.error("import failed: %s", e)
+        return EXIT_BAD_INPUT
+    print(json.dumps(manifest, indent=2, default=str))
+    return 0
+
+
+def _stage(name: str, argv: list[str]) -> int:
+    return importlib.import_module(f"crossrec_jobs.{name}").main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``crossrec`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tools = {"generate": (_generate, "synthetic multi-domain raw data set"), "import": (_import, "convert a public data set to the raw format")}
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        print("commands:")
+        for name, (_, text) in tools.items():
+            print(f"  {name:<10} {text}")
+        for name, text in STAGES.items():
+            print(f"  {name:<10} {text}")
+        return 0 if argv else EXIT_BAD_INPUT
+    cmd, rest = argv[0], argv[1:]
+    if cmd in tools:
+        return tools[cmd][0](rest)
+    if cmd in STAGES:
+        return _stage(cmd, rest)
+    print(f"crossrec: unknown command {cmd!r}; try `crossrec --help`", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

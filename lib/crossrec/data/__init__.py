@@ -1,0 +1,1 @@
+"""Raw data: format, synthetic generator, importers, cleaning transforms."""

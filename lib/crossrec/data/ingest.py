@@ -1,0 +1,215 @@
+"""Ingest: raw file sets -> ``bronze.interactions``, ``bronze.items``, ``bronze.identity_map``.
+
+Bronze holds exactly what arrived: every raw value as text under its canonical name, the raw line of
+rows that could not be parsed (``corrupt_record``), and the ingest metadata (domain, source file, file
+checksum, run id). It is append-only; a file whose bytes (sha256) were ingested before into the same
+table and domain is skipped, so re-ingesting the same files never duplicates rows.
+
+Everything is checked before anything is written: a missing required column stops the run with an error
+naming the file and the column.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crossrec.data.rawformat import Dataset, FileSet, RawFormatError, _is_local, _local
+
+log = logging.getLogger(__name__)
+
+BRONZE_TABLE = {"interactions": "bronze.interactions", "items": "bronze.items", "identity_map": "bronze.identity_map"}
+CORRUPT_COL = "corrupt_record"
+_HASH_CHUNK = 1 << 20
+
+
+@dataclass
+class FilePlan:
+    """What ingest will do with the files of one file set."""
+
+    file_set: FileSet
+    new: list[tuple[str, str]] = field(default_factory=list)  # (path, sha256) to read
+    seen: list[tuple[str, str]] = field(default_factory=list)  # ingested by an earlier run
+    duplicate: list[tuple[str, str]] = field(default_factory=list)  # same bytes as another file of this run
+    empty: list[str] = field(default_factory=list)  # zero-byte or header-only files
+
+
+def sha256_file(path: str) -> str:
+    """sha256 of a local file's bytes, streamed."""
+    h = hashlib.sha256()
+    with open(_local(path), "rb") as fh:
+        for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def remote_checksums(spark, path: str) -> list[tuple[str, str]]:
+    """(file, sha256) of every file under a remote (Hadoop URI) path, computed by Spark."""
+    from pyspark.sql import functions as F
+
+    rows = (
+        spark.read.format("binaryFile")
+        .option("recursiveFileLookup", "true")
+        .load(path)
+        .select("path", F.sha2("content", 256).alias("sha"))
+        .collect()  # one row per file: small
+    )
+    return sorted((r.path, r.sha) for r in rows)
+
+
+def _first_line(path: str, encoding: str) -> str | None:
+    """The first line of a text file, or None for an empty file."""
+    with open(_local(path), "rb") as fh:
+        raw = fh.readline()
+    if not raw.strip():
+        return None
+    return raw.decode(encoding, errors="replace").lstrip("\ufeff")
+
+
+def file_columns(fs: FileSet, path: str) -> list[str] | None:
+    """The columns a raw file declares (CSV header, first JSON object's keys, Parquet schema); None if empty."""
+    if fs.format == "csv":
+        line = _first_line(path, fs.options.get("encoding", "utf-8"))
+        if line is None:
+            return None
+        reader = csv.reader(io.StringIO(line), delimiter=fs.options.get("delimiter", ","), quotechar=fs.options.get("quote", '"'))
+        return [c.strip() for c in next(reader)]
+    if fs.format == "jsonl":
+        with open(_local(path), "rb") as fh:
+            for raw in fh:
+                if raw.strip():
+                    try:
+                        obj = json.loads(raw.decode(fs.options.get("encoding", "utf-8"), errors="replace"))
+                    except json.JSONDecodeError as e:
+                        raise RawFormatError(f"{path}: first record is not valid JSON ({e})") from e
+                    if not isinstance(obj, dict):
+                        raise RawFormatError(f"{path}: first record is not a JSON object")
+                    return list(obj)
+        return None
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(_local(path))
+    if meta.num_rows == 0:
+        return None
+    return list(meta.schema.to_arrow_schema().names)
+
+
+def check_columns(fs: FileSet, path: str, columns: list[str]) -> None:
+    """Raise a RawFormatError naming the file and column when a mapped column is absent.
+
+    For JSON lines only the required columns are checked (a record may omit optional keys).
+    """
+    wanted = fs.raw_columns
+    if fs.format == "jsonl":
+        required = {"interactions": ("user_id", "item_id", "event_ts"), "items": ("item_id",)}.get(fs.kind, tuple(fs.columns))
+        wanted = [fs.columns[c] for c in required]
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        canon = {v: k for k, v in fs.columns.items()}
+        named = ", ".join(f"'{c}'" + (f" (mapped to {canon[c]})" if c in canon else "") for c in missing)
+        raise RawFormatError(f"{path}: missing required column {named} for {fs.label}; the file has {columns}")
+
+
+def plan_files(spark, dataset: Dataset, seen_checksums: dict[tuple[str, str | None], set[str]]) -> list[FilePlan]:
+    """Checksum and header-check every file; decide which are new. Raises before anything is written."""
+    plans = []
+    for fs in dataset.file_sets:
+        plan = FilePlan(fs)
+        seen = seen_checksums.get((BRONZE_TABLE[fs.kind], fs.domain), set())
+        this_run: dict[str, str] = {}
+        pairs = [(f, sha256_file(f)) for f in fs.files] if _is_local(fs.path) else remote_checksums(spark, fs.path)
+        for path, sha in pairs:
+            if sha in seen:
+                plan.seen.append((path, sha))
+                continue
+            if sha in this_run:
+                log.warning("%s: same bytes as %s; skipped as a duplicate file", path, this_run[sha])
+                plan.duplicate.append((path, sha))
+                continue
+            this_run[sha] = path
+            cols = file_columns(fs, path) if _is_local(path) else None
+            if _is_local(path) and cols is None:
+                plan.empty.append(path)
+                continue
+            if cols is not None:
+                check_columns(fs, path, cols)
+            plan.new.append((path, sha))
+        plans.append(plan)
+    if not any(plan.file_set.files for plan in plans):
+        raise RawFormatError(f"{dataset.root}: no input files in any file set of dataset.json")
+    return plans
+
+
+def read_file_set(spark, fs: FileSet, files: list[tuple[str, str]]):
+    """Read ``files`` of one file set as strings under canonical names, plus ``corrupt_record``,
+    ``source_file`` and ``source_checksum``. Files with different column orders are read separately."""
+    from functools import reduce
+
+    from pyspark.sql import DataFrame
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for path, _ in files:
+        cols = file_columns(fs, path) if (_is_local(path) and fs.format == "csv") else fs.raw_columns
+        groups.setdefault(tuple(cols), []).append(path)
+    frames = []
+    for cols, paths in groups.items():
+        if fs.format == "parquet":
+            raw = spark.read.parquet(*paths)
+            raw = raw.select(*[F.col(f"`{c}`").cast("string").alias(c) if c in raw.columns else F.lit(None).cast("string").alias(c) for c in cols], F.lit(None).cast("string").alias(CORRUPT_COL), F.col("_metadata.file_path").alias("_file"))
+        else:
+            schema = T.StructType([T.StructField(c, T.StringType()) for c in cols] + [T.StructField(CORRUPT_COL, T.StringType())])
+            reader = spark.read.schema(schema).option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT_COL)
+            reader = reader.option("encoding", fs.options.get("encoding", "utf-8"))
+            if fs.format == "csv":
+                reader = reader.option("header", True).option("multiLine", False)
+                reader = reader.option("sep", fs.options.get("delimiter", ",")).option("quote", fs.options.get("quote", '"'))
+                if "escape" in fs.options:
+                    reader = reader.option("escape", fs.options["escape"])
+                raw = reader.csv(paths)
+            else:
+                raw = reader.json(paths)
+            raw = raw.select(*[F.col(f"`{c}`") for c in cols], F.col(CORRUPT_COL), F.col("_metadata.file_path").alias("_file"))
+        frames.append(raw)
+    df = reduce(DataFrame.unionByName, frames)
+    # map the URI Spark reports back to the path we hashed
+    norm = {_norm_path(p): (p, sha) for p, sha in files}
+    lookup_path = F.create_map(*[x for k, (p, _) in norm.items() for x in (F.lit(k), F.lit(p))])
+    lookup_sha = F.create_map(*[x for k, (_, s) in norm.items() for x in (F.lit(k), F.lit(s))])
+    key = F.url_decode(F.regexp_replace("_file", r"^file:(//)?", ""))
+    df = df.withColumn("source_file", F.coalesce(lookup_path[key], F.col("_file")))
+    df = df.withColumn("source_checksum", lookup_sha[key]).drop("_file")
+    return to_canonical(df, fs)
+
+
+def _norm_path(path: str) -> str:
+    if _is_local(path):
+        return str(Path(_local(path)).resolve())
+    return path
+
+
+def to_canonical(df, fs: FileSet):
+    """Rename raw columns to canonical ones (strings); items keep text and attribute columns as maps."""
+    from pyspark.sql import functions as F
+
+    def raw(canonical: str):
+        return F.col(f"`{fs.columns[canonical]}`") if canonical in fs.columns else F.lit(None).cast("string")
+
+    meta = [F.col(CORRUPT_COL), F.col("source_file"), F.col("source_checksum")]
+    if fs.kind == "interactions":
+        cols = [raw(c).alias(c) for c in ("user_id", "item_id", "event_type", "event_ts", "weight")]
+    elif fs.kind == "items":
+        text = F.create_map(*[x for i, c in enumerate(fs.text_columns) for x in (F.lit(f"{i:02d}_{c}"), F.col(f"`{c}`"))]) if fs.text_columns else F.create_map().cast("map<string,string>")
+        attrs = F.create_map(*[x for c in fs.attribute_columns for x in (F.lit(c), F.col(f"`{c}`"))]) if fs.attribute_columns else F.create_map().cast("map<string,string>")
+        cols = [raw("item_id").alias("item_id"), raw("title").alias("title"), raw("category").alias("category"), text.alias("text_fields"), attrs.alias("attributes")]
+    else:
+        cols = [raw(c).alias(c) for c in ("domain", "user_id", "global_user_id")]
+    out = df.select(*cols, *meta)
+    if fs.domain is not None:
+        out = out.withColumn("domain", F.lit(fs.domain))
+    return out

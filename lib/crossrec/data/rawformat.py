@@ -1,0 +1,220 @@
+"""The raw input format: ``dataset.json`` and the file sets it names (README, "Raw input format").
+
+:func:`load_dataset` parses and checks the mapping, and lists the files of every file set, with errors
+that name the file and the key. Reading the files is the ingest stage's work (``crossrec.data.ingest``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"csv": (".csv", ".tsv", ".txt"), "jsonl": (".jsonl", ".json", ".ndjson"), "parquet": (".parquet",)}
+DOMAIN_RE = re.compile(r"^[a-z0-9_]+$")
+TIMESTAMP_KINDS = ("iso8601", "epoch_s", "epoch_ms")
+
+INTERACTION_REQUIRED = ("user_id", "item_id", "event_ts")
+INTERACTION_OPTIONAL = ("event_type", "weight")
+ITEM_REQUIRED = ("item_id",)
+ITEM_OPTIONAL = ("title", "category")
+IDENTITY_REQUIRED = ("domain", "user_id", "global_user_id")
+
+
+class RawFormatError(ValueError):
+    """The raw data does not follow the documented format; the message names the file and key/column."""
+
+
+@dataclass(frozen=True)
+class FileSet:
+    """One set of raw files of one kind (interactions, items, identity map), in one format."""
+
+    kind: str  # interactions | items | identity_map
+    domain: str | None  # None for the identity map
+    path: str
+    format: str
+    columns: dict[str, str]  # canonical name -> raw column name
+    options: dict[str, str] = field(default_factory=dict)
+    timestamp: str = "iso8601"
+    default_event_type: str = "interaction"
+    text_columns: tuple[str, ...] = ()
+    attribute_columns: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+    @property
+    def raw_columns(self) -> list[str]:
+        """Every raw column this file set reads, each once, in a stable order."""
+        cols = list(self.columns.values()) + list(self.text_columns) + list(self.attribute_columns)
+        return list(dict.fromkeys(cols))
+
+    @property
+    def label(self) -> str:
+        return f"{self.domain}/{self.kind}" if self.domain else self.kind
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A parsed ``dataset.json``: its domains and every file set."""
+
+    name: str
+    root: str
+    domains: tuple[str, ...]
+    file_sets: tuple[FileSet, ...]
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def file_set(self, kind: str, domain: str | None = None) -> FileSet | None:
+        for fs in self.file_sets:
+            if fs.kind == kind and fs.domain == domain:
+                return fs
+        return None
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _local(path: str) -> str:
+    return path.removeprefix("file://")
+
+
+def _list_files(path: str, fmt: str, where: str) -> tuple[str, ...]:
+    """Files of a file set: the file itself, or every non-hidden file in the folder (recursively)."""
+    if not _is_local(path):
+        # remote lakes: let Spark list the folder; hidden files are skipped by Spark itself
+        return (path,)
+    p = Path(_local(path))
+    if p.is_file():
+        files = [p]
+    elif p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))
+    else:
+        raise RawFormatError(f"{where}: path {path} does not exist")
+    wrong = [f for f in files if not f.name.lower().endswith(FORMATS[fmt])]
+    if wrong:
+        raise RawFormatError(
+            f"{where}: {wrong[0]} does not look like {fmt} (expected {', '.join(FORMATS[fmt])}); "
+            f"{len(wrong)} such file(s) under {path}"
+        )
+    return tuple(str(f) for f in files)
+
+
+def _file_set(kind: str, domain: str | None, spec: Any, root: str, where: str) -> FileSet:
+    if not isinstance(spec, dict):
+        raise RawFormatError(f"{where}: expected an object, got {type(spec).__name__}")
+    for key in ("path", "format", "columns"):
+        if key not in spec:
+            raise RawFormatError(f"{where}: missing key {key!r}")
+    fmt = spec["format"]
+    if fmt not in FORMATS:
+        raise RawFormatError(f"{where}.format: {fmt!r} is not one of {sorted(FORMATS)}")
+    cols = spec["columns"]
+    if not isinstance(cols, dict) or not all(isinstance(v, str) and v for v in cols.values()):
+        raise RawFormatError(f"{where}.columns: expected an object of canonical -> raw column names")
+    required, optional = {
+        "interactions": (INTERACTION_REQUIRED, INTERACTION_OPTIONAL),
+        "items": (ITEM_REQUIRED, ITEM_OPTIONAL),
+        "identity_map": (IDENTITY_REQUIRED, ()),
+    }[kind]
+    missing = [c for c in required if c not in cols]
+    if missing:
+        raise RawFormatError(f"{where}.columns: required canonical column(s) {missing} not mapped")
+    unknown = [c for c in cols if c not in required + optional]
+    if unknown:
+        raise RawFormatError(f"{where}.columns: unknown canonical column(s) {unknown}; known {list(required + optional)}")
+    ts = spec.get("timestamp", "iso8601")
+    if not isinstance(ts, str) or not ts:
+        raise RawFormatError(f"{where}.timestamp: expected one of {TIMESTAMP_KINDS} or a Spark datetime pattern")
+    text_cols = spec.get("text_columns")
+    if text_cols is None:
+        text_cols = [cols["title"]] if kind == "items" and "title" in cols else []
+    attr_cols = spec.get("attribute_columns", [])
+    for name, value in (("text_columns", text_cols), ("attribute_columns", attr_cols)):
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise RawFormatError(f"{where}.{name}: expected a list of raw column names")
+    options = {str(k): str(v) for k, v in spec.get("options", {}).items()}
+    bad_opts = set(options) - {"delimiter", "quote", "encoding", "escape"}
+    if bad_opts:
+        raise RawFormatError(f"{where}.options: unknown option(s) {sorted(bad_opts)}")
+    path = spec["path"]
+    full = path if ("://" in path or os.path.isabs(path)) else os.path.join(root, path)
+    return FileSet(
+        kind=kind,
+        domain=domain,
+        path=full,
+        format=fmt,
+        columns=dict(cols),
+        options=options,
+        timestamp=ts,
+        default_event_type=str(spec.get("default_event_type", "interaction")),
+        text_columns=tuple(text_cols),
+        attribute_columns=tuple(attr_cols),
+        files=_list_files(full, fmt, where),
+    )
+
+
+def load_dataset(raw_dir: str | os.PathLike) -> Dataset:
+    """Parse ``<raw_dir>/dataset.json`` and list every file set's files.
+
+    Raises:
+        RawFormatError: the mapping is malformed, a path is missing, a domain name is invalid, or a folder
+            holds data of a domain that ``dataset.json`` does not list (nothing is skipped silently).
+    """
+    raw_dir = str(raw_dir)
+    cfg_path = os.path.join(_local(raw_dir), "dataset.json")
+    if not os.path.isfile(cfg_path):
+        raise RawFormatError(f"{cfg_path}: not found (a raw data set is a folder with a dataset.json; see README)")
+    try:
+        with open(cfg_path, encoding="utf-8") as fh:
+            spec = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RawFormatError(f"{cfg_path}: not valid JSON ({e})") from e
+    domains = spec.get("domains")
+    if not isinstance(domains, dict) or not domains:
+        raise RawFormatError(f"{cfg_path}: 'domains' must be a non-empty object")
+    file_sets: list[FileSet] = []
+    for d, dspec in domains.items():
+        if not DOMAIN_RE.match(d):
+            raise RawFormatError(f"{cfg_path}: domain name {d!r} must match [a-z0-9_]+")
+        if not isinstance(dspec, dict) or "interactions" not in dspec or "items" not in dspec:
+            raise RawFormatError(f"{cfg_path}: domains.{d} needs 'interactions' and 'items'")
+        for kind in ("interactions", "items"):
+            file_sets.append(_file_set(kind, d, dspec[kind], raw_dir, f"{cfg_path}: domains.{d}.{kind}"))
+    if spec.get("identity_map"):
+        file_sets.append(_file_set("identity_map", None, spec["identity_map"], raw_dir, f"{cfg_path}: identity_map"))
+    _check_unlisted_domains(raw_dir, set(domains), file_sets, cfg_path)
+    ds = Dataset(
+        name=str(spec.get("name", os.path.basename(os.path.abspath(raw_dir)))),
+        root=raw_dir,
+        domains=tuple(domains),
+        file_sets=tuple(file_sets),
+        extras=dict(spec.get("extras", {})),
+    )
+    log.info(
+        "dataset %s: domains %s, %d file(s)",
+        ds.name,
+        list(ds.domains),
+        sum(len(fs.files) for fs in ds.file_sets),
+    )
+    return ds
+
+
+def _check_unlisted_domains(raw_dir: str, listed: set[str], file_sets: list[FileSet], cfg_path: str) -> None:
+    """A top-level folder with data files that no file set reads is an unknown domain: an error."""
+    if not _is_local(raw_dir):
+        return
+    used = [Path(f).resolve() for fs in file_sets for f in fs.files]
+    for child in sorted(Path(_local(raw_dir)).iterdir()):
+        if not child.is_dir() or child.name.startswith((".", "_")) or child.name in listed:
+            continue
+        data = [f for f in child.rglob("*") if f.is_file() and f.suffix.lower() in {e for v in FORMATS.values() for e in v}]
+        data = [f for f in data if f.resolve() not in used]
+        if data:
+            raise RawFormatError(
+                f"{cfg_path}: folder {child} holds {len(data)} data file(s) (e.g. {data[0].name}) of domain "
+                f"{child.name!r}, which dataset.json does not list (listed: {sorted(listed)}); add it or move it away"
+            )

@@ -1,0 +1,806 @@
+"""Deterministic synthetic multi-domain interaction data, written in crossrec's raw input format.
+
+The data carry a planted cross-domain signal that later stages can be tested against:
+
+* ``topics`` latent interests ("space", "jazz", "baking", ...), shared by all domains. Every item belongs
+  to one domain and one topic; its title and text are built from the topic's words, its category is the
+  domain's name for the topic, and item popularity within a (domain, topic) is Zipf-like.
+* Every user has a topic mixture concentrated on 1-3 topics, the same mixture in every domain, so a user's
+  history in one domain predicts their items in another. 10% of events pick a topic at random (noise).
+* Users are active in a subset of domains (``single_domain_share`` of them in exactly one), have
+  ``max(3, Poisson(mean_events_per_user))`` events spread over those domains (each active domain gets at
+  least one), at strictly increasing whole-second times per user between 2019-01-01 and 2024-12-31 UTC.
+* Events are ``view`` (weight 1) or, more often for items of a user's main topics, a domain's other type:
+  ``rating`` with 1-5 stars (books, half stars for movies) or ``purchase`` (music: no weight column; further
+  domains: a quantity).
+
+Layout (see ``docs_raw_format.md``): each domain uses its own file format and raw column names.
+
+* 0 books, csv: ``reader, isbn, read_at, action, stars``; ``read_at`` iso8601 (``2021-03-04T05:06:07Z``).
+* 1 movies, jsonl: ``uid, movie_id, ts, event, rating``; ``ts`` epoch seconds.
+* 2 music, parquet: ``listener, track, played_at_ms, kind`` (no weight); epoch milliseconds; ``listener`` ids
+  are the domain's own, joined to people by the identity map.
+* 3+ cycle csv / jsonl / parquet with ``user_id, item_id, event_ts, event_type, weight`` and timestamps
+  ``yyyy-MM-dd HH:mm:ss`` (a Spark pattern) / epoch_s / epoch_ms.
+
+Interactions go to ``<domain>/interactions/part-NNNNN.<ext>``, one file per chunk of ``chunk_users``
+users; items to ``<domain>/items.<ext>``. The music domain (index 2) names its users ``m-<8 hex>`` and
+``identity_map.csv`` joins them to the global ids (``u0000123``) used everywhere else.
+
+Bad rows (``dirty_rate > 0``) are added on top of the clean rows of every interaction file, in random
+positions: per file and reason ``ceil(dirty_rate * clean_rows / reasons)`` rows. Each bad row is a clean row
+of the same file with exactly one defect, and no bad row equals any other row except that each
+``duplicate`` equals exactly one clean row, so the counts in ``manifest.json`` are exact whatever order a
+cleaner checks the reasons in, provided it flags malformed lines before anything else:
+
+* ``missing_user_id`` -- user empty (csv, jsonl ``""``) or null (parquet).
+* ``unparseable_timestamp`` -- ``not-a-date`` (csv, jsonl) or null (parquet: the column is int64).
+* ``timestamp_out_of_range`` -- in 1990 or in 2099, alternately.
+* ``item_not_in_catalog`` -- an id in the domain's id format that is not in its items file.
+* ``duplicate`` -- an exact copy of a clean row (no two clean rows are equal).
+* ``malformed_line`` (csv only) -- a clean line cut to 3 fields or given a 6th field ``extra``, alternately.
+  A reader that does not flag wrong field counts sees the 3-field line as a valid event and the 6-field one
+  as a duplicate.
+
+The clean rows do not depend on ``dirty_rate``: a dirty data set is its clean twin plus the bad rows.
+Output bytes depend only on the spec, ``chunk_users`` and the installed numpy/pyarrow versions.
+
+Run::
+
+    python -m crossrec.data.synthetic OUT_DIR --users 100000 --domains 3 --dirty-rate 0.01 --seed 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+DOMAIN_NAMES = ("books", "movies", "music", "games", "podcasts", "recipes", "apparel", "toys")
+FORMATS = ("csv", "jsonl", "parquet")
+EVENT_TYPES = ("view", "rating", "purchase")  # codes 0, 1, 2
+BAD_REASONS = (
+    "missing_user_id",
+    "unparseable_timestamp",
+    "timestamp_out_of_range",
+    "item_not_in_catalog",
+    "duplicate",
+    "malformed_line",  # csv domains only
+)
+UNPARSEABLE_TS = "not-a-date"
+TIME_MIN_S = 1_546_300_800  # 2019-01-01T00:00:00Z
+TIME_MAX_S = 1_735_689_599  # 2024-12-31T23:59:59Z
+OUT_OF_RANGE_START_S = (631_152_000, 4_070_908_800)  # 1990-01-01T00:00:00Z, 2099-01-01T00:00:00Z
+DEFAULT_CHUNK_USERS = 100_000
+
+_TOPIC_NOISE = 0.10  # share of events whose topic is drawn at random instead of from the user's mixture
+_TOPIC_COUNT_P = (0.30, 0.45, 0.25)  # users with 1, 2, 3 topics
+_ZIPF_S = 1.05  # item popularity within (domain, topic)
+_MULTI_DOMAIN_P = 0.35  # a multi-domain user is in 2 + Binomial(D - 2, p) domains
+_MEAN_GAP_S = 2 * 86_400  # median of the users' mean gap between two events
+_MS_PER_S = 1000
+_WRITE_PARQUET = dict(compression="snappy", use_dictionary=True, write_statistics=True, version="2.6")
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """What to generate; with ``seed`` it fixes every byte of the output."""
+
+    users: int = 2000
+    domains: int = 3
+    items_per_domain: int = 300
+    mean_events_per_user: float = 20.0
+    topics: int = 12
+    single_domain_share: float = 0.3
+    dirty_rate: float = 0.0
+    seed: int = 7
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.users >= 1, "users must be >= 1"),
+            (self.domains >= 1, "domains must be >= 1"),
+            (self.topics >= 1, "topics must be >= 1"),
+            (self.topics <= self.items_per_domain <= 1_000_000, "need topics <= items_per_domain <= 1,000,000"),
+            (0 < self.mean_events_per_user <= 10_000, "mean_events_per_user must be in (0, 10000]"),
+            (0.0 <= self.single_domain_share <= 1.0, "single_domain_share must be in [0, 1]"),
+            (0.0 <= self.dirty_rate <= 1.0, "dirty_rate must be in [0, 1]"),
+            (self.seed >= 0, "seed must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"SyntheticSpec: {message}, got {self}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Vocabulary: 12 hand-made themes, more made up procedurally.
+
+
+@dataclass(frozen=True)
+class _Theme:
+    key: str
+    words: tuple[str, ...]
+    books: str  # category name per domain
+    movies: str
+    music: str
+    generic: str
+
+
+_THEMES = (
+    _Theme("space", ("Galaxy", "Orbit", "Nebula", "Comet", "Rocket", "Starlight", "Eclipse", "Asteroid"),
+           "Science Fiction", "Space Adventure", "Space Rock", "Space"),
+    _Theme("jazz", ("Saxophone", "Swing", "Bebop", "Trumpet", "Blue Note", "Speakeasy", "Improvisation", "Ragtime"),
+           "Music History", "Jazz Drama", "Jazz", "Jazz"),
+    _Theme("baking", ("Sourdough", "Pastry", "Croissant", "Oven", "Butter", "Crumb", "Brioche", "Meringue"),
+           "Cookbooks", "Food Documentary", "Kitchen Beats", "Baking"),
+    _Theme("ocean", ("Tide", "Reef", "Harbor", "Coral", "Voyage", "Lighthouse", "Anchor", "Mariner"),
+           "Sea Adventures", "Nautical", "Sea Shanties", "Ocean"),
+    _Theme("mystery", ("Detective", "Alibi", "Clue", "Cipher", "Suspect", "Fingerprint", "Inspector", "Riddle"),
+           "Crime & Mystery", "Whodunit", "Noir Soundtracks", "Mystery"),
+    _Theme("mountains", ("Summit", "Glacier", "Ridge", "Trail", "Alpine", "Avalanche", "Basecamp", "Sherpa"),
+           "Outdoor Adventure", "Mountain Film", "Folk", "Outdoors"),
+    _Theme("medieval", ("Knight", "Castle", "Dragon", "Sword", "Crown", "Kingdom", "Wizard", "Legend"),
+           "Epic Fantasy", "Fantasy", "Symphonic Metal", "Fantasy"),
+    _Theme("gardening", ("Rose", "Orchard", "Seedling", "Blossom", "Meadow", "Greenhouse", "Tulip", "Compost"),
+           "Home & Garden", "Nature Documentary", "Ambient", "Garden"),
+    _Theme("robots", ("Robot", "Circuit", "Android", "Algorithm", "Cyborg", "Quantum", "Neon", "Mainframe"),
+           "Cyberpunk", "Tech Thriller", "Synthwave", "Tech"),
+    _Theme("football", ("Goal", "Stadium", "Striker", "Derby", "Champion", "Kickoff", "Penalty", "Trophy"),
+           "Sports", "Sports Drama", "Stadium Anthems", "Sports"),
+    _Theme("wildwest", ("Cowboy", "Frontier", "Saloon", "Outlaw", "Canyon", "Rodeo", "Sheriff", "Mustang"),
+           "Westerns", "Western", "Country", "Western"),
+    _Theme("romance", ("Heart", "Kiss", "Wedding", "Paris", "Moonlight", "Serenade", "Valentine", "Promise"),
+           "Romance", "Romantic Comedy", "Love Songs", "Romance"),
+)
+_SYLLABLES = ("ka", "lo", "mir", "ve", "tan", "zor", "qui", "ra", "nel", "dus", "fen", "ob", "su", "thi",
+              "gar", "wen", "yl", "pra", "cor", "mek")
+
+
+def _theme(topic: int) -> _Theme:
+    """The hand-made theme of ``topic``, or for topics past them a made-up one with invented words."""
+    if topic < len(_THEMES):
+        return _THEMES[topic]
+    rng = np.random.default_rng(np.random.SeedSequence([0x7E3A, topic]))  # independent of the spec's seed
+    words: list[str] = []
+    while len(words) < 8:
+        word = "".join(rng.choice(_SYLLABLES, size=int(rng.integers(2, 4)))).capitalize()
+        if word not in words:
+            words.append(f"{word}{topic}")  # the topic number keeps words of different topics apart
+    head = words[0]
+    return _Theme(f"topic{topic}", tuple(words), f"{head} Fiction", f"{head} Cinema", f"{head} Sound", head)
+
+
+def _category(theme: _Theme, domain: str) -> str:
+    if domain in ("books", "movies", "music"):
+        return getattr(theme, domain)
+    return f"{theme.generic} {domain.title()}"
+
+
+def domain_name(index: int) -> str:
+    """Name of the domain at ``index``: ``DOMAIN_NAMES`` in order, then ``domain8``, ``domain9``, ..."""
+    return DOMAIN_NAMES[index] if index < len(DOMAIN_NAMES) else f"domain{index}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layout of each domain in the raw format.
+
+
+@dataclass(frozen=True)
+class _Layout:
+    name: str
+    kind: str  # books | movies | music | generic: decides ids, titles and item attributes
+    fmt: str  # csv | jsonl | parquet
+    timestamp: str  # dataset.json "timestamp"
+    columns: dict[str, str]  # canonical -> raw interaction column
+    weight: str | None  # stars | half_stars | quantity | None (no weight column)
+    other_type: int  # event type code of non-view events
+    item_columns: dict[str, str]  # canonical -> raw item column
+    text_columns: tuple[str, ...]
+    attribute_columns: tuple[str, ...]
+    local_users: bool  # users named by an identity map
+
+    @property
+    def ext(self) -> str:
+        return self.fmt
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return BAD_REASONS if self.fmt == "csv" else BAD_REASONS[:-1]
+
+
+def _layout(index: int) -> _Layout:
+    name = domain_name(index)
+    if index == 0:
+        return _Layout(name, "books", "csv", "iso8601",
+                       {"user_id": "reader", "item_id": "isbn", "event_ts": "read_at", "event_type": "action",
+                        "weight": "stars"}, "stars", 1,
+                       {"item_id": "isbn", "title": "title", "category": "genre"},
+                       ("title", "blurb"), ("author", "publisher"), False)
+    if index == 1:
+        return _Layout(name, "movies", "jsonl", "epoch_s",
+                       {"user_id": "uid", "item_id": "movie_id", "event_ts": "ts", "event_type": "event",
+                        "weight": "rating"}, "half_stars", 1,
+                       {"item_id": "movie_id", "title": "name", "category": "genre"},
+                       ("name", "plot"), ("director", "year"), False)
+    if index == 2:
+        return _Layout(name, "music", "parquet", "epoch_ms",
+                       {"user_id": "listener", "item_id": "track", "event_ts": "played_at_ms", "event_type": "kind"},
+                       None, 2,
+                       {"item_id": "track", "title": "track_name", "category": "style"},
+                       ("track_name",), ("artist", "label"), True)
+    fmt = FORMATS[index % 3]
+    timestamp = {"csv": "yyyy-MM-dd HH:mm:ss", "jsonl": "epoch_s", "parquet": "epoch_ms"}[fmt]
+    simple = ("user_id", "item_id", "event_ts", "event_type", "weight")
+    return _Layout(name, "generic", fmt, timestamp, {c: c for c in simple}, "quantity", 2,
+                   {"item_id": "item_id", "title": "title", "category": "category"},
+                   ("title", "description"), ("brand",), False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Items.
+
+_FIRST = ("Ada", "Bruno", "Chiara", "Dmitri", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemi", "Lars",
+          "Maya", "Nils", "Olga", "Pedro", "Quinn", "Rosa", "Sven", "Tara", "Umar", "Vera", "Wen", "Yusuf")
+_LAST = ("Abbott", "Berg", "Costa", "Dubois", "Eriksen", "Fischer", "Garcia", "Haddad", "Ivanova", "Jensen",
+         "Kowalski", "Lindqvist", "Moreau", "Nakamura", "Okafor", "Petrov", "Quint", "Rossi", "Sato", "Tanaka")
+_PUBLISHERS = ("Harbor House", "Lantern Press", "Northwind Books", "Quill & Ink", "Red Kite", "Silverleaf",
+               "Tall Tree", "Vellum")
+_LABELS = ("Blue Room Records", "Echo Park", "Frequency", "Groove Yard", "Night Owl", "Polar Sound", "Static",
+           "Vinyl Vault")
+_BRANDS = ("Acme", "Brightline", "Cobalt", "Driftwood", "Evergreen", "Foxglove", "Granite", "Helix", "Ironbark",
+           "Juniper", "Kestrel", "Lumen")
+_TITLES = {
+    "books": ("The {a} Chronicle", "{a} and the {b}", "Tales of the {a}", "The Last {a}", "A {a} Story"),
+    "movies": ("{a}: The Movie", "Return of the {a}", "{a} Rising", "The {a} Job", "{a} vs. {b}"),
+    "music": ("{a} Sessions", "Songs of the {a}", "{a} & {b}", "{a} (Live)", "{a} Nights"),
+    "games": ("{a} Simulator", "{a} Tactics", "{a} Arena", "Super {a}"),
+    "podcasts": ("The {a} Podcast", "{a} Talk", "{a} Weekly"),
+    "recipes": ("{a} Cookies", "{a} Stew", "Quick {a} Salad"),
+    "apparel": ("{a} T-Shirt", "{a} Hoodie", "{a} Cap"),
+    "toys": ("{a} Playset", "{a} Plush", "{a} Puzzle"),
+}
+_TEXTS = {
+    "books": "A {cat} novel about {a}, {b} and the {c}.",
+    "movies": "{Cat}. {A} meets {b}, and nothing is the same after the {c}.",
+    "generic": "{Cat}: {a}, {b} and {c}.",
+}
+_SEQUEL = {"books": " Vol. {n}", "movies": " {n}", "music": " Vol. {n}"}
+
+
+def _item_id(kind: str, domain: str, idx: int) -> str:
+    """Id of item ``idx`` (injective in ``idx``; indexes past the catalog give ids not in it)."""
+    if kind == "books":  # ISBN-13 with a valid check digit
+        body = f"978{(idx * 7919 + 12345) % 10**9:09d}"
+        check = (10 - sum(int(c) * (3 if i % 2 else 1) for i, c in enumerate(body)) % 10) % 10
+        return f"{body}{check}"
+    if kind == "movies":
+        return f"tt{(idx * 7919 + 12345) % 9_000_000 + 1_000_000}"
+    if kind == "music":
+        return f"trk-{(idx * 2_654_435_761 + 0x5BD1E995) % 2**32:08x}"
+    return f"{domain}-{idx:06d}"
+
+
+@dataclass(frozen=True)
+class _DomainCatalog:
+    ids: list[str]
+    columns: dict[str, list[Any]]  # raw item columns, in file order
+    cdf: np.ndarray  # (N,) topic + within-topic popularity CDF, items grouped by topic
+    cdf_items: np.ndarray  # (N,) item index at each cdf position
+
+    def sample(self, topic: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Item index for each (topic, uniform in [0, 1)) pair, Zipf-like within the topic."""
+        pos = np.searchsorted(self.cdf, topic + u, side="right")
+        return self.cdf_items[np.minimum(pos, len(self.cdf_items) - 1)]
+
+
+def _build_domain_catalog(layout: _Layout, spec: SyntheticSpec, rng: np.random.Generator) -> _DomainCatalog:
+    n, t_count = spec.items_per_domain, spec.topics
+    topic_of = rng.permutation(np.arange(n) % t_count)  # every topic has items
+    cdf_parts, item_parts = [], []
+    for t in range(t_count):
+        members = rng.permutation(np.flatnonzero(topic_of == t))  # popularity rank order
+        w = 1.0 / np.arange(1, len(members) + 1) ** _ZIPF_S
+        c = np.cumsum(w) / w.sum()
+        c[-1] = 1.0
+        cdf_parts.append(t + c)
+        item_parts.append(members)
+
+    themes = [_theme(t) for t in range(t_count)]
+    people = [[f"{_FIRST[i]} {_LAST[j]}" for i, j in zip(rng.integers(0, len(_FIRST), 4),
+                                                         rng.integers(0, len(_LAST), 4))] for _ in themes]
+    bands = [[(w if w.endswith("s") else w + "s") for w in th.words[:3]] for th in themes]
+    templates = _TITLES.get(layout.name, _TITLES.get(layout.kind, ("{a} {b}",)))
+    ids, titles, cats, texts, attrs = [], [], [], [], []
+    seen: dict[str, int] = {}
+    word_pick = np.argsort(rng.random((n, 8)), axis=1)[:, :4]  # 4 different words of the item's topic
+    template_pick = rng.integers(0, len(templates), size=n)
+    person_pick = rng.integers(0, 4, size=n)
+    other_pick = rng.integers(0, 1000, size=n)
+    for i in range(n):
+        th = themes[topic_of[i]]
+        a, b, c, d = (th.words[k] for k in word_pick[i])
+        title = templates[template_pick[i]].format(a=a, b=b)
+        seen[title] = seen.get(title, 0) + 1
+        if seen[title] > 1:
+            title += _SEQUEL.get(layout.kind, " #{n}").format(n=seen[title])
+        cat = _category(th, layout.name)
+        ids.append(_item_id(layout.kind, layout.name, i))
+        titles.append(title)
+        cats.append(cat)
+        text_kind = layout.kind if layout.kind in _TEXTS else "generic"
+        texts.append(_TEXTS[text_kind].format(cat=cat.lower(), Cat=cat, A=b, a=b.lower(), b=c.lower(), c=d.lower()))
+        person = people[topic_of[i]][person_pick[i]]
+        if layout.kind == "books":
+            attrs.append((person, _PUBLISHERS[other_pick[i] % len(_PUBLISHERS)]))
+        elif layout.kind == "movies":
+            attrs.append((person, int(1970 + other_pick[i] % 55)))
+        elif layout.kind == "music":
+            artist = f"The {bands[topic_of[i]][person_pick[i]]}" if person_pick[i] < 3 else person
+            attrs.append((artist, _LABELS[other_pick[i] % len(_LABELS)]))
+        else:
+            attrs.append((_BRANDS[other_pick[i] % len(_BRANDS)],))
+
+    ic = layout.item_columns
+    columns: dict[str, list[Any]] = {ic["item_id"]: ids, ic["title"]: titles, ic["category"]: cats}
+    text_extra = [c for c in layout.text_columns if c not in columns]
+    if text_extra:
+        columns[text_extra[0]] = texts
+    for k, col in enumerate(layout.attribute_columns):
+        columns[col] = [a[k] for a in attrs]
+    return _DomainCatalog(ids, columns, np.concatenate(cdf_parts), np.concatenate(item_parts).astype(np.int64))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Users and events of one chunk (all vectorised).
+
+
+@dataclass(frozen=True)
+class _Events:
+    """One chunk's clean events, grouped by user, time-ordered within a user."""
+
+    user: np.ndarray  # (E,) chunk-local user index
+    domain: np.ndarray  # (E,)
+    item: np.ndarray  # (E,) item index in its domain
+    ts_s: np.ndarray  # (E,) epoch seconds, strictly increasing per user
+    ms: np.ndarray  # (E,) millisecond part for epoch_ms domains
+    other: np.ndarray  # (E,) bool: non-view event
+    stars: np.ndarray  # (E,) continuous rating before rounding
+    quantity: np.ndarray  # (E,)
+    active: np.ndarray  # (n, D) bool: domains of each user
+
+
+def _pick(cdf_rows: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Per row, the first column whose cumulative probability exceeds ``u`` (capped to the last column)."""
+    return np.minimum((u[:, None] >= cdf_rows).sum(axis=1), cdf_rows.shape[1] - 1)
+
+
+def _simulate_chunk(spec: SyntheticSpec, topic_pop: np.ndarray, domain_pop: np.ndarray,
+                    catalogs: Sequence[_DomainCatalog], n: int, rng: np.random.Generator) -> _Events:
+    t_count, d_count = spec.topics, spec.domains
+    rows = np.arange(n)
+
+    # Topic mixture on 1-3 topics, drawn without replacement by topic popularity (Gumbel top-k).
+    slots = min(3, t_count)
+    k_topics = np.minimum(rng.choice(3, size=n, p=_TOPIC_COUNT_P) + 1, slots)
+    top = np.argsort(-(np.log(topic_pop) + rng.gumbel(size=(n, t_count))), axis=1, kind="stable")[:, :slots]
+    mix = rng.gamma(1.0, size=(n, slots)) * (np.arange(slots) < k_topics[:, None])
+    mix /= mix.sum(axis=1, keepdims=True)  # (n, slots)
+
+    # Active domains: ranked by preference, the first k_domains of them.
+    if d_count == 1:
+        k_domains = np.ones(n, dtype=np.int64)
+    else:
+        single = rng.random(n) < spec.single_domain_share
+        k_domains = np.where(single, 1, 2 + rng.binomial(d_count - 2, _MULTI_DOMAIN_P, size=n))
+    ranked = np.argsort(-(np.log(domain_pop) + rng.gumbel(size=(n, d_count))), axis=1, kind="stable")  # (n, D)
+    active = np.zeros((n, d_count), dtype=bool)
+    active[rows[:, None], ranked] = np.arange(d_count) < k_domains[:, None]
+    dom_w = rng.gamma(2.0, size=(n, d_count)) * active
+    dom_cdf = np.cumsum(dom_w / dom_w.sum(axis=1, keepdims=True), axis=1)
+
+    # Events: the first k_domains of a user go one to each active domain, the rest by domain weight.
+    n_events = np.maximum(rng.poisson(spec.mean_events_per_user, size=n), np.maximum(3, k_domains))
+    user = np.repeat(rows, n_events)
+    start = np.cumsum(n_events) - n_events
+    pos = np.arange(len(user)) - start[user]
+    domain = _pick(dom_cdf[user], rng.random(len(user)))
+    domain = np.where(active[user, domain], domain, ranked[user, 0])  # float rounding at the CDF's top
+    first = pos < k_domains[user]
+    domain[first] = ranked[user[first], pos[first]]
+    domain = domain[np.lexsort((rng.random(len(user)), user))]  # shuffle the domains within each user
+
+    # Topic of each event: the user's mixture, or noise; affinity = the user's weight on that topic.
+    slot = np.minimum(_pick(np.cumsum(mix, axis=1)[user], rng.random(len(user))), k_topics[user] - 1)
+    noise = rng.random(len(user)) < _TOPIC_NOISE
+    topic = np.where(noise, rng.choice(t_count, size=len(user), p=topic_pop), top[user, slot])
+    affinity = (mix[user] * (top[user] == topic[:, None])).sum(axis=1)
+
+    item = np.empty(len(user), dtype=np.int64)
+    for d, catalog in enumerate(catalogs):
+        m = domain == d
+        item[m] = catalog.sample(topic[m], rng.random(int(m.sum())))
+
+    # Times: exponential gaps with a per-user scale, squeezed into the range if needed, +1 s per step.
+    scale = np.exp(rng.normal(np.log(_MEAN_GAP_S), 1.0, size=n))
+    gaps = rng.exponential(size=len(user)) * scale[user]
+    gaps[pos == 0] = 0.0
+    csum = np.cumsum(gaps)
+    offset = csum - csum[start][user]
+    last = start + n_events - 1
+    room = 0.95 * (TIME_MAX_S - TIME_MIN_S) - n_events
+    factor = np.minimum(1.0, room / np.maximum(offset[last], 1e-9))
+    offset_s = np.floor(offset * factor[user]).astype(np.int64) + pos
+    t0 = TIME_MIN_S + np.floor(rng.random(n) * (TIME_MAX_S - TIME_MIN_S - offset_s[last] + 1)).astype(np.int64)
+    ts_s = t0[user] + offset_s
+
+    other = rng.random(len(user)) < 0.05 + 0.25 * affinity
+    stars = 2.0 + 3.0 * affinity + rng.normal(0.0, 0.8, size=len(user))
+    ms = rng.integers(0, _MS_PER_S, size=len(user))
+    quantity = 1 + rng.poisson(0.4, size=len(user))
+    return _Events(user, domain, item, ts_s, ms, other, stars, quantity, active)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Raw rows of one (domain, chunk) and the bad rows injected into them.
+
+
+@dataclass(frozen=True)
+class _Rows:
+    user: np.ndarray  # int64 chunk-local user index, -1 = missing
+    item: np.ndarray  # int64 index into the catalog ids, then this file's unknown ids
+    ts_ms: np.ndarray  # int64 epoch milliseconds
+    ts_bad: np.ndarray  # bool: write an unparseable timestamp
+    etype: np.ndarray  # int8 code into EVENT_TYPES
+    weight: np.ndarray  # float64
+    malformed: np.ndarray  # int8: 0 fine, 1 too few fields, 2 too many
+
+    def take(self, idx: np.ndarray) -> _Rows:
+        return _Rows(*(getattr(self, f.name)[idx] for f in fields(self)))
+
+    def replace(self, **columns: np.ndarray) -> _Rows:
+        return _Rows(**{f.name: columns.get(f.name, getattr(self, f.name)) for f in fields(self)})
+
+    @staticmethod
+    def concat(parts: Sequence[_Rows]) -> _Rows:
+        return _Rows(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(_Rows)))
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+def _clean_rows(ev: _Events, d: int, layout: _Layout) -> _Rows:
+    m = ev.domain == d
+    other = ev.other[m]
+    etype = np.where(other, layout.other_type, 0).astype(np.int8)
+    if layout.weight == "stars":
+        weight = np.where(other, np.clip(np.rint(ev.stars[m]), 1, 5), 1.0)
+    elif layout.weight == "half_stars":
+        weight = np.where(other, np.clip(np.rint(ev.stars[m] * 2) / 2, 0.5, 5.0), 1.0)
+    elif layout.weight == "quantity":
+        weight = np.where(other, ev.quantity[m], 1).astype(np.float64)
+    else:
+        weight = np.ones(int(m.sum()))
+    ts_ms = ev.ts_s[m] * _MS_PER_S + (ev.ms[m] if layout.timestamp == "epoch_ms" else 0)
+    k = int(m.sum())
+    return _Rows(ev.user[m], ev.item[m], ts_ms, np.zeros(k, bool), etype, weight, np.zeros(k, np.int8))
+
+
+def _distinct_sources(key: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``k`` random row positions with pairwise different ``key``."""
+    perm = rng.permutation(len(key))
+    _, first = np.unique(key[perm], return_index=True)
+    return perm[np.sort(first)][:k]
+
+
+def _inject_bad_rows(clean: _Rows, layout: _Layout, n_catalog: int, rate: float,
+                     rng: np.random.Generator) -> tuple[_Rows, dict[str, int], int]:
+    """Clean rows plus the bad rows, shuffled in; returns (rows, count per reason, unknown ids used)."""
+    counts = {reason: 0 for reason in layout.reasons}
+    n = len(clean)
+    if rate <= 0 or n == 0:
+        return clean, counts, 0
+    want = math.ceil(rate * n / len(layout.reasons))
+    parts = [clean]
+    n_unknown = 0
+    for reason in layout.reasons:
+        if reason == "missing_user_id":  # (item, ts) distinct, so these rows differ from each other
+            src = _distinct_sources(clean.ts_ms * (n_catalog + 1) + clean.item, want, rng)
+            bad = clean.take(src).replace(user=np.full(len(src), -1, np.int64))
+        elif reason == "unparseable_timestamp":  # one a user: (user, item, type, weight) may repeat
+            src = _distinct_sources(clean.user, want, rng)
+            bad = clean.take(src).replace(ts_bad=np.ones(len(src), bool))
+        else:
+            src = np.sort(rng.choice(n, size=min(want, n), replace=False))
+            bad = clean.take(src)
+            j = np.arange(len(src))
+            if reason == "timestamp_out_of_range":  # distinct times, alternately 1990 and 2099
+                start = np.where(j % 2 == 0, OUT_OF_RANGE_START_S[0], OUT_OF_RANGE_START_S[1])
+                bad = bad.replace(ts_ms=(start + 97 * (j // 2)) * _MS_PER_S + bad.ts_ms % _MS_PER_S)
+            elif reason == "item_not_in_catalog":  # fresh ids past the catalog
+                bad = bad.replace(item=n_catalog + n_unknown + j)
+                n_unknown += len(src)
+            elif reason == "malformed_line":
+                bad = bad.replace(malformed=np.where(j % 2 == 0, 1, 2).astype(np.int8))
+        counts[reason] = len(bad)
+        parts.append(bad)
+    rows = _Rows.concat(parts)
+    n_bad = len(rows) - n
+    slot = np.concatenate([np.arange(n, dtype=np.float64), rng.integers(0, n + 1, size=n_bad) - 0.5])
+    return rows.take(np.argsort(slot, kind="stable")), counts, n_unknown
+
+
+# ----------------------------------------------------------------------------------------------------
+# Writers.
+
+
+def _string_bytes(lines: pa.Array) -> pa.Buffer:
+    """The concatenated UTF-8 bytes of a string array (no separators)."""
+    if isinstance(lines, pa.ChunkedArray):
+        lines = lines.combine_chunks()
+    if len(lines) == 0:
+        return pa.py_buffer(b"")
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)[lines.offset:lines.offset + len(lines) + 1]
+    return lines.buffers()[2][int(offsets[0]):int(offsets[-1])]
+
+
+def _ts_text(rows: _Rows, layout: _Layout) -> pa.Array:
+    if layout.timestamp == "epoch_s":
+        text = pc.cast(pa.array(rows.ts_ms // _MS_PER_S), pa.string())
+    elif layout.timestamp == "epoch_ms":
+        text = pc.cast(pa.array(rows.ts_ms), pa.string())
+    else:
+        fmt = "%Y-%m-%dT%H:%M:%SZ" if layout.timestamp == "iso8601" else "%Y-%m-%d %H:%M:%S"
+        text = pc.strftime(pa.array(rows.ts_ms // _MS_PER_S, pa.timestamp("s", tz="UTC")), format=fmt)
+    return pc.if_else(pa.array(rows.ts_bad), UNPARSEABLE_TS, text)
+
+
+def _weight_text(rows: _Rows, layout: _Layout) -> pa.Array:
+    if layout.weight == "half_stars":  # always one decimal: 1.0, 4.5
+        halves = np.rint(rows.weight * 2).astype(np.int64)
+        return pc.binary_join_element_wise(pc.cast(pa.array(halves // 2), pa.string()),
+                                           pc.if_else(pa.array(halves % 2 == 1), ".5", ".0"), "")
+    return pc.cast(pa.array(rows.weight.astype(np.int64)), pa.string())
+
+
+def _write_interactions(path: Path, rows: _Rows, layout: _Layout, users: pa.Array, items: pa.Array) -> None:
+    valid_user = rows.user >= 0
+    user = pc.if_else(pa.array(valid_user), users.take(pa.array(np.where(valid_user, rows.user, 0))), "")
+    item = items.take(pa.array(rows.item))
+    etype = pa.array(EVENT_TYPES, pa.string()).take(pa.array(rows.etype))
+    cols = layout.columns
+    if layout.fmt == "parquet":
+        table = pa.table({
+            cols["user_id"]: pc.if_else(pa.array(valid_user), user, pa.scalar(None, pa.string())),
+            cols["item_id"]: item,
+            cols["event_ts"]: pa.array(rows.ts_ms if layout.timestamp == "epoch_ms" else rows.ts_ms // _MS_PER_S,
+                                       mask=rows.ts_bad),
+            cols["event_type"]: etype,
+            **({cols["weight"]: pa.array(rows.weight)} if layout.weight else {}),
+        })
+        pq.write_table(table, path, **_WRITE_PARQUET)
+        return
+    ts = _ts_text(rows, layout)
+    weight = _weight_text(rows, layout) if layout.weight else None
+    if layout.fmt == "csv":
+        values = [user, item, ts, etype] + ([weight] if weight is not None else [])
+        line = pc.binary_join_element_wise(*values, ",")
+        short = pc.binary_join_element_wise(user, item, ts, ",")
+        line = pc.if_else(pa.array(rows.malformed == 1), short, line)
+        line = pc.if_else(pa.array(rows.malformed == 2), pc.binary_join_element_wise(line, "extra", ","), line)
+        header = ",".join(cols[c] for c in ("user_id", "item_id", "event_ts", "event_type", "weight") if c in cols)
+    else:  # jsonl; ids and event types never need JSON escaping
+        def quoted(a: pa.Array) -> pa.Array:
+            return pc.binary_join_element_wise('"', a, '"', "")
+
+        ts_json = pc.if_else(pa.array(rows.ts_bad), quoted(ts), ts)
+        pieces: list[Any] = [f'{{"{cols["user_id"]}": ', quoted(user), f', "{cols["item_id"]}": ', quoted(item),
+                             f', "{cols["event_ts"]}": ', ts_json, f', "{cols["event_type"]}": ', quoted(etype)]
+        if weight is not None:
+            pieces += [f', "{cols["weight"]}": ', weight]
+        line = pc.binary_join_element_wise(*pieces, "}", "")
+        header = None
+    body = _string_bytes(pc.binary_join_element_wise(line, "", "\n"))
+    with open(path, "wb") as f:
+        if header is not None:
+            f.write(header.encode() + b"\n")
+        f.write(body)
+
+
+def _write_items(path: Path, layout: _Layout, columns: dict[str, list[Any]]) -> None:
+    if layout.fmt == "parquet":
+        pq.write_table(pa.table(columns), path, **_WRITE_PARQUET)
+        return
+    names = list(columns)
+    rows = zip(*columns.values())
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        if layout.fmt == "csv":
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(names)
+            writer.writerows(rows)
+        else:
+            for row in rows:
+                f.write(json.dumps(dict(zip(names, row)), ensure_ascii=False) + "\n")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _dataset_json(layouts: Sequence[_Layout], identity_map: bool) -> dict[str, Any]:
+    domains: dict[str, Any] = {}
+    for lay in layouts:
+        inter: dict[str, Any] = {"path": f"{lay.name}/interactions", "format": lay.fmt}
+        if lay.fmt == "csv":
+            inter["options"] = {"delimiter": ",", "encoding": "utf-8"}
+        inter.update(columns=dict(lay.columns), timestamp=lay.timestamp, default_event_type="interaction")
+        items = {"path": f"{lay.name}/items.{lay.ext}", "format": lay.fmt, "columns": dict(lay.item_columns),
+                 "text_columns": list(lay.text_columns), "attribute_columns": list(lay.attribute_columns)}
+        domains[lay.name] = {"interactions": inter, "items": items}
+    out: dict[str, Any] = {"name": "crossrec-synthetic", "domains": domains}
+    if identity_map:
+        out["identity_map"] = {"path": "identity_map.csv", "format": "csv",
+                               "columns": {"domain": "domain", "user_id": "local_user", "global_user_id": "person"}}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Entry point.
+
+
+def _prepare_out_dir(out: Path, layouts: Sequence[_Layout], overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} is not empty (pass overwrite=True to replace a generated data set)")
+        for name in ("dataset.json", "manifest.json", "identity_map.csv"):
+            (out / name).unlink(missing_ok=True)
+        for lay in layouts:
+            if (out / lay.name).is_dir():
+                shutil.rmtree(out / lay.name)
+    out.mkdir(parents=True, exist_ok=True)
+    for lay in layouts:
+        (out / lay.name / "interactions").mkdir(parents=True)
+
+
+def generate(out_dir: str | Path, spec: SyntheticSpec, *, chunk_users: int = DEFAULT_CHUNK_USERS,
+             overwrite: bool = False) -> dict:
+    """Write a synthetic raw data set for ``spec`` into ``out_dir``; return its manifest.
+
+    ``out_dir`` must be empty or absent (``overwrite=True`` replaces the files a previous run wrote). Users are
+    generated and written ``chunk_users`` at a time, one interaction file per domain and chunk, so memory
+    stays bounded for millions of users. The manifest (also written to ``out_dir/manifest.json``) holds the
+    spec, row counts per domain and file, and the exact count of injected bad rows per reason.
+    """
+    if chunk_users < 1:
+        raise ValueError(f"chunk_users must be >= 1, got {chunk_users}")
+    out = Path(out_dir)
+    layouts = [_layout(i) for i in range(spec.domains)]
+    _prepare_out_dir(out, layouts, overwrite)
+    log.info("generating %s into %s (chunks of %d users)", spec, out, chunk_users)
+
+    catalog_rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0]))
+    topic_pop = 1.0 / np.arange(1, spec.topics + 1) ** 0.6
+    topic_pop = catalog_rng.permutation(topic_pop / topic_pop.sum())
+    domain_pop = 1.0 / np.arange(1, spec.domains + 1) ** 0.5
+    catalogs = [_build_domain_catalog(lay, spec, catalog_rng) for lay in layouts]
+    item_arrays = [pa.array(c.ids, pa.string()) for c in catalogs]
+    for lay, cat in zip(layouts, catalogs):
+        _write_items(out / lay.name / f"items.{lay.ext}", lay, cat.columns)
+
+    id_width = max(7, len(str(spec.users - 1)))
+    music_salt = int(np.random.default_rng(np.random.SeedSequence([spec.seed, 3])).integers(0, 2**32))
+    id_map_path = out / "identity_map.csv"
+    has_id_map = any(lay.local_users for lay in layouts)
+    if has_id_map:
+        id_map_path.write_text("domain,local_user,person\n", encoding="utf-8")
+
+    files: dict[str, list[dict[str, Any]]] = {lay.name: [] for lay in layouts}
+    users_per_domain = np.zeros(spec.domains, dtype=np.int64)
+    single_domain = id_map_rows = 0
+    unknown_used = [0] * spec.domains
+    n_chunks = math.ceil(spec.users / chunk_users)
+    started, events_done = time.monotonic(), 0
+    for c in range(n_chunks):
+        u0, u1 = c * chunk_users, min(spec.users, (c + 1) * chunk_users)
+        chunk_rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 1, c]))
+        ev = _simulate_chunk(spec, topic_pop, domain_pop, catalogs, u1 - u0, chunk_rng)
+        users_per_domain += ev.active.sum(axis=0)
+        single_domain += int((ev.active.sum(axis=1) == 1).sum())
+        global_ids = pc.binary_join_element_wise(
+            "u", pc.utf8_lpad(pc.cast(pa.array(np.arange(u0, u1)), pa.string()), width=id_width, padding="0"), "")
+        music_ids = pa.array([f"m-{(u * 2_654_435_761 + music_salt) % 2**32:08x}" for u in range(u0, u1)],
+                             pa.string())
+        for d, lay in enumerate(layouts):
+            clean = _clean_rows(ev, d, lay)
+            dirty_rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 2, c, d]))
+            rows, bad, n_unknown = _inject_bad_rows(clean, lay, spec.items_per_domain, spec.dirty_rate, dirty_rng)
+            items = item_arrays[d]
+            if n_unknown:
+                kind_ids = [_item_id(lay.kind, lay.name, spec.items_per_domain + unknown_used[d] + j)
+                            for j in range(n_unknown)]
+                items = pa.concat_arrays([items, pa.array(kind_ids, pa.string())])
+                unknown_used[d] += n_unknown
+            rel = f"{lay.name}/interactions/part-{c:05d}.{lay.ext}"
+            _write_interactions(out / rel, rows, lay, music_ids if lay.local_users else global_ids, items)
+            files[lay.name].append({"path": rel, "rows": len(rows), "clean_rows": len(clean), "bad_rows": bad})
+            if lay.local_users:
+                in_domain = np.flatnonzero(ev.active[:, d])
+                lines = pc.binary_join_element_wise(lay.name, music_ids.take(pa.array(in_domain)),
+                                                    global_ids.take(pa.array(in_domain)), ",")
+                with open(id_map_path, "ab") as f:
+                    f.write(_string_bytes(pc.binary_join_element_wise(lines, "", "\n")))
+                id_map_rows += len(in_domain)
+        events_done += len(ev.user)
+        elapsed = time.monotonic() - started
+        rate = events_done / max(elapsed, 1e-9)
+        log.info("chunk %d/%d: users %d/%d, clean events %d, %.0f events/s, ETA %.0f s", c + 1, n_chunks, u1,
+                 spec.users, events_done, rate, elapsed / (c + 1) * (n_chunks - c - 1))
+
+    domains_manifest: dict[str, Any] = {}
+    totals = {"rows": 0, "clean_rows": 0, "bad_rows": {reason: 0 for reason in BAD_REASONS}}
+    for d, lay in enumerate(layouts):
+        bad_sum = {reason: sum(f["bad_rows"][reason] for f in files[lay.name]) for reason in lay.reasons}
+        inter = {"path": f"{lay.name}/interactions", "files": files[lay.name],
+                 "rows": sum(f["rows"] for f in files[lay.name]),
+                 "clean_rows": sum(f["clean_rows"] for f in files[lay.name]), "bad_rows": bad_sum}
+        domains_manifest[lay.name] = {
+            "format": lay.fmt, "timestamp": lay.timestamp, "users": int(users_per_domain[d]),
+            "items": {"path": f"{lay.name}/items.{lay.ext}", "rows": spec.items_per_domain},
+            "interactions": inter,
+        }
+        totals["rows"] += inter["rows"]
+        totals["clean_rows"] += inter["clean_rows"]
+        for reason, k in bad_sum.items():
+            totals["bad_rows"][reason] += k
+    manifest: dict[str, Any] = {
+        "generator": "crossrec.data.synthetic",
+        "format_version": 1,
+        "spec": asdict(spec),
+        "chunk_users": chunk_users,
+        "time_range": {"min_epoch_s": TIME_MIN_S, "max_epoch_s": TIME_MAX_S},
+        "users": {"total": spec.users, "single_domain": single_domain, "multi_domain": spec.users - single_domain},
+        "topics": [{"id": t, "theme": _theme(t).key, "words": list(_theme(t).words),
+                    "categories": {lay.name: _category(_theme(t), lay.name) for lay in layouts}}
+                   for t in range(spec.topics)],
+        "domains": domains_manifest,
+        "totals": totals,
+    }
+    if has_id_map:
+        manifest["identity_map"] = {"path": "identity_map.csv", "rows": id_map_rows}
+    _write_json(out / "dataset.json", _dataset_json(layouts, has_id_map))
+    _write_json(out / "manifest.json", manifest)
+    log.info("wrote %d rows (%d clean) for %d users in %.1f s", totals["rows"], totals["clean_rows"], spec.users,
+             time.monotonic() - started)
+    return manifest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m crossrec.data.synthetic OUT_DIR [--users N] [--domains D] ... [--seed S]``."""
+    parser = argparse.ArgumentParser(prog="python -m crossrec.data.synthetic", description=__doc__.split("\n")[0])
+    parser.add_argument("out_dir")
+    for f in fields(SyntheticSpec):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    parser.add_argument("--chunk-users", type=int, default=DEFAULT_CHUNK_USERS)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec = SyntheticSpec(**{f.name: getattr(args, f.name) for f in fields(SyntheticSpec)})
+    manifest = generate(args.out_dir, spec, chunk_users=args.chunk_users, overwrite=args.overwrite)
+    print(json.dumps(manifest["totals"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

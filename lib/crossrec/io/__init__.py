@@ -1,0 +1,1 @@
+"""Spark session, configuration and Delta table I/O."""

@@ -1,0 +1,91 @@
+"""Row accounting: every job reports, per table and domain, rows_in = rows_out + quarantined + duplicates.
+
+Jobs print the summary and store it in ``ops.accounting`` (one row per run, stage, table and domain; a
+re-run of a stage for the same run id replaces its own rows).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+
+log = logging.getLogger(__name__)
+
+ACCOUNTING_TABLE = "ops.accounting"
+
+
+class AccountingError(RuntimeError):
+    """Rows were lost or invented: rows_in != rows_out + quarantined + duplicates."""
+
+
+@dataclass
+class AccountingRow:
+    """One (stage, table, domain) line of a job's row accounting."""
+
+    stage: str
+    table_name: str
+    domain: str
+    rows_in: int = 0
+    rows_out: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    details: dict = field(default_factory=dict)
+
+    @property
+    def balanced(self) -> bool:
+        return self.rows_in == self.rows_out + self.quarantined + self.duplicates
+
+
+def check_balanced(rows: list[AccountingRow]) -> None:
+    """Raise :class:`AccountingError` naming every line where rows do not add up."""
+    bad = [r for r in rows if not r.balanced]
+    if bad:
+        lines = [
+            f"{r.stage} {r.table_name}/{r.domain}: in {r.rows_in} != out {r.rows_out} + quarantined "
+            f"{r.quarantined} + duplicates {r.duplicates}"
+            for r in bad
+        ]
+        raise AccountingError("row accounting does not balance:\n" + "\n".join(lines))
+
+
+def format_accounting(rows: list[AccountingRow]) -> str:
+    """A fixed-width table of the accounting, with a total line per table."""
+    head = f"{'table':<22} {'domain':<12} {'in':>10} {'out':>10} {'quarant.':>9} {'dupl.':>8} {'skipped':>9}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r.table_name:<22} {r.domain:<12} {r.rows_in:>10,} {r.rows_out:>10,} {r.quarantined:>9,} "
+            f"{r.duplicates:>8,} {r.skipped:>9,}"
+        )
+    return "\n".join(lines)
+
+
+def write_accounting(spark, cfg, run_id: str, rows: list[AccountingRow]) -> int:
+    """Store ``rows`` in ``ops.accounting``, replacing this run's earlier rows for the same stage(s)."""
+    from crossrec.io.delta import write_table
+    from crossrec.quality.contracts import load_contract
+
+    contract = load_contract(ACCOUNTING_TABLE)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    records = [
+        {
+            **{k: v for k, v in asdict(r).items() if k != "details"},
+            "details": json.dumps(r.details, sort_keys=True, default=str),
+            "run_id": run_id,
+            "run_date": cfg.run_date,
+            "recorded_at": now,
+        }
+        for r in rows
+    ]
+    if not records:
+        return -1
+    df = spark.createDataFrame(records, schema=contract.spark_schema())
+    stages = sorted({r.stage for r in rows})
+    where = f"run_id = '{_sql_str(run_id)}' AND stage IN ({', '.join(repr(s) for s in stages)})"
+    return write_table(spark, df, contract, cfg.table_path(ACCOUNTING_TABLE), "overwrite", replace_where=where)
+
+
+def _sql_str(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("'", "\\'")

@@ -1,0 +1,176 @@
+"""The one configuration object of crossrec.
+
+Merge order (later wins): embedded defaults -> TOML file (``--config``) -> ``CROSSREC_*`` environment
+variables that name secrets/paths -> CLI flags. The resolved config is logged at the start of each job
+(secrets masked). Only ``main()`` functions call :func:`resolve_config`; the library receives the frozen
+object and never reads ``sys.argv`` or the environment itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "CROSSREC_"
+SECRET_FIELDS = ("pseudonym_key",)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class CrossrecConfig:
+    """Paths, engines and policies of one crossrec run.
+
+    Attributes:
+        lake_root: root of the lakehouse; a local folder or any Hadoop URI (``s3a://``, ``abfss://``, ``hdfs://``).
+        raw_dir: folder holding ``dataset.json`` and the raw files (see README, "Raw input format").
+        run_date: the logical date of the run (ISO ``YYYY-MM-DD``); events after its end are "in the future".
+        run_id: identifier stamped on rows written by this run; default derived from run_date by the job.
+        spark_master: ``local[*]`` embedded; ``None`` leaves it to ``spark-submit --master``.
+        spark_conf: extra Spark settings (``key = value``), e.g. shuffle partitions on a cluster.
+        pseudonym_key: secret for HMAC pseudonymisation of user ids (env ``CROSSREC_PSEUDONYM_KEY``).
+        pseudonym_key_file: file holding that secret (env ``CROSSREC_PSEUDONYM_KEY_FILE``).
+        min_event_ts: events before this UTC date are out of range.
+        max_text_chars: item text longer than this is truncated (and counted).
+        missing_items: ``quarantine`` interactions on items absent from the catalog, or add a
+            ``placeholder`` item for them (title = item id, flagged in attributes).
+        validate: run the Great Expectations checkpoint after each write.
+        reports_dir: where validation reports go; default ``<lake_root>/_reports``.
+    """
+
+    lake_root: str = "lakehouse"
+    raw_dir: str = "demo-data/raw"
+    run_date: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).date().isoformat())
+    run_id: str | None = None
+    spark_master: str | None = "local[*]"
+    spark_conf: Mapping[str, str] = field(default_factory=dict)
+    pseudonym_key: str | None = None
+    pseudonym_key_file: str | None = None
+    min_event_ts: str = "1995-01-01"
+    max_text_chars: int = 10_000
+    missing_items: str = "quarantine"
+    validate: bool = True
+    reports_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            dt.date.fromisoformat(self.run_date)
+        except ValueError as e:
+            raise ConfigError(f"run_date must be YYYY-MM-DD, got {self.run_date!r}") from e
+        try:
+            dt.date.fromisoformat(self.min_event_ts)
+        except ValueError as e:
+            raise ConfigError(f"min_event_ts must be YYYY-MM-DD, got {self.min_event_ts!r}") from e
+        if self.missing_items not in ("quarantine", "placeholder"):
+            raise ConfigError(f"missing_items must be 'quarantine' or 'placeholder', got {self.missing_items!r}")
+        if self.max_text_chars < 1:
+            raise ConfigError(f"max_text_chars must be >= 1, got {self.max_text_chars}")
+
+    # ----------------------------------------------------------------- derived values
+    def table_path(self, name: str) -> str:
+        """Location of a table such as ``silver.interactions``: ``<lake_root>/silver/interactions``."""
+        layer, _, table = name.partition(".")
+        if not table:
+            raise ConfigError(f"table names are '<layer>.<table>', got {name!r}")
+        return f"{self.lake_root.rstrip('/')}/{layer}/{table}"
+
+    @property
+    def reports_root(self) -> str:
+        return self.reports_dir or f"{self.lake_root.rstrip('/')}/_reports"
+
+    def effective_run_id(self, stage: str) -> str:
+        """The run id rows are stamped with: the configured one, else ``<stage>-<run_date>``."""
+        return self.run_id or f"{stage}-{self.run_date}"
+
+    def require_pseudonym_key(self) -> bytes:
+        """The HMAC key; a clear error when none is configured (a key is never built in)."""
+        if self.pseudonym_key:
+            return self.pseudonym_key.encode("utf-8")
+        if self.pseudonym_key_file:
+            p = Path(self.pseudonym_key_file)
+            if not p.is_file():
+                raise ConfigError(f"pseudonym_key_file {p} does not exist")
+            key = p.read_text(encoding="utf-8").strip()
+            if len(key) < 16:
+                raise ConfigError(f"pseudonym key in {p} is shorter than 16 characters")
+            return key.encode("utf-8")
+        raise ConfigError(
+            "no pseudonymisation key: set CROSSREC_PSEUDONYM_KEY, CROSSREC_PSEUDONYM_KEY_FILE, "
+            "--pseudonym-key-file or pseudonym_key_file in the config file"
+        )
+
+    def masked(self) -> dict[str, Any]:
+        """The config as a dict with secrets masked, for logs."""
+        d = dataclasses.asdict(self)
+        for k in SECRET_FIELDS:
+            if d.get(k):
+                d[k] = "***"
+        return d
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Coerce a string from the environment or the CLI to the field's type."""
+    f = {f.name: f for f in fields(CrossrecConfig)}[name]
+    if not isinstance(value, str):
+        return value
+    if f.type in ("bool",):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name} must be true/false, got {value!r}")
+    if f.type in ("int",):
+        try:
+            return int(value)
+        except ValueError as e:
+            raise ConfigError(f"{name} must be an integer, got {value!r}") from e
+    return value
+
+
+def resolve_config(
+    config_file: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> CrossrecConfig:
+    """Build the config: defaults -> ``config_file`` (TOML) -> ``CROSSREC_<FIELD>`` env -> ``overrides``.
+
+    ``overrides`` holds CLI flags; ``None`` values mean "flag not given" and are ignored.
+    """
+    names = {f.name for f in fields(CrossrecConfig)}
+    merged: dict[str, Any] = {}
+    if config_file:
+        p = Path(config_file)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        with p.open("rb") as fh:
+            try:
+                data = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as e:
+                raise ConfigError(f"config file {p}: {e}") from e
+        unknown = set(data) - names
+        if unknown:
+            raise ConfigError(f"config file {p}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
+        merged.update(data)
+    env = os.environ if environ is None else environ
+    for name in names:
+        v = env.get(ENV_PREFIX + name.upper())
+        if v not in (None, ""):
+            merged[name] = _coerce(name, v)
+    for k, v in (overrides or {}).items():
+        if v is None:
+            continue
+        if k not in names:
+            raise ConfigError(f"unknown config key {k!r}")
+        merged[k] = _coerce(k, v)
+    if merged.get("spark_master") in ("", "none", "None"):
+        merged["spark_master"] = None
+    return CrossrecConfig(**merged)

@@ -1,0 +1,74 @@
+"""The one place that builds Spark sessions.
+
+Embedded (``spark_master="local[*]"``): the Delta jars come through ``spark.jars.packages`` via
+``configure_spark_with_delta_pip`` (resolved from Maven Central into ``~/.ivy2`` on first use).
+On a cluster (``spark_master=None``, i.e. the master comes from ``spark-submit --master``): the jars are the
+cluster's own (``--packages io.delta:delta-spark_2.13:<version>`` or a platform that ships Delta); this
+factory only adds the Delta SQL extension and catalog.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Mapping
+
+log = logging.getLogger(__name__)
+
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+LOCAL_CONF = {
+    # small data on a small machine: few shuffle partitions, no UI, UTC everywhere
+    "spark.sql.shuffle.partitions": "8",
+    "spark.default.parallelism": "4",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.driver.memory": "4g",
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2",
+    "spark.driver.extraJavaOptions": "-Duser.timezone=UTC",
+    "spark.executor.extraJavaOptions": "-Duser.timezone=UTC",
+}
+
+
+def build_spark(
+    app_name: str = "crossrec",
+    master: str | None = "local[*]",
+    conf: Mapping[str, str] | None = None,
+):
+    """Return a SparkSession with Delta Lake enabled.
+
+    Args:
+        app_name: Spark application name.
+        master: ``local[*]`` (embedded: Delta jars from Maven) or ``None`` to keep the master and jars
+            given by ``spark-submit`` on a cluster.
+        conf: extra settings applied last (override the defaults above).
+    """
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    settings = dict(DELTA_CONF)
+    if master is not None:
+        settings.update(LOCAL_CONF)
+    settings.update(conf or {})
+    for k, v in settings.items():
+        builder = builder.config(k, v)
+    if master is not None:
+        from delta import configure_spark_with_delta_pip
+
+        builder = configure_spark_with_delta_pip(builder.master(master))
+    os.environ.setdefault("PYSPARK_PYTHON", _python())
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    log.info("spark %s master=%s", spark.version, spark.sparkContext.master)
+    return spark
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable

@@ -1,0 +1,170 @@
+"""Table contracts: one YAML file a table in ``schemas/`` (shipped as the ``crossrec_schemas`` package).
+
+From a contract come the Spark ``StructType`` (:meth:`Contract.spark_schema`), the Delta table
+definition with its partitioning (:meth:`Contract.ensure_table`) and the Great Expectations suite
+(:func:`crossrec.quality.validate.build_expectations`). Nothing else declares a table's columns.
+
+Values written ``$name`` in a contract (``allowed: $domains``, ``max: $max_event_ts``) are run-time
+parameters, filled in by the job that validates the table.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.resources import files
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+_SIMPLE_TYPES = {
+    "string": "StringType",
+    "long": "LongType",
+    "int": "IntegerType",
+    "double": "DoubleType",
+    "float": "FloatType",
+    "boolean": "BooleanType",
+    "timestamp": "TimestampType",
+    "date": "DateType",
+    "binary": "BinaryType",
+}
+
+
+class ContractError(ValueError):
+    """A contract file is malformed, or a table does not match its contract."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a contract."""
+
+    name: str
+    type: str
+    nullable: bool = True
+    description: str = ""
+    allowed: Any = None  # list of values or "$param"
+    min: Any = None  # number, ISO date or "$param"
+    max: Any = None
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Referential integrity: every ``columns`` tuple of this table exists in ``table``."""
+
+    columns: tuple[str, ...]
+    table: str
+
+
+@dataclass(frozen=True)
+class Contract:
+    """A table's contract: name, columns, partitioning, key, references, row-count bounds."""
+
+    table: str
+    columns: tuple[Column, ...]
+    description: str = ""
+    partition_by: tuple[str, ...] = ()
+    key: tuple[str, ...] = ()
+    references: tuple[Reference, ...] = ()
+    row_count: dict = field(default_factory=dict)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(f"{self.table} has no column {name!r}")
+
+    def spark_schema(self):
+        """The Spark ``StructType`` of the table."""
+        from pyspark.sql import types as T
+
+        return T.StructType([T.StructField(c.name, spark_type(c.type), c.nullable) for c in self.columns])
+
+    def conform(self, df):
+        """Select the contract's columns in order, cast to the contract's types; error on a missing column."""
+        from pyspark.sql import functions as F
+
+        missing = [c.name for c in self.columns if c.name not in df.columns]
+        if missing:
+            raise ContractError(f"{self.table}: frame lacks contract columns {missing}; has {df.columns}")
+        return df.select(*[F.col(c.name).cast(spark_type(c.type)).alias(c.name) for c in self.columns])
+
+    def ensure_table(self, spark, path: str) -> None:
+        """Create the Delta table at ``path`` with this schema and partitioning, if it does not exist."""
+        from delta.tables import DeltaTable
+
+        builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(self.spark_schema())
+        if self.description:
+            builder = builder.comment(" ".join(self.description.split()))
+        if self.partition_by:
+            builder = builder.partitionedBy(*self.partition_by)
+        builder.execute()
+
+
+def spark_type(name: str):
+    """Parse a contract type name (``string``, ``map<string,string>``, ``array<float>``) to a Spark type."""
+    from pyspark.sql import types as T
+
+    name = name.strip().replace(" ", "")
+    if name in _SIMPLE_TYPES:
+        return getattr(T, _SIMPLE_TYPES[name])()
+    if name.startswith("array<") and name.endswith(">"):
+        return T.ArrayType(spark_type(name[6:-1]), containsNull=False)
+    if name.startswith("map<") and name.endswith(">"):
+        k, _, v = name[4:-1].partition(",")
+        return T.MapType(spark_type(k), spark_type(v), valueContainsNull=True)
+    raise ContractError(f"unknown column type {name!r}; known: {sorted(_SIMPLE_TYPES)}, array<..>, map<..,..>")
+
+
+def _parse(data: dict, source: str) -> Contract:
+    try:
+        cols = tuple(Column(**c) for c in data["columns"])
+        refs = tuple(Reference(columns=tuple(r["columns"]), table=r["table"]) for r in data.get("references", []))
+        contract = Contract(
+            table=data["table"],
+            columns=cols,
+            description=data.get("description", ""),
+            partition_by=tuple(data.get("partition_by", [])),
+            key=tuple(data.get("key", [])),
+            references=refs,
+            row_count=dict(data.get("row_count", {})),
+        )
+    except (KeyError, TypeError) as e:
+        raise ContractError(f"{source}: malformed contract ({e})") from e
+    names = contract.column_names
+    for group, label in ((contract.partition_by, "partition_by"), (contract.key, "key")):
+        bad = [c for c in group if c not in names]
+        if bad:
+            raise ContractError(f"{source}: {label} names unknown columns {bad}")
+    for c in cols:
+        spark_type(c.type)  # fail early on a typo
+    return contract
+
+
+@lru_cache(maxsize=None)
+def load_contract(table: str) -> Contract:
+    """Load the contract of ``table`` (``layer.name``) from ``schemas/<layer>_<name>.yaml``."""
+    fname = table.replace(".", "_") + ".yaml"
+    res = files("crossrec_schemas") / fname
+    if not res.is_file():
+        known = sorted(p.name for p in files("crossrec_schemas").iterdir() if p.name.endswith(".yaml"))
+        raise ContractError(f"no contract for table {table!r} (looked for schemas/{fname}; have {known})")
+    data = yaml.safe_load(res.read_text(encoding="utf-8"))
+    contract = _parse(data, f"schemas/{fname}")
+    if contract.table != table:
+        raise ContractError(f"schemas/{fname} declares table {contract.table!r}, expected {table!r}")
+    return contract
+
+
+def all_contracts() -> list[Contract]:
+    """Every contract in ``schemas/``."""
+    out = []
+    for p in sorted(files("crossrec_schemas").iterdir(), key=lambda p: p.name):
+        if p.name.endswith(".yaml"):
+            out.append(load_contract(yaml.safe_load(p.read_text(encoding="utf-8"))["table"]))
+    return out

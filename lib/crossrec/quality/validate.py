@@ -1,0 +1,243 @@
+"""Great Expectations checkpoints derived from the table contracts.
+
+After every write a job calls :meth:`Validator.check` on the table it wrote. The suite comes from the
+contract: not-null columns, unique key, allowed values, value ranges, the exact column set,
+row-count bounds and referential integrity (every referenced key exists in the referenced table). A
+failed check writes a JSON report, logs a readable summary and raises :class:`ValidationFailed`; the
+Delta version that was written stays inspectable (time travel) and nothing downstream runs.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from crossrec.quality.contracts import Contract, ContractError
+
+log = logging.getLogger(__name__)
+
+REF_MARKER = "__ref_{}"
+
+
+class ValidationFailed(RuntimeError):
+    """A Great Expectations checkpoint failed; ``report`` holds the failed expectations."""
+
+    def __init__(self, report: "ValidationReport"):
+        self.report = report
+        super().__init__(report.summary())
+
+
+@dataclass
+class ValidationReport:
+    """Outcome of one checkpoint on one table version."""
+
+    table: str
+    version: int | None
+    success: bool
+    rows: int | None
+    results: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    report_path: str | None = None
+
+    @property
+    def failures(self) -> list[dict]:
+        return [r for r in self.results if not r["success"]]
+
+    def summary(self) -> str:
+        head = (
+            f"{self.table} v{self.version}: {'PASSED' if self.success else 'FAILED'} "
+            f"{len(self.results) - len(self.failures)}/{len(self.results)} expectations"
+        )
+        lines = [head]
+        for r in self.failures:
+            lines.append(f"  - {r['expectation']} {r['target']}: {r['observed']}")
+        if self.report_path and not self.success:
+            lines.append(f"  report: {self.report_path}")
+        return "\n".join(lines)
+
+
+def _resolve(value: Any, params: Mapping[str, Any], table: str) -> Any:
+    if isinstance(value, str) and value.startswith("$"):
+        name = value[1:]
+        if name not in params:
+            raise ContractError(f"{table}: contract needs run-time parameter {value!r}; given {sorted(params)}")
+        return params[name]
+    return value
+
+
+def _as_bound(value: Any, col_type: str) -> Any:
+    if value is None or col_type not in ("timestamp", "date"):
+        return value
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=None) if value.tzinfo else value
+    if isinstance(value, dt.date):
+        return dt.datetime(value.year, value.month, value.day)
+    return dt.datetime.fromisoformat(str(value))
+
+
+def build_expectations(
+    contract: Contract,
+    params: Mapping[str, Any] | None = None,
+    expected_rows: int | None = None,
+) -> list:
+    """The GE expectations of ``contract`` with run-time ``params`` filled in.
+
+    ``expected_rows`` (from the job's own row accounting) pins the row count exactly; otherwise the
+    contract's ``row_count`` bounds (if any) apply.
+    """
+    import great_expectations.expectations as gxe
+
+    params = params or {}
+    markers = [REF_MARKER.format(ref.table.replace(".", "_")) for ref in contract.references]
+    exps: list = [gxe.ExpectTableColumnsToMatchSet(column_set=contract.column_names + markers, exact_match=True)]
+    for c in contract.columns:
+        if not c.nullable:
+            exps.append(gxe.ExpectColumnValuesToNotBeNull(column=c.name))
+        if c.allowed is not None:
+            allowed = _resolve(c.allowed, params, contract.table)
+            exps.append(gxe.ExpectColumnValuesToBeInSet(column=c.name, value_set=list(allowed)))
+        if c.min is not None or c.max is not None:
+            lo = _as_bound(_resolve(c.min, params, contract.table), c.type)
+            hi = _as_bound(_resolve(c.max, params, contract.table), c.type)
+            exps.append(gxe.ExpectColumnValuesToBeBetween(column=c.name, min_value=lo, max_value=hi))
+    if len(contract.key) == 1:
+        exps.append(gxe.ExpectColumnValuesToBeUnique(column=contract.key[0]))
+    elif contract.key:
+        exps.append(gxe.ExpectCompoundColumnsToBeUnique(column_list=list(contract.key)))
+    for marker in markers:
+        # null marker = a key of this table that the referenced table lacks (see _with_reference_markers)
+        exps.append(gxe.ExpectColumnValuesToNotBeNull(column=marker))
+    if expected_rows is not None:
+        exps.append(gxe.ExpectTableRowCountToBeBetween(min_value=expected_rows, max_value=expected_rows))
+    elif contract.row_count:
+        exps.append(
+            gxe.ExpectTableRowCountToBeBetween(
+                min_value=contract.row_count.get("min"), max_value=contract.row_count.get("max")
+            )
+        )
+    return exps
+
+
+def _with_reference_markers(df, contract: Contract, references: Mapping[str, Any]):
+    """Left-join each referenced table's keys, adding a marker column that is null for dangling rows."""
+    from pyspark.sql import functions as F
+
+    for ref in contract.references:
+        if ref.table not in references:
+            raise ContractError(f"{contract.table} references {ref.table}: pass that frame to check()")
+        marker = REF_MARKER.format(ref.table.replace(".", "_"))
+        keys = references[ref.table].select(*ref.columns).distinct().withColumn(marker, F.lit(True))
+        df = df.join(keys, on=list(ref.columns), how="left")
+    return df
+
+
+def _describe(er) -> dict:
+    cfg = er.expectation_config
+    kw = dict(cfg.kwargs)
+    target = kw.get("column") or kw.get("column_list") or "table"
+    res = er.result or {}
+    if "unexpected_count" in res:
+        observed = f"{res['unexpected_count']} unexpected, e.g. {res.get('partial_unexpected_list', [])[:5]}"
+    else:
+        observed = f"observed {res.get('observed_value')}"
+    if er.exception_info and er.exception_info.get("raised_exception"):
+        observed = f"error: {er.exception_info.get('exception_message')}"
+    bounds = {k: kw[k] for k in ("min_value", "max_value", "value_set") if k in kw}
+    return {
+        "expectation": cfg.type,
+        "target": target,
+        "success": bool(er.success),
+        "observed": observed,
+        "expected": json.loads(json.dumps(bounds, default=str)),
+    }
+
+
+class Validator:
+    """Runs contract-derived GE checkpoints in one ephemeral GE context (one per job)."""
+
+    def __init__(self, reports_root: str, run_id: str):
+        import great_expectations as gx
+
+        for name in ("great_expectations", "great_expectations.data_context.types.base"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self._gx = gx
+        self.context = gx.get_context(mode="ephemeral")
+        self.batch_def = (
+            self.context.data_sources.add_spark(name="crossrec")
+            .add_dataframe_asset(name="tables")
+            .add_batch_definition_whole_dataframe("whole_table")
+        )
+        self.reports_root = reports_root
+        self.run_id = run_id
+        self._n = 0
+
+    def check(
+        self,
+        contract: Contract,
+        df,
+        params: Mapping[str, Any] | None = None,
+        expected_rows: int | None = None,
+        references: Mapping[str, Any] | None = None,
+        version: int | None = None,
+        raise_on_failure: bool = True,
+    ) -> ValidationReport:
+        """Validate ``df`` (the table as written, at ``version``) against ``contract``.
+
+        Raises :class:`ValidationFailed` (after writing the report) when an expectation fails.
+        """
+        gx = self._gx
+        t0 = time.time()
+        self._n += 1
+        suite = self.context.suites.add(
+            gx.ExpectationSuite(
+                name=f"{contract.table}#{self._n}",
+                expectations=build_expectations(contract, params, expected_rows),
+            )
+        )
+        if contract.references:
+            df = _with_reference_markers(df, contract, references or {})
+        vd = self.context.validation_definitions.add(
+            gx.ValidationDefinition(name=f"{contract.table}#{self._n}", data=self.batch_def, suite=suite)
+        )
+        result = vd.run(batch_parameters={"dataframe": df})
+        results = [_describe(er) for er in result.results]
+        rows = next(
+            (
+                er.result.get("observed_value")
+                for er in result.results
+                if er.expectation_config.type == "expect_table_row_count_to_be_between"
+            ),
+            None,
+        )
+        report = ValidationReport(
+            table=contract.table,
+            version=version,
+            success=bool(result.success),
+            rows=rows,
+            results=results,
+            seconds=round(time.time() - t0, 2),
+        )
+        report.report_path = self._write(report)
+        if report.success:
+            log.info("validated %s v%s: %d expectations passed (%.1fs)", contract.table, version, len(results), report.seconds)
+        else:
+            log.error("%s", report.summary())
+            if raise_on_failure:
+                raise ValidationFailed(report)
+        return report
+
+    def _write(self, report: ValidationReport) -> str | None:
+        """Write the report as JSON under ``<reports_root>/<run_id>/``; local lakes only (else log only)."""
+        if "://" in self.reports_root and not self.reports_root.startswith("file://"):
+            return None
+        root = self.reports_root.removeprefix("file://")
+        folder = os.path.join(root, self.run_id)
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{report.table}.json")
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump(report.__dict__, fh, indent=2, default=str)
+        return path

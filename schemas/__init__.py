@@ -1,0 +1,1 @@
+"""Table contracts, one YAML file a table (loaded by ``crossrec.quality.contracts``)."""

@@ -1,0 +1,32 @@
+"""crossrec: distributed cross-domain batch recommendation (Spark + Delta + Ray Train + transformers).
+
+The library lives in ``lib/crossrec``; the stage entry points in ``jobs/`` and the table contracts in
+``schemas/`` ship inside the same distribution (as ``crossrec_jobs`` and ``crossrec_schemas``) so that the
+``crossrec`` command and ``spark-submit`` on a cluster find them wherever the package is installed.
+"""
+from setuptools import find_packages, setup
+
+CORE = [
+    "pyspark[connect]==4.2.0",
+    "delta-spark==4.4.0",  # 4.4.1 jars are not on Maven Central (4.4.0 are),
+    "great-expectations==1.24.1",
+    "deltalake==1.6.6",
+    "pandas>=2.2,<3",
+    "pyarrow>=15",
+    "numpy>=1.26",
+    "pyyaml>=6",
+]
+DEV = ["pytest>=8", "hypothesis>=6"]
+
+setup(
+    name="crossrec",
+    version="0.1.0",
+    description="Cross-domain batch recommendation on Spark, Delta Lake and Ray Train",
+    python_requires=">=3.10",
+    package_dir={"": "lib", "crossrec_jobs": "jobs", "crossrec_schemas": "schemas"},
+    packages=find_packages("lib") + ["crossrec_jobs", "crossrec_schemas"],
+    package_data={"crossrec_schemas": ["*.yaml"]},
+    install_requires=CORE,
+    extras_require={"dev": DEV},
+    entry_points={"console_scripts": ["crossrec=crossrec.cli.main:main"]},
+)

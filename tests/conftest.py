@@ -1,0 +1,111 @@
+"""Shared fixtures: one Spark session for the whole test run, a pseudonym key, tiny raw data sets."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+TEST_KEY = "test-only-pseudonym-key-0123456789"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    for marker, text in {
+        "spark": "starts or uses the shared Spark session",
+        "ray": "starts a local Ray cluster",
+        "slow": "takes more than ~30 s",
+        "gpu": "needs a CUDA device (skipped without one)",
+        "realdata": "needs ../shared/data (skipped when absent)",
+    }.items():
+        config.addinivalue_line("markers", f"{marker}: {text}")
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark session with Delta for all tests (2 cores: local[2], few partitions, no UI)."""
+    from crossrec.io.spark import build_spark
+
+    s = build_spark(
+        "crossrec-tests",
+        "local[2]",
+        {"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2", "spark.driver.memory": "3g"},
+    )
+    yield s
+    s.stop()
+
+
+@pytest.fixture()
+def key_file(tmp_path: Path) -> Path:
+    p = tmp_path / "pseudonym.key"
+    p.write_text(TEST_KEY)
+    return p
+
+
+def write_raw(root: Path, *, books_rows: list[str] | None = None, movies_rows: list[dict] | None = None,
+              books_items: list[str] | None = None, movies_items: list[dict] | None = None,
+              identity_rows: list[str] | None = None, books_header: str = "reader,isbn,read_at,action,stars") -> Path:
+    """A tiny two-domain raw data set: books as CSV (ISO times), movies as JSON lines (epoch seconds),
+    plus an identity map joining the movie domain's user ids to the books ids."""
+    books_rows = books_rows if books_rows is not None else [
+        "u1,b1,2021-01-01T10:00:00Z,view,1",
+        "u1,b2,2021-01-02T10:00:00Z,purchase,3",
+        "u2,b1,2021-01-03T10:00:00Z,view,",
+    ]
+    movies_rows = movies_rows if movies_rows is not None else [
+        {"uid": "m-1", "movie_id": "mv1", "ts": 1609495200, "event": "view"},
+        {"uid": "m-2", "movie_id": "mv2", "ts": 1609581600, "event": "view"},
+        {"uid": "m-3", "movie_id": "mv1", "ts": 1609668000, "event": "rating"},
+    ]
+    books_items = books_items if books_items is not None else [
+        "b1,The Galaxy Chronicle,scifi,A story of space.,Ann Author",
+        "b2,Sourdough Secrets,cooking,Bread for everyone.,Bob Baker",
+    ]
+    movies_items = movies_items if movies_items is not None else [
+        {"movie_id": "mv1", "name": "Orbit", "genre": "scifi", "plot": "Astronauts far from home."},
+        {"movie_id": "mv2", "name": "Crust", "genre": "food", "plot": "A baker's year."},
+    ]
+    identity_rows = identity_rows if identity_rows is not None else ["movies,m-1,u1", "movies,m-2,u2"]
+    (root / "books").mkdir(parents=True, exist_ok=True)
+    (root / "movies").mkdir(parents=True, exist_ok=True)
+    (root / "books" / "interactions.csv").write_text("\n".join([books_header, *books_rows]) + "\n", encoding="utf-8")
+    (root / "books" / "items.csv").write_text("\n".join(["isbn,title,genre,blurb,author", *books_items]) + "\n", encoding="utf-8")
+    (root / "movies" / "interactions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in movies_rows), encoding="utf-8")
+    (root / "movies" / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in movies_items), encoding="utf-8")
+    (root / "identity_map.csv").write_text("\n".join(["domain,local_user,person", *identity_rows]) + "\n", encoding="utf-8")
+    spec = {
+        "name": "tiny",
+        "domains": {
+            "books": {
+                "interactions": {"path": "books/interactions.csv", "format": "csv", "timestamp": "iso8601",
+                                 "columns": {"user_id": "reader", "item_id": "isbn", "event_ts": "read_at", "event_type": "action", "weight": "stars"}},
+                "items": {"path": "books/items.csv", "format": "csv", "columns": {"item_id": "isbn", "title": "title", "category": "genre"},
+                          "text_columns": ["title", "blurb"], "attribute_columns": ["author"]},
+            },
+            "movies": {
+                "interactions": {"path": "movies/interactions.jsonl", "format": "jsonl", "timestamp": "epoch_s",
+                                 "columns": {"user_id": "uid", "item_id": "movie_id", "event_ts": "ts", "event_type": "event"}},
+                "items": {"path": "movies/items.jsonl", "format": "jsonl", "columns": {"item_id": "movie_id", "title": "name", "category": "genre"},
+                          "text_columns": ["name", "plot"]},
+            },
+        },
+        "identity_map": {"path": "identity_map.csv", "format": "csv",
+                         "columns": {"domain": "domain", "user_id": "local_user", "global_user_id": "person"}},
+    }
+    (root / "dataset.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
+    return root
+
+
+@pytest.fixture()
+def tiny_raw(tmp_path: Path) -> Path:
+    return write_raw(tmp_path / "raw")
+
+
+def job_args(raw: Path, lake: Path, key_file: Path, *extra: str) -> list[str]:
+    """Flags for a stage main(): embedded Spark reuses the session of the ``spark`` fixture."""
+    return ["--raw-dir", str(raw), "--lake-root", str(lake), "--pseudonym-key-file", str(key_file),
+            "--run-date", "2024-06-30", "--spark-master", "local[2]", *extra]
+
+
+os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
