@@ -20,7 +20,7 @@ from functools import reduce
 
 from crossrec.cli.common import add_common_args, config_from_args, run_guarded, setup_logging
 from crossrec.data.ingest import BRONZE_TABLE, plan_files, read_file_set
-from crossrec.data.rawformat import load_dataset
+from crossrec.data.rawformat import RawFormatError, load_dataset
 from crossrec.io.accounting import AccountingRow, check_balanced, format_accounting, write_accounting
 from crossrec.io.config import CrossrecConfig
 from crossrec.io.delta import read_table, table_exists, write_table
@@ -54,6 +54,9 @@ def run(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
                 seen.setdefault((table, r["domain"] if table != "bronze.identity_map" else None), set()).add(r["source_checksum"])
                 seen_rows[r["source_checksum"]] = seen_rows.get(r["source_checksum"], 0) + r["count"]
     plans = plan_files(spark, dataset, seen)  # raises on bad input, before any write
+    if not seen and not any(plan.new for plan in plans):
+        empty = [p for plan in plans for p in plan.empty]
+        raise RawFormatError(f"{cfg.raw_dir}: the input is empty ({len(empty)} file(s), none with rows: {empty[:5]})")
 
     accounting: dict[int, AccountingRow] = {}
     frames: dict[str, list] = {}
@@ -61,7 +64,7 @@ def run(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
     for i, plan in enumerate(plans):
         fs, table = plan.file_set, BRONZE_TABLE[plan.file_set.kind]
         row = AccountingRow(STAGE, table, fs.domain or "*")
-        row.skipped = sum(seen_rows.get(sha, 0) for _, sha in plan.seen)
+        row.skipped = sum(seen_rows.get(sha, 0) for sha in {sha for _, sha in plan.seen})  # copies share a checksum
         row.details = {
             "files_new": len(plan.new),
             "files_seen_before": [p for p, _ in plan.seen],

@@ -5,6 +5,7 @@
     crossrec import recbole SRC OUT --domain-column COL          RecBole atomic files -> raw format
     crossrec ingest [--raw-dir ... --lake-root ...]              raw -> bronze (jobs/ingest.py)
     crossrec clean  [--raw-dir ... --lake-root ...]              bronze -> silver (jobs/clean.py)
+    crossrec tables [--lake-root ...] [--accounting]             tables, versions, row counts (no Spark)
 
 Stage sub-commands are the ``main(argv)`` of the job files in ``jobs/`` (package ``crossrec_jobs``);
 ``crossrec <stage> --help`` lists their flags.
@@ -41,14 +42,19 @@ def _generate(argv: list[str]) -> int:
     p.add_argument("--single-domain-share", type=float, default=d.single_domain_share, help=f"share of users active in one domain only (default {d.single_domain_share})")
     p.add_argument("--dirty-rate", type=float, default=d.dirty_rate, help="share of extra bad rows injected to exercise quarantine (default 0)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--overwrite", action="store_true", help="replace a data set generated earlier in OUT (same spec -> same bytes)")
     a = p.parse_args(argv)
     setup_logging()
     spec = SyntheticSpec(
         users=a.users, domains=a.domains, items_per_domain=a.items_per_domain, mean_events_per_user=a.mean_events,
         topics=a.topics, single_domain_share=a.single_domain_share, dirty_rate=a.dirty_rate, seed=a.seed,
     )
-    manifest = generate(a.out, spec)
-    print(json.dumps({k: v for k, v in manifest.items() if k != "spec"}, indent=2))
+    try:
+        manifest = generate(a.out, spec, overwrite=a.overwrite)
+    except FileExistsError as e:
+        log.error("generate: %s", e)
+        return EXIT_BAD_INPUT
+    print(json.dumps({"out": a.out, "users": manifest["users"], "totals": manifest["totals"]}, indent=2))
     return 0
 
 
@@ -78,6 +84,30 @@ def _import(argv: list[str]) -> int:
     return 0
 
 
+def _tables(argv: list[str]) -> int:
+    from crossrec.io.readers import list_tables, read_table
+
+    p = argparse.ArgumentParser(prog="crossrec tables", description="List the lake's Delta tables with version and row count (no Spark).")
+    p.add_argument("--lake-root", default="lakehouse", help="lakehouse root (default ./lakehouse)")
+    p.add_argument("--accounting", action="store_true", help="also print the newest row accounting of each stage")
+    a = p.parse_args(argv)
+    tables = list_tables(a.lake_root)
+    if not tables:
+        print(f"no crossrec tables under {a.lake_root}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"{'table':<22} {'version':>7} {'rows':>12}  path")
+    for t in tables:
+        print(f"{t.table:<22} {t.version:>7} {t.rows:>12,}  {t.path}")
+    if a.accounting and any(t.table == "ops.accounting" for t in tables):
+        acc = read_table(a.lake_root, "ops.accounting")
+        newest = acc.sort_values("recorded_at").groupby("stage").tail(1)[["stage", "run_id"]]
+        acc = acc.merge(newest, on=["stage", "run_id"])
+        cols = ["stage", "table_name", "domain", "rows_in", "rows_out", "quarantined", "duplicates", "skipped"]
+        print()
+        print(acc.sort_values(["stage", "table_name", "domain"])[cols].to_string(index=False))
+    return 0
+
+
 def _stage(name: str, argv: list[str]) -> int:
     return importlib.import_module(f"crossrec_jobs.{name}").main(argv)
 
@@ -85,7 +115,11 @@ def _stage(name: str, argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``crossrec`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    tools = {"generate": (_generate, "synthetic multi-domain raw data set"), "import": (_import, "convert a public data set to the raw format")}
+    tools = {
+        "generate": (_generate, "synthetic multi-domain raw data set"),
+        "import": (_import, "convert a public data set to the raw format"),
+        "tables": (_tables, "list the lake's tables, versions and row counts (no Spark)"),
+    }
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         print("commands:")

@@ -59,7 +59,8 @@ def blank_to_null(c: Column) -> Column:
 
 def normalize_text(c: Column) -> Column:
     """Control characters and runs of whitespace to one space, trimmed."""
-    return F.trim(F.regexp_replace(c, r"[\p{Cntrl}\s\u00a0\u2028\u2029]+", " "))
+    # (?U): Unicode classes, so NEL, NBSP, line/paragraph separators and all Cc controls count too
+    return F.trim(F.regexp_replace(c, r"(?U)[\p{Cntrl}\s\p{Z}]+", " "))
 
 
 def has_bad_bytes(c: Column) -> Column:

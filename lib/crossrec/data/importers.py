@@ -1,4 +1,4 @@
-"""Importers: public research data sets -> crossrec's raw input format (``docs_raw_format.md``).
+"""Importers: public research data sets -> crossrec's raw input format (README, "Raw input format").
 
 Both write one folder per domain (``<domain>/interactions.csv``, ``<domain>/items.csv``), a ``dataset.json``
 and a ``manifest.json`` (row counts, what was skipped and why), and return the manifest.
@@ -12,13 +12,12 @@ the clean stage quarantines them; values an importer cannot even read (a non-int
 
 Run::
 
-    python -m crossrec.data.importers food-kitchen SRC_DIR OUT_DIR
-    python -m crossrec.data.importers recbole SRC_DIR OUT_DIR --domain-of domain [--name NAME]
+    crossrec import amazon-food-kitchen SRC_DIR OUT_DIR
+    crossrec import recbole SRC_DIR OUT_DIR --domain COLUMN_OR_NAME
 """
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import csv
 import json
@@ -29,6 +28,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from crossrec.data.rawformat import DOMAIN_RE as _DOMAIN_RE
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ FOOD_KITCHEN_FILES = (  # (file, cohort); user ids become "<cohort>_<local id>"
     ("test.txt", "test"),
 )
 FOOD_KITCHEN_EVENT_TYPE = "review"
-_DOMAIN_RE = re.compile(r"[a-z0-9_]+")
 _INDEX_RE = re.compile(r"[0-9]+")
 
 
@@ -357,28 +357,3 @@ def import_recbole_atomic(src_dir: str | Path, out_dir: str | Path, domain_of: s
     _write_json(out / "manifest.json", manifest)
     log.info("wrote %d interactions in %d domains to %s", len(out_inter), len(domains_manifest), out)
     return manifest
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m crossrec.data.importers {food-kitchen,recbole} SRC_DIR OUT_DIR ...``."""
-    parser = argparse.ArgumentParser(prog="python -m crossrec.data.importers", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="source", required=True)
-    fk = sub.add_parser("food-kitchen", help="Amazon Food + Kitchen (LLMCDSR)")
-    rb = sub.add_parser("recbole", help="RecBole atomic files")
-    for p in (fk, rb):
-        p.add_argument("src_dir")
-        p.add_argument("out_dir")
-    rb.add_argument("--domain-of", required=True, help=".item field holding the domain, or one domain name")
-    rb.add_argument("--name", default=None, help="file stem of <name>.inter / <name>.item")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.source == "food-kitchen":
-        manifest = import_amazon_food_kitchen(args.src_dir, args.out_dir)
-    else:
-        manifest = import_recbole_atomic(args.src_dir, args.out_dir, args.domain_of, name=args.name)
-    print(json.dumps({k: v for k, v in manifest.items() if k != "files"}, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

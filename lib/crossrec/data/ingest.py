@@ -98,6 +98,15 @@ def file_columns(fs: FileSet, path: str) -> list[str] | None:
     return list(meta.schema.to_arrow_schema().names)
 
 
+def has_rows(fs: FileSet, path: str) -> bool:
+    """Whether a local CSV file has at least one non-blank line after its header."""
+    if fs.format != "csv":
+        return True  # file_columns already returned None for JSON/Parquet files without records
+    with open(_local(path), "rb") as fh:
+        fh.readline()
+        return any(line.strip() for line in fh)
+
+
 def check_columns(fs: FileSet, path: str, columns: list[str]) -> None:
     """Raise a RawFormatError naming the file and column when a mapped column is absent.
 
@@ -132,7 +141,7 @@ def plan_files(spark, dataset: Dataset, seen_checksums: dict[tuple[str, str | No
                 continue
             this_run[sha] = path
             cols = file_columns(fs, path) if _is_local(path) else None
-            if _is_local(path) and cols is None:
+            if _is_local(path) and (cols is None or not has_rows(fs, path)):
                 plan.empty.append(path)
                 continue
             if cols is not None:

@@ -16,7 +16,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 FORMATS = {"csv": (".csv", ".tsv", ".txt"), "jsonl": (".jsonl", ".json", ".ndjson"), "parquet": (".parquet",)}
-DOMAIN_RE = re.compile(r"^[a-z0-9_]+$")
+DOMAIN_RE = re.compile(r"[a-z0-9_]+")  # always used with fullmatch
 TIMESTAMP_KINDS = ("iso8601", "epoch_s", "epoch_ms")
 
 INTERACTION_REQUIRED = ("user_id", "item_id", "event_ts")
@@ -136,6 +136,8 @@ def _file_set(kind: str, domain: str | None, spec: Any, root: str, where: str) -
     for name, value in (("text_columns", text_cols), ("attribute_columns", attr_cols)):
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise RawFormatError(f"{where}.{name}: expected a list of raw column names")
+    if not isinstance(spec.get("options", {}), dict):
+        raise RawFormatError(f"{where}.options: expected an object such as {{\"delimiter\": \";\"}}")
     options = {str(k): str(v) for k, v in spec.get("options", {}).items()}
     bad_opts = set(options) - {"delimiter", "quote", "encoding", "escape"}
     if bad_opts:
@@ -173,12 +175,14 @@ def load_dataset(raw_dir: str | os.PathLike) -> Dataset:
             spec = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RawFormatError(f"{cfg_path}: not valid JSON ({e})") from e
+    if not isinstance(spec, dict):
+        raise RawFormatError(f"{cfg_path}: the top level must be a JSON object with 'domains'")
     domains = spec.get("domains")
     if not isinstance(domains, dict) or not domains:
         raise RawFormatError(f"{cfg_path}: 'domains' must be a non-empty object")
     file_sets: list[FileSet] = []
     for d, dspec in domains.items():
-        if not DOMAIN_RE.match(d):
+        if not DOMAIN_RE.fullmatch(d):
             raise RawFormatError(f"{cfg_path}: domain name {d!r} must match [a-z0-9_]+")
         if not isinstance(dspec, dict) or "interactions" not in dspec or "items" not in dspec:
             raise RawFormatError(f"{cfg_path}: domains.{d} needs 'interactions' and 'items'")

@@ -14,7 +14,7 @@ The data carry a planted cross-domain signal that later stages can be tested aga
   ``rating`` with 1-5 stars (books, half stars for movies) or ``purchase`` (music: no weight column; further
   domains: a quantity).
 
-Layout (see ``docs_raw_format.md``): each domain uses its own file format and raw column names.
+Layout (see README, "Raw input format"): each domain uses its own file format and raw column names.
 
 * 0 books, csv: ``reader, isbn, read_at, action, stars``; ``read_at`` iso8601 (``2021-03-04T05:06:07Z``).
 * 1 movies, jsonl: ``uid, movie_id, ts, event, rating``; ``ts`` epoch seconds.
@@ -47,12 +47,11 @@ Output bytes depend only on the spec, ``chunk_users`` and the installed numpy/py
 
 Run::
 
-    python -m crossrec.data.synthetic OUT_DIR --users 100000 --domains 3 --dirty-rate 0.01 --seed 7
+    crossrec generate OUT_DIR --users 100000 --domains 3 --dirty-rate 0.01 --seed 7
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import logging
@@ -784,23 +783,3 @@ def generate(out_dir: str | Path, spec: SyntheticSpec, *, chunk_users: int = DEF
     log.info("wrote %d rows (%d clean) for %d users in %.1f s", totals["rows"], totals["clean_rows"], spec.users,
              time.monotonic() - started)
     return manifest
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m crossrec.data.synthetic OUT_DIR [--users N] [--domains D] ... [--seed S]``."""
-    parser = argparse.ArgumentParser(prog="python -m crossrec.data.synthetic", description=__doc__.split("\n")[0])
-    parser.add_argument("out_dir")
-    for f in fields(SyntheticSpec):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
-    parser.add_argument("--chunk-users", type=int, default=DEFAULT_CHUNK_USERS)
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    spec = SyntheticSpec(**{f.name: getattr(args, f.name) for f in fields(SyntheticSpec)})
-    manifest = generate(args.out_dir, spec, chunk_users=args.chunk_users, overwrite=args.overwrite)
-    print(json.dumps(manifest["totals"], indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -62,6 +62,9 @@ class CrossrecConfig:
     reports_dir: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("run_date", "min_event_ts", "lake_root", "raw_dir"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
         try:
             dt.date.fromisoformat(self.run_date)
         except ValueError as e:
@@ -94,6 +97,8 @@ class CrossrecConfig:
     def require_pseudonym_key(self) -> bytes:
         """The HMAC key; a clear error when none is configured (a key is never built in)."""
         if self.pseudonym_key:
+            if len(self.pseudonym_key) < 16:
+                raise ConfigError("pseudonym_key (CROSSREC_PSEUDONYM_KEY) is shorter than 16 characters")
             return self.pseudonym_key.encode("utf-8")
         if self.pseudonym_key_file:
             p = Path(self.pseudonym_key_file)
@@ -122,6 +127,11 @@ def _coerce(name: str, value: Any) -> Any:
     f = {f.name: f for f in fields(CrossrecConfig)}[name]
     if not isinstance(value, str):
         return value
+    if name == "spark_conf":
+        pairs = [p for p in value.split(",") if p.strip()]
+        if not all("=" in p for p in pairs):
+            raise ConfigError(f"spark_conf must look like 'key=value,key2=value2', got {value!r}")
+        return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
     if f.type in ("bool",):
         if value.lower() in ("1", "true", "yes", "on"):
             return True
@@ -159,7 +169,8 @@ def resolve_config(
         unknown = set(data) - names
         if unknown:
             raise ConfigError(f"config file {p}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
-        merged.update(data)
+        # an unquoted TOML date (run_date = 2024-06-30) arrives as datetime.date: keep the ISO text
+        merged.update({k: v.isoformat() if isinstance(v, dt.date) else v for k, v in data.items()})
     env = os.environ if environ is None else environ
     for name in names:
         v = env.get(ENV_PREFIX + name.upper())

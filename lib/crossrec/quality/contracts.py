@@ -137,12 +137,19 @@ def _parse(data: dict, source: str) -> Contract:
     except (KeyError, TypeError) as e:
         raise ContractError(f"{source}: malformed contract ({e})") from e
     names = contract.column_names
-    for group, label in ((contract.partition_by, "partition_by"), (contract.key, "key")):
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ContractError(f"{source}: duplicate column name(s) {dup}")
+    ref_cols = tuple(c for r in contract.references for c in r.columns)
+    for group, label in ((contract.partition_by, "partition_by"), (contract.key, "key"), (ref_cols, "references")):
         bad = [c for c in group if c not in names]
         if bad:
             raise ContractError(f"{source}: {label} names unknown columns {bad}")
     for c in cols:
-        spark_type(c.type)  # fail early on a typo
+        try:
+            spark_type(c.type)  # fail early on a typo
+        except ContractError as e:
+            raise ContractError(f"{source}: column {c.name}: {e}") from e
     return contract
 
 

@@ -72,11 +72,12 @@ def _resolve(value: Any, params: Mapping[str, Any], table: str) -> Any:
 def _as_bound(value: Any, col_type: str) -> Any:
     if value is None or col_type not in ("timestamp", "date"):
         return value
-    if isinstance(value, dt.datetime):
-        return value.replace(tzinfo=None) if value.tzinfo else value
-    if isinstance(value, dt.date):
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
         return dt.datetime(value.year, value.month, value.day)
-    return dt.datetime.fromisoformat(str(value))
+    if not isinstance(value, dt.datetime):
+        value = dt.datetime.fromisoformat(str(value))
+    # tables hold naive UTC timestamps: convert an aware bound to UTC, then drop the zone
+    return value.astimezone(dt.timezone.utc).replace(tzinfo=None) if value.tzinfo else value
 
 
 def build_expectations(
@@ -165,7 +166,11 @@ class Validator:
         for name in ("great_expectations", "great_expectations.data_context.types.base"):
             logging.getLogger(name).setLevel(logging.WARNING)
         self._gx = gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
         self.context = gx.get_context(mode="ephemeral")
+        # our own log lines report progress; GE's per-metric bars would flood job logs
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         self.batch_def = (
             self.context.data_sources.add_spark(name="crossrec")
             .add_dataframe_asset(name="tables")

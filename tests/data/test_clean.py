@@ -1,0 +1,209 @@
+"""Clean transforms on tiny inline frames with explicit schemas (real Spark, no mocks)."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from crossrec.data import clean as C
+from crossrec.quality.contracts import load_contract
+
+pytestmark = pytest.mark.spark
+
+MIN_TS = dt.datetime(1995, 1, 1)
+MAX_TS = dt.datetime(2024, 7, 1)  # run date 2024-06-30, exclusive end
+INGESTED = dt.datetime(2024, 6, 30, 12, 0, 0)
+
+
+def bronze_interactions(spark, rows):
+    """rows: (domain, user_id, item_id, event_type, event_ts, weight, corrupt_record[, source_file])."""
+    full = [(*r, *([] if len(r) == 8 else ["f.csv"]), "sha", "run1", INGESTED) for r in rows]
+    return spark.createDataFrame(full, load_contract("bronze.interactions").spark_schema())
+
+
+def bronze_items(spark, rows):
+    """rows: (domain, item_id, title, category, text_fields, attributes, corrupt_record[, source_file, ingested_at])."""
+    full = []
+    for r in rows:
+        src, ing = (r[7], r[8]) if len(r) == 9 else ("items.csv", INGESTED)
+        full.append((*r[:7], src, "sha", "run1", ing))
+    return spark.createDataFrame(full, load_contract("bronze.items").spark_schema())
+
+
+def classify(spark, rows, fmt="iso8601"):
+    df = bronze_interactions(spark, rows)
+    return C.classify_interactions(df, {"books": fmt, "movies": "epoch_s", "music": "epoch_ms"}, {"books": "interaction"}, MIN_TS, MAX_TS)
+
+
+def reasons(df):
+    return [r[C.REASON] for r in df.orderBy("source", "item_id").select(C.REASON).collect()]
+
+
+def test_valid_row_is_typed(spark):
+    out = classify(spark, [("books", " u1 ", "b1", "View", "2021-01-01T10:00:00Z", "2.5", None)])
+    row = out.first()
+    assert (row.local_user_id, row.item_id, row.event_type, row.weight, row[C.STATUS]) == ("u1", "b1", "view", 2.5, C.OK)
+    assert row.event_ts == dt.datetime(2021, 1, 1, 10, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (("books", "u1", "b1", "view", "2021-01-01", "1", "u1,b1"), "malformed_line"),
+        (("books", "  ", "b1", "view", "2021-01-01", "1", None), "missing_user_id"),
+        (("books", None, "b1", "view", "2021-01-01", "1", None), "missing_user_id"),
+        (("books", "u1", "", "view", "2021-01-01", "1", None), "missing_item_id"),
+        (("books", "u1", "b1", "view", None, "1", None), "missing_timestamp"),
+        (("books", "u\ufffd1", "b1", "view", "2021-01-01", "1", None), "invalid_encoding"),
+        (("books", "u" * 600, "b1", "view", "2021-01-01", "1", None), "value_too_long"),
+        (("books", "u1", "b1", "view", "yesterday", "1", None), "unparseable_timestamp"),
+        (("books", "u1", "b1", "view", "1990-05-01T00:00:00Z", "1", None), "timestamp_out_of_range"),
+        (("books", "u1", "b1", "view", "2099-01-01T00:00:00Z", "1", None), "timestamp_out_of_range"),
+        (("books", "u1", "b1", "view", "2024-07-01T00:00:00Z", "1", None), "timestamp_out_of_range"),
+        (("books", "u1", "b1", "view", "2021-01-01", "lots", None), "unparseable_weight"),
+        (("books", "u1", "b1", "view", "2021-01-01", "-1", None), "weight_out_of_range"),
+        (("books", "u1", "b1", "view", "2021-01-01", "NaN", None), "weight_out_of_range"),
+        (("books", "u1", "b1", "view", "2021-01-01", "Infinity", None), "weight_out_of_range"),
+        (("movies", "u1", "m1", "view", "1e30", "1", None), "timestamp_out_of_range"),
+        (("movies", "u1", "m1", "view", "12:00", "1", None), "unparseable_timestamp"),
+    ],
+)
+def test_bad_rows_get_their_reason(spark, raw, reason):
+    out = classify(spark, [raw]).first()
+    assert (out[C.STATUS], out[C.REASON]) == (C.QUARANTINED, reason)
+    assert out[C.DETAIL]
+
+
+def test_timestamp_formats(spark):
+    rows = [
+        ("books", "u", "b1", None, "2021-03-04 05:06:07", None, None),
+        ("movies", "u", "m1", None, "1614834367", None, None),
+        ("music", "u", "s1", None, "1614834367000", None, None),
+    ]
+    out = classify(spark, rows).orderBy("domain").collect()
+    assert [r.event_ts for r in out] == [dt.datetime(2021, 3, 4, 5, 6, 7)] * 3
+    assert [r.weight for r in out] == [1.0] * 3  # no weight -> 1.0
+    assert [r.event_type for r in out] == ["interaction"] * 3  # default event type
+
+
+def test_custom_timestamp_pattern(spark):
+    df = bronze_interactions(spark, [("books", "u", "b1", None, "04/03/2021 05:06", None, None)])
+    out = C.classify_interactions(df, {"books": "dd/MM/yyyy HH:mm"}, {}, MIN_TS, MAX_TS).first()
+    assert out.event_ts == dt.datetime(2021, 3, 4, 5, 6)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(min_size=1, max_size=40), min_size=1, max_size=5), st.binary(min_size=1, max_size=80))
+def test_hmac_matches_python(spark, values, key):
+    df = spark.createDataFrame([(v,) for v in values], "v string")
+    got = [r.h for r in df.select(C.hmac_sha256_hex(key, F.col("v")).alias("h")).collect()]
+    want = [hmac.new(key, v.encode("utf-8"), hashlib.sha256).hexdigest() for v in values]
+    assert got == want
+
+
+def test_pseudonymize_drops_raw_id(spark):
+    df = spark.createDataFrame([("alice",)], "global_user_id string")
+    out = C.pseudonymize(df, b"k" * 20)
+    assert out.columns == ["user_id"]
+    assert out.first().user_id == hmac.new(b"k" * 20, b"alice", hashlib.sha256).hexdigest()
+
+
+def test_identity_map_conflicts_duplicates_and_unknown_domains(spark):
+    schema = load_contract("bronze.identity_map").spark_schema()
+    rows = [
+        ("music", "m-1", "u1", None), ("music", "m-1", "u1", None),  # exact repeat -> duplicate
+        ("music", "m-2", "u2", None), ("music", "m-2", "u9", None),  # conflict: keep u2
+        ("games", "g-1", "u1", None),  # unknown domain
+        ("music", "m-3", None, None),  # no global id
+        (None, None, None, "garbage"),
+    ]
+    df = spark.createDataFrame([(*r, "map.csv", "sha", "run1", INGESTED) for r in rows], schema)
+    out = C.classify_identity_map(df, ["books", "music"])
+    got = sorted((r.local_user_id or "", r.global_user_id or "", r[C.STATUS], r[C.REASON] or "") for r in out.collect())
+    assert got == sorted([
+        ("m-1", "u1", C.OK, ""), ("m-1", "u1", C.DUPLICATE, ""),
+        ("m-2", "u2", C.OK, ""), ("m-2", "u9", C.QUARANTINED, "identity_conflict"),
+        ("g-1", "u1", C.QUARANTINED, "unknown_domain"),
+        ("m-3", "", C.QUARANTINED, "missing_global_user_id"),
+        ("", "", C.QUARANTINED, "malformed_line"),
+    ])
+    inter = classify(spark, [("music", "m-2", "s1", "play", "1614834367000", None, None), ("music", "m-7", "s1", "play", "1614834367000", None, None)])
+    joined = C.apply_identity(inter, out).select("local_user_id", "global_user_id")
+    assertDataFrameEqual(joined, spark.createDataFrame([("m-2", "u2"), ("m-7", "m-7")], "local_user_id string, global_user_id string"))
+
+
+def test_catalog_check_and_dedupe(spark):
+    items = C.classify_items(
+        bronze_items(spark, [("books", "b1", "T", None, {"00_title": "T"}, {}, None)]), 1000
+    )
+    inter = classify(spark, [
+        ("books", "u1", "b1", "view", "2021-01-01T00:00:00Z", "1", None, "a.csv"),
+        ("books", "u1", "b1", "view", "2021-01-01T00:00:00Z", "1", None, "b.csv"),  # duplicate of the first
+        ("books", "u1", "b2", "view", "2021-01-01T00:00:00Z", "1", None, "a.csv"),  # not in catalog
+        ("books", "", "b1", "view", "2021-01-01T00:00:00Z", "1", None, "c.csv"),  # quarantined, not a duplicate
+    ])
+    inter = C.pseudonymize(C.apply_identity(inter, None), b"key-key-key-key-key")
+    out = C.dedupe_interactions(C.check_catalog(inter, items))
+    got = sorted((r.item_id, r.source, r[C.STATUS], r[C.REASON]) for r in out.collect())
+    assert got == [
+        ("b1", "a.csv", C.OK, None),
+        ("b1", "b.csv", C.DUPLICATE, None),
+        ("b1", "c.csv", C.QUARANTINED, "missing_user_id"),
+        ("b2", "a.csv", C.QUARANTINED, "item_not_in_catalog"),
+    ]
+    q = C.quarantine_rows(out, "bronze.interactions")
+    assert q.columns == load_contract("silver.quarantine").column_names
+    assert q.count() == 2
+
+
+def test_placeholder_items_for_missing_catalog_entries(spark):
+    items = C.classify_items(bronze_items(spark, [("books", "b1", "T", None, {}, {}, None)]), 1000)
+    inter = C.apply_identity(classify(spark, [("books", "u1", "b2", "view", "2021-01-01", "1", None)]), None)
+    ph = C.placeholder_items(inter, items)
+    row = ph.first()
+    assert (row.item_id, row.title, row.attributes, ph.count()) == ("b2", "b2", {"placeholder": "true"}, 1)
+    assert set(load_contract("silver.items").column_names) <= set(ph.columns)
+
+
+def test_items_text_normalised_truncated_and_newest_wins(spark):
+    old, new = dt.datetime(2024, 1, 1), dt.datetime(2024, 2, 1)
+    rows = [
+        ("books", "b1", "  Old\ttitle ", "scifi", {"00_title": "Old title"}, {"author": " Ann "}, None, "v1.csv", old),
+        ("books", "b1", "New  title", " scifi ", {"00_title": "New  title", "01_blurb": "Line1\nLine2\u0007"}, {"author": "Ann", "x": " "}, None, "v2.csv", new),
+        ("books", "b2", None, None, {"00_title": None, "01_blurb": "x" * 50}, {}, None, "v2.csv", new),
+        ("books", "b3", "caf\ufffd", None, {"00_title": "caf\ufffd"}, {}, None, "v2.csv", new),
+        ("books", None, "no id", None, {}, {}, None, "v2.csv", new),
+    ]
+    out = C.classify_items(bronze_items(spark, rows), max_text_chars=25)
+    got = {(r.item_id, r.source): r for r in out.collect()}
+    b1 = got[("b1", "v2.csv")]
+    assert (b1.title, b1.text, b1.category, b1.attributes, b1[C.STATUS]) == ("New title", "New title. Line1 Line2", "scifi", {"author": "Ann"}, C.OK)
+    assert got[("b1", "v1.csv")][C.STATUS] == C.DUPLICATE
+    b2 = got[("b2", "v2.csv")]
+    assert (b2.title, b2.text, b2._truncated) == ("", "x" * 25, True)
+    assert got[("b3", "v2.csv")]._bad_text_bytes is True and got[("b3", "v2.csv")][C.STATUS] == C.OK
+    assert got[(None, "v2.csv")][C.REASON] == "missing_item_id"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30), min_size=1, max_size=6))
+def test_normalize_text_properties(spark, values):
+    df = spark.createDataFrame([(v,) for v in values], "v string")
+    out = [r.n for r in df.select(C.normalize_text(F.col("v")).alias("n")).collect()]
+    for o in out:
+        assert o == o.strip()
+        assert "  " not in o and "\n" not in o and "\t" not in o
+
+
+def test_status_counts_account_for_every_row(spark):
+    rows = [("books", "u1", f"b{i % 3}", "view", "2021-01-01T00:00:00Z", "1", None) for i in range(9)]
+    rows += [("books", "", "b1", "view", "2021-01-01T00:00:00Z", "1", None)]
+    inter = C.dedupe_interactions(C.pseudonymize(C.apply_identity(classify(spark, rows), None), b"0123456789abcdef"))
+    counts = {(r[C.STATUS], r[C.REASON]): r["count"] for r in C.status_counts(inter).collect()}
+    assert counts == {(C.OK, None): 3, (C.DUPLICATE, None): 6, (C.QUARANTINED, "missing_user_id"): 1}

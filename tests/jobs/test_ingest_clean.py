@@ -1,0 +1,212 @@
+"""The ingest and clean jobs end to end: real Spark, Delta, Great Expectations, on tiny raw data sets.
+
+One module fixture builds a raw set holding every kind of bad input and runs ingest -> clean twice on
+the same lake; the tests read what those runs left. Inputs that must stop a run get their own small runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+
+from crossrec.io.readers import list_tables, read_table
+from crossrec_jobs import clean as clean_job
+from crossrec_jobs import ingest as ingest_job
+from conftest import TEST_KEY, job_args, write_raw
+
+pytestmark = pytest.mark.spark
+
+TABLES = ["bronze.interactions", "bronze.items", "bronze.identity_map", "silver.interactions", "silver.items", "silver.quarantine"]
+GOOD_BOOKS = [
+    "u1,b1,2021-01-01T10:00:00Z,view,1",
+    "u1,b2,2021-01-02T10:00:00Z,purchase,3",
+    "u2,b1,2021-01-03T10:00:00Z,view,",
+]
+BAD_BOOKS = {
+    "u3,b1": "malformed_line",
+    "u1,b1,2021-01-05T00:00:00Z,view,lots": "unparseable_weight",
+    "u1,b1,2099-01-01T00:00:00Z,view,1": "timestamp_out_of_range",
+    "u1,b1,1990-01-01T00:00:00Z,view,1": "timestamp_out_of_range",
+    "u2,b9,2021-01-05T00:00:00Z,view,1": "item_not_in_catalog",
+}
+LATIN1_ROW = b"caf\xe9,b1,2021-01-06T00:00:00Z,view,1\n"  # not UTF-8: invalid_encoding
+HUGE = "word " * 400_000  # a 2 MB blurb
+
+
+def build_dirty_raw(root: Path) -> Path:
+    movies = [
+        {"uid": "m-1", "movie_id": "mv1", "ts": 1609495200, "event": "view"},
+        {"uid": "m-2", "movie_id": "mv2", "ts": 1609581600, "event": "view"},
+        {"uid": "m-3", "movie_id": "mv1", "ts": 1609668000, "event": "rating"},
+        {"uid": "m-3", "movie_id": "mv2", "ts": "not-a-date", "event": "view"},
+    ]
+    write_raw(
+        root,
+        books_rows=GOOD_BOOKS + list(BAD_BOOKS) + [GOOD_BOOKS[0]],  # the last: an exact duplicate
+        movies_rows=movies,
+        books_items=["b1,The Galaxy Chronicle,scifi,A story of space.,Ann Author", f"b2,Sourdough Secrets,cooking,{HUGE},Bob Baker"],
+        identity_rows=["movies,m-1,u1", "movies,m-2,u2", "movies,m-1,u9", "games,g-1,u1"],
+    )
+    with open(root / "movies" / "interactions.jsonl", "a", encoding="utf-8") as fh:
+        fh.write("{not json\n")
+    with open(root / "books" / "interactions.csv", "ab") as fh:
+        fh.write(LATIN1_ROW)
+    with open(root / "books" / "items.csv", "ab") as fh:
+        fh.write(b"b3,Cr\xe8me,food,Caf\xe9 desserts.,Chef\n")  # bad bytes in text only: kept, counted
+    # the books interactions become a folder holding the file and a byte-identical copy of it
+    folder = root / "books" / "interactions"
+    folder.mkdir()
+    shutil.move(root / "books" / "interactions.csv", folder / "part-0.csv")
+    shutil.copy(folder / "part-0.csv", folder / "part-1-copy.csv")
+    spec = json.loads((root / "dataset.json").read_text())
+    spec["domains"]["books"]["interactions"]["path"] = "books/interactions"
+    (root / "dataset.json").write_text(json.dumps(spec))
+    return root
+
+
+def counts(lake: Path) -> dict[str, int]:
+    return {t.table: t.rows for t in list_tables(str(lake))}
+
+
+@pytest.fixture(scope="module")
+def runs(spark, tmp_path_factory):
+    base = tmp_path_factory.mktemp("dirty")
+    raw, lake = build_dirty_raw(base / "raw"), base / "lake"
+    key = base / "key"
+    key.write_text(TEST_KEY)
+    args = job_args(raw, lake, key)
+    out = {"raw": raw, "lake": lake}
+    for i in (1, 2):
+        assert ingest_job.main(args) == 0
+        assert clean_job.main(args) == 0
+        out[f"counts{i}"] = counts(lake)
+        out[f"accounting{i}"] = read_table(str(lake), "ops.accounting")
+    return out
+
+
+def test_every_table_is_a_real_delta_table_readable_without_spark(runs, spark):
+    for t in TABLES:
+        path = runs["lake"] / t.replace(".", "/")
+        assert (path / "_delta_log").is_dir(), t
+        assert DeltaTable(str(path)).to_pyarrow_dataset().count_rows() == spark.read.format("delta").load(str(path)).count()
+    assert runs["counts1"]["silver.interactions"] == 3 + 3  # books + movies good rows
+
+
+def test_rerun_changes_no_row_count(runs):
+    assert runs["counts1"] == runs["counts2"]
+    assert set(TABLES) <= set(runs["counts2"])
+
+
+def test_second_ingest_skips_every_file(runs):
+    acc = runs["accounting2"]
+    ing = acc[acc.stage == "ingest"]
+    assert (ing.rows_in == 0).all() and (ing.rows_out == 0).all()
+    books = ing[(ing.table_name == "bronze.interactions") & (ing.domain == "books")].iloc[0]
+    assert books.skipped == 10  # the rows of part-0.csv: 3 good + 5 bad + 1 duplicate + 1 latin-1
+    assert len(json.loads(books.details)["files_seen_before"]) == 2  # the copy has the same checksum
+
+
+def test_duplicate_file_content_is_skipped_and_reported(runs):
+    acc = runs["accounting1"]
+    books = acc[(acc.stage == "ingest") & (acc.table_name == "bronze.interactions") & (acc.domain == "books")].iloc[0]
+    details = json.loads(books.details)
+    assert [Path(p).name for p in details["files_duplicate_content"]] == ["part-1-copy.csv"]
+    assert books.rows_out == 10  # part-0 only
+    bronze = read_table(str(runs["lake"]), "bronze.interactions")
+    assert set(Path(p).name for p in bronze.source_file) == {"part-0.csv", "interactions.jsonl"}
+
+
+def test_accounting_balances_per_table_and_domain(runs):
+    acc = runs["accounting2"]
+    assert (acc.rows_in == acc.rows_out + acc.quarantined + acc.duplicates).all()
+    cl = acc[acc.stage == "clean"].set_index(["table_name", "domain"])
+    assert tuple(cl.loc[("silver.interactions", "books"), ["rows_in", "rows_out", "quarantined", "duplicates"]]) == (10, 3, 6, 1)
+    assert tuple(cl.loc[("silver.interactions", "movies"), ["rows_in", "rows_out", "quarantined", "duplicates"]]) == (5, 3, 2, 0)
+    assert tuple(cl.loc[("silver.identity_map", "movies"), ["rows_in", "rows_out", "quarantined", "duplicates"]]) == (3, 2, 1, 0)
+    items = json.loads(cl.loc[("silver.items", "books"), "details"])
+    assert items["text_truncated"] == 1 and items["text_with_invalid_bytes"] == 1
+
+
+def test_each_bad_row_is_quarantined_with_its_reason(runs):
+    q = read_table(str(runs["lake"]), "silver.quarantine")
+    books = q[(q.source_table == "bronze.interactions") & (q.domain == "books")]
+    want = sorted(list(BAD_BOOKS.values()) + ["invalid_encoding"])
+    assert sorted(books.reason) == want
+    movies = q[(q.source_table == "bronze.interactions") & (q.domain == "movies")]
+    assert sorted(movies.reason) == ["malformed_line", "unparseable_timestamp"]
+    ids = q[q.source_table == "bronze.identity_map"]
+    assert sorted(ids.reason) == ["identity_conflict", "unknown_domain"]
+    malformed = books[books.reason == "malformed_line"].iloc[0]
+    assert "u3,b1" in malformed.detail and json.loads(malformed.record)["corrupt_record"] == "u3,b1"
+
+
+def test_users_are_pseudonymised_and_joined_across_domains(runs):
+    inter = read_table(str(runs["lake"]), "silver.interactions")
+    u1 = hmac.new(TEST_KEY.encode(), b"u1", hashlib.sha256).hexdigest()
+    assert not ({"u1", "u2", "m-1", "m-2", "m-3"} & set(inter.user_id))
+    assert set(inter[inter.user_id == u1].domain) == {"books", "movies"}  # m-1 -> u1 through the identity map
+    assert inter.user_id.str.fullmatch(r"[0-9a-f]{64}").all()
+
+
+def test_items_truncated_and_bad_bytes_kept(runs):
+    items = read_table(str(runs["lake"]), "silver.items").set_index("item_id")
+    assert len(items.loc["b2", "text"]) == 10_000
+    assert items.loc["b2", "text"].startswith("Sourdough Secrets. word word")
+    assert "\ufffd" in items.loc["b3", "text"]
+
+
+def test_validation_reports_written(runs):
+    reports = runs["lake"] / "_reports"
+    for run_id, table in [("ingest-2024-06-30", "bronze.interactions"), ("clean-2024-06-30", "silver.interactions")]:
+        rep = json.loads((reports / run_id / f"{table}.json").read_text())
+        assert rep["success"] is True
+        kinds = {r["expectation"] for r in rep["results"]}
+        assert "expect_column_values_to_not_be_null" in kinds
+    rep = json.loads((reports / "clean-2024-06-30" / "silver.interactions.json").read_text())
+    kinds = {r["expectation"] for r in rep["results"]}
+    assert {"expect_compound_columns_to_be_unique", "expect_column_values_to_be_between", "expect_column_values_to_be_in_set",
+            "expect_table_row_count_to_be_between"} <= kinds
+
+
+# ----------------------------------------------------------------------------- inputs that stop a run
+def test_missing_required_column_stops_before_writing(spark, tmp_path, key_file, capsys):
+    raw = write_raw(tmp_path / "raw", books_header="reader,book,read_at,action,stars")
+    lake = tmp_path / "lake"
+    assert ingest_job.main(job_args(raw, lake, key_file)) == 2
+    err = capsys.readouterr().err
+    assert "interactions.csv" in err and "'isbn'" in err and "item_id" in err
+    assert not lake.exists() or not any(lake.rglob("_delta_log"))
+
+
+def test_unknown_domain_folder_stops_the_run(spark, tmp_path, key_file, capsys):
+    raw = write_raw(tmp_path / "raw")
+    (raw / "games").mkdir()
+    (raw / "games" / "plays.csv").write_text("user,game,ts\nu1,g1,2021-01-01\n")
+    assert ingest_job.main(job_args(raw, tmp_path / "lake", key_file)) == 2
+    assert "'games'" in capsys.readouterr().err
+
+
+def test_empty_input_is_a_clear_error(spark, tmp_path, key_file, capsys):
+    raw = write_raw(tmp_path / "raw", books_rows=[], movies_rows=[], books_items=[], movies_items=[], identity_rows=[])
+    assert ingest_job.main(job_args(raw, tmp_path / "lake", key_file)) == 2
+    assert "input is empty" in capsys.readouterr().err
+
+
+def test_clean_without_key_is_a_clear_error(spark, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("CROSSREC_PSEUDONYM_KEY", raising=False)
+    monkeypatch.delenv("CROSSREC_PSEUDONYM_KEY_FILE", raising=False)
+    raw = write_raw(tmp_path / "raw")
+    args = ["--raw-dir", str(raw), "--lake-root", str(tmp_path / "lake"), "--spark-master", "local[2]"]
+    assert clean_job.main(args) == 2
+    assert "CROSSREC_PSEUDONYM_KEY" in capsys.readouterr().err
+
+
+def test_clean_before_ingest_is_a_clear_error(spark, tmp_path, key_file, capsys):
+    raw = write_raw(tmp_path / "raw")
+    assert clean_job.main(job_args(raw, tmp_path / "lake", key_file)) == 2
+    assert "run `crossrec ingest` first" in capsys.readouterr().err
