@@ -1,0 +1,62 @@
+"""Great Expectations checkpoints from contracts, on real Spark frames: pass, fail, report."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from crossrec.cli.common import EXIT_VALIDATION, run_guarded
+from crossrec.quality.contracts import load_contract
+from crossrec.quality.validate import ValidationFailed, Validator
+
+pytestmark = pytest.mark.spark
+PARAMS = {"domains": ["books", "movies"], "min_event_ts": dt.datetime(1995, 1, 1), "max_event_ts": dt.datetime(2024, 7, 1)}
+T = dt.datetime(2021, 1, 1)
+
+
+def frames(spark, inter_rows):
+    c = load_contract("silver.interactions")
+    items = spark.createDataFrame([("b1", "books", "t", "t", None, {}, "r", "s")], load_contract("silver.items").spark_schema())
+    return c, spark.createDataFrame(inter_rows, c.spark_schema()), items
+
+
+def test_valid_table_passes(spark, tmp_path):
+    c, df, items = frames(spark, [("u1", "books", "b1", "view", T, 1.0, "r", "s")])
+    rep = Validator(str(tmp_path), "run1").check(c, df, PARAMS, expected_rows=1, references={"silver.items": items}, version=7)
+    assert rep.success and rep.rows == 1 and rep.version == 7
+    assert json.loads((tmp_path / "run1" / "silver.interactions.json").read_text())["success"] is True
+
+
+def test_each_broken_rule_is_reported(spark, tmp_path):
+    rows = [
+        ("u1", "books", "b1", "view", T, 1.0, "r", "s"),
+        ("u1", "books", "b1", "view", T, 1.0, "r", "s"),  # duplicate key
+        ("u2", "games", "b1", "view", T, 1.0, "r", "s"),  # domain not allowed, item not in games catalog
+        ("u3", "books", "b9", "view", dt.datetime(1990, 1, 1), -2.0, "r", "s"),  # dangling item, too old, negative
+    ]
+    c, df, items = frames(spark, rows)
+    with pytest.raises(ValidationFailed) as e:
+        Validator(str(tmp_path), "run2").check(c, df, PARAMS, expected_rows=3, references={"silver.items": items}, version=3)
+    failed = {(f["expectation"], str(f["target"])) for f in e.value.report.failures}
+    assert failed == {
+        ("expect_compound_columns_to_be_unique", str(["user_id", "domain", "item_id", "event_type", "event_ts"])),
+        ("expect_column_values_to_be_in_set", "domain"),
+        ("expect_column_values_to_be_between", "event_ts"),
+        ("expect_column_values_to_be_between", "weight"),
+        ("expect_column_values_to_not_be_null", "__ref_silver_items"),
+        ("expect_table_row_count_to_be_between", "table"),
+    }
+    text = str(e.value)
+    assert "silver.interactions v3: FAILED" in text and "games" in text and "report:" in text
+    saved = json.loads((tmp_path / "run2" / "silver.interactions.json").read_text())
+    assert saved["success"] is False and len([r for r in saved["results"] if not r["success"]]) == 6
+
+
+def test_failed_checkpoint_exits_3(spark, tmp_path):
+    c, df, items = frames(spark, [("u1", "nope", "b1", "view", T, 1.0, "r", "s")])
+
+    def body():
+        Validator(str(tmp_path), "run3").check(c, df, PARAMS, references={"silver.items": items})
+
+    assert run_guarded("test", body) == EXIT_VALIDATION
