@@ -1,6 +1,8 @@
 """Tests of crossrec.io.config: defaults, merge order, coercion, derived values and the pseudonym key (no Spark)."""
 from __future__ import annotations
 
+import os
+
 import dataclasses
 import datetime as dt
 import tempfile
@@ -40,7 +42,7 @@ def test_defaults_of_the_dataclass():
         "validate": True,
         "reports_dir": None,
     }
-    assert cfg.reports_root == "lakehouse/_reports"
+    assert cfg.reports_root == os.path.abspath("lakehouse") + "/_reports"
     assert cfg.effective_run_id("clean") == f"clean-{RUN_DATE}"
 
 
@@ -250,7 +252,8 @@ def test_spark_master_other_values_are_kept():
 @pytest.mark.parametrize(
     "root, name, expected",
     [
-        ("lakehouse", "silver.interactions", "lakehouse/silver/interactions"),
+        # a relative local root is made absolute (Delta reads "lakehouse/x" as a table name)
+        ("lakehouse", "silver.interactions", os.path.abspath("lakehouse") + "/silver/interactions"),
         ("/data/lake/", "bronze.items", "/data/lake/bronze/items"),
         ("s3a://bucket/lake", "ops.accounting", "s3a://bucket/lake/ops/accounting"),
         ("s3a://bucket/lake/", "silver.items", "s3a://bucket/lake/silver/items"),

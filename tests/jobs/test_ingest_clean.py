@@ -210,3 +210,13 @@ def test_clean_before_ingest_is_a_clear_error(spark, tmp_path, key_file, capsys)
     raw = write_raw(tmp_path / "raw")
     assert clean_job.main(job_args(raw, tmp_path / "lake", key_file)) == 2
     assert "run `crossrec ingest` first" in capsys.readouterr().err
+
+
+def test_relative_lake_and_raw_paths(spark, tmp_path, key_file, monkeypatch):
+    """`make demo` passes --lake-root lakehouse: a relative folder, not a table name."""
+    write_raw(tmp_path / "raw")
+    monkeypatch.chdir(tmp_path)
+    args = ["--raw-dir", "raw", "--lake-root", "lake", "--pseudonym-key-file", str(key_file),
+            "--run-date", "2024-06-30", "--spark-master", "local[2]"]
+    assert ingest_job.main(args) == 0
+    assert (tmp_path / "lake" / "bronze" / "interactions" / "_delta_log").is_dir()

@@ -144,6 +144,8 @@ def _file_set(kind: str, domain: str | None, spec: Any, root: str, where: str) -
         raise RawFormatError(f"{where}.options: unknown option(s) {sorted(bad_opts)}")
     path = spec["path"]
     full = path if ("://" in path or os.path.isabs(path)) else os.path.join(root, path)
+    if _is_local(full):
+        full = os.path.abspath(_local(full))  # the JVM's working folder may differ from Python's
     return FileSet(
         kind=kind,
         domain=domain,

@@ -84,11 +84,20 @@ class CrossrecConfig:
         layer, _, table = name.partition(".")
         if not table:
             raise ConfigError(f"table names are '<layer>.<table>', got {name!r}")
-        return f"{self.lake_root.rstrip('/')}/{layer}/{table}"
+        return f"{self.lake_uri}/{layer}/{table}"
+
+    @property
+    def lake_uri(self) -> str:
+        """The lake root as Spark should see it: URIs as given, local folders made absolute
+        (Delta takes a relative path such as ``lakehouse/bronze/x`` for a table name)."""
+        root = self.lake_root.rstrip("/")
+        if "://" in root:
+            return root
+        return os.path.abspath(root.removeprefix("file:"))
 
     @property
     def reports_root(self) -> str:
-        return self.reports_dir or f"{self.lake_root.rstrip('/')}/_reports"
+        return self.reports_dir or f"{self.lake_uri}/_reports"
 
     def effective_run_id(self, stage: str) -> str:
         """The run id rows are stamped with: the configured one, else ``<stage>-<run_date>``."""
