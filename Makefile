@@ -16,7 +16,7 @@ export CROSSREC_PSEUDONYM_KEY_FILE ?= $(abspath $(DEMO_KEY))
 .PHONY: help install demo test test-fast lint clean-demo
 
 help:
-	@echo "make demo   - generate data, run ingest -> clean on embedded Spark, print the tables"
+	@echo "make demo   - generate data, run ingest -> clean -> features on embedded Spark, print the tables"
 	@echo "make test   - run the test suite (real Spark, Delta, Great Expectations)"
 	@echo "make test-fast - the tests not marked slow"
 
@@ -37,6 +37,7 @@ demo: $(STAMP) $(DEMO_KEY)
 	$(BIN)/crossrec generate $(DEMO_RAW) --users $(DEMO_USERS) --dirty-rate 0.01 --overwrite > /dev/null
 	$(BIN)/crossrec ingest --raw-dir $(DEMO_RAW) --lake-root $(LAKE) --run-date $(RUN_DATE)
 	$(BIN)/crossrec clean --raw-dir $(DEMO_RAW) --lake-root $(LAKE) --run-date $(RUN_DATE)
+	$(BIN)/crossrec features --raw-dir $(DEMO_RAW) --lake-root $(LAKE) --run-date $(RUN_DATE)
 	@echo
 	@echo "== crossrec demo: tables under $(LAKE)/ (validation reports in $(LAKE)/_reports/)"
 	@$(BIN)/crossrec tables --lake-root $(LAKE) --accounting

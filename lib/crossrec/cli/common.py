@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -33,8 +34,8 @@ def add_common_args(p: argparse.ArgumentParser, raw: bool = False) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> CrossrecConfig:
-    keys = ("lake_root", "raw_dir", "run_date", "run_id", "spark_master", "pseudonym_key_file", "validate")
-    overrides = {k: getattr(args, k, None) for k in keys}
+    # every config key a job's parser defines (flags not given are None and do not override)
+    overrides = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(CrossrecConfig)}
     return resolve_config(getattr(args, "config", None), overrides)
 
 
@@ -49,6 +50,29 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("py4j", "great_expectations", "urllib3", "matplotlib", "filelock", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_job(
+    stage: str,
+    doc: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[CrossrecConfig, object], object],
+    argv: list[str] | None = None,
+) -> int:
+    """The ``main(argv)`` of a Spark job: parse flags -> config (logged) -> Spark session -> ``run`` -> exit code."""
+    p = argparse.ArgumentParser(prog=f"crossrec {stage}", description=doc.split("\n\n")[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body() -> None:
+        from crossrec.io.spark import build_spark
+
+        cfg = config_from_args(args)
+        log.info("%s config: %s", stage, cfg.masked())
+        run(cfg, build_spark(f"crossrec-{stage}", cfg.spark_master, cfg.spark_conf))
+
+    return run_guarded(stage, body)
 
 
 def run_guarded(stage: str, fn: Callable[[], object]) -> int:

@@ -5,6 +5,7 @@
     crossrec import recbole SRC OUT --domain-column COL          RecBole atomic files -> raw format
     crossrec ingest [--raw-dir ... --lake-root ...]              raw -> bronze (jobs/ingest.py)
     crossrec clean  [--raw-dir ... --lake-root ...]              bronze -> silver (jobs/clean.py)
+    crossrec features [--lake-root ... --max-seq-len 50]         silver -> gold (jobs/features.py)
     crossrec tables [--lake-root ...] [--accounting]             tables, versions, row counts (no Spark)
 
 Stage sub-commands are the ``main(argv)`` of the job files in ``jobs/`` (package ``crossrec_jobs``);
@@ -25,6 +26,7 @@ log = logging.getLogger("crossrec.cli")
 STAGES = {
     "ingest": "raw files -> bronze Delta tables",
     "clean": "bronze -> silver (typed, deduplicated, pseudonymised, quarantined)",
+    "features": "silver -> gold item index, user sequences and splits, text-encoder item vectors",
 }
 
 

@@ -1,4 +1,5 @@
-"""Row accounting: every job reports, per table and domain, rows_in = rows_out + quarantined + duplicates.
+"""Row accounting: every job reports, per table and domain, rows_in = rows_out + quarantined + duplicates
+(+ withheld: rows held out on purpose, e.g. the cold-start sample's training events in features).
 
 Jobs print the summary and store it in ``ops.accounting`` (one row per run, stage, table and domain; a
 re-run of a stage for the same run id replaces its own rows).
@@ -31,11 +32,12 @@ class AccountingRow:
     quarantined: int = 0
     duplicates: int = 0
     skipped: int = 0
+    withheld: int = 0
     details: dict = field(default_factory=dict)
 
     @property
     def balanced(self) -> bool:
-        return self.rows_in == self.rows_out + self.quarantined + self.duplicates
+        return self.rows_in == self.rows_out + self.quarantined + self.duplicates + self.withheld
 
 
 def check_balanced(rows: list[AccountingRow]) -> None:
@@ -44,7 +46,7 @@ def check_balanced(rows: list[AccountingRow]) -> None:
     if bad:
         lines = [
             f"{r.stage} {r.table_name}/{r.domain}: in {r.rows_in} != out {r.rows_out} + quarantined "
-            f"{r.quarantined} + duplicates {r.duplicates}"
+            f"{r.quarantined} + duplicates {r.duplicates} + withheld {r.withheld}"
             for r in bad
         ]
         raise AccountingError("row accounting does not balance:\n" + "\n".join(lines))
@@ -52,12 +54,12 @@ def check_balanced(rows: list[AccountingRow]) -> None:
 
 def format_accounting(rows: list[AccountingRow]) -> str:
     """A fixed-width table of the accounting, with a total line per table."""
-    head = f"{'table':<22} {'domain':<12} {'in':>10} {'out':>10} {'quarant.':>9} {'dupl.':>8} {'skipped':>9}"
+    head = f"{'table':<22} {'domain':<12} {'in':>10} {'out':>10} {'quarant.':>9} {'dupl.':>8} {'withheld':>9} {'skipped':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r.table_name:<22} {r.domain:<12} {r.rows_in:>10,} {r.rows_out:>10,} {r.quarantined:>9,} "
-            f"{r.duplicates:>8,} {r.skipped:>9,}"
+            f"{r.duplicates:>8,} {r.withheld:>9,} {r.skipped:>9,}"
         )
     return "\n".join(lines)
 

@@ -45,6 +45,11 @@ class CrossrecConfig:
             ``placeholder`` item for them (title = item id, flagged in attributes).
         validate: run the Great Expectations checkpoint after each write.
         reports_dir: where validation reports go; default ``<lake_root>/_reports``.
+        max_seq_len: events of history a model sees (features keep the newest ones).
+        cold_start_fraction: share of multi-domain users sampled as cross-domain cold-start users.
+        cold_start_cohort: a cohort of the data set's ``extras.user_cohorts`` file to use as that sample
+            instead (Food+Kitchen: ``test``, its 937 held-out users); ignored when the data set has none.
+        seed: seed of every sampled choice (cold-start users and their target domain, training).
     """
 
     lake_root: str = "lakehouse"
@@ -60,6 +65,10 @@ class CrossrecConfig:
     missing_items: str = "quarantine"
     validate: bool = True
     reports_dir: str | None = None
+    max_seq_len: int = 50
+    cold_start_fraction: float = 0.1
+    cold_start_cohort: str | None = "test"
+    seed: int = 42
 
     def __post_init__(self) -> None:
         for name in ("run_date", "min_event_ts", "lake_root", "raw_dir"):
@@ -75,6 +84,10 @@ class CrossrecConfig:
             raise ConfigError(f"min_event_ts must be YYYY-MM-DD, got {self.min_event_ts!r}") from e
         if self.missing_items not in ("quarantine", "placeholder"):
             raise ConfigError(f"missing_items must be 'quarantine' or 'placeholder', got {self.missing_items!r}")
+        if not 0.0 <= self.cold_start_fraction <= 1.0:
+            raise ConfigError(f"cold_start_fraction must be in [0, 1], got {self.cold_start_fraction}")
+        if self.max_seq_len < 1:
+            raise ConfigError(f"max_seq_len must be >= 1, got {self.max_seq_len}")
         if self.max_text_chars < 1:
             raise ConfigError(f"max_text_chars must be >= 1, got {self.max_text_chars}")
 
@@ -147,6 +160,11 @@ def _coerce(name: str, value: Any) -> Any:
         if value.lower() in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{name} must be true/false, got {value!r}")
+    if f.type in ("float",):
+        try:
+            return float(value)
+        except ValueError as e:
+            raise ConfigError(f"{name} must be a number, got {value!r}") from e
     if f.type in ("int",):
         try:
             return int(value)

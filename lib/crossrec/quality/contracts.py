@@ -95,15 +95,49 @@ class Contract:
         return df.select(*[F.col(c.name).cast(spark_type(c.type)).alias(c.name) for c in self.columns])
 
     def ensure_table(self, spark, path: str) -> None:
-        """Create the Delta table at ``path`` with this schema and partitioning, if it does not exist."""
+        """Create the Delta table at ``path`` with this schema and partitioning, if it does not exist.
+
+        An existing table is migrated when the contract only *adds* nullable-in-the-past columns (ALTER
+        TABLE ADD COLUMNS); a removed, retyped or reordered column is an error that names it.
+        """
         from delta.tables import DeltaTable
 
+        if DeltaTable.isDeltaTable(spark, path):
+            self._migrate(spark, path)
+            return
         builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(self.spark_schema())
         if self.description:
             builder = builder.comment(" ".join(self.description.split()))
         if self.partition_by:
             builder = builder.partitionedBy(*self.partition_by)
         builder.execute()
+
+    def _migrate(self, spark, path: str) -> None:
+        _migrate_table(self, spark, path)
+
+
+def _quote_path(path: str) -> str:
+    return "delta.`" + path.replace("`", "``") + "`"
+
+
+def _migrate_table(contract: Contract, spark, path: str) -> None:
+    have = spark.read.format("delta").load(path).schema
+    want = contract.spark_schema()
+    have_names = [f.name for f in have.fields]
+    want_names = [f.name for f in want.fields]
+    if want_names[: len(have_names)] != have_names:
+        raise ContractError(
+            f"{contract.table} at {path} has columns {have_names}; the contract wants {want_names}. Only new "
+            "columns at the end can be added in place: migrate the table (or rebuild it) by hand"
+        )
+    for f_have, f_want in zip(have.fields, want.fields):
+        if f_have.dataType != f_want.dataType:
+            raise ContractError(f"{contract.table} at {path}: column {f_have.name} is {f_have.dataType.simpleString()}, contract says {f_want.dataType.simpleString()}")
+    new = want.fields[len(have_names):]
+    if new:
+        cols = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in new)
+        log.warning("%s: adding column(s) %s to the existing table at %s", contract.table, [f.name for f in new], path)
+        spark.sql(f"ALTER TABLE {_quote_path(path)} ADD COLUMNS ({cols})")
 
 
 def spark_type(name: str):

