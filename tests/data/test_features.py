@@ -88,7 +88,7 @@ def test_truncation_keeps_newest(tiny):
     split = FE.assign_splits(occ.where(~F.col("is_repeat")))
     seq = {(r.user_id, r.split, r.target_domain): r for r in FE.build_sequences(split, max_seq_len=2).collect()}
     assert seq[("alice", "test", "books")].item_idx == [6, 3]
-    assert seq[("alice", "train", "*")].item_idx == [1, 5, 2]  # train rows keep max_seq_len + 1 (inputs + next targets)
+    assert seq[("alice", "train", "*")].item_idx == [1, 5, 2]  # train rows keep every train event
 
 
 def test_cold_start_users_lose_their_target_domain_history(spark, tiny):

@@ -101,8 +101,8 @@ def _last(arr: str, n: int) -> Column:
 def build_sequences(events: DataFrame, max_seq_len: int) -> DataFrame:
     """Rows of ``gold.user_sequences`` from split events (see the module docstring for the rules).
 
-    Train rows keep the newest ``max_seq_len + 1`` train events (inputs and next-item targets); valid and
-    test rows keep the newest ``max_seq_len`` events before their target.
+    Train rows keep every train event (the full training data: baselines fit on it, and a model cuts its
+    own windows); valid and test rows keep the newest ``max_seq_len`` events before their target.
     """
     assert max_seq_len >= 1, f"max_seq_len must be >= 1, got {max_seq_len}"
     ev = F.struct("pos", "item_idx", "domain_idx", "ts", "split", "domain")
@@ -119,7 +119,7 @@ def build_sequences(events: DataFrame, max_seq_len: int) -> DataFrame:
         F.lit(None).cast("long").alias("target_item_idx"),
         F.lit(None).cast("long").alias("target_ts"),
         F.lit(None).cast("long").alias("_target_domain_idx"),
-    ).withColumn("hist", _last("hist", max_seq_len + 1))
+    )
     targets = per_user.select("user_id", "events", F.explode(F.filter("events", lambda e: e["split"] != TRAIN)).alias("t"))
     visible = lambda e: (e["pos"] < F.col("t.pos")) & (  # noqa: E731  (a lambda for Spark's filter)
         (e["split"] == TRAIN) | ((F.col("t.split") == TEST) & (e["split"] == VALID))

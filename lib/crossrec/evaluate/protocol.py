@@ -1,0 +1,211 @@
+"""The evaluation protocol: full ranking on the test split, per domain and per user segment.
+
+For every test row (user, target domain) a model scores *all* items of the target domain; the items of
+the user's history in that domain are excluded (the target never is: it is a first occurrence). The
+history a model may use is the row's own (train + valid events before the target). Baselines are fitted
+on the same information: every train event plus every valid target.
+
+Segments: ``all`` users; ``cold_start`` users (no item of the target domain in their history: the seeded
+cold-start sample and users whose first item in the domain is the target); ``cold_item`` rows (the target
+item never occurs in training).
+
+Data is read from the gold tables with ``deltalake`` at pinned versions (no Spark).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from crossrec.evaluate.metrics import evaluate_full_ranking
+from crossrec.model.baselines import InteractionData
+
+log = logging.getLogger(__name__)
+
+SEGMENTS = ("all", "cold_start", "cold_item")
+
+
+@dataclass
+class DomainTest:
+    """The test rows of one domain."""
+
+    domain: str
+    domain_idx: int
+    rows: np.ndarray  # positions in EvalData.test_* arrays
+    user_row: np.ndarray  # (n,) InteractionData user row of each test row
+    target_col: np.ndarray  # (n,) domain_item_idx of the target
+    exclude: sp.csr_matrix  # (n, n_items_in_domain) history items in the domain
+    segments: dict[str, np.ndarray] = field(default_factory=dict)  # segment -> boolean mask over the n rows
+
+
+@dataclass
+class EvalData:
+    """Everything the evaluation needs, as arrays."""
+
+    train: InteractionData  # train events + valid targets (what models may learn from)
+    domains: list[str]
+    histories: list[np.ndarray]  # per test row: item_idx history (oldest first)
+    history_ts: list[np.ndarray]
+    tests: list[DomainTest]
+    versions: dict[str, int]
+    item_domain_names: dict[int, str]
+
+
+def load_eval_data(lake_root: str, versions: dict[str, int] | None = None, split: str = "test") -> EvalData:
+    """Read gold.item_index and gold.user_sequences (at ``versions``) into :class:`EvalData`.
+
+    ``split="valid"`` evaluates on validation targets instead (baselines then learn from train events only).
+    """
+    from deltalake import DeltaTable
+
+    from crossrec.io.readers import table_path
+
+    versions = dict(versions or {})
+    tabs = {}
+    for t in ("gold.item_index", "gold.user_sequences"):
+        dt_ = DeltaTable(table_path(lake_root, t), version=versions.get(t))
+        versions[t] = dt_.version()
+        tabs[t] = dt_
+    index = tabs["gold.item_index"].to_pandas().sort_values("item_idx")
+    seq = tabs["gold.user_sequences"].to_pandas()
+    domains = sorted(index.domain.unique())
+    n_items = int(index.item_idx.max())
+    item_domain = np.zeros(n_items + 1, dtype=np.int64)
+    item_domain[index.item_idx.values] = index.domain_idx.values
+    item_col = np.zeros(n_items + 1, dtype=np.int64)
+    item_col[index.item_idx.values] = index.domain_item_idx.values
+    domain_items = [index[index.domain_idx == d].sort_values("domain_item_idx").item_idx.values.astype(np.int64) for d in range(len(domains))]
+    train_count = np.zeros(n_items + 1, dtype=np.int64)
+    train_count[index.item_idx.values] = index.train_count.values
+
+    users = {u: i for i, u in enumerate(sorted(seq.user_id.unique()))}
+    tr = seq[seq.split == "train"]
+    u_parts, i_parts, t_parts = [], [], []
+    for uid, items, ts in zip(tr.user_id.values, tr.item_idx.values, tr.event_ts.values):
+        u_parts.append(np.full(len(items), users[uid], dtype=np.int64))
+        i_parts.append(np.asarray(items, dtype=np.int64))
+        t_parts.append(np.asarray(ts, dtype=np.int64))
+    if split == "test":  # the valid targets are known history at test time
+        va = seq[seq.split == "valid"]
+        u_parts.append(va.user_id.map(users).values.astype(np.int64))
+        i_parts.append(va.target_item_idx.values.astype(np.int64))
+        t_parts.append(va.target_ts.values.astype(np.int64))
+    u = np.concatenate(u_parts) if u_parts else np.zeros(0, np.int64)
+    i = np.concatenate(i_parts) if i_parts else np.zeros(0, np.int64)
+    ts = np.concatenate(t_parts) if t_parts else np.zeros(0, np.int64)
+    train = InteractionData(user=u, item=i, domain=item_domain[i], ts=ts, n_users=len(users), n_items=n_items,
+                            n_domains=len(domains), domain_items=domain_items)
+
+    test = seq[seq.split == split].reset_index(drop=True)
+    histories = [np.asarray(h, dtype=np.int64) for h in test.item_idx.values]
+    history_ts = [np.asarray(h, dtype=np.int64) for h in test.event_ts.values]
+    tests = []
+    for d_idx, d in enumerate(domains):
+        rows = np.flatnonzero(test.target_domain.values == d)
+        n_d = len(domain_items[d_idx])
+        r_ind, c_ind = [], []
+        for k, r in enumerate(rows):
+            h = histories[r]
+            h = h[item_domain[h] == d_idx]
+            r_ind.extend([k] * len(h))
+            c_ind.extend(item_col[h].tolist())
+        exclude = sp.csr_matrix((np.ones(len(r_ind), dtype=np.float32), (r_ind, c_ind)), shape=(len(rows), n_d))
+        exclude.data[:] = 1.0  # duplicates summed: keep a mask
+        targets = test.target_item_idx.values[rows].astype(np.int64)
+        tests.append(DomainTest(
+            domain=d, domain_idx=d_idx, rows=rows,
+            user_row=test.user_id.map(users).values[rows].astype(np.int64),
+            target_col=item_col[targets], exclude=exclude,
+            segments={
+                "all": np.ones(len(rows), dtype=bool),
+                "cold_start": test.cold_start.values[rows].astype(bool),
+                "cold_item": train_count[targets] == 0,
+            },
+        ))
+    log.info("evaluation data: %d users, %d %s rows over %s, %d training events; versions %s",
+             len(users), len(test), split, domains, len(i), versions)
+    return EvalData(train, domains, histories, history_ts, tests, versions, dict(enumerate(domains)))
+
+
+ScoreFn = Callable[[DomainTest, np.ndarray], np.ndarray]  # (domain test, row positions within it) -> (b, n_d)
+
+
+def evaluate(name: str, score_fn: ScoreFn, data: EvalData, ks=(10, 20), chunk_users: int = 1024) -> list[dict]:
+    """Metric records ``{model, domain, segment, metric, k, value, n_users}`` of one model, every domain and segment."""
+    records = []
+    for dt_ in data.tests:
+        if len(dt_.rows) == 0:
+            continue
+        n_d = dt_.exclude.shape[1]
+        for seg in SEGMENTS:
+            mask = dt_.segments[seg]
+            if not mask.any():
+                continue
+            sel = np.flatnonzero(mask)
+            res = evaluate_full_ranking(
+                lambda rows, sel=sel: score_fn(dt_, sel[rows]), np.arange(len(sel)), dt_.target_col[sel],
+                dt_.exclude[sel], n_d, ks=ks, k_top=max(ks), chunk_users=chunk_users,
+            )
+            for key, value in res.metrics.items():
+                if key == "n_rows":
+                    continue
+                metric, _, k = key.partition("@")
+                records.append({"model": name, "domain": dt_.domain, "segment": seg, "metric": metric,
+                                "k": int(k) if k else 0, "value": float(value), "n_users": int(len(sel))})
+            records.append({"model": name, "domain": dt_.domain, "segment": seg, "metric": "coverage",
+                            "k": max(ks), "value": float(res.coverage), "n_users": int(len(sel))})
+    return records
+
+
+def baseline_score_fn(model) -> ScoreFn:
+    """Scores of a fitted :class:`~crossrec.model.baselines.Recommender` for test rows."""
+    return lambda dt_, rows: model.full_sort_predict(dt_.user_row[rows], dt_.domain_idx)
+
+
+def history_batch(data: EvalData, rows: np.ndarray, max_len: int, device=None) -> dict:
+    """Right-padded (B, T) tensors of the newest ``max_len`` history events of test ``rows`` (model input)."""
+    import torch
+
+    hist = [data.histories[r][-max_len:] for r in rows]
+    tss = [data.history_ts[r][-max_len:] for r in rows]
+    T = max(1, max(len(h) for h in hist))
+    items = np.zeros((len(rows), T), dtype=np.int64)
+    ts = np.zeros((len(rows), T), dtype=np.int64)
+    for i, (h, t) in enumerate(zip(hist, tss)):
+        items[i, : len(h)] = h
+        ts[i, : len(t)] = t
+    dom = np.where(items > 0, data.train.item_domain[items], 0)  # padding (item 0) has no domain
+    as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
+    return {"item_idx": as_t(items), "domain_idx": as_t(dom), "event_ts": as_t(ts)}
+
+
+def transformer_score_fn(model, data: EvalData, batch_size: int = 512) -> ScoreFn:
+    """Scores of a trained :class:`~crossrec.model.transformer.CrossDomainTransformer` for test rows.
+
+    Rows with an empty history have no user state: they are scored by training popularity instead.
+    """
+    import torch
+
+    model.eval()
+    device = next(model.parameters()).device
+    max_len = model.config.max_seq_len
+    counts = np.bincount(data.train.item, minlength=data.train.n_items + 1).astype(np.float32)
+
+    def score(dt_: DomainTest, rows: np.ndarray) -> np.ndarray:
+        out = []
+        test_rows = dt_.rows[rows]
+        with torch.inference_mode():
+            for s in range(0, len(test_rows), batch_size):
+                chunk = test_rows[s : s + batch_size]
+                batch = history_batch(data, chunk, max_len, device)
+                scores = model.full_sort_predict(batch, dt_.domain_idx).float().cpu().numpy()
+                empty = np.array([len(data.histories[r]) == 0 for r in chunk])
+                if empty.any():
+                    scores[empty] = counts[data.train.domain_items[dt_.domain_idx]]
+                out.append(scores)
+        return np.concatenate(out) if out else np.zeros((0, dt_.exclude.shape[1]), np.float32)
+
+    return score
