@@ -245,3 +245,25 @@ def test_features_job_builds_gold_and_reuses_cached_embeddings(runs):
     sequences = read_table(str(runs["lake"]), "gold.user_sequences")
     cold = sequences[(sequences.split == "test") & sequences.cold_start]
     assert hmac.new(TEST_KEY.encode(), b"u1", hashlib.sha256).hexdigest() in set(cold.user_id)
+
+
+@pytest.mark.slow
+def test_evaluate_job_writes_metrics_of_every_baseline(runs):
+    """evaluate after features (the previous test): pop, item-KNN and Spark ALS through one protocol."""
+    from crossrec_jobs import evaluate as evaluate_job
+
+    if not (runs["lake"] / "gold" / "user_sequences").is_dir():
+        pytest.skip("needs the gold tables of test_features_job_builds_gold_and_reuses_cached_embeddings")
+    key = runs["raw"].parent / "key"
+    args = ["--lake-root", str(runs["lake"]), "--pseudonym-key-file", str(key), "--run-date", "2024-06-30",
+            "--spark-master", "local[2]", "--baselines", "pop,itemknn,als", "--out", str(runs["lake"].parent / "eval")]
+    assert evaluate_job.main(args) == 0
+    assert evaluate_job.main(args) == 0  # a re-run replaces its own rows
+    metrics = read_table(str(runs["lake"]), "gold.metrics")
+    assert set(metrics.model) == {"pop", "itemknn", "als"}
+    assert not metrics.duplicated(["run_id", "model", "domain", "segment", "metric", "k"]).any()
+    ndcg = metrics[(metrics.metric == "ndcg") & (metrics.k == 10)]
+    assert ((ndcg.value >= 0) & (ndcg.value <= 1)).all()
+    assert json.loads(metrics.data_versions.iloc[0]).keys() == {"gold.item_index", "gold.user_sequences"}
+    saved = json.loads((runs["lake"].parent / "eval" / "metrics.json").read_text())
+    assert len(saved["records"]) == len(metrics)

@@ -6,6 +6,8 @@
     crossrec ingest [--raw-dir ... --lake-root ...]              raw -> bronze (jobs/ingest.py)
     crossrec clean  [--raw-dir ... --lake-root ...]              bronze -> silver (jobs/clean.py)
     crossrec features [--lake-root ... --max-seq-len 50]         silver -> gold (jobs/features.py)
+    crossrec train --workers 2 [--epochs N --ray-address auto]   gold -> model artifact on Ray Train (jobs/train.py)
+    crossrec evaluate [--lake-root ... --baselines pop,itemknn]  models -> gold.metrics (jobs/evaluate.py)
     crossrec tables [--lake-root ...] [--accounting]             tables, versions, row counts (no Spark)
 
 Stage sub-commands are the ``main(argv)`` of the job files in ``jobs/`` (package ``crossrec_jobs``);
@@ -27,6 +29,8 @@ STAGES = {
     "ingest": "raw files -> bronze Delta tables",
     "clean": "bronze -> silver (typed, deduplicated, pseudonymised, quarantined)",
     "features": "silver -> gold item index, user sequences and splits, text-encoder item vectors",
+    "train": "gold -> model artifact (Ray Train, N workers)",
+    "evaluate": "full-ranking evaluation of the model and baselines -> gold.metrics",
 }
 
 

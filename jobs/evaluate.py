@@ -1,0 +1,163 @@
+"""Evaluate stage: every model through the same full-ranking protocol -> gold.metrics (+ a printed table).
+
+Run it:
+    crossrec evaluate --lake-root lakehouse [--model-version V] [--baselines pop,itemknn,als] [--out DIR]
+    python -m crossrec_jobs.evaluate ...                     # same thing
+
+The protocol (lib/crossrec/evaluate/protocol.py): for each test row, all items of the target domain are
+ranked, the user's history items in that domain excluded; Recall/NDCG/Precision/F1@{10,20}, MRR, AUC and
+catalog coverage per domain and per segment (all users, cross-domain cold-start users, cold items).
+The gold tables are read at pinned versions (recorded with the results); the Transformer comes from a
+model artifact (default: the one `<lake>/models/_latest` names); baselines are fitted on the spot on the
+same training data. Results are appended to gold.metrics (a re-run with the same run id replaces its rows).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import time
+
+import pandas as pd
+
+from crossrec.cli.common import add_common_args, config_from_args, run_guarded, setup_logging
+from crossrec.io.config import CrossrecConfig
+
+log = logging.getLogger("crossrec.jobs.evaluate")
+STAGE = "evaluate"
+BASELINES = ("pop", "itemknn", "als")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_args(p)
+    g = p.add_argument_group("evaluate")
+    g.add_argument("--model-version", help="artifact under <lake>/models to evaluate (default: _latest; none: baselines only)")
+    g.add_argument("--baselines", default="pop,itemknn", help=f"comma-separated, of {','.join(BASELINES)} (default pop,itemknn)")
+    g.add_argument("--split", default="test", choices=["test", "valid"], help="targets to evaluate on (default test)")
+    g.add_argument("--out", help="also write <out>/metrics.json (the records) there")
+
+
+def model_folder(cfg: CrossrecConfig, version: str | None) -> str | None:
+    """The artifact folder to evaluate: ``version`` or the one ``_latest`` names; None when there is none."""
+    root = f"{cfg.lake_uri}/models"
+    if version is None:
+        latest = os.path.join(root, "_latest")
+        if not os.path.isfile(latest):
+            return None
+        version = open(latest, encoding="utf-8").read().strip()
+    folder = os.path.join(root, version)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"model artifact {folder} does not exist")
+    return folder
+
+
+def evaluate_all(cfg: CrossrecConfig, baselines: list[str], version: str | None, split: str = "test", spark=None) -> tuple[list[dict], dict]:
+    """Records of every requested model and the data versions they were measured on."""
+    from crossrec.evaluate.protocol import baseline_score_fn, evaluate, load_eval_data, transformer_score_fn
+    from crossrec.model import baselines as B
+
+    data = load_eval_data(cfg.lake_uri, split=split)
+    records: list[dict] = []
+    timings: dict[str, float] = {}
+    for name in baselines:
+        t0 = time.time()
+        if name == "pop":
+            model = B.Popularity()
+        elif name == "itemknn":
+            model = B.ItemKNN()
+        elif name == "als":
+            from crossrec.model.als import SparkALS
+
+            model = SparkALS(spark, seed=cfg.seed)
+        else:
+            raise ValueError(f"unknown baseline {name!r}; known: {BASELINES}")
+        model.fit(data.train)
+        recs = evaluate(model.name, baseline_score_fn(model), data)
+        timings[model.name] = time.time() - t0
+        records += [dict(r, model_version=None) for r in recs]
+        log.info("%s evaluated in %.1fs", model.name, timings[model.name])
+    folder = model_folder(cfg, version)
+    if folder:
+        from crossrec.model.transformer import load
+
+        t0 = time.time()
+        model = load(folder)
+        n_model = model.config.n_items
+        if n_model != data.train.n_items:
+            raise ValueError(f"{folder} was trained on {n_model} items, gold.item_index has {data.train.n_items}: retrain or evaluate the matching data version")
+        mv = os.path.basename(folder.rstrip("/"))
+        recs = evaluate("crossrec", transformer_score_fn(model, data), data)
+        timings["crossrec"] = time.time() - t0
+        records += [dict(r, model_version=mv) for r in recs]
+    else:
+        log.warning("no model artifact under %s/models: evaluated baselines only", cfg.lake_uri)
+    return records, {"versions": data.versions, "seconds": timings}
+
+
+def format_table(records: list[dict], metric: str = "ndcg", k: int = 10) -> str:
+    """NDCG@10 (by default) of every model, domain and segment, as a fixed-width table."""
+    df = pd.DataFrame(records)
+    df = df[(df.metric == metric) & (df.k == k)]
+    if df.empty:
+        return "(no results)"
+    pivot = df.pivot_table(index=["domain", "segment"], columns="model", values="value").round(4)
+    users = df.groupby(["domain", "segment"]).n_users.max()
+    pivot["users"] = users
+    return f"{metric}@{k}\n" + pivot.to_string()
+
+
+def write_metrics(spark, cfg: CrossrecConfig, run_id: str, records: list[dict], versions: dict) -> int:
+    """Append ``records`` to gold.metrics (replacing this run id's rows) and validate them."""
+    from crossrec.io.delta import read_table, write_table
+    from crossrec.io.accounting import _sql_str
+    from crossrec.quality.contracts import load_contract
+    from crossrec.quality.validate import Validator
+
+    contract = load_contract("gold.metrics")
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    rows = [
+        {"run_id": run_id, "model": r["model"], "model_version": r.get("model_version"), "domain": r["domain"],
+         "segment": r["segment"], "metric": r["metric"], "k": int(r["k"]), "value": float(r["value"]),
+         "n_users": int(r["n_users"]), "data_versions": json.dumps(versions, sort_keys=True), "evaluated_at": now}
+        for r in records
+    ]
+    df = spark.createDataFrame(rows, contract.spark_schema())
+    path = cfg.table_path("gold.metrics")
+    version = write_table(spark, df, contract, path, "overwrite", replace_where=f"run_id = '{_sql_str(run_id)}'")
+    if cfg.validate:
+        this_run = read_table(spark, path, version).where(f"run_id = '{_sql_str(run_id)}'")
+        Validator(cfg.reports_root, run_id).check(contract, this_run, expected_rows=len(rows), version=version)
+    return version
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="crossrec evaluate", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def body() -> None:
+        from crossrec.io.spark import build_spark
+
+        cfg = config_from_args(args)
+        log.info("evaluate config: %s", cfg.masked())
+        baselines = [b for b in args.baselines.split(",") if b]
+        spark = build_spark("crossrec-evaluate", cfg.spark_master, cfg.spark_conf)
+        records, info = evaluate_all(cfg, baselines, args.model_version, args.split, spark)
+        print(format_table(records))
+        print(f"data versions: {info['versions']}; seconds per model: {({k: round(v, 1) for k, v in info['seconds'].items()})}")
+        run_id = cfg.effective_run_id(STAGE)
+        write_metrics(spark, cfg, run_id, records, info["versions"])
+        if args.out:
+            os.makedirs(args.out, exist_ok=True)
+            with open(os.path.join(args.out, "metrics.json"), "w", encoding="utf-8") as fh:
+                json.dump({"records": records, **info}, fh, indent=2, default=str)
+
+    return run_guarded(STAGE, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
