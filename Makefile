@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed
 LAKE       ?= lakehouse
 DEMO_RAW   ?= demo-data/raw
 DEMO_USERS ?= 2000
+DEMO_EPOCHS ?= 8
 DEMO_KEY   ?= .crossrec-demo.key
 RUN_DATE   ?= $(shell date -u +%F)
 PYTEST_ARGS ?=
@@ -16,7 +17,7 @@ export CROSSREC_PSEUDONYM_KEY_FILE ?= $(abspath $(DEMO_KEY))
 .PHONY: help install demo test test-fast lint clean-demo
 
 help:
-	@echo "make demo   - generate data, run ingest -> clean -> features on embedded Spark, print the tables"
+	@echo "make demo   - generate data, run ingest -> clean -> features -> train -> evaluate, print the tables"
 	@echo "make test   - run the test suite (real Spark, Delta, Great Expectations)"
 	@echo "make test-fast - the tests not marked slow"
 
@@ -38,6 +39,8 @@ demo: $(STAMP) $(DEMO_KEY)
 	$(BIN)/crossrec ingest --raw-dir $(DEMO_RAW) --lake-root $(LAKE) --run-date $(RUN_DATE)
 	$(BIN)/crossrec clean --raw-dir $(DEMO_RAW) --lake-root $(LAKE) --run-date $(RUN_DATE)
 	$(BIN)/crossrec features --raw-dir $(DEMO_RAW) --lake-root $(LAKE) --run-date $(RUN_DATE)
+	$(BIN)/crossrec train --lake-root $(LAKE) --run-date $(RUN_DATE) --workers 2 --epochs $(DEMO_EPOCHS)
+	$(BIN)/crossrec evaluate --lake-root $(LAKE) --run-date $(RUN_DATE) --baselines pop,itemknn,als
 	@echo
 	@echo "== crossrec demo: tables under $(LAKE)/ (validation reports in $(LAKE)/_reports/)"
 	@$(BIN)/crossrec tables --lake-root $(LAKE) --accounting

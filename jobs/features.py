@@ -21,6 +21,7 @@ import csv
 import logging
 import os
 import sys
+from functools import partial
 
 from crossrec.cli.common import add_common_args, run_job
 from crossrec.data import features as FE
@@ -124,9 +125,11 @@ def run(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
     log.info("text encoder: %d item(s) to encode, %s reused from the cache", n_todo, "some" if reused is not None else "none")
     from crossrec.text.encoder import encode_batches
 
-    encoded = todo.repartition(max(1, min(spark.sparkContext.defaultParallelism, n_todo // 2000 + 1))).mapInPandas(
-        encode_batches, schema=emb_contract.spark_schema()
-    )
+    parts = max(1, min(spark.sparkContext.defaultParallelism, n_todo // 2000 + 1))
+    # on one machine the Python workers share its cores: cap torch's threads so they do not oversubscribe
+    local = spark.sparkContext.master.startswith("local")
+    threads = max(1, (os.cpu_count() or 1) // parts) if local else None
+    encoded = todo.repartition(parts).mapInPandas(partial(encode_batches, threads=threads), schema=emb_contract.spark_schema())
     embeddings = encoded if reused is None else encoded.unionByName(reused)
 
     # ---- writes

@@ -28,7 +28,7 @@ def test_help_lists_every_command():
     r = crossrec("--help")
     assert r.returncode == 0, r.stderr
     commands = [line.split()[0] for line in r.stdout.split("commands:", 1)[1].splitlines() if line.strip()]
-    assert commands == ["generate", "import", "tables", "ingest", "clean"]
+    assert commands == ["generate", "import", "tables", "ingest", "clean", "features", "train", "evaluate"]
 
 
 def test_no_arguments_prints_help_and_exits_2(capsys):
@@ -44,7 +44,7 @@ def test_unknown_command_exits_2():
     assert r.stdout == ""
 
 
-@pytest.mark.parametrize("stage", ["ingest", "clean"])
+@pytest.mark.parametrize("stage", ["ingest", "clean", "features"])
 def test_stage_help_shows_the_common_flags_without_spark(stage):
     r = crossrec(stage, "--help")
     assert r.returncode == 0, r.stderr
@@ -55,7 +55,7 @@ def test_stage_help_shows_the_common_flags_without_spark(stage):
     assert r.stderr == ""  # nothing from a JVM / Spark session
 
 
-@pytest.mark.parametrize("stage", ["ingest", "clean"])
+@pytest.mark.parametrize("stage", ["ingest", "clean", "features", "evaluate", "train"])
 def test_stage_rejects_an_unknown_flag(stage):
     r = crossrec(stage, "--lake-rot", "x")
     assert r.returncode == 2

@@ -80,18 +80,19 @@ class TextEncoder:
         return out
 
 
-def shared_encoder() -> TextEncoder:
+def shared_encoder(threads: int | None = None) -> TextEncoder:
     """One encoder per process (a Spark Python worker loads the model once, then reuses it)."""
     if "default" not in _SHARED:
-        _SHARED["default"] = TextEncoder()
+        _SHARED["default"] = TextEncoder(threads=threads)
     return _SHARED["default"]
 
 
-def encode_batches(batches, batch_size: int = 64):
+def encode_batches(batches, batch_size: int = 64, threads: int | None = None):
     """``mapInPandas`` body: frames of ``domain, item_id, enc_text, text_hash`` -> frames of
     ``domain, item_id, text_hash, encoder, embedding`` (the ``gold.item_embeddings`` columns).
 
     The encoder is loaded once per Python worker (:func:`shared_encoder`), then reused for every batch.
+    ``threads`` caps torch's CPU threads per worker (workers x threads should not exceed the cores).
     """
     import pandas as pd
 
@@ -101,7 +102,7 @@ def encode_batches(batches, batch_size: int = 64):
         if pdf.empty:
             continue
         if enc is None:
-            enc = shared_encoder()
+            enc = shared_encoder(threads)
         vectors = enc.encode(pdf["enc_text"].tolist(), batch_size=batch_size)
         done += len(pdf)
         log.info("encoded %d item texts (%.0f/s)", done, done / max(time.time() - t0, 1e-9))

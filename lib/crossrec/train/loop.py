@@ -1,0 +1,790 @@
+"""Training stage on Ray Train: gold tables at pinned versions -> data-parallel training -> model artifact.
+
+Two halves, as every Ray Train program (CONVENTIONS point 8):
+
+* the **driver**, :func:`train`: resolves the Delta versions of the gold tables once (``versions``), reads
+  them with ``deltalake`` (no Spark), cuts the training windows, hands the rows to the workers as Ray Data
+  datasets, builds ``ScalingConfig`` / ``RunConfig`` / ``TorchTrainer``, runs ``fit()`` and writes the model
+  artifact from the best checkpoint;
+* the **worker function**, :func:`train_loop_per_worker`: one per Ray Train worker (a DDP rank). It trains on
+  its shard of ``train``, scores its share of ``valid`` after each epoch, all-reduces the metric sums, and
+  calls ``ray.train.report`` exactly once per epoch on every rank (rank 0 alone attaches a checkpoint).
+
+Data. A ``split=train`` row of ``gold.user_sequences`` holds a user's whole training history ``s``; it is cut
+into windows of at most ``max_seq_len + 1`` events, newest first, overlapping by one event, so every next-item
+target of ``s`` is predicted exactly once (:func:`training_windows`). A window ``w`` is one sample: inputs
+``w[:-1]``, targets ``w[1:]``, target domain = the domain of the target item in ``gold.item_index``. Training
+windows are split across workers with ``streaming_split(equal=True)`` (Ray Train's default), so every rank
+runs the same number of steps per epoch -- DDP requires it. ``split=valid`` rows are *not* split: every worker
+sees them all and scores the rows with ``row_id % world_size == rank``, so the validation metric covers every
+row exactly once (an equal split would drop up to ``world_size - 1`` rows).
+
+Validation (the metric early stopping and model selection use) follows ``crossrec.evaluate.protocol``: the
+target is ranked among all items of its domain, the items of the row's history in that domain excluded;
+rows with an empty history are scored by training popularity (``train_count``). Per rank: sums of NDCG@10,
+Recall@10, MRR and row counts per domain, then ``all_reduce(SUM)``; every rank so takes the same early-stopping
+decision (stop when ``valid_ndcg@10`` has not improved for ``patience`` epochs).
+
+Checkpoint (a folder, written by rank 0 only; no pickle anywhere)::
+
+    model.safetensors + config.json   crossrec.model.transformer.save (DDP's ``module.`` prefix stripped)
+    optimizer.safetensors             every tensor of the AdamW state, keys ``state.<param>.<name>``
+    optimizer.json                    the rest of the optimizer state (param groups, non-tensor values)
+    train_state.json                  epoch, global_step, best metric and epoch, bad_epochs, history, resumes
+
+Resume. At start every worker calls ``ray.train.get_checkpoint()``. Ray Train hands it the latest reported
+checkpoint after a worker failure (``FailureConfig(max_failures)``) or when a run with the same
+``RunConfig(name, storage_path)`` is started again; the worker then loads weights, optimizer state, epoch
+counter and early-stopping state and continues at the next epoch. The run name is ``train-<model_version>``:
+re-running the same configuration on the same data versions on the same UTC day continues (or, when it had
+finished, just re-exports) that run instead of training again.
+
+Artifact (``<model_root>/<model_version>/``, written by the driver, then ``<model_root>/_latest`` is replaced
+atomically)::
+
+    model.safetensors, config.json    the best epoch's weights (crossrec.model.transformer.load reads them)
+    item_index.parquet                item_idx, domain, item_id, domain_idx, domain_item_idx
+    metrics.json                      selected-on valid metrics, per-epoch history, data versions, timings
+
+``model_version = <UTC date YYYYMMDD>-<8 hex of sha256(model/training config + data versions + seed)>``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+GOLD_TABLES = ("gold.user_sequences", "gold.item_index", "gold.item_embeddings")
+METRIC = "valid_ndcg@10"  # early stopping, checkpoint retention and model selection
+MIN_DELTA = 1e-6  # an improvement smaller than this is no improvement (float noise between epochs)
+STATE_FILE = "train_state.json"
+OPT_TENSORS = "optimizer.safetensors"
+OPT_META = "optimizer.json"
+ITEM_INDEX_FILE = "item_index.parquet"
+METRICS_FILE = "metrics.json"
+LATEST_FILE = "_latest"
+KS = (10,)
+
+
+# ------------------------------------------------------------------------------------------------- config
+@dataclass(frozen=True)
+class FailOnce:
+    """Test hook: rank ``rank`` kills its own process (SIGKILL) before step ``step`` of epoch ``epoch``,
+    once: the first time it creates ``marker``; later attempts see the file and go on. Before the kill it
+    waits until Ray Train has committed the checkpoints reported so far, so the resume point is known."""
+
+    epoch: int
+    step: int
+    rank: int
+    marker: str
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run depends on (the job builds it from CrossrecConfig + flags).
+
+    Attributes:
+        lake_root: lakehouse root holding the gold tables (a local folder; made absolute).
+        workers: Ray Train workers (DDP ranks).
+        use_gpu: one GPU per worker; None = auto (the Ray cluster has GPUs).
+        cpus_per_worker: CPUs reserved per worker on CPU; fractional on small machines, so that Ray Data
+            keeps a CPU to feed the workers (with whole CPUs on 2 cores it waits forever).
+        epochs, batch_size (per worker), lr, weight_decay: AdamW training.
+        patience: stop when valid NDCG@10 has not improved for this many epochs.
+        max_seq_len, seed, d_model, n_layers, n_heads, dropout, loss, use_text, use_id_embedding: model
+            (see crossrec.model.transformer.ModelConfig).
+        max_failures: worker-group restarts Ray Train attempts (from the latest checkpoint).
+        storage_path: Ray Train run storage (checkpoints); default ``<lake_root>/_ray``.
+        model_root: where artifacts go; default ``<lake_root>/models`` (what ``crossrec evaluate`` reads).
+        versions: pinned Delta versions of the gold tables; missing ones are resolved (newest) at start.
+        ray_address: ``ray.init`` address (``auto`` on a cluster); None = a local Ray instance.
+        log_every: rank 0 logs progress every this many steps.
+        fail_once_at: test hook, see :class:`FailOnce`.
+    """
+
+    lake_root: str
+    workers: int = 2
+    use_gpu: bool | None = None
+    cpus_per_worker: float = 0.5
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 2
+    max_seq_len: int = 50
+    seed: int = 42
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.1
+    loss: str = "softmax"
+    use_text: bool = True
+    use_id_embedding: bool = True
+    max_failures: int = 2
+    storage_path: str | None = None
+    model_root: str | None = None
+    versions: Mapping[str, int] | None = None
+    ray_address: str | None = None
+    log_every: int = 50
+    fail_once_at: FailOnce | None = None
+
+    def __post_init__(self) -> None:
+        assert self.workers >= 1, f"workers must be >= 1, got {self.workers}"
+        assert self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"
+        assert self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"
+        assert self.patience >= 1, f"patience must be >= 1, got {self.patience}"
+        assert self.lr >= 0 and self.weight_decay >= 0, "lr and weight_decay must be >= 0"
+        assert self.max_failures >= -1, f"max_failures must be >= -1 (-1 = unlimited), got {self.max_failures}"
+        assert self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"
+        assert self.loss in ("softmax", "sampled"), f"loss must be 'softmax' or 'sampled', got {self.loss!r}"
+        if "://" not in self.lake_root:  # Ray workers may run in another working directory
+            object.__setattr__(self, "lake_root", os.path.abspath(self.lake_root.removeprefix("file:")))
+
+    @property
+    def storage_root(self) -> str:
+        return self.storage_path or os.path.join(self.lake_root, "_ray")
+
+    @property
+    def models_root(self) -> str:
+        return self.model_root or os.path.join(self.lake_root, "models")
+
+    def model_config(self, n_items: int, n_domains: int, text_dim: int):
+        from crossrec.model.transformer import ModelConfig
+
+        return ModelConfig(n_items=n_items, n_domains=n_domains, text_dim=text_dim, d_model=self.d_model,
+                           n_layers=self.n_layers, n_heads=self.n_heads, dropout=self.dropout,
+                           max_seq_len=self.max_seq_len, use_text=self.use_text,
+                           use_id_embedding=self.use_id_embedding, loss=self.loss)
+
+    def fingerprint(self, versions: Mapping[str, int]) -> str:
+        """8 hex of sha256 over what determines the model: hyper-parameters, workers (the global batch),
+        seed and data versions -- not paths, addresses or retry policy."""
+        skip = {"lake_root", "storage_path", "model_root", "versions", "ray_address", "max_failures", "log_every",
+                "fail_once_at", "use_gpu", "cpus_per_worker"}
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        d["versions"] = dict(sorted(versions.items()))
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode("utf-8")).hexdigest()[:8]
+
+
+def model_version(cfg: TrainConfig, versions: Mapping[str, int], now: dt.datetime | None = None) -> str:
+    """``<UTC date YYYYMMDD>-<fingerprint>``."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return f"{now.strftime('%Y%m%d')}-{cfg.fingerprint(versions)}"
+
+
+# ------------------------------------------------------------------------------------------- data (driver)
+@dataclass
+class TrainingData:
+    """What the driver hands to the workers (tables) and keeps for the artifact (item_index)."""
+
+    train: Any  # pyarrow.Table: item_idx, domain_idx, event_ts (list<int64>, <= max_seq_len + 1 events)
+    valid: Any  # pyarrow.Table: row_id, item_idx, event_ts (full stored history), target_item_idx
+    catalog: dict[str, np.ndarray]  # item_idx, domain_idx, domain_item_idx, train_count, text_emb (or None)
+    item_index: Any  # pandas.DataFrame for item_index.parquet
+    domains: list[str]
+    versions: dict[str, int]
+    encoders: list[str] = field(default_factory=list)
+
+
+def _table_path(lake_root: str, table: str) -> str:
+    from crossrec.io.readers import table_path
+
+    return table_path(lake_root, table)
+
+
+def resolve_versions(lake_root: str, pinned: Mapping[str, int] | None, tables=GOLD_TABLES) -> dict[str, int]:
+    """The Delta version to read of each table: the pinned one, else the newest (resolved once, here)."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    from crossrec.data.rawformat import RawFormatError
+
+    out = {}
+    for t in tables:
+        if pinned and t in pinned:
+            out[t] = int(pinned[t])
+            continue
+        try:
+            out[t] = int(DeltaTable(_table_path(lake_root, t)).version())
+        except TableNotFoundError as e:
+            raise RawFormatError(f"{t} does not exist at {_table_path(lake_root, t)}: run `crossrec features` first") from e
+    return out
+
+
+def training_windows(item_idx, domain_idx, event_ts, max_seq_len: int):
+    """Cut histories into training windows (pyarrow.Table of list<int64> columns).
+
+    A history of length L <= max_seq_len + 1 is one window. A longer one gives windows of max_seq_len + 1
+    events, newest first, each starting one event before the previous one ended, so that every target
+    ``s[1:]`` is predicted exactly once; histories shorter than 2 events have no target and give nothing.
+    """
+    import pyarrow as pa
+
+    w = max_seq_len + 1
+    cols: dict[str, list] = {"item_idx": [], "domain_idx": [], "event_ts": []}
+    for it, dm, ts in zip(item_idx, domain_idx, event_ts):
+        it, dm, ts = (np.asarray(a, dtype=np.int64) for a in (it, dm, ts))
+        assert len(it) == len(dm) == len(ts), "item_idx, domain_idx and event_ts of a row must have one length"
+        end = len(it)
+        while end >= 2:
+            start = max(0, end - w)
+            for k, a in (("item_idx", it), ("domain_idx", dm), ("event_ts", ts)):
+                cols[k].append(a[start:end])
+            end = start + 1  # the next (older) window's last event is this window's first input
+            if start == 0:
+                break
+    typ = pa.list_(pa.int64())
+    return pa.table({k: pa.array(v, type=typ) for k, v in cols.items()})
+
+
+def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> TrainingData:
+    """Read the gold tables at ``versions`` (deltalake) and shape them for the workers."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    t0 = time.time()
+    read = lambda t, **kw: DeltaTable(_table_path(cfg.lake_root, t), version=versions[t]).to_pyarrow_table(**kw)  # noqa: E731
+
+    index = read("gold.item_index").to_pandas().sort_values("item_idx").reset_index(drop=True)
+    n_items = len(index)
+    assert n_items >= 1 and (index.item_idx.values == np.arange(1, n_items + 1)).all(), "gold.item_index.item_idx must be 1..n_items"
+    domains = [d for _, d in sorted(set(zip(index.domain_idx, index.domain)))]
+    assert len(domains) == index.domain_idx.nunique() == index.domain.nunique(), "domain <-> domain_idx must be one to one"
+
+    seq = read("gold.user_sequences", columns=["user_id", "split", "item_idx", "domain_idx", "event_ts", "target_item_idx"],
+               filters=[("split", "in", ["train", "valid"])]).to_pandas()
+    splits = set(seq.split.unique())
+    assert splits <= {"train", "valid"}, f"training must never read other splits, got {sorted(splits)}"
+    train = seq[seq.split == "train"]
+    valid = seq[seq.split == "valid"].reset_index(drop=True)
+    assert valid.target_item_idx.notna().all(), "every valid row needs a target_item_idx"
+    # leakage guard: a validation target is a first occurrence, never part of the same user's training history
+    train_items = {u: set(np.asarray(h).tolist()) for u, h in zip(train.user_id.values, train.item_idx.values)}
+    leaks = sum(int(t) in train_items.get(u, ()) for u, t in zip(valid.user_id.values, valid.target_item_idx.values))
+    assert leaks == 0, f"{leaks} valid target(s) occur in the same user's train history: split leakage"
+
+    windows = training_windows(train.item_idx.values, train.domain_idx.values, train.event_ts.values, cfg.max_seq_len)
+    typ = pa.list_(pa.int64())
+    valid_tab = pa.table({
+        "row_id": pa.array(np.arange(len(valid), dtype=np.int64)),
+        "item_idx": pa.array([np.asarray(h, dtype=np.int64) for h in valid.item_idx.values], type=typ),
+        "event_ts": pa.array([np.asarray(h, dtype=np.int64) for h in valid.event_ts.values], type=typ),
+        "target_item_idx": pa.array(valid.target_item_idx.values.astype(np.int64)),
+    })
+
+    text_emb, encoders = None, []
+    if cfg.use_text:
+        emb = read("gold.item_embeddings", columns=["domain", "item_id", "encoder", "embedding"]).to_pandas()
+        encoders = sorted(emb.encoder.unique().tolist())
+        merged = index[["domain", "item_id"]].merge(emb, on=["domain", "item_id"], how="left", validate="one_to_one")
+        have = merged.embedding.notna().values
+        assert have.any(), "gold.item_embeddings holds no vector of any catalog item"
+        dims = {len(v) for v in merged.embedding.values[have]}
+        assert len(dims) == 1, f"gold.item_embeddings vectors differ in length: {sorted(dims)}"
+        text_emb = np.zeros((n_items, dims.pop()), dtype=np.float32)
+        text_emb[have] = np.stack(merged.embedding.values[have]).astype(np.float32)
+        if not have.all():
+            log.warning("%d of %d items have no text embedding: they get a zero vector", int((~have).sum()), n_items)
+
+    catalog = {
+        "item_idx": index.item_idx.values.astype(np.int64),
+        "domain_idx": index.domain_idx.values.astype(np.int64),
+        "domain_item_idx": index.domain_item_idx.values.astype(np.int64),
+        "train_count": index.train_count.values.astype(np.int64),
+        "text_emb": text_emb,
+    }
+    log.info("training data at versions %s: %d items in %s, %d train users -> %d windows, %d valid rows (%.1fs)",
+             dict(versions), n_items, domains, len(train), windows.num_rows, len(valid), time.time() - t0)
+    item_index = index[["item_idx", "domain", "item_id", "domain_idx", "domain_item_idx"]]
+    return TrainingData(windows, valid_tab, catalog, item_index, domains, dict(versions), encoders)
+
+
+# ------------------------------------------------------------------------------------------ collate (worker)
+def _rows(col) -> list[np.ndarray]:
+    """A list<int64> column (Array or ChunkedArray) -> one int64 array per row."""
+    import pyarrow as pa
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    offsets = col.offsets.to_numpy()
+    values = col.flatten().to_numpy()
+    offsets = offsets - offsets[0]  # a sliced array's offsets point into the unsliced values
+    return [values[offsets[i]:offsets[i + 1]] for i in range(len(col))]
+
+
+def collate_train(batch, item_domain: np.ndarray) -> dict[str, np.ndarray]:
+    """Training windows (pyarrow.Table) -> right-padded (B, T) arrays; T = longest window - 1.
+
+    inputs ``w[:-1]``, ``target_item_idx = w[1:]``, ``target_domain`` = domain of the target item (0 where none).
+    """
+    items, doms, tss = _rows(batch["item_idx"]), _rows(batch["domain_idx"]), _rows(batch["event_ts"])
+    B = len(items)
+    T = max(len(w) for w in items) - 1
+    assert T >= 1, "a training window has at least 2 events"
+    out = {k: np.zeros((B, T), dtype=np.int64) for k in ("item_idx", "domain_idx", "event_ts", "target_item_idx")}
+    for b, (it, dm, ts) in enumerate(zip(items, doms, tss)):
+        n = len(it) - 1
+        out["item_idx"][b, :n] = it[:-1]
+        out["domain_idx"][b, :n] = dm[:-1]
+        out["event_ts"][b, :n] = ts[:-1]
+        out["target_item_idx"][b, :n] = it[1:]
+    out["target_domain"] = item_domain[out["target_item_idx"]]  # padding: item 0 -> any domain, ignored
+    return out
+
+
+def collate_history(histories: list[np.ndarray], timestamps: list[np.ndarray], max_len: int,
+                    item_domain: np.ndarray) -> dict[str, np.ndarray]:
+    """Histories -> right-padded (B, T) model inputs of their newest ``max_len`` events (T >= 1)."""
+    hist = [h[-max_len:] for h in histories]
+    tss = [t[-max_len:] for t in timestamps]
+    T = max(1, max((len(h) for h in hist), default=1))
+    items = np.zeros((len(hist), T), dtype=np.int64)
+    ts = np.zeros((len(hist), T), dtype=np.int64)
+    for b, (h, t) in enumerate(zip(hist, tss)):
+        items[b, :len(h)] = h
+        ts[b, :len(t)] = t
+    return {"item_idx": items, "domain_idx": np.where(items > 0, item_domain[items], 0), "event_ts": ts}
+
+
+# ---------------------------------------------------------------------------------------- checkpoint files
+def flatten_optimizer_state(state: Mapping) -> tuple[dict, dict]:
+    """An optimizer ``state_dict()`` -> (tensors for safetensors, JSON-able rest)."""
+    import torch
+
+    tensors, scalars = {}, {}
+    for pid, st in state["state"].items():
+        for name, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state.{pid}.{name}"] = v.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[name] = v
+    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def unflatten_optimizer_state(tensors: Mapping, meta: Mapping) -> dict:
+    """Inverse of :func:`flatten_optimizer_state`."""
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = v
+    for pid, d in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(d)
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in meta["param_groups"]]
+    return {"state": state, "param_groups": groups}
+
+
+def write_checkpoint(folder: str | Path, model, optimizer, state: Mapping) -> Path:
+    """Write a training checkpoint (see the module docstring for the files)."""
+    from safetensors.torch import save_file
+
+    from crossrec.model import transformer
+
+    folder = Path(folder)
+    transformer.save(model, folder)
+    tensors, meta = flatten_optimizer_state(optimizer.state_dict())
+    save_file(tensors, str(folder / OPT_TENSORS), metadata={"format": "pt"})
+    (folder / OPT_META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    return folder
+
+
+def read_checkpoint(folder: str | Path, model, optimizer) -> dict:
+    """Load weights into ``model`` (unwrapped) and state into ``optimizer``; return the train state."""
+    from safetensors.torch import load_file
+
+    from crossrec.model.transformer import WEIGHTS_FILE
+
+    folder = Path(folder)
+    device = next(model.parameters()).device
+    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device=str(device)), strict=True)
+    meta = json.loads((folder / OPT_META).read_text(encoding="utf-8"))
+    optimizer.load_state_dict(unflatten_optimizer_state(load_file(str(folder / OPT_TENSORS), device=str(device)), meta))
+    return json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------------------------- worker
+def _features(catalog: Mapping[str, np.ndarray]):
+    from crossrec.model.transformer import ItemFeatures
+
+    # copies: arrays from the object store are read-only, torch wants writable memory
+    emb = None if catalog["text_emb"] is None else np.array(catalog["text_emb"])
+    return ItemFeatures.from_item_index(np.array(catalog["item_idx"]), np.array(catalog["domain_idx"]),
+                                        np.array(catalog["domain_item_idx"]), text_emb=emb,
+                                        sample_weight=catalog["train_count"] + 1)
+
+
+def _lookup(catalog: Mapping[str, np.ndarray], column: str) -> np.ndarray:
+    """(n_items + 1,) array: ``column`` of each item_idx (row 0 = padding = 0)."""
+    out = np.zeros(len(catalog["item_idx"]) + 1, dtype=catalog[column].dtype)
+    out[catalog["item_idx"]] = catalog[column]
+    return out
+
+
+def validate_shard(model, valid_iter, catalog: Mapping[str, np.ndarray], *, rank: int, world: int, max_len: int,
+                   batch_size: int, device) -> np.ndarray:
+    """Score this rank's share of the valid rows; (n_domains, 4) sums of ndcg@10, recall@10, mrr, rows.
+
+    ``model`` is the unwrapped model. Full ranking within the target domain, the items of the row's stored
+    history in that domain excluded; empty histories are scored by popularity (as crossrec.evaluate.protocol).
+    """
+    import scipy.sparse as sp
+    import torch
+
+    from crossrec.evaluate.metrics import candidate_counts, rank_of_target, ranking_metrics
+
+    item_domain, item_col = _lookup(catalog, "domain_idx"), _lookup(catalog, "domain_item_idx")
+    popularity = _lookup(catalog, "train_count").astype(np.float32)
+    domain_items = model.domain_items
+    n_domains = model.config.n_domains
+    sums = np.zeros((n_domains, 4), dtype=np.float64)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for batch in valid_iter.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+            mine = batch["row_id"].to_numpy() % world == rank
+            if not mine.any():
+                continue
+            hist = [h for h, m in zip(_rows(batch["item_idx"]), mine) if m]
+            tss = [t for t, m in zip(_rows(batch["event_ts"]), mine) if m]
+            target = batch["target_item_idx"].to_numpy()[mine]
+            inputs = collate_history(hist, tss, max_len, item_domain)
+            tdom = item_domain[target]
+            for d in np.unique(tdom):
+                rows = np.flatnonzero(tdom == d)
+                sub = {k: torch.from_numpy(v[rows]).to(device) for k, v in inputs.items()}
+                scores = model.full_sort_predict(sub, int(d)).float().cpu().numpy()  # (b, n_d)
+                n_d = scores.shape[1]
+                empty = np.array([len(hist[r]) == 0 for r in rows])
+                if empty.any():
+                    scores[empty] = popularity[domain_items(int(d)).cpu().numpy()]
+                r_ind, c_ind = [], []
+                for k, r in enumerate(rows):
+                    h = hist[r][item_domain[hist[r]] == d]
+                    r_ind.extend([k] * len(h))
+                    c_ind.extend(item_col[h].tolist())
+                exclude = sp.csr_matrix((np.ones(len(r_ind), dtype=np.float32), (r_ind, c_ind)), shape=(len(rows), n_d))
+                cols = item_col[target[rows]]
+                ranks = rank_of_target(scores, cols, exclude)
+                m = ranking_metrics(ranks, candidate_counts(n_d, cols, exclude), ks=KS)
+                n = len(rows)
+                sums[d] += (m["ndcg@10"] * n, m["recall@10"] * n, m["mrr"] * n, n)
+    model.train(was_training)
+    return sums
+
+
+def _metrics_from_sums(sums: np.ndarray, domains: list[str]) -> dict[str, float]:
+    n = sums[:, 3].sum()
+    out = {"valid_ndcg@10": float(sums[:, 0].sum() / n) if n else 0.0,
+           "valid_recall@10": float(sums[:, 1].sum() / n) if n else 0.0,
+           "valid_mrr": float(sums[:, 2].sum() / n) if n else 0.0,
+           "valid_rows": int(n)}
+    for d, name in enumerate(domains):
+        if sums[d, 3]:
+            out[f"valid_ndcg@10/{name}"] = float(sums[d, 0] / sums[d, 3])
+    return out
+
+
+def _ddp_kwargs() -> dict:
+    """DDP must not re-broadcast the buffers (the item features: constant, and the text table can be large)
+    at every forward. Newer torch (2.15 here) names that ``forward_sync_buffers=False`` (``broadcast_buffers`` is
+    deprecated; the new flag still syncs once at init, harmless for identical constants)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
+
+
+def _worker_logging() -> None:
+    """Ray worker processes have no logging configured: send crossrec INFO records to stderr (forwarded)."""
+    lg = logging.getLogger("crossrec")
+    if not lg.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        lg.addHandler(h)
+        lg.setLevel(logging.INFO)
+        lg.propagate = False
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker: build, (resume,) train, validate, report once per epoch. See the module docstring.
+
+    ``config`` (built by :func:`train`): ``model`` (ModelConfig as a dict), ``catalog_ref`` (object ref of the
+    catalog arrays), ``domains``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``patience``, ``seed``,
+    ``log_every``, ``n_train_rows``, ``torch_threads``, ``_fail_once_at_step`` (test hook or None).
+    """
+    import ray
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+
+    from crossrec.model.transformer import CrossDomainTransformer, ModelConfig
+
+    _worker_logging()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu" and config.get("torch_threads"):
+        torch.set_num_threads(int(config["torch_threads"]))
+    catalog = ray.get(config["catalog_ref"])
+    domains = list(config["domains"])
+    item_domain = _lookup(catalog, "domain_idx")
+
+    torch.manual_seed(config["seed"])  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+    model = CrossDomainTransformer(ModelConfig.from_dict(config["model"]), _features(catalog)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    state = {"epoch": -1, "global_step": 0, "best_metric": -math.inf, "best_epoch": -1, "bad_epochs": 0,
+             "history": [], "resumes": []}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as folder:
+            state = read_checkpoint(folder, model, optimizer)  # before DDP: the wrapper broadcasts these weights
+        state["resumes"].append(state["epoch"] + 1)
+        if rank == 0:
+            log.info("resuming from checkpoint %s: epoch %d done, best %s %.4f at epoch %d, %d bad epoch(s)",
+                     ckpt.path, state["epoch"], METRIC, state["best_metric"], state["best_epoch"], state["bad_epochs"])
+    ddp = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=_ddp_kwargs())
+    torch.manual_seed(config["seed"] + 1 + rank + 1000 * (state["epoch"] + 1))  # dropout differs per rank
+
+    train_shard = ray.train.get_dataset_shard("train")  # a barrier: all ranks, once
+    valid_iter = ray.train.get_dataset_shard("valid")
+    fail = config.get("_fail_once_at_step")
+    bs = config["batch_size"]
+    steps_per_epoch = math.ceil((config["n_train_rows"] // world) / bs)
+
+    epoch = state["epoch"] + 1
+    while epoch < config["epochs"] and state["bad_epochs"] < config["patience"]:
+        model.train()
+        t_epoch = last = time.perf_counter()
+        loss_sum, n_steps, n_samples, window = 0.0, 0, 0, 0
+        batches = train_shard.iter_batches(batch_size=bs, batch_format="pyarrow", local_shuffle_buffer_size=4 * bs,
+                                           local_shuffle_seed=config["seed"] + 1000 * epoch + rank)
+        for step, batch in enumerate(batches):
+            if fail and rank == fail["rank"] and epoch == fail["epoch"] and step == fail["step"] and not os.path.exists(fail["marker"]):
+                # wait until Ray Train has committed the reports so far (the last epoch's checkpoint): a crash
+                # right after a report may otherwise lose that report, and the run resumes one epoch earlier
+                ray.train.get_all_reported_checkpoints(timeout_s=120)
+                Path(fail["marker"]).write_text(f"killed rank {rank} at epoch {epoch} step {step}\n", encoding="utf-8")
+                log.warning("test hook: killing rank %d (pid %d) at epoch %d step %d", rank, os.getpid(), epoch, step)
+                os.kill(os.getpid(), signal.SIGKILL)
+            b = {k: torch.from_numpy(v).to(device) for k, v in collate_train(batch, item_domain).items()}
+            loss = ddp(b, loss=True)  # through DDP's forward: its gradient all-reduce hooks are armed there
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_value = loss.item()
+            loss_sum += loss_value
+            n_steps += 1
+            n_samples += len(b["item_idx"])
+            window += 1
+            state["global_step"] += 1
+            if rank == 0 and (n_steps % config["log_every"] == 0 or n_steps == steps_per_epoch):
+                now = time.perf_counter()
+                ms = 1000 * (now - last) / window
+                rate = world * n_samples / (now - t_epoch)
+                eta = (steps_per_epoch - n_steps) * ms / 1000
+                log.info("epoch %d step %d/%d loss %.4f %.1f ms/step %.0f samples/s (all ranks) ETA %.0fs",
+                         epoch, n_steps, steps_per_epoch, loss_value, ms, rate, max(eta, 0.0))
+                last, window = now, 0
+        t_train = time.perf_counter() - t_epoch
+
+        sums = validate_shard(ddp.module if hasattr(ddp, "module") else ddp, valid_iter, catalog, rank=rank, world=world,
+                              max_len=model.config.max_seq_len, batch_size=4 * bs, device=device)
+        totals = np.array([loss_sum, n_steps, n_samples, t_train], dtype=np.float64)
+        if world > 1:
+            t = torch.from_numpy(np.concatenate([sums.ravel(), totals[:3]])).to(device)
+            dist.all_reduce(t)  # SUM: metric sums, row counts, losses, steps, samples
+            tmax = torch.tensor([t_train], dtype=torch.float64, device=device)
+            dist.all_reduce(tmax, op=dist.ReduceOp.MAX)
+            flat = t.cpu().numpy()
+            sums = flat[: sums.size].reshape(sums.shape)
+            totals = np.array([*flat[sums.size:], float(tmax)], dtype=np.float64)
+        metrics = _metrics_from_sums(sums, domains)
+        value = metrics[METRIC]
+        if value > state["best_metric"] + MIN_DELTA:
+            state.update(best_metric=value, best_epoch=epoch, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        metrics.update(epoch=epoch, train_loss=float(totals[0] / max(totals[1], 1)), train_samples=int(totals[2]),
+                       epoch_train_s=float(totals[3]), samples_per_s=float(totals[2] / max(totals[3], 1e-9)),
+                       best_valid_ndcg=float(state["best_metric"]), best_epoch=int(state["best_epoch"]),
+                       bad_epochs=int(state["bad_epochs"]), global_step=int(state["global_step"]),
+                       stop=bool(state["bad_epochs"] >= config["patience"]))
+        state["epoch"] = epoch
+        state["history"].append(dict(metrics))
+        if rank == 0:
+            log.info("epoch %d: loss %.4f, %s %.4f (best %.4f at epoch %d), recall@10 %.4f, %.0f samples/s%s",
+                     epoch, metrics["train_loss"], METRIC, value, state["best_metric"], state["best_epoch"],
+                     metrics["valid_recall@10"], metrics["samples_per_s"],
+                     "; early stop" if metrics["stop"] else "")
+            with tempfile.TemporaryDirectory(prefix="crossrec-ckpt-") as tmp:
+                write_checkpoint(tmp, ddp, optimizer, state)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics, checkpoint=None)  # every rank reports once per epoch
+        epoch += 1
+
+
+# ------------------------------------------------------------------------------------------------- driver
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | Path, data: TrainingData,
+                   metrics: Mapping) -> Path:
+    """``<root>/<version>/`` from the best checkpoint, then ``<root>/_latest`` -> version (both atomic renames)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from crossrec.model import transformer
+
+    root = Path(folder_root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / version
+    tmp = root / f".{version}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = transformer.load(best_ckpt_dir)  # round trip: what is written is what evaluate will load
+    transformer.save(model, tmp)
+    pq.write_table(pa.Table.from_pandas(data.item_index, preserve_index=False), str(tmp / ITEM_INDEX_FILE))
+    (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in tmp.iterdir():  # safetensors writes 0600; an artifact is read by other jobs and users
+        os.chmod(f, 0o666 & ~umask)
+    if final.exists():  # the same config on the same data and day: the newer export replaces it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _write_text_atomic(root / LATEST_FILE, version + "\n")
+    return final
+
+
+def _use_gpu(cfg: TrainConfig) -> bool:
+    import ray
+
+    if cfg.use_gpu is not None:
+        return cfg.use_gpu
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train on the gold tables with Ray Train and write the model artifact; return its folder."""
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    t0 = time.time()
+    now = dt.datetime.now(dt.timezone.utc)
+    tables = GOLD_TABLES if cfg.use_text else tuple(t for t in GOLD_TABLES if t != "gold.item_embeddings")
+    versions = resolve_versions(cfg.lake_root, cfg.versions, tables)
+    version = model_version(cfg, versions, now)
+    log.info("training %s on %s at versions %s", version, cfg.lake_root, versions)
+    data = load_training_data(cfg, versions)
+    assert data.train.num_rows >= cfg.workers, f"{data.train.num_rows} training windows for {cfg.workers} workers"
+    assert data.valid.num_rows >= 1, "gold.user_sequences has no valid rows: nothing to select a model on"
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=True)
+    try:
+        use_gpu = _use_gpu(cfg)
+        text_dim = data.catalog["text_emb"].shape[1] if data.catalog["text_emb"] is not None else 384
+        mcfg = cfg.model_config(len(data.catalog["item_idx"]), len(data.domains), text_dim)
+        loop_config = {
+            "model": dataclasses.asdict(mcfg),
+            "catalog_ref": ray.put(data.catalog),
+            "domains": data.domains,
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
+            "patience": cfg.patience, "seed": cfg.seed, "log_every": cfg.log_every,
+            "n_train_rows": data.train.num_rows,
+            "torch_threads": max(1, int(cfg.cpus_per_worker)),
+            "_fail_once_at_step": dataclasses.asdict(cfg.fail_once_at) if cfg.fail_once_at else None,
+        }
+        n_blocks = max(2 * cfg.workers, data.train.num_rows // 4096)
+        datasets = {"train": ray.data.from_arrow(data.train, override_num_blocks=n_blocks),
+                    "valid": ray.data.from_arrow(data.valid, override_num_blocks=max(1, data.valid.num_rows // 4096))}
+        scaling = ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
+                                          resources_per_worker=None if use_gpu else {"CPU": cfg.cpus_per_worker})
+        run = ray.train.RunConfig(
+            name=f"train-{version}",
+            storage_path=cfg.storage_root,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
+                                                         checkpoint_score_order="max"),
+        )
+        trainer = TorchTrainer(
+            train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling, run_config=run,
+            datasets=datasets,
+            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),  # valid: every rank reads all rows
+        )
+        log.info("Ray Train: %d worker(s), %s, run %s under %s", cfg.workers, "GPU" if use_gpu else
+                 f"CPU ({cfg.cpus_per_worker} per worker)", run.name, cfg.storage_root)
+        result = trainer.fit()
+    finally:
+        if started:
+            ray.shutdown()
+
+    assert result.checkpoint is not None, "the run reported no checkpoint"
+    best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get(METRIC, -math.inf))
+    with result.checkpoint.as_directory() as latest_dir:
+        state = json.loads((Path(latest_dir) / STATE_FILE).read_text(encoding="utf-8"))
+    history = state["history"]
+    train_s = sum(h["epoch_train_s"] for h in history)
+    summary = {
+        "model_version": version,
+        "selected_on": METRIC,
+        "best_epoch": best_metrics["epoch"],
+        "valid": {k: v for k, v in best_metrics.items() if k.startswith("valid_")},
+        "epochs_run": len(history),
+        "max_epochs": cfg.epochs,
+        "early_stopped": bool(history[-1]["stop"]) and len(history) < cfg.epochs,
+        "resumed_at_epochs": state["resumes"],
+        "history": history,
+        "data_versions": versions,
+        "text_encoders": data.encoders,
+        "train_windows": data.train.num_rows,
+        "wall_time_s": time.time() - t0,
+        "train_time_s": train_s,
+        "samples_per_s": sum(h["train_samples"] for h in history) / max(train_s, 1e-9),
+        "samples_per_s_median_epoch": float(np.median([h["samples_per_s"] for h in history])),  # without warm-up
+        "workers": cfg.workers,
+        "device": "gpu" if use_gpu else "cpu",
+        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "fail_once_at"},
+        "model": dataclasses.asdict(mcfg),
+        "ray_run": str(result.path),
+        "trained_at": now.isoformat(timespec="seconds"),
+    }
+    with best_ckpt.as_directory() as best_dir:
+        folder = write_artifact(cfg.models_root, version, best_dir, data, summary)
+    log.info("model artifact %s: %s %.4f at epoch %d of %d, %.0f samples/s, %.1fs",
+             folder, METRIC, summary["valid"][METRIC], summary["best_epoch"], summary["epochs_run"],
+             summary["samples_per_s"], summary["wall_time_s"])
+    return folder
+
+
+__all__ = [
+    "TrainConfig", "FailOnce", "TrainingData", "train", "train_loop_per_worker", "load_training_data",
+    "resolve_versions", "training_windows", "collate_train", "collate_history", "validate_shard",
+    "write_checkpoint", "read_checkpoint", "flatten_optimizer_state", "unflatten_optimizer_state",
+    "write_artifact", "model_version", "METRIC",
+]

@@ -1,0 +1,282 @@
+"""Training stage on Ray Train, on tiny gold tables written with deltalake (no Spark).
+
+The planted signal: two topics, every item's text vector points at its topic, every user keeps to one topic
+in both domains. A model that learns "same topic as the history" ranks the target among ~half of the
+domain's candidates; a random ranking among all of them.
+
+Ray runs here are small on purpose (2 workers x 0.5 CPU, d_model=32, ~200 users): the machine has 2 cores.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("ray.train")
+pa = pytest.importorskip("pyarrow")
+from deltalake import DeltaTable, write_deltalake  # noqa: E402
+
+from crossrec.quality.contracts import load_contract  # noqa: E402
+from crossrec.train.loop import (  # noqa: E402
+    FailOnce,
+    TrainConfig,
+    collate_history,
+    collate_train,
+    flatten_optimizer_state,
+    model_version,
+    train,
+    training_windows,
+    unflatten_optimizer_state,
+)
+
+DOMAINS = ("books", "movies")
+T0 = 1_600_000_000
+DAY = 86_400
+TINY = dict(workers=2, d_model=32, n_layers=1, n_heads=2, batch_size=32, lr=3e-3, dropout=0.0, max_seq_len=20,
+            log_every=2)
+
+
+# --------------------------------------------------------------------------------------------- gold tables
+def _arrow_type(name: str):
+    name = name.replace(" ", "")
+    simple = {"string": pa.string(), "long": pa.int64(), "int": pa.int32(), "boolean": pa.bool_(),
+              "float": pa.float32(), "double": pa.float64()}
+    if name in simple:
+        return simple[name]
+    assert name.startswith("array<") and name.endswith(">"), f"no arrow type for contract type {name!r}"
+    return pa.list_(_arrow_type(name[6:-1]))
+
+
+def write_gold(lake: Path, table: str, rows: list[dict]) -> int:
+    """Write ``rows`` as the Delta table ``table`` under ``lake``, typed and partitioned by its contract."""
+    c = load_contract(table)
+    schema = pa.schema([pa.field(col.name, _arrow_type(col.type), col.nullable) for col in c.columns])
+    data = pa.Table.from_pylist(rows, schema=schema)
+    layer, _, name = table.partition(".")
+    path = lake / layer / name
+    write_deltalake(str(path), data, partition_by=list(c.partition_by) or None, mode="overwrite")
+    return DeltaTable(str(path)).version()
+
+
+def build_planted_lake(lake: Path, *, users: int = 200, items_per_topic: int = 15, events: int = 12, seed: int = 0) -> dict:
+    """gold.item_index, gold.item_embeddings and gold.user_sequences (train, valid and test rows) with a
+    topic signal. Returns the facts the tests check against (random-ranking NDCG@10 of the valid rows)."""
+    rng = np.random.default_rng(seed)
+    topics = 2
+    items = []  # (domain, item_id, item_idx, domain_idx, domain_item_idx, topic)
+    for d_idx, dom in enumerate(DOMAINS):
+        for j in range(topics * items_per_topic):
+            items.append((dom, f"{dom[0]}{j:03d}", len(items) + 1, d_idx, j, j % topics))
+    topic_of = np.array([0] + [t for *_, t in items])
+    dom_of = np.array([0] + [d for _, _, _, d, _, _ in items])
+    by = {(d, t): [i[2] for i in items if i[3] == d and i[5] == t] for d in range(len(DOMAINS)) for t in range(topics)}
+
+    seq_rows, train_count = [], np.zeros(len(items) + 1, dtype=np.int64)
+    valid_random_ndcg = []
+    for u in range(users):
+        topic = u % topics
+        pools = {d: list(rng.permutation(by[(d, topic)])) for d in range(len(DOMAINS))}
+        order = rng.permutation(np.arange(events) % len(DOMAINS))  # events / 2 in each domain, interleaved
+        hist = [pools[d].pop() for d in order]
+        ts = [T0 + DAY * k for k in range(events)]
+        split = ["train"] * events
+        for d in range(len(DOMAINS)):  # leave-last-out per domain: last = test, the one before = valid
+            pos = [k for k, i in enumerate(hist) if dom_of[i] == d]
+            assert len(pos) >= 3, "every user needs train, valid and test events in every domain"
+            split[pos[-1]], split[pos[-2]] = "test", "valid"
+        train_pos = [k for k in range(events) if split[k] == "train"]
+        for k in train_pos:
+            train_count[hist[k]] += 1
+        seq_rows.append(_seq_row(f"u{u:04d}", "train", "*", [hist[k] for k in train_pos], [ts[k] for k in train_pos], dom_of, None, None))
+        for k in range(events):
+            if split[k] == "train":
+                continue
+            visible = [j for j in range(k) if split[j] == "train" or (split[k] == "test" and split[j] == "valid")]
+            h = [hist[j] for j in visible]
+            seq_rows.append(_seq_row(f"u{u:04d}", split[k], DOMAINS[dom_of[hist[k]]], h, [ts[j] for j in visible], dom_of, hist[k], ts[k]))
+            if split[k] == "valid":
+                n_cand = 2 * items_per_topic - sum(dom_of[i] == dom_of[hist[k]] for i in h)
+                valid_random_ndcg.append(sum(1 / math.log2(r + 1) for r in range(1, min(10, n_cand) + 1)) / n_cand)
+
+    index_rows = [{"domain": d, "item_id": iid, "item_idx": ix, "domain_idx": di, "domain_item_idx": dj,
+                   "category": f"topic{t}", "train_count": int(train_count[ix])} for d, iid, ix, di, dj, t in items]
+    centers = rng.normal(size=(topics, 384))
+    emb_rows = []
+    for d, iid, ix, di, dj, t in items:
+        v = centers[t] + 0.3 * rng.normal(size=384)
+        emb_rows.append({"domain": d, "item_id": iid, "text_hash": f"h{ix}", "encoder": "test-topics",
+                         "embedding": (v / np.linalg.norm(v)).astype(np.float32).tolist()})
+    versions = {
+        "gold.item_index": write_gold(lake, "gold.item_index", index_rows),
+        "gold.item_embeddings": write_gold(lake, "gold.item_embeddings", emb_rows),
+        "gold.user_sequences": write_gold(lake, "gold.user_sequences", seq_rows),
+    }
+    return {"versions": versions, "random_ndcg": float(np.mean(valid_random_ndcg)), "n_items": len(items),
+            "topic_of": topic_of}
+
+
+def _seq_row(user, split, target_domain, items, ts, dom_of, target, target_ts) -> dict:
+    return {"user_id": user, "split": split, "target_domain": target_domain, "item_idx": [int(i) for i in items],
+            "domain_idx": [int(dom_of[i]) for i in items], "event_ts": [int(t) for t in ts],
+            "target_item_idx": None if target is None else int(target), "target_ts": target_ts,
+            "cold_start": bool(target is not None and not any(dom_of[i] == dom_of[target] for i in items)),
+            "history_len": len(items)}
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def ray_local():
+    """One small local Ray instance for the module (2 CPUs, no dashboard); always shut down."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> tuple[Path, dict]:
+    lake = tmp_path_factory.mktemp("lake")
+    return lake, build_planted_lake(lake)
+
+
+def _artifact(lake: Path) -> tuple[Path, dict]:
+    models = lake / "models"
+    version = (models / "_latest").read_text().strip()
+    folder = models / version
+    return folder, json.loads((folder / "metrics.json").read_text())
+
+
+# ------------------------------------------------------------------------------------- pure functions
+def test_training_windows_predict_every_target_once():
+    hist = np.arange(1, 12)  # 11 events -> 10 targets
+    tab = training_windows([hist, [5], [7, 8]], [np.zeros(11), [0], [1, 1]], [np.arange(11), [3], [1, 2]], max_seq_len=4)
+    windows = tab.column("item_idx").to_pylist()
+    assert all(2 <= len(w) <= 5 for w in windows), windows
+    targets = sorted(t for w in windows for t in w[1:])
+    assert targets == sorted([*range(2, 12), 8]), "every target of every history exactly once; 1-event rows dropped"
+    assert windows[0] == [7, 8, 9, 10, 11], "newest window first"
+
+
+def test_collate_right_pads_and_shifts_targets():
+    tab = pa.table({"item_idx": [[1, 2, 3], [4, 5]], "domain_idx": [[0, 1, 0], [1, 1]], "event_ts": [[10, 20, 30], [5, 6]]})
+    item_domain = np.array([0, 0, 1, 0, 1, 1])
+    b = collate_train(tab, item_domain)
+    assert b["item_idx"].tolist() == [[1, 2], [4, 0]]
+    assert b["target_item_idx"].tolist() == [[2, 3], [5, 0]]
+    assert b["target_domain"][0].tolist() == [1, 0] and b["target_domain"][1, 0] == 1
+    assert b["event_ts"].tolist() == [[10, 20], [5, 0]]
+    h = collate_history([np.array([1, 2, 3]), np.array([], dtype=np.int64)], [np.array([1, 2, 3]), np.array([], dtype=np.int64)], 2, item_domain)
+    assert h["item_idx"].tolist() == [[2, 3], [0, 0]], "newest max_len events, right-padded; empty history = padding"
+
+
+def test_optimizer_state_round_trips_without_pickle():
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    tensors, meta = flatten_optimizer_state(opt.state_dict())
+    json.dumps(meta)  # the non-tensor part is plain JSON
+    opt2 = torch.optim.AdamW(torch.nn.Linear(3, 2).parameters(), lr=0.5)
+    opt2.load_state_dict(unflatten_optimizer_state(tensors, meta))
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for pid in a["state"]:
+        for k, v in a["state"][pid].items():
+            assert torch.equal(v, b["state"][pid][k]), (pid, k)
+
+
+def test_model_version_depends_on_config_and_data_not_paths():
+    v = {"gold.item_index": 1, "gold.user_sequences": 3}
+    a = TrainConfig(lake_root="/x", lr=1e-3)
+    assert model_version(a, v) == model_version(TrainConfig(lake_root="/elsewhere", lr=1e-3, max_failures=5), v)
+    assert model_version(a, v) != model_version(TrainConfig(lake_root="/x", lr=2e-3), v)
+    assert model_version(a, v) != model_version(a, {**v, "gold.user_sequences": 4})
+    date, _, digest = model_version(a, v).partition("-")
+    assert len(date) == 8 and len(digest) == 8
+
+
+# ------------------------------------------------------------------------------------------- Ray runs
+@pytest.mark.ray
+@pytest.mark.slow
+def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys):
+    from crossrec.model import transformer
+    from crossrec_jobs.train import main
+
+    lake, facts = planted
+    rc = main(["--lake-root", str(lake), "--workers", "2", "--epochs", "3", "--batch-size", "32", "--lr", "3e-3",
+               "--d-model", "32", "--n-layers", "1", "--max-seq-len", "20", "--patience", "3", "--no-gpu"])
+    assert rc == 0
+    folder, metrics = _artifact(lake)
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "item_index.parquet", "metrics.json"}
+    assert metrics["data_versions"] == facts["versions"], "trained on the pinned (here: newest) versions"
+    assert metrics["epochs_run"] == 3 and [h["epoch"] for h in metrics["history"]] == [0, 1, 2]
+    assert metrics["resumed_at_epochs"] == []
+    ndcg = metrics["valid"]["valid_ndcg@10"]
+    assert metrics["valid"]["valid_rows"] == 200 * len(DOMAINS), "every valid row scored exactly once over 2 ranks"
+    assert ndcg == max(h["valid_ndcg@10"] for h in metrics["history"]), "the artifact is the best epoch"
+    assert ndcg > 1.3 * facts["random_ndcg"], (ndcg, facts["random_ndcg"])
+    assert metrics["samples_per_s"] > 0 and metrics["wall_time_s"] > 0
+
+    model = transformer.load(folder)
+    from safetensors.torch import load_file
+
+    keys = load_file(str(folder / "model.safetensors")).keys()
+    assert not any(k.startswith("module.") for k in keys), "DDP prefix stripped"
+    assert model.config.n_items == facts["n_items"] and model.config.d_model == 32
+    import pandas as pd
+
+    idx = pd.read_parquet(folder / "item_index.parquet")
+    assert list(idx.columns) == ["item_idx", "domain", "item_id", "domain_idx", "domain_item_idx"]
+    assert idx.item_idx.tolist() == list(range(1, facts["n_items"] + 1))
+    # the validation metric the run selected on is the evaluation protocol's, on the valid split
+    from crossrec.evaluate.protocol import evaluate, load_eval_data, transformer_score_fn
+
+    data = load_eval_data(str(lake), versions=metrics["data_versions"], split="valid")
+    recs = [r for r in evaluate("crossrec", transformer_score_fn(model, data), data)
+            if r["metric"] == "ndcg" and r["k"] == 10 and r["segment"] == "all"]
+    for r in recs:
+        assert r["value"] == pytest.approx(metrics["valid"][f"valid_ndcg@10/{r['domain']}"], abs=1e-9), r
+    out = capsys.readouterr().out
+    assert str(folder) in out and "ndcg@10" in out.lower()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(ray_local, planted, tmp_path):
+    lake, facts = planted
+    marker = tmp_path / "killed-once"
+    cfg = TrainConfig(lake_root=str(lake), epochs=3, patience=3, max_failures=1, model_root=str(tmp_path / "models"),
+                      storage_path=str(tmp_path / "ray"), fail_once_at=FailOnce(epoch=1, step=1, rank=1, marker=str(marker)),
+                      **TINY)
+    folder = train(cfg)
+    assert marker.exists(), "the hook killed rank 1 in the first attempt"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["resumed_at_epochs"] == [1], "the restarted workers resumed after epoch 0's checkpoint"
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2], "epoch 0 was not rerun; 1 and 2 ran once"
+    assert (folder / "model.safetensors").is_file()
+    assert (tmp_path / "models" / "_latest").read_text().strip() == folder.name
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_early_stopping_when_validation_cannot_improve(ray_local, planted, tmp_path):
+    lake, _ = planted
+    cfg = TrainConfig(lake_root=str(lake), epochs=6, patience=1, model_root=str(tmp_path / "models"),
+                      storage_path=str(tmp_path / "ray"), **{**TINY, "lr": 0.0})
+    folder = train(cfg)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 2 and metrics["early_stopped"], "lr=0: epoch 1 cannot beat epoch 0"
+    assert metrics["best_epoch"] == 0
+    assert metrics["history"][0]["valid_ndcg@10"] == pytest.approx(metrics["history"][1]["valid_ndcg@10"])
+
+    # the same run again (same config, data versions and day): it resumes the stopped run, trains nothing more
+    again = train(cfg)
+    assert again == folder
+    rerun = json.loads((again / "metrics.json").read_text())
+    assert rerun["history"] == metrics["history"] and rerun["model_version"] == metrics["model_version"]
