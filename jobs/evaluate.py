@@ -2,13 +2,16 @@
 
 Run it:
     crossrec evaluate --lake-root lakehouse [--model-version V] [--baselines pop,itemknn,als] [--out DIR]
+    crossrec evaluate --lake-root lakehouse --model crossrec=V1 --model sasrec=/path/to/artifact ...
     python -m crossrec_jobs.evaluate ...                     # same thing
 
 The protocol (lib/crossrec/evaluate/protocol.py): for each test row, all items of the target domain are
 ranked, the user's history items in that domain excluded; Recall/NDCG/Precision/F1@{10,20}, MRR, AUC and
 catalog coverage per domain and per segment (all users, cross-domain cold-start users, cold items).
 The gold tables are read at pinned versions (recorded with the results); the Transformer comes from a
-model artifact (default: the one `<lake>/models/_latest` names); baselines are fitted on the spot on the
+model artifact (default: the one `<lake>/models/_latest` names; ``--model NAME=VERSION|FOLDER``, repeatable,
+evaluates several side by side: artifacts trained on some domains only (``crossrec train --input-domains``)
+are evaluated on those domains, so one name may combine one artifact per domain); baselines are fitted on the spot on the
 same training data. Results are appended to gold.metrics (a re-run with the same run id replaces its rows).
 """
 from __future__ import annotations
@@ -34,15 +37,20 @@ BASELINES = ("pop", "itemknn", "als")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_args(p)
     g = p.add_argument_group("evaluate")
-    g.add_argument("--model-version", help="artifact under <lake>/models to evaluate (default: _latest; none: baselines only)")
+    g.add_argument("--model-version", help="artifact under <lake>/models to evaluate as 'crossrec' (default: _latest; none: baselines only)")
+    g.add_argument("--model", action="append", default=[], metavar="NAME=VERSION|FOLDER",
+                   help="evaluate this artifact under NAME (repeatable; replaces the default crossrec=_latest)")
     g.add_argument("--baselines", default="pop,itemknn", help=f"comma-separated, of {','.join(BASELINES)} (default pop,itemknn)")
     g.add_argument("--split", default="test", choices=["test", "valid"], help="targets to evaluate on (default test)")
     g.add_argument("--out", help="also write <out>/metrics.json (the records) there")
 
 
 def model_folder(cfg: CrossrecConfig, version: str | None) -> str | None:
-    """The artifact folder to evaluate: ``version`` or the one ``_latest`` names; None when there is none."""
+    """The artifact folder to evaluate: ``version`` (a name under <lake>/models, or a folder path) or the one
+    ``_latest`` names; None when there is none."""
     root = f"{cfg.lake_uri}/models"
+    if version is not None and os.path.isdir(version) and os.path.isfile(os.path.join(version, "config.json")):
+        return version
     if version is None:
         latest = os.path.join(root, "_latest")
         if not os.path.isfile(latest):
@@ -54,8 +62,25 @@ def model_folder(cfg: CrossrecConfig, version: str | None) -> str | None:
     return folder
 
 
-def evaluate_all(cfg: CrossrecConfig, baselines: list[str], version: str | None, split: str = "test", spark=None) -> tuple[list[dict], dict]:
-    """Records of every requested model and the data versions they were measured on."""
+def parse_models(specs: list[str], version: str | None) -> list[tuple[str, str | None]]:
+    """``--model NAME=VERSION|FOLDER`` flags (and ``--model-version``) -> [(name, version or folder)]."""
+    out = []
+    for spec in specs:
+        name, sep, ref = spec.partition("=")
+        if not sep or not name or not ref:
+            raise ValueError(f"--model {spec!r}: expected NAME=VERSION or NAME=FOLDER")
+        out.append((name, ref))
+    if version is not None or not out:
+        out.insert(0, ("crossrec", version))
+    return out
+
+
+def evaluate_all(cfg: CrossrecConfig, baselines: list[str], version: str | None, split: str = "test", spark=None,
+                 models: list[tuple[str, str | None]] | None = None) -> tuple[list[dict], dict]:
+    """Records of every requested model and the data versions they were measured on.
+
+    ``models``: (name, version or folder) of the Transformer artifacts; default ``[("crossrec", version)]``.
+    """
     from crossrec.evaluate.protocol import baseline_score_fn, evaluate, load_eval_data, transformer_score_fn
     from crossrec.model import baselines as B
 
@@ -79,8 +104,11 @@ def evaluate_all(cfg: CrossrecConfig, baselines: list[str], version: str | None,
         timings[model.name] = time.time() - t0
         records += [dict(r, model_version=None) for r in recs]
         log.info("%s evaluated in %.1fs", model.name, timings[model.name])
-    folder = model_folder(cfg, version)
-    if folder:
+    for name, ref in models or [("crossrec", version)]:
+        folder = model_folder(cfg, ref)
+        if not folder:
+            log.warning("no model artifact under %s/models: evaluated baselines only", cfg.lake_uri)
+            continue
         from crossrec.model.transformer import load
 
         t0 = time.time()
@@ -88,12 +116,14 @@ def evaluate_all(cfg: CrossrecConfig, baselines: list[str], version: str | None,
         n_model = model.config.n_items
         if n_model != data.train.n_items:
             raise ValueError(f"{folder} was trained on {n_model} items, gold.item_index has {data.train.n_items}: retrain or evaluate the matching data version")
+        meta_file = os.path.join(folder, "metrics.json")
+        meta = json.load(open(meta_file, encoding="utf-8")) if os.path.isfile(meta_file) else {}
+        domains = meta.get("input_domains")
         mv = os.path.basename(folder.rstrip("/"))
-        recs = evaluate("crossrec", transformer_score_fn(model, data), data)
-        timings["crossrec"] = time.time() - t0
+        recs = evaluate(name, transformer_score_fn(model, data, input_domains=domains), data, domains=domains)
+        timings[name] = timings.get(name, 0.0) + time.time() - t0
         records += [dict(r, model_version=mv) for r in recs]
-    else:
-        log.warning("no model artifact under %s/models: evaluated baselines only", cfg.lake_uri)
+        log.info("%s (%s%s) evaluated in %.1fs", name, mv, f", domains {domains}" if domains else "", time.time() - t0)
     return records, {"versions": data.versions, "seconds": timings}
 
 
@@ -146,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("evaluate config: %s", cfg.masked())
         baselines = [b for b in args.baselines.split(",") if b]
         spark = build_spark("crossrec-evaluate", cfg.spark_master, cfg.spark_conf)
-        records, info = evaluate_all(cfg, baselines, args.model_version, args.split, spark)
+        models = parse_models(args.model, args.model_version)
+        records, info = evaluate_all(cfg, baselines, args.model_version, args.split, spark, models)
         print(format_table(records))
         print(f"data versions: {info['versions']}; seconds per model: {({k: round(v, 1) for k, v in info['seconds'].items()})}")
         run_id = cfg.effective_run_id(STAGE)

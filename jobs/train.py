@@ -39,8 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-heads", type=int, default=2, help="attention heads (default 2)")
     g.add_argument("--dropout", type=float, default=0.1, help="dropout (default 0.1)")
     g.add_argument("--loss", choices=["softmax", "sampled"], default="softmax", help="full softmax per domain or sampled softmax (default softmax)")
+    g.add_argument("--n-negatives", type=int, default=1024, help="sampled softmax: negatives per domain and step, popularity-drawn, log-Q corrected (default 1024)")
     g.add_argument("--no-text", dest="use_text", action="store_false", help="do not use the text embeddings (id-only model)")
     g.add_argument("--no-id-embedding", dest="use_id_embedding", action="store_false", help="text-only item representation")
+    g.add_argument("--input-domains", help="comma-separated: train on (and later predict from) these domains' events "
+                   "only; with --no-text and one domain this is the single-domain SASRec-style baseline (default: all)")
     g.add_argument("--max-seq-len", dest="max_seq_len", type=int, help="events of history the model sees (default 50)")
     g.add_argument("--seed", type=int, help="seed of initialisation and shuffling (default 42)")
     g.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the last checkpoint (default 2)")
@@ -67,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             lake_root=cfg.lake_uri, workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
             patience=args.patience, max_seq_len=cfg.max_seq_len, seed=cfg.seed, d_model=args.d_model,
-            n_layers=args.n_layers, n_heads=args.n_heads, dropout=args.dropout, loss=args.loss,
-            use_text=args.use_text, use_id_embedding=args.use_id_embedding, max_failures=args.max_failures,
+            n_layers=args.n_layers, n_heads=args.n_heads, dropout=args.dropout, loss=args.loss, n_negatives=args.n_negatives,
+            use_text=args.use_text, use_id_embedding=args.use_id_embedding,
+            input_domains=tuple(d for d in args.input_domains.split(",") if d) if args.input_domains else None,
+            max_failures=args.max_failures,
             storage_path=args.storage_path, model_root=args.model_root, ray_address=args.ray_address,
         )
         log.info("%s config: %s", STAGE, cfg.masked())

@@ -64,3 +64,20 @@ def test_oracle_scores_perfectly_and_popularity_is_measured(lake):
     mrr = recs[(recs.metric == "mrr") & (recs.segment == "all")].set_index("domain").value
     # books: b3 (count 0) vs candidates {b3} only (b1, b2 excluded) -> rank 1; movies: m1 (1) vs m2 (1) tie -> rank 2
     assert mrr["books"] == 1.0 and mrr["movies"] == 0.5
+
+
+def test_input_domains_filter_history_and_domains(lake):
+    """A single-domain model sees only its domain's events and is evaluated on its domain only."""
+    from crossrec.evaluate.protocol import history_batch, row_history
+
+    data = load_eval_data(lake)
+    books, movies = data.tests
+    alice = books.rows[0]
+    items, ts = row_history(data, alice, np.array([0]))
+    assert items.tolist() == [1, 2] and ts.tolist() == [10, 30], "books events of alice's history only"
+    assert history_batch(data, np.array([alice]), 10, keep_domains=np.array([1]))["item_idx"].tolist() == [[4, 5]]
+    bob = movies.rows[0]
+    assert len(row_history(data, bob, np.array([1]))[0]) == 0, "bob has no movies history: cold for a movies-only model"
+
+    recs = evaluate("pop", baseline_score_fn(Popularity().fit(data.train)), data, domains=["movies"])
+    assert {r["domain"] for r in recs} == {"movies"}

@@ -145,6 +145,8 @@ def test_output_shapes(kw):
     assert model.predict(batch, torch.tensor([1, 6, 9])).shape == (B,)
     for d, n_d in enumerate((5, 4)):
         assert model.full_sort_predict(batch, d).shape == (B, n_d)
+        reps = model.domain_item_reps(d)  # precomputed item matrix (eval mode): the same scores
+        torch.testing.assert_close(model.full_sort_predict(batch, d, reps), model.full_sort_predict(batch, d))
     assert model.item_encoder(torch.tensor([[1, 2], [3, 0]])).shape == (2, 2, 16)
 
 

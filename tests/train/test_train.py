@@ -280,3 +280,41 @@ def test_early_stopping_when_validation_cannot_improve(ray_local, planted, tmp_p
     assert again == folder
     rerun = json.loads((again / "metrics.json").read_text())
     assert rerun["history"] == metrics["history"] and rerun["model_version"] == metrics["model_version"]
+
+
+def test_length_bucketed_batches_cover_each_window_once_with_little_padding():
+    from crossrec.train.loop import length_bucketed
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(2, 40, size=300)
+    ids = np.arange(300)
+    pool = lambda sl: pa.table({"item_idx": [list(range(n)) for n in lengths[sl]], "row": ids[sl]})  # noqa: E731
+    pools = [pool(slice(0, 128)), pool(slice(128, 256)), pool(slice(256, 300))]
+    batches = list(length_bucketed(iter(pools), 16, np.random.default_rng(1)))
+    assert len(batches) == 8 + 8 + 3, "ceil(rows / batch_size) batches per pool"
+    seen = sorted(r for b in batches for r in b["row"].to_pylist())
+    assert seen == list(range(300)), "every window exactly once"
+    padded = sum(len(b) * max(len(w) for w in b["item_idx"].to_pylist()) for b in batches)
+    assert padded < 1.3 * lengths.sum(), "sorted pools: batches hold windows of similar length"
+
+
+def test_restrict_to_domains_keeps_one_domains_events_and_targets():
+    import pandas as pd
+
+    from crossrec.data.rawformat import RawFormatError
+    from crossrec.train.loop import restrict_to_domains
+
+    index = pd.DataFrame({"item_idx": [1, 2, 3, 4], "domain": ["books", "books", "movies", "movies"]})
+    seq = pd.DataFrame({
+        "user_id": ["a", "a", "a"], "split": ["train", "valid", "valid"],
+        "item_idx": [np.array([1, 3, 2, 4]), np.array([1, 3]), np.array([3])],
+        "domain_idx": [np.array([0, 1, 0, 1]), np.array([0, 1]), np.array([1])],
+        "event_ts": [np.array([1, 2, 3, 4]), np.array([1, 2]), np.array([2])],
+        "target_item_idx": [None, 2.0, 4.0],
+    })
+    out = restrict_to_domains(seq, index, ("books",))
+    assert out.split.tolist() == ["train", "valid"], "the movies valid target is not the books model's"
+    assert out.item_idx.iloc[0].tolist() == [1, 2] and out.event_ts.iloc[0].tolist() == [1, 3]
+    assert out.item_idx.iloc[1].tolist() == [1] and out.domain_idx.iloc[1].tolist() == [0]
+    with pytest.raises(RawFormatError, match="music"):
+        restrict_to_domains(seq, index, ("music",))

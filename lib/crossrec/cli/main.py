@@ -9,6 +9,7 @@
     crossrec train --workers 2 [--epochs N --ray-address auto]   gold -> model artifact on Ray Train (jobs/train.py)
     crossrec evaluate [--lake-root ... --baselines pop,itemknn]  models -> gold.metrics (jobs/evaluate.py)
     crossrec tables [--lake-root ...] [--accounting]             tables, versions, row counts (no Spark)
+    crossrec bench quality RAW --out DIR [--epochs N]            every model on one data set -> quality.json/.md
 
 Stage sub-commands are the ``main(argv)`` of the job files in ``jobs/`` (package ``crossrec_jobs``);
 ``crossrec <stage> --help`` lists their flags.
@@ -114,6 +115,39 @@ def _tables(argv: list[str]) -> int:
     return 0
 
 
+def _bench(argv: list[str]) -> int:
+    from crossrec.bench.quality import BenchError, QualitySpec, run_quality
+
+    p = argparse.ArgumentParser(prog="crossrec bench", description="Benchmarks: measure, print a table, write <out>/<name>.json and .md.")
+    sub = p.add_subparsers(dest="name", required=True)
+    q = sub.add_parser("quality", help="run the pipeline on a raw data set; train and evaluate crossrec and every baseline",
+                       description=importlib.import_module("crossrec.bench.quality").__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("raw_dir", help="raw data set (dataset.json + files; README 'Raw input format')")
+    q.add_argument("--out", required=True, help="output folder: quality.json, quality.md, logs/, models/, lake/")
+    q.add_argument("--lake-root", help="lake to build (default <out>/lake; a fresh one is best)")
+    q.add_argument("--workers", type=int, default=2, help="Ray Train workers per training run (default 2)")
+    q.add_argument("--epochs", type=int, default=10, help="maximum epochs per training run; early stopping on valid NDCG@10 (default 10)")
+    q.add_argument("--baselines", default="pop,itemknn,als", help="classic baselines to evaluate (default pop,itemknn,als)")
+    q.add_argument("--no-sasrec", dest="single_domain", action="store_false", help="skip the single-domain Transformer baseline")
+    q.add_argument("--crossrec-args", default="", help="extra `crossrec train` flags for the cross-domain model, one string")
+    q.add_argument("--sasrec-args", default="", help="extra `crossrec train` flags for the single-domain baseline, one string")
+    q.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    a = p.parse_args(argv)
+    setup_logging(a.verbose)
+    import shlex
+
+    spec = QualitySpec(raw_dir=a.raw_dir, out_dir=a.out, lake_root=a.lake_root, workers=a.workers, epochs=a.epochs,
+                       baselines=tuple(b for b in a.baselines.split(",") if b), single_domain=a.single_domain,
+                       crossrec_args=tuple(shlex.split(a.crossrec_args)), sasrec_args=tuple(shlex.split(a.sasrec_args)))
+    try:
+        run_quality(spec)
+    except BenchError as e:
+        log.error("bench %s: %s", a.name, e)
+        return 1
+    return 0
+
+
 def _stage(name: str, argv: list[str]) -> int:
     return importlib.import_module(f"crossrec_jobs.{name}").main(argv)
 
@@ -125,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "generate": (_generate, "synthetic multi-domain raw data set"),
         "import": (_import, "convert a public data set to the raw format"),
         "tables": (_tables, "list the lake's tables, versions and row counts (no Spark)"),
+        "bench": (_bench, "benchmarks: `crossrec bench quality RAW --out DIR`"),
     }
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)

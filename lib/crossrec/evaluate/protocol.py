@@ -133,11 +133,13 @@ def load_eval_data(lake_root: str, versions: dict[str, int] | None = None, split
 ScoreFn = Callable[[DomainTest, np.ndarray], np.ndarray]  # (domain test, row positions within it) -> (b, n_d)
 
 
-def evaluate(name: str, score_fn: ScoreFn, data: EvalData, ks=(10, 20), chunk_users: int = 1024) -> list[dict]:
-    """Metric records ``{model, domain, segment, metric, k, value, n_users}`` of one model, every domain and segment."""
+def evaluate(name: str, score_fn: ScoreFn, data: EvalData, ks=(10, 20), chunk_users: int = 1024,
+             domains: list[str] | None = None) -> list[dict]:
+    """Metric records ``{model, domain, segment, metric, k, value, n_users}`` of one model, every domain
+    (or those in ``domains``) and segment."""
     records = []
     for dt_ in data.tests:
-        if len(dt_.rows) == 0:
+        if len(dt_.rows) == 0 or (domains is not None and dt_.domain not in domains):
             continue
         n_d = dt_.exclude.shape[1]
         for seg in SEGMENTS:
@@ -165,12 +167,24 @@ def baseline_score_fn(model) -> ScoreFn:
     return lambda dt_, rows: model.full_sort_predict(dt_.user_row[rows], dt_.domain_idx)
 
 
-def history_batch(data: EvalData, rows: np.ndarray, max_len: int, device=None) -> dict:
-    """Right-padded (B, T) tensors of the newest ``max_len`` history events of test ``rows`` (model input)."""
+def row_history(data: EvalData, row: int, keep_domains: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(items, timestamps) of test row ``row``; only the events of ``keep_domains`` (domain_idx) when given."""
+    h, t = data.histories[row], data.history_ts[row]
+    if keep_domains is None:
+        return h, t
+    m = np.isin(data.train.item_domain[h], keep_domains)
+    return h[m], t[m]
+
+
+def history_batch(data: EvalData, rows: np.ndarray, max_len: int, device=None,
+                  keep_domains: np.ndarray | None = None) -> dict:
+    """Right-padded (B, T) tensors of the newest ``max_len`` history events of test ``rows`` (model input),
+    only those of ``keep_domains`` when given."""
     import torch
 
-    hist = [data.histories[r][-max_len:] for r in rows]
-    tss = [data.history_ts[r][-max_len:] for r in rows]
+    pairs = [row_history(data, r, keep_domains) for r in rows]
+    hist = [h[-max_len:] for h, _ in pairs]
+    tss = [t[-max_len:] for _, t in pairs]
     T = max(1, max(len(h) for h in hist))
     items = np.zeros((len(rows), T), dtype=np.int64)
     ts = np.zeros((len(rows), T), dtype=np.int64)
@@ -182,10 +196,12 @@ def history_batch(data: EvalData, rows: np.ndarray, max_len: int, device=None) -
     return {"item_idx": as_t(items), "domain_idx": as_t(dom), "event_ts": as_t(ts)}
 
 
-def transformer_score_fn(model, data: EvalData, batch_size: int = 512) -> ScoreFn:
+def transformer_score_fn(model, data: EvalData, batch_size: int = 512, input_domains: list[str] | None = None) -> ScoreFn:
     """Scores of a trained :class:`~crossrec.model.transformer.CrossDomainTransformer` for test rows.
 
-    Rows with an empty history have no user state: they are scored by training popularity instead.
+    ``input_domains``: the model reads only these domains' events (an artifact trained with them, e.g. the
+    single-domain baseline). Rows with an empty history have no user state: they are scored by training
+    popularity instead.
     """
     import torch
 
@@ -193,16 +209,21 @@ def transformer_score_fn(model, data: EvalData, batch_size: int = 512) -> ScoreF
     device = next(model.parameters()).device
     max_len = model.config.max_seq_len
     counts = np.bincount(data.train.item, minlength=data.train.n_items + 1).astype(np.float32)
+    keep = None if input_domains is None else np.array([data.domains.index(d) for d in input_domains], dtype=np.int64)
+
+    reps: dict[int, "torch.Tensor"] = {}  # item matrix per domain, computed once
 
     def score(dt_: DomainTest, rows: np.ndarray) -> np.ndarray:
         out = []
         test_rows = dt_.rows[rows]
         with torch.inference_mode():
+            if dt_.domain_idx not in reps:
+                reps[dt_.domain_idx] = model.domain_item_reps(dt_.domain_idx)
             for s in range(0, len(test_rows), batch_size):
                 chunk = test_rows[s : s + batch_size]
-                batch = history_batch(data, chunk, max_len, device)
-                scores = model.full_sort_predict(batch, dt_.domain_idx).float().cpu().numpy()
-                empty = np.array([len(data.histories[r]) == 0 for r in chunk])
+                batch = history_batch(data, chunk, max_len, device, keep)
+                scores = model.full_sort_predict(batch, dt_.domain_idx, reps[dt_.domain_idx]).float().cpu().numpy()
+                empty = np.array([len(row_history(data, r, keep)[0]) == 0 for r in chunk])
                 if empty.any():
                     scores[empty] = counts[data.train.domain_items[dt_.domain_idx]]
                 out.append(scores)

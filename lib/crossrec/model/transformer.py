@@ -471,11 +471,21 @@ class CrossDomainTransformer(nn.Module):
         h = self.user_vectors(batch, self.item_encoder.item_domain[item_idx])  # (B, D)
         return (h * self.item_encoder(item_idx)).sum(-1)  # (B,)
 
-    def full_sort_predict(self, batch: Mapping[str, Tensor], domain: int) -> Tensor:
-        """Scores of every item of ``domain``: (B, n_items_in_domain), columns in domain_item_idx order."""
+    def domain_item_reps(self, domain: int) -> Tensor:
+        """(n_d, D) representations of every item of ``domain``, in domain_item_idx order. Constant in eval
+        mode: compute once and pass to :meth:`full_sort_predict` when scoring many batches."""
+        return self.item_encoder(self.domain_items(int(domain)))
+
+    def full_sort_predict(self, batch: Mapping[str, Tensor], domain: int, item_reps: Tensor | None = None) -> Tensor:
+        """Scores of every item of ``domain``: (B, n_items_in_domain), columns in domain_item_idx order.
+
+        ``item_reps``: :meth:`domain_item_reps` of ``domain``, precomputed (eval mode); None = compute here.
+        """
         domain = int(domain)
         h = self.user_vectors(batch, domain)  # (B, D)
-        return h @ self.item_encoder(self.domain_items(domain)).T  # (B, n_d)
+        reps = self.domain_item_reps(domain) if item_reps is None else item_reps  # (n_d, D)
+        assert reps.shape[0] == self.domain_items(domain).numel(), "item_reps must hold every item of the domain"
+        return h @ reps.T  # (B, n_d)
 
 
 # ------------------------------------------------------------------------------------------------ persistence

@@ -15,7 +15,8 @@ into windows of at most ``max_seq_len + 1`` events, newest first, overlapping by
 target of ``s`` is predicted exactly once (:func:`training_windows`). A window ``w`` is one sample: inputs
 ``w[:-1]``, targets ``w[1:]``, target domain = the domain of the target item in ``gold.item_index``. Training
 windows are split across workers with ``streaming_split(equal=True)`` (Ray Train's default), so every rank
-runs the same number of steps per epoch -- DDP requires it. ``split=valid`` rows are *not* split: every worker
+runs the same number of steps per epoch -- DDP requires it. Each rank batches windows of similar length
+together (:func:`length_bucketed`), which removes most padding. ``split=valid`` rows are *not* split: every worker
 sees them all and scores the rows with ``row_id % world_size == rank``, so the validation metric covers every
 row exactly once (an equal split would drop up to ``world_size - 1`` rows).
 
@@ -79,6 +80,7 @@ ITEM_INDEX_FILE = "item_index.parquet"
 METRICS_FILE = "metrics.json"
 LATEST_FILE = "_latest"
 KS = (10,)
+POOL_BATCHES = 16  # training batches per length-sorted pool (see length_bucketed)
 
 
 # ------------------------------------------------------------------------------------------------- config
@@ -106,8 +108,11 @@ class TrainConfig:
             keeps a CPU to feed the workers (with whole CPUs on 2 cores it waits forever).
         epochs, batch_size (per worker), lr, weight_decay: AdamW training.
         patience: stop when valid NDCG@10 has not improved for this many epochs.
-        max_seq_len, seed, d_model, n_layers, n_heads, dropout, loss, use_text, use_id_embedding: model
+        max_seq_len, seed, d_model, n_layers, n_heads, dropout, loss, n_negatives, use_text, use_id_embedding: model
             (see crossrec.model.transformer.ModelConfig).
+        input_domains: train (and later predict) from the events of these domains only, and only on their
+            targets; None = every domain (the cross-domain model). One domain with ``use_text=False`` is the
+            single-domain SASRec-style baseline. Recorded in the artifact's metrics.json.
         max_failures: worker-group restarts Ray Train attempts (from the latest checkpoint).
         storage_path: Ray Train run storage (checkpoints); default ``<lake_root>/_ray``.
         model_root: where artifacts go; default ``<lake_root>/models`` (what ``crossrec evaluate`` reads).
@@ -133,8 +138,10 @@ class TrainConfig:
     n_heads: int = 2
     dropout: float = 0.1
     loss: str = "softmax"
+    n_negatives: int = 1024
     use_text: bool = True
     use_id_embedding: bool = True
+    input_domains: tuple[str, ...] | None = None
     max_failures: int = 2
     storage_path: str | None = None
     model_root: str | None = None
@@ -152,6 +159,9 @@ class TrainConfig:
         assert self.max_failures >= -1, f"max_failures must be >= -1 (-1 = unlimited), got {self.max_failures}"
         assert self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"
         assert self.loss in ("softmax", "sampled"), f"loss must be 'softmax' or 'sampled', got {self.loss!r}"
+        if self.input_domains is not None:
+            assert len(self.input_domains) >= 1, "input_domains must name at least one domain (or be None)"
+            object.__setattr__(self, "input_domains", tuple(sorted(set(self.input_domains))))
         if "://" not in self.lake_root:  # Ray workers may run in another working directory
             object.__setattr__(self, "lake_root", os.path.abspath(self.lake_root.removeprefix("file:")))
 
@@ -169,7 +179,8 @@ class TrainConfig:
         return ModelConfig(n_items=n_items, n_domains=n_domains, text_dim=text_dim, d_model=self.d_model,
                            n_layers=self.n_layers, n_heads=self.n_heads, dropout=self.dropout,
                            max_seq_len=self.max_seq_len, use_text=self.use_text,
-                           use_id_embedding=self.use_id_embedding, loss=self.loss)
+                           use_id_embedding=self.use_id_embedding, loss=self.loss,
+                           n_negatives=self.n_negatives)
 
     def fingerprint(self, versions: Mapping[str, int]) -> str:
         """8 hex of sha256 over what determines the model: hyper-parameters, workers (the global batch),
@@ -252,6 +263,29 @@ def training_windows(item_idx, domain_idx, event_ts, max_seq_len: int):
     return pa.table({k: pa.array(v, type=typ) for k, v in cols.items()})
 
 
+def restrict_to_domains(seq, index, names):
+    """``gold.user_sequences`` rows (pandas) seen by a model of ``names`` only: histories keep the events of
+    those domains; valid/test rows keep only targets in them (the single-domain baseline's view)."""
+    from crossrec.data.rawformat import RawFormatError
+
+    known = sorted(index.domain.unique())
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise RawFormatError(f"input domain(s) {unknown} not in gold.item_index; known domains: {known}")
+    keep = np.zeros(int(index.item_idx.max()) + 1, dtype=bool)
+    keep[index.item_idx.values[index.domain.isin(list(names)).values]] = True
+    seq = seq.copy()
+    if "target_item_idx" in seq:
+        has_target = seq.target_item_idx.notna()
+        tgt = seq.target_item_idx.fillna(0).astype(np.int64).values
+        seq = seq[~has_target.values | keep[tgt]].copy()
+    masks = [keep[np.asarray(h, dtype=np.int64)] for h in seq.item_idx.values]
+    for col in ("item_idx", "domain_idx", "event_ts"):
+        if col in seq:
+            seq[col] = [np.asarray(v)[m] for v, m in zip(seq[col].values, masks)]
+    return seq
+
+
 def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> TrainingData:
     """Read the gold tables at ``versions`` (deltalake) and shape them for the workers."""
     import pyarrow as pa
@@ -270,6 +304,8 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
                filters=[("split", "in", ["train", "valid"])]).to_pandas()
     splits = set(seq.split.unique())
     assert splits <= {"train", "valid"}, f"training must never read other splits, got {sorted(splits)}"
+    if cfg.input_domains is not None:
+        seq = restrict_to_domains(seq, index, cfg.input_domains)
     train = seq[seq.split == "train"]
     valid = seq[seq.split == "valid"].reset_index(drop=True)
     assert valid.target_item_idx.notna().all(), "every valid row needs a target_item_idx"
@@ -345,6 +381,25 @@ def collate_train(batch, item_domain: np.ndarray) -> dict[str, np.ndarray]:
         out["target_item_idx"][b, :n] = it[1:]
     out["target_domain"] = item_domain[out["target_item_idx"]]  # padding: item 0 -> any domain, ignored
     return out
+
+
+def length_bucketed(pools, batch_size: int, rng: np.random.Generator):
+    """Batches of ``batch_size`` windows of similar length from shuffled pools of windows (pyarrow Tables).
+
+    Each pool is sorted by window length (ties in random order), cut into batches, and the batches are
+    yielded in random order: a batch is padded to its own longest window, so grouping similar lengths
+    removes most of the padding the encoder would otherwise run over (histories are mostly short). A pool
+    of ``n`` rows gives ``ceil(n / batch_size)`` batches, so equal shards still give every rank equal steps.
+    """
+    import pyarrow.compute as pc
+
+    for pool in pools:
+        n = pool.num_rows
+        lengths = pc.list_value_length(pool["item_idx"]).to_numpy(zero_copy_only=False)
+        order = np.lexsort((rng.random(n), lengths))  # by length, random among equals
+        chunks = [order[s : s + batch_size] for s in range(0, n, batch_size)]
+        for c in rng.permutation(len(chunks)):
+            yield pool.take(chunks[c])
 
 
 def collate_history(histories: list[np.ndarray], timestamps: list[np.ndarray], max_len: int,
@@ -456,6 +511,7 @@ def validate_shard(model, valid_iter, catalog: Mapping[str, np.ndarray], *, rank
     was_training = model.training
     model.eval()
     with torch.inference_mode():
+        reps = [model.domain_item_reps(d) for d in range(n_domains)]  # once per pass, not per batch
         for batch in valid_iter.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
             mine = batch["row_id"].to_numpy() % world == rank
             if not mine.any():
@@ -468,7 +524,7 @@ def validate_shard(model, valid_iter, catalog: Mapping[str, np.ndarray], *, rank
             for d in np.unique(tdom):
                 rows = np.flatnonzero(tdom == d)
                 sub = {k: torch.from_numpy(v[rows]).to(device) for k, v in inputs.items()}
-                scores = model.full_sort_predict(sub, int(d)).float().cpu().numpy()  # (b, n_d)
+                scores = model.full_sort_predict(sub, int(d), reps[int(d)]).float().cpu().numpy()  # (b, n_d)
                 n_d = scores.shape[1]
                 empty = np.array([len(hist[r]) == 0 for r in rows])
                 if empty.any():
@@ -575,8 +631,10 @@ def train_loop_per_worker(config: dict) -> None:
         model.train()
         t_epoch = last = time.perf_counter()
         loss_sum, n_steps, n_samples, window = 0.0, 0, 0, 0
-        batches = train_shard.iter_batches(batch_size=bs, batch_format="pyarrow", local_shuffle_buffer_size=4 * bs,
-                                           local_shuffle_seed=config["seed"] + 1000 * epoch + rank)
+        pools = train_shard.iter_batches(batch_size=POOL_BATCHES * bs, batch_format="pyarrow",
+                                         local_shuffle_buffer_size=POOL_BATCHES * bs,
+                                         local_shuffle_seed=config["seed"] + 1000 * epoch + rank)
+        batches = length_bucketed(pools, bs, np.random.default_rng(config["seed"] + 1000 * epoch + rank))
         for step, batch in enumerate(batches):
             if fail and rank == fail["rank"] and epoch == fail["epoch"] and step == fail["step"] and not os.path.exists(fail["marker"]):
                 # wait until Ray Train has committed the reports so far (the last epoch's checkpoint): a crash
@@ -752,6 +810,7 @@ def train(cfg: TrainConfig) -> Path:
     train_s = sum(h["epoch_train_s"] for h in history)
     summary = {
         "model_version": version,
+        "input_domains": list(cfg.input_domains) if cfg.input_domains else None,
         "selected_on": METRIC,
         "best_epoch": best_metrics["epoch"],
         "valid": {k: v for k, v in best_metrics.items() if k.startswith("valid_")},
@@ -784,7 +843,7 @@ def train(cfg: TrainConfig) -> Path:
 
 __all__ = [
     "TrainConfig", "FailOnce", "TrainingData", "train", "train_loop_per_worker", "load_training_data",
-    "resolve_versions", "training_windows", "collate_train", "collate_history", "validate_shard",
+    "resolve_versions", "restrict_to_domains", "training_windows", "length_bucketed", "collate_train", "collate_history", "validate_shard",
     "write_checkpoint", "read_checkpoint", "flatten_optimizer_state", "unflatten_optimizer_state",
     "write_artifact", "model_version", "METRIC",
 ]

@@ -1,0 +1,1 @@
+"""Benchmarks (``crossrec bench <name>``): they measure and write reports; they assert nothing."""

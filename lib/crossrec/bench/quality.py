@@ -1,0 +1,240 @@
+"""Quality benchmark: one data set through the whole pipeline, every model through one evaluation.
+
+    crossrec bench quality RAW_DIR --out DIR [--epochs N --workers 2 --baselines pop,itemknn,als]
+
+``RAW_DIR`` is a raw data set in the documented format (``dataset.json`` + files; e.g. the output of
+``crossrec import amazon-food-kitchen`` or ``crossrec generate``). The benchmark runs, each as its own job
+process with its output in ``DIR/logs/<step>.log``:
+
+1. ``ingest`` -> ``clean`` -> ``features`` into a fresh lake (``DIR/lake`` unless ``--lake-root``);
+2. ``train`` the cross-domain model (**crossrec**: text + id, every domain's history);
+3. ``train`` the single-domain baseline once per domain (**sasrec**: the same Transformer with text off,
+   trained on and predicting from that domain's events only; ``--input-domains D --no-text``);
+4. ``evaluate`` crossrec, sasrec and the classic baselines (popularity, item-KNN, Spark ALS) with the same
+   full-ranking protocol on the test split (``crossrec.evaluate.protocol``).
+
+It writes ``DIR/quality.json`` -- ``{"records": [{"model", "domain", "segment", "metric", "k", "value",
+"n_users", "model_version"}...], "wall_times_s": {model: train + evaluation seconds}, "stages_s": {step:
+seconds}, ...}`` -- and ``DIR/quality.md`` (NDCG@10 and Recall@10 tables, crossrec's ratio to the best other
+model per domain and segment, wall times), and prints the NDCG@10 table.
+
+The lake is throwaway: when no pseudonymisation key is configured (``CROSSREC_PSEUDONYM_KEY(_FILE)``), a
+random one is written to ``DIR/pseudonym.key`` (mode 0600) for this run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+OURS = "crossrec"
+SINGLE_DOMAIN = "sasrec"
+FORWARD = re.compile(r"crossrec\.train\.loop: (epoch \d+:|model artifact)|crossrec\.jobs\.\w+: .*done in|ERROR")
+
+
+class BenchError(RuntimeError):
+    """A step of the benchmark failed; the message names the step and its log file."""
+
+
+@dataclass(frozen=True)
+class QualitySpec:
+    """What the quality benchmark runs (the flags of ``crossrec bench quality``)."""
+
+    raw_dir: str
+    out_dir: str
+    lake_root: str | None = None  # default <out>/lake
+    workers: int = 2
+    epochs: int = 10
+    baselines: tuple[str, ...] = ("pop", "itemknn", "als")
+    single_domain: bool = True  # train and evaluate the sasrec baseline
+    crossrec_args: tuple[str, ...] = ()  # extra `crossrec train` flags for the cross-domain model
+    sasrec_args: tuple[str, ...] = ()  # extra `crossrec train` flags for the single-domain baseline
+    extra_env: dict = field(default_factory=dict)
+
+    @property
+    def lake(self) -> str:
+        return os.path.abspath(self.lake_root or os.path.join(self.out_dir, "lake"))
+
+
+def _run_step(name: str, module: str, args: list[str], out: Path, env: dict) -> float:
+    """Run ``python -m <module> <args>``; full output to ``out/logs/<name>.log``, progress lines to the log."""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_file = logs / f"{name}.log"
+    cmd = [sys.executable, "-m", module, *args]
+    log.info("[%s] %s", name, " ".join(shlex.quote(c) for c in cmd[2:]))
+    t0 = time.time()
+    with open(log_file, "w", encoding="utf-8") as fh:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
+        for line in proc.stdout:
+            fh.write(line)
+            if FORWARD.search(line):
+                log.info("[%s] %s", name, line.rstrip()[-200:])
+        rc = proc.wait()
+    seconds = time.time() - t0
+    if rc != 0:
+        tail = "".join(open(log_file, encoding="utf-8", errors="replace").readlines()[-15:])
+        raise BenchError(f"step {name!r} failed with exit code {rc} after {seconds:.0f}s; log {log_file}; last lines:\n{tail}")
+    log.info("[%s] done in %.1fs", name, seconds)
+    return seconds
+
+
+def _latest(model_root: Path) -> Path:
+    return model_root / (model_root / "_latest").read_text(encoding="utf-8").strip()
+
+
+def _env(spec: QualitySpec, out: Path) -> dict:
+    env = dict(os.environ, **spec.extra_env)
+    if not env.get("CROSSREC_PSEUDONYM_KEY") and not env.get("CROSSREC_PSEUDONYM_KEY_FILE"):
+        key = out / "pseudonym.key"
+        if not key.exists():
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
+        env["CROSSREC_PSEUDONYM_KEY_FILE"] = str(key)
+        log.info("no pseudonymisation key configured: using a random one for this benchmark lake (%s)", key)
+    # the job processes import crossrec from this interpreter's environment
+    return env
+
+
+def run_quality(spec: QualitySpec) -> dict:
+    """Run the benchmark; returns what ``quality.json`` holds."""
+    from crossrec.io.readers import read_table
+
+    out = Path(spec.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    raw = os.path.abspath(spec.raw_dir)
+    if not os.path.isfile(os.path.join(raw, "dataset.json")):
+        raise BenchError(f"{raw} is not a raw data set: it has no dataset.json (see README, 'Raw input format')")
+    env = _env(spec, out)
+    lake = spec.lake
+    common = ["--raw-dir", raw, "--lake-root", lake]
+    stages: dict[str, float] = {}
+    t_all = time.time()
+    for stage in ("ingest", "clean", "features"):
+        stages[stage] = _run_step(stage, f"crossrec_jobs.{stage}", common, out, env)
+
+    domains = sorted(read_table(lake, "gold.item_index", columns=["domain"]).domain.unique())
+    models_root = out / "models"
+    train_s: dict[str, float] = {}
+    base = ["--lake-root", lake, "--workers", str(spec.workers), "--epochs", str(spec.epochs)]
+    stages["train crossrec"] = train_s[OURS] = _run_step(
+        "train-crossrec", "crossrec_jobs.train",
+        [*base, "--model-root", str(models_root / OURS), *spec.crossrec_args], out, env)
+    model_flags = ["--model", f"{OURS}={_latest(models_root / OURS)}"]
+    if spec.single_domain:
+        train_s[SINGLE_DOMAIN] = 0.0
+        for d in domains:
+            root = models_root / f"{SINGLE_DOMAIN}-{d}"
+            s = _run_step(f"train-{SINGLE_DOMAIN}-{d}", "crossrec_jobs.train",
+                          [*base, "--model-root", str(root), "--no-text", "--input-domains", d, *spec.sasrec_args],
+                          out, env)
+            stages[f"train {SINGLE_DOMAIN} {d}"] = s
+            train_s[SINGLE_DOMAIN] += s
+            model_flags += ["--model", f"{SINGLE_DOMAIN}={_latest(root)}"]
+
+    eval_dir = out / "evaluate"
+    stages["evaluate"] = _run_step(
+        "evaluate", "crossrec_jobs.evaluate",
+        ["--lake-root", lake, "--baselines", ",".join(spec.baselines), *model_flags, "--out", str(eval_dir)], out, env)
+    ev = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
+    records = [{k: r.get(k) for k in ("model", "domain", "segment", "metric", "k", "value", "n_users", "model_version")}
+               for r in ev["records"]]
+    wall = {m: round(train_s.get(m, 0.0) + s, 1) for m, s in ev["seconds"].items()}
+    result = {
+        "records": records,
+        "wall_times_s": wall,
+        "train_times_s": {m: round(s, 1) for m, s in train_s.items()},
+        "eval_times_s": {m: round(s, 1) for m, s in ev["seconds"].items()},
+        "stages_s": {k: round(v, 1) for k, v in stages.items()},
+        "total_s": round(time.time() - t_all, 1),
+        "data": {"raw_dir": raw, "lake_root": lake, "domains": domains, "versions": ev["versions"]},
+        "config": {"workers": spec.workers, "epochs": spec.epochs, "baselines": list(spec.baselines),
+                   "crossrec_args": list(spec.crossrec_args), "sasrec_args": list(spec.sasrec_args)},
+    }
+    (out / "quality.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    md = format_markdown(result)
+    (out / "quality.md").write_text(md, encoding="utf-8")
+    print(format_table(records))
+    print(f"\nwall times (train + evaluate, s): {wall}")
+    print(f"wrote {out / 'quality.json'} and {out / 'quality.md'}")
+    return result
+
+
+def _pivot(records: list[dict], metric: str, k: int):
+    import pandas as pd
+
+    df = pd.DataFrame(records)
+    df = df[(df.metric == metric) & (df.k == k)]
+    if df.empty:
+        return None
+    return df.pivot_table(index=["domain", "segment"], columns="model", values="value")
+
+
+def format_table(records: list[dict], metric: str = "ndcg", k: int = 10) -> str:
+    """One fixed-width table: ``metric@k`` per (domain, segment) row and model column."""
+    p = _pivot(records, metric, k)
+    return "(no results)" if p is None else f"{metric}@{k}\n" + p.round(4).to_string()
+
+
+def ratios(records: list[dict], metric: str = "ndcg", k: int = 10) -> list[dict]:
+    """crossrec's ``metric@k`` over the best other model, per (domain, segment)."""
+    p = _pivot(records, metric, k)
+    out = []
+    if p is None or OURS not in p.columns:
+        return out
+    for (domain, segment), row in p.iterrows():
+        others = row.drop(OURS).dropna()
+        if others.empty or row[OURS] != row[OURS]:
+            continue
+        best = others.idxmax()
+        out.append({"domain": domain, "segment": segment, "crossrec": float(row[OURS]), "best_other": best,
+                    "best_value": float(others[best]),
+                    "ratio": float(row[OURS] / others[best]) if others[best] > 0 else float("inf")})
+    return out
+
+
+def format_markdown(result: dict) -> str:
+    """``quality.md``: the tables, the ratios to the best other model, and the wall times."""
+    recs = result["records"]
+    lines = ["# crossrec quality benchmark", "",
+             f"Data: `{result['data']['raw_dir']}` (domains {', '.join(result['data']['domains'])}; Delta versions "
+             f"{result['data']['versions']}). Full ranking over every item of the target domain, test split, "
+             "the user's items in that domain excluded.", ""]
+    for metric, k in (("ndcg", 10), ("recall", 10), ("ndcg", 20)):
+        p = _pivot(recs, metric, k)
+        if p is None:
+            continue
+        cols = list(p.columns)
+        lines += [f"## {metric.upper() if metric == 'mrr' else metric.capitalize()}@{k}", "",
+                  "| domain | segment | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
+        for (d, s), row in p.iterrows():
+            lines.append(f"| {d} | {s} | " + " | ".join("" if v != v else f"{v:.4f}" for v in row.values) + " |")
+        lines.append("")
+    rs = ratios(recs)
+    if rs:
+        lines += ["## crossrec vs the best other model (NDCG@10)", "", "| domain | segment | crossrec | best other | ratio |",
+                  "|---|---|---:|---|---:|"]
+        lines += [f"| {r['domain']} | {r['segment']} | {r['crossrec']:.4f} | {r['best_other']} {r['best_value']:.4f} | "
+                  f"{r['ratio']:.2f}x |" for r in rs]
+        lines.append("")
+    lines += ["## Wall times (seconds)", "", "| model | train | evaluate | total |", "|---|---:|---:|---:|"]
+    for m, total in result["wall_times_s"].items():
+        lines.append(f"| {m} | {result['train_times_s'].get(m, 0.0):.1f} | {result['eval_times_s'].get(m, 0.0):.1f} | {total:.1f} |")
+    lines += ["", "| step | seconds |", "|---|---:|"]
+    lines += [f"| {k} | {v:.1f} |" for k, v in result["stages_s"].items()]
+    lines += ["", f"Total: {result['total_s']:.0f} s. Config: `{json.dumps(result['config'])}`.", ""]
+    return "\n".join(lines)
+
+
+__all__ = ["QualitySpec", "BenchError", "run_quality", "format_table", "format_markdown", "ratios"]
