@@ -56,10 +56,14 @@ def run_job(
     stage: str,
     doc: str,
     add_arguments: Callable[[argparse.ArgumentParser], None],
-    run: Callable[[CrossrecConfig, object], object],
+    run: Callable[..., object],
     argv: list[str] | None = None,
+    with_args: bool = False,
 ) -> int:
-    """The ``main(argv)`` of a Spark job: parse flags -> config (logged) -> Spark session -> ``run`` -> exit code."""
+    """The ``main(argv)`` of a Spark job: parse flags -> config (logged) -> Spark session -> ``run`` -> exit code.
+
+    ``run(cfg, spark)``, or ``run(cfg, spark, args)`` with ``with_args=True`` (the stage's own flags).
+    """
     p = argparse.ArgumentParser(prog=f"crossrec {stage}", description=doc.split("\n\n")[0])
     add_arguments(p)
     args = p.parse_args(argv)
@@ -70,7 +74,8 @@ def run_job(
 
         cfg = config_from_args(args)
         log.info("%s config: %s", stage, cfg.masked())
-        run(cfg, build_spark(f"crossrec-{stage}", cfg.spark_master, cfg.spark_conf))
+        spark = build_spark(f"crossrec-{stage}", cfg.spark_master, cfg.spark_conf)
+        run(cfg, spark, args) if with_args else run(cfg, spark)
 
     return run_guarded(stage, body)
 

@@ -8,6 +8,10 @@
     crossrec features [--lake-root ... --max-seq-len 50]         silver -> gold (jobs/features.py)
     crossrec train --workers 2 [--epochs N --ray-address auto]   gold -> model artifact on Ray Train (jobs/train.py)
     crossrec evaluate [--lake-root ... --baselines pop,itemknn]  models -> gold.metrics (jobs/evaluate.py)
+    crossrec score [--lake-root ... --k 10]                      model -> gold.recommendations, published (jobs/score.py)
+    crossrec publish --run-date D [--check-only]                 check a run of gold.recommendations, publish it
+    crossrec recs USER [--domain D]                              a user's published recommendations (no Spark)
+    crossrec query "free text" [--domain D]                      items nearest to a described interest (no Spark)
     crossrec tables [--lake-root ...] [--accounting]             tables, versions, row counts (no Spark)
     crossrec bench quality RAW --out DIR [--epochs N]            every model on one data set -> quality.json/.md
 
@@ -32,6 +36,8 @@ STAGES = {
     "features": "silver -> gold item index, user sequences and splits, text-encoder item vectors",
     "train": "gold -> model artifact (Ray Train, N workers)",
     "evaluate": "full-ranking evaluation of the model and baselines -> gold.metrics",
+    "score": "model -> gold.recommendations: top-K per user and domain (Spark UDF), checked, published",
+    "publish": "check a run of gold.recommendations and point readers at it",
 }
 
 
@@ -115,6 +121,73 @@ def _tables(argv: list[str]) -> int:
     return 0
 
 
+def _lake_key(a: argparse.Namespace) -> bytes:
+    from crossrec.io.config import resolve_config
+
+    overrides = {"pseudonym_key_file": a.pseudonym_key_file} if a.pseudonym_key_file else {}
+    return resolve_config(a.config, overrides=overrides).require_pseudonym_key()
+
+
+def _recs(argv: list[str]) -> int:
+    from crossrec.io.config import ConfigError
+    from crossrec.io.readers import item_titles, pseudonymize, read_recommendations
+
+    p = argparse.ArgumentParser(prog="crossrec recs", description="A user's published recommendations with reasons, per domain (reads Delta with deltalake; no Spark).")
+    p.add_argument("user", help="user id as in the raw data (pseudonymised with the lake's key), or the stored id with --pseudonymized")
+    p.add_argument("--lake-root", default="lakehouse", help="lakehouse root (default ./lakehouse)")
+    p.add_argument("--domain", help="one domain only")
+    p.add_argument("--run-date", help="another run than the published one (YYYY-MM-DD)")
+    p.add_argument("--pseudonymized", action="store_true", help="USER is already the stored (pseudonymised) id")
+    p.add_argument("--config", help="TOML config (for the pseudonymisation key)")
+    p.add_argument("--pseudonym-key-file", help="file with the lake's pseudonymisation key")
+    p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    a = p.parse_args(argv)
+    setup_logging()
+    try:
+        uid = a.user if a.pseudonymized else pseudonymize(a.user, _lake_key(a))
+        df = read_recommendations(a.lake_root, user_id=uid, domain=a.domain, run_date=a.run_date)
+    except (LookupError, ConfigError) as e:
+        log.error("recs: %s", e)
+        return EXIT_BAD_INPUT
+    if df.empty:
+        log.error("recs: no recommendations for user %r%s in this run", a.user, f" in {a.domain}" if a.domain else "")
+        return EXIT_BAD_INPUT
+    keys = list(zip(df.domain, df.item_id)) + [tuple(r.split(":", 1)) for r in df.reason if ":" in r]
+    titles = item_titles(a.lake_root, keys)
+    df["title"] = [titles.get(k, "") for k in zip(df.domain, df.item_id)]
+    df["because"] = [titles.get(tuple(r.split(":", 1)), r) if ":" in r else "(popular in this domain)" for r in df.reason]
+    if a.json:
+        print(df.assign(run_date=df.run_date.astype(str)).to_json(orient="records", indent=1))
+        return 0
+    print(f"user {a.user} (stored as {uid[:12]}...), run {df.run_date.iloc[0]}, model {df.model_version.iloc[0]}")
+    for dom, g in df.groupby("domain", sort=True):
+        print(f"\n[{dom}]")
+        for r in g.itertuples():
+            print(f"  {r.rank:>2}. {r.title[:60]:<60} {r.score:8.3f}  because: {r.reason.split(':', 1)[0] + ': ' if ':' in r.reason else ''}{r.because[:50]}")
+    return 0
+
+
+def _query(argv: list[str]) -> int:
+    from crossrec.io.readers import nearest_items
+
+    p = argparse.ArgumentParser(prog="crossrec query", description="Embed free text with the same language model and print the nearest items (no Spark).")
+    p.add_argument("text", help="a described interest, e.g. 'slow-cooker recipes for winter'")
+    p.add_argument("--lake-root", default="lakehouse", help="lakehouse root (default ./lakehouse)")
+    p.add_argument("--domain", help="one domain only (default: all)")
+    p.add_argument("-n", type=int, default=10, help="items to print (default 10)")
+    a = p.parse_args(argv)
+    setup_logging()
+    try:
+        df = nearest_items(a.lake_root, a.text, domain=a.domain, n=a.n)
+    except LookupError as e:
+        log.error("query: %s", e)
+        return EXIT_BAD_INPUT
+    print(f"nearest items to {a.text!r}{' in ' + a.domain if a.domain else ''}:")
+    for i, r in enumerate(df.itertuples(), 1):
+        print(f"  {i:>2}. [{r.domain}] {r.title[:70]:<70} {r.similarity:.3f}  ({r.item_id})")
+    return 0
+
+
 def _bench(argv: list[str]) -> int:
     from crossrec.bench.quality import BenchError, QualitySpec, run_quality
 
@@ -159,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         "generate": (_generate, "synthetic multi-domain raw data set"),
         "import": (_import, "convert a public data set to the raw format"),
         "tables": (_tables, "list the lake's tables, versions and row counts (no Spark)"),
+        "recs": (_recs, "a user's published recommendations with reasons (no Spark)"),
+        "query": (_query, "items nearest to a free-text interest (no Spark)"),
         "bench": (_bench, "benchmarks: `crossrec bench quality RAW --out DIR`"),
     }
     if not argv or argv[0] in ("-h", "--help"):

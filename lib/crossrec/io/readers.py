@@ -44,3 +44,101 @@ def list_tables(lake_root: str) -> list[TableInfo]:
             continue
         out.append(TableInfo(c.table, path, dt.version(), dt.to_pyarrow_dataset().count_rows()))
     return out
+
+
+# ------------------------------------------------------------------------------ recommendations (services)
+PUBLISHED_PREFIX = "crossrec.published."
+
+
+def published_run(lake_root: str) -> dict | None:
+    """What readers should read: ``{version, run_date, model_version, k, published_at}`` of the newest
+    *published* run of gold.recommendations (set by ``crossrec score``/``crossrec publish`` only after the
+    output checks passed), or None when nothing was published yet."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        conf = DeltaTable(table_path(lake_root, "gold.recommendations")).metadata().configuration
+    except TableNotFoundError:
+        return None
+    pub = {k[len(PUBLISHED_PREFIX):]: v for k, v in (conf or {}).items() if k.startswith(PUBLISHED_PREFIX)}
+    if "version" not in pub:
+        return None
+    pub["version"] = int(pub["version"])
+    pub["k"] = int(pub.get("k", 0))
+    return pub
+
+
+def read_recommendations(lake_root: str, user_id: str | None = None, domain: str | None = None,
+                         run_date: str | None = None, version: int | None = None):
+    """Recommendations as a pandas DataFrame (``rank`` order), without Spark or a JVM.
+
+    Default: the published run (:func:`published_run`). ``run_date`` / ``version`` read another run (an
+    unpublished one included: the caller asked for it). ``user_id`` is the pseudonymised id of the tables
+    (see :func:`pseudonymize`); ``domain`` restricts to one domain. Raises LookupError when nothing is there.
+    """
+    import datetime as dt
+
+    from deltalake import DeltaTable
+
+    pub = published_run(lake_root)
+    if run_date is None and version is None:
+        if pub is None:
+            raise LookupError(f"no published recommendations under {lake_root}: run `crossrec score` (or `crossrec publish`)")
+        run_date, version = pub["run_date"], pub["version"]
+    dtable = DeltaTable(table_path(lake_root, "gold.recommendations"), version=version)
+    filters = []
+    if run_date is not None:
+        filters.append(("run_date", "=", dt.date.fromisoformat(str(run_date))))
+    if domain is not None:
+        filters.append(("domain", "=", domain))
+    if user_id is not None:
+        filters.append(("user_id", "=", user_id))
+    df = dtable.to_pyarrow_table(filters=filters or None).to_pandas()
+    if run_date is None and not df.empty:  # a version without a date: its newest run
+        df = df[df.run_date == df.run_date.max()]
+    return df.sort_values(["user_id", "domain", "rank"]).reset_index(drop=True)
+
+
+def pseudonymize(user_id: str, key: bytes) -> str:
+    """The id ``crossrec clean`` stores for raw/global user id ``user_id`` (HMAC-SHA256 hex with the lake's key)."""
+    import hashlib
+    import hmac
+
+    return hmac.new(key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def item_titles(lake_root: str, keys: list[tuple[str, str]] | None = None) -> dict[tuple[str, str], str]:
+    """{(domain, item_id): title} from silver.items (all items, or those in ``keys``)."""
+    df = read_table(lake_root, "silver.items", columns=["domain", "item_id", "title"])
+    if keys is not None:
+        wanted = set(keys)
+        df = df[[k in wanted for k in zip(df.domain, df.item_id)]]
+    return {(d, i): t for d, i, t in zip(df.domain, df.item_id, df.title)}
+
+
+def nearest_items(lake_root: str, text: str, domain: str | None = None, n: int = 10, encoder=None):
+    """Items whose text-encoder vector (gold.item_embeddings) is closest (cosine) to ``text`` embedded by the
+    same language model: a free-text interest -> items, cold-start friendly. pandas DataFrame
+    ``domain, item_id, title, similarity`` (best first)."""
+    import numpy as np
+
+    from crossrec.text.encoder import TextEncoder
+
+    emb = read_table(lake_root, "gold.item_embeddings", columns=["domain", "item_id", "embedding"])
+    if domain is not None:
+        known = sorted(emb.domain.unique())
+        if domain not in known:
+            raise LookupError(f"unknown domain {domain!r}; the lake has {known}")
+        emb = emb[emb.domain == domain]
+    if emb.empty:
+        raise LookupError(f"gold.item_embeddings under {lake_root} is empty: run `crossrec features`")
+    q = (encoder or TextEncoder()).encode([text])[0]  # (384,) L2-normalised
+    mat = np.stack(emb.embedding.values).astype(np.float32)  # (n_items, 384), L2-normalised
+    sim = mat @ q
+    top = np.argsort(-sim, kind="stable")[:n]
+    out = emb.iloc[top][["domain", "item_id"]].reset_index(drop=True)
+    out["similarity"] = sim[top]
+    titles = item_titles(lake_root, list(zip(out.domain, out.item_id)))
+    out.insert(2, "title", [titles.get(k, "") for k in zip(out.domain, out.item_id)])
+    return out

@@ -416,12 +416,16 @@ class CrossDomainTransformer(nn.Module):
         item_idx = self._check(batch)
         return self._states(batch, self.item_encoder(item_idx))
 
-    def user_vectors(self, batch: Mapping[str, Tensor], domain: int | Tensor) -> Tensor:
-        """h_u^d (B, D) at the last non-pad position, for one domain (int) or one per row ((B,) long)."""
+    def last_states(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """The shared user state (B, D): the final state at the last non-pad position (before the domain
+        head). ``domain_head(last_states(b), d)`` is h_u^d; compute it once to score several domains."""
         h = self(batch)  # (B, T, D)
         last = ((batch["item_idx"] != 0).sum(1) - 1).clamp(min=0)  # (B,) empty history -> position 0
-        h_last = h[torch.arange(h.shape[0], device=h.device), last]  # (B, D)
-        return self.domain_head(h_last, domain)
+        return h[torch.arange(h.shape[0], device=h.device), last]  # (B, D)
+
+    def user_vectors(self, batch: Mapping[str, Tensor], domain: int | Tensor) -> Tensor:
+        """h_u^d (B, D) at the last non-pad position, for one domain (int) or one per row ((B,) long)."""
+        return self.domain_head(self.last_states(batch), domain)
 
     # --------------------------------------------------------------------------------------------- interface
     def calculate_loss(self, batch: Mapping[str, Tensor]) -> Tensor:

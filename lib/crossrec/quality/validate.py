@@ -139,7 +139,7 @@ def _with_reference_markers(df, contract: Contract, references: Mapping[str, Any
 def _describe(er) -> dict:
     cfg = er.expectation_config
     kw = dict(cfg.kwargs)
-    target = kw.get("column") or kw.get("column_list") or "table"
+    target = kw.get("column") or kw.get("column_list") or kw.get("description") or getattr(cfg, "description", None) or "table"
     res = er.result or {}
     if "unexpected_count" in res:
         observed = f"{res['unexpected_count']} unexpected, e.g. {res.get('partial_unexpected_list', [])[:5]}"
@@ -189,8 +189,12 @@ class Validator:
         references: Mapping[str, Any] | None = None,
         version: int | None = None,
         raise_on_failure: bool = True,
+        extra_expectations: list | None = None,
     ) -> ValidationReport:
         """Validate ``df`` (the table as written, at ``version``) against ``contract``.
+
+        ``extra_expectations``: checks a contract cannot state per column (e.g. the cross-row checks of
+        ``crossrec.score.stage.output_expectations``), run in the same suite.
 
         Raises :class:`ValidationFailed` (after writing the report) when an expectation fails.
         """
@@ -200,7 +204,7 @@ class Validator:
         suite = self.context.suites.add(
             gx.ExpectationSuite(
                 name=f"{contract.table}#{self._n}",
-                expectations=build_expectations(contract, params, expected_rows),
+                expectations=build_expectations(contract, params, expected_rows) + list(extra_expectations or []),
             )
         )
         if contract.references:

@@ -1,0 +1,1 @@
+"""Nightly scoring: top-K items of every domain for every user (``topk``: PyTorch; ``stage``: the Spark stage)."""

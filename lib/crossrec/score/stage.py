@@ -1,0 +1,244 @@
+"""The Spark scoring stage: silver.interactions + a model artifact -> gold.recommendations for one run_date.
+
+1. :func:`user_histories`: each active user's chronological history (first occurrence of each (domain,
+   item)) as the artifact's global item ids; items the artifact does not know (added after training) are
+   not candidates and not model input, but still count as seen.
+2. :func:`score_users`: ``mapInPandas`` over users in batches; each Python worker loads the artifact once
+   (:func:`crossrec.score.topk.get_scorer`) and writes K rows per user and domain (PyTorch ``topk``, GPU when
+   the executor has one).
+3. the job writes the rows with ``replaceWhere run_date = D`` (one atomic Delta commit: a re-run replaces that
+   date's partition, never doubles it; a killed run leaves the previous version intact) and validates them
+   with :func:`output_expectations` (Great Expectations, ``UnexpectedRowsExpectation`` queries over the batch);
+4. :func:`publish` points readers at the validated table version (Delta table properties
+   ``crossrec.published.*``, set in one more commit); readers never see an unvalidated run.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import threading
+import time
+from functools import partial
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PUBLISHED_PREFIX = "crossrec.published."
+VIEWS = ("crossrec_expected_k", "crossrec_seen", "crossrec_active_users")
+
+
+def catalog_frame(spark, folder: str):
+    """The artifact's item_index.parquet as a Spark DataFrame (domain, item_id, item_idx)."""
+    import pandas as pd
+
+    pdf = pd.read_parquet(f"{folder}/item_index.parquet", columns=["domain", "item_id", "item_idx"])
+    return spark.createDataFrame(pdf, "domain string, item_id string, item_idx long")
+
+
+def first_events(inter):
+    """(user_id, domain, item_id, ts): each user's first interaction with each item (seconds since epoch)."""
+    from pyspark.sql import functions as F
+
+    return inter.groupBy("user_id", "domain", "item_id").agg(F.min("event_ts").cast("long").alias("ts"))
+
+
+def user_histories(firsts, catalog):
+    """One row per active user: ``item_idx``/``event_ts`` arrays (known items, oldest first) and
+    ``n_unknown`` (seen items the artifact does not know)."""
+    from pyspark.sql import functions as F
+
+    j = firsts.join(F.broadcast(catalog), ["domain", "item_id"], "left")
+    ev = F.when(F.col("item_idx").isNotNull(), F.struct(F.col("ts"), F.col("item_idx")))
+    g = j.groupBy("user_id").agg(
+        F.sort_array(F.collect_list(ev)).alias("h"),
+        F.sum(F.col("item_idx").isNull().cast("long")).alias("n_unknown"),
+    )
+    return g.select("user_id", F.col("h.item_idx").alias("item_idx"), F.col("h.ts").alias("event_ts"), "n_unknown")
+
+
+def popularity(firsts, catalog, n_items: int) -> np.ndarray:
+    """(n_items + 1,) users per item in the current data (the fallback ranking)."""
+    from pyspark.sql import functions as F
+
+    counts = firsts.join(F.broadcast(catalog), ["domain", "item_id"]).groupBy("item_idx").count().collect()
+    pop = np.zeros(n_items + 1, dtype=np.float64)
+    for r in counts:
+        pop[int(r["item_idx"])] = float(r["count"])
+    return pop
+
+
+def _score_batches(batches, folder: str, k: int, pop: np.ndarray, run_date: dt.date, threads: int | None,
+                   batch_users: int):
+    """mapInPandas body: pandas batches of (user_id, item_idx, event_ts) -> recommendation rows."""
+    import pandas as pd
+
+    from crossrec.score.topk import get_scorer
+
+    scorer = get_scorer(folder, k, pop, threads)  # once per Python worker process
+    for pdf in batches:
+        for s in range(0, len(pdf), batch_users):
+            chunk = pdf.iloc[s : s + batch_users]
+            hist = [np.asarray(h, dtype=np.int64) for h in chunk.item_idx.values]
+            ts = [np.asarray(t, dtype=np.int64) for t in chunk.event_ts.values]
+            out = pd.DataFrame(scorer.rows(chunk.user_id.tolist(), hist, ts))
+            out.insert(0, "run_date", run_date)
+            yield out
+
+
+def score_users(spark, histories, folder: str, k: int, pop: np.ndarray, run_date: dt.date, n_users: int,
+                schema, batch_users: int = 1024, users_per_partition: int = 5000):
+    """Recommendation rows of every user in ``histories`` (lazy DataFrame with the contract's ``schema``)."""
+    parallelism = spark.sparkContext.defaultParallelism
+    parts = max(parallelism, math.ceil(n_users / users_per_partition))
+    local = spark.sparkContext.master.startswith("local")
+    import os
+
+    threads = max(1, (os.cpu_count() or 1) // parallelism) if local else None  # workers share one machine
+    body = partial(_score_batches, folder=folder, k=k, pop=pop, run_date=run_date, threads=threads,
+                   batch_users=batch_users)
+    log.info("scoring %d users in %d partitions (batches of %d users, k=%d)", n_users, parts, batch_users, k)
+    return histories.select("user_id", "item_idx", "event_ts").repartition(parts, "user_id").mapInPandas(body, schema=schema)
+
+
+class Progress:
+    """Logs the progress of the Spark jobs of one job group while they run: tasks done, the users that
+    means, rate and ETA (polls the status tracker from a driver thread)."""
+
+    def __init__(self, spark, group: str, total_users: int, every_s: float = 10.0):
+        self.sc, self.group, self.total, self.every = spark.sparkContext, group, total_users, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"progress-{group}")
+
+    def __enter__(self) -> "Progress":
+        self.sc.setJobGroup(self.group, f"crossrec {self.group}")
+        self.t0 = time.time()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sc.setLocalProperty("spark.jobGroup.id", None)
+
+    def fraction(self) -> float | None:
+        """Completed share of the largest stage of the group (the scoring stage), or None before it starts."""
+        st = self.sc.statusTracker()
+        best = None
+        for job in st.getJobIdsForGroup(self.group):
+            info = st.getJobInfo(job)
+            for sid in (info.stageIds if info else []):
+                s = st.getStageInfo(sid)
+                if s and s.numTasks and (best is None or s.numTasks > best[1]):
+                    best = (s.numCompletedTasks, s.numTasks)
+        return None if best is None else best[0] / best[1]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            f = self.fraction()
+            if f is None or f == 0:
+                log.info("%s: starting (%d users)", self.group, self.total)
+                continue
+            el = time.time() - self.t0
+            done = int(f * self.total)
+            log.info("%s: ~%d/%d users scored (%.0f users/s, ETA %.0fs)", self.group, done, self.total,
+                     done / el, el * (1 - f) / f)
+
+
+def output_expectations(k: int) -> list:
+    """Cross-row checks of one run's recommendations (GE ``UnexpectedRowsExpectation``; a check passes when
+    its query returns no row). They read the temp views the job registers (:data:`VIEWS`)."""
+    import great_expectations.expectations as gxe
+
+    q = {
+        "K rows per (user, domain), fewer only when the domain has fewer unseen items; every active user present":
+            """SELECT e.user_id, e.domain, e.expected, COALESCE(b.n, 0) AS n FROM crossrec_expected_k e
+               LEFT JOIN (SELECT user_id, domain, COUNT(*) AS n FROM {batch} GROUP BY user_id, domain) b
+               ON e.user_id = b.user_id AND e.domain = b.domain WHERE COALESCE(b.n, 0) != e.expected""",
+        "ranks are 1..n within each (user, domain)":
+            """SELECT user_id, domain FROM {batch} GROUP BY user_id, domain
+               HAVING MIN(`rank`) != 1 OR MAX(`rank`) != COUNT(*)""",
+        "scores do not increase with rank":
+            """SELECT * FROM (SELECT user_id, domain, `rank`, score,
+               LAG(score) OVER (PARTITION BY user_id, domain ORDER BY `rank`) AS prev FROM {batch}) WHERE prev < score""",
+        "no item the user already has":
+            """SELECT b.user_id, b.domain, b.item_id FROM {batch} b JOIN crossrec_seen s
+               ON b.user_id = s.user_id AND b.domain = s.domain AND b.item_id = s.item_id""",
+        "no user outside the active users":
+            """SELECT DISTINCT b.user_id FROM {batch} b LEFT ANTI JOIN crossrec_active_users a ON a.user_id = b.user_id""",
+    }
+    return [gxe.UnexpectedRowsExpectation(unexpected_rows_query=sql, description=text) for text, sql in q.items()]
+
+
+def register_check_views(spark, firsts, catalog, k: int) -> None:
+    """Temp views the output checks read: what each (user, domain) should get, seen items, active users."""
+    from pyspark.sql import functions as F
+
+    sizes = catalog.groupBy("domain").agg(F.count("*").alias("n_d"))
+    known_seen = firsts.join(F.broadcast(catalog), ["domain", "item_id"]).groupBy("user_id", "domain").agg(
+        F.count("*").alias("seen"))
+    users = firsts.select("user_id").distinct()
+    expected = (users.crossJoin(F.broadcast(sizes))
+                .join(known_seen, ["user_id", "domain"], "left")
+                .select("user_id", "domain", F.least(F.lit(k), F.col("n_d") - F.coalesce(F.col("seen"), F.lit(0))).alias("expected"))
+                .where("expected > 0"))
+    expected.createOrReplaceTempView("crossrec_expected_k")
+    firsts.select("user_id", "domain", "item_id").createOrReplaceTempView("crossrec_seen")
+    users.createOrReplaceTempView("crossrec_active_users")
+
+
+def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: bool = True):
+    """Check one run_date's rows of gold.recommendations at table ``version``: the contract suite plus
+    :func:`output_expectations`, against the artifact named in the rows and the newest silver tables.
+    Returns (ValidationReport, model_version, k)."""
+    from pyspark.sql import functions as F
+
+    from crossrec.data.rawformat import RawFormatError
+    from crossrec.io.delta import latest_version, read_table
+    from crossrec.quality.contracts import load_contract
+    from crossrec.quality.validate import Validator
+    from crossrec_jobs.evaluate import model_folder
+
+    path = cfg.table_path("gold.recommendations")
+    rows = read_table(spark, path, version).where(F.col("run_date") == F.lit(run_date))
+    meta = rows.agg(F.count("*").alias("n"), F.max("rank").alias("k"), F.collect_set("model_version").alias("mv")).first()
+    if not meta["n"]:
+        raise RawFormatError(f"gold.recommendations v{version} has no rows for run_date {run_date}")
+    if len(meta["mv"]) != 1:
+        raise RawFormatError(f"run_date {run_date} at v{version} mixes model versions {sorted(meta['mv'])}")
+    model_version, k = meta["mv"][0], int(meta["k"])
+    catalog = catalog_frame(spark, model_folder(cfg, model_version))
+    inter = read_table(spark, cfg.table_path("silver.interactions"), latest_version(spark, cfg.table_path("silver.interactions")))
+    register_check_views(spark, first_events(inter), catalog, k)
+    items = read_table(spark, cfg.table_path("silver.items"), latest_version(spark, cfg.table_path("silver.items")))
+    domains = sorted(r[0] for r in catalog.select("domain").distinct().collect())
+    report = Validator(cfg.reports_root, cfg.effective_run_id("score")).check(
+        load_contract("gold.recommendations"), rows, params={"domains": domains, "k": k}, expected_rows=int(meta["n"]),
+        references={"silver.items": items}, version=version, extra_expectations=output_expectations(k),
+        raise_on_failure=raise_on_failure)
+    return report, model_version, k
+
+
+def published(spark, path: str) -> dict:
+    """The ``crossrec.published.*`` properties of the table ({} when nothing was published)."""
+    props = {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
+    return {k[len(PUBLISHED_PREFIX):]: v for k, v in props.items() if k.startswith(PUBLISHED_PREFIX)}
+
+
+def publish(spark, path: str, version: int, run_date: dt.date, model_version: str, k: int) -> int:
+    """Point readers at ``version`` of gold.recommendations (table properties; one commit); returns the
+    version that commit made."""
+    from crossrec.io.delta import latest_version
+
+    props = {"version": str(version), "run_date": run_date.isoformat(), "model_version": model_version, "k": str(k),
+             "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    sets = ", ".join(f"'{PUBLISHED_PREFIX}{key}' = '{value}'" for key, value in props.items())
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({sets})")
+    new = latest_version(spark, path)
+    log.info("published gold.recommendations v%d (run_date %s, model %s) -> table v%d", version, run_date, model_version, new)
+    return new
+
+
+__all__ = ["catalog_frame", "first_events", "user_histories", "popularity", "score_users", "Progress",
+           "output_expectations", "register_check_views", "validate_run", "published", "publish", "PUBLISHED_PREFIX"]

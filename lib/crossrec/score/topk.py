@@ -1,0 +1,163 @@
+"""Top-K per domain for a batch of users, from a trained model artifact (PyTorch only; no Spark).
+
+:class:`Scorer` is what each Spark executor process holds (loaded once, see :func:`get_scorer`): the model,
+each domain's item matrix (``domain_item_reps``, computed once), the artifact's catalog and a popularity
+vector for the fallback. :meth:`Scorer.score` takes a batch of users' histories (global ``item_idx`` of the
+artifact's catalog, oldest first) and returns, per user and domain, the top-K items the user has not
+interacted with:
+
+1. one Transformer pass gives each user's shared state; ``domain_head`` turns it into h_u^d per domain;
+2. scores = h_u^d @ items_d^T (B, n_d); every item of the user's history in d is set to -inf;
+3. ``torch.topk``; -inf picks (the domain has fewer than K unseen items) are dropped;
+4. reason = the history item (any domain) whose representation is most similar (cosine) to the pick:
+   the event that most supports it, often from another domain.
+
+Users with no usable history (none of their items is in the artifact's catalog) get the K most popular
+unseen items of each domain, with reason ``"popularity"``. The GPU is used when the process has one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+POPULARITY = "popularity"
+_SCORERS: dict[tuple, "Scorer"] = {}
+_LOCK = threading.Lock()
+
+
+@dataclass
+class DomainPicks:
+    """Top-K of one domain for a batch: (B, K) arrays; rows shorter than K are padded with -1 / -inf."""
+
+    item_idx: np.ndarray  # (B, K) global item ids, -1 = no pick
+    score: np.ndarray  # (B, K) float64
+    reason_idx: np.ndarray  # (B, K) global item id of the supporting history item, 0 = popularity fallback
+
+
+class Scorer:
+    """A model artifact ready to score: model, per-domain item matrices, catalog, popularity."""
+
+    def __init__(self, folder: str | Path, k: int, popularity: np.ndarray | None = None, device: str | None = None,
+                 threads: int | None = None):
+        import pandas as pd
+        import torch
+
+        from crossrec.model.transformer import load
+
+        assert k >= 1, f"k must be >= 1, got {k}"
+        if threads:
+            torch.set_num_threads(threads)
+        self.folder = Path(folder)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = load(self.folder, device=self.device)
+        self.k = k
+        self.version = self.folder.name
+        index = pd.read_parquet(self.folder / "item_index.parquet").sort_values("item_idx")
+        n = self.model.config.n_items
+        assert len(index) == n and (index.item_idx.values == np.arange(1, n + 1)).all(), (
+            f"{self.folder}/item_index.parquet does not match the model's {n} items")
+        self.item_id = np.array([""] + index.item_id.tolist(), dtype=object)  # global idx -> item_id
+        self.item_domain = np.zeros(n + 1, dtype=np.int64)
+        self.item_domain[index.item_idx.values] = index.domain_idx.values
+        self.item_col = np.zeros(n + 1, dtype=np.int64)
+        self.item_col[index.item_idx.values] = index.domain_item_idx.values
+        self.domains = [d for _, d in sorted(set(zip(index.domain_idx, index.domain)))]
+        meta_file = self.folder / "metrics.json"
+        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.exists() else {}
+        self.input_domains = meta.get("input_domains")
+        assert self.input_domains is None, f"{self.folder} is a single-domain baseline ({self.input_domains}); score with a crossrec model"
+        pop = np.zeros(n + 1, dtype=np.float64) if popularity is None else np.asarray(popularity, dtype=np.float64)
+        assert pop.shape == (n + 1,), f"popularity must have n_items + 1 = {n + 1} entries, got {pop.shape}"
+        with torch.inference_mode():
+            self.reps = [self.model.domain_item_reps(d) for d in range(len(self.domains))]  # (n_d, D) each
+            self.rep_norm = [torch.nn.functional.normalize(r.float(), dim=-1) for r in self.reps]
+        self.pop = [torch.as_tensor(pop[self.model.domain_items(d).cpu().numpy()], device=self.device)
+                    for d in range(len(self.domains))]
+        log.info("scorer: %s on %s, %d items in %s, k=%d", self.version, self.device, n, self.domains, k)
+
+    def score(self, histories: list[np.ndarray], timestamps: list[np.ndarray]) -> list[DomainPicks]:
+        """Top-K per domain (list indexed by domain_idx) for each history (global item ids, oldest first)."""
+        import torch
+
+        from crossrec.train.loop import collate_history
+
+        B = len(histories)
+        max_len = self.model.config.max_seq_len
+        hist = [np.asarray(h, dtype=np.int64) for h in histories]
+        inputs = collate_history(hist, [np.asarray(t, dtype=np.int64) for t in timestamps], max_len, self.item_domain)
+        batch = {k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
+        empty = torch.tensor([len(h) == 0 for h in hist], device=self.device)
+        out = []
+        with torch.inference_mode():
+            states = self.model.last_states(batch)  # (B, D) one encoder pass for every domain
+            hist_rep = torch.nn.functional.normalize(self.model.item_encoder(batch["item_idx"]).float(), dim=-1)  # (B, T, D)
+            pad = batch["item_idx"] == 0  # (B, T)
+            for d in range(len(self.domains)):
+                n_d = self.reps[d].shape[0]
+                scores = (self.model.domain_head(states, d) @ self.reps[d].T).double()  # (B, n_d)
+                scores = torch.where(empty[:, None], self.pop[d][None, :].expand(B, n_d), scores)
+                rows, cols = [], []  # every history item of the user in d (all of it, not only the window)
+                for b, h in enumerate(hist):
+                    mine = h[self.item_domain[h] == d]
+                    rows.extend([b] * len(mine))
+                    cols.extend(self.item_col[mine].tolist())
+                if rows:
+                    scores[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)] = -torch.inf
+                k = min(self.k, n_d)
+                top, col = torch.topk(scores, k, dim=1)  # (B, k) sorted, highest first
+                picked = self.model.domain_items(d)[col]  # (B, k) global ids
+                sim = torch.einsum("btd,bkd->bkt", hist_rep, self.rep_norm[d][col])  # (B, k, T)
+                sim = sim.masked_fill(pad[:, None, :], -torch.inf)
+                reason = batch["item_idx"].gather(1, sim.argmax(-1).reshape(B, -1)).reshape(B, k)  # (B, k)
+                valid = torch.isfinite(top)
+                reason = torch.where(empty[:, None], torch.zeros_like(reason), reason)
+                out.append(DomainPicks(
+                    item_idx=torch.where(valid, picked, torch.full_like(picked, -1)).cpu().numpy(),
+                    score=top.cpu().numpy(),
+                    reason_idx=reason.cpu().numpy(),
+                ))
+        return out
+
+    def rows(self, user_ids: list[str], histories: list[np.ndarray], timestamps: list[np.ndarray]) -> dict[str, list]:
+        """Recommendation rows (columns of gold.recommendations without run_date) for a batch of users."""
+        cols: dict[str, list] = {c: [] for c in ("user_id", "domain", "rank", "item_id", "score", "model_version", "reason")}
+        for d, picks in enumerate(self.score(histories, timestamps)):
+            dom = self.domains[d]
+            for b, uid in enumerate(user_ids):
+                r = 0
+                for j in range(picks.item_idx.shape[1]):
+                    i = int(picks.item_idx[b, j])
+                    if i < 0:
+                        break
+                    r += 1
+                    why = int(picks.reason_idx[b, j])
+                    cols["user_id"].append(uid)
+                    cols["domain"].append(dom)
+                    cols["rank"].append(r)
+                    cols["item_id"].append(self.item_id[i])
+                    cols["score"].append(float(picks.score[b, j]))
+                    cols["model_version"].append(self.version)
+                    cols["reason"].append(f"{self.domains[self.item_domain[why]]}:{self.item_id[why]}" if why else POPULARITY)
+        return cols
+
+
+def get_scorer(folder: str, k: int, popularity: np.ndarray | None = None, threads: int | None = None) -> Scorer:
+    """The process-wide :class:`Scorer` for (folder, k): built on first use, then reused by every batch and
+    task this Python worker runs (Spark reuses Python workers), so the model loads once per executor process."""
+    key = (os.path.abspath(folder), k)
+    with _LOCK:
+        if key not in _SCORERS:
+            _SCORERS.clear()  # a new artifact replaces the old one
+            _SCORERS[key] = Scorer(folder, k, popularity, threads=threads)
+        return _SCORERS[key]
+
+
+__all__ = ["Scorer", "DomainPicks", "get_scorer", "POPULARITY"]

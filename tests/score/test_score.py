@@ -1,0 +1,213 @@
+"""The score stage, the output checks, publishing and the Spark-free readers, on a real small lake.
+
+The lake is built once for the module with the real jobs (generate -> ingest -> clean -> features); the model
+artifact is an untrained CrossDomainTransformer over that lake's catalog written in the trainer's artifact
+layout (scoring does not care whether the weights are good; training has its own tests).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from crossrec.data.synthetic import SyntheticSpec, generate  # noqa: E402
+from crossrec.io.readers import nearest_items, published_run, pseudonymize, read_recommendations, read_table  # noqa: E402
+from crossrec_jobs import clean as clean_job  # noqa: E402
+from crossrec_jobs import features as features_job  # noqa: E402
+from crossrec_jobs import ingest as ingest_job  # noqa: E402
+from crossrec_jobs import score as score_job  # noqa: E402
+from conftest import TEST_KEY, job_args  # noqa: E402
+
+pytestmark = pytest.mark.spark
+K = 5
+DAY1, DAY2, DAY3 = "2025-01-01", "2025-01-02", "2025-01-03"
+
+
+def write_artifact(lake: Path, version: str = "20250101-test0001", seed: int = 0) -> Path:
+    """An untrained model over the lake's gold catalog, in the layout `crossrec train` writes."""
+    from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig, save
+
+    index = read_table(str(lake), "gold.item_index").sort_values("item_idx")
+    emb = read_table(str(lake), "gold.item_embeddings", columns=["domain", "item_id", "embedding"])
+    emb = index[["domain", "item_id"]].merge(emb, on=["domain", "item_id"], how="left")
+    feats = ItemFeatures.from_item_index(index.item_idx.values, index.domain_idx.values, index.domain_item_idx.values,
+                                         text_emb=np.stack(emb.embedding.values))
+    torch.manual_seed(seed)
+    cfg = ModelConfig(n_items=len(index), n_domains=index.domain_idx.nunique(), d_model=16, n_layers=1, n_heads=2, max_seq_len=20)
+    folder = lake / "models" / version
+    save(CrossDomainTransformer(cfg, feats), folder)
+    index[["item_idx", "domain", "item_id", "domain_idx", "domain_item_idx"]].to_parquet(folder / "item_index.parquet")
+    (folder / "metrics.json").write_text(json.dumps({"model_version": version, "input_domains": None}))
+    (lake / "models" / "_latest").write_text(version + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def lake(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("score")
+    raw, lake, key = root / "raw", root / "lake", root / "key"
+    key.write_text(TEST_KEY)
+    generate(raw, SyntheticSpec(users=120, domains=2, items_per_domain=40, mean_events_per_user=12, seed=5))
+    args = job_args(raw, lake, key, "--run-date", DAY1)
+    for job in (ingest_job, clean_job, features_job):
+        assert job.main(args) == 0, job.__name__
+    write_artifact(lake)
+    score_args = args[2:]  # the score job reads no raw files: no --raw-dir
+    assert args[0] == "--raw-dir"
+    assert score_job.main([*score_args, "--k", str(K)]) == 0
+    return {"raw": raw, "lake": lake, "key": key, "args": score_args}
+
+
+def seen_items(lake: Path):
+    inter = read_table(str(lake), "silver.interactions", columns=["user_id", "domain", "item_id"])
+    return set(zip(inter.user_id, inter.domain, inter.item_id)), inter
+
+
+def test_every_active_user_gets_k_unseen_items_per_domain_ranked_by_score(lake):
+    recs = read_recommendations(str(lake["lake"]))
+    seen, inter = seen_items(lake["lake"])
+    items = read_table(str(lake["lake"]), "silver.items", columns=["domain", "item_id"])
+    assert set(recs.columns) >= {"run_date", "user_id", "domain", "rank", "item_id", "score", "model_version", "reason"}
+    assert str(recs.run_date.iloc[0]) == DAY1 and set(recs.model_version) == {"20250101-test0001"}
+    assert set(recs.user_id) == set(inter.user_id), "every active user is present"
+    per = recs.groupby(["user_id", "domain"])
+    n_items = items.groupby("domain").size()
+    for (user, domain), g in per:
+        n_seen = sum(1 for u, d, _ in seen if u == user and d == domain)
+        assert len(g) == min(K, n_items[domain] - n_seen), (user, domain)
+        assert g["rank"].tolist() == list(range(1, len(g) + 1))
+        assert (np.diff(g.score.values) <= 1e-12).all(), "scores non-increasing by rank"
+    assert len(per) == recs.user_id.nunique() * 2, "every user has rows in both domains"
+    assert not any((u, d, i) in seen for u, d, i in zip(recs.user_id, recs.domain, recs.item_id)), "no seen item"
+    # the reason is one of the user's own history items, in any domain
+    hist = {}
+    for u, d, i in seen:
+        hist.setdefault(u, set()).add(f"{d}:{i}")
+    assert all(r in hist[u] for u, r in zip(recs.user_id, recs.reason)), "reason = an item of the user's history"
+    assert (recs.reason.str.split(":").str[0] != recs.domain).any(), "some picks are supported from another domain"
+    acc = read_table(str(lake["lake"]), "ops.accounting")
+    acc = acc[acc.stage == "score"]
+    assert set(acc.domain) == set(n_items.index)
+    assert (acc.rows_in == acc.rows_out).all() and (acc.rows_in == recs.user_id.nunique()).all()
+
+
+def test_rerun_for_the_same_date_replaces_only_that_partition(lake, spark):
+    args = lake["args"]
+    before = read_table(str(lake["lake"]), "gold.recommendations")
+    assert score_job.main([*args, "--run-date", DAY2, "--k", str(K)]) == 0
+    assert score_job.main([*args, "--run-date", DAY1, "--k", str(K)]) == 0  # again: replaces DAY1 only
+    after = read_table(str(lake["lake"]), "gold.recommendations")
+    n1 = (before.run_date.astype(str) == DAY1).sum()
+    assert (after.run_date.astype(str) == DAY1).sum() == n1, "a re-run never doubles a date's rows"
+    assert (after.run_date.astype(str) == DAY2).sum() == n1, "the other date's partition is untouched"
+    assert not after.duplicated(["run_date", "user_id", "domain", "rank"]).any()
+    assert published_run(str(lake["lake"]))["run_date"] == DAY1, "the newest published run wins"
+
+
+def test_unpublished_run_is_not_what_readers_see(lake):
+    pub = published_run(str(lake["lake"]))
+    assert score_job.main([*lake["args"], "--run-date", DAY3, "--k", str(K), "--no-publish"]) == 0
+    assert published_run(str(lake["lake"])) == pub
+    assert set(read_recommendations(str(lake["lake"])).run_date.astype(str)) == {pub["run_date"]}
+    assert set(read_recommendations(str(lake["lake"]), run_date=DAY3).run_date.astype(str)) == {DAY3}, "asked for explicitly"
+
+
+def test_output_checks_catch_broken_recommendations(lake, spark):
+    from pyspark.sql import functions as F
+
+    from crossrec.io.delta import latest_version
+    from crossrec.io.delta import read_table as spark_read
+    from crossrec.quality.contracts import load_contract
+    from crossrec.quality.validate import Validator
+    from crossrec.score import stage as S
+
+    lk = lake["lake"]
+    path = str(lk / "gold" / "recommendations")
+    rows = spark_read(spark, path, latest_version(spark, path)).where(F.col("run_date") == F.lit(DAY1))
+    inter = spark_read(spark, str(lk / "silver" / "interactions"))
+    catalog = S.catalog_frame(spark, str(lk / "models" / "20250101-test0001"))
+    S.register_check_views(spark, S.first_events(inter), catalog, K)
+    domains = sorted(r[0] for r in catalog.select("domain").distinct().collect())
+    one_seen = inter.select("user_id", "domain", "item_id").limit(1).first()
+    broken = (rows.withColumn("score", F.when(F.col("rank") == 2, F.lit(1e9)).otherwise(F.col("score")))  # rises at rank 2
+              .where(~((F.col("user_id") == one_seen.user_id) & (F.col("rank") == K))))  # a short list
+    broken = broken.unionByName(rows.limit(1).withColumn("item_id", F.lit(one_seen.item_id))
+                                .withColumn("user_id", F.lit(one_seen.user_id)).withColumn("domain", F.lit(one_seen.domain))
+                                .withColumn("rank", F.lit(K + 1).cast("long")))  # a seen item
+    v = Validator(str(lk / "_reports"), "test-broken")
+    report = v.check(load_contract("gold.recommendations"), broken, params={"domains": domains, "k": K},
+                     version=None, raise_on_failure=False, extra_expectations=S.output_expectations(K),
+                     references={"silver.items": spark_read(spark, str(lk / "silver" / "items"))})
+    failed = " | ".join(f["target"] for f in report.failures)
+    assert not report.success
+    for what in ("K rows per (user, domain)", "scores do not increase", "no item the user already has", "rank"):
+        assert what in failed, (what, failed)
+    good = v.check(load_contract("gold.recommendations"), rows, params={"domains": domains, "k": K},
+                   raise_on_failure=False, extra_expectations=S.output_expectations(K),
+                   references={"silver.items": spark_read(spark, str(lk / "silver" / "items"))})
+    assert good.success, good.summary()
+
+
+def test_readers_and_cli_answer_without_spark(lake, capsys):
+    from crossrec.cli.main import main
+
+    lk = str(lake["lake"])
+    recs = read_recommendations(lk)
+    user = recs.user_id.iloc[0]
+    d0, d1 = sorted(recs.domain.unique())
+    mine = read_recommendations(lk, user_id=user, domain=d1)
+    assert set(mine.user_id) == {user} and set(mine.domain) == {d1} and len(mine) == K
+    assert main(["recs", user, "--pseudonymized", "--lake-root", lk]) == 0
+    out = capsys.readouterr().out
+    assert f"[{d0}]" in out and f"[{d1}]" in out and "because:" in out
+    assert main(["recs", "no-such-user", "--pseudonymized", "--lake-root", lk]) == 2
+    # raw ids are hashed with the lake's key, as clean does
+    assert pseudonymize("u1", TEST_KEY.encode()) == __import__("hmac").new(TEST_KEY.encode(), b"u1", "sha256").hexdigest()
+
+    items = read_table(lk, "silver.items", columns=["domain", "item_id", "title"])
+    probe = items[items.domain == d1].iloc[3]
+    near = nearest_items(lk, probe.title, domain=d1, n=5)
+    assert set(near.domain) == {d1} and probe.item_id in near.item_id.tolist()
+    assert (np.diff(near.similarity.values) <= 1e-6).all()
+    assert main(["query", probe.title, "--lake-root", lk, "-n", "3"]) == 0
+    assert "nearest items" in capsys.readouterr().out
+    with pytest.raises(LookupError, match="unknown domain"):
+        nearest_items(lk, "anything", domain="nope")
+
+
+@pytest.mark.slow
+def test_killed_score_job_leaves_previous_run_readable_and_rerun_completes(lake):
+    lk = lake["lake"]
+    path = str(lk / "gold" / "recommendations")
+    from deltalake import DeltaTable
+
+    v_before = DeltaTable(path).version()
+    pub_before = published_run(str(lk))
+    n_before = len(read_recommendations(str(lk)))
+    args = [sys.executable, "-m", "crossrec_jobs.score", *lake["args"], "--run-date", DAY1, "--k", str(K),
+            "--users-per-partition", "10"]
+    log = lk.parent / "killed-score.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        deadline = time.time() + 240
+        while time.time() < deadline and "scoring" not in log.read_text() and proc.poll() is None:
+            time.sleep(0.5)
+        time.sleep(2.0)  # inside the write: Python workers are loading torch and the model
+        assert proc.poll() is None, f"the job ended before it could be killed:\n{log.read_text()[-2000:]}"
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its JVM
+        proc.wait()
+    assert DeltaTable(path).version() == v_before, "a killed write commits nothing"
+    assert published_run(str(lk)) == pub_before
+    assert len(read_recommendations(str(lk))) == n_before, "readers still get the previous run"
+    assert score_job.main([*lake["args"], "--run-date", DAY1, "--k", str(K)]) == 0
+    assert len(read_recommendations(str(lk))) == n_before, "the re-run completes with the same rows"
