@@ -9,6 +9,9 @@ DEMO_RAW   ?= demo-data/raw
 DEMO_USERS ?= 2000
 DEMO_EPOCHS ?= 8
 DEMO_KEY   ?= .crossrec-demo.key
+DEMO_K     ?= 10
+DEMO_USER  ?= u0000001
+DEMO_QUERY ?= sea adventure stories
 RUN_DATE   ?= $(shell date -u +%F)
 PYTEST_ARGS ?=
 
@@ -17,7 +20,7 @@ export CROSSREC_PSEUDONYM_KEY_FILE ?= $(abspath $(DEMO_KEY))
 .PHONY: help install demo test test-fast lint clean-demo
 
 help:
-	@echo "make demo   - generate data, run ingest -> clean -> features -> train -> evaluate, print the tables"
+	@echo "make demo   - generate data, run ingest -> clean -> features -> train -> evaluate -> score, print a summary"
 	@echo "make test   - run the test suite (real Spark, Delta, Great Expectations)"
 	@echo "make test-fast - the tests not marked slow"
 
@@ -41,9 +44,21 @@ demo: $(STAMP) $(DEMO_KEY)
 	$(BIN)/crossrec features --raw-dir $(DEMO_RAW) --lake-root $(LAKE) --run-date $(RUN_DATE)
 	$(BIN)/crossrec train --lake-root $(LAKE) --run-date $(RUN_DATE) --workers 2 --epochs $(DEMO_EPOCHS)
 	$(BIN)/crossrec evaluate --lake-root $(LAKE) --run-date $(RUN_DATE) --baselines pop,itemknn,als
+	$(BIN)/crossrec score --lake-root $(LAKE) --run-date $(RUN_DATE) --k $(DEMO_K)
 	@echo
 	@echo "== crossrec demo: tables under $(LAKE)/ (validation reports in $(LAKE)/_reports/)"
 	@$(BIN)/crossrec tables --lake-root $(LAKE) --accounting
+	@echo
+	@echo "== NDCG@10 on the test split (gold.metrics; full table printed by evaluate above)"
+	@$(BIN)/python -c "from crossrec.io.readers import read_table as r; m = r('$(LAKE)', 'gold.metrics'); m = m[(m.run_id == m.sort_values('evaluated_at').run_id.iloc[-1]) & (m.metric == 'ndcg') & (m.k == 10)]; print(m.pivot_table(index=['domain', 'segment'], columns='model', values='value').round(4).to_string())"
+	@echo
+	@echo "== a user's recommendations: crossrec recs $(DEMO_USER) --lake-root $(LAKE)"
+	@$(BIN)/crossrec recs $(DEMO_USER) --lake-root $(LAKE)
+	@echo
+	@echo "== a described interest: crossrec query \"$(DEMO_QUERY)\" --lake-root $(LAKE) -n 5"
+	@$(BIN)/crossrec query "$(DEMO_QUERY)" --lake-root $(LAKE) -n 5
+	@echo
+	@echo "== analysis notebook: notebooks/crossrec_results.ipynb (reads $(LAKE); run it with jupyter from notebooks/)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -ra --strict-markers $(PYTEST_ARGS) tests

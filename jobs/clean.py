@@ -135,12 +135,7 @@ def run(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
 
     if cfg.validate:
         validator = Validator(cfg.reports_root, cfg.effective_run_id(STAGE))
-        params = {
-            "domains": domains,
-            "min_event_ts": min_ts,
-            "max_event_ts": max_ts - dt.timedelta(microseconds=1),
-            "quarantine_reasons": list(C.QUARANTINE_REASONS),
-        }
+        params = C.contract_params(cfg, domains)
         silver_items = read_table(spark, cfg.table_path("silver.items"), written["silver.items"])
         for table, version in written.items():
             validator.check(

@@ -108,4 +108,53 @@ def job_args(raw: Path, lake: Path, key_file: Path, *extra: str) -> list[str]:
             "--run-date", "2024-06-30", "--spark-master", "local[2]", *extra]
 
 
+# ----------------------------------------------------------------------------- a scored lake (score, notebooks)
+SCORE_K = 5
+SCORE_DAY = "2025-01-01"
+
+
+def write_artifact(lake: Path, version: str = "20250101-test0001", seed: int = 0) -> Path:
+    """An untrained model over the lake's gold catalog, in the layout `crossrec train` writes."""
+    import numpy as np
+    import torch
+
+    from crossrec.io.readers import read_table
+    from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig, save
+
+    index = read_table(str(lake), "gold.item_index").sort_values("item_idx")
+    emb = read_table(str(lake), "gold.item_embeddings", columns=["domain", "item_id", "embedding"])
+    emb = index[["domain", "item_id"]].merge(emb, on=["domain", "item_id"], how="left")
+    feats = ItemFeatures.from_item_index(index.item_idx.values, index.domain_idx.values, index.domain_item_idx.values,
+                                         text_emb=np.stack(emb.embedding.values))
+    torch.manual_seed(seed)
+    cfg = ModelConfig(n_items=len(index), n_domains=index.domain_idx.nunique(), d_model=16, n_layers=1, n_heads=2, max_seq_len=20)
+    folder = lake / "models" / version
+    save(CrossDomainTransformer(cfg, feats), folder)
+    index[["item_idx", "domain", "item_id", "domain_idx", "domain_item_idx"]].to_parquet(folder / "item_index.parquet")
+    (folder / "metrics.json").write_text(json.dumps({"model_version": version, "input_domains": None}))
+    (lake / "models" / "_latest").write_text(version + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def scored_lake(spark, tmp_path_factory) -> dict:
+    """generate -> ingest -> clean -> features -> (untrained artifact) -> evaluate -> score, once per test run."""
+    from crossrec.data.synthetic import SyntheticSpec, generate
+    from crossrec_jobs import clean, evaluate, features, ingest, score
+
+    root = tmp_path_factory.mktemp("scored")
+    raw, lake, key = root / "raw", root / "lake", root / "key"
+    key.write_text(TEST_KEY)
+    generate(raw, SyntheticSpec(users=120, domains=2, items_per_domain=40, mean_events_per_user=12, seed=5))
+    args = job_args(raw, lake, key, "--run-date", SCORE_DAY)
+    for job in (ingest, clean, features):
+        assert job.main(args) == 0, job.__name__
+    write_artifact(lake)
+    lake_args = args[2:]  # evaluate and score read no raw files: no --raw-dir
+    assert args[0] == "--raw-dir"
+    assert evaluate.main([*lake_args, "--baselines", "pop"]) == 0
+    assert score.main([*lake_args, "--k", str(SCORE_K)]) == 0
+    return {"raw": raw, "lake": lake, "key": key, "args": lake_args}
+
+
 os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)

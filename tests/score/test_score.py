@@ -1,12 +1,12 @@
 """The score stage, the output checks, publishing and the Spark-free readers, on a real small lake.
 
-The lake is built once for the module with the real jobs (generate -> ingest -> clean -> features); the model
-artifact is an untrained CrossDomainTransformer over that lake's catalog written in the trainer's artifact
-layout (scoring does not care whether the weights are good; training has its own tests).
+The lake (``scored_lake`` in conftest.py) is built once with the real jobs (generate -> ingest -> clean ->
+features -> evaluate -> score); the model artifact is an untrained CrossDomainTransformer over that lake's
+catalog written in the trainer's artifact layout (scoring does not care whether the weights are good;
+training has its own tests).
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,52 +19,19 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from crossrec.data.synthetic import SyntheticSpec, generate  # noqa: E402
 from crossrec.io.readers import nearest_items, published_run, pseudonymize, read_recommendations, read_table  # noqa: E402
-from crossrec_jobs import clean as clean_job  # noqa: E402
-from crossrec_jobs import features as features_job  # noqa: E402
-from crossrec_jobs import ingest as ingest_job  # noqa: E402
 from crossrec_jobs import score as score_job  # noqa: E402
-from conftest import TEST_KEY, job_args  # noqa: E402
+from conftest import TEST_KEY  # noqa: E402
+
+from conftest import SCORE_K as K  # noqa: E402
 
 pytestmark = pytest.mark.spark
-K = 5
 DAY1, DAY2, DAY3 = "2025-01-01", "2025-01-02", "2025-01-03"
 
 
-def write_artifact(lake: Path, version: str = "20250101-test0001", seed: int = 0) -> Path:
-    """An untrained model over the lake's gold catalog, in the layout `crossrec train` writes."""
-    from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig, save
-
-    index = read_table(str(lake), "gold.item_index").sort_values("item_idx")
-    emb = read_table(str(lake), "gold.item_embeddings", columns=["domain", "item_id", "embedding"])
-    emb = index[["domain", "item_id"]].merge(emb, on=["domain", "item_id"], how="left")
-    feats = ItemFeatures.from_item_index(index.item_idx.values, index.domain_idx.values, index.domain_item_idx.values,
-                                         text_emb=np.stack(emb.embedding.values))
-    torch.manual_seed(seed)
-    cfg = ModelConfig(n_items=len(index), n_domains=index.domain_idx.nunique(), d_model=16, n_layers=1, n_heads=2, max_seq_len=20)
-    folder = lake / "models" / version
-    save(CrossDomainTransformer(cfg, feats), folder)
-    index[["item_idx", "domain", "item_id", "domain_idx", "domain_item_idx"]].to_parquet(folder / "item_index.parquet")
-    (folder / "metrics.json").write_text(json.dumps({"model_version": version, "input_domains": None}))
-    (lake / "models" / "_latest").write_text(version + "\n")
-    return folder
-
-
 @pytest.fixture(scope="module")
-def lake(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("score")
-    raw, lake, key = root / "raw", root / "lake", root / "key"
-    key.write_text(TEST_KEY)
-    generate(raw, SyntheticSpec(users=120, domains=2, items_per_domain=40, mean_events_per_user=12, seed=5))
-    args = job_args(raw, lake, key, "--run-date", DAY1)
-    for job in (ingest_job, clean_job, features_job):
-        assert job.main(args) == 0, job.__name__
-    write_artifact(lake)
-    score_args = args[2:]  # the score job reads no raw files: no --raw-dir
-    assert args[0] == "--raw-dir"
-    assert score_job.main([*score_args, "--k", str(K)]) == 0
-    return {"raw": raw, "lake": lake, "key": key, "args": score_args}
+def lake(scored_lake):
+    return scored_lake
 
 
 def seen_items(lake: Path):

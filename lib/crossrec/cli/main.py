@@ -10,6 +10,7 @@
     crossrec evaluate [--lake-root ... --baselines pop,itemknn]  models -> gold.metrics (jobs/evaluate.py)
     crossrec score [--lake-root ... --k 10]                      model -> gold.recommendations, published (jobs/score.py)
     crossrec publish --run-date D [--check-only]                 check a run of gold.recommendations, publish it
+    crossrec validate --tables silver.items,...                  re-check tables against their contracts
     crossrec recs USER [--domain D]                              a user's published recommendations (no Spark)
     crossrec query "free text" [--domain D]                      items nearest to a described interest (no Spark)
     crossrec tables [--lake-root ...] [--accounting]             tables, versions, row counts (no Spark)
@@ -38,6 +39,7 @@ STAGES = {
     "evaluate": "full-ranking evaluation of the model and baselines -> gold.metrics",
     "score": "model -> gold.recommendations: top-K per user and domain (Spark UDF), checked, published",
     "publish": "check a run of gold.recommendations and point readers at it",
+    "validate": "re-check tables against their contracts (Great Expectations)",
 }
 
 

@@ -365,3 +365,15 @@ def quarantine_rows(classified: DataFrame, source_table: str) -> DataFrame:
 def status_counts(classified: DataFrame, by: str = DEFAULT_DOMAIN_COL) -> DataFrame:
     """Counts per (domain, status, reason): the accounting of one table (an action follows)."""
     return classified.groupBy(by, STATUS, REASON).count()
+
+
+def contract_params(cfg, domains: list[str]) -> dict:
+    """Run-time parameters of the silver contracts (allowed domains, event-time window, quarantine reasons)."""
+    import datetime as dt
+
+    return {
+        "domains": domains,
+        "min_event_ts": dt.datetime.fromisoformat(cfg.min_event_ts),
+        "max_event_ts": dt.datetime.fromisoformat(cfg.run_date) + dt.timedelta(days=1) - dt.timedelta(microseconds=1),
+        "quarantine_reasons": list(QUARANTINE_REASONS),
+    }

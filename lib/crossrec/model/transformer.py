@@ -80,6 +80,7 @@ class ModelConfig:
     max_seq_len: int = 50
     use_text: bool = True  # learned adapter over the frozen text embedding
     use_id_embedding: bool = True  # False = text-only mode: scores items never seen in training
+    id_dropout: float = 0.0  # training: share of item occurrences whose id embedding is dropped (text must carry them)
     n_attr_values: int = 0  # attribute/category ids 1..n_attr_values (0 in item_attr = none); 0 = no attribute
     use_time_gaps: bool = True  # bucketised log time gap to the previous event
     loss: str = "softmax"  # "softmax" (full softmax over the target domain's items) | "sampled" (log-Q corrected)
@@ -98,6 +99,7 @@ class ModelConfig:
         assert self.text_encoder == "frozen" or self.use_text, "text_encoder='finetune' needs use_text=True"
         assert self.finetune_layers >= 0, f"finetune_layers must be >= 0, got {self.finetune_layers}"
         assert self.max_seq_len >= 1 and self.n_attr_values >= 0, "max_seq_len >= 1 and n_attr_values >= 0"
+        assert 0.0 <= self.id_dropout < 1.0, f"id_dropout must be in [0, 1), got {self.id_dropout}"
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "ModelConfig":
@@ -279,7 +281,11 @@ class ItemEncoder(nn.Module):
         if self.text_adapter is not None:
             x = x + self.text_adapter(self.text_vectors(idx))
         if self.id_emb is not None:
-            x = x + self.id_emb(idx)
+            e = self.id_emb(idx)  # (..., D)
+            if self.training and self.config.id_dropout > 0:  # the item must be recognisable from its text alone
+                keep = torch.rand(idx.shape, device=idx.device) >= self.config.id_dropout
+                e = e * keep.unsqueeze(-1).to(e.dtype)
+            x = x + e
         if self.attr_emb is not None:
             x = x + self.attr_emb(self.item_attr[idx])
         return self.ln(x)  # (..., D)

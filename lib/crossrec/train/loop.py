@@ -108,7 +108,8 @@ class TrainConfig:
             keeps a CPU to feed the workers (with whole CPUs on 2 cores it waits forever).
         epochs, batch_size (per worker), lr, weight_decay: AdamW training.
         patience: stop when valid NDCG@10 has not improved for this many epochs.
-        max_seq_len, seed, d_model, n_layers, n_heads, dropout, loss, n_negatives, use_text, use_id_embedding: model
+        max_seq_len, seed, d_model, n_layers, n_heads, dropout, loss, n_negatives, use_text, use_id_embedding,
+            id_dropout: model
             (see crossrec.model.transformer.ModelConfig).
         input_domains: train (and later predict) from the events of these domains only, and only on their
             targets; None = every domain (the cross-domain model). One domain with ``use_text=False`` is the
@@ -141,6 +142,7 @@ class TrainConfig:
     n_negatives: int = 1024
     use_text: bool = True
     use_id_embedding: bool = True
+    id_dropout: float = 0.0
     input_domains: tuple[str, ...] | None = None
     max_failures: int = 2
     storage_path: str | None = None
@@ -180,7 +182,7 @@ class TrainConfig:
                            n_layers=self.n_layers, n_heads=self.n_heads, dropout=self.dropout,
                            max_seq_len=self.max_seq_len, use_text=self.use_text,
                            use_id_embedding=self.use_id_embedding, loss=self.loss,
-                           n_negatives=self.n_negatives)
+                           n_negatives=self.n_negatives, id_dropout=self.id_dropout)
 
     def fingerprint(self, versions: Mapping[str, int]) -> str:
         """8 hex of sha256 over what determines the model: hyper-parameters, workers (the global batch),

@@ -1,0 +1,177 @@
+"""crossrec nightly: raw logs -> validated lake -> (re)trained model -> top-K for every user -> published.
+
+Tasks (one per crossrec stage; the DAG holds no logic of its own, every task runs a `crossrec` job)::
+
+    ingest -> clean -> validate_silver -> features -> should_train --> train -------\\
+                                                                  \\-> reuse_model --> score -> validate_output -> publish
+
+* **ingest / clean / features**: raw files of ``{raw_dir}`` -> bronze -> silver -> gold (each job validates
+  the tables it wrote with Great Expectations and fails the task on a failed check or unbalanced accounting).
+* **validate_silver**: re-checks silver against its contracts (``crossrec validate``) before anything reads it.
+* **should_train**: trains when no model artifact exists or when the run's weekday is ``train_weekday``;
+  otherwise the current artifact (``<lake>/models/_latest``) is reused.
+* **score**: ``crossrec score --no-publish`` writes the run's partition of gold.recommendations.
+* **validate_output**: the output checks on exactly the table version score wrote (K per user and domain,
+  ranks, scores, no seen items, every active user); that version goes to publish through XCom.
+* **publish**: points readers at that version (``crossrec publish --skip-checks --table-version V``).
+
+Idempotent per ``data_interval_start``: every job runs with ``--run-date <data_interval_start, YYYY-MM-DD>``;
+ingest skips files it has seen, clean/features rebuild their tables, train reuses a run of the same
+configuration on the same data and day, score replaces that date's partition (one Delta commit), publish
+sets a pointer. A failed or retried task can therefore simply run again. Retries: 2, 5 minutes apart.
+
+Configuration (environment of the Airflow workers; the DAG file reads it when a task runs):
+
+==============================  ==============================================================================
+``CROSSREC_LAKE_ROOT``          lakehouse root (default ``lakehouse``; any Hadoop URI on a cluster)
+``CROSSREC_RAW_DIR``            raw data set; ``{ds}`` is replaced by the run date (default ``demo-data/raw``)
+``CROSSREC_PSEUDONYM_KEY_FILE`` the pseudonymisation secret (or ``CROSSREC_PSEUDONYM_KEY``)
+``CROSSREC_TRAIN_WEEKDAY``      0=Monday .. 6=Sunday: retrain on that weekday (default 6); ``daily``/``never``
+``CROSSREC_TRAIN_ARGS``         extra ``crossrec train`` flags, e.g. ``--workers 4 --ray-address auto --epochs 10``
+``CROSSREC_K``                  items per user and domain (default 10)
+``CROSSREC_SPARK_SUBMIT``       empty (default): Spark jobs run in the task's process on the embedded
+                                ``local[*]`` session; else the spark-submit command line to use, e.g.
+                                ``spark-submit --master spark://host:7077 --packages io.delta:delta-spark_4.2_2.13:4.4.0``
+                                (the job file is appended with ``--spark-master none``)
+==============================  ==============================================================================
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import shlex
+import subprocess
+import sys
+
+from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import TriggerRule
+
+log = logging.getLogger("crossrec.airflow")
+
+DEFAULT_ARGS = {"retries": 2, "retry_delay": dt.timedelta(minutes=5)}
+SPARK_STAGES = ("ingest", "clean", "validate", "features", "score", "publish")
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def _run_date() -> str:
+    return get_current_context()["data_interval_start"].date().isoformat()
+
+
+def _common(raw: bool = False) -> list[str]:
+    args = ["--lake-root", _env("CROSSREC_LAKE_ROOT", "lakehouse"), "--run-date", _run_date()]
+    if raw:
+        args += ["--raw-dir", _env("CROSSREC_RAW_DIR", "demo-data/raw").replace("{ds}", _run_date())]
+    return args
+
+
+def run_stage(stage: str, args: list[str]) -> None:
+    """Run one crossrec stage: in this process (embedded Spark) or through spark-submit; fail on non-zero exit."""
+    submit = _env("CROSSREC_SPARK_SUBMIT").strip()
+    if submit and stage in SPARK_STAGES:
+        import importlib.util
+
+        job_file = importlib.util.find_spec(f"crossrec_jobs.{stage}").origin
+        cmd = [*shlex.split(submit), job_file, *args, "--spark-master", "none"]
+        log.info("running %s", " ".join(cmd))
+        rc = subprocess.run(cmd, check=False).returncode
+    elif stage == "train" and submit:  # Ray, not Spark: its own process, so the task stays light
+        rc = subprocess.run([sys.executable, "-m", "crossrec_jobs.train", *args], check=False).returncode
+    else:
+        import importlib
+
+        log.info("running crossrec %s %s", stage, " ".join(args))
+        rc = importlib.import_module(f"crossrec_jobs.{stage}").main(args)
+    if rc != 0:
+        raise RuntimeError(f"crossrec {stage} failed with exit code {rc} (2 bad input, 3 validation, 4 accounting)")
+
+
+def should_train(lake_root: str, run_date: dt.date, weekday_setting: str) -> bool:
+    """Train when no model artifact exists, or on the configured weekday ('daily' / 'never' also allowed)."""
+    latest = os.path.join(lake_root, "models", "_latest")
+    if "://" not in lake_root and not os.path.isfile(latest):
+        return True
+    if weekday_setting == "daily":
+        return True
+    if weekday_setting == "never":
+        return False
+    return run_date.weekday() == int(weekday_setting)
+
+
+@dag(
+    dag_id="crossrec_nightly",
+    schedule="@daily",
+    start_date=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["crossrec"],
+    doc_md=__doc__,
+)
+def crossrec_nightly():
+    @task
+    def ingest() -> None:
+        run_stage("ingest", _common(raw=True))
+
+    @task
+    def clean() -> None:
+        run_stage("clean", _common(raw=True))
+
+    @task
+    def validate_silver() -> None:
+        run_stage("validate", [*_common(), "--tables", "silver.interactions,silver.items,silver.quarantine"])
+
+    @task
+    def features() -> None:
+        run_stage("features", _common(raw=True))
+
+    @task.branch
+    def choose_model() -> str:
+        lake = _env("CROSSREC_LAKE_ROOT", "lakehouse")
+        train_it = should_train(lake, dt.date.fromisoformat(_run_date()), _env("CROSSREC_TRAIN_WEEKDAY", "6"))
+        log.info("model: %s", "train a new one" if train_it else "reuse the current artifact")
+        return "train" if train_it else "reuse_model"
+
+    @task
+    def train() -> None:
+        run_stage("train", [*_common(), *shlex.split(_env("CROSSREC_TRAIN_ARGS", "--workers 2"))])
+
+    @task
+    def reuse_model() -> None:
+        lake = _env("CROSSREC_LAKE_ROOT", "lakehouse")
+        latest = os.path.join(lake, "models", "_latest")
+        if "://" not in lake and not os.path.isfile(latest):
+            raise RuntimeError(f"no model artifact at {latest}: set CROSSREC_TRAIN_WEEKDAY=daily or run crossrec train")
+        log.info("reusing the model artifact named in %s", latest)
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    def score() -> None:
+        run_stage("score", [*_common(), "--k", _env("CROSSREC_K", "10"), "--no-validate", "--no-publish"])
+
+    @task
+    def validate_output() -> int:
+        from deltalake import DeltaTable
+
+        from crossrec.io.readers import table_path
+
+        version = DeltaTable(table_path(_env("CROSSREC_LAKE_ROOT", "lakehouse"), "gold.recommendations")).version()
+        run_stage("publish", [*_common(), "--check-only", "--table-version", str(version)])
+        return int(version)
+
+    @task
+    def publish(version: int) -> None:
+        run_stage("publish", [*_common(), "--skip-checks", "--table-version", str(version)])
+
+    chosen = choose_model()
+    ingest() >> clean() >> validate_silver() >> features() >> chosen
+    scored = score()
+    chosen >> [train(), reuse_model()] >> scored
+    checked = validate_output()
+    scored >> checked
+    publish(checked)
+
+
+dag_object = crossrec_nightly()
