@@ -15,7 +15,7 @@ pytest.importorskip("ray.train")
 from crossrec.bench.quality import BenchError, QualitySpec, run_quality  # noqa: E402
 from crossrec.data.synthetic import SyntheticSpec, generate  # noqa: E402
 
-SMALL = ("--d-model", "64", "--batch-size", "64")
+SMALL = ("--d-model", "64", "--batch-size", "32", "--patience", "3")  # small data: many small steps
 
 
 @pytest.mark.slow
@@ -24,7 +24,7 @@ SMALL = ("--d-model", "64", "--batch-size", "64")
 def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_for_cold_users(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "out"
     generate(str(raw), SyntheticSpec(users=800, domains=2, items_per_domain=200, seed=3))
-    spec = QualitySpec(raw_dir=str(raw), out_dir=str(out), workers=2, epochs=6, baselines=("pop", "itemknn"),
+    spec = QualitySpec(raw_dir=str(raw), out_dir=str(out), workers=2, epochs=20, baselines=("pop", "itemknn"),
                        crossrec_args=SMALL, sasrec_args=SMALL,
                        extra_env={"CROSSREC_COLD_START_FRACTION": "0.3", "CROSSREC_PSEUDONYM_KEY": "",
                                   "CROSSREC_PSEUDONYM_KEY_FILE": ""})

@@ -318,3 +318,18 @@ def test_restrict_to_domains_keeps_one_domains_events_and_targets():
     assert out.item_idx.iloc[1].tolist() == [1] and out.domain_idx.iloc[1].tolist() == [0]
     with pytest.raises(RawFormatError, match="music"):
         restrict_to_domains(seq, index, ("music",))
+
+
+def test_categories_become_attribute_ids_per_domain(planted):
+    from crossrec.train.loop import load_training_data, resolve_versions
+
+    lake, facts = planted
+    cfg = TrainConfig(lake_root=str(lake))
+    data = load_training_data(cfg, resolve_versions(str(lake), None))
+    attr, dom = data.catalog["item_attr"], data.catalog["domain_idx"]
+    topic = facts["topic_of"][data.catalog["item_idx"]]
+    assert attr.min() >= 1 and len(np.unique(attr)) == 2 * 2, "one id per (domain, category)"
+    for a in np.unique(attr):
+        assert len(set(zip(dom[attr == a], topic[attr == a]))) == 1, "an id never spans two domains or categories"
+    off = load_training_data(TrainConfig(lake_root=str(lake), use_categories=False), resolve_versions(str(lake), None))
+    assert (off.catalog["item_attr"] == 0).all()

@@ -110,6 +110,7 @@ class TrainConfig:
         patience: stop when valid NDCG@10 has not improved for this many epochs.
         max_seq_len, seed, d_model, n_layers, n_heads, dropout, loss, n_negatives, use_text, use_id_embedding,
             id_dropout: model
+        use_categories: give each item an attribute embedding of its (domain, category) from gold.item_index.
             (see crossrec.model.transformer.ModelConfig).
         input_domains: train (and later predict) from the events of these domains only, and only on their
             targets; None = every domain (the cross-domain model). One domain with ``use_text=False`` is the
@@ -143,6 +144,7 @@ class TrainConfig:
     use_text: bool = True
     use_id_embedding: bool = True
     id_dropout: float = 0.0
+    use_categories: bool = True
     input_domains: tuple[str, ...] | None = None
     max_failures: int = 2
     storage_path: str | None = None
@@ -175,14 +177,14 @@ class TrainConfig:
     def models_root(self) -> str:
         return self.model_root or os.path.join(self.lake_root, "models")
 
-    def model_config(self, n_items: int, n_domains: int, text_dim: int):
+    def model_config(self, n_items: int, n_domains: int, text_dim: int, n_attr_values: int = 0):
         from crossrec.model.transformer import ModelConfig
 
         return ModelConfig(n_items=n_items, n_domains=n_domains, text_dim=text_dim, d_model=self.d_model,
                            n_layers=self.n_layers, n_heads=self.n_heads, dropout=self.dropout,
                            max_seq_len=self.max_seq_len, use_text=self.use_text,
                            use_id_embedding=self.use_id_embedding, loss=self.loss,
-                           n_negatives=self.n_negatives, id_dropout=self.id_dropout)
+                           n_negatives=self.n_negatives, id_dropout=self.id_dropout, n_attr_values=n_attr_values)
 
     def fingerprint(self, versions: Mapping[str, int]) -> str:
         """8 hex of sha256 over what determines the model: hyper-parameters, workers (the global batch),
@@ -207,7 +209,7 @@ class TrainingData:
 
     train: Any  # pyarrow.Table: item_idx, domain_idx, event_ts (list<int64>, <= max_seq_len + 1 events)
     valid: Any  # pyarrow.Table: row_id, item_idx, event_ts (full stored history), target_item_idx
-    catalog: dict[str, np.ndarray]  # item_idx, domain_idx, domain_item_idx, train_count, text_emb (or None)
+    catalog: dict[str, np.ndarray]  # item_idx, item_attr, domain_idx, domain_item_idx, train_count, text_emb (or None)
     item_index: Any  # pandas.DataFrame for item_index.parquet
     domains: list[str]
     versions: dict[str, int]
@@ -339,8 +341,15 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
         if not have.all():
             log.warning("%d of %d items have no text embedding: they get a zero vector", int((~have).sum()), n_items)
 
+    item_attr = np.zeros(n_items, dtype=np.int64)  # 0 = no category
+    if cfg.use_categories and "category" in index and index.category.notna().any():
+        has = index.category.notna().values & (index.category.fillna("").str.strip() != "").values
+        keys = (index.domain + "\x1f" + index.category.fillna("")).values  # a category belongs to its domain
+        codes = np.unique(keys[has], return_inverse=True)[1]
+        item_attr[has] = codes + 1
     catalog = {
         "item_idx": index.item_idx.values.astype(np.int64),
+        "item_attr": item_attr,
         "domain_idx": index.domain_idx.values.astype(np.int64),
         "domain_item_idx": index.domain_item_idx.values.astype(np.int64),
         "train_count": index.train_count.values.astype(np.int64),
@@ -483,6 +492,7 @@ def _features(catalog: Mapping[str, np.ndarray]):
     emb = None if catalog["text_emb"] is None else np.array(catalog["text_emb"])
     return ItemFeatures.from_item_index(np.array(catalog["item_idx"]), np.array(catalog["domain_idx"]),
                                         np.array(catalog["domain_item_idx"]), text_emb=emb,
+                                        item_attr=np.array(catalog["item_attr"]),
                                         sample_weight=catalog["train_count"] + 1)
 
 
@@ -769,7 +779,8 @@ def train(cfg: TrainConfig) -> Path:
     try:
         use_gpu = _use_gpu(cfg)
         text_dim = data.catalog["text_emb"].shape[1] if data.catalog["text_emb"] is not None else 384
-        mcfg = cfg.model_config(len(data.catalog["item_idx"]), len(data.domains), text_dim)
+        mcfg = cfg.model_config(len(data.catalog["item_idx"]), len(data.domains), text_dim,
+                                int(data.catalog["item_attr"].max()))
         loop_config = {
             "model": dataclasses.asdict(mcfg),
             "catalog_ref": ray.put(data.catalog),
