@@ -107,11 +107,14 @@ def run(cfg: CrossrecConfig, spark, k: int = 10, version: str | None = None, pub
     n_rows = sum(r["rows"] for r in per_domain.values())
     log.info("scored %d users in %.1fs (%.0f users/s): %d rows", n_users, score_s, n_users / max(score_s, 1e-9), n_rows)
 
+    # users who already have every item of a domain get no row there: counted as withheld, not lost
+    exhausted = {r["domain"]: r["count"] for r in S.exhausted_users(firsts, catalog).groupBy("domain").count().collect()}
     accounting = []
     for d in domains:
         r = per_domain.get(d)
-        row = AccountingRow(STAGE, TABLE, d, rows_in=n_users, rows_out=int(r["users"]) if r else 0)
-        row.details = {"unit": "users", "rows": int(r["rows"]) if r else 0,
+        row = AccountingRow(STAGE, TABLE, d, rows_in=n_users, rows_out=int(r["users"]) if r else 0,
+                            withheld=int(exhausted.get(d, 0)))
+        row.details = {"unit": "users (withheld: nothing unseen left in the domain)", "rows": int(r["rows"]) if r else 0,
                        "fallback_rows": int(r["fallback_rows"]) if r else 0, "model_version": model_version}
         accounting.append(row)
 

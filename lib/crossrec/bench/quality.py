@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 OURS = "crossrec"
 SINGLE_DOMAIN = "sasrec"
-FORWARD = re.compile(r"crossrec\.train\.loop: (epoch \d+:|model artifact)|crossrec\.jobs\.\w+: .*done in|ERROR")
+FORWARD = re.compile(r"crossrec\.train\.loop: (epoch \d+:|model artifact)|crossrec: \w+: done in|ERROR")
 
 
 class BenchError(RuntimeError):

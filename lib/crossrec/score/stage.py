@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 PUBLISHED_PREFIX = "crossrec.published."
 VIEWS = ("crossrec_expected_k", "crossrec_seen", "crossrec_active_users")
+COLUMNS = ["run_date", "user_id", "domain", "rank", "item_id", "score", "model_version", "reason"]  # the contract's order
 
 
 def catalog_frame(spark, folder: str):
@@ -84,7 +85,7 @@ def _score_batches(batches, folder: str, k: int, pop: np.ndarray, run_date: dt.d
             ts = [np.asarray(t, dtype=np.int64) for t in chunk.event_ts.values]
             out = pd.DataFrame(scorer.rows(chunk.user_id.tolist(), hist, ts))
             out.insert(0, "run_date", run_date)
-            yield out
+            yield out[COLUMNS]
 
 
 def score_users(spark, histories, folder: str, k: int, pop: np.ndarray, run_date: dt.date, n_users: int,
@@ -171,6 +172,15 @@ def output_expectations(k: int) -> list:
     return [gxe.UnexpectedRowsExpectation(unexpected_rows_query=sql, description=text) for text, sql in q.items()]
 
 
+def exhausted_users(firsts, catalog):
+    """(user_id, domain) pairs where the user already has every item of the domain the model knows."""
+    from pyspark.sql import functions as F
+
+    sizes = catalog.groupBy("domain").agg(F.count("*").alias("n_d"))
+    seen = firsts.join(F.broadcast(catalog), ["domain", "item_id"]).groupBy("user_id", "domain").agg(F.count("*").alias("seen"))
+    return seen.join(F.broadcast(sizes), "domain").where(F.col("seen") >= F.col("n_d")).select("user_id", "domain")
+
+
 def register_check_views(spark, firsts, catalog, k: int) -> None:
     """Temp views the output checks read: what each (user, domain) should get, seen items, active users."""
     from pyspark.sql import functions as F
@@ -241,4 +251,4 @@ def publish(spark, path: str, version: int, run_date: dt.date, model_version: st
 
 
 __all__ = ["catalog_frame", "first_events", "user_histories", "popularity", "score_users", "Progress",
-           "output_expectations", "register_check_views", "validate_run", "published", "publish", "PUBLISHED_PREFIX"]
+           "output_expectations", "exhausted_users", "register_check_views", "validate_run", "published", "publish", "PUBLISHED_PREFIX"]

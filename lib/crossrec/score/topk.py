@@ -65,6 +65,7 @@ class Scorer:
         assert len(index) == n and (index.item_idx.values == np.arange(1, n + 1)).all(), (
             f"{self.folder}/item_index.parquet does not match the model's {n} items")
         self.item_id = np.array([""] + index.item_id.tolist(), dtype=object)  # global idx -> item_id
+        self.item_key = np.array([POPULARITY] + (index.domain + ":" + index.item_id).tolist(), dtype=object)  # -> reason
         self.item_domain = np.zeros(n + 1, dtype=np.int64)
         self.item_domain[index.item_idx.values] = index.domain_idx.values
         self.item_col = np.zeros(n + 1, dtype=np.int64)
@@ -95,6 +96,9 @@ class Scorer:
         inputs = collate_history(hist, [np.asarray(t, dtype=np.int64) for t in timestamps], max_len, self.item_domain)
         batch = {k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
         empty = torch.tensor([len(h) == 0 for h in hist], device=self.device)
+        lens = np.array([len(h) for h in hist], dtype=np.int64)
+        flat = np.concatenate(hist) if lens.sum() else np.zeros(0, dtype=np.int64)  # every history item, all domains
+        flat_row = np.repeat(np.arange(B), lens)
         out = []
         with torch.inference_mode():
             states = self.model.last_states(batch)  # (B, D) one encoder pass for every domain
@@ -104,13 +108,11 @@ class Scorer:
                 n_d = self.reps[d].shape[0]
                 scores = (self.model.domain_head(states, d) @ self.reps[d].T).double()  # (B, n_d)
                 scores = torch.where(empty[:, None], self.pop[d][None, :].expand(B, n_d), scores)
-                rows, cols = [], []  # every history item of the user in d (all of it, not only the window)
-                for b, h in enumerate(hist):
-                    mine = h[self.item_domain[h] == d]
-                    rows.extend([b] * len(mine))
-                    cols.extend(self.item_col[mine].tolist())
-                if rows:
-                    scores[torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)] = -torch.inf
+                sel = self.item_domain[flat] == d  # every history item of the user in d (all, not only the window)
+                if sel.any():
+                    rows = torch.from_numpy(flat_row[sel]).to(self.device)
+                    cols = torch.from_numpy(self.item_col[flat[sel]]).to(self.device)
+                    scores[rows, cols] = -torch.inf
                 k = min(self.k, n_d)
                 top, col = torch.topk(scores, k, dim=1)  # (B, k) sorted, highest first
                 picked = self.model.domain_items(d)[col]  # (B, k) global ids
@@ -126,27 +128,22 @@ class Scorer:
                 ))
         return out
 
-    def rows(self, user_ids: list[str], histories: list[np.ndarray], timestamps: list[np.ndarray]) -> dict[str, list]:
+    def rows(self, user_ids: list[str], histories: list[np.ndarray], timestamps: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Recommendation rows (columns of gold.recommendations without run_date) for a batch of users."""
-        cols: dict[str, list] = {c: [] for c in ("user_id", "domain", "rank", "item_id", "score", "model_version", "reason")}
+        users = np.asarray(user_ids, dtype=object)
+        parts: dict[str, list] = {c: [] for c in ("user_id", "domain", "rank", "item_id", "score", "reason")}
         for d, picks in enumerate(self.score(histories, timestamps)):
-            dom = self.domains[d]
-            for b, uid in enumerate(user_ids):
-                r = 0
-                for j in range(picks.item_idx.shape[1]):
-                    i = int(picks.item_idx[b, j])
-                    if i < 0:
-                        break
-                    r += 1
-                    why = int(picks.reason_idx[b, j])
-                    cols["user_id"].append(uid)
-                    cols["domain"].append(dom)
-                    cols["rank"].append(r)
-                    cols["item_id"].append(self.item_id[i])
-                    cols["score"].append(float(picks.score[b, j]))
-                    cols["model_version"].append(self.version)
-                    cols["reason"].append(f"{self.domains[self.item_domain[why]]}:{self.item_id[why]}" if why else POPULARITY)
-        return cols
+            valid = picks.item_idx >= 0  # (B, k); invalid picks only at the end of a row
+            n_k = picks.item_idx.shape[1]
+            parts["user_id"].append(np.repeat(users, n_k)[valid.ravel()])
+            parts["domain"].append(np.full(int(valid.sum()), self.domains[d], dtype=object))
+            parts["rank"].append(np.tile(np.arange(1, n_k + 1, dtype=np.int64), len(users))[valid.ravel()])
+            parts["item_id"].append(self.item_id[picks.item_idx[valid]])
+            parts["score"].append(picks.score[valid].astype(np.float64))
+            parts["reason"].append(self.item_key[picks.reason_idx[valid]])
+        out = {c: np.concatenate(v) if v else np.zeros(0) for c, v in parts.items()}
+        out["model_version"] = np.full(len(out["user_id"]), self.version, dtype=object)
+        return out
 
 
 def get_scorer(folder: str, k: int, popularity: np.ndarray | None = None, threads: int | None = None) -> Scorer:
