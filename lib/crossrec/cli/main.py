@@ -15,6 +15,8 @@
     crossrec query "free text" [--domain D]                      items nearest to a described interest (no Spark)
     crossrec tables [--lake-root ...] [--accounting]             tables, versions, row counts (no Spark)
     crossrec bench quality RAW --out DIR [--epochs N]            every model on one data set -> quality.json/.md
+    crossrec bench scoring --out DIR [--users N]                 score stage vs Spark ALS vs bare PyTorch -> scoring.json
+    crossrec bench ingest|training --out DIR                     ingest vs plain Spark copy; training throughput
 
 Stage sub-commands are the ``main(argv)`` of the job files in ``jobs/`` (package ``crossrec_jobs``);
 ``crossrec <stage> --help`` lists their flags.
@@ -208,9 +210,50 @@ def _bench(argv: list[str]) -> int:
     q.add_argument("--crossrec-args", default="", help="extra `crossrec train` flags for the cross-domain model, one string")
     q.add_argument("--sasrec-args", default="", help="extra `crossrec train` flags for the single-domain baseline, one string")
     q.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sc = sub.add_parser("scoring", help="crossrec's score stage vs Spark ALS recommendForAllUsers vs a bare PyTorch loop",
+                        description=importlib.import_module("crossrec.bench.scoring").__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sc.add_argument("--out", required=True, help="output folder: scoring.json, scoring.md, scoring.png, lake/")
+    sc.add_argument("--users", type=int, default=20_000, help="users (default 20000)")
+    sc.add_argument("--domains", type=int, default=3, help="domains (default 3)")
+    sc.add_argument("--items-per-domain", type=int, default=2_000, help="items per domain (default 2000)")
+    sc.add_argument("--events", type=int, default=20, help="events per user (default 20)")
+    sc.add_argument("--k", type=int, default=10, help="items per user and domain (default 10)")
+    sc.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ig = sub.add_parser("ingest", help="raw -> silver with every check vs a plain Spark read+write as Parquet",
+                        description=importlib.import_module("crossrec.bench.ingest").__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ig.add_argument("--out", required=True, help="output folder: ingest.json, ingest.md, ingest.png, raw/, lake/")
+    ig.add_argument("--users", type=int, default=50_000, help="generated users (default 50000)")
+    ig.add_argument("--domains", type=int, default=3, help="domains (default 3)")
+    ig.add_argument("--dirty-rate", type=float, default=0.0, help="share of bad rows injected (default 0)")
+    tr = sub.add_parser("training", help="samples/s for 1 and 2 Ray workers, data-loading share, text-encoder items/s",
+                        description=importlib.import_module("crossrec.bench.training").__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("--out", required=True, help="output folder: training.json, training.md, training.png, lake/")
+    tr.add_argument("--users", type=int, default=5_000, help="generated users (default 5000)")
+    tr.add_argument("--domains", type=int, default=3, help="domains (default 3)")
+    tr.add_argument("--epochs", type=int, default=2, help="epochs per run (default 2)")
     a = p.parse_args(argv)
     setup_logging(a.verbose)
     import shlex
+
+    if a.name == "ingest":
+        from crossrec.bench.ingest import IngestSpec, run_ingest
+
+        run_ingest(IngestSpec(out_dir=a.out, users=a.users, domains=a.domains, dirty_rate=a.dirty_rate))
+        return 0
+    if a.name == "training":
+        from crossrec.bench.training import TrainingSpec, run_training
+
+        run_training(TrainingSpec(out_dir=a.out, users=a.users, domains=a.domains, epochs=a.epochs))
+        return 0
+    if a.name == "scoring":
+        from crossrec.bench.scoring import ScoringSpec, run_scoring
+
+        run_scoring(ScoringSpec(out_dir=a.out, users=a.users, domains=a.domains, items_per_domain=a.items_per_domain,
+                                events=a.events, k=a.k))
+        return 0
 
     spec = QualitySpec(raw_dir=a.raw_dir, out_dir=a.out, lake_root=a.lake_root, workers=a.workers, epochs=a.epochs,
                        baselines=tuple(b for b in a.baselines.split(",") if b), single_domain=a.single_domain,
@@ -236,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "tables": (_tables, "list the lake's tables, versions and row counts (no Spark)"),
         "recs": (_recs, "a user's published recommendations with reasons (no Spark)"),
         "query": (_query, "items nearest to a free-text interest (no Spark)"),
-        "bench": (_bench, "benchmarks: `crossrec bench quality RAW --out DIR`"),
+        "bench": (_bench, "benchmarks: `crossrec bench quality|scoring|ingest|training ... --out DIR`"),
     }
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)

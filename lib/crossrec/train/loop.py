@@ -643,6 +643,8 @@ def train_loop_per_worker(config: dict) -> None:
         model.train()
         t_epoch = last = time.perf_counter()
         loss_sum, n_steps, n_samples, window = 0.0, 0, 0, 0
+        t_data = 0.0  # waiting for the next batch + collating it (the rest of the epoch is compute)
+        t_fetch = time.perf_counter()
         pools = train_shard.iter_batches(batch_size=POOL_BATCHES * bs, batch_format="pyarrow",
                                          local_shuffle_buffer_size=POOL_BATCHES * bs,
                                          local_shuffle_seed=config["seed"] + 1000 * epoch + rank)
@@ -656,6 +658,7 @@ def train_loop_per_worker(config: dict) -> None:
                 log.warning("test hook: killing rank %d (pid %d) at epoch %d step %d", rank, os.getpid(), epoch, step)
                 os.kill(os.getpid(), signal.SIGKILL)
             b = {k: torch.from_numpy(v).to(device) for k, v in collate_train(batch, item_domain).items()}
+            t_data += time.perf_counter() - t_fetch
             loss = ddp(b, loss=True)  # through DDP's forward: its gradient all-reduce hooks are armed there
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -674,6 +677,7 @@ def train_loop_per_worker(config: dict) -> None:
                 log.info("epoch %d step %d/%d loss %.4f %.1f ms/step %.0f samples/s (all ranks) ETA %.0fs",
                          epoch, n_steps, steps_per_epoch, loss_value, ms, rate, max(eta, 0.0))
                 last, window = now, 0
+            t_fetch = time.perf_counter()
         t_train = time.perf_counter() - t_epoch
 
         sums = validate_shard(ddp.module if hasattr(ddp, "module") else ddp, valid_iter, catalog, rank=rank, world=world,
@@ -695,6 +699,7 @@ def train_loop_per_worker(config: dict) -> None:
             state["bad_epochs"] += 1
         metrics.update(epoch=epoch, train_loss=float(totals[0] / max(totals[1], 1)), train_samples=int(totals[2]),
                        epoch_train_s=float(totals[3]), samples_per_s=float(totals[2] / max(totals[3], 1e-9)),
+                       data_share=float(t_data / max(t_train, 1e-9)),  # rank 0's share of time in data loading
                        best_valid_ndcg=float(state["best_metric"]), best_epoch=int(state["best_epoch"]),
                        bad_epochs=int(state["bad_epochs"]), global_step=int(state["global_step"]),
                        stop=bool(state["bad_epochs"] >= config["patience"]))

@@ -1,0 +1,197 @@
+"""Scoring benchmark: crossrec's score stage vs Spark MLlib ALS ``recommendForAllUsers`` vs a bare PyTorch loop.
+
+    crossrec bench scoring --out DIR [--users 20000 --domains 3 --items-per-domain 2000 --events 20 --k 10]
+
+The same users, items and K for all three, in one run on one Spark session:
+
+* **crossrec score stage** -- the real job (``crossrec_jobs.score.run``: Spark ``mapInPandas`` over users, the
+  Transformer over each user's history, seen items excluded, top-K per domain with reasons, the Delta write),
+  on a lake written here: ``silver.interactions`` (``--users`` users with ``--events`` random events each) and a
+  model artifact (an untrained CrossDomainTransformer, d_model 64: the weights do not change the work). Output
+  checks and publishing are off: the figure is scoring + writing.
+* **Spark ALS** -- implicit ALS rank 64 fitted (1 iteration, not timed) on the same interactions, then
+  ``recommendForAllUsers(K)`` timed until every row is materialised (``noop`` sink). It ranks all items at once
+  where crossrec ranks each domain: the same dot products, one top-K instead of one per domain.
+* **bare PyTorch** -- the roofline on this machine: random (users x 64) and (items x 64) matrices, batched
+  matrix product + ``torch.topk`` per domain, no Spark, no history encoding, no seen-item exclusion.
+
+Writes ``DIR/scoring.json`` (records ``{system, value, unit, users, items, k}`` + ratios), ``DIR/scoring.md`` and
+``DIR/scoring.png``, and prints the table.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+D_MODEL = 64  # = the ALS rank: the same factor width for all three
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    out_dir: str
+    users: int = 20_000
+    domains: int = 3
+    items_per_domain: int = 2_000
+    events: int = 20
+    k: int = 10
+    seed: int = 0
+
+
+def write_lake(spark, spec: ScoringSpec, lake: Path) -> list[str]:
+    """silver.interactions + silver.items + gold-free model artifact under ``lake``; returns the domains."""
+    import pandas as pd
+    import torch
+
+    from crossrec.io.delta import write_table
+    from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig, save
+    from crossrec.quality.contracts import load_contract
+
+    rng = np.random.default_rng(spec.seed)
+    domains = [f"d{j}" for j in range(spec.domains)]
+    n = spec.users * spec.events
+    dom = rng.integers(0, spec.domains, n)
+    item = rng.zipf(1.3, n) % spec.items_per_domain  # popular head, long tail
+    inter = pd.DataFrame({
+        "user_id": np.repeat(np.array([f"user{u:08d}" for u in range(spec.users)], dtype=object), spec.events),
+        "domain": np.array(domains, dtype=object)[dom],
+        "item_id": [f"i{i}" for i in item],
+        "event_type": "view",
+        "event_ts": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 365 * 86400, n), unit="s"),
+        "weight": 1.0, "run_id": "bench", "source": "bench-scoring",
+    })
+    c = load_contract("silver.interactions")
+    write_table(spark, spark.createDataFrame(inter, c.spark_schema()), c, str(lake / "silver" / "interactions"), "overwrite")
+    n_items = spec.domains * spec.items_per_domain
+    index = pd.DataFrame({"item_idx": np.arange(1, n_items + 1),
+                          "domain": np.repeat(domains, spec.items_per_domain),
+                          "item_id": [f"i{i}" for i in range(spec.items_per_domain)] * spec.domains,
+                          "domain_idx": np.repeat(np.arange(spec.domains), spec.items_per_domain),
+                          "domain_item_idx": np.tile(np.arange(spec.items_per_domain), spec.domains)})
+    feats = ItemFeatures.from_item_index(index.item_idx.values, index.domain_idx.values, index.domain_item_idx.values,
+                                         text_emb=rng.normal(size=(n_items, 384)).astype(np.float32))
+    torch.manual_seed(spec.seed)
+    cfg = ModelConfig(n_items=n_items, n_domains=spec.domains, d_model=D_MODEL, n_layers=2, n_heads=2, max_seq_len=50)
+    folder = lake / "models" / "bench-scoring"
+    save(CrossDomainTransformer(cfg, feats), folder)
+    index.to_parquet(folder / "item_index.parquet")
+    (folder / "metrics.json").write_text(json.dumps({"input_domains": None}))
+    (lake / "models" / "_latest").write_text("bench-scoring\n")
+    return domains
+
+
+def bare_torch(spec: ScoringSpec, batch: int = 4096) -> float:
+    """users/s of batched (users x 64) @ (items x 64)^T + topk per domain, in this process."""
+    import torch
+
+    g = torch.Generator().manual_seed(spec.seed)
+    users = torch.randn(spec.users, D_MODEL, generator=g)
+    items = [torch.randn(spec.items_per_domain, D_MODEL, generator=g) for _ in range(spec.domains)]
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for s in range(0, spec.users, batch):
+            u = users[s : s + batch]
+            for it in items:
+                torch.topk(u @ it.T, spec.k, dim=1)
+    return spec.users / (time.perf_counter() - t0)
+
+
+def spark_als(spark, lake: Path, spec: ScoringSpec) -> tuple[float, float]:
+    """(users/s of recommendForAllUsers(k), fit seconds) for implicit ALS rank 64 on silver.interactions."""
+    from pyspark.ml.feature import StringIndexer
+    from pyspark.ml.recommendation import ALS
+    from pyspark.sql import functions as F
+
+    from crossrec.io.delta import read_table
+
+    inter = read_table(spark, str(lake / "silver" / "interactions")).select(
+        "user_id", F.concat_ws(":", "domain", "item_id").alias("key"))
+    inter = StringIndexer(inputCol="user_id", outputCol="user").fit(inter).transform(inter)
+    inter = StringIndexer(inputCol="key", outputCol="item").fit(inter).transform(inter)
+    pairs = inter.groupBy(F.col("user").cast("int").alias("user"), F.col("item").cast("int").alias("item")).agg(
+        F.count("*").cast("float").alias("rating")).cache()
+    pairs.count()
+    t0 = time.perf_counter()
+    model = ALS(rank=D_MODEL, maxIter=1, regParam=0.1, alpha=10.0, implicitPrefs=True, userCol="user", itemCol="item",
+                ratingCol="rating", seed=spec.seed).fit(pairs)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model.recommendForAllUsers(spec.k).write.format("noop").mode("overwrite").save()
+    rate = spec.users / (time.perf_counter() - t0)
+    pairs.unpersist()
+    return rate, fit_s
+
+
+def run_scoring(spec: ScoringSpec, spark=None) -> dict:
+    """Run the three systems; write scoring.json / .md / .png; return the result."""
+    from crossrec.io.config import resolve_config
+    from crossrec.io.spark import build_spark
+    from crossrec_jobs import score as score_job
+
+    out = Path(spec.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    lake = out / "lake"
+    spark = spark or build_spark("crossrec-bench-scoring", "local[*]", {})
+    t0 = time.time()
+    domains = write_lake(spark, spec, lake)
+    log.info("bench lake: %d users x %d events, %d domains x %d items (%.1fs)", spec.users, spec.events,
+             spec.domains, spec.items_per_domain, time.time() - t0)
+    n_items = spec.domains * spec.items_per_domain
+    cfg = resolve_config(overrides={"lake_root": str(lake), "validate": False, "run_date": "2025-01-01"})
+    summary = score_job.run(cfg, spark, k=spec.k, publish=False)
+    log.info("crossrec score stage: %.0f users/s", summary["users_per_s"])
+    als_rate, als_fit = spark_als(spark, lake, spec)
+    log.info("Spark ALS recommendForAllUsers: %.0f users/s (fit %.1fs, not timed)", als_rate, als_fit)
+    torch_rate = bare_torch(spec)
+    log.info("bare PyTorch matmul + topk: %.0f users/s", torch_rate)
+    size = {"users": spec.users, "items": n_items, "k": spec.k, "domains": len(domains)}
+    records = [
+        {"system": "crossrec score stage", "value": summary["users_per_s"], "unit": "users/s", **size},
+        {"system": "spark als recommendForAllUsers", "value": round(als_rate, 1), "unit": "users/s", **size},
+        {"system": "bare torch matmul+topk", "value": round(torch_rate, 1), "unit": "users/s", **size},
+    ]
+    c = summary["users_per_s"]
+    result = {"records": records,
+              "ratios": {"crossrec_vs_als": c / als_rate, "crossrec_vs_torch": c / torch_rate},
+              "targets": {"crossrec_vs_als": 5.0, "crossrec_vs_torch": 0.5},
+              "spec": asdict(spec), "als_fit_s": round(als_fit, 1), "score_summary": summary,
+              "cpus": os.cpu_count()}
+    (out / "scoring.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
+    lines = ["# Scoring benchmark", "", f"{spec.users:,} users x {n_items:,} items ({len(domains)} domains), K={spec.k}, "
+             f"{os.cpu_count()} CPUs.", "", "| system | users/s |", "|---|---:|"]
+    lines += [f"| {r['system']} | {r['value']:,.0f} |" for r in records]
+    lines += ["", f"crossrec = {result['ratios']['crossrec_vs_als']:.2f}x ALS (target 5x), "
+              f"{result['ratios']['crossrec_vs_torch']:.0%} of bare PyTorch (target 50%).", ""]
+    (out / "scoring.md").write_text("\n".join(lines), encoding="utf-8")
+    _plot(records, out / "scoring.png")
+    print("\n".join(lines))
+    return result
+
+
+def _plot(records: list[dict], path: Path, unit: str = "users/s") -> None:
+    """A horizontal bar chart of the records' values (log scale)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # matplotlib is an extra: the JSON and markdown are the results
+        log.warning("matplotlib not installed: no %s", path.name)
+        return
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.barh([r["system"] for r in records], [r["value"] for r in records])
+    ax.set_xlabel(unit)
+    ax.set_xscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+__all__ = ["ScoringSpec", "run_scoring", "bare_torch", "spark_als", "write_lake"]
