@@ -17,6 +17,7 @@
     crossrec bench quality RAW --out DIR [--epochs N]            every model on one data set -> quality.json/.md
     crossrec bench scoring --out DIR [--users N]                 score stage vs Spark ALS vs bare PyTorch -> scoring.json
     crossrec bench ingest|training --out DIR                     ingest vs plain Spark copy; training throughput
+    crossrec cluster up|down|status                              Spark standalone (master + 2 workers) + Ray (2 nodes) on loopback
 
 Stage sub-commands are the ``main(argv)`` of the job files in ``jobs/`` (package ``crossrec_jobs``);
 ``crossrec <stage> --help`` lists their flags.
@@ -266,6 +267,35 @@ def _bench(argv: list[str]) -> int:
     return 0
 
 
+def _cluster(argv: list[str]) -> int:
+    from crossrec import cluster
+
+    p = argparse.ArgumentParser(prog="crossrec cluster", description=cluster.__doc__.split("\n\n")[0],
+                                epilog=cluster.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--state", default=cluster.DEFAULT_STATE, help=f"folder for PIDs, logs and cluster.json (default {cluster.DEFAULT_STATE})")
+    p.add_argument("--spark-workers", type=int, default=2, help="Spark standalone workers (default 2)")
+    p.add_argument("--worker-cores", type=int, default=1, help="cores per Spark worker (default 1)")
+    p.add_argument("--worker-memory", default="2g", help="memory per Spark worker (default 2g)")
+    a = p.parse_args(argv)
+    setup_logging()
+    try:
+        if a.action == "up":
+            info = cluster.up(a.state, a.spark_workers, a.worker_cores, a.worker_memory)
+            print(json.dumps({k: info[k] for k in ("spark_master", "spark_ui", "ray_address", "state_dir")}, indent=2))
+            print(f"spark-submit --master {info['spark_master']} --packages io.delta:delta-spark_4.2_2.13:4.4.0 jobs/<stage>.py --spark-master none ...")
+            print(f"crossrec train --ray-address {info['ray_address']} ...")
+        elif a.action == "down":
+            cluster.down(a.state)
+        else:
+            info = cluster.status(a.state)
+            print(json.dumps(info, indent=2) if info else "no cluster up")
+    except RuntimeError as e:
+        log.error("cluster %s: %s", a.action, e)
+        return 1
+    return 0
+
+
 def _stage(name: str, argv: list[str]) -> int:
     return importlib.import_module(f"crossrec_jobs.{name}").main(argv)
 
@@ -279,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "tables": (_tables, "list the lake's tables, versions and row counts (no Spark)"),
         "recs": (_recs, "a user's published recommendations with reasons (no Spark)"),
         "query": (_query, "items nearest to a free-text interest (no Spark)"),
+        "cluster": (_cluster, "a Spark standalone + Ray cluster on loopback (up/down/status)"),
         "bench": (_bench, "benchmarks: `crossrec bench quality|scoring|ingest|training ... --out DIR`"),
     }
     if not argv or argv[0] in ("-h", "--help"):

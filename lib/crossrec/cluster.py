@@ -1,0 +1,149 @@
+"""A real Spark standalone cluster and a real Ray cluster on loopback, for cluster-mode runs and fault tests.
+
+    crossrec cluster up   [--state DIR --spark-workers 2 --worker-cores 1 --worker-memory 2g]
+    crossrec cluster down [--state DIR]
+    crossrec cluster status [--state DIR]
+
+``up`` starts, each as its own OS process (``spark-class`` from the installed pyspark, ``ray start``):
+
+* a Spark master on ``spark://127.0.0.1:<port>`` and ``--spark-workers`` workers registered with it;
+* a Ray head (``ray start --head``) and one more Ray worker node joined to it.
+
+It waits until the master reports every worker ALIVE and Ray reports two nodes, then writes ``<state>/cluster.json``
+(master URL, Ray address, PIDs, log files) and prints the ``spark-submit`` / ``--ray-address`` settings to use.
+``down`` stops everything ``up`` started. The processes are plain daemons: kill one (e.g. a Spark worker during
+scoring) to inject a fault.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE = ".crossrec-cluster"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spark_home() -> str:
+    import pyspark
+
+    return os.path.dirname(pyspark.__file__)
+
+
+def _spawn(cmd: list[str], log_file: Path, env: dict | None = None) -> int:
+    fh = open(log_file, "w")  # noqa: SIM115 - the daemon keeps writing after we return
+    p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    return p.pid
+
+
+def _master_json(ui_port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=2) as r:
+            return json.loads(r.read().decode())
+    except OSError:
+        return None
+
+
+def up(state: str = DEFAULT_STATE, spark_workers: int = 2, worker_cores: int = 1, worker_memory: str = "2g",
+       ray_cpus: int = 1, timeout_s: float = 120.0) -> dict:
+    """Start the clusters; returns (and writes) the state."""
+    root = Path(state).resolve()
+    if (root / "cluster.json").exists():
+        raise RuntimeError(f"a cluster is already up ({root / 'cluster.json'}): `crossrec cluster down --state {state}` first")
+    root.mkdir(parents=True, exist_ok=True)
+    home = spark_home()
+    env = dict(os.environ, SPARK_HOME=home, SPARK_LOCAL_IP="127.0.0.1", SPARK_WORKER_DIR=str(root / "spark-work"))
+    spark_class = os.path.join(home, "bin", "spark-class")
+    port, ui = _free_port(), _free_port()
+    master = f"spark://127.0.0.1:{port}"
+    pids = {"spark_master": _spawn([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                                    "--port", str(port), "--webui-port", str(ui)], root / "spark-master.log", env)}
+    for k in range(spark_workers):
+        pids[f"spark_worker_{k}"] = _spawn(
+            [spark_class, "org.apache.spark.deploy.worker.Worker", master, "--host", "127.0.0.1", "--cores",
+             str(worker_cores), "--memory", worker_memory, "--webui-port", str(_free_port())],
+            root / f"spark-worker-{k}.log", env)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        info = _master_json(ui)
+        if info and sum(w.get("state") == "ALIVE" for w in info.get("workers", [])) >= spark_workers:
+            break
+        time.sleep(1)
+    else:
+        down(state)
+        raise RuntimeError(f"Spark workers did not register with {master} in {timeout_s:.0f}s; see {root}/spark-*.log")
+
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    ray_port = _free_port()
+    ray_env = dict(os.environ, RAY_TMPDIR=str(root / "ray"))
+    (root / "ray").mkdir(exist_ok=True)
+    r = subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(ray_port),
+                        "--num-cpus", str(ray_cpus), "--include-dashboard", "false", "--temp-dir", str(root / "ray")],
+                       capture_output=True, text=True, env=ray_env)
+    if r.returncode != 0:
+        down(state)
+        raise RuntimeError(f"ray start --head failed: {r.stderr[-2000:]}")
+    address = f"127.0.0.1:{ray_port}"
+    r = subprocess.run([ray, "start", "--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus",
+                        str(ray_cpus)], capture_output=True, text=True, env=ray_env)
+    if r.returncode != 0:
+        down(state)
+        raise RuntimeError(f"ray start (worker node) failed: {r.stderr[-2000:]}")
+    info = {"spark_master": master, "spark_ui": f"http://127.0.0.1:{ui}", "ray_address": address, "pids": pids,
+            "state_dir": str(root), "spark_home": home, "ray": ray}
+    (root / "cluster.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    log.info("Spark master %s (%d workers), Ray cluster %s (2 nodes); state in %s", master, spark_workers, address, root)
+    return info
+
+
+def status(state: str = DEFAULT_STATE) -> dict | None:
+    """The state written by :func:`up` (None when no cluster is up), with each process's liveness."""
+    f = Path(state).resolve() / "cluster.json"
+    if not f.exists():
+        return None
+    info = json.loads(f.read_text(encoding="utf-8"))
+    info["alive"] = {name: _alive(pid) for name, pid in info["pids"].items()}
+    return info
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def down(state: str = DEFAULT_STATE) -> None:
+    """Stop every process :func:`up` started (Spark daemons by PID, Ray with ``ray stop``)."""
+    root = Path(state).resolve()
+    f = root / "cluster.json"
+    info = json.loads(f.read_text(encoding="utf-8")) if f.exists() else {}
+    for name, pid in (info.get("pids") or {}).items():
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    ray = info.get("ray") or shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
+    subprocess.run([ray, "stop", "--force"], capture_output=True, text=True)
+    if f.exists():
+        f.unlink()
+    log.info("cluster in %s stopped", root)
+
+
+__all__ = ["up", "down", "status", "DEFAULT_STATE"]

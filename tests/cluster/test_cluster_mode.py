@@ -1,0 +1,94 @@
+"""Cluster mode on real engines: a Spark standalone cluster (master + 2 workers) and a Ray cluster (head + 1
+worker node) on loopback, started by ``crossrec cluster up``; the jobs run through ``spark-submit`` and training
+through ``ray.init(address=...)``, exactly as on a real cluster. A Spark worker is killed during scoring: the job
+still completes with every row once.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from crossrec import cluster  # noqa: E402
+from crossrec.data.synthetic import SyntheticSpec, generate  # noqa: E402
+from crossrec.io.readers import published_run, read_recommendations, read_table  # noqa: E402
+from conftest import TEST_KEY  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+DELTA = "io.delta:delta-spark_4.2_2.13:4.4.0"
+
+
+def submit(info: dict, stage: str, args: list[str], log: Path) -> subprocess.Popen:
+    cmd = [os.path.join(cluster.spark_home(), "bin", "spark-submit"), "--master", info["spark_master"],
+           "--packages", DELTA, "--conf", "spark.executor.memory=1g", "--conf", "spark.executor.cores=1",
+           "--conf", "spark.sql.shuffle.partitions=4", "--conf", f"spark.pyspark.python={sys.executable}",
+           "--conf", "spark.task.maxFailures=4",
+           str(ROOT / "jobs" / f"{stage}.py"), *args, "--spark-master", "none"]
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+
+
+def run_ok(proc: subprocess.Popen, log: Path, timeout: float = 900) -> None:
+    rc = proc.wait(timeout=timeout)
+    assert rc == 0, f"{proc.args[-3:]} exit {rc}:\n{log.read_text()[-4000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+@pytest.mark.ray
+def test_spark_submit_and_ray_cluster_end_to_end_with_a_worker_killed_during_scoring(tmp_path):
+    raw, lake, key = tmp_path / "raw", tmp_path / "lake", tmp_path / "key"
+    key.write_text(TEST_KEY)
+    generate(raw, SyntheticSpec(users=150, domains=2, items_per_domain=40, mean_events_per_user=12, seed=21))
+    common = ["--lake-root", str(lake), "--pseudonym-key-file", str(key), "--run-date", "2025-01-01"]
+    info = cluster.up(str(tmp_path / "cluster"), spark_workers=2, worker_cores=1, worker_memory="1g")
+    try:
+        for stage in ("ingest", "clean", "features"):
+            log = tmp_path / f"{stage}.log"
+            run_ok(submit(info, stage, [*common, "--raw-dir", str(raw)], log), log)
+        train_log = tmp_path / "train.log"
+        with open(train_log, "w") as fh:
+            rc = subprocess.run([sys.executable, "-m", "crossrec_jobs.train", *common, "--ray-address", info["ray_address"],
+                                 "--workers", "2", "--epochs", "1", "--d-model", "16", "--n-layers", "1", "--batch-size", "32"],
+                                stdout=fh, stderr=subprocess.STDOUT).returncode
+        assert rc == 0, train_log.read_text()[-4000:]
+        assert "Ray Train: 2 worker(s)" in train_log.read_text()
+
+        # score with 30 small tasks; kill one Spark worker once tasks are running
+        log = tmp_path / "score.log"
+        proc = submit(info, "score", [*common, "--k", "5", "--users-per-partition", "5"], log)
+        killed = threading.Event()
+
+        def kill_worker() -> None:
+            deadline = time.time() + 300
+            while time.time() < deadline and proc.poll() is None:
+                if "scoring" in log.read_text():
+                    time.sleep(3)
+                    os.killpg(info["pids"]["spark_worker_1"], signal.SIGKILL)
+                    killed.set()
+                    return
+                time.sleep(0.5)
+
+        t = threading.Thread(target=kill_worker)
+        t.start()
+        run_ok(proc, log)
+        t.join()
+        assert killed.is_set(), "the worker was not killed while the job ran"
+        assert not cluster.status(str(tmp_path / "cluster"))["alive"]["spark_worker_1"]
+    finally:
+        cluster.down(str(tmp_path / "cluster"))
+
+    recs = read_recommendations(str(lake))
+    users = read_table(str(lake), "silver.interactions", columns=["user_id"]).user_id.nunique()
+    assert published_run(str(lake))["run_date"] == "2025-01-01"
+    assert recs.user_id.nunique() == users, "every user scored once the lost tasks were re-run"
+    assert not recs.duplicated(["user_id", "domain", "rank"]).any(), "no row written twice"
+    assert set(recs.groupby(["user_id", "domain"]).size()) == {5}
