@@ -1,10 +1,12 @@
 """Cluster mode on real engines: a Spark standalone cluster (master + 2 workers) and a Ray cluster (head + 1
 worker node) on loopback, started by ``crossrec cluster up``; the jobs run through ``spark-submit`` and training
-through ``ray.init(address=...)``, exactly as on a real cluster. A Spark worker is killed during scoring: the job
-still completes with every row once.
+through ``ray.init(address=...)``, exactly as on a real cluster. Faults: a Ray Train worker process is killed
+mid-epoch (training resumes from the last checkpoint and finishes); a Spark worker is killed during scoring
+(the job still completes with every row exactly once).
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +20,7 @@ import pytest
 pytest.importorskip("ray")
 
 from crossrec import cluster  # noqa: E402
+from crossrec.train.loop import FailOnce, TrainConfig, train  # noqa: E402
 from crossrec.data.synthetic import SyntheticSpec, generate  # noqa: E402
 from crossrec.io.readers import published_run, read_recommendations, read_table  # noqa: E402
 from conftest import TEST_KEY  # noqa: E402
@@ -54,13 +57,14 @@ def test_spark_submit_and_ray_cluster_end_to_end_with_a_worker_killed_during_sco
         for stage in ("ingest", "clean", "features"):
             log = tmp_path / f"{stage}.log"
             run_ok(submit(info, stage, [*common, "--raw-dir", str(raw)], log), log)
-        train_log = tmp_path / "train.log"
-        with open(train_log, "w") as fh:
-            rc = subprocess.run([sys.executable, "-m", "crossrec_jobs.train", *common, "--ray-address", info["ray_address"],
-                                 "--workers", "2", "--epochs", "1", "--d-model", "16", "--n-layers", "1", "--batch-size", "32"],
-                                stdout=fh, stderr=subprocess.STDOUT).returncode
-        assert rc == 0, train_log.read_text()[-4000:]
-        assert "Ray Train: 2 worker(s)" in train_log.read_text()
+        # training on the Ray cluster; rank 1's worker process is killed in epoch 1 and training resumes
+        marker = tmp_path / "killed-once"
+        folder = train(TrainConfig(lake_root=str(lake), ray_address=info["ray_address"], workers=2, epochs=2, patience=2,
+                                   d_model=16, n_layers=1, batch_size=32, max_failures=1,
+                                   fail_once_at=FailOnce(epoch=1, step=1, rank=1, marker=str(marker))))
+        m = json.loads((folder / "metrics.json").read_text())
+        assert marker.exists() and m["resumed_at_epochs"] == [1], "the killed worker's group resumed from epoch 0's checkpoint"
+        assert [h["epoch"] for h in m["history"]] == [0, 1]
 
         # score with 30 small tasks; kill one Spark worker once tasks are running
         log = tmp_path / "score.log"
