@@ -90,10 +90,13 @@ def up(state: str = DEFAULT_STATE, spark_workers: int = 2, worker_cores: int = 1
 
     ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
     ray_port = _free_port()
-    ray_env = dict(os.environ, RAY_TMPDIR=str(root / "ray"))
-    (root / "ray").mkdir(exist_ok=True)
+    # Ray's socket paths must stay under 107 bytes (AF_UNIX): a short temp dir, not one inside ``state``
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="crx-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    ray_env = dict(os.environ, RAY_TMPDIR=ray_tmp)
     r = subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(ray_port),
-                        "--num-cpus", str(ray_cpus), "--include-dashboard", "false", "--temp-dir", str(root / "ray")],
+                        "--num-cpus", str(ray_cpus), "--include-dashboard", "false", "--temp-dir", ray_tmp],
                        capture_output=True, text=True, env=ray_env)
     if r.returncode != 0:
         down(state)
@@ -105,7 +108,7 @@ def up(state: str = DEFAULT_STATE, spark_workers: int = 2, worker_cores: int = 1
         down(state)
         raise RuntimeError(f"ray start (worker node) failed: {r.stderr[-2000:]}")
     info = {"spark_master": master, "spark_ui": f"http://127.0.0.1:{ui}", "ray_address": address, "pids": pids,
-            "state_dir": str(root), "spark_home": home, "ray": ray}
+            "state_dir": str(root), "spark_home": home, "ray": ray, "ray_tmp": ray_tmp}
     (root / "cluster.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     log.info("Spark master %s (%d workers), Ray cluster %s (2 nodes); state in %s", master, spark_workers, address, root)
     return info
@@ -141,6 +144,8 @@ def down(state: str = DEFAULT_STATE) -> None:
             pass
     ray = info.get("ray") or shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
     subprocess.run([ray, "stop", "--force"], capture_output=True, text=True)
+    if info.get("ray_tmp"):
+        shutil.rmtree(info["ray_tmp"], ignore_errors=True)
     if f.exists():
         f.unlink()
     log.info("cluster in %s stopped", root)

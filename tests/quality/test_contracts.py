@@ -32,6 +32,7 @@ PARAMS = {
     "min_event_ts": dt.datetime(1995, 1, 1),
     "max_event_ts": dt.datetime(2024, 6, 30, 23, 59, 59),
     "quarantine_reasons": ["bad_timestamp", "unknown_item"],
+    "k": 10,
 }
 
 
