@@ -11,7 +11,8 @@
 
 It waits until the master reports every worker ALIVE and Ray reports two nodes, then writes ``<state>/cluster.json``
 (master URL, Ray address, PIDs, log files) and prints the ``spark-submit`` / ``--ray-address`` settings to use.
-``down`` stops everything ``up`` started. The processes are plain daemons: kill one (e.g. a Spark worker during
+``down`` stops everything ``up`` started. The Ray cluster runs without token authentication (loopback only):
+drivers connecting to it set ``RAY_AUTH_MODE=disabled``. The processes are plain daemons: kill one (e.g. a Spark worker during
 scoring) to inject a fault.
 """
 from __future__ import annotations
@@ -94,7 +95,8 @@ def up(state: str = DEFAULT_STATE, spark_workers: int = 2, worker_cores: int = 1
     import tempfile
 
     ray_tmp = tempfile.mkdtemp(prefix="crx-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
-    ray_env = dict(os.environ, RAY_TMPDIR=ray_tmp)
+    # a loopback test cluster: no token auth (drivers connecting to it need RAY_AUTH_MODE=disabled too)
+    ray_env = dict(os.environ, RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled")
     r = subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(ray_port),
                         "--num-cpus", str(ray_cpus), "--include-dashboard", "false", "--temp-dir", ray_tmp],
                        capture_output=True, text=True, env=ray_env)
@@ -125,10 +127,18 @@ def status(state: str = DEFAULT_STATE) -> dict | None:
 
 
 def _alive(pid: int) -> bool:
+    """True while the process runs (a killed child not yet reaped -- a zombie -- counts as dead)."""
     try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
+        import psutil
+
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except ImportError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+    except Exception:  # psutil.NoSuchProcess / AccessDenied
         return False
 
 

@@ -47,7 +47,8 @@ def run_ok(proc: subprocess.Popen, log: Path, timeout: float = 900) -> None:
 @pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.ray
-def test_spark_submit_and_ray_cluster_end_to_end_with_a_worker_killed_during_scoring(tmp_path):
+def test_spark_submit_and_ray_cluster_end_to_end_with_a_worker_killed_during_scoring(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the loopback cluster runs without token auth
     raw, lake, key = tmp_path / "raw", tmp_path / "lake", tmp_path / "key"
     key.write_text(TEST_KEY)
     generate(raw, SyntheticSpec(users=150, domains=2, items_per_domain=40, mean_events_per_user=12, seed=21))

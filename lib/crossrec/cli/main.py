@@ -284,7 +284,7 @@ def _cluster(argv: list[str]) -> int:
             info = cluster.up(a.state, a.spark_workers, a.worker_cores, a.worker_memory)
             print(json.dumps({k: info[k] for k in ("spark_master", "spark_ui", "ray_address", "state_dir")}, indent=2))
             print(f"spark-submit --master {info['spark_master']} --packages io.delta:delta-spark_4.2_2.13:4.4.0 jobs/<stage>.py --spark-master none ...")
-            print(f"crossrec train --ray-address {info['ray_address']} ...")
+            print(f"RAY_AUTH_MODE=disabled crossrec train --ray-address {info['ray_address']} ...")
         elif a.action == "down":
             cluster.down(a.state)
         else:
