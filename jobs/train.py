@@ -46,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--id-dropout", type=float, default=0.0, help="training: share of item occurrences whose id embedding is dropped, so text carries them (default 0)")
     g.add_argument("--input-domains", help="comma-separated: train on (and later predict from) these domains' events "
                    "only; with --no-text and one domain this is the single-domain SASRec-style baseline (default: all)")
+    g.add_argument("--max-users", type=int, help="train on a seeded sample of at most this many users (default: all); "
+                   "scoring still covers everyone")
     g.add_argument("--max-seq-len", dest="max_seq_len", type=int, help="events of history the model sees (default 50)")
     g.add_argument("--seed", type=int, help="seed of initialisation and shuffling (default 42)")
     g.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the last checkpoint (default 2)")
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             use_text=args.use_text, use_id_embedding=args.use_id_embedding, id_dropout=args.id_dropout,
             use_categories=args.use_categories,
             input_domains=tuple(d for d in args.input_domains.split(",") if d) if args.input_domains else None,
-            max_failures=args.max_failures,
+            max_users=args.max_users, max_failures=args.max_failures,
             storage_path=args.storage_path, model_root=args.model_root, ray_address=args.ray_address,
         )
         log.info("%s config: %s", STAGE, cfg.masked())

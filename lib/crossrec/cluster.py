@@ -142,8 +142,48 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def ray_processes(ray_tmp: str) -> list:
+    """The live processes (psutil) of the Ray cluster whose temp dir is ``ray_tmp``: those whose command line or
+    ``RAY_TMPDIR`` names it (Ray daemons rename themselves, e.g. ``ray::DashboardAgent``)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if p.pid != os.getpid() and (any(ray_tmp in a for a in (p.info["cmdline"] or []))
+                                         or p.environ().get("RAY_TMPDIR") == ray_tmp):
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _stop_ray(ray_tmp: str, grace_s: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL, every process of *this* Ray cluster (:func:`ray_processes`).
+
+    Not ``ray stop``: that stops every Ray instance on the machine, a local ``ray.init()`` of another process too.
+    Returns how many processes were signalled.
+    """
+    import psutil
+
+    procs = ray_processes(ray_tmp)
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    log.info("stopped %d Ray processes of %s", len(procs), ray_tmp)
+    return len(procs)
+
+
 def down(state: str = DEFAULT_STATE) -> None:
-    """Stop every process :func:`up` started (Spark daemons by PID, Ray with ``ray stop``)."""
+    """Stop every process :func:`up` started (Spark daemons by PID, the Ray nodes by their temp dir)."""
     root = Path(state).resolve()
     f = root / "cluster.json"
     info = json.loads(f.read_text(encoding="utf-8")) if f.exists() else {}
@@ -152,13 +192,12 @@ def down(state: str = DEFAULT_STATE) -> None:
             os.killpg(pid, signal.SIGTERM)
         except OSError:
             pass
-    ray = info.get("ray") or shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
-    subprocess.run([ray, "stop", "--force"], capture_output=True, text=True)
     if info.get("ray_tmp"):
+        _stop_ray(info["ray_tmp"])
         shutil.rmtree(info["ray_tmp"], ignore_errors=True)
     if f.exists():
         f.unlink()
     log.info("cluster in %s stopped", root)
 
 
-__all__ = ["up", "down", "status", "DEFAULT_STATE"]
+__all__ = ["up", "down", "status", "ray_processes", "DEFAULT_STATE"]

@@ -2,7 +2,11 @@
 worker node) on loopback, started by ``crossrec cluster up``; the jobs run through ``spark-submit`` and training
 through ``ray.init(address=...)``, exactly as on a real cluster. Faults: a Ray Train worker process is killed
 mid-epoch (training resumes from the last checkpoint and finishes); a Spark worker is killed during scoring
-(the job still completes with every row exactly once).
+(the job still completes with every row exactly once); the spark-submit driver is killed while the next run writes
+(the previous table version stays what readers get).
+
+The Ray driver runs in its own process, as ``crossrec train --ray-address`` would on a real cluster: a pytest
+process that already ran a local Ray instance keeps that instance's session state (and auth settings).
 """
 from __future__ import annotations
 
@@ -15,12 +19,14 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 pytest.importorskip("ray")
 
 from crossrec import cluster  # noqa: E402
-from crossrec.train.loop import FailOnce, TrainConfig, train  # noqa: E402
+from deltalake import DeltaTable  # noqa: E402
+
 from crossrec.data.synthetic import SyntheticSpec, generate  # noqa: E402
 from crossrec.io.readers import published_run, read_recommendations, read_table  # noqa: E402
 from conftest import TEST_KEY  # noqa: E402
@@ -29,14 +35,42 @@ ROOT = Path(__file__).resolve().parents[2]
 DELTA = "io.delta:delta-spark_4.2_2.13:4.4.0"
 
 
-def submit(info: dict, stage: str, args: list[str], log: Path) -> subprocess.Popen:
+def submit(info: dict, stage: str, args: list[str], log: Path, new_session: bool = False) -> subprocess.Popen:
+    """``spark-submit jobs/<stage>.py`` to the standalone master (Delta from Maven, 1-core 1g executors)."""
     cmd = [os.path.join(cluster.spark_home(), "bin", "spark-submit"), "--master", info["spark_master"],
            "--packages", DELTA, "--conf", "spark.executor.memory=1g", "--conf", "spark.executor.cores=1",
            "--conf", "spark.sql.shuffle.partitions=4", "--conf", f"spark.pyspark.python={sys.executable}",
            "--conf", "spark.task.maxFailures=4",
            str(ROOT / "jobs" / f"{stage}.py"), *args, "--spark-master", "none"]
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
-    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=new_session)
+
+
+TRAIN = """
+import json, sys
+from crossrec.train.loop import FailOnce, TrainConfig, train
+lake, address, marker = sys.argv[1:4]
+folder = train(TrainConfig(lake_root=lake, ray_address=address, workers=2, epochs=2, patience=2, d_model=16, n_layers=1,
+                           batch_size=32, max_failures=1, fail_once_at=FailOnce(epoch=1, step=1, rank=1, marker=marker)))
+print("ARTIFACT", folder)
+"""
+
+
+def kill_when_scoring(proc: subprocess.Popen, log: Path, kill) -> threading.Thread:
+    """A thread that calls ``kill()`` a few seconds after the score job logs that its tasks are running."""
+    def watch() -> None:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if "scoring" in log.read_text():
+                time.sleep(3)
+                if proc.poll() is None:
+                    kill()
+                return
+            time.sleep(0.5)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    return t
 
 
 def run_ok(proc: subprocess.Popen, log: Path, timeout: float = 900) -> None:
@@ -47,11 +81,7 @@ def run_ok(proc: subprocess.Popen, log: Path, timeout: float = 900) -> None:
 @pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.ray
-@pytest.mark.skipif(os.environ.get("CROSSREC_CLUSTER_TESTS") != "1",
-                    reason="cluster mode is work in progress (issue 5): it passed in the working tree but failed in a "
-                           "fresh-clone CI run; set CROSSREC_CLUSTER_TESTS=1 to run it")
-def test_spark_submit_and_ray_cluster_end_to_end_with_a_worker_killed_during_scoring(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the loopback cluster runs without token auth
+def test_spark_submit_and_ray_cluster_end_to_end_with_faults(tmp_path):
     raw, lake, key = tmp_path / "raw", tmp_path / "lake", tmp_path / "key"
     key.write_text(TEST_KEY)
     generate(raw, SyntheticSpec(users=150, domains=2, items_per_domain=40, mean_events_per_user=12, seed=21))
@@ -61,11 +91,13 @@ def test_spark_submit_and_ray_cluster_end_to_end_with_a_worker_killed_during_sco
         for stage in ("ingest", "clean", "features"):
             log = tmp_path / f"{stage}.log"
             run_ok(submit(info, stage, [*common, "--raw-dir", str(raw)], log), log)
-        # training on the Ray cluster; rank 1's worker process is killed in epoch 1 and training resumes
+        # training on the Ray cluster from a driver process of its own; rank 1's worker process is killed in
+        # epoch 1 and training resumes
         marker = tmp_path / "killed-once"
-        folder = train(TrainConfig(lake_root=str(lake), ray_address=info["ray_address"], workers=2, epochs=2, patience=2,
-                                   d_model=16, n_layers=1, batch_size=32, max_failures=1,
-                                   fail_once_at=FailOnce(epoch=1, step=1, rank=1, marker=str(marker))))
+        r = subprocess.run([sys.executable, "-c", TRAIN, str(lake), info["ray_address"], str(marker)], text=True,
+                           capture_output=True, timeout=900, env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+        assert r.returncode == 0, f"training on the Ray cluster failed:\n{(r.stdout + r.stderr)[-4000:]}"
+        folder = Path(r.stdout.split("ARTIFACT ")[-1].strip())
         m = json.loads((folder / "metrics.json").read_text())
         assert marker.exists() and m["resumed_at_epochs"] == [1], "the killed worker's group resumed from epoch 0's checkpoint"
         assert [h["epoch"] for h in m["history"]] == [0, 1]
@@ -74,29 +106,36 @@ def test_spark_submit_and_ray_cluster_end_to_end_with_a_worker_killed_during_sco
         log = tmp_path / "score.log"
         proc = submit(info, "score", [*common, "--k", "5", "--users-per-partition", "5"], log)
         killed = threading.Event()
-
-        def kill_worker() -> None:
-            deadline = time.time() + 300
-            while time.time() < deadline and proc.poll() is None:
-                if "scoring" in log.read_text():
-                    time.sleep(3)
-                    os.killpg(info["pids"]["spark_worker_1"], signal.SIGKILL)
-                    killed.set()
-                    return
-                time.sleep(0.5)
-
-        t = threading.Thread(target=kill_worker)
-        t.start()
+        t = kill_when_scoring(proc, log, lambda: (os.killpg(info["pids"]["spark_worker_1"], signal.SIGKILL), killed.set()))
         run_ok(proc, log)
         t.join()
         assert killed.is_set(), "the worker was not killed while the job ran"
         assert not cluster.status(str(tmp_path / "cluster"))["alive"]["spark_worker_1"]
+        path = str(lake / "gold" / "recommendations")
+        key = ["user_id", "domain", "rank"]
+        v1 = DeltaTable(path).version()
+        recs1 = read_recommendations(str(lake)).sort_values(key, ignore_index=True)
+
+        # the next night's run: its driver (spark-submit and the driver JVM) is killed while the tasks write
+        next_day = [a if a != "2025-01-01" else "2025-01-02" for a in common]
+        log = tmp_path / "score-killed.log"
+        proc = submit(info, "score", [*next_day, "--k", "5", "--users-per-partition", "5"], log, new_session=True)
+        t = kill_when_scoring(proc, log, lambda: os.killpg(proc.pid, signal.SIGKILL))
+        proc.wait(timeout=900)
+        t.join()
+        assert proc.returncode == -signal.SIGKILL, f"the driver was not killed mid-write:\n{log.read_text()[-3000:]}"
+        assert DeltaTable(path).version() == v1, "a killed driver commits nothing"
+        assert published_run(str(lake))["run_date"] == "2025-01-01", "readers still get the previous run"
+        pd.testing.assert_frame_equal(read_recommendations(str(lake)).sort_values(key, ignore_index=True), recs1)
+        # (that a re-run then completes is tested in local mode: tests/score/test_score.py)
     finally:
         cluster.down(str(tmp_path / "cluster"))
 
+    assert cluster.status(str(tmp_path / "cluster")) is None, "down removed the cluster state"
+    assert not [p.pid for p in cluster.ray_processes(info["ray_tmp"])], "down stopped every process of the Ray cluster"
     recs = read_recommendations(str(lake))
+    assert (recs.run_date.astype(str) == "2025-01-01").all()
     users = read_table(str(lake), "silver.interactions", columns=["user_id"]).user_id.nunique()
-    assert published_run(str(lake))["run_date"] == "2025-01-01"
     assert recs.user_id.nunique() == users, "every user scored once the lost tasks were re-run"
     assert not recs.duplicated(["user_id", "domain", "rank"]).any(), "no row written twice"
     assert set(recs.groupby(["user_id", "domain"]).size()) == {5}

@@ -17,6 +17,7 @@
     crossrec bench quality RAW --out DIR [--epochs N]            every model on one data set -> quality.json/.md
     crossrec bench scoring --out DIR [--users N]                 score stage vs Spark ALS vs bare PyTorch -> scoring.json
     crossrec bench ingest|training --out DIR                     ingest vs plain Spark copy; training throughput
+    crossrec bench scale --out DIR [--users 10000,100000]        every stage's wall time + peak memory vs users
     crossrec cluster up|down|status                              Spark standalone (master + 2 workers) + Ray (2 nodes) on loopback
 
 Stage sub-commands are the ``main(argv)`` of the job files in ``jobs/`` (package ``crossrec_jobs``);
@@ -235,9 +236,34 @@ def _bench(argv: list[str]) -> int:
     tr.add_argument("--users", type=int, default=5_000, help="generated users (default 5000)")
     tr.add_argument("--domains", type=int, default=3, help="domains (default 3)")
     tr.add_argument("--epochs", type=int, default=2, help="epochs per run (default 2)")
+    sl = sub.add_parser("scale", help="cost curve: every stage's wall time and peak memory at growing user counts",
+                        description=importlib.import_module("crossrec.bench.scale").__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sl.add_argument("--out", required=True, help="output folder: scale.json, scale.md, scale.png, n<N>/logs/")
+    sl.add_argument("--users", default="10000,100000,1000000", help="comma-separated user counts (default 10000,100000,1000000)")
+    sl.add_argument("--domains", type=int, default=5, help="domains (default 5)")
+    sl.add_argument("--events", type=float, default=20.0, help="mean events per user (default 20)")
+    sl.add_argument("--items-per-domain", type=int, default=2_000, help="items per domain, the same at every size (default 2000)")
+    sl.add_argument("--train-users", type=int, default=20_000, help="users sampled for training (default 20000)")
+    sl.add_argument("--epochs", type=int, default=1, help="training epochs (default 1)")
+    sl.add_argument("--keep", action="store_true", help="keep each size's raw data and lake")
+    for sp in (ig, tr, sl):
+        sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     a = p.parse_args(argv)
     setup_logging(a.verbose)
     import shlex
+
+    if a.name == "scale":
+        from crossrec.bench.scale import ScaleError, ScaleSpec, run_scale
+
+        try:
+            run_scale(ScaleSpec(out_dir=a.out, users=tuple(int(u) for u in a.users.split(",") if u),
+                                domains=a.domains, events=a.events, items_per_domain=a.items_per_domain,
+                                train_users=a.train_users, epochs=a.epochs, keep=a.keep))
+        except ScaleError as e:
+            log.error("bench scale: %s", e)
+            return 1
+        return 0
 
     if a.name == "ingest":
         from crossrec.bench.ingest import IngestSpec, run_ingest

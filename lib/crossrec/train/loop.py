@@ -115,6 +115,8 @@ class TrainConfig:
         input_domains: train (and later predict) from the events of these domains only, and only on their
             targets; None = every domain (the cross-domain model). One domain with ``use_text=False`` is the
             single-domain SASRec-style baseline. Recorded in the artifact's metrics.json.
+        max_users: train and validate on a seeded sample of at most this many users (their train windows and
+            valid rows); None = every user. Big nightly runs fit the model on a sample and score everyone.
         max_failures: worker-group restarts Ray Train attempts (from the latest checkpoint).
         storage_path: Ray Train run storage (checkpoints); default ``<lake_root>/_ray``.
         model_root: where artifacts go; default ``<lake_root>/models`` (what ``crossrec evaluate`` reads).
@@ -146,6 +148,7 @@ class TrainConfig:
     id_dropout: float = 0.0
     use_categories: bool = True
     input_domains: tuple[str, ...] | None = None
+    max_users: int | None = None
     max_failures: int = 2
     storage_path: str | None = None
     model_root: str | None = None
@@ -161,6 +164,7 @@ class TrainConfig:
         assert self.patience >= 1, f"patience must be >= 1, got {self.patience}"
         assert self.lr >= 0 and self.weight_decay >= 0, "lr and weight_decay must be >= 0"
         assert self.max_failures >= -1, f"max_failures must be >= -1 (-1 = unlimited), got {self.max_failures}"
+        assert self.max_users is None or self.max_users >= 1, f"max_users must be >= 1 or None, got {self.max_users}"
         assert self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"
         assert self.loss in ("softmax", "sampled"), f"loss must be 'softmax' or 'sampled', got {self.loss!r}"
         if self.input_domains is not None:
@@ -290,6 +294,16 @@ def restrict_to_domains(seq, index, names):
     return seq
 
 
+def sample_users(seq, max_users: int, seed: int):
+    """The ``gold.user_sequences`` rows (pandas) of a seeded sample of at most ``max_users`` users."""
+    users = np.sort(seq.user_id.unique())
+    if len(users) <= max_users:
+        return seq
+    keep = np.random.default_rng(seed).choice(users, size=max_users, replace=False)
+    log.info("training on a seeded sample of %d of %d users (max_users)", max_users, len(users))
+    return seq[seq.user_id.isin(keep)]
+
+
 def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> TrainingData:
     """Read the gold tables at ``versions`` (deltalake) and shape them for the workers."""
     import pyarrow as pa
@@ -310,6 +324,8 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
     assert splits <= {"train", "valid"}, f"training must never read other splits, got {sorted(splits)}"
     if cfg.input_domains is not None:
         seq = restrict_to_domains(seq, index, cfg.input_domains)
+    if cfg.max_users is not None:
+        seq = sample_users(seq, cfg.max_users, cfg.seed)
     train = seq[seq.split == "train"]
     valid = seq[seq.split == "valid"].reset_index(drop=True)
     assert valid.target_item_idx.notna().all(), "every valid row needs a target_item_idx"
@@ -861,7 +877,7 @@ def train(cfg: TrainConfig) -> Path:
 
 __all__ = [
     "TrainConfig", "FailOnce", "TrainingData", "train", "train_loop_per_worker", "load_training_data",
-    "resolve_versions", "restrict_to_domains", "training_windows", "length_bucketed", "collate_train", "collate_history", "validate_shard",
+    "resolve_versions", "restrict_to_domains", "sample_users", "training_windows", "length_bucketed", "collate_train", "collate_history", "validate_shard",
     "write_checkpoint", "read_checkpoint", "flatten_optimizer_state", "unflatten_optimizer_state",
     "write_artifact", "model_version", "METRIC",
 ]
