@@ -148,6 +148,9 @@ def test_output_shapes(kw):
         reps = model.domain_item_reps(d)  # precomputed item matrix (eval mode): the same scores
         torch.testing.assert_close(model.full_sort_predict(batch, d, reps), model.full_sort_predict(batch, d))
     assert model.item_encoder(torch.tensor([[1, 2], [3, 0]])).shape == (2, 2, 16)
+    table = model.item_table()  # precomputed lookup table (eval mode): the same user states
+    assert table.shape == (model.config.n_items + 1, 16)
+    torch.testing.assert_close(model.last_states(batch, table), model.last_states(batch))
 
 
 def test_causal_a_later_event_does_not_change_earlier_states():

@@ -18,7 +18,7 @@ the figure errs high). Between consecutive N, each stage's growth exponent ``log
 linear). Targets: the largest run end to end under 60 minutes, peak memory under 16 GiB, no exponent above 1.
 
 Writes ``DIR/scale.json`` (records ``{stage, users, value, unit, peak_rss_gib, rows}``, rewritten after every
-size so a long run's finished sizes survive), ``DIR/scale.md``, ``DIR/scale.png``; each stage's log is
+stage so a long run's finished stages survive), ``DIR/scale.md``, ``DIR/scale.png``; each stage's log is
 ``DIR/n<N>/logs/<stage>.log``. ``--keep`` keeps each size's raw data and lake (default: removed after the size).
 """
 from __future__ import annotations
@@ -148,16 +148,13 @@ def growth(records: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def run_size(spec: ScaleSpec, n: int, out: Path) -> list[dict]:
-    """Generate N users and run every stage on them; one record per stage (and one for the data generator)."""
-    size_dir = out / f"n{n}"
-    raw, lake, logs = size_dir / "raw", size_dir / "lake", size_dir / "logs"
-    shutil.rmtree(size_dir, ignore_errors=True)
-    logs.mkdir(parents=True)
-    key = size_dir / "pseudonym.key"
-    key.write_text(secrets.token_hex(32) + "\n", encoding="utf-8")
+def stage_commands(spec: ScaleSpec, n: int, size_dir: Path) -> dict[str, list[str]]:
+    """The ``crossrec`` arguments of the data generator and of every stage for N users under ``size_dir``."""
+    raw, lake, key = size_dir / "raw", size_dir / "lake", size_dir / "pseudonym.key"
     common = ["--lake-root", str(lake), "--run-date", "2025-01-01", "--pseudonym-key-file", str(key)]
-    per_stage = {
+    return {
+        "generate": ["generate", str(raw), "--users", str(n), "--domains", str(spec.domains), "--items-per-domain",
+                     str(spec.items_per_domain), "--mean-events", str(spec.events), "--seed", str(spec.seed), "--overwrite"],
         "ingest": ["ingest", *common, "--raw-dir", str(raw)],
         "clean": ["clean", *common, "--raw-dir", str(raw)],
         "features": ["features", *common, "--raw-dir", str(raw)],
@@ -165,12 +162,23 @@ def run_size(spec: ScaleSpec, n: int, out: Path) -> list[dict]:
                   "--max-users", str(spec.train_users), "--seed", str(spec.seed)],
         "score": ["score", *common, "--k", str(spec.k)],
     }
+
+
+def run_size(spec: ScaleSpec, n: int, out: Path, on_record=None) -> list[dict]:
+    """Generate N users and run every stage on them; one record per stage (and one for the data generator),
+    each also passed to ``on_record`` as soon as it is measured."""
+    size_dir = out / f"n{n}"
+    raw, lake, logs = size_dir / "raw", size_dir / "lake", size_dir / "logs"
+    shutil.rmtree(size_dir, ignore_errors=True)
+    logs.mkdir(parents=True)
+    (size_dir / "pseudonym.key").write_text(secrets.token_hex(32) + "\n", encoding="utf-8")
+    per_stage = stage_commands(spec, n, size_dir)
     records = []
-    wall, peak = run_stage("generate", ["generate", str(raw), "--users", str(n), "--domains", str(spec.domains),
-                                        "--items-per-domain", str(spec.items_per_domain), "--mean-events", str(spec.events),
-                                        "--seed", str(spec.seed), "--overwrite"], logs / "generate.log")
+    wall, peak = run_stage("generate", per_stage["generate"], logs / "generate.log")
     records.append({"stage": "generate (test data)", "users": n, "value": round(wall, 1), "unit": "s",
                     "peak_rss_gib": round(peak / GIB, 2)})
+    if on_record:
+        on_record(records[-1])
     log.info("n=%d: generate %.1fs, peak %.2f GiB", n, wall, peak / GIB)
     for stage in STAGES:
         wall, peak = run_stage(stage, per_stage[stage], logs / f"{stage}.log")
@@ -180,6 +188,8 @@ def run_size(spec: ScaleSpec, n: int, out: Path) -> list[dict]:
         if stage == "score":
             rec["rows"] = _rows(lake, "gold.recommendations")
         records.append(rec)
+        if on_record:
+            on_record(rec)
         log.info("n=%d: %s %.1fs, peak %.2f GiB%s", n, stage, wall, peak / GIB,
                  f", {rec['rows']:,} rows" if "rows" in rec else "")
     if not spec.keep:
@@ -194,10 +204,11 @@ def summarize(spec: ScaleSpec, records: list[dict]) -> dict:
     totals = {n: round(sum(r["value"] for r in records if r["users"] == n and r["stage"] in STAGES), 1) for n in sizes}
     peaks = {n: max(r["peak_rss_gib"] for r in records if r["users"] == n) for n in sizes}
     exps = growth([r for r in records if r["stage"] in STAGES])
-    largest = sizes[-1] if sizes else None
+    complete = [n for n in sizes if {r["stage"] for r in records if r["users"] == n} >= set(STAGES)]
+    largest = complete[-1] if complete else None  # the targets are judged on the largest finished size
     worst = max((e["exponent"] for es in exps.values() for e in es), default=None)
     return {"records": records, "spec": asdict(spec), "cpus": os.cpu_count(),
-            "total_s": totals, "peak_rss_gib": peaks, "growth_exponents": exps,
+            "total_s": totals, "peak_rss_gib": peaks, "growth_exponents": exps, "complete_sizes": complete,
             "targets": {"largest_users": largest, "total_s": TARGET_TOTAL_S, "peak_rss_gib": TARGET_PEAK_GIB,
                         "max_exponent": 1.0,
                         "total_ok": largest is not None and totals[largest] < TARGET_TOTAL_S,
@@ -224,12 +235,15 @@ def report(result: dict, out: Path) -> str:
     lines.append("| **pipeline total** | " + " | ".join(f"**{result['total_s'][n]:,.1f}** ({result['peak_rss_gib'][n]:.1f})"
                                                        for n in sizes) + " | |")
     t = result["targets"]
-    lines += ["", f"Largest run ({t['largest_users']:,} users): {result['total_s'][t['largest_users']]:,.0f} s end to end "
-              f"(target < {t['total_s']:,.0f} s: {'met' if t['total_ok'] else 'missed'}), peak "
-              f"{result['peak_rss_gib'][t['largest_users']]:.1f} GiB (target < {t['peak_rss_gib']:.0f} GiB: "
-              f"{'met' if t['peak_ok'] else 'missed'}); worst growth exponent "
-              f"{t['worst_exponent'] if t['worst_exponent'] is not None else 'n/a'} (target <= 1: "
-              f"{'met' if t['linear_ok'] else 'missed'}).", ""]
+    if t["largest_users"] is None:
+        lines += ["", "No size has finished every stage yet.", ""]
+    else:
+        lines += ["", f"Largest run ({t['largest_users']:,} users): {result['total_s'][t['largest_users']]:,.0f} s end to end "
+                  f"(target < {t['total_s']:,.0f} s: {'met' if t['total_ok'] else 'missed'}), peak "
+                  f"{result['peak_rss_gib'][t['largest_users']]:.1f} GiB (target < {t['peak_rss_gib']:.0f} GiB: "
+                  f"{'met' if t['peak_ok'] else 'missed'}); worst growth exponent "
+                  f"{t['worst_exponent'] if t['worst_exponent'] is not None else 'n/a'} (target <= 1: "
+                  f"{'met' if t['linear_ok'] else 'missed'}).", ""]
     md = "\n".join(lines)
     (out / "scale.md").write_text(md, encoding="utf-8")
     _plot(result, out / "scale.png")
@@ -268,16 +282,22 @@ def run_scale(spec: ScaleSpec) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     result: dict = {}
-    for n in spec.users:
-        t0 = time.time()
-        log.info("cost curve: %d users (%d domains, ~%g events each)", n, spec.domains, spec.events)
-        records += run_size(spec, n, out)
+    md = ""
+
+    def save(rec: dict) -> None:  # after every stage: a long run's finished stages survive
+        nonlocal result, md
+        records.append(rec)
         result = summarize(spec, records)
         (out / "scale.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         md = report(result, out)
+
+    for n in spec.users:
+        t0 = time.time()
+        log.info("cost curve: %d users (%d domains, ~%g events each)", n, spec.domains, spec.events)
+        run_size(spec, n, out, on_record=save)
         log.info("cost curve: %d users done in %.0fs", n, time.time() - t0)
     print(md)
     return result
 
 
-__all__ = ["ScaleSpec", "ScaleError", "PeakRSS", "run_scale", "run_size", "run_stage", "growth", "summarize", "STAGES"]
+__all__ = ["ScaleSpec", "ScaleError", "PeakRSS", "run_scale", "run_size", "run_stage", "stage_commands", "growth", "summarize", "STAGES"]

@@ -422,10 +422,17 @@ class CrossDomainTransformer(nn.Module):
         item_idx = self._check(batch)
         return self._states(batch, self.item_encoder(item_idx))
 
-    def last_states(self, batch: Mapping[str, Tensor]) -> Tensor:
+    def last_states(self, batch: Mapping[str, Tensor], item_table: Tensor | None = None) -> Tensor:
         """The shared user state (B, D): the final state at the last non-pad position (before the domain
-        head). ``domain_head(last_states(b), d)`` is h_u^d; compute it once to score several domains."""
-        h = self(batch)  # (B, T, D)
+        head). ``domain_head(last_states(b), d)`` is h_u^d; compute it once to score several domains.
+
+        ``item_table``: :meth:`item_table` precomputed (eval mode), so that history items are looked up rather
+        than re-encoded in every batch; None = encode them here.
+        """
+        if item_table is None:
+            h = self(batch)  # (B, T, D)
+        else:
+            h = self._states(batch, item_table[self._check(batch)])  # (B, T, D)
         last = ((batch["item_idx"] != 0).sum(1) - 1).clamp(min=0)  # (B,) empty history -> position 0
         return h[torch.arange(h.shape[0], device=h.device), last]  # (B, D)
 
@@ -480,6 +487,10 @@ class CrossDomainTransformer(nn.Module):
         assert item_idx.shape == batch["item_idx"].shape[:1], f"item_idx must be (B,), got {tuple(item_idx.shape)}"
         h = self.user_vectors(batch, self.item_encoder.item_domain[item_idx])  # (B, D)
         return (h * self.item_encoder(item_idx)).sum(-1)  # (B,)
+
+    def item_table(self) -> Tensor:
+        """(n_items + 1, D) representation of every item id, row 0 the padding id's. Constant in eval mode."""
+        return self.item_encoder(torch.arange(self.config.n_items + 1, device=self.item_encoder.item_domain.device))
 
     def domain_item_reps(self, domain: int) -> Tensor:
         """(n_d, D) representations of every item of ``domain``, in domain_item_idx order. Constant in eval

@@ -78,6 +78,8 @@ class Scorer:
         pop = np.zeros(n + 1, dtype=np.float64) if popularity is None else np.asarray(popularity, dtype=np.float64)
         assert pop.shape == (n + 1,), f"popularity must have n_items + 1 = {n + 1} entries, got {pop.shape}"
         with torch.inference_mode():
+            self.table = self.model.item_table()  # (n + 1, D): history items are looked up, not re-encoded
+            self.table_norm = torch.nn.functional.normalize(self.table.float(), dim=-1)
             self.reps = [self.model.domain_item_reps(d) for d in range(len(self.domains))]  # (n_d, D) each
             self.rep_norm = [torch.nn.functional.normalize(r.float(), dim=-1) for r in self.reps]
         self.pop = [torch.as_tensor(pop[self.model.domain_items(d).cpu().numpy()], device=self.device)
@@ -101,8 +103,8 @@ class Scorer:
         flat_row = np.repeat(np.arange(B), lens)
         out = []
         with torch.inference_mode():
-            states = self.model.last_states(batch)  # (B, D) one encoder pass for every domain
-            hist_rep = torch.nn.functional.normalize(self.model.item_encoder(batch["item_idx"]).float(), dim=-1)  # (B, T, D)
+            states = self.model.last_states(batch, self.table)  # (B, D) one encoder pass for every domain
+            hist_rep = self.table_norm[batch["item_idx"]]  # (B, T, D) unit vectors
             pad = batch["item_idx"] == 0  # (B, T)
             for d in range(len(self.domains)):
                 n_d = self.reps[d].shape[0]
