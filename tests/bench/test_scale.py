@@ -77,3 +77,11 @@ def test_targets_are_judged_on_the_largest_size_that_finished_every_stage():
     recs += [{"stage": "ingest", "users": 100, "value": 5000.0, "peak_rss_gib": 1.0}]  # 100 is still running
     result = summarize(ScaleSpec(out_dir="x", users=(10, 100)), recs)
     assert result["complete_sizes"] == [10] and result["targets"]["largest_users"] == 10
+
+
+def test_report_before_the_first_stage_has_finished(tmp_path):
+    from crossrec.bench.scale import report
+
+    recs = [{"stage": "generate (test data)", "users": 10, "value": 1.0, "peak_rss_gib": 0.1}]
+    md = report(summarize(ScaleSpec(out_dir=str(tmp_path), users=(10,)), recs), tmp_path)
+    assert "No size has finished every stage yet." in md

@@ -259,6 +259,8 @@ def _plot(result: dict, path: Path) -> None:
     except ImportError:
         log.warning("matplotlib not installed: no %s", path.name)
         return
+    if not any(r["stage"] in STAGES for r in result["records"]):
+        return  # nothing to draw before the first stage has finished
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
     for st in STAGES:
         rs = sorted((r for r in result["records"] if r["stage"] == st), key=lambda r: r["users"])
