@@ -20,12 +20,15 @@ DELTA_CONF = {
 }
 
 LOCAL_CONF = {
-    # small data on a small machine: few shuffle partitions, no UI, UTC everywhere
-    "spark.sql.shuffle.partitions": "8",
+    # one machine: no UI, UTC everywhere. 64 shuffle partitions that adaptive execution coalesces to ~64 MB each:
+    # a small run gets one or two, a 1M-user clean (20M rows) gets partitions that fit the heap (with 8 its
+    # deduplication task ran out of a 4g heap; bench scale)
+    "spark.sql.shuffle.partitions": "64",
+    "spark.sql.adaptive.coalescePartitions.enabled": "true",
     "spark.default.parallelism": "4",
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
-    "spark.driver.memory": "4g",
+    "spark.driver.memory": "6g",
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.adaptive.enabled": "true",
     "spark.databricks.delta.snapshotPartitions": "2",
