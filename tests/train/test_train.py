@@ -28,6 +28,7 @@ from crossrec.train.loop import (  # noqa: E402
     collate_train,
     flatten_optimizer_state,
     model_version,
+    sample_users,
     train,
     training_windows,
     unflatten_optimizer_state,
@@ -333,3 +334,13 @@ def test_categories_become_attribute_ids_per_domain(planted):
         assert len(set(zip(dom[attr == a], topic[attr == a]))) == 1, "an id never spans two domains or categories"
     off = load_training_data(TrainConfig(lake_root=str(lake), use_categories=False), resolve_versions(str(lake), None))
     assert (off.catalog["item_attr"] == 0).all()
+
+
+def test_sample_users_keeps_whole_users_and_is_seeded():
+    import pandas as pd
+
+    seq = pd.DataFrame({"user_id": [f"u{i // 2}" for i in range(20)], "split": ["train", "valid"] * 10})
+    a, b = sample_users(seq, 4, seed=1), sample_users(seq, 4, seed=1)
+    assert a.user_id.nunique() == 4 and a.equals(b)
+    assert (a.groupby("user_id").size() == 2).all(), "a sampled user keeps all its rows"
+    assert sample_users(seq, 50, seed=1) is seq

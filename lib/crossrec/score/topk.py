@@ -80,7 +80,7 @@ class Scorer:
         with torch.inference_mode():
             self.table = self.model.item_table()  # (n + 1, D): history items are looked up, not re-encoded
             self.table_norm = torch.nn.functional.normalize(self.table.float(), dim=-1)
-            self.reps = [self.model.domain_item_reps(d) for d in range(len(self.domains))]  # (n_d, D) each
+            self.reps = [self.table[self.model.domain_items(d)] for d in range(len(self.domains))]  # (n_d, D) each
             self.rep_norm = [torch.nn.functional.normalize(r.float(), dim=-1) for r in self.reps]
         self.pop = [torch.as_tensor(pop[self.model.domain_items(d).cpu().numpy()], device=self.device)
                     for d in range(len(self.domains))]
