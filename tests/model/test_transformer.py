@@ -153,6 +153,24 @@ def test_output_shapes(kw):
     torch.testing.assert_close(model.last_states(batch, table), model.last_states(batch))
 
 
+@pytest.mark.parametrize("n_layers,n_heads", [(1, 1), (2, 2), (3, 4)])
+def test_inference_last_states_equal_the_full_pass_at_each_users_last_position(n_layers, n_heads):
+    """The scorer's path (item table, final layer at the last position only) against the full forward pass,
+    for histories of every length from empty to T, after a few training steps (non-trivial weights)."""
+    feats = random_features()
+    model = tiny_model(feats, n_layers=n_layers, n_heads=n_heads, dropout=0.1)
+    train(model, make_batch(SEQS, feats, T=6), steps=5)
+    model.eval()
+    seqs = [[], [3], [1, 6], [8, 9, 4, 2], [1, 2, 6, 3, 7, 5, 9, 4]]
+    batch = make_batch(seqs, feats, T=8, train=False)
+    batch["event_ts"] = batch["event_ts"] + torch.randint(0, 10**6, batch["event_ts"].shape)  # uneven gaps
+    full = model(batch)  # (B, T, D)
+    last = torch.tensor([max(len(s) - 1, 0) for s in seqs])
+    with torch.inference_mode():
+        fast = model.last_states(batch, model.item_table())
+    torch.testing.assert_close(fast, full[torch.arange(len(seqs)), last], atol=1e-5, rtol=1e-4)
+
+
 def test_causal_a_later_event_does_not_change_earlier_states():
     feats = random_features()
     model = tiny_model(feats).eval()

@@ -38,7 +38,7 @@ class DomainPicks:
     """Top-K of one domain for a batch: (B, K) arrays; rows shorter than K are padded with -1 / -inf."""
 
     item_idx: np.ndarray  # (B, K) global item ids, -1 = no pick
-    score: np.ndarray  # (B, K) float64
+    score: np.ndarray  # (B, K) float32
     reason_idx: np.ndarray  # (B, K) global item id of the supporting history item, 0 = popularity fallback
 
 
@@ -82,7 +82,7 @@ class Scorer:
             self.table_norm = torch.nn.functional.normalize(self.table.float(), dim=-1)
             self.reps = [self.table[self.model.domain_items(d)] for d in range(len(self.domains))]  # (n_d, D) each
             self.rep_norm = [torch.nn.functional.normalize(r.float(), dim=-1) for r in self.reps]
-        self.pop = [torch.as_tensor(pop[self.model.domain_items(d).cpu().numpy()], device=self.device)
+        self.pop = [torch.as_tensor(pop[self.model.domain_items(d).cpu().numpy()], dtype=torch.float32, device=self.device)
                     for d in range(len(self.domains))]
         log.info("scorer: %s on %s, %d items in %s, k=%d", self.version, self.device, n, self.domains, k)
 
@@ -98,6 +98,7 @@ class Scorer:
         inputs = collate_history(hist, [np.asarray(t, dtype=np.int64) for t in timestamps], max_len, self.item_domain)
         batch = {k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
         empty = torch.tensor([len(h) == 0 for h in hist], device=self.device)
+        any_empty = bool(empty.any())
         lens = np.array([len(h) for h in hist], dtype=np.int64)
         flat = np.concatenate(hist) if lens.sum() else np.zeros(0, dtype=np.int64)  # every history item, all domains
         flat_row = np.repeat(np.arange(B), lens)
@@ -108,8 +109,9 @@ class Scorer:
             pad = batch["item_idx"] == 0  # (B, T)
             for d in range(len(self.domains)):
                 n_d = self.reps[d].shape[0]
-                scores = (self.model.domain_head(states, d) @ self.reps[d].T).double()  # (B, n_d)
-                scores = torch.where(empty[:, None], self.pop[d][None, :].expand(B, n_d), scores)
+                scores = self.model.domain_head(states, d) @ self.reps[d].T  # (B, n_d) float32
+                if any_empty:
+                    scores[empty] = self.pop[d]  # no usable history: popularity (exact counts in float32 up to 2^24)
                 sel = self.item_domain[flat] == d  # every history item of the user in d (all, not only the window)
                 if sel.any():
                     rows = torch.from_numpy(flat_row[sel]).to(self.device)
@@ -122,7 +124,8 @@ class Scorer:
                 sim = sim.masked_fill(pad[:, None, :], -torch.inf)
                 reason = batch["item_idx"].gather(1, sim.argmax(-1).reshape(B, -1)).reshape(B, k)  # (B, k)
                 valid = torch.isfinite(top)
-                reason = torch.where(empty[:, None], torch.zeros_like(reason), reason)
+                if any_empty:
+                    reason[empty] = 0
                 out.append(DomainPicks(
                     item_idx=torch.where(valid, picked, torch.full_like(picked, -1)).cpu().numpy(),
                     score=top.cpu().numpy(),
