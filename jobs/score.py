@@ -8,7 +8,7 @@ Run it:
 
 For every active user (anyone in silver.interactions) and every domain: the K best items the user has not
 interacted with, scored by the Transformer from the user's whole cross-domain history (a Spark
-``mapInPandas`` stage; the artifact loads once per executor process; GPU when the executor has one), with
+``mapInArrow`` stage; the artifact loads once per executor process; GPU when the executor has one), with
 ``reason`` = the history item that most supports each pick; users with no history the model knows get the
 most popular unseen items, reason ``popularity``. The rows for --run-date replace that date's partition in
 one Delta commit (a re-run never doubles them; a killed run leaves the previous version readable). Great

@@ -1,4 +1,4 @@
-"""``crossrec bench scoring`` on a small size: the three systems are measured on the same users, items and K."""
+"""``crossrec bench scoring`` on a small size: crossrec, ALS, bare torch and the write floor are measured on the same users, items and K."""
 from __future__ import annotations
 
 import json
@@ -12,13 +12,16 @@ from crossrec.bench.scoring import ScoringSpec, run_scoring  # noqa: E402
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_scoring_bench_measures_three_systems(spark, tmp_path):
+def test_scoring_bench_measures_every_system(spark, tmp_path):
     spec = ScoringSpec(out_dir=str(tmp_path / "out"), users=400, domains=2, items_per_domain=150, events=8, k=5)
     run_scoring(spec, spark=spark)
     d = json.loads((tmp_path / "out" / "scoring.json").read_text())
     systems = {r["system"]: r for r in d["records"]}
-    assert set(systems) == {"crossrec score stage", "spark als recommendForAllUsers", "bare torch matmul+topk"}
+    assert set(systems) == {"crossrec score stage", "spark als recommendForAllUsers", "bare torch matmul+topk",
+                            "write floor (same rows to Delta, no model)"}
     assert all(r["unit"] == "users/s" and r["value"] > 0 and r["users"] == 400 and r["items"] == 300 for r in d["records"])
     assert d["ratios"]["crossrec_vs_als"] == pytest.approx(systems["crossrec score stage"]["value"] / systems["spark als recommendForAllUsers"]["value"])
     assert d["score_summary"]["users"] == 400 and d["score_summary"]["rows"] == 400 * 2 * 5
     assert (tmp_path / "out" / "scoring.md").exists()
+    floor = tmp_path / "out" / "lake" / "bench" / "write_floor"  # the floor rewrote exactly crossrec's rows
+    assert spark.read.format("delta").load(str(floor)).count() == d["score_summary"]["rows"]

@@ -49,3 +49,30 @@ def test_rows_exclude_seen_items_explain_picks_and_fall_back_to_popularity(artif
     for _, g in rows.groupby(["user_id", "domain"]):
         assert g["rank"].tolist() == list(range(1, len(g) + 1)) and (np.diff(g.score.values) <= 0).all()
     assert set(rows.model_version) == {"20250101-abcdef01"}
+
+
+def test_record_batch_holds_the_same_rows_as_rows_with_run_date_and_the_asked_column_order(artifact):
+    import datetime as dt
+
+    pa = pytest.importorskip("pyarrow")
+    from crossrec.score.stage import COLUMNS, list_column
+
+    scorer = Scorer(artifact, k=3, popularity=np.arange(10, dtype=float))
+    # histories arrive from Spark as a list column of a slice of a larger Arrow batch
+    whole = pa.RecordBatch.from_pydict({
+        "user_id": ["skip", "u0", "u1", "u2"],
+        "item_idx": pa.array([[9], [1, 7, 2], [], [8, 3]], pa.list_(pa.int64())),
+        "event_ts": pa.array([[5], [1, 2, 3], [], [4, 5]], pa.list_(pa.int64())),
+    })
+    chunk = whole.slice(1, 3)
+    hist = list_column(chunk.column("item_idx"))
+    assert [h.tolist() for h in hist] == [[1, 7, 2], [], [8, 3]]
+    ts = list_column(chunk.column("event_ts"))
+    rb = scorer.record_batch(chunk.column("user_id"), hist, ts, dt.date(2025, 1, 2), COLUMNS)
+    assert rb.schema.names == COLUMNS
+    assert rb.schema.field("run_date").type == pa.date32() and rb.schema.field("user_id").type == pa.string()
+    got = rb.to_pandas()
+    assert (got.run_date == dt.date(2025, 1, 2)).all()
+    want = pd.DataFrame(scorer.rows(["u0", "u1", "u2"], hist, ts))
+    pd.testing.assert_frame_equal(got.drop(columns="run_date"), want[COLUMNS[1:]])
+    assert set(got.user_id) == {"u0", "u1", "u2"} and set(got[got.user_id == "u1"].reason) == {POPULARITY}

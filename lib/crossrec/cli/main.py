@@ -216,7 +216,7 @@ def _bench(argv: list[str]) -> int:
                         description=importlib.import_module("crossrec.bench.scoring").__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     sc.add_argument("--out", required=True, help="output folder: scoring.json, scoring.md, scoring.png, lake/")
-    sc.add_argument("--users", type=int, default=20_000, help="users (default 20000)")
+    sc.add_argument("--users", type=int, default=200_000, help="users (default 200000: fewer measure mostly start-up)")
     sc.add_argument("--domains", type=int, default=3, help="domains (default 3)")
     sc.add_argument("--items-per-domain", type=int, default=2_000, help="items per domain (default 2000)")
     sc.add_argument("--events", type=int, default=20, help="events per user (default 20)")

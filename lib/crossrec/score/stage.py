@@ -3,7 +3,7 @@
 1. :func:`user_histories`: each active user's chronological history (first occurrence of each (domain,
    item)) as the artifact's global item ids; items the artifact does not know (added after training) are
    not candidates and not model input, but still count as seen.
-2. :func:`score_users`: ``mapInPandas`` over users in batches; each Python worker loads the artifact once
+2. :func:`score_users`: ``mapInArrow`` over users in batches (Arrow in and out, no pandas); each Python worker loads the artifact once
    (:func:`crossrec.score.topk.get_scorer`) and writes K rows per user and domain (PyTorch ``topk``, GPU when
    the executor has one).
 3. the job writes the rows with ``replaceWhere run_date = D`` (one atomic Delta commit: a re-run replaces that
@@ -70,22 +70,24 @@ def popularity(firsts, catalog, n_items: int) -> np.ndarray:
     return pop
 
 
+def list_column(arr) -> list[np.ndarray]:
+    """A pyarrow ListArray (possibly a slice) -> one numpy view per row (null rows -> empty)."""
+    offsets = arr.offsets.to_numpy()  # (n + 1,), already shifted for a slice
+    values = arr.values.to_numpy(zero_copy_only=False)  # the whole child array
+    return [values[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+
 def _score_batches(batches, folder: str, k: int, pop: np.ndarray, run_date: dt.date, threads: int | None,
                    batch_users: int):
-    """mapInPandas body: pandas batches of (user_id, item_idx, event_ts) -> recommendation rows."""
-    import pandas as pd
-
+    """mapInArrow body: Arrow batches of (user_id, item_idx, event_ts) -> Arrow batches of recommendation rows."""
     from crossrec.score.topk import get_scorer
 
     scorer = get_scorer(folder, k, pop, threads)  # once per Python worker process
-    for pdf in batches:
-        for s in range(0, len(pdf), batch_users):
-            chunk = pdf.iloc[s : s + batch_users]
-            hist = [np.asarray(h, dtype=np.int64) for h in chunk.item_idx.values]
-            ts = [np.asarray(t, dtype=np.int64) for t in chunk.event_ts.values]
-            out = pd.DataFrame(scorer.rows(chunk.user_id.tolist(), hist, ts))
-            out.insert(0, "run_date", run_date)
-            yield out[COLUMNS]
+    for rb in batches:
+        for s in range(0, rb.num_rows, batch_users):
+            chunk = rb.slice(s, batch_users)
+            yield scorer.record_batch(chunk.column("user_id"), list_column(chunk.column("item_idx")),
+                                      list_column(chunk.column("event_ts")), run_date, COLUMNS)
 
 
 def score_users(spark, histories, folder: str, k: int, pop: np.ndarray, run_date: dt.date, n_users: int,
@@ -100,7 +102,7 @@ def score_users(spark, histories, folder: str, k: int, pop: np.ndarray, run_date
     body = partial(_score_batches, folder=folder, k=k, pop=pop, run_date=run_date, threads=threads,
                    batch_users=batch_users)
     log.info("scoring %d users in %d partitions (batches of %d users, k=%d)", n_users, parts, batch_users, k)
-    return histories.select("user_id", "item_idx", "event_ts").repartition(parts, "user_id").mapInPandas(body, schema=schema)
+    return histories.select("user_id", "item_idx", "event_ts").repartition(parts, "user_id").mapInArrow(body, schema=schema)
 
 
 class Progress:
@@ -251,4 +253,4 @@ def publish(spark, path: str, version: int, run_date: dt.date, model_version: st
 
 
 __all__ = ["catalog_frame", "first_events", "user_histories", "popularity", "score_users", "Progress",
-           "output_expectations", "exhausted_users", "register_check_views", "validate_run", "published", "publish", "PUBLISHED_PREFIX"]
+           "output_expectations", "exhausted_users", "list_column", "register_check_views", "validate_run", "published", "publish", "PUBLISHED_PREFIX"]

@@ -84,6 +84,7 @@ class Scorer:
             self.rep_norm = [torch.nn.functional.normalize(r.float(), dim=-1) for r in self.reps]
         self.pop = [torch.as_tensor(pop[self.model.domain_items(d).cpu().numpy()], dtype=torch.float32, device=self.device)
                     for d in range(len(self.domains))]
+        self._arrow: dict | None = None  # Arrow string arrays for record_batch, built on first use
         log.info("scorer: %s on %s, %d items in %s, k=%d", self.version, self.device, n, self.domains, k)
 
     def score(self, histories: list[np.ndarray], timestamps: list[np.ndarray]) -> list[DomainPicks]:
@@ -133,22 +134,56 @@ class Scorer:
                 ))
         return out
 
-    def rows(self, user_ids: list[str], histories: list[np.ndarray], timestamps: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Recommendation rows (columns of gold.recommendations without run_date) for a batch of users."""
-        users = np.asarray(user_ids, dtype=object)
-        parts: dict[str, list] = {c: [] for c in ("user_id", "domain", "rank", "item_id", "score", "reason")}
+    def _row_index(self, n_users: int, histories: list[np.ndarray], timestamps: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The output rows of a batch as integer arrays: ``user`` (position in the batch), ``domain``
+        (domain_idx), ``rank``, ``item`` / ``reason`` (global item ids; reason 0 = popularity) and ``score``."""
+        parts: dict[str, list] = {c: [] for c in ("user", "domain", "rank", "item", "score", "reason")}
         for d, picks in enumerate(self.score(histories, timestamps)):
             valid = picks.item_idx >= 0  # (B, k); invalid picks only at the end of a row
             n_k = picks.item_idx.shape[1]
-            parts["user_id"].append(np.repeat(users, n_k)[valid.ravel()])
-            parts["domain"].append(np.full(int(valid.sum()), self.domains[d], dtype=object))
-            parts["rank"].append(np.tile(np.arange(1, n_k + 1, dtype=np.int64), len(users))[valid.ravel()])
-            parts["item_id"].append(self.item_id[picks.item_idx[valid]])
+            flat = valid.ravel()
+            parts["user"].append(np.repeat(np.arange(n_users), n_k)[flat])
+            parts["domain"].append(np.full(int(flat.sum()), d, dtype=np.int64))
+            parts["rank"].append(np.tile(np.arange(1, n_k + 1, dtype=np.int64), n_users)[flat])
+            parts["item"].append(picks.item_idx[valid])
             parts["score"].append(picks.score[valid].astype(np.float64))
-            parts["reason"].append(self.item_key[picks.reason_idx[valid]])
-        out = {c: np.concatenate(v) if v else np.zeros(0) for c, v in parts.items()}
-        out["model_version"] = np.full(len(out["user_id"]), self.version, dtype=object)
-        return out
+            parts["reason"].append(picks.reason_idx[valid])
+        return {c: np.concatenate(v) for c, v in parts.items()}
+
+    def rows(self, user_ids: list[str], histories: list[np.ndarray], timestamps: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Recommendation rows (columns of gold.recommendations without run_date) for a batch of users."""
+        ix = self._row_index(len(user_ids), histories, timestamps)
+        return {"user_id": np.asarray(user_ids, dtype=object)[ix["user"]],
+                "domain": np.asarray(self.domains, dtype=object)[ix["domain"]],
+                "rank": ix["rank"], "item_id": self.item_id[ix["item"]], "score": ix["score"],
+                "reason": self.item_key[ix["reason"]],
+                "model_version": np.full(len(ix["user"]), self.version, dtype=object)}
+
+    def record_batch(self, user_ids, histories: list[np.ndarray], timestamps: list[np.ndarray], run_date,
+                     columns: list[str] | None = None):
+        """:meth:`rows` plus ``run_date`` as a ``pyarrow.RecordBatch`` (gold.recommendations' columns, in the
+        order of ``columns`` when given). Strings are gathered from Arrow arrays with ``take``: no Python string
+        object per row. ``user_ids``: a pyarrow string array (or a list of str)."""
+        import pyarrow as pa
+
+        if self._arrow is None:
+            self._arrow = {"item_id": pa.array(self.item_id.tolist(), pa.string()),
+                           "reason": pa.array(self.item_key.tolist(), pa.string()),
+                           "domain": pa.array(self.domains, pa.string()),
+                           "model_version": pa.array([self.version], pa.string())}
+        users = user_ids if isinstance(user_ids, (pa.Array, pa.ChunkedArray)) else pa.array(list(user_ids), pa.string())
+        ix = self._row_index(len(users), histories, timestamps)
+        n = len(ix["user"])
+        cols = {"run_date": pa.array(np.full(n, np.datetime64(run_date, "D")), pa.date32()),
+                "user_id": users.take(ix["user"]),
+                "domain": self._arrow["domain"].take(ix["domain"]),
+                "rank": pa.array(ix["rank"], pa.int64()),
+                "item_id": self._arrow["item_id"].take(ix["item"]),
+                "score": pa.array(ix["score"], pa.float64()),
+                "model_version": self._arrow["model_version"].take(np.zeros(n, dtype=np.int64)),
+                "reason": self._arrow["reason"].take(ix["reason"])}
+        names = list(columns or cols)
+        return pa.RecordBatch.from_arrays([cols[c] for c in names], names=names)
 
 
 def get_scorer(folder: str, k: int, popularity: np.ndarray | None = None, threads: int | None = None) -> Scorer:
