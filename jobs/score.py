@@ -96,7 +96,7 @@ def run(cfg: CrossrecConfig, spark, k: int = 10, version: str | None = None, pub
     contract = load_contract(TABLE)
     recs = S.score_users(spark, hist, folder, k, pop, run_date, n_users, contract.spark_schema(), batch_users, users_per_partition)
     path = cfg.table_path(TABLE)
-    with S.Progress(spark, STAGE, n_users):
+    with S.Progress(spark, STAGE, n_users, tasks=S.scoring_partitions(spark, n_users, users_per_partition)):
         t_score = time.time()
         version_written = write_table(spark, recs, contract, path, "overwrite", replace_where=f"run_date = '{run_date.isoformat()}'")
         score_s = time.time() - t_score

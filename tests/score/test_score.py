@@ -178,3 +178,20 @@ def test_killed_score_job_leaves_previous_run_readable_and_rerun_completes(lake)
     assert len(read_recommendations(str(lk))) == n_before, "readers still get the previous run"
     assert score_job.main([*lake["args"], "--run-date", DAY1, "--k", str(K)]) == 0
     assert len(read_recommendations(str(lk))) == n_before, "the re-run completes with the same rows"
+
+
+def test_progress_follows_the_scoring_stage_not_a_skipped_larger_one(spark):
+    """The score job's histories are cached, so the write job's shuffle stage is skipped: it has more tasks
+    than the scoring stage and never runs one. Progress must report the stage that does run."""
+    from pyspark.sql import functions as F
+
+    from crossrec.score.stage import Progress
+
+    agg = spark.range(0, 1000, 1, 8).groupBy((F.col("id") % 5).alias("g")).count().repartition(3)
+    agg.collect()  # runs the 8-task shuffle stage; the next job reuses its output (skipped stage)
+    progress = Progress(spark, "test-progress", total_users=1000, tasks=3)
+    with progress:
+        assert progress.fraction() is None  # nothing started in the group yet
+        agg.collect()
+    assert progress.fraction() == 1.0
+    assert Progress(spark, "test-progress", total_users=1000).fraction() == 1.0  # without tasks: started stages only

@@ -90,11 +90,16 @@ def _score_batches(batches, folder: str, k: int, pop: np.ndarray, run_date: dt.d
                                       list_column(chunk.column("event_ts")), run_date, COLUMNS)
 
 
+def scoring_partitions(spark, n_users: int, users_per_partition: int = 5000) -> int:
+    """Partitions (= tasks) of the scoring stage: about ``users_per_partition`` users each, at least one per core."""
+    return max(spark.sparkContext.defaultParallelism, math.ceil(n_users / users_per_partition))
+
+
 def score_users(spark, histories, folder: str, k: int, pop: np.ndarray, run_date: dt.date, n_users: int,
                 schema, batch_users: int = 1024, users_per_partition: int = 5000):
     """Recommendation rows of every user in ``histories`` (lazy DataFrame with the contract's ``schema``)."""
     parallelism = spark.sparkContext.defaultParallelism
-    parts = max(parallelism, math.ceil(n_users / users_per_partition))
+    parts = scoring_partitions(spark, n_users, users_per_partition)
     local = spark.sparkContext.master.startswith("local")
     import os
 
@@ -109,8 +114,10 @@ class Progress:
     """Logs the progress of the Spark jobs of one job group while they run: tasks done, the users that
     means, rate and ETA (polls the status tracker from a driver thread)."""
 
-    def __init__(self, spark, group: str, total_users: int, every_s: float = 10.0):
-        self.sc, self.group, self.total, self.every = spark.sparkContext, group, total_users, every_s
+    def __init__(self, spark, group: str, total_users: int, every_s: float = 10.0, tasks: int | None = None):
+        """``tasks``: the scoring stage's task count (:func:`scoring_partitions`), which tells it apart from
+        the other stages of the group; None = the started stage with the most tasks."""
+        self.sc, self.group, self.total, self.every, self.tasks = spark.sparkContext, group, total_users, every_s, tasks
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"progress-{group}")
 
@@ -126,16 +133,22 @@ class Progress:
         self.sc.setLocalProperty("spark.jobGroup.id", None)
 
     def fraction(self) -> float | None:
-        """Completed share of the largest stage of the group (the scoring stage), or None before it starts."""
+        """Completed share of the scoring stage, or None before it starts. Stages that have not started are
+        ignored: a stage skipped because its shuffle output is reused (the histories are cached) never runs
+        a task, and counting it kept the share at 0 for the whole run."""
         st = self.sc.statusTracker()
-        best = None
+        best = None  # (numTasks, stageId, completed)
         for job in st.getJobIdsForGroup(self.group):
             info = st.getJobInfo(job)
             for sid in (info.stageIds if info else []):
                 s = st.getStageInfo(sid)
-                if s and s.numTasks and (best is None or s.numTasks > best[1]):
-                    best = (s.numCompletedTasks, s.numTasks)
-        return None if best is None else best[0] / best[1]
+                if not s or not s.numTasks or (s.numActiveTasks + s.numCompletedTasks) == 0:
+                    continue
+                if self.tasks is not None and s.numTasks != self.tasks:
+                    continue
+                if best is None or (s.numTasks, sid) > best[:2]:
+                    best = (s.numTasks, sid, s.numCompletedTasks)
+        return None if best is None else best[2] / best[0]
 
     def _run(self) -> None:
         while not self._stop.wait(self.every):
@@ -204,6 +217,7 @@ def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: 
     """Check one run_date's rows of gold.recommendations at table ``version``: the contract suite plus
     :func:`output_expectations`, against the artifact named in the rows and the newest silver tables.
     Returns (ValidationReport, model_version, k)."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from crossrec.data.rawformat import RawFormatError
@@ -222,13 +236,17 @@ def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: 
     model_version, k = meta["mv"][0], int(meta["k"])
     catalog = catalog_frame(spark, model_folder(cfg, model_version))
     inter = read_table(spark, cfg.table_path("silver.interactions"), latest_version(spark, cfg.table_path("silver.interactions")))
-    register_check_views(spark, first_events(inter), catalog, k)
-    items = read_table(spark, cfg.table_path("silver.items"), latest_version(spark, cfg.table_path("silver.items")))
-    domains = sorted(r[0] for r in catalog.select("domain").distinct().collect())
-    report = Validator(cfg.reports_root, cfg.effective_run_id("score")).check(
-        load_contract("gold.recommendations"), rows, params={"domains": domains, "k": k}, expected_rows=int(meta["n"]),
-        references={"silver.items": items}, version=version, extra_expectations=output_expectations(k),
-        raise_on_failure=raise_on_failure)
+    firsts = first_events(inter).persist(StorageLevel.MEMORY_AND_DISK)  # read by three of the check views
+    try:
+        register_check_views(spark, firsts, catalog, k)
+        items = read_table(spark, cfg.table_path("silver.items"), latest_version(spark, cfg.table_path("silver.items")))
+        domains = sorted(r[0] for r in catalog.select("domain").distinct().collect())
+        report = Validator(cfg.reports_root, cfg.effective_run_id("score")).check(
+            load_contract("gold.recommendations"), rows, params={"domains": domains, "k": k}, expected_rows=int(meta["n"]),
+            references={"silver.items": items}, version=version, extra_expectations=output_expectations(k),
+            raise_on_failure=raise_on_failure)
+    finally:
+        firsts.unpersist()
     return report, model_version, k
 
 
@@ -252,5 +270,5 @@ def publish(spark, path: str, version: int, run_date: dt.date, model_version: st
     return new
 
 
-__all__ = ["catalog_frame", "first_events", "user_histories", "popularity", "score_users", "Progress",
+__all__ = ["catalog_frame", "first_events", "user_histories", "popularity", "score_users", "scoring_partitions", "Progress",
            "output_expectations", "exhausted_users", "list_column", "register_check_views", "validate_run", "published", "publish", "PUBLISHED_PREFIX"]
