@@ -76,3 +76,26 @@ def test_record_batch_holds_the_same_rows_as_rows_with_run_date_and_the_asked_co
     want = pd.DataFrame(scorer.rows(["u0", "u1", "u2"], hist, ts))
     pd.testing.assert_frame_equal(got.drop(columns="run_date"), want[COLUMNS[1:]])
     assert set(got.user_id) == {"u0", "u1", "u2"} and set(got[got.user_id == "u1"].reason) == {POPULARITY}
+
+
+def test_score_body_batches_users_by_history_length_without_mixing_up_users(artifact):
+    """The mapInArrow body reorders users by history length before batching; each user must still get the
+    rows of their own history (the same as scoring everyone in one batch, in input order)."""
+    import datetime as dt
+
+    pa = pytest.importorskip("pyarrow")
+    from crossrec.score.stage import COLUMNS, _score_batches
+
+    hist = [[1, 7, 2, 3], [8], [], [4, 5], [9, 1, 6], [2]]
+    users = [f"u{i}" for i in range(len(hist))]
+    rb = pa.RecordBatch.from_pydict({"user_id": users, "item_idx": pa.array(hist, pa.list_(pa.int64())),
+                                     "event_ts": pa.array([list(range(len(h))) for h in hist], pa.list_(pa.int64()))})
+    pop = np.arange(10, dtype=float)
+    out = list(_score_batches([rb], str(artifact), 3, pop, dt.date(2025, 1, 2), None, batch_users=2))
+    assert len(out) == 3  # six users in model batches of two
+    got = pd.concat([b.to_pandas() for b in out]).drop(columns="run_date")
+    want = pd.DataFrame(Scorer(artifact, k=3, popularity=pop).rows(
+        users, [np.array(h, dtype=np.int64) for h in hist], [np.arange(len(h)) for h in hist]))[COLUMNS[1:]]
+    key = ["user_id", "domain", "rank"]
+    pd.testing.assert_frame_equal(got.sort_values(key).reset_index(drop=True), want.sort_values(key).reset_index(drop=True),
+                                  check_exact=False, rtol=1e-5)

@@ -82,8 +82,15 @@ def _score_batches(batches, folder: str, k: int, pop: np.ndarray, run_date: dt.d
     """mapInArrow body: Arrow batches of (user_id, item_idx, event_ts) -> Arrow batches of recommendation rows."""
     from crossrec.score.topk import get_scorer
 
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     scorer = get_scorer(folder, k, pop, threads)  # once per Python worker process
     for rb in batches:
+        # users of similar history length share a model batch: a batch is padded to its longest history, and
+        # with real (heavy-tailed) lengths one long history would otherwise pad a thousand short ones
+        lengths = pc.list_value_length(rb.column("item_idx")).fill_null(0).to_numpy(zero_copy_only=False)
+        rb = rb.take(pa.array(np.argsort(lengths, kind="stable")))
         for s in range(0, rb.num_rows, batch_users):
             chunk = rb.slice(s, batch_users)
             yield scorer.record_batch(chunk.column("user_id"), list_column(chunk.column("item_idx")),
