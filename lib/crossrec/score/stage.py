@@ -224,7 +224,6 @@ def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: 
     """Check one run_date's rows of gold.recommendations at table ``version``: the contract suite plus
     :func:`output_expectations`, against the artifact named in the rows and the newest silver tables.
     Returns (ValidationReport, model_version, k)."""
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from crossrec.data.rawformat import RawFormatError
@@ -243,17 +242,13 @@ def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: 
     model_version, k = meta["mv"][0], int(meta["k"])
     catalog = catalog_frame(spark, model_folder(cfg, model_version))
     inter = read_table(spark, cfg.table_path("silver.interactions"), latest_version(spark, cfg.table_path("silver.interactions")))
-    firsts = first_events(inter).persist(StorageLevel.MEMORY_AND_DISK)  # read by three of the check views
-    try:
-        register_check_views(spark, firsts, catalog, k)
-        items = read_table(spark, cfg.table_path("silver.items"), latest_version(spark, cfg.table_path("silver.items")))
-        domains = sorted(r[0] for r in catalog.select("domain").distinct().collect())
-        report = Validator(cfg.reports_root, cfg.effective_run_id("score")).check(
-            load_contract("gold.recommendations"), rows, params={"domains": domains, "k": k}, expected_rows=int(meta["n"]),
-            references={"silver.items": items}, version=version, extra_expectations=output_expectations(k),
-            raise_on_failure=raise_on_failure)
-    finally:
-        firsts.unpersist()
+    register_check_views(spark, first_events(inter), catalog, k)
+    items = read_table(spark, cfg.table_path("silver.items"), latest_version(spark, cfg.table_path("silver.items")))
+    domains = sorted(r[0] for r in catalog.select("domain").distinct().collect())
+    report = Validator(cfg.reports_root, cfg.effective_run_id("score")).check(
+        load_contract("gold.recommendations"), rows, params={"domains": domains, "k": k}, expected_rows=int(meta["n"]),
+        references={"silver.items": items}, version=version, extra_expectations=output_expectations(k),
+        raise_on_failure=raise_on_failure)
     return report, model_version, k
 
 
