@@ -400,15 +400,19 @@ class CrossDomainTransformer(nn.Module):
         assert not bool((real[:, 1:] & ~real[:, :-1]).any()), "item_idx must be right-padded: no item after a 0"
         return item_idx
 
-    def _states(self, batch: Mapping[str, Tensor], x: Tensor) -> Tensor:
-        """item reps of the history (B, T, D) -> final states (B, T, D)."""
+    def _encoder_input(self, batch: Mapping[str, Tensor], x: Tensor) -> tuple[Tensor, Tensor]:
+        """item reps of the history (B, T, D) -> (encoder input (B, T, D), causal mask (T, T))."""
         item_idx = batch["item_idx"]
         T = item_idx.shape[1]
         x = x + self.pos_emb(torch.arange(T, device=x.device))  # (B, T, D)
         if self.gap_emb is not None:
             x = x + self.gap_emb(time_gap_buckets(batch["event_ts"], item_idx))  # (B, T, D)
-        x = self.drop(x)
         causal = nn.Transformer.generate_square_subsequent_mask(T, device=x.device, dtype=x.dtype)  # (T, T)
+        return self.drop(x), causal
+
+    def _states(self, batch: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        """item reps of the history (B, T, D) -> final states (B, T, D)."""
+        x, causal = self._encoder_input(batch, x)
         return self.encoder(x, mask=causal, is_causal=True)  # (B, T, D)
 
     def forward(self, batch: Mapping[str, Tensor], *, loss: bool = False) -> Tensor:
@@ -442,12 +446,8 @@ class CrossDomainTransformer(nn.Module):
         """Inference only: :meth:`_states` at the ``last`` positions, with the final layer computed for those
         positions alone (its keys and values still come from every position): that layer's query, attention
         output and feed-forward cost 1/T of the full pass. Same result as the full pass, up to rounding."""
-        item_idx = batch["item_idx"]
         B, T, D = x.shape
-        x = x + self.pos_emb(torch.arange(T, device=x.device))
-        if self.gap_emb is not None:
-            x = x + self.gap_emb(time_gap_buckets(batch["event_ts"], item_idx))
-        causal = nn.Transformer.generate_square_subsequent_mask(T, device=x.device, dtype=x.dtype)
+        x, causal = self._encoder_input(batch, x)
         *lower, top = self.encoder.layers
         for layer in lower:
             x = layer(x, src_mask=causal, is_causal=True)  # (B, T, D)

@@ -80,10 +80,10 @@ def list_column(arr) -> list[np.ndarray]:
 def _score_batches(batches, folder: str, k: int, pop: np.ndarray, run_date: dt.date, threads: int | None,
                    batch_users: int):
     """mapInArrow body: Arrow batches of (user_id, item_idx, event_ts) -> Arrow batches of recommendation rows."""
-    from crossrec.score.topk import get_scorer
-
     import pyarrow as pa
     import pyarrow.compute as pc
+
+    from crossrec.score.topk import get_scorer
 
     scorer = get_scorer(folder, k, pop, threads)  # once per Python worker process
     for rb in batches:

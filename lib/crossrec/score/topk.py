@@ -171,7 +171,7 @@ class Scorer:
                            "reason": pa.array(self.item_key.tolist(), pa.string()),
                            "domain": pa.array(self.domains, pa.string()),
                            "model_version": pa.array([self.version], pa.string())}
-        users = user_ids if isinstance(user_ids, (pa.Array, pa.ChunkedArray)) else pa.array(list(user_ids), pa.string())
+        users = user_ids if isinstance(user_ids, pa.Array) else pa.array(list(user_ids), pa.string())
         ix = self._row_index(len(users), histories, timestamps)
         n = len(ix["user"])
         cols = {"run_date": pa.array(np.full(n, np.datetime64(run_date, "D")), pa.date32()),
