@@ -43,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-text", dest="use_text", action="store_false", help="do not use the text embeddings (id-only model)")
     g.add_argument("--no-id-embedding", dest="use_id_embedding", action="store_false", help="text-only item representation")
     g.add_argument("--no-categories", dest="use_categories", action="store_false", help="no category embedding (default: one per (domain, category) of gold.item_index)")
+    g.add_argument("--cooccurrence-k", type=int, default=200,
+                   help="after training, add a same-domain item co-occurrence term (item-KNN's similarity, this many "
+                        "neighbours per item) to the scores, weighted per domain on the validation split; 0 = none "
+                        "(default 200; see crossrec.model.cooccurrence)")
     g.add_argument("--id-dropout", type=float, default=0.0, help="training: share of item occurrences whose id embedding is dropped, so text carries them (default 0)")
     g.add_argument("--input-domains", help="comma-separated: train on (and later predict from) these domains' events "
                    "only; with --no-text and one domain this is the single-domain SASRec-style baseline (default: all)")
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             patience=args.patience, max_seq_len=cfg.max_seq_len, seed=cfg.seed, d_model=args.d_model,
             n_layers=args.n_layers, n_heads=args.n_heads, dropout=args.dropout, loss=args.loss, n_negatives=args.n_negatives,
             use_text=args.use_text, use_id_embedding=args.use_id_embedding, id_dropout=args.id_dropout,
-            use_categories=args.use_categories,
+            use_categories=args.use_categories, cooccurrence_k=args.cooccurrence_k,
             input_domains=tuple(d for d in args.input_domains.split(",") if d) if args.input_domains else None,
             max_users=args.max_users, max_failures=args.max_failures,
             storage_path=args.storage_path, model_root=args.model_root, ray_address=args.ray_address,

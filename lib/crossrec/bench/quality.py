@@ -7,9 +7,11 @@
 process with its output in ``DIR/logs/<step>.log``:
 
 1. ``ingest`` -> ``clean`` -> ``features`` into a fresh lake (``DIR/lake`` unless ``--lake-root``);
-2. ``train`` the cross-domain model (**crossrec**: text + id, every domain's history);
+2. ``train`` the cross-domain model (**crossrec**: text + id, every domain's history, plus the same-domain
+   co-occurrence term of ``crossrec.model.cooccurrence``);
 3. ``train`` the single-domain baseline once per domain (**sasrec**: the same Transformer with text off,
-   trained on and predicting from that domain's events only; ``--input-domains D --no-text``);
+   trained on and predicting from that domain's events only, no co-occurrence term;
+   ``--input-domains D --no-text --cooccurrence-k 0``);
 4. ``evaluate`` crossrec, sasrec and the classic baselines (popularity, item-KNN, Spark ALS) with the same
    full-ranking protocol on the test split (``crossrec.evaluate.protocol``).
 
@@ -137,7 +139,8 @@ def run_quality(spec: QualitySpec) -> dict:
         for d in domains:
             root = models_root / f"{SINGLE_DOMAIN}-{d}"
             s = _run_step(f"train-{SINGLE_DOMAIN}-{d}", "crossrec_jobs.train",
-                          [*base, "--model-root", str(root), "--no-text", "--input-domains", d, *spec.sasrec_args],
+                          [*base, "--model-root", str(root), "--no-text", "--input-domains", d, "--cooccurrence-k", "0",
+                           *spec.sasrec_args],
                           out, env)
             stages[f"train {SINGLE_DOMAIN} {d}"] = s
             train_s[SINGLE_DOMAIN] += s

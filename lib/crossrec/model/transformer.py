@@ -530,12 +530,79 @@ class CrossDomainTransformer(nn.Module):
         """Scores of every item of ``domain``: (B, n_items_in_domain), columns in domain_item_idx order.
 
         ``item_reps``: :meth:`domain_item_reps` of ``domain``, precomputed (eval mode); None = compute here.
+        With a co-occurrence term attached (:meth:`set_cooccurrence`), the scores are :meth:`combine_scores`'.
         """
         domain = int(domain)
         h = self.user_vectors(batch, domain)  # (B, D)
         reps = self.domain_item_reps(domain) if item_reps is None else item_reps  # (n_d, D)
         assert reps.shape[0] == self.domain_items(domain).numel(), "item_reps must hold every item of the domain"
-        return h @ reps.T  # (B, n_d)
+        return self.combine_scores(h @ reps.T, batch["item_idx"], domain)  # (B, n_d)
+
+    # -------------------------------------------------------------------------------- co-occurrence term
+    # A dot product of d_model dimensions is a low-rank model: it ranks popular items well but cannot hold the
+    # many item-to-item pairs that decide long-tail targets (items with a handful of training interactions).
+    # The artifact can carry those pairs as a sparse same-domain item-item similarity (fitted after training,
+    # see crossrec.model.cooccurrence) that is added to the Transformer's scores with one weight per domain.
+    @property
+    def has_cooccurrence(self) -> bool:
+        return hasattr(self, "cooc_weight")
+
+    def set_cooccurrence(self, indptr: Tensor, indices: Tensor, values: Tensor, weight: Tensor) -> None:
+        """Attach the co-occurrence term: a CSR matrix (n_items+1, n_items+1) whose row ``i`` holds the items
+        ``j`` of ``i``'s domain that history item ``i`` supports, with similarity ``values``; ``weight``
+        (n_domains,) its weight per domain (0 = that domain is scored by the Transformer alone). Saved with
+        the model (buffers ``cooc_*``)."""
+        n = self.config.n_items + 1
+        assert indptr.shape == (n + 1,), f"indptr must be ({n + 1},), got {tuple(indptr.shape)}"
+        assert indices.shape == values.shape and indices.dim() == 1, "indices and values must be 1-d of one length"
+        assert int(indptr[0]) == 0 and int(indptr[-1]) == indices.numel(), "indptr must run from 0 to nnz"
+        assert weight.shape == (self.config.n_domains,), f"weight must be ({self.config.n_domains},)"
+        if indices.numel():
+            assert 1 <= int(indices.min()) and int(indices.max()) < n, f"indices must be item ids 1..{n - 1}"
+            rows = torch.repeat_interleave(torch.arange(n), (indptr[1:] - indptr[:-1]).cpu())
+            dom = self.item_encoder.item_domain.cpu()
+            assert bool((dom[rows] == dom[indices.long().cpu()]).all()), "co-occurrence pairs must be within one domain"
+        device = self.domain_offsets.device
+        self.register_buffer("cooc_indptr", indptr.long().to(device))
+        self.register_buffer("cooc_indices", indices.int().to(device))  # int32: half the artifact size
+        self.register_buffer("cooc_values", values.float().to(device))
+        self.register_buffer("cooc_weight", weight.float().to(device))
+
+    def cooccurrence_scores(self, item_idx: Tensor, domain: int) -> Tensor:
+        """(B, T) histories -> (B, n_d): ``sum_i sim(i, j)`` over the distinct history items ``i`` in ``domain``
+        (item-KNN's score, from the attached matrix); 0 for users without history there."""
+        assert self.has_cooccurrence, "no co-occurrence term attached (set_cooccurrence)"
+        domain = int(domain)
+        B, n = item_idx.shape[0], self.config.n_items + 1
+        out = torch.zeros(B, self.domain_items(domain).numel(), device=item_idx.device)
+        in_d = (item_idx != 0) & (self.item_encoder.item_domain[item_idx] == domain)
+        rows, pos = in_d.nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            return out
+        key = torch.unique(rows * n + item_idx[rows, pos])  # distinct (user, item): a binary history
+        rows, items = key // n, key % n
+        start = self.cooc_indptr[items]
+        lens = self.cooc_indptr[items + 1] - start  # neighbours of each history item
+        total = int(lens.sum())
+        if total == 0:
+            return out
+        first = torch.cumsum(lens, 0) - lens  # where each item's neighbours start in the flat list
+        flat = torch.repeat_interleave(start - first, lens) + torch.arange(total, device=item_idx.device)
+        cols = self.domain_item_idx[self.cooc_indices[flat].long()]
+        return out.index_put_((torch.repeat_interleave(rows, lens), cols), self.cooc_values[flat], accumulate=True)
+
+    def combine_scores(self, scores: Tensor, item_idx: Tensor, domain: int) -> Tensor:
+        """The Transformer's (B, n_d) ``scores`` with the co-occurrence term of ``domain``: each row
+        standardised (zero mean, unit deviation over the domain's items) plus ``weight_d`` times the row's
+        co-occurrence scores divided by their maximum. Unchanged when no term is attached or its weight is 0."""
+        if not self.has_cooccurrence:
+            return scores
+        w = float(self.cooc_weight[int(domain)])
+        if w == 0.0:
+            return scores
+        z = (scores - scores.mean(1, keepdim=True)) / (scores.std(1, keepdim=True) + 1e-6)
+        c = self.cooccurrence_scores(item_idx, domain)
+        return z + w * (c / c.amax(1, keepdim=True).clamp(min=1e-9))
 
 
 # ------------------------------------------------------------------------------------------------ persistence
@@ -598,6 +665,8 @@ def load(folder: str | Path, *, device: str | torch.device = "cpu",
         sample_weight=t["sample_weight"],
     )
     model = CrossDomainTransformer(config, features, text_model_path=text_model_path, pretrained_text=False)
+    if "cooc_indptr" in t:
+        model.set_cooccurrence(t["cooc_indptr"], t["cooc_indices"], t["cooc_values"], t["cooc_weight"])
     model.load_state_dict(t, strict=True)
     return model.to(device).eval()
 

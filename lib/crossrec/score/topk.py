@@ -7,7 +7,8 @@ artifact's catalog, oldest first) and returns, per user and domain, the top-K it
 interacted with:
 
 1. one Transformer pass gives each user's shared state; ``domain_head`` turns it into h_u^d per domain;
-2. scores = h_u^d @ items_d^T (B, n_d); every item of the user's history in d is set to -inf;
+2. scores = h_u^d @ items_d^T (B, n_d), plus the artifact's co-occurrence term when it has one
+   (``CrossDomainTransformer.combine_scores``); every item of the user's history in d is set to -inf;
 3. ``torch.topk``; -inf picks (the domain has fewer than K unseen items) are dropped;
 4. reason = the history item (any domain) whose representation is most similar (cosine) to the pick:
    the event that most supports it, often from another domain.
@@ -111,6 +112,7 @@ class Scorer:
             for d in range(len(self.domains)):
                 n_d = self.reps[d].shape[0]
                 scores = self.model.domain_head(states, d) @ self.reps[d].T  # (B, n_d) float32
+                scores = self.model.combine_scores(scores, batch["item_idx"], d)  # + co-occurrence term, if any
                 if any_empty:
                     scores[empty] = self.pop[d]  # no usable history: popularity (exact counts in float32 up to 2^24)
                 sel = self.item_domain[flat] == d  # every history item of the user in d (all, not only the window)

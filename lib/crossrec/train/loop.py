@@ -112,6 +112,8 @@ class TrainConfig:
             id_dropout: model
         use_categories: give each item an attribute embedding of its (domain, category) from gold.item_index.
             (see crossrec.model.transformer.ModelConfig).
+        cooccurrence_k: after training, attach the co-occurrence term (crossrec.model.cooccurrence) with this
+            many neighbours per item, its weight per domain chosen on the validation split; 0 = none.
         input_domains: train (and later predict) from the events of these domains only, and only on their
             targets; None = every domain (the cross-domain model). One domain with ``use_text=False`` is the
             single-domain SASRec-style baseline. Recorded in the artifact's metrics.json.
@@ -147,6 +149,7 @@ class TrainConfig:
     use_id_embedding: bool = True
     id_dropout: float = 0.0
     use_categories: bool = True
+    cooccurrence_k: int = 200
     input_domains: tuple[str, ...] | None = None
     max_users: int | None = None
     max_failures: int = 2
@@ -167,6 +170,7 @@ class TrainConfig:
         assert self.max_users is None or self.max_users >= 1, f"max_users must be >= 1 or None, got {self.max_users}"
         assert self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"
         assert self.loss in ("softmax", "sampled"), f"loss must be 'softmax' or 'sampled', got {self.loss!r}"
+        assert self.cooccurrence_k >= 0, f"cooccurrence_k must be >= 0 (0 = none), got {self.cooccurrence_k}"
         if self.input_domains is not None:
             assert len(self.input_domains) >= 1, "input_domains must name at least one domain (or be None)"
             object.__setattr__(self, "input_domains", tuple(sorted(set(self.input_domains))))
@@ -741,9 +745,29 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def attach_cooccurrence(model, cfg: TrainConfig, versions: Mapping[str, int]) -> dict:
+    """Fit the co-occurrence term of ``model`` (see :mod:`crossrec.model.cooccurrence`): weights per domain on
+    the validation split with the similarity of the training events, then the similarity refitted on the
+    training events plus the validation targets (real events the Transformer held out for model selection
+    only) for the artifact. Returns the fit's report."""
+    from crossrec.evaluate.protocol import load_eval_data
+    from crossrec.model.cooccurrence import fit_cooccurrence, same_domain_similarity
+
+    valid = load_eval_data(cfg.lake_root, dict(versions), split="valid")
+    report = fit_cooccurrence(model, valid, k=cfg.cooccurrence_k, seed=cfg.seed, input_domains=cfg.input_domains)
+    weights = model.cooc_weight.clone()
+    del valid
+    known = load_eval_data(cfg.lake_root, dict(versions), split="test").train  # train events + valid targets
+    model.set_cooccurrence(*same_domain_similarity(known, k=cfg.cooccurrence_k), weights)
+    return {"k": cfg.cooccurrence_k, "fitted_on": "train events + valid targets", "domains": report}
+
+
 def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | Path, data: TrainingData,
-                   metrics: Mapping) -> Path:
-    """``<root>/<version>/`` from the best checkpoint, then ``<root>/_latest`` -> version (both atomic renames)."""
+                   metrics: Mapping, prepare=None) -> Path:
+    """``<root>/<version>/`` from the best checkpoint, then ``<root>/_latest`` -> version (both atomic renames).
+
+    ``prepare(model) -> dict``: run on the loaded model before it is saved (e.g. :func:`attach_cooccurrence`);
+    what it returns is stored in ``metrics.json`` under ``"cooccurrence"``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -755,6 +779,8 @@ def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | P
     tmp = root / f".{version}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model = transformer.load(best_ckpt_dir)  # round trip: what is written is what evaluate will load
+    if prepare is not None:
+        metrics = {**metrics, "cooccurrence": prepare(model)}
     transformer.save(model, tmp)
     pq.write_table(pa.Table.from_pandas(data.item_index, preserve_index=False), str(tmp / ITEM_INDEX_FILE))
     (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")
@@ -868,7 +894,8 @@ def train(cfg: TrainConfig) -> Path:
         "trained_at": now.isoformat(timespec="seconds"),
     }
     with best_ckpt.as_directory() as best_dir:
-        folder = write_artifact(cfg.models_root, version, best_dir, data, summary)
+        prepare = (lambda model: attach_cooccurrence(model, cfg, versions)) if cfg.cooccurrence_k else None
+        folder = write_artifact(cfg.models_root, version, best_dir, data, summary, prepare)
     log.info("model artifact %s: %s %.4f at epoch %d of %d, %.0f samples/s, %.1fs",
              folder, METRIC, summary["valid"][METRIC], summary["best_epoch"], summary["epochs_run"],
              summary["samples_per_s"], summary["wall_time_s"])
@@ -879,5 +906,5 @@ __all__ = [
     "TrainConfig", "FailOnce", "TrainingData", "train", "train_loop_per_worker", "load_training_data",
     "resolve_versions", "restrict_to_domains", "sample_users", "training_windows", "length_bucketed", "collate_train", "collate_history", "validate_shard",
     "write_checkpoint", "read_checkpoint", "flatten_optimizer_state", "unflatten_optimizer_state",
-    "write_artifact", "model_version", "METRIC",
+    "write_artifact", "attach_cooccurrence", "model_version", "METRIC",
 ]
