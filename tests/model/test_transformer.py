@@ -7,6 +7,7 @@ import json
 import pytest
 
 torch = pytest.importorskip("torch")
+import scipy.sparse as scipy_sparse  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from crossrec.model.transformer import (  # noqa: E402
@@ -391,6 +392,71 @@ def test_save_load_round_trip_from_a_wrapped_model(tmp_path):
         torch.testing.assert_close(loaded.predict(batch, items), model.predict(batch, items), rtol=0, atol=0)
     torch.testing.assert_close(loaded.item_logq, model.item_logq)  # derived buffers rebuilt the same
     assert torch.equal(loaded.domain_item_idx, model.domain_item_idx)
+
+
+# ------------------------------------------------------------------------------------------------ co-occurrence term
+def random_cooccurrence(feats: ItemFeatures, seed=0, density=0.5):
+    """A random same-domain similarity: (dense (n+1, n+1), indptr, indices, values) of its CSR form."""
+    g = torch.Generator().manual_seed(seed)
+    n = feats.n_items + 1
+    dense = torch.rand(n, n, generator=g) * (torch.rand(n, n, generator=g) < density)
+    dense = dense * (feats.item_domain[:, None] == feats.item_domain[None, :])
+    dense[0] = 0
+    dense[:, 0] = 0
+    dense.fill_diagonal_(0)
+    csr = scipy_sparse.csr_matrix(dense.numpy())
+    return dense, torch.from_numpy(csr.indptr).long(), torch.from_numpy(csr.indices), torch.from_numpy(csr.data)
+
+
+def test_cooccurrence_scores_sum_the_similarity_over_distinct_history_items_of_the_domain():
+    feats = random_features()
+    model = tiny_model(feats).eval()
+    dense, *csr = random_cooccurrence(feats)
+    model.set_cooccurrence(*csr, torch.tensor([1.0, 1.0]))
+    seqs = [[1, 2, 6, 2, 7], [8, 9], [5], []]  # a repeated item counts once (binary history); [] has none
+    batch = make_batch(seqs, feats, T=6, train=False)
+    for d in (0, 1):
+        items = model.domain_items(d)
+        got = model.cooccurrence_scores(batch["item_idx"], d)
+        assert got.shape == (len(seqs), items.numel())
+        for b, s in enumerate(seqs):
+            hist = sorted({i for i in s if int(feats.item_domain[i]) == d})
+            want = dense[hist][:, items].sum(0) if hist else torch.zeros(items.numel())
+            torch.testing.assert_close(got[b], want)
+    assert float(model.cooccurrence_scores(batch["item_idx"], 1)[0].abs().sum()) > 0, "the data exercise the sum"
+
+
+def test_combine_scores_adds_the_weighted_term_per_domain_and_survives_save_load(tmp_path):
+    feats = random_features()
+    model = tiny_model(feats).eval()
+    batch = make_batch(SEQS, feats, T=6, train=False)
+    with torch.no_grad():
+        raw = [model.full_sort_predict(batch, d) for d in (0, 1)]
+    _, *csr = random_cooccurrence(feats)
+    model.set_cooccurrence(*csr, torch.tensor([0.0, 2.0]))
+    with torch.no_grad():
+        torch.testing.assert_close(model.full_sort_predict(batch, 0), raw[0], rtol=0, atol=0)  # weight 0: unchanged
+        c = model.cooccurrence_scores(batch["item_idx"], 1)
+        z = (raw[1] - raw[1].mean(1, keepdim=True)) / (raw[1].std(1, keepdim=True) + 1e-6)
+        torch.testing.assert_close(model.full_sort_predict(batch, 1), z + 2.0 * c / c.amax(1, keepdim=True).clamp(min=1e-9))
+        assert not torch.allclose(model.full_sort_predict(batch, 1), z), "the term changes domain 1's scores"
+    save(model, tmp_path / "m")
+    loaded = load(tmp_path / "m")
+    assert loaded.has_cooccurrence and loaded.cooc_indices.dtype == torch.int32
+    torch.testing.assert_close(loaded.cooc_weight, torch.tensor([0.0, 2.0]))
+    with torch.no_grad():
+        for d in (0, 1):
+            torch.testing.assert_close(loaded.full_sort_predict(batch, d), model.full_sort_predict(batch, d), rtol=0, atol=0)
+
+
+def test_cooccurrence_pairs_across_domains_are_rejected():
+    feats = random_features()
+    model = tiny_model(feats)
+    indptr = torch.zeros(feats.n_items + 2, dtype=torch.long)
+    indptr[2:] = 1  # row 1 (domain 0) has one neighbour: item 6 (domain 1)
+    with pytest.raises(AssertionError, match="within one domain"):
+        model.set_cooccurrence(indptr, torch.tensor([6]), torch.tensor([0.5]), torch.zeros(2))
+    assert not model.has_cooccurrence
 
 
 # ------------------------------------------------------------------------------------------------ fine-tuning

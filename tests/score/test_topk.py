@@ -99,3 +99,24 @@ def test_score_body_batches_users_by_history_length_without_mixing_up_users(arti
     key = ["user_id", "domain", "rank"]
     pd.testing.assert_frame_equal(got.sort_values(key).reset_index(drop=True), want.sort_values(key).reset_index(drop=True),
                                   check_exact=False, rtol=1e-5)
+
+
+def test_scorer_ranks_with_the_artifacts_cooccurrence_term(artifact):
+    from crossrec.model.transformer import load
+
+    model = load(artifact)
+    n = len(DOMAINS)
+    indptr = torch.zeros(n + 2, dtype=torch.long)
+    indptr[2:] = 1  # history item 1 supports item 5 (both books), with weight 8 in books and 0 in movies
+    model.set_cooccurrence(indptr, torch.tensor([5], dtype=torch.int32), torch.tensor([1.0]), torch.tensor([8.0, 0.0]))
+    save(model, artifact)
+    scorer = Scorer(artifact, k=3)
+    rows = pd.DataFrame(scorer.rows(["u0"], [np.array([1, 8])], [np.arange(2)]))
+    batch = {"item_idx": torch.tensor([[1, 8]]), "domain_idx": torch.tensor([[0, 1]]), "event_ts": torch.tensor([[0, 1]])}
+    for d, name in enumerate(["books", "movies"]):
+        picks = rows[rows.domain == name]
+        with torch.no_grad():
+            want = model.full_sort_predict(batch, d)[0].numpy()  # the evaluation's scores, term included
+        cols = [int(i[1:]) - 1 - (6 if name == "movies" else 0) for i in picks.item_id]
+        np.testing.assert_allclose(picks.score.values, want[cols], rtol=1e-5, atol=1e-6)
+    assert rows[rows.domain == "books"].item_id.iloc[0] == "i5", "the co-occurring item comes first"
