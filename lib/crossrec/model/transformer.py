@@ -9,6 +9,8 @@ items of that domain only: ``score(u, i) = <h_u^d, e_i>`` with ``d`` the domain 
 Because the item side reads the item's text, an item that never occurred in training still gets a
 meaningful representation, and a topic seen in domain A carries over to the items of domain B with similar
 text: the cross-domain signal the product relies on. ``use_id_embedding=False`` is the pure text mode.
+An artifact may also carry a co-occurrence term, fitted after training (:meth:`CrossDomainTransformer.set_cooccurrence`,
+:mod:`crossrec.model.cooccurrence`), that :meth:`~CrossDomainTransformer.full_sort_predict` adds to the scores.
 
 Batch convention (a dict of tensors, the columns of ``gold.user_sequences`` after collation):
 
