@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best valid NDCG@10: {m['valid'][METRIC]:.4f} (epoch {m['best_epoch']}; Recall@10 {m['valid']['valid_recall@10']:.4f})")
         print(f"epochs run:       {m['epochs_run']} of {m['max_epochs']}{' (early stop)' if m['early_stopped'] else ''}"
               f"{'; resumed at ' + str(m['resumed_at_epochs']) if m['resumed_at_epochs'] else ''}")
+        for d, r in (m.get("cooccurrence") or {}).get("domains", {}).items():
+            ndcg = r["valid_ndcg@10"]
+            print(f"co-occurrence:    {d} weight {r['weight']:g}, valid NDCG@10 {ndcg[str(float(r['weight']))]:.4f} "
+                  f"({ndcg.get('0.0', float('nan')):.4f} without; {r['rows']} valid rows)")
         print(f"throughput:       {m['samples_per_s']:.0f} samples/s over {m['workers']} {m['device']} worker(s); wall {m['wall_time_s']:.1f}s")
 
     return run_guarded(STAGE, body)

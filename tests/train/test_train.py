@@ -256,6 +256,7 @@ def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys)
         assert r["value"] == pytest.approx(metrics["valid"][f"valid_ndcg@10/{r['domain']}"], abs=1e-9), r
     out = capsys.readouterr().out
     assert str(folder) in out and "ndcg@10" in out.lower()
+    assert out.count("co-occurrence:") == len(DOMAINS), out
 
 
 @pytest.mark.ray
