@@ -28,7 +28,7 @@ import scipy.sparse as sp
 
 log = logging.getLogger(__name__)
 
-WEIGHT_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+WEIGHT_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 def same_domain_similarity(data, k: int = 200, shrink: float = 10.0):
@@ -53,7 +53,7 @@ def same_domain_similarity(data, k: int = 200, shrink: float = 10.0):
 
 
 def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Sequence[float] = WEIGHT_GRID,
-                     max_rows: int = 5000, seed: int = 0, input_domains: Sequence[str] | None = None) -> dict:
+                     max_rows: int = 20000, seed: int = 0, input_domains: Sequence[str] | None = None) -> dict:
     """Attach the co-occurrence term to ``model`` and choose each domain's weight on the validation split.
 
     ``valid``: :func:`crossrec.evaluate.protocol.load_eval_data` with ``split="valid"`` (its ``train`` holds
