@@ -437,9 +437,14 @@ def test_combine_scores_adds_the_weighted_term_per_domain_and_survives_save_load
     with torch.no_grad():
         torch.testing.assert_close(model.full_sort_predict(batch, 0), raw[0], rtol=0, atol=0)  # weight 0: unchanged
         c = model.cooccurrence_scores(batch["item_idx"], 1)
-        z = (raw[1] - raw[1].mean(1, keepdim=True)) / (raw[1].std(1, keepdim=True) + 1e-6)
-        torch.testing.assert_close(model.full_sort_predict(batch, 1), z + 2.0 * c / c.amax(1, keepdim=True).clamp(min=1e-9))
-        assert not torch.allclose(model.full_sort_predict(batch, 1), z), "the term changes domain 1's scores"
+        cn = c / c.amax(1, keepdim=True).clamp(min=1e-9)
+        mean, std = raw[1].mean(1, keepdim=True), raw[1].std(1, keepdim=True)
+        got = model.full_sort_predict(batch, 1)
+        torch.testing.assert_close(got, raw[1] + 2.0 * std * cn, rtol=1e-4, atol=1e-5)
+        # per user, an affine map of "standardised Transformer scores + weight x normalised co-occurrence"
+        torch.testing.assert_close((got - mean) / std, (raw[1] - mean) / std + 2.0 * cn, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(got, raw[1]), "the term changes domain 1's scores"
+        assert bool((cn > 0).any(1).all()), "every user of the batch has co-occurrence support in domain 1"
     save(model, tmp_path / "m")
     loaded = load(tmp_path / "m")
     assert loaded.has_cooccurrence and loaded.cooc_indices.dtype == torch.int32

@@ -211,18 +211,19 @@ def transformer_score_fn(model, data: EvalData, batch_size: int = 512, input_dom
     counts = np.bincount(data.train.item, minlength=data.train.n_items + 1).astype(np.float32)
     keep = None if input_domains is None else np.array([data.domains.index(d) for d in input_domains], dtype=np.int64)
 
-    reps: dict[int, "torch.Tensor"] = {}  # item matrix per domain, computed once
+    reps: dict[int, tuple] = {}  # (item matrix, its covariance or None) per domain, computed once
 
     def score(dt_: DomainTest, rows: np.ndarray) -> np.ndarray:
         out = []
         test_rows = dt_.rows[rows]
         with torch.inference_mode():
             if dt_.domain_idx not in reps:
-                reps[dt_.domain_idx] = model.domain_item_reps(dt_.domain_idx)
+                r = model.domain_item_reps(dt_.domain_idx)
+                reps[dt_.domain_idx] = (r, model.score_covariance(r) if model.cooccurrence_weight(dt_.domain_idx) else None)
             for s in range(0, len(test_rows), batch_size):
                 chunk = test_rows[s : s + batch_size]
                 batch = history_batch(data, chunk, max_len, device, keep)
-                scores = model.full_sort_predict(batch, dt_.domain_idx, reps[dt_.domain_idx]).float().cpu().numpy()
+                scores = model.full_sort_predict(batch, dt_.domain_idx, *reps[dt_.domain_idx]).float().cpu().numpy()
                 empty = np.array([len(row_history(data, r, keep)[0]) == 0 for r in chunk])
                 if empty.any():
                     scores[empty] = counts[data.train.domain_items[dt_.domain_idx]]

@@ -7,8 +7,11 @@ is strong. The artifact therefore carries item-KNN's item-item cosine similarity
 one domain, and adds it to the Transformer's scores (``CrossDomainTransformer.combine_scores``) with one
 weight per domain, chosen on the validation split:
 
-    score(u, j) = z(transformer scores of u)_j + w_d * c(u, j) / max_j' c(u, j')
+    score(u, j) = s(u, j) + w_d * std(s(u, .)) * c(u, j) / max_j' c(u, j')
     c(u, j)     = sum over u's distinct history items i in j's domain of sim(i, j)
+
+with ``s`` the Transformer's scores: per user, the same ranking as ``z(s) + w_d * c / max c`` with ``z`` the
+user's scores standardised, so ``w_d`` is on a scale that does not depend on the model's score range.
 
 Users without history in the domain (cross-domain cold start) get ``c = 0``: their ranking is the
 Transformer's alone. A weight of 0 (a domain where the term does not help on validation) leaves that
@@ -85,16 +88,15 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
         gains = {w: [] for w in grid}
         with torch.inference_mode():
             reps = model.domain_item_reps(dt_.domain_idx)
+            cov = model.score_covariance(reps)
             for s in range(0, len(sel), 512):
                 rows = sel[s : s + 512]
                 batch = history_batch(valid, dt_.rows[rows], model.config.max_seq_len, device, keep)
-                raw = model.full_sort_predict(batch, dt_.domain_idx, reps)  # weight 0: the Transformer alone
-                z = (raw - raw.mean(1, keepdim=True)) / (raw.std(1, keepdim=True) + 1e-6)
-                c = model.cooccurrence_scores(batch["item_idx"], dt_.domain_idx)
-                c = c / c.amax(1, keepdim=True).clamp(min=1e-9)
+                h = model.user_vectors(batch, dt_.domain_idx)
+                raw = h @ reps.T  # the Transformer alone
                 for w in grid:
-                    scores = (raw if w == 0 else z + w * c).float().cpu().numpy()
-                    rank = rank_of_target(scores, dt_.target_col[rows], dt_.exclude[rows])
+                    scores = model.combine_scores(raw, batch["item_idx"], dt_.domain_idx, h, cov, weight=w)
+                    rank = rank_of_target(scores.float().cpu().numpy(), dt_.target_col[rows], dt_.exclude[rows])
                     gains[w].append(np.where(rank <= 10, 1.0 / np.log2(rank + 1), 0.0))
         ndcg = {w: float(np.concatenate(g).mean()) for w, g in gains.items()}
         best = max(grid, key=lambda w: (ndcg[w], -w))

@@ -528,17 +528,23 @@ class CrossDomainTransformer(nn.Module):
         mode: compute once and pass to :meth:`full_sort_predict` when scoring many batches."""
         return self.item_encoder(self.domain_items(int(domain)))
 
-    def full_sort_predict(self, batch: Mapping[str, Tensor], domain: int, item_reps: Tensor | None = None) -> Tensor:
+    def full_sort_predict(self, batch: Mapping[str, Tensor], domain: int, item_reps: Tensor | None = None,
+                          item_cov: Tensor | None = None) -> Tensor:
         """Scores of every item of ``domain``: (B, n_items_in_domain), columns in domain_item_idx order.
 
         ``item_reps``: :meth:`domain_item_reps` of ``domain``, precomputed (eval mode); None = compute here.
-        With a co-occurrence term attached (:meth:`set_cooccurrence`), the scores are :meth:`combine_scores`'.
+        With a co-occurrence term attached (:meth:`set_cooccurrence`), the scores are :meth:`combine_scores`';
+        ``item_cov``: :meth:`score_covariance` of ``item_reps``, precomputed; None = compute here when needed.
         """
         domain = int(domain)
         h = self.user_vectors(batch, domain)  # (B, D)
         reps = self.domain_item_reps(domain) if item_reps is None else item_reps  # (n_d, D)
         assert reps.shape[0] == self.domain_items(domain).numel(), "item_reps must hold every item of the domain"
-        return self.combine_scores(h @ reps.T, batch["item_idx"], domain)  # (B, n_d)
+        scores = h @ reps.T  # (B, n_d)
+        if self.cooccurrence_weight(domain) == 0.0:
+            return scores
+        cov = self.score_covariance(reps) if item_cov is None else item_cov
+        return self.combine_scores(scores, batch["item_idx"], domain, h, cov)
 
     # -------------------------------------------------------------------------------- co-occurrence term
     # A dot product of d_model dimensions is a low-rank model: it ranks popular items well but cannot hold the
@@ -548,6 +554,10 @@ class CrossDomainTransformer(nn.Module):
     @property
     def has_cooccurrence(self) -> bool:
         return hasattr(self, "cooc_weight")
+
+    def cooccurrence_weight(self, domain: int) -> float:
+        """The co-occurrence term's weight in ``domain``; 0.0 when no term is attached."""
+        return float(self.cooc_weight[int(domain)]) if self.has_cooccurrence else 0.0
 
     def set_cooccurrence(self, indptr: Tensor, indices: Tensor, values: Tensor, weight: Tensor) -> None:
         """Attach the co-occurrence term: a CSR matrix (n_items+1, n_items+1) whose row ``i`` holds the items
@@ -559,7 +569,9 @@ class CrossDomainTransformer(nn.Module):
         assert indices.shape == values.shape and indices.dim() == 1, "indices and values must be 1-d of one length"
         assert int(indptr[0]) == 0 and int(indptr[-1]) == indices.numel(), "indptr must run from 0 to nnz"
         assert weight.shape == (self.config.n_domains,), f"weight must be ({self.config.n_domains},)"
+        assert bool((weight >= 0).all()), f"weights must be >= 0, got {weight.tolist()}"
         if indices.numel():
+            assert bool((values >= 0).all()), "similarities must be >= 0"
             assert 1 <= int(indices.min()) and int(indices.max()) < n, f"indices must be item ids 1..{n - 1}"
             rows = torch.repeat_interleave(torch.arange(n), (indptr[1:] - indptr[:-1]).cpu())
             dom = self.item_encoder.item_domain.cpu()
@@ -570,41 +582,60 @@ class CrossDomainTransformer(nn.Module):
         self.register_buffer("cooc_values", values.float().to(device))
         self.register_buffer("cooc_weight", weight.float().to(device))
 
-    def cooccurrence_scores(self, item_idx: Tensor, domain: int) -> Tensor:
-        """(B, T) histories -> (B, n_d): ``sum_i sim(i, j)`` over the distinct history items ``i`` in ``domain``
-        (item-KNN's score, from the attached matrix); 0 for users without history there."""
+    def _cooccurrence_cells(self, item_idx: Tensor, domain: int) -> tuple[Tensor, Tensor]:
+        """(B, T) histories -> the non-zero cells of the (B, n_d) co-occurrence scores: flat positions
+        ``row * n_d + column`` (distinct, sorted) and their values ``sum_i sim(i, j)`` over the distinct history
+        items ``i`` of the row in ``domain``."""
         assert self.has_cooccurrence, "no co-occurrence term attached (set_cooccurrence)"
         domain = int(domain)
-        B, n = item_idx.shape[0], self.config.n_items + 1
-        out = torch.zeros(B, self.domain_items(domain).numel(), device=item_idx.device)
+        n, n_d = self.config.n_items + 1, self.domain_items(domain).numel()
         in_d = (item_idx != 0) & (self.item_encoder.item_domain[item_idx] == domain)
         rows, pos = in_d.nonzero(as_tuple=True)
-        if rows.numel() == 0:
-            return out
         key = torch.unique(rows * n + item_idx[rows, pos])  # distinct (user, item): a binary history
         rows, items = key // n, key % n
         start = self.cooc_indptr[items]
         lens = self.cooc_indptr[items + 1] - start  # neighbours of each history item
-        total = int(lens.sum())
-        if total == 0:
-            return out
         first = torch.cumsum(lens, 0) - lens  # where each item's neighbours start in the flat list
+        total = int(lens.sum())
         flat = torch.repeat_interleave(start - first, lens) + torch.arange(total, device=item_idx.device)
-        cols = self.domain_item_idx[self.cooc_indices[flat].long()]
-        return out.index_put_((torch.repeat_interleave(rows, lens), cols), self.cooc_values[flat], accumulate=True)
+        cells = torch.repeat_interleave(rows, lens) * n_d + self.domain_item_idx[self.cooc_indices[flat].long()]
+        cells, where = torch.unique(cells, return_inverse=True)  # one entry per cell, sorted
+        values = torch.zeros(cells.numel(), device=item_idx.device).index_add_(0, where, self.cooc_values[flat])
+        return cells, values
 
-    def combine_scores(self, scores: Tensor, item_idx: Tensor, domain: int) -> Tensor:
-        """The Transformer's (B, n_d) ``scores`` with the co-occurrence term of ``domain``: each row
-        standardised (zero mean, unit deviation over the domain's items) plus ``weight_d`` times the row's
-        co-occurrence scores divided by their maximum. Unchanged when no term is attached or its weight is 0."""
-        if not self.has_cooccurrence:
-            return scores
-        w = float(self.cooc_weight[int(domain)])
+    def cooccurrence_scores(self, item_idx: Tensor, domain: int) -> Tensor:
+        """(B, T) histories -> (B, n_d): ``c(u, j) = sum_i sim(i, j)`` over the distinct history items ``i`` in
+        ``domain`` (item-KNN's score, from the attached matrix); 0 for users without history there."""
+        B, n_d = item_idx.shape[0], self.domain_items(int(domain)).numel()
+        cells, values = self._cooccurrence_cells(item_idx, domain)
+        return torch.zeros(B * n_d, device=item_idx.device).index_put_((cells,), values).view(B, n_d)
+
+    @staticmethod
+    def score_covariance(item_reps: Tensor) -> Tensor:
+        """(n_d, D) item representations -> (D, D) covariance over the items (unbiased): the standard deviation
+        of a user's scores ``h @ item_reps.T`` is ``sqrt(h cov h)``, without a pass over the (B, n_d) scores."""
+        return torch.cov(item_reps.float().T)
+
+    def combine_scores(self, scores: Tensor, item_idx: Tensor, domain: int, h: Tensor, item_cov: Tensor,
+                       weight: float | None = None) -> Tensor:
+        """The Transformer's scores ``h @ item_reps.T`` (B, n_d) plus the co-occurrence term of ``domain``:
+
+            score(u, j) = s(u, j) + w_d * std_j(s(u, .)) * c(u, j) / max_j c(u, j)
+
+        which ranks as ``z(s(u, .)) + w_d * c / max c`` (each row standardised), but touches only the non-zero
+        ``c`` cells; the standard deviation comes from ``item_cov`` (:meth:`score_covariance`) and the user
+        vectors ``h`` (B, D). ``weight``: instead of the attached weight (fitting). Unchanged when it is 0.
+        """
+        w = self.cooccurrence_weight(domain) if weight is None else float(weight)
         if w == 0.0:
             return scores
-        z = (scores - scores.mean(1, keepdim=True)) / (scores.std(1, keepdim=True) + 1e-6)
-        c = self.cooccurrence_scores(item_idx, domain)
-        return z + w * (c / c.amax(1, keepdim=True).clamp(min=1e-9))
+        B, n_d = scores.shape
+        cells, values = self._cooccurrence_cells(item_idx, domain)
+        rows = cells // n_d
+        top = torch.zeros(B, device=scores.device).scatter_reduce(0, rows, values, "amax")  # max_j c (c >= 0)
+        std = torch.einsum("bd,de,be->b", h.float(), item_cov, h.float()).clamp(min=0).sqrt()  # (B,)
+        scale = w * std / top.clamp(min=1e-12)  # (B,)
+        return scores.reshape(-1).index_add(0, cells, (values * scale[rows]).to(scores.dtype)).view(B, n_d)
 
 
 # ------------------------------------------------------------------------------------------------ persistence

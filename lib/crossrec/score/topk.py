@@ -83,6 +83,8 @@ class Scorer:
             self.table_norm = torch.nn.functional.normalize(self.table.float(), dim=-1)
             self.reps = [self.table[self.model.domain_items(d)] for d in range(len(self.domains))]  # (n_d, D) each
             self.rep_norm = [torch.nn.functional.normalize(r.float(), dim=-1) for r in self.reps]
+            self.covs = [self.model.score_covariance(r) if self.model.cooccurrence_weight(d) else None
+                         for d, r in enumerate(self.reps)]
         self.pop = [torch.as_tensor(pop[self.model.domain_items(d).cpu().numpy()], dtype=torch.float32, device=self.device)
                     for d in range(len(self.domains))]
         self._arrow: dict | None = None  # Arrow string arrays for record_batch, built on first use
@@ -111,8 +113,10 @@ class Scorer:
             pad = batch["item_idx"] == 0  # (B, T)
             for d in range(len(self.domains)):
                 n_d = self.reps[d].shape[0]
-                scores = self.model.domain_head(states, d) @ self.reps[d].T  # (B, n_d) float32
-                scores = self.model.combine_scores(scores, batch["item_idx"], d)  # + co-occurrence term, if any
+                h = self.model.domain_head(states, d)  # (B, D)
+                scores = h @ self.reps[d].T  # (B, n_d) float32
+                if self.covs[d] is not None:  # + the artifact's co-occurrence term
+                    scores = self.model.combine_scores(scores, batch["item_idx"], d, h, self.covs[d])
                 if any_empty:
                     scores[empty] = self.pop[d]  # no usable history: popularity (exact counts in float32 up to 2^24)
                 sel = self.item_domain[flat] == d  # every history item of the user in d (all, not only the window)
