@@ -17,8 +17,10 @@ Users without history in the domain (cross-domain cold start) get ``c = 0``: the
 Transformer's alone. A weight of 0 (a domain where the term does not help on validation) leaves that
 domain's scores exactly the Transformer's.
 
-The similarity is fitted on the training events only (the split the model learned from), so the validation
-targets that choose the weights were never seen by it.
+The weights are chosen with a similarity fitted on the training events only (the split the model learned
+from), so the validation targets that choose them were never seen by it. The artifact then keeps a similarity
+refitted on the training events plus the validation targets (``crossrec.train.loop.attach_cooccurrence``): the
+events every other model learns from at test time.
 """
 from __future__ import annotations
 
