@@ -68,7 +68,7 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
     """
     import torch
 
-    from crossrec.evaluate.metrics import rank_of_target
+    from crossrec.evaluate.metrics import candidate_counts, rank_of_target, ranking_metrics
     from crossrec.evaluate.protocol import history_batch
 
     assert len(grid) >= 1 and all(w >= 0 for w in grid), f"grid must hold weights >= 0, got {grid}"
@@ -87,7 +87,7 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
         sel = np.arange(len(dt_.rows))
         if len(sel) > max_rows:
             sel = np.sort(rng.choice(sel, max_rows, replace=False))
-        gains = {w: [] for w in grid}
+        ranks = {w: [] for w in grid}
         with torch.inference_mode():
             reps = model.domain_item_reps(dt_.domain_idx)
             cov = model.score_covariance(reps)
@@ -98,9 +98,9 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
                 raw = h @ reps.T  # the Transformer alone
                 for w in grid:
                     scores = model.combine_scores(raw, batch["item_idx"], dt_.domain_idx, h, cov, weight=w)
-                    rank = rank_of_target(scores.float().cpu().numpy(), dt_.target_col[rows], dt_.exclude[rows])
-                    gains[w].append(np.where(rank <= 10, 1.0 / np.log2(rank + 1), 0.0))
-        ndcg = {w: float(np.concatenate(g).mean()) for w, g in gains.items()}
+                    ranks[w].append(rank_of_target(scores.float().cpu().numpy(), dt_.target_col[rows], dt_.exclude[rows]))
+        n_cand = candidate_counts(dt_.exclude.shape[1], dt_.target_col[sel], dt_.exclude[sel])
+        ndcg = {w: float(ranking_metrics(np.concatenate(r), n_cand, ks=(10,))["ndcg@10"]) for w, r in ranks.items()}
         best = max(grid, key=lambda w: (ndcg[w], -w))
         weights[dt_.domain_idx] = best
         report[dt_.domain] = {"weight": best, "valid_ndcg@10": ndcg, "rows": int(len(sel))}
