@@ -43,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-text", dest="use_text", action="store_false", help="do not use the text embeddings (id-only model)")
     g.add_argument("--no-id-embedding", dest="use_id_embedding", action="store_false", help="text-only item representation")
     g.add_argument("--no-categories", dest="use_categories", action="store_false", help="no category embedding (default: one per (domain, category) of gold.item_index)")
+    g.add_argument("--no-cold-views", dest="cold_views", action="store_false",
+                   help="do not add cold-domain views of multi-domain histories to training (default: add them; each "
+                        "domain's targets predicted from the other domains' events, as for users new to the domain)")
     g.add_argument("--cooccurrence-k", type=int, default=200,
                    help="after training, add a same-domain item co-occurrence term (item-KNN's similarity, this many "
                         "neighbours per item) to the scores, weighted per domain on the validation split; 0 = none "
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             patience=args.patience, max_seq_len=cfg.max_seq_len, seed=cfg.seed, d_model=args.d_model,
             n_layers=args.n_layers, n_heads=args.n_heads, dropout=args.dropout, loss=args.loss, n_negatives=args.n_negatives,
             use_text=args.use_text, use_id_embedding=args.use_id_embedding, id_dropout=args.id_dropout,
-            use_categories=args.use_categories, cooccurrence_k=args.cooccurrence_k,
+            use_categories=args.use_categories, cold_views=args.cold_views,
+            cooccurrence_k=args.cooccurrence_k,
             input_domains=tuple(d for d in args.input_domains.split(",") if d) if args.input_domains else None,
             max_users=args.max_users, max_failures=args.max_failures,
             storage_path=args.storage_path, model_root=args.model_root, ray_address=args.ray_address,

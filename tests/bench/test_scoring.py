@@ -25,3 +25,7 @@ def test_scoring_bench_measures_every_system(spark, tmp_path):
     assert (tmp_path / "out" / "scoring.md").exists()
     floor = tmp_path / "out" / "lake" / "bench" / "write_floor"  # the floor rewrote exactly crossrec's rows
     assert spark.read.format("delta").load(str(floor)).count() == d["score_summary"]["rows"]
+    from crossrec.model.transformer import load
+
+    model = load(tmp_path / "out" / "lake" / "models" / "bench-scoring")  # scored as crossrec train leaves it:
+    assert model.has_cooccurrence and all(model.cooccurrence_weight(d) == 1.0 for d in range(2))  # with the term

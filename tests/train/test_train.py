@@ -157,21 +157,46 @@ def _artifact(lake: Path) -> tuple[Path, dict]:
 def test_training_windows_predict_every_target_once():
     hist = np.arange(1, 12)  # 11 events -> 10 targets
     tab = training_windows([hist, [5], [7, 8]], [np.zeros(11), [0], [1, 1]], [np.arange(11), [3], [1, 2]], max_seq_len=4)
-    windows = tab.column("item_idx").to_pylist()
-    assert all(2 <= len(w) <= 5 for w in windows), windows
-    targets = sorted(t for w in windows for t in w[1:])
+    rows = tab.to_pylist()
+    assert all(1 <= len(r["item_idx"]) == len(r["target_item_idx"]) <= 4 for r in rows), rows
+    for r in rows:  # next-item windows: the target of a position is the following event
+        assert r["target_item_idx"][:-1] == r["item_idx"][1:]
+    targets = sorted(t for r in rows for t in r["target_item_idx"])
     assert targets == sorted([*range(2, 12), 8]), "every target of every history exactly once; 1-event rows dropped"
-    assert windows[0] == [7, 8, 9, 10, 11], "newest window first"
+    assert rows[0]["item_idx"] == [7, 8, 9, 10] and rows[0]["target_item_idx"] == [8, 9, 10, 11], "newest window first"
+    assert training_windows([hist], [np.zeros(11)], [np.arange(11)], 4, cold_views=True).equals(
+        training_windows([hist], [np.zeros(11)], [np.arange(11)], 4)), "one-domain history: no cold-domain view"
 
 
-def test_collate_right_pads_and_shifts_targets():
-    tab = pa.table({"item_idx": [[1, 2, 3], [4, 5]], "domain_idx": [[0, 1, 0], [1, 1]], "event_ts": [[10, 20, 30], [5, 6]]})
+def test_cold_domain_views_predict_a_domain_from_the_other_domains_only():
+    items, doms, ts = np.arange(1, 8), np.array([0, 1, 1, 0, 1, 0, 0]), np.arange(10, 17)
+    rows = training_windows([items], [doms], [ts], max_seq_len=50, cold_views=True).to_pylist()
+    assert len(rows) == 3, "one next-item window + one view per domain"
+    assert rows[0]["target_item_idx"] == [2, 3, 4, 5, 6, 7]
+    view0, view1 = rows[1], rows[2]  # views in domain order; view1: domain 1 held out: inputs are the domain-0 events, targets the domain-1 event right after each
+    assert view1["item_idx"] == [1, 4, 6, 7] and view1["domain_idx"] == [0, 0, 0, 0] and view1["event_ts"] == [10, 13, 15, 16]
+    assert view1["target_item_idx"] == [2, 5, 0, 0], "item 3 follows a domain-1 event: no domain-0 state precedes it directly"
+    assert view0["item_idx"] == [2, 3, 5] and view0["target_item_idx"] == [0, 4, 6]
+    # long histories: views are cut into windows of max_seq_len positions, those without a target skipped
+    long_items = np.arange(1, 21)
+    long_doms = np.array([0, 1] * 10)
+    n_next = training_windows([long_items], [long_doms], [long_items], 3).num_rows
+    views = training_windows([long_items], [long_doms], [long_items], 3, cold_views=True).to_pylist()[n_next:]
+    assert all(len(set(r["domain_idx"])) == 1 for r in views), "a view's inputs are one domain's events here"
+    assert all(len(r["item_idx"]) <= 3 and any(r["target_item_idx"]) for r in views)
+    held = sorted(t for r in views for t in r["target_item_idx"] if t)
+    assert held == list(range(2, 21)), "every event preceded by another domain's event is a view target once"
+
+
+def test_collate_right_pads_targets():
+    tab = pa.table({"item_idx": [[1, 2], [4]], "domain_idx": [[0, 1], [1]], "event_ts": [[10, 20], [5]],
+                    "target_item_idx": [[2, 3], [0]]})
     item_domain = np.array([0, 0, 1, 0, 1, 1])
     b = collate_train(tab, item_domain)
     assert b["item_idx"].tolist() == [[1, 2], [4, 0]]
-    assert b["target_item_idx"].tolist() == [[2, 3], [5, 0]]
-    assert b["target_domain"][0].tolist() == [1, 0] and b["target_domain"][1, 0] == 1
-    assert b["event_ts"].tolist() == [[10, 20], [5, 0]]
+    assert b["target_item_idx"].tolist() == [[2, 3], [0, 0]]
+    assert b["target_domain"][0].tolist() == [1, 0]
+    assert b["event_ts"].tolist() == [[10, 20], [5, 0]] and b["domain_idx"].tolist() == [[0, 1], [1, 0]]
     h = collate_history([np.array([1, 2, 3]), np.array([], dtype=np.int64)], [np.array([1, 2, 3]), np.array([], dtype=np.int64)], 2, item_domain)
     assert h["item_idx"].tolist() == [[2, 3], [0, 0]], "newest max_len events, right-padded; empty history = padding"
 

@@ -7,8 +7,9 @@ The same users, items and K for all three, in one run on one Spark session:
 * **crossrec score stage** -- the real job (``crossrec_jobs.score.run``: Spark ``mapInArrow`` over users, the
   Transformer over each user's history, seen items excluded, top-K per domain with reasons, the Delta write),
   on a lake written here: ``silver.interactions`` (``--users`` users with ``--events`` random events each) and a
-  model artifact (an untrained CrossDomainTransformer, d_model 64: the weights do not change the work). Output
-  checks and publishing are off: the figure is scoring + writing.
+  model artifact (an untrained CrossDomainTransformer, d_model 64: the weights do not change the work, with the
+  co-occurrence term of ``crossrec.model.cooccurrence`` fitted on these interactions, weight 1 in every domain, as
+  ``crossrec train`` attaches it by default). Output checks and publishing are off: the figure is scoring + writing.
 * **Spark ALS** -- implicit ALS rank 64 fitted (1 iteration, not timed) on the same interactions, then
   ``recommendForAllUsers(K)`` timed until every row is materialised (``noop`` sink). It ranks all items at once
   where crossrec ranks each domain: the same dot products, one top-K instead of one per domain.
@@ -53,6 +54,8 @@ def write_lake(spark, spec: ScoringSpec, lake: Path) -> list[str]:
     import torch
 
     from crossrec.io.delta import write_table
+    from crossrec.model.baselines import InteractionData
+    from crossrec.model.cooccurrence import same_domain_similarity
     from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig, save
     from crossrec.quality.contracts import load_contract
 
@@ -81,8 +84,14 @@ def write_lake(spark, spec: ScoringSpec, lake: Path) -> list[str]:
                                          text_emb=rng.normal(size=(n_items, 384)).astype(np.float32))
     torch.manual_seed(spec.seed)
     cfg = ModelConfig(n_items=n_items, n_domains=spec.domains, d_model=D_MODEL, n_layers=2, n_heads=2, max_seq_len=50)
+    model = CrossDomainTransformer(cfg, feats)
+    train = InteractionData(user=np.repeat(np.arange(spec.users), spec.events), item=dom * spec.items_per_domain + item + 1,
+                            domain=dom, ts=np.zeros(n, dtype=np.int64), n_users=spec.users, n_items=n_items,
+                            n_domains=spec.domains, domain_items=[index.item_idx.values[index.domain_idx.values == j]
+                                                                  for j in range(spec.domains)])
+    model.set_cooccurrence(*same_domain_similarity(train), torch.ones(spec.domains))
     folder = lake / "models" / "bench-scoring"
-    save(CrossDomainTransformer(cfg, feats), folder)
+    save(model, folder)
     index.to_parquet(folder / "item_index.parquet")
     (folder / "metrics.json").write_text(json.dumps({"input_domains": None}))
     (lake / "models" / "_latest").write_text("bench-scoring\n")

@@ -13,7 +13,9 @@ Two halves, as every Ray Train program (CONVENTIONS point 8):
 Data. A ``split=train`` row of ``gold.user_sequences`` holds a user's whole training history ``s``; it is cut
 into windows of at most ``max_seq_len + 1`` events, newest first, overlapping by one event, so every next-item
 target of ``s`` is predicted exactly once (:func:`training_windows`). A window ``w`` is one sample: inputs
-``w[:-1]``, targets ``w[1:]``, target domain = the domain of the target item in ``gold.item_index``. Training
+``w[:-1]``, targets ``w[1:]``, target domain = the domain of the target item in ``gold.item_index``. With
+``cold_views`` (default) a history spanning several domains also gives, per domain d, a view whose inputs are the
+other domains' events and whose targets are the d events that follow them: the state a user new to d is in. Training
 windows are split across workers with ``streaming_split(equal=True)`` (Ray Train's default), so every rank
 runs the same number of steps per epoch -- DDP requires it. Each rank batches windows of similar length
 together (:func:`length_bucketed`), which removes most padding. ``split=valid`` rows are *not* split: every worker
@@ -112,6 +114,8 @@ class TrainConfig:
             id_dropout: model
         use_categories: give each item an attribute embedding of its (domain, category) from gold.item_index.
             (see crossrec.model.transformer.ModelConfig).
+        cold_views: also train on cold-domain views of multi-domain histories (each domain's targets predicted
+            from the other domains' events only; see :func:`training_windows`), for users new to a domain.
         cooccurrence_k: after training, attach the co-occurrence term (crossrec.model.cooccurrence) with this
             many neighbours per item, its weight per domain chosen on the validation split; 0 = none.
         input_domains: train (and later predict) from the events of these domains only, and only on their
@@ -149,6 +153,7 @@ class TrainConfig:
     use_id_embedding: bool = True
     id_dropout: float = 0.0
     use_categories: bool = True
+    cold_views: bool = True
     cooccurrence_k: int = 200
     input_domains: tuple[str, ...] | None = None
     max_users: int | None = None
@@ -249,17 +254,40 @@ def resolve_versions(lake_root: str, pinned: Mapping[str, int] | None, tables=GO
     return out
 
 
-def training_windows(item_idx, domain_idx, event_ts, max_seq_len: int):
-    """Cut histories into training windows (pyarrow.Table of list<int64> columns).
+def _chunks(cols: dict[str, list], inputs: dict[str, np.ndarray], targets: np.ndarray, max_seq_len: int) -> None:
+    """Append (inputs, targets) cut into windows of at most ``max_seq_len`` positions, newest first; windows
+    without a target are skipped."""
+    end = len(targets)
+    while end > 0:
+        start = max(0, end - max_seq_len)
+        if targets[start:end].any():
+            for k, a in inputs.items():
+                cols[k].append(a[start:end])
+            cols["target_item_idx"].append(targets[start:end])
+        end = start
 
-    A history of length L <= max_seq_len + 1 is one window. A longer one gives windows of max_seq_len + 1
-    events, newest first, each starting one event before the previous one ended, so that every target
-    ``s[1:]`` is predicted exactly once; histories shorter than 2 events have no target and give nothing.
+
+def training_windows(item_idx, domain_idx, event_ts, max_seq_len: int, *, cold_views: bool = False):
+    """Cut histories into training windows (pyarrow.Table of list<int64> columns, one window per row).
+
+    A window holds inputs (``item_idx``, ``domain_idx``, ``event_ts``) and, per position, the item to predict
+    there (``target_item_idx``, 0 = none).
+
+    * **Next-item windows**: a history ``s`` of length L <= max_seq_len + 1 is one window (inputs ``s[:-1]``,
+      targets ``s[1:]``). A longer one gives windows of max_seq_len + 1 events, newest first, each starting
+      one event before the previous one ended, so that every target ``s[1:]`` is predicted exactly once;
+      histories shorter than 2 events give nothing.
+    * **Cold-domain views** (``cold_views``): for a history with events in two or more domains, one more
+      sequence per domain d: the inputs are the events of the *other* domains, and a position's target is the
+      next event when that is in d (else none). The model so also learns to predict a domain's items from a
+      history without that domain -- exactly what a user new to the domain (the cold-start segment) gives it
+      at prediction time; without these views such states occur only before a user's first event in d.
+      Cut newest first into non-overlapping windows of at most ``max_seq_len`` positions.
     """
     import pyarrow as pa
 
     w = max_seq_len + 1
-    cols: dict[str, list] = {"item_idx": [], "domain_idx": [], "event_ts": []}
+    cols: dict[str, list] = {"item_idx": [], "domain_idx": [], "event_ts": [], "target_item_idx": []}
     for it, dm, ts in zip(item_idx, domain_idx, event_ts):
         it, dm, ts = (np.asarray(a, dtype=np.int64) for a in (it, dm, ts))
         assert len(it) == len(dm) == len(ts), "item_idx, domain_idx and event_ts of a row must have one length"
@@ -267,10 +295,22 @@ def training_windows(item_idx, domain_idx, event_ts, max_seq_len: int):
         while end >= 2:
             start = max(0, end - w)
             for k, a in (("item_idx", it), ("domain_idx", dm), ("event_ts", ts)):
-                cols[k].append(a[start:end])
+                cols[k].append(a[start:end - 1])
+            cols["target_item_idx"].append(it[start + 1:end])
             end = start + 1  # the next (older) window's last event is this window's first input
             if start == 0:
                 break
+        if not cold_views or len(it) < 2:
+            continue
+        for d in np.unique(dm) if (dm != dm[0]).any() else ():
+            keep = np.flatnonzero(dm != d)
+            nxt = keep + 1
+            has_next = nxt < len(it)
+            targets = np.zeros(len(keep), dtype=np.int64)
+            hit = has_next.copy()
+            hit[has_next] = dm[nxt[has_next]] == d
+            targets[hit] = it[nxt[hit]]
+            _chunks(cols, {"item_idx": it[keep], "domain_idx": dm[keep], "event_ts": ts[keep]}, targets, max_seq_len)
     typ = pa.list_(pa.int64())
     return pa.table({k: pa.array(v, type=typ) for k, v in cols.items()})
 
@@ -338,7 +378,8 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
     leaks = sum(int(t) in train_items.get(u, ()) for u, t in zip(valid.user_id.values, valid.target_item_idx.values))
     assert leaks == 0, f"{leaks} valid target(s) occur in the same user's train history: split leakage"
 
-    windows = training_windows(train.item_idx.values, train.domain_idx.values, train.event_ts.values, cfg.max_seq_len)
+    windows = training_windows(train.item_idx.values, train.domain_idx.values, train.event_ts.values, cfg.max_seq_len,
+                               cold_views=cfg.cold_views)
     typ = pa.list_(pa.int64())
     valid_tab = pa.table({
         "row_id": pa.array(np.arange(len(valid), dtype=np.int64)),
@@ -395,21 +436,20 @@ def _rows(col) -> list[np.ndarray]:
 
 
 def collate_train(batch, item_domain: np.ndarray) -> dict[str, np.ndarray]:
-    """Training windows (pyarrow.Table) -> right-padded (B, T) arrays; T = longest window - 1.
+    """Training windows (pyarrow.Table, see :func:`training_windows`) -> right-padded (B, T) arrays.
 
-    inputs ``w[:-1]``, ``target_item_idx = w[1:]``, ``target_domain`` = domain of the target item (0 where none).
+    ``item_idx``, ``domain_idx``, ``event_ts`` (inputs), ``target_item_idx`` (0 = no target) and
+    ``target_domain`` = domain of the target item (0 where none); T = the longest window.
     """
-    items, doms, tss = _rows(batch["item_idx"]), _rows(batch["domain_idx"]), _rows(batch["event_ts"])
-    B = len(items)
-    T = max(len(w) for w in items) - 1
-    assert T >= 1, "a training window has at least 2 events"
-    out = {k: np.zeros((B, T), dtype=np.int64) for k in ("item_idx", "domain_idx", "event_ts", "target_item_idx")}
-    for b, (it, dm, ts) in enumerate(zip(items, doms, tss)):
-        n = len(it) - 1
-        out["item_idx"][b, :n] = it[:-1]
-        out["domain_idx"][b, :n] = dm[:-1]
-        out["event_ts"][b, :n] = ts[:-1]
-        out["target_item_idx"][b, :n] = it[1:]
+    keys = ("item_idx", "domain_idx", "event_ts", "target_item_idx")
+    rows = {k: _rows(batch[k]) for k in keys}
+    B = len(rows["item_idx"])
+    T = max(len(w) for w in rows["item_idx"])
+    assert T >= 1, "a training window has at least 1 position"
+    out = {k: np.zeros((B, T), dtype=np.int64) for k in keys}
+    for k in keys:
+        for b, r in enumerate(rows[k]):
+            out[k][b, :len(r)] = r
     out["target_domain"] = item_domain[out["target_item_idx"]]  # padding: item 0 -> any domain, ignored
     return out
 
