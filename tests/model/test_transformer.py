@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 import scipy.sparse as scipy_sparse  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import crossrec.model.transformer as transformer_module  # noqa: E402
 from crossrec.model.transformer import (  # noqa: E402
     N_TIME_BUCKETS,
     CrossDomainTransformer,
@@ -426,7 +427,9 @@ def test_cooccurrence_scores_sum_the_similarity_over_distinct_history_items_of_t
     assert float(model.cooccurrence_scores(batch["item_idx"], 1)[0].abs().sum()) > 0, "the data exercise the sum"
 
 
-def test_combine_scores_adds_the_weighted_term_per_domain_and_survives_save_load(tmp_path):
+@pytest.mark.parametrize("dense_share", [0.0, float("inf")], ids=["dense-sum", "distinct-cells"])
+def test_combine_scores_adds_the_weighted_term_per_domain_and_survives_save_load(tmp_path, monkeypatch, dense_share):
+    monkeypatch.setattr(transformer_module, "DENSE_COOCCURRENCE_SHARE", dense_share)  # both ways of adding c
     feats = random_features()
     model = tiny_model(feats).eval()
     batch = make_batch(SEQS, feats, T=6, train=False)

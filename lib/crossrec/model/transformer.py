@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 
 N_TIME_BUCKETS = 32  # 0 = first event / padding, then 1 + floor(log2(1 + gap_s)), capped (2^30 s ~ 34 years)
 TEXT_CHUNK = 256  # items per forward of the fine-tuned text model
+# combine_scores sums the co-occurrence pairs into a dense (B, n_d) matrix when they outnumber this share of its
+# cells (popular history items on a small catalog), else it adds only the distinct non-zero cells
+DENSE_COOCCURRENCE_SHARE = 0.25
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
@@ -582,10 +585,10 @@ class CrossDomainTransformer(nn.Module):
         self.register_buffer("cooc_values", values.float().to(device))
         self.register_buffer("cooc_weight", weight.float().to(device))
 
-    def _cooccurrence_cells(self, item_idx: Tensor, domain: int) -> tuple[Tensor, Tensor]:
-        """(B, T) histories -> the non-zero cells of the (B, n_d) co-occurrence scores: flat positions
-        ``row * n_d + column`` (distinct, sorted) and their values ``sum_i sim(i, j)`` over the distinct history
-        items ``i`` of the row in ``domain``."""
+    def _cooccurrence_pairs(self, item_idx: Tensor, domain: int) -> tuple[Tensor, Tensor]:
+        """(B, T) histories -> one entry per (distinct history item i in ``domain``, neighbour j) pair: flat
+        cell positions ``row * n_d + column`` of the (B, n_d) scores (repeated where several history items
+        support the same j) and ``sim(i, j)``."""
         assert self.has_cooccurrence, "no co-occurrence term attached (set_cooccurrence)"
         domain = int(domain)
         n, n_d = self.config.n_items + 1, self.domain_items(domain).numel()
@@ -599,9 +602,15 @@ class CrossDomainTransformer(nn.Module):
         total = int(lens.sum())
         flat = torch.repeat_interleave(start - first, lens) + torch.arange(total, device=item_idx.device)
         cells = torch.repeat_interleave(rows, lens) * n_d + self.domain_item_idx[self.cooc_indices[flat].long()]
+        return cells, self.cooc_values[flat]
+
+    def _cooccurrence_cells(self, item_idx: Tensor, domain: int) -> tuple[Tensor, Tensor]:
+        """(B, T) histories -> the non-zero cells of the (B, n_d) co-occurrence scores: flat positions
+        ``row * n_d + column`` (distinct, sorted) and their values ``sum_i sim(i, j)`` over the distinct history
+        items ``i`` of the row in ``domain``."""
+        cells, sims = self._cooccurrence_pairs(item_idx, domain)
         cells, where = torch.unique(cells, return_inverse=True)  # one entry per cell, sorted
-        values = torch.zeros(cells.numel(), device=item_idx.device).index_add_(0, where, self.cooc_values[flat])
-        return cells, values
+        return cells, torch.zeros(cells.numel(), device=item_idx.device).index_add_(0, where, sims)
 
     def cooccurrence_scores(self, item_idx: Tensor, domain: int) -> Tensor:
         """(B, T) histories -> (B, n_d): ``c(u, j) = sum_i sim(i, j)`` over the distinct history items ``i`` in
@@ -623,17 +632,26 @@ class CrossDomainTransformer(nn.Module):
             score(u, j) = s(u, j) + w_d * std_j(s(u, .)) * c(u, j) / max_j c(u, j)
 
         which ranks as ``z(s(u, .)) + w_d * c / max c`` (each row standardised), but touches only the non-zero
-        ``c`` cells; the standard deviation comes from ``item_cov`` (:meth:`score_covariance`) and the user
-        vectors ``h`` (B, D). ``weight``: instead of the attached weight (fitting). Unchanged when it is 0.
+        ``c`` cells (or sums ``c`` densely when the history's (item, neighbour) pairs outnumber
+        ``DENSE_COOCCURRENCE_SHARE`` of the B x n_d cells); the standard deviation comes from ``item_cov``
+        (:meth:`score_covariance`) and the user vectors ``h`` (B, D). ``weight``: instead of the attached weight (fitting). Unchanged when it is 0.
         """
         w = self.cooccurrence_weight(domain) if weight is None else float(weight)
         if w == 0.0:
             return scores
         B, n_d = scores.shape
-        cells, values = self._cooccurrence_cells(item_idx, domain)
+        std = torch.einsum("bd,de,be->b", h.float(), item_cov, h.float()).clamp(min=0).sqrt()  # (B,)
+        pairs, sims = self._cooccurrence_pairs(item_idx, domain)
+        if pairs.numel() > DENSE_COOCCURRENCE_SHARE * B * n_d:
+            # popular history items support most of the domain: summing the pairs into a dense (B, n_d) c is
+            # cheaper than sorting them into distinct cells
+            c = torch.zeros(B * n_d, device=scores.device).index_add_(0, pairs, sims).view(B, n_d)
+            scale = w * std / c.amax(1).clamp(min=1e-12)  # (B,); max_j c (c >= 0)
+            return scores + (c * scale[:, None]).to(scores.dtype)
+        cells, where = torch.unique(pairs, return_inverse=True)  # one entry per non-zero cell
+        values = torch.zeros(cells.numel(), device=scores.device).index_add_(0, where, sims)
         rows = cells // n_d
         top = torch.zeros(B, device=scores.device).scatter_reduce(0, rows, values, "amax")  # max_j c (c >= 0)
-        std = torch.einsum("bd,de,be->b", h.float(), item_cov, h.float()).clamp(min=0).sqrt()  # (B,)
         scale = w * std / top.clamp(min=1e-12)  # (B,)
         return scores.reshape(-1).index_add(0, cells, (values * scale[rows]).to(scores.dtype)).view(B, n_d)
 
