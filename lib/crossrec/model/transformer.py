@@ -608,9 +608,7 @@ class CrossDomainTransformer(nn.Module):
         """(B, T) histories -> the non-zero cells of the (B, n_d) co-occurrence scores: flat positions
         ``row * n_d + column`` (distinct, sorted) and their values ``sum_i sim(i, j)`` over the distinct history
         items ``i`` of the row in ``domain``."""
-        cells, sims = self._cooccurrence_pairs(item_idx, domain)
-        cells, where = torch.unique(cells, return_inverse=True)  # one entry per cell, sorted
-        return cells, torch.zeros(cells.numel(), device=item_idx.device).index_add_(0, where, sims)
+        return _distinct_cells(*self._cooccurrence_pairs(item_idx, domain))
 
     def cooccurrence_scores(self, item_idx: Tensor, domain: int) -> Tensor:
         """(B, T) histories -> (B, n_d): ``c(u, j) = sum_i sim(i, j)`` over the distinct history items ``i`` in
@@ -634,7 +632,8 @@ class CrossDomainTransformer(nn.Module):
         which ranks as ``z(s(u, .)) + w_d * c / max c`` (each row standardised), but touches only the non-zero
         ``c`` cells (or sums ``c`` densely when the history's (item, neighbour) pairs outnumber
         ``DENSE_COOCCURRENCE_SHARE`` of the B x n_d cells); the standard deviation comes from ``item_cov``
-        (:meth:`score_covariance`) and the user vectors ``h`` (B, D). ``weight``: instead of the attached weight (fitting). Unchanged when it is 0.
+        (:meth:`score_covariance`) and the user vectors ``h`` (B, D). ``weight``: instead of the attached weight
+        (fitting). Unchanged when it is 0.
         """
         w = self.cooccurrence_weight(domain) if weight is None else float(weight)
         if w == 0.0:
@@ -648,12 +647,17 @@ class CrossDomainTransformer(nn.Module):
             c = torch.zeros(B * n_d, device=scores.device).index_add_(0, pairs, sims).view(B, n_d)
             scale = w * std / c.amax(1).clamp(min=1e-12)  # (B,); max_j c (c >= 0)
             return scores + (c * scale[:, None]).to(scores.dtype)
-        cells, where = torch.unique(pairs, return_inverse=True)  # one entry per non-zero cell
-        values = torch.zeros(cells.numel(), device=scores.device).index_add_(0, where, sims)
+        cells, values = _distinct_cells(pairs, sims)
         rows = cells // n_d
         top = torch.zeros(B, device=scores.device).scatter_reduce(0, rows, values, "amax")  # max_j c (c >= 0)
         scale = w * std / top.clamp(min=1e-12)  # (B,)
         return scores.reshape(-1).index_add(0, cells, (values * scale[rows]).to(scores.dtype)).view(B, n_d)
+
+
+def _distinct_cells(pairs: Tensor, sims: Tensor) -> tuple[Tensor, Tensor]:
+    """Flat cell positions with repeats and their values -> the distinct cells (sorted) and their sums."""
+    cells, where = torch.unique(pairs, return_inverse=True)
+    return cells, torch.zeros(cells.numel(), device=sims.device).index_add_(0, where, sims)
 
 
 # ------------------------------------------------------------------------------------------------ persistence
