@@ -27,7 +27,7 @@ help:
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-cache-dir -e ".[dev]"  # no wheel cache: torch and its CUDA wheels would take ~3 GB more disk
 	touch $(STAMP)
 
 $(VENV): $(STAMP)

@@ -42,7 +42,11 @@ def submit(info: dict, stage: str, args: list[str], log: Path, new_session: bool
            "--conf", "spark.sql.shuffle.partitions=4", "--conf", f"spark.pyspark.python={sys.executable}",
            "--conf", "spark.task.maxFailures=4",
            str(ROOT / "jobs" / f"{stage}.py"), *args, "--spark-master", "none"]
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
+    # the driver's scratch (its copy of the Delta jars, block files) goes under the test's folder: a driver that a
+    # test kills never runs Spark's shutdown hook, and its spark-* folder would otherwise stay in /tmp for good
+    local_dirs = log.parent / "spark-local"
+    local_dirs.mkdir(exist_ok=True)
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1", SPARK_LOCAL_DIRS=str(local_dirs))
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=new_session)
 
 

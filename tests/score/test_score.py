@@ -163,9 +163,11 @@ def test_killed_score_job_leaves_previous_run_readable_and_rerun_completes(lake)
     args = [sys.executable, "-m", "crossrec_jobs.score", *lake["args"], "--run-date", DAY1, "--k", str(K),
             "--users-per-partition", "10"]
     log = lk.parent / "killed-score.log"
+    local_dirs = lk.parent / "spark-local"  # a SIGKILLed JVM leaves its scratch behind: keep it in the test's folder
+    local_dirs.mkdir(exist_ok=True)
     with open(log, "w") as fh:
         proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                env=dict(os.environ, PYTHONUNBUFFERED="1", SPARK_LOCAL_DIRS=str(local_dirs)))
         deadline = time.time() + 240
         while time.time() < deadline and "scoring" not in log.read_text() and proc.poll() is None:
             time.sleep(0.5)
