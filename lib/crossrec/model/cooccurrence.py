@@ -8,7 +8,7 @@ one domain, and adds it to the Transformer's scores (``CrossDomainTransformer.co
 weight per domain, chosen on the validation split:
 
     score(u, j) = s(u, j) + w_d * std(s(u, .)) * c(u, j) / max_j' c(u, j')
-    c(u, j)     = sum over u's distinct history items i in j's domain of sim(i, j)
+    c(u, j)     = sum over u's distinct history items i in j's domain with j among i's k nearest of sim(i, j)
 
 with ``s`` the Transformer's scores: per user, the same ranking as ``z(s) + w_d * c / max c`` with ``z`` the
 user's scores standardised, so ``w_d`` is on a scale that does not depend on the model's score range.
@@ -39,8 +39,14 @@ WEIGHT_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 def same_domain_similarity(data, k: int = 200, shrink: float = 10.0):
     """Item-KNN's similarity (:func:`crossrec.model.baselines.cosine_topk` over the binary user x item matrix
     of every domain) with only the pairs whose items share a domain, as CSR torch tensors
-    ``(indptr (n+2,), indices (nnz,), values (nnz,))`` over item ids 0..n: row ``i`` = the items ``j`` that
-    have ``i`` among their ``k`` nearest neighbours.
+    ``(indptr (n+2,), indices (nnz,), values (nnz,))`` over item ids 0..n: row ``i`` = ``i``'s own ``k``
+    nearest neighbours ``j`` (those in ``i``'s domain), so a history item adds at most ``k`` pairs to a user's
+    term (item-based top-N, Deshpande & Karypis 2004).
+
+    The other orientation, row ``i`` = every item ``j`` that has ``i`` among its ``k`` nearest (item-KNN's
+    ``x_u @ sim``), ranked the same on Food+Kitchen (test NDCG@10 food .0725 vs .0727, kitchen .0265 both)
+    but gives a popular item a row as long as its domain: ~5,200 pairs per user and domain on the scoring
+    benchmark's Zipf data, where the bound keeps them under ``k`` per history item.
 
     ``data``: a :class:`crossrec.model.baselines.InteractionData` (the training events).
     """
@@ -48,9 +54,9 @@ def same_domain_similarity(data, k: int = 200, shrink: float = 10.0):
 
     from crossrec.model.baselines import cosine_topk
 
-    sim = cosine_topk(data.user_item_matrix("binary"), k=k, shrink=shrink).tocoo()  # (n+1, n+1), (i, j)
+    sim = cosine_topk(data.user_item_matrix("binary"), k=k, shrink=shrink).tocoo()  # (n+1, n+1): (j's neighbour, j)
     same = data.item_domain[sim.row] == data.item_domain[sim.col]
-    csr = sp.csr_matrix((sim.data[same], (sim.row[same], sim.col[same])), shape=sim.shape)
+    csr = sp.csr_matrix((sim.data[same], (sim.col[same], sim.row[same])), shape=sim.shape)  # row j: j's neighbours
     csr.sort_indices()
     log.info("co-occurrence term: %d same-domain pairs of %d (k=%d, shrink=%g)", csr.nnz, sim.nnz, k, shrink)
     return (torch.from_numpy(csr.indptr.astype(np.int64)), torch.from_numpy(csr.indices.astype(np.int32)),
