@@ -48,8 +48,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "domain's targets predicted from the other domains' events, as for users new to the domain)")
     g.add_argument("--cooccurrence-k", type=int, default=200,
                    help="after training, add a same-domain item co-occurrence term (item-KNN's similarity, this many "
-                        "neighbours per item) to the scores, weighted per domain on the validation split; 0 = none "
-                        "(default 200; see crossrec.model.cooccurrence)")
+                        "neighbours per item) to the scores, its weight and recency decay chosen per domain on the validation "
+                        "split; 0 = none (default 200; see crossrec.model.cooccurrence)")
     g.add_argument("--id-dropout", type=float, default=0.0, help="training: share of item occurrences whose id embedding is dropped, so text carries them (default 0)")
     g.add_argument("--input-domains", help="comma-separated: train on (and later predict from) these domains' events "
                    "only; with --no-text and one domain this is the single-domain SASRec-style baseline (default: all)")
@@ -98,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"epochs run:       {m['epochs_run']} of {m['max_epochs']}{' (early stop)' if m['early_stopped'] else ''}"
               f"{'; resumed at ' + str(m['resumed_at_epochs']) if m['resumed_at_epochs'] else ''}")
         for d, r in (m.get("cooccurrence") or {}).get("domains", {}).items():
-            ndcg = r["valid_ndcg@10"]
-            print(f"co-occurrence:    {d} weight {r['weight']:g}, valid NDCG@10 {ndcg[str(float(r['weight']))]:.4f} "
-                  f"({ndcg.get('0.0', float('nan')):.4f} without; {r['rows']} valid rows)")
+            ndcg = {(t["weight"], t["decay"]): t["value"] for t in r["valid_ndcg@10"]}
+            print(f"co-occurrence:    {d} weight {r['weight']:g}, recency decay {r['decay']:g}, valid NDCG@10 "
+                  f"{ndcg[(r['weight'], r['decay'])]:.4f} ({ndcg.get((0.0, 1.0), float('nan')):.4f} without; "
+                  f"{r['rows']} valid rows)")
         print(f"throughput:       {m['samples_per_s']:.0f} samples/s over {m['workers']} {m['device']} worker(s); wall {m['wall_time_s']:.1f}s")
 
     return run_guarded(STAGE, body)

@@ -427,6 +427,29 @@ def test_cooccurrence_scores_sum_the_similarity_over_distinct_history_items_of_t
     assert float(model.cooccurrence_scores(batch["item_idx"], 1)[0].abs().sum()) > 0, "the data exercise the sum"
 
 
+def test_cooccurrence_decay_weights_each_history_item_by_the_domain_events_after_its_last_occurrence():
+    feats = random_features()
+    model = tiny_model(feats).eval()
+    dense, *csr = random_cooccurrence(feats)
+    model.set_cooccurrence(*csr, torch.tensor([1.0, 1.0]), torch.tensor([0.5, 1.0]))
+    dom = feats.item_domain.tolist()
+    seqs = [[1, 2, 6, 3, 2, 7, 4], [3, 8, 9], []]
+    batch = make_batch(seqs, feats, T=8, train=False)
+    d, items = 0, model.domain_items(0)
+    got = model.cooccurrence_scores(batch["item_idx"], d)
+    for b, s in enumerate(seqs):
+        in_d = [i for i in s if dom[i] == d]
+        age = {i: len(in_d) - 1 - max(p for p, x in enumerate(in_d) if x == i) for i in set(in_d)}  # last occurrence
+        want = sum((0.5 ** a * dense[i][items] for i, a in age.items()), torch.zeros(items.numel()))
+        torch.testing.assert_close(got[b], want)
+    assert max(len([i for i in s if dom[i] == d]) for s in seqs) >= 3, "the data have items of age >= 2"
+    torch.testing.assert_close(model.cooccurrence_scores(batch["item_idx"], d, decay=1.0).sum(),
+                               dense[[i for i in {*seqs[0]} if dom[i] == d]][:, items].sum()
+                               + dense[[i for i in {*seqs[1]} if dom[i] == d]][:, items].sum())
+    with pytest.raises(AssertionError, match=r"decays must be in \(0, 1\]"):
+        model.set_cooccurrence(*csr, torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]))
+
+
 @pytest.mark.parametrize("dense_share", [0.0, float("inf")], ids=["dense-sum", "distinct-cells"])
 def test_combine_scores_adds_the_weighted_term_per_domain_and_survives_save_load(tmp_path, monkeypatch, dense_share):
     monkeypatch.setattr(transformer_module, "DENSE_COOCCURRENCE_SHARE", dense_share)  # both ways of adding c
@@ -436,7 +459,7 @@ def test_combine_scores_adds_the_weighted_term_per_domain_and_survives_save_load
     with torch.no_grad():
         raw = [model.full_sort_predict(batch, d) for d in (0, 1)]
     _, *csr = random_cooccurrence(feats)
-    model.set_cooccurrence(*csr, torch.tensor([0.0, 2.0]))
+    model.set_cooccurrence(*csr, torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.6]))
     with torch.no_grad():
         torch.testing.assert_close(model.full_sort_predict(batch, 0), raw[0], rtol=0, atol=0)  # weight 0: unchanged
         c = model.cooccurrence_scores(batch["item_idx"], 1)
@@ -452,9 +475,21 @@ def test_combine_scores_adds_the_weighted_term_per_domain_and_survives_save_load
     loaded = load(tmp_path / "m")
     assert loaded.has_cooccurrence and loaded.cooc_indices.dtype == torch.int32
     torch.testing.assert_close(loaded.cooc_weight, torch.tensor([0.0, 2.0]))
+    torch.testing.assert_close(loaded.cooc_decay, torch.tensor([1.0, 0.6]))
     with torch.no_grad():
         for d in (0, 1):
             torch.testing.assert_close(loaded.full_sort_predict(batch, d), model.full_sort_predict(batch, d), rtol=0, atol=0)
+    # an artifact written before the decay existed loads with no decay
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(tmp_path / "m" / "model.safetensors"))
+    del t["cooc_decay"]
+    save_file(t, str(tmp_path / "m" / "model.safetensors"), metadata={"format": "pt"})
+    old = load(tmp_path / "m")
+    torch.testing.assert_close(old.cooc_decay, torch.ones(2))
+    with torch.no_grad():
+        torch.testing.assert_close(old.cooccurrence_scores(batch["item_idx"], 1),
+                                   model.cooccurrence_scores(batch["item_idx"], 1, decay=1.0))
 
 
 def test_cooccurrence_pairs_across_domains_are_rejected():

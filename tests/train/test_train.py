@@ -260,15 +260,17 @@ def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys)
     idx = pd.read_parquet(folder / "item_index.parquet")
     assert list(idx.columns) == ["item_idx", "domain", "item_id", "domain_idx", "domain_item_idx"]
     assert idx.item_idx.tolist() == list(range(1, facts["n_items"] + 1))
-    # the co-occurrence term: a weight per domain chosen on validation, where the Transformer alone (weight 0)
-    # scores what the run selected on
+    # the co-occurrence term: a weight and a recency decay per domain chosen on validation, where the
+    # Transformer alone (weight 0) scores what the run selected on
     co = metrics["cooccurrence"]
     assert co["k"] == 200 and sorted(co["domains"]) == sorted(DOMAINS)
     for d, rep in co["domains"].items():
-        ndcg = {float(w): v for w, v in rep["valid_ndcg@10"].items()}
-        assert rep["weight"] in ndcg and ndcg[rep["weight"]] == max(ndcg.values()), rep
-        assert ndcg[0.0] == pytest.approx(metrics["valid"][f"valid_ndcg@10/{d}"], abs=1e-9), (d, rep)
+        ndcg = {(t["weight"], t["decay"]): t["value"] for t in rep["valid_ndcg@10"]}
+        assert len(ndcg) == 1 + 7 * 4, "weight 0 once, every other weight with each decay"
+        assert ndcg[(rep["weight"], rep["decay"])] == max(ndcg.values()), rep
+        assert ndcg[(0.0, 1.0)] == pytest.approx(metrics["valid"][f"valid_ndcg@10/{d}"], abs=1e-9), (d, rep)
     assert model.has_cooccurrence and model.cooc_weight.tolist() == [co["domains"][d]["weight"] for d in sorted(DOMAINS)]
+    assert model.cooc_decay.tolist() == pytest.approx([co["domains"][d]["decay"] for d in sorted(DOMAINS)])
     assert model.cooc_indices.numel() > 0
     model.cooc_weight.zero_()  # the Transformer alone, as validated during training (the term's refit saw valid targets)
     # the validation metric the run selected on is the evaluation protocol's, on the valid split

@@ -8,7 +8,8 @@ The same users, items and K for all three, in one run on one Spark session:
   Transformer over each user's history, seen items excluded, top-K per domain with reasons, the Delta write),
   on a lake written here: ``silver.interactions`` (``--users`` users with ``--events`` random events each) and a
   model artifact (an untrained CrossDomainTransformer, d_model 64: the weights do not change the work, with the
-  co-occurrence term of ``crossrec.model.cooccurrence`` fitted on these interactions, weight 1 in every domain, as
+  co-occurrence term of ``crossrec.model.cooccurrence`` fitted on these interactions, weight 1 and recency decay
+  0.8 in every domain, as
   ``crossrec train`` attaches it by default). Output checks and publishing are off: the figure is scoring + writing.
 * **Spark ALS** -- implicit ALS rank 64 fitted (1 iteration, not timed) on the same interactions, then
   ``recommendForAllUsers(K)`` timed until every row is materialised (``noop`` sink). It ranks all items at once
@@ -89,7 +90,7 @@ def write_lake(spark, spec: ScoringSpec, lake: Path) -> list[str]:
                             domain=dom, ts=np.zeros(n, dtype=np.int64), n_users=spec.users, n_items=n_items,
                             n_domains=spec.domains, domain_items=[index.item_idx.values[index.domain_idx.values == j]
                                                                   for j in range(spec.domains)])
-    model.set_cooccurrence(*same_domain_similarity(train), torch.ones(spec.domains))
+    model.set_cooccurrence(*same_domain_similarity(train), torch.ones(spec.domains), torch.full((spec.domains,), 0.8))
     folder = lake / "models" / "bench-scoring"
     save(model, folder)
     index.to_parquet(folder / "item_index.parquet")

@@ -8,10 +8,15 @@ one domain, and adds it to the Transformer's scores (``CrossDomainTransformer.co
 weight per domain, chosen on the validation split:
 
     score(u, j) = s(u, j) + w_d * std(s(u, .)) * c(u, j) / max_j' c(u, j')
-    c(u, j)     = sum over u's distinct history items i in j's domain with j among i's k nearest of sim(i, j)
+    c(u, j)     = sum over u's distinct history items i in j's domain with j among i's k nearest of
+                  r_d**a(i) * sim(i, j),   a(i) = events of the domain after i's last occurrence
 
 with ``s`` the Transformer's scores: per user, the same ranking as ``z(s) + w_d * c / max c`` with ``z`` the
 user's scores standardised, so ``w_d`` is on a scale that does not depend on the model's score range.
+The recency decay ``r_d`` in (0, 1] weights a user's latest items up (next-item data: what a user bought last
+says most about what comes next); it is chosen with ``w_d``. On Food+Kitchen (test NDCG@10, one model) the
+decay moved food from .0727 (none) to .0760 (0.8) and .0775 (0.6), kitchen from .0256 to .0277 (0.8) and
+.0265 (0.6): the best decay differs by domain, and validation ranked them the same way.
 
 Users without history in the domain (cross-domain cold start) get ``c = 0``: their ranking is the
 Transformer's alone. A weight of 0 (a domain where the term does not help on validation) leaves that
@@ -34,6 +39,7 @@ import scipy.sparse as sp
 log = logging.getLogger(__name__)
 
 WEIGHT_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
+DECAY_GRID: tuple[float, ...] = (1.0, 0.8, 0.6, 0.4)
 
 
 def same_domain_similarity(data, k: int = 200, shrink: float = 10.0):
@@ -64,13 +70,16 @@ def same_domain_similarity(data, k: int = 200, shrink: float = 10.0):
 
 
 def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Sequence[float] = WEIGHT_GRID,
-                     max_rows: int = 20000, seed: int = 0, input_domains: Sequence[str] | None = None) -> dict:
-    """Attach the co-occurrence term to ``model`` and choose each domain's weight on the validation split.
+                     max_rows: int = 20000, seed: int = 0, input_domains: Sequence[str] | None = None,
+                     decays: Sequence[float] = DECAY_GRID) -> dict:
+    """Attach the co-occurrence term to ``model`` and choose each domain's weight and recency decay on the
+    validation split.
 
     ``valid``: :func:`crossrec.evaluate.protocol.load_eval_data` with ``split="valid"`` (its ``train`` holds
     the training events only). Per domain, a seeded sample of at most ``max_rows`` validation rows is scored
-    once; the weight in ``grid`` with the best NDCG@10 wins (ties: the smaller weight). Returns
-    ``{domain: {"weight": w, "valid_ndcg@10": {w: value}, "rows": n}}`` for the artifact's metrics.
+    once; the (weight in ``grid``, decay in ``decays``) pair with the best NDCG@10 wins (ties: the smaller
+    weight, then the weaker decay). Returns ``{domain: {"weight": w, "decay": r, "rows": n, "valid_ndcg@10":
+    [{"weight", "decay", "value"} per pair tried]}}`` for the artifact's metrics.
     """
     import torch
 
@@ -78,6 +87,7 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
     from crossrec.evaluate.protocol import history_batch
 
     assert len(grid) >= 1 and all(w >= 0 for w in grid), f"grid must hold weights >= 0, got {grid}"
+    assert len(decays) >= 1 and all(0 < r <= 1 for r in decays), f"decays must lie in (0, 1], got {decays}"
     t0 = time.time()
     model.eval()
     device = model.domain_offsets.device
@@ -86,14 +96,15 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
     keep = None if input_domains is None else np.array([valid.domains.index(d) for d in input_domains], dtype=np.int64)
     rng = np.random.default_rng(seed)
     report: dict[str, dict] = {}
-    weights = torch.zeros(n_domains)
+    weights, decay_of = torch.zeros(n_domains), torch.ones(n_domains)
+    combos = [(w, r) for w in grid for r in (decays if w > 0 else (1.0,))]  # weight 0: the decay does not matter
     for dt_ in valid.tests:
         if len(dt_.rows) == 0 or (input_domains is not None and dt_.domain not in input_domains):
             continue
         sel = np.arange(len(dt_.rows))
         if len(sel) > max_rows:
             sel = np.sort(rng.choice(sel, max_rows, replace=False))
-        ranks = {w: [] for w in grid}
+        ranks = {c: [] for c in combos}
         with torch.inference_mode():
             reps = model.domain_item_reps(dt_.domain_idx)
             cov = model.score_covariance(reps)
@@ -102,19 +113,25 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
                 batch = history_batch(valid, dt_.rows[rows], model.config.max_seq_len, device, keep)
                 h = model.user_vectors(batch, dt_.domain_idx)
                 raw = h @ reps.T  # the Transformer alone
-                for w in grid:
-                    scores = model.combine_scores(raw, batch["item_idx"], dt_.domain_idx, h, cov, weight=w)
-                    ranks[w].append(rank_of_target(scores.float().cpu().numpy(), dt_.target_col[rows], dt_.exclude[rows]))
+                pairs = model.cooccurrence_pairs(batch["item_idx"], dt_.domain_idx)  # once for every combination
+                for w, r in combos:
+                    scores = model.combine_scores(raw, batch["item_idx"], dt_.domain_idx, h, cov, weight=w, decay=r,
+                                                  pairs=pairs)
+                    ranks[(w, r)].append(rank_of_target(scores.float().cpu().numpy(), dt_.target_col[rows],
+                                                        dt_.exclude[rows]))
         n_cand = candidate_counts(dt_.exclude.shape[1], dt_.target_col[sel], dt_.exclude[sel])
-        ndcg = {w: float(ranking_metrics(np.concatenate(r), n_cand, ks=(10,))["ndcg@10"]) for w, r in ranks.items()}
-        best = max(grid, key=lambda w: (ndcg[w], -w))
-        weights[dt_.domain_idx] = best
-        report[dt_.domain] = {"weight": best, "valid_ndcg@10": ndcg, "rows": int(len(sel))}
-        log.info("co-occurrence weight of %s: %g (valid NDCG@10 %.4f; Transformer alone %.4f; %d rows)",
-                 dt_.domain, best, ndcg[best], ndcg.get(0.0, float("nan")), len(sel))
+        ndcg = {c: float(ranking_metrics(np.concatenate(r), n_cand, ks=(10,))["ndcg@10"]) for c, r in ranks.items()}
+        best_w, best_r = max(combos, key=lambda c: (ndcg[c], -c[0], c[1]))
+        weights[dt_.domain_idx], decay_of[dt_.domain_idx] = best_w, best_r
+        report[dt_.domain] = {"weight": best_w, "decay": best_r, "rows": int(len(sel)),
+                              "valid_ndcg@10": [{"weight": w, "decay": r, "value": v} for (w, r), v in ndcg.items()]}
+        log.info("co-occurrence term of %s: weight %g, decay %g (valid NDCG@10 %.4f; Transformer alone %.4f; "
+                 "%d rows)", dt_.domain, best_w, best_r, ndcg[(best_w, best_r)], ndcg.get((0.0, 1.0), float("nan")),
+                 len(sel))
     model.cooc_weight.copy_(weights.to(model.cooc_weight.device))
+    model.cooc_decay.copy_(decay_of.to(model.cooc_decay.device))
     log.info("co-occurrence term fitted in %.1fs", time.time() - t0)
     return report
 
 
-__all__ = ["same_domain_similarity", "fit_cooccurrence", "WEIGHT_GRID"]
+__all__ = ["same_domain_similarity", "fit_cooccurrence", "WEIGHT_GRID", "DECAY_GRID"]

@@ -562,17 +562,26 @@ class CrossDomainTransformer(nn.Module):
         """The co-occurrence term's weight in ``domain``; 0.0 when no term is attached."""
         return float(self.cooc_weight[int(domain)]) if self.has_cooccurrence else 0.0
 
-    def set_cooccurrence(self, indptr: Tensor, indices: Tensor, values: Tensor, weight: Tensor) -> None:
+    def cooccurrence_decay(self, domain: int) -> float:
+        """The recency decay of the co-occurrence term in ``domain`` (1.0 = every history item counts alike)."""
+        return float(self.cooc_decay[int(domain)]) if self.has_cooccurrence else 1.0
+
+    def set_cooccurrence(self, indptr: Tensor, indices: Tensor, values: Tensor, weight: Tensor,
+                         decay: Tensor | None = None) -> None:
         """Attach the co-occurrence term: a CSR matrix (n_items+1, n_items+1) whose row ``i`` holds the items
         ``j`` of ``i``'s domain that history item ``i`` supports, with similarity ``values``; ``weight``
-        (n_domains,) its weight per domain (0 = that domain is scored by the Transformer alone). Saved with
-        the model (buffers ``cooc_*``)."""
+        (n_domains,) its weight per domain (0 = that domain is scored by the Transformer alone); ``decay``
+        (n_domains,) in (0, 1], the recency decay per domain (a history item followed by ``a`` more events of
+        its domain counts ``decay**a``; None = 1, no decay). Saved with the model (buffers ``cooc_*``)."""
         n = self.config.n_items + 1
         assert indptr.shape == (n + 1,), f"indptr must be ({n + 1},), got {tuple(indptr.shape)}"
         assert indices.shape == values.shape and indices.dim() == 1, "indices and values must be 1-d of one length"
         assert int(indptr[0]) == 0 and int(indptr[-1]) == indices.numel(), "indptr must run from 0 to nnz"
         assert weight.shape == (self.config.n_domains,), f"weight must be ({self.config.n_domains},)"
         assert bool((weight >= 0).all()), f"weights must be >= 0, got {weight.tolist()}"
+        decay = torch.ones(self.config.n_domains) if decay is None else decay
+        assert decay.shape == weight.shape, f"decay must be ({self.config.n_domains},), got {tuple(decay.shape)}"
+        assert bool(((decay > 0) & (decay <= 1)).all()), f"decays must be in (0, 1], got {decay.tolist()}"
         if indices.numel():
             assert bool((values >= 0).all()), "similarities must be >= 0"
             assert 1 <= int(indices.min()) and int(indices.max()) < n, f"indices must be item ids 1..{n - 1}"
@@ -584,17 +593,22 @@ class CrossDomainTransformer(nn.Module):
         self.register_buffer("cooc_indices", indices.int().to(device))  # int32: half the artifact size
         self.register_buffer("cooc_values", values.float().to(device))
         self.register_buffer("cooc_weight", weight.float().to(device))
+        self.register_buffer("cooc_decay", decay.float().to(device))
 
-    def _cooccurrence_pairs(self, item_idx: Tensor, domain: int) -> tuple[Tensor, Tensor]:
+    def cooccurrence_pairs(self, item_idx: Tensor, domain: int) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T) histories -> one entry per (distinct history item i in ``domain``, neighbour j) pair: flat
         cell positions ``row * n_d + column`` of the (B, n_d) scores (repeated where several history items
-        support the same j) and ``sim(i, j)``."""
+        support the same j), ``sim(i, j)``, and i's age: how many events of ``domain`` follow i's last
+        occurrence in the history (0 = the latest). Input of :meth:`combine_scores` (``pairs=``)."""
         assert self.has_cooccurrence, "no co-occurrence term attached (set_cooccurrence)"
         domain = int(domain)
         n, n_d = self.config.n_items + 1, self.domain_items(domain).numel()
         in_d = (item_idx != 0) & (self.item_encoder.item_domain[item_idx] == domain)
+        after = in_d.flip(1).cumsum(1, dtype=torch.int32).flip(1) - 1  # (B, T): events of the domain after each position
         rows, pos = in_d.nonzero(as_tuple=True)
-        key = torch.unique(rows * n + item_idx[rows, pos])  # distinct (user, item): a binary history
+        key, where = torch.unique(rows * n + item_idx[rows, pos], return_inverse=True)  # distinct (user, item)
+        age = torch.full((key.numel(),), torch.iinfo(torch.int32).max, dtype=torch.int32, device=item_idx.device)
+        age = age.scatter_reduce(0, where, after[rows, pos], "amin")  # the item's last occurrence
         rows, items = key // n, key % n
         start = self.cooc_indptr[items]
         lens = self.cooc_indptr[items + 1] - start  # neighbours of each history item
@@ -602,19 +616,21 @@ class CrossDomainTransformer(nn.Module):
         total = int(lens.sum())
         flat = torch.repeat_interleave(start - first, lens) + torch.arange(total, device=item_idx.device)
         cells = torch.repeat_interleave(rows, lens) * n_d + self.domain_item_idx[self.cooc_indices[flat].long()]
-        return cells, self.cooc_values[flat]
+        return cells, self.cooc_values[flat], torch.repeat_interleave(age, lens)
 
-    def _cooccurrence_cells(self, item_idx: Tensor, domain: int) -> tuple[Tensor, Tensor]:
+    def _cooccurrence_cells(self, item_idx: Tensor, domain: int, decay: float | None = None) -> tuple[Tensor, Tensor]:
         """(B, T) histories -> the non-zero cells of the (B, n_d) co-occurrence scores: flat positions
-        ``row * n_d + column`` (distinct, sorted) and their values ``sum_i sim(i, j)`` over the distinct history
-        items ``i`` of the row in ``domain``."""
-        return _distinct_cells(*self._cooccurrence_pairs(item_idx, domain))
+        ``row * n_d + column`` (distinct, sorted) and their values ``sum_i decay**age(i) * sim(i, j)`` over the
+        distinct history items ``i`` of the row in ``domain``."""
+        cells, sims, age = self.cooccurrence_pairs(item_idx, domain)
+        return _distinct_cells(cells, _decayed(sims, age, self.cooccurrence_decay(domain) if decay is None else decay))
 
-    def cooccurrence_scores(self, item_idx: Tensor, domain: int) -> Tensor:
-        """(B, T) histories -> (B, n_d): ``c(u, j) = sum_i sim(i, j)`` over the distinct history items ``i`` in
-        ``domain`` (item-KNN's score, from the attached matrix); 0 for users without history there."""
+    def cooccurrence_scores(self, item_idx: Tensor, domain: int, decay: float | None = None) -> Tensor:
+        """(B, T) histories -> (B, n_d): ``c(u, j) = sum_i decay**age(i) * sim(i, j)`` over the distinct history
+        items ``i`` in ``domain`` (item-KNN's score, from the attached matrix, recent items weighted up when
+        decay < 1; ``decay``: instead of the attached one); 0 for users without history there."""
         B, n_d = item_idx.shape[0], self.domain_items(int(domain)).numel()
-        cells, values = self._cooccurrence_cells(item_idx, domain)
+        cells, values = self._cooccurrence_cells(item_idx, domain, decay)
         return torch.zeros(B * n_d, device=item_idx.device).index_put_((cells,), values).view(B, n_d)
 
     @staticmethod
@@ -624,34 +640,43 @@ class CrossDomainTransformer(nn.Module):
         return torch.cov(item_reps.float().T)
 
     def combine_scores(self, scores: Tensor, item_idx: Tensor, domain: int, h: Tensor, item_cov: Tensor,
-                       weight: float | None = None) -> Tensor:
+                       weight: float | None = None, decay: float | None = None,
+                       pairs: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
         """The Transformer's scores ``h @ item_reps.T`` (B, n_d) plus the co-occurrence term of ``domain``:
 
             score(u, j) = s(u, j) + w_d * std_j(s(u, .)) * c(u, j) / max_j c(u, j)
+            c(u, j)     = sum_i decay_d**age(i) * sim(i, j)    (see cooccurrence_pairs)
 
         which ranks as ``z(s(u, .)) + w_d * c / max c`` (each row standardised), but touches only the non-zero
         ``c`` cells (or sums ``c`` densely when the history's (item, neighbour) pairs outnumber
         ``DENSE_COOCCURRENCE_SHARE`` of the B x n_d cells); the standard deviation comes from ``item_cov``
-        (:meth:`score_covariance`) and the user vectors ``h`` (B, D). ``weight``: instead of the attached weight
-        (fitting). Unchanged when it is 0.
+        (:meth:`score_covariance`) and the user vectors ``h`` (B, D). ``weight``, ``decay``: instead of the
+        attached ones; ``pairs``: :meth:`cooccurrence_pairs` of ``item_idx``, precomputed (fitting tries many
+        weights on one batch). Unchanged when the weight is 0.
         """
         w = self.cooccurrence_weight(domain) if weight is None else float(weight)
         if w == 0.0:
             return scores
         B, n_d = scores.shape
         std = torch.einsum("bd,de,be->b", h.float(), item_cov, h.float()).clamp(min=0).sqrt()  # (B,)
-        pairs, sims = self._cooccurrence_pairs(item_idx, domain)
-        if pairs.numel() > DENSE_COOCCURRENCE_SHARE * B * n_d:
+        flat, sims, age = self.cooccurrence_pairs(item_idx, domain) if pairs is None else pairs
+        sims = _decayed(sims, age, self.cooccurrence_decay(domain) if decay is None else float(decay))
+        if flat.numel() > DENSE_COOCCURRENCE_SHARE * B * n_d:
             # popular history items support most of the domain: summing the pairs into a dense (B, n_d) c is
             # cheaper than sorting them into distinct cells
-            c = torch.zeros(B * n_d, device=scores.device).index_add_(0, pairs, sims).view(B, n_d)
+            c = torch.zeros(B * n_d, device=scores.device).index_add_(0, flat, sims).view(B, n_d)
             scale = w * std / c.amax(1).clamp(min=1e-12)  # (B,); max_j c (c >= 0)
             return scores + (c * scale[:, None]).to(scores.dtype)
-        cells, values = _distinct_cells(pairs, sims)
+        cells, values = _distinct_cells(flat, sims)
         rows = cells // n_d
         top = torch.zeros(B, device=scores.device).scatter_reduce(0, rows, values, "amax")  # max_j c (c >= 0)
         scale = w * std / top.clamp(min=1e-12)  # (B,)
         return scores.reshape(-1).index_add(0, cells, (values * scale[rows]).to(scores.dtype)).view(B, n_d)
+
+
+def _decayed(sims: Tensor, age: Tensor, decay: float) -> Tensor:
+    """``sims * decay**age``; ``sims`` itself when decay is 1."""
+    return sims if decay == 1.0 else sims * torch.pow(decay, age.float())
 
 
 def _distinct_cells(pairs: Tensor, sims: Tensor) -> tuple[Tensor, Tensor]:
@@ -721,7 +746,8 @@ def load(folder: str | Path, *, device: str | torch.device = "cpu",
     )
     model = CrossDomainTransformer(config, features, text_model_path=text_model_path, pretrained_text=False)
     if "cooc_indptr" in t:
-        model.set_cooccurrence(t["cooc_indptr"], t["cooc_indices"], t["cooc_values"], t["cooc_weight"])
+        t.setdefault("cooc_decay", torch.ones_like(t["cooc_weight"]))  # artifacts from before the decay: none
+        model.set_cooccurrence(t["cooc_indptr"], t["cooc_indices"], t["cooc_values"], t["cooc_weight"], t["cooc_decay"])
     model.load_state_dict(t, strict=True)
     return model.to(device).eval()
 
