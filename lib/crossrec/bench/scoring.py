@@ -9,8 +9,8 @@ The same users, items and K for all three, in one run on one Spark session:
   on a lake written here: ``silver.interactions`` (``--users`` users with ``--events`` random events each) and a
   model artifact (an untrained CrossDomainTransformer, d_model 64: the weights do not change the work, with the
   co-occurrence term of ``crossrec.model.cooccurrence`` fitted on these interactions, weight 1 and recency decay
-  0.8 in every domain, as
-  ``crossrec train`` attaches it by default). Output checks and publishing are off: the figure is scoring + writing.
+  0.8 in every domain, as ``crossrec train`` attaches it by default). Output checks and publishing are off: the
+  figure is scoring + writing.
 * **Spark ALS** -- implicit ALS rank 64 fitted (1 iteration, not timed) on the same interactions, then
   ``recommendForAllUsers(K)`` timed until every row is materialised (``noop`` sink). It ranks all items at once
   where crossrec ranks each domain: the same dot products, one top-K instead of one per domain.
