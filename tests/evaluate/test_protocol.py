@@ -43,7 +43,12 @@ def test_load_builds_exclusions_segments_and_training_data(lake):
     assert movies.segments["cold_start"].tolist() == [True] and books.segments["cold_item"].tolist() == [True]
     # training data: train events + the valid target (m2) for the test split
     assert sorted(data.train.item.tolist()) == [1, 1, 2, 4, 5]
-    assert sorted(load_eval_data(lake, split="valid").train.item.tolist()) == [1, 1, 2, 4]
+    valid = load_eval_data(lake, split="valid")
+    assert sorted(valid.train.item.tolist()) == [1, 1, 2, 4]
+    # the valid split's training events plus its targets = the test split's training events, without a re-read
+    known = valid.train_with_targets()
+    assert sorted(zip(known.user, known.item, known.domain, known.ts)) == \
+        sorted(zip(data.train.user, data.train.item, data.train.domain, data.train.ts))
     assert data.versions == {"gold.item_index": 0, "gold.user_sequences": 0}
 
 

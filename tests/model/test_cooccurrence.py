@@ -30,3 +30,62 @@ def test_same_domain_similarity_is_item_knn_without_the_cross_domain_pairs():
     assert (np.diff(indptr.numpy()) <= 4).all(), "a row holds at most the item's k nearest neighbours"
     assert (np.diff(cosine_topk(data.user_item_matrix("binary"), k=4, shrink=1.0).tocsr().indptr) > 4).any(), \
         "the data have an item among more than k items' nearest: the other orientation would exceed k"
+
+
+def test_fitted_weights_score_on_validation_what_the_fit_reported(tmp_path):
+    """fit_cooccurrence ranks each (weight, decay) from the term computed once per decay; the model it leaves
+    behind must score the validation split, through the evaluation protocol, exactly as reported."""
+    import pandas as pd
+    import torch
+    from deltalake import write_deltalake
+
+    from crossrec.evaluate.protocol import evaluate, load_eval_data, transformer_score_fn
+    from crossrec.model.cooccurrence import fit_cooccurrence
+    from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig
+
+    sizes, rng = (12, 9), np.random.default_rng(3)
+    dom = np.repeat([0, 1], sizes)
+    index = pd.DataFrame({"domain": np.where(dom == 0, "books", "movies"), "item_id": [f"i{i}" for i in range(1, 22)],
+                          "item_idx": np.arange(1, 22), "domain_idx": dom,
+                          "domain_item_idx": np.concatenate([np.arange(n) for n in sizes]),
+                          "category": [None] * 21, "train_count": np.ones(21, dtype=np.int64)})
+    rows = []
+    for u in range(80):  # two taste groups per domain: items co-occur, so the term changes ranks
+        g = u % 2
+        hist = [int(x) for x in rng.choice(np.r_[1 + 6 * g: 7 + 6 * g, 13 + 4 * g: 18 + 4 * g], size=8)]
+        ts = list(range(100 * u, 100 * u + 8))
+        d = int(dom[hist[-1] - 1])
+        for split, n in (("train", 7), ("valid", 7)):
+            tgt = (None, None) if split == "train" else (hist[7], ts[7])
+            rows.append((f"u{u}", split, "*" if split == "train" else ["books", "movies"][d], hist[:n],
+                         [int(dom[i - 1]) for i in hist[:n]], ts[:n], *tgt, False, n))
+    seq = pd.DataFrame(rows, columns=["user_id", "split", "target_domain", "item_idx", "domain_idx", "event_ts",
+                                      "target_item_idx", "target_ts", "cold_start", "history_len"])
+    lake = tmp_path / "lake"
+    write_deltalake(str(lake / "gold" / "item_index"), index)
+    write_deltalake(str(lake / "gold" / "user_sequences"), seq)
+    valid = load_eval_data(str(lake), split="valid")
+
+    ids = torch.arange(22)
+    item_dom = torch.tensor([0, *dom])
+    feats = ItemFeatures(text_emb=torch.randn(22, 8, generator=torch.Generator().manual_seed(0)), item_domain=item_dom,
+                         item_attr=torch.zeros(22, dtype=torch.long),
+                         domain_items=[ids[(item_dom == k) & (ids > 0)] for k in (0, 1)])
+    torch.manual_seed(0)
+    model = CrossDomainTransformer(ModelConfig(n_items=21, n_domains=2, text_dim=8, d_model=16, n_layers=1, n_heads=2,
+                                               dropout=0.0, max_seq_len=8), feats)
+    report = fit_cooccurrence(model, valid, k=5, shrink=1.0)
+    assert model.cooc_weight.tolist() == pytest.approx([report[d]["weight"] for d in valid.domains])
+    assert model.cooc_decay.tolist() == pytest.approx([report[d]["decay"] for d in valid.domains])
+    for d, rep in report.items():  # every pair tried: the model with that weight and decay scores what was reported
+        ndcg = {(t["weight"], t["decay"]): t["value"] for t in rep["valid_ndcg@10"]}
+        assert (rep["weight"], rep["decay"]) == max(ndcg, key=lambda c: (ndcg[c], -c[0], c[1]))
+        d_idx = valid.domains.index(d)
+        for (w, r), value in ndcg.items():
+            model.cooc_weight[d_idx], model.cooc_decay[d_idx] = w, r
+            got = next(x["value"] for x in evaluate("m", transformer_score_fn(model, valid), valid, ks=(10,), domains=[d])
+                       if x["metric"] == "ndcg" and x["segment"] == "all")
+            assert got == pytest.approx(value, abs=1e-6), (d, w, r)
+    assert any(rep["weight"] > 0 and rep["decay"] < 1 for rep in report.values()), "a decayed term was chosen somewhere"
+    assert len({round(v["value"], 6) for rep in report.values() for v in rep["valid_ndcg@10"]}) > 2, \
+        "the weights and decays rank differently here"

@@ -52,6 +52,20 @@ class EvalData:
     tests: list[DomainTest]
     versions: dict[str, int]
     item_domain_names: dict[int, str]
+    target_user: np.ndarray | None = None  # (rows,) InteractionData user row of each split row
+    target_item: np.ndarray | None = None  # (rows,) item_idx of each split row's target
+    target_ts: np.ndarray | None = None  # (rows,) its event time
+
+    def train_with_targets(self) -> InteractionData:
+        """``train`` plus every target of this split as one more event. For ``split="valid"``: the events
+        models learn from at test time (train events + valid targets), without reading the tables again."""
+        assert self.target_item is not None, "EvalData built without its split's targets"
+        t = self.train
+        return InteractionData(user=np.concatenate([t.user, self.target_user]),
+                               item=np.concatenate([t.item, self.target_item]),
+                               domain=np.concatenate([t.domain, t.item_domain[self.target_item]]),
+                               ts=np.concatenate([t.ts, self.target_ts]), n_users=t.n_users, n_items=t.n_items,
+                               n_domains=t.n_domains, domain_items=t.domain_items)
 
 
 def load_eval_data(lake_root: str, versions: dict[str, int] | None = None, split: str = "test") -> EvalData:
@@ -127,7 +141,10 @@ def load_eval_data(lake_root: str, versions: dict[str, int] | None = None, split
         ))
     log.info("evaluation data: %d users, %d %s rows over %s, %d training events; versions %s",
              len(users), len(test), split, domains, len(i), versions)
-    return EvalData(train, domains, histories, history_ts, tests, versions, dict(enumerate(domains)))
+    return EvalData(train, domains, histories, history_ts, tests, versions, dict(enumerate(domains)),
+                    target_user=test.user_id.map(users).values.astype(np.int64),
+                    target_item=test.target_item_idx.values.astype(np.int64),
+                    target_ts=test.target_ts.values.astype(np.int64))
 
 
 ScoreFn = Callable[[DomainTest, np.ndarray], np.ndarray]  # (domain test, row positions within it) -> (b, n_d)

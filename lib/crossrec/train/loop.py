@@ -796,8 +796,8 @@ def attach_cooccurrence(model, cfg: TrainConfig, versions: Mapping[str, int]) ->
     valid = load_eval_data(cfg.lake_root, dict(versions), split="valid")
     report = fit_cooccurrence(model, valid, k=cfg.cooccurrence_k, seed=cfg.seed, input_domains=cfg.input_domains)
     weights, decays = model.cooc_weight.clone(), model.cooc_decay.clone()
+    known = valid.train_with_targets()  # train events + valid targets
     del valid
-    known = load_eval_data(cfg.lake_root, dict(versions), split="test").train  # train events + valid targets
     model.set_cooccurrence(*same_domain_similarity(known, k=cfg.cooccurrence_k), weights, decays)
     return {"k": cfg.cooccurrence_k, "fitted_on": "train events + valid targets", "domains": report}
 
