@@ -33,7 +33,7 @@ def test_same_domain_similarity_is_item_knn_without_the_cross_domain_pairs():
 
 
 def test_fitted_weights_score_on_validation_what_the_fit_reported(tmp_path):
-    """fit_cooccurrence ranks each (weight, decay) from the term computed once per decay; the model it leaves
+    """fit_cooccurrence ranks every (weight, decay) pair on validation; the model it leaves
     behind must score the validation split, through the evaluation protocol, exactly as reported."""
     import pandas as pd
     import torch

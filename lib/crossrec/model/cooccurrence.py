@@ -114,11 +114,9 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
                 h = model.user_vectors(batch, dt_.domain_idx)
                 raw = h @ reps.T  # the Transformer alone
                 pairs = model.cooccurrence_pairs(batch["item_idx"], dt_.domain_idx)  # once for every combination
-                terms = {r: model.combine_scores(torch.zeros_like(raw), batch["item_idx"], dt_.domain_idx, h, cov,
-                                                 weight=1.0, decay=r, pairs=pairs)  # the term at weight 1, per decay
-                         for r in {r for w, r in combos if w > 0}}
                 for w, r in combos:
-                    scores = raw + w * terms[r] if w > 0 else raw  # = combine_scores(raw, weight=w, decay=r)
+                    scores = model.combine_scores(raw, batch["item_idx"], dt_.domain_idx, h, cov, weight=w, decay=r,
+                                                  pairs=pairs)
                     ranks[(w, r)].append(rank_of_target(scores.float().cpu().numpy(), dt_.target_col[rows],
                                                         dt_.exclude[rows]))
         n_cand = candidate_counts(dt_.exclude.shape[1], dt_.target_col[sel], dt_.exclude[sel])
