@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=128, help="training windows per worker and step (default 128)")
     g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
+    g.add_argument("--lr-schedule", choices=["constant", "linear", "cosine"], default="constant",
+                   help="learning rate over the run: constant, or decaying to 0 at the last of --epochs, linearly "
+                        "or along a half cosine (default constant)")
     g.add_argument("--patience", type=int, default=2, help="epochs without valid NDCG@10 improvement before stopping (default 2)")
     g.add_argument("--d-model", type=int, default=128, help="model width (default 128)")
     g.add_argument("--n-layers", type=int, default=2, help="Transformer layers (default 2)")
@@ -80,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         tcfg = TrainConfig(
             lake_root=cfg.lake_uri, workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+            lr_schedule=args.lr_schedule,
             patience=args.patience, max_seq_len=cfg.max_seq_len, seed=cfg.seed, d_model=args.d_model,
             n_layers=args.n_layers, n_heads=args.n_heads, dropout=args.dropout, loss=args.loss, n_negatives=args.n_negatives,
             use_text=args.use_text, use_id_embedding=args.use_id_embedding, id_dropout=args.id_dropout,

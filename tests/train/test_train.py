@@ -27,6 +27,7 @@ from crossrec.train.loop import (  # noqa: E402
     collate_history,
     collate_train,
     flatten_optimizer_state,
+    lr_at,
     model_version,
     sample_users,
     train,
@@ -217,11 +218,26 @@ def test_optimizer_state_round_trips_without_pickle():
             assert torch.equal(v, b["state"][pid][k]), (pid, k)
 
 
+def test_lr_schedules_decay_from_lr_to_zero_over_the_run():
+    total = 100
+    assert [lr_at(1e-3, "constant", s, total) for s in (0, 50, 100, 500)] == [1e-3] * 4
+    for schedule in ("linear", "cosine"):
+        lrs = [lr_at(1e-3, schedule, s, total) for s in range(total + 1)]
+        assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+        assert all(a >= b for a, b in zip(lrs, lrs[1:])), f"{schedule} must never rise"
+        assert lr_at(1e-3, schedule, total + 7, total) == pytest.approx(0.0, abs=1e-12)  # past the end: stays at 0
+    assert lr_at(1e-3, "linear", 25, total) == pytest.approx(7.5e-4)
+    assert lr_at(1e-3, "cosine", 50, total) == pytest.approx(5e-4)  # half way down the half cosine
+    with pytest.raises(AssertionError, match="lr_schedule"):
+        TrainConfig(lake_root="/x", lr_schedule="step")
+
+
 def test_model_version_depends_on_config_and_data_not_paths():
     v = {"gold.item_index": 1, "gold.user_sequences": 3}
     a = TrainConfig(lake_root="/x", lr=1e-3)
     assert model_version(a, v) == model_version(TrainConfig(lake_root="/elsewhere", lr=1e-3, max_failures=5), v)
     assert model_version(a, v) != model_version(TrainConfig(lake_root="/x", lr=2e-3), v)
+    assert model_version(a, v) != model_version(TrainConfig(lake_root="/x", lr=1e-3, lr_schedule="cosine"), v)
     assert model_version(a, v) != model_version(a, {**v, "gold.user_sequences": 4})
     date, _, digest = model_version(a, v).partition("-")
     assert len(date) == 8 and len(digest) == 8

@@ -82,6 +82,7 @@ ITEM_INDEX_FILE = "item_index.parquet"
 METRICS_FILE = "metrics.json"
 LATEST_FILE = "_latest"
 KS = (10,)
+LR_SCHEDULES = ("constant", "linear", "cosine")
 POOL_BATCHES = 16  # training batches per length-sorted pool (see length_bucketed)
 
 
@@ -109,6 +110,9 @@ class TrainConfig:
         cpus_per_worker: CPUs reserved per worker on CPU; fractional on small machines, so that Ray Data
             keeps a CPU to feed the workers (with whole CPUs on 2 cores it waits forever).
         epochs, batch_size (per worker), lr, weight_decay: AdamW training.
+        lr_schedule: ``constant`` (default) or ``linear`` / ``cosine``: the learning rate decays from ``lr`` to 0
+            over ``epochs`` epochs, step by step (:func:`lr_at`), so ``epochs`` is then the length of the schedule,
+            not only a cap; early stopping still applies.
         patience: stop when valid NDCG@10 has not improved for this many epochs.
         max_seq_len, seed, d_model, n_layers, n_heads, dropout, loss, n_negatives, use_text, use_id_embedding,
             id_dropout: model
@@ -140,6 +144,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.0
+    lr_schedule: str = "constant"
     patience: int = 2
     max_seq_len: int = 50
     seed: int = 42
@@ -174,6 +179,7 @@ class TrainConfig:
         assert self.max_failures >= -1, f"max_failures must be >= -1 (-1 = unlimited), got {self.max_failures}"
         assert self.max_users is None or self.max_users >= 1, f"max_users must be >= 1 or None, got {self.max_users}"
         assert self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"
+        assert self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
         assert self.loss in ("softmax", "sampled"), f"loss must be 'softmax' or 'sampled', got {self.loss!r}"
         assert self.cooccurrence_k >= 0, f"cooccurrence_k must be >= 0 (0 = none), got {self.cooccurrence_k}"
         if self.input_domains is not None:
@@ -252,6 +258,19 @@ def resolve_versions(lake_root: str, pinned: Mapping[str, int] | None, tables=GO
         except TableNotFoundError as e:
             raise RawFormatError(f"{t} does not exist at {_table_path(lake_root, t)}: run `crossrec features` first") from e
     return out
+
+
+def lr_at(lr: float, schedule: str, step: int, total_steps: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based) of ``total_steps``: ``lr`` throughout (constant), or
+    decaying from ``lr`` at step 0 towards 0 at ``total_steps``, linearly or along a half cosine; never below 0
+    (a resumed or longer run past ``total_steps`` trains at 0)."""
+    assert schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}"
+    if schedule == "constant":
+        return lr
+    done = min(max(step, 0) / max(total_steps, 1), 1.0)
+    if schedule == "linear":
+        return lr * (1.0 - done)
+    return lr * 0.5 * (1.0 + math.cos(math.pi * done))
 
 
 def _chunks(cols: dict[str, list], inputs: dict[str, np.ndarray], targets: np.ndarray, max_seq_len: int) -> None:
@@ -697,6 +716,7 @@ def train_loop_per_worker(config: dict) -> None:
     fail = config.get("_fail_once_at_step")
     bs = config["batch_size"]
     steps_per_epoch = math.ceil((config["n_train_rows"] // world) / bs)
+    total_steps = steps_per_epoch * config["epochs"]  # the schedule's length (lr_at); resumes continue it by global_step
 
     epoch = state["epoch"] + 1
     while epoch < config["epochs"] and state["bad_epochs"] < config["patience"]:
@@ -722,6 +742,9 @@ def train_loop_per_worker(config: dict) -> None:
             loss = ddp(b, loss=True)  # through DDP's forward: its gradient all-reduce hooks are armed there
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            lr = lr_at(config["lr"], config.get("lr_schedule", "constant"), state["global_step"], total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             optimizer.step()
             loss_value = loss.item()
             loss_sum += loss_value
@@ -734,8 +757,8 @@ def train_loop_per_worker(config: dict) -> None:
                 ms = 1000 * (now - last) / window
                 rate = world * n_samples / (now - t_epoch)
                 eta = (steps_per_epoch - n_steps) * ms / 1000
-                log.info("epoch %d step %d/%d loss %.4f %.1f ms/step %.0f samples/s (all ranks) ETA %.0fs",
-                         epoch, n_steps, steps_per_epoch, loss_value, ms, rate, max(eta, 0.0))
+                log.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f ms/step %.0f samples/s (all ranks) ETA %.0fs",
+                         epoch, n_steps, steps_per_epoch, loss_value, lr, ms, rate, max(eta, 0.0))
                 last, window = now, 0
             t_fetch = time.perf_counter()
         t_train = time.perf_counter() - t_epoch
@@ -873,7 +896,7 @@ def train(cfg: TrainConfig) -> Path:
             "catalog_ref": ray.put(data.catalog),
             "domains": data.domains,
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
-            "patience": cfg.patience, "seed": cfg.seed, "log_every": cfg.log_every,
+            "lr_schedule": cfg.lr_schedule, "patience": cfg.patience, "seed": cfg.seed, "log_every": cfg.log_every,
             "n_train_rows": data.train.num_rows,
             "torch_threads": max(1, int(cfg.cpus_per_worker)),
             "_fail_once_at_step": dataclasses.asdict(cfg.fail_once_at) if cfg.fail_once_at else None,
@@ -946,5 +969,5 @@ __all__ = [
     "TrainConfig", "FailOnce", "TrainingData", "train", "train_loop_per_worker", "load_training_data",
     "resolve_versions", "restrict_to_domains", "sample_users", "training_windows", "length_bucketed", "collate_train", "collate_history", "validate_shard",
     "write_checkpoint", "read_checkpoint", "flatten_optimizer_state", "unflatten_optimizer_state",
-    "write_artifact", "attach_cooccurrence", "model_version", "METRIC",
+    "write_artifact", "attach_cooccurrence", "model_version", "lr_at", "METRIC", "LR_SCHEDULES",
 ]
