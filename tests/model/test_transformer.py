@@ -365,6 +365,30 @@ def test_text_only_mode_scores_a_never_seen_item_like_a_trained_item_of_its_topi
     assert ((s_new - s_trained).abs() < 0.1 * spread).all()
 
 
+def test_cleared_id_embeddings_let_text_rank_never_seen_items_against_trained_ones(world):
+    # full softmax: a never-seen item is a negative in every step, so its id vector is only pushed away from
+    # users; cleared, the item is scored from its text and ranks with the trained items of its topic
+    feats, topic, seen, _, test_batch = world
+    model = train_on_world(world)
+    b_items = feats.domain_items[1]
+    unseen = b_items[~seen[b_items]]
+
+    def auc_unseen_mine_vs_seen_other() -> float:
+        with torch.no_grad():
+            scores = model.eval().full_sort_predict(test_batch, 1)  # (U, n_B)
+        mine = [topic[b_items] == u % N_TOPICS for u in range(scores.shape[0])]
+        return sum(pairwise_auc(scores[u], m & ~seen[b_items], ~m & seen[b_items]) for u, m in enumerate(mine)) / len(mine)
+
+    before = auc_unseen_mine_vs_seen_other()
+    kept = model.item_encoder.id_emb.weight[b_items[seen[b_items]]].clone()
+    assert model.clear_id_embeddings(torch.cat([unseen, unseen[:3], torch.tensor([0])])) == unseen.numel()
+    assert (model.item_encoder.id_emb.weight[unseen] == 0).all()
+    assert torch.equal(model.item_encoder.id_emb.weight[b_items[seen[b_items]]], kept), "trained ids untouched"
+    after = auc_unseen_mine_vs_seen_other()
+    assert before < 0.8 and after > 0.95, (before, after)
+    assert train_on_world(world, use_id_embedding=False).clear_id_embeddings(unseen) == 0, "no ids: nothing to clear"
+
+
 # ------------------------------------------------------------------------------------------------ save / load
 def test_save_load_round_trip_from_a_wrapped_model(tmp_path):
     from safetensors import safe_open

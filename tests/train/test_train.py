@@ -391,6 +391,36 @@ def test_categories_become_attribute_ids_per_domain(planted):
     assert (off.catalog["item_attr"] == 0).all()
 
 
+def test_items_in_no_training_window_are_listed_and_their_ids_zeroed_in_the_artifact(planted, tmp_path):
+    import pandas as pd
+
+    from crossrec.model import transformer
+    from crossrec.train.loop import TrainingData, load_training_data, resolve_versions, write_artifact
+
+    lake, facts = planted
+    versions = resolve_versions(str(lake), None)
+    full = load_training_data(TrainConfig(lake_root=str(lake)), versions)
+    assert full.untrained_items.size == 0, "200 users read every item of the planted lake"
+    books = load_training_data(TrainConfig(lake_root=str(lake), input_domains=("books",)), versions)
+    movies = books.catalog["item_idx"][books.catalog["domain_idx"] == DOMAINS.index("movies")]
+    assert books.untrained_items.tolist() == sorted(movies.tolist()), "books only: every movie is untrained"
+
+    feats = transformer.ItemFeatures.from_item_index(
+        full.catalog["item_idx"], full.catalog["domain_idx"], full.catalog["domain_item_idx"],
+        text_emb=full.catalog["text_emb"])
+    torch.manual_seed(0)
+    model = transformer.CrossDomainTransformer(
+        transformer.ModelConfig(n_items=facts["n_items"], n_domains=len(DOMAINS), d_model=16, n_layers=1), feats)
+    ckpt = transformer.save(model, tmp_path / "ckpt")
+    folder = write_artifact(tmp_path / "models", "20250101-abcdef01", ckpt, books, {"best_epoch": 0})
+    out = transformer.load(folder)
+    w, w0 = out.item_encoder.id_emb.weight, model.item_encoder.id_emb.weight
+    assert (w[movies] == 0).all() and torch.equal(w[1:][~np.isin(np.arange(1, facts["n_items"] + 1), movies)],
+                                                  w0[1:][~np.isin(np.arange(1, facts["n_items"] + 1), movies)])
+    assert json.loads((folder / "metrics.json").read_text())["untrained_items"] == len(movies)
+    assert pd.read_parquet(folder / "item_index.parquet").item_idx.tolist() == list(range(1, facts["n_items"] + 1))
+
+
 def test_sample_users_keeps_whole_users_and_is_seeded():
     import pandas as pd
 

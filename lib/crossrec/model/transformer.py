@@ -522,6 +522,22 @@ class CrossDomainTransformer(nn.Module):
         h = self.user_vectors(batch, self.item_encoder.item_domain[item_idx])  # (B, D)
         return (h * self.item_encoder(item_idx)).sum(-1)  # (B,)
 
+    @torch.no_grad()
+    def clear_id_embeddings(self, item_idx: Tensor) -> int:
+        """Zero the id embeddings of ``item_idx`` (items absent from the training data); return how many.
+
+        Under the full softmax every item of a target's domain is a negative in every step, so the id vector of an
+        item never seen in training is only ever pushed away from users, and it drowns the item's text. Zeroed,
+        such an item is scored from its text, domain and category alone (text-only mode for items new to the
+        model). No-op without id embeddings."""
+        emb = self.item_encoder.id_emb
+        idx = item_idx[item_idx != 0].long()
+        if emb is None or idx.numel() == 0:
+            return 0
+        assert int(idx.max()) <= self.config.n_items and int(idx.min()) > 0, "item ids must be in 1..n_items"
+        emb.weight[idx.to(emb.weight.device)] = 0.0
+        return int(idx.unique().numel())
+
     def item_table(self) -> Tensor:
         """(n_items + 1, D) representation of every item id, row 0 the padding id's. Constant in eval mode."""
         return self.item_encoder(torch.arange(self.config.n_items + 1, device=self.item_encoder.item_domain.device))

@@ -233,6 +233,8 @@ class TrainingData:
     domains: list[str]
     versions: dict[str, int]
     encoders: list[str] = field(default_factory=list)
+    untrained_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ids in no training window
+
 
 
 def _table_path(lake_root: str, table: str) -> str:
@@ -370,6 +372,7 @@ def sample_users(seq, max_users: int, seed: int):
 def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> TrainingData:
     """Read the gold tables at ``versions`` (deltalake) and shape them for the workers."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     from deltalake import DeltaTable
 
     t0 = time.time()
@@ -438,7 +441,11 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
     log.info("training data at versions %s: %d items in %s, %d train users -> %d windows, %d valid rows (%.1fs)",
              dict(versions), n_items, domains, len(train), windows.num_rows, len(valid), time.time() - t0)
     item_index = index[["item_idx", "domain", "item_id", "domain_idx", "domain_item_idx"]]
-    return TrainingData(windows, valid_tab, catalog, item_index, domains, dict(versions), encoders)
+    seen = np.zeros(n_items + 1, dtype=bool)
+    for col in ("item_idx", "target_item_idx"):
+        seen[pc.list_flatten(windows.column(col)).to_numpy()] = True
+    untrained = np.flatnonzero(~seen[1:]) + 1
+    return TrainingData(windows, valid_tab, catalog, item_index, domains, dict(versions), encoders, untrained)
 
 
 # ------------------------------------------------------------------------------------------ collate (worker)
@@ -829,10 +836,13 @@ def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | P
                    metrics: Mapping, prepare=None) -> Path:
     """``<root>/<version>/`` from the best checkpoint, then ``<root>/_latest`` -> version (both atomic renames).
 
+    The id embeddings of items in no training window (``data.untrained_items``) are zeroed first
+    (:meth:`~crossrec.model.transformer.CrossDomainTransformer.clear_id_embeddings`): text scores those items.
     ``prepare(model) -> dict``: run on the loaded model before it is saved (e.g. :func:`attach_cooccurrence`);
     what it returns is stored in ``metrics.json`` under ``"cooccurrence"``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    import torch
 
     from crossrec.model import transformer
 
@@ -842,6 +852,10 @@ def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | P
     tmp = root / f".{version}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model = transformer.load(best_ckpt_dir)  # round trip: what is written is what evaluate will load
+    cleared = model.clear_id_embeddings(torch.from_numpy(data.untrained_items))
+    metrics = {**metrics, "untrained_items": cleared}
+    if cleared:
+        log.info("%d item(s) occur in no training window: id embeddings zeroed, text scores them", cleared)
     if prepare is not None:
         metrics = {**metrics, "cooccurrence": prepare(model)}
     transformer.save(model, tmp)
