@@ -24,7 +24,7 @@ SMALL = ("--d-model", "64", "--batch-size", "32", "--patience", "3")  # small da
 def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_for_cold_users(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "out"
     generate(str(raw), SyntheticSpec(users=800, domains=2, items_per_domain=200, seed=3))
-    spec = QualitySpec(raw_dir=str(raw), out_dir=str(out), workers=2, epochs=20, baselines=("pop", "itemknn"),
+    spec = QualitySpec(raw_dir=str(raw), out_dir=str(out), workers=2, baselines=("pop", "itemknn"),  # default schedules
                        crossrec_args=SMALL, sasrec_args=SMALL,
                        extra_env={"CROSSREC_COLD_START_FRACTION": "0.3", "CROSSREC_PSEUDONYM_KEY": "",
                                   "CROSSREC_PSEUDONYM_KEY_FILE": ""})

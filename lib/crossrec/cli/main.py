@@ -206,7 +206,8 @@ def _bench(argv: list[str]) -> int:
     q.add_argument("--out", required=True, help="output folder: quality.json, quality.md, logs/, models/, lake/")
     q.add_argument("--lake-root", help="lake to build (default <out>/lake; a fresh one is best)")
     q.add_argument("--workers", type=int, default=2, help="Ray Train workers per training run (default 2)")
-    q.add_argument("--epochs", type=int, default=10, help="maximum epochs per training run; early stopping on valid NDCG@10 (default 10)")
+    q.add_argument("--epochs", type=int, help="epochs of every training run (default: crossrec 6 with the learning rate "
+                   "annealed along a cosine, sasrec at most 10 at a constant rate; both stop early on valid NDCG@10)")
     q.add_argument("--baselines", default="pop,itemknn,als", help="classic baselines to evaluate (default pop,itemknn,als)")
     q.add_argument("--no-sasrec", dest="single_domain", action="store_false", help="skip the single-domain Transformer baseline")
     q.add_argument("--crossrec-args", default="", help="extra `crossrec train` flags for the cross-domain model, one string")
