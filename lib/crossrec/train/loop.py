@@ -236,7 +236,6 @@ class TrainingData:
     untrained_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ids in no training window
 
 
-
 def _table_path(lake_root: str, table: str) -> str:
     from crossrec.io.readers import table_path
 
