@@ -48,7 +48,9 @@ def test_each_broken_rule_is_reported(spark, tmp_path):
         ("expect_table_row_count_to_be_between", "table"),
     }
     text = str(e.value)
+    # a failed suite is re-run for its details: counts and offending values, not just pass/fail
     assert "silver.interactions v3: FAILED" in text and "games" in text and "report:" in text
+    assert e.value.report.rows == 4 and "1 unexpected" in text
     saved = json.loads((tmp_path / "run2" / "silver.interactions.json").read_text())
     assert saved["success"] is False and len([r for r in saved["results"] if not r["success"]]) == 6
 

@@ -33,7 +33,11 @@ class ValidationFailed(RuntimeError):
 
 @dataclass
 class ValidationReport:
-    """Outcome of one checkpoint on one table version."""
+    """Outcome of one checkpoint on one table version.
+
+    ``rows`` is the row count the suite checked: known when the job pinned it (``expected_rows``) or when the
+    suite failed (the failure report is gathered with counts); None otherwise.
+    """
 
     table: str
     version: int | None
@@ -157,6 +161,19 @@ def _describe(er) -> dict:
     }
 
 
+def _observed_rows(results: list, expected_rows: int | None) -> int | None:
+    """The table's row count as the row-count expectation saw it: its observed value (SUMMARY results), or
+    ``expected_rows`` when that exact bound passed (BOOLEAN_ONLY results carry no observed values); else None."""
+    for er in results:
+        if er.expectation_config.type != "expect_table_row_count_to_be_between":
+            continue
+        observed = (er.result or {}).get("observed_value")
+        if observed is not None:
+            return int(observed)
+        return expected_rows if er.success else None
+    return None
+
+
 class Validator:
     """Runs contract-derived GE checkpoints in one ephemeral GE context (one per job)."""
 
@@ -212,16 +229,14 @@ class Validator:
         vd = self.context.validation_definitions.add(
             gx.ValidationDefinition(name=f"{contract.table}#{self._n}", data=self.batch_def, suite=suite)
         )
-        result = vd.run(batch_parameters={"dataframe": df})
+        # pass/fail first: BOOLEAN_ONLY skips the unexpected-value samples and counts that SUMMARY gathers with
+        # one more Spark job per expectation (silver.interactions at 1M rows: 3.5 s instead of 9.3 s). Only a
+        # failed suite is run again with SUMMARY, so that the report names the offending values.
+        result = vd.run(batch_parameters={"dataframe": df}, result_format="BOOLEAN_ONLY")
+        if not result.success:
+            result = vd.run(batch_parameters={"dataframe": df}, result_format="SUMMARY")
         results = [_describe(er) for er in result.results]
-        rows = next(
-            (
-                er.result.get("observed_value")
-                for er in result.results
-                if er.expectation_config.type == "expect_table_row_count_to_be_between"
-            ),
-            None,
-        )
+        rows = _observed_rows(result.results, expected_rows)
         report = ValidationReport(
             table=contract.table,
             version=version,
