@@ -82,12 +82,11 @@ def run(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
     ids = C.classify_identity_map(b_ids, domains).persist(StorageLevel.MEMORY_AND_DISK) if b_ids is not None else None
     ts_formats = {fs.domain: fs.timestamp for fs in dataset.file_sets if fs.kind == "interactions"}
     event_types = {fs.domain: fs.default_event_type for fs in dataset.file_sets if fs.kind == "interactions"}
-    inter = C.classify_interactions(b_inter, ts_formats, event_types, min_ts, max_ts)
+    catalog = C.catalog_keys(items) if cfg.missing_items == "quarantine" else None
+    inter = C.classify_interactions(b_inter, ts_formats, event_types, min_ts, max_ts, catalog=catalog)
     inter = C.pseudonymize(C.apply_identity(inter, ids), key)
     placeholders = None
-    if cfg.missing_items == "quarantine":
-        inter = C.check_catalog(inter, items)
-    else:
+    if catalog is None:
         placeholders = C.placeholder_items(inter, items).persist(StorageLevel.MEMORY_AND_DISK)
     inter = C.dedupe_interactions(inter).persist(StorageLevel.MEMORY_AND_DISK)
 

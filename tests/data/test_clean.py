@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -142,24 +143,32 @@ def test_catalog_check_and_dedupe(spark):
     items = C.classify_items(
         bronze_items(spark, [("books", "b1", "T", None, {"00_title": "T"}, {}, None)]), 1000
     )
-    inter = classify(spark, [
+    bronze = bronze_interactions(spark, [
         ("books", "u1", "b1", "view", "2021-01-01T00:00:00Z", "1", None, "a.csv"),
         ("books", "u1", "b1", "view", "2021-01-01T00:00:00Z", "1", None, "b.csv"),  # duplicate of the first
-        ("books", "u1", "b2", "view", "2021-01-01T00:00:00Z", "1", None, "a.csv"),  # not in catalog
+        ("books", "u1", " b2", "view", "2021-01-01T00:00:00Z", "1", None, "a.csv"),  # not in catalog
         ("books", "", "b1", "view", "2021-01-01T00:00:00Z", "1", None, "c.csv"),  # quarantined, not a duplicate
     ])
+    inter = C.classify_interactions(bronze, {"books": "iso8601"}, {}, MIN_TS, MAX_TS, catalog=C.catalog_keys(items))
     inter = C.pseudonymize(C.apply_identity(inter, None), b"key-key-key-key-key")
-    out = C.dedupe_interactions(C.check_catalog(inter, items))
-    got = sorted((r.item_id, r.source, r[C.STATUS], r[C.REASON]) for r in out.collect())
+    out = C.dedupe_interactions(inter)
+    got = sorted((r.item_id, r.source, r[C.STATUS], r[C.REASON], r[C.DETAIL]) for r in out.collect())
     assert got == [
-        ("b1", "a.csv", C.OK, None),
-        ("b1", "b.csv", C.DUPLICATE, None),
-        ("b1", "c.csv", C.QUARANTINED, "missing_user_id"),
-        ("b2", "a.csv", C.QUARANTINED, "item_not_in_catalog"),
+        ("b1", "a.csv", C.OK, None, None),
+        ("b1", "b.csv", C.DUPLICATE, None, None),
+        ("b1", "c.csv", C.QUARANTINED, "missing_user_id", "user_id is empty"),
+        ("b2", "a.csv", C.QUARANTINED, "item_not_in_catalog", "item_id=b2 not in the domain's catalog"),
     ]
     q = C.quarantine_rows(out, "bronze.interactions")
     assert q.columns == load_contract("silver.quarantine").column_names
-    assert q.count() == 2
+    # the quarantine keeps each bad row as it arrived in bronze (raw, untrimmed values), good rows carry none
+    records = {r.reason: json.loads(r.record) for r in q.collect()}
+    assert records["item_not_in_catalog"] == {
+        "domain": "books", "user_id": "u1", "item_id": " b2", "event_type": "view", "event_ts": "2021-01-01T00:00:00Z",
+        "weight": "1", "source_file": "a.csv", "source_checksum": "sha", "run_id": "run1", "ingested_at": "2024-06-30T12:00:00.000Z",
+    }
+    assert records["missing_user_id"]["user_id"] == "" and records["missing_user_id"]["source_file"] == "c.csv"
+    assert out.where(F.col(C.STATUS) != C.QUARANTINED).where(F.col("_record").isNotNull()).count() == 0
 
 
 def test_placeholder_items_for_missing_catalog_entries(spark):

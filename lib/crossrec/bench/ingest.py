@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-WARMUP_USERS = 500  # the untimed crossrec warm-up run
+WARMUP_USERS = 500  # the untimed crossrec warm-up run (a tenth of the users, 50 to 500)
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def run_ingest(spec: IngestSpec, spark=None) -> dict:
     t0 = time.perf_counter()
     plain_copy(spark, str(raw), out / "warmup")
     small = out / "warmup-raw"
-    warm_users = min(WARMUP_USERS, spec.users)
+    warm_users = min(WARMUP_USERS, max(50, spec.users // 10))
     generate(str(small), SyntheticSpec(users=warm_users, domains=spec.domains, dirty_rate=spec.dirty_rate, seed=spec.seed),
              overwrite=True)
     warm_cfg = resolve_config(overrides={"lake_root": str(out / "warmup-lake"), "raw_dir": str(small),
