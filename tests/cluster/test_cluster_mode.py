@@ -40,7 +40,7 @@ def submit(info: dict, stage: str, args: list[str], log: Path, new_session: bool
     cmd = [os.path.join(cluster.spark_home(), "bin", "spark-submit"), "--master", info["spark_master"],
            "--packages", DELTA, "--conf", "spark.executor.memory=1g", "--conf", "spark.executor.cores=1",
            "--conf", "spark.sql.shuffle.partitions=4", "--conf", f"spark.pyspark.python={sys.executable}",
-           "--conf", "spark.task.maxFailures=4",
+           "--conf", "spark.task.maxFailures=4", "--conf", "spark.databricks.delta.snapshotPartitions=2",
            str(ROOT / "jobs" / f"{stage}.py"), *args, "--spark-master", "none"]
     # the driver's scratch (its copy of the Delta jars, block files) goes under the test's folder: a driver that a
     # test kills never runs Spark's shutdown hook, and its spark-* folder would otherwise stay in /tmp for good
