@@ -113,9 +113,14 @@ def _show(name: str, c: Column) -> Column:
     return F.concat(F.lit(f"{name}="), F.coalesce(F.substring(c, 1, 120), F.lit("<null>")))
 
 
+def bronze_record(df: DataFrame, columns: list[str]) -> Column:
+    """The bronze row's ``columns`` (those ``df`` has) as one struct."""
+    return F.struct(*[F.col(c) for c in columns if c in df.columns])
+
+
 def bronze_record_json(df: DataFrame, columns: list[str]) -> Column:
     """The bronze row as JSON (what the quarantine keeps)."""
-    return F.to_json(F.struct(*[F.col(c) for c in columns if c in df.columns]))
+    return F.to_json(bronze_record(df, columns))
 
 
 # --------------------------------------------------------------------------- interactions
@@ -137,7 +142,7 @@ def classify_interactions(
     quarantine keeps) is built for quarantined rows only and is null for the others: serialising a million
     good rows cost ~4 s of a 1M-row clean. ``max_ts`` is exclusive.
     """
-    raw_record = F.struct(*[F.col(c) for c in ["domain", "user_id", "item_id", "event_type", "event_ts", "weight", *_BRONZE_META] if c in bronze.columns])
+    raw_record = bronze_record(bronze, ["domain", "user_id", "item_id", "event_type", "event_ts", "weight", *_BRONZE_META])
     ts = F.lit(None).cast("timestamp")
     for d, fmt in timestamp_formats.items():
         ts = F.when(F.col("domain") == d, parse_timestamp("_ts_raw", fmt)).otherwise(ts)
