@@ -14,6 +14,7 @@ pytest.importorskip("ray.train")
 
 from crossrec.bench.quality import BenchError, QualitySpec, run_quality  # noqa: E402
 from crossrec.data.synthetic import SyntheticSpec, generate  # noqa: E402
+from conftest import TEST_KEY  # noqa: E402
 
 SMALL = ("--d-model", "64", "--batch-size", "32", "--patience", "3")  # small data: many small steps
 
@@ -21,13 +22,23 @@ SMALL = ("--d-model", "64", "--batch-size", "32", "--patience", "3")  # small da
 @pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.ray
-def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_for_cold_users(tmp_path):
-    raw, out = tmp_path / "raw", tmp_path / "out"
+def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_for_cold_users(spark, tmp_path, monkeypatch):
+    from conftest import job_args
+    from crossrec_jobs import clean, features, ingest
+
+    raw, out, lake, key = tmp_path / "raw", tmp_path / "out", tmp_path / "lake", tmp_path / "key"
     generate(str(raw), SyntheticSpec(users=800, domains=2, items_per_domain=200, seed=3))
-    spec = QualitySpec(raw_dir=str(raw), out_dir=str(out), workers=2, baselines=("pop", "itemknn"),  # default schedules
-                       crossrec_args=SMALL, sasrec_args=SMALL,
-                       extra_env={"CROSSREC_COLD_START_FRACTION": "0.3", "CROSSREC_PSEUDONYM_KEY": "",
-                                  "CROSSREC_PSEUDONYM_KEY_FILE": ""})
+    # the lake is built in this process, on the tests' Spark session (the bench's own job processes would pay
+    # three Spark start-ups); the bench takes it as it is (--reuse-lake)
+    key.write_text(TEST_KEY)
+    monkeypatch.setenv("CROSSREC_COLD_START_FRACTION", "0.3")
+    for job in (ingest, clean, features):
+        assert job.main(job_args(raw, lake, key)) == 0, job.__name__
+    # crossrec on its default schedule; sasrec for one epoch: a user cold in a domain gets its popularity fallback
+    # whatever it learnt, and that is what the cold-start assertions compare
+    spec = QualitySpec(raw_dir=str(raw), out_dir=str(out), lake_root=str(lake), reuse_lake=True, workers=2,
+                       baselines=("pop", "itemknn"), crossrec_args=SMALL, sasrec_args=(*SMALL, "--epochs", "1"),
+                       extra_env={"CROSSREC_PSEUDONYM_KEY": "", "CROSSREC_PSEUDONYM_KEY_FILE": ""})
     run_quality(spec)
 
     q = json.loads((out / "quality.json").read_text())
@@ -36,6 +47,7 @@ def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_
     assert all({"model", "domain", "segment", "metric", "k", "value"} <= set(r) for r in recs)
     assert {r["segment"] for r in recs} >= {"all", "cold_start"}
     assert set(q["wall_times_s"]) == {"crossrec", "sasrec", "pop", "itemknn"} and q["wall_times_s"]["crossrec"] > 0
+    assert q["config"]["reuse_lake"] and not {"ingest", "clean", "features"} & set(q["stages_s"])
     assert (out / "pseudonym.key").exists(), "no key configured: the bench made a throwaway one"
     md = (out / "quality.md").read_text()
     assert "crossrec vs the best other model" in md and "| sasrec |" in md
@@ -50,7 +62,22 @@ def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_
         assert ndcg[("sasrec", domain, "cold_start")]["value"] == pytest.approx(
             ndcg[("pop", domain, "cold_start")]["value"], abs=1e-9), "sasrec falls back to popularity for cold users"
 
+    other = tmp_path / "other-raw"
+    generate(str(other), SyntheticSpec(users=20, domains=3, items_per_domain=20, seed=1))
+    with pytest.raises(BenchError, match="built from other data"):
+        run_quality(QualitySpec(raw_dir=str(other), out_dir=str(tmp_path / "out2"), lake_root=str(lake), reuse_lake=True))
+
 
 def test_quality_bench_rejects_a_folder_without_dataset_json(tmp_path):
     with pytest.raises(BenchError, match="dataset.json"):
         run_quality(QualitySpec(raw_dir=str(tmp_path), out_dir=str(tmp_path / "out")))
+
+
+def test_quality_bench_reuses_only_a_built_lake_of_the_same_data(tmp_path):
+    raw = tmp_path / "raw"
+    generate(str(raw), SyntheticSpec(users=20, domains=2, items_per_domain=20, seed=1))
+    with pytest.raises(BenchError, match="--reuse-lake needs --lake-root"):
+        run_quality(QualitySpec(raw_dir=str(raw), out_dir=str(tmp_path / "out"), reuse_lake=True))
+    with pytest.raises(BenchError, match="has no gold.item_index, gold.user_sequences, gold.item_embeddings"):
+        run_quality(QualitySpec(raw_dir=str(raw), out_dir=str(tmp_path / "out"), lake_root=str(tmp_path / "empty"),
+                                reuse_lake=True))

@@ -6,7 +6,9 @@
 ``crossrec import amazon-food-kitchen`` or ``crossrec generate``). The benchmark runs, each as its own job
 process with its output in ``DIR/logs/<step>.log``:
 
-1. ``ingest`` -> ``clean`` -> ``features`` into a fresh lake (``DIR/lake`` unless ``--lake-root``);
+1. ``ingest`` -> ``clean`` -> ``features`` into a fresh lake (``DIR/lake`` unless ``--lake-root``); with
+   ``--reuse-lake`` the lake at ``--lake-root`` (e.g. an earlier run's, built from the same ``RAW_DIR``) is
+   used as it is, to compare models or training settings without rebuilding it;
 2. ``train`` the cross-domain model (**crossrec**: text + id, every domain's history, plus the same-domain
    co-occurrence term of ``crossrec.model.cooccurrence``), learning rate annealed to 0 along a cosine over
    its epochs (:data:`OURS_TRAIN`);
@@ -62,6 +64,7 @@ class QualitySpec:
     raw_dir: str
     out_dir: str
     lake_root: str | None = None  # default <out>/lake
+    reuse_lake: bool = False  # lake_root already holds the gold tables of raw_dir: skip ingest, clean, features
     workers: int = 2
     epochs: int | None = None  # every training run's epochs; None = each model's own (OURS_TRAIN, SINGLE_DOMAIN_TRAIN)
     baselines: tuple[str, ...] = ("pop", "itemknn", "als")
@@ -116,6 +119,26 @@ def _env(spec: QualitySpec, out: Path) -> dict:
     return env
 
 
+def _check_reused_lake(spec: QualitySpec, raw: str) -> None:
+    """``--reuse-lake``: the lake must be given, hold the gold tables, and cover the raw data set's domains."""
+    from crossrec.data.rawformat import load_dataset
+    from crossrec.io.readers import read_table
+
+    if not spec.lake_root:
+        raise BenchError("--reuse-lake needs --lake-root: the lake built earlier from the same raw data set")
+    lake = spec.lake
+    missing = [t for t in ("gold.item_index", "gold.user_sequences", "gold.item_embeddings")
+               if not os.path.isdir(os.path.join(lake, *t.split("."), "_delta_log"))]
+    if missing:
+        raise BenchError(f"--reuse-lake: {lake} has no {', '.join(missing)}; build it first (leave out --reuse-lake)")
+    in_lake = set(read_table(lake, "gold.item_index", columns=["domain"]).domain.unique())
+    in_raw = set(load_dataset(raw).domains)
+    if in_lake != in_raw:
+        raise BenchError(f"--reuse-lake: the lake's domains {sorted(in_lake)} are not the raw data set's "
+                         f"{sorted(in_raw)}: it was built from other data")
+    log.info("reusing the lake %s (domains %s): ingest, clean and features skipped", lake, sorted(in_lake))
+
+
 def run_quality(spec: QualitySpec) -> dict:
     """Run the benchmark; returns what ``quality.json`` holds."""
     from crossrec.io.readers import read_table
@@ -130,8 +153,11 @@ def run_quality(spec: QualitySpec) -> dict:
     common = ["--raw-dir", raw, "--lake-root", lake]
     stages: dict[str, float] = {}
     t_all = time.time()
-    for stage in ("ingest", "clean", "features"):
-        stages[stage] = _run_step(stage, f"crossrec_jobs.{stage}", common, out, env)
+    if spec.reuse_lake:
+        _check_reused_lake(spec, raw)
+    else:
+        for stage in ("ingest", "clean", "features"):
+            stages[stage] = _run_step(stage, f"crossrec_jobs.{stage}", common, out, env)
 
     domains = sorted(read_table(lake, "gold.item_index", columns=["domain"]).domain.unique())
     models_root = out / "models"
@@ -170,7 +196,7 @@ def run_quality(spec: QualitySpec) -> dict:
         "stages_s": {k: round(v, 1) for k, v in stages.items()},
         "total_s": round(time.time() - t_all, 1),
         "data": {"raw_dir": raw, "lake_root": lake, "domains": domains, "versions": ev["versions"]},
-        "config": {"workers": spec.workers, "epochs": spec.epochs, "crossrec_train": list(OURS_TRAIN),
+        "config": {"reuse_lake": spec.reuse_lake, "workers": spec.workers, "epochs": spec.epochs, "crossrec_train": list(OURS_TRAIN),
                    "sasrec_train": list(SINGLE_DOMAIN_TRAIN), "baselines": list(spec.baselines),
                    "crossrec_args": list(spec.crossrec_args), "sasrec_args": list(spec.sasrec_args)},
     }

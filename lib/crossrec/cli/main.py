@@ -205,6 +205,8 @@ def _bench(argv: list[str]) -> int:
     q.add_argument("raw_dir", help="raw data set (dataset.json + files; README 'Raw input format')")
     q.add_argument("--out", required=True, help="output folder: quality.json, quality.md, logs/, models/, lake/")
     q.add_argument("--lake-root", help="lake to build (default <out>/lake; a fresh one is best)")
+    q.add_argument("--reuse-lake", action="store_true", help="use the lake at --lake-root as it is (built earlier "
+                   "from the same raw data, e.g. by a previous run): skip ingest, clean and features")
     q.add_argument("--workers", type=int, default=2, help="Ray Train workers per training run (default 2)")
     q.add_argument("--epochs", type=int, help="epochs of every training run (default: crossrec 6 with the learning rate "
                    "annealed along a cosine, sasrec at most 10 at a constant rate; both stop early on valid NDCG@10)")
@@ -283,7 +285,7 @@ def _bench(argv: list[str]) -> int:
                                 events=a.events, k=a.k))
         return 0
 
-    spec = QualitySpec(raw_dir=a.raw_dir, out_dir=a.out, lake_root=a.lake_root, workers=a.workers, epochs=a.epochs,
+    spec = QualitySpec(raw_dir=a.raw_dir, out_dir=a.out, lake_root=a.lake_root, reuse_lake=a.reuse_lake, workers=a.workers, epochs=a.epochs,
                        baselines=tuple(b for b in a.baselines.split(",") if b), single_domain=a.single_domain,
                        crossrec_args=tuple(shlex.split(a.crossrec_args)), sasrec_args=tuple(shlex.split(a.sasrec_args)))
     try:
