@@ -138,17 +138,17 @@ def write_artifact(lake: Path, version: str = "20250101-test0001", seed: int = 0
 
 @pytest.fixture(scope="session")
 def scored_lake(spark, tmp_path_factory) -> dict:
-    """generate -> ingest -> clean -> features -> (untrained artifact) -> evaluate -> score, once per test run."""
+    """generate -> prepare (ingest -> clean -> features) -> (untrained artifact) -> evaluate -> score, once per
+    test run."""
     from crossrec.data.synthetic import SyntheticSpec, generate
-    from crossrec_jobs import clean, evaluate, features, ingest, score
+    from crossrec_jobs import evaluate, prepare, score
 
     root = tmp_path_factory.mktemp("scored")
     raw, lake, key = root / "raw", root / "lake", root / "key"
     key.write_text(TEST_KEY)
     generate(raw, SyntheticSpec(users=120, domains=2, items_per_domain=40, mean_events_per_user=12, seed=5))
     args = job_args(raw, lake, key, "--run-date", SCORE_DAY)
-    for job in (ingest, clean, features):
-        assert job.main(args) == 0, job.__name__
+    assert prepare.main(args) == 0
     write_artifact(lake)
     lake_args = args[2:]  # evaluate and score read no raw files: no --raw-dir
     assert args[0] == "--raw-dir"

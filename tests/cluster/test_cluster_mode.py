@@ -39,7 +39,8 @@ def submit(info: dict, stage: str, args: list[str], log: Path, new_session: bool
     """``spark-submit jobs/<stage>.py`` to the standalone master (Delta from Maven, 1-core 1g executors)."""
     cmd = [os.path.join(cluster.spark_home(), "bin", "spark-submit"), "--master", info["spark_master"],
            "--packages", DELTA, "--conf", "spark.executor.memory=1g", "--conf", "spark.executor.cores=1",
-           "--conf", "spark.sql.shuffle.partitions=4", "--conf", f"spark.pyspark.python={sys.executable}",
+           "--conf", "spark.sql.shuffle.partitions=2", "--conf", f"spark.pyspark.python={sys.executable}",
+           "--conf", "spark.locality.wait=0",
            "--conf", "spark.task.maxFailures=4", "--conf", "spark.databricks.delta.snapshotPartitions=2",
            str(ROOT / "jobs" / f"{stage}.py"), *args, "--spark-master", "none"]
     # the driver's scratch (its copy of the Delta jars, block files) goes under the test's folder: a driver that a
@@ -92,9 +93,11 @@ def test_spark_submit_and_ray_cluster_end_to_end_with_faults(tmp_path):
     common = ["--lake-root", str(lake), "--pseudonym-key-file", str(key), "--run-date", "2025-01-01"]
     info = cluster.up(str(tmp_path / "cluster"), spark_workers=2, worker_cores=1, worker_memory="1g")
     try:
-        for stage in ("ingest", "clean", "features"):
-            log = tmp_path / f"{stage}.log"
-            run_ok(submit(info, stage, [*common, "--raw-dir", str(raw)], log), log)
+        # the data stages in one application (jobs/prepare.py runs ingest -> clean -> features; each stage's
+        # own job file is that code with a session of its own): one driver and one set of executors to start
+        log = tmp_path / "prepare.log"
+        run_ok(submit(info, "prepare", [*common, "--raw-dir", str(raw)], log), log)
+        assert all(f"prepare: {s} done" in log.read_text() for s in ("ingest", "clean", "features"))
         # training on the Ray cluster from a driver process of its own; rank 1's worker process is killed in
         # epoch 1 and training resumes
         marker = tmp_path / "killed-once"

@@ -222,6 +222,33 @@ def test_relative_lake_and_raw_paths(spark, tmp_path, key_file, monkeypatch):
     assert (tmp_path / "lake" / "bronze" / "interactions" / "_delta_log").is_dir()
 
 
+def test_prepare_runs_ingest_clean_features_in_one_session(scored_lake):
+    """jobs/prepare.py (the scored lake's data stages): the three stages in order, each with its own accounting
+    rows and run id, as if each had run as its own job."""
+    lake = scored_lake["lake"]
+    assert {"silver.interactions", "gold.item_index", "gold.user_sequences", "gold.item_embeddings"} <= set(counts(lake))
+    acc = read_table(str(lake), "ops.accounting")
+    data = acc[acc.stage.isin(["ingest", "clean", "features"])]
+    assert set(zip(data.stage, data.run_id)) == {(s, f"{s}-2025-01-01") for s in ("ingest", "clean", "features")}
+    assert set(acc[acc.stage == "clean"].table_name) >= {"silver.interactions", "silver.items"}
+    assert set(acc[acc.stage == "features"].table_name) >= {"gold.user_sequences", "gold.item_embeddings"}
+
+
+def test_prepare_stops_at_the_first_failing_stage(spark, tmp_path, monkeypatch, capsys):
+    """No key: ingest runs (it needs none), clean fails with its exit code, features never starts."""
+    from crossrec_jobs import prepare
+
+    monkeypatch.delenv("CROSSREC_PSEUDONYM_KEY", raising=False)
+    monkeypatch.delenv("CROSSREC_PSEUDONYM_KEY_FILE", raising=False)
+    raw, lake = write_raw(tmp_path / "raw"), tmp_path / "lake"
+    args = ["--raw-dir", str(raw), "--lake-root", str(lake), "--run-date", "2024-06-30", "--spark-master", "local[2]"]
+    assert prepare.main(args) == 2
+    err = capsys.readouterr().err
+    assert "prepare: clean" in err and "CROSSREC_PSEUDONYM_KEY" in err and "prepare: features" not in err
+    tables = set(counts(lake))
+    assert "bronze.interactions" in tables and not any(t.startswith(("silver.", "gold.")) for t in tables)
+
+
 @pytest.mark.slow
 def test_features_job_builds_gold_and_reuses_cached_embeddings(runs):
     """features on the lake the module fixture cleaned; a re-run encodes nothing and changes no count."""

@@ -6,6 +6,7 @@
     crossrec ingest [--raw-dir ... --lake-root ...]              raw -> bronze (jobs/ingest.py)
     crossrec clean  [--raw-dir ... --lake-root ...]              bronze -> silver (jobs/clean.py)
     crossrec features [--lake-root ... --max-seq-len 50]         silver -> gold (jobs/features.py)
+    crossrec prepare [--raw-dir ... --lake-root ...]             ingest -> clean -> features in one Spark app (jobs/prepare.py)
     crossrec train --workers 2 [--epochs N --ray-address auto]   gold -> model artifact on Ray Train (jobs/train.py)
     crossrec evaluate [--lake-root ... --baselines pop,itemknn]  models -> gold.metrics (jobs/evaluate.py)
     crossrec score [--lake-root ... --k 10]                      model -> gold.recommendations, published (jobs/score.py)
@@ -39,6 +40,7 @@ STAGES = {
     "ingest": "raw files -> bronze Delta tables",
     "clean": "bronze -> silver (typed, deduplicated, pseudonymised, quarantined)",
     "features": "silver -> gold item index, user sequences and splits, text-encoder item vectors",
+    "prepare": "ingest -> clean -> features in one Spark application (no orchestrator needed)",
     "train": "gold -> model artifact (Ray Train, N workers)",
     "evaluate": "full-ranking evaluation of the model and baselines -> gold.metrics",
     "score": "model -> gold.recommendations: top-K per user and domain (Spark UDF), checked, published",
