@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-seq-len", dest="max_seq_len", type=int, help="events of history the model sees (default 50)")
     g.add_argument("--seed", type=int, help="seed of initialisation and shuffling (default 42)")
     g.add_argument("--max-failures", type=int, default=2, help="worker-group restarts from the last checkpoint (default 2)")
-    g.add_argument("--ray-address", help="Ray cluster address (e.g. 'auto'); default: start a local Ray instance")
+    g.add_argument("--ray-address", help="Ray cluster address ('auto' or host:port); default: RAY_ADDRESS when set, else a new local Ray instance")
     g.add_argument("--storage-path", help="Ray Train checkpoints (default <lake>/_ray)")
     g.add_argument("--model-root", help="where artifacts go (default <lake>/models)")
     gpu = g.add_mutually_exclusive_group()

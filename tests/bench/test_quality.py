@@ -22,7 +22,8 @@ SMALL = ("--d-model", "64", "--batch-size", "32", "--patience", "3")  # small da
 @pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.ray
-def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_for_cold_users(spark, tmp_path, monkeypatch):
+def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_for_cold_users(
+        spark, tmp_path, monkeypatch):
     from conftest import job_args
     from crossrec_jobs import clean, features, ingest
 
@@ -65,7 +66,8 @@ def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_
     other = tmp_path / "other-raw"
     generate(str(other), SyntheticSpec(users=20, domains=3, items_per_domain=20, seed=1))
     with pytest.raises(BenchError, match="built from other data"):
-        run_quality(QualitySpec(raw_dir=str(other), out_dir=str(tmp_path / "out2"), lake_root=str(lake), reuse_lake=True))
+        run_quality(QualitySpec(raw_dir=str(other), out_dir=str(tmp_path / "out2"), lake_root=str(lake),
+                                reuse_lake=True))
 
 
 def test_quality_bench_rejects_a_folder_without_dataset_json(tmp_path):

@@ -29,6 +29,7 @@ from crossrec.train.loop import (  # noqa: E402
     flatten_optimizer_state,
     lr_at,
     model_version,
+    ray_address,
     sample_users,
     train,
     training_windows,
@@ -216,6 +217,16 @@ def test_optimizer_state_round_trips_without_pickle():
     for pid in a["state"]:
         for k, v in a["state"][pid].items():
             assert torch.equal(v, b["state"][pid][k]), (pid, k)
+
+
+def test_ray_address_is_the_flag_then_ray_address_env_then_a_new_local_instance(monkeypatch):
+    """Never Ray's own default (None), which would attach to whatever cluster `ray start` left on the machine."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_address(None) == "local"
+    assert ray_address("auto") == "auto" and ray_address("10.0.0.5:6379") == "10.0.0.5:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.7:6379")
+    assert ray_address(None) == "10.0.0.7:6379"
+    assert ray_address("10.0.0.5:6379") == "10.0.0.5:6379", "the flag wins over the environment"
 
 
 def test_lr_schedules_decay_from_lr_to_zero_over_the_run():

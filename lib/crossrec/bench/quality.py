@@ -196,7 +196,8 @@ def run_quality(spec: QualitySpec) -> dict:
         "stages_s": {k: round(v, 1) for k, v in stages.items()},
         "total_s": round(time.time() - t_all, 1),
         "data": {"raw_dir": raw, "lake_root": lake, "domains": domains, "versions": ev["versions"]},
-        "config": {"reuse_lake": spec.reuse_lake, "workers": spec.workers, "epochs": spec.epochs, "crossrec_train": list(OURS_TRAIN),
+        "config": {"reuse_lake": spec.reuse_lake, "workers": spec.workers, "epochs": spec.epochs,
+                   "crossrec_train": list(OURS_TRAIN),
                    "sasrec_train": list(SINGLE_DOMAIN_TRAIN), "baselines": list(spec.baselines),
                    "crossrec_args": list(spec.crossrec_args), "sasrec_args": list(spec.sasrec_args)},
     }

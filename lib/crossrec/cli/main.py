@@ -6,7 +6,7 @@
     crossrec ingest [--raw-dir ... --lake-root ...]              raw -> bronze (jobs/ingest.py)
     crossrec clean  [--raw-dir ... --lake-root ...]              bronze -> silver (jobs/clean.py)
     crossrec features [--lake-root ... --max-seq-len 50]         silver -> gold (jobs/features.py)
-    crossrec prepare [--raw-dir ... --lake-root ...]             ingest -> clean -> features in one Spark app (jobs/prepare.py)
+    crossrec prepare [--raw-dir ... --lake-root ...]             ingest -> clean -> features, one Spark app (jobs/prepare.py)
     crossrec train --workers 2 [--epochs N --ray-address auto]   gold -> model artifact on Ray Train (jobs/train.py)
     crossrec evaluate [--lake-root ... --baselines pop,itemknn]  models -> gold.metrics (jobs/evaluate.py)
     crossrec score [--lake-root ... --k 10]                      model -> gold.recommendations, published (jobs/score.py)
@@ -287,7 +287,8 @@ def _bench(argv: list[str]) -> int:
                                 events=a.events, k=a.k))
         return 0
 
-    spec = QualitySpec(raw_dir=a.raw_dir, out_dir=a.out, lake_root=a.lake_root, reuse_lake=a.reuse_lake, workers=a.workers, epochs=a.epochs,
+    spec = QualitySpec(raw_dir=a.raw_dir, out_dir=a.out, lake_root=a.lake_root, reuse_lake=a.reuse_lake,
+                       workers=a.workers, epochs=a.epochs,
                        baselines=tuple(b for b in a.baselines.split(",") if b), single_domain=a.single_domain,
                        crossrec_args=tuple(shlex.split(a.crossrec_args)), sasrec_args=tuple(shlex.split(a.sasrec_args)))
     try:

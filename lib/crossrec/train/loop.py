@@ -131,7 +131,8 @@ class TrainConfig:
         storage_path: Ray Train run storage (checkpoints); default ``<lake_root>/_ray``.
         model_root: where artifacts go; default ``<lake_root>/models`` (what ``crossrec evaluate`` reads).
         versions: pinned Delta versions of the gold tables; missing ones are resolved (newest) at start.
-        ray_address: ``ray.init`` address (``auto`` on a cluster); None = a local Ray instance.
+        ray_address: ``ray.init`` address (``auto`` or ``host:port`` on a cluster); None = ``RAY_ADDRESS`` when
+            set, else a new local Ray instance (see :func:`ray_address`).
         log_every: rank 0 logs progress every this many steps.
         fail_once_at: test hook, see :class:`FailOnce`.
     """
@@ -879,6 +880,15 @@ def _use_gpu(cfg: TrainConfig) -> bool:
     return ray.cluster_resources().get("GPU", 0) >= 1
 
 
+def ray_address(configured: str | None) -> str:
+    """The ``ray.init`` address: the configured one, else ``RAY_ADDRESS``, else ``"local"`` (a new local instance).
+
+    Ray's own default (``address=None``) would also attach to the latest cluster that ``ray start`` left running on
+    this machine; a run without ``--ray-address`` must not land on a cluster nobody asked for.
+    """
+    return configured or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train on the gold tables with Ray Train and write the model artifact; return its folder."""
     import ray
@@ -898,7 +908,9 @@ def train(cfg: TrainConfig) -> Path:
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=cfg.ray_address, include_dashboard=False, log_to_driver=True)
+        address = ray_address(cfg.ray_address)
+        log.info("Ray: %s", "a new local instance" if address == "local" else address)
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
     try:
         use_gpu = _use_gpu(cfg)
         text_dim = data.catalog["text_emb"].shape[1] if data.catalog["text_emb"] is not None else 384
@@ -982,5 +994,5 @@ __all__ = [
     "TrainConfig", "FailOnce", "TrainingData", "train", "train_loop_per_worker", "load_training_data",
     "resolve_versions", "restrict_to_domains", "sample_users", "training_windows", "length_bucketed", "collate_train", "collate_history", "validate_shard",
     "write_checkpoint", "read_checkpoint", "flatten_optimizer_state", "unflatten_optimizer_state",
-    "write_artifact", "attach_cooccurrence", "model_version", "lr_at", "METRIC", "LR_SCHEDULES",
+    "write_artifact", "attach_cooccurrence", "model_version", "lr_at", "ray_address", "METRIC", "LR_SCHEDULES",
 ]
