@@ -28,8 +28,8 @@ def test_help_lists_every_command():
     r = crossrec("--help")
     assert r.returncode == 0, r.stderr
     commands = [line.split()[0] for line in r.stdout.split("commands:", 1)[1].splitlines() if line.strip()]
-    assert commands == ["generate", "import", "tables", "recs", "query", "cluster", "bench", "ingest", "clean", "features", "train", "evaluate",
-                        "score", "publish", "validate"]
+    assert commands == ["generate", "import", "tables", "recs", "query", "cluster", "bench", "ingest", "clean", "features",
+                        "prepare", "train", "evaluate", "score", "publish", "validate"]
 
 
 def test_no_arguments_prints_help_and_exits_2(capsys):
@@ -45,7 +45,7 @@ def test_unknown_command_exits_2():
     assert r.stdout == ""
 
 
-@pytest.mark.parametrize("stage", ["ingest", "clean", "features"])
+@pytest.mark.parametrize("stage", ["ingest", "clean", "features", "prepare"])
 def test_stage_help_shows_the_common_flags_without_spark(stage):
     r = crossrec(stage, "--help")
     assert r.returncode == 0, r.stderr
