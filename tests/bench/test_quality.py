@@ -25,7 +25,7 @@ SMALL = ("--d-model", "64", "--batch-size", "32", "--patience", "3")  # small da
 def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_for_cold_users(
         spark, tmp_path, monkeypatch):
     from conftest import job_args
-    from crossrec_jobs import clean, features, ingest
+    from crossrec_jobs import prepare
 
     raw, out, lake, key = tmp_path / "raw", tmp_path / "out", tmp_path / "lake", tmp_path / "key"
     generate(str(raw), SyntheticSpec(users=800, domains=2, items_per_domain=200, seed=3))
@@ -33,8 +33,7 @@ def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_
     # three Spark start-ups); the bench takes it as it is (--reuse-lake)
     key.write_text(TEST_KEY)
     monkeypatch.setenv("CROSSREC_COLD_START_FRACTION", "0.3")
-    for job in (ingest, clean, features):
-        assert job.main(job_args(raw, lake, key)) == 0, job.__name__
+    assert prepare.main(job_args(raw, lake, key)) == 0
     # crossrec on its default schedule; sasrec for one epoch: a user cold in a domain gets its popularity fallback
     # whatever it learnt, and that is what the cold-start assertions compare
     spec = QualitySpec(raw_dir=str(raw), out_dir=str(out), lake_root=str(lake), reuse_lake=True, workers=2,
