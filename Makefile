@@ -26,8 +26,10 @@ help:
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	$(BIN)/pip install -q --no-cache-dir -e ".[dev]"  # no wheel cache: torch and its CUDA wheels would take ~3 GB more disk
+	$(BIN)/pip install -q --upgrade pip setuptools wheel uv
+	# uv resolves the same pins as pip and fetches wheels in parallel: ~1.5 min instead of ~5 for torch's CUDA
+	# wheels; no cache, or torch would take ~3 GB more disk
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-cache -e ".[dev]"
 	touch $(STAMP)
 
 $(VENV): $(STAMP)
