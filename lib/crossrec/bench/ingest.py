@@ -11,7 +11,7 @@ Generates a raw data set (``crossrec generate``), then on one Spark session:
 
 Both are timed on a warm session: one untimed plain copy of the files and one untimed crossrec run on a small
 generated data set come first, so neither pays the JVM's warm-up, Delta's or Great Expectations' first use, or
-the first read of the files from disk.
+the first read of the files from disk (``--no-warmup`` leaves that out, for a session that already ran both).
 
 Both figures are raw interaction + item rows per second of wall time. Writes ``DIR/ingest.json`` (records
 ``{system, value, unit, rows}``), ``DIR/ingest.md`` and ``DIR/ingest.png``, and prints the table. Target:
@@ -37,6 +37,7 @@ class IngestSpec:
     domains: int = 3
     dirty_rate: float = 0.0
     seed: int = 7
+    warmup: bool = True  # the untimed warm-up runs; only a session that already ran crossrec can do without
 
 
 def plain_copy(spark, raw_dir: str, out: Path) -> int:
@@ -86,20 +87,23 @@ def run_ingest(spec: IngestSpec, spark=None) -> dict:
     # untimed warm-up of both systems: the plain copy reads the real files once (disk cache, JIT of the readers);
     # crossrec runs once on a small data set of the same layouts (Delta's and Great Expectations' first use,
     # code generation of the same plans). Without it crossrec alone paid ~10 s of one-off start-up.
-    t0 = time.perf_counter()
-    plain_copy(spark, str(raw), out / "warmup")
-    small = out / "warmup-raw"
-    warm_users = min(WARMUP_USERS, max(50, spec.users // 10))
-    generate(str(small), SyntheticSpec(users=warm_users, domains=spec.domains, dirty_rate=spec.dirty_rate, seed=spec.seed),
-             overwrite=True)
-    warm_cfg = resolve_config(overrides={"lake_root": str(out / "warmup-lake"), "raw_dir": str(small),
-                                         "run_date": "2025-01-01", "pseudonym_key": key})
-    ingest.run(warm_cfg, spark)
-    clean.run(warm_cfg, spark)
-    for folder in ("warmup", "warmup-raw", "warmup-lake"):
-        shutil.rmtree(out / folder, ignore_errors=True)
-    log.info("warm-up (plain copy of the real files, crossrec on %d users; not timed): %.1fs", warm_users,
-             time.perf_counter() - t0)
+    if spec.warmup:
+        t0 = time.perf_counter()
+        plain_copy(spark, str(raw), out / "warmup")
+        small = out / "warmup-raw"
+        warm_users = min(WARMUP_USERS, max(50, spec.users // 10))
+        generate(str(small), SyntheticSpec(users=warm_users, domains=spec.domains, dirty_rate=spec.dirty_rate,
+                                           seed=spec.seed), overwrite=True)
+        warm_cfg = resolve_config(overrides={"lake_root": str(out / "warmup-lake"), "raw_dir": str(small),
+                                             "run_date": "2025-01-01", "pseudonym_key": key})
+        ingest.run(warm_cfg, spark)
+        clean.run(warm_cfg, spark)
+        for folder in ("warmup", "warmup-raw", "warmup-lake"):
+            shutil.rmtree(out / folder, ignore_errors=True)
+        log.info("warm-up (plain copy of the real files, crossrec on %d users; not timed): %.1fs", warm_users,
+                 time.perf_counter() - t0)
+    else:
+        log.warning("no warm-up: the first system timed pays the session's one-off start-up costs")
     t0 = time.perf_counter()
     ingest.run(cfg, spark)
     t_ingest = time.perf_counter() - t0

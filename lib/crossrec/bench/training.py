@@ -3,7 +3,9 @@ for data, and the text encoder's items/s.
 
     crossrec bench training --out DIR [--users 5000 --domains 3 --epochs 2]
 
-Generates a raw data set, runs ingest -> clean -> features into ``DIR/lake`` (one Spark session), then trains
+Generates a raw data set, runs ingest -> clean -> features into ``DIR/lake`` (one Spark session), or with
+``--lake-root L`` takes the gold tables of a lake built earlier (a real data set's, say; the bench only reads
+it: models and Ray run storage go under ``DIR``), then trains
 the default model (text + id, full softmax) for ``--epochs`` epochs with 1 and with 2 workers
 (``crossrec.train.loop.train``; per-epoch figures from the artifact's metrics.json: samples/s, train seconds per
 epoch, ``data_share`` = rank 0's time waiting for and collating batches / epoch time). The text encoder
@@ -32,6 +34,19 @@ class TrainingSpec:
     epochs: int = 2
     encoder_items: int = 2_000
     seed: int = 7
+    lake_root: str | None = None  # a lake with the gold tables: time training on it (users/domains unused)
+
+
+def _check_lake(lake: str) -> None:
+    """``--lake-root``: the lake must hold the gold tables that training reads (and silver.items: item texts)."""
+    import os
+
+    from crossrec.bench.quality import BenchError
+
+    missing = [t for t in ("gold.item_index", "gold.user_sequences", "gold.item_embeddings", "silver.items")
+               if not os.path.isdir(os.path.join(lake, *t.split("."), "_delta_log"))]
+    if missing:
+        raise BenchError(f"--lake-root: {lake} has no {', '.join(missing)}; run `crossrec prepare` on it first")
 
 
 def run_training(spec: TrainingSpec, spark=None) -> dict:
@@ -49,14 +64,22 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
 
     out = Path(spec.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    raw, lake = out / "raw", out / "lake"
-    generate(str(raw), SyntheticSpec(users=spec.users, domains=spec.domains, seed=spec.seed), overwrite=True)
-    shutil.rmtree(lake, ignore_errors=True)
-    spark = spark or build_spark("crossrec-bench-training", "local[*]", {})
-    cfg = resolve_config(overrides={"lake_root": str(lake), "raw_dir": str(raw), "run_date": "2025-01-01",
-                                    "pseudonym_key": secrets.token_hex(32)})
-    for job in (ingest, clean, features):
-        job.run(cfg, spark)
+    if spec.lake_root:
+        lake = Path(spec.lake_root).resolve()
+        _check_lake(str(lake))
+        users = int(read_table(str(lake), "gold.user_sequences", columns=["user_id"]).user_id.nunique())
+        domains = int(read_table(str(lake), "gold.item_index", columns=["domain"]).domain.nunique())
+        log.info("timing training on the lake %s (%d users, %d domains)", lake, users, domains)
+    else:
+        raw, lake = out / "raw", out / "lake"
+        users, domains = spec.users, spec.domains
+        generate(str(raw), SyntheticSpec(users=users, domains=domains, seed=spec.seed), overwrite=True)
+        shutil.rmtree(lake, ignore_errors=True)
+        spark = spark or build_spark("crossrec-bench-training", "local[*]", {})
+        cfg = resolve_config(overrides={"lake_root": str(lake), "raw_dir": str(raw), "run_date": "2025-01-01",
+                                        "pseudonym_key": secrets.token_hex(32)})
+        for job in (ingest, clean, features):
+            job.run(cfg, spark)
 
     records = []
     for workers in (1, 2):
@@ -70,7 +93,7 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
         records.append({"stage": f"train {workers} worker{'s' if workers > 1 else ''}", "value": round(m["samples_per_s"], 1),
                         "unit": "samples/s", "epoch_s": round(float(np.mean([h["epoch_train_s"] for h in hist])), 1),
                         "data_share": round(float(np.mean([h.get("data_share", float("nan")) for h in hist])), 3),
-                        "train_windows": m["train_windows"], "wall_s": round(wall, 1), "users": spec.users})
+                        "train_windows": m["train_windows"], "wall_s": round(wall, 1), "users": users})
         log.info("%s", records[-1])
 
     texts = read_table(str(lake), "silver.items", columns=["text"]).text.tolist()[: spec.encoder_items]
@@ -80,10 +103,11 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
     enc.encode(texts)
     records.append({"stage": "text encoder (all-MiniLM-L6-v2)", "value": round(len(texts) / (time.perf_counter() - t0), 1),
                     "unit": "items/s", "items": len(texts)})
-    result = {"records": records, "spec": asdict(spec),
+    result = {"records": records, "spec": asdict(spec), "lake": str(lake), "users": users, "domains": domains,
               "speedup_2_workers": records[1]["value"] / records[0]["value"]}
     (out / "training.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    lines = ["# Training benchmark", "", f"{spec.users:,} generated users, {spec.domains} domains, {spec.epochs} epochs.", "",
+    lines = ["# Training benchmark", "", f"{users:,} {'users (' + str(lake) + ')' if spec.lake_root else 'generated users'}, {domains} domains, "
+             f"{spec.epochs} epochs.", "",
              "| stage | value | unit | epoch s | data share |", "|---|---:|---|---:|---:|"]
     lines += [f"| {r['stage']} | {r['value']:,.1f} | {r['unit']} | {r.get('epoch_s', '')} | {r.get('data_share', '')} |"
               for r in records]

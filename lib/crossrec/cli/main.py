@@ -234,6 +234,8 @@ def _bench(argv: list[str]) -> int:
     ig.add_argument("--users", type=int, default=50_000, help="generated users (default 50000)")
     ig.add_argument("--domains", type=int, default=3, help="domains (default 3)")
     ig.add_argument("--dirty-rate", type=float, default=0.0, help="share of bad rows injected (default 0)")
+    ig.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed warm-up runs (crossrec "
+                    "then pays the JVM's and Delta's first use in its time)")
     tr = sub.add_parser("training", help="samples/s for 1 and 2 Ray workers, data-loading share, text-encoder items/s",
                         description=importlib.import_module("crossrec.bench.training").__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -241,6 +243,8 @@ def _bench(argv: list[str]) -> int:
     tr.add_argument("--users", type=int, default=5_000, help="generated users (default 5000)")
     tr.add_argument("--domains", type=int, default=3, help="domains (default 3)")
     tr.add_argument("--epochs", type=int, default=2, help="epochs per run (default 2)")
+    tr.add_argument("--lake-root", help="time training on this lake's gold tables (built earlier, e.g. by `crossrec "
+                    "prepare`; only read) instead of generating --users")
     sl = sub.add_parser("scale", help="cost curve: every stage's wall time and peak memory at growing user counts",
                         description=importlib.import_module("crossrec.bench.scale").__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -273,12 +277,17 @@ def _bench(argv: list[str]) -> int:
     if a.name == "ingest":
         from crossrec.bench.ingest import IngestSpec, run_ingest
 
-        run_ingest(IngestSpec(out_dir=a.out, users=a.users, domains=a.domains, dirty_rate=a.dirty_rate))
+        run_ingest(IngestSpec(out_dir=a.out, users=a.users, domains=a.domains, dirty_rate=a.dirty_rate, warmup=a.warmup))
         return 0
     if a.name == "training":
         from crossrec.bench.training import TrainingSpec, run_training
 
-        run_training(TrainingSpec(out_dir=a.out, users=a.users, domains=a.domains, epochs=a.epochs))
+        try:
+            run_training(TrainingSpec(out_dir=a.out, users=a.users, domains=a.domains, epochs=a.epochs,
+                                      lake_root=a.lake_root))
+        except BenchError as e:
+            log.error("bench training: %s", e)
+            return 1
         return 0
     if a.name == "scoring":
         from crossrec.bench.scoring import ScoringSpec, run_scoring
