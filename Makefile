@@ -27,9 +27,10 @@ help:
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel uv
-	# uv resolves the same pins as pip and fetches wheels in parallel: ~1.5 min instead of ~5 for torch's CUDA
-	# wheels; no cache, or torch would take ~3 GB more disk
-	$(BIN)/uv pip install -q --python $(BIN)/python --no-cache -e ".[dev]"
+	# uv resolves the same pins as pip and fetches wheels in parallel: ~2 min instead of ~5 for torch's CUDA
+	# wheels; no cache, or torch would take ~3 GB more disk. --compile-bytecode as pip does: with
+	# PYTHONDONTWRITEBYTECODE set, every Ray worker and job process would otherwise compile torch and Ray again
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-cache --compile-bytecode -e ".[dev]"
 	touch $(STAMP)
 
 $(VENV): $(STAMP)

@@ -1,6 +1,6 @@
 """Ingest benchmark: raw -> silver with every check, vs a plain Spark read-and-write of the same files as Parquet.
 
-    crossrec bench ingest --out DIR [--users 50000 --domains 3 --dirty-rate 0.0]
+    crossrec bench ingest --out DIR [--users 50000 --domains 3 --dirty-rate 0.0 --no-warmup]
 
 Generates a raw data set (``crossrec generate``), then on one Spark session:
 

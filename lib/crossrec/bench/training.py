@@ -1,7 +1,7 @@
 """Training benchmark: samples/s and epoch time for 1 and 2 Ray Train workers, the share of time spent waiting
 for data, and the text encoder's items/s.
 
-    crossrec bench training --out DIR [--users 5000 --domains 3 --epochs 2]
+    crossrec bench training --out DIR [--users 5000 --domains 3 | --lake-root L] [--epochs 2]
 
 Generates a raw data set, runs ingest -> clean -> features into ``DIR/lake`` (one Spark session), or with
 ``--lake-root L`` takes the gold tables of a lake built earlier (a real data set's, say; the bench only reads
@@ -106,8 +106,8 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
     result = {"records": records, "spec": asdict(spec), "lake": str(lake), "users": users, "domains": domains,
               "speedup_2_workers": records[1]["value"] / records[0]["value"]}
     (out / "training.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    lines = ["# Training benchmark", "", f"{users:,} {'users (' + str(lake) + ')' if spec.lake_root else 'generated users'}, {domains} domains, "
-             f"{spec.epochs} epochs.", "",
+    source = f"users of {lake}" if spec.lake_root else "generated users"
+    lines = ["# Training benchmark", "", f"{users:,} {source}, {domains} domains, {spec.epochs} epochs.", "",
              "| stage | value | unit | epoch s | data share |", "|---|---:|---|---:|---:|"]
     lines += [f"| {r['stage']} | {r['value']:,.1f} | {r['unit']} | {r.get('epoch_s', '')} | {r.get('data_share', '')} |"
               for r in records]

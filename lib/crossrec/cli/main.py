@@ -239,7 +239,8 @@ def _bench(argv: list[str]) -> int:
     tr = sub.add_parser("training", help="samples/s for 1 and 2 Ray workers, data-loading share, text-encoder items/s",
                         description=importlib.import_module("crossrec.bench.training").__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    tr.add_argument("--out", required=True, help="output folder: training.json, training.md, training.png, lake/")
+    tr.add_argument("--out", required=True, help="output folder: training.json, training.md, training.png, "
+                    "models-*/, ray-*/ and (without --lake-root) raw/, lake/")
     tr.add_argument("--users", type=int, default=5_000, help="generated users (default 5000)")
     tr.add_argument("--domains", type=int, default=3, help="domains (default 3)")
     tr.add_argument("--epochs", type=int, default=2, help="epochs per run (default 2)")
