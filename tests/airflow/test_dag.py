@@ -66,7 +66,7 @@ def test_dag_test_runs_the_whole_chain_then_reuses_the_model(tmp_path):
         CROSSREC_TRAIN_ARGS="--workers 1 --epochs 1 --d-model 16 --n-layers 1 --batch-size 64",
         CROSSREC_SPARK_CONF="spark.sql.shuffle.partitions=2",
     )
-    # the second night's data stages are marked done, not run again (the first night ran them; ~100 s saved): it
+    # the second night's data stages are marked done, not run again (the first night ran them; 20-40 s saved): it
     # checks the branch to the current model, score's trigger rule with train skipped, and a second date's partition
     data_stages = "^(ingest|clean|validate_silver|features)$"
     r = subprocess.run([sys.executable, str(RUNNER), "run", str(DAGS), "2025-01-02", f"2025-01-03={data_stages}"],

@@ -119,6 +119,14 @@ def _env(spec: QualitySpec, out: Path) -> dict:
     return env
 
 
+GOLD_TABLES = ("gold.item_index", "gold.user_sequences", "gold.item_embeddings")
+
+
+def missing_tables(lake: str, tables) -> list[str]:
+    """The tables of ``tables`` (``layer.name``) that the local lake at ``lake`` does not hold as Delta tables."""
+    return [t for t in tables if not os.path.isdir(os.path.join(lake, *t.split("."), "_delta_log"))]
+
+
 def _check_reused_lake(spec: QualitySpec, raw: str) -> None:
     """``--reuse-lake``: the lake must be given, hold the gold tables, and cover the raw data set's domains."""
     from crossrec.data.rawformat import load_dataset
@@ -127,8 +135,7 @@ def _check_reused_lake(spec: QualitySpec, raw: str) -> None:
     if not spec.lake_root:
         raise BenchError("--reuse-lake needs --lake-root: the lake built earlier from the same raw data set")
     lake = spec.lake
-    missing = [t for t in ("gold.item_index", "gold.user_sequences", "gold.item_embeddings")
-               if not os.path.isdir(os.path.join(lake, *t.split("."), "_delta_log"))]
+    missing = missing_tables(lake, GOLD_TABLES)
     if missing:
         raise BenchError(f"--reuse-lake: {lake} has no {', '.join(missing)}; build it first (leave out --reuse-lake)")
     in_lake = set(read_table(lake, "gold.item_index", columns=["domain"]).domain.unique())

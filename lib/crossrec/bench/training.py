@@ -39,12 +39,9 @@ class TrainingSpec:
 
 def _check_lake(lake: str) -> None:
     """``--lake-root``: the lake must hold the gold tables that training reads (and silver.items: item texts)."""
-    import os
+    from crossrec.bench.quality import GOLD_TABLES, BenchError, missing_tables
 
-    from crossrec.bench.quality import BenchError
-
-    missing = [t for t in ("gold.item_index", "gold.user_sequences", "gold.item_embeddings", "silver.items")
-               if not os.path.isdir(os.path.join(lake, *t.split("."), "_delta_log"))]
+    missing = missing_tables(lake, (*GOLD_TABLES, "silver.items"))
     if missing:
         raise BenchError(f"--lake-root: {lake} has no {', '.join(missing)}; run `crossrec prepare` on it first")
 
