@@ -148,7 +148,8 @@ def scored_lake(spark, tmp_path_factory) -> dict:
     key.write_text(TEST_KEY)
     generate(raw, SyntheticSpec(users=120, domains=2, items_per_domain=40, mean_events_per_user=12, seed=5))
     args = job_args(raw, lake, key, "--run-date", SCORE_DAY)
-    assert prepare.main(args) == 0
+    # without the data tables' checks (~20 s; tests/jobs and the Airflow test run them): this lake is for scoring
+    assert prepare.main([*args, "--no-validate"]) == 0
     write_artifact(lake)
     lake_args = args[2:]  # evaluate and score read no raw files: no --raw-dir
     assert args[0] == "--raw-dir"
