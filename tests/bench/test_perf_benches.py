@@ -23,29 +23,47 @@ def test_ingest_bench_compares_crossrec_with_a_plain_copy(spark, tmp_path):
 @pytest.mark.spark
 @pytest.mark.ray
 @pytest.mark.slow
-def test_training_bench_reports_one_and_two_workers_and_the_encoder(scored_lake, tmp_path):
+def test_training_bench_reports_the_worker_count_and_the_encoder(scored_lake, tmp_path):
     """On the session's prepared lake (--lake-root: the bench's own generate -> prepare is the same jobs); the lake
-    is only read: models and Ray storage go under --out."""
+    is only read: models and Ray storage go under --out. One worker count (2): each count is a run of its own,
+    and one worker's run is the same loop (it runs in the Airflow and quality tests)."""
     pytest.importorskip("torch")
     from crossrec.bench.training import TrainingSpec, run_training
     from crossrec.io.readers import read_table
 
     lake = scored_lake["lake"]
     latest = (lake / "models" / "_latest").read_text()
-    run_training(TrainingSpec(out_dir=str(tmp_path / "out"), lake_root=str(lake), epochs=1, encoder_items=64))
+    run_training(TrainingSpec(out_dir=str(tmp_path / "out"), lake_root=str(lake), epochs=1, encoder_items=64,
+                              workers=(2,)))
     d = json.loads((tmp_path / "out" / "training.json").read_text())
-    one, two, enc = d["records"]
-    assert (one["stage"], two["stage"]) == ("train 1 worker", "train 2 workers")
-    assert one["value"] > 0 and two["value"] > 0 and 0 <= one["data_share"] <= 1 and 0 <= two["data_share"] <= 1
+    two, enc = d["records"]
+    assert two["stage"] == "train 2 workers" and two["workers"] == 2 and d["speedup"] == {"2": 1.0}
+    assert two["value"] > 0 and 0 <= two["data_share"] <= 1 and two["epoch_s"] > 0
     assert enc["unit"] == "items/s" and enc["items"] == 64 and enc["value"] > 0
     users = read_table(str(lake), "gold.user_sequences", columns=["user_id"]).user_id.nunique()
-    assert one["users"] == d["users"] == users and d["domains"] == 2
+    assert two["users"] == d["users"] == users and d["domains"] == 2
     assert (lake / "models" / "_latest").read_text() == latest, "the bench wrote no model into the lake"
+    assert (tmp_path / "out" / "training.md").is_file() and (tmp_path / "out" / "training.png").is_file()
 
 
-def test_training_bench_needs_a_prepared_lake(tmp_path):
+def test_training_bench_speedups_are_over_the_smallest_worker_count():
+    from crossrec.bench.training import speedups
+
+    runs = [{"workers": 4, "value": 300.0}, {"workers": 1, "value": 100.0}, {"workers": 2, "value": 180.0}]
+    assert speedups(runs) == {1: 1.0, 2: 1.8, 4: 3.0}
+    assert speedups([{"workers": 2, "value": 50.0}]) == {2: 1.0}
+
+
+def test_training_bench_refuses_a_lake_without_gold_tables_and_bad_worker_counts(tmp_path, capfd):
     from crossrec.bench.quality import BenchError
     from crossrec.bench.training import TrainingSpec, run_training
 
     with pytest.raises(BenchError, match="has no gold.item_index, gold.user_sequences, gold.item_embeddings, silver.items"):
         run_training(TrainingSpec(out_dir=str(tmp_path / "out"), lake_root=str(tmp_path / "empty")))
+    for workers in ((), (0, 1), (2, 2)):
+        with pytest.raises(BenchError, match="--workers: distinct worker counts of 1 or more"):
+            run_training(TrainingSpec(out_dir=str(tmp_path / "out"), lake_root=str(tmp_path / "empty"), workers=workers))
+    from crossrec.cli.main import main
+
+    assert main(["bench", "training", "--out", str(tmp_path / "out"), "--workers", "1,x"]) == 1
+    assert "--workers: comma-separated integers" in capfd.readouterr().err

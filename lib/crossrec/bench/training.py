@@ -1,14 +1,15 @@
-"""Training benchmark: samples/s and epoch time for 1 and 2 Ray Train workers, the share of time spent waiting
-for data, and the text encoder's items/s.
+"""Training benchmark: samples/s and epoch time for each Ray Train worker count (default 1 and 2), the share of
+time spent waiting for data, and the text encoder's items/s.
 
-    crossrec bench training --out DIR [--users 5000 --domains 3 | --lake-root L] [--epochs 2]
+    crossrec bench training --out DIR [--users 5000 --domains 3 | --lake-root L] [--epochs 2] [--workers 1,2]
 
 Generates a raw data set, runs ingest -> clean -> features into ``DIR/lake`` (one Spark session), or with
 ``--lake-root L`` takes the gold tables of a lake built earlier (a real data set's, say; the bench only reads
 it: models and Ray run storage go under ``DIR``), then trains
-the default model (text + id, full softmax) for ``--epochs`` epochs with 1 and with 2 workers
-(``crossrec.train.loop.train``; per-epoch figures from the artifact's metrics.json: samples/s, train seconds per
-epoch, ``data_share`` = rank 0's time waiting for and collating batches / epoch time). The text encoder
+the default model (text + id, full softmax) for ``--epochs`` epochs with each of ``--workers`` worker counts
+(``crossrec.train.loop.train``; one CPU for a single worker, half a CPU each otherwise; per-epoch figures from the artifact's metrics.json: samples/s, train seconds per
+epoch, ``data_share`` = rank 0's time waiting for and collating batches / epoch time; ``speedup`` = each count's
+samples/s over the smallest count's). The text encoder
 (all-MiniLM-L6-v2, the features stage's model) is timed on the catalog's item texts in this process.
 
 Writes ``DIR/training.json`` (records ``{stage, value, unit, ...}``), ``DIR/training.md``, ``DIR/training.png``.
@@ -35,6 +36,7 @@ class TrainingSpec:
     encoder_items: int = 2_000
     seed: int = 7
     lake_root: str | None = None  # a lake with the gold tables: time training on it (users/domains unused)
+    workers: tuple[int, ...] = (1, 2)  # Ray Train worker counts, each timed in a run of its own
 
 
 def _check_lake(lake: str) -> None:
@@ -59,6 +61,10 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
     from crossrec.train.loop import TrainConfig, train
     from crossrec_jobs import clean, features, ingest
 
+    from crossrec.bench.quality import BenchError
+
+    if not spec.workers or min(spec.workers) < 1 or len(set(spec.workers)) != len(spec.workers):
+        raise BenchError(f"--workers: distinct worker counts of 1 or more, e.g. 1,2,4; got {list(spec.workers)}")
     out = Path(spec.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     if spec.lake_root:
@@ -79,7 +85,7 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
             job.run(cfg, spark)
 
     records = []
-    for workers in (1, 2):
+    for workers in sorted(spec.workers):
         t0 = time.perf_counter()
         folder = train(TrainConfig(lake_root=str(lake), workers=workers, epochs=spec.epochs, patience=spec.epochs,
                                    cpus_per_worker=1.0 if workers == 1 else 0.5, seed=spec.seed,
@@ -90,7 +96,8 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
         records.append({"stage": f"train {workers} worker{'s' if workers > 1 else ''}", "value": round(m["samples_per_s"], 1),
                         "unit": "samples/s", "epoch_s": round(float(np.mean([h["epoch_train_s"] for h in hist])), 1),
                         "data_share": round(float(np.mean([h.get("data_share", float("nan")) for h in hist])), 3),
-                        "train_windows": m["train_windows"], "wall_s": round(wall, 1), "users": users})
+                        "workers": workers, "train_windows": m["train_windows"], "wall_s": round(wall, 1),
+                        "users": users})
         log.info("%s", records[-1])
 
     texts = read_table(str(lake), "silver.items", columns=["text"]).text.tolist()[: spec.encoder_items]
@@ -100,19 +107,28 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
     enc.encode(texts)
     records.append({"stage": "text encoder (all-MiniLM-L6-v2)", "value": round(len(texts) / (time.perf_counter() - t0), 1),
                     "unit": "items/s", "items": len(texts)})
+    runs = records[:-1]
     result = {"records": records, "spec": asdict(spec), "lake": str(lake), "users": users, "domains": domains,
-              "speedup_2_workers": records[1]["value"] / records[0]["value"]}
+              "speedup": speedups(runs)}
     (out / "training.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     source = f"users of {lake}" if spec.lake_root else "generated users"
     lines = ["# Training benchmark", "", f"{users:,} {source}, {domains} domains, {spec.epochs} epochs.", "",
              "| stage | value | unit | epoch s | data share |", "|---|---:|---|---:|---:|"]
     lines += [f"| {r['stage']} | {r['value']:,.1f} | {r['unit']} | {r.get('epoch_s', '')} | {r.get('data_share', '')} |"
               for r in records]
-    lines += ["", f"2 workers = {result['speedup_2_workers']:.2f}x the samples/s of 1 worker.", ""]
+    base = runs[0]["workers"]
+    lines += [""] + [f"{n} workers = {x:.2f}x the samples/s of {base} worker{'s' if base > 1 else ''}."
+                     for n, x in result["speedup"].items() if n != base] + [""]
     (out / "training.md").write_text("\n".join(lines), encoding="utf-8")
-    _plot(records[:2], out / "training.png", unit="samples/s")
+    _plot(runs, out / "training.png", unit="samples/s")
     print("\n".join(lines))
     return result
 
 
-__all__ = ["TrainingSpec", "run_training"]
+def speedups(runs: list[dict]) -> dict[int, float]:
+    """Samples/s of each worker count's run over that of the smallest count (``{workers: ratio}``)."""
+    base = min(runs, key=lambda r: r["workers"])
+    return {r["workers"]: r["value"] / base["value"] for r in sorted(runs, key=lambda r: r["workers"])}
+
+
+__all__ = ["TrainingSpec", "run_training", "speedups"]

@@ -236,7 +236,7 @@ def _bench(argv: list[str]) -> int:
     ig.add_argument("--dirty-rate", type=float, default=0.0, help="share of bad rows injected (default 0)")
     ig.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed warm-up runs (crossrec "
                     "then pays the JVM's and Delta's first use in its time)")
-    tr = sub.add_parser("training", help="samples/s for 1 and 2 Ray workers, data-loading share, text-encoder items/s",
+    tr = sub.add_parser("training", help="samples/s per Ray worker count, data-loading share, text-encoder items/s",
                         description=importlib.import_module("crossrec.bench.training").__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     tr.add_argument("--out", required=True, help="output folder: training.json, training.md, training.png, "
@@ -246,6 +246,7 @@ def _bench(argv: list[str]) -> int:
     tr.add_argument("--epochs", type=int, default=2, help="epochs per run (default 2)")
     tr.add_argument("--lake-root", help="time training on this lake's gold tables (built earlier, e.g. by `crossrec "
                     "prepare`; only read) instead of generating --users")
+    tr.add_argument("--workers", default="1,2", help="comma-separated Ray Train worker counts, one run each (default 1,2)")
     sl = sub.add_parser("scale", help="cost curve: every stage's wall time and peak memory at growing user counts",
                         description=importlib.import_module("crossrec.bench.scale").__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -284,8 +285,12 @@ def _bench(argv: list[str]) -> int:
         from crossrec.bench.training import TrainingSpec, run_training
 
         try:
+            try:
+                workers = tuple(int(w) for w in a.workers.split(",") if w.strip())
+            except ValueError:
+                raise BenchError(f"--workers: comma-separated integers, e.g. 1,2,4; got {a.workers!r}") from None
             run_training(TrainingSpec(out_dir=a.out, users=a.users, domains=a.domains, epochs=a.epochs,
-                                      lake_root=a.lake_root))
+                                      lake_root=a.lake_root, workers=workers))
         except BenchError as e:
             log.error("bench training: %s", e)
             return 1
