@@ -5,12 +5,12 @@ time spent waiting for data, and the text encoder's items/s.
 
 Generates a raw data set, runs ingest -> clean -> features into ``DIR/lake`` (one Spark session), or with
 ``--lake-root L`` takes the gold tables of a lake built earlier (a real data set's, say; the bench only reads
-it: models and Ray run storage go under ``DIR``), then trains
-the default model (text + id, full softmax) for ``--epochs`` epochs with each of ``--workers`` worker counts
-(``crossrec.train.loop.train``; one CPU for a single worker, half a CPU each otherwise; per-epoch figures from the artifact's metrics.json: samples/s, train seconds per
-epoch, ``data_share`` = rank 0's time waiting for and collating batches / epoch time; ``speedup`` = each count's
-samples/s over the smallest count's). The text encoder
-(all-MiniLM-L6-v2, the features stage's model) is timed on the catalog's item texts in this process.
+it: models and Ray run storage go under ``DIR``), then trains the default model (text + id, full softmax) for
+``--epochs`` epochs with each of the ``--workers`` worker counts (``crossrec.train.loop.train``; one CPU for a
+single worker, half a CPU each otherwise). Per-epoch figures come from the artifact's metrics.json: samples/s,
+train seconds per epoch, ``data_share`` = rank 0's time waiting for and collating batches / epoch time;
+``speedup`` = each count's samples/s over the smallest count's. The text encoder (all-MiniLM-L6-v2, the features
+stage's model) is timed on the catalog's item texts in this process.
 
 Writes ``DIR/training.json`` (records ``{stage, value, unit, ...}``), ``DIR/training.md``, ``DIR/training.png``.
 """
@@ -52,6 +52,7 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
     import secrets
     import shutil
 
+    from crossrec.bench.quality import BenchError
     from crossrec.bench.scoring import _plot
     from crossrec.data.synthetic import SyntheticSpec, generate
     from crossrec.io.config import resolve_config
@@ -60,8 +61,6 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
     from crossrec.text.encoder import TextEncoder
     from crossrec.train.loop import TrainConfig, train
     from crossrec_jobs import clean, features, ingest
-
-    from crossrec.bench.quality import BenchError
 
     if not spec.workers or min(spec.workers) < 1 or len(set(spec.workers)) != len(spec.workers):
         raise BenchError(f"--workers: distinct worker counts of 1 or more, e.g. 1,2,4; got {list(spec.workers)}")
