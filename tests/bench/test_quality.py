@@ -41,7 +41,7 @@ def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_
                        baselines=("pop", "itemknn"), crossrec_args=SMALL,
                        sasrec_args=(*SMALL, "--epochs", "1", "--workers", "1"),
                        extra_env={"CROSSREC_PSEUDONYM_KEY": "", "CROSSREC_PSEUDONYM_KEY_FILE": ""})
-    run_quality(spec)
+    run_quality(spec, spark=spark)  # evaluate on this session (a Spark start saved); the trainings are processes
 
     q = json.loads((out / "quality.json").read_text())
     recs = q["records"]
@@ -51,6 +51,9 @@ def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_
     assert set(q["wall_times_s"]) == {"crossrec", "sasrec", "pop", "itemknn"} and q["wall_times_s"]["crossrec"] > 0
     assert q["config"]["reuse_lake"] and not {"ingest", "clean", "features"} & set(q["stages_s"])
     assert (out / "pseudonym.key").exists(), "no key configured: the bench made a throwaway one"
+    logs = {p.name: p.read_text() for p in (out / "logs").iterdir()}
+    assert set(logs) == {"train-crossrec.log", "train-sasrec-books.log", "train-sasrec-movies.log", "evaluate.log"}
+    assert "crossrec.jobs.evaluate" in logs["evaluate.log"], "the in-process step's log lines went to its log file"
     md = (out / "quality.md").read_text()
     assert "crossrec vs the best other model" in md and "| sasrec |" in md
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ from crossrec.quality.contracts import load_contract  # noqa: E402
 from crossrec.train.loop import (  # noqa: E402
     FailOnce,
     TrainConfig,
+    check_worker_resources,
     collate_history,
     collate_train,
     flatten_optimizer_state,
@@ -229,6 +233,21 @@ def test_ray_address_is_the_flag_then_ray_address_env_then_a_new_local_instance(
     assert ray_address("10.0.0.5:6379") == "10.0.0.5:6379", "the flag wins over the environment"
 
 
+def test_a_worker_group_the_instance_cannot_hold_is_refused_on_a_local_instance_and_logged_on_a_cluster(caplog):
+    from crossrec.io.config import ConfigError
+
+    check_worker_resources(4, False, 0.5, {"CPU": 2.0}, fixed=True)  # exactly fits
+    check_worker_resources(2, True, 0.5, {"CPU": 2.0, "GPU": 2.0}, fixed=True)
+    with pytest.raises(ConfigError, match=r"8 worker\(s\) x 0.5 CPU need 4 CPU\(s\); the Ray instance has 2: "
+                                          r"use fewer --workers or a smaller --cpus-per-worker"):
+        check_worker_resources(8, False, 0.5, {"CPU": 2.0}, fixed=True)
+    with pytest.raises(ConfigError, match=r"need 2 GPU\(s\); the Ray instance has 1: use fewer --workers$"):
+        check_worker_resources(2, True, 0.5, {"CPU": 8.0, "GPU": 1.0}, fixed=True)
+    with caplog.at_level("WARNING", logger="crossrec.train.loop"):
+        check_worker_resources(8, False, 1.0, {"CPU": 2.0}, fixed=False)  # a cluster may grow: Ray Train waits
+    assert "need 8 CPU(s); the Ray instance has 2" in caplog.text and "waits until the cluster has them" in caplog.text
+
+
 def test_lr_schedules_decay_from_lr_to_zero_over_the_run():
     total = 100
     assert [lr_at(1e-3, "constant", s, total) for s in (0, 50, 100, 500)] == [1e-3] * 4
@@ -314,33 +333,41 @@ def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys)
 
 
 @pytest.mark.ray
-@pytest.mark.slow
-def test_worker_killed_mid_epoch_resumes_from_last_checkpoint(ray_local, planted, tmp_path):
-    lake, facts = planted
-    marker = tmp_path / "killed-once"
-    cfg = TrainConfig(lake_root=str(lake), epochs=3, patience=3, max_failures=1, model_root=str(tmp_path / "models"),
-                      storage_path=str(tmp_path / "ray"), fail_once_at=FailOnce(epoch=1, step=1, rank=1, marker=str(marker)),
-                      **TINY)
-    folder = train(cfg)
-    assert marker.exists(), "the hook killed rank 1 in the first attempt"
-    metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["resumed_at_epochs"] == [1], "the restarted workers resumed after epoch 0's checkpoint"
-    assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2], "epoch 0 was not rerun; 1 and 2 ran once"
-    assert (folder / "model.safetensors").is_file()
-    assert (tmp_path / "models" / "_latest").read_text().strip() == folder.name
+def test_train_job_refuses_more_workers_than_its_local_ray_instance_has(planted):
+    """In a process of its own (this module's Ray instance is not the job's): exit 2 and a clear message at once,
+    where Ray Train would wait for the CPUs forever."""
+    lake, _ = planted
+    workers = (os.cpu_count() or 1) + 1  # one CPU each: more than any local instance on this machine has
+    r = subprocess.run([sys.executable, "-m", "crossrec_jobs.train", "--lake-root", str(lake), "--workers", str(workers),
+                        "--cpus-per-worker", "1", "--no-gpu"], capture_output=True, text=True, timeout=300,
+                       env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-3000:]
+    assert f"{workers} worker(s) x 1 CPU need {workers} CPU(s)" in r.stderr and "use fewer --workers" in r.stderr
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_early_stopping_when_validation_cannot_improve(ray_local, planted, tmp_path):
+def test_worker_killed_mid_epoch_resumes_from_last_checkpoint_and_early_stopping_survives_it(
+        ray_local, planted, tmp_path):
+    """One run checks both (each Ray Train run costs ~30 s here): rank 1 is killed in epoch 1, the workers resume
+    after epoch 0's checkpoint, and with lr=0 epoch 1 cannot beat epoch 0, so patience=1 stops the run there. It
+    stops only if the resumed workers got epoch 0's best metric from the checkpoint; with the state lost, epoch 1
+    would count as an improvement and epoch 2 would run."""
     lake, _ = planted
-    cfg = TrainConfig(lake_root=str(lake), epochs=6, patience=1, model_root=str(tmp_path / "models"),
-                      storage_path=str(tmp_path / "ray"), **{**TINY, "lr": 0.0})
+    marker = tmp_path / "killed-once"
+    cfg = TrainConfig(lake_root=str(lake), epochs=6, patience=1, max_failures=1, model_root=str(tmp_path / "models"),
+                      storage_path=str(tmp_path / "ray"), fail_once_at=FailOnce(epoch=1, step=1, rank=1, marker=str(marker)),
+                      **{**TINY, "lr": 0.0})
     folder = train(cfg)
+    assert marker.exists(), "the hook killed rank 1 in the first attempt"
     metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["resumed_at_epochs"] == [1], "the restarted workers resumed after epoch 0's checkpoint"
+    assert [h["epoch"] for h in metrics["history"]] == [0, 1], "epoch 0 was not rerun; epoch 1 ran once"
     assert metrics["epochs_run"] == 2 and metrics["early_stopped"], "lr=0: epoch 1 cannot beat epoch 0"
     assert metrics["best_epoch"] == 0
     assert metrics["history"][0]["valid_ndcg@10"] == pytest.approx(metrics["history"][1]["valid_ndcg@10"])
+    assert (folder / "model.safetensors").is_file()
+    assert (tmp_path / "models" / "_latest").read_text().strip() == folder.name
 
     # the same run again (same config, data versions and day): it resumes the stopped run, trains nothing more
     again = train(cfg)

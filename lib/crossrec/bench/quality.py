@@ -4,7 +4,8 @@
 
 ``RAW_DIR`` is a raw data set in the documented format (``dataset.json`` + files; e.g. the output of
 ``crossrec import amazon-food-kitchen`` or ``crossrec generate``). The benchmark runs, each as its own job
-process with its output in ``DIR/logs/<step>.log``:
+process with its output in ``DIR/logs/<step>.log`` (``run_quality(spec, spark=...)`` evaluates on the caller's
+Spark session instead, in its process):
 
 1. ``ingest`` -> ``clean`` -> ``features`` into a fresh lake (``DIR/lake`` unless ``--lake-root``); with
    ``--reuse-lake`` the lake at ``--lake-root`` (e.g. an earlier run's, built from the same ``RAW_DIR``) is
@@ -29,6 +30,7 @@ random one is written to ``DIR/pseudonym.key`` (mode 0600) for this run.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -40,6 +42,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,47 @@ def _run_step(name: str, module: str, args: list[str], out: Path, env: dict) -> 
     return seconds
 
 
+@contextlib.contextmanager
+def _environ(env: dict):
+    """``os.environ`` is ``env`` inside the block (what a step's process would get), restored after."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _run_inline(name: str, main: Callable[[list[str]], int], args: list[str], out: Path, env: dict) -> float:
+    """Run a job's ``main(args)`` in this process, with the environment a step's process gets and its crossrec
+    log lines (INFO and up) in ``out/logs/<name>.log``, as :func:`_run_step` does for a process."""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_file = logs / f"{name}.log"
+    handler = logging.FileHandler(log_file, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    ours = logging.getLogger("crossrec")
+    level = ours.level
+    ours.setLevel(min(level or logging.INFO, logging.INFO))
+    ours.addHandler(handler)
+    log.info("[%s] in this process: %s", name, " ".join(shlex.quote(a) for a in args))
+    t0 = time.time()
+    try:
+        with _environ(env):
+            rc = main(args)
+    finally:
+        ours.removeHandler(handler)
+        ours.setLevel(level)
+        handler.close()
+    seconds = time.time() - t0
+    if rc != 0:
+        raise BenchError(f"step {name!r} failed with exit code {rc} after {seconds:.0f}s; log {log_file}")
+    log.info("[%s] done in %.1fs", name, seconds)
+    return seconds
+
+
 def _latest(model_root: Path) -> Path:
     return model_root / (model_root / "_latest").read_text(encoding="utf-8").strip()
 
@@ -146,8 +190,14 @@ def _check_reused_lake(spec: QualitySpec, raw: str) -> None:
     log.info("reusing the lake %s (domains %s): ingest, clean and features skipped", lake, sorted(in_lake))
 
 
-def run_quality(spec: QualitySpec) -> dict:
-    """Run the benchmark; returns what ``quality.json`` holds."""
+def run_quality(spec: QualitySpec, spark=None) -> dict:
+    """Run the benchmark; returns what ``quality.json`` holds.
+
+    Args:
+        spec: what to run (the flags of ``crossrec bench quality``).
+        spark: a running Spark session to evaluate on in this process (e.g. the tests' session: no Spark start of
+            its own). By default, as from the command line, every step is a job process of its own.
+    """
     from crossrec.io.readers import read_table
 
     out = Path(spec.out_dir).resolve()
@@ -188,9 +238,14 @@ def run_quality(spec: QualitySpec) -> dict:
             model_flags += ["--model", f"{SINGLE_DOMAIN}={_latest(root)}"]
 
     eval_dir = out / "evaluate"
-    stages["evaluate"] = _run_step(
-        "evaluate", "crossrec_jobs.evaluate",
-        ["--lake-root", lake, "--baselines", ",".join(spec.baselines), *model_flags, "--out", str(eval_dir)], out, env)
+    eval_args = ["--lake-root", lake, "--baselines", ",".join(spec.baselines), *model_flags, "--out", str(eval_dir)]
+    if spark is None:
+        stages["evaluate"] = _run_step("evaluate", "crossrec_jobs.evaluate", eval_args, out, env)
+    else:
+        from crossrec_jobs import evaluate
+
+        # no master: the job's build_spark takes the running session as it is
+        stages["evaluate"] = _run_inline("evaluate", evaluate.main, [*eval_args, "--spark-master", "none"], out, env)
     ev = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
     records = [{k: r.get(k) for k in ("model", "domain", "segment", "metric", "k", "value", "n_users", "model_version")}
                for r in ev["records"]]

@@ -880,6 +880,32 @@ def _use_gpu(cfg: TrainConfig) -> bool:
     return ray.cluster_resources().get("GPU", 0) >= 1
 
 
+def check_worker_resources(workers: int, use_gpu: bool, cpus_per_worker: float, available: Mapping[str, float],
+                           fixed: bool) -> None:
+    """Refuse a worker group that the Ray instance cannot hold, instead of waiting for it forever.
+
+    Args:
+        workers, use_gpu, cpus_per_worker: the worker group (one GPU per worker, else ``cpus_per_worker`` CPUs).
+        available: ``ray.cluster_resources()``.
+        fixed: the instance cannot grow (a local one this run started); on a cluster, which may autoscale, a short
+            fall is only logged and Ray Train waits for the nodes.
+
+    Raises:
+        ConfigError: ``fixed`` and the instance has fewer GPUs or CPUs than the group asks for.
+    """
+    from crossrec.io.config import ConfigError
+
+    kind, per_worker = ("GPU", 1.0) if use_gpu else ("CPU", cpus_per_worker)
+    need, have = workers * per_worker, float(available.get(kind, 0))
+    if need <= have + 1e-9:
+        return
+    msg = (f"{workers} worker(s) x {per_worker:g} {kind} need {need:g} {kind}(s); the Ray instance has {have:g}: "
+           f"use fewer --workers{'' if use_gpu else ' or a smaller --cpus-per-worker'}")
+    if fixed:
+        raise ConfigError(msg)
+    log.warning("%s (Ray Train waits until the cluster has them)", msg)
+
+
 def ray_address(configured: str | None) -> str:
     """The ``ray.init`` address: the configured one, else ``RAY_ADDRESS``, else ``"local"`` (a new local instance).
 
@@ -907,12 +933,14 @@ def train(cfg: TrainConfig) -> Path:
     assert data.valid.num_rows >= 1, "gold.user_sequences has no valid rows: nothing to select a model on"
 
     started = not ray.is_initialized()
+    address = ray_address(cfg.ray_address) if started else None
     if started:
-        address = ray_address(cfg.ray_address)
         log.info("Ray: %s", "a new local instance" if address == "local" else address)
         ray.init(address=address, include_dashboard=False, log_to_driver=True)
     try:
         use_gpu = _use_gpu(cfg)
+        check_worker_resources(cfg.workers, use_gpu, cfg.cpus_per_worker, ray.cluster_resources(),
+                               fixed=address == "local")
         text_dim = data.catalog["text_emb"].shape[1] if data.catalog["text_emb"] is not None else 384
         mcfg = cfg.model_config(len(data.catalog["item_idx"]), len(data.domains), text_dim,
                                 int(data.catalog["item_attr"].max()))
