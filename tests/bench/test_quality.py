@@ -67,6 +67,18 @@ def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_
         assert ndcg[("sasrec", domain, "cold_start")]["value"] == pytest.approx(
             ndcg[("pop", domain, "cold_start")]["value"], abs=1e-9), "sasrec falls back to popularity for cold users"
 
+    # the trained crossrec model evaluated again on the same lake, not retrained: the same figures
+    ours = next((out / "models" / "crossrec").glob("2*"))
+    again = run_quality(QualitySpec(raw_dir=str(raw), out_dir=str(tmp_path / "again"), lake_root=str(lake),
+                                    reuse_lake=True, crossrec_model=str(ours), single_domain=False, baselines=("pop",),
+                                    extra_env=spec.extra_env), spark=spark)
+    assert "train crossrec" not in again["stages_s"] and again["config"]["crossrec_model"] == str(ours)
+    assert again["train_times_s"]["crossrec"] == pytest.approx(
+        json.loads((ours / "metrics.json").read_text())["wall_time_s"], abs=0.1), "the reused model's own training"
+    mine = sorted((r["domain"], r["segment"], r["metric"], r["k"], r["value"]) for r in recs if r["model"] == "crossrec")
+    assert sorted((r["domain"], r["segment"], r["metric"], r["k"], r["value"])
+                  for r in again["records"] if r["model"] == "crossrec") == mine
+
     other = tmp_path / "other-raw"
     generate(str(other), SyntheticSpec(users=20, domains=3, items_per_domain=20, seed=1))
     with pytest.raises(BenchError, match="built from other data"):
@@ -87,3 +99,26 @@ def test_quality_bench_reuses_only_a_built_lake_of_the_same_data(tmp_path):
     with pytest.raises(BenchError, match="has no gold.item_index, gold.user_sequences, gold.item_embeddings"):
         run_quality(QualitySpec(raw_dir=str(raw), out_dir=str(tmp_path / "out"), lake_root=str(tmp_path / "empty"),
                                 reuse_lake=True))
+
+
+def test_a_reused_crossrec_model_must_come_from_the_lakes_gold_versions(tmp_path):
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from crossrec.bench.quality import check_reused_model
+
+    lake = tmp_path / "lake"
+    for t in ("item_index", "user_sequences"):
+        write_deltalake(str(lake / "gold" / t), pa.table({"x": [1]}))
+    write_deltalake(str(lake / "gold" / "item_index"), pa.table({"x": [2]}), mode="append")  # version 1
+    model = tmp_path / "model"
+    model.mkdir()
+    with pytest.raises(BenchError, match="is not a model artifact"):
+        check_reused_model(str(model), str(lake))
+    (model / "model.safetensors").write_bytes(b"")
+    metrics = {"wall_time_s": 12.5, "data_versions": {"gold.item_index": 1, "gold.user_sequences": 0}}
+    (model / "metrics.json").write_text(json.dumps(metrics))
+    assert check_reused_model(str(model), str(lake)) == metrics
+    write_deltalake(str(lake / "gold" / "user_sequences"), pa.table({"x": [3]}), mode="append")  # the lake moved on
+    with pytest.raises(BenchError, match=r"was trained on .*'gold.user_sequences': 0.* is at .*'gold.user_sequences': 1"):
+        check_reused_model(str(model), str(lake))

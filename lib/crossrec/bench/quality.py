@@ -12,7 +12,8 @@ Spark session instead, in its process):
    used as it is, to compare models or training settings without rebuilding it;
 2. ``train`` the cross-domain model (**crossrec**: text + id, every domain's history, plus the same-domain
    co-occurrence term of ``crossrec.model.cooccurrence``), learning rate annealed to 0 along a cosine over
-   its epochs (:data:`OURS_TRAIN`);
+   its epochs (:data:`OURS_TRAIN`); ``--crossrec-model`` evaluates an artifact trained earlier on the same lake
+   instead (e.g. to add the baselines to a ``--no-sasrec`` run; its wall time is that training's);
 3. ``train`` the single-domain baseline once per domain (**sasrec**: the same Transformer with text off,
    trained on and predicting from that domain's events only, no co-occurrence term;
    ``--input-domains D --no-text --cooccurrence-k 0``), at a constant learning rate with early stopping, its
@@ -73,6 +74,7 @@ class QualitySpec:
     baselines: tuple[str, ...] = ("pop", "itemknn", "als")
     single_domain: bool = True  # train and evaluate the sasrec baseline
     crossrec_args: tuple[str, ...] = ()  # extra `crossrec train` flags for the cross-domain model
+    crossrec_model: str | None = None  # a trained crossrec artifact (of the lake's data) to evaluate, not trained again
     sasrec_args: tuple[str, ...] = ()  # extra `crossrec train` flags for the single-domain baseline
     extra_env: dict = field(default_factory=dict)
 
@@ -190,6 +192,27 @@ def _check_reused_lake(spec: QualitySpec, raw: str) -> None:
     log.info("reusing the lake %s (domains %s): ingest, clean and features skipped", lake, sorted(in_lake))
 
 
+def check_reused_model(folder: str, lake: str) -> dict:
+    """``--crossrec-model``: the artifact's ``metrics.json``, after checking it was trained on the lake's gold data.
+
+    Raises:
+        BenchError: no artifact there, or its data versions are not the lake's newest gold versions.
+    """
+    from crossrec.train.loop import resolve_versions
+
+    metrics_file = Path(folder) / "metrics.json"
+    if not metrics_file.is_file() or not (Path(folder) / "model.safetensors").is_file():
+        raise BenchError(f"--crossrec-model: {folder} is not a model artifact (no metrics.json / model.safetensors)")
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+    trained_on = {t: int(v) for t, v in metrics.get("data_versions", {}).items()}
+    current = resolve_versions(lake, None, tuple(trained_on))
+    if trained_on != current:
+        raise BenchError(f"--crossrec-model: {folder} was trained on {trained_on}, the lake {lake} is at {current}: "
+                         "train it on this lake (leave out --crossrec-model)")
+    log.info("reusing the crossrec model %s (trained in %.0fs on %s)", folder, metrics.get("wall_time_s", 0), current)
+    return metrics
+
+
 def run_quality(spec: QualitySpec, spark=None) -> dict:
     """Run the benchmark; returns what ``quality.json`` holds.
 
@@ -221,10 +244,15 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
     train_s: dict[str, float] = {}
     base = ["--lake-root", lake, "--workers", str(spec.workers)]
     epochs = ["--epochs", str(spec.epochs)] if spec.epochs else []  # after the model's defaults: the last flag wins
-    stages["train crossrec"] = train_s[OURS] = _run_step(
-        "train-crossrec", "crossrec_jobs.train",
-        [*base, *OURS_TRAIN, *epochs, "--model-root", str(models_root / OURS), *spec.crossrec_args], out, env)
-    model_flags = ["--model", f"{OURS}={_latest(models_root / OURS)}"]
+    if spec.crossrec_model:
+        ours = Path(spec.crossrec_model).resolve()
+        train_s[OURS] = float(check_reused_model(str(ours), lake).get("wall_time_s", 0.0))  # its own training's time
+    else:
+        stages["train crossrec"] = train_s[OURS] = _run_step(
+            "train-crossrec", "crossrec_jobs.train",
+            [*base, *OURS_TRAIN, *epochs, "--model-root", str(models_root / OURS), *spec.crossrec_args], out, env)
+        ours = _latest(models_root / OURS)
+    model_flags = ["--model", f"{OURS}={ours}"]
     if spec.single_domain:
         train_s[SINGLE_DOMAIN] = 0.0
         for d in domains:
@@ -258,7 +286,8 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
         "stages_s": {k: round(v, 1) for k, v in stages.items()},
         "total_s": round(time.time() - t_all, 1),
         "data": {"raw_dir": raw, "lake_root": lake, "domains": domains, "versions": ev["versions"]},
-        "config": {"reuse_lake": spec.reuse_lake, "workers": spec.workers, "epochs": spec.epochs,
+        "config": {"reuse_lake": spec.reuse_lake, "crossrec_model": str(ours) if spec.crossrec_model else None,
+                   "workers": spec.workers, "epochs": spec.epochs,
                    "crossrec_train": list(OURS_TRAIN),
                    "sasrec_train": list(SINGLE_DOMAIN_TRAIN), "baselines": list(spec.baselines),
                    "crossrec_args": list(spec.crossrec_args), "sasrec_args": list(spec.sasrec_args)},

@@ -215,6 +215,8 @@ def _bench(argv: list[str]) -> int:
     q.add_argument("--baselines", default="pop,itemknn,als", help="classic baselines to evaluate (default pop,itemknn,als)")
     q.add_argument("--no-sasrec", dest="single_domain", action="store_false", help="skip the single-domain Transformer baseline")
     q.add_argument("--crossrec-args", default="", help="extra `crossrec train` flags for the cross-domain model, one string")
+    q.add_argument("--crossrec-model", help="a crossrec model artifact trained earlier on the --reuse-lake lake "
+                   "(e.g. <out>/models/crossrec/<version>): evaluated instead of training one")
     q.add_argument("--sasrec-args", default="", help="extra `crossrec train` flags for the single-domain baseline, one string")
     q.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sc = sub.add_parser("scoring", help="crossrec's score stage vs Spark ALS recommendForAllUsers vs a bare PyTorch loop",
@@ -305,7 +307,8 @@ def _bench(argv: list[str]) -> int:
     spec = QualitySpec(raw_dir=a.raw_dir, out_dir=a.out, lake_root=a.lake_root, reuse_lake=a.reuse_lake,
                        workers=a.workers, epochs=a.epochs,
                        baselines=tuple(b for b in a.baselines.split(",") if b), single_domain=a.single_domain,
-                       crossrec_args=tuple(shlex.split(a.crossrec_args)), sasrec_args=tuple(shlex.split(a.sasrec_args)))
+                       crossrec_args=tuple(shlex.split(a.crossrec_args)), sasrec_args=tuple(shlex.split(a.sasrec_args)),
+                       crossrec_model=a.crossrec_model)
     try:
         run_quality(spec)
     except BenchError as e:
