@@ -159,3 +159,7 @@ def scored_lake(spark, tmp_path_factory) -> dict:
 
 
 os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
+# The jobs' local default is 64 shuffle partitions, sized for a million users. On the tests' tables of a few hundred
+# rows every partition is a file per map task: 2 take ingest -> clean -> features on 120 users from ~90 to ~55 s
+# warm. Jobs run in this process and job processes started by tests read it (CROSSREC_SPARK_CONF).
+os.environ.setdefault("CROSSREC_SPARK_CONF", "spark.sql.shuffle.partitions=2")
