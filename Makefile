@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 
 export CROSSREC_PSEUDONYM_KEY_FILE ?= $(abspath $(DEMO_KEY))
 
-.PHONY: help install demo test test-fast lint clean-demo
+.PHONY: help install demo test test-fast clean-demo
 
 help:
 	@echo "make demo   - generate data, run ingest -> clean -> features -> train -> evaluate -> score, print a summary"

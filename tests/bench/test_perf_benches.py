@@ -67,3 +67,18 @@ def test_training_bench_refuses_a_lake_without_gold_tables_and_bad_worker_counts
 
     assert main(["bench", "training", "--out", str(tmp_path / "out"), "--workers", "1,x"]) == 1
     assert "--workers: comma-separated integers" in capfd.readouterr().err
+    assert main(["bench", "scale", "--out", str(tmp_path / "out"), "--users", "10000,1e5"]) == 1
+    assert "--users: comma-separated integers, e.g. 10000,100000; got '10000,1e5'" in capfd.readouterr().err
+
+
+def test_training_bench_exits_1_with_the_message_of_a_refused_worker_group(tmp_path, monkeypatch, capfd):
+    import crossrec.bench.training
+    from crossrec.cli.main import main
+    from crossrec.io.config import ConfigError
+
+    def refuse(spec):  # what train() raises for more workers than the local Ray instance has CPUs
+        raise ConfigError(f"{spec.workers[-1]} worker(s) x 1 CPU need 8 CPU(s); the Ray instance has 2")
+
+    monkeypatch.setattr(crossrec.bench.training, "run_training", refuse)
+    assert main(["bench", "training", "--out", str(tmp_path / "out"), "--workers", "1,8"]) == 1
+    assert "bench training: 8 worker(s) x 1 CPU need 8 CPU(s); the Ray instance has 2" in capfd.readouterr().err

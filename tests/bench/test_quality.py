@@ -99,6 +99,9 @@ def test_quality_bench_reuses_only_a_built_lake_of_the_same_data(tmp_path):
     with pytest.raises(BenchError, match="has no gold.item_index, gold.user_sequences, gold.item_embeddings"):
         run_quality(QualitySpec(raw_dir=str(raw), out_dir=str(tmp_path / "out"), lake_root=str(tmp_path / "empty"),
                                 reuse_lake=True))
+    with pytest.raises(BenchError, match="--crossrec-model needs --reuse-lake"):  # before any step runs
+        run_quality(QualitySpec(raw_dir=str(raw), out_dir=str(tmp_path / "out"), crossrec_model=str(tmp_path / "m")))
+    assert not (tmp_path / "out" / "lake").exists()
 
 
 def test_a_reused_crossrec_model_must_come_from_the_lakes_gold_versions(tmp_path):

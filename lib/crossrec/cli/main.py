@@ -196,6 +196,14 @@ def _query(argv: list[str]) -> int:
     return 0
 
 
+def _int_list(text: str, flag: str, example: str, error: type[Exception]) -> tuple[int, ...]:
+    """``"1,2,4"`` -> ``(1, 2, 4)`` (empty items skipped); ``error`` naming ``flag`` if an item is not an integer."""
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise error(f"{flag}: comma-separated integers, e.g. {example}; got {text!r}") from None
+
+
 def _bench(argv: list[str]) -> int:
     from crossrec.bench.quality import BenchError, QualitySpec, run_quality
 
@@ -216,7 +224,7 @@ def _bench(argv: list[str]) -> int:
     q.add_argument("--no-sasrec", dest="single_domain", action="store_false", help="skip the single-domain Transformer baseline")
     q.add_argument("--crossrec-args", default="", help="extra `crossrec train` flags for the cross-domain model, one string")
     q.add_argument("--crossrec-model", help="a crossrec model artifact trained earlier on the --reuse-lake lake "
-                   "(e.g. <out>/models/crossrec/<version>): evaluated instead of training one")
+                   "(e.g. <out>/models/crossrec/<version>; needs --reuse-lake): evaluated instead of training one")
     q.add_argument("--sasrec-args", default="", help="extra `crossrec train` flags for the single-domain baseline, one string")
     q.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sc = sub.add_parser("scoring", help="crossrec's score stage vs Spark ALS recommendForAllUsers vs a bare PyTorch loop",
@@ -270,7 +278,7 @@ def _bench(argv: list[str]) -> int:
         from crossrec.bench.scale import ScaleError, ScaleSpec, run_scale
 
         try:
-            run_scale(ScaleSpec(out_dir=a.out, users=tuple(int(u) for u in a.users.split(",") if u),
+            run_scale(ScaleSpec(out_dir=a.out, users=_int_list(a.users, "--users", "10000,100000", ScaleError),
                                 domains=a.domains, events=a.events, items_per_domain=a.items_per_domain,
                                 train_users=a.train_users, epochs=a.epochs, keep=a.keep))
         except ScaleError as e:
@@ -285,15 +293,13 @@ def _bench(argv: list[str]) -> int:
         return 0
     if a.name == "training":
         from crossrec.bench.training import TrainingSpec, run_training
+        from crossrec.io.config import ConfigError
 
         try:
-            try:
-                workers = tuple(int(w) for w in a.workers.split(",") if w.strip())
-            except ValueError:
-                raise BenchError(f"--workers: comma-separated integers, e.g. 1,2,4; got {a.workers!r}") from None
+            workers = _int_list(a.workers, "--workers", "1,2,4", BenchError)
             run_training(TrainingSpec(out_dir=a.out, users=a.users, domains=a.domains, epochs=a.epochs,
                                       lake_root=a.lake_root, workers=workers))
-        except BenchError as e:
+        except (BenchError, ConfigError) as e:  # ConfigError: e.g. more workers than the local Ray instance has CPUs
             log.error("bench training: %s", e)
             return 1
         return 0
