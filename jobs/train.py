@@ -106,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"co-occurrence:    {d} weight {r['weight']:g}, recency decay {r['decay']:g}, valid NDCG@10 "
                   f"{ndcg[(r['weight'], r['decay'])]:.4f} ({ndcg.get((0.0, 1.0), float('nan')):.4f} without; "
                   f"{r['rows']} valid rows)")
+            cold = r.get("cold_popularity")
+            if cold:
+                c_ndcg = {t["weight"]: t["value"] for t in cold["valid_ndcg@10"]}
+                detail = (f"valid NDCG@10 {c_ndcg[cold['weight']]:.4f} ({c_ndcg.get(0.0, float('nan')):.4f} without; "
+                          f"{cold['rows']} valid rows)" if c_ndcg else f"too few valid rows to choose it ({cold['rows']})")
+                print(f"popularity:       {d} weight {cold['weight']:g} for users new to the domain; {detail}")
         print(f"throughput:       {m['samples_per_s']:.0f} samples/s over {m['workers']} {m['device']} worker(s); wall {m['wall_time_s']:.1f}s")
 
     return run_guarded(STAGE, body)

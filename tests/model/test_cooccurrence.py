@@ -89,3 +89,82 @@ def test_fitted_weights_score_on_validation_what_the_fit_reported(tmp_path):
     assert any(rep["weight"] > 0 and rep["decay"] < 1 for rep in report.values()), "a decayed term was chosen somewhere"
     assert len({round(v["value"], 6) for rep in report.values() for v in rep["valid_ndcg@10"]}) > 2, \
         "the weights and decays rank differently here"
+
+
+def test_popularity_feature_is_the_log_count_standardised_within_each_domain():
+    from crossrec.model.cooccurrence import popularity_feature
+
+    domain_items = [np.arange(1, 5), np.arange(5, 8)]
+    item_domain = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    item = np.array([1, 1, 1, 2, 3, 3, 5, 6, 6])  # item 4 and 7 never occur
+    data = InteractionData(user=np.arange(9), item=item, domain=item_domain[item], ts=np.arange(9), n_users=9,
+                           n_items=7, n_domains=2, domain_items=domain_items)
+    f = popularity_feature(data).numpy()
+    assert f[0] == 0.0
+    for items in domain_items:
+        assert abs(f[items].mean()) < 1e-6 and abs(f[items].std() - 1.0) < 1e-5
+    assert f[1] > f[3] > f[2] > f[4] and f[6] > f[5] > f[7]
+    counts = np.bincount(item, minlength=8)
+    np.testing.assert_allclose(np.argsort(f[1:5]), np.argsort(np.log1p(counts[1:5])))
+
+
+def test_cold_user_popularity_weight_is_chosen_on_users_new_to_the_domain(tmp_path):
+    """Users with book history only and a movie target that follows movie popularity: the fit must turn the
+    popularity term on for movies, and the model it leaves behind must score those validation rows, through the
+    evaluation protocol, as reported for every weight tried."""
+    import pandas as pd
+    import torch
+    from deltalake import write_deltalake
+
+    from crossrec.evaluate.protocol import evaluate, load_eval_data, transformer_score_fn
+    from crossrec.model.cooccurrence import fit_cooccurrence
+    from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig
+
+    sizes, rng = (12, 9), np.random.default_rng(5)
+    dom = np.repeat([0, 1], sizes)
+    index = pd.DataFrame({"domain": np.where(dom == 0, "books", "movies"), "item_id": [f"i{i}" for i in range(1, 22)],
+                          "item_idx": np.arange(1, 22), "domain_idx": dom,
+                          "domain_item_idx": np.concatenate([np.arange(n) for n in sizes]),
+                          "category": [None] * 21, "train_count": np.ones(21, dtype=np.int64)})
+    movie_p = 0.5 ** np.arange(9)
+    movie_p /= movie_p.sum()  # item 13 the most popular movie, then 14, ...
+    rows = []
+    for u in range(160):
+        books = [int(x) for x in rng.integers(1, 13, size=4)]
+        new = u < 100  # users new to movies: book history, a movie target drawn by popularity
+        movies = [] if new else [int(x) for x in rng.choice(np.arange(13, 22), size=3, p=movie_p)]
+        hist = books + movies
+        ts = list(range(100 * u, 100 * u + len(hist)))
+        target = int(rng.choice(np.arange(13, 22), p=movie_p)) if new else int(rng.integers(1, 13))
+        rows.append((f"u{u}", "train", "*", hist, [int(dom[i - 1]) for i in hist], ts, None, None, False, len(hist)))
+        rows.append((f"u{u}", "valid", "movies" if new else "books", hist, [int(dom[i - 1]) for i in hist], ts, target,
+                     ts[-1] + 1, new, len(hist)))
+    seq = pd.DataFrame(rows, columns=["user_id", "split", "target_domain", "item_idx", "domain_idx", "event_ts",
+                                      "target_item_idx", "target_ts", "cold_start", "history_len"])
+    lake = tmp_path / "lake"
+    write_deltalake(str(lake / "gold" / "item_index"), index)
+    write_deltalake(str(lake / "gold" / "user_sequences"), seq)
+    valid = load_eval_data(str(lake), split="valid")
+
+    ids = torch.arange(22)
+    item_dom = torch.tensor([0, *dom])
+    feats = ItemFeatures(text_emb=torch.randn(22, 8, generator=torch.Generator().manual_seed(1)), item_domain=item_dom,
+                         item_attr=torch.zeros(22, dtype=torch.long),
+                         domain_items=[ids[(item_dom == k) & (ids > 0)] for k in (0, 1)])
+    torch.manual_seed(1)
+    model = CrossDomainTransformer(ModelConfig(n_items=21, n_domains=2, text_dim=8, d_model=16, n_layers=1, n_heads=2,
+                                               dropout=0.0, max_seq_len=8), feats)  # untrained: knows no popularity
+    report = fit_cooccurrence(model, valid, k=5, shrink=1.0, cold_grid=(0.0, 0.3, 0.7))  # not exact in float32
+    cold = report["movies"]["cold_popularity"]
+    assert cold["rows"] == 100 and cold["weight"] in (0.3, 0.7), cold
+    assert report["books"]["cold_popularity"] == {"weight": 0.0, "rows": 0, "valid_ndcg@10": []}  # none new to books
+    assert model.cooc_cold_weight.tolist() == pytest.approx([0.0, cold["weight"]])
+    ndcg = {t["weight"]: t["value"] for t in cold["valid_ndcg@10"]}
+    assert ndcg[cold["weight"]] > ndcg[0.0] + 0.05, ndcg
+    for p, value in ndcg.items():  # the cold_start segment = the rows the weight was chosen on
+        model.cooc_cold_weight[1] = p
+        got = next(x["value"] for x in evaluate("m", transformer_score_fn(model, valid), valid, ks=(10,), domains=["movies"])
+                   if x["metric"] == "ndcg" and x["segment"] == "cold_start")
+        assert got == pytest.approx(value, abs=1e-6), p
+    few = fit_cooccurrence(model, valid, k=5, shrink=1.0, min_cold_rows=101)["movies"]["cold_popularity"]
+    assert few == {"weight": 0.0, "rows": 100, "valid_ndcg@10": []} and model.cold_popularity_weight(1) == 0.0

@@ -516,6 +516,53 @@ def test_combine_scores_adds_the_weighted_term_per_domain_and_survives_save_load
                                    model.cooccurrence_scores(batch["item_idx"], 1, decay=1.0))
 
 
+@pytest.mark.parametrize("cooc_weight", [0.0, 2.0], ids=["popularity-only", "with-cooccurrence"])
+def test_cold_user_popularity_term_changes_only_users_without_events_in_the_domain(tmp_path, cooc_weight):
+    feats = random_features()
+    model = tiny_model(feats).eval()
+    seqs = [[1, 2, 3], [6, 7], [8, 1], [6]]  # domain 1 (items 6..9): rows 0 has none of its events; rows 1..3 have
+    batch = make_batch(seqs, feats, T=4, train=False)
+    with torch.no_grad():
+        raw = [model.full_sort_predict(batch, d) for d in (0, 1)]
+    _, *csr = random_cooccurrence(feats)
+    pop = torch.linspace(-1.5, 1.5, feats.n_items + 1)
+    pop[0] = 0.0
+    model.set_cooccurrence(*csr, torch.tensor([cooc_weight, cooc_weight]), None, pop, torch.tensor([0.0, 0.5]))
+    assert model.has_score_terms(1) and model.has_score_terms(0) == (cooc_weight > 0)
+    with torch.no_grad():
+        got = model.full_sort_predict(batch, 1)
+        model.cooc_cold_weight.zero_()
+        without = model.full_sort_predict(batch, 1)
+        model.cooc_cold_weight[1] = 0.5
+    std = raw[1].std(1, keepdim=True)
+    torch.testing.assert_close(got[0], raw[1][0] + 0.5 * std[0] * pop[model.domain_items(1)], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1:], without[1:], rtol=0, atol=0)  # users with events in domain 1: untouched
+    assert not torch.allclose(got[0], without[0]), "the term changes the new user's scores"
+    with torch.no_grad():  # a user new to domain 0 (row 3 has only domain-1 events): domain 0's weight (0) applies
+        args = (raw[0], batch["item_idx"], 0, model.user_vectors(batch, 0), model.score_covariance(model.domain_item_reps(0)))
+        dom0 = model.full_sort_predict(batch, 0)
+        torch.testing.assert_close(dom0, model.combine_scores(*args, cold_weight=0.0), rtol=0, atol=0)
+        assert not torch.allclose(dom0[3], model.combine_scores(*args, cold_weight=0.5)[3])
+    save(model, tmp_path / "m")
+    loaded = load(tmp_path / "m")
+    torch.testing.assert_close(loaded.cooc_popularity, pop)
+    torch.testing.assert_close(loaded.cooc_cold_weight, torch.tensor([0.0, 0.5]))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.full_sort_predict(batch, 1), got, rtol=0, atol=0)
+    # an artifact written before the cold-user term existed loads with the term off
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(tmp_path / "m" / "model.safetensors"))
+    del t["cooc_popularity"], t["cooc_cold_weight"]
+    save_file(t, str(tmp_path / "m" / "model.safetensors"), metadata={"format": "pt"})
+    old = load(tmp_path / "m")
+    assert old.cold_popularity_weight(1) == 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(old.full_sort_predict(batch, 1), without, rtol=0, atol=0)
+    with pytest.raises(AssertionError, match="cold weights must be >= 0"):
+        model.set_cooccurrence(*csr, torch.tensor([1.0, 1.0]), None, pop, torch.tensor([0.0, -0.1]))
+
+
 def test_cooccurrence_pairs_across_domains_are_rejected():
     feats = random_features()
     model = tiny_model(feats)

@@ -108,15 +108,27 @@ def test_scorer_ranks_with_the_artifacts_cooccurrence_term(artifact):
     n = len(DOMAINS)
     indptr = torch.zeros(n + 2, dtype=torch.long)
     indptr[2:] = 1  # history item 1 supports item 5 (both books), with weight 8 in books and 0 in movies
-    model.set_cooccurrence(indptr, torch.tensor([5], dtype=torch.int32), torch.tensor([1.0]), torch.tensor([8.0, 0.0]))
+    pop = torch.zeros(n + 1)
+    pop[7:] = torch.linspace(2.0, -2.0, n - 6)  # movies' popularity feature; weight 1 for users new to movies
+    model.set_cooccurrence(indptr, torch.tensor([5], dtype=torch.int32), torch.tensor([1.0]), torch.tensor([8.0, 0.0]),
+                           None, pop, torch.tensor([0.0, 1.0]))
     save(model, artifact)
     scorer = Scorer(artifact, k=3)
-    rows = pd.DataFrame(scorer.rows(["u0"], [np.array([1, 8])], [np.arange(2)]))
-    batch = {"item_idx": torch.tensor([[1, 8]]), "domain_idx": torch.tensor([[0, 1]]), "event_ts": torch.tensor([[0, 1]])}
+    rows = pd.DataFrame(scorer.rows(["u0", "u1"], [np.array([1, 8]), np.array([1, 2])], [np.arange(2)] * 2))
+    batch = {"item_idx": torch.tensor([[1, 8], [1, 2]]), "domain_idx": torch.tensor([[0, 1], [0, 0]]),
+             "event_ts": torch.tensor([[0, 1], [0, 1]])}
     for d, name in enumerate(["books", "movies"]):
-        picks = rows[rows.domain == name]
         with torch.no_grad():
-            want = model.full_sort_predict(batch, d)[0].numpy()  # the evaluation's scores, term included
-        cols = [int(i[1:]) - 1 - (6 if name == "movies" else 0) for i in picks.item_id]
-        np.testing.assert_allclose(picks.score.values, want[cols], rtol=1e-5, atol=1e-6)
-    assert rows[rows.domain == "books"].item_id.iloc[0] == "i5", "the co-occurring item comes first"
+            want = model.full_sort_predict(batch, d).numpy()  # the evaluation's scores, both terms included
+        for u in (0, 1):
+            picks = rows[(rows.domain == name) & (rows.user_id == f"u{u}")]
+            cols = [int(i[1:]) - 1 - (6 if name == "movies" else 0) for i in picks.item_id]
+            np.testing.assert_allclose(picks.score.values, want[u, cols], rtol=1e-5, atol=1e-6)
+    assert rows[(rows.domain == "books") & (rows.user_id == "u0")].item_id.iloc[0] == "i5", \
+        "the co-occurring item comes first"
+    with torch.no_grad():
+        h, reps = model.user_vectors(batch, 1), model.domain_item_reps(1)
+        plain = model.combine_scores(h @ reps.T, batch["item_idx"], 1, h, model.score_covariance(reps),
+                                     cold_weight=0.0).numpy()
+    assert not np.allclose(want[1], plain[1]) and np.allclose(want[0], plain[0]), \
+        "the popularity term changes the scores of the user new to movies (u1) only"

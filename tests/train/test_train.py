@@ -318,7 +318,14 @@ def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys)
     assert model.has_cooccurrence and model.cooc_weight.tolist() == [co["domains"][d]["weight"] for d in sorted(DOMAINS)]
     assert model.cooc_decay.tolist() == pytest.approx([co["domains"][d]["decay"] for d in sorted(DOMAINS)])
     assert model.cooc_indices.numel() > 0
+    for d, rep in co["domains"].items():  # the popularity term for users new to a domain: chosen like the weight
+        cold = rep["cold_popularity"]
+        tried = {t["weight"]: t["value"] for t in cold["valid_ndcg@10"]}
+        assert (not tried and cold["weight"] == 0.0) or tried[cold["weight"]] == max(tried.values()), (d, cold)
+    assert model.cooc_cold_weight.tolist() == pytest.approx(
+        [co["domains"][d]["cold_popularity"]["weight"] for d in sorted(DOMAINS)])
     model.cooc_weight.zero_()  # the Transformer alone, as validated during training (the term's refit saw valid targets)
+    model.cooc_cold_weight.zero_()
     # the validation metric the run selected on is the evaluation protocol's, on the valid split
     from crossrec.evaluate.protocol import evaluate, load_eval_data, transformer_score_fn
 
@@ -329,7 +336,7 @@ def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys)
         assert r["value"] == pytest.approx(metrics["valid"][f"valid_ndcg@10/{r['domain']}"], abs=1e-9), r
     out = capsys.readouterr().out
     assert str(folder) in out and "ndcg@10" in out.lower()
-    assert out.count("co-occurrence:") == len(DOMAINS), out
+    assert out.count("co-occurrence:") == len(DOMAINS) and out.count("popularity:") == len(DOMAINS), out
 
 
 @pytest.mark.ray

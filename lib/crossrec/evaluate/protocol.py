@@ -236,7 +236,7 @@ def transformer_score_fn(model, data: EvalData, batch_size: int = 512, input_dom
         with torch.inference_mode():
             if dt_.domain_idx not in reps:
                 r = model.domain_item_reps(dt_.domain_idx)
-                reps[dt_.domain_idx] = (r, model.score_covariance(r) if model.cooccurrence_weight(dt_.domain_idx) else None)
+                reps[dt_.domain_idx] = (r, model.score_covariance(r) if model.has_score_terms(dt_.domain_idx) else None)
             for s in range(0, len(test_rows), batch_size):
                 chunk = test_rows[s : s + batch_size]
                 batch = history_batch(data, chunk, max_len, device, keep)

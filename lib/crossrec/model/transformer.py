@@ -552,15 +552,16 @@ class CrossDomainTransformer(nn.Module):
         """Scores of every item of ``domain``: (B, n_items_in_domain), columns in domain_item_idx order.
 
         ``item_reps``: :meth:`domain_item_reps` of ``domain``, precomputed (eval mode); None = compute here.
-        With a co-occurrence term attached (:meth:`set_cooccurrence`), the scores are :meth:`combine_scores`';
-        ``item_cov``: :meth:`score_covariance` of ``item_reps``, precomputed; None = compute here when needed.
+        With a co-occurrence term or a cold-user popularity term attached (:meth:`set_cooccurrence`), the scores
+        are :meth:`combine_scores`'; ``item_cov``: :meth:`score_covariance` of ``item_reps``, precomputed; None =
+        compute here when needed.
         """
         domain = int(domain)
         h = self.user_vectors(batch, domain)  # (B, D)
         reps = self.domain_item_reps(domain) if item_reps is None else item_reps  # (n_d, D)
         assert reps.shape[0] == self.domain_items(domain).numel(), "item_reps must hold every item of the domain"
         scores = h @ reps.T  # (B, n_d)
-        if self.cooccurrence_weight(domain) == 0.0:
+        if not self.has_score_terms(domain):
             return scores
         cov = self.score_covariance(reps) if item_cov is None else item_cov
         return self.combine_scores(scores, batch["item_idx"], domain, h, cov)
@@ -570,6 +571,8 @@ class CrossDomainTransformer(nn.Module):
     # many item-to-item pairs that decide long-tail targets (items with a handful of training interactions).
     # The artifact can carry those pairs as a sparse same-domain item-item similarity (fitted after training,
     # see crossrec.model.cooccurrence) that is added to the Transformer's scores with one weight per domain.
+    # With it comes a popularity term for users who have no event in the target domain (cross-domain cold start:
+    # the co-occurrence term has nothing to add there), also weighted per domain on the validation split.
     @property
     def has_cooccurrence(self) -> bool:
         return hasattr(self, "cooc_weight")
@@ -582,13 +585,26 @@ class CrossDomainTransformer(nn.Module):
         """The recency decay of the co-occurrence term in ``domain`` (1.0 = every history item counts alike)."""
         return float(self.cooc_decay[int(domain)]) if self.has_cooccurrence else 1.0
 
+    def cold_popularity_weight(self, domain: int) -> float:
+        """The weight of the popularity term for users without history in ``domain``; 0.0 when none is attached."""
+        return float(self.cooc_cold_weight[int(domain)]) if self.has_cooccurrence else 0.0
+
+    def has_score_terms(self, domain: int) -> bool:
+        """Whether :meth:`combine_scores` changes ``domain``'s scores (a co-occurrence or cold-user popularity
+        weight above 0); if not, the scores are the Transformer's alone."""
+        return self.cooccurrence_weight(domain) != 0.0 or self.cold_popularity_weight(domain) != 0.0
+
     def set_cooccurrence(self, indptr: Tensor, indices: Tensor, values: Tensor, weight: Tensor,
-                         decay: Tensor | None = None) -> None:
+                         decay: Tensor | None = None, popularity: Tensor | None = None,
+                         cold_weight: Tensor | None = None) -> None:
         """Attach the co-occurrence term: a CSR matrix (n_items+1, n_items+1) whose row ``i`` holds the items
         ``j`` of ``i``'s domain that history item ``i`` supports, with similarity ``values``; ``weight``
         (n_domains,) its weight per domain (0 = that domain is scored by the Transformer alone); ``decay``
         (n_domains,) in (0, 1], the recency decay per domain (a history item followed by ``a`` more events of
-        its domain counts ``decay**a``; None = 1, no decay). Saved with the model (buffers ``cooc_*``)."""
+        its domain counts ``decay**a``; None = 1, no decay). With it, the popularity term for users without
+        history in a domain: ``popularity`` (n_items+1,) each item's popularity feature
+        (:func:`crossrec.model.cooccurrence.popularity_feature`; None = 0) and ``cold_weight`` (n_domains,) >= 0
+        its weight per domain (None = 0: off). Saved with the model (buffers ``cooc_*``)."""
         n = self.config.n_items + 1
         assert indptr.shape == (n + 1,), f"indptr must be ({n + 1},), got {tuple(indptr.shape)}"
         assert indices.shape == values.shape and indices.dim() == 1, "indices and values must be 1-d of one length"
@@ -598,6 +614,11 @@ class CrossDomainTransformer(nn.Module):
         decay = torch.ones(self.config.n_domains) if decay is None else decay
         assert decay.shape == weight.shape, f"decay must be ({self.config.n_domains},), got {tuple(decay.shape)}"
         assert bool(((decay > 0) & (decay <= 1)).all()), f"decays must be in (0, 1], got {decay.tolist()}"
+        popularity = torch.zeros(n) if popularity is None else popularity
+        assert popularity.shape == (n,), f"popularity must be ({n},), got {tuple(popularity.shape)}"
+        cold_weight = torch.zeros(self.config.n_domains) if cold_weight is None else cold_weight
+        assert cold_weight.shape == weight.shape, f"cold_weight must be ({self.config.n_domains},)"
+        assert bool((cold_weight >= 0).all()), f"cold weights must be >= 0, got {cold_weight.tolist()}"
         if indices.numel():
             assert bool((values >= 0).all()), "similarities must be >= 0"
             assert 1 <= int(indices.min()) and int(indices.max()) < n, f"indices must be item ids 1..{n - 1}"
@@ -610,6 +631,8 @@ class CrossDomainTransformer(nn.Module):
         self.register_buffer("cooc_values", values.float().to(device))
         self.register_buffer("cooc_weight", weight.float().to(device))
         self.register_buffer("cooc_decay", decay.float().to(device))
+        self.register_buffer("cooc_popularity", popularity.float().to(device))
+        self.register_buffer("cooc_cold_weight", cold_weight.float().to(device))
 
     def cooccurrence_pairs(self, item_idx: Tensor, domain: int) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T) histories -> one entry per (distinct history item i in ``domain``, neighbour j) pair: flat
@@ -657,36 +680,51 @@ class CrossDomainTransformer(nn.Module):
 
     def combine_scores(self, scores: Tensor, item_idx: Tensor, domain: int, h: Tensor, item_cov: Tensor,
                        weight: float | None = None, decay: float | None = None,
-                       pairs: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
-        """The Transformer's scores ``h @ item_reps.T`` (B, n_d) plus the co-occurrence term of ``domain``:
+                       pairs: tuple[Tensor, Tensor, Tensor] | None = None, cold_weight: float | None = None) -> Tensor:
+        """The Transformer's scores ``h @ item_reps.T`` (B, n_d) plus the co-occurrence term of ``domain``, and
+        for users without history in ``domain`` its popularity term:
 
             score(u, j) = s(u, j) + w_d * std_j(s(u, .)) * c(u, j) / max_j c(u, j)
             c(u, j)     = sum_i decay_d**age(i) * sim(i, j)    (see cooccurrence_pairs)
+            score(u, j) = s(u, j) + p_d * std_j(s(u, .)) * pop(j)    (u has no event in the domain: c = 0)
 
-        which ranks as ``z(s(u, .)) + w_d * c / max c`` (each row standardised), but touches only the non-zero
-        ``c`` cells (or sums ``c`` densely when the history's (item, neighbour) pairs outnumber
-        ``DENSE_COOCCURRENCE_SHARE`` of the B x n_d cells); the standard deviation comes from ``item_cov``
-        (:meth:`score_covariance`) and the user vectors ``h`` (B, D). ``weight``, ``decay``: instead of the
-        attached ones; ``pairs``: :meth:`cooccurrence_pairs` of ``item_idx``, precomputed (fitting tries many
-        weights on one batch). Unchanged when the weight is 0.
+        which ranks as ``z(s(u, .)) + w_d * c / max c`` (each row standardised), resp. ``z(s(u, .)) + p_d * pop``,
+        but touches only the non-zero ``c`` cells (or sums ``c`` densely when the history's (item, neighbour)
+        pairs outnumber ``DENSE_COOCCURRENCE_SHARE`` of the B x n_d cells); the standard deviation comes from
+        ``item_cov`` (:meth:`score_covariance`) and the user vectors ``h`` (B, D). ``weight``, ``decay``,
+        ``cold_weight``: instead of the attached ones; ``pairs``: :meth:`cooccurrence_pairs` of ``item_idx``,
+        precomputed (fitting tries many weights on one batch). Unchanged when both weights are 0.
         """
         w = self.cooccurrence_weight(domain) if weight is None else float(weight)
-        if w == 0.0:
+        p = self.cold_popularity_weight(domain) if cold_weight is None else float(cold_weight)
+        if w == 0.0 and p == 0.0:
             return scores
-        B, n_d = scores.shape
         std = torch.einsum("bd,de,be->b", h.float(), item_cov, h.float()).clamp(min=0).sqrt()  # (B,)
+        out = scores
+        if w != 0.0:
+            out = self._add_cooccurrence(scores, item_idx, domain, w * std, decay, pairs)
+        if p != 0.0:
+            cold = ~((item_idx != 0) & (self.item_encoder.item_domain[item_idx] == int(domain))).any(1)  # (B,)
+            pop = self.cooc_popularity[self.domain_items(int(domain))]  # (n_d,)
+            out = out + ((p * std * cold)[:, None] * pop[None, :]).to(scores.dtype)
+        return out
+
+    def _add_cooccurrence(self, scores: Tensor, item_idx: Tensor, domain: int, scale: Tensor, decay: float | None,
+                          pairs: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
+        """``scores + scale[:, None] * c / max_j c`` (rows without co-occurrence support unchanged)."""
+        B, n_d = scores.shape
         flat, sims, age = self.cooccurrence_pairs(item_idx, domain) if pairs is None else pairs
         sims = _decayed(sims, age, self.cooccurrence_decay(domain) if decay is None else float(decay))
         if flat.numel() > DENSE_COOCCURRENCE_SHARE * B * n_d:
             # popular history items support most of the domain: summing the pairs into a dense (B, n_d) c is
             # cheaper than sorting them into distinct cells
             c = torch.zeros(B * n_d, device=scores.device).index_add_(0, flat, sims).view(B, n_d)
-            scale = w * std / c.amax(1).clamp(min=1e-12)  # (B,); max_j c (c >= 0)
+            scale = scale / c.amax(1).clamp(min=1e-12)  # (B,); max_j c (c >= 0)
             return scores + (c * scale[:, None]).to(scores.dtype)
         cells, values = _distinct_cells(flat, sims)
         rows = cells // n_d
         top = torch.zeros(B, device=scores.device).scatter_reduce(0, rows, values, "amax")  # max_j c (c >= 0)
-        scale = w * std / top.clamp(min=1e-12)  # (B,)
+        scale = scale / top.clamp(min=1e-12)  # (B,)
         return scores.reshape(-1).index_add(0, cells, (values * scale[rows]).to(scores.dtype)).view(B, n_d)
 
 
@@ -763,7 +801,10 @@ def load(folder: str | Path, *, device: str | torch.device = "cpu",
     model = CrossDomainTransformer(config, features, text_model_path=text_model_path, pretrained_text=False)
     if "cooc_indptr" in t:
         t.setdefault("cooc_decay", torch.ones_like(t["cooc_weight"]))  # artifacts from before the decay: none
-        model.set_cooccurrence(t["cooc_indptr"], t["cooc_indices"], t["cooc_values"], t["cooc_weight"], t["cooc_decay"])
+        t.setdefault("cooc_popularity", torch.zeros(config.n_items + 1))  # ... from before the cold-user term: off
+        t.setdefault("cooc_cold_weight", torch.zeros_like(t["cooc_weight"]))
+        model.set_cooccurrence(t["cooc_indptr"], t["cooc_indices"], t["cooc_values"], t["cooc_weight"], t["cooc_decay"],
+                               t["cooc_popularity"], t["cooc_cold_weight"])
     model.load_state_dict(t, strict=True)
     return model.to(device).eval()
 

@@ -7,8 +7,9 @@ artifact's catalog, oldest first) and returns, per user and domain, the top-K it
 interacted with:
 
 1. one Transformer pass gives each user's shared state; ``domain_head`` turns it into h_u^d per domain;
-2. scores = h_u^d @ items_d^T (B, n_d), plus the artifact's co-occurrence term when it has one
-   (``CrossDomainTransformer.combine_scores``); every item of the user's history in d is set to -inf;
+2. scores = h_u^d @ items_d^T (B, n_d), plus the artifact's co-occurrence term and, for users with no event
+   in d, its popularity term when it has them (``CrossDomainTransformer.combine_scores``); every item of the
+   user's history in d is set to -inf;
 3. ``torch.topk``; -inf picks (the domain has fewer than K unseen items) are dropped;
 4. reason = the history item (any domain) whose representation is most similar (cosine) to the pick:
    the event that most supports it, often from another domain.
@@ -83,7 +84,7 @@ class Scorer:
             self.table_norm = torch.nn.functional.normalize(self.table.float(), dim=-1)
             self.reps = [self.table[self.model.domain_items(d)] for d in range(len(self.domains))]  # (n_d, D) each
             self.rep_norm = [torch.nn.functional.normalize(r.float(), dim=-1) for r in self.reps]
-            self.covs = [self.model.score_covariance(r) if self.model.cooccurrence_weight(d) else None
+            self.covs = [self.model.score_covariance(r) if self.model.has_score_terms(d) else None
                          for d, r in enumerate(self.reps)]
         self.pop = [torch.as_tensor(pop[self.model.domain_items(d).cpu().numpy()], dtype=torch.float32, device=self.device)
                     for d in range(len(self.domains))]
@@ -115,7 +116,7 @@ class Scorer:
                 n_d = self.reps[d].shape[0]
                 h = self.model.domain_head(states, d)  # (B, D)
                 scores = h @ self.reps[d].T  # (B, n_d) float32
-                if self.covs[d] is not None:  # + the artifact's co-occurrence term
+                if self.covs[d] is not None:  # + the artifact's co-occurrence and cold-user popularity terms
                     scores = self.model.combine_scores(scores, batch["item_idx"], d, h, self.covs[d])
                 if any_empty:
                     scores[empty] = self.pop[d]  # no usable history: popularity (exact counts in float32 up to 2^24)

@@ -816,19 +816,20 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def attach_cooccurrence(model, cfg: TrainConfig, versions: Mapping[str, int]) -> dict:
-    """Fit the co-occurrence term of ``model`` (see :mod:`crossrec.model.cooccurrence`): weights per domain on
-    the validation split with the similarity of the training events, then the similarity refitted on the
-    training events plus the validation targets (real events the Transformer held out for model selection
-    only) for the artifact. Returns the fit's report."""
+    """Fit the co-occurrence and cold-user popularity terms of ``model`` (see :mod:`crossrec.model.cooccurrence`):
+    weights per domain on the validation split with the similarity and popularity of the training events, then
+    both refitted on the training events plus the validation targets (real events the Transformer held out for
+    model selection only) for the artifact. Returns the fit's report."""
     from crossrec.evaluate.protocol import load_eval_data
-    from crossrec.model.cooccurrence import fit_cooccurrence, same_domain_similarity
+    from crossrec.model.cooccurrence import fit_cooccurrence, popularity_feature, same_domain_similarity
 
     valid = load_eval_data(cfg.lake_root, dict(versions), split="valid")
     report = fit_cooccurrence(model, valid, k=cfg.cooccurrence_k, seed=cfg.seed, input_domains=cfg.input_domains)
-    weights, decays = model.cooc_weight.clone(), model.cooc_decay.clone()
+    weights, decays, cold = model.cooc_weight.clone(), model.cooc_decay.clone(), model.cooc_cold_weight.clone()
     known = valid.train_with_targets()  # train events + valid targets
     del valid
-    model.set_cooccurrence(*same_domain_similarity(known, k=cfg.cooccurrence_k), weights, decays)
+    model.set_cooccurrence(*same_domain_similarity(known, k=cfg.cooccurrence_k), weights, decays,
+                           popularity_feature(known), cold)
     return {"k": cfg.cooccurrence_k, "fitted_on": "train events + valid targets", "domains": report}
 
 
