@@ -11,6 +11,52 @@ from crossrec.model.baselines import InteractionData, cosine_topk  # noqa: E402
 from crossrec.model.cooccurrence import same_domain_similarity  # noqa: E402
 
 
+SIZES = (12, 9)  # books 1..12, movies 13..21
+SEQ_COLUMNS = ["user_id", "split", "target_domain", "item_idx", "domain_idx", "event_ts", "target_item_idx", "target_ts",
+               "cold_start", "history_len"]
+
+
+def two_domain_index():
+    """(domain of items 1..21, gold.item_index of books and movies)."""
+    import pandas as pd
+
+    dom = np.repeat([0, 1], SIZES)
+    index = pd.DataFrame({"domain": np.where(dom == 0, "books", "movies"), "item_id": [f"i{i}" for i in range(1, 22)],
+                          "item_idx": np.arange(1, 22), "domain_idx": dom,
+                          "domain_item_idx": np.concatenate([np.arange(n) for n in SIZES]),
+                          "category": [None] * 21, "train_count": np.ones(21, dtype=np.int64)})
+    return dom, index
+
+
+def valid_split(tmp_path, index, rows):
+    """Write the item index and gold.user_sequences ``rows`` (SEQ_COLUMNS) to a lake; its valid split."""
+    import pandas as pd
+    from deltalake import write_deltalake
+
+    from crossrec.evaluate.protocol import load_eval_data
+
+    lake = tmp_path / "lake"
+    write_deltalake(str(lake / "gold" / "item_index"), index)
+    write_deltalake(str(lake / "gold" / "user_sequences"), pd.DataFrame(rows, columns=SEQ_COLUMNS))
+    return load_eval_data(str(lake), split="valid")
+
+
+def untrained_model(dom, seed: int):
+    """A tiny untrained CrossDomainTransformer over the 21 items of :func:`two_domain_index`."""
+    import torch
+
+    from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig
+
+    ids = torch.arange(22)
+    item_dom = torch.tensor([0, *dom])
+    feats = ItemFeatures(text_emb=torch.randn(22, 8, generator=torch.Generator().manual_seed(seed)),
+                         item_domain=item_dom, item_attr=torch.zeros(22, dtype=torch.long),
+                         domain_items=[ids[(item_dom == k) & (ids > 0)] for k in (0, 1)])
+    torch.manual_seed(seed)
+    return CrossDomainTransformer(ModelConfig(n_items=21, n_domains=2, text_dim=8, d_model=16, n_layers=1, n_heads=2,
+                                              dropout=0.0, max_seq_len=8), feats)
+
+
 def test_same_domain_similarity_is_item_knn_without_the_cross_domain_pairs():
     rng = np.random.default_rng(0)
     domain_items = [np.arange(1, 13), np.arange(13, 21)]
@@ -35,20 +81,11 @@ def test_same_domain_similarity_is_item_knn_without_the_cross_domain_pairs():
 def test_fitted_weights_score_on_validation_what_the_fit_reported(tmp_path):
     """fit_cooccurrence ranks every (weight, decay) pair on validation; the model it leaves
     behind must score the validation split, through the evaluation protocol, exactly as reported."""
-    import pandas as pd
-    import torch
-    from deltalake import write_deltalake
-
-    from crossrec.evaluate.protocol import evaluate, load_eval_data, transformer_score_fn
+    from crossrec.evaluate.protocol import evaluate, transformer_score_fn
     from crossrec.model.cooccurrence import fit_cooccurrence
-    from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig
 
-    sizes, rng = (12, 9), np.random.default_rng(3)
-    dom = np.repeat([0, 1], sizes)
-    index = pd.DataFrame({"domain": np.where(dom == 0, "books", "movies"), "item_id": [f"i{i}" for i in range(1, 22)],
-                          "item_idx": np.arange(1, 22), "domain_idx": dom,
-                          "domain_item_idx": np.concatenate([np.arange(n) for n in sizes]),
-                          "category": [None] * 21, "train_count": np.ones(21, dtype=np.int64)})
+    rng = np.random.default_rng(3)
+    dom, index = two_domain_index()
     rows = []
     for u in range(80):  # two taste groups per domain: items co-occur, so the term changes ranks
         g = u % 2
@@ -59,21 +96,8 @@ def test_fitted_weights_score_on_validation_what_the_fit_reported(tmp_path):
             tgt = (None, None) if split == "train" else (hist[7], ts[7])
             rows.append((f"u{u}", split, "*" if split == "train" else ["books", "movies"][d], hist[:n],
                          [int(dom[i - 1]) for i in hist[:n]], ts[:n], *tgt, False, n))
-    seq = pd.DataFrame(rows, columns=["user_id", "split", "target_domain", "item_idx", "domain_idx", "event_ts",
-                                      "target_item_idx", "target_ts", "cold_start", "history_len"])
-    lake = tmp_path / "lake"
-    write_deltalake(str(lake / "gold" / "item_index"), index)
-    write_deltalake(str(lake / "gold" / "user_sequences"), seq)
-    valid = load_eval_data(str(lake), split="valid")
-
-    ids = torch.arange(22)
-    item_dom = torch.tensor([0, *dom])
-    feats = ItemFeatures(text_emb=torch.randn(22, 8, generator=torch.Generator().manual_seed(0)), item_domain=item_dom,
-                         item_attr=torch.zeros(22, dtype=torch.long),
-                         domain_items=[ids[(item_dom == k) & (ids > 0)] for k in (0, 1)])
-    torch.manual_seed(0)
-    model = CrossDomainTransformer(ModelConfig(n_items=21, n_domains=2, text_dim=8, d_model=16, n_layers=1, n_heads=2,
-                                               dropout=0.0, max_seq_len=8), feats)
+    valid = valid_split(tmp_path, index, rows)
+    model = untrained_model(dom, seed=0)
     report = fit_cooccurrence(model, valid, k=5, shrink=1.0)
     assert model.cooc_weight.tolist() == pytest.approx([report[d]["weight"] for d in valid.domains])
     assert model.cooc_decay.tolist() == pytest.approx([report[d]["decay"] for d in valid.domains])
@@ -112,20 +136,11 @@ def test_cold_user_popularity_weight_is_chosen_on_users_new_to_the_domain(tmp_pa
     """Users with book history only and a movie target that follows movie popularity: the fit must turn the
     popularity term on for movies, and the model it leaves behind must score those validation rows, through the
     evaluation protocol, as reported for every weight tried."""
-    import pandas as pd
-    import torch
-    from deltalake import write_deltalake
-
-    from crossrec.evaluate.protocol import evaluate, load_eval_data, transformer_score_fn
+    from crossrec.evaluate.protocol import evaluate, transformer_score_fn
     from crossrec.model.cooccurrence import fit_cooccurrence
-    from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig
 
-    sizes, rng = (12, 9), np.random.default_rng(5)
-    dom = np.repeat([0, 1], sizes)
-    index = pd.DataFrame({"domain": np.where(dom == 0, "books", "movies"), "item_id": [f"i{i}" for i in range(1, 22)],
-                          "item_idx": np.arange(1, 22), "domain_idx": dom,
-                          "domain_item_idx": np.concatenate([np.arange(n) for n in sizes]),
-                          "category": [None] * 21, "train_count": np.ones(21, dtype=np.int64)})
+    rng = np.random.default_rng(5)
+    dom, index = two_domain_index()
     movie_p = 0.5 ** np.arange(9)
     movie_p /= movie_p.sum()  # item 13 the most popular movie, then 14, ...
     rows = []
@@ -139,21 +154,8 @@ def test_cold_user_popularity_weight_is_chosen_on_users_new_to_the_domain(tmp_pa
         rows.append((f"u{u}", "train", "*", hist, [int(dom[i - 1]) for i in hist], ts, None, None, False, len(hist)))
         rows.append((f"u{u}", "valid", "movies" if new else "books", hist, [int(dom[i - 1]) for i in hist], ts, target,
                      ts[-1] + 1, new, len(hist)))
-    seq = pd.DataFrame(rows, columns=["user_id", "split", "target_domain", "item_idx", "domain_idx", "event_ts",
-                                      "target_item_idx", "target_ts", "cold_start", "history_len"])
-    lake = tmp_path / "lake"
-    write_deltalake(str(lake / "gold" / "item_index"), index)
-    write_deltalake(str(lake / "gold" / "user_sequences"), seq)
-    valid = load_eval_data(str(lake), split="valid")
-
-    ids = torch.arange(22)
-    item_dom = torch.tensor([0, *dom])
-    feats = ItemFeatures(text_emb=torch.randn(22, 8, generator=torch.Generator().manual_seed(1)), item_domain=item_dom,
-                         item_attr=torch.zeros(22, dtype=torch.long),
-                         domain_items=[ids[(item_dom == k) & (ids > 0)] for k in (0, 1)])
-    torch.manual_seed(1)
-    model = CrossDomainTransformer(ModelConfig(n_items=21, n_domains=2, text_dim=8, d_model=16, n_layers=1, n_heads=2,
-                                               dropout=0.0, max_seq_len=8), feats)  # untrained: knows no popularity
+    valid = valid_split(tmp_path, index, rows)
+    model = untrained_model(dom, seed=1)  # untrained: knows no popularity
     report = fit_cooccurrence(model, valid, k=5, shrink=1.0, cold_grid=(0.0, 0.3, 0.7))  # not exact in float32
     cold = report["movies"]["cold_popularity"]
     assert cold["rows"] == 100 and cold["weight"] in (0.3, 0.7), cold
