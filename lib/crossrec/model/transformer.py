@@ -705,8 +705,10 @@ class CrossDomainTransformer(nn.Module):
             out = self._add_cooccurrence(scores, item_idx, domain, w * std, decay, pairs)
         if p != 0.0:
             cold = ~((item_idx != 0) & (self.item_encoder.item_domain[item_idx] == int(domain))).any(1)  # (B,)
-            pop = self.cooc_popularity[self.domain_items(int(domain))]  # (n_d,)
-            out = out + ((p * std * cold)[:, None] * pop[None, :]).to(scores.dtype)
+            rows = cold.nonzero().squeeze(1)  # only these rows change: a batch of known users costs no (B, n_d) pass
+            if rows.numel():
+                pop = self.cooc_popularity[self.domain_items(int(domain))]  # (n_d,)
+                out = out.index_add(0, rows, ((p * std[rows])[:, None] * pop[None, :]).to(scores.dtype))
         return out
 
     def _add_cooccurrence(self, scores: Tensor, item_idx: Tensor, domain: int, scale: Tensor, decay: float | None,
