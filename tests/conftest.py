@@ -1,4 +1,5 @@
-"""Shared fixtures: one Spark session for the whole test run, a pseudonym key, tiny raw data sets."""
+"""Shared fixtures: one Spark session for the whole test run, a local Ray instance per module, a pseudonym key,
+tiny raw data sets."""
 from __future__ import annotations
 
 import json
@@ -34,6 +35,17 @@ def spark():
     )
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One small local Ray instance for the module (2 CPUs, no dashboard); always shut down."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture()

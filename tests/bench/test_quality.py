@@ -23,7 +23,7 @@ SMALL = ("--d-model", "64", "--batch-size", "32", "--patience", "3")  # small da
 @pytest.mark.spark
 @pytest.mark.ray
 def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_for_cold_users(
-        spark, tmp_path, monkeypatch):
+        spark, ray_local, tmp_path, monkeypatch):
     from conftest import job_args
     from crossrec_jobs import prepare
 
@@ -41,7 +41,9 @@ def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_
                        baselines=("pop", "itemknn"), crossrec_args=SMALL,
                        sasrec_args=(*SMALL, "--epochs", "1", "--workers", "1"),
                        extra_env={"CROSSREC_PSEUDONYM_KEY": "", "CROSSREC_PSEUDONYM_KEY_FILE": ""})
-    run_quality(spec, spark=spark)  # evaluate on this session (a Spark start saved); the trainings are processes
+    # every step in this process: evaluation on the tests' Spark session, the three trainings on one Ray instance
+    # (each job process would pay its imports, and each training a Ray start)
+    run_quality(spec, spark=spark)
 
     q = json.loads((out / "quality.json").read_text())
     recs = q["records"]
@@ -125,3 +127,16 @@ def test_a_reused_crossrec_model_must_come_from_the_lakes_gold_versions(tmp_path
     write_deltalake(str(lake / "gold" / "user_sequences"), pa.table({"x": [3]}), mode="append")  # the lake moved on
     with pytest.raises(BenchError, match=r"was trained on .*'gold.user_sequences': 0.* is at .*'gold.user_sequences': 1"):
         check_reused_model(str(model), str(lake))
+
+
+def test_a_step_runs_as_a_job_process_with_its_output_in_its_log_file(tmp_path):
+    """What the command line does for every step (the end-to-end test above runs them in its own process)."""
+    import os
+
+    from crossrec.bench.quality import _run_step
+
+    env = dict(os.environ)
+    assert _run_step("train-help", "crossrec_jobs.train", ["--help"], tmp_path, env) > 0
+    assert "--cooccurrence-k" in (tmp_path / "logs" / "train-help.log").read_text()
+    with pytest.raises(BenchError, match=r"(?s)step 'train-bad' failed with exit code 2 .* last lines:.*unrecognized arguments: --no-such-flag"):
+        _run_step("train-bad", "crossrec_jobs.train", ["--no-such-flag"], tmp_path, env)

@@ -136,17 +136,6 @@ def _seq_row(user, split, target_domain, items, ts, dom_of, target, target_ts) -
 
 # ------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def ray_local():
-    """One small local Ray instance for the module (2 CPUs, no dashboard); always shut down."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def planted(tmp_path_factory) -> tuple[Path, dict]:
     lake = tmp_path_factory.mktemp("lake")
     return lake, build_planted_lake(lake)

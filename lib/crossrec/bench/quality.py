@@ -4,8 +4,9 @@
 
 ``RAW_DIR`` is a raw data set in the documented format (``dataset.json`` + files; e.g. the output of
 ``crossrec import amazon-food-kitchen`` or ``crossrec generate``). The benchmark runs, each as its own job
-process with its output in ``DIR/logs/<step>.log`` (``run_quality(spec, spark=...)`` evaluates on the caller's
-Spark session instead, in its process):
+process with its output in ``DIR/logs/<step>.log`` (``run_quality(spec, spark=...)`` runs the trainings and the
+evaluation in the caller's process instead: evaluation on that Spark session, training on the caller's Ray
+instance when one is initialised):
 
 1. ``ingest`` -> ``clean`` -> ``features`` into a fresh lake (``DIR/lake`` unless ``--lake-root``); with
    ``--reuse-lake`` the lake at ``--lake-root`` (e.g. an earlier run's, built from the same ``RAW_DIR``) is
@@ -147,6 +148,15 @@ def _run_inline(name: str, main: Callable[[list[str]], int], args: list[str], ou
     return seconds
 
 
+def _run_job(name: str, stage: str, args: list[str], out: Path, env: dict, inline: bool) -> float:
+    """The job ``crossrec_jobs.<stage>``: :func:`_run_inline` when ``inline``, else :func:`_run_step`."""
+    if not inline:
+        return _run_step(name, f"crossrec_jobs.{stage}", args, out, env)
+    import importlib
+
+    return _run_inline(name, importlib.import_module(f"crossrec_jobs.{stage}").main, args, out, env)
+
+
 def _latest(model_root: Path) -> Path:
     return model_root / (model_root / "_latest").read_text(encoding="utf-8").strip()
 
@@ -218,8 +228,10 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
 
     Args:
         spec: what to run (the flags of ``crossrec bench quality``).
-        spark: a running Spark session to evaluate on in this process (e.g. the tests' session: no Spark start of
-            its own). By default, as from the command line, every step is a job process of its own.
+        spark: a running Spark session: the steps run in this process (e.g. the tests': no interpreter, Spark or
+            Ray start per step), evaluation on this session, training on this process's Ray instance if
+            ``ray.init`` was called, else a new local one per training. By default, as from the command line,
+            every step is a job process of its own.
     """
     from crossrec.io.readers import read_table
 
@@ -234,12 +246,14 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
     lake = spec.lake
     common = ["--raw-dir", raw, "--lake-root", lake]
     stages: dict[str, float] = {}
+    inline = spark is not None
+    on_spark = ["--spark-master", "none"] if inline else []  # in this process: the jobs take the running session
     t_all = time.time()
     if spec.reuse_lake:
         _check_reused_lake(spec, raw)
     else:
         for stage in ("ingest", "clean", "features"):
-            stages[stage] = _run_step(stage, f"crossrec_jobs.{stage}", common, out, env)
+            stages[stage] = _run_job(stage, stage, [*common, *on_spark], out, env, inline)
 
     domains = sorted(read_table(lake, "gold.item_index", columns=["domain"]).domain.unique())
     models_root = out / "models"
@@ -250,32 +264,27 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
         ours = Path(spec.crossrec_model).resolve()
         train_s[OURS] = float(check_reused_model(str(ours), lake).get("wall_time_s", 0.0))  # its own training's time
     else:
-        stages["train crossrec"] = train_s[OURS] = _run_step(
-            "train-crossrec", "crossrec_jobs.train",
-            [*base, *OURS_TRAIN, *epochs, "--model-root", str(models_root / OURS), *spec.crossrec_args], out, env)
+        stages["train crossrec"] = train_s[OURS] = _run_job(
+            "train-crossrec", "train",
+            [*base, *OURS_TRAIN, *epochs, "--model-root", str(models_root / OURS), *spec.crossrec_args], out, env,
+            inline=inline)
         ours = _latest(models_root / OURS)
     model_flags = ["--model", f"{OURS}={ours}"]
     if spec.single_domain:
         train_s[SINGLE_DOMAIN] = 0.0
         for d in domains:
             root = models_root / f"{SINGLE_DOMAIN}-{d}"
-            s = _run_step(f"train-{SINGLE_DOMAIN}-{d}", "crossrec_jobs.train",
-                          [*base, *SINGLE_DOMAIN_TRAIN, *epochs, "--model-root", str(root), "--no-text",
-                           "--input-domains", d, "--cooccurrence-k", "0", *spec.sasrec_args],
-                          out, env)
+            s = _run_job(f"train-{SINGLE_DOMAIN}-{d}", "train",
+                         [*base, *SINGLE_DOMAIN_TRAIN, *epochs, "--model-root", str(root), "--no-text",
+                          "--input-domains", d, "--cooccurrence-k", "0", *spec.sasrec_args],
+                         out, env, inline)
             stages[f"train {SINGLE_DOMAIN} {d}"] = s
             train_s[SINGLE_DOMAIN] += s
             model_flags += ["--model", f"{SINGLE_DOMAIN}={_latest(root)}"]
 
     eval_dir = out / "evaluate"
     eval_args = ["--lake-root", lake, "--baselines", ",".join(spec.baselines), *model_flags, "--out", str(eval_dir)]
-    if spark is None:
-        stages["evaluate"] = _run_step("evaluate", "crossrec_jobs.evaluate", eval_args, out, env)
-    else:
-        from crossrec_jobs import evaluate
-
-        # no master: the job's build_spark takes the running session as it is
-        stages["evaluate"] = _run_inline("evaluate", evaluate.main, [*eval_args, "--spark-master", "none"], out, env)
+    stages["evaluate"] = _run_job("evaluate", "evaluate", [*eval_args, *on_spark], out, env, inline)
     ev = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
     records = [{k: r.get(k) for k in ("model", "domain", "segment", "metric", "k", "value", "n_users", "model_version")}
                for r in ev["records"]]
