@@ -29,8 +29,10 @@ def main() -> None:
         day, _, pattern = arg.partition("=")
         when = dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc)
         run = dag.test(logical_date=when, mark_success_pattern=pattern or None)
-        states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-        runs.append({"logical_date": day, "state": str(run.state), "tasks": states,
+        tis = run.get_task_instances()
+        states = {ti.task_id: str(ti.state) for ti in tis}
+        seconds = {ti.task_id: round(ti.duration, 1) for ti in tis if ti.duration is not None}
+        runs.append({"logical_date": day, "state": str(run.state), "tasks": states, "seconds": seconds,
                      "data_interval_start": run.data_interval_start.isoformat() if run.data_interval_start else None})
     print("DAGRUNS " + json.dumps(runs))
 

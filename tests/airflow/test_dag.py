@@ -74,6 +74,7 @@ def test_dag_test_runs_the_whole_chain_then_reuses_the_model(tmp_path):
     line = [x for x in r.stdout.splitlines() if x.startswith("DAGRUNS ")]
     assert r.returncode == 0 and line, (r.stdout[-3000:], r.stderr[-5000:])
     first, second = json.loads(line[-1][len("DAGRUNS "):])
+    print("task seconds:", first["seconds"], second["seconds"])  # pytest -s shows where the test's time goes
     assert first["state"] == "success", first
     assert first["tasks"]["train"] == "success" and first["tasks"]["reuse_model"] == "skipped"
     assert second["state"] == "success", second
