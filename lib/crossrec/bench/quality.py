@@ -266,8 +266,7 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
     else:
         stages["train crossrec"] = train_s[OURS] = _run_job(
             "train-crossrec", "train",
-            [*base, *OURS_TRAIN, *epochs, "--model-root", str(models_root / OURS), *spec.crossrec_args], out, env,
-            inline=inline)
+            [*base, *OURS_TRAIN, *epochs, "--model-root", str(models_root / OURS), *spec.crossrec_args], out, env, inline)
         ours = _latest(models_root / OURS)
     model_flags = ["--model", f"{OURS}={ours}"]
     if spec.single_domain:
