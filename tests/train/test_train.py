@@ -34,10 +34,12 @@ from crossrec.train.loop import (  # noqa: E402
     lr_at,
     model_version,
     ray_address,
+    read_checkpoint,
     sample_users,
     train,
     training_windows,
     unflatten_optimizer_state,
+    write_checkpoint,
 )
 
 DOMAINS = ("books", "movies")
@@ -210,6 +212,21 @@ def test_optimizer_state_round_trips_without_pickle():
     for pid in a["state"]:
         for k, v in a["state"][pid].items():
             assert torch.equal(v, b["state"][pid][k]), (pid, k)
+
+
+def test_a_checkpoint_of_other_model_code_is_refused_with_what_differs(tmp_path):
+    """A run folder left by other model code under the same training config (same fingerprint) must not be
+    resumed into a model it does not fit: a clear error, not a state_dict traceback on every restart."""
+    from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig
+
+    ids = torch.arange(5)
+    feats = ItemFeatures(torch.randn(5, 8), torch.tensor([0, 0, 0, 1, 1]), torch.zeros(5, dtype=torch.long), [ids[1:3], ids[3:]])
+    old, new = (CrossDomainTransformer(ModelConfig(n_items=4, n_domains=2, text_dim=8, d_model=8, n_layers=n), feats)
+                for n in (1, 2))
+    write_checkpoint(tmp_path / "ckpt", old, torch.optim.AdamW(old.parameters()), {"epoch": 0})
+    assert read_checkpoint(tmp_path / "ckpt", old, torch.optim.AdamW(old.parameters()))["epoch"] == 0
+    with pytest.raises(ValueError, match=r"ckpt does not fit this model \(missing \d+ \['encoder.layers.1.*unexpected 0 \[\]"):
+        read_checkpoint(tmp_path / "ckpt", new, torch.optim.AdamW(new.parameters()))
 
 
 def test_ray_address_is_the_flag_then_ray_address_env_then_a_new_local_instance(monkeypatch):

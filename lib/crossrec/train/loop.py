@@ -556,15 +556,29 @@ def write_checkpoint(folder: str | Path, model, optimizer, state: Mapping) -> Pa
     return folder
 
 
-def read_checkpoint(folder: str | Path, model, optimizer) -> dict:
-    """Load weights into ``model`` (unwrapped) and state into ``optimizer``; return the train state."""
+def read_checkpoint(folder: str | Path, model, optimizer, *, source: str | None = None) -> dict:
+    """Load weights into ``model`` (unwrapped) and state into ``optimizer``; return the train state.
+
+    Raises ValueError when the checkpoint's weights are not this model's (a run folder left by other model code
+    under the same training config: resuming would fail or be wrong); ``source`` names the checkpoint there.
+    """
     from safetensors.torch import load_file
 
     from crossrec.model.transformer import WEIGHTS_FILE
 
     folder = Path(folder)
     device = next(model.parameters()).device
-    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device=str(device)), strict=True)
+    weights = load_file(str(folder / WEIGHTS_FILE), device=str(device))
+    want = model.state_dict()
+    missing, unexpected = sorted(set(want) - set(weights)), sorted(set(weights) - set(want))
+    shapes = sorted(k for k in set(want) & set(weights) if want[k].shape != weights[k].shape)
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"checkpoint {source or folder} does not fit this model (missing {len(missing)} {missing[:3]}, unexpected "
+            f"{len(unexpected)} {unexpected[:3]}, other shape {len(shapes)} {shapes[:3]}): it was written by other model "
+            "code under the same training config. Remove its run folder (the checkpoint's parent) or pass "
+            "--storage-path to train afresh")
+    model.load_state_dict(weights, strict=True)
     meta = json.loads((folder / OPT_META).read_text(encoding="utf-8"))
     optimizer.load_state_dict(unflatten_optimizer_state(load_file(str(folder / OPT_TENSORS), device=str(device)), meta))
     return json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
@@ -710,7 +724,7 @@ def train_loop_per_worker(config: dict) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as folder:
-            state = read_checkpoint(folder, model, optimizer)  # before DDP: the wrapper broadcasts these weights
+            state = read_checkpoint(folder, model, optimizer, source=ckpt.path)  # before DDP: it broadcasts them
         state["resumes"].append(state["epoch"] + 1)
         if rank == 0:
             log.info("resuming from checkpoint %s: epoch %d done, best %s %.4f at epoch %d, %d bad epoch(s)",
