@@ -222,10 +222,12 @@ def _bench(argv: list[str]) -> int:
                    "annealed along a cosine, sasrec at most 10 at a constant rate; both stop early on valid NDCG@10)")
     q.add_argument("--baselines", default="pop,itemknn,als", help="classic baselines to evaluate (default pop,itemknn,als)")
     q.add_argument("--no-sasrec", dest="single_domain", action="store_false", help="skip the single-domain Transformer baseline")
-    q.add_argument("--crossrec-args", default="", help="extra `crossrec train` flags for the cross-domain model, one string")
+    q.add_argument("--crossrec-args", default="", help="extra `crossrec train` flags for the cross-domain model, one string; "
+                   "one flag alone goes after '=' (--crossrec-args=--no-cold-views), else argparse takes it for a flag of its own")
     q.add_argument("--crossrec-model", help="a crossrec model artifact trained earlier on the --reuse-lake lake "
                    "(e.g. <out>/models/crossrec/<version>; needs --reuse-lake): evaluated instead of training one")
-    q.add_argument("--sasrec-args", default="", help="extra `crossrec train` flags for the single-domain baseline, one string")
+    q.add_argument("--sasrec-args", default="", help="extra `crossrec train` flags for the single-domain baseline, one string; "
+                   "one flag alone goes after '=' (--sasrec-args=--no-cold-views), else argparse takes it for a flag of its own")
     q.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sc = sub.add_parser("scoring", help="crossrec's score stage vs Spark ALS recommendForAllUsers vs a bare PyTorch loop",
                         description=importlib.import_module("crossrec.bench.scoring").__doc__,
