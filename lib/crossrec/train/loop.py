@@ -40,7 +40,9 @@ checkpoint after a worker failure (``FailureConfig(max_failures)``) or when a ru
 ``RunConfig(name, storage_path)`` is started again; the worker then loads weights, optimizer state, epoch
 counter and early-stopping state and continues at the next epoch. The run name is ``train-<model_version>``:
 re-running the same configuration on the same data versions on the same UTC day continues (or, when it had
-finished, just re-exports) that run instead of training again.
+finished, just re-exports) that run instead of training again. The name does not cover the model code: a
+checkpoint whose weights do not fit the model built now (the code changed in between) is refused with what
+differs (:func:`read_checkpoint`); remove that run folder or pass ``--storage-path`` to start afresh.
 
 Artifact (``<model_root>/<model_version>/``, written by the driver, then ``<model_root>/_latest`` is replaced
 atomically)::
