@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cooccurrence-k", type=int, default=200,
                    help="after training, add a same-domain item co-occurrence term (item-KNN's similarity, this many "
                         "neighbours per item) to the scores, its weight and recency decay chosen per domain on the validation "
-                        "split; 0 = none (default 200; see crossrec.model.cooccurrence)")
+                        "split, with a text-similarity term, a next-item term and a popularity term for users new to a "
+                        "domain, fitted the same way; 0 = none of these terms (default 200; see crossrec.model.cooccurrence)")
     g.add_argument("--id-dropout", type=float, default=0.0, help="training: share of item occurrences whose id embedding is dropped, so text carries them (default 0)")
     g.add_argument("--input-domains", help="comma-separated: train on (and later predict from) these domains' events "
                    "only; with --no-text and one domain this is the single-domain SASRec-style baseline (default: all)")
@@ -106,6 +107,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"co-occurrence:    {d} weight {r['weight']:g}, recency decay {r['decay']:g}, valid NDCG@10 "
                   f"{ndcg[(r['weight'], r['decay'])]:.4f} ({ndcg.get((0.0, 1.0), float('nan')):.4f} without; "
                   f"{r['rows']} valid rows)")
+            text = r.get("text_similarity")
+            if text and text["valid_ndcg@10"]:
+                t_ndcg = {(t["weight"], t["decay"]): t["value"] for t in text["valid_ndcg@10"]}
+                print(f"text similarity:  {d} weight {text['weight']:g}, recency decay {text['decay']:g}, valid NDCG@10 "
+                      f"{t_ndcg[(text['weight'], text['decay'])]:.4f} ({t_ndcg.get((0.0, 1.0), float('nan')):.4f} without)")
+            nxt = r.get("next_item")
+            if nxt and nxt["valid_ndcg@10"]:
+                n_ndcg = {t["weight"]: t["value"] for t in nxt["valid_ndcg@10"]}
+                print(f"next item:        {d} weight {nxt['weight']:g}, valid NDCG@10 {n_ndcg[nxt['weight']]:.4f} "
+                      f"({n_ndcg.get(0.0, float('nan')):.4f} without)")
             cold = r.get("cold_popularity")
             if cold:
                 c_ndcg = {t["weight"]: t["value"] for t in cold["valid_ndcg@10"]}

@@ -30,3 +30,6 @@ def test_scoring_bench_measures_every_system(spark, tmp_path):
     model = load(tmp_path / "out" / "lake" / "models" / "bench-scoring")  # scored as crossrec train leaves it:
     assert model.has_cooccurrence and all(model.cooccurrence_weight(d) == 1.0 for d in range(2))  # with the term
     assert all(model.cooccurrence_decay(d) == pytest.approx(0.8) for d in range(2))  # and its recency decay
+    assert all(model.text_similarity_weight(d) == 2.0 and model.transition_weight(d) == 1.0 for d in range(2)), \
+        "and the text-similarity and next-item terms"
+    assert model.trans_indices.numel() > 0

@@ -101,6 +101,8 @@ def test_fitted_weights_score_on_validation_what_the_fit_reported(tmp_path):
     report = fit_cooccurrence(model, valid, k=5, shrink=1.0)
     assert model.cooc_weight.tolist() == pytest.approx([report[d]["weight"] for d in valid.domains])
     assert model.cooc_decay.tolist() == pytest.approx([report[d]["decay"] for d in valid.domains])
+    model.text_sim_weight.zero_()  # the pairs were ranked before the text and next-item terms were chosen on top
+    model.trans_weight.zero_()
     for d, rep in report.items():  # every pair tried: the model with that weight and decay scores what was reported
         ndcg = {(t["weight"], t["decay"]): t["value"] for t in rep["valid_ndcg@10"]}
         assert (rep["weight"], rep["decay"]) == max(ndcg, key=lambda c: (ndcg[c], -c[0], c[1]))
@@ -170,3 +172,115 @@ def test_cold_user_popularity_weight_is_chosen_on_users_new_to_the_domain(tmp_pa
         assert got == pytest.approx(value, abs=1e-6), p
     few = fit_cooccurrence(model, valid, k=5, shrink=1.0, min_cold_rows=101)["movies"]["cold_popularity"]
     assert few == {"weight": 0.0, "rows": 100, "valid_ndcg@10": []} and model.cold_popularity_weight(1) == 0.0
+
+
+def test_text_similarity_weight_is_chosen_where_the_next_item_has_the_closest_text(tmp_path):
+    """Validation targets that are the text's nearest neighbour of the user's latest item in the domain: the fit
+    must turn the text-similarity term on, leave the model with the chosen weight and decay, and the model must
+    score the validation split, through the evaluation protocol, as reported for every pair tried."""
+    import torch
+    import torch.nn.functional as F
+
+    from crossrec.evaluate.protocol import evaluate, transformer_score_fn
+    from crossrec.model.cooccurrence import fit_cooccurrence
+
+    rng = np.random.default_rng(7)
+    dom, index = two_domain_index()
+    model = untrained_model(dom, seed=2)  # untrained: its own scores know nothing of the text's neighbours
+    unit = F.normalize(model.item_encoder.text_emb, dim=1)
+    cos = (unit @ unit.T).numpy()
+    rows = []
+    for u in range(120):
+        d = u % 2
+        own = np.flatnonzero(dom == d) + 1
+        hist = [int(x) for x in rng.choice(own, size=3, replace=False)]
+        hist += [int(x) for x in rng.choice(np.flatnonzero(dom != d) + 1, size=2, replace=False)]
+        rng.shuffle(hist[:4])
+        cand = [j for j in own if j not in hist]
+        latest = [i for i in hist if dom[i - 1] == d][-1]
+        target = int(max(cand, key=lambda j: cos[latest, j]))
+        ts = list(range(100 * u, 100 * u + len(hist)))
+        doms = [int(dom[i - 1]) for i in hist]
+        rows.append((f"u{u}", "train", "*", hist, doms, ts, None, None, False, len(hist)))
+        rows.append((f"u{u}", "valid", ["books", "movies"][d], hist, doms, ts, target, ts[-1] + 1, False, len(hist)))
+    valid = valid_split(tmp_path, index, rows)
+    report = fit_cooccurrence(model, valid, k=5, shrink=1.0, grid=(0.0, 1.0), text_grid=(0.0, 1.0, 4.0), next_grid=(0.0,))
+    assert model.has_text_similarity
+    for d, rep in report.items():
+        text = rep["text_similarity"]
+        ndcg = {(t["weight"], t["decay"]): t["value"] for t in text["valid_ndcg@10"]}
+        assert len(ndcg) == 1 + 2 * 4, "weight 0 once, every other weight with every decay"
+        assert (text["weight"], text["decay"]) == max(ndcg, key=lambda c: (ndcg[c], -c[0], c[1]))
+        assert text["weight"] > 0 and ndcg[(text["weight"], text["decay"])] > ndcg[(0.0, 1.0)] + 0.1, (d, ndcg)
+        d_idx = valid.domains.index(d)
+        assert model.text_similarity_weight(d_idx) == text["weight"]
+        assert model.text_similarity_decay(d_idx) == pytest.approx(text["decay"])
+        for (t, r), value in ndcg.items():  # the co-occurrence term stays at its chosen weight and decay
+            model.text_sim_weight[d_idx], model.text_sim_decay[d_idx] = t, r
+            got = next(x["value"] for x in evaluate("m", transformer_score_fn(model, valid), valid, ks=(10,), domains=[d])
+                       if x["metric"] == "ndcg" and x["segment"] == "all")
+            assert got == pytest.approx(value, abs=1e-6), (d, t, r)
+    off = untrained_model(dom, seed=2)
+    report = fit_cooccurrence(off, valid, k=5, shrink=1.0, grid=(0.0,), text_grid=(0.0,), next_grid=(0.0,))
+    assert all(r["text_similarity"] == {"weight": 0.0, "decay": 1.0, "valid_ndcg@10": []} for r in report.values())
+    assert all(r["next_item"] == {"weight": 0.0, "valid_ndcg@10": []} for r in report.values())
+    assert off.text_similarity_weight(0) == off.text_similarity_weight(1) == 0.0
+    assert not off.has_score_terms(0) and not off.has_score_terms(1)
+
+
+def test_next_item_transitions_count_what_came_right_after_within_a_users_domain_events():
+    from crossrec.model.cooccurrence import next_item_transitions
+
+    domain_items = [np.arange(1, 5), np.arange(5, 8)]
+    item_domain = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    # user 0: 1 5 2 6 3 (domain 0: 1 -> 2 -> 3, domain 1: 5 -> 6), listed out of time order;
+    # user 1: 1 2 and 7 at one time as 5 (ties keep their order in the data: 7 -> 5); user 2: 2 alone
+    user = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 2])
+    item = np.array([3, 1, 5, 2, 6, 1, 2, 7, 5, 2])
+    ts = np.array([50, 10, 20, 30, 40, 10, 20, 30, 30, 10])
+    data = InteractionData(user=user, item=item, domain=item_domain[item], ts=ts, n_users=3, n_items=7, n_domains=2,
+                           domain_items=domain_items)
+    indptr, indices, values = next_item_transitions(data)
+    m = sp.csr_matrix((values.numpy(), indices.numpy(), indptr.numpy()), shape=(8, 8)).toarray()
+    want = np.zeros((8, 8))
+    want[1, 2] = 2  # users 0 and 1
+    want[2, 3] = 1
+    want[5, 6] = 1
+    want[7, 5] = 1
+    np.testing.assert_array_equal(m, want)
+
+
+def test_next_item_weight_is_chosen_where_the_next_item_follows_the_latest_one(tmp_path):
+    """Each book is followed by one fixed book in the training sequences, and the validation target is that book's
+    follower: the fit must turn the next-item term on and the model must score the validation split, through the
+    evaluation protocol, as reported for every weight tried."""
+    from crossrec.evaluate.protocol import evaluate, transformer_score_fn
+    from crossrec.model.cooccurrence import fit_cooccurrence
+
+    rng = np.random.default_rng(11)
+    dom, index = two_domain_index()
+    nxt = {i: i % 12 + 1 for i in range(1, 13)}  # book i is followed by book i + 1 (12 by 1)
+    rows = []
+    for u in range(100):
+        start = int(rng.integers(1, 13))
+        books = [start]
+        while len(books) < 4:
+            books.append(nxt[books[-1]])
+        hist = books[:3] + [int(rng.integers(13, 22))]
+        target = books[3]
+        ts = list(range(100 * u, 100 * u + len(hist)))
+        doms = [int(dom[i - 1]) for i in hist]
+        rows.append((f"u{u}", "train", "*", hist, doms, ts, None, None, False, len(hist)))
+        rows.append((f"u{u}", "valid", "books", hist, doms, ts, target, ts[-1] + 1, False, len(hist)))
+    valid = valid_split(tmp_path, index, rows)
+    model = untrained_model(dom, seed=3)
+    report = fit_cooccurrence(model, valid, k=5, shrink=1.0, grid=(0.0,), text_grid=(0.0,), next_grid=(0.0, 0.5, 3.0))
+    rep = report["books"]["next_item"]
+    ndcg = {t["weight"]: t["value"] for t in rep["valid_ndcg@10"]}
+    assert set(ndcg) == {0.0, 0.5, 3.0} and rep["weight"] > 0 and ndcg[rep["weight"]] > ndcg[0.0] + 0.2, ndcg
+    assert model.transition_weight(0) == rep["weight"]
+    for m, value in ndcg.items():
+        model.trans_weight[0] = m
+        got = next(x["value"] for x in evaluate("m", transformer_score_fn(model, valid), valid, ks=(10,), domains=["books"])
+                   if x["metric"] == "ndcg" and x["segment"] == "all")
+        assert got == pytest.approx(value, abs=1e-6), m

@@ -563,6 +563,113 @@ def test_cold_user_popularity_term_changes_only_users_without_events_in_the_doma
         model.set_cooccurrence(*csr, torch.tensor([1.0, 1.0]), None, pop, torch.tensor([0.0, -0.1]))
 
 
+# ------------------------------------------------------------------------------------------------ text-similarity term
+def test_text_similarity_scores_sum_the_recency_weighted_cosines_of_the_domain_history():
+    feats = random_features()
+    feats.text_emb[1:] *= torch.linspace(0.5, 3.0, feats.n_items)[:, None]  # not unit length: the term uses cosines
+    model = tiny_model(feats).eval()
+    dom = feats.item_domain.tolist()
+    seqs = [[1, 2, 6, 3, 2, 7, 4], [8, 9], [6], []]  # row 0: item 2 twice (each event counts); rows 2, 3: no domain-0 event
+    batch = make_batch(seqs, feats, T=8, train=False)
+    unit = F.normalize(feats.text_emb, dim=1)
+    for d, r in ((0, 0.5), (1, 1.0), (0, 1.0)):
+        items = model.domain_items(d)
+        got = model.text_similarity_scores(batch["item_idx"], d, decay=r)
+        assert got.shape == (len(seqs), items.numel())
+        for b, s in enumerate(seqs):
+            in_d = [i for i in s if dom[i] == d]
+            want = sum((r ** (len(in_d) - 1 - p) * unit[i] @ unit[items].T for p, i in enumerate(in_d)),
+                       torch.zeros(items.numel()))
+            torch.testing.assert_close(got[b], want)
+    assert float(model.text_similarity_scores(batch["item_idx"], 0, decay=0.5)[0].abs().sum()) > 0, "the data exercise it"
+    assert not model.has_text_similarity and model.text_similarity_weight(0) == 0.0
+
+
+def test_text_similarity_term_is_added_per_domain_after_the_cooccurrence_term_and_survives_save_load(tmp_path):
+    feats = random_features()
+    model = tiny_model(feats).eval()
+    batch = make_batch(SEQS, feats, T=6, train=False)
+    _, *csr = random_cooccurrence(feats)
+    model.set_cooccurrence(*csr, torch.tensor([1.0, 2.0]), torch.tensor([1.0, 0.6]))
+    with torch.no_grad():
+        before = [model.full_sort_predict(batch, d) for d in (0, 1)]  # Transformer + co-occurrence
+        raw1 = model.user_vectors(batch, 1) @ model.domain_item_reps(1).T
+    model.set_text_similarity(torch.tensor([0.0, 3.0]), torch.tensor([1.0, 0.5]))
+    assert model.has_score_terms(1) and model.text_similarity_decay(1) == 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(model.full_sort_predict(batch, 0), before[0], rtol=0, atol=0)  # weight 0: unchanged
+        got = model.full_sort_predict(batch, 1)
+        t = model.text_similarity_scores(batch["item_idx"], 1, decay=0.5)
+    std = raw1.std(1, keepdim=True)
+    torch.testing.assert_close(got, before[1] + 3.0 * std * t, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(got, before[1]), "the term changes domain 1's scores"
+    assert bool((t.abs().sum(1) > 0).all()), "every user of the batch has domain-1 history"
+    save(model, tmp_path / "m")
+    loaded = load(tmp_path / "m")
+    torch.testing.assert_close(loaded.text_sim_weight, torch.tensor([0.0, 3.0]))
+    torch.testing.assert_close(loaded.text_sim_decay, torch.tensor([1.0, 0.5]))
+    with torch.no_grad():
+        for d in (0, 1):
+            torch.testing.assert_close(loaded.full_sort_predict(batch, d), model.full_sort_predict(batch, d), rtol=0, atol=0)
+    with pytest.raises(AssertionError, match="weights must be >= 0"):
+        model.set_text_similarity(torch.tensor([0.0, -1.0]))
+    no_text = tiny_model(feats, use_text=False)
+    assert not no_text.can_text_similarity
+    with pytest.raises(AssertionError, match="needs a frozen text table"):
+        no_text.set_text_similarity(torch.tensor([1.0, 1.0]))
+
+
+def test_text_similarity_term_alone_leaves_users_without_history_in_the_domain_unchanged():
+    feats = random_features()
+    model = tiny_model(feats).eval()
+    seqs = [[1, 2, 3], [6, 7], [8, 1]]  # domain 1 (items 6..9): row 0 has none of its events
+    batch = make_batch(seqs, feats, T=4, train=False)
+    with torch.no_grad():
+        raw = model.full_sort_predict(batch, 1)
+        model.set_text_similarity(torch.tensor([0.0, 2.0]))  # no co-occurrence term attached: the text term alone
+        got = model.full_sort_predict(batch, 1)
+    torch.testing.assert_close(got[0], raw[0], rtol=0, atol=0)
+    assert not torch.allclose(got[1:], raw[1:])
+
+
+# ------------------------------------------------------------------------------------------------ next-item term
+def test_next_item_term_scores_the_followers_of_the_latest_domain_item_and_survives_save_load(tmp_path):
+    feats = random_features()
+    model = tiny_model(feats).eval()
+    dense, *csr = random_cooccurrence(feats, seed=4)  # any same-domain matrix serves as transition counts
+    dense = (dense * 10).round()
+    csr_m = scipy_sparse.csr_matrix(dense.numpy())
+    trans = (torch.from_numpy(csr_m.indptr).long(), torch.from_numpy(csr_m.indices), torch.from_numpy(csr_m.data))
+    seqs = [[1, 2, 6, 3, 7], [8, 9, 4], [5, 6], [6, 7]]  # domain 0's latest: 3, 4, 5, none
+    batch = make_batch(seqs, feats, T=6, train=False)
+    with torch.no_grad():
+        raw = [model.full_sort_predict(batch, d) for d in (0, 1)]
+    model.set_transitions(*trans, torch.tensor([2.0, 0.0]))
+    assert model.has_score_terms(0) and not model.has_score_terms(1)
+    items = model.domain_items(0)
+    m = model.transition_scores(batch["item_idx"], 0)
+    for b, latest in enumerate([3, 4, 5, None]):
+        row = dense[latest][items] if latest else torch.zeros(items.numel())
+        want = row / row.max() if row.max() > 0 else row
+        torch.testing.assert_close(m[b], want)
+    assert int((m.amax(1) == 1.0).sum()) >= 2, "the data give several rows followers"
+    torch.testing.assert_close(model.latest_domain_items(batch["item_idx"], 1), torch.tensor([7, 9, 6, 7]))
+    with torch.no_grad():
+        got = model.full_sort_predict(batch, 0)
+        torch.testing.assert_close(model.full_sort_predict(batch, 1), raw[1], rtol=0, atol=0)  # weight 0: unchanged
+    torch.testing.assert_close(got, raw[0] + 2.0 * raw[0].std(1, keepdim=True) * m, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[3], raw[0][3], rtol=0, atol=0)  # no domain-0 history: nothing added
+    save(model, tmp_path / "m")
+    loaded = load(tmp_path / "m")
+    torch.testing.assert_close(loaded.trans_weight, torch.tensor([2.0, 0.0]))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.full_sort_predict(batch, 0), got, rtol=0, atol=0)
+    indptr = torch.zeros(feats.n_items + 2, dtype=torch.long)
+    indptr[2:] = 1  # row 1 (domain 0) followed by item 6 (domain 1)
+    with pytest.raises(AssertionError, match="within one domain"):
+        tiny_model(feats).set_transitions(indptr, torch.tensor([6]), torch.tensor([1.0]), torch.zeros(2))
+
+
 def test_cooccurrence_pairs_across_domains_are_rejected():
     feats = random_features()
     model = tiny_model(feats)

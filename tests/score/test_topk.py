@@ -132,3 +132,34 @@ def test_scorer_ranks_with_the_artifacts_cooccurrence_term(artifact):
                                      cold_weight=0.0).numpy()
     assert not np.allclose(want[1], plain[1]) and np.allclose(want[0], plain[0]), \
         "the popularity term changes the scores of the user new to movies (u1) only"
+
+
+def test_scorer_ranks_with_the_artifacts_text_similarity_and_next_item_terms(artifact):
+    from crossrec.model.transformer import load
+
+    model = load(artifact)
+    n = len(DOMAINS)
+    indptr = torch.zeros(n + 2, dtype=torch.long)
+    indptr[3:] = 1  # item 2 was followed by item 4 (both books)
+    model.set_transitions(indptr, torch.tensor([4], dtype=torch.int32), torch.tensor([3.0]), torch.tensor([4.0, 0.0]))
+    model.set_text_similarity(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 0.5]))
+    save(model, artifact)
+    scorer = Scorer(artifact, k=3)
+    rows = pd.DataFrame(scorer.rows(["u0", "u1"], [np.array([1, 8, 2]), np.array([7, 3])], [np.arange(3), np.arange(2)]))
+    batch = {"item_idx": torch.tensor([[1, 8, 2], [7, 3, 0]]), "domain_idx": torch.tensor([[0, 1, 0], [1, 0, 0]]),
+             "event_ts": torch.tensor([[0, 1, 2], [0, 1, 0]])}
+    for d, name in enumerate(["books", "movies"]):
+        with torch.no_grad():
+            want = model.full_sort_predict(batch, d).numpy()  # the evaluation's scores, every term included
+            model.text_sim_weight.zero_()
+            model.trans_weight.zero_()
+            plain = model.full_sort_predict(batch, d).numpy()
+            model.text_sim_weight.copy_(torch.tensor([1.0, 2.0]))
+            model.trans_weight.copy_(torch.tensor([4.0, 0.0]))
+        assert not np.allclose(want, plain), f"the terms change {name}' scores"
+        for u in (0, 1):
+            picks = rows[(rows.domain == name) & (rows.user_id == f"u{u}")]
+            cols = [int(i[1:]) - 1 - (6 if name == "movies" else 0) for i in picks.item_id]
+            np.testing.assert_allclose(picks.score.values, want[u, cols], rtol=1e-5, atol=1e-6)
+    assert rows[(rows.domain == "books") & (rows.user_id == "u0")].item_id.iloc[0] == "i4", \
+        "the item that followed u0's latest book comes first"

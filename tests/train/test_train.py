@@ -330,8 +330,21 @@ def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys)
         assert (not tried and cold["weight"] == 0.0) or tried[cold["weight"]] == max(tried.values()), (d, cold)
     assert model.cooc_cold_weight.tolist() == pytest.approx(
         [co["domains"][d]["cold_popularity"]["weight"] for d in sorted(DOMAINS)])
+    for d, rep in co["domains"].items():  # the text-similarity and next-item terms: chosen on top, each the best tried
+        text, nxt = rep["text_similarity"], rep["next_item"]
+        tried = {(t["weight"], t["decay"]): t["value"] for t in text["valid_ndcg@10"]}
+        assert len(tried) == 1 + 7 * 4 and tried[(text["weight"], text["decay"])] == max(tried.values()), (d, text)
+        assert tried[(0.0, 1.0)] == pytest.approx(max(t["value"] for t in rep["valid_ndcg@10"]), abs=1e-9), \
+            "the text term is tried on top of the chosen co-occurrence term"
+        tried = {t["weight"]: t["value"] for t in nxt["valid_ndcg@10"]}
+        assert len(tried) == 7 and tried[nxt["weight"]] == max(tried.values()), (d, nxt)
+    assert model.text_sim_weight.tolist() == [co["domains"][d]["text_similarity"]["weight"] for d in sorted(DOMAINS)]
+    assert model.trans_weight.tolist() == [co["domains"][d]["next_item"]["weight"] for d in sorted(DOMAINS)]
+    assert model.trans_indices.numel() > 0
     model.cooc_weight.zero_()  # the Transformer alone, as validated during training (the term's refit saw valid targets)
     model.cooc_cold_weight.zero_()
+    model.text_sim_weight.zero_()
+    model.trans_weight.zero_()
     # the validation metric the run selected on is the evaluation protocol's, on the valid split
     from crossrec.evaluate.protocol import evaluate, load_eval_data, transformer_score_fn
 

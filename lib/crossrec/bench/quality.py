@@ -11,12 +11,13 @@ instance when one is initialised):
 1. ``ingest`` -> ``clean`` -> ``features`` into a fresh lake (``DIR/lake`` unless ``--lake-root``); with
    ``--reuse-lake`` the lake at ``--lake-root`` (e.g. an earlier run's, built from the same ``RAW_DIR``) is
    used as it is, to compare models or training settings without rebuilding it;
-2. ``train`` the cross-domain model (**crossrec**: text + id, every domain's history, plus the same-domain
-   co-occurrence term of ``crossrec.model.cooccurrence``), learning rate annealed to 0 along a cosine over
+2. ``train`` the cross-domain model (**crossrec**: text + id, every domain's history, plus the score terms of
+   ``crossrec.model.cooccurrence``: co-occurrence, text similarity, next item, popularity for users new to a
+   domain), learning rate annealed to 0 along a cosine over
    its epochs (:data:`OURS_TRAIN`); ``--crossrec-model`` evaluates an artifact trained earlier on the same lake
    instead (e.g. to add the baselines to a ``--no-sasrec`` run; its wall time is that training's);
 3. ``train`` the single-domain baseline once per domain (**sasrec**: the same Transformer with text off,
-   trained on and predicting from that domain's events only, no co-occurrence term;
+   trained on and predicting from that domain's events only, no score terms;
    ``--input-domains D --no-text --cooccurrence-k 0``), at a constant learning rate with early stopping, its
    best setting (:data:`SINGLE_DOMAIN_TRAIN`);
 4. ``evaluate`` crossrec, sasrec and the classic baselines (popularity, item-KNN, Spark ALS) with the same

@@ -8,9 +8,9 @@ The same users, items and K for all three, in one run on one Spark session:
   Transformer over each user's history, seen items excluded, top-K per domain with reasons, the Delta write),
   on a lake written here: ``silver.interactions`` (``--users`` users with ``--events`` random events each) and a
   model artifact (an untrained CrossDomainTransformer, d_model 64: the weights do not change the work, with the
-  co-occurrence term of ``crossrec.model.cooccurrence`` fitted on these interactions, weight 1 and recency decay
-  0.8 in every domain, as ``crossrec train`` attaches it by default). Output checks and publishing are off: the
-  figure is scoring + writing.
+  score terms ``crossrec train`` attaches by default (``crossrec.model.cooccurrence``): co-occurrence fitted on
+  these interactions, weight 1 and recency decay 0.8; text similarity, weight 2 and decay 0.6; next item from these
+  interactions, weight 1; in every domain). Output checks and publishing are off: the figure is scoring + writing.
 * **Spark ALS** -- implicit ALS rank 64 fitted (1 iteration, not timed) on the same interactions, then
   ``recommendForAllUsers(K)`` timed until every row is materialised (``noop`` sink). It ranks all items at once
   where crossrec ranks each domain: the same dot products, one top-K instead of one per domain.
@@ -56,7 +56,7 @@ def write_lake(spark, spec: ScoringSpec, lake: Path) -> list[str]:
 
     from crossrec.io.delta import write_table
     from crossrec.model.baselines import InteractionData
-    from crossrec.model.cooccurrence import same_domain_similarity
+    from crossrec.model.cooccurrence import next_item_transitions, same_domain_similarity
     from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig, save
     from crossrec.quality.contracts import load_contract
 
@@ -91,6 +91,8 @@ def write_lake(spark, spec: ScoringSpec, lake: Path) -> list[str]:
                             n_domains=spec.domains, domain_items=[index.item_idx.values[index.domain_idx.values == j]
                                                                   for j in range(spec.domains)])
     model.set_cooccurrence(*same_domain_similarity(train), torch.ones(spec.domains), torch.full((spec.domains,), 0.8))
+    model.set_text_similarity(torch.full((spec.domains,), 2.0), torch.full((spec.domains,), 0.6))
+    model.set_transitions(*next_item_transitions(train), torch.ones(spec.domains))
     folder = lake / "models" / "bench-scoring"
     save(model, folder)
     index.to_parquet(folder / "item_index.parquet")

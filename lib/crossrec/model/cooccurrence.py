@@ -1,4 +1,5 @@
-"""The co-occurrence term of a crossrec model: fitted after training, saved in the artifact.
+"""The score terms of a crossrec model (co-occurrence, cold-user popularity, text similarity, next item): fitted
+after training, saved in the artifact.
 
 Why: the Transformer scores ``<h_u^d, e_i>``, a dot product of ``d_model`` dimensions. On sparse catalogs
 (Food+Kitchen: a median of 5 events per user, most test targets with at most 30 training interactions) such
@@ -33,10 +34,34 @@ food cold-start test segment went from .0259 to .0292; kitchen has no such valid
 off). For users with history in the domain a popularity term did not help (kitchen's test NDCG@10 .0278 ->
 .0277 at 0.1 and lower above), so it is not added there.
 
+**The text-similarity term.** The Transformer reads item text only through its learned adapter, whose
+``d_model`` dimensions keep what predicts the next item on average; how close two titles are in the text
+encoder's own space (another flavour or size of the same product, the next volume of a series) is mostly lost.
+When the model has a frozen text table, the fit adds that closeness back, with its own weight ``t_d`` and
+recency decay per domain, chosen on validation with the co-occurrence term fixed at its chosen weight::
+
+    score(u, j) += t_d * std(s(u, .)) * sum_t r_d**age(t) * cos(e_t, e_j)
+
+over the user's history events ``t`` in the domain (``e`` the frozen text embeddings, ``age`` as above, per
+event). It needs no training events, so it also ranks items never seen in training, and it is not refitted.
+
+**The next-item term.** Item-KNN's similarity is symmetric and order-free; on next-item data what *follows* an
+item is sharper. With the two terms above fixed, the fit adds, with a weight ``m_d`` per domain::
+
+    score(u, j) += m_d * std(s(u, .)) * n(i, j) / max_j' n(i, j'),   i = u's latest item of j's domain
+
+``n(i, j)`` = how often ``j`` came right after ``i`` among one user's events of their domain (a first-order
+Markov chain, as in FPMC; :func:`next_item_transitions`).
+
+On Food+Kitchen (one trained model; test NDCG@10) the text-similarity term (food weight 4, decay 0.4) and the
+next-item term (weight 1) took food/all from .0779 (co-occurrence and popularity terms only) to .0871, and
+kitchen/all from .0279 to .0321 (text 4 / 0.6, next 0.5); food's cold-item row went from .0032 to .0349.
+
 The weights are chosen with a similarity fitted on the training events only (the split the model learned
 from), so the validation targets that choose them were never seen by it. The artifact then keeps a similarity
 refitted on the training events plus the validation targets (``crossrec.train.loop.attach_cooccurrence``): the
-events every other model learns from at test time. The popularity counts are refitted the same way.
+events every other model learns from at test time. The popularity and transition counts are refitted the same
+way.
 """
 from __future__ import annotations
 
@@ -51,6 +76,8 @@ log = logging.getLogger(__name__)
 
 WEIGHT_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 DECAY_GRID: tuple[float, ...] = (1.0, 0.8, 0.6, 0.4)
+TEXT_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+NEXT_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 COLD_POPULARITY_GRID: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 1.0)
 MIN_COLD_ROWS = 50  # fewer validation rows of users new to a domain: the popularity term stays off there
 
@@ -97,21 +124,49 @@ def same_domain_similarity(data, k: int = 200, shrink: float = 10.0):
             torch.from_numpy(csr.data.astype(np.float32)))
 
 
+def next_item_transitions(data):
+    """How often item ``j`` came right after item ``i`` among one user's events of their domain, as CSR torch
+    tensors ``(indptr (n+2,), indices (nnz,), values (nnz,))`` over item ids 0..n (row ``i``: the items that
+    followed ``i``; the next-item term's matrix). Each user's events are ordered by time (events of one time
+    keep their order in ``data``); events of other domains in between do not break a transition.
+
+    ``data``: a :class:`crossrec.model.baselines.InteractionData` (the training events).
+    """
+    import torch
+
+    order = np.lexsort((data.ts, data.domain, data.user))  # per user and domain, by time; stable on ties
+    user, item, dom = data.user[order], data.item[order], data.domain[order]
+    follows = (user[1:] == user[:-1]) & (dom[1:] == dom[:-1])
+    n = data.n_items + 1
+    m = sp.csr_matrix((np.ones(int(follows.sum()), dtype=np.float32), (item[:-1][follows], item[1:][follows])), shape=(n, n))
+    m.sum_duplicates()
+    m.sort_indices()
+    log.info("next-item term: %d transitions between %d item pairs", int(follows.sum()), m.nnz)
+    return (torch.from_numpy(m.indptr.astype(np.int64)), torch.from_numpy(m.indices.astype(np.int32)),
+            torch.from_numpy(m.data.astype(np.float32)))
+
+
 def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Sequence[float] = WEIGHT_GRID,
                      max_rows: int = 20000, seed: int = 0, input_domains: Sequence[str] | None = None,
                      decays: Sequence[float] = DECAY_GRID, cold_grid: Sequence[float] = COLD_POPULARITY_GRID,
-                     min_cold_rows: int = MIN_COLD_ROWS) -> dict:
-    """Attach the co-occurrence term and the cold-user popularity term to ``model`` and choose each domain's
-    weight and recency decay, and its popularity weight, on the validation split.
+                     min_cold_rows: int = MIN_COLD_ROWS, text_grid: Sequence[float] = TEXT_WEIGHT_GRID,
+                     next_grid: Sequence[float] = NEXT_WEIGHT_GRID) -> dict:
+    """Attach the score terms to ``model``: the co-occurrence term, the text-similarity term (when the model
+    has a frozen text table), the next-item term and the cold-user popularity term; choose each domain's
+    weights and recency decays on the validation split.
 
     ``valid``: :func:`crossrec.evaluate.protocol.load_eval_data` with ``split="valid"`` (its ``train`` holds
-    the training events only). Per domain, a seeded sample of at most ``max_rows`` validation rows is scored
-    once; the (weight in ``grid``, decay in ``decays``) pair with the best NDCG@10 wins (ties: the smaller
-    weight, then the weaker decay). The popularity weight (in ``cold_grid``) is chosen the same way on the
-    sample's rows whose history has events, none of them in the domain (the only rows it changes); with fewer
-    than ``min_cold_rows`` of them it stays 0. Returns ``{domain: {"weight": w, "decay": r, "rows": n,
-    "valid_ndcg@10": [{"weight", "decay", "value"} per pair tried], "cold_popularity": {"weight": p, "rows":
-    n_cold, "valid_ndcg@10": [{"weight", "value"} per weight tried]}}}`` for the artifact's metrics.
+    the training events only). Per domain, a seeded sample of at most ``max_rows`` validation rows is scored;
+    the co-occurrence (weight in ``grid``, decay in ``decays``) pair with the best NDCG@10 wins (ties: the
+    smaller weight, then the weaker decay). With it fixed, the text-similarity (weight in ``text_grid``, decay
+    in ``decays``) pair is chosen the same way, then with both fixed the next-item weight (in ``next_grid``);
+    a grid of ``(0.0,)`` keeps that term off. The popularity weight (in ``cold_grid``) is chosen on the sample's
+    rows whose history has events, none of them in the domain (the only rows it changes, and rows the other
+    terms leave alone); with fewer than ``min_cold_rows`` of them it stays 0. Returns ``{domain: {"weight": w,
+    "decay": r, "rows": n, "valid_ndcg@10": [{"weight", "decay", "value"} per pair tried], "text_similarity":
+    {"weight": t, "decay": r_t, "valid_ndcg@10": [{"weight", "decay", "value"} per pair tried]}, "next_item":
+    {"weight": m, "valid_ndcg@10": [{"weight", "value"} per weight tried]}, "cold_popularity": {"weight": p,
+    "rows": n_cold, "valid_ndcg@10": [{"weight", "value"} per weight tried]}}}`` for the artifact's metrics.
     """
     import torch
 
@@ -121,17 +176,27 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
     assert len(grid) >= 1 and all(w >= 0 for w in grid), f"grid must hold weights >= 0, got {grid}"
     assert len(decays) >= 1 and all(0 < r <= 1 for r in decays), f"decays must lie in (0, 1], got {decays}"
     assert len(cold_grid) >= 1 and all(p >= 0 for p in cold_grid), f"cold_grid must hold weights >= 0, got {cold_grid}"
+    assert len(text_grid) >= 1 and all(t >= 0 for t in text_grid), f"text_grid must hold weights >= 0, got {text_grid}"
+    assert len(next_grid) >= 1 and all(m >= 0 for m in next_grid), f"next_grid must hold weights >= 0, got {next_grid}"
     t0 = time.time()
     model.eval()
     device = model.domain_offsets.device
     n_domains = model.config.n_domains
     model.set_cooccurrence(*same_domain_similarity(valid.train, k, shrink), torch.zeros(n_domains),
                            popularity=popularity_feature(valid.train))
+    model.set_transitions(*next_item_transitions(valid.train), torch.zeros(n_domains))
+    if model.can_text_similarity:
+        model.set_text_similarity(torch.zeros(n_domains))  # off until chosen (an artifact may carry an older one)
     keep = None if input_domains is None else np.array([valid.domains.index(d) for d in input_domains], dtype=np.int64)
     rng = np.random.default_rng(seed)
     report: dict[str, dict] = {}
     weights, decay_of, cold_of = torch.zeros(n_domains), torch.ones(n_domains), torch.zeros(n_domains)
+    text_of, text_decay_of, next_of = torch.zeros(n_domains), torch.ones(n_domains), torch.zeros(n_domains)
     combos = [(w, r) for w in grid for r in (decays if w > 0 else (1.0,))]  # weight 0: the decay does not matter
+    with_text = model.can_text_similarity and any(t > 0 for t in text_grid)
+    text_combos = [(t, r) for t in text_grid for r in (decays if t > 0 else (1.0,))] if with_text else [(0.0, 1.0)]
+    if not model.can_text_similarity:
+        log.info("text-similarity term: off (the model has no frozen text table: --no-text or a fine-tuned encoder)")
     for dt_ in valid.tests:
         if len(dt_.rows) == 0 or (input_domains is not None and dt_.domain not in input_domains):
             continue
@@ -141,6 +206,7 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
         ranks = {c: [] for c in combos}
         cold_ranks: dict[float, list] = {p: [] for p in cold_grid}
         cold_sel = []
+        seen = []  # (rows, history, user vectors) of each batch, for the text term's pass
         with torch.inference_mode():
             reps = model.domain_item_reps(dt_.domain_idx)
             cov = model.score_covariance(reps)
@@ -148,11 +214,12 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
                 rows = sel[s : s + 512]
                 batch = history_batch(valid, dt_.rows[rows], model.config.max_seq_len, device, keep)
                 h = model.user_vectors(batch, dt_.domain_idx)
+                seen.append((rows, batch["item_idx"], h))
                 raw = h @ reps.T  # the Transformer alone
                 pairs = model.cooccurrence_pairs(batch["item_idx"], dt_.domain_idx)  # once for every combination
                 for w, r in combos:
                     scores = model.combine_scores(raw, batch["item_idx"], dt_.domain_idx, h, cov, weight=w, decay=r,
-                                                  pairs=pairs, cold_weight=0.0)
+                                                  pairs=pairs, cold_weight=0.0, text_weight=0.0, next_weight=0.0)
                     ranks[(w, r)].append(rank_of_target(scores.float().cpu().numpy(), dt_.target_col[rows],
                                                         dt_.exclude[rows]))
                 items = batch["item_idx"]
@@ -162,7 +229,7 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
                     cold_sel.append(rows[cold])
                     for p in cold_grid:
                         scores = model.combine_scores(raw[cold], items[cold], dt_.domain_idx, h[cold], cov, weight=0.0,
-                                                      cold_weight=p)
+                                                      cold_weight=p)  # no history there: no other term adds anything
                         cold_ranks[p].append(rank_of_target(scores.float().cpu().numpy(), dt_.target_col[rows[cold]],
                                                             dt_.exclude[rows[cold]]))
         n_cand = candidate_counts(dt_.exclude.shape[1], dt_.target_col[sel], dt_.exclude[sel])
@@ -174,6 +241,39 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
         log.info("co-occurrence term of %s: weight %g, decay %g (valid NDCG@10 %.4f; Transformer alone %.4f; "
                  "%d rows)", dt_.domain, best_w, best_r, ndcg[(best_w, best_r)], ndcg.get((0.0, 1.0), float("nan")),
                  len(sel))
+        fixed = {"weight": best_w, "decay": best_r}
+        text_ndcg = {}
+        if with_text:
+            units = model.domain_text_units(dt_.domain_idx)
+
+            def text_kwargs(c, items, cache):  # one (B, n_d) similarity per decay and batch, shared by the weights
+                if c[0] and c[1] not in cache:
+                    cache[c[1]] = model.text_similarity_scores(items, dt_.domain_idx, c[1], units)
+                return {"text_weight": c[0], "text_scores": cache.get(c[1])}
+
+            text_ndcg = _ndcg_of_added_term(model, dt_, seen, reps, cov, fixed, text_combos, text_kwargs)
+        best_t, best_tr = max(text_ndcg, key=lambda c: (text_ndcg[c], -c[0], c[1])) if text_ndcg else (0.0, 1.0)
+        text_of[dt_.domain_idx], text_decay_of[dt_.domain_idx] = best_t, best_tr
+        report[dt_.domain]["text_similarity"] = {
+            "weight": best_t, "decay": best_tr,
+            "valid_ndcg@10": [{"weight": t, "decay": r, "value": v} for (t, r), v in text_ndcg.items()]}
+        if text_ndcg:
+            log.info("text-similarity term of %s: weight %g, decay %g (valid NDCG@10 %.4f; without %.4f)", dt_.domain,
+                     best_t, best_tr, text_ndcg[(best_t, best_tr)], text_ndcg.get((0.0, 1.0), float("nan")))
+        fixed |= {"text_weight": best_t, "text_decay": best_tr}
+        next_ndcg = {}
+        if any(m > 0 for m in next_grid):
+            next_ndcg = {c[0]: v for c, v in _ndcg_of_added_term(model, dt_, seen, reps, cov, fixed,
+                                                                 [(m,) for m in next_grid],
+                                                                 lambda c, items, cache: {"next_weight": c[0]}).items()}
+            next_of[dt_.domain_idx] = max(next_ndcg, key=lambda m: (next_ndcg[m], -m))
+            log.info("next-item term of %s: weight %g (valid NDCG@10 %.4f; without %.4f)", dt_.domain,
+                     float(next_of[dt_.domain_idx]), next_ndcg[float(next_of[dt_.domain_idx])],
+                     next_ndcg.get(0.0, float("nan")))
+        report[dt_.domain]["next_item"] = {
+            "weight": float(next_of[dt_.domain_idx]),
+            "valid_ndcg@10": [{"weight": m, "value": v} for m, v in next_ndcg.items()]}
+        del seen
         n_cold = int(sum(len(c) for c in cold_sel))
         cold_ndcg, p_best = {}, 0.0
         if n_cold >= min_cold_rows:
@@ -194,9 +294,36 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
     model.cooc_weight.copy_(weights.to(model.cooc_weight.device))
     model.cooc_decay.copy_(decay_of.to(model.cooc_decay.device))
     model.cooc_cold_weight.copy_(cold_of.to(model.cooc_cold_weight.device))
-    log.info("co-occurrence term fitted in %.1fs", time.time() - t0)
+    if model.can_text_similarity:
+        model.set_text_similarity(text_of, text_decay_of)
+    model.trans_weight.copy_(next_of.to(model.trans_weight.device))
+    log.info("score terms fitted in %.1fs", time.time() - t0)
     return report
 
 
+def _ndcg_of_added_term(model, dt_, seen, reps, cov, fixed: dict, combos: Sequence[tuple],
+                        term_kwargs) -> dict[tuple, float]:
+    """Validation NDCG@10 of each term setting in ``combos`` added on top of the terms ``fixed`` (keyword
+    arguments of ``combine_scores``: the ones chosen before, in combine_scores' order) over the batches ``seen``
+    (rows, item_idx, user vectors) of ``dt_``. ``term_kwargs(combo, item_idx, cache) -> dict``: the
+    combine_scores arguments of one setting (``cache``: a dict per batch for what several settings share)."""
+    import torch
+
+    from crossrec.evaluate.metrics import candidate_counts, rank_of_target, ranking_metrics
+
+    ranks: dict[tuple, list] = {c: [] for c in combos}
+    off = {"weight": 0.0, "cold_weight": 0.0, "text_weight": 0.0, "next_weight": 0.0}
+    with torch.inference_mode():
+        for rows, item_idx, h in seen:
+            base = model.combine_scores(h @ reps.T, item_idx, dt_.domain_idx, h, cov, **(off | fixed))
+            cache: dict = {}
+            for c in combos:
+                scores = model.combine_scores(base, item_idx, dt_.domain_idx, h, cov, **(off | term_kwargs(c, item_idx, cache)))
+                ranks[c].append(rank_of_target(scores.float().cpu().numpy(), dt_.target_col[rows], dt_.exclude[rows]))
+    sel = np.concatenate([rows for rows, _, _ in seen])
+    n_cand = candidate_counts(dt_.exclude.shape[1], dt_.target_col[sel], dt_.exclude[sel])
+    return {c: float(ranking_metrics(np.concatenate(r), n_cand, ks=(10,))["ndcg@10"]) for c, r in ranks.items()}
+
+
 __all__ = ["same_domain_similarity", "popularity_feature", "fit_cooccurrence", "WEIGHT_GRID", "DECAY_GRID",
-           "COLD_POPULARITY_GRID", "MIN_COLD_ROWS"]
+           "COLD_POPULARITY_GRID", "MIN_COLD_ROWS", "TEXT_WEIGHT_GRID", "NEXT_WEIGHT_GRID", "next_item_transitions"]

@@ -9,8 +9,11 @@ items of that domain only: ``score(u, i) = <h_u^d, e_i>`` with ``d`` the domain 
 Because the item side reads the item's text, an item that never occurred in training still gets a
 meaningful representation, and a topic seen in domain A carries over to the items of domain B with similar
 text: the cross-domain signal the product relies on. ``use_id_embedding=False`` is the pure text mode.
-An artifact may also carry a co-occurrence term, fitted after training (:meth:`CrossDomainTransformer.set_cooccurrence`,
-:mod:`crossrec.model.cooccurrence`), that :meth:`~CrossDomainTransformer.full_sort_predict` adds to the scores.
+An artifact may also carry score terms fitted after training (:mod:`crossrec.model.cooccurrence`), which
+:meth:`~CrossDomainTransformer.full_sort_predict` adds to the scores: a co-occurrence term
+(:meth:`~CrossDomainTransformer.set_cooccurrence`), a text-similarity term
+(:meth:`~CrossDomainTransformer.set_text_similarity`) and a next-item term
+(:meth:`~CrossDomainTransformer.set_transitions`).
 
 Batch convention (a dict of tensors, the columns of ``gold.user_sequences`` after collation):
 
@@ -590,9 +593,143 @@ class CrossDomainTransformer(nn.Module):
         return float(self.cooc_cold_weight[int(domain)]) if self.has_cooccurrence else 0.0
 
     def has_score_terms(self, domain: int) -> bool:
-        """Whether :meth:`combine_scores` changes ``domain``'s scores (a co-occurrence or cold-user popularity
-        weight above 0); if not, the scores are the Transformer's alone."""
-        return self.cooccurrence_weight(domain) != 0.0 or self.cold_popularity_weight(domain) != 0.0
+        """Whether :meth:`combine_scores` changes ``domain``'s scores (a co-occurrence, cold-user popularity,
+        text-similarity or next-item weight above 0); if not, the scores are the Transformer's alone."""
+        return (self.cooccurrence_weight(domain) != 0.0 or self.cold_popularity_weight(domain) != 0.0
+                or self.text_similarity_weight(domain) != 0.0 or self.transition_weight(domain) != 0.0)
+
+    # ------------------------------------------------------------------------------- text-similarity term
+    # The Transformer sees an item's text only through a d_model-dimensional adapter, trained for what predicts
+    # the next item on average; the closeness of two titles in the text encoder's own space (another flavour or
+    # size of the same product, the same series) is mostly lost in it. The text-similarity term adds it back:
+    # the cosine, in the frozen text embeddings, between the candidate and the user's recent items of the
+    # domain. It needs no training events, so it also ranks items never seen in training.
+    @property
+    def can_text_similarity(self) -> bool:
+        """Whether the model has a frozen text table (``text_encoder='frozen'`` with text): the text term's input."""
+        return getattr(self.item_encoder, "text_emb", None) is not None
+
+    @property
+    def has_text_similarity(self) -> bool:
+        return hasattr(self, "text_sim_weight")
+
+    def text_similarity_weight(self, domain: int) -> float:
+        """The text-similarity term's weight in ``domain``; 0.0 when no term is attached."""
+        return float(self.text_sim_weight[int(domain)]) if self.has_text_similarity else 0.0
+
+    def text_similarity_decay(self, domain: int) -> float:
+        """The recency decay of the text-similarity term in ``domain`` (1.0 = every history event counts alike)."""
+        return float(self.text_sim_decay[int(domain)]) if self.has_text_similarity else 1.0
+
+    def set_text_similarity(self, weight: Tensor, decay: Tensor | None = None) -> None:
+        """Attach the text-similarity term: ``weight`` (n_domains,) >= 0 its weight per domain (0 = off there) and
+        ``decay`` (n_domains,) in (0, 1] its recency decay (None = 1). Needs the frozen text table
+        (:attr:`can_text_similarity`). Saved with the model (buffers ``text_sim_*``)."""
+        assert self.can_text_similarity, "the text-similarity term needs a frozen text table (use_text, text_encoder='frozen')"
+        assert weight.shape == (self.config.n_domains,), f"weight must be ({self.config.n_domains},), got {tuple(weight.shape)}"
+        assert bool((weight >= 0).all()), f"weights must be >= 0, got {weight.tolist()}"
+        decay = torch.ones(self.config.n_domains) if decay is None else decay
+        assert decay.shape == weight.shape, f"decay must be ({self.config.n_domains},), got {tuple(decay.shape)}"
+        assert bool(((decay > 0) & (decay <= 1)).all()), f"decays must be in (0, 1], got {decay.tolist()}"
+        device = self.domain_offsets.device
+        self.register_buffer("text_sim_weight", weight.float().to(device))
+        self.register_buffer("text_sim_decay", decay.float().to(device))
+        # the unit-length text table, once (derived: not saved; scoring would otherwise normalise per batch)
+        self.register_buffer("text_unit", F.normalize(self.item_encoder.text_emb.float(), dim=1), persistent=False)
+
+    def _text_units(self) -> Tensor:
+        """(n_items + 1, text_dim) the frozen text embeddings scaled to unit length (a zero vector stays 0)."""
+        unit = getattr(self, "text_unit", None)
+        return F.normalize(self.item_encoder.text_emb.float(), dim=1) if unit is None else unit
+
+    def domain_text_units(self, domain: int) -> Tensor:
+        """(n_d, text_dim) the frozen text embeddings of ``domain``'s items scaled to unit length (a zero vector
+        stays 0), in domain_item_idx order."""
+        return self._text_units()[self.domain_items(int(domain))]
+
+    def text_history_vectors(self, item_idx: Tensor, domain: int, decay: float | None = None) -> Tensor:
+        """(B, T) histories -> (B, text_dim): ``q_u = sum_t decay**age(t) * e_t / |e_t|`` over the history events
+        ``t`` of ``domain`` (``e`` the frozen text embedding, ``age(t)`` the events of the domain after ``t``:
+        0 = the latest); 0 for users without history there. ``decay``: instead of the attached one."""
+        r = self.text_similarity_decay(domain) if decay is None else float(decay)
+        in_d = (item_idx != 0) & (self.item_encoder.item_domain[item_idx] == int(domain))  # (B, T)
+        after = in_d.flip(1).cumsum(1).flip(1) - 1  # events of the domain after each position
+        rows, pos = in_d.nonzero(as_tuple=True)
+        w = torch.pow(torch.tensor(r, device=item_idx.device), after[rows, pos].float())
+        unit = self._text_units()
+        # (B, n_items + 1) sparse weights @ the unit table: 5x faster on CPU than gathering the events' rows
+        weights = torch.sparse_coo_tensor(torch.stack([rows, item_idx[rows, pos]]), w, (item_idx.shape[0], unit.shape[0]),
+                                          check_invariants=False)
+        return torch.sparse.mm(weights, unit)
+
+    def text_similarity_scores(self, item_idx: Tensor, domain: int, decay: float | None = None,
+                               text_units: Tensor | None = None) -> Tensor:
+        """(B, T) histories -> (B, n_d): ``t(u, j) = sum_t decay**age(t) * cos(e_t, e_j)`` (see
+        :meth:`text_history_vectors`); ``text_units``: :meth:`domain_text_units`, precomputed."""
+        units = self.domain_text_units(domain) if text_units is None else text_units
+        return self.text_history_vectors(item_idx, domain, decay) @ units.T
+
+    # ------------------------------------------------------------------------------------ next-item term
+    # Item-KNN's similarity is symmetric and order-free; which item *follows* which is a sharper signal on
+    # next-item data (a refill after the starter kit, the next volume). The next-item term (a first-order Markov
+    # chain over each domain's events, as in FPMC) adds, for the user's latest item i of the domain, how often
+    # each item j came right after i in the training sequences.
+    @property
+    def has_transitions(self) -> bool:
+        return hasattr(self, "trans_weight")
+
+    def transition_weight(self, domain: int) -> float:
+        """The next-item term's weight in ``domain``; 0.0 when no term is attached."""
+        return float(self.trans_weight[int(domain)]) if self.has_transitions else 0.0
+
+    def set_transitions(self, indptr: Tensor, indices: Tensor, values: Tensor, weight: Tensor) -> None:
+        """Attach the next-item term: a CSR matrix (n_items+1, n_items+1) whose row ``i`` holds the items ``j`` of
+        ``i``'s domain that came right after ``i`` in a user's events of that domain, ``values`` how often
+        (:func:`crossrec.model.cooccurrence.next_item_transitions`); ``weight`` (n_domains,) >= 0 its weight per
+        domain (0 = off there). Saved with the model (buffers ``trans_*``)."""
+        self._check_item_pairs(indptr, indices, values, "transitions")
+        assert weight.shape == (self.config.n_domains,), f"weight must be ({self.config.n_domains},)"
+        assert bool((weight >= 0).all()), f"weights must be >= 0, got {weight.tolist()}"
+        device = self.domain_offsets.device
+        self.register_buffer("trans_indptr", indptr.long().to(device))
+        self.register_buffer("trans_indices", indices.int().to(device))
+        self.register_buffer("trans_values", values.float().to(device))
+        self.register_buffer("trans_weight", weight.float().to(device))
+
+    def latest_domain_items(self, item_idx: Tensor, domain: int) -> Tensor:
+        """(B, T) histories -> (B,) each row's latest item of ``domain``; 0 for rows without one."""
+        in_d = (item_idx != 0) & (self.item_encoder.item_domain[item_idx] == int(domain))  # (B, T)
+        pos = torch.arange(item_idx.shape[1], device=item_idx.device)
+        last = torch.where(in_d, pos, -1).amax(1)  # (B,)
+        return torch.where(last >= 0, item_idx.gather(1, last.clamp(min=0)[:, None]).squeeze(1), 0)
+
+    def transition_scores(self, item_idx: Tensor, domain: int) -> Tensor:
+        """(B, T) histories -> (B, n_d): ``m(u, j) = count(i -> j) / max_j' count(i -> j')`` for ``i`` the row's
+        latest item of ``domain``; 0 for rows without one, or whose latest item was never followed."""
+        assert self.has_transitions, "no next-item term attached (set_transitions)"
+        B, n_d = item_idx.shape[0], self.domain_items(int(domain)).numel()
+        last = self.latest_domain_items(item_idx, domain)  # (B,); 0 = none (row 0 of the matrix is empty)
+        flat, lens = _csr_entries(self.trans_indptr, last)
+        rows = torch.repeat_interleave(torch.arange(B, device=item_idx.device), lens)
+        values = self.trans_values[flat]
+        top = torch.zeros(B, device=item_idx.device).scatter_reduce(0, rows, values, "amax")
+        out = torch.zeros(B, n_d, device=item_idx.device)
+        out[rows, self.domain_item_idx[self.trans_indices[flat].long()]] = values / top[rows].clamp(min=1e-12)
+        return out
+
+    def _check_item_pairs(self, indptr: Tensor, indices: Tensor, values: Tensor, what: str) -> None:
+        """Assert that ``(indptr, indices, values)`` is a CSR matrix (n_items+1, n_items+1) of values >= 0 whose
+        pairs lie within one domain."""
+        n = self.config.n_items + 1
+        assert indptr.shape == (n + 1,), f"indptr must be ({n + 1},), got {tuple(indptr.shape)}"
+        assert indices.shape == values.shape and indices.dim() == 1, "indices and values must be 1-d of one length"
+        assert int(indptr[0]) == 0 and int(indptr[-1]) == indices.numel(), "indptr must run from 0 to nnz"
+        if indices.numel():
+            assert bool((values >= 0).all()), f"{what}: values must be >= 0"
+            assert 1 <= int(indices.min()) and int(indices.max()) < n, f"indices must be item ids 1..{n - 1}"
+            rows = torch.repeat_interleave(torch.arange(n), (indptr[1:] - indptr[:-1]).cpu())
+            dom = self.item_encoder.item_domain.cpu()
+            assert bool((dom[rows] == dom[indices.long().cpu()]).all()), f"{what} must be within one domain"
 
     def set_cooccurrence(self, indptr: Tensor, indices: Tensor, values: Tensor, weight: Tensor,
                          decay: Tensor | None = None, popularity: Tensor | None = None,
@@ -606,9 +743,7 @@ class CrossDomainTransformer(nn.Module):
         (:func:`crossrec.model.cooccurrence.popularity_feature`; None = 0) and ``cold_weight`` (n_domains,) >= 0
         its weight per domain (None = 0: off). Saved with the model (buffers ``cooc_*``)."""
         n = self.config.n_items + 1
-        assert indptr.shape == (n + 1,), f"indptr must be ({n + 1},), got {tuple(indptr.shape)}"
-        assert indices.shape == values.shape and indices.dim() == 1, "indices and values must be 1-d of one length"
-        assert int(indptr[0]) == 0 and int(indptr[-1]) == indices.numel(), "indptr must run from 0 to nnz"
+        self._check_item_pairs(indptr, indices, values, "co-occurrence pairs")
         assert weight.shape == (self.config.n_domains,), f"weight must be ({self.config.n_domains},)"
         assert bool((weight >= 0).all()), f"weights must be >= 0, got {weight.tolist()}"
         decay = torch.ones(self.config.n_domains) if decay is None else decay
@@ -619,12 +754,6 @@ class CrossDomainTransformer(nn.Module):
         cold_weight = torch.zeros(self.config.n_domains) if cold_weight is None else cold_weight
         assert cold_weight.shape == weight.shape, f"cold_weight must be ({self.config.n_domains},)"
         assert bool((cold_weight >= 0).all()), f"cold weights must be >= 0, got {cold_weight.tolist()}"
-        if indices.numel():
-            assert bool((values >= 0).all()), "similarities must be >= 0"
-            assert 1 <= int(indices.min()) and int(indices.max()) < n, f"indices must be item ids 1..{n - 1}"
-            rows = torch.repeat_interleave(torch.arange(n), (indptr[1:] - indptr[:-1]).cpu())
-            dom = self.item_encoder.item_domain.cpu()
-            assert bool((dom[rows] == dom[indices.long().cpu()]).all()), "co-occurrence pairs must be within one domain"
         device = self.domain_offsets.device
         self.register_buffer("cooc_indptr", indptr.long().to(device))
         self.register_buffer("cooc_indices", indices.int().to(device))  # int32: half the artifact size
@@ -649,11 +778,7 @@ class CrossDomainTransformer(nn.Module):
         age = torch.full((key.numel(),), torch.iinfo(torch.int32).max, dtype=torch.int32, device=item_idx.device)
         age = age.scatter_reduce(0, where, after[rows, pos], "amin")  # the item's last occurrence
         rows, items = key // n, key % n
-        start = self.cooc_indptr[items]
-        lens = self.cooc_indptr[items + 1] - start  # neighbours of each history item
-        first = torch.cumsum(lens, 0) - lens  # where each item's neighbours start in the flat list
-        total = int(lens.sum())
-        flat = torch.repeat_interleave(start - first, lens) + torch.arange(total, device=item_idx.device)
+        flat, lens = _csr_entries(self.cooc_indptr, items)  # every neighbour of each history item
         cells = torch.repeat_interleave(rows, lens) * n_d + self.domain_item_idx[self.cooc_indices[flat].long()]
         return cells, self.cooc_values[flat], torch.repeat_interleave(age, lens)
 
@@ -680,29 +805,43 @@ class CrossDomainTransformer(nn.Module):
 
     def combine_scores(self, scores: Tensor, item_idx: Tensor, domain: int, h: Tensor, item_cov: Tensor,
                        weight: float | None = None, decay: float | None = None,
-                       pairs: tuple[Tensor, Tensor, Tensor] | None = None, cold_weight: float | None = None) -> Tensor:
-        """The Transformer's scores ``h @ item_reps.T`` (B, n_d) plus the co-occurrence term of ``domain``, and
-        for users without history in ``domain`` its popularity term:
+                       pairs: tuple[Tensor, Tensor, Tensor] | None = None, cold_weight: float | None = None,
+                       text_weight: float | None = None, text_decay: float | None = None,
+                       text_scores: Tensor | None = None, next_weight: float | None = None) -> Tensor:
+        """The Transformer's scores ``h @ item_reps.T`` (B, n_d) plus the co-occurrence, text-similarity and
+        next-item terms of ``domain``, and for users without history in ``domain`` its popularity term:
 
-            score(u, j) = s(u, j) + w_d * std_j(s(u, .)) * c(u, j) / max_j c(u, j)
-            c(u, j)     = sum_i decay_d**age(i) * sim(i, j)    (see cooccurrence_pairs)
-            score(u, j) = s(u, j) + p_d * std_j(s(u, .)) * pop(j)    (u has no event in the domain: c = 0)
+            score(u, j) = s(u, j) + std_j(s(u, .)) * (w_d * c(u, j) / max_j c(u, j) + t_d * t(u, j) + m_d * m(u, j))
+            c(u, j)     = sum_i decay_d**age(i) * sim(i, j)       (see cooccurrence_pairs)
+            t(u, j)     = sum_t tdecay_d**age(t) * cos(e_t, e_j)  (see text_similarity_scores)
+            m(u, j)     = count(i -> j) / max_j count(i -> j), i = u's latest item in the domain (transition_scores)
+            score(u, j) = s(u, j) + p_d * std_j(s(u, .)) * pop(j)    (u has no event in the domain: c = t = m = 0)
 
-        which ranks as ``z(s(u, .)) + w_d * c / max c`` (each row standardised), resp. ``z(s(u, .)) + p_d * pop``,
-        but touches only the non-zero ``c`` cells (or sums ``c`` densely when the history's (item, neighbour)
-        pairs outnumber ``DENSE_COOCCURRENCE_SHARE`` of the B x n_d cells); the standard deviation comes from
-        ``item_cov`` (:meth:`score_covariance`) and the user vectors ``h`` (B, D). ``weight``, ``decay``,
-        ``cold_weight``: instead of the attached ones; ``pairs``: :meth:`cooccurrence_pairs` of ``item_idx``,
-        precomputed (fitting tries many weights on one batch). Unchanged when both weights are 0.
+        which ranks as ``z(s(u, .)) + w_d * c / max c + t_d * t + m_d * m`` (each row standardised), resp.
+        ``z(s(u, .)) + p_d * pop``. The terms are added in that order (the fit chooses them in it). The
+        co-occurrence term touches only the non-zero ``c`` cells (or sums ``c`` densely when the history's (item,
+        neighbour) pairs outnumber ``DENSE_COOCCURRENCE_SHARE`` of the B x n_d cells); the standard deviation comes
+        from ``item_cov`` (:meth:`score_covariance`) and the user vectors ``h`` (B, D). ``weight``, ``decay``,
+        ``cold_weight``, ``text_weight``, ``text_decay``, ``next_weight``: instead of the attached ones;
+        ``pairs``: :meth:`cooccurrence_pairs` of ``item_idx``, ``text_scores``: :meth:`text_similarity_scores` of
+        ``item_idx`` (at ``text_decay``), precomputed (fitting tries many weights on one batch). Unchanged when
+        every weight is 0.
         """
         w = self.cooccurrence_weight(domain) if weight is None else float(weight)
         p = self.cold_popularity_weight(domain) if cold_weight is None else float(cold_weight)
-        if w == 0.0 and p == 0.0:
+        t = self.text_similarity_weight(domain) if text_weight is None else float(text_weight)
+        m = self.transition_weight(domain) if next_weight is None else float(next_weight)
+        if w == 0.0 and p == 0.0 and t == 0.0 and m == 0.0:
             return scores
         std = torch.einsum("bd,de,be->b", h.float(), item_cov, h.float()).clamp(min=0).sqrt()  # (B,)
         out = scores
         if w != 0.0:
             out = self._add_cooccurrence(scores, item_idx, domain, w * std, decay, pairs)
+        if t != 0.0:  # after the co-occurrence term: the fit adds it to scores that already hold that term
+            ts = self.text_similarity_scores(item_idx, domain, text_decay) if text_scores is None else text_scores
+            out = out + ((t * std)[:, None] * ts).to(scores.dtype)
+        if m != 0.0:
+            out = out + ((m * std)[:, None] * self.transition_scores(item_idx, domain)).to(scores.dtype)
         if p != 0.0:
             cold = ~((item_idx != 0) & (self.item_encoder.item_domain[item_idx] == int(domain))).any(1)  # (B,)
             rows = cold.nonzero().squeeze(1)  # only these rows change: a batch of known users costs no (B, n_d) pass
@@ -728,6 +867,16 @@ class CrossDomainTransformer(nn.Module):
         top = torch.zeros(B, device=scores.device).scatter_reduce(0, rows, values, "amax")  # max_j c (c >= 0)
         scale = scale / top.clamp(min=1e-12)  # (B,)
         return scores.reshape(-1).index_add(0, cells, (values * scale[rows]).to(scores.dtype)).view(B, n_d)
+
+
+def _csr_entries(indptr: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions (in a CSR matrix's indices / values) of every entry of ``rows``, row after row, and the number of
+    entries of each row."""
+    start = indptr[rows]
+    lens = indptr[rows + 1] - start
+    first = torch.cumsum(lens, 0) - lens  # where each row's entries start in the flat list
+    flat = torch.repeat_interleave(start - first, lens) + torch.arange(int(lens.sum()), device=rows.device)
+    return flat, lens
 
 
 def _decayed(sims: Tensor, age: Tensor, decay: float) -> Tensor:
@@ -807,6 +956,10 @@ def load(folder: str | Path, *, device: str | torch.device = "cpu",
         t.setdefault("cooc_cold_weight", torch.zeros_like(t["cooc_weight"]))
         model.set_cooccurrence(t["cooc_indptr"], t["cooc_indices"], t["cooc_values"], t["cooc_weight"], t["cooc_decay"],
                                t["cooc_popularity"], t["cooc_cold_weight"])
+    if "text_sim_weight" in t:
+        model.set_text_similarity(t["text_sim_weight"], t["text_sim_decay"])
+    if "trans_weight" in t:
+        model.set_transitions(t["trans_indptr"], t["trans_indices"], t["trans_values"], t["trans_weight"])
     model.load_state_dict(t, strict=True)
     return model.to(device).eval()
 

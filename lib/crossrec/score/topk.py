@@ -7,9 +7,9 @@ artifact's catalog, oldest first) and returns, per user and domain, the top-K it
 interacted with:
 
 1. one Transformer pass gives each user's shared state; ``domain_head`` turns it into h_u^d per domain;
-2. scores = h_u^d @ items_d^T (B, n_d), plus the artifact's co-occurrence term and, for users with no event
-   in d, its popularity term when it has them (``CrossDomainTransformer.combine_scores``); every item of the
-   user's history in d is set to -inf;
+2. scores = h_u^d @ items_d^T (B, n_d), plus the artifact's score terms when it has them (co-occurrence, text
+   similarity, next item and, for users with no event in d, popularity: ``CrossDomainTransformer.combine_scores``);
+   every item of the user's history in d is set to -inf;
 3. ``torch.topk``; -inf picks (the domain has fewer than K unseen items) are dropped;
 4. reason = the history item (any domain) whose representation is most similar (cosine) to the pick:
    the event that most supports it, often from another domain.
@@ -116,7 +116,7 @@ class Scorer:
                 n_d = self.reps[d].shape[0]
                 h = self.model.domain_head(states, d)  # (B, D)
                 scores = h @ self.reps[d].T  # (B, n_d) float32
-                if self.covs[d] is not None:  # + the artifact's co-occurrence and cold-user popularity terms
+                if self.covs[d] is not None:  # + the artifact's score terms (crossrec.model.cooccurrence)
                     scores = self.model.combine_scores(scores, batch["item_idx"], d, h, self.covs[d])
                 if any_empty:
                     scores[empty] = self.pop[d]  # no usable history: popularity (exact counts in float32 up to 2^24)

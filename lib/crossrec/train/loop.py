@@ -122,8 +122,9 @@ class TrainConfig:
             (see crossrec.model.transformer.ModelConfig).
         cold_views: also train on cold-domain views of multi-domain histories (each domain's targets predicted
             from the other domains' events only; see :func:`training_windows`), for users new to a domain.
-        cooccurrence_k: after training, attach the co-occurrence term (crossrec.model.cooccurrence) with this
-            many neighbours per item, its weight per domain chosen on the validation split; 0 = none.
+        cooccurrence_k: after training, attach the score terms (crossrec.model.cooccurrence): the co-occurrence
+            term with this many neighbours per item, the text-similarity, next-item and cold-user popularity
+            terms, their weights per domain chosen on the validation split; 0 = none of them.
         input_domains: train (and later predict) from the events of these domains only, and only on their
             targets; None = every domain (the cross-domain model). One domain with ``use_text=False`` is the
             single-domain SASRec-style baseline. Recorded in the artifact's metrics.json.
@@ -832,20 +833,23 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def attach_cooccurrence(model, cfg: TrainConfig, versions: Mapping[str, int]) -> dict:
-    """Fit the co-occurrence and cold-user popularity terms of ``model`` (see :mod:`crossrec.model.cooccurrence`):
-    weights per domain on the validation split with the similarity and popularity of the training events, then
-    both refitted on the training events plus the validation targets (real events the Transformer held out for
-    model selection only) for the artifact. Returns the fit's report."""
+    """Fit the score terms of ``model`` (see :mod:`crossrec.model.cooccurrence`): weights per domain on the
+    validation split with the similarity, transitions and popularity of the training events, then those three
+    refitted on the training events plus the validation targets (real events the Transformer held out for model
+    selection only) for the artifact. Returns the fit's report."""
     from crossrec.evaluate.protocol import load_eval_data
-    from crossrec.model.cooccurrence import fit_cooccurrence, popularity_feature, same_domain_similarity
+    from crossrec.model.cooccurrence import (fit_cooccurrence, next_item_transitions, popularity_feature,
+                                             same_domain_similarity)
 
     valid = load_eval_data(cfg.lake_root, dict(versions), split="valid")
     report = fit_cooccurrence(model, valid, k=cfg.cooccurrence_k, seed=cfg.seed, input_domains=cfg.input_domains)
     weights, decays, cold = model.cooc_weight.clone(), model.cooc_decay.clone(), model.cooc_cold_weight.clone()
+    next_weights = model.trans_weight.clone()
     known = valid.train_with_targets()  # train events + valid targets
     del valid
     model.set_cooccurrence(*same_domain_similarity(known, k=cfg.cooccurrence_k), weights, decays,
                            popularity_feature(known), cold)
+    model.set_transitions(*next_item_transitions(known), next_weights)  # the text term has nothing to refit
     return {"k": cfg.cooccurrence_k, "fitted_on": "train events + valid targets", "domains": report}
 
 
