@@ -194,7 +194,7 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
     text_of, text_decay_of, next_of = torch.zeros(n_domains), torch.ones(n_domains), torch.zeros(n_domains)
     combos = [(w, r) for w in grid for r in (decays if w > 0 else (1.0,))]  # weight 0: the decay does not matter
     with_text = model.can_text_similarity and any(t > 0 for t in text_grid)
-    text_combos = [(t, r) for t in text_grid for r in (decays if t > 0 else (1.0,))] if with_text else [(0.0, 1.0)]
+    text_combos = [(t, r) for t in text_grid for r in (decays if t > 0 else (1.0,))]
     if not model.can_text_similarity:
         log.info("text-similarity term: off (the model has no frozen text table: --no-text or a fine-tuned encoder)")
     for dt_ in valid.tests:

@@ -626,11 +626,7 @@ class CrossDomainTransformer(nn.Module):
         ``decay`` (n_domains,) in (0, 1] its recency decay (None = 1). Needs the frozen text table
         (:attr:`can_text_similarity`). Saved with the model (buffers ``text_sim_*``)."""
         assert self.can_text_similarity, "the text-similarity term needs a frozen text table (use_text, text_encoder='frozen')"
-        assert weight.shape == (self.config.n_domains,), f"weight must be ({self.config.n_domains},), got {tuple(weight.shape)}"
-        assert bool((weight >= 0).all()), f"weights must be >= 0, got {weight.tolist()}"
-        decay = torch.ones(self.config.n_domains) if decay is None else decay
-        assert decay.shape == weight.shape, f"decay must be ({self.config.n_domains},), got {tuple(decay.shape)}"
-        assert bool(((decay > 0) & (decay <= 1)).all()), f"decays must be in (0, 1], got {decay.tolist()}"
+        decay = self._check_weights(weight, decay)
         device = self.domain_offsets.device
         self.register_buffer("text_sim_weight", weight.float().to(device))
         self.register_buffer("text_sim_decay", decay.float().to(device))
@@ -688,8 +684,7 @@ class CrossDomainTransformer(nn.Module):
         (:func:`crossrec.model.cooccurrence.next_item_transitions`); ``weight`` (n_domains,) >= 0 its weight per
         domain (0 = off there). Saved with the model (buffers ``trans_*``)."""
         self._check_item_pairs(indptr, indices, values, "transitions")
-        assert weight.shape == (self.config.n_domains,), f"weight must be ({self.config.n_domains},)"
-        assert bool((weight >= 0).all()), f"weights must be >= 0, got {weight.tolist()}"
+        self._check_weights(weight)
         device = self.domain_offsets.device
         self.register_buffer("trans_indptr", indptr.long().to(device))
         self.register_buffer("trans_indices", indices.int().to(device))
@@ -716,6 +711,15 @@ class CrossDomainTransformer(nn.Module):
         out = torch.zeros(B, n_d, device=item_idx.device)
         out[rows, self.domain_item_idx[self.trans_indices[flat].long()]] = values / top[rows].clamp(min=1e-12)
         return out
+
+    def _check_weights(self, weight: Tensor, decay: Tensor | None = None) -> Tensor:
+        """Assert ``weight`` is (n_domains,) >= 0 and ``decay`` (n_domains,) in (0, 1]; returns the decay (None = 1)."""
+        assert weight.shape == (self.config.n_domains,), f"weight must be ({self.config.n_domains},), got {tuple(weight.shape)}"
+        assert bool((weight >= 0).all()), f"weights must be >= 0, got {weight.tolist()}"
+        decay = torch.ones(self.config.n_domains) if decay is None else decay
+        assert decay.shape == weight.shape, f"decay must be ({self.config.n_domains},), got {tuple(decay.shape)}"
+        assert bool(((decay > 0) & (decay <= 1)).all()), f"decays must be in (0, 1], got {decay.tolist()}"
+        return decay
 
     def _check_item_pairs(self, indptr: Tensor, indices: Tensor, values: Tensor, what: str) -> None:
         """Assert that ``(indptr, indices, values)`` is a CSR matrix (n_items+1, n_items+1) of values >= 0 whose
@@ -744,11 +748,7 @@ class CrossDomainTransformer(nn.Module):
         its weight per domain (None = 0: off). Saved with the model (buffers ``cooc_*``)."""
         n = self.config.n_items + 1
         self._check_item_pairs(indptr, indices, values, "co-occurrence pairs")
-        assert weight.shape == (self.config.n_domains,), f"weight must be ({self.config.n_domains},)"
-        assert bool((weight >= 0).all()), f"weights must be >= 0, got {weight.tolist()}"
-        decay = torch.ones(self.config.n_domains) if decay is None else decay
-        assert decay.shape == weight.shape, f"decay must be ({self.config.n_domains},), got {tuple(decay.shape)}"
-        assert bool(((decay > 0) & (decay <= 1)).all()), f"decays must be in (0, 1], got {decay.tolist()}"
+        decay = self._check_weights(weight, decay)
         popularity = torch.zeros(n) if popularity is None else popularity
         assert popularity.shape == (n,), f"popularity must be ({n},), got {tuple(popularity.shape)}"
         cold_weight = torch.zeros(self.config.n_domains) if cold_weight is None else cold_weight
