@@ -670,6 +670,48 @@ def test_next_item_term_scores_the_followers_of_the_latest_domain_item_and_survi
         tiny_model(feats).set_transitions(indptr, torch.tensor([6]), torch.tensor([1.0]), torch.zeros(2))
 
 
+@pytest.mark.parametrize("text_max_events", [24, 0], ids=["text-from-table", "text-product"])
+def test_term_tables_give_the_scores_of_the_sparse_paths_within_their_memory_budget(monkeypatch, text_max_events):
+    monkeypatch.setattr(transformer_module, "TEXT_TABLE_MAX_EVENTS", text_max_events)
+    feats = random_features(text_dim=6)
+    model = tiny_model(feats, text_dim=6).eval()
+    _, *cooc = random_cooccurrence(feats, seed=1)
+    dense, *_ = random_cooccurrence(feats, seed=2)
+    trans = scipy_sparse.csr_matrix((dense * 10).round().numpy())
+    model.set_cooccurrence(*cooc, torch.tensor([1.5, 2.0]), torch.tensor([0.7, 0.5]), torch.rand(feats.n_items + 1),
+                           torch.tensor([0.3, 0.4]))
+    model.set_text_similarity(torch.tensor([2.0, 1.0]), torch.tensor([0.6, 0.8]))
+    model.set_transitions(torch.from_numpy(trans.indptr).long(), torch.from_numpy(trans.indices),
+                          torch.from_numpy(trans.data), torch.tensor([1.0, 3.0]))
+    seqs = [[1, 2, 6, 3, 2, 7, 1], [8, 9, 4, 9], [5], [6, 7, 6], []]  # repeats; users without one domain; empty
+    batch = make_batch(seqs, feats, T=8, train=False)
+    with torch.no_grad():
+        want = [model.full_sort_predict(batch, d) for d in (0, 1)]
+    calls = []
+    real = transformer_module._sparse_rows_times
+    monkeypatch.setattr(transformer_module, "_sparse_rows_times", lambda *a: calls.append(1) or real(*a))
+    # domain 1 (4 items): cooc 4 x 4 + text 4 x 4 + next 5 x 4 floats = 208 bytes; domain 0 (5 items) 320 more
+    assert model.build_term_tables(max_bytes=300) == [1]
+    with torch.no_grad():
+        torch.testing.assert_close(model.full_sort_predict(batch, 0), want[0], rtol=0, atol=0)  # no tables: as before
+        assert not calls
+        torch.testing.assert_close(model.full_sort_predict(batch, 1), want[1], rtol=1e-5, atol=1e-5)
+    assert len(calls) == (2 if text_max_events else 1), "co-occurrence (and text) summed from the tables"
+    assert model.build_term_tables(max_bytes=528) == [0, 1]
+    assert {k: sorted(v) for k, v in model._term_tables.items()} == {0: ["cooc", "next", "text"], 1: ["cooc", "next", "text"]}
+    assert model._term_tables[0]["next"].shape == (6, 5), "row n_d: users without a latest item"
+    with torch.no_grad():
+        for d in (0, 1):
+            torch.testing.assert_close(model.full_sort_predict(batch, d), want[d], rtol=1e-5, atol=1e-5)
+            for text_decay in (1.0, 0.3):  # the fit's arguments reach the table path too
+                torch.testing.assert_close(model.text_similarity_scores(batch["item_idx"], d, text_decay),
+                                           model.text_history_vectors(batch["item_idx"], d, text_decay)
+                                           @ model.domain_text_units(d).T, rtol=1e-5, atol=1e-6)
+    model.set_transitions(torch.from_numpy(trans.indptr).long(), torch.from_numpy(trans.indices),
+                          torch.from_numpy(trans.data), torch.tensor([1.0, 0.0]))
+    assert model._term_tables == {}, "attaching a term again drops the tables built from the old one"
+
+
 def test_cooccurrence_pairs_across_domains_are_rejected():
     feats = random_features()
     model = tiny_model(feats)

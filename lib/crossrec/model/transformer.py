@@ -69,6 +69,12 @@ TEXT_CHUNK = 256  # items per forward of the fine-tuned text model
 # combine_scores sums the co-occurrence pairs into a dense (B, n_d) matrix when they outnumber this share of its
 # cells (popular history items on a small catalog), else it adds only the distinct non-zero cells
 DENSE_COOCCURRENCE_SHARE = 0.25
+# build_term_tables: the most memory the dense (n_d, n_d) item-item tables of the score terms may take, all domains
+# and terms together; a domain whose tables do not fit keeps the sparse and (B, text_dim) paths
+TERM_TABLE_BYTES = 256 * 2**20
+# text term from its table only while the batch's history events of the domain stay under this many per row: the
+# sparse (B, n_d) @ (n_d, n_d) product costs ~13x more per multiply-add than the dense (B, text_dim) product on CPU
+TEXT_TABLE_MAX_EVENTS = 24
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
@@ -378,6 +384,7 @@ class CrossDomainTransformer(nn.Module):
             logq[items] = torch.log(w / w.sum())
         self.register_buffer("domain_item_idx", local, persistent=False)
         self.register_buffer("item_logq", logq, persistent=False)
+        self._term_tables: dict[int, dict[str, Tensor]] = {}  # build_term_tables: domain -> term -> (n_d, n_d)
         if c.text_encoder == "finetune" and c.loss == "softmax":
             log.warning("text_encoder='finetune' with loss='softmax' runs the text model over every item of each "
                         "target domain per step; use loss='sampled' beyond toy catalogs")
@@ -632,6 +639,7 @@ class CrossDomainTransformer(nn.Module):
         self.register_buffer("text_sim_decay", decay.float().to(device))
         # the unit-length text table, once (derived: not saved; scoring would otherwise normalise per batch)
         self.register_buffer("text_unit", F.normalize(self.item_encoder.text_emb.float(), dim=1), persistent=False)
+        self._term_tables = {}
 
     def _text_units(self) -> Tensor:
         """(n_items + 1, text_dim) the frozen text embeddings scaled to unit length (a zero vector stays 0)."""
@@ -643,25 +651,36 @@ class CrossDomainTransformer(nn.Module):
         stays 0), in domain_item_idx order."""
         return self._text_units()[self.domain_items(int(domain))]
 
-    def text_history_vectors(self, item_idx: Tensor, domain: int, decay: float | None = None) -> Tensor:
-        """(B, T) histories -> (B, text_dim): ``q_u = sum_t decay**age(t) * e_t / |e_t|`` over the history events
-        ``t`` of ``domain`` (``e`` the frozen text embedding, ``age(t)`` the events of the domain after ``t``:
-        0 = the latest); 0 for users without history there. ``decay``: instead of the attached one."""
+    def _text_history_weights(self, item_idx: Tensor, domain: int, decay: float | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T) histories -> the rows, global item ids and weights ``decay**age(t)`` of the events of ``domain``
+        (``age(t)``: the events of the domain after ``t``, 0 = the latest)."""
         r = self.text_similarity_decay(domain) if decay is None else float(decay)
         in_d = (item_idx != 0) & (self.item_encoder.item_domain[item_idx] == int(domain))  # (B, T)
         after = in_d.flip(1).cumsum(1).flip(1) - 1  # events of the domain after each position
         rows, pos = in_d.nonzero(as_tuple=True)
-        w = torch.pow(torch.tensor(r, device=item_idx.device), after[rows, pos].float())
+        return rows, item_idx[rows, pos], torch.pow(torch.tensor(r, device=item_idx.device), after[rows, pos].float())
+
+    def text_history_vectors(self, item_idx: Tensor, domain: int, decay: float | None = None) -> Tensor:
+        """(B, T) histories -> (B, text_dim): ``q_u = sum_t decay**age(t) * e_t / |e_t|`` over the history events
+        ``t`` of ``domain`` (``e`` the frozen text embedding, ``age(t)`` the events of the domain after ``t``:
+        0 = the latest); 0 for users without history there. ``decay``: instead of the attached one."""
+        rows, items, w = self._text_history_weights(item_idx, domain, decay)
         unit = self._text_units()
         # (B, n_items + 1) sparse weights @ the unit table: 5x faster on CPU than gathering the events' rows
-        weights = torch.sparse_coo_tensor(torch.stack([rows, item_idx[rows, pos]]), w, (item_idx.shape[0], unit.shape[0]),
+        weights = torch.sparse_coo_tensor(torch.stack([rows, items]), w, (item_idx.shape[0], unit.shape[0]),
                                           check_invariants=False)
         return torch.sparse.mm(weights, unit)
 
     def text_similarity_scores(self, item_idx: Tensor, domain: int, decay: float | None = None,
                                text_units: Tensor | None = None) -> Tensor:
         """(B, T) histories -> (B, n_d): ``t(u, j) = sum_t decay**age(t) * cos(e_t, e_j)`` (see
-        :meth:`text_history_vectors`); ``text_units``: :meth:`domain_text_units`, precomputed."""
+        :meth:`text_history_vectors`); ``text_units``: :meth:`domain_text_units`, precomputed. With the domain's
+        cosine table (:meth:`build_term_tables`) and short histories, the history's cosines are summed from it."""
+        table = self._term_tables.get(int(domain), {}).get("text") if text_units is None else None
+        if table is not None:
+            rows, items, w = self._text_history_weights(item_idx, domain, decay)
+            if rows.numel() <= TEXT_TABLE_MAX_EVENTS * item_idx.shape[0]:
+                return _sparse_rows_times(rows, self.domain_item_idx[items], w, item_idx.shape[0], table)
         units = self.domain_text_units(domain) if text_units is None else text_units
         return self.text_history_vectors(item_idx, domain, decay) @ units.T
 
@@ -690,6 +709,7 @@ class CrossDomainTransformer(nn.Module):
         self.register_buffer("trans_indices", indices.int().to(device))
         self.register_buffer("trans_values", values.float().to(device))
         self.register_buffer("trans_weight", weight.float().to(device))
+        self._term_tables = {}
 
     def latest_domain_items(self, item_idx: Tensor, domain: int) -> Tensor:
         """(B, T) histories -> (B,) each row's latest item of ``domain``; 0 for rows without one."""
@@ -704,6 +724,9 @@ class CrossDomainTransformer(nn.Module):
         assert self.has_transitions, "no next-item term attached (set_transitions)"
         B, n_d = item_idx.shape[0], self.domain_items(int(domain)).numel()
         last = self.latest_domain_items(item_idx, domain)  # (B,); 0 = none (row 0 of the matrix is empty)
+        table = self._term_tables.get(int(domain), {}).get("next")
+        if table is not None:  # (n_d + 1, n_d): row n_d (no latest item) is 0
+            return table[torch.where(last > 0, self.domain_item_idx[last], n_d)]
         flat, lens = _csr_entries(self.trans_indptr, last)
         rows = torch.repeat_interleave(torch.arange(B, device=item_idx.device), lens)
         values = self.trans_values[flat]
@@ -762,6 +785,7 @@ class CrossDomainTransformer(nn.Module):
         self.register_buffer("cooc_decay", decay.float().to(device))
         self.register_buffer("cooc_popularity", popularity.float().to(device))
         self.register_buffer("cooc_cold_weight", cold_weight.float().to(device))
+        self._term_tables = {}
 
     def cooccurrence_pairs(self, item_idx: Tensor, domain: int) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T) histories -> one entry per (distinct history item i in ``domain``, neighbour j) pair: flat
@@ -769,18 +793,23 @@ class CrossDomainTransformer(nn.Module):
         support the same j), ``sim(i, j)``, and i's age: how many events of ``domain`` follow i's last
         occurrence in the history (0 = the latest). Input of :meth:`combine_scores` (``pairs=``)."""
         assert self.has_cooccurrence, "no co-occurrence term attached (set_cooccurrence)"
-        domain = int(domain)
-        n, n_d = self.config.n_items + 1, self.domain_items(domain).numel()
-        in_d = (item_idx != 0) & (self.item_encoder.item_domain[item_idx] == domain)
+        n_d = self.domain_items(int(domain)).numel()
+        rows, items, age = self._distinct_history_items(item_idx, domain)
+        flat, lens = _csr_entries(self.cooc_indptr, items)  # every neighbour of each history item
+        cells = torch.repeat_interleave(rows, lens) * n_d + self.domain_item_idx[self.cooc_indices[flat].long()]
+        return cells, self.cooc_values[flat], torch.repeat_interleave(age, lens)
+
+    def _distinct_history_items(self, item_idx: Tensor, domain: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T) histories -> each distinct (row, history item of ``domain``): its row, item id and age (how many
+        events of the domain follow the item's last occurrence; 0 = the latest)."""
+        n = self.config.n_items + 1
+        in_d = (item_idx != 0) & (self.item_encoder.item_domain[item_idx] == int(domain))
         after = in_d.flip(1).cumsum(1, dtype=torch.int32).flip(1) - 1  # (B, T): events of the domain after each position
         rows, pos = in_d.nonzero(as_tuple=True)
         key, where = torch.unique(rows * n + item_idx[rows, pos], return_inverse=True)  # distinct (user, item)
         age = torch.full((key.numel(),), torch.iinfo(torch.int32).max, dtype=torch.int32, device=item_idx.device)
         age = age.scatter_reduce(0, where, after[rows, pos], "amin")  # the item's last occurrence
-        rows, items = key // n, key % n
-        flat, lens = _csr_entries(self.cooc_indptr, items)  # every neighbour of each history item
-        cells = torch.repeat_interleave(rows, lens) * n_d + self.domain_item_idx[self.cooc_indices[flat].long()]
-        return cells, self.cooc_values[flat], torch.repeat_interleave(age, lens)
+        return key // n, key % n, age
 
     def _cooccurrence_cells(self, item_idx: Tensor, domain: int, decay: float | None = None) -> tuple[Tensor, Tensor]:
         """(B, T) histories -> the non-zero cells of the (B, n_d) co-occurrence scores: flat positions
@@ -796,6 +825,54 @@ class CrossDomainTransformer(nn.Module):
         B, n_d = item_idx.shape[0], self.domain_items(int(domain)).numel()
         cells, values = self._cooccurrence_cells(item_idx, domain, decay)
         return torch.zeros(B * n_d, device=item_idx.device).index_put_((cells,), values).view(B, n_d)
+
+    # ----------------------------------------------------------------------------------- term tables
+    # Each score term is a sum over the user's history items i of an item-item value v(i, j): the co-occurrence
+    # similarity, the text cosine, the next-item count of the latest item. For a small domain those values fit
+    # in dense (n_d, n_d) tables, and a batch's terms become one gather or one sparse (B, n_d) @ (n_d, n_d)
+    # product each: the same sums, without sorting the (history item, neighbour) pairs or the (B, text_dim)
+    # product of the text term. The scorer builds them once per process.
+    def build_term_tables(self, max_bytes: int = TERM_TABLE_BYTES) -> list[int]:
+        """Precompute, for every domain with score terms whose dense tables fit ``max_bytes`` (all domains and
+        terms together, smallest domains first), an (n_d, n_d) table per attached term: ``cooc`` the
+        co-occurrence similarity, ``text`` the cosines of the items' frozen text embeddings, ``next`` the
+        next-item counts divided by their row's maximum (plus a zero row n_d: no latest item). The scores are
+        unchanged up to float rounding; :meth:`combine_scores` then reads them. Built on the model's device (call
+        it after moving the model); not saved; attaching a term again drops them. Returns the domains that got
+        tables."""
+        self._term_tables = {}
+        used = 0
+        sizes = {d: self.domain_items(d).numel() for d in range(self.config.n_domains)}
+        for d in sorted(sizes, key=sizes.get):
+            n_d = sizes[d]
+            terms = [name for name, on in (("cooc", self.cooccurrence_weight(d) != 0.0),
+                                           ("text", self.text_similarity_weight(d) != 0.0),
+                                           ("next", self.transition_weight(d) != 0.0)) if on]
+            need = sum((n_d + (name == "next")) * n_d * 4 for name in terms)
+            if not terms or used + need > max_bytes:
+                continue
+            used += need
+            items, dev = self.domain_items(d), self.domain_offsets.device
+            tables = {}
+            for name, (indptr, indices, values) in (("cooc", ("cooc_indptr", "cooc_indices", "cooc_values")),
+                                                    ("next", ("trans_indptr", "trans_indices", "trans_values"))):
+                if name in terms:
+                    indptr, indices, values = (getattr(self, a) for a in (indptr, indices, values))
+                    flat, lens = _csr_entries(indptr, items)
+                    rows = torch.repeat_interleave(torch.arange(n_d, device=dev), lens)
+                    cols, vals = self.domain_item_idx[indices[flat].long()], values[flat]
+                    if name == "next":  # m(i, .) = count(i -> .) / max count(i -> .)
+                        top = torch.zeros(n_d, device=dev).scatter_reduce(0, rows, vals, "amax")
+                        vals = vals / top[rows].clamp(min=1e-12)
+                    table = torch.zeros(n_d + (name == "next"), n_d, device=dev)
+                    tables[name] = table.index_put_((rows, cols), vals, accumulate=True)
+            if "text" in terms:
+                units = self.domain_text_units(d)
+                tables["text"] = units @ units.T
+            self._term_tables[d] = tables
+        if self._term_tables:
+            log.info("score-term tables for domains %s: %.0f MiB", sorted(self._term_tables), used / 2**20)
+        return sorted(self._term_tables)
 
     @staticmethod
     def score_covariance(item_reps: Tensor) -> Tensor:
@@ -854,8 +931,16 @@ class CrossDomainTransformer(nn.Module):
                           pairs: tuple[Tensor, Tensor, Tensor] | None) -> Tensor:
         """``scores + scale[:, None] * c / max_j c`` (rows without co-occurrence support unchanged)."""
         B, n_d = scores.shape
+        decay = self.cooccurrence_decay(domain) if decay is None else float(decay)
+        table = self._term_tables.get(int(domain), {}).get("cooc") if pairs is None else None
+        if table is not None:  # c = (B, n_d) decayed history weights @ the (n_d, n_d) similarity table
+            rows, items, age = self._distinct_history_items(item_idx, domain)
+            weights = _decayed(torch.ones_like(age, dtype=torch.float), age, decay)  # decay**age
+            c = _sparse_rows_times(rows, self.domain_item_idx[items], weights, B, table)
+            scale = scale / c.amax(1).clamp(min=1e-12)  # (B,); max_j c (c >= 0)
+            return scores + (c * scale[:, None]).to(scores.dtype)
         flat, sims, age = self.cooccurrence_pairs(item_idx, domain) if pairs is None else pairs
-        sims = _decayed(sims, age, self.cooccurrence_decay(domain) if decay is None else float(decay))
+        sims = _decayed(sims, age, decay)
         if flat.numel() > DENSE_COOCCURRENCE_SHARE * B * n_d:
             # popular history items support most of the domain: summing the pairs into a dense (B, n_d) c is
             # cheaper than sorting them into distinct cells
@@ -877,6 +962,12 @@ def _csr_entries(indptr: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
     first = torch.cumsum(lens, 0) - lens  # where each row's entries start in the flat list
     flat = torch.repeat_interleave(start - first, lens) + torch.arange(int(lens.sum()), device=rows.device)
     return flat, lens
+
+
+def _sparse_rows_times(rows: Tensor, cols: Tensor, weights: Tensor, n_rows: int, table: Tensor) -> Tensor:
+    """(n_rows, table columns): row r = sum of ``weights[k] * table[cols[k]]`` over the entries k with rows[k] = r."""
+    w = torch.sparse_coo_tensor(torch.stack([rows, cols]), weights.float(), (n_rows, table.shape[0]), check_invariants=False)
+    return torch.sparse.mm(w, table)
 
 
 def _decayed(sims: Tensor, age: Tensor, decay: float) -> Tensor:

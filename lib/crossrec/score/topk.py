@@ -8,7 +8,8 @@ interacted with:
 
 1. one Transformer pass gives each user's shared state; ``domain_head`` turns it into h_u^d per domain;
 2. scores = h_u^d @ items_d^T (B, n_d), plus the artifact's score terms when it has them (co-occurrence, text
-   similarity, next item and, for users with no event in d, popularity: ``CrossDomainTransformer.combine_scores``);
+   similarity, next item and, for users with no event in d, popularity: ``CrossDomainTransformer.combine_scores``,
+   from the dense item-item tables ``build_term_tables`` makes at load for domains small enough);
    every item of the user's history in d is set to -inf;
 3. ``torch.topk``; -inf picks (the domain has fewer than K unseen items) are dropped;
 4. reason = the history item (any domain) whose representation is most similar (cosine) to the pick:
@@ -80,6 +81,7 @@ class Scorer:
         pop = np.zeros(n + 1, dtype=np.float64) if popularity is None else np.asarray(popularity, dtype=np.float64)
         assert pop.shape == (n + 1,), f"popularity must have n_items + 1 = {n + 1} entries, got {pop.shape}"
         with torch.inference_mode():
+            self.model.build_term_tables()  # small domains: the score terms as dense item-item tables
             self.table = self.model.item_table()  # (n + 1, D): history items are looked up, not re-encoded
             self.table_norm = torch.nn.functional.normalize(self.table.float(), dim=-1)
             self.reps = [self.table[self.model.domain_items(d)] for d in range(len(self.domains))]  # (n_d, D) each
