@@ -7,7 +7,8 @@ Run it:
 
 The protocol (lib/crossrec/evaluate/protocol.py): for each test row, all items of the target domain are
 ranked, the user's history items in that domain excluded; Recall/NDCG/Precision/F1@{10,20}, MRR, AUC and
-catalog coverage per domain and per segment (all users, cross-domain cold-start users, cold items).
+catalog coverage per domain and per segment (all users, cross-domain cold-start users, cold items); ``--out``'s
+records also carry each value's standard error over the segment's users (``se``; gold.metrics keeps the values).
 The gold tables are read at pinned versions (recorded with the results); the Transformer comes from a
 model artifact (default: the one `<lake>/models/_latest` names; ``--model NAME=VERSION|FOLDER``, repeatable,
 evaluates several side by side: artifacts trained on some domains only (``crossrec train --input-domains``)

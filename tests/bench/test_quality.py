@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("ray.train")
 
-from crossrec.bench.quality import BenchError, QualitySpec, run_quality  # noqa: E402
+from crossrec.bench.quality import BenchError, QualitySpec, ratios, run_quality  # noqa: E402
 from crossrec.data.synthetic import SyntheticSpec, generate  # noqa: E402
 from conftest import TEST_KEY  # noqa: E402
 
@@ -58,8 +58,12 @@ def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_
     assert "crossrec.jobs.evaluate" in logs["evaluate.log"], "the in-process step's log lines went to its log file"
     md = (out / "quality.md").read_text()
     assert "crossrec vs the best other model" in md and "| sasrec |" in md
+    cold = next(r for r in ratios(recs) if r["segment"] == "cold_start")
+    assert cold["crossrec_se"] > 0 and cold["best_se"] >= 0, "each ratio carries both values' standard errors"
+    assert f"{cold['crossrec']:.4f} ± {cold['crossrec_se']:.4f}" in md
 
     ndcg = {(r["model"], r["domain"], r["segment"]): r for r in recs if r["metric"] == "ndcg" and r["k"] == 10}
+    assert all(r["se"] >= 0 for r in ndcg.values() if r["n_users"] >= 2)
     for domain in q["data"]["domains"]:
         cross, single = ndcg[("crossrec", domain, "cold_start")], ndcg[("sasrec", domain, "cold_start")]
         assert cross["n_users"] == single["n_users"] >= 30, "both models are measured on the same cold users"

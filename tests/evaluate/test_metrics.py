@@ -16,6 +16,7 @@ from crossrec.evaluate.metrics import (
     catalog_coverage,
     evaluate_full_ranking,
     rank_of_target,
+    ranking_metric_errors,
     ranking_metrics,
     topk_items,
 )
@@ -185,6 +186,40 @@ def test_metrics_lie_in_unit_interval_and_are_consistent(case):
         assert m[f"recall@{k_small}"] <= m[f"recall@{k_big}"]
         assert m[f"ndcg@{k_small}"] <= m[f"ndcg@{k_big}"]
     assert m["mrr"] >= m["recall@1"]
+
+
+def test_ranking_metric_errors_hand_example():
+    e = ranking_metric_errors(np.array([1, 3, 11]), np.array([10, 10, 20]), ks=(10,))
+    assert set(e) == set(ranking_metrics(np.array([1]), np.array([2]), ks=(10,))) - {"n_rows"}
+    assert e["ndcg@10"] == pytest.approx(0.5 / math.sqrt(3))  # rows 1, .5, 0: sample sd .5
+    assert e["recall@10"] == pytest.approx(1 / 3)  # rows 1, 1, 0: sample sd sqrt(1/3)
+    assert e["precision@10"] == pytest.approx(1 / 30)
+    assert e["mrr"] == pytest.approx(np.std([1, 1 / 3, 1 / 11], ddof=1) / math.sqrt(3))
+    one = ranking_metric_errors(np.array([2]), np.array([5]))
+    assert all(math.isnan(v) for v in one.values()), "one row has no standard error"
+    assert math.isnan(ranking_metric_errors(np.array([1, 1]), np.array([1, 1]))["auc"]), "no row with an AUC"
+
+
+@PROPS
+@given(ranks_and_candidates())
+def test_ranking_metric_errors_are_the_per_row_spread_over_root_n(case):
+    ranks, n_cand = case
+    e = ranking_metric_errors(ranks, n_cand, KS)
+    m = ranking_metrics(ranks, n_cand, KS)
+    n = len(ranks)
+    for k in KS:  # rows one at a time, as the metric's definition reads
+        hits = [1.0 if r <= k else 0.0 for r in ranks]
+        gains = [1.0 / math.log2(r + 1) if r <= k else 0.0 for r in ranks]
+        for key, rows in ((f"recall@{k}", hits), (f"ndcg@{k}", gains)):
+            assert np.mean(rows) == pytest.approx(m[key])
+            if n < 2:
+                assert math.isnan(e[key])
+            else:
+                assert e[key] == pytest.approx(math.sqrt(sum((x - np.mean(rows)) ** 2 for x in rows) / (n - 1) / n))
+                assert e[key] >= 0.0 and (e[key] == 0.0) == (len(set(rows)) == 1)
+    if n >= 2:  # the same rows four times over: the spread stays, the error shrinks by about 2
+        e4 = ranking_metric_errors(np.tile(ranks, 4), np.tile(n_cand, 4), KS)
+        assert e4["mrr"] == pytest.approx(e["mrr"] * math.sqrt((n - 1) / (4 * n - 1)), abs=1e-12)
 
 
 @PROPS

@@ -23,10 +23,11 @@ instance when one is initialised):
 4. ``evaluate`` crossrec, sasrec and the classic baselines (popularity, item-KNN, Spark ALS) with the same
    full-ranking protocol on the test split (``crossrec.evaluate.protocol``).
 
-It writes ``DIR/quality.json`` -- ``{"records": [{"model", "domain", "segment", "metric", "k", "value",
+It writes ``DIR/quality.json`` -- ``{"records": [{"model", "domain", "segment", "metric", "k", "value", "se",
 "n_users", "model_version"}...], "wall_times_s": {model: train + evaluation seconds}, "stages_s": {step:
-seconds}, ...}`` -- and ``DIR/quality.md`` (NDCG@10 and Recall@10 tables, crossrec's ratio to the best other
-model per domain and segment, wall times), and prints the NDCG@10 table.
+seconds}, ...}``, ``se`` the value's standard error over the segment's users -- and ``DIR/quality.md`` (NDCG@10
+and Recall@10 tables, crossrec's ratio to the best other model per domain and segment with both values'
+standard errors, wall times), and prints the NDCG@10 table.
 
 The lake is throwaway: when no pseudonymisation key is configured (``CROSSREC_PSEUDONYM_KEY(_FILE)``), a
 random one is written to ``DIR/pseudonym.key`` (mode 0600) for this run.
@@ -286,7 +287,7 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
     eval_args = ["--lake-root", lake, "--baselines", ",".join(spec.baselines), *model_flags, "--out", str(eval_dir)]
     stages["evaluate"] = _run_job("evaluate", "evaluate", [*eval_args, *on_spark], out, env, inline)
     ev = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
-    records = [{k: r.get(k) for k in ("model", "domain", "segment", "metric", "k", "value", "n_users", "model_version")}
+    records = [{k: r.get(k) for k in ("model", "domain", "segment", "metric", "k", "value", "se", "n_users", "model_version")}
                for r in ev["records"]]
     wall = {m: round(train_s.get(m, 0.0) + s, 1) for m, s in ev["seconds"].items()}
     result = {
@@ -312,14 +313,16 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
     return result
 
 
-def _pivot(records: list[dict], metric: str, k: int):
+def _pivot(records: list[dict], metric: str, k: int, values: str = "value"):
     import pandas as pd
 
     df = pd.DataFrame(records)
-    df = df[(df.metric == metric) & (df.k == k)]
-    if df.empty:
+    if values not in df.columns:  # records written before standard errors were recorded
         return None
-    return df.pivot_table(index=["domain", "segment"], columns="model", values="value")
+    df = df[(df.metric == metric) & (df.k == k)]
+    if df.empty or df[values].isna().all():
+        return None
+    return df.pivot_table(index=["domain", "segment"], columns="model", values=values)
 
 
 def format_table(records: list[dict], metric: str = "ndcg", k: int = 10) -> str:
@@ -329,11 +332,18 @@ def format_table(records: list[dict], metric: str = "ndcg", k: int = 10) -> str:
 
 
 def ratios(records: list[dict], metric: str = "ndcg", k: int = 10) -> list[dict]:
-    """crossrec's ``metric@k`` over the best other model, per (domain, segment)."""
+    """crossrec's ``metric@k`` over the best other model, per (domain, segment), with both values' standard
+    errors (``crossrec_se``, ``best_se``; None where the records have none)."""
     p = _pivot(records, metric, k)
+    se = _pivot(records, metric, k, values="se")
     out = []
     if p is None or OURS not in p.columns:
         return out
+
+    def error(key, model):
+        v = se.loc[key].get(model) if se is not None and key in se.index else None
+        return None if v is None or v != v else float(v)
+
     for (domain, segment), row in p.iterrows():
         others = row.drop(OURS).dropna()
         if others.empty or row[OURS] != row[OURS]:
@@ -341,7 +351,8 @@ def ratios(records: list[dict], metric: str = "ndcg", k: int = 10) -> list[dict]
         best = others.idxmax()
         out.append({"domain": domain, "segment": segment, "crossrec": float(row[OURS]), "best_other": best,
                     "best_value": float(others[best]),
-                    "ratio": float(row[OURS] / others[best]) if others[best] > 0 else float("inf")})
+                    "ratio": float(row[OURS] / others[best]) if others[best] > 0 else float("inf"),
+                    "crossrec_se": error((domain, segment), OURS), "best_se": error((domain, segment), best)})
     return out
 
 
@@ -364,10 +375,15 @@ def format_markdown(result: dict) -> str:
         lines.append("")
     rs = ratios(recs)
     if rs:
-        lines += ["## crossrec vs the best other model (NDCG@10)", "", "| domain | segment | crossrec | best other | ratio |",
-                  "|---|---|---:|---|---:|"]
-        lines += [f"| {r['domain']} | {r['segment']} | {r['crossrec']:.4f} | {r['best_other']} {r['best_value']:.4f} | "
-                  f"{r['ratio']:.2f}x |" for r in rs]
+        def pm(se):
+            return "" if se is None else f" ± {se:.4f}"
+
+        lines += ["## crossrec vs the best other model (NDCG@10)", "",
+                  "± one standard error over the segment's users: a ratio whose two values differ by less than about "
+                  "two of them is within noise.", "",
+                  "| domain | segment | crossrec | best other | ratio |", "|---|---|---:|---|---:|"]
+        lines += [f"| {r['domain']} | {r['segment']} | {r['crossrec']:.4f}{pm(r['crossrec_se'])} | {r['best_other']} "
+                  f"{r['best_value']:.4f}{pm(r['best_se'])} | {r['ratio']:.2f}x |" for r in rs]
         lines.append("")
     lines += ["## Wall times (seconds)", "", "| model | train | evaluate | total |", "|---|---:|---:|---:|"]
     for m, total in result["wall_times_s"].items():

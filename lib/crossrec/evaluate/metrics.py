@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -142,6 +142,32 @@ def _candidates_masked(n_items: int, b: int, mask: np.ndarray | None) -> np.ndar
 # Metrics from ranks.
 
 
+def _per_row_metrics(ranks: np.ndarray, n_candidates: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """Each row's value of every metric of :func:`ranking_metrics` (``auc``: the rows with two or more
+    candidates only), after checking the inputs."""
+    ranks = np.asarray(ranks)
+    n_candidates = np.asarray(n_candidates)
+    assert ranks.ndim == 1 and ranks.shape == n_candidates.shape, \
+        f"ranks {ranks.shape} and n_candidates {n_candidates.shape} must be equal 1-d shapes"
+    if ranks.size == 0:
+        raise ValueError("ranking_metrics needs at least one row")
+    if (ranks < 1).any() or (ranks > n_candidates).any():
+        raise ValueError("every rank must lie in [1, n_candidates]")
+    ranks = ranks.astype(np.float64)
+    out: dict[str, np.ndarray] = {}
+    for k in ks:
+        assert int(k) == k and k >= 1, f"k must be a positive integer, got {k!r}"
+        hit = (ranks <= k).astype(np.float64)
+        out[f"recall@{k}"] = hit
+        out[f"precision@{k}"] = hit / k
+        out[f"f1@{k}"] = 2.0 * hit / (k + 1)
+        out[f"ndcg@{k}"] = np.where(hit > 0, 1.0 / np.log2(ranks + 1.0), 0.0)
+    out["mrr"] = 1.0 / ranks
+    has_auc = n_candidates > 1
+    out["auc"] = 1.0 - (ranks[has_auc] - 1.0) / (n_candidates[has_auc] - 1.0)
+    return out
+
+
 def ranking_metrics(ranks: np.ndarray, n_candidates: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
     """Means over rows (one held-out target per row) of the usual top-k metrics.
 
@@ -152,28 +178,18 @@ def ranking_metrics(ranks: np.ndarray, n_candidates: np.ndarray, ks: Sequence[in
     target; rows with a single candidate have no AUC and are left out of its mean, NaN if all are) and
     ``n_rows``.
     """
-    ranks = np.asarray(ranks)
-    n_candidates = np.asarray(n_candidates)
-    assert ranks.ndim == 1 and ranks.shape == n_candidates.shape, \
-        f"ranks {ranks.shape} and n_candidates {n_candidates.shape} must be equal 1-d shapes"
-    if ranks.size == 0:
-        raise ValueError("ranking_metrics needs at least one row")
-    if (ranks < 1).any() or (ranks > n_candidates).any():
-        raise ValueError("every rank must lie in [1, n_candidates]")
-    ranks = ranks.astype(np.float64)
-    out: dict[str, float] = {"n_rows": float(ranks.size)}
-    for k in ks:
-        assert int(k) == k and k >= 1, f"k must be a positive integer, got {k!r}"
-        hit = ranks <= k
-        recall = float(hit.mean())
-        out[f"recall@{k}"] = recall
-        out[f"precision@{k}"] = recall / k
-        out[f"f1@{k}"] = 2.0 * recall / (k + 1)
-        out[f"ndcg@{k}"] = float(np.where(hit, 1.0 / np.log2(ranks + 1.0), 0.0).mean())
-    out["mrr"] = float((1.0 / ranks).mean())
-    has_auc = n_candidates > 1
-    out["auc"] = float((1.0 - (ranks[has_auc] - 1.0) / (n_candidates[has_auc] - 1.0)).mean()) if has_auc.any() else math.nan
+    rows = _per_row_metrics(ranks, n_candidates, ks)
+    out: dict[str, float] = {"n_rows": float(np.asarray(ranks).size)}
+    out |= {key: float(v.mean()) if v.size else math.nan for key, v in rows.items()}
     return out
+
+
+def ranking_metric_errors(ranks: np.ndarray, n_candidates: np.ndarray, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """Standard errors of :func:`ranking_metrics`' means (same keys, without ``n_rows``): the rows' sample
+    standard deviation over the square root of their number, NaN with fewer than two rows. Rows are
+    independent users, so two models' means on one segment that differ by a few of these are within noise."""
+    rows = _per_row_metrics(ranks, n_candidates, ks)
+    return {key: float(v.std(ddof=1) / math.sqrt(v.size)) if v.size >= 2 else math.nan for key, v in rows.items()}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -245,6 +261,7 @@ class FullRankingResult:
     topk: np.ndarray  # (U, k) int64 columns, -1 padded
     metrics: dict[str, float]
     coverage: float  # catalog coverage of topk
+    errors: dict[str, float] = field(default_factory=dict)  # standard errors of the metrics (ranking_metric_errors)
 
 
 def evaluate_full_ranking(score_fn: ScoreFn, users: np.ndarray, target_col: np.ndarray,
@@ -296,4 +313,5 @@ def evaluate_full_ranking(score_fn: ScoreFn, users: np.ndarray, target_col: np.n
             log.info("scored %d/%d rows (%.0f rows/s, ETA %.0f s)", hi, n_rows, rate, (n_rows - hi) / rate)
             last = now
     metrics = ranking_metrics(ranks, n_cand, ks) if n_rows else {}
-    return FullRankingResult(ranks, n_cand, topk, metrics, catalog_coverage(topk, n_items))
+    errors = ranking_metric_errors(ranks, n_cand, ks) if n_rows else {}
+    return FullRankingResult(ranks, n_cand, topk, metrics, catalog_coverage(topk, n_items), errors)

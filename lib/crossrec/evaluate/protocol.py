@@ -152,8 +152,9 @@ ScoreFn = Callable[[DomainTest, np.ndarray], np.ndarray]  # (domain test, row po
 
 def evaluate(name: str, score_fn: ScoreFn, data: EvalData, ks=(10, 20), chunk_users: int = 1024,
              domains: list[str] | None = None) -> list[dict]:
-    """Metric records ``{model, domain, segment, metric, k, value, n_users}`` of one model, every domain
-    (or those in ``domains``) and segment."""
+    """Metric records ``{model, domain, segment, metric, k, value, se, n_users}`` of one model, every domain
+    (or those in ``domains``) and segment; ``se`` is the value's standard error over the segment's users
+    (:func:`~crossrec.evaluate.metrics.ranking_metric_errors`; None for coverage)."""
     records = []
     for dt_ in data.tests:
         if len(dt_.rows) == 0 or (domains is not None and dt_.domain not in domains):
@@ -173,9 +174,10 @@ def evaluate(name: str, score_fn: ScoreFn, data: EvalData, ks=(10, 20), chunk_us
                     continue
                 metric, _, k = key.partition("@")
                 records.append({"model": name, "domain": dt_.domain, "segment": seg, "metric": metric,
-                                "k": int(k) if k else 0, "value": float(value), "n_users": int(len(sel))})
+                                "k": int(k) if k else 0, "value": float(value), "se": res.errors.get(key),
+                                "n_users": int(len(sel))})
             records.append({"model": name, "domain": dt_.domain, "segment": seg, "metric": "coverage",
-                            "k": max(ks), "value": float(res.coverage), "n_users": int(len(sel))})
+                            "k": max(ks), "value": float(res.coverage), "se": None, "n_users": int(len(sel))})
     return records
 
 
