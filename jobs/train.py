@@ -120,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             cold = r.get("cold_popularity")
             if cold:
                 c_ndcg = {t["weight"]: t["value"] for t in cold["valid_ndcg@10"]}
+                rows = f"{cold['rows']} valid rows" + (" of users active in it, scored from their other domains"
+                                                       if cold.get("simulated") else "")
                 detail = (f"valid NDCG@10 {c_ndcg[cold['weight']]:.4f} ({c_ndcg.get(0.0, float('nan')):.4f} without; "
-                          f"{cold['rows']} valid rows)" if c_ndcg else f"too few valid rows to choose it ({cold['rows']})")
+                          f"{rows})" if c_ndcg else f"too few valid rows to choose it ({rows})")
                 print(f"popularity:       {d} weight {cold['weight']:g} for users new to the domain; {detail}")
         print(f"throughput:       {m['samples_per_s']:.0f} samples/s over {m['workers']} {m['device']} worker(s); wall {m['wall_time_s']:.1f}s")
 

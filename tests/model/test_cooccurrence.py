@@ -161,8 +161,10 @@ def test_cold_user_popularity_weight_is_chosen_on_users_new_to_the_domain(tmp_pa
     report = fit_cooccurrence(model, valid, k=5, shrink=1.0, cold_grid=(0.0, 0.3, 0.7))  # not exact in float32
     cold = report["movies"]["cold_popularity"]
     assert cold["rows"] == 100 and cold["weight"] in (0.3, 0.7), cold
-    assert report["books"]["cold_popularity"] == {"weight": 0.0, "rows": 0, "valid_ndcg@10": []}  # none new to books
-    assert model.cooc_cold_weight.tolist() == pytest.approx([0.0, cold["weight"]])
+    books = report["books"]["cold_popularity"]  # none new to books: its 60 rows, scored from their movies only
+    assert books["rows"] == 60 and books["simulated"] and len(books["valid_ndcg@10"]) == 3, books
+    assert cold["simulated"] is False
+    assert model.cooc_cold_weight.tolist() == pytest.approx([books["weight"], cold["weight"]])
     ndcg = {t["weight"]: t["value"] for t in cold["valid_ndcg@10"]}
     assert ndcg[cold["weight"]] > ndcg[0.0] + 0.05, ndcg
     for p, value in ndcg.items():  # the cold_start segment = the rows the weight was chosen on
@@ -171,7 +173,51 @@ def test_cold_user_popularity_weight_is_chosen_on_users_new_to_the_domain(tmp_pa
                    if x["metric"] == "ndcg" and x["segment"] == "cold_start")
         assert got == pytest.approx(value, abs=1e-6), p
     few = fit_cooccurrence(model, valid, k=5, shrink=1.0, min_cold_rows=101)["movies"]["cold_popularity"]
-    assert few == {"weight": 0.0, "rows": 100, "valid_ndcg@10": []} and model.cold_popularity_weight(1) == 0.0
+    # under 101 new to movies, and under 101 simulated ones (the same 100 rows, their book events): off
+    assert few == {"weight": 0.0, "rows": 100, "simulated": True, "valid_ndcg@10": []}
+    assert model.cold_popularity_weight(1) == 0.0
+
+
+def test_cold_user_popularity_weight_falls_back_to_users_active_in_the_domain_scored_from_the_others(tmp_path):
+    """No validation row of a user new to movies (every user has movie history, as on a data set whose only
+    new users are the test's cold-start sample), movie targets that follow popularity: the fit must choose the
+    popularity weight on the movie rows scored from their book events only, and what it reports for every
+    weight must be what the evaluation protocol gives for those rows read from books alone."""
+    from crossrec.evaluate.protocol import evaluate, transformer_score_fn
+    from crossrec.model.cooccurrence import fit_cooccurrence
+
+    rng = np.random.default_rng(6)
+    dom, index = two_domain_index()
+    movie_p = 0.5 ** np.arange(9)
+    movie_p /= movie_p.sum()
+    rows = []
+    for u in range(160):
+        books = [int(x) for x in rng.integers(1, 13, size=4)]
+        movies = [int(x) for x in rng.choice(np.arange(13, 22), size=3, p=movie_p)]  # popularity's training events
+        hist = books + movies if u % 2 else movies + books
+        ts = list(range(100 * u, 100 * u + len(hist)))
+        to_movies = u < 100
+        target = int(rng.choice(np.arange(13, 22), p=movie_p)) if to_movies else int(rng.integers(1, 13))
+        doms = [int(dom[i - 1]) for i in hist]
+        rows.append((f"u{u}", "train", "*", hist, doms, ts, None, None, False, len(hist)))
+        rows.append((f"u{u}", "valid", "movies" if to_movies else "books", hist, doms, ts, target, ts[-1] + 1, False,
+                     len(hist)))
+    valid = valid_split(tmp_path, index, rows)
+    model = untrained_model(dom, seed=2)
+    grid = (0.0, 0.3, 0.7)
+    cold = fit_cooccurrence(model, valid, k=5, shrink=1.0, cold_grid=grid)["movies"]["cold_popularity"]
+    assert cold["simulated"] and cold["rows"] == 100 and cold["weight"] in (0.3, 0.7), cold
+    ndcg = {t["weight"]: t["value"] for t in cold["valid_ndcg@10"]}
+    assert sorted(ndcg) == list(grid) and ndcg[cold["weight"]] > ndcg[0.0] + 0.05, ndcg
+    assert model.cold_popularity_weight(1) == pytest.approx(cold["weight"])
+    for p, value in ndcg.items():
+        model.cooc_cold_weight[1] = p
+        got = next(x["value"] for x in evaluate("m", transformer_score_fn(model, valid, input_domains=["books"]), valid,
+                                                ks=(10,), domains=["movies"])
+                   if x["metric"] == "ndcg" and x["segment"] == "all")
+        assert got == pytest.approx(value, abs=1e-6), p
+    capped = fit_cooccurrence(model, valid, k=5, shrink=1.0, cold_grid=grid, simulated_cold_rows=70)
+    assert capped["movies"]["cold_popularity"]["rows"] == 70
 
 
 def test_text_similarity_weight_is_chosen_where_the_next_item_has_the_closest_text(tmp_path):
@@ -221,7 +267,8 @@ def test_text_similarity_weight_is_chosen_where_the_next_item_has_the_closest_te
                        if x["metric"] == "ndcg" and x["segment"] == "all")
             assert got == pytest.approx(value, abs=1e-6), (d, t, r)
     off = untrained_model(dom, seed=2)
-    report = fit_cooccurrence(off, valid, k=5, shrink=1.0, grid=(0.0,), text_grid=(0.0,), next_grid=(0.0,))
+    report = fit_cooccurrence(off, valid, k=5, shrink=1.0, grid=(0.0,), text_grid=(0.0,), next_grid=(0.0,),
+                              cold_grid=(0.0,))
     assert all(r["text_similarity"] == {"weight": 0.0, "decay": 1.0, "valid_ndcg@10": []} for r in report.values())
     assert all(r["next_item"] == {"weight": 0.0, "valid_ndcg@10": []} for r in report.values())
     assert off.text_similarity_weight(0) == off.text_similarity_weight(1) == 0.0
