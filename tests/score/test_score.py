@@ -111,6 +111,7 @@ def test_output_checks_catch_broken_recommendations(lake, spark):
     broken = broken.unionByName(rows.limit(1).withColumn("item_id", F.lit(one_seen.item_id))
                                 .withColumn("user_id", F.lit(one_seen.user_id)).withColumn("domain", F.lit(one_seen.domain))
                                 .withColumn("rank", F.lit(K + 1).cast("long")))  # a seen item
+    stranger = rows.limit(1).withColumn("user_id", F.lit("not-an-active-user")).withColumn("rank", F.lit(1).cast("long"))
     v = Validator(str(lk / "_reports"), "test-broken")
     report = v.check(load_contract("gold.recommendations"), broken, params={"domains": domains, "k": K},
                      version=None, raise_on_failure=False, extra_expectations=S.output_expectations(K),
@@ -119,6 +120,14 @@ def test_output_checks_catch_broken_recommendations(lake, spark):
     assert not report.success
     for what in ("K rows per (user, domain)", "scores do not increase", "no item the user already has", "rank"):
         assert what in failed, (what, failed)
+    # each cross-row check alone: a gap in the ranks; a user outside the active users (its one row is rank 1)
+    gap = rows.where(~((F.col("user_id") == one_seen.user_id) & (F.col("domain") == one_seen.domain) & (F.col("rank") == 2)))
+    for frame, what in ((gap, "ranks are 1..n"), (rows.unionByName(stranger), "no other user")):
+        alone = v.check(load_contract("gold.recommendations"), frame, params={"domains": domains, "k": K}, version=None,
+                        raise_on_failure=False, extra_expectations=S.output_expectations(K),
+                        references={"silver.items": spark_read(spark, str(lk / "silver" / "items"))})
+        assert [f["target"] for f in alone.failures if what in f["target"]], (what, alone.summary())
+    assert not rows.is_cached, "the validator drops the copy of the batch GE persisted"
     good = v.check(load_contract("gold.recommendations"), rows, params={"domains": domains, "k": K},
                    raise_on_failure=False, extra_expectations=S.output_expectations(K),
                    references={"silver.items": spark_read(spark, str(lk / "silver" / "items"))})

@@ -26,7 +26,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 PUBLISHED_PREFIX = "crossrec.published."
-VIEWS = ("crossrec_expected_k", "crossrec_seen", "crossrec_active_users")
+VIEWS = ("crossrec_expected_k", "crossrec_seen")  # the temp views the output checks read
 COLUMNS = ["run_date", "user_id", "domain", "rank", "item_id", "score", "model_version", "reason"]  # the contract's order
 
 
@@ -171,25 +171,29 @@ class Progress:
 
 def output_expectations(k: int) -> list:
     """Cross-row checks of one run's recommendations (GE ``UnexpectedRowsExpectation``; a check passes when
-    its query returns no row). They read the temp views the job registers (:data:`VIEWS`)."""
+    its query returns no row). They read the temp views :func:`register_check_views` registers (:data:`VIEWS`).
+
+    GE runs each query twice (its row count, then its first rows), so the checks are few, each one shuffle of
+    the batch: five queries became these three (gold.recommendations' validation at 100k users: 157-164 s ->
+    138-157 s)."""
     import great_expectations.expectations as gxe
 
     q = {
-        "K rows per (user, domain), fewer only when the domain has fewer unseen items; every active user present":
-            """SELECT e.user_id, e.domain, e.expected, COALESCE(b.n, 0) AS n FROM crossrec_expected_k e
-               LEFT JOIN (SELECT user_id, domain, COUNT(*) AS n FROM {batch} GROUP BY user_id, domain) b
-               ON e.user_id = b.user_id AND e.domain = b.domain WHERE COALESCE(b.n, 0) != e.expected""",
-        "ranks are 1..n within each (user, domain)":
-            """SELECT user_id, domain FROM {batch} GROUP BY user_id, domain
-               HAVING MIN(`rank`) != 1 OR MAX(`rank`) != COUNT(*)""",
-        "scores do not increase with rank":
-            """SELECT * FROM (SELECT user_id, domain, `rank`, score,
-               LAG(score) OVER (PARTITION BY user_id, domain ORDER BY `rank`) AS prev FROM {batch}) WHERE prev < score""",
+        # one join both ways: an active user or domain short of rows, and a (user, domain) that should have none
+        "K rows per (user, domain), fewer only when the domain has fewer unseen items; every active user present, "
+        "no other user":
+            """SELECT COALESCE(e.user_id, b.user_id) AS user_id, COALESCE(e.domain, b.domain) AS domain,
+               COALESCE(e.expected, 0) AS expected, COALESCE(b.n, 0) AS n FROM crossrec_expected_k e
+               FULL OUTER JOIN (SELECT user_id, domain, COUNT(*) AS n FROM {batch} GROUP BY user_id, domain) b
+               ON e.user_id = b.user_id AND e.domain = b.domain WHERE COALESCE(b.n, 0) != COALESCE(e.expected, 0)""",
+        # one sort of the batch: rank = position in rank order (so 1..n, no gap or repeat), scores never rising
+        "ranks are 1..n within each (user, domain) and scores do not increase with rank":
+            """SELECT user_id, domain, `rank`, score, prev FROM (SELECT user_id, domain, `rank`, score,
+               ROW_NUMBER() OVER w AS pos, LAG(score) OVER w AS prev FROM {batch}
+               WINDOW w AS (PARTITION BY user_id, domain ORDER BY `rank`)) WHERE `rank` != pos OR prev < score""",
         "no item the user already has":
             """SELECT b.user_id, b.domain, b.item_id FROM {batch} b JOIN crossrec_seen s
                ON b.user_id = s.user_id AND b.domain = s.domain AND b.item_id = s.item_id""",
-        "no user outside the active users":
-            """SELECT DISTINCT b.user_id FROM {batch} b LEFT ANTI JOIN crossrec_active_users a ON a.user_id = b.user_id""",
     }
     return [gxe.UnexpectedRowsExpectation(unexpected_rows_query=sql, description=text) for text, sql in q.items()]
 
@@ -204,7 +208,8 @@ def exhausted_users(firsts, catalog):
 
 
 def register_check_views(spark, firsts, catalog, k: int) -> None:
-    """Temp views the output checks read: what each (user, domain) should get, seen items, active users."""
+    """Temp views the output checks read: what each active user should get per domain (``crossrec_expected_k``),
+    and the items they have (``crossrec_seen``)."""
     from pyspark.sql import functions as F
 
     sizes = catalog.groupBy("domain").agg(F.count("*").alias("n_d"))
@@ -217,7 +222,6 @@ def register_check_views(spark, firsts, catalog, k: int) -> None:
                 .where("expected > 0"))
     expected.createOrReplaceTempView("crossrec_expected_k")
     firsts.select("user_id", "domain", "item_id").createOrReplaceTempView("crossrec_seen")
-    users.createOrReplaceTempView("crossrec_active_users")
 
 
 def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: bool = True):
