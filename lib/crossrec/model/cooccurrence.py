@@ -33,8 +33,8 @@ On Food+Kitchen (one model) validation chose 0.3 for food (NDCG@10 of those rows
 food cold-start test segment went from .0259 to .0292. Kitchen has no such validation rows (its only users new
 to it are the test's cold-start sample), so its weight is chosen on validation rows of users active in kitchen
 and food, scored from their food events only (:func:`_simulated_cold_ranks`): 0.3 (.0216 -> .0251 on 2,856 such
-rows); its cold-start test segment went from .0081 to .0082. For users with history in the domain a popularity term did not help (kitchen's test NDCG@10 .0278 ->
-.0277 at 0.1 and lower above), so it is not added there.
+rows); its cold-start test segment went from .0081 to .0082. For users with history in the domain a popularity
+term did not help (kitchen's test NDCG@10 .0278 -> .0277 at 0.1 and lower above), so it is not added there.
 
 **The text-similarity term.** The Transformer reads item text only through its learned adapter, whose
 ``d_model`` dimensions keep what predicts the next item on average; how close two titles are in the text
@@ -283,11 +283,12 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
             "weight": float(next_of[dt_.domain_idx]),
             "valid_ndcg@10": [{"weight": m, "value": v} for m, v in next_ndcg.items()]}
         del seen
-        n_cold, cold_kind = int(sum(len(c) for c in cold_sel)), "users new to it"
+        n_cold, simulated = int(sum(len(c) for c in cold_sel)), False
         if n_cold < min_cold_rows:  # too few: users active in the domain, scored from their other domains only
             cold_sel, cold_ranks = _simulated_cold_ranks(model, valid, dt_, sel, keep, cold_grid, simulated_cold_rows,
                                                          rng, reps, cov, device)
-            n_cold, cold_kind = int(sum(len(c) for c in cold_sel)), "users active in it, their events there dropped"
+            n_cold, simulated = int(sum(len(c) for c in cold_sel)), True
+        cold_kind = "users active in it, their events there dropped" if simulated else "users new to it"
         cold_ndcg, p_best = {}, 0.0
         if n_cold >= min_cold_rows:
             cs = np.concatenate(cold_sel)
@@ -297,7 +298,7 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
             p_best = max(cold_ndcg, key=lambda p: (cold_ndcg[p], -p))
         cold_of[dt_.domain_idx] = p_best
         report[dt_.domain]["cold_popularity"] = {
-            "weight": p_best, "rows": n_cold, "simulated": cold_kind != "users new to it",
+            "weight": p_best, "rows": n_cold, "simulated": simulated,
             "valid_ndcg@10": [{"weight": p, "value": v} for p, v in cold_ndcg.items()]}
         if cold_ndcg:
             log.info("popularity term of %s for users new to it: weight %g (valid NDCG@10 %.4f; without %.4f; %d rows "
