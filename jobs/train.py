@@ -125,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
                 detail = (f"valid NDCG@10 {c_ndcg[cold['weight']]:.4f} ({c_ndcg.get(0.0, float('nan')):.4f} without; "
                           f"{rows})" if c_ndcg else f"too few valid rows to choose it ({rows})")
                 print(f"popularity:       {d} weight {cold['weight']:g} for users new to the domain; {detail}")
+            xtext = r.get("cold_text_similarity")
+            if xtext and xtext["valid_ndcg@10"]:
+                x_ndcg = {(t["weight"], t["decay"]): t["value"] for t in xtext["valid_ndcg@10"]}
+                print(f"text, new users:  {d} weight {xtext['weight']:g}, recency decay {xtext['decay']:g} (cosines to "
+                      f"their events in other domains), valid NDCG@10 {x_ndcg[(xtext['weight'], xtext['decay'])]:.4f} "
+                      f"({x_ndcg.get((0.0, 1.0), float('nan')):.4f} without)")
         print(f"throughput:       {m['samples_per_s']:.0f} samples/s over {m['workers']} {m['device']} worker(s); wall {m['wall_time_s']:.1f}s")
 
     return run_guarded(STAGE, body)

@@ -158,7 +158,8 @@ def test_cold_user_popularity_weight_is_chosen_on_users_new_to_the_domain(tmp_pa
                      ts[-1] + 1, new, len(hist)))
     valid = valid_split(tmp_path, index, rows)
     model = untrained_model(dom, seed=1)  # untrained: knows no popularity
-    report = fit_cooccurrence(model, valid, k=5, shrink=1.0, cold_grid=(0.0, 0.3, 0.7))  # not exact in float32
+    report = fit_cooccurrence(model, valid, k=5, shrink=1.0, cold_grid=(0.0, 0.3, 0.7),  # not exact in float32
+                              cold_text_grid=(0.0,))
     cold = report["movies"]["cold_popularity"]
     assert cold["rows"] == 100 and cold["weight"] in (0.3, 0.7), cold
     books = report["books"]["cold_popularity"]  # none new to books: its 60 rows, scored from their movies only
@@ -172,7 +173,10 @@ def test_cold_user_popularity_weight_is_chosen_on_users_new_to_the_domain(tmp_pa
         got = next(x["value"] for x in evaluate("m", transformer_score_fn(model, valid), valid, ks=(10,), domains=["movies"])
                    if x["metric"] == "ndcg" and x["segment"] == "cold_start")
         assert got == pytest.approx(value, abs=1e-6), p
-    few = fit_cooccurrence(model, valid, k=5, shrink=1.0, min_cold_rows=101)["movies"]["cold_popularity"]
+    few = fit_cooccurrence(model, valid, k=5, shrink=1.0, min_cold_rows=101)["movies"]
+    assert few["cold_text_similarity"] == {"weight": 0.0, "decay": 1.0, "valid_ndcg@10": []}
+    assert model.cold_text_weight(1) == 0.0
+    few = few["cold_popularity"]
     # under 101 new to movies, and under 101 simulated ones (the same 100 rows, their book events): off
     assert few == {"weight": 0.0, "rows": 100, "simulated": True, "valid_ndcg@10": []}
     assert model.cold_popularity_weight(1) == 0.0
@@ -205,7 +209,7 @@ def test_cold_user_popularity_weight_falls_back_to_users_active_in_the_domain_sc
     valid = valid_split(tmp_path, index, rows)
     model = untrained_model(dom, seed=2)
     grid = (0.0, 0.3, 0.7)
-    cold = fit_cooccurrence(model, valid, k=5, shrink=1.0, cold_grid=grid)["movies"]["cold_popularity"]
+    cold = fit_cooccurrence(model, valid, k=5, shrink=1.0, cold_grid=grid, cold_text_grid=(0.0,))["movies"]["cold_popularity"]
     assert cold["simulated"] and cold["rows"] == 100 and cold["weight"] in (0.3, 0.7), cold
     ndcg = {t["weight"]: t["value"] for t in cold["valid_ndcg@10"]}
     assert sorted(ndcg) == list(grid) and ndcg[cold["weight"]] > ndcg[0.0] + 0.05, ndcg
@@ -268,11 +272,62 @@ def test_text_similarity_weight_is_chosen_where_the_next_item_has_the_closest_te
             assert got == pytest.approx(value, abs=1e-6), (d, t, r)
     off = untrained_model(dom, seed=2)
     report = fit_cooccurrence(off, valid, k=5, shrink=1.0, grid=(0.0,), text_grid=(0.0,), next_grid=(0.0,),
-                              cold_grid=(0.0,))
+                              cold_grid=(0.0,), cold_text_grid=(0.0,))
     assert all(r["text_similarity"] == {"weight": 0.0, "decay": 1.0, "valid_ndcg@10": []} for r in report.values())
     assert all(r["next_item"] == {"weight": 0.0, "valid_ndcg@10": []} for r in report.values())
     assert off.text_similarity_weight(0) == off.text_similarity_weight(1) == 0.0
     assert not off.has_score_terms(0) and not off.has_score_terms(1)
+
+
+@pytest.mark.parametrize("new_users", [True, False], ids=["users-new-to-movies", "simulated-from-active-users"])
+def test_cold_text_weight_is_chosen_where_a_new_users_target_has_the_closest_text_to_their_other_events(tmp_path, new_users):
+    """Movie targets that are the text's nearest movie to the user's two oldest books, for users new to movies (or, when
+    every user has movie history, for users read from their books only): the fit must turn the cross-domain text
+    term on for movies, and the model it leaves must score those rows, through the evaluation protocol, as
+    reported for every (weight, decay) tried, with the popularity weight it chose first."""
+    import torch.nn.functional as F
+
+    from crossrec.evaluate.protocol import evaluate, transformer_score_fn
+    from crossrec.model.cooccurrence import fit_cooccurrence
+
+    rng = np.random.default_rng(8)
+    dom, index = two_domain_index()
+    model = untrained_model(dom, seed=3)
+    unit = F.normalize(model.item_encoder.text_emb, dim=1)
+    cos = (unit @ unit.T).numpy()
+    rows = []
+    for u in range(160):
+        books = [int(x) for x in rng.choice(np.arange(1, 13), size=4, replace=False)]
+        to_movies = u < 100
+        movies = [] if (new_users and to_movies) else [int(x) for x in rng.choice(np.arange(13, 22), size=2, replace=False)]
+        hist = movies + books  # the latest events are books; the target is closest to the two oldest
+        target = (int(max((j for j in range(13, 22) if j not in hist), key=lambda j: cos[books[0], j] + cos[books[1], j])) if to_movies
+                  else int(rng.choice([b for b in range(1, 13) if b not in hist])))
+        ts = list(range(100 * u, 100 * u + len(hist)))
+        doms = [int(dom[i - 1]) for i in hist]
+        rows.append((f"u{u}", "train", "*", hist, doms, ts, None, None, False, len(hist)))
+        rows.append((f"u{u}", "valid", "movies" if to_movies else "books", hist, doms, ts, target, ts[-1] + 1,
+                     new_users and to_movies, len(hist)))
+    valid = valid_split(tmp_path, index, rows)
+    report = fit_cooccurrence(model, valid, k=5, shrink=1.0, grid=(0.0,), text_grid=(0.0,), next_grid=(0.0,),
+                              cold_grid=(0.0, 0.5), cold_text_grid=(0.0, 1.0, 4.0), decays=(1.0, 0.5))
+    cold, xtext = report["movies"]["cold_popularity"], report["movies"]["cold_text_similarity"]
+    assert cold["rows"] == 100 and cold["simulated"] is (not new_users), cold
+    ndcg = {(t["weight"], t["decay"]): t["value"] for t in xtext["valid_ndcg@10"]}
+    assert sorted(ndcg) == [(0.0, 1.0), (1.0, 0.5), (1.0, 1.0), (4.0, 0.5), (4.0, 1.0)]
+    best = (xtext["weight"], xtext["decay"])
+    assert best == max(ndcg, key=lambda c: (ndcg[c], -c[0], c[1])) and best[0] > 0
+    assert ndcg[best] > ndcg[(0.0, 1.0)] + 0.1, ndcg
+    assert ndcg[(0.0, 1.0)] == pytest.approx(next(t["value"] for t in cold["valid_ndcg@10"] if t["weight"] == cold["weight"]))
+    assert model.cold_text_weight(1) == best[0] and model.cold_text_decay(1) == pytest.approx(best[1])
+    assert model.cold_popularity_weight(1) == pytest.approx(cold["weight"])
+    score_fn = transformer_score_fn(model, valid, input_domains=None if new_users else ["books"])
+    segment = "cold_start" if new_users else "all"
+    for (x, r), value in ndcg.items():
+        model.text_sim_cold_weight[1], model.text_sim_cold_decay[1] = x, r
+        got = next(t["value"] for t in evaluate("m", score_fn, valid, ks=(10,), domains=["movies"])
+                   if t["metric"] == "ndcg" and t["segment"] == segment)
+        assert got == pytest.approx(value, abs=1e-6), (x, r)
 
 
 def test_next_item_transitions_count_what_came_right_after_within_a_users_domain_events():

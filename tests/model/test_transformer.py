@@ -632,6 +632,50 @@ def test_text_similarity_term_alone_leaves_users_without_history_in_the_domain_u
     assert not torch.allclose(got[1:], raw[1:])
 
 
+def test_cold_text_term_adds_cosines_to_all_recent_events_for_users_new_to_the_domain_only(tmp_path):
+    feats = random_features()
+    feats.text_emb[1:] *= torch.linspace(0.5, 3.0, feats.n_items)[:, None]  # not unit length: the term uses cosines
+    model = tiny_model(feats).eval()
+    seqs = [[1, 2, 3, 2], [6, 7], [8, 1], []]  # domain 1 (items 6..9): row 0 has none of its events, row 3 no events
+    batch = make_batch(seqs, feats, T=5, train=False)
+    unit = F.normalize(feats.text_emb, dim=1)
+    items = model.domain_items(1)
+    x = model.cold_text_scores(batch["item_idx"], 1, decay=0.5)
+    for b, s in enumerate(seqs):  # every event of the history (any domain), the latest weighted 1
+        want = sum((0.5 ** (len(s) - 1 - p) * unit[i] @ unit[items].T for p, i in enumerate(s)), torch.zeros(items.numel()))
+        torch.testing.assert_close(x[b], want)
+    with torch.no_grad():
+        raw = [model.full_sort_predict(batch, d) for d in (0, 1)]
+    model.set_text_similarity(torch.zeros(2), None, torch.tensor([0.0, 2.0]), torch.tensor([1.0, 0.5]))
+    assert model.has_score_terms(1) and not model.has_score_terms(0)
+    assert model.cold_text_weight(1) == 2.0 and model.cold_text_decay(1) == 0.5
+    with torch.no_grad():
+        got = model.full_sort_predict(batch, 1)
+        torch.testing.assert_close(model.full_sort_predict(batch, 0), raw[0], rtol=0, atol=0)  # weight 0: unchanged
+    std = raw[1].std(1, keepdim=True)
+    torch.testing.assert_close(got[0], raw[1][0] + 2.0 * std[0] * x[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got[1:], raw[1][1:], rtol=0, atol=0)  # history in domain 1, or none at all: untouched
+    assert not torch.allclose(got[0], raw[1][0]), "the term changes the new user's scores"
+    save(model, tmp_path / "m")
+    loaded = load(tmp_path / "m")
+    torch.testing.assert_close(loaded.text_sim_cold_weight, torch.tensor([0.0, 2.0]))
+    torch.testing.assert_close(loaded.text_sim_cold_decay, torch.tensor([1.0, 0.5]))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.full_sort_predict(batch, 1), got, rtol=0, atol=0)
+    # an artifact written before the cold-user text term existed loads with it off
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(tmp_path / "m" / "model.safetensors"))
+    del t["text_sim_cold_weight"], t["text_sim_cold_decay"]
+    save_file(t, str(tmp_path / "m" / "model.safetensors"), metadata={"format": "pt"})
+    old = load(tmp_path / "m")
+    assert old.cold_text_weight(1) == 0.0 and old.cold_text_decay(1) == 1.0
+    with torch.no_grad():
+        torch.testing.assert_close(old.full_sort_predict(batch, 1), raw[1], rtol=0, atol=0)
+    with pytest.raises(AssertionError, match="weights must be >= 0"):
+        model.set_text_similarity(torch.zeros(2), None, torch.tensor([0.0, -1.0]))
+
+
 # ------------------------------------------------------------------------------------------------ next-item term
 def test_next_item_term_scores_the_followers_of_the_latest_domain_item_and_survives_save_load(tmp_path):
     feats = random_features()

@@ -112,6 +112,7 @@ def test_scorer_ranks_with_the_artifacts_cooccurrence_term(artifact):
     pop[7:] = torch.linspace(2.0, -2.0, n - 6)  # movies' popularity feature; weight 1 for users new to movies
     model.set_cooccurrence(indptr, torch.tensor([5], dtype=torch.int32), torch.tensor([1.0]), torch.tensor([8.0, 0.0]),
                            None, pop, torch.tensor([0.0, 1.0]))
+    model.set_text_similarity(torch.zeros(2), None, torch.tensor([0.0, 1.5]), torch.tensor([1.0, 0.6]))  # new users' text
     save(model, artifact)
     scorer = Scorer(artifact, k=3)
     rows = pd.DataFrame(scorer.rows(["u0", "u1"], [np.array([1, 8]), np.array([1, 2])], [np.arange(2)] * 2))
@@ -119,7 +120,7 @@ def test_scorer_ranks_with_the_artifacts_cooccurrence_term(artifact):
              "event_ts": torch.tensor([[0, 1], [0, 1]])}
     for d, name in enumerate(["books", "movies"]):
         with torch.no_grad():
-            want = model.full_sort_predict(batch, d).numpy()  # the evaluation's scores, both terms included
+            want = model.full_sort_predict(batch, d).numpy()  # the evaluation's scores, every term included
         for u in (0, 1):
             picks = rows[(rows.domain == name) & (rows.user_id == f"u{u}")]
             cols = [int(i[1:]) - 1 - (6 if name == "movies" else 0) for i in picks.item_id]
@@ -128,10 +129,12 @@ def test_scorer_ranks_with_the_artifacts_cooccurrence_term(artifact):
         "the co-occurring item comes first"
     with torch.no_grad():
         h, reps = model.user_vectors(batch, 1), model.domain_item_reps(1)
-        plain = model.combine_scores(h @ reps.T, batch["item_idx"], 1, h, model.score_covariance(reps),
-                                     cold_weight=0.0).numpy()
+        args = (h @ reps.T, batch["item_idx"], 1, h, model.score_covariance(reps))
+        plain = model.combine_scores(*args, cold_weight=0.0, cold_text_weight=0.0).numpy()
+        pop_only = model.combine_scores(*args, cold_text_weight=0.0).numpy()
     assert not np.allclose(want[1], plain[1]) and np.allclose(want[0], plain[0]), \
-        "the popularity term changes the scores of the user new to movies (u1) only"
+        "the new-user terms change the scores of the user new to movies (u1) only"
+    assert not np.allclose(want[1], pop_only[1]), "the text term adds to popularity for u1"
 
 
 def test_scorer_ranks_with_the_artifacts_text_similarity_and_next_item_terms(artifact):

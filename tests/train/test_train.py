@@ -330,6 +330,12 @@ def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys)
         assert (not tried and cold["weight"] == 0.0) or tried[cold["weight"]] == max(tried.values()), (d, cold)
     assert model.cooc_cold_weight.tolist() == pytest.approx(
         [co["domains"][d]["cold_popularity"]["weight"] for d in sorted(DOMAINS)])
+    for d, rep in co["domains"].items():  # ... and on its rows, with that weight fixed, the cross-domain text term
+        xtext, cold = rep["cold_text_similarity"], rep["cold_popularity"]
+        tried = {(t["weight"], t["decay"]): t["value"] for t in xtext["valid_ndcg@10"]}
+        assert (not tried and not cold["valid_ndcg@10"]) or len(tried) == 1 + 7 * 4, (d, xtext)
+        assert not tried or tried[(xtext["weight"], xtext["decay"])] == max(tried.values()), (d, xtext)
+    assert model.text_sim_cold_weight.tolist() == [co["domains"][d]["cold_text_similarity"]["weight"] for d in sorted(DOMAINS)]
     for d, rep in co["domains"].items():  # the text-similarity and next-item terms: chosen on top, each the best tried
         text, nxt = rep["text_similarity"], rep["next_item"]
         tried = {(t["weight"], t["decay"]): t["value"] for t in text["valid_ndcg@10"]}
@@ -344,6 +350,7 @@ def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys)
     model.cooc_weight.zero_()  # the Transformer alone, as validated during training (the term's refit saw valid targets)
     model.cooc_cold_weight.zero_()
     model.text_sim_weight.zero_()
+    model.text_sim_cold_weight.zero_()
     model.trans_weight.zero_()
     # the validation metric the run selected on is the evaluation protocol's, on the valid split
     from crossrec.evaluate.protocol import evaluate, load_eval_data, transformer_score_fn

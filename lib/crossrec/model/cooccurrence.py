@@ -1,5 +1,5 @@
-"""The score terms of a crossrec model (co-occurrence, cold-user popularity, text similarity, next item): fitted
-after training, saved in the artifact.
+"""The score terms of a crossrec model (co-occurrence, text similarity, next item; popularity and text for users
+new to a domain): fitted after training, saved in the artifact.
 
 Why: the Transformer scores ``<h_u^d, e_i>``, a dot product of ``d_model`` dimensions. On sparse catalogs
 (Food+Kitchen: a median of 5 events per user, most test targets with at most 30 training interactions) such
@@ -35,6 +35,17 @@ to it are the test's cold-start sample), so its weight is chosen on validation r
 and food, scored from their food events only (:func:`_simulated_cold_ranks`): 0.3 (.0216 -> .0251 on 2,856 such
 rows); its cold-start test segment went from .0081 to .0082. For users with history in the domain a popularity
 term did not help (kitchen's test NDCG@10 .0278 -> .0277 at 0.1 and lower above), so it is not added there.
+
+**Users new to the domain, by text.** The popularity term ranks the same items for every new user. When the model
+has a frozen text table, a second term for those users adds, with its own weight ``x_d`` and recency decay per
+domain, the text-encoder cosines between the domain's items and the user's recent events in *any* domain::
+
+    score(u, j) += x_d * std(s(u, .)) * sum_t r_d**age(t) * cos(e_t, e_j)   (u has no event in j's domain)
+
+(``age(t)`` = the user's events after ``t``). It is chosen on the same validation rows as ``p_d``, with ``p_d``
+fixed. On Food+Kitchen (one model) validation turned it on for kitchen only (weight 0.5, decay 0.8: .0251 ->
+.0263 on its 2,856 simulated rows; food's 927 rows of users new to it chose 0); the kitchen cold-start test
+segment went from .0082 to .0091 (± .0040, 473 users).
 
 **The text-similarity term.** The Transformer reads item text only through its learned adapter, whose
 ``d_model`` dimensions keep what predicts the next item on average; how close two titles are in the text
@@ -154,7 +165,8 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
                      decays: Sequence[float] = DECAY_GRID, cold_grid: Sequence[float] = COLD_POPULARITY_GRID,
                      min_cold_rows: int = MIN_COLD_ROWS, text_grid: Sequence[float] = TEXT_WEIGHT_GRID,
                      next_grid: Sequence[float] = NEXT_WEIGHT_GRID,
-                     simulated_cold_rows: int = SIMULATED_COLD_ROWS) -> dict:
+                     simulated_cold_rows: int = SIMULATED_COLD_ROWS,
+                     cold_text_grid: Sequence[float] = TEXT_WEIGHT_GRID) -> dict:
     """Attach the score terms to ``model``: the co-occurrence term, the text-similarity term (when the model
     has a frozen text table), the next-item term and the cold-user popularity term; choose each domain's
     weights and recency decays on the validation split.
@@ -170,12 +182,15 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
     every domain, or the test's cold-start users are the only new ones), it is chosen on up to
     ``simulated_cold_rows`` of the sample's rows whose history also has events in other domains, scored from
     those events only, as a user new to the domain is; with fewer than ``min_cold_rows`` of those too it stays
-    0. Returns ``{domain: {"weight": w,
+    0. On the same rows, with the popularity weight fixed, the cross-domain text term's (weight in
+    ``cold_text_grid``, decay in ``decays``) pair is chosen (when the model has a frozen text table).
+    Returns ``{domain: {"weight": w,
     "decay": r, "rows": n, "valid_ndcg@10": [{"weight", "decay", "value"} per pair tried], "text_similarity":
     {"weight": t, "decay": r_t, "valid_ndcg@10": [{"weight", "decay", "value"} per pair tried]}, "next_item":
     {"weight": m, "valid_ndcg@10": [{"weight", "value"} per weight tried]}, "cold_popularity": {"weight": p,
-    "rows": n_cold, "simulated": bool, "valid_ndcg@10": [{"weight", "value"} per weight tried]}}}`` for the
-    artifact's metrics.
+    "rows": n_cold, "simulated": bool, "valid_ndcg@10": [{"weight", "value"} per weight tried]},
+    "cold_text_similarity": {"weight": x, "decay": r_x, "valid_ndcg@10": [{"weight", "decay", "value"} per pair
+    tried]}}}`` for the artifact's metrics.
     """
     import torch
 
@@ -187,6 +202,8 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
     assert len(cold_grid) >= 1 and all(p >= 0 for p in cold_grid), f"cold_grid must hold weights >= 0, got {cold_grid}"
     assert len(text_grid) >= 1 and all(t >= 0 for t in text_grid), f"text_grid must hold weights >= 0, got {text_grid}"
     assert len(next_grid) >= 1 and all(m >= 0 for m in next_grid), f"next_grid must hold weights >= 0, got {next_grid}"
+    assert len(cold_text_grid) >= 1 and all(x >= 0 for x in cold_text_grid), \
+        f"cold_text_grid must hold weights >= 0, got {cold_text_grid}"
     t0 = time.time()
     model.eval()
     device = model.domain_offsets.device
@@ -201,9 +218,12 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
     report: dict[str, dict] = {}
     weights, decay_of, cold_of = torch.zeros(n_domains), torch.ones(n_domains), torch.zeros(n_domains)
     text_of, text_decay_of, next_of = torch.zeros(n_domains), torch.ones(n_domains), torch.zeros(n_domains)
+    cold_text_of, cold_text_decay_of = torch.zeros(n_domains), torch.ones(n_domains)
     combos = [(w, r) for w in grid for r in (decays if w > 0 else (1.0,))]  # weight 0: the decay does not matter
     with_text = model.can_text_similarity and any(t > 0 for t in text_grid)
     text_combos = [(t, r) for t in text_grid for r in (decays if t > 0 else (1.0,))]
+    with_cold_text = model.can_text_similarity and any(x > 0 for x in cold_text_grid)
+    cold_text_combos = [(x, r) for x in cold_text_grid for r in (decays if x > 0 else (1.0,))]
     if not model.can_text_similarity:
         log.info("text-similarity term: off (the model has no frozen text table: --no-text or a fine-tuned encoder)")
     for dt_ in valid.tests:
@@ -213,8 +233,7 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
         if len(sel) > max_rows:
             sel = np.sort(rng.choice(sel, max_rows, replace=False))
         ranks = {c: [] for c in combos}
-        cold_ranks: dict[float, list] = {p: [] for p in cold_grid}
-        cold_sel = []
+        cold_seen = []  # (rows, history, user vectors) of the rows with events, none in the domain
         seen = []  # (rows, history, user vectors) of each batch, for the text term's pass
         with torch.inference_mode():
             reps = model.domain_item_reps(dt_.domain_idx)
@@ -233,14 +252,9 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
                                                         dt_.exclude[rows]))
                 items = batch["item_idx"]
                 in_d = ((items != 0) & (model.item_encoder.item_domain[items] == dt_.domain_idx)).any(1)
-                cold = ((items != 0).any(1) & ~in_d).cpu().numpy()  # events, none in the domain
-                if cold.any():
-                    cold_sel.append(rows[cold])
-                    for p in cold_grid:
-                        scores = model.combine_scores(raw[cold], items[cold], dt_.domain_idx, h[cold], cov, weight=0.0,
-                                                      cold_weight=p)  # no history there: no other term adds anything
-                        cold_ranks[p].append(rank_of_target(scores.float().cpu().numpy(), dt_.target_col[rows[cold]],
-                                                            dt_.exclude[rows[cold]]))
+                cold = (items != 0).any(1) & ~in_d  # events, none in the domain
+                if bool(cold.any()):
+                    cold_seen.append((rows[cold.cpu().numpy()], items[cold], h[cold]))
         n_cand = candidate_counts(dt_.exclude.shape[1], dt_.target_col[sel], dt_.exclude[sel])
         ndcg = {c: float(ranking_metrics(np.concatenate(r), n_cand, ks=(10,))["ndcg@10"]) for c, r in ranks.items()}
         best_w, best_r = max(combos, key=lambda c: (ndcg[c], -c[0], c[1]))
@@ -283,23 +297,37 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
             "weight": float(next_of[dt_.domain_idx]),
             "valid_ndcg@10": [{"weight": m, "value": v} for m, v in next_ndcg.items()]}
         del seen
-        n_cold, simulated = int(sum(len(c) for c in cold_sel)), False
+        n_cold, simulated = int(sum(len(c[0]) for c in cold_seen)), False
         if n_cold < min_cold_rows:  # too few: users active in the domain, scored from their other domains only
-            cold_sel, cold_ranks = _simulated_cold_ranks(model, valid, dt_, sel, keep, cold_grid, simulated_cold_rows,
-                                                         rng, reps, cov, device)
-            n_cold, simulated = int(sum(len(c) for c in cold_sel)), True
+            cold_seen = _simulated_cold_batches(model, valid, dt_, sel, keep, simulated_cold_rows, rng, device)
+            n_cold, simulated = int(sum(len(c[0]) for c in cold_seen)), True
         cold_kind = "users active in it, their events there dropped" if simulated else "users new to it"
-        cold_ndcg, p_best = {}, 0.0
-        if n_cold >= min_cold_rows:
-            cs = np.concatenate(cold_sel)
-            n_cand = candidate_counts(dt_.exclude.shape[1], dt_.target_col[cs], dt_.exclude[cs])
-            cold_ndcg = {p: float(ranking_metrics(np.concatenate(r), n_cand, ks=(10,))["ndcg@10"])
-                         for p, r in cold_ranks.items()}
+        cold_ndcg, p_best, xtext_ndcg, x_best = {}, 0.0, {}, (0.0, 1.0)
+        if n_cold >= max(min_cold_rows, 1):  # no history in the domain: the other terms add nothing to these rows
+            cold_ndcg = {c[0]: v for c, v in _ndcg_of_added_term(model, dt_, cold_seen, reps, cov, {},
+                                                                 [(p,) for p in cold_grid],
+                                                                 lambda c, items, cache: {"cold_weight": c[0]}).items()}
             p_best = max(cold_ndcg, key=lambda p: (cold_ndcg[p], -p))
+            if with_cold_text:
+                units = model.domain_text_units(dt_.domain_idx)
+
+                def cold_text_kwargs(c, items, cache):  # one (B, n_d) similarity per decay and batch
+                    if c[0] and c[1] not in cache:
+                        cache[c[1]] = model.cold_text_scores(items, dt_.domain_idx, c[1], units)
+                    return {"cold_text_weight": c[0], "cold_text_scores": cache.get(c[1])}
+
+                xtext_ndcg = _ndcg_of_added_term(model, dt_, cold_seen, reps, cov, {"cold_weight": p_best},
+                                                 cold_text_combos, cold_text_kwargs)
+                x_best = max(xtext_ndcg, key=lambda c: (xtext_ndcg[c], -c[0], c[1]))
+        del cold_seen
         cold_of[dt_.domain_idx] = p_best
+        cold_text_of[dt_.domain_idx], cold_text_decay_of[dt_.domain_idx] = x_best
         report[dt_.domain]["cold_popularity"] = {
             "weight": p_best, "rows": n_cold, "simulated": simulated,
             "valid_ndcg@10": [{"weight": p, "value": v} for p, v in cold_ndcg.items()]}
+        report[dt_.domain]["cold_text_similarity"] = {
+            "weight": x_best[0], "decay": x_best[1],
+            "valid_ndcg@10": [{"weight": x, "decay": r, "value": v} for (x, r), v in xtext_ndcg.items()]}
         if cold_ndcg:
             log.info("popularity term of %s for users new to it: weight %g (valid NDCG@10 %.4f; without %.4f; %d rows "
                      "of %s)", dt_.domain, p_best, cold_ndcg[p_best], cold_ndcg.get(0.0, float("nan")), n_cold,
@@ -307,46 +335,44 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
         else:
             log.info("popularity term of %s for users new to it: off (%d validation rows of %s, under %d)",
                      dt_.domain, n_cold, cold_kind, min_cold_rows)
+        if xtext_ndcg:
+            log.info("cross-domain text term of %s for users new to it: weight %g, decay %g (valid NDCG@10 %.4f; "
+                     "without %.4f)", dt_.domain, *x_best, xtext_ndcg[x_best], xtext_ndcg.get((0.0, 1.0), float("nan")))
     model.cooc_weight.copy_(weights.to(model.cooc_weight.device))
     model.cooc_decay.copy_(decay_of.to(model.cooc_decay.device))
     model.cooc_cold_weight.copy_(cold_of.to(model.cooc_cold_weight.device))
     if model.can_text_similarity:
-        model.set_text_similarity(text_of, text_decay_of)
+        model.set_text_similarity(text_of, text_decay_of, cold_text_of, cold_text_decay_of)
     model.trans_weight.copy_(next_of.to(model.trans_weight.device))
     log.info("score terms fitted in %.1fs", time.time() - t0)
     return report
 
 
-def _simulated_cold_ranks(model, valid, dt_, sel: np.ndarray, keep: np.ndarray | None, cold_grid: Sequence[float],
-                          max_rows: int, rng: np.random.Generator, reps, cov, device) -> tuple[list, dict]:
-    """Ranks of ``dt_``'s validation targets, per popularity weight in ``cold_grid``, for up to ``max_rows`` (seeded)
-    of the sampled rows ``sel`` whose history has events in the model's other input domains, scored from those
-    events only: users active in the domain, seen as the cold-start test sees a user new to it (their history
-    there removed). Returns ``([rows], {weight: [ranks]})`` shaped as the natural cold rows' are."""
+def _simulated_cold_batches(model, valid, dt_, sel: np.ndarray, keep: np.ndarray | None, max_rows: int,
+                            rng: np.random.Generator, device) -> list[tuple]:
+    """Up to ``max_rows`` (seeded) of the sampled rows ``sel`` of ``dt_`` whose history has events in the model's
+    other input domains, read from those events only: users active in the domain, seen as the cold-start test
+    sees a user new to it (their history there removed). Returns ``[(rows, history, user vectors)]`` per batch,
+    shaped as the natural cold rows' are."""
     import torch
 
-    from crossrec.evaluate.metrics import rank_of_target
     from crossrec.evaluate.protocol import history_batch
 
     n_domains = model.config.n_domains
     others = np.array([d for d in (range(n_domains) if keep is None else keep) if d != dt_.domain_idx], dtype=np.int64)
-    ranks: dict[float, list] = {p: [] for p in cold_grid}
     if len(others) == 0:
-        return [], ranks
+        return []
     item_domain = valid.train.item_domain
     ok = sel[[bool(np.isin(item_domain[valid.histories[dt_.rows[k]]], others).any()) for k in sel]]
     if len(ok) > max_rows:
         ok = np.sort(rng.choice(ok, max_rows, replace=False))
+    out = []
     with torch.inference_mode():
         for s in range(0, len(ok), 512):
             rows = ok[s : s + 512]
             batch = history_batch(valid, dt_.rows[rows], model.config.max_seq_len, device, others)
-            h = model.user_vectors(batch, dt_.domain_idx)
-            raw = h @ reps.T
-            for p in cold_grid:
-                scores = model.combine_scores(raw, batch["item_idx"], dt_.domain_idx, h, cov, weight=0.0, cold_weight=p)
-                ranks[p].append(rank_of_target(scores.float().cpu().numpy(), dt_.target_col[rows], dt_.exclude[rows]))
-    return ([ok] if len(ok) else []), ranks
+            out.append((rows, batch["item_idx"], model.user_vectors(batch, dt_.domain_idx)))
+    return out
 
 
 def _ndcg_of_added_term(model, dt_, seen, reps, cov, fixed: dict, combos: Sequence[tuple],
@@ -360,7 +386,7 @@ def _ndcg_of_added_term(model, dt_, seen, reps, cov, fixed: dict, combos: Sequen
     from crossrec.evaluate.metrics import candidate_counts, rank_of_target, ranking_metrics
 
     ranks: dict[tuple, list] = {c: [] for c in combos}
-    off = {"weight": 0.0, "cold_weight": 0.0, "text_weight": 0.0, "next_weight": 0.0}
+    off = {"weight": 0.0, "cold_weight": 0.0, "text_weight": 0.0, "next_weight": 0.0, "cold_text_weight": 0.0}
     with torch.inference_mode():
         for rows, item_idx, h in seen:
             base = model.combine_scores(h @ reps.T, item_idx, dt_.domain_idx, h, cov, **(off | fixed))

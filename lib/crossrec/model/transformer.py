@@ -601,16 +601,19 @@ class CrossDomainTransformer(nn.Module):
 
     def has_score_terms(self, domain: int) -> bool:
         """Whether :meth:`combine_scores` changes ``domain``'s scores (a co-occurrence, cold-user popularity,
-        text-similarity or next-item weight above 0); if not, the scores are the Transformer's alone."""
+        text-similarity, cold-user text or next-item weight above 0); if not, the scores are the Transformer's alone."""
         return (self.cooccurrence_weight(domain) != 0.0 or self.cold_popularity_weight(domain) != 0.0
-                or self.text_similarity_weight(domain) != 0.0 or self.transition_weight(domain) != 0.0)
+                or self.text_similarity_weight(domain) != 0.0 or self.transition_weight(domain) != 0.0
+                or self.cold_text_weight(domain) != 0.0)
 
     # ------------------------------------------------------------------------------- text-similarity term
     # The Transformer sees an item's text only through a d_model-dimensional adapter, trained for what predicts
     # the next item on average; the closeness of two titles in the text encoder's own space (another flavour or
     # size of the same product, the same series) is mostly lost in it. The text-similarity term adds it back:
     # the cosine, in the frozen text embeddings, between the candidate and the user's recent items of the
-    # domain. It needs no training events, so it also ranks items never seen in training.
+    # domain. It needs no training events, so it also ranks items never seen in training. A user new to the domain
+    # has no such items; for them a second weight adds the cosines to *all* their recent items, in any domain
+    # (cold_text_scores): the text encoder links what they did elsewhere to this domain's items.
     @property
     def can_text_similarity(self) -> bool:
         """Whether the model has a frozen text table (``text_encoder='frozen'`` with text): the text term's input."""
@@ -628,15 +631,30 @@ class CrossDomainTransformer(nn.Module):
         """The recency decay of the text-similarity term in ``domain`` (1.0 = every history event counts alike)."""
         return float(self.text_sim_decay[int(domain)]) if self.has_text_similarity else 1.0
 
-    def set_text_similarity(self, weight: Tensor, decay: Tensor | None = None) -> None:
+    def cold_text_weight(self, domain: int) -> float:
+        """The weight of the cross-domain text term for users without history in ``domain``; 0.0 when none."""
+        return float(self.text_sim_cold_weight[int(domain)]) if self.has_text_similarity else 0.0
+
+    def cold_text_decay(self, domain: int) -> float:
+        """The recency decay of the cross-domain text term for users new to ``domain`` (1.0 = all events alike)."""
+        return float(self.text_sim_cold_decay[int(domain)]) if self.has_text_similarity else 1.0
+
+    def set_text_similarity(self, weight: Tensor, decay: Tensor | None = None, cold_weight: Tensor | None = None,
+                            cold_decay: Tensor | None = None) -> None:
         """Attach the text-similarity term: ``weight`` (n_domains,) >= 0 its weight per domain (0 = off there) and
-        ``decay`` (n_domains,) in (0, 1] its recency decay (None = 1). Needs the frozen text table
-        (:attr:`can_text_similarity`). Saved with the model (buffers ``text_sim_*``)."""
+        ``decay`` (n_domains,) in (0, 1] its recency decay (None = 1); ``cold_weight`` / ``cold_decay`` the same
+        for the cross-domain text term of users without history in the domain (:meth:`cold_text_scores`; None =
+        off / 1). Needs the frozen text table (:attr:`can_text_similarity`). Saved with the model (buffers
+        ``text_sim_*``)."""
         assert self.can_text_similarity, "the text-similarity term needs a frozen text table (use_text, text_encoder='frozen')"
         decay = self._check_weights(weight, decay)
+        cold_weight = torch.zeros(self.config.n_domains) if cold_weight is None else cold_weight
+        cold_decay = self._check_weights(cold_weight, cold_decay)
         device = self.domain_offsets.device
         self.register_buffer("text_sim_weight", weight.float().to(device))
         self.register_buffer("text_sim_decay", decay.float().to(device))
+        self.register_buffer("text_sim_cold_weight", cold_weight.float().to(device))
+        self.register_buffer("text_sim_cold_decay", cold_decay.float().to(device))
         # the unit-length text table, once (derived: not saved; scoring would otherwise normalise per batch)
         self.register_buffer("text_unit", F.normalize(self.item_encoder.text_emb.float(), dim=1), persistent=False)
         self._term_tables = {}
@@ -686,6 +704,21 @@ class CrossDomainTransformer(nn.Module):
             return _sparse_rows_times(rows, self.domain_item_idx[items], w, B, table)
         units = self.domain_text_units(domain) if text_units is None else text_units
         return self._text_vectors(rows, items, w, B) @ units.T  # text_history_vectors @ units.T
+
+    def cold_text_scores(self, item_idx: Tensor, domain: int, decay: float | None = None,
+                         text_units: Tensor | None = None) -> Tensor:
+        """(B, T) histories -> (B, n_d): ``x(u, j) = sum_t decay**age(t) * cos(e_t, e_j)`` over *every* history
+        event ``t`` (any domain; ``age(t)``: the events after ``t``, 0 = the latest) -- for a user new to
+        ``domain`` all of them are in other domains: the text encoder's bridge from what the user did elsewhere
+        to this domain's items. ``decay``: instead of the attached one; ``text_units``: :meth:`domain_text_units`,
+        precomputed."""
+        r = self.cold_text_decay(domain) if decay is None else float(decay)
+        ev = item_idx != 0
+        after = ev.flip(1).cumsum(1).flip(1) - 1  # events after each position
+        rows, pos = ev.nonzero(as_tuple=True)
+        w = torch.pow(torch.tensor(r, device=item_idx.device), after[rows, pos].float())
+        units = self.domain_text_units(domain) if text_units is None else text_units
+        return self._text_vectors(rows, item_idx[rows, pos], w, item_idx.shape[0]) @ units.T
 
     # ------------------------------------------------------------------------------------ next-item term
     # Item-KNN's similarity is symmetric and order-free; which item *follows* which is a sharper signal on
@@ -887,7 +920,9 @@ class CrossDomainTransformer(nn.Module):
                        weight: float | None = None, decay: float | None = None,
                        pairs: tuple[Tensor, Tensor, Tensor] | None = None, cold_weight: float | None = None,
                        text_weight: float | None = None, text_decay: float | None = None,
-                       text_scores: Tensor | None = None, next_weight: float | None = None) -> Tensor:
+                       text_scores: Tensor | None = None, next_weight: float | None = None,
+                       cold_text_weight: float | None = None, cold_text_decay: float | None = None,
+                       cold_text_scores: Tensor | None = None) -> Tensor:
         """The Transformer's scores ``h @ item_reps.T`` (B, n_d) plus the co-occurrence, text-similarity and
         next-item terms of ``domain``, and for users without history in ``domain`` its popularity term:
 
@@ -895,23 +930,26 @@ class CrossDomainTransformer(nn.Module):
             c(u, j)     = sum_i decay_d**age(i) * sim(i, j)       (see cooccurrence_pairs)
             t(u, j)     = sum_t tdecay_d**age(t) * cos(e_t, e_j)  (see text_similarity_scores)
             m(u, j)     = count(i -> j) / max_j count(i -> j), i = u's latest item in the domain (transition_scores)
-            score(u, j) = s(u, j) + p_d * std_j(s(u, .)) * pop(j)    (u has no event in the domain: c = t = m = 0)
+            score(u, j) = s(u, j) + std_j(s(u, .)) * (p_d * pop(j) + x_d * x(u, j))    (u has no event in the
+                          domain: c = t = m = 0; x = the cross-domain text term, see cold_text_scores)
 
         which ranks as ``z(s(u, .)) + w_d * c / max c + t_d * t + m_d * m`` (each row standardised), resp.
-        ``z(s(u, .)) + p_d * pop``. The terms are added in that order (the fit chooses them in it). The
+        ``z(s(u, .)) + p_d * pop + x_d * x``. The terms are added in that order (the fit chooses them in it). The
         co-occurrence term touches only the non-zero ``c`` cells (or sums ``c`` densely when the history's (item,
         neighbour) pairs outnumber ``DENSE_COOCCURRENCE_SHARE`` of the B x n_d cells); the standard deviation comes
         from ``item_cov`` (:meth:`score_covariance`) and the user vectors ``h`` (B, D). ``weight``, ``decay``,
-        ``cold_weight``, ``text_weight``, ``text_decay``, ``next_weight``: instead of the attached ones;
-        ``pairs``: :meth:`cooccurrence_pairs` of ``item_idx``, ``text_scores``: :meth:`text_similarity_scores` of
-        ``item_idx`` (at ``text_decay``), precomputed (fitting tries many weights on one batch). Unchanged when
-        every weight is 0.
+        ``cold_weight``, ``text_weight``, ``text_decay``, ``next_weight``, ``cold_text_weight``, ``cold_text_decay``:
+        instead of the attached ones; ``pairs``: :meth:`cooccurrence_pairs` of ``item_idx``, ``text_scores``:
+        :meth:`text_similarity_scores` of ``item_idx`` (at ``text_decay``), ``cold_text_scores``:
+        :meth:`cold_text_scores` of ``item_idx`` (at ``cold_text_decay``), precomputed (fitting tries many weights
+        on one batch). Unchanged when every weight is 0.
         """
         w = self.cooccurrence_weight(domain) if weight is None else float(weight)
         p = self.cold_popularity_weight(domain) if cold_weight is None else float(cold_weight)
         t = self.text_similarity_weight(domain) if text_weight is None else float(text_weight)
         m = self.transition_weight(domain) if next_weight is None else float(next_weight)
-        if w == 0.0 and p == 0.0 and t == 0.0 and m == 0.0:
+        x = self.cold_text_weight(domain) if cold_text_weight is None else float(cold_text_weight)
+        if w == 0.0 and p == 0.0 and t == 0.0 and m == 0.0 and x == 0.0:
             return scores
         std = torch.einsum("bd,de,be->b", h.float(), item_cov, h.float()).clamp(min=0).sqrt()  # (B,)
         out = scores
@@ -922,12 +960,19 @@ class CrossDomainTransformer(nn.Module):
             out = out + ((t * std)[:, None] * ts).to(scores.dtype)
         if m != 0.0:
             out = out + ((m * std)[:, None] * self.transition_scores(item_idx, domain)).to(scores.dtype)
-        if p != 0.0:
+        if p != 0.0 or x != 0.0:
             cold = ~((item_idx != 0) & (self.item_encoder.item_domain[item_idx] == int(domain))).any(1)  # (B,)
             rows = cold.nonzero().squeeze(1)  # only these rows change: a batch of known users costs no (B, n_d) pass
             if rows.numel():
-                pop = self.cooc_popularity[self.domain_items(int(domain))]  # (n_d,)
-                out = out.index_add(0, rows, ((p * std[rows])[:, None] * pop[None, :]).to(scores.dtype))
+                add = torch.zeros(rows.numel(), scores.shape[1], device=scores.device)
+                if p != 0.0:
+                    pop = self.cooc_popularity[self.domain_items(int(domain))]  # (n_d,)
+                    add += (p * std[rows])[:, None] * pop[None, :]
+                if x != 0.0:
+                    xs = (self.cold_text_scores(item_idx[rows], domain, cold_text_decay) if cold_text_scores is None
+                          else cold_text_scores[rows])
+                    add += (x * std[rows])[:, None] * xs
+                out = out.index_add(0, rows, add.to(scores.dtype))
         return out
 
     def _add_cooccurrence(self, scores: Tensor, item_idx: Tensor, domain: int, scale: Tensor, decay: float | None,
@@ -1050,7 +1095,10 @@ def load(folder: str | Path, *, device: str | torch.device = "cpu",
         model.set_cooccurrence(t["cooc_indptr"], t["cooc_indices"], t["cooc_values"], t["cooc_weight"], t["cooc_decay"],
                                t["cooc_popularity"], t["cooc_cold_weight"])
     if "text_sim_weight" in t:
-        model.set_text_similarity(t["text_sim_weight"], t["text_sim_decay"])
+        t.setdefault("text_sim_cold_weight", torch.zeros_like(t["text_sim_weight"]))  # from before the cold-user term
+        t.setdefault("text_sim_cold_decay", torch.ones_like(t["text_sim_weight"]))
+        model.set_text_similarity(t["text_sim_weight"], t["text_sim_decay"], t["text_sim_cold_weight"],
+                                  t["text_sim_cold_decay"])
     if "trans_weight" in t:
         model.set_transitions(t["trans_indptr"], t["trans_indices"], t["trans_values"], t["trans_weight"])
     model.load_state_dict(t, strict=True)
