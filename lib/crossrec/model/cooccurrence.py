@@ -32,7 +32,7 @@ popularity term instead, with its own weight ``p_d`` per domain, chosen on the v
 On Food+Kitchen (one model) validation chose 0.3 for food (NDCG@10 of those rows .0400 -> .0508), and the
 food cold-start test segment went from .0259 to .0292. Kitchen has no such validation rows (its only users new
 to it are the test's cold-start sample), so its weight is chosen on validation rows of users active in kitchen
-and food, scored from their food events only (:func:`_simulated_cold_ranks`): 0.3 (.0216 -> .0251 on 2,856 such
+and food, scored from their food events only (:func:`_simulated_cold_batches`): 0.3 (.0216 -> .0251 on 2,856 such
 rows); its cold-start test segment went from .0081 to .0082. For users with history in the domain a popularity
 term did not help (kitchen's test NDCG@10 .0278 -> .0277 at 0.1 and lower above), so it is not added there.
 
@@ -168,8 +168,8 @@ def fit_cooccurrence(model, valid, k: int = 200, shrink: float = 10.0, grid: Seq
                      simulated_cold_rows: int = SIMULATED_COLD_ROWS,
                      cold_text_grid: Sequence[float] = TEXT_WEIGHT_GRID) -> dict:
     """Attach the score terms to ``model``: the co-occurrence term, the text-similarity term (when the model
-    has a frozen text table), the next-item term and the cold-user popularity term; choose each domain's
-    weights and recency decays on the validation split.
+    has a frozen text table), the next-item term and, for users new to a domain, the popularity and
+    cross-domain text terms; choose each domain's weights and recency decays on the validation split.
 
     ``valid``: :func:`crossrec.evaluate.protocol.load_eval_data` with ``split="valid"`` (its ``train`` holds
     the training events only). Per domain, a seeded sample of at most ``max_rows`` validation rows is scored;
