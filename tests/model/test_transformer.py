@@ -70,6 +70,18 @@ def tiny_model(feats=None, seed=0, **kw) -> CrossDomainTransformer:
     return CrossDomainTransformer(tiny_config(feats, **kw), feats)
 
 
+def load_without(folder, *keys: str) -> CrossDomainTransformer:
+    """The artifact in ``folder`` with ``keys`` removed from its weights file (as an artifact written before those
+    tensors existed), loaded."""
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(folder / "model.safetensors"))
+    for k in keys:
+        del t[k]
+    save_file(t, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return load(folder)
+
+
 SEQS = [[1, 2, 6, 3, 7], [8, 9, 4], [5, 6]]  # mixed domains (1..5 domain 0, 6..9 domain 1), lengths 4, 2, 1 as input
 
 
@@ -549,13 +561,7 @@ def test_cold_user_popularity_term_changes_only_users_without_events_in_the_doma
     torch.testing.assert_close(loaded.cooc_cold_weight, torch.tensor([0.0, 0.5]))
     with torch.no_grad():
         torch.testing.assert_close(loaded.full_sort_predict(batch, 1), got, rtol=0, atol=0)
-    # an artifact written before the cold-user term existed loads with the term off
-    from safetensors.torch import load_file, save_file
-
-    t = load_file(str(tmp_path / "m" / "model.safetensors"))
-    del t["cooc_popularity"], t["cooc_cold_weight"]
-    save_file(t, str(tmp_path / "m" / "model.safetensors"), metadata={"format": "pt"})
-    old = load(tmp_path / "m")
+    old = load_without(tmp_path / "m", "cooc_popularity", "cooc_cold_weight")  # written before the cold-user term
     assert old.cold_popularity_weight(1) == 0.0
     with torch.no_grad():
         torch.testing.assert_close(old.full_sort_predict(batch, 1), without, rtol=0, atol=0)
@@ -662,13 +668,7 @@ def test_cold_text_term_adds_cosines_to_all_recent_events_for_users_new_to_the_d
     torch.testing.assert_close(loaded.text_sim_cold_decay, torch.tensor([1.0, 0.5]))
     with torch.no_grad():
         torch.testing.assert_close(loaded.full_sort_predict(batch, 1), got, rtol=0, atol=0)
-    # an artifact written before the cold-user text term existed loads with it off
-    from safetensors.torch import load_file, save_file
-
-    t = load_file(str(tmp_path / "m" / "model.safetensors"))
-    del t["text_sim_cold_weight"], t["text_sim_cold_decay"]
-    save_file(t, str(tmp_path / "m" / "model.safetensors"), metadata={"format": "pt"})
-    old = load(tmp_path / "m")
+    old = load_without(tmp_path / "m", "text_sim_cold_weight", "text_sim_cold_decay")  # from before the text term
     assert old.cold_text_weight(1) == 0.0 and old.cold_text_decay(1) == 1.0
     with torch.no_grad():
         torch.testing.assert_close(old.full_sort_predict(batch, 1), raw[1], rtol=0, atol=0)
