@@ -975,6 +975,10 @@ def train(cfg: TrainConfig) -> Path:
             "torch_threads": max(1, int(cfg.cpus_per_worker)),
             "_fail_once_at_step": dataclasses.asdict(cfg.fail_once_at) if cfg.fail_once_at else None,
         }
+        # no Ray Data tqdm bars: the loop logs its own progress lines (epoch, step, loss, samples/s); the bars fill
+        # a batch job's log with cursor codes, and their driver-side renderer once hung interpreter exit (a tqdm
+        # lock taken in tqdm.__del__) after a whole CI run had passed
+        ray.data.DataContext.get_current().enable_progress_bars = False
         n_blocks = max(2 * cfg.workers, data.train.num_rows // 4096)
         datasets = {"train": ray.data.from_arrow(data.train, override_num_blocks=n_blocks),
                     "valid": ray.data.from_arrow(data.valid, override_num_blocks=max(1, data.valid.num_rows // 4096))}
