@@ -669,11 +669,14 @@ class CrossDomainTransformer(nn.Module):
         stays 0), in domain_item_idx order."""
         return self._text_units()[self.domain_items(int(domain))]
 
-    def _text_history_weights(self, item_idx: Tensor, domain: int, decay: float | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _text_history_weights(self, item_idx: Tensor, domain: int | None, decay: float | None) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T) histories -> the rows, global item ids and weights ``decay**age(t)`` of the events of ``domain``
-        (``age(t)``: the events of the domain after ``t``, 0 = the latest)."""
+        (``age(t)``: the events of the domain after ``t``, 0 = the latest); ``domain`` None: every event, ``decay``
+        then required."""
         r = self.text_similarity_decay(domain) if decay is None else float(decay)
-        in_d = (item_idx != 0) & (self.item_encoder.item_domain[item_idx] == int(domain))  # (B, T)
+        in_d = item_idx != 0  # (B, T)
+        if domain is not None:
+            in_d = in_d & (self.item_encoder.item_domain[item_idx] == int(domain))
         after = in_d.flip(1).cumsum(1).flip(1) - 1  # events of the domain after each position
         rows, pos = in_d.nonzero(as_tuple=True)
         return rows, item_idx[rows, pos], torch.pow(torch.tensor(r, device=item_idx.device), after[rows, pos].float())
@@ -713,12 +716,8 @@ class CrossDomainTransformer(nn.Module):
         to this domain's items. ``decay``: instead of the attached one; ``text_units``: :meth:`domain_text_units`,
         precomputed."""
         r = self.cold_text_decay(domain) if decay is None else float(decay)
-        ev = item_idx != 0
-        after = ev.flip(1).cumsum(1).flip(1) - 1  # events after each position
-        rows, pos = ev.nonzero(as_tuple=True)
-        w = torch.pow(torch.tensor(r, device=item_idx.device), after[rows, pos].float())
         units = self.domain_text_units(domain) if text_units is None else text_units
-        return self._text_vectors(rows, item_idx[rows, pos], w, item_idx.shape[0]) @ units.T
+        return self._text_vectors(*self._text_history_weights(item_idx, None, r), item_idx.shape[0]) @ units.T
 
     # ------------------------------------------------------------------------------------ next-item term
     # Item-KNN's similarity is symmetric and order-free; which item *follows* which is a sharper signal on
