@@ -74,6 +74,7 @@ def test_contract_matches_its_yaml(path):
     assert list(c.partition_by) == raw.get("partition_by", [])
     assert list(c.key) == raw.get("key", [])
     assert [(list(r.columns), r.table) for r in c.references] == [(r["columns"], r["table"]) for r in raw.get("references", [])]
+    assert list(c.stats_columns) == raw.get("stats_columns", [])
 
 
 @pytest.mark.parametrize("path", YAMLS, ids=lambda p: p.name)
@@ -121,6 +122,11 @@ def test_design_columns_of_silver_items():
     assert c.column_names == ["item_id", "domain", "title", "text", "category", "attributes", "run_id", "source"]
     assert c.key == ("domain", "item_id")
     assert c.spark_schema()["attributes"].dataType == T.MapType(T.StringType(), T.StringType(), True)
+
+
+def test_recommendations_keep_file_statistics_for_the_lookup_column_only():
+    # readers look a user up (crossrec.io.readers.read_recommendations); the score stage writes user ranges per file
+    assert load_contract("gold.recommendations").stats_columns == ("user_id",)
 
 
 def test_unknown_table_names_the_file_it_looked_for():
@@ -195,7 +201,8 @@ def _load_bad(tmp_path: Path, text: str):
 
 def test_parse_minimal_contract():
     c = _parse(GOOD, "good.yaml")
-    assert (c.table, c.column_names, c.key, c.partition_by, c.references, c.row_count) == ("t.x", ["a", "b"], (), (), (), {})
+    assert (c.table, c.column_names, c.key, c.partition_by, c.references, c.row_count, c.stats_columns) == (
+        "t.x", ["a", "b"], (), (), (), {}, ())
     assert [col.nullable for col in c.columns] == [False, True]
 
 
@@ -211,6 +218,10 @@ def test_parse_minimal_contract():
         ("table: t.x\ncolumns: [{name: a, type: string}]\nkey: [b]\n", "key names unknown columns ['b']"),
         ("table: t.x\ncolumns: [{name: a, type: string}]\npartition_by: [b]\n", "partition_by names unknown columns ['b']"),
         ("table: t.x\ncolumns: [{name: a, type: strng}]\n", "unknown column type 'strng'"),
+        ("table: t.x\ncolumns: [{name: a, type: string}]\nstats_columns: [b]\n", "stats_columns names unknown columns ['b']"),
+        ("table: t.x\ncolumns: [{name: a, type: string}, {name: b, type: long}]\npartition_by: [a]\nstats_columns: [a, b]\n",
+         "stats_columns names partition columns ['a']"),
+        ("table: t.x\ncolumns: [{name: a, type: string}]\nstat_columns: [a]\n", "unknown key(s) ['stat_columns']"),
         ("", "malformed contract"),
     ],
 )

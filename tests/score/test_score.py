@@ -80,6 +80,34 @@ def test_rerun_for_the_same_date_replaces_only_that_partition(lake, spark):
     assert published_run(str(lake["lake"]))["run_date"] == DAY1, "the newest published run wins"
 
 
+def test_each_file_holds_one_range_of_users_with_statistics_for_user_id_only(lake):
+    """The layout a per-user lookup relies on: within a (run_date, domain) partition the files' user_id ranges do
+    not overlap, and Delta keeps file statistics for user_id only (the contract's stats_columns), so a reader of
+    one user (read_recommendations, which prunes files by these statistics) reads one file per domain."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    day = "2025-01-04"
+    assert score_job.main([*lake["args"], "--run-date", day, "--k", str(K), "--no-validate", "--no-publish",
+                           "--users-per-partition", "30"]) == 0
+    dt_ = DeltaTable(str(lake["lake"] / "gold" / "recommendations"))
+    assert dt_.metadata().configuration.get("delta.dataSkippingStatsColumns") == "user_id"
+    adds = pa.table(dt_.get_add_actions(flatten=True)).to_pandas()  # arro3 -> pyarrow
+    assert sorted(c for c in adds.columns if c.startswith("min.")) == ["min.user_id"]
+    adds = adds[adds["partition.run_date"].astype(str) == day]
+    recs = read_recommendations(str(lake["lake"]), run_date=day)
+    n_users = recs.user_id.nunique()
+    for domain, files in adds.groupby("partition.domain"):
+        files = files.sort_values("min.user_id")
+        assert len(files) >= 4, f"{domain}: one file per scoring task, 120 users / 30 per task"
+        assert (files["max.user_id"].values[:-1] < files["min.user_id"].values[1:]).all(), f"{domain}: ranges overlap"
+        assert files.num_records.sum() == n_users * K
+    for user in recs.user_id.unique()[::25]:  # statistics hold 32-character prefixes of the 64-character ids
+        holding = adds[(adds["min.user_id"] <= user) & (adds["max.user_id"] >= user)]
+        assert sorted(holding["partition.domain"]) == sorted(adds["partition.domain"].unique()), user
+        assert len(read_recommendations(str(lake["lake"]), run_date=day, user_id=user)) == 2 * K
+
+
 def test_unpublished_run_is_not_what_readers_see(lake):
     pub = published_run(str(lake["lake"]))
     # as the Airflow DAG's score task runs it: its publish task checks and publishes later

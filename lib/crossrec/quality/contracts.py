@@ -32,6 +32,10 @@ _SIMPLE_TYPES = {
 }
 
 
+# Delta collects file statistics (min/max, nulls) for these columns only; readers skip files by them
+STATS_COLUMNS_PROPERTY = "delta.dataSkippingStatsColumns"
+
+
 class ContractError(ValueError):
     """A contract file is malformed, or a table does not match its contract."""
 
@@ -59,7 +63,9 @@ class Reference:
 
 @dataclass(frozen=True)
 class Contract:
-    """A table's contract: name, columns, partitioning, key, references, row-count bounds."""
+    """A table's contract: name, columns, partitioning, key, references, row-count bounds, and the columns
+    Delta keeps file statistics for (``stats_columns``: the ones readers filter on; statistics of the others
+    cost write time and skip nothing)."""
 
     table: str
     columns: tuple[Column, ...]
@@ -68,6 +74,7 @@ class Contract:
     key: tuple[str, ...] = ()
     references: tuple[Reference, ...] = ()
     row_count: dict = field(default_factory=dict)
+    stats_columns: tuple[str, ...] = ()  # Delta file statistics only for these (empty: Delta's default, the first 32)
 
     @property
     def column_names(self) -> list[str]:
@@ -98,7 +105,8 @@ class Contract:
         """Create the Delta table at ``path`` with this schema and partitioning, if it does not exist.
 
         An existing table is migrated when the contract only *adds* nullable-in-the-past columns (ALTER
-        TABLE ADD COLUMNS); a removed, retyped or reordered column is an error that names it.
+        TABLE ADD COLUMNS); a removed, retyped or reordered column is an error that names it. A changed
+        ``stats_columns`` is set on the table (files written later follow it).
         """
         from delta.tables import DeltaTable
 
@@ -110,6 +118,8 @@ class Contract:
             builder = builder.comment(" ".join(self.description.split()))
         if self.partition_by:
             builder = builder.partitionedBy(*self.partition_by)
+        if self.stats_columns:
+            builder = builder.property(STATS_COLUMNS_PROPERTY, ",".join(self.stats_columns))
         builder.execute()
 
     def _migrate(self, spark, path: str) -> None:
@@ -138,6 +148,13 @@ def _migrate_table(contract: Contract, spark, path: str) -> None:
         cols = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in new)
         log.warning("%s: adding column(s) %s to the existing table at %s", contract.table, [f.name for f in new], path)
         spark.sql(f"ALTER TABLE {_quote_path(path)} ADD COLUMNS ({cols})")
+    if contract.stats_columns:
+        want_stats = ",".join(contract.stats_columns)
+        props = {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES {_quote_path(path)}").collect()}
+        if props.get(STATS_COLUMNS_PROPERTY) != want_stats:
+            log.info("%s: file statistics for %s only (table property %s) at %s; files written from now on",
+                     contract.table, want_stats, STATS_COLUMNS_PROPERTY, path)
+            spark.sql(f"ALTER TABLE {_quote_path(path)} SET TBLPROPERTIES ('{STATS_COLUMNS_PROPERTY}' = '{want_stats}')")
 
 
 def spark_type(name: str):
@@ -155,7 +172,13 @@ def spark_type(name: str):
     raise ContractError(f"unknown column type {name!r}; known: {sorted(_SIMPLE_TYPES)}, array<..>, map<..,..>")
 
 
+_KEYS = ("table", "description", "columns", "partition_by", "key", "references", "row_count", "stats_columns")
+
+
 def _parse(data: dict, source: str) -> Contract:
+    unknown = sorted(set(data) - set(_KEYS)) if isinstance(data, dict) else []
+    if unknown:  # a misspelt key would otherwise be ignored without a word
+        raise ContractError(f"{source}: unknown key(s) {unknown}; a contract has {list(_KEYS)}")
     try:
         cols = tuple(Column(**c) for c in data["columns"])
         refs = tuple(Reference(columns=tuple(r["columns"]), table=r["table"]) for r in data.get("references", []))
@@ -167,6 +190,7 @@ def _parse(data: dict, source: str) -> Contract:
             key=tuple(data.get("key", [])),
             references=refs,
             row_count=dict(data.get("row_count", {})),
+            stats_columns=tuple(data.get("stats_columns", [])),
         )
     except (KeyError, TypeError) as e:
         raise ContractError(f"{source}: malformed contract ({e})") from e
@@ -175,10 +199,14 @@ def _parse(data: dict, source: str) -> Contract:
     if dup:
         raise ContractError(f"{source}: duplicate column name(s) {dup}")
     ref_cols = tuple(c for r in contract.references for c in r.columns)
-    for group, label in ((contract.partition_by, "partition_by"), (contract.key, "key"), (ref_cols, "references")):
+    for group, label in ((contract.partition_by, "partition_by"), (contract.key, "key"), (ref_cols, "references"),
+                         (contract.stats_columns, "stats_columns")):
         bad = [c for c in group if c not in names]
         if bad:
             raise ContractError(f"{source}: {label} names unknown columns {bad}")
+    both = [c for c in contract.stats_columns if c in contract.partition_by]
+    if both:  # Delta refuses statistics on partition columns: their value is in the file's path already
+        raise ContractError(f"{source}: stats_columns names partition columns {both}")
     for c in cols:
         try:
             spark_type(c.type)  # fail early on a typo

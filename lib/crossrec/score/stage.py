@@ -3,7 +3,7 @@
 1. :func:`user_histories`: each active user's chronological history (first occurrence of each (domain,
    item)) as the artifact's global item ids; items the artifact does not know (added after training) are
    not candidates and not model input, but still count as seen.
-2. :func:`score_users`: ``mapInArrow`` over users in batches (Arrow in and out, no pandas); each Python worker loads the artifact once
+2. :func:`score_users`: ``mapInArrow`` over ranges of user_id in batches (Arrow in and out, no pandas); each Python worker loads the artifact once
    (:func:`crossrec.score.topk.get_scorer`) and writes K rows per user and domain (PyTorch ``topk``, GPU when
    the executor has one).
 3. the job writes the rows with ``replaceWhere run_date = D`` (one atomic Delta commit: a re-run replaces that
@@ -114,7 +114,9 @@ def score_users(spark, histories, folder: str, k: int, pop: np.ndarray, run_date
     body = partial(_score_batches, folder=folder, k=k, pop=pop, run_date=run_date, threads=threads,
                    batch_users=batch_users)
     log.info("scoring %d users in %d partitions (batches of %d users, k=%d)", n_users, parts, batch_users, k)
-    return histories.select("user_id", "item_idx", "event_ts").repartition(parts, "user_id").mapInArrow(body, schema=schema)
+    # by range, not hash: each task, and so each file it writes per domain, holds one contiguous range of user_id,
+    # and the table's user_id statistics (its contract's stats_columns) let a reader of one user skip every other file
+    return histories.select("user_id", "item_idx", "event_ts").repartitionByRange(parts, "user_id").mapInArrow(body, schema=schema)
 
 
 class Progress:
