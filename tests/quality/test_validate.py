@@ -62,3 +62,38 @@ def test_failed_checkpoint_exits_3(spark, tmp_path):
         Validator(str(tmp_path), "run3").check(c, df, PARAMS, references={"silver.items": items})
 
     assert run_guarded("test", body) == EXIT_VALIDATION
+
+
+def test_cross_row_check_runs_its_query_once_to_pass_and_names_offending_rows_when_it_fails(spark, tmp_path):
+    """``unexpected_rows_check``: a passing suite runs the query once (stock GE runs it twice: the row count and the
+    first rows, which pass/fail discards); a failing one is re-run for its report, which names the first rows."""
+    from crossrec.quality.validate import unexpected_rows_check
+
+    from pyspark.sql import functions as F
+
+    seen = spark.sparkContext.accumulator(0)
+
+    @F.udf("boolean")
+    def counted(weight):  # counts the rows each run of the query reads
+        seen.add(1)
+        return weight < 0
+
+    spark.udf.register("crossrec_test_counted", counted)
+    rows = [(f"u{i}", "books", "b1", "view", T, 1.0, "r", "s") for i in range(6)]
+    c, df, items = frames(spark, rows)
+    def check():  # an expectation belongs to one suite: a new one for each
+        return unexpected_rows_check("SELECT user_id, weight FROM {batch} WHERE crossrec_test_counted(weight)",
+                                     "no negative weight (counted)")
+
+    rep = Validator(str(tmp_path), "once").check(c, df, PARAMS, references={"silver.items": items},
+                                                 extra_expectations=[check()])
+    assert rep.success
+    assert seen.value == len(rows), f"the query read {seen.value} rows for a {len(rows)}-row batch: run more than once"
+
+    bad = rows[:5] + [("u9", "books", "b1", "view", T, -3.0, "r", "s")]
+    c, df, items = frames(spark, bad)
+    with pytest.raises(ValidationFailed) as e:
+        Validator(str(tmp_path), "fails").check(c, df, PARAMS, references={"silver.items": items},
+                                                extra_expectations=[check()])
+    (failure,) = [f for f in e.value.report.failures if f["target"] == "no negative weight (counted)"]
+    assert failure["observed"].startswith("1 unexpected") and "u9" in failure["observed"] and "-3.0" in failure["observed"]

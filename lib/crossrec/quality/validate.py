@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Mapping
 
 from crossrec.quality.contracts import Contract, ContractError
@@ -138,6 +139,48 @@ def _with_reference_markers(df, contract: Contract, references: Mapping[str, Any
         keys = references[ref.table].select(*ref.columns).distinct().withColumn(marker, F.lit(True))
         df = df.join(keys, on=list(ref.columns), how="left")
     return df
+
+
+@lru_cache(maxsize=None)
+def _unexpected_rows_class():
+    """The GE expectation class of :func:`unexpected_rows_check` (defined on first use: GE imports slowly)."""
+    import great_expectations.expectations as gxe
+
+    class ExpectNoUnexpectedRows(gxe.UnexpectedRowsExpectation):
+        """``UnexpectedRowsExpectation`` that runs its query once when only pass/fail is asked.
+
+        GE computes two metrics from the query: its row count, and its first rows (up to 200), which only the
+        ``COMPLETE`` result format reports. With no unexpected row the second one is a second full run of the
+        query (for the score stage's checks, one shuffle of the whole batch each). Under ``BOOLEAN_ONLY`` (the
+        validator's first run) this class asks for the row count alone; under the other formats (the re-run
+        of a failed suite) it also reports the first offending rows (``partial_unexpected_list``)."""
+
+        def get_validation_dependencies(self, execution_engine=None, runtime_configuration=None):
+            deps = super().get_validation_dependencies(execution_engine=execution_engine,
+                                                       runtime_configuration=runtime_configuration)
+            if deps.result_format.get("result_format") == "BOOLEAN_ONLY":
+                deps.remove_metric_configuration("unexpected_rows_query.table")
+            return deps
+
+        def _validate(self, metrics: dict, runtime_configuration: dict | None = None, execution_engine=None):
+            count = metrics["unexpected_rows_query.row_count"]
+            if "unexpected_rows_query.table" not in metrics:
+                return {"success": count == 0}
+            out = super()._validate(metrics, runtime_configuration=runtime_configuration, execution_engine=execution_engine)
+            rows = metrics["unexpected_rows_query.table"] or []
+            out.setdefault("result", {}).update(
+                unexpected_count=count,
+                partial_unexpected_list=[r.asDict() if hasattr(r, "asDict") else dict(r) for r in rows[:5]])
+            return out
+
+    return ExpectNoUnexpectedRows
+
+
+def unexpected_rows_check(query: str, description: str):
+    """A cross-row check for :meth:`Validator.check`'s ``extra_expectations``: it passes when ``query`` (SQL over
+    ``{batch}``, the table being checked) returns no row. Pass/fail costs one run of the query; a failure
+    report names the count and the first offending rows."""
+    return _unexpected_rows_class()(unexpected_rows_query=query, description=description)
 
 
 def _describe(er) -> dict:
