@@ -8,7 +8,7 @@
    the executor has one).
 3. the job writes the rows with ``replaceWhere run_date = D`` (one atomic Delta commit: a re-run replaces that
    date's partition, never doubles it; a killed run leaves the previous version intact) and validates them
-   with :func:`output_expectations` (Great Expectations, ``UnexpectedRowsExpectation`` queries over the batch);
+   with :func:`output_expectations` (Great Expectations ``UnexpectedRowsExpectation`` queries over the batch, run once each);
 4. :func:`publish` points readers at the validated table version (Delta table properties
    ``crossrec.published.*``, set in one more commit); readers never see an unvalidated run.
 """
