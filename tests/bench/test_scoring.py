@@ -1,4 +1,4 @@
-"""``crossrec bench scoring`` on a small size: crossrec, ALS, bare torch and the write floor are measured on the same users, items and K."""
+"""``crossrec bench scoring`` on a small size: crossrec, ALS, bare torch, the write floor and the model alone are measured on the same users, items and K."""
 from __future__ import annotations
 
 import json
@@ -18,10 +18,14 @@ def test_scoring_bench_measures_every_system(spark, tmp_path):
     d = json.loads((tmp_path / "out" / "scoring.json").read_text())
     systems = {r["system"]: r for r in d["records"]}
     assert set(systems) == {"crossrec score stage", "spark als recommendForAllUsers", "bare torch matmul+topk",
-                            "write floor (same rows to Delta, no model)"}
+                            "write floor (same rows to Delta, no model)",
+                            "model alone (the stage's scoring code, no Spark, no write)"}
     assert all(r["unit"] == "users/s" and r["value"] > 0 and r["users"] == 400 and r["items"] == 300 for r in d["records"])
     assert d["ratios"]["crossrec_vs_als"] == pytest.approx(systems["crossrec score stage"]["value"] / systems["spark als recommendForAllUsers"]["value"])
     assert d["score_summary"]["users"] == 400 and d["score_summary"]["rows"] == 400 * 2 * 5
+    assert d["model_alone_rows"] == d["score_summary"]["rows"], "the model alone scored the same users as the stage"
+    assert d["ratios"]["model_alone_vs_torch"] == pytest.approx(
+        systems["model alone (the stage's scoring code, no Spark, no write)"]["value"] / systems["bare torch matmul+topk"]["value"])
     assert (tmp_path / "out" / "scoring.md").exists()
     floor = tmp_path / "out" / "lake" / "bench" / "write_floor"  # the floor rewrote exactly crossrec's rows
     assert spark.read.format("delta").load(str(floor)).count() == d["score_summary"]["rows"]
