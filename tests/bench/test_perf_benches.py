@@ -8,16 +8,19 @@ import pytest
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_ingest_bench_compares_crossrec_with_a_plain_copy(spark, tmp_path):
+def test_ingest_bench_compares_crossrec_with_a_plain_copy_and_the_two_layer_floor(spark, tmp_path):
     from crossrec.bench.ingest import IngestSpec, run_ingest
 
     # no warm-up: this test checks what the bench reports, not its figures
     run_ingest(IngestSpec(out_dir=str(tmp_path / "out"), users=300, domains=2, warmup=False), spark=spark)
     d = json.loads((tmp_path / "out" / "ingest.json").read_text())
-    crossrec, plain = d["records"]
-    assert crossrec["unit"] == plain["unit"] == "rows/s" and crossrec["value"] > 0 and plain["value"] > 0
-    assert crossrec["rows"] == plain["rows"], "both read the same raw rows"
+    crossrec, plain, floor = d["records"]
+    assert crossrec["unit"] == plain["unit"] == floor["unit"] == "rows/s"
+    assert crossrec["value"] > 0 and plain["value"] > 0 and floor["value"] > 0
+    assert crossrec["rows"] == plain["rows"] == floor["rows"], "all three read the same raw rows"
     assert d["ratio"] == pytest.approx(crossrec["value"] / plain["value"])
+    assert d["floor_ratio"] == pytest.approx(floor["value"] / plain["value"])
+    assert (tmp_path / "out" / "two-layers" / "silver").is_dir(), "the floor wrote its second Delta layer"
 
 
 @pytest.mark.spark
