@@ -17,7 +17,7 @@
     crossrec tables [--lake-root ...] [--accounting]             tables, versions, row counts (no Spark)
     crossrec bench quality RAW --out DIR [--epochs N]            every model on one data set -> quality.json/.md
     crossrec bench scoring --out DIR [--users N]                 score stage vs Spark ALS vs bare PyTorch -> scoring.json
-    crossrec bench ingest|training --out DIR                     ingest vs plain Spark copy; training throughput
+    crossrec bench ingest|training --out DIR                     ingest vs plain Spark copy and the Delta floor; training throughput
     crossrec bench scale --out DIR [--users 10000,100000]        every stage's wall time + peak memory vs users
     crossrec cluster up|down|status                              Spark standalone (master + 2 workers) + Ray (2 nodes) on loopback
 
@@ -229,7 +229,7 @@ def _bench(argv: list[str]) -> int:
     q.add_argument("--sasrec-args", default="", help="extra `crossrec train` flags for the single-domain baseline, one string; "
                    "one flag alone goes after '=' (--sasrec-args=--no-cold-views), else argparse takes it for a flag of its own")
     q.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sc = sub.add_parser("scoring", help="crossrec's score stage vs Spark ALS recommendForAllUsers vs a bare PyTorch loop",
+    sc = sub.add_parser("scoring", help="crossrec's score stage vs Spark ALS recommendForAllUsers vs a bare PyTorch loop, and its two ceilings",
                         description=importlib.import_module("crossrec.bench.scoring").__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     sc.add_argument("--out", required=True, help="output folder: scoring.json, scoring.md, scoring.png, lake/")
@@ -239,7 +239,7 @@ def _bench(argv: list[str]) -> int:
     sc.add_argument("--events", type=int, default=20, help="events per user (default 20)")
     sc.add_argument("--k", type=int, default=10, help="items per user and domain (default 10)")
     sc.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    ig = sub.add_parser("ingest", help="raw -> silver with every check vs a plain Spark read+write as Parquet",
+    ig = sub.add_parser("ingest", help="raw -> silver with every check vs a plain Spark read+write as Parquet, and the two-Delta-layer floor",
                         description=importlib.import_module("crossrec.bench.ingest").__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ig.add_argument("--out", required=True, help="output folder: ingest.json, ingest.md, ingest.png, raw/, lake/")
