@@ -2,15 +2,16 @@
 worker node) on loopback, started by ``crossrec cluster up``; training runs through ``ray.init(address=...)`` and
 the score job through ``spark-submit``, exactly as on a real cluster. Faults: a Ray Train worker process is killed
 mid-epoch (training resumes from the last checkpoint and finishes); a Spark worker is killed during scoring (the
-job still completes with every row exactly once).
+job still completes with every row exactly once); the score job's driver is killed mid-write, once its first
+data file is on disk (no version is committed, readers see none of its rows, the previous run reads as before).
 
 The lake is a copy of the session's ``scored_lake`` (conftest.py), built by the data jobs in local mode: as one
 spark-submit application on this 2-core cluster they took ~230 s, and their code is the same either way. The
 score job is what runs through spark-submit here (``--spark-master none``, Delta from ``--packages``, Python on
 the executors), with ``--no-validate --no-publish``: what the faults can break is the rows it writes (output
 checks and publishing are the same code on any session and took ~40 s of this test on the loopback cluster;
-they are tested in local mode, tests/score/test_score.py). That a killed score driver commits nothing, and that
-the re-run completes, is tested in local mode too.
+they are tested in local mode, tests/score/test_score.py). That a re-run after a killed driver completes is
+tested in local mode too.
 
 The Ray driver runs in its own process, as ``crossrec train --ray-address`` would on a real cluster: a pytest
 process that already ran a local Ray instance keeps that instance's session state (and auth settings).
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
+from deltalake import DeltaTable
 
 pytest.importorskip("ray")
 
@@ -35,12 +37,16 @@ from crossrec import cluster  # noqa: E402
 from crossrec.io.readers import published_run, read_recommendations, read_table  # noqa: E402
 from conftest import SCORE_DAY  # noqa: E402
 
+NEXT_DAY = "2025-01-02"  # the run the killed driver was writing
+
 ROOT = Path(__file__).resolve().parents[2]
 DELTA = "io.delta:delta-spark_4.2_2.13:4.4.0"
 
 
-def submit(info: dict, stage: str, args: list[str], log: Path) -> subprocess.Popen:
-    """``spark-submit jobs/<stage>.py`` to the standalone master (Delta from Maven, 1-core 1g executors)."""
+def submit(info: dict, stage: str, args: list[str], log: Path, own_group: bool = False) -> subprocess.Popen:
+    """``spark-submit jobs/<stage>.py`` to the standalone master (Delta from Maven, 1-core 1g executors).
+    ``own_group``: in a process group of its own (the driver's JVM and its Python process), so it can be killed
+    whole."""
     cmd = [os.path.join(cluster.spark_home(), "bin", "spark-submit"), "--master", info["spark_master"],
            "--packages", DELTA, "--conf", "spark.executor.memory=1g", "--conf", "spark.executor.cores=1",
            "--conf", "spark.sql.shuffle.partitions=2", "--conf", f"spark.pyspark.python={sys.executable}",
@@ -51,7 +57,7 @@ def submit(info: dict, stage: str, args: list[str], log: Path) -> subprocess.Pop
     local_dirs = log.parent / "spark-local"
     local_dirs.mkdir(exist_ok=True)
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1", SPARK_LOCAL_DIRS=str(local_dirs))
-    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=own_group)
 
 
 TRAIN = """
@@ -75,6 +81,22 @@ def kill_when_scoring(proc: subprocess.Popen, log: Path, kill) -> threading.Thre
                     kill()
                 return
             time.sleep(0.5)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    return t
+
+
+def kill_when_files_appear(proc: subprocess.Popen, folder: Path, pattern: str) -> threading.Thread:
+    """A thread that kills ``proc``'s process group as soon as a file matching ``pattern`` exists under ``folder``:
+    the job has started writing data files and has not committed them."""
+    def watch() -> None:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            if next(folder.glob(pattern), None) is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                return
+            time.sleep(0.1)
 
     t = threading.Thread(target=watch)
     t.start()
@@ -117,8 +139,24 @@ def test_spark_submit_and_ray_cluster_end_to_end_with_faults(scored_lake, tmp_pa
         t.join()
         assert killed.is_set(), "the worker was not killed while the job ran"
         assert not cluster.status(str(tmp_path / "cluster"))["alive"]["spark_worker_1"]
+
+        # the driver killed mid-write: a score run for the next day, its driver (spark-submit's JVM and the job's
+        # Python) killed as soon as its first data file is on disk; nothing is committed
+        table = lake / "gold" / "recommendations"
+        before = DeltaTable(str(table)).version()
+        log = tmp_path / "score-killed.log"
+        proc = submit(info, "score", [*common[:-1], NEXT_DAY, "--k", "5", "--users-per-partition", "5",
+                                      "--no-validate", "--no-publish"], log, own_group=True)
+        t = kill_when_files_appear(proc, table, f"run_date={NEXT_DAY}/**/*.parquet")
+        rc = proc.wait(timeout=900)
+        t.join()
+        assert rc == -signal.SIGKILL, f"the driver was not killed mid-write (exit {rc}):\n{log.read_text()[-4000:]}"
     finally:
         cluster.down(str(tmp_path / "cluster"))
+
+    assert next(table.glob(f"run_date={NEXT_DAY}/**/*.parquet"), None) is not None, "it was killed while writing"
+    assert DeltaTable(str(table)).version() == before, "the killed run committed nothing"
+    assert read_recommendations(str(lake), run_date=NEXT_DAY).empty, "readers see none of its files"
 
     assert cluster.status(str(tmp_path / "cluster")) is None, "down removed the cluster state"
     assert not [p.pid for p in cluster.ray_processes(info["ray_tmp"])], "down stopped every process of the Ray cluster"
