@@ -103,7 +103,7 @@ def two_layer_copy(spark, raw_dir: str, out: Path) -> int:
 
 
 def run_ingest(spec: IngestSpec, spark=None) -> dict:
-    """Run both systems; write ingest.json / .md / .png; return the result."""
+    """Run crossrec, the plain copy and the two-layer floor; write ingest.json / .md / .png; return the result."""
     import secrets
 
     from crossrec.bench.scoring import _plot
