@@ -150,7 +150,7 @@ def run_ingest(spec: IngestSpec, spark=None) -> dict:
     clean.run(cfg, spark)
     t_crossrec = time.perf_counter() - t0
     bronze = sum(len(read_table(str(lake), t, columns=["run_id"])) for t in ("bronze.interactions", "bronze.items"))
-    # the two copies take seconds, so one run swings with the machine (the plain copy measured 4.4-8.4 s on the
+    # the two copies take seconds, so one run swings with the machine (the plain copy measured 4.0-8.4 s on the
     # same files in one session): each is run REPEATS times, alternated, and its median counts
     plain_s, layers_s = [], []
     for _ in range(REPEATS):
