@@ -10,9 +10,9 @@ Reads silver at pinned versions; builds dense item ids, the leave-last-out split
 cross-domain cold-start sample (rules in lib/crossrec/data/features.py), the model's sequences, and
 the text-encoder vectors of every item (a pandas UDF runs all-MiniLM-L6-v2 in batches; items whose text
 hash is unchanged keep their cached vector). Each table is validated; the row accounting is printed and
-stored. The cold-start sample is the data set's cohort named by --cold-start-cohort when dataset.json has
-extras.user_cohorts (Food+Kitchen: its 937 test users), else a seeded --cold-start-fraction of the
-users active in two or more domains.
+stored. The cold-start sample: per domain, a seeded --cold-start-users of the users active in it and in
+another domain (at most --cold-start-fraction of the candidates), or every user of the data set's cohort named
+by --cold-start-cohort (dataset.json extras.user_cohorts).
 """
 from __future__ import annotations
 
@@ -40,8 +40,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_args(p, raw=True)
     g = p.add_argument_group("features")
     g.add_argument("--max-seq-len", dest="max_seq_len", type=int, help="events of history kept per sample (default 50)")
-    g.add_argument("--cold-start-fraction", dest="cold_start_fraction", type=float, help="share of multi-domain users made cold in one domain (default 0.1)")
-    g.add_argument("--cold-start-cohort", dest="cold_start_cohort", help="cohort of dataset.json extras.user_cohorts to use as the cold-start sample (default 'test')")
+    g.add_argument("--cold-start-users", dest="cold_start_users", type=int,
+                   help="per domain, users active in it and another domain made new to it (history withheld) for the "
+                        "cold-start evaluation (default 2000)")
+    g.add_argument("--cold-start-fraction", dest="cold_start_fraction", type=float,
+                   help="at most this share of a domain's multi-domain users is sampled (default 0.5)")
+    g.add_argument("--cold-start-cohort", dest="cold_start_cohort",
+                   help="use every user of this cohort of dataset.json extras.user_cohorts as the cold-start sample "
+                        "instead (default: none, the seeded sample)")
     g.add_argument("--seed", type=int, help="seed of the sampled choices (default 42)")
 
 
@@ -90,7 +96,7 @@ def run(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
     index = FE.build_item_index(items).persist(StorageLevel.MEMORY_AND_DISK)
     occ = FE.first_occurrences(inter, index).persist(StorageLevel.MEMORY_AND_DISK)
     firsts = occ.where(~F.col("is_repeat")).drop("is_repeat")
-    cold = FE.select_cold_users(firsts, cfg.cold_start_fraction, cfg.seed, cohort_users(spark, cfg))
+    cold = FE.select_cold_users(firsts, cfg.cold_start_users, cfg.cold_start_fraction, cfg.seed, cohort_users(spark, cfg))
     split = FE.assign_splits(firsts, cold).persist(StorageLevel.MEMORY_AND_DISK)
 
     # ---- accounting of interactions -> sequence events (one aggregate)

@@ -94,7 +94,7 @@ def test_truncation_keeps_newest(tiny):
 def test_cold_start_users_lose_their_target_domain_history(spark, tiny):
     _, _, _, occ = tiny
     firsts = occ.where(~F.col("is_repeat"))
-    cold = FE.select_cold_users(firsts, fraction=1.0, seed=1)
+    cold = FE.select_cold_users(firsts, per_domain=10, max_share=1.0, seed=1)
     assert [r.user_id for r in cold.collect()] == ["alice"]  # bob has one domain: not a candidate
     d = cold.first().domain
     split = FE.assign_splits(firsts, cold)
@@ -110,17 +110,27 @@ def test_cold_start_users_lose_their_target_domain_history(spark, tiny):
 
 
 def test_cold_sample_is_seeded_and_sized(spark):
+    """Per domain, the first ``per_domain`` users given it (seeded), capped at ``max_share`` of them."""
     rows = [(f"u{i}", dom, f"{dom[0]}{i % 3}", h) for i in range(400) for h, dom in ((1, "books"), (2, "movies"))]
+    rows += [("solo", "books", "b0", 1)]  # one domain: never a candidate
     items = items_df(spark, [("books", f"b{i}") for i in range(3)] + [("movies", f"m{i}") for i in range(3)])
     occ = FE.first_occurrences(inter_df(spark, rows), FE.build_item_index(items))
-    a = sorted(tuple(r) for r in FE.select_cold_users(occ, 0.25, seed=5).collect())
-    b = sorted(tuple(r) for r in FE.select_cold_users(occ, 0.25, seed=5).collect())
-    c = sorted(tuple(r) for r in FE.select_cold_users(occ, 0.25, seed=6).collect())
+
+    def sample(per_domain, share, seed, users=None):
+        return sorted(tuple(r) for r in FE.select_cold_users(occ, per_domain, share, seed, users).collect())
+
+    a, b, c = sample(50, 0.5, 5), sample(50, 0.5, 5), sample(50, 0.5, 6)
     assert a == b and a != c
-    assert 60 <= len(a) <= 140  # ~100 of 400
-    assert {d for _, d in a} == {"books", "movies"}  # the sample is split between the domains
-    users = spark.createDataFrame([("u1",), ("u2",), ("nobody",)], "user_id string")
-    assert sorted(r.user_id for r in FE.select_cold_users(occ, 0.0, 5, users).collect()) == ["u1", "u2"]
+    per = {d: sum(1 for _, x in a if x == d) for d in ("books", "movies")}
+    assert per == {"books": 50, "movies": 50}  # exactly per_domain in each domain
+    assert len({u for u, _ in a}) == 100  # one target domain per user
+    capped = sample(1000, 0.1, 5)  # ~200 candidates per domain, at most 10% of them
+    per = {d: sum(1 for _, x in capped if x == d) for d in ("books", "movies")}
+    assert 10 <= per["books"] <= 30 and 10 <= per["movies"] <= 30, per
+    assert set(sample(50, 0.5, 7)) >= set(sample(20, 0.5, 7))  # a bigger sample extends a smaller one
+    assert sample(0, 0.5, 5) == []
+    users = spark.createDataFrame([("u1",), ("u2",), ("nobody",), ("solo",)], "user_id string")
+    assert sorted(u for u, _ in sample(0, 0.0, 5, users)) == ["u1", "u2"]  # a cohort: every multi-domain user of it
 
 
 def test_train_counts(tiny):

@@ -42,8 +42,9 @@ def test_defaults_of_the_dataclass():
         "validate": True,
         "reports_dir": None,
         "max_seq_len": 50,
-        "cold_start_fraction": 0.1,
-        "cold_start_cohort": "test",
+        "cold_start_users": 2000,
+        "cold_start_fraction": 0.5,
+        "cold_start_cohort": None,
         "seed": 42,
     }
     assert cfg.reports_root == os.path.abspath("lakehouse") + "/_reports"

@@ -56,24 +56,32 @@ def first_occurrences(interactions: DataFrame, item_index: DataFrame) -> DataFra
     )
 
 
-def select_cold_users(events: DataFrame, fraction: float, seed: int, users: DataFrame | None = None) -> DataFrame:
+def select_cold_users(events: DataFrame, per_domain: int, max_share: float, seed: int,
+                      users: DataFrame | None = None) -> DataFrame:
     """The cold-start sample: ``(user_id, domain)`` rows, one target domain per sampled user.
 
-    Candidates are users active in two or more domains. With ``users`` (a frame of ``user_id``), those
-    users are the sample (e.g. a data set's own test cohort); otherwise a seeded hash picks ``fraction``
-    of the candidates. The target domain is also chosen by a seeded hash among the user's domains, so the
-    sample is split between the domains in one run.
+    Candidates are users active in two or more domains. Each candidate is given one of their domains by a seeded
+    hash; in each domain, the first ``per_domain`` of the users given it (in seeded-hash order) become new to it,
+    but never more than ``max_share`` of them, so that users active in that domain and another stay in training
+    to learn the transfer from. With ``users`` (a frame of ``user_id``), those users are the candidates and every
+    one of them is sampled (e.g. a data set's own test cohort).
     """
+    assert per_domain >= 0 and 0.0 <= max_share <= 1.0, f"per_domain >= 0 and max_share in [0, 1], got {per_domain}, {max_share}"
     per_user = events.groupBy("user_id").agg(F.collect_set("domain").alias("domains")).where(F.size("domains") >= 2)
     if users is not None:
         per_user = per_user.join(users.select("user_id").distinct(), "user_id", "inner")
-    else:
-        bucket = F.pmod(F.xxhash64("user_id", F.lit(seed)), F.lit(1_000_000))
-        per_user = per_user.where(bucket < F.lit(int(round(fraction * 1_000_000))))
     pick = F.explode("domains").alias("domain")
     cand = per_user.select("user_id", pick).withColumn("_h", F.xxhash64("user_id", "domain", F.lit(seed)))
     w = Window.partitionBy("user_id").orderBy("_h", "domain")
-    return cand.withColumn("_r", F.row_number().over(w)).where("_r = 1").select("user_id", "domain")
+    picked = cand.withColumn("_r", F.row_number().over(w)).where("_r = 1").select("user_id", "domain")
+    if users is not None:
+        return picked
+    # a window per domain over that domain's candidates: the sample's size needs their count
+    by_hash = Window.partitionBy("domain").orderBy(F.xxhash64("user_id", F.lit(seed)), "user_id")
+    ranked = picked.withColumn("_r", F.row_number().over(by_hash)).withColumn(
+        "_n", F.count("*").over(Window.partitionBy("domain")))
+    cap = F.least(F.lit(int(per_domain)), F.floor(F.col("_n") * F.lit(float(max_share))))
+    return ranked.where(F.col("_r") <= cap).select("user_id", "domain")
 
 
 def assign_splits(events: DataFrame, cold_users: DataFrame | None = None) -> DataFrame:

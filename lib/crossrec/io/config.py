@@ -46,9 +46,14 @@ class CrossrecConfig:
         validate: run the Great Expectations checkpoint after each write.
         reports_dir: where validation reports go; default ``<lake_root>/_reports``.
         max_seq_len: events of history a model sees (features keep the newest ones).
-        cold_start_fraction: share of multi-domain users sampled as cross-domain cold-start users.
-        cold_start_cohort: a cohort of the data set's ``extras.user_cohorts`` file to use as that sample
-            instead (Food+Kitchen: ``test``, its 937 held-out users); ignored when the data set has none.
+        cold_start_users: per domain, users active in it and in another domain whose whole history in it is
+            withheld from training (the cross-domain cold-start sample the evaluation's ``cold_start`` segment reads;
+            a seeded sample). Enough of them that the segment can tell models apart (standard errors shrink with
+            the square root of their number).
+        cold_start_fraction: at most this share of a domain's candidates (users given that domain, of those active
+            in two or more) are sampled: the rest stay in training to learn the transfer from.
+        cold_start_cohort: a cohort of the data set's ``extras.user_cohorts`` file to use as that sample instead
+            (every user of it; e.g. Food+Kitchen's ``test``); None (default) = the seeded sample.
         seed: seed of every sampled choice (cold-start users and their target domain, training).
     """
 
@@ -66,8 +71,9 @@ class CrossrecConfig:
     validate: bool = True
     reports_dir: str | None = None
     max_seq_len: int = 50
-    cold_start_fraction: float = 0.1
-    cold_start_cohort: str | None = "test"
+    cold_start_users: int = 2000
+    cold_start_fraction: float = 0.5
+    cold_start_cohort: str | None = None
     seed: int = 42
 
     def __post_init__(self) -> None:
@@ -86,6 +92,8 @@ class CrossrecConfig:
             raise ConfigError(f"missing_items must be 'quarantine' or 'placeholder', got {self.missing_items!r}")
         if not 0.0 <= self.cold_start_fraction <= 1.0:
             raise ConfigError(f"cold_start_fraction must be in [0, 1], got {self.cold_start_fraction}")
+        if not isinstance(self.cold_start_users, int) or self.cold_start_users < 0:
+            raise ConfigError(f"cold_start_users must be an integer >= 0, got {self.cold_start_users!r}")
         if self.max_seq_len < 1:
             raise ConfigError(f"max_seq_len must be >= 1, got {self.max_seq_len}")
         if self.max_text_chars < 1:
