@@ -131,7 +131,9 @@ def write_artifact(lake: Path, version: str = "20250101-test0001", seed: int = 0
     import torch
 
     from crossrec.io.readers import read_table
-    from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig, save
+    from crossrec.model.config import ModelConfig
+    from crossrec.model.encoder import ItemFeatures
+    from crossrec.model.transformer import CrossDomainTransformer, save
 
     index = read_table(str(lake), "gold.item_index").sort_values("item_idx")
     emb = read_table(str(lake), "gold.item_embeddings", columns=["domain", "item_id", "embedding"])

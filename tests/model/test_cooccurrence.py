@@ -45,7 +45,9 @@ def untrained_model(dom, seed: int):
     """A tiny untrained CrossDomainTransformer over the 21 items of :func:`two_domain_index`."""
     import torch
 
-    from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig
+    from crossrec.model.config import ModelConfig
+    from crossrec.model.encoder import ItemFeatures
+    from crossrec.model.transformer import CrossDomainTransformer
 
     ids = torch.arange(22)
     item_dom = torch.tensor([0, *dom])

@@ -11,15 +11,9 @@ import scipy.sparse as scipy_sparse  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import crossrec.model.transformer as transformer_module  # noqa: E402
-from crossrec.model.transformer import (  # noqa: E402
-    N_TIME_BUCKETS,
-    CrossDomainTransformer,
-    ItemFeatures,
-    ModelConfig,
-    load,
-    save,
-    time_gap_buckets,
-)
+from crossrec.model.config import ModelConfig  # noqa: E402
+from crossrec.model.encoder import ItemFeatures  # noqa: E402
+from crossrec.model.transformer import N_TIME_BUCKETS, CrossDomainTransformer, load, save, time_gap_buckets  # noqa: E402
 
 torch.set_num_threads(1)
 T0 = 1_600_000_000  # epoch seconds

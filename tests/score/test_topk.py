@@ -9,7 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig, save  # noqa: E402
+from crossrec.model.config import ModelConfig  # noqa: E402
+from crossrec.model.encoder import ItemFeatures  # noqa: E402
+from crossrec.model.transformer import CrossDomainTransformer, save  # noqa: E402
 from crossrec.score.topk import POPULARITY, Scorer  # noqa: E402
 
 # books: items 1-6, movies: items 7-9 (only three: fewer than K=4 once one is seen)

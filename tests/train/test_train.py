@@ -217,7 +217,9 @@ def test_optimizer_state_round_trips_without_pickle():
 def test_a_checkpoint_of_other_model_code_is_refused_with_what_differs(tmp_path):
     """A run folder left by other model code under the same training config (same fingerprint) must not be
     resumed into a model it does not fit: a clear error, not a state_dict traceback on every restart."""
-    from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig
+    from crossrec.model.config import ModelConfig
+    from crossrec.model.encoder import ItemFeatures
+    from crossrec.model.transformer import CrossDomainTransformer
 
     ids = torch.arange(5)
     feats = ItemFeatures(torch.randn(5, 8), torch.tensor([0, 0, 0, 1, 1]), torch.zeros(5, dtype=torch.long), [ids[1:3], ids[3:]])
@@ -466,6 +468,8 @@ def test_items_in_no_training_window_are_listed_and_their_ids_zeroed_in_the_arti
     import pandas as pd
 
     from crossrec.model import transformer
+    from crossrec.model.config import ModelConfig
+    from crossrec.model.encoder import ItemFeatures
     from crossrec.train.loop import TrainingData, load_training_data, resolve_versions, write_artifact
 
     lake, facts = planted
@@ -476,12 +480,12 @@ def test_items_in_no_training_window_are_listed_and_their_ids_zeroed_in_the_arti
     movies = books.catalog["item_idx"][books.catalog["domain_idx"] == DOMAINS.index("movies")]
     assert books.untrained_items.tolist() == sorted(movies.tolist()), "books only: every movie is untrained"
 
-    feats = transformer.ItemFeatures.from_item_index(
+    feats = ItemFeatures.from_item_index(
         full.catalog["item_idx"], full.catalog["domain_idx"], full.catalog["domain_item_idx"],
         text_emb=full.catalog["text_emb"])
     torch.manual_seed(0)
     model = transformer.CrossDomainTransformer(
-        transformer.ModelConfig(n_items=facts["n_items"], n_domains=len(DOMAINS), d_model=16, n_layers=1), feats)
+        ModelConfig(n_items=facts["n_items"], n_domains=len(DOMAINS), d_model=16, n_layers=1), feats)
     ckpt = transformer.save(model, tmp_path / "ckpt")
     folder = write_artifact(tmp_path / "models", "20250101-abcdef01", ckpt, books, {"best_epoch": 0})
     out = transformer.load(folder)

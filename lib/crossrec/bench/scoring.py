@@ -61,7 +61,9 @@ def write_lake(spark, spec: ScoringSpec, lake: Path) -> list[str]:
     from crossrec.io.delta import write_table
     from crossrec.model.baselines import InteractionData
     from crossrec.model.cooccurrence import next_item_transitions, same_domain_similarity
-    from crossrec.model.transformer import CrossDomainTransformer, ItemFeatures, ModelConfig, save
+    from crossrec.model.config import ModelConfig
+    from crossrec.model.encoder import ItemFeatures
+    from crossrec.model.transformer import CrossDomainTransformer, save
     from crossrec.quality.contracts import load_contract
 
     rng = np.random.default_rng(spec.seed)

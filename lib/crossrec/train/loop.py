@@ -119,7 +119,7 @@ class TrainConfig:
         max_seq_len, seed, d_model, n_layers, n_heads, dropout, loss, n_negatives, use_text, use_id_embedding,
             id_dropout: model
         use_categories: give each item an attribute embedding of its (domain, category) from gold.item_index.
-            (see crossrec.model.transformer.ModelConfig).
+            (see crossrec.model.config.ModelConfig).
         cold_views: also train on cold-domain views of multi-domain histories (each domain's targets predicted
             from the other domains' events only; see :func:`training_windows`), for users new to a domain.
         cooccurrence_k: after training, attach the score terms (crossrec.model.cooccurrence): the co-occurrence
@@ -201,7 +201,7 @@ class TrainConfig:
         return self.model_root or os.path.join(self.lake_root, "models")
 
     def model_config(self, n_items: int, n_domains: int, text_dim: int, n_attr_values: int = 0):
-        from crossrec.model.transformer import ModelConfig
+        from crossrec.model.config import ModelConfig
 
         return ModelConfig(n_items=n_items, n_domains=n_domains, text_dim=text_dim, d_model=self.d_model,
                            n_layers=self.n_layers, n_heads=self.n_heads, dropout=self.dropout,
@@ -589,7 +589,7 @@ def read_checkpoint(folder: str | Path, model, optimizer, *, source: str | None 
 
 # ----------------------------------------------------------------------------------------------- worker
 def _features(catalog: Mapping[str, np.ndarray]):
-    from crossrec.model.transformer import ItemFeatures
+    from crossrec.model.encoder import ItemFeatures
 
     # copies: arrays from the object store are read-only, torch wants writable memory
     emb = None if catalog["text_emb"] is None else np.array(catalog["text_emb"])
@@ -707,7 +707,8 @@ def train_loop_per_worker(config: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    from crossrec.model.transformer import CrossDomainTransformer, ModelConfig
+    from crossrec.model.config import ModelConfig
+    from crossrec.model.transformer import CrossDomainTransformer
 
     _worker_logging()
     ctx = ray.train.get_context()
