@@ -268,6 +268,48 @@ def test_users_domains_and_event_counts(clean_raw: Path, events: pd.DataFrame) -
 # The planted signal.
 
 
+def domain_topics(raw: Path) -> dict[tuple[str, str], int]:
+    """(domain, item_id) -> planted topic, through the manifest's category of each topic in each domain."""
+    manifest = json.loads((raw / "manifest.json").read_text())
+    topic = {}
+    for domain in ("books", "movies", "music"):
+        by_category = {t["categories"][domain]: t["id"] for t in manifest["topics"]}
+        items = catalog(raw, domain)
+        assert items.category.nunique() == len(manifest["topics"])
+        topic.update({(domain, i): by_category[c] for i, c in zip(items.item_id, items.category)})
+    return topic
+
+
+def test_per_domain_text_names_each_domains_topics_differently(tmp_path: Path, clean_raw: Path) -> None:
+    """text_signal=per_domain: the same users and items, each domain's topics named by its own themes."""
+    out = tmp_path / "raw"
+    generate(out, SyntheticSpec(**{**SPEC.__dict__, "text_signal": "per_domain"}), chunk_users=CHUNK)
+    aligned, shuffled = domain_topics(clean_raw), domain_topics(out)
+    assert aligned == shuffled  # the planted topics of the items do not change, only their names
+
+    def shared_title_words(raw: Path, topics: dict) -> float:
+        """Mean over topics of the share of the books' topic words in titles that its movies' titles use too."""
+        words = {}
+        for d in ("books", "movies"):
+            items = catalog(raw, d)
+            for item_id, title in zip(items.item_id, items.title):
+                words.setdefault((d, topics[(d, item_id)]), set()).update(w.strip(":.,") for w in title.split())
+        t_ids = {t for _, t in words}
+        for d in ("books", "movies"):  # template words ("The", "of", "Vol.") name no topic
+            common = {w for w in set().union(*(words[(d, t)] for t in t_ids))
+                      if sum(w in words[(d, t)] for t in t_ids) > 2}
+            for t in t_ids:
+                words[(d, t)] -= common
+        return float(np.mean([len(words[("books", t)] & words[("movies", t)]) / len(words[("books", t)]) for t in t_ids]))
+
+    same, other = shared_title_words(clean_raw, aligned), shared_title_words(out, shuffled)
+    assert same > 0.5 and other < same / 2, (same, other)
+    for name in ("books/interactions", "movies/interactions"):  # the events are byte for byte the aligned ones
+        assert all_files(out / name) == all_files(clean_raw / name)
+    with pytest.raises(ValueError, match="text_signal"):
+        SyntheticSpec(text_signal="shuffled")
+
+
 def test_topic_in_one_domain_predicts_topic_in_another(clean_raw: Path, events: pd.DataFrame) -> None:
     manifest = json.loads((clean_raw / "manifest.json").read_text())
     topic = {}

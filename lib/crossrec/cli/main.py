@@ -50,7 +50,7 @@ STAGES = {
 
 
 def _generate(argv: list[str]) -> int:
-    from crossrec.data.synthetic import SyntheticSpec, generate
+    from crossrec.data.synthetic import TEXT_SIGNALS, SyntheticSpec, generate
 
     d = SyntheticSpec()
     p = argparse.ArgumentParser(prog="crossrec generate", description="Write a deterministic synthetic multi-domain raw data set.")
@@ -62,6 +62,9 @@ def _generate(argv: list[str]) -> int:
     p.add_argument("--topics", type=int, default=d.topics, help=f"latent cross-domain interests (default {d.topics})")
     p.add_argument("--single-domain-share", type=float, default=d.single_domain_share, help=f"share of users active in one domain only (default {d.single_domain_share})")
     p.add_argument("--dirty-rate", type=float, default=d.dirty_rate, help="share of extra bad rows injected to exercise quarantine (default 0)")
+    p.add_argument("--text-signal", choices=TEXT_SIGNALS, default=d.text_signal,
+                   help="aligned: a topic's items read alike in every domain; per_domain: each domain names its topics "
+                        f"differently, so only multi-domain users link the domains (default {d.text_signal})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--overwrite", action="store_true", help="replace a data set generated earlier in OUT (same spec -> same bytes)")
     a = p.parse_args(argv)
@@ -69,6 +72,7 @@ def _generate(argv: list[str]) -> int:
     spec = SyntheticSpec(
         users=a.users, domains=a.domains, items_per_domain=a.items_per_domain, mean_events_per_user=a.mean_events,
         topics=a.topics, single_domain_share=a.single_domain_share, dirty_rate=a.dirty_rate, seed=a.seed,
+        text_signal=a.text_signal,
     )
     try:
         manifest = generate(a.out, spec, overwrite=a.overwrite)

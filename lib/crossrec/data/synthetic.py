@@ -7,6 +7,10 @@ The data carry a planted cross-domain signal that later stages can be tested aga
   domain's name for the topic, and item popularity within a (domain, topic) is Zipf-like.
 * Every user has a topic mixture concentrated on 1-3 topics, the same mixture in every domain, so a user's
   history in one domain predicts their items in another. 10% of events pick a topic at random (noise).
+* ``text_signal``: with ``aligned`` (default) a topic's items read alike in every domain (the same theme words), so
+  item text alone links a topic across domains; with ``per_domain`` each domain names its topics after its own
+  seeded permutation of the themes ("space" books read like jazz, "space" movies like baking): text still groups a
+  domain's items by topic, but the link between domains is only in the users active in several of them.
 * Users are active in a subset of domains (``single_domain_share`` of them in exactly one), have
   ``max(3, Poisson(mean_events_per_user))`` events spread over those domains (each active domain gets at
   least one), at strictly increasing whole-second times per user between 2019-01-01 and 2024-12-31 UTC.
@@ -80,6 +84,7 @@ BAD_REASONS = (
     "duplicate",
     "malformed_line",  # csv domains only
 )
+TEXT_SIGNALS = ("aligned", "per_domain")
 UNPARSEABLE_TS = "not-a-date"
 TIME_MIN_S = 1_546_300_800  # 2019-01-01T00:00:00Z
 TIME_MAX_S = 1_735_689_599  # 2024-12-31T23:59:59Z
@@ -105,6 +110,7 @@ class SyntheticSpec:
     mean_events_per_user: float = 20.0
     topics: int = 12
     single_domain_share: float = 0.3
+    text_signal: str = "aligned"  # "aligned" | "per_domain": how item text names topics across domains
     dirty_rate: float = 0.0
     seed: int = 7
 
@@ -118,6 +124,7 @@ class SyntheticSpec:
             (0.0 <= self.single_domain_share <= 1.0, "single_domain_share must be in [0, 1]"),
             (0.0 <= self.dirty_rate <= 1.0, "dirty_rate must be in [0, 1]"),
             (self.seed >= 0, "seed must be >= 0"),
+            (self.text_signal in TEXT_SIGNALS, f"text_signal must be one of {TEXT_SIGNALS}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -305,7 +312,15 @@ class _DomainCatalog:
         return self.cdf_items[np.minimum(pos, len(self.cdf_items) - 1)]
 
 
-def _build_domain_catalog(layout: _Layout, spec: SyntheticSpec, rng: np.random.Generator) -> _DomainCatalog:
+def _topic_naming(spec: SyntheticSpec, index: int) -> np.ndarray:
+    """(topics,) the theme that names each topic in domain ``index`` (see ``text_signal``)."""
+    if spec.text_signal == "aligned":
+        return np.arange(spec.topics)
+    # a stream of its own: the aligned data set's bytes do not depend on it
+    return np.random.default_rng(np.random.SeedSequence([spec.seed, 0x7E57, index])).permutation(spec.topics)
+
+
+def _build_domain_catalog(layout: _Layout, spec: SyntheticSpec, rng: np.random.Generator, index: int) -> _DomainCatalog:
     n, t_count = spec.items_per_domain, spec.topics
     topic_of = rng.permutation(np.arange(n) % t_count)  # every topic has items
     cdf_parts, item_parts = [], []
@@ -317,7 +332,7 @@ def _build_domain_catalog(layout: _Layout, spec: SyntheticSpec, rng: np.random.G
         cdf_parts.append(t + c)
         item_parts.append(members)
 
-    themes = [_theme(t) for t in range(t_count)]
+    themes = [_theme(int(t)) for t in _topic_naming(spec, index)]
     people = [[f"{_FIRST[i]} {_LAST[j]}" for i, j in zip(rng.integers(0, len(_FIRST), 4),
                                                          rng.integers(0, len(_LAST), 4))] for _ in themes]
     bands = [[(w if w.endswith("s") else w + "s") for w in th.words[:3]] for th in themes]
@@ -693,7 +708,7 @@ def generate(out_dir: str | Path, spec: SyntheticSpec, *, chunk_users: int = DEF
     topic_pop = 1.0 / np.arange(1, spec.topics + 1) ** 0.6
     topic_pop = catalog_rng.permutation(topic_pop / topic_pop.sum())
     domain_pop = 1.0 / np.arange(1, spec.domains + 1) ** 0.5
-    catalogs = [_build_domain_catalog(lay, spec, catalog_rng) for lay in layouts]
+    catalogs = [_build_domain_catalog(lay, spec, catalog_rng, i) for i, lay in enumerate(layouts)]
     item_arrays = [pa.array(c.ids, pa.string()) for c in catalogs]
     for lay, cat in zip(layouts, catalogs):
         _write_items(out / lay.name / f"items.{lay.ext}", lay, cat.columns)
@@ -771,7 +786,8 @@ def generate(out_dir: str | Path, spec: SyntheticSpec, *, chunk_users: int = DEF
         "time_range": {"min_epoch_s": TIME_MIN_S, "max_epoch_s": TIME_MAX_S},
         "users": {"total": spec.users, "single_domain": single_domain, "multi_domain": spec.users - single_domain},
         "topics": [{"id": t, "theme": _theme(t).key, "words": list(_theme(t).words),
-                    "categories": {lay.name: _category(_theme(t), lay.name) for lay in layouts}}
+                    "categories": {lay.name: _category(_theme(int(_topic_naming(spec, i)[t])), lay.name)
+                                   for i, lay in enumerate(layouts)}}
                    for t in range(spec.topics)],
         "domains": domains_manifest,
         "totals": totals,
