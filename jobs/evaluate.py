@@ -12,8 +12,9 @@ records also carry each value's standard error over the segment's users (``se``;
 The gold tables are read at pinned versions (recorded with the results); the Transformer comes from a
 model artifact (default: the one `<lake>/models/_latest` names; ``--model NAME=VERSION|FOLDER``, repeatable,
 evaluates several side by side: artifacts trained on some domains only (``crossrec train --input-domains``)
-are evaluated on those domains, so one name may combine one artifact per domain); baselines are fitted on the spot on the
-same training data. Results are appended to gold.metrics (a re-run with the same run id replaces its rows).
+are evaluated on those domains, so one name may combine one artifact per domain); every artifact scores through the
+one inference path (crossrec.inference.Predictor), with its score terms; baselines are fitted on the spot on the same
+training data. Results are appended to gold.metrics (a re-run with the same run id replaces its rows).
 """
 from __future__ import annotations
 
@@ -110,18 +111,17 @@ def evaluate_all(cfg: CrossrecConfig, baselines: list[str], version: str | None,
         if not folder:
             log.warning("no model artifact under %s/models: evaluated baselines only", cfg.lake_uri)
             continue
-        from crossrec.model.transformer import load
+        from crossrec.model.artifact import load_artifact
 
         t0 = time.time()
-        model = load(folder)
-        n_model = model.config.n_items
+        art = load_artifact(folder)
+        n_model = art.model.config.n_items
         if n_model != data.train.n_items:
             raise ValueError(f"{folder} was trained on {n_model} items, gold.item_index has {data.train.n_items}: retrain or evaluate the matching data version")
-        meta_file = os.path.join(folder, "metrics.json")
-        meta = json.load(open(meta_file, encoding="utf-8")) if os.path.isfile(meta_file) else {}
-        domains = meta.get("input_domains")
-        mv = os.path.basename(folder.rstrip("/"))
-        recs = evaluate(name, transformer_score_fn(model, data, input_domains=domains), data, domains=domains)
+        domains = art.metrics.get("input_domains")
+        mv = art.version
+        recs = evaluate(name, transformer_score_fn(art.model, data, art.terms, input_domains=domains), data,
+                        domains=domains)
         timings[name] = timings.get(name, 0.0) + time.time() - t0
         records += [dict(r, model_version=mv) for r in recs]
         log.info("%s (%s%s) evaluated in %.1fs", name, mv, f", domains {domains}" if domains else "", time.time() - t0)

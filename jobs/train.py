@@ -49,11 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-cold-views", dest="cold_views", action="store_false",
                    help="do not add cold-domain views of multi-domain histories to training (default: add them; each "
                         "domain's targets predicted from the other domains' events, as for users new to the domain)")
-    g.add_argument("--cooccurrence-k", type=int, default=200,
-                   help="after training, add a same-domain item co-occurrence term (item-KNN's similarity, this many "
-                        "neighbours per item) to the scores, its weight and recency decay chosen per domain on the validation "
-                        "split, with a text-similarity term, a next-item term and a popularity term for users new to a "
-                        "domain, fitted the same way; 0 = none of these terms (default 200; see crossrec.model.cooccurrence)")
+    g.add_argument("--terms", metavar="NAMES",
+                   help="comma-separated score terms to fit after training and add to the Transformer's scores, their "
+                        "weights (and recency decays) chosen per domain on the validation split; 'none' = the Transformer "
+                        "alone (default: every term registered in crossrec.rerank, one module per term)")
     g.add_argument("--id-dropout", type=float, default=0.0, help="training: share of item occurrences whose id embedding is dropped, so text carries them (default 0)")
     g.add_argument("--input-domains", help="comma-separated: train on (and later predict from) these domains' events "
                    "only; with --no-text and one domain this is the single-domain SASRec-style baseline (default: all)")
@@ -78,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
 
     def body() -> None:
+        from crossrec.rerank.fit import report_lines
         from crossrec.train.loop import METRIC, TrainConfig, train
 
         cfg = config_from_args(args)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             n_layers=args.n_layers, n_heads=args.n_heads, dropout=args.dropout, loss=args.loss, n_negatives=args.n_negatives,
             use_text=args.use_text, use_id_embedding=args.use_id_embedding, id_dropout=args.id_dropout,
             use_categories=args.use_categories, cold_views=args.cold_views,
-            cooccurrence_k=args.cooccurrence_k,
+            terms=None if args.terms is None else () if args.terms == "none" else tuple(n for n in args.terms.split(",") if n),
             input_domains=tuple(d for d in args.input_domains.split(",") if d) if args.input_domains else None,
             max_users=args.max_users, max_failures=args.max_failures,
             storage_path=args.storage_path, model_root=args.model_root, ray_address=args.ray_address,
@@ -102,35 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best valid NDCG@10: {m['valid'][METRIC]:.4f} (epoch {m['best_epoch']}; Recall@10 {m['valid']['valid_recall@10']:.4f})")
         print(f"epochs run:       {m['epochs_run']} of {m['max_epochs']}{' (early stop)' if m['early_stopped'] else ''}"
               f"{'; resumed at ' + str(m['resumed_at_epochs']) if m['resumed_at_epochs'] else ''}")
-        for d, r in (m.get("cooccurrence") or {}).get("domains", {}).items():
-            ndcg = {(t["weight"], t["decay"]): t["value"] for t in r["valid_ndcg@10"]}
-            print(f"co-occurrence:    {d} weight {r['weight']:g}, recency decay {r['decay']:g}, valid NDCG@10 "
-                  f"{ndcg[(r['weight'], r['decay'])]:.4f} ({ndcg.get((0.0, 1.0), float('nan')):.4f} without; "
-                  f"{r['rows']} valid rows)")
-            text = r.get("text_similarity")
-            if text and text["valid_ndcg@10"]:
-                t_ndcg = {(t["weight"], t["decay"]): t["value"] for t in text["valid_ndcg@10"]}
-                print(f"text similarity:  {d} weight {text['weight']:g}, recency decay {text['decay']:g}, valid NDCG@10 "
-                      f"{t_ndcg[(text['weight'], text['decay'])]:.4f} ({t_ndcg.get((0.0, 1.0), float('nan')):.4f} without)")
-            nxt = r.get("next_item")
-            if nxt and nxt["valid_ndcg@10"]:
-                n_ndcg = {t["weight"]: t["value"] for t in nxt["valid_ndcg@10"]}
-                print(f"next item:        {d} weight {nxt['weight']:g}, valid NDCG@10 {n_ndcg[nxt['weight']]:.4f} "
-                      f"({n_ndcg.get(0.0, float('nan')):.4f} without)")
-            cold = r.get("cold_popularity")
-            if cold:
-                c_ndcg = {t["weight"]: t["value"] for t in cold["valid_ndcg@10"]}
-                rows = f"{cold['rows']} valid rows" + (" of users active in it, scored from their other domains"
-                                                       if cold.get("simulated") else "")
-                detail = (f"valid NDCG@10 {c_ndcg[cold['weight']]:.4f} ({c_ndcg.get(0.0, float('nan')):.4f} without; "
-                          f"{rows})" if c_ndcg else f"too few valid rows to choose it ({rows})")
-                print(f"popularity:       {d} weight {cold['weight']:g} for users new to the domain; {detail}")
-            xtext = r.get("cold_text_similarity")
-            if xtext and xtext["valid_ndcg@10"]:
-                x_ndcg = {(t["weight"], t["decay"]): t["value"] for t in xtext["valid_ndcg@10"]}
-                print(f"text, new users:  {d} weight {xtext['weight']:g}, recency decay {xtext['decay']:g} (cosines to "
-                      f"their events in other domains), valid NDCG@10 {x_ndcg[(xtext['weight'], xtext['decay'])]:.4f} "
-                      f"({x_ndcg.get((0.0, 1.0), float('nan')):.4f} without)")
+        for line in report_lines(m.get("terms") or {}):
+            print(line)
         print(f"throughput:       {m['samples_per_s']:.0f} samples/s over {m['workers']} {m['device']} worker(s); wall {m['wall_time_s']:.1f}s")
 
     return run_guarded(STAGE, body)

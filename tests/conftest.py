@@ -131,9 +131,10 @@ def write_artifact(lake: Path, version: str = "20250101-test0001", seed: int = 0
     import torch
 
     from crossrec.io.readers import read_table
+    from crossrec.model.artifact import save_artifact
     from crossrec.model.config import ModelConfig
     from crossrec.model.encoder import ItemFeatures
-    from crossrec.model.transformer import CrossDomainTransformer, save
+    from crossrec.model.transformer import CrossDomainTransformer
 
     index = read_table(str(lake), "gold.item_index").sort_values("item_idx")
     emb = read_table(str(lake), "gold.item_embeddings", columns=["domain", "item_id", "embedding"])
@@ -142,10 +143,9 @@ def write_artifact(lake: Path, version: str = "20250101-test0001", seed: int = 0
                                          text_emb=np.stack(emb.embedding.values))
     torch.manual_seed(seed)
     cfg = ModelConfig(n_items=len(index), n_domains=index.domain_idx.nunique(), d_model=16, n_layers=1, n_heads=2, max_seq_len=20)
-    folder = lake / "models" / version
-    save(CrossDomainTransformer(cfg, feats), folder)
-    index[["item_idx", "domain", "item_id", "domain_idx", "domain_item_idx"]].to_parquet(folder / "item_index.parquet")
-    (folder / "metrics.json").write_text(json.dumps({"model_version": version, "input_domains": None}))
+    folder = save_artifact(lake / "models" / version, CrossDomainTransformer(cfg, feats), None,
+                           index[["item_idx", "domain", "item_id", "domain_idx", "domain_item_idx"]],
+                           {"model_version": version, "input_domains": None})
     (lake / "models" / "_latest").write_text(version + "\n")
     return folder
 

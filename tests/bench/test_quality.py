@@ -141,6 +141,6 @@ def test_a_step_runs_as_a_job_process_with_its_output_in_its_log_file(tmp_path):
 
     env = dict(os.environ)
     assert _run_step("train-help", "crossrec_jobs.train", ["--help"], tmp_path, env) > 0
-    assert "--cooccurrence-k" in (tmp_path / "logs" / "train-help.log").read_text()
+    assert "--terms" in (tmp_path / "logs" / "train-help.log").read_text()
     with pytest.raises(BenchError, match=r"(?s)step 'train-bad' failed with exit code 2 .* last lines:.*unrecognized arguments: --no-such-flag"):
         _run_step("train-bad", "crossrec_jobs.train", ["--no-such-flag"], tmp_path, env)

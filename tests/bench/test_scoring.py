@@ -29,11 +29,11 @@ def test_scoring_bench_measures_every_system(spark, tmp_path):
     assert (tmp_path / "out" / "scoring.md").exists()
     floor = tmp_path / "out" / "lake" / "bench" / "write_floor"  # the floor rewrote exactly crossrec's rows
     assert spark.read.format("delta").load(str(floor)).count() == d["score_summary"]["rows"]
-    from crossrec.model.transformer import load
+    from crossrec.model.artifact import load_artifact
 
-    model = load(tmp_path / "out" / "lake" / "models" / "bench-scoring")  # scored as crossrec train leaves it:
-    assert model.has_cooccurrence and all(model.cooccurrence_weight(d) == 1.0 for d in range(2))  # with the term
-    assert all(model.cooccurrence_decay(d) == pytest.approx(0.8) for d in range(2))  # and its recency decay
-    assert all(model.text_similarity_weight(d) == 2.0 and model.transition_weight(d) == 1.0 for d in range(2)), \
-        "and the text-similarity and next-item terms"
-    assert model.trans_indices.numel() > 0
+    terms = load_artifact(tmp_path / "out" / "lake" / "models" / "bench-scoring").terms  # scored as crossrec train leaves it:
+    assert [t.name for t in terms.terms] == ["cooccurrence", "text_similarity", "next_item"]  # with the warm-user terms
+    assert all(terms.params["cooccurrence"][d] == {"weight": 1.0, "decay": 0.8} for d in range(2))  # and their settings
+    assert all(terms.params["text_similarity"][d] == {"weight": 2.0, "decay": 0.6} and terms.params["next_item"][d] ==
+               {"weight": 1.0} for d in range(2))
+    assert terms.terms[0].indices.numel() > 0 and terms.terms[2].indices.numel() > 0

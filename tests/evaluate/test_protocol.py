@@ -73,16 +73,26 @@ def test_oracle_scores_perfectly_and_popularity_is_measured(lake):
 
 def test_input_domains_filter_history_and_domains(lake):
     """A single-domain model sees only its domain's events and is evaluated on its domain only."""
-    from crossrec.evaluate.protocol import history_batch, row_history
+    torch = pytest.importorskip("torch")
+    from crossrec.evaluate.protocol import transformer_score_fn
+    from crossrec.inference import Predictor
+    from crossrec.model.config import ModelConfig
+    from crossrec.model.encoder import ItemFeatures
+    from crossrec.model.transformer import CrossDomainTransformer
 
     data = load_eval_data(lake)
     books, movies = data.tests
-    alice = books.rows[0]
-    items, ts = row_history(data, alice, np.array([0]))
-    assert items.tolist() == [1, 2] and ts.tolist() == [10, 30], "books events of alice's history only"
-    assert history_batch(data, np.array([alice]), 10, keep_domains=np.array([1]))["item_idx"].tolist() == [[4, 5]]
-    bob = movies.rows[0]
-    assert len(row_history(data, bob, np.array([1]))[0]) == 0, "bob has no movies history: cold for a movies-only model"
+    feats = ItemFeatures.from_item_index([1, 2, 3, 4, 5], [0, 0, 0, 1, 1], [0, 1, 2, 0, 1],
+                                         text_emb=np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32))
+    torch.manual_seed(0)
+    model = CrossDomainTransformer(ModelConfig(n_items=5, n_domains=2, text_dim=4, d_model=8, n_layers=1, n_heads=2), feats)
+    alice = transformer_score_fn(model, data, input_domains=["books"])(books, np.array([0]))
+    p = Predictor(model, None, data.item_counts())
+    want = p.scores(p.collate([np.array([1, 2])], [np.array([10, 30])]), 0)  # alice's books events only: b1, b2
+    np.testing.assert_allclose(alice, want.numpy())
+    assert np.isneginf(alice[0, :2]).all() and np.isfinite(alice[0, 2]), "her books history excluded, b3 ranked"
+    bob = transformer_score_fn(model, data, input_domains=["movies"])(movies, np.array([0]))
+    assert bob.tolist() == [[1.0, 1.0]], "bob has no movies history: cold for a movies-only model, scored by popularity"
 
     recs = evaluate("pop", baseline_score_fn(Popularity().fit(data.train)), data, domains=["movies"])
     assert {r["domain"] for r in recs} == {"movies"}

@@ -1,17 +1,23 @@
 """The PyTorch half of scoring (no Spark): top-K per domain, seen items excluded, reasons, popularity fallback."""
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from crossrec.inference import score_covariance  # noqa: E402
+from crossrec.model.artifact import load_artifact, save_artifact  # noqa: E402
 from crossrec.model.config import ModelConfig  # noqa: E402
 from crossrec.model.encoder import ItemFeatures  # noqa: E402
-from crossrec.model.transformer import CrossDomainTransformer, save  # noqa: E402
+from crossrec.model.transformer import CrossDomainTransformer  # noqa: E402
+from crossrec.rerank.base import Catalog, TermSet  # noqa: E402
+from crossrec.rerank.cold_popularity import ColdPopularityTerm  # noqa: E402
+from crossrec.rerank.cold_text import ColdTextTerm  # noqa: E402
+from crossrec.rerank.cooccurrence import CooccurrenceTerm  # noqa: E402
+from crossrec.rerank.next_item import NextItemTerm  # noqa: E402
+from crossrec.rerank.text_similarity import TextSimilarityTerm  # noqa: E402
 from crossrec.score.topk import POPULARITY, Scorer  # noqa: E402
 
 # books: items 1-6, movies: items 7-9 (only three: fewer than K=4 once one is seen)
@@ -26,12 +32,28 @@ def artifact(tmp_path):
     feats = ItemFeatures.from_item_index(np.arange(1, n + 1), dom, local, text_emb=np.random.default_rng(0).normal(size=(n, 8)))
     torch.manual_seed(0)
     model = CrossDomainTransformer(ModelConfig(n_items=n, n_domains=2, text_dim=8, d_model=16, n_layers=1, n_heads=2, max_seq_len=5), feats)
-    folder = tmp_path / "20250101-abcdef01"
-    save(model, folder)
-    pd.DataFrame({"item_idx": np.arange(1, n + 1), "domain": DOMAINS, "item_id": [f"i{k}" for k in range(1, n + 1)],
-                  "domain_idx": dom, "domain_item_idx": local}).to_parquet(folder / "item_index.parquet")
-    (folder / "metrics.json").write_text(json.dumps({"input_domains": None}))
-    return folder
+    index = pd.DataFrame({"item_idx": np.arange(1, n + 1), "domain": DOMAINS, "item_id": [f"i{k}" for k in range(1, n + 1)],
+                          "domain_idx": dom, "domain_item_idx": local})
+    return save_artifact(tmp_path / "20250101-abcdef01", model, None, index, {"input_domains": None})
+
+
+def with_terms(folder, terms: list, params: dict) -> TermSet:
+    """Give the artifact in ``folder`` these terms (bound to its model's catalog) at ``params``; returns the set."""
+    art = load_artifact(folder)
+    catalog = Catalog.from_model(art.model)
+    for term, state in terms:
+        term.load_state_dict(state, catalog)
+    ts = TermSet([t for t, _ in terms], params, ["books", "movies"])
+    save_artifact(folder, art.model, ts, art.item_index, art.metrics)
+    return ts
+
+
+def evaluation_scores(folder, terms: TermSet, batch: dict, d: int) -> np.ndarray:
+    """The model's scores of domain ``d`` plus ``terms``, as the evaluation computes them (before exclusions)."""
+    model = load_artifact(folder).model
+    with torch.no_grad():
+        h, reps = model.user_vectors(batch, d), model.domain_item_reps(d)
+        return terms.apply(h @ reps.T, batch["item_idx"], d, h, score_covariance(reps)).numpy()
 
 
 def test_rows_exclude_seen_items_explain_picks_and_fall_back_to_popularity(artifact):
@@ -103,64 +125,54 @@ def test_score_body_batches_users_by_history_length_without_mixing_up_users(arti
                                   check_exact=False, rtol=1e-5)
 
 
-def test_scorer_ranks_with_the_artifacts_cooccurrence_term(artifact):
-    from crossrec.model.transformer import load
-
-    model = load(artifact)
+def test_scorer_ranks_with_the_artifacts_cooccurrence_and_new_user_terms(artifact):
     n = len(DOMAINS)
     indptr = torch.zeros(n + 2, dtype=torch.long)
-    indptr[2:] = 1  # history item 1 supports item 5 (both books), with weight 8 in books and 0 in movies
+    indptr[2:] = 1  # history item 1 supports item 5 (both books), with weight 8 in books
     pop = torch.zeros(n + 1)
     pop[7:] = torch.linspace(2.0, -2.0, n - 6)  # movies' popularity feature; weight 1 for users new to movies
-    model.set_cooccurrence(indptr, torch.tensor([5], dtype=torch.int32), torch.tensor([1.0]), torch.tensor([8.0, 0.0]),
-                           None, pop, torch.tensor([0.0, 1.0]))
-    model.set_text_similarity(torch.zeros(2), None, torch.tensor([0.0, 1.5]), torch.tensor([1.0, 0.6]))  # new users' text
-    save(model, artifact)
+    terms = with_terms(artifact, [(CooccurrenceTerm(), {"indptr": indptr, "indices": torch.tensor([5], dtype=torch.int32),
+                                                         "values": torch.tensor([1.0])}),
+                                  (ColdPopularityTerm(), {"popularity": pop}), (ColdTextTerm(), {})],
+                       {"cooccurrence": {0: {"weight": 8.0, "decay": 1.0}}, "cold_popularity": {1: {"weight": 1.0}},
+                        "cold_text": {1: {"weight": 1.5, "decay": 0.6}}})  # new users' text
     scorer = Scorer(artifact, k=3)
     rows = pd.DataFrame(scorer.rows(["u0", "u1"], [np.array([1, 8]), np.array([1, 2])], [np.arange(2)] * 2))
     batch = {"item_idx": torch.tensor([[1, 8], [1, 2]]), "domain_idx": torch.tensor([[0, 1], [0, 0]]),
              "event_ts": torch.tensor([[0, 1], [0, 1]])}
     for d, name in enumerate(["books", "movies"]):
-        with torch.no_grad():
-            want = model.full_sort_predict(batch, d).numpy()  # the evaluation's scores, every term included
+        want = evaluation_scores(artifact, terms, batch, d)  # the evaluation's scores, every term included
         for u in (0, 1):
             picks = rows[(rows.domain == name) & (rows.user_id == f"u{u}")]
             cols = [int(i[1:]) - 1 - (6 if name == "movies" else 0) for i in picks.item_id]
             np.testing.assert_allclose(picks.score.values, want[u, cols], rtol=1e-5, atol=1e-6)
     assert rows[(rows.domain == "books") & (rows.user_id == "u0")].item_id.iloc[0] == "i5", \
         "the co-occurring item comes first"
-    with torch.no_grad():
-        h, reps = model.user_vectors(batch, 1), model.domain_item_reps(1)
-        args = (h @ reps.T, batch["item_idx"], 1, h, model.score_covariance(reps))
-        plain = model.combine_scores(*args, cold_weight=0.0, cold_text_weight=0.0).numpy()
-        pop_only = model.combine_scores(*args, cold_text_weight=0.0).numpy()
+    want = evaluation_scores(artifact, terms, batch, 1)
+    plain = evaluation_scores(artifact, TermSet(terms.terms, {}, terms.domains), batch, 1)
+    pop_only = evaluation_scores(artifact, TermSet(terms.terms, {"cold_popularity": {1: {"weight": 1.0}}}, terms.domains),
+                                 batch, 1)
     assert not np.allclose(want[1], plain[1]) and np.allclose(want[0], plain[0]), \
         "the new-user terms change the scores of the user new to movies (u1) only"
     assert not np.allclose(want[1], pop_only[1]), "the text term adds to popularity for u1"
 
 
 def test_scorer_ranks_with_the_artifacts_text_similarity_and_next_item_terms(artifact):
-    from crossrec.model.transformer import load
-
-    model = load(artifact)
     n = len(DOMAINS)
     indptr = torch.zeros(n + 2, dtype=torch.long)
     indptr[3:] = 1  # item 2 was followed by item 4 (both books)
-    model.set_transitions(indptr, torch.tensor([4], dtype=torch.int32), torch.tensor([3.0]), torch.tensor([4.0, 0.0]))
-    model.set_text_similarity(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 0.5]))
-    save(model, artifact)
+    terms = with_terms(artifact, [(NextItemTerm(), {"indptr": indptr, "indices": torch.tensor([4], dtype=torch.int32),
+                                                     "values": torch.tensor([3.0])}), (TextSimilarityTerm(), {})],
+                       {"next_item": {0: {"weight": 4.0}}, "text_similarity": {0: {"weight": 1.0, "decay": 1.0},
+                                                                                1: {"weight": 2.0, "decay": 0.5}}})
     scorer = Scorer(artifact, k=3)
+    assert sorted(scorer.predictor.terms.prepare()) == [0, 1], "small domains: the terms' dense tables"
     rows = pd.DataFrame(scorer.rows(["u0", "u1"], [np.array([1, 8, 2]), np.array([7, 3])], [np.arange(3), np.arange(2)]))
     batch = {"item_idx": torch.tensor([[1, 8, 2], [7, 3, 0]]), "domain_idx": torch.tensor([[0, 1, 0], [1, 0, 0]]),
              "event_ts": torch.tensor([[0, 1, 2], [0, 1, 0]])}
     for d, name in enumerate(["books", "movies"]):
-        with torch.no_grad():
-            want = model.full_sort_predict(batch, d).numpy()  # the evaluation's scores, every term included
-            model.text_sim_weight.zero_()
-            model.trans_weight.zero_()
-            plain = model.full_sort_predict(batch, d).numpy()
-            model.text_sim_weight.copy_(torch.tensor([1.0, 2.0]))
-            model.trans_weight.copy_(torch.tensor([4.0, 0.0]))
+        want = evaluation_scores(artifact, terms, batch, d)  # the evaluation's scores, every term included
+        plain = evaluation_scores(artifact, TermSet(terms.terms, {}, terms.domains), batch, d)
         assert not np.allclose(want, plain), f"the terms change {name}' scores"
         for u in (0, 1):
             picks = rows[(rows.domain == name) & (rows.user_id == f"u{u}")]

@@ -28,7 +28,6 @@ from crossrec.train.loop import (  # noqa: E402
     FailOnce,
     TrainConfig,
     check_worker_resources,
-    collate_history,
     collate_train,
     flatten_optimizer_state,
     lr_at,
@@ -194,8 +193,6 @@ def test_collate_right_pads_targets():
     assert b["target_item_idx"].tolist() == [[2, 3], [0, 0]]
     assert b["target_domain"][0].tolist() == [1, 0]
     assert b["event_ts"].tolist() == [[10, 20], [5, 0]] and b["domain_idx"].tolist() == [[0, 1], [1, 0]]
-    h = collate_history([np.array([1, 2, 3]), np.array([], dtype=np.int64)], [np.array([1, 2, 3]), np.array([], dtype=np.int64)], 2, item_domain)
-    assert h["item_idx"].tolist() == [[2, 3], [0, 0]], "newest max_len events, right-padded; empty history = padding"
 
 
 def test_optimizer_state_round_trips_without_pickle():
@@ -279,13 +276,25 @@ def test_model_version_depends_on_config_and_data_not_paths():
     assert model_version(a, v) != model_version(a, {**v, "gold.user_sequences": 4})
     date, _, digest = model_version(a, v).partition("-")
     assert len(date) == 8 and len(digest) == 8
+    assert model_version(a, v) != model_version(TrainConfig(lake_root="/x", lr=1e-3, terms=()), v), "the terms fitted"
+
+
+def test_terms_default_to_every_registered_term_and_unknown_names_are_refused():
+    from crossrec.rerank.base import registered
+
+    assert TrainConfig(lake_root="/x").terms == tuple(registered()), "named in the config: the fingerprint covers them"
+    assert TrainConfig(lake_root="/x", terms=["next_item"]).terms == ("next_item",)
+    assert TrainConfig(lake_root="/x", terms=()).terms == ()
+    with pytest.raises(AssertionError, match=r"unknown score term\(s\) \['cooc'\]"):
+        TrainConfig(lake_root="/x", terms=("cooc",))
 
 
 # ------------------------------------------------------------------------------------------- Ray runs
 @pytest.mark.ray
 @pytest.mark.slow
 def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys):
-    from crossrec.model import transformer
+    from crossrec.model.artifact import load_artifact
+    from crossrec.rerank.base import registered
     from crossrec_jobs.train import main
 
     lake, facts = planted
@@ -293,7 +302,9 @@ def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys)
                "--d-model", "32", "--n-layers", "1", "--max-seq-len", "20", "--patience", "3", "--no-gpu"])
     assert rc == 0
     folder, metrics = _artifact(lake)
-    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "item_index.parquet", "metrics.json"}
+    assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "terms.json", "terms",
+                                                  "item_index.parquet", "metrics.json"}
+    assert {p.name for p in (folder / "terms").iterdir()} == {f"{name}.safetensors" for name in registered()}
     assert metrics["data_versions"] == facts["versions"], "trained on the pinned (here: newest) versions"
     assert metrics["epochs_run"] == 3 and [h["epoch"] for h in metrics["history"]] == [0, 1, 2]
     assert metrics["resumed_at_epochs"] == []
@@ -303,58 +314,34 @@ def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys)
     assert ndcg > 1.3 * facts["random_ndcg"], (ndcg, facts["random_ndcg"])
     assert metrics["samples_per_s"] > 0 and metrics["wall_time_s"] > 0
 
-    model = transformer.load(folder)
+    art = load_artifact(folder)
+    model, terms = art.model, art.terms
     from safetensors.torch import load_file
 
     keys = load_file(str(folder / "model.safetensors")).keys()
     assert not any(k.startswith("module.") for k in keys), "DDP prefix stripped"
     assert model.config.n_items == facts["n_items"] and model.config.d_model == 32
-    import pandas as pd
-
-    idx = pd.read_parquet(folder / "item_index.parquet")
+    idx = art.item_index
     assert list(idx.columns) == ["item_idx", "domain", "item_id", "domain_idx", "domain_item_idx"]
     assert idx.item_idx.tolist() == list(range(1, facts["n_items"] + 1))
-    # the co-occurrence term: a weight and a recency decay per domain chosen on validation, where the
-    # Transformer alone (weight 0) scores what the run selected on
-    co = metrics["cooccurrence"]
-    assert co["k"] == 200 and sorted(co["domains"]) == sorted(DOMAINS)
-    for d, rep in co["domains"].items():
-        ndcg = {(t["weight"], t["decay"]): t["value"] for t in rep["valid_ndcg@10"]}
-        assert len(ndcg) == 1 + 7 * 4, "weight 0 once, every other weight with each decay"
-        assert ndcg[(rep["weight"], rep["decay"])] == max(ndcg.values()), rep
-        assert ndcg[(0.0, 1.0)] == pytest.approx(metrics["valid"][f"valid_ndcg@10/{d}"], abs=1e-9), (d, rep)
-    assert model.has_cooccurrence and model.cooc_weight.tolist() == [co["domains"][d]["weight"] for d in sorted(DOMAINS)]
-    assert model.cooc_decay.tolist() == pytest.approx([co["domains"][d]["decay"] for d in sorted(DOMAINS)])
-    assert model.cooc_indices.numel() > 0
-    for d, rep in co["domains"].items():  # the popularity term for users new to a domain: chosen like the weight
-        cold = rep["cold_popularity"]
-        tried = {t["weight"]: t["value"] for t in cold["valid_ndcg@10"]}
-        assert (not tried and cold["weight"] == 0.0) or tried[cold["weight"]] == max(tried.values()), (d, cold)
-    assert model.cooc_cold_weight.tolist() == pytest.approx(
-        [co["domains"][d]["cold_popularity"]["weight"] for d in sorted(DOMAINS)])
-    for d, rep in co["domains"].items():  # ... and on its rows, with that weight fixed, the cross-domain text term
-        xtext, cold = rep["cold_text_similarity"], rep["cold_popularity"]
-        tried = {(t["weight"], t["decay"]): t["value"] for t in xtext["valid_ndcg@10"]}
-        assert (not tried and not cold["valid_ndcg@10"]) or len(tried) == 1 + 7 * 4, (d, xtext)
-        assert not tried or tried[(xtext["weight"], xtext["decay"])] == max(tried.values()), (d, xtext)
-    assert model.text_sim_cold_weight.tolist() == [co["domains"][d]["cold_text_similarity"]["weight"] for d in sorted(DOMAINS)]
-    for d, rep in co["domains"].items():  # the text-similarity and next-item terms: chosen on top, each the best tried
-        text, nxt = rep["text_similarity"], rep["next_item"]
-        tried = {(t["weight"], t["decay"]): t["value"] for t in text["valid_ndcg@10"]}
-        assert len(tried) == 1 + 7 * 4 and tried[(text["weight"], text["decay"])] == max(tried.values()), (d, text)
-        assert tried[(0.0, 1.0)] == pytest.approx(max(t["value"] for t in rep["valid_ndcg@10"]), abs=1e-9), \
-            "the text term is tried on top of the chosen co-occurrence term"
-        tried = {t["weight"]: t["value"] for t in nxt["valid_ndcg@10"]}
-        assert len(tried) == 7 and tried[nxt["weight"]] == max(tried.values()), (d, nxt)
-    assert model.text_sim_weight.tolist() == [co["domains"][d]["text_similarity"]["weight"] for d in sorted(DOMAINS)]
-    assert model.trans_weight.tolist() == [co["domains"][d]["next_item"]["weight"] for d in sorted(DOMAINS)]
-    assert model.trans_indices.numel() > 0
-    model.cooc_weight.zero_()  # the Transformer alone, as validated during training (the term's refit saw valid targets)
-    model.cooc_cold_weight.zero_()
-    model.text_sim_weight.zero_()
-    model.text_sim_cold_weight.zero_()
-    model.trans_weight.zero_()
-    # the validation metric the run selected on is the evaluation protocol's, on the valid split
+    # every registered term, each domain's parameters the best setting validation tried, in the artifact as reported
+    report = metrics["terms"]
+    assert report["fitted_on"] == "train events + valid targets" and list(report["terms"]) == list(registered())
+    assert [t.name for t in terms.terms] == list(registered()) and terms.report == report
+    for name, entry in report["terms"].items():
+        assert sorted(entry["domains"]) == sorted(DOMAINS), name
+        for d, rec in entry["domains"].items():
+            values = [t["value"] for t in rec["valid_ndcg@10"]]
+            chosen = [t["value"] for t in rec["valid_ndcg@10"] if {k: t[k] for k in rec["params"]} == rec["params"]]
+            assert (not values and rec["params"]["weight"] == 0.0) or chosen == [max(values)], (name, d, rec)
+            assert terms.params[name][DOMAINS.index(d)] == rec["params"], (name, d)
+            assert rec["rows"] <= 200, "a sample of the domain's validation rows"
+    cooc = report["terms"]["cooccurrence"]
+    assert cooc["options"] == {"k": 200, "shrink": 10.0}
+    assert all(len(r["valid_ndcg@10"]) == 1 + 7 * 4 for r in cooc["domains"].values()), "weight 0 once, others x decays"
+    assert terms.terms[0].indices.numel() > 0 and terms.terms[2].indices.numel() > 0, "co-occurrence and transitions"
+    # the validation metric the run selected on is the evaluation protocol's, on the valid split, for the model alone
+    # (the terms' refit saw the valid targets)
     from crossrec.evaluate.protocol import evaluate, load_eval_data, transformer_score_fn
 
     data = load_eval_data(str(lake), versions=metrics["data_versions"], split="valid")
@@ -364,7 +351,8 @@ def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys)
         assert r["value"] == pytest.approx(metrics["valid"][f"valid_ndcg@10/{r['domain']}"], abs=1e-9), r
     out = capsys.readouterr().out
     assert str(folder) in out and "ndcg@10" in out.lower()
-    assert out.count("co-occurrence:") == len(DOMAINS) and out.count("popularity:") == len(DOMAINS), out
+    for name in registered():  # the fit's report, one line per term and domain
+        assert sum(line.startswith(f"term {name} ") for line in out.splitlines()) == len(DOMAINS), out
 
 
 @pytest.mark.ray
@@ -467,10 +455,11 @@ def test_categories_become_attribute_ids_per_domain(planted):
 def test_items_in_no_training_window_are_listed_and_their_ids_zeroed_in_the_artifact(planted, tmp_path):
     import pandas as pd
 
-    from crossrec.model import transformer
+    from crossrec.model.artifact import load_model, save_model
     from crossrec.model.config import ModelConfig
     from crossrec.model.encoder import ItemFeatures
-    from crossrec.train.loop import TrainingData, load_training_data, resolve_versions, write_artifact
+    from crossrec.model.transformer import CrossDomainTransformer
+    from crossrec.train.loop import load_training_data, resolve_versions, write_artifact
 
     lake, facts = planted
     versions = resolve_versions(str(lake), None)
@@ -484,16 +473,33 @@ def test_items_in_no_training_window_are_listed_and_their_ids_zeroed_in_the_arti
         full.catalog["item_idx"], full.catalog["domain_idx"], full.catalog["domain_item_idx"],
         text_emb=full.catalog["text_emb"])
     torch.manual_seed(0)
-    model = transformer.CrossDomainTransformer(
+    model = CrossDomainTransformer(
         ModelConfig(n_items=facts["n_items"], n_domains=len(DOMAINS), d_model=16, n_layers=1), feats)
-    ckpt = transformer.save(model, tmp_path / "ckpt")
+    ckpt = save_model(model, tmp_path / "ckpt")
     folder = write_artifact(tmp_path / "models", "20250101-abcdef01", ckpt, books, {"best_epoch": 0})
-    out = transformer.load(folder)
+    out = load_model(folder)
     w, w0 = out.item_encoder.id_emb.weight, model.item_encoder.id_emb.weight
     assert (w[movies] == 0).all() and torch.equal(w[1:][~np.isin(np.arange(1, facts["n_items"] + 1), movies)],
                                                   w0[1:][~np.isin(np.arange(1, facts["n_items"] + 1), movies)])
     assert json.loads((folder / "metrics.json").read_text())["untrained_items"] == len(movies)
     assert pd.read_parquet(folder / "item_index.parquet").item_idx.tolist() == list(range(1, facts["n_items"] + 1))
+    assert not (folder / "terms.json").exists(), "no fit: the model alone"
+
+    def fit(m):  # what the driver passes: the terms, fitted on the loaded model, and their report
+        from crossrec.rerank.base import Catalog, TermSet
+        from crossrec.rerank.text_similarity import TextSimilarityTerm
+
+        term = TextSimilarityTerm()
+        term.fit(None, Catalog.from_model(m))
+        return TermSet([term], {"text_similarity": {0: {"weight": 1.0, "decay": 0.8}}}, DOMAINS), {"fitted_on": "test"}
+
+    folder = write_artifact(tmp_path / "models", "20250101-abcdef01", ckpt, books, {"best_epoch": 0}, fit)
+    assert json.loads((folder / "metrics.json").read_text())["terms"] == {"fitted_on": "test"}
+    assert json.loads((folder / "terms.json").read_text())["params"] == {"text_similarity": {"books": {"weight": 1.0, "decay": 0.8}}}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(f.stat().st_mode & 0o666 == 0o666 & ~umask for f in folder.rglob("*") if f.is_file()), \
+        "every file of the artifact, the terms' too, readable as the umask allows"
 
 
 def test_sample_users_keeps_whole_users_and_is_seeded():

@@ -12,13 +12,13 @@ instance when one is initialised):
    ``--reuse-lake`` the lake at ``--lake-root`` (e.g. an earlier run's, built from the same ``RAW_DIR``) is
    used as it is, to compare models or training settings without rebuilding it;
 2. ``train`` the cross-domain model (**crossrec**: text + id, every domain's history, plus the score terms of
-   ``crossrec.model.cooccurrence``: co-occurrence, text similarity, next item, popularity for users new to a
+   ``crossrec.rerank``: co-occurrence, text similarity, next item, popularity and text for users new to a
    domain), learning rate annealed to 0 along a cosine over
    its epochs (:data:`OURS_TRAIN`); ``--crossrec-model`` evaluates an artifact trained earlier on the same lake
    instead (e.g. to add the baselines to a ``--no-sasrec`` run; its wall time is that training's);
 3. ``train`` the single-domain baseline once per domain (**sasrec**: the same Transformer with text off,
    trained on and predicting from that domain's events only, no score terms;
-   ``--input-domains D --no-text --cooccurrence-k 0``), at a constant learning rate with early stopping, its
+   ``--input-domains D --no-text --terms none``), at a constant learning rate with early stopping, its
    best setting (:data:`SINGLE_DOMAIN_TRAIN`);
 4. ``evaluate`` crossrec, sasrec and the classic baselines (popularity, item-KNN, Spark ALS) with the same
    full-ranking protocol on the test split (``crossrec.evaluate.protocol``).
@@ -277,7 +277,7 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
             root = models_root / f"{SINGLE_DOMAIN}-{d}"
             s = _run_job(f"train-{SINGLE_DOMAIN}-{d}", "train",
                          [*base, *SINGLE_DOMAIN_TRAIN, *epochs, "--model-root", str(root), "--no-text",
-                          "--input-domains", d, "--cooccurrence-k", "0", *spec.sasrec_args],
+                          "--input-domains", d, "--terms", "none", *spec.sasrec_args],
                          out, env, inline)
             stages[f"train {SINGLE_DOMAIN} {d}"] = s
             train_s[SINGLE_DOMAIN] += s

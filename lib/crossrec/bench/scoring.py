@@ -8,8 +8,8 @@ The same users, items and K for all three, in one run on one Spark session:
   Transformer over each user's history, seen items excluded, top-K per domain with reasons, the Delta write),
   on a lake written here: ``silver.interactions`` (``--users`` users with ``--events`` random events each) and a
   model artifact (an untrained CrossDomainTransformer, d_model 64: the weights do not change the work, with the
-  score terms ``crossrec train`` attaches by default (``crossrec.model.cooccurrence``): co-occurrence fitted on
-  these interactions, weight 1 and recency decay 0.8; text similarity, weight 2 and decay 0.6; next item from these
+  warm-user score terms ``crossrec train`` fits by default (``crossrec.rerank``): co-occurrence fitted on these
+  interactions, weight 1 and recency decay 0.8; text similarity, weight 2 and decay 0.6; next item from these
   interactions, weight 1; in every domain). Output checks and publishing are off: the figure is scoring + writing.
 * **Spark ALS** -- implicit ALS rank 64 fitted (1 iteration, not timed) on the same interactions, then
   ``recommendForAllUsers(K)`` timed until every row is materialised (``noop`` sink). It ranks all items at once
@@ -59,12 +59,16 @@ def write_lake(spark, spec: ScoringSpec, lake: Path) -> list[str]:
     import torch
 
     from crossrec.io.delta import write_table
+    from crossrec.model.artifact import save_artifact
     from crossrec.model.baselines import InteractionData
-    from crossrec.model.cooccurrence import next_item_transitions, same_domain_similarity
     from crossrec.model.config import ModelConfig
     from crossrec.model.encoder import ItemFeatures
-    from crossrec.model.transformer import CrossDomainTransformer, save
+    from crossrec.model.transformer import CrossDomainTransformer
     from crossrec.quality.contracts import load_contract
+    from crossrec.rerank.base import Catalog, TermSet
+    from crossrec.rerank.cooccurrence import CooccurrenceTerm
+    from crossrec.rerank.next_item import NextItemTerm
+    from crossrec.rerank.text_similarity import TextSimilarityTerm
 
     rng = np.random.default_rng(spec.seed)
     domains = [f"d{j}" for j in range(spec.domains)]
@@ -96,13 +100,15 @@ def write_lake(spark, spec: ScoringSpec, lake: Path) -> list[str]:
                             domain=dom, ts=np.zeros(n, dtype=np.int64), n_users=spec.users, n_items=n_items,
                             n_domains=spec.domains, domain_items=[index.item_idx.values[index.domain_idx.values == j]
                                                                   for j in range(spec.domains)])
-    model.set_cooccurrence(*same_domain_similarity(train), torch.ones(spec.domains), torch.full((spec.domains,), 0.8))
-    model.set_text_similarity(torch.full((spec.domains,), 2.0), torch.full((spec.domains,), 0.6))
-    model.set_transitions(*next_item_transitions(train), torch.ones(spec.domains))
+    catalog = Catalog.from_model(model)
+    terms = [CooccurrenceTerm(), TextSimilarityTerm(), NextItemTerm()]
+    for term in terms:
+        term.fit(train, catalog)
+    every = lambda p: {d: p for d in range(spec.domains)}  # noqa: E731  the same setting in every domain
+    params = {"cooccurrence": every({"weight": 1.0, "decay": 0.8}), "text_similarity": every({"weight": 2.0, "decay": 0.6}),
+              "next_item": every({"weight": 1.0})}
     folder = lake / "models" / "bench-scoring"
-    save(model, folder)
-    index.to_parquet(folder / "item_index.parquet")
-    (folder / "metrics.json").write_text(json.dumps({"input_domains": None}))
+    save_artifact(folder, model, TermSet(terms, params, domains), index, {"input_domains": None})
     (lake / "models" / "_latest").write_text("bench-scoring\n")
     return domains
 

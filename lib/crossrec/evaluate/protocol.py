@@ -56,6 +56,10 @@ class EvalData:
     target_item: np.ndarray | None = None  # (rows,) item_idx of each split row's target
     target_ts: np.ndarray | None = None  # (rows,) its event time
 
+    def item_counts(self) -> np.ndarray:
+        """(n_items+1,) float32 training events per item: the popularity that scores rows with an empty history."""
+        return np.bincount(self.train.item, minlength=self.train.n_items + 1).astype(np.float32)
+
     def train_with_targets(self) -> InteractionData:
         """``train`` plus every target of this split as one more event. For ``split="valid"``: the events
         models learn from at test time (train events + valid targets), without reading the tables again."""
@@ -186,67 +190,28 @@ def baseline_score_fn(model) -> ScoreFn:
     return lambda dt_, rows: model.full_sort_predict(dt_.user_row[rows], dt_.domain_idx)
 
 
-def row_history(data: EvalData, row: int, keep_domains: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(items, timestamps) of test row ``row``; only the events of ``keep_domains`` (domain_idx) when given."""
-    h, t = data.histories[row], data.history_ts[row]
-    if keep_domains is None:
-        return h, t
-    m = np.isin(data.train.item_domain[h], keep_domains)
-    return h[m], t[m]
-
-
-def history_batch(data: EvalData, rows: np.ndarray, max_len: int, device=None,
-                  keep_domains: np.ndarray | None = None) -> dict:
-    """Right-padded (B, T) tensors of the newest ``max_len`` history events of test ``rows`` (model input),
-    only those of ``keep_domains`` when given."""
-    import torch
-
-    pairs = [row_history(data, r, keep_domains) for r in rows]
-    hist = [h[-max_len:] for h, _ in pairs]
-    tss = [t[-max_len:] for _, t in pairs]
-    T = max(1, max(len(h) for h in hist))
-    items = np.zeros((len(rows), T), dtype=np.int64)
-    ts = np.zeros((len(rows), T), dtype=np.int64)
-    for i, (h, t) in enumerate(zip(hist, tss)):
-        items[i, : len(h)] = h
-        ts[i, : len(t)] = t
-    dom = np.where(items > 0, data.train.item_domain[items], 0)  # padding (item 0) has no domain
-    as_t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
-    return {"item_idx": as_t(items), "domain_idx": as_t(dom), "event_ts": as_t(ts)}
-
-
-def transformer_score_fn(model, data: EvalData, batch_size: int = 512, input_domains: list[str] | None = None) -> ScoreFn:
-    """Scores of a trained :class:`~crossrec.model.transformer.CrossDomainTransformer` for test rows.
+def transformer_score_fn(model, data: EvalData, terms=None, batch_size: int = 512,
+                         input_domains: list[str] | None = None) -> ScoreFn:
+    """Scores of a trained :class:`~crossrec.model.transformer.CrossDomainTransformer` for test rows, through the one
+    inference path (:class:`crossrec.inference.Predictor`): with the artifact's score ``terms``
+    (:class:`crossrec.rerank.base.TermSet`; None = the Transformer alone), rows with an empty history scored by
+    training popularity, the row's history items of the domain at -inf.
 
     ``input_domains``: the model reads only these domains' events (an artifact trained with them, e.g. the
-    single-domain baseline). Rows with an empty history have no user state: they are scored by training
-    popularity instead.
+    single-domain baseline).
     """
-    import torch
+    from crossrec.inference import Predictor
 
-    model.eval()
-    device = next(model.parameters()).device
-    max_len = model.config.max_seq_len
-    counts = np.bincount(data.train.item, minlength=data.train.n_items + 1).astype(np.float32)
+    predictor = Predictor(model, terms, data.item_counts())
     keep = None if input_domains is None else np.array([data.domains.index(d) for d in input_domains], dtype=np.int64)
-
-    reps: dict[int, tuple] = {}  # (item matrix, its covariance or None) per domain, computed once
 
     def score(dt_: DomainTest, rows: np.ndarray) -> np.ndarray:
         out = []
         test_rows = dt_.rows[rows]
-        with torch.inference_mode():
-            if dt_.domain_idx not in reps:
-                r = model.domain_item_reps(dt_.domain_idx)
-                reps[dt_.domain_idx] = (r, model.score_covariance(r) if model.has_score_terms(dt_.domain_idx) else None)
-            for s in range(0, len(test_rows), batch_size):
-                chunk = test_rows[s : s + batch_size]
-                batch = history_batch(data, chunk, max_len, device, keep)
-                scores = model.full_sort_predict(batch, dt_.domain_idx, *reps[dt_.domain_idx]).float().cpu().numpy()
-                empty = np.array([len(row_history(data, r, keep)[0]) == 0 for r in chunk])
-                if empty.any():
-                    scores[empty] = counts[data.train.domain_items[dt_.domain_idx]]
-                out.append(scores)
+        for s in range(0, len(test_rows), batch_size):
+            chunk = test_rows[s : s + batch_size]
+            batch = predictor.collate([data.histories[r] for r in chunk], [data.history_ts[r] for r in chunk], keep)
+            out.append(predictor.scores(batch, dt_.domain_idx).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, dt_.exclude.shape[1]), np.float32)
 
     return score

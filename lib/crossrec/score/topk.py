@@ -1,18 +1,16 @@
 """Top-K per domain for a batch of users, from a trained model artifact (PyTorch only; no Spark).
 
-:class:`Scorer` is what each Spark executor process holds (loaded once, see :func:`get_scorer`): the model,
-each domain's item matrix (``domain_item_reps``, computed once), the artifact's catalog and a popularity
-vector for the fallback. :meth:`Scorer.score` takes a batch of users' histories (global ``item_idx`` of the
-artifact's catalog, oldest first) and returns, per user and domain, the top-K items the user has not
-interacted with:
+:class:`Scorer` is what each Spark executor process holds (loaded once, see :func:`get_scorer`): the artifact
+(model, score terms, catalog) behind a :class:`crossrec.inference.Predictor` with a popularity vector for the
+fallback. :meth:`Scorer.score` takes a batch of users' histories (global ``item_idx`` of the artifact's catalog,
+oldest first) and returns, per user and domain, the top-K items the user has not interacted with:
 
-1. one Transformer pass gives each user's shared state; ``domain_head`` turns it into h_u^d per domain;
-2. scores = h_u^d @ items_d^T (B, n_d), plus the artifact's score terms when it has them (co-occurrence, text
-   similarity, next item and, for users with no event in d, popularity: ``CrossDomainTransformer.combine_scores``,
-   from the dense item-item tables ``build_term_tables`` makes at load for domains small enough);
-   every item of the user's history in d is set to -inf;
-3. ``torch.topk``; -inf picks (the domain has fewer than K unseen items) are dropped;
-4. reason = the history item (any domain) whose representation is most similar (cosine) to the pick:
+1. the one inference path (:mod:`crossrec.inference`): one Transformer pass gives each user's shared state, the
+   domain head and the domain's item matrix the scores (B, n_d), the artifact's score terms are added
+   (:class:`crossrec.rerank.base.TermSet`, from the dense item-item tables it builds at load for domains small
+   enough), users without history get popularity, every item of the user's history in d is set to -inf, and
+   ``torch.topk`` picks; -inf picks (the domain has fewer than K unseen items) are dropped;
+2. reason = the history item (any domain) whose representation is most similar (cosine) to the pick:
    the event that most supports it, often from another domain.
 
 Users with no usable history (none of their items is in the artifact's catalog) get the K most popular
@@ -20,7 +18,6 @@ unseen items of each domain, with reason ``"popularity"``. The GPU is used when 
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -46,96 +43,55 @@ class DomainPicks:
 
 
 class Scorer:
-    """A model artifact ready to score: model, per-domain item matrices, catalog, popularity."""
+    """A model artifact ready to score: its :class:`~crossrec.inference.Predictor`, catalog and reason vectors."""
 
     def __init__(self, folder: str | Path, k: int, popularity: np.ndarray | None = None, device: str | None = None,
                  threads: int | None = None):
-        import pandas as pd
         import torch
 
-        from crossrec.model.transformer import load
+        from crossrec.inference import Predictor
+        from crossrec.model.artifact import load_artifact
 
         assert k >= 1, f"k must be >= 1, got {k}"
         if threads:
             torch.set_num_threads(threads)
-        self.folder = Path(folder)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = load(self.folder, device=self.device)
-        self.k = k
-        self.version = self.folder.name
-        index = pd.read_parquet(self.folder / "item_index.parquet").sort_values("item_idx")
-        n = self.model.config.n_items
-        assert len(index) == n and (index.item_idx.values == np.arange(1, n + 1)).all(), (
-            f"{self.folder}/item_index.parquet does not match the model's {n} items")
+        artifact = load_artifact(folder, device=self.device)
+        self.folder, self.version, self.model, self.k = artifact.folder, artifact.version, artifact.model, k
+        index = artifact.item_index
         self.item_id = np.array([""] + index.item_id.tolist(), dtype=object)  # global idx -> item_id
         self.item_key = np.array([POPULARITY] + (index.domain + ":" + index.item_id).tolist(), dtype=object)  # -> reason
-        self.item_domain = np.zeros(n + 1, dtype=np.int64)
-        self.item_domain[index.item_idx.values] = index.domain_idx.values
-        self.item_col = np.zeros(n + 1, dtype=np.int64)
-        self.item_col[index.item_idx.values] = index.domain_item_idx.values
         self.domains = [d for _, d in sorted(set(zip(index.domain_idx, index.domain)))]
-        meta_file = self.folder / "metrics.json"
-        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.exists() else {}
-        self.input_domains = meta.get("input_domains")
+        self.input_domains = artifact.metrics.get("input_domains")
         assert self.input_domains is None, f"{self.folder} is a single-domain baseline ({self.input_domains}); score with a crossrec model"
-        pop = np.zeros(n + 1, dtype=np.float64) if popularity is None else np.asarray(popularity, dtype=np.float64)
-        assert pop.shape == (n + 1,), f"popularity must have n_items + 1 = {n + 1} entries, got {pop.shape}"
-        with torch.inference_mode():
-            self.model.build_term_tables()  # small domains: the score terms as dense item-item tables
-            self.table = self.model.item_table()  # (n + 1, D): history items are looked up, not re-encoded
-            self.table_norm = torch.nn.functional.normalize(self.table.float(), dim=-1)
-            self.reps = [self.table[self.model.domain_items(d)] for d in range(len(self.domains))]  # (n_d, D) each
-            self.rep_norm = [torch.nn.functional.normalize(r.float(), dim=-1) for r in self.reps]
-            self.covs = [self.model.score_covariance(r) if self.model.has_score_terms(d) else None
-                         for d, r in enumerate(self.reps)]
-        self.pop = [torch.as_tensor(pop[self.model.domain_items(d).cpu().numpy()], dtype=torch.float32, device=self.device)
-                    for d in range(len(self.domains))]
+        self.predictor = Predictor(self.model, artifact.terms, popularity)
+        with torch.inference_mode():  # unit vectors of every item: the reasons' cosines
+            self.table_norm = torch.nn.functional.normalize(self.predictor.item_table.float(), dim=-1)  # (n + 1, D)
+            self.rep_norm = [self.table_norm[self.model.domain_items(d)] for d in range(len(self.domains))]  # (n_d, D)
         self._arrow: dict | None = None  # Arrow string arrays for record_batch, built on first use
-        log.info("scorer: %s on %s, %d items in %s, k=%d", self.version, self.device, n, self.domains, k)
+        log.info("scorer: %s on %s, %d items in %s, k=%d", self.version, self.device, self.model.config.n_items,
+                 self.domains, k)
 
     def score(self, histories: list[np.ndarray], timestamps: list[np.ndarray]) -> list[DomainPicks]:
         """Top-K per domain (list indexed by domain_idx) for each history (global item ids, oldest first)."""
         import torch
 
-        from crossrec.train.loop import collate_history
-
-        B = len(histories)
-        max_len = self.model.config.max_seq_len
-        hist = [np.asarray(h, dtype=np.int64) for h in histories]
-        inputs = collate_history(hist, [np.asarray(t, dtype=np.int64) for t in timestamps], max_len, self.item_domain)
-        batch = {k: torch.from_numpy(v).to(self.device) for k, v in inputs.items()}
-        empty = torch.tensor([len(h) == 0 for h in hist], device=self.device)
-        any_empty = bool(empty.any())
-        lens = np.array([len(h) for h in hist], dtype=np.int64)
-        flat = np.concatenate(hist) if lens.sum() else np.zeros(0, dtype=np.int64)  # every history item, all domains
-        flat_row = np.repeat(np.arange(B), lens)
+        batch = self.predictor.collate(histories, timestamps)
+        items = batch.inputs["item_idx"]  # (B, T) the window the model read
+        B = len(batch)
         out = []
         with torch.inference_mode():
-            states = self.model.last_states(batch, self.table)  # (B, D) one encoder pass for every domain
-            hist_rep = self.table_norm[batch["item_idx"]]  # (B, T, D) unit vectors
-            pad = batch["item_idx"] == 0  # (B, T)
+            hist_rep = self.table_norm[items]  # (B, T, D) unit vectors
+            pad = items == 0  # (B, T)
             for d in range(len(self.domains)):
-                n_d = self.reps[d].shape[0]
-                h = self.model.domain_head(states, d)  # (B, D)
-                scores = h @ self.reps[d].T  # (B, n_d) float32
-                if self.covs[d] is not None:  # + the artifact's score terms (crossrec.model.cooccurrence)
-                    scores = self.model.combine_scores(scores, batch["item_idx"], d, h, self.covs[d])
-                if any_empty:
-                    scores[empty] = self.pop[d]  # no usable history: popularity (exact counts in float32 up to 2^24)
-                sel = self.item_domain[flat] == d  # every history item of the user in d (all, not only the window)
-                if sel.any():
-                    rows = torch.from_numpy(flat_row[sel]).to(self.device)
-                    cols = torch.from_numpy(self.item_col[flat[sel]]).to(self.device)
-                    scores[rows, cols] = -torch.inf
-                k = min(self.k, n_d)
-                top, col = torch.topk(scores, k, dim=1)  # (B, k) sorted, highest first
+                top, col = self.predictor.topk(batch, d, self.k)  # (B, k) sorted, highest first
+                k = top.shape[1]
                 picked = self.model.domain_items(d)[col]  # (B, k) global ids
                 sim = torch.einsum("btd,bkd->bkt", hist_rep, self.rep_norm[d][col])  # (B, k, T)
                 sim = sim.masked_fill(pad[:, None, :], -torch.inf)
-                reason = batch["item_idx"].gather(1, sim.argmax(-1).reshape(B, -1)).reshape(B, k)  # (B, k)
+                reason = items.gather(1, sim.argmax(-1).reshape(B, -1)).reshape(B, k)  # (B, k)
                 valid = torch.isfinite(top)
-                if any_empty:
-                    reason[empty] = 0
+                reason[batch.empty] = 0
                 out.append(DomainPicks(
                     item_idx=torch.where(valid, picked, torch.full_like(picked, -1)).cpu().numpy(),
                     score=top.cpu().numpy(),

@@ -22,7 +22,8 @@ together (:func:`length_bucketed`), which removes most padding. ``split=valid`` 
 sees them all and scores the rows with ``row_id % world_size == rank``, so the validation metric covers every
 row exactly once (an equal split would drop up to ``world_size - 1`` rows).
 
-Validation (the metric early stopping and model selection use) follows ``crossrec.evaluate.protocol``: the
+Validation (the metric early stopping and model selection use) scores through the one inference path
+(:class:`crossrec.inference.Predictor`, the Transformer alone), as ``crossrec.evaluate.protocol`` does: the
 target is ranked among all items of its domain, the items of the row's history in that domain excluded;
 rows with an empty history are scored by training popularity (``train_count``). Per rank: sums of NDCG@10,
 Recall@10, MRR and row counts per domain, then ``all_reduce(SUM)``; every rank so takes the same early-stopping
@@ -30,7 +31,7 @@ decision (stop when ``valid_ndcg@10`` has not improved for ``patience`` epochs).
 
 Checkpoint (a folder, written by rank 0 only; no pickle anywhere)::
 
-    model.safetensors + config.json   crossrec.model.transformer.save (DDP's ``module.`` prefix stripped)
+    model.safetensors + config.json   crossrec.model.artifact.save_model (DDP's ``module.`` prefix stripped)
     optimizer.safetensors             every tensor of the AdamW state, keys ``state.<param>.<name>``
     optimizer.json                    the rest of the optimizer state (param groups, non-tensor values)
     train_state.json                  epoch, global_step, best metric and epoch, bad_epochs, history, resumes
@@ -45,11 +46,13 @@ checkpoint whose weights do not fit the model built now (the code changed in bet
 differs (:func:`read_checkpoint`); remove that run folder or pass ``--storage-path`` to start afresh.
 
 Artifact (``<model_root>/<model_version>/``, written by the driver, then ``<model_root>/_latest`` is replaced
-atomically)::
+atomically; crossrec.model.artifact.load_artifact reads it)::
 
-    model.safetensors, config.json    the best epoch's weights (crossrec.model.transformer.load reads them)
+    model.safetensors, config.json    the best epoch's weights
+    terms.json, terms/*.safetensors   the score terms (crossrec.rerank) fitted on the validation split after training
     item_index.parquet                item_idx, domain, item_id, domain_idx, domain_item_idx
-    metrics.json                      selected-on valid metrics, per-epoch history, data versions, timings
+    metrics.json                      selected-on valid metrics, per-epoch history, data versions, timings, the term
+                                      fit's report under "terms"
 
 ``model_version = <UTC date YYYYMMDD>-<8 hex of sha256(model/training config + data versions + seed)>``.
 """
@@ -80,8 +83,6 @@ MIN_DELTA = 1e-6  # an improvement smaller than this is no improvement (float no
 STATE_FILE = "train_state.json"
 OPT_TENSORS = "optimizer.safetensors"
 OPT_META = "optimizer.json"
-ITEM_INDEX_FILE = "item_index.parquet"
-METRICS_FILE = "metrics.json"
 LATEST_FILE = "_latest"
 KS = (10,)
 LR_SCHEDULES = ("constant", "linear", "cosine")
@@ -122,9 +123,9 @@ class TrainConfig:
             (see crossrec.model.config.ModelConfig).
         cold_views: also train on cold-domain views of multi-domain histories (each domain's targets predicted
             from the other domains' events only; see :func:`training_windows`), for users new to a domain.
-        cooccurrence_k: after training, attach the score terms (crossrec.model.cooccurrence): the co-occurrence
-            term with this many neighbours per item, the text-similarity, next-item and cold-user popularity
-            terms, their weights per domain chosen on the validation split; 0 = none of them.
+        terms: after training, fit these score terms (names registered in crossrec.rerank) and choose their
+            parameters per domain on the validation split (crossrec.rerank.fit.fit_terms); None = every
+            registered term (resolved here, so the fingerprint names them), () = none.
         input_domains: train (and later predict) from the events of these domains only, and only on their
             targets; None = every domain (the cross-domain model). One domain with ``use_text=False`` is the
             single-domain SASRec-style baseline. Recorded in the artifact's metrics.json.
@@ -163,7 +164,7 @@ class TrainConfig:
     id_dropout: float = 0.0
     use_categories: bool = True
     cold_views: bool = True
-    cooccurrence_k: int = 200
+    terms: tuple[str, ...] | None = None
     input_domains: tuple[str, ...] | None = None
     max_users: int | None = None
     max_failures: int = 2
@@ -185,7 +186,12 @@ class TrainConfig:
         assert self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"
         assert self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
         assert self.loss in ("softmax", "sampled"), f"loss must be 'softmax' or 'sampled', got {self.loss!r}"
-        assert self.cooccurrence_k >= 0, f"cooccurrence_k must be >= 0 (0 = none), got {self.cooccurrence_k}"
+        from crossrec.rerank.base import registered
+
+        known = registered()
+        object.__setattr__(self, "terms", tuple(known) if self.terms is None else tuple(self.terms))
+        unknown = sorted(set(self.terms) - set(known))
+        assert not unknown, f"unknown score term(s) {unknown}; registered: {list(known)}"
         if self.input_domains is not None:
             assert len(self.input_domains) >= 1, "input_domains must name at least one domain (or be None)"
             object.__setattr__(self, "input_domains", tuple(sorted(set(self.input_domains))))
@@ -502,20 +508,6 @@ def length_bucketed(pools, batch_size: int, rng: np.random.Generator):
             yield pool.take(chunks[c])
 
 
-def collate_history(histories: list[np.ndarray], timestamps: list[np.ndarray], max_len: int,
-                    item_domain: np.ndarray) -> dict[str, np.ndarray]:
-    """Histories -> right-padded (B, T) model inputs of their newest ``max_len`` events (T >= 1)."""
-    hist = [h[-max_len:] for h in histories]
-    tss = [t[-max_len:] for t in timestamps]
-    T = max(1, max((len(h) for h in hist), default=1))
-    items = np.zeros((len(hist), T), dtype=np.int64)
-    ts = np.zeros((len(hist), T), dtype=np.int64)
-    for b, (h, t) in enumerate(zip(hist, tss)):
-        items[b, :len(h)] = h
-        ts[b, :len(t)] = t
-    return {"item_idx": items, "domain_idx": np.where(items > 0, item_domain[items], 0), "event_ts": ts}
-
-
 # ---------------------------------------------------------------------------------------- checkpoint files
 def flatten_optimizer_state(state: Mapping) -> tuple[dict, dict]:
     """An optimizer ``state_dict()`` -> (tensors for safetensors, JSON-able rest)."""
@@ -548,10 +540,10 @@ def write_checkpoint(folder: str | Path, model, optimizer, state: Mapping) -> Pa
     """Write a training checkpoint (see the module docstring for the files)."""
     from safetensors.torch import save_file
 
-    from crossrec.model import transformer
+    from crossrec.model.artifact import save_model
 
     folder = Path(folder)
-    transformer.save(model, folder)
+    save_model(model, folder)
     tensors, meta = flatten_optimizer_state(optimizer.state_dict())
     save_file(tensors, str(folder / OPT_TENSORS), metadata={"format": "pt"})
     (folder / OPT_META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
@@ -567,7 +559,7 @@ def read_checkpoint(folder: str | Path, model, optimizer, *, source: str | None 
     """
     from safetensors.torch import load_file
 
-    from crossrec.model.transformer import WEIGHTS_FILE
+    from crossrec.model.artifact import WEIGHTS_FILE
 
     folder = Path(folder)
     device = next(model.parameters()).device
@@ -606,55 +598,37 @@ def _lookup(catalog: Mapping[str, np.ndarray], column: str) -> np.ndarray:
     return out
 
 
-def validate_shard(model, valid_iter, catalog: Mapping[str, np.ndarray], *, rank: int, world: int, max_len: int,
-                   batch_size: int, device) -> np.ndarray:
+def validate_shard(model, valid_iter, catalog: Mapping[str, np.ndarray], *, rank: int, world: int,
+                   batch_size: int) -> np.ndarray:
     """Score this rank's share of the valid rows; (n_domains, 4) sums of ndcg@10, recall@10, mrr, rows.
 
-    ``model`` is the unwrapped model. Full ranking within the target domain, the items of the row's stored
-    history in that domain excluded; empty histories are scored by popularity (as crossrec.evaluate.protocol).
+    ``model`` is the unwrapped model; it is scored through :class:`crossrec.inference.Predictor` (the Transformer
+    alone): full ranking within the target domain, the items of the row's stored history in that domain excluded,
+    empty histories scored by popularity (as crossrec.evaluate.protocol). Its train/eval mode is restored after.
     """
-    import scipy.sparse as sp
-    import torch
-
-    from crossrec.evaluate.metrics import candidate_counts, rank_of_target, ranking_metrics
+    from crossrec.evaluate.metrics import rank_of_target, ranking_metrics
+    from crossrec.inference import Predictor
 
     item_domain, item_col = _lookup(catalog, "domain_idx"), _lookup(catalog, "domain_item_idx")
-    popularity = _lookup(catalog, "train_count").astype(np.float32)
-    domain_items = model.domain_items
-    n_domains = model.config.n_domains
-    sums = np.zeros((n_domains, 4), dtype=np.float64)
+    sums = np.zeros((model.config.n_domains, 4), dtype=np.float64)
     was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        reps = [model.domain_item_reps(d) for d in range(n_domains)]  # once per pass, not per batch
-        for batch in valid_iter.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
-            mine = batch["row_id"].to_numpy() % world == rank
-            if not mine.any():
-                continue
-            hist = [h for h, m in zip(_rows(batch["item_idx"]), mine) if m]
-            tss = [t for t, m in zip(_rows(batch["event_ts"]), mine) if m]
-            target = batch["target_item_idx"].to_numpy()[mine]
-            inputs = collate_history(hist, tss, max_len, item_domain)
-            tdom = item_domain[target]
-            for d in np.unique(tdom):
-                rows = np.flatnonzero(tdom == d)
-                sub = {k: torch.from_numpy(v[rows]).to(device) for k, v in inputs.items()}
-                scores = model.full_sort_predict(sub, int(d), reps[int(d)]).float().cpu().numpy()  # (b, n_d)
-                n_d = scores.shape[1]
-                empty = np.array([len(hist[r]) == 0 for r in rows])
-                if empty.any():
-                    scores[empty] = popularity[domain_items(int(d)).cpu().numpy()]
-                r_ind, c_ind = [], []
-                for k, r in enumerate(rows):
-                    h = hist[r][item_domain[hist[r]] == d]
-                    r_ind.extend([k] * len(h))
-                    c_ind.extend(item_col[h].tolist())
-                exclude = sp.csr_matrix((np.ones(len(r_ind), dtype=np.float32), (r_ind, c_ind)), shape=(len(rows), n_d))
-                cols = item_col[target[rows]]
-                ranks = rank_of_target(scores, cols, exclude)
-                m = ranking_metrics(ranks, candidate_counts(n_d, cols, exclude), ks=KS)
-                n = len(rows)
-                sums[d] += (m["ndcg@10"] * n, m["recall@10"] * n, m["mrr"] * n, n)
+    predictor = Predictor(model, None, _lookup(catalog, "train_count").astype(np.float32))  # once per pass
+    for batch in valid_iter.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+        mine = batch["row_id"].to_numpy() % world == rank
+        if not mine.any():
+            continue
+        hist = [h for h, m in zip(_rows(batch["item_idx"]), mine) if m]
+        tss = [t for t, m in zip(_rows(batch["event_ts"]), mine) if m]
+        target = batch["target_item_idx"].to_numpy()[mine]
+        tdom = item_domain[target]
+        for d in np.unique(tdom):
+            rows = np.flatnonzero(tdom == d)
+            inputs = predictor.collate([hist[r] for r in rows], [tss[r] for r in rows])
+            scores = predictor.scores(inputs, int(d)).float().cpu().numpy()  # (b, n_d), history items at -inf
+            n_cand = scores.shape[1] - np.isneginf(scores).sum(1)  # the domain's items minus the excluded ones
+            m = ranking_metrics(rank_of_target(scores, item_col[target[rows]]), n_cand, ks=KS)
+            n = len(rows)
+            sums[d] += (m["ndcg@10"] * n, m["recall@10"] * n, m["mrr"] * n, n)
     model.train(was_training)
     return sums
 
@@ -789,7 +763,7 @@ def train_loop_per_worker(config: dict) -> None:
         t_train = time.perf_counter() - t_epoch
 
         sums = validate_shard(ddp.module if hasattr(ddp, "module") else ddp, valid_iter, catalog, rank=rank, world=world,
-                              max_len=model.config.max_seq_len, batch_size=4 * bs, device=device)
+                              batch_size=4 * bs)
         totals = np.array([loss_sum, n_steps, n_samples, t_train], dtype=np.float64)
         if world > 1:
             t = torch.from_numpy(np.concatenate([sums.ravel(), totals[:3]])).to(device)
@@ -833,60 +807,39 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def attach_cooccurrence(model, cfg: TrainConfig, versions: Mapping[str, int]) -> dict:
-    """Fit the score terms of ``model`` (see :mod:`crossrec.model.cooccurrence`): weights per domain on the
-    validation split with the similarity, transitions and popularity of the training events, then those three
-    refitted on the training events plus the validation targets (real events the Transformer held out for model
-    selection only) for the artifact. Returns the fit's report."""
-    from crossrec.evaluate.protocol import load_eval_data
-    from crossrec.model.cooccurrence import (fit_cooccurrence, next_item_transitions, popularity_feature,
-                                             same_domain_similarity)
-
-    valid = load_eval_data(cfg.lake_root, dict(versions), split="valid")
-    report = fit_cooccurrence(model, valid, k=cfg.cooccurrence_k, seed=cfg.seed, input_domains=cfg.input_domains)
-    weights, decays, cold = model.cooc_weight.clone(), model.cooc_decay.clone(), model.cooc_cold_weight.clone()
-    next_weights = model.trans_weight.clone()
-    known = valid.train_with_targets()  # train events + valid targets
-    del valid
-    model.set_cooccurrence(*same_domain_similarity(known, k=cfg.cooccurrence_k), weights, decays,
-                           popularity_feature(known), cold)
-    model.set_transitions(*next_item_transitions(known), next_weights)  # the text term has nothing to refit
-    return {"k": cfg.cooccurrence_k, "fitted_on": "train events + valid targets", "domains": report}
-
-
 def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | Path, data: TrainingData,
-                   metrics: Mapping, prepare=None) -> Path:
+                   metrics: Mapping, fit_terms=None) -> Path:
     """``<root>/<version>/`` from the best checkpoint, then ``<root>/_latest`` -> version (both atomic renames).
 
     The id embeddings of items in no training window (``data.untrained_items``) are zeroed first
     (:meth:`~crossrec.model.transformer.CrossDomainTransformer.clear_id_embeddings`): text scores those items.
-    ``prepare(model) -> dict``: run on the loaded model before it is saved (e.g. :func:`attach_cooccurrence`);
-    what it returns is stored in ``metrics.json`` under ``"cooccurrence"``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    ``fit_terms(model) -> (TermSet, report)``: run on the loaded model before it is saved (the score terms, see
+    :func:`crossrec.rerank.fit.fit_terms`); the terms are saved with the model and the report in ``metrics.json``
+    under ``"terms"``."""
     import torch
 
-    from crossrec.model import transformer
+    from crossrec.model.artifact import load_model, save_artifact
 
     root = Path(folder_root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / version
     tmp = root / f".{version}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model = transformer.load(best_ckpt_dir)  # round trip: what is written is what evaluate will load
+    model = load_model(best_ckpt_dir)  # round trip: what is written is what evaluate will load
     cleared = model.clear_id_embeddings(torch.from_numpy(data.untrained_items))
     metrics = {**metrics, "untrained_items": cleared}
     if cleared:
         log.info("%d item(s) occur in no training window: id embeddings zeroed, text scores them", cleared)
-    if prepare is not None:
-        metrics = {**metrics, "cooccurrence": prepare(model)}
-    transformer.save(model, tmp)
-    pq.write_table(pa.Table.from_pandas(data.item_index, preserve_index=False), str(tmp / ITEM_INDEX_FILE))
-    (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")
+    terms = None
+    if fit_terms is not None:
+        terms, report = fit_terms(model)
+        metrics = {**metrics, "terms": report}
+    save_artifact(tmp, model, terms, data.item_index, metrics)
     umask = os.umask(0)
     os.umask(umask)
-    for f in tmp.iterdir():  # safetensors writes 0600; an artifact is read by other jobs and users
-        os.chmod(f, 0o666 & ~umask)
+    for f in tmp.rglob("*"):  # safetensors writes 0600; an artifact is read by other jobs and users
+        if f.is_file():
+            os.chmod(f, 0o666 & ~umask)
     if final.exists():  # the same config on the same data and day: the newer export replaces it
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -1035,9 +988,16 @@ def train(cfg: TrainConfig) -> Path:
         "ray_run": str(result.path),
         "trained_at": now.isoformat(timespec="seconds"),
     }
+
+    def fit(model):  # the score terms, chosen on the validation split at the versions trained on
+        from crossrec.evaluate.protocol import load_eval_data
+        from crossrec.rerank.fit import fit_terms
+
+        valid = load_eval_data(cfg.lake_root, dict(versions), split="valid")
+        return fit_terms(model, valid, cfg.terms, seed=cfg.seed, input_domains=cfg.input_domains)
+
     with best_ckpt.as_directory() as best_dir:
-        prepare = (lambda model: attach_cooccurrence(model, cfg, versions)) if cfg.cooccurrence_k else None
-        folder = write_artifact(cfg.models_root, version, best_dir, data, summary, prepare)
+        folder = write_artifact(cfg.models_root, version, best_dir, data, summary, fit if cfg.terms else None)
     log.info("model artifact %s: %s %.4f at epoch %d of %d, %.0f samples/s, %.1fs",
              folder, METRIC, summary["valid"][METRIC], summary["best_epoch"], summary["epochs_run"],
              summary["samples_per_s"], summary["wall_time_s"])
@@ -1046,7 +1006,7 @@ def train(cfg: TrainConfig) -> Path:
 
 __all__ = [
     "TrainConfig", "FailOnce", "TrainingData", "train", "train_loop_per_worker", "load_training_data",
-    "resolve_versions", "restrict_to_domains", "sample_users", "training_windows", "length_bucketed", "collate_train", "collate_history", "validate_shard",
+    "resolve_versions", "restrict_to_domains", "sample_users", "training_windows", "length_bucketed", "collate_train", "validate_shard",
     "write_checkpoint", "read_checkpoint", "flatten_optimizer_state", "unflatten_optimizer_state",
-    "write_artifact", "attach_cooccurrence", "model_version", "lr_at", "ray_address", "METRIC", "LR_SCHEDULES",
+    "write_artifact", "model_version", "lr_at", "ray_address", "METRIC", "LR_SCHEDULES",
 ]

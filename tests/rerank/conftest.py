@@ -1,0 +1,99 @@
+"""Builders shared by the score-term tests: a tiny model over two domains with random same-domain item-item matrices
+(``tiny``), and a two-domain lake whose validation split the fit tests write row by row (``two_domains``)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import scipy.sparse as scipy_sparse  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from crossrec.model.config import ModelConfig  # noqa: E402
+from crossrec.model.encoder import ItemFeatures  # noqa: E402
+from crossrec.model.transformer import CrossDomainTransformer  # noqa: E402
+from crossrec.rerank.base import Catalog  # noqa: E402
+
+T0 = 1_600_000_000
+
+
+@pytest.fixture()
+def tiny():
+    """Items 1..5 in domain 0, 6..9 in domain 1 (random text vectors, not unit length); an untrained model on them.
+
+    ``batch(seqs, T)``: right-padded histories as the model reads them; ``pairs(seed)``: a random same-domain matrix as
+    ``(dense (n+1, n+1), {"indptr", "indices", "values"})``; ``catalog()``: the catalog of the model.
+    """
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    dom = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+    n = dom.numel() - 1
+    text = torch.cat([torch.zeros(1, 8), F.normalize(torch.randn(n, 8, generator=g), dim=-1)])
+    text[1:] *= torch.linspace(0.5, 3.0, n)[:, None]  # not unit length: the text terms use cosines
+    ids = torch.arange(n + 1)
+    feats = ItemFeatures(text_emb=text, item_domain=dom, item_attr=torch.zeros(n + 1, dtype=torch.long),
+                         domain_items=[ids[(dom == k) & (ids > 0)] for k in (0, 1)])
+    torch.manual_seed(0)
+    model = CrossDomainTransformer(ModelConfig(n_items=n, n_domains=2, text_dim=8, d_model=16, n_layers=2, n_heads=2,
+                                               dropout=0.0, max_seq_len=8), feats).eval()
+
+    def batch(seqs: list[list[int]], T: int) -> dict:
+        item = torch.zeros(len(seqs), T, dtype=torch.long)
+        for b, s in enumerate(seqs):
+            item[b, : len(s)] = torch.tensor(s, dtype=torch.long)
+        return {"item_idx": item, "domain_idx": dom[item], "event_ts": T0 + 3600 * torch.arange(T).repeat(len(seqs), 1)}
+
+    def pairs(seed: int = 0, density: float = 0.5):
+        gen = torch.Generator().manual_seed(seed)
+        dense = torch.rand(n + 1, n + 1, generator=gen) * (torch.rand(n + 1, n + 1, generator=gen) < density)
+        dense = dense * (dom[:, None] == dom[None, :])
+        dense[0] = 0
+        dense[:, 0] = 0
+        dense.fill_diagonal_(0)
+        csr = scipy_sparse.csr_matrix(dense.numpy())
+        return dense, {"indptr": torch.from_numpy(csr.indptr).long(), "indices": torch.from_numpy(csr.indices),
+                       "values": torch.from_numpy(csr.data)}
+
+    return SimpleNamespace(dom=dom, text=text, unit=F.normalize(text, dim=1), model=model, batch=batch, pairs=pairs,
+                           catalog=lambda: Catalog.from_model(model))
+
+
+SIZES = (12, 9)  # books 1..12, movies 13..21
+SEQ_COLUMNS = ["user_id", "split", "target_domain", "item_idx", "domain_idx", "event_ts", "target_item_idx", "target_ts",
+               "cold_start", "history_len"]
+
+
+@pytest.fixture()
+def two_domains(tmp_path):
+    """Books (items 1..12) and movies (13..21). ``valid(rows)`` writes gold tables with ``rows`` (SEQ_COLUMNS) and
+    returns their valid split; ``model(seed)`` an untrained tiny model over the 21 items (random text vectors)."""
+    import pandas as pd
+    from deltalake import write_deltalake
+
+    from crossrec.evaluate.protocol import load_eval_data
+
+    dom = np.repeat([0, 1], SIZES)
+    index = pd.DataFrame({"domain": np.where(dom == 0, "books", "movies"), "item_id": [f"i{i}" for i in range(1, 22)],
+                          "item_idx": np.arange(1, 22), "domain_idx": dom,
+                          "domain_item_idx": np.concatenate([np.arange(n) for n in SIZES]),
+                          "category": [None] * 21, "train_count": np.ones(21, dtype=np.int64)})
+
+    def valid(rows):
+        lake = tmp_path / "lake"
+        write_deltalake(str(lake / "gold" / "item_index"), index)
+        write_deltalake(str(lake / "gold" / "user_sequences"), pd.DataFrame(rows, columns=SEQ_COLUMNS))
+        return load_eval_data(str(lake), split="valid")
+
+    def model(seed: int) -> CrossDomainTransformer:
+        ids = torch.arange(22)
+        item_dom = torch.tensor([0, *dom])
+        feats = ItemFeatures(text_emb=torch.randn(22, 8, generator=torch.Generator().manual_seed(seed)),
+                             item_domain=item_dom, item_attr=torch.zeros(22, dtype=torch.long),
+                             domain_items=[ids[(item_dom == k) & (ids > 0)] for k in (0, 1)])
+        torch.manual_seed(seed)
+        return CrossDomainTransformer(ModelConfig(n_items=21, n_domains=2, text_dim=8, d_model=16, n_layers=1, n_heads=2,
+                                                  dropout=0.0, max_seq_len=8), feats)
+
+    return SimpleNamespace(dom=dom, index=index, valid=valid, model=model)
