@@ -3,6 +3,7 @@
 Run it:
     crossrec evaluate --lake-root lakehouse [--model-version V] [--baselines pop,itemknn,als] [--out DIR]
     crossrec evaluate --lake-root lakehouse --model crossrec=V1 --model sasrec=/path/to/artifact ...
+    crossrec evaluate --lake-root lakehouse --model crossrec=V1 --model-alone transformer=V1   # with and without terms
     python -m crossrec_jobs.evaluate ...                     # same thing
 
 The protocol (lib/crossrec/evaluate/protocol.py): for each test row, all items of the target domain are
@@ -12,9 +13,9 @@ records also carry each value's standard error over the segment's users (``se``;
 The gold tables are read at pinned versions (recorded with the results); the Transformer comes from a
 model artifact (default: the one `<lake>/models/_latest` names; ``--model NAME=VERSION|FOLDER``, repeatable,
 evaluates several side by side: artifacts trained on some domains only (``crossrec train --input-domains``)
-are evaluated on those domains, so one name may combine one artifact per domain); every artifact scores through the
-one inference path (crossrec.inference.Predictor), with its score terms; baselines are fitted on the spot on the same
-training data. Results are appended to gold.metrics (a re-run with the same run id replaces its rows).
+are evaluated on those domains, so one name may combine one artifact per domain; ``--model-alone NAME=VERSION|FOLDER``
+evaluates an artifact's Transformer without its score terms); every artifact scores through the one inference path
+(crossrec.inference.Predictor); baselines are fitted on the spot on the same training data. Results are appended to gold.metrics (a re-run with the same run id replaces its rows).
 """
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-version", help="artifact under <lake>/models to evaluate as 'crossrec' (default: _latest; none: baselines only)")
     g.add_argument("--model", action="append", default=[], metavar="NAME=VERSION|FOLDER",
                    help="evaluate this artifact under NAME (repeatable; replaces the default crossrec=_latest)")
+    g.add_argument("--model-alone", action="append", default=[], metavar="NAME=VERSION|FOLDER",
+                   help="evaluate this artifact's Transformer without its score terms under NAME (repeatable; also "
+                        "replaces the default crossrec=_latest)")
     g.add_argument("--baselines", default="pop,itemknn", help=f"comma-separated, of {','.join(BASELINES)} (default pop,itemknn)")
     g.add_argument("--split", default="test", choices=["test", "valid"], help="targets to evaluate on (default test)")
     g.add_argument("--out", help="also write <out>/metrics.json (the records) there")
@@ -64,24 +68,27 @@ def model_folder(cfg: CrossrecConfig, version: str | None) -> str | None:
     return folder
 
 
-def parse_models(specs: list[str], version: str | None) -> list[tuple[str, str | None]]:
-    """``--model NAME=VERSION|FOLDER`` flags (and ``--model-version``) -> [(name, version or folder)]."""
+def parse_models(specs: list[str], version: str | None, alone: list[str] = ()) -> list[tuple[str, str | None, bool]]:
+    """``--model`` / ``--model-alone NAME=VERSION|FOLDER`` flags (and ``--model-version``) -> [(name, version or
+    folder, with its score terms)]."""
     out = []
-    for spec in specs:
-        name, sep, ref = spec.partition("=")
-        if not sep or not name or not ref:
-            raise ValueError(f"--model {spec!r}: expected NAME=VERSION or NAME=FOLDER")
-        out.append((name, ref))
+    for flag, specs_, with_terms in (("--model", specs, True), ("--model-alone", alone, False)):
+        for spec in specs_:
+            name, sep, ref = spec.partition("=")
+            if not sep or not name or not ref:
+                raise ValueError(f"{flag} {spec!r}: expected NAME=VERSION or NAME=FOLDER")
+            out.append((name, ref, with_terms))
     if version is not None or not out:
-        out.insert(0, ("crossrec", version))
+        out.insert(0, ("crossrec", version, True))
     return out
 
 
 def evaluate_all(cfg: CrossrecConfig, baselines: list[str], version: str | None, split: str = "test", spark=None,
-                 models: list[tuple[str, str | None]] | None = None) -> tuple[list[dict], dict]:
+                 models: list[tuple[str, str | None, bool]] | None = None) -> tuple[list[dict], dict]:
     """Records of every requested model and the data versions they were measured on.
 
-    ``models``: (name, version or folder) of the Transformer artifacts; default ``[("crossrec", version)]``.
+    ``models``: (name, version or folder, with its score terms) of the Transformer artifacts; default
+    ``[("crossrec", version, True)]``.
     """
     from crossrec.evaluate.protocol import baseline_score_fn, evaluate, load_eval_data, transformer_score_fn
     from crossrec.model import baselines as B
@@ -106,7 +113,7 @@ def evaluate_all(cfg: CrossrecConfig, baselines: list[str], version: str | None,
         timings[model.name] = time.time() - t0
         records += [dict(r, model_version=None) for r in recs]
         log.info("%s evaluated in %.1fs", model.name, timings[model.name])
-    for name, ref in models or [("crossrec", version)]:
+    for name, ref, with_terms in models or [("crossrec", version, True)]:
         folder = model_folder(cfg, ref)
         if not folder:
             log.warning("no model artifact under %s/models: evaluated baselines only", cfg.lake_uri)
@@ -114,7 +121,7 @@ def evaluate_all(cfg: CrossrecConfig, baselines: list[str], version: str | None,
         from crossrec.model.artifact import load_artifact
 
         t0 = time.time()
-        art = load_artifact(folder)
+        art = load_artifact(folder, with_terms=with_terms)
         n_model = art.model.config.n_items
         if n_model != data.train.n_items:
             raise ValueError(f"{folder} was trained on {n_model} items, gold.item_index has {data.train.n_items}: retrain or evaluate the matching data version")
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("evaluate config: %s", cfg.masked())
         baselines = [b for b in args.baselines.split(",") if b]
         spark = build_spark("crossrec-evaluate", cfg.spark_master, cfg.spark_conf)
-        models = parse_models(args.model, args.model_version)
+        models = parse_models(args.model, args.model_version, args.model_alone)
         records, info = evaluate_all(cfg, baselines, args.model_version, args.split, spark, models)
         print(format_table(records))
         print(f"data versions: {info['versions']}; seconds per model: {({k: round(v, 1) for k, v in info['seconds'].items()})}")
