@@ -182,8 +182,8 @@ class ScoreTerm(abc.ABC):
         assert len(grid["weight"]) >= 1 and all(w >= 0 for w in grid["weight"]), f"weights must be >= 0: {grid['weight']}"
         out = []
         for w in grid["weight"]:
-            if w == 0:
-                out.append({"weight": 0.0, **{p: float(v) for p, v in cls.neutral.items()}})
+            if w == 0:  # the other parameters do not matter while the term is off
+                out.append(cls.off())
                 continue
             for combo in itertools.product(*(grid[p] for p in cls.params)):
                 out.append({"weight": float(w), **{p: float(v) for p, v in zip(cls.params, combo)}})
@@ -197,7 +197,7 @@ class ScoreTerm(abc.ABC):
     @classmethod
     def off(cls) -> dict[str, float]:
         """The setting of a term that is off: weight 0, parameters neutral."""
-        return {"weight": 0.0, **{p: float(v) for p, v in cls.neutral.items()}}
+        return {"weight": 0.0, **{p: float(cls.neutral[p]) for p in cls.params}}
 
 
 def registered() -> dict[str, type[ScoreTerm]]:
