@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import scipy.sparse as sp
 
 from crossrec.evaluate.metrics import evaluate_full_ranking
 from crossrec.model.baselines import InteractionData
+
+if TYPE_CHECKING:
+    from crossrec.model.transformer import CrossDomainTransformer
+    from crossrec.rerank.base import TermSet
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +194,8 @@ def baseline_score_fn(model) -> ScoreFn:
     return lambda dt_, rows: model.full_sort_predict(dt_.user_row[rows], dt_.domain_idx)
 
 
-def transformer_score_fn(model, data: EvalData, terms=None, batch_size: int = 512,
-                         input_domains: list[str] | None = None) -> ScoreFn:
+def transformer_score_fn(model: "CrossDomainTransformer", data: EvalData, terms: "TermSet | None" = None,
+                         batch_size: int = 512, input_domains: list[str] | None = None) -> ScoreFn:
     """Scores of a trained :class:`~crossrec.model.transformer.CrossDomainTransformer` for test rows, through the one
     inference path (:class:`crossrec.inference.Predictor`): with the artifact's score ``terms``
     (:class:`crossrec.rerank.base.TermSet`; None = the Transformer alone), rows with an empty history scored by

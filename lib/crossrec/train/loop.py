@@ -71,9 +71,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from crossrec.model.transformer import CrossDomainTransformer
+    from crossrec.rerank.base import TermSet
 
 log = logging.getLogger(__name__)
 
@@ -808,7 +812,8 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | Path, data: TrainingData,
-                   metrics: Mapping, fit_terms=None) -> Path:
+                   metrics: Mapping,
+                   fit_terms: Callable[["CrossDomainTransformer"], tuple["TermSet", dict]] | None = None) -> Path:
     """``<root>/<version>/`` from the best checkpoint, then ``<root>/_latest`` -> version (both atomic renames).
 
     The id embeddings of items in no training window (``data.untrained_items``) are zeroed first
@@ -989,7 +994,8 @@ def train(cfg: TrainConfig) -> Path:
         "trained_at": now.isoformat(timespec="seconds"),
     }
 
-    def fit(model):  # the score terms, chosen on the validation split at the versions trained on
+    def fit(model: "CrossDomainTransformer") -> tuple["TermSet", dict]:
+        """The score terms, chosen on the validation split at the data versions trained on."""
         from crossrec.evaluate.protocol import load_eval_data
         from crossrec.rerank.fit import fit_terms
 
