@@ -9,8 +9,9 @@ Reads gold.user_sequences (train and valid rows), gold.item_index and gold.item_
 versions resolved at start (no Spark), trains data-parallel on N Ray Train workers with per-epoch validation
 (NDCG@10 / Recall@10, full ranking per target domain), checkpoints every epoch, restarts failed workers from
 the last checkpoint (--max-failures), stops early after --patience epochs without improvement, and writes
-``<lake>/models/<model_version>/`` from the best epoch, then points ``<lake>/models/_latest`` at it
-(what ``crossrec evaluate`` reads). Library code: lib/crossrec/train/loop.py.
+``<lake>/models/<model_version>/`` from the best epoch, with the score terms of lib/crossrec/rerank/ (--terms)
+fitted on the validation split, then points ``<lake>/models/_latest`` at it (what ``crossrec evaluate`` reads).
+Library code: lib/crossrec/train/loop.py.
 """
 from __future__ import annotations
 

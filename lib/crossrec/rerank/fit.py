@@ -109,7 +109,7 @@ def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequenc
             sel = np.sort(rng.choice(sel, max_rows, replace=False))
         groups: dict[str, _Rows] = {}
         for term in terms:
-            if term.applies_to not in groups:  # the simulated rows draw from rng: here, in term order, as before
+            if term.applies_to not in groups:  # simulated cold rows draw from rng: after this domain's sample
                 groups[term.applies_to] = _rows_of_kind(predictor, valid, dt_, sel, keep, term.applies_to, rng,
                                                         min_cold_rows, simulated_cold_rows)
             group = groups[term.applies_to]
