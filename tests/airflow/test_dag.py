@@ -17,7 +17,7 @@ pytest.importorskip("airflow")
 
 from crossrec.data.synthetic import SyntheticSpec, generate  # noqa: E402
 from crossrec.io.readers import published_run, read_recommendations, read_table  # noqa: E402
-from conftest import TEST_KEY  # noqa: E402
+from support import TEST_KEY  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "airflow_dags"

@@ -14,7 +14,7 @@ pytest.importorskip("ray.train")
 
 from crossrec.bench.quality import BenchError, QualitySpec, ratios, run_quality  # noqa: E402
 from crossrec.data.synthetic import SyntheticSpec, generate  # noqa: E402
-from conftest import TEST_KEY  # noqa: E402
+from support import TEST_KEY  # noqa: E402
 
 SMALL = ("--d-model", "64", "--batch-size", "32", "--patience", "3")  # small data: many small steps
 
@@ -24,7 +24,7 @@ SMALL = ("--d-model", "64", "--batch-size", "32", "--patience", "3")  # small da
 @pytest.mark.ray
 def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_for_cold_users(
         spark, ray_local, tmp_path, monkeypatch):
-    from conftest import job_args
+    from support import job_args
     from crossrec_jobs import prepare
 
     raw, out, lake, key = tmp_path / "raw", tmp_path / "out", tmp_path / "lake", tmp_path / "key"

@@ -35,7 +35,7 @@ pytest.importorskip("ray")
 
 from crossrec import cluster  # noqa: E402
 from crossrec.io.readers import published_run, read_recommendations, read_table  # noqa: E402
-from conftest import SCORE_DAY  # noqa: E402
+from support import SCORE_DAY  # noqa: E402
 
 NEXT_DAY = "2025-01-02"  # the run the killed driver was writing
 

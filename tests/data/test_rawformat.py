@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import write_raw
+from support import write_raw
 from crossrec.data.rawformat import DOMAIN_RE, FileSet, RawFormatError, load_dataset
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import TEST_KEY
+from support import TEST_KEY
 from crossrec.io.config import ConfigError, CrossrecConfig, resolve_config
 
 RUN_DATE = "2024-06-30"

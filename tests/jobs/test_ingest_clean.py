@@ -17,7 +17,7 @@ from deltalake import DeltaTable
 from crossrec.io.readers import list_tables, read_table
 from crossrec_jobs import clean as clean_job
 from crossrec_jobs import ingest as ingest_job
-from conftest import TEST_KEY, job_args, write_raw
+from support import TEST_KEY, job_args, write_raw
 
 pytestmark = pytest.mark.spark
 

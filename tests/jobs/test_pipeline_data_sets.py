@@ -12,7 +12,7 @@ from crossrec.data.synthetic import SyntheticSpec, generate
 from crossrec.io.readers import read_table
 from crossrec_jobs import clean as clean_job
 from crossrec_jobs import ingest as ingest_job
-from conftest import SHARED_DATA, job_args
+from support import SHARED_DATA, job_args
 
 pytestmark = pytest.mark.spark
 FOOD_KITCHEN = SHARED_DATA / "amazon-food-kitchen"

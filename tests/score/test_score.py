@@ -21,9 +21,9 @@ torch = pytest.importorskip("torch")
 
 from crossrec.io.readers import nearest_items, published_run, pseudonymize, read_recommendations, read_table  # noqa: E402
 from crossrec_jobs import score as score_job  # noqa: E402
-from conftest import TEST_KEY  # noqa: E402
+from support import TEST_KEY  # noqa: E402
 
-from conftest import SCORE_K as K  # noqa: E402
+from support import SCORE_K as K  # noqa: E402
 
 pytestmark = pytest.mark.spark
 DAY1, DAY2, DAY3 = "2025-01-01", "2025-01-02", "2025-01-03"
