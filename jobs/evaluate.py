@@ -9,7 +9,10 @@ Run it:
 The protocol (lib/crossrec/evaluate/protocol.py): for each test row, all items of the target domain are
 ranked, the user's history items in that domain excluded; Recall/NDCG/Precision/F1@{10,20}, MRR, AUC and
 catalog coverage per domain and per segment (all users, cross-domain cold-start users, cold items); ``--out``'s
-records also carry each value's standard error over the segment's users (``se``; gold.metrics keeps the values).
+records also carry each value's standard error over the segment's users (``se``; gold.metrics keeps the values),
+and crossrec (and every ``--model-alone`` model; ``--paired`` names others) is compared user by user with the best
+other model per domain and segment: the mean per-user NDCG@10 difference and its standard error (printed, and
+under ``paired`` in ``--out``'s metrics.json).
 The gold tables are read at pinned versions (recorded with the results); the Transformer comes from a
 model artifact (default: the one `<lake>/models/_latest` names; ``--model NAME=VERSION|FOLDER``, repeatable,
 evaluates several side by side: artifacts trained on some domains only (``crossrec train --input-domains``)
@@ -48,7 +51,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "replaces the default crossrec=_latest)")
     g.add_argument("--baselines", default="pop,itemknn", help=f"comma-separated, of {','.join(BASELINES)} (default pop,itemknn)")
     g.add_argument("--split", default="test", choices=["test", "valid"], help="targets to evaluate on (default test)")
-    g.add_argument("--out", help="also write <out>/metrics.json (the records) there")
+    g.add_argument("--paired", metavar="NAMES",
+                   help="comma-separated models to compare, user by user, with the best of the other models (NDCG@10 "
+                        "per domain and segment: mean per-user difference and its standard error; default: crossrec and "
+                        "every --model-alone name)")
+    g.add_argument("--out", help="also write <out>/metrics.json (the records and the paired comparisons) there")
 
 
 def model_folder(cfg: CrossrecConfig, version: str | None) -> str | None:
@@ -84,18 +91,23 @@ def parse_models(specs: list[str], version: str | None, alone: list[str] = ()) -
 
 
 def evaluate_all(cfg: CrossrecConfig, baselines: list[str], version: str | None, split: str = "test", spark=None,
-                 models: list[tuple[str, str | None, bool]] | None = None) -> tuple[list[dict], dict]:
-    """Records of every requested model and the data versions they were measured on.
+                 models: list[tuple[str, str | None, bool]] | None = None,
+                 paired: list[str] | None = None) -> tuple[list[dict], dict]:
+    """Records of every requested model, and ``{"versions": the data versions they were measured on, "seconds":
+    per model, "paired": paired comparison records}``.
 
     ``models``: (name, version or folder, with its score terms) of the Transformer artifacts; default
-    ``[("crossrec", version, True)]``.
+    ``[("crossrec", version, True)]``. ``paired``: the models compared user by user with the best other model
+    (:func:`crossrec.evaluate.protocol.paired_records`); default crossrec and every model evaluated without terms.
     """
-    from crossrec.evaluate.protocol import baseline_score_fn, evaluate, load_eval_data, transformer_score_fn
+    from crossrec.evaluate.protocol import (baseline_score_fn, evaluate, load_eval_data, paired_records,
+                                            transformer_score_fn)
     from crossrec.model import baselines as B
 
     data = load_eval_data(cfg.lake_uri, split=split)
     records: list[dict] = []
     timings: dict[str, float] = {}
+    per_row: dict[str, dict] = {}
     for name in baselines:
         t0 = time.time()
         if name == "pop":
@@ -109,7 +121,7 @@ def evaluate_all(cfg: CrossrecConfig, baselines: list[str], version: str | None,
         else:
             raise ValueError(f"unknown baseline {name!r}; known: {BASELINES}")
         model.fit(data.train)
-        recs = evaluate(model.name, baseline_score_fn(model), data)
+        recs = evaluate(model.name, baseline_score_fn(model), data, per_row=per_row.setdefault(model.name, {}))
         timings[model.name] = time.time() - t0
         records += [dict(r, model_version=None) for r in recs]
         log.info("%s evaluated in %.1fs", model.name, timings[model.name])
@@ -128,11 +140,22 @@ def evaluate_all(cfg: CrossrecConfig, baselines: list[str], version: str | None,
         domains = art.metrics.get("input_domains")
         mv = art.version
         recs = evaluate(name, transformer_score_fn(art.model, data, art.terms, input_domains=domains), data,
-                        domains=domains)
+                        domains=domains, per_row=per_row.setdefault(name, {}))
         timings[name] = timings.get(name, 0.0) + time.time() - t0
         records += [dict(r, model_version=mv) for r in recs]
         log.info("%s (%s%s) evaluated in %.1fs", name, mv, f", domains {domains}" if domains else "", time.time() - t0)
-    return records, {"versions": data.versions, "seconds": timings}
+    models = models or [("crossrec", version, True)]
+    if paired is None:
+        paired = [name for name, _, with_terms in models if name == "crossrec" or not with_terms]
+    pairs = paired_records(per_row, [m for m in dict.fromkeys(paired) if m in per_row])
+    return records, {"versions": data.versions, "seconds": timings, "paired": pairs}
+
+
+def format_paired(pairs: list[dict]) -> str:
+    """One line per paired comparison: mean per-user NDCG@10 difference, its standard error and their ratio."""
+    return "\n".join(f"{p['model']} - {p['vs']} ({p['domain']}/{p['segment']}, {p['n_users']} users): NDCG@{p['k']} "
+                     f"{p['value']:+.4f} +- {p['se']:.4f} ({p['value'] / p['se'] if p['se'] else float('nan'):+.1f} s.e.)"
+                     for p in pairs)
 
 
 def format_table(records: list[dict], metric: str = "ndcg", k: int = 10) -> str:
@@ -185,8 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         baselines = [b for b in args.baselines.split(",") if b]
         spark = build_spark("crossrec-evaluate", cfg.spark_master, cfg.spark_conf)
         models = parse_models(args.model, args.model_version, args.model_alone)
-        records, info = evaluate_all(cfg, baselines, args.model_version, args.split, spark, models)
+        paired = None if args.paired is None else [m for m in args.paired.split(",") if m]
+        records, info = evaluate_all(cfg, baselines, args.model_version, args.split, spark, models, paired)
         print(format_table(records))
+        if info["paired"]:
+            print("paired differences (per user, with the best other model):\n" + format_paired(info["paired"]))
         print(f"data versions: {info['versions']}; seconds per model: {({k: round(v, 1) for k, v in info['seconds'].items()})}")
         run_id = cfg.effective_run_id(STAGE)
         write_metrics(spark, cfg, run_id, records, info["versions"])

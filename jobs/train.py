@@ -42,8 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--n-layers", type=int, default=2, help="Transformer layers (default 2)")
     g.add_argument("--n-heads", type=int, default=2, help="attention heads (default 2)")
     g.add_argument("--dropout", type=float, default=0.1, help="dropout (default 0.1)")
-    g.add_argument("--loss", choices=["softmax", "sampled"], default="softmax", help="full softmax per domain or sampled softmax (default softmax)")
-    g.add_argument("--n-negatives", type=int, default=1024, help="sampled softmax: negatives per domain and step, popularity-drawn, log-Q corrected (default 1024)")
+    g.add_argument("--loss", choices=["auto", "softmax", "sampled"], default="auto",
+                   help="full softmax per domain, sampled softmax, or auto (default): sampled once the largest domain "
+                        "holds more than twice --n-negatives items")
+    g.add_argument("--n-negatives", type=int, default=2048, help="sampled softmax: negatives per domain and step, popularity-drawn, log-Q corrected (default 2048)")
     g.add_argument("--no-text", dest="use_text", action="store_false", help="do not use the text embeddings (id-only model)")
     g.add_argument("--no-id-embedding", dest="use_id_embedding", action="store_false", help="text-only item representation")
     g.add_argument("--no-categories", dest="use_categories", action="store_false", help="no category embedding (default: one per (domain, category) of gold.item_index)")

@@ -47,8 +47,19 @@ def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_
 
     q = json.loads((out / "quality.json").read_text())
     recs = q["records"]
-    assert {r["model"] for r in recs} == {"crossrec", "sasrec", "pop", "itemknn"}
+    assert {r["model"] for r in recs} == {"crossrec", "crossrec-alone", "sasrec", "pop", "itemknn"}
     assert all({"model", "domain", "segment", "metric", "k", "value"} <= set(r) for r in recs)
+    pairs = {(r["model"], r["domain"], r["segment"]): r for r in recs if r["metric"] == "ndcg_paired_diff"}
+    assert {(m, s) for m, _, s in pairs} >= {(m, s) for m in ("crossrec", "crossrec-alone") for s in ("all", "cold_start")}
+    for (model, domain, segment), pair in pairs.items():  # vs the best baseline (not crossrec's other row), per user
+        mean = {m: r["value"] for (m, d, s), r in
+                {(r["model"], r["domain"], r["segment"]): r for r in recs if r["metric"] == "ndcg" and r["k"] == 10}.items()
+                if (d, s) == (domain, segment)}
+        assert pair["vs"] == max((v, m) for m, v in mean.items() if m not in ("crossrec", "crossrec-alone"))[1]
+        assert pair["value"] == pytest.approx(mean[model] - mean[pair["vs"]], abs=1e-9)
+        assert pair["se"] >= 0 and pair["n_users"] == next(
+            r["n_users"] for r in recs if (r["model"], r["domain"], r["segment"], r["metric"]) == (model, domain, segment, "ndcg"))
+    assert "Paired differences with the best baseline" in (out / "quality.md").read_text()
     assert {r["segment"] for r in recs} >= {"all", "cold_start"}
     assert set(q["wall_times_s"]) == {"crossrec", "sasrec", "pop", "itemknn"} and q["wall_times_s"]["crossrec"] > 0
     assert q["config"]["reuse_lake"] and not {"ingest", "clean", "features"} & set(q["stages_s"])

@@ -15,6 +15,7 @@ from crossrec.evaluate.metrics import (
     candidate_counts,
     catalog_coverage,
     evaluate_full_ranking,
+    paired_difference,
     rank_of_target,
     ranking_metric_errors,
     ranking_metrics,
@@ -376,3 +377,15 @@ def test_random_scores_average_auc_near_half():
     res = evaluate_full_ranking(lambda u: scores[u], np.arange(4000), target, None, 200)
     assert res.metrics["auc"] == pytest.approx(0.5, abs=0.02)
     assert res.metrics["recall@10"] == pytest.approx(10 / 200, abs=0.015)
+
+
+def test_paired_difference_hand_example():
+    mean, se = paired_difference(np.array([1.0, 0.5, 0.0, 0.0]), np.array([0.0, 0.5, 0.0, 1.0]))
+    # differences 1, 0, 0, -1: mean 0, sample std sqrt(2/3), over root 4
+    assert mean == 0.0 and se == pytest.approx(math.sqrt(2 / 3) / 2)
+    same = paired_difference(np.array([0.2, 0.3, 0.4]), np.array([0.1, 0.2, 0.3]))
+    assert same[0] == pytest.approx(0.1) and same[1] == pytest.approx(0.0, abs=1e-12), "a constant gain has no spread"
+    with pytest.raises(ValueError, match="equal 1-d shapes"):
+        paired_difference(np.zeros(3), np.zeros(2))
+    with pytest.raises(ValueError, match="at least one row"):
+        paired_difference(np.zeros(0), np.zeros(0))

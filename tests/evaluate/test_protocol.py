@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from deltalake import write_deltalake
 
-from crossrec.evaluate.protocol import baseline_score_fn, evaluate, load_eval_data
+from crossrec.evaluate.protocol import baseline_score_fn, evaluate, load_eval_data, paired_records
 from crossrec.model.baselines import Popularity
 
 
@@ -96,3 +96,25 @@ def test_input_domains_filter_history_and_domains(lake):
 
     recs = evaluate("pop", baseline_score_fn(Popularity().fit(data.train)), data, domains=["movies"])
     assert {r["domain"] for r in recs} == {"movies"}
+
+
+def test_paired_records_compare_with_the_best_other_model_user_by_user(lake):
+    data = load_eval_data(lake)
+
+    def oracle(dt_, rows):
+        s = np.zeros((len(rows), dt_.exclude.shape[1]), np.float32)
+        s[np.arange(len(rows)), dt_.target_col[rows]] = 1.0
+        return s
+
+    per_row: dict = {}
+    evaluate("oracle", oracle, data, per_row=per_row.setdefault("oracle", {}))
+    evaluate("pop", baseline_score_fn(Popularity().fit(data.train)), data, per_row=per_row.setdefault("pop", {}))
+    evaluate("anti", lambda dt_, rows: -oracle(dt_, rows), data, per_row=per_row.setdefault("anti", {}))
+    assert per_row["oracle"][("books", "all")].tolist() == [1.0]
+    recs = {(r["domain"], r["segment"]): r for r in paired_records(per_row, ["oracle"])}
+    movies = recs[("movies", "all")]
+    # movies: pop ranks bob's m1 second of 2 (tie) -> NDCG 1/log2(3); anti ranks it last too: pop wins the tie by name
+    assert movies["vs"] in ("pop", "anti") and movies["value"] == pytest.approx(1 - 1 / np.log2(3))
+    assert movies["metric"] == "ndcg_paired_diff" and movies["k"] == 10 and movies["n_users"] == 1
+    assert set(recs) == {("books", "all"), ("books", "cold_item"), ("movies", "all"), ("movies", "cold_start")}
+    assert paired_records(per_row, ["oracle", "pop", "anti"]) == [], "nothing left to compare with"

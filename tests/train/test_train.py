@@ -267,6 +267,18 @@ def test_lr_schedules_decay_from_lr_to_zero_over_the_run():
         TrainConfig(lake_root="/x", lr_schedule="step")
 
 
+def test_auto_loss_samples_only_once_a_domain_outgrows_twice_the_negatives():
+    cfg = TrainConfig(lake_root="/x", n_negatives=100)
+    assert cfg.loss == "auto"
+    assert cfg.model_config(5000, 2, 8, largest_domain=200).loss == "softmax"
+    sampled = cfg.model_config(5000, 2, 8, largest_domain=201)
+    assert (sampled.loss, sampled.n_negatives) == ("sampled", 100)
+    assert cfg.model_config(201, 1, 8).loss == "sampled", "without domain sizes: the whole catalog"
+    assert TrainConfig(lake_root="/x", loss="softmax").model_config(10**6, 1, 8).loss == "softmax", "an explicit loss stays"
+    with pytest.raises(AssertionError, match="loss must be one of"):
+        TrainConfig(lake_root="/x", loss="bpr")
+
+
 def test_model_version_depends_on_config_and_data_not_paths():
     v = {"gold.item_index": 1, "gold.user_sequences": 3}
     a = TrainConfig(lake_root="/x", lr=1e-3)

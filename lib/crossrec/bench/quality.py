@@ -20,12 +20,16 @@ instance when one is initialised):
    trained on and predicting from that domain's events only, no score terms;
    ``--input-domains D --no-text --terms none``), at a constant learning rate with early stopping, its
    best setting (:data:`SINGLE_DOMAIN_TRAIN`);
-4. ``evaluate`` crossrec, sasrec and the classic baselines (popularity, item-KNN, Spark ALS) with the same
-   full-ranking protocol on the test split (``crossrec.evaluate.protocol``).
+4. ``evaluate`` crossrec, crossrec's Transformer alone (**crossrec-alone**: the same artifact without its score
+   terms, to show what the model and what the terms give), sasrec and the classic baselines (popularity, item-KNN,
+   Spark ALS) with the same full-ranking protocol on the test split (``crossrec.evaluate.protocol``), and compare
+   crossrec and crossrec-alone user by user with the best baseline.
 
 It writes ``DIR/quality.json`` -- ``{"records": [{"model", "domain", "segment", "metric", "k", "value", "se",
 "n_users", "model_version"}...], "wall_times_s": {model: train + evaluation seconds}, "stages_s": {step:
-seconds}, ...}``, ``se`` the value's standard error over the segment's users -- and ``DIR/quality.md`` (NDCG@10
+seconds}, ...}``, ``se`` the value's standard error over the segment's users; the paired comparisons are records ``{"model", "vs",
+"domain", "segment", "metric": "ndcg_paired_diff", "k": 10, "value", "se", "n_users"}``, ``value`` the mean per-user
+NDCG@10 difference with the best baseline ``vs`` -- and ``DIR/quality.md`` (NDCG@10
 and Recall@10 tables, crossrec's ratio to the best other model per domain and segment with both values'
 standard errors, wall times), and prints the NDCG@10 table.
 
@@ -51,6 +55,7 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 OURS = "crossrec"
+ALONE = "crossrec-alone"  # the same artifact's Transformer without its score terms
 SINGLE_DOMAIN = "sasrec"
 # each model's training schedule, unless --epochs / --crossrec-args / --sasrec-args override it. Measured on
 # Food+Kitchen (valid NDCG@10): crossrec .0319 at a constant rate (best epoch 3 of 10, early stop), .0344 with a
@@ -270,7 +275,7 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
             "train-crossrec", "train",
             [*base, *OURS_TRAIN, *epochs, "--model-root", str(models_root / OURS), *spec.crossrec_args], out, env, inline)
         ours = _latest(models_root / OURS)
-    model_flags = ["--model", f"{OURS}={ours}"]
+    model_flags = ["--model", f"{OURS}={ours}", "--model-alone", f"{ALONE}={ours}"]
     if spec.single_domain:
         train_s[SINGLE_DOMAIN] = 0.0
         for d in domains:
@@ -289,6 +294,7 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
     ev = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
     records = [{k: r.get(k) for k in ("model", "domain", "segment", "metric", "k", "value", "se", "n_users", "model_version")}
                for r in ev["records"]]
+    records += ev.get("paired", [])  # metric ndcg_paired_diff: crossrec and crossrec-alone vs the best baseline
     wall = {m: round(train_s.get(m, 0.0) + s, 1) for m, s in ev["seconds"].items()}
     result = {
         "records": records,
@@ -308,6 +314,11 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
     md = format_markdown(result)
     (out / "quality.md").write_text(md, encoding="utf-8")
     print(format_table(records))
+    pairs = [r for r in records if r["metric"] == "ndcg_paired_diff"]
+    if pairs:
+        from crossrec_jobs.evaluate import format_paired
+
+        print("paired differences (per user, with the best baseline):\n" + format_paired(pairs))
     print(f"\nwall times (train + evaluate, s): {wall}")
     print(f"wrote {out / 'quality.json'} and {out / 'quality.md'}")
     return result
@@ -345,7 +356,7 @@ def ratios(records: list[dict], metric: str = "ndcg", k: int = 10) -> list[dict]
         return None if v is None or v != v else float(v)
 
     for (domain, segment), row in p.iterrows():
-        others = row.drop(OURS).dropna()
+        others = row.drop([m for m in (OURS, ALONE) if m in row.index]).dropna()
         if others.empty or row[OURS] != row[OURS]:
             continue
         best = others.idxmax()
@@ -372,6 +383,16 @@ def format_markdown(result: dict) -> str:
                   "| domain | segment | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
         for (d, s), row in p.iterrows():
             lines.append(f"| {d} | {s} | " + " | ".join("" if v != v else f"{v:.4f}" for v in row.values) + " |")
+        lines.append("")
+    pairs = [r for r in recs if r.get("metric") == "ndcg_paired_diff"]
+    if pairs:
+        lines += ["## Paired differences with the best baseline (NDCG@10)", "",
+                  "Mean over the segment's users of (model - best baseline) and its standard error; a gain counts when "
+                  "it is above two standard errors.", "",
+                  "| model | domain | segment | vs | difference | s.e. | diff / s.e. | users |",
+                  "|---|---|---|---|---:|---:|---:|---:|"]
+        lines += [f"| {r['model']} | {r['domain']} | {r['segment']} | {r['vs']} | {r['value']:+.4f} | {r['se']:.4f} | "
+                  f"{r['value'] / r['se'] if r['se'] else float('nan'):+.1f} | {r['n_users']} |" for r in pairs]
         lines.append("")
     rs = ratios(recs)
     if rs:

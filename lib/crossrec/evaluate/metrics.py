@@ -142,7 +142,7 @@ def _candidates_masked(n_items: int, b: int, mask: np.ndarray | None) -> np.ndar
 # Metrics from ranks.
 
 
-def _per_row_metrics(ranks: np.ndarray, n_candidates: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:
+def per_row_metrics(ranks: np.ndarray, n_candidates: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:
     """Each row's value of every metric of :func:`ranking_metrics` (``auc``: the rows with two or more
     candidates only), after checking the inputs."""
     ranks = np.asarray(ranks)
@@ -178,7 +178,7 @@ def ranking_metrics(ranks: np.ndarray, n_candidates: np.ndarray, ks: Sequence[in
     target; rows with a single candidate have no AUC and are left out of its mean, NaN if all are) and
     ``n_rows``.
     """
-    rows = _per_row_metrics(ranks, n_candidates, ks)
+    rows = per_row_metrics(ranks, n_candidates, ks)
     out: dict[str, float] = {"n_rows": float(np.asarray(ranks).size)}
     out |= {key: float(v.mean()) if v.size else math.nan for key, v in rows.items()}
     return out
@@ -188,8 +188,22 @@ def ranking_metric_errors(ranks: np.ndarray, n_candidates: np.ndarray, ks: Seque
     """Standard errors of :func:`ranking_metrics`' means (same keys, without ``n_rows``): the rows' sample
     standard deviation over the square root of their number, NaN with fewer than two rows. Rows are
     independent users, so two models' means on one segment that differ by a few of these are within noise."""
-    rows = _per_row_metrics(ranks, n_candidates, ks)
+    rows = per_row_metrics(ranks, n_candidates, ks)
     return {key: float(v.std(ddof=1) / math.sqrt(v.size)) if v.size >= 2 else math.nan for key, v in rows.items()}
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of the per-row differences ``a - b`` of two models' values on the same rows.
+
+    Both models see the same users, so their values are correlated: the paired error is what decides whether one
+    model beats the other (much smaller than the two means' errors combined when they agree on most rows)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired values need equal 1-d shapes, got {a.shape} and {b.shape}")
+    if a.size == 0:
+        raise ValueError("a paired difference needs at least one row")
+    d = a - b
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)) if d.size >= 2 else math.nan
 
 
 # ----------------------------------------------------------------------------------------------------

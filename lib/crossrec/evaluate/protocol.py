@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import scipy.sparse as sp
 
-from crossrec.evaluate.metrics import evaluate_full_ranking
+from crossrec.evaluate.metrics import evaluate_full_ranking, paired_difference, per_row_metrics
 from crossrec.model.baselines import InteractionData
 
 if TYPE_CHECKING:
@@ -158,11 +158,17 @@ def load_eval_data(lake_root: str, versions: dict[str, int] | None = None, split
 ScoreFn = Callable[[DomainTest, np.ndarray], np.ndarray]  # (domain test, row positions within it) -> (b, n_d)
 
 
+PerRow = dict[tuple[str, str], np.ndarray]  # (domain, segment) -> each row's NDCG@PAIRED_K, in the segment's row order
+PAIRED_K = 10
+
+
 def evaluate(name: str, score_fn: ScoreFn, data: EvalData, ks=(10, 20), chunk_users: int = 1024,
-             domains: list[str] | None = None) -> list[dict]:
+             domains: list[str] | None = None, per_row: PerRow | None = None) -> list[dict]:
     """Metric records ``{model, domain, segment, metric, k, value, se, n_users}`` of one model, every domain
     (or those in ``domains``) and segment; ``se`` is the value's standard error over the segment's users
-    (:func:`~crossrec.evaluate.metrics.ranking_metric_errors`; None for coverage)."""
+    (:func:`~crossrec.evaluate.metrics.ranking_metric_errors`; None for coverage).
+
+    ``per_row``: filled with each row's NDCG@10 per (domain, segment), for :func:`paired_records`."""
     records = []
     for dt_ in data.tests:
         if len(dt_.rows) == 0 or (domains is not None and dt_.domain not in domains):
@@ -177,6 +183,8 @@ def evaluate(name: str, score_fn: ScoreFn, data: EvalData, ks=(10, 20), chunk_us
                 lambda rows, sel=sel: score_fn(dt_, sel[rows]), np.arange(len(sel)), dt_.target_col[sel],
                 dt_.exclude[sel], n_d, ks=ks, k_top=max(ks), chunk_users=chunk_users,
             )
+            if per_row is not None:
+                per_row[(dt_.domain, seg)] = per_row_metrics(res.ranks, res.n_candidates, [PAIRED_K])[f"ndcg@{PAIRED_K}"]
             for key, value in res.metrics.items():
                 if key == "n_rows":
                     continue
@@ -187,6 +195,30 @@ def evaluate(name: str, score_fn: ScoreFn, data: EvalData, ks=(10, 20), chunk_us
             records.append({"model": name, "domain": dt_.domain, "segment": seg, "metric": "coverage",
                             "k": max(ks), "value": float(res.coverage), "se": None, "n_users": int(len(sel))})
     return records
+
+
+def paired_records(per_row: dict[str, PerRow], models: list[str]) -> list[dict]:
+    """Each of ``models`` against the best of the other models, per (domain, segment): records ``{model, vs,
+    domain, segment, metric: "ndcg_paired_diff", k: 10, value, se, n_users}``, ``value`` the mean per-user
+    difference of NDCG@10 (``model`` minus ``vs``) and ``se`` its standard error.
+
+    ``per_row``: model name -> :func:`evaluate`'s per-row values. "Best" is the highest mean NDCG@10 among the models
+    of ``per_row`` not in ``models`` that were evaluated on the same rows; (domain, segment)s without such a
+    model get no record.
+    """
+    out = []
+    others = [m for m in per_row if m not in models]
+    for name in models:
+        for key, mine in sorted(per_row.get(name, {}).items()):
+            rivals = [(float(per_row[m][key].mean()), m) for m in others
+                      if key in per_row[m] and per_row[m][key].shape == mine.shape]
+            if not rivals:
+                continue
+            _, best = max(rivals)
+            value, se = paired_difference(mine, per_row[best][key])
+            out.append({"model": name, "vs": best, "domain": key[0], "segment": key[1], "metric": "ndcg_paired_diff",
+                        "k": PAIRED_K, "value": value, "se": se, "n_users": int(mine.size)})
+    return out
 
 
 def baseline_score_fn(model) -> ScoreFn:

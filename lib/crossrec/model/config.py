@@ -24,7 +24,7 @@ class ModelConfig:
     n_attr_values: int = 0  # attribute/category ids 1..n_attr_values (0 in item_attr = none); 0 = no attribute
     use_time_gaps: bool = True  # bucketised log time gap to the previous event
     loss: str = "softmax"  # "softmax" (full softmax over the target domain's items) | "sampled" (log-Q corrected)
-    n_negatives: int = 256  # for "sampled": negatives drawn per domain per batch, shared by that domain's targets
+    n_negatives: int = 2048  # for "sampled": negatives drawn per domain per batch, shared by that domain's targets
     text_encoder: str = "frozen"  # "frozen" (precomputed embeddings) | "finetune" (run MiniLM, train top layers)
     finetune_layers: int = 1  # "finetune": how many top transformer layers of the text model are trained
 

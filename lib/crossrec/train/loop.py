@@ -90,6 +90,7 @@ OPT_META = "optimizer.json"
 LATEST_FILE = "_latest"
 KS = (10,)
 LR_SCHEDULES = ("constant", "linear", "cosine")
+LOSSES = ("auto", "softmax", "sampled")
 POOL_BATCHES = 16  # training batches per length-sorted pool (see length_bucketed)
 
 
@@ -121,7 +122,9 @@ class TrainConfig:
             over ``epochs`` epochs, step by step (:func:`lr_at`), so ``epochs`` is then the length of the schedule,
             not only a cap; early stopping still applies.
         patience: stop when valid NDCG@10 has not improved for this many epochs.
-        max_seq_len, seed, d_model, n_layers, n_heads, dropout, loss, n_negatives, use_text, use_id_embedding,
+        loss: ``softmax`` (full, per domain), ``sampled`` (``n_negatives`` popularity-drawn negatives per domain and
+            step, log-Q corrected) or ``auto`` (default: :meth:`resolved_loss`).
+        max_seq_len, seed, d_model, n_layers, n_heads, dropout, n_negatives, use_text, use_id_embedding,
             id_dropout: model
         use_categories: give each item an attribute embedding of its (domain, category) from gold.item_index.
             (see crossrec.model.config.ModelConfig).
@@ -161,8 +164,8 @@ class TrainConfig:
     n_layers: int = 2
     n_heads: int = 2
     dropout: float = 0.1
-    loss: str = "softmax"
-    n_negatives: int = 1024
+    loss: str = "auto"
+    n_negatives: int = 2048
     use_text: bool = True
     use_id_embedding: bool = True
     id_dropout: float = 0.0
@@ -189,7 +192,7 @@ class TrainConfig:
         assert self.max_users is None or self.max_users >= 1, f"max_users must be >= 1 or None, got {self.max_users}"
         assert self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"
         assert self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
-        assert self.loss in ("softmax", "sampled"), f"loss must be 'softmax' or 'sampled', got {self.loss!r}"
+        assert self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"
         from crossrec.rerank.base import registered
 
         known = registered()
@@ -210,13 +213,25 @@ class TrainConfig:
     def models_root(self) -> str:
         return self.model_root or os.path.join(self.lake_root, "models")
 
-    def model_config(self, n_items: int, n_domains: int, text_dim: int, n_attr_values: int = 0):
+    def resolved_loss(self, largest_domain: int) -> str:
+        """``loss``, with ``auto`` resolved for a catalog whose largest domain holds ``largest_domain`` items:
+        full softmax while that domain is at most twice ``n_negatives`` (sampling would cost as much), sampled
+        softmax beyond (a step's cost then stops growing with the catalog)."""
+        if self.loss != "auto":
+            return self.loss
+        return "sampled" if largest_domain > 2 * self.n_negatives else "softmax"
+
+    def model_config(self, n_items: int, n_domains: int, text_dim: int, n_attr_values: int = 0,
+                     largest_domain: int | None = None):
+        """The model's :class:`~crossrec.model.config.ModelConfig`; ``largest_domain`` (items of the largest domain,
+        default ``n_items``) resolves ``loss='auto'``."""
         from crossrec.model.config import ModelConfig
 
         return ModelConfig(n_items=n_items, n_domains=n_domains, text_dim=text_dim, d_model=self.d_model,
                            n_layers=self.n_layers, n_heads=self.n_heads, dropout=self.dropout,
                            max_seq_len=self.max_seq_len, use_text=self.use_text,
-                           use_id_embedding=self.use_id_embedding, loss=self.loss,
+                           use_id_embedding=self.use_id_embedding,
+                           loss=self.resolved_loss(n_items if largest_domain is None else largest_domain),
                            n_negatives=self.n_negatives, id_dropout=self.id_dropout, n_attr_values=n_attr_values)
 
     def fingerprint(self, versions: Mapping[str, int]) -> str:
@@ -923,7 +938,9 @@ def train(cfg: TrainConfig) -> Path:
                                fixed=address == "local")
         text_dim = data.catalog["text_emb"].shape[1] if data.catalog["text_emb"] is not None else 384
         mcfg = cfg.model_config(len(data.catalog["item_idx"]), len(data.domains), text_dim,
-                                int(data.catalog["item_attr"].max()))
+                                int(data.catalog["item_attr"].max()),
+                                largest_domain=int(np.bincount(data.catalog["domain_idx"]).max()))
+        log.info("loss: %s%s", mcfg.loss, f" ({mcfg.n_negatives} negatives per domain and step)" if mcfg.loss == "sampled" else "")
         loop_config = {
             "model": dataclasses.asdict(mcfg),
             "catalog_ref": ray.put(data.catalog),
