@@ -276,6 +276,7 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
             [*base, *OURS_TRAIN, *epochs, "--model-root", str(models_root / OURS), *spec.crossrec_args], out, env, inline)
         ours = _latest(models_root / OURS)
     model_flags = ["--model", f"{OURS}={ours}", "--model-alone", f"{ALONE}={ours}"]
+    train_s[ALONE] = train_s[OURS]  # one training serves both
     if spec.single_domain:
         train_s[SINGLE_DOMAIN] = 0.0
         for d in domains:
