@@ -47,6 +47,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "holds more than twice --n-negatives items")
     g.add_argument("--n-negatives", type=int, default=2048, help="sampled softmax: negatives per domain and step, popularity-drawn, log-Q corrected (default 2048)")
     g.add_argument("--no-text", dest="use_text", action="store_false", help="do not use the text embeddings (id-only model)")
+    g.add_argument("--text-encoder", dest="text_encoder", choices=["auto", "frozen", "finetune"],
+                   help="frozen: the features job's text embeddings; finetune: run all-MiniLM-L6-v2 in every step and "
+                        "train its top --finetune-layers (slow on CPU); auto: finetune on GPU workers, else frozen "
+                        "(config key text_encoder; default auto)")
+    g.add_argument("--finetune-layers", type=int, default=1, help="finetune: top text-model layers trained (default 1)")
+    g.add_argument("--text-max-tokens", type=int, default=64, help="finetune: tokens of each item's text read (default 64)")
+    g.add_argument("--text-lr-scale", type=float, default=0.1,
+                   help="finetune: the text layers' learning rate as a share of --lr (default 0.1)")
     g.add_argument("--no-id-embedding", dest="use_id_embedding", action="store_false", help="text-only item representation")
     g.add_argument("--no-categories", dest="use_categories", action="store_false", help="no category embedding (default: one per (domain, category) of gold.item_index)")
     g.add_argument("--no-cold-views", dest="cold_views", action="store_false",
@@ -91,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             patience=args.patience, max_seq_len=cfg.max_seq_len, seed=cfg.seed, d_model=args.d_model,
             n_layers=args.n_layers, n_heads=args.n_heads, dropout=args.dropout, loss=args.loss, n_negatives=args.n_negatives,
             use_text=args.use_text, use_id_embedding=args.use_id_embedding, id_dropout=args.id_dropout,
+            text_encoder=cfg.text_encoder, finetune_layers=args.finetune_layers, text_max_tokens=args.text_max_tokens,
+            text_lr_scale=args.text_lr_scale,
             use_categories=args.use_categories, cold_views=args.cold_views,
             terms=None if args.terms is None else () if args.terms == "none" else tuple(n for n in args.terms.split(",") if n),
             input_domains=tuple(d for d in args.input_domains.split(",") if d) if args.input_domains else None,

@@ -148,6 +148,22 @@ def test_encoder_input_and_hash_match_python(spark, tiny):
     assert r.text_hash == text_hash(r.enc_text)
 
 
+def test_item_texts_rebuild_the_spark_encoder_input(spark):
+    """Fine-tuning rebuilds each item's encoder input from silver.items in pandas: the same string as Spark's."""
+    from crossrec.text.encoder import item_texts
+
+    rows = [("a", "Oats", "cereal", {"brand": "x", "size": "1kg"}), ("b", "Tea", None, {}),
+            ("c", "Pan", "", {"z": "1", "a": "2"}), ("d", "Mug", "cups", None)]
+    items = spark.createDataFrame(rows, "item_id string, text string, category string, attributes map<string,string>")
+    items = items.withColumn("domain", F.lit("kitchen"))
+    spark_rows = sorted((r.item_id, r.enc_text, r.text_hash) for r in FE.encoder_input(items).collect())
+    pdf = items.toPandas().sort_values("item_id")
+    ours = item_texts(pdf.text.values, pdf.category.values, pdf.attributes.values)
+    assert [t for _, t, _ in spark_rows] == ours
+    assert [h for *_, h in spark_rows] == [text_hash(t) for t in ours]
+    assert ours[:3] == ["Oats. cereal. brand: x; size: 1kg", "Tea", "Pan. . a: 2; z: 1"]
+
+
 @pytest.mark.slow
 def test_text_encoder_matches_sentence_transformers():
     from sentence_transformers import SentenceTransformer

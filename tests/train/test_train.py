@@ -522,3 +522,80 @@ def test_sample_users_keeps_whole_users_and_is_seeded():
     assert a.user_id.nunique() == 4 and a.equals(b)
     assert (a.groupby("user_id").size() == 2).all(), "a sampled user keeps all its rows"
     assert sample_users(seq, 50, seed=1) is seq
+
+
+# ------------------------------------------------------------------------------------- fine-tuned text encoder
+def _with_item_texts(lake: Path, changed: str | None = None) -> int:
+    """silver.items for the planted lake's catalog (a text per item naming its topic), and gold.item_embeddings'
+    text_hash made the hash of what the features job would have encoded; ``changed``: that item's text differs
+    from what was encoded. Returns silver.items' version."""
+    from crossrec.text.encoder import item_texts, text_hash
+
+    index = DeltaTable(str(lake / "gold" / "item_index")).to_pandas().sort_values("item_idx")
+    texts = [f"{cat} things, item {iid}" for iid, cat in zip(index.item_id, index.category)]
+    attrs = [[("shelf", "top")] if k % 2 else [] for k in range(len(index))]
+    schema = pa.schema([("domain", pa.string()), ("item_id", pa.string()), ("title", pa.string()), ("text", pa.string()),
+                        ("category", pa.string()), ("attributes", pa.map_(pa.string(), pa.string()))])
+    items = pa.Table.from_pydict({"domain": list(index.domain), "item_id": list(index.item_id), "title": texts,
+                                  "text": texts, "category": list(index.category), "attributes": attrs}, schema=schema)
+    write_deltalake(str(lake / "silver" / "items"), items, mode="overwrite")
+    encoded = item_texts(texts, list(index.category), attrs)
+    hashes = {(d, i): text_hash(t + (" (old)" if i == changed else "")) for d, i, t in zip(index.domain, index.item_id, encoded)}
+    emb = DeltaTable(str(lake / "gold" / "item_embeddings")).to_pandas()
+    emb["text_hash"] = [hashes[(d, i)] for d, i in zip(emb.domain, emb.item_id)]
+    write_gold(lake, "gold.item_embeddings", emb.to_dict("records"))
+    return DeltaTable(str(lake / "silver" / "items")).version()
+
+
+def test_fine_tuning_refuses_item_texts_that_differ_from_what_the_features_job_encoded(tmp_path):
+    from crossrec.io.config import ConfigError
+    from crossrec.train.loop import add_item_tokens, load_training_data, resolve_versions
+
+    lake = tmp_path / "lake"
+    build_planted_lake(lake, users=20)
+    _with_item_texts(lake, changed="m007")
+    cfg = TrainConfig(lake_root=str(lake), text_encoder="finetune", text_max_tokens=12)
+    data = load_training_data(cfg, resolve_versions(str(lake), None))
+    with pytest.raises(ConfigError, match=r"1 item text\(s\) in silver.items differ .* \(movies, m007\)"):
+        add_item_tokens(cfg, data)
+    version = _with_item_texts(lake)
+    data = load_training_data(cfg, resolve_versions(str(lake), None))
+    assert add_item_tokens(cfg, data) == {"silver.items": version}
+    tokens, mask = data.catalog["text_tokens"], data.catalog["text_mask"]
+    assert tokens.shape == mask.shape == (len(data.item_index), 12) and (mask.sum(1) >= 3).all()
+    assert TrainConfig(lake_root="/x").resolved_text_encoder(use_gpu=True) == "finetune"
+    assert TrainConfig(lake_root="/x").resolved_text_encoder(use_gpu=False) == "frozen"
+    assert TrainConfig(lake_root="/x", use_text=False).resolved_text_encoder(use_gpu=True) == "frozen"
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_train_job_fine_tunes_the_text_encoder_under_ray_train(ray_local, tmp_path):
+    """--text-encoder finetune on 2 DDP workers: the artifact carries the text model, only its top layer moved, and
+    it scores through the one inference path."""
+    from crossrec.evaluate.protocol import evaluate, load_eval_data, transformer_score_fn
+    from crossrec.model.artifact import load_artifact
+    from crossrec.model.encoder import _load_text_model
+    from crossrec_jobs.train import main
+
+    lake = tmp_path / "lake"
+    build_planted_lake(lake, users=60, items_per_topic=8)
+    version = _with_item_texts(lake)
+    rc = main(["--lake-root", str(lake), "--workers", "2", "--epochs", "1", "--batch-size", "32", "--d-model", "32",
+               "--n-layers", "1", "--max-seq-len", "10", "--no-gpu", "--terms", "none", "--text-encoder", "finetune",
+               "--text-max-tokens", "12", "--text-lr-scale", "1"])
+    assert rc == 0
+    folder, metrics = _artifact(lake)
+    assert metrics["text_encoder"] == "finetune" and metrics["model"]["text_encoder"] == "finetune"
+    assert metrics["text_tokens_from"] == {"silver.items": version}
+    art = load_artifact(folder)
+    text_model = art.model.item_encoder.text_model
+    pretrained = _load_text_model(None, pretrained=True)
+    layers = list(zip(text_model.encoder.layer, pretrained.encoder.layer))
+    moved = [not all(torch.equal(a, b) for a, b in zip(ours.parameters(), ref.parameters())) for ours, ref in layers]
+    assert moved == [False] * (len(layers) - 1) + [True], "only the top layer was trained"
+    data = load_eval_data(str(lake), versions=metrics["data_versions"], split="valid")
+    recs = [r for r in evaluate("finetuned", transformer_score_fn(art.model, data), data)
+            if r["metric"] == "ndcg" and r["k"] == 10 and r["segment"] == "all"]
+    for r in recs:  # the loop's validation and the evaluation read the artifact the same way
+        assert r["value"] == pytest.approx(metrics["valid"][f"valid_ndcg@10/{r['domain']}"], abs=1e-9), r

@@ -55,6 +55,9 @@ class CrossrecConfig:
         cold_start_cohort: a cohort of the data set's ``extras.user_cohorts`` file to use as that sample instead
             (every user of it; e.g. Food+Kitchen's ``test``); None (default) = the seeded sample.
         seed: seed of every sampled choice (cold-start users and their target domain, training).
+        text_encoder: how training reads item text: ``frozen`` (the features job's embeddings), ``finetune`` (the
+            text model runs in every step, its top layers trained) or ``auto`` (default: finetune on GPU workers,
+            frozen on CPU ones).
     """
 
     lake_root: str = "lakehouse"
@@ -75,6 +78,7 @@ class CrossrecConfig:
     cold_start_fraction: float = 0.5
     cold_start_cohort: str | None = None
     seed: int = 42
+    text_encoder: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("run_date", "min_event_ts", "lake_root", "raw_dir"):
@@ -94,6 +98,8 @@ class CrossrecConfig:
             raise ConfigError(f"cold_start_fraction must be in [0, 1], got {self.cold_start_fraction}")
         if not isinstance(self.cold_start_users, int) or self.cold_start_users < 0:
             raise ConfigError(f"cold_start_users must be an integer >= 0, got {self.cold_start_users!r}")
+        if self.text_encoder not in ("auto", "frozen", "finetune"):
+            raise ConfigError(f"text_encoder must be 'auto', 'frozen' or 'finetune', got {self.text_encoder!r}")
         if self.max_seq_len < 1:
             raise ConfigError(f"max_seq_len must be >= 1, got {self.max_seq_len}")
         if self.max_text_chars < 1:

@@ -72,11 +72,12 @@ class ItemFeatures:
 
     @classmethod
     def from_item_index(cls, item_idx, domain_idx, domain_item_idx, text_emb=None, item_attr=None,
-                        sample_weight=None) -> "ItemFeatures":
+                        sample_weight=None, text_tokens=None, text_mask=None) -> "ItemFeatures":
         """Lay out the rows of ``gold.item_index`` (any order) as tensors indexed by item_idx.
 
         ``item_idx``, ``domain_idx``, ``domain_item_idx``: (n_items,) ints, one per catalog row; ``text_emb``
-        (n_items, text_dim), ``item_attr`` (n_items,), ``sample_weight`` (n_items,) in the same row order.
+        (n_items, text_dim), ``item_attr`` (n_items,), ``sample_weight`` (n_items,), ``text_tokens`` and
+        ``text_mask`` (n_items, L) in the same row order.
         """
         item_idx, domain_idx, local = (torch.as_tensor(a, dtype=torch.long) for a in (item_idx, domain_idx, domain_item_idx))
         n = item_idx.numel()
@@ -102,6 +103,8 @@ class ItemFeatures:
             item_attr=torch.zeros(n + 1, dtype=torch.long) if item_attr is None else scatter(item_attr, torch.long),
             domain_items=domain_items,
             sample_weight=None if sample_weight is None else scatter(sample_weight, torch.float32),
+            text_tokens=None if text_tokens is None else scatter(text_tokens, torch.long),
+            text_mask=None if text_mask is None else scatter(text_mask, torch.long),
         )
 
 

@@ -80,6 +80,32 @@ class TextEncoder:
         return out
 
 
+def item_texts(text, category, attributes) -> list[str]:
+    """The encoder input of each item from its ``silver.items`` columns (equal sequences), built as the features job
+    builds it in Spark (:func:`crossrec.data.features.encoder_input`): text, category and the attributes sorted
+    ``key: value; ...``, joined with ". ", missing parts left out. Its :func:`text_hash` equals
+    ``gold.item_embeddings.text_hash`` of the same item (training checks it before fine-tuning on these texts)."""
+    out = []
+    for t, c, attrs in zip(text, category, attributes):
+        entries = sorted((attrs.items() if isinstance(attrs, dict) else attrs) if attrs is not None else [],
+                         key=lambda kv: (kv[0], "" if kv[1] is None else kv[1]))
+        joined = "; ".join(k if v is None else f"{k}: {v}" for k, v in entries) if attrs is not None else ""
+        out.append(". ".join(p for p in (t, c, joined or None) if p is not None))
+    return out
+
+
+def tokenize(texts: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """(len(texts), max_tokens) int64 token ids and attention mask of the packaged model's tokenizer (truncated and
+    padded to ``max_tokens``), what a fine-tuned text encoder reads (``crossrec.model.encoder.ItemFeatures``)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoTokenizer
+
+    assert max_tokens >= 2, f"max_tokens must be >= 2 (the tokenizer adds two special tokens), got {max_tokens}"
+    tok = AutoTokenizer.from_pretrained(model_path(), local_files_only=True)
+    enc = tok(list(texts), padding="max_length", truncation=True, max_length=max_tokens, return_tensors="np")
+    return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+
+
 def shared_encoder(threads: int | None = None) -> TextEncoder:
     """One encoder per process (a Spark Python worker loads the model once, then reuses it)."""
     if "default" not in _SHARED:

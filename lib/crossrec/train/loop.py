@@ -91,6 +91,7 @@ LATEST_FILE = "_latest"
 KS = (10,)
 LR_SCHEDULES = ("constant", "linear", "cosine")
 LOSSES = ("auto", "softmax", "sampled")
+TEXT_ENCODERS = ("auto", "frozen", "finetune")
 POOL_BATCHES = 16  # training batches per length-sorted pool (see length_bucketed)
 
 
@@ -126,6 +127,10 @@ class TrainConfig:
             step, log-Q corrected) or ``auto`` (default: :meth:`resolved_loss`).
         max_seq_len, seed, d_model, n_layers, n_heads, dropout, n_negatives, use_text, use_id_embedding,
             id_dropout: model
+        text_encoder: ``frozen`` (the gold.item_embeddings vectors), ``finetune`` (all-MiniLM-L6-v2 runs over the items'
+            tokens in every step, its top ``finetune_layers`` trained at ``text_lr_scale`` x the learning rate, each
+            item's text cut to ``text_max_tokens`` tokens; :func:`add_item_tokens`) or ``auto`` (default:
+            :meth:`resolved_text_encoder`).
         use_categories: give each item an attribute embedding of its (domain, category) from gold.item_index.
             (see crossrec.model.config.ModelConfig).
         cold_views: also train on cold-domain views of multi-domain histories (each domain's targets predicted
@@ -166,6 +171,10 @@ class TrainConfig:
     dropout: float = 0.1
     loss: str = "auto"
     n_negatives: int = 2048
+    text_encoder: str = "auto"
+    finetune_layers: int = 1
+    text_max_tokens: int = 64
+    text_lr_scale: float = 0.1
     use_text: bool = True
     use_id_embedding: bool = True
     id_dropout: float = 0.0
@@ -193,6 +202,10 @@ class TrainConfig:
         assert self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"
         assert self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
         assert self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"
+        assert self.text_encoder in TEXT_ENCODERS, f"text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}"
+        assert self.text_encoder != "finetune" or self.use_text, "text_encoder='finetune' needs the text (no --no-text)"
+        assert self.finetune_layers >= 1 and self.text_max_tokens >= 2 and self.text_lr_scale > 0, (
+            "finetune_layers >= 1, text_max_tokens >= 2 and text_lr_scale > 0")
         from crossrec.rerank.base import registered
 
         known = registered()
@@ -221,10 +234,19 @@ class TrainConfig:
             return self.loss
         return "sampled" if largest_domain > 2 * self.n_negatives else "softmax"
 
+    def resolved_text_encoder(self, use_gpu: bool) -> str:
+        """``text_encoder``, with ``auto`` resolved: ``finetune`` on GPU workers, ``frozen`` on CPU ones (where
+        running the text model in every step makes training many times slower); ``frozen`` without text."""
+        if not self.use_text:
+            return "frozen"
+        if self.text_encoder != "auto":
+            return self.text_encoder
+        return "finetune" if use_gpu else "frozen"
+
     def model_config(self, n_items: int, n_domains: int, text_dim: int, n_attr_values: int = 0,
-                     largest_domain: int | None = None):
+                     largest_domain: int | None = None, text_encoder: str = "frozen"):
         """The model's :class:`~crossrec.model.config.ModelConfig`; ``largest_domain`` (items of the largest domain,
-        default ``n_items``) resolves ``loss='auto'``."""
+        default ``n_items``) resolves ``loss='auto'``, ``text_encoder`` is :meth:`resolved_text_encoder`'s."""
         from crossrec.model.config import ModelConfig
 
         return ModelConfig(n_items=n_items, n_domains=n_domains, text_dim=text_dim, d_model=self.d_model,
@@ -232,7 +254,8 @@ class TrainConfig:
                            max_seq_len=self.max_seq_len, use_text=self.use_text,
                            use_id_embedding=self.use_id_embedding,
                            loss=self.resolved_loss(n_items if largest_domain is None else largest_domain),
-                           n_negatives=self.n_negatives, id_dropout=self.id_dropout, n_attr_values=n_attr_values)
+                           n_negatives=self.n_negatives, id_dropout=self.id_dropout, n_attr_values=n_attr_values,
+                           text_encoder=text_encoder, finetune_layers=self.finetune_layers)
 
     def fingerprint(self, versions: Mapping[str, int]) -> str:
         """8 hex of sha256 over what determines the model: hyper-parameters, workers (the global batch),
@@ -257,7 +280,8 @@ class TrainingData:
 
     train: Any  # pyarrow.Table: item_idx, domain_idx, event_ts (list<int64>, <= max_seq_len + 1 events)
     valid: Any  # pyarrow.Table: row_id, item_idx, event_ts (full stored history), target_item_idx
-    catalog: dict[str, np.ndarray]  # item_idx, item_attr, domain_idx, domain_item_idx, train_count, text_emb (or None)
+    catalog: dict[str, np.ndarray]  # item_idx, item_attr, domain_idx, domain_item_idx, train_count, text_emb (or None);
+    # text_tokens, text_mask when fine-tuning (add_item_tokens)
     item_index: Any  # pandas.DataFrame for item_index.parquet
     domains: list[str]
     versions: dict[str, int]
@@ -604,10 +628,50 @@ def _features(catalog: Mapping[str, np.ndarray]):
 
     # copies: arrays from the object store are read-only, torch wants writable memory
     emb = None if catalog["text_emb"] is None else np.array(catalog["text_emb"])
+    tokens = {k: np.array(catalog[k]) for k in ("text_tokens", "text_mask") if catalog.get(k) is not None}
     return ItemFeatures.from_item_index(np.array(catalog["item_idx"]), np.array(catalog["domain_idx"]),
                                         np.array(catalog["domain_item_idx"]), text_emb=emb,
                                         item_attr=np.array(catalog["item_attr"]),
-                                        sample_weight=catalog["train_count"] + 1)
+                                        sample_weight=catalog["train_count"] + 1, **tokens)
+
+
+def add_item_tokens(cfg: TrainConfig, data: TrainingData) -> dict[str, int]:
+    """Put each catalog item's text tokens in ``data.catalog`` (``text_tokens``, ``text_mask``: (n_items, L) in catalog
+    row order), for a fine-tuned text encoder; returns ``{"silver.items": version read}``.
+
+    The texts are rebuilt from ``silver.items`` as the features job builds the encoder input
+    (:func:`crossrec.text.encoder.item_texts`) and must hash to ``gold.item_embeddings.text_hash``: otherwise the two
+    tables are out of step (silver.items rewritten after the features job) and training stops naming the item.
+    """
+    from deltalake import DeltaTable
+
+    from crossrec.io.config import ConfigError
+    from crossrec.text.encoder import item_texts, text_hash, tokenize
+
+    t0 = time.time()
+    items_table = DeltaTable(_table_path(cfg.lake_root, "silver.items"))
+    items = items_table.to_pandas(columns=["domain", "item_id", "text", "category", "attributes"])
+    hashes = DeltaTable(_table_path(cfg.lake_root, "gold.item_embeddings"),
+                        version=data.versions.get("gold.item_embeddings")).to_pandas(columns=["domain", "item_id", "text_hash"])
+    index = data.item_index[["domain", "item_id"]].merge(items, on=["domain", "item_id"], how="left",
+                                                         validate="one_to_one").merge(hashes, on=["domain", "item_id"], how="left")
+    missing = index.text.isna()
+    if missing.any():
+        row = index[missing].iloc[0]
+        raise ConfigError(f"silver.items has no text for {int(missing.sum())} catalog item(s), e.g. "
+                          f"({row.domain}, {row.item_id}): rebuild the lake (crossrec prepare) before fine-tuning")
+    texts = item_texts(index.text.values, index.category.values, index.attributes.values)
+    stale = np.array([h is not None and h == h and text_hash(t) != h for t, h in zip(texts, index.text_hash.values)])
+    if stale.any():
+        row = index[stale].iloc[0]
+        raise ConfigError(f"{int(stale.sum())} item text(s) in silver.items differ from what gold.item_embeddings "
+                          f"encoded, e.g. ({row.domain}, {row.item_id}): run the features job again")
+    tokens, mask = tokenize(texts, cfg.text_max_tokens)
+    # catalog rows are in item_index order (item_idx 1..n), as data.item_index
+    data.catalog["text_tokens"], data.catalog["text_mask"] = tokens, mask
+    log.info("text tokens of %d items (%d tokens each, %.0f%% truncated) from silver.items v%d in %.1fs", len(texts),
+             cfg.text_max_tokens, 100.0 * float((mask[:, -1] == 1).mean()), items_table.version(), time.time() - t0)
+    return {"silver.items": items_table.version()}
 
 
 def _lookup(catalog: Mapping[str, np.ndarray], column: str) -> np.ndarray:
@@ -715,7 +779,12 @@ def train_loop_per_worker(config: dict) -> None:
 
     torch.manual_seed(config["seed"])  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     model = CrossDomainTransformer(ModelConfig.from_dict(config["model"]), _features(catalog)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    text = [p for n, p in model.named_parameters() if p.requires_grad and ".text_model." in f".{n}"]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and ".text_model." not in f".{n}"]
+    # a pretrained text layer moves at a fraction of the rate of the layers trained from scratch
+    groups = [{"params": rest, "lr_scale": 1.0}] + ([{"params": text, "lr_scale": config.get("text_lr_scale", 1.0)}]
+                                                   if text else [])
+    optimizer = torch.optim.AdamW(groups, lr=config["lr"], weight_decay=config["weight_decay"])
     state = {"epoch": -1, "global_step": 0, "best_metric": -math.inf, "best_epoch": -1, "bad_epochs": 0,
              "history": [], "resumes": []}
     ckpt = ray.train.get_checkpoint()
@@ -762,7 +831,7 @@ def train_loop_per_worker(config: dict) -> None:
             loss.backward()
             lr = lr_at(config["lr"], config.get("lr_schedule", "constant"), state["global_step"], total_steps)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             optimizer.step()
             loss_value = loss.item()
             loss_sum += loss_value
@@ -937,9 +1006,15 @@ def train(cfg: TrainConfig) -> Path:
         check_worker_resources(cfg.workers, use_gpu, cfg.cpus_per_worker, ray.cluster_resources(),
                                fixed=address == "local")
         text_dim = data.catalog["text_emb"].shape[1] if data.catalog["text_emb"] is not None else 384
+        text_encoder, text_source = cfg.resolved_text_encoder(use_gpu), None
+        if text_encoder == "finetune":
+            text_source = add_item_tokens(cfg, data)
         mcfg = cfg.model_config(len(data.catalog["item_idx"]), len(data.domains), text_dim,
                                 int(data.catalog["item_attr"].max()),
-                                largest_domain=int(np.bincount(data.catalog["domain_idx"]).max()))
+                                largest_domain=int(np.bincount(data.catalog["domain_idx"]).max()),
+                                text_encoder=text_encoder)
+        log.info("text encoder: %s%s", text_encoder, f" (top {cfg.finetune_layers} layer(s) trained at "
+                 f"{cfg.text_lr_scale:g} x lr, {cfg.text_max_tokens} tokens per item)" if text_encoder == "finetune" else "")
         log.info("loss: %s%s", mcfg.loss, f" ({mcfg.n_negatives} negatives per domain and step)" if mcfg.loss == "sampled" else "")
         loop_config = {
             "model": dataclasses.asdict(mcfg),
@@ -947,6 +1022,7 @@ def train(cfg: TrainConfig) -> Path:
             "domains": data.domains,
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
             "lr_schedule": cfg.lr_schedule, "patience": cfg.patience, "seed": cfg.seed, "log_every": cfg.log_every,
+            "text_lr_scale": cfg.text_lr_scale,
             "n_train_rows": data.train.num_rows,
             "torch_threads": max(1, int(cfg.cpus_per_worker)),
             "_fail_once_at_step": dataclasses.asdict(cfg.fail_once_at) if cfg.fail_once_at else None,
@@ -998,6 +1074,8 @@ def train(cfg: TrainConfig) -> Path:
         "history": history,
         "data_versions": versions,
         "text_encoders": data.encoders,
+        "text_encoder": text_encoder,
+        "text_tokens_from": text_source,
         "train_windows": data.train.num_rows,
         "wall_time_s": time.time() - t0,
         "train_time_s": train_s,
