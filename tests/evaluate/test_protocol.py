@@ -52,14 +52,15 @@ def test_load_builds_exclusions_segments_and_training_data(lake):
     assert data.versions == {"gold.item_index": 0, "gold.user_sequences": 0}
 
 
+def oracle(dt_, rows):
+    """Scores 1 for each row's target, 0 elsewhere."""
+    s = np.zeros((len(rows), dt_.exclude.shape[1]), np.float32)
+    s[np.arange(len(rows)), dt_.target_col[rows]] = 1.0
+    return s
+
+
 def test_oracle_scores_perfectly_and_popularity_is_measured(lake):
     data = load_eval_data(lake)
-
-    def oracle(dt_, rows):
-        s = np.zeros((len(rows), dt_.exclude.shape[1]), np.float32)
-        s[np.arange(len(rows)), dt_.target_col[rows]] = 1.0
-        return s
-
     recs = pd.DataFrame(evaluate("oracle", oracle, data))
     ndcg = recs[(recs.metric == "ndcg") & (recs.k == 10)]
     assert set(ndcg.segment) == {"all", "cold_start", "cold_item"}
@@ -100,12 +101,6 @@ def test_input_domains_filter_history_and_domains(lake):
 
 def test_paired_records_compare_with_the_best_other_model_user_by_user(lake):
     data = load_eval_data(lake)
-
-    def oracle(dt_, rows):
-        s = np.zeros((len(rows), dt_.exclude.shape[1]), np.float32)
-        s[np.arange(len(rows)), dt_.target_col[rows]] = 1.0
-        return s
-
     per_row: dict = {}
     evaluate("oracle", oracle, data, per_row=per_row.setdefault("oracle", {}))
     evaluate("pop", baseline_score_fn(Popularity().fit(data.train)), data, per_row=per_row.setdefault("pop", {}))

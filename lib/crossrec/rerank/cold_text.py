@@ -11,37 +11,19 @@ after ``t``).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
-
 from torch import Tensor
 
-from crossrec.rerank.base import DECAY_GRID, Catalog, ScoreTerm
+from crossrec.rerank.base import ScoreTerm
 from crossrec.rerank.sparse import recency_weights
-from crossrec.rerank.text_similarity import NO_TEXT, TEXT_WEIGHT_GRID, text_vectors
-
-if TYPE_CHECKING:
-    from crossrec.model.baselines import InteractionData
+from crossrec.rerank.text_similarity import TextTerm, text_vectors
 
 
-class ColdTextTerm(ScoreTerm):
+class ColdTextTerm(TextTerm, ScoreTerm):
     """Users new to the domain: recency-weighted text cosines to all their events (see the module docstring)."""
 
     name = "cold_text"
     applies_to = "cold"
     order = 50
-    weights = TEXT_WEIGHT_GRID
-    params = {"decay": DECAY_GRID}
-    neutral = {"decay": 1.0}
-
-    def unusable(self, catalog: Catalog) -> str | None:
-        return None if catalog.text_units is not None else NO_TEXT
-
-    def fit(self, events: "InteractionData", catalog: Catalog) -> None:
-        self.load_state_dict({}, catalog)  # the text table is the whole state: nothing to learn from events
-
-    def load_state_dict(self, state: Mapping[str, Tensor], catalog: Catalog) -> None:
-        assert catalog.text_units is not None, f"{self.name}: {NO_TEXT}"
-        super().load_state_dict(state, catalog)
 
     def features(self, item_idx: Tensor, domain: int, decay: float = 1.0) -> Tensor:
         """(B, T) histories -> (B, n_d): ``sum_t decay**a(t) * cos(e_t, e_j)`` over every history event."""

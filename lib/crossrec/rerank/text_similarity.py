@@ -39,18 +39,13 @@ def text_vectors(rows: Tensor, items: Tensor, weights: Tensor, n_rows: int, text
     return torch.sparse.mm(w, text_units)
 
 
-class TextSimilarityTerm(ScoreTerm):
-    """Warm users: recency-weighted text cosines to their history in the domain (see the module docstring)."""
+class TextTerm:
+    """What the two text terms share (mixed into a :class:`ScoreTerm`, before it): their grids, and the model's frozen
+    text table as the whole state."""
 
-    name = "text_similarity"
-    applies_to = "warm"
-    order = 20
     weights = TEXT_WEIGHT_GRID
     params = {"decay": DECAY_GRID}
     neutral = {"decay": 1.0}
-
-    def __init__(self) -> None:
-        self._tables: dict[int, Tensor] = {}
 
     def unusable(self, catalog: Catalog) -> str | None:
         return None if catalog.text_units is not None else NO_TEXT
@@ -60,6 +55,20 @@ class TextSimilarityTerm(ScoreTerm):
 
     def load_state_dict(self, state: Mapping[str, Tensor], catalog: Catalog) -> None:
         assert catalog.text_units is not None, f"{self.name}: {NO_TEXT}"
+        super().load_state_dict(state, catalog)
+
+
+class TextSimilarityTerm(TextTerm, ScoreTerm):
+    """Warm users: recency-weighted text cosines to their history in the domain (see the module docstring)."""
+
+    name = "text_similarity"
+    applies_to = "warm"
+    order = 20
+
+    def __init__(self) -> None:
+        self._tables: dict[int, Tensor] = {}
+
+    def load_state_dict(self, state: Mapping[str, Tensor], catalog: Catalog) -> None:
         super().load_state_dict(state, catalog)
         self._tables = {}
 
