@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated score terms to fit after training and add to the Transformer's scores, their "
                         "weights (and recency decays) chosen per domain on the validation split; 'none' = the Transformer "
                         "alone (default: every term registered in crossrec.rerank, one module per term)")
+    g.add_argument("--no-refit", dest="refit", action="store_false",
+                   help="keep the selected epoch's model; by default it is trained again for the selected epochs on the "
+                        "training events plus the validation targets, as the baselines learn from them")
     g.add_argument("--id-dropout", type=float, default=0.0, help="training: share of item occurrences whose id embedding is dropped, so text carries them (default 0)")
     g.add_argument("--input-domains", help="comma-separated: train on (and later predict from) these domains' events "
                    "only; with --no-text and one domain this is the single-domain SASRec-style baseline (default: all)")
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             n_layers=args.n_layers, n_heads=args.n_heads, dropout=args.dropout, loss=args.loss, n_negatives=args.n_negatives,
             use_text=args.use_text, use_id_embedding=args.use_id_embedding, id_dropout=args.id_dropout,
             text_encoder=cfg.text_encoder, finetune_layers=args.finetune_layers, text_max_tokens=args.text_max_tokens,
-            text_lr_scale=args.text_lr_scale,
+            text_lr_scale=args.text_lr_scale, refit=args.refit,
             use_categories=args.use_categories, cold_views=args.cold_views,
             terms=None if args.terms is None else () if args.terms == "none" else tuple(n for n in args.terms.split(",") if n),
             input_domains=tuple(d for d in args.input_domains.split(",") if d) if args.input_domains else None,
@@ -115,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best valid NDCG@10: {m['valid'][METRIC]:.4f} (epoch {m['best_epoch']}; Recall@10 {m['valid']['valid_recall@10']:.4f})")
         print(f"epochs run:       {m['epochs_run']} of {m['max_epochs']}{' (early stop)' if m['early_stopped'] else ''}"
               f"{'; resumed at ' + str(m['resumed_at_epochs']) if m['resumed_at_epochs'] else ''}")
+        if m.get("refit"):
+            print(f"refit:            {m['refit']['epochs']} epoch(s) on train events + valid targets "
+                  f"({m['refit']['train_windows']} windows, {m['refit']['wall_time_s']:.0f}s): the artifact's model")
         for line in report_lines(m.get("terms") or {}):
             print(line)
         print(f"throughput:       {m['samples_per_s']:.0f} samples/s over {m['workers']} {m['device']} worker(s); wall {m['wall_time_s']:.1f}s")

@@ -352,15 +352,15 @@ def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys)
     assert cooc["options"] == {"k": 200, "shrink": 10.0}
     assert all(len(r["valid_ndcg@10"]) == 1 + 7 * 4 for r in cooc["domains"].values()), "weight 0 once, others x decays"
     assert terms.terms[0].indices.numel() > 0 and terms.terms[2].indices.numel() > 0, "co-occurrence and transitions"
-    # the validation metric the run selected on is the evaluation protocol's, on the valid split, for the model alone
-    # (the terms' refit saw the valid targets)
+    # the artifact is the refit: the selected epochs again on train events + valid targets
+    assert metrics["refit"]["epochs"] == metrics["best_epoch"] + 1
+    assert metrics["refit"]["train_windows"] > metrics["train_windows"], "the valid targets add windows"
     from crossrec.evaluate.protocol import evaluate, load_eval_data, transformer_score_fn
 
     data = load_eval_data(str(lake), versions=metrics["data_versions"], split="valid")
     recs = [r for r in evaluate("crossrec", transformer_score_fn(model, data), data)
             if r["metric"] == "ndcg" and r["k"] == 10 and r["segment"] == "all"]
-    for r in recs:
-        assert r["value"] == pytest.approx(metrics["valid"][f"valid_ndcg@10/{r['domain']}"], abs=1e-9), r
+    assert np.mean([r["value"] for r in recs]) > 1.3 * facts["random_ndcg"], recs
     out = capsys.readouterr().out
     assert str(folder) in out and "ndcg@10" in out.lower()
     for name in registered():  # the fit's report, one line per term and domain
@@ -401,6 +401,7 @@ def test_worker_killed_mid_epoch_resumes_from_last_checkpoint_and_early_stopping
     assert metrics["epochs_run"] == 2 and metrics["early_stopped"], "lr=0: epoch 1 cannot beat epoch 0"
     assert metrics["best_epoch"] == 0
     assert metrics["history"][0]["valid_ndcg@10"] == pytest.approx(metrics["history"][1]["valid_ndcg@10"])
+    assert metrics["refit"]["epochs"] == 1, "the refit runs the selected epoch 0 only"
     assert (folder / "model.safetensors").is_file()
     assert (tmp_path / "models" / "_latest").read_text().strip() == folder.name
 
@@ -409,6 +410,7 @@ def test_worker_killed_mid_epoch_resumes_from_last_checkpoint_and_early_stopping
     assert again == folder
     rerun = json.loads((again / "metrics.json").read_text())
     assert rerun["history"] == metrics["history"] and rerun["model_version"] == metrics["model_version"]
+    assert rerun["refit"]["train_loss"] == metrics["refit"]["train_loss"], "the finished refit resumed, not rerun"
 
 
 def test_length_bucketed_batches_cover_each_window_once_with_little_padding():
@@ -583,7 +585,7 @@ def test_train_job_fine_tunes_the_text_encoder_under_ray_train(ray_local, tmp_pa
     version = _with_item_texts(lake)
     rc = main(["--lake-root", str(lake), "--workers", "2", "--epochs", "1", "--batch-size", "32", "--d-model", "32",
                "--n-layers", "1", "--max-seq-len", "10", "--no-gpu", "--terms", "none", "--text-encoder", "finetune",
-               "--text-max-tokens", "12", "--text-lr-scale", "1"])
+               "--text-max-tokens", "12", "--text-lr-scale", "1", "--no-refit"])
     assert rc == 0
     folder, metrics = _artifact(lake)
     assert metrics["text_encoder"] == "finetune" and metrics["model"]["text_encoder"] == "finetune"
@@ -597,5 +599,19 @@ def test_train_job_fine_tunes_the_text_encoder_under_ray_train(ray_local, tmp_pa
     data = load_eval_data(str(lake), versions=metrics["data_versions"], split="valid")
     recs = [r for r in evaluate("finetuned", transformer_score_fn(art.model, data), data)
             if r["metric"] == "ndcg" and r["k"] == 10 and r["segment"] == "all"]
-    for r in recs:  # the loop's validation and the evaluation read the artifact the same way
+    for r in recs:  # the loop's validation and the evaluation read the artifact (here the selected model) the same way
         assert r["value"] == pytest.approx(metrics["valid"][f"valid_ndcg@10/{r['domain']}"], abs=1e-9), r
+
+
+def test_extend_with_targets_merges_each_users_valid_targets_by_time():
+    import pandas as pd
+
+    from crossrec.train.loop import extend_with_targets
+
+    train = pd.DataFrame({"user_id": ["a", "b"], "item_idx": [[1, 4, 2], [3]], "event_ts": [[10, 20, 30], [5]]})
+    valid = pd.DataFrame({"user_id": ["a", "a", "c"], "target_item_idx": [5, 6, 2], "target_ts": [25, 30, 7]})
+    item_domain = np.array([0, 0, 0, 1, 1, 1, 1])
+    items, domains, times = extend_with_targets(train, valid, item_domain)
+    got = {tuple(t.tolist()): (i.tolist(), d.tolist()) for i, d, t in zip(items, domains, times)}
+    # a: target 5 between its events, target 6 after the event at the same time; b: no targets; c: targets only
+    assert got == {(10, 20, 25, 30, 30): ([1, 4, 5, 2, 6], [0, 1, 1, 0, 1]), (5,): ([3], [1]), (7,): ([2], [0])}

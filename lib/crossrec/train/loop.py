@@ -45,10 +45,16 @@ finished, just re-exports) that run instead of training again. The name does not
 checkpoint whose weights do not fit the model built now (the code changed in between) is refused with what
 differs (:func:`read_checkpoint`); remove that run folder or pass ``--storage-path`` to start afresh.
 
+Refit (``TrainConfig.refit``, default on). The baselines and the score terms learn from the validation targets
+before they are tested or score users; so does the Transformer: once the run has chosen its epoch on validation, a
+second Ray Train run (``train-<model_version>-refit``) trains from the same initialisation, with the same schedule,
+for that many epochs on the training events plus every validation target (:func:`extend_with_targets`). Its
+validation figures are of rows it learned and are not used; the score terms are chosen with the selected model.
+
 Artifact (``<model_root>/<model_version>/``, written by the driver, then ``<model_root>/_latest`` is replaced
 atomically; crossrec.model.artifact.load_artifact reads it)::
 
-    model.safetensors, config.json    the best epoch's weights
+    model.safetensors, config.json    the refit's weights (without refit: the best epoch's)
     terms.json, terms/*.safetensors   the score terms (crossrec.rerank) fitted on the validation split after training
     item_index.parquet                item_idx, domain, item_id, domain_idx, domain_item_idx
     metrics.json                      selected-on valid metrics, per-epoch history, data versions, timings, the term
@@ -131,6 +137,10 @@ class TrainConfig:
             tokens in every step, its top ``finetune_layers`` trained at ``text_lr_scale`` x the learning rate, each
             item's text cut to ``text_max_tokens`` tokens; :func:`add_item_tokens`) or ``auto`` (default:
             :meth:`resolved_text_encoder`).
+        refit: after the epoch is chosen on validation, train again from the same initialisation and schedule, for
+            that many epochs, on the training events plus every validation target (:func:`extend_with_targets`), as
+            the baselines and the score terms learn from them before test and scoring; the artifact holds that model
+            (its score terms are still chosen with the selected model, on validation rows it has not learned).
         use_categories: give each item an attribute embedding of its (domain, category) from gold.item_index.
             (see crossrec.model.config.ModelConfig).
         cold_views: also train on cold-domain views of multi-domain histories (each domain's targets predicted
@@ -175,6 +185,7 @@ class TrainConfig:
     finetune_layers: int = 1
     text_max_tokens: int = 64
     text_lr_scale: float = 0.1
+    refit: bool = True
     use_text: bool = True
     use_id_embedding: bool = True
     id_dropout: float = 0.0
@@ -287,6 +298,8 @@ class TrainingData:
     versions: dict[str, int]
     encoders: list[str] = field(default_factory=list)
     untrained_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ids in no training window
+    refit_train: Any = None  # pyarrow.Table: windows over train events + valid targets (TrainConfig.refit), or None
+    refit_untrained: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ids in no refit window
 
 
 def _table_path(lake_root: str, table: str) -> str:
@@ -436,7 +449,8 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
     domains = [d for _, d in sorted(set(zip(index.domain_idx, index.domain)))]
     assert len(domains) == index.domain_idx.nunique() == index.domain.nunique(), "domain <-> domain_idx must be one to one"
 
-    seq = read("gold.user_sequences", columns=["user_id", "split", "item_idx", "domain_idx", "event_ts", "target_item_idx"],
+    seq = read("gold.user_sequences", columns=["user_id", "split", "item_idx", "domain_idx", "event_ts", "target_item_idx",
+                                               "target_ts"],
                filters=[("split", "in", ["train", "valid"])]).to_pandas()
     splits = set(seq.split.unique())
     assert splits <= {"train", "valid"}, f"training must never read other splits, got {sorted(splits)}"
@@ -493,11 +507,44 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
     log.info("training data at versions %s: %d items in %s, %d train users -> %d windows, %d valid rows (%.1fs)",
              dict(versions), n_items, domains, len(train), windows.num_rows, len(valid), time.time() - t0)
     item_index = index[["item_idx", "domain", "item_id", "domain_idx", "domain_item_idx"]]
-    seen = np.zeros(n_items + 1, dtype=bool)
-    for col in ("item_idx", "target_item_idx"):
-        seen[pc.list_flatten(windows.column(col)).to_numpy()] = True
-    untrained = np.flatnonzero(~seen[1:]) + 1
-    return TrainingData(windows, valid_tab, catalog, item_index, domains, dict(versions), encoders, untrained)
+
+    def untrained(w) -> np.ndarray:
+        seen = np.zeros(n_items + 1, dtype=bool)
+        for col in ("item_idx", "target_item_idx"):
+            seen[pc.list_flatten(w.column(col)).to_numpy()] = True
+        return np.flatnonzero(~seen[1:]) + 1
+
+    data = TrainingData(windows, valid_tab, catalog, item_index, domains, dict(versions), encoders, untrained(windows))
+    if cfg.refit:
+        item_domain = np.zeros(n_items + 1, dtype=np.int64)
+        item_domain[index.item_idx.values] = index.domain_idx.values
+        data.refit_train = training_windows(*extend_with_targets(train, valid, item_domain), cfg.max_seq_len,
+                                            cold_views=cfg.cold_views)
+        data.refit_untrained = untrained(data.refit_train)
+        log.info("refit data: %d windows (train events + %d valid targets)", data.refit_train.num_rows, len(valid))
+    return data
+
+
+def extend_with_targets(train, valid, item_domain: np.ndarray) -> tuple[list, list, list]:
+    """Each user's training history with the user's validation targets merged in by time (pandas rows of
+    ``gold.user_sequences``: ``train`` one per user, ``valid`` one per (user, domain) with ``target_item_idx`` and
+    ``target_ts``): ``(item_idx, domain_idx, event_ts)`` lists, one entry per user, for :func:`training_windows`.
+    A target at the same time as a training event goes after it (targets are a domain's newest events)."""
+    events: dict[str, list[np.ndarray]] = {}
+    for u, it, ts in zip(train.user_id.values, train.item_idx.values, train.event_ts.values):
+        events[u] = [np.asarray(it, dtype=np.int64), np.asarray(ts, dtype=np.int64)]
+    targets = valid.groupby("user_id", sort=False).agg({"target_item_idx": list, "target_ts": list})
+    for u, it, ts in zip(targets.index, targets.target_item_idx.values, targets.target_ts.values):
+        have = events.get(u, [np.zeros(0, np.int64), np.zeros(0, np.int64)])
+        events[u] = [np.concatenate([have[0], np.asarray(it, dtype=np.int64)]),
+                     np.concatenate([have[1], np.asarray(ts, dtype=np.int64)])]
+    items, domains, times = [], [], []
+    for it, ts in events.values():
+        order = np.argsort(ts, kind="stable")  # stable: the targets, appended last, follow equal-time events
+        items.append(it[order])
+        domains.append(item_domain[it[order]])
+        times.append(ts[order])
+    return items, domains, times
 
 
 # ------------------------------------------------------------------------------------------ collate (worker)
@@ -804,9 +851,10 @@ def train_loop_per_worker(config: dict) -> None:
     bs = config["batch_size"]
     steps_per_epoch = math.ceil((config["n_train_rows"] // world) / bs)
     total_steps = steps_per_epoch * config["epochs"]  # the schedule's length (lr_at); resumes continue it by global_step
+    stop_after = config.get("stop_after") or config["epochs"]  # a refit runs the selected epochs of the schedule
 
     epoch = state["epoch"] + 1
-    while epoch < config["epochs"] and state["bad_epochs"] < config["patience"]:
+    while epoch < stop_after and state["bad_epochs"] < config["patience"]:
         model.train()
         t_epoch = last = time.perf_counter()
         loss_sum, n_steps, n_samples, window = 0.0, 0, 0, 0
@@ -897,14 +945,17 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | Path, data: TrainingData,
                    metrics: Mapping,
-                   fit_terms: Callable[["CrossDomainTransformer"], tuple["TermSet", dict]] | None = None) -> Path:
-    """``<root>/<version>/`` from the best checkpoint, then ``<root>/_latest`` -> version (both atomic renames).
+                   fit_terms: Callable[["CrossDomainTransformer"], tuple["TermSet", dict]] | None = None,
+                   select_dir: str | Path | None = None) -> Path:
+    """``<root>/<version>/`` from the checkpoint in ``best_ckpt_dir``, then ``<root>/_latest`` -> version (both atomic
+    renames).
 
-    The id embeddings of items in no training window (``data.untrained_items``) are zeroed first
-    (:meth:`~crossrec.model.transformer.CrossDomainTransformer.clear_id_embeddings`): text scores those items.
-    ``fit_terms(model) -> (TermSet, report)``: run on the loaded model before it is saved (the score terms, see
-    :func:`crossrec.rerank.fit.fit_terms`); the terms are saved with the model and the report in ``metrics.json``
-    under ``"terms"``."""
+    The id embeddings of items in no training window (``data.untrained_items``; ``data.refit_untrained`` for a refit
+    model) are zeroed first (:meth:`~crossrec.model.transformer.CrossDomainTransformer.clear_id_embeddings`): text
+    scores those items. ``fit_terms(model) -> (TermSet, report)``: the score terms (see
+    :func:`crossrec.rerank.fit.fit_terms`), chosen with the model of ``select_dir`` (the selected epoch's checkpoint,
+    when ``best_ckpt_dir`` holds a refit that learned the validation targets) or else with the saved model; the terms
+    are saved with the model and the report in ``metrics.json`` under ``"terms"``."""
     import torch
 
     from crossrec.model.artifact import load_model, save_artifact
@@ -915,13 +966,18 @@ def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | P
     tmp = root / f".{version}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model = load_model(best_ckpt_dir)  # round trip: what is written is what evaluate will load
-    cleared = model.clear_id_embeddings(torch.from_numpy(data.untrained_items))
+    untrained = data.untrained_items if select_dir is None else data.refit_untrained
+    cleared = model.clear_id_embeddings(torch.from_numpy(untrained))
     metrics = {**metrics, "untrained_items": cleared}
     if cleared:
         log.info("%d item(s) occur in no training window: id embeddings zeroed, text scores them", cleared)
     terms = None
     if fit_terms is not None:
-        terms, report = fit_terms(model)
+        chooser = model
+        if select_dir is not None:  # validation rows the refit learned would make the terms look useless
+            chooser = load_model(select_dir)
+            chooser.clear_id_embeddings(torch.from_numpy(data.untrained_items))
+        terms, report = fit_terms(chooser)
         metrics = {**metrics, "terms": report}
     save_artifact(tmp, model, terms, data.item_index, metrics)
     umask = os.umask(0)
@@ -979,12 +1035,44 @@ def ray_address(configured: str | None) -> str:
     return configured or os.environ.get("RAY_ADDRESS") or "local"
 
 
+def _ray_fit(cfg: TrainConfig, name: str, train_rows, valid_rows, loop_config: dict, use_gpu: bool):
+    """One Ray Train run of :func:`train_loop_per_worker` over ``train_rows`` (split across the workers) and
+    ``valid_rows`` (every rank reads all); its ``ray.train.Result``."""
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    n_blocks = max(2 * cfg.workers, train_rows.num_rows // 4096)
+    datasets = {"train": ray.data.from_arrow(train_rows, override_num_blocks=n_blocks),
+                "valid": ray.data.from_arrow(valid_rows, override_num_blocks=max(1, valid_rows.num_rows // 4096))}
+    scaling = ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
+                                      resources_per_worker=None if use_gpu else {"CPU": cfg.cpus_per_worker})
+    run = ray.train.RunConfig(
+        name=name,
+        storage_path=cfg.storage_root,
+        failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
+                                                     checkpoint_score_order="max"),
+    )
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config={**loop_config, "n_train_rows": train_rows.num_rows},
+        scaling_config=scaling, run_config=run, datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),  # valid: every rank reads all rows
+    )
+    log.info("Ray Train: %d worker(s), %s, run %s under %s, %d training windows", cfg.workers,
+             "GPU" if use_gpu else f"CPU ({cfg.cpus_per_worker} per worker)", name, cfg.storage_root, train_rows.num_rows)
+    return trainer.fit()
+
+
+def _history(result) -> list[dict]:
+    with result.checkpoint.as_directory() as latest_dir:
+        return json.loads((Path(latest_dir) / STATE_FILE).read_text(encoding="utf-8"))
+
+
 def train(cfg: TrainConfig) -> Path:
     """Train on the gold tables with Ray Train and write the model artifact; return its folder."""
     import ray
     import ray.data
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
     t0 = time.time()
     now = dt.datetime.now(dt.timezone.utc)
@@ -1001,6 +1089,7 @@ def train(cfg: TrainConfig) -> Path:
     if started:
         log.info("Ray: %s", "a new local instance" if address == "local" else address)
         ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    refit = None
     try:
         use_gpu = _use_gpu(cfg)
         check_worker_resources(cfg.workers, use_gpu, cfg.cpus_per_worker, ray.cluster_resources(),
@@ -1013,9 +1102,9 @@ def train(cfg: TrainConfig) -> Path:
                                 int(data.catalog["item_attr"].max()),
                                 largest_domain=int(np.bincount(data.catalog["domain_idx"]).max()),
                                 text_encoder=text_encoder)
+        log.info("loss: %s%s", mcfg.loss, f" ({mcfg.n_negatives} negatives per domain and step)" if mcfg.loss == "sampled" else "")
         log.info("text encoder: %s%s", text_encoder, f" (top {cfg.finetune_layers} layer(s) trained at "
                  f"{cfg.text_lr_scale:g} x lr, {cfg.text_max_tokens} tokens per item)" if text_encoder == "finetune" else "")
-        log.info("loss: %s%s", mcfg.loss, f" ({mcfg.n_negatives} negatives per domain and step)" if mcfg.loss == "sampled" else "")
         loop_config = {
             "model": dataclasses.asdict(mcfg),
             "catalog_ref": ray.put(data.catalog),
@@ -1023,7 +1112,6 @@ def train(cfg: TrainConfig) -> Path:
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr, "weight_decay": cfg.weight_decay,
             "lr_schedule": cfg.lr_schedule, "patience": cfg.patience, "seed": cfg.seed, "log_every": cfg.log_every,
             "text_lr_scale": cfg.text_lr_scale,
-            "n_train_rows": data.train.num_rows,
             "torch_threads": max(1, int(cfg.cpus_per_worker)),
             "_fail_once_at_step": dataclasses.asdict(cfg.fail_once_at) if cfg.fail_once_at else None,
         }
@@ -1031,34 +1119,25 @@ def train(cfg: TrainConfig) -> Path:
         # a batch job's log with cursor codes, and their driver-side renderer once hung interpreter exit (a tqdm
         # lock taken in tqdm.__del__) after a whole CI run had passed
         ray.data.DataContext.get_current().enable_progress_bars = False
-        n_blocks = max(2 * cfg.workers, data.train.num_rows // 4096)
-        datasets = {"train": ray.data.from_arrow(data.train, override_num_blocks=n_blocks),
-                    "valid": ray.data.from_arrow(data.valid, override_num_blocks=max(1, data.valid.num_rows // 4096))}
-        scaling = ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
-                                          resources_per_worker=None if use_gpu else {"CPU": cfg.cpus_per_worker})
-        run = ray.train.RunConfig(
-            name=f"train-{version}",
-            storage_path=cfg.storage_root,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
-                                                         checkpoint_score_order="max"),
-        )
-        trainer = TorchTrainer(
-            train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling, run_config=run,
-            datasets=datasets,
-            dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),  # valid: every rank reads all rows
-        )
-        log.info("Ray Train: %d worker(s), %s, run %s under %s", cfg.workers, "GPU" if use_gpu else
-                 f"CPU ({cfg.cpus_per_worker} per worker)", run.name, cfg.storage_root)
-        result = trainer.fit()
+        result = _ray_fit(cfg, f"train-{version}", data.train, data.valid, loop_config, use_gpu)
+        assert result.checkpoint is not None, "the run reported no checkpoint"
+        best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get(METRIC, -math.inf))
+        if data.refit_train is not None:
+            # the selected epochs again, same initialisation and schedule, the validation targets learned too; its
+            # validation figures are of rows it trained on: the run stops at the selected epoch, not on them
+            stop_after = int(best_metrics["epoch"]) + 1
+            log.info("refit: %d epoch(s) of the %d-epoch schedule on train events + valid targets", stop_after, cfg.epochs)
+            t_refit = time.time()
+            refit = _ray_fit(cfg, f"train-{version}-refit", data.refit_train, data.valid,
+                             {**loop_config, "stop_after": stop_after, "patience": stop_after + 1,
+                              "_fail_once_at_step": None}, use_gpu)
+            assert refit.checkpoint is not None, "the refit reported no checkpoint"
+            refit_s = time.time() - t_refit
     finally:
         if started:
             ray.shutdown()
 
-    assert result.checkpoint is not None, "the run reported no checkpoint"
-    best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get(METRIC, -math.inf))
-    with result.checkpoint.as_directory() as latest_dir:
-        state = json.loads((Path(latest_dir) / STATE_FILE).read_text(encoding="utf-8"))
+    state = _history(result)
     history = state["history"]
     train_s = sum(h["epoch_train_s"] for h in history)
     summary = {
@@ -1072,6 +1151,9 @@ def train(cfg: TrainConfig) -> Path:
         "early_stopped": bool(history[-1]["stop"]) and len(history) < cfg.epochs,
         "resumed_at_epochs": state["resumes"],
         "history": history,
+        "refit": None if refit is None else {
+            "epochs": len(_history(refit)["history"]), "train_windows": data.refit_train.num_rows,
+            "wall_time_s": refit_s, "train_loss": [h["train_loss"] for h in _history(refit)["history"]]},
         "data_versions": versions,
         "text_encoders": data.encoders,
         "text_encoder": text_encoder,
@@ -1098,9 +1180,15 @@ def train(cfg: TrainConfig) -> Path:
         return fit_terms(model, valid, cfg.terms, seed=cfg.seed, input_domains=cfg.input_domains)
 
     with best_ckpt.as_directory() as best_dir:
-        folder = write_artifact(cfg.models_root, version, best_dir, data, summary, fit if cfg.terms else None)
-    log.info("model artifact %s: %s %.4f at epoch %d of %d, %.0f samples/s, %.1fs",
+        if refit is None:
+            folder = write_artifact(cfg.models_root, version, best_dir, data, summary, fit if cfg.terms else None)
+        else:
+            with refit.checkpoint.as_directory() as refit_dir:
+                folder = write_artifact(cfg.models_root, version, refit_dir, data, summary, fit if cfg.terms else None,
+                                        select_dir=best_dir)
+    log.info("model artifact %s: %s %.4f at epoch %d of %d%s, %.0f samples/s, %.1fs",
              folder, METRIC, summary["valid"][METRIC], summary["best_epoch"], summary["epochs_run"],
+             "" if refit is None else f", refitted on the valid targets too ({summary['refit']['epochs']} epochs)",
              summary["samples_per_s"], summary["wall_time_s"])
     return folder
 
@@ -1109,5 +1197,5 @@ __all__ = [
     "TrainConfig", "FailOnce", "TrainingData", "train", "train_loop_per_worker", "load_training_data",
     "resolve_versions", "restrict_to_domains", "sample_users", "training_windows", "length_bucketed", "collate_train", "validate_shard",
     "write_checkpoint", "read_checkpoint", "flatten_optimizer_state", "unflatten_optimizer_state",
-    "write_artifact", "model_version", "lr_at", "ray_address", "METRIC", "LR_SCHEDULES",
+    "write_artifact", "model_version", "lr_at", "ray_address", "METRIC", "LR_SCHEDULES", "extend_with_targets",
 ]
