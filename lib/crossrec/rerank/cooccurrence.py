@@ -14,7 +14,7 @@ term (item-based top-N, Deshpande & Karypis 2004).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from crossrec.rerank.base import DECAY_GRID, Catalog, ScoreTerm
-from crossrec.rerank.sparse import check_item_pairs, csr_entries, decayed, distinct_history_items, sparse_rows_times
+from crossrec.rerank.sparse import ItemPairs, csr_entries, decayed, distinct_history_items, sparse_rows_times
 
 if TYPE_CHECKING:
     from crossrec.model.baselines import InteractionData
@@ -48,9 +48,10 @@ def same_domain_similarity(data: "InteractionData", k: int = 200, shrink: float 
             torch.from_numpy(csr.data.astype(np.float32)))
 
 
-class CooccurrenceTerm(ScoreTerm):
+class CooccurrenceTerm(ItemPairs, ScoreTerm):
     """Warm users: the normalised, recency-decayed item-KNN score of the domain (see the module docstring)."""
 
+    pairs_name = "co-occurrence pairs"
     name = "cooccurrence"
     applies_to = "warm"
     order = 10
@@ -68,21 +69,6 @@ class CooccurrenceTerm(ScoreTerm):
 
     def fit(self, events: "InteractionData", catalog: Catalog) -> None:
         self._set(*same_domain_similarity(events, self.k, self.shrink), catalog)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"indptr": self.indptr, "indices": self.indices, "values": self.values}
-
-    def load_state_dict(self, state: Mapping[str, Tensor], catalog: Catalog) -> None:
-        self._set(state["indptr"], state["indices"], state["values"], catalog)
-
-    def _set(self, indptr: Tensor, indices: Tensor, values: Tensor, catalog: Catalog) -> None:
-        """The CSR similarity (n_items+1, n_items+1), row ``i`` = the items of ``i``'s domain it supports."""
-        check_item_pairs(indptr, indices, values, catalog.item_domain, "co-occurrence pairs")
-        self.catalog = catalog
-        self.indptr = indptr.long().to(catalog.device)
-        self.indices = indices.int().to(catalog.device)  # int32: half the artifact size
-        self.values = values.float().to(catalog.device)
-        self._tables = {}
 
     def pairs(self, item_idx: Tensor, domain: int) -> tuple[Tensor, Tensor, Tensor]:
         """(B, T) histories -> one entry per (distinct history item i of ``domain``, neighbour j) pair: flat cell

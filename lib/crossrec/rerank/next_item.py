@@ -10,7 +10,7 @@ with ``n(i, j)`` how often ``j`` came right after ``i`` among one user's events 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from crossrec.rerank.base import Catalog, ScoreTerm
-from crossrec.rerank.sparse import check_item_pairs, csr_entries, domain_events
+from crossrec.rerank.sparse import ItemPairs, csr_entries, domain_events
 
 if TYPE_CHECKING:
     from crossrec.model.baselines import InteractionData
@@ -53,9 +53,10 @@ def latest_domain_items(item_idx: Tensor, item_domain: Tensor, domain: int) -> T
     return torch.where(last >= 0, item_idx.gather(1, last.clamp(min=0)[:, None]).squeeze(1), 0)
 
 
-class NextItemTerm(ScoreTerm):
+class NextItemTerm(ItemPairs, ScoreTerm):
     """Warm users: the followers of their latest item of the domain (see the module docstring)."""
 
+    pairs_name = "transitions"
     name = "next_item"
     applies_to = "warm"
     order = 30
@@ -66,21 +67,6 @@ class NextItemTerm(ScoreTerm):
 
     def fit(self, events: "InteractionData", catalog: Catalog) -> None:
         self._set(*next_item_transitions(events), catalog)
-
-    def state_dict(self) -> dict[str, Tensor]:
-        return {"indptr": self.indptr, "indices": self.indices, "values": self.values}
-
-    def load_state_dict(self, state: Mapping[str, Tensor], catalog: Catalog) -> None:
-        self._set(state["indptr"], state["indices"], state["values"], catalog)
-
-    def _set(self, indptr: Tensor, indices: Tensor, values: Tensor, catalog: Catalog) -> None:
-        """The CSR counts (n_items+1, n_items+1): row ``i`` = the items of ``i``'s domain that came right after it."""
-        check_item_pairs(indptr, indices, values, catalog.item_domain, "transitions")
-        self.catalog = catalog
-        self.indptr = indptr.long().to(catalog.device)
-        self.indices = indices.int().to(catalog.device)
-        self.values = values.float().to(catalog.device)
-        self._tables = {}
 
     def features(self, item_idx: Tensor, domain: int) -> Tensor:
         """(B, T) histories -> (B, n_d): ``n(i, j) / max_j' n(i, j')`` for ``i`` the row's latest item of ``domain``;

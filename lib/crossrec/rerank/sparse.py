@@ -2,8 +2,13 @@
 events of a right-padded (B, T) history that a term reads."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Mapping
+
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from crossrec.rerank.base import Catalog
 
 
 def domain_events(item_idx: Tensor, item_domain: Tensor, domain: int) -> Tensor:
@@ -73,3 +78,26 @@ def recency_weights(item_idx: Tensor, item_domain: Tensor, domain: int | None, d
 
 __all__ = ["domain_events", "csr_entries", "check_item_pairs", "sparse_rows_times", "decayed", "distinct_history_items",
            "recency_weights"]
+
+
+class ItemPairs:
+    """The state of a term that is one CSR matrix of same-domain item pairs (n_items+1, n_items+1): ``indptr``,
+    ``indices`` (int32: half the artifact size) and ``values``, on the catalog's device. Mixed into a
+    :class:`~crossrec.rerank.base.ScoreTerm`, before it; ``pairs_name`` names the pairs in errors. Setting the
+    pairs (fit or load) drops the term's cached per-domain tables (``_tables``)."""
+
+    pairs_name = "item pairs"
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"indptr": self.indptr, "indices": self.indices, "values": self.values}
+
+    def load_state_dict(self, state: Mapping[str, Tensor], catalog: "Catalog") -> None:
+        self._set(state["indptr"], state["indices"], state["values"], catalog)
+
+    def _set(self, indptr: Tensor, indices: Tensor, values: Tensor, catalog: "Catalog") -> None:
+        check_item_pairs(indptr, indices, values, catalog.item_domain, self.pairs_name)
+        self.catalog = catalog
+        self.indptr = indptr.long().to(catalog.device)
+        self.indices = indices.int().to(catalog.device)
+        self.values = values.float().to(catalog.device)
+        self._tables: dict[int, Tensor] = {}  # per-domain tables a term builds from the pairs: stale now
