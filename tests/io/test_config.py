@@ -46,7 +46,10 @@ def test_defaults_of_the_dataclass():
         "cold_start_fraction": 0.5,
         "cold_start_cohort": None,
         "seed": 42,
+        "text_encoder": "auto",
     }
+    with pytest.raises(ConfigError, match="text_encoder must be 'auto', 'frozen' or 'finetune', got 'bert'"):
+        CrossrecConfig(run_date=RUN_DATE, text_encoder="bert")
     assert cfg.reports_root == os.path.abspath("lakehouse") + "/_reports"
     assert cfg.effective_run_id("clean") == f"clean-{RUN_DATE}"
 
