@@ -151,12 +151,6 @@ def evaluate_all(cfg: CrossrecConfig, baselines: list[str], version: str | None,
     return records, {"versions": data.versions, "seconds": timings, "paired": pairs}
 
 
-def format_paired(pairs: list[dict]) -> str:
-    """One line per paired comparison: mean per-user NDCG@10 difference, its standard error and their ratio."""
-    return "\n".join(f"{p['model']} - {p['vs']} ({p['domain']}/{p['segment']}, {p['n_users']} users): NDCG@{p['k']} "
-                     f"{p['value']:+.4f} +- {p['se']:.4f} ({p['value'] / p['se'] if p['se'] else float('nan'):+.1f} s.e.)"
-                     for p in pairs)
-
 
 def format_table(records: list[dict], metric: str = "ndcg", k: int = 10) -> str:
     """NDCG@10 (by default) of every model, domain and segment, as a fixed-width table."""
@@ -208,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         baselines = [b for b in args.baselines.split(",") if b]
         spark = build_spark("crossrec-evaluate", cfg.spark_master, cfg.spark_conf)
         models = parse_models(args.model, args.model_version, args.model_alone)
+        from crossrec.evaluate.protocol import format_paired
+
         paired = None if args.paired is None else [m for m in args.paired.split(",") if m]
         records, info = evaluate_all(cfg, baselines, args.model_version, args.split, spark, models, paired)
         print(format_table(records))

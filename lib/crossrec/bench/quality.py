@@ -317,7 +317,7 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
     print(format_table(records))
     pairs = [r for r in records if r["metric"] == "ndcg_paired_diff"]
     if pairs:
-        from crossrec_jobs.evaluate import format_paired
+        from crossrec.evaluate.protocol import format_paired
 
         print("paired differences (per user, with the best baseline):\n" + format_paired(pairs))
     print(f"\nwall times (train + evaluate, s): {wall}")

@@ -221,6 +221,14 @@ def paired_records(per_row: dict[str, PerRow], models: list[str]) -> list[dict]:
     return out
 
 
+def format_paired(pairs: list[dict]) -> str:
+    """One line per :func:`paired_records` record: mean per-user NDCG@10 difference, its standard error and their
+    ratio."""
+    return "\n".join(f"{p['model']} - {p['vs']} ({p['domain']}/{p['segment']}, {p['n_users']} users): NDCG@{p['k']} "
+                     f"{p['value']:+.4f} +- {p['se']:.4f} ({p['value'] / p['se'] if p['se'] else float('nan'):+.1f} s.e.)"
+                     for p in pairs)
+
+
 def baseline_score_fn(model) -> ScoreFn:
     """Scores of a fitted :class:`~crossrec.model.baselines.Recommender` for test rows."""
     return lambda dt_, rows: model.full_sort_predict(dt_.user_row[rows], dt_.domain_idx)
