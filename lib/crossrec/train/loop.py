@@ -1064,7 +1064,8 @@ def _ray_fit(cfg: TrainConfig, name: str, train_rows, valid_rows, loop_config: d
     return trainer.fit()
 
 
-def _history(result) -> list[dict]:
+def _final_state(result) -> dict:
+    """The train state (``train_state.json``: history, resumes, ...) of a run's latest checkpoint."""
     with result.checkpoint.as_directory() as latest_dir:
         return json.loads((Path(latest_dir) / STATE_FILE).read_text(encoding="utf-8"))
 
@@ -1137,7 +1138,8 @@ def train(cfg: TrainConfig) -> Path:
         if started:
             ray.shutdown()
 
-    state = _history(result)
+    state = _final_state(result)
+    refit_history = None if refit is None else _final_state(refit)["history"]
     history = state["history"]
     train_s = sum(h["epoch_train_s"] for h in history)
     summary = {
@@ -1152,8 +1154,8 @@ def train(cfg: TrainConfig) -> Path:
         "resumed_at_epochs": state["resumes"],
         "history": history,
         "refit": None if refit is None else {
-            "epochs": len(_history(refit)["history"]), "train_windows": data.refit_train.num_rows,
-            "wall_time_s": refit_s, "train_loss": [h["train_loss"] for h in _history(refit)["history"]]},
+            "epochs": len(refit_history), "train_windows": data.refit_train.num_rows,
+            "wall_time_s": refit_s, "train_loss": [h["train_loss"] for h in refit_history]},
         "data_versions": versions,
         "text_encoders": data.encoders,
         "text_encoder": text_encoder,
