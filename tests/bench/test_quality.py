@@ -7,6 +7,7 @@ cross-domain model reads the user's other domains: it must rank the held-out ite
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -158,3 +159,35 @@ def test_a_step_runs_as_a_job_process_with_its_output_in_its_log_file(tmp_path):
     assert "--terms" in (tmp_path / "logs" / "train-help.log").read_text()
     with pytest.raises(BenchError, match=r"(?s)step 'train-bad' failed with exit code 2 .* last lines:.*unrecognized arguments: --no-such-flag"):
         _run_step("train-bad", "crossrec_jobs.train", ["--no-such-flag"], tmp_path, env)
+
+
+def test_the_seed_reaches_the_cold_start_sample_and_every_training(tmp_path, monkeypatch):
+    """``--seed`` gives a second cohort of users new to a domain: features and both trainings take it."""
+    import pandas as pd
+
+    import crossrec.bench.quality as quality
+    import crossrec.io.readers as readers
+
+    raw = tmp_path / "raw"
+    generate(str(raw), SyntheticSpec(users=20, domains=2, items_per_domain=20, seed=1))
+    calls: dict[str, list[str]] = {}
+
+    def record(name, stage, args, out, env, inline):
+        calls[name] = args
+        if name.startswith("train-sasrec"):
+            raise BenchError("stop here")
+        if name == "train-crossrec":
+            root = Path(args[args.index("--model-root") + 1])
+            root.mkdir(parents=True)
+            (root / "_latest").write_text("v1")
+        return 1.0
+
+    monkeypatch.setattr(quality, "_run_job", record)
+    monkeypatch.setattr(readers, "read_table", lambda *a, **k: pd.DataFrame({"domain": ["books", "movies"]}))
+    with pytest.raises(BenchError, match="stop here"):
+        run_quality(QualitySpec(raw_dir=str(raw), out_dir=str(tmp_path / "out"), seed=7))
+    def seed_of(args):
+        return args[args.index("--seed") + 1] if "--seed" in args else None
+
+    assert {name: seed_of(args) for name, args in calls.items()} == {
+        "ingest": None, "clean": None, "features": "7", "train-crossrec": "7", "train-sasrec-books": "7"}

@@ -84,6 +84,7 @@ class QualitySpec:
     crossrec_args: tuple[str, ...] = ()  # extra `crossrec train` flags for the cross-domain model
     crossrec_model: str | None = None  # a trained crossrec artifact (of the lake's data) to evaluate, not trained again
     sasrec_args: tuple[str, ...] = ()  # extra `crossrec train` flags for the single-domain baseline
+    seed: int | None = None  # seed of the cold-start sample and of every training; None = the jobs' default (42)
     extra_env: dict = field(default_factory=dict)
 
     @property
@@ -259,13 +260,17 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
     if spec.reuse_lake:
         _check_reused_lake(spec, raw)
     else:
+        seed = ["--seed", str(spec.seed)] if spec.seed is not None else []
         for stage in ("ingest", "clean", "features"):
-            stages[stage] = _run_job(stage, stage, [*common, *on_spark], out, env, inline)
+            stages[stage] = _run_job(stage, stage, [*common, *on_spark, *(seed if stage == "features" else [])],
+                                     out, env, inline)
 
     domains = sorted(read_table(lake, "gold.item_index", columns=["domain"]).domain.unique())
     models_root = out / "models"
     train_s: dict[str, float] = {}
     base = ["--lake-root", lake, "--workers", str(spec.workers)]
+    if spec.seed is not None:
+        base += ["--seed", str(spec.seed)]
     epochs = ["--epochs", str(spec.epochs)] if spec.epochs else []  # after the model's defaults: the last flag wins
     if spec.crossrec_model:
         ours = Path(spec.crossrec_model).resolve()
@@ -306,7 +311,7 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
         "total_s": round(time.time() - t_all, 1),
         "data": {"raw_dir": raw, "lake_root": lake, "domains": domains, "versions": ev["versions"]},
         "config": {"reuse_lake": spec.reuse_lake, "crossrec_model": str(ours) if spec.crossrec_model else None,
-                   "workers": spec.workers, "epochs": spec.epochs,
+                   "workers": spec.workers, "epochs": spec.epochs, "seed": spec.seed,
                    "crossrec_train": list(OURS_TRAIN),
                    "sasrec_train": list(SINGLE_DOMAIN_TRAIN), "baselines": list(spec.baselines),
                    "crossrec_args": list(spec.crossrec_args), "sasrec_args": list(spec.sasrec_args)},

@@ -225,6 +225,8 @@ def _bench(argv: list[str]) -> int:
     q.add_argument("--epochs", type=int, help="epochs of every training run (default: crossrec 6 with the learning rate "
                    "annealed along a cosine, sasrec at most 10 at a constant rate; both stop early on valid NDCG@10)")
     q.add_argument("--baselines", default="pop,itemknn,als", help="classic baselines to evaluate (default pop,itemknn,als)")
+    q.add_argument("--seed", type=int, help="seed of the cold-start sample (features) and of every training run "
+                   "(default: the jobs' own, 42); a second seed gives a second cohort of users new to a domain")
     q.add_argument("--no-sasrec", dest="single_domain", action="store_false", help="skip the single-domain Transformer baseline")
     q.add_argument("--crossrec-args", default="", help="extra `crossrec train` flags for the cross-domain model, one string; "
                    "one flag alone goes after '=' (--crossrec-args=--no-cold-views), else argparse takes it for a flag of its own")
@@ -320,7 +322,7 @@ def _bench(argv: list[str]) -> int:
                        workers=a.workers, epochs=a.epochs,
                        baselines=tuple(b for b in a.baselines.split(",") if b), single_domain=a.single_domain,
                        crossrec_args=tuple(shlex.split(a.crossrec_args)), sasrec_args=tuple(shlex.split(a.sasrec_args)),
-                       crossrec_model=a.crossrec_model)
+                       crossrec_model=a.crossrec_model, seed=a.seed)
     try:
         run_quality(spec)
     except BenchError as e:
