@@ -58,7 +58,7 @@ def run(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    dataset = load_dataset(cfg.raw_dir)
+    dataset = load_dataset(cfg.raw_dir, outside_root=cfg.raw_paths_outside_root)
     domains = list(dataset.domains)
     key = cfg.require_pseudonym_key()
     min_ts = dt.datetime.fromisoformat(cfg.min_event_ts)

@@ -60,7 +60,7 @@ def cohort_users(spark, cfg: CrossrecConfig):
     if not cfg.cold_start_cohort:
         return None
     try:
-        dataset = load_dataset(cfg.raw_dir)
+        dataset = load_dataset(cfg.raw_dir, outside_root=cfg.raw_paths_outside_root)
     except RawFormatError:
         log.info("no raw data set at %s: cold-start sample drawn by fraction", cfg.raw_dir)
         return None

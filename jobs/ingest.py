@@ -41,7 +41,7 @@ def run(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
 
     run_id = cfg.effective_run_id(STAGE)
     started = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    dataset = load_dataset(cfg.raw_dir)
+    dataset = load_dataset(cfg.raw_dir, outside_root=cfg.raw_paths_outside_root)
 
     seen: dict[tuple[str, str | None], set[str]] = {}
     seen_rows: dict[str, int] = {}

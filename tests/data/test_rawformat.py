@@ -134,22 +134,34 @@ def test_relative_paths_resolve_against_the_dataset_folder(tmp_path, monkeypatch
     assert ds.file_set("items", "books").files == (os.path.join(root, "books", "items.csv"),)
 
 
-def test_absolute_paths_are_kept(tmp_path):
+def test_paths_outside_the_data_set_folder_are_refused_unless_allowed(tmp_path):
     raw = write_raw(tmp_path / "raw")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (raw / "identity_map.csv").rename(elsewhere / "ids.csv")
-    spec = _spec(raw)
-    spec["identity_map"]["path"] = str(elsewhere / "ids.csv")
-    _save(raw, spec)
-    assert load_dataset(raw).file_set("identity_map").files == (str(elsewhere / "ids.csv"),)
+    (raw / "link").symlink_to(elsewhere)
+    for path in (str(elsewhere / "ids.csv"), "../elsewhere/ids.csv", "link/ids.csv", f"file://{elsewhere}/ids.csv"):
+        spec = _spec(raw)
+        spec["identity_map"]["path"] = path
+        _save(raw, spec)
+        assert f"identity_map.path: {path!r} is outside the data set's folder {raw}" in _error(raw)
+        files = load_dataset(raw, outside_root=True).file_set("identity_map").files
+        assert [os.path.realpath(f) for f in files] == [str(elsewhere / "ids.csv")]
+
+
+def test_absolute_paths_inside_the_folder_are_fine(tiny_raw):
+    spec = _spec(tiny_raw)
+    spec["identity_map"]["path"] = str(tiny_raw / "identity_map.csv")
+    _save(tiny_raw, spec)
+    assert load_dataset(tiny_raw).file_set("identity_map").files == (str(tiny_raw / "identity_map.csv"),)
 
 
 def test_remote_paths_are_not_listed(tiny_raw):
     spec = _spec(tiny_raw)
     spec["identity_map"]["path"] = "s3a://bucket/raw/identity_map.csv"
     _save(tiny_raw, spec)
-    idm = load_dataset(tiny_raw).file_set("identity_map")
+    assert "is outside the data set's folder" in _error(tiny_raw)  # another store than the local data set's
+    idm = load_dataset(tiny_raw, outside_root=True).file_set("identity_map")
     assert (idm.path, idm.files) == ("s3a://bucket/raw/identity_map.csv", ("s3a://bucket/raw/identity_map.csv",))
 
 
@@ -377,3 +389,70 @@ def test_raw_columns_are_unique_and_ordered():
     fs = FileSet(kind="items", domain="d", path="p", format="csv", columns={"item_id": "id", "title": "t"},
                  text_columns=("t", "body"), attribute_columns=("id", "brand", "body"))
     assert fs.raw_columns == ["id", "t", "body", "brand"]
+
+
+# ------------------------------------------------------------------------------------ schema of dataset.json
+@pytest.mark.parametrize("where, value, message", [
+    (("domains", "books", "items", "path"), 3, "domains.books.items.path: expected a path (a non-empty string), got 3"),
+    (("domains", "books", "items", "path"), "", "domains.books.items.path: expected a path"),
+    (("domains", "books", "items", "format"), ["csv"], "domains.books.items.format: ['csv'] is not one of"),
+    (("extras",), ["cohorts.csv"], "extras: expected an object"),
+    (("name",), 7, "name: expected a string, got 7"),
+    (("domains", "books", "interactions", "default_event_type"), " ", "default_event_type: expected a non-empty string"),
+    (("domains", "books", "interactions", "options"), {"delimiter": ";;"}, "options.delimiter: expected one character, got ';;'"),
+    (("domains", "books", "interactions", "options"), {"quote": 1}, "options.quote: expected a string, got int"),
+    (("domains", "books", "interactions", "options"), {"encoding": "utf-99"}, "options.encoding: unknown encoding 'utf-99'"),
+    (("domains", "books", "interactions", "compression"), "gzip", "domains.books.interactions: unknown key(s) ['compression']"),
+    (("domains", "books", "ratings"), {}, "domains.books: unknown key(s) ['ratings']; known ['interactions', 'items']"),
+    (("identity",), {}, "unknown key(s) ['identity']; known ['name', 'domains', 'identity_map', 'extras']"),
+])
+def test_every_key_is_checked_for_its_type_and_allowed_values(tiny_raw, where, value, message):
+    spec = _spec(tiny_raw)
+    node = spec
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = value
+    _save(tiny_raw, spec)
+    msg = _error(tiny_raw)
+    assert message in msg and str(tiny_raw / "dataset.json") in msg
+
+
+@pytest.mark.parametrize("ts, why", [
+    ("epoch_seconds", "epoch numbers are 'epoch_s' or 'epoch_ms'"),
+    ("YYYY-MM-dd", "letter(s) ['Y'] are not Spark pattern letters"),
+    ("dd/MM HH:mm", "it has no year (y)"),
+    ("yyyy-ww", "letter(s) ['w']"),
+])
+def test_a_timestamp_format_typo_is_refused_before_spark_sees_it(tiny_raw, ts, why):
+    spec = _spec(tiny_raw)
+    spec["domains"]["books"]["interactions"]["timestamp"] = ts
+    _save(tiny_raw, spec)
+    msg = _error(tiny_raw)
+    assert f"domains.books.interactions.timestamp: {ts!r} is neither one of" in msg and why in msg
+
+
+@pytest.mark.parametrize("ts", ["yyyy-MM-dd HH:mm:ss", "yyyy-MM-dd'T'HH:mm:ss.SSSXXX", "dd.MM.yyyy", "epoch_ms"])
+def test_spark_datetime_patterns_with_quoted_text_are_accepted(tiny_raw, ts):
+    spec = _spec(tiny_raw)
+    spec["domains"]["books"]["interactions"]["timestamp"] = ts
+    _save(tiny_raw, spec)
+    assert load_dataset(tiny_raw).file_set("interactions", "books").timestamp == ts
+
+
+def test_one_raw_column_mapped_to_two_canonical_columns_is_refused(tiny_raw):
+    spec = _spec(tiny_raw)
+    cols = spec["domains"]["books"]["interactions"]["columns"]
+    cols["item_id"] = cols["user_id"]
+    _save(tiny_raw, spec)
+    assert f"domains.books.interactions.columns: raw column {cols['user_id']!r} is mapped to ['user_id', 'item_id']" \
+        in _error(tiny_raw)
+
+
+def test_a_key_named_twice_is_refused(tiny_raw):
+    spec = _spec(tiny_raw)
+    books = json.dumps(spec["domains"]["books"])
+    text = json.dumps(spec).replace('"books": ' + books, f'"books": {books}, "books": {books}')
+    assert text.count('"books": {') == 2
+    (tiny_raw / "dataset.json").write_text(text, encoding="utf-8")
+    msg = _error(tiny_raw)
+    assert "key 'books' appears twice in one object" in msg and str(tiny_raw / "dataset.json") in msg

@@ -46,6 +46,7 @@ def test_defaults_of_the_dataclass():
         "cold_start_fraction": 0.5,
         "cold_start_cohort": None,
         "seed": 42,
+        "raw_paths_outside_root": False,
         "text_encoder": "auto",
     }
     with pytest.raises(ConfigError, match="text_encoder must be 'auto', 'frozen' or 'finetune', got 'bert'"):

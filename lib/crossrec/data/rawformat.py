@@ -5,10 +5,12 @@ that name the file and the key. Reading the files is the ingest stage's work (``
 """
 from __future__ import annotations
 
+import codecs
 import json
 import logging
 import os
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,14 @@ log = logging.getLogger(__name__)
 FORMATS = {"csv": (".csv", ".tsv", ".txt"), "jsonl": (".jsonl", ".json", ".ndjson"), "parquet": (".parquet",)}
 DOMAIN_RE = re.compile(r"[a-z0-9_]+")  # always used with fullmatch
 TIMESTAMP_KINDS = ("iso8601", "epoch_s", "epoch_ms")
+# Spark's datetime pattern letters; the week-based ones (Y w W u e c), which Spark refuses, are not among them
+SPARK_PATTERN_LETTERS = frozenset("GyDMLdQqEFahKkHmsSVzOXxZ")
+
+TOP_KEYS = ("name", "domains", "identity_map", "extras")
+DOMAIN_KEYS = ("interactions", "items")
+FILE_SET_KEYS = ("path", "format", "columns", "options", "timestamp", "default_event_type", "text_columns",
+                 "attribute_columns")
+CSV_OPTIONS = ("delimiter", "quote", "encoding", "escape")
 
 INTERACTION_REQUIRED = ("user_id", "item_id", "event_ts")
 INTERACTION_OPTIONAL = ("event_type", "weight")
@@ -103,14 +113,77 @@ def _list_files(path: str, fmt: str, where: str) -> tuple[str, ...]:
     return tuple(str(f) for f in files)
 
 
-def _file_set(kind: str, domain: str | None, spec: Any, root: str, where: str) -> FileSet:
+def _check_keys(spec: dict, allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(spec) - set(allowed))
+    if unknown:
+        raise RawFormatError(f"{where}: unknown key(s) {unknown}; known {list(allowed)}")
+
+
+def _check_timestamp(ts: Any, where: str) -> None:
+    """One of :data:`TIMESTAMP_KINDS` or a Spark datetime pattern with a year (quoted text allowed)."""
+    if ts in TIMESTAMP_KINDS:
+        return
+    if not isinstance(ts, str) or not ts:
+        raise RawFormatError(f"{where}: expected one of {TIMESTAMP_KINDS} or a Spark datetime pattern")
+    letters = set(re.sub(r"'[^']*'", "", ts)) & set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    bad = sorted(letters - SPARK_PATTERN_LETTERS)
+    if bad or "y" not in letters:
+        why = f"letter(s) {bad} are not Spark pattern letters" if bad else "it has no year (y)"
+        hint = "; epoch numbers are 'epoch_s' or 'epoch_ms'" if "epoch" in ts.lower() else ""
+        raise RawFormatError(f"{where}: {ts!r} is neither one of {TIMESTAMP_KINDS} nor a Spark datetime pattern such "
+                             f"as 'yyyy-MM-dd HH:mm:ss' ({why}){hint}")
+
+
+def _check_options(options: Any, where: str) -> dict[str, str]:
+    if not isinstance(options, dict):
+        raise RawFormatError(f"{where}: expected an object such as {{\"delimiter\": \";\"}}")
+    bad_opts = set(options) - set(CSV_OPTIONS)
+    if bad_opts:
+        raise RawFormatError(f"{where}: unknown option(s) {sorted(bad_opts)}")
+    for name, value in options.items():
+        if not isinstance(value, str):
+            raise RawFormatError(f"{where}.{name}: expected a string, got {type(value).__name__}")
+        if name != "encoding" and len(value) != 1:
+            raise RawFormatError(f"{where}.{name}: expected one character, got {value!r}")
+    if "encoding" in options:
+        try:
+            codecs.lookup(options["encoding"])
+        except LookupError:
+            raise RawFormatError(f"{where}.encoding: unknown encoding {options['encoding']!r} (e.g. utf-8, latin-1, "
+                                 "utf-16)") from None
+    return dict(options)
+
+
+def _resolve_path(path: Any, root: str, where: str, outside_root: bool) -> str:
+    """The file set's path made absolute against ``root``; outside ``root`` only when ``outside_root``."""
+    if not isinstance(path, str) or not path:
+        raise RawFormatError(f"{where}: expected a path (a non-empty string), got {path!r}")
+    full = path if ("://" in path or os.path.isabs(path)) else os.path.join(root, path)
+    if _is_local(full):
+        full = os.path.abspath(_local(full))  # the JVM's working folder may differ from Python's
+    if outside_root:
+        return full
+    if _is_local(full) and _is_local(root):
+        base = os.path.realpath(_local(root))
+        inside = os.path.commonpath([base, os.path.realpath(full)]) == base
+    else:
+        inside = not _is_local(full) and not _is_local(root) and ".." not in full.split("/") and \
+            full.startswith(root.rstrip("/") + "/")
+    if not inside:
+        raise RawFormatError(f"{where}: {path!r} is outside the data set's folder {root}; move the files into it, "
+                             "or set raw_paths_outside_root = true in the crossrec config to read them there")
+    return full
+
+
+def _file_set(kind: str, domain: str | None, spec: Any, root: str, where: str, outside_root: bool) -> FileSet:
     if not isinstance(spec, dict):
         raise RawFormatError(f"{where}: expected an object, got {type(spec).__name__}")
     for key in ("path", "format", "columns"):
         if key not in spec:
             raise RawFormatError(f"{where}: missing key {key!r}")
+    _check_keys(spec, FILE_SET_KEYS, where)
     fmt = spec["format"]
-    if fmt not in FORMATS:
+    if not isinstance(fmt, str) or fmt not in FORMATS:
         raise RawFormatError(f"{where}.format: {fmt!r} is not one of {sorted(FORMATS)}")
     cols = spec["columns"]
     if not isinstance(cols, dict) or not all(isinstance(v, str) and v for v in cols.values()):
@@ -126,9 +199,16 @@ def _file_set(kind: str, domain: str | None, spec: Any, root: str, where: str) -
     unknown = [c for c in cols if c not in required + optional]
     if unknown:
         raise RawFormatError(f"{where}.columns: unknown canonical column(s) {unknown}; known {list(required + optional)}")
+    twice = {raw: [c for c, r in cols.items() if r == raw] for raw, n in Counter(cols.values()).items() if n > 1}
+    if twice:
+        raw, canon = next(iter(twice.items()))
+        raise RawFormatError(f"{where}.columns: raw column {raw!r} is mapped to {canon}; each canonical column needs "
+                             "its own raw column")
     ts = spec.get("timestamp", "iso8601")
-    if not isinstance(ts, str) or not ts:
-        raise RawFormatError(f"{where}.timestamp: expected one of {TIMESTAMP_KINDS} or a Spark datetime pattern")
+    _check_timestamp(ts, f"{where}.timestamp")
+    event_type = spec.get("default_event_type", "interaction")
+    if not isinstance(event_type, str) or not event_type.strip():
+        raise RawFormatError(f"{where}.default_event_type: expected a non-empty string, got {event_type!r}")
     text_cols = spec.get("text_columns")
     if text_cols is None:
         text_cols = [cols["title"]] if kind == "items" and "title" in cols else []
@@ -136,16 +216,8 @@ def _file_set(kind: str, domain: str | None, spec: Any, root: str, where: str) -
     for name, value in (("text_columns", text_cols), ("attribute_columns", attr_cols)):
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise RawFormatError(f"{where}.{name}: expected a list of raw column names")
-    if not isinstance(spec.get("options", {}), dict):
-        raise RawFormatError(f"{where}.options: expected an object such as {{\"delimiter\": \";\"}}")
-    options = {str(k): str(v) for k, v in spec.get("options", {}).items()}
-    bad_opts = set(options) - {"delimiter", "quote", "encoding", "escape"}
-    if bad_opts:
-        raise RawFormatError(f"{where}.options: unknown option(s) {sorted(bad_opts)}")
-    path = spec["path"]
-    full = path if ("://" in path or os.path.isabs(path)) else os.path.join(root, path)
-    if _is_local(full):
-        full = os.path.abspath(_local(full))  # the JVM's working folder may differ from Python's
+    options = _check_options(spec.get("options", {}), f"{where}.options")
+    full = _resolve_path(spec["path"], root, f"{where}.path", outside_root)
     return FileSet(
         kind=kind,
         domain=domain,
@@ -154,19 +226,35 @@ def _file_set(kind: str, domain: str | None, spec: Any, root: str, where: str) -
         columns=dict(cols),
         options=options,
         timestamp=ts,
-        default_event_type=str(spec.get("default_event_type", "interaction")),
+        default_event_type=event_type,
         text_columns=tuple(text_cols),
         attribute_columns=tuple(attr_cols),
         files=_list_files(full, fmt, where),
     )
 
 
-def load_dataset(raw_dir: str | os.PathLike) -> Dataset:
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """``json.load`` hook: an object that names a key twice is an error (JSON would keep the last silently)."""
+    seen = Counter(k for k, _ in pairs)
+    twice = sorted(k for k, n in seen.items() if n > 1)
+    if twice:
+        raise RawFormatError(f"key {twice[0]!r} appears twice in one object (with keys {sorted(seen)})")
+    return dict(pairs)
+
+
+def load_dataset(raw_dir: str | os.PathLike, *, outside_root: bool = False) -> Dataset:
     """Parse ``<raw_dir>/dataset.json`` and list every file set's files.
 
+    Args:
+        raw_dir: the data set's folder.
+        outside_root: accept file set paths outside ``raw_dir`` (absolute, ``../``, another store); by default
+            a data set reads only its own folder (config ``raw_paths_outside_root``).
+
     Raises:
-        RawFormatError: the mapping is malformed, a path is missing, a domain name is invalid, or a folder
-            holds data of a domain that ``dataset.json`` does not list (nothing is skipped silently).
+        RawFormatError: the mapping is malformed (a wrong type, an unknown or duplicate key, a value out of its
+            allowed set), a path is missing or outside the folder, a domain name is invalid, or a folder holds
+            data of a domain that ``dataset.json`` does not list (nothing is skipped silently). The message
+            names the file and the key path.
     """
     raw_dir = str(raw_dir)
     cfg_path = os.path.join(_local(raw_dir), "dataset.json")
@@ -174,27 +262,36 @@ def load_dataset(raw_dir: str | os.PathLike) -> Dataset:
         raise RawFormatError(f"{cfg_path}: not found (a raw data set is a folder with a dataset.json; see README)")
     try:
         with open(cfg_path, encoding="utf-8") as fh:
-            spec = json.load(fh)
+            spec = json.load(fh, object_pairs_hook=_no_duplicate_keys)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RawFormatError(f"{cfg_path}: not valid JSON ({e})") from e
+    except RawFormatError as e:
+        raise RawFormatError(f"{cfg_path}: {e}") from None
     if not isinstance(spec, dict):
         raise RawFormatError(f"{cfg_path}: the top level must be a JSON object with 'domains'")
     domains = spec.get("domains")
     if not isinstance(domains, dict) or not domains:
         raise RawFormatError(f"{cfg_path}: 'domains' must be a non-empty object")
+    _check_keys(spec, TOP_KEYS, cfg_path)
+    if not isinstance(spec.get("name", ""), str):
+        raise RawFormatError(f"{cfg_path}: name: expected a string, got {spec['name']!r}")
+    if not isinstance(spec.get("extras", {}), dict):
+        raise RawFormatError(f"{cfg_path}: extras: expected an object such as {{\"user_cohorts\": \"cohorts.csv\"}}")
     file_sets: list[FileSet] = []
     for d, dspec in domains.items():
         if not DOMAIN_RE.fullmatch(d):
             raise RawFormatError(f"{cfg_path}: domain name {d!r} must match [a-z0-9_]+")
         if not isinstance(dspec, dict) or "interactions" not in dspec or "items" not in dspec:
             raise RawFormatError(f"{cfg_path}: domains.{d} needs 'interactions' and 'items'")
+        _check_keys(dspec, DOMAIN_KEYS, f"{cfg_path}: domains.{d}")
         for kind in ("interactions", "items"):
-            file_sets.append(_file_set(kind, d, dspec[kind], raw_dir, f"{cfg_path}: domains.{d}.{kind}"))
+            file_sets.append(_file_set(kind, d, dspec[kind], raw_dir, f"{cfg_path}: domains.{d}.{kind}", outside_root))
     if spec.get("identity_map"):
-        file_sets.append(_file_set("identity_map", None, spec["identity_map"], raw_dir, f"{cfg_path}: identity_map"))
+        file_sets.append(_file_set("identity_map", None, spec["identity_map"], raw_dir, f"{cfg_path}: identity_map",
+                                   outside_root))
     _check_unlisted_domains(raw_dir, set(domains), file_sets, cfg_path)
     ds = Dataset(
-        name=str(spec.get("name", os.path.basename(os.path.abspath(raw_dir)))),
+        name=spec.get("name") or os.path.basename(os.path.abspath(raw_dir)),
         root=raw_dir,
         domains=tuple(domains),
         file_sets=tuple(file_sets),

@@ -55,6 +55,8 @@ class CrossrecConfig:
         cold_start_cohort: a cohort of the data set's ``extras.user_cohorts`` file to use as that sample instead
             (every user of it; e.g. Food+Kitchen's ``test``); None (default) = the seeded sample.
         seed: seed of every sampled choice (cold-start users and their target domain, training).
+        raw_paths_outside_root: accept ``dataset.json`` file set paths outside ``raw_dir`` (absolute, ``../``, another
+            store); off by default, so a data set reads only its own folder.
         text_encoder: how training reads item text: ``frozen`` (the features job's embeddings), ``finetune`` (the
             text model runs in every step, its top layers trained) or ``auto`` (default: finetune on GPU workers,
             frozen on CPU ones).
@@ -78,6 +80,7 @@ class CrossrecConfig:
     cold_start_fraction: float = 0.5
     cold_start_cohort: str | None = None
     seed: int = 42
+    raw_paths_outside_root: bool = False
     text_encoder: str = "auto"
 
     def __post_init__(self) -> None:
