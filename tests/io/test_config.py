@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import dataclasses
+import re
 import datetime as dt
 import tempfile
 from collections.abc import Mapping
@@ -347,15 +348,35 @@ def test_no_key_configured_names_the_env_variable():
     assert "--pseudonym-key-file" in msg
 
 
-def test_masked_hides_the_key_only():
-    cfg = CrossrecConfig(run_date=RUN_DATE, pseudonym_key=TEST_KEY, pseudonym_key_file="/secrets/k", lake_root="s3a://b/l")
+def test_masked_hides_every_secret_named_value_at_any_depth():
+    conf = {"spark.hadoop.fs.s3a.secret.key": "S3SECRET", "spark.hadoop.fs.azure.account.key.x": "AZKEY",
+            "spark.custom.password": "PW", "spark.auth.token": "TOK", "spark.sql.shuffle.partitions": "8"}
+    cfg = CrossrecConfig(run_date=RUN_DATE, pseudonym_key=TEST_KEY, pseudonym_key_file="/secrets/k", lake_root="s3a://b/l",
+                         spark_conf=conf)
     m = cfg.masked()
-    assert m["pseudonym_key"] == "***"
-    assert TEST_KEY not in repr(m)
-    assert {k: v for k, v in m.items() if k != "pseudonym_key"} == {
-        k: v for k, v in dataclasses.asdict(cfg).items() if k != "pseudonym_key"
+    assert m["pseudonym_key"] == "***" and m["pseudonym_key_file"] == "/secrets/k"  # a path, documented as no secret
+    assert m["spark_conf"] == {**{k: "***" for k in conf}, "spark.sql.shuffle.partitions": "8"}
+    for text in (repr(m), repr(cfg), str(cfg)):
+        assert not {TEST_KEY, "S3SECRET", "AZKEY", "PW", "TOK"} & set(re.findall(r"[A-Za-z0-9_-]+", text)), text
+    assert {k: v for k, v in m.items() if k not in ("pseudonym_key", "spark_conf")} == {
+        k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("pseudonym_key", "spark_conf")
     }
-    assert cfg.pseudonym_key == TEST_KEY  # masking does not touch the config
+    assert cfg.pseudonym_key == TEST_KEY and cfg.spark_conf == conf  # masking does not touch the config
+
+
+@pytest.mark.parametrize("name, secret", [("pseudonym_key", True), ("pseudonym_key_file", False),
+                                          ("fs.s3a.access.key", True), ("api_token", True), ("DB_PASSWORD", True),
+                                          ("spark.executor.memory", False), ("lake_root", False)])
+def test_secrets_are_found_by_rule_not_by_a_list(name, secret):
+    from crossrec.io.config import is_secret
+
+    assert is_secret(name) is secret
+
+
+def test_a_malformed_spark_conf_error_does_not_echo_its_value():
+    with pytest.raises(ConfigError) as e:
+        resolve_config(environ={"CROSSREC_RUN_DATE": RUN_DATE, "CROSSREC_SPARK_CONF": "fs.s3a.secret.key:HUNTER2"})
+    assert "spark_conf must look like" in str(e.value) and "HUNTER2" not in str(e.value)
 
 
 def test_masked_without_key_leaves_none():

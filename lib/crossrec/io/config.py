@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import logging
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,7 +20,26 @@ from typing import Any, Mapping
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "CROSSREC_"
-SECRET_FIELDS = ("pseudonym_key",)
+# a setting is secret when its name says so (any key, at any depth: spark_conf's fs.s3a.secret.key, a token, ...)
+SECRET_NAME = re.compile(r"secret|password|passwd|token|credential|private|key", re.IGNORECASE)
+NOT_SECRET = frozenset({"pseudonym_key_file"})  # names that match but hold no secret (a path)
+MASK = "***"
+
+
+def is_secret(name: str) -> bool:
+    """Whether a setting's value is masked in logs, ``repr``, reports and errors (by its name, not a list)."""
+    return name not in NOT_SECRET and SECRET_NAME.search(name) is not None
+
+
+def mask_secrets(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``values`` with every secret-named value (:func:`is_secret`, nested mappings too) masked."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if isinstance(v, Mapping):
+            out[k] = mask_secrets(v)
+        else:
+            out[k] = MASK if v not in (None, "") and is_secret(str(k)) else v
+    return out
 
 
 class ConfigError(ValueError):
@@ -153,12 +173,11 @@ class CrossrecConfig:
         )
 
     def masked(self) -> dict[str, Any]:
-        """The config as a dict with secrets masked, for logs."""
-        d = dataclasses.asdict(self)
-        for k in SECRET_FIELDS:
-            if d.get(k):
-                d[k] = "***"
-        return d
+        """The config as a dict with every secret-named value masked (:func:`mask_secrets`), for logs."""
+        return mask_secrets(dataclasses.asdict(self))
+
+    def __repr__(self) -> str:  # the dataclass repr would print the key and spark_conf's secrets
+        return f"CrossrecConfig({', '.join(f'{k}={v!r}' for k, v in self.masked().items())})"
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -169,7 +188,8 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "spark_conf":
         pairs = [p for p in value.split(",") if p.strip()]
         if not all("=" in p for p in pairs):
-            raise ConfigError(f"spark_conf must look like 'key=value,key2=value2', got {value!r}")
+            raise ConfigError("spark_conf must look like 'key=value,key2=value2' (the value is not shown: it may hold "
+                              "a secret)")
         return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
     if f.type in ("bool",):
         if value.lower() in ("1", "true", "yes", "on"):
