@@ -21,6 +21,7 @@ from functools import reduce
 
 from crossrec.cli.common import add_common_args, run_job
 from crossrec.data import clean as C
+from crossrec.data.pseudonym import check_lake_key, record_lake_key
 from crossrec.data.rawformat import RawFormatError, load_dataset
 from crossrec.io.accounting import AccountingRow, check_balanced, format_accounting, write_accounting
 from crossrec.io.config import CrossrecConfig
@@ -61,6 +62,7 @@ def run(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
     dataset = load_dataset(cfg.raw_dir, outside_root=cfg.raw_paths_outside_root)
     domains = list(dataset.domains)
     key = cfg.require_pseudonym_key()
+    new_key = check_lake_key(spark, cfg.table_path("silver.interactions"), key)  # never mix two keys' pseudonyms
     min_ts = dt.datetime.fromisoformat(cfg.min_event_ts)
     max_ts = dt.datetime.fromisoformat(cfg.run_date) + dt.timedelta(days=1)
 
@@ -145,6 +147,8 @@ def run(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
                 references={"silver.items": silver_items},
                 version=version,
             )
+    if new_key:
+        record_lake_key(spark, cfg.table_path("silver.interactions"), key)
     for frame in (inter, items, ids, placeholders):
         if frame is not None:
             frame.unpersist()

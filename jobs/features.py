@@ -55,7 +55,7 @@ def cohort_users(spark, cfg: CrossrecConfig):
     """Pseudonymised ids of the configured cohort, or None when the data set has no cohort file."""
     from pyspark.sql import functions as F
 
-    from crossrec.data.clean import hmac_sha256_hex
+    from crossrec.data.pseudonym import pseudonym_column
 
     if not cfg.cold_start_cohort:
         return None
@@ -75,7 +75,7 @@ def cohort_users(spark, cfg: CrossrecConfig):
     log.info("cold-start sample: %d users of cohort %r (%s)", len(ids), cfg.cold_start_cohort, path)
     raw = spark.createDataFrame([(i,) for i in ids], "raw_id string")
     # the same keyed hash as clean: the identity map is not applied (cohort files name global ids)
-    return raw.select(hmac_sha256_hex(cfg.require_pseudonym_key(), F.col("raw_id")).alias("user_id"))
+    return raw.select(pseudonym_column(cfg.require_pseudonym_key(), F.col("raw_id")).alias("user_id"))
 
 
 def run(cfg: CrossrecConfig, spark) -> list[AccountingRow]:

@@ -153,6 +153,20 @@ def test_users_are_pseudonymised_and_joined_across_domains(runs):
     assert inter.user_id.str.fullmatch(r"[0-9a-f]{64}").all()
 
 
+def test_clean_with_another_key_refuses_to_mix_pseudonyms(runs, tmp_path, capsys):
+    from crossrec.data.pseudonym import FINGERPRINT_PROPERTY, fingerprint
+
+    path = str(runs["lake"] / "silver" / "interactions")
+    assert DeltaTable(path).metadata().configuration[FINGERPRINT_PROPERTY] == fingerprint(TEST_KEY.encode())
+    before = DeltaTable(path).version()
+    other = tmp_path / "other.key"
+    other.write_text("another-key-another-key-0123")
+    assert clean_job.main(job_args(runs["raw"], runs["lake"], other)) == 2
+    err = capsys.readouterr().err
+    assert "holds pseudonyms made with another key" in err and "another-key" not in err
+    assert DeltaTable(path).version() == before, "nothing was written"
+
+
 def test_items_truncated_and_bad_bytes_kept(runs):
     items = read_table(str(runs["lake"]), "silver.items").set_index("item_id")
     assert len(items.loc["b2", "text"]) == 10_000

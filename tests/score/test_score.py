@@ -177,6 +177,11 @@ def test_readers_and_cli_answer_without_spark(lake, capsys):
     assert main(["recs", "no-such-user", "--pseudonymized", "--lake-root", lk]) == 2
     # raw ids are hashed with the lake's key, as clean does
     assert pseudonymize("u1", TEST_KEY.encode()) == __import__("hmac").new(TEST_KEY.encode(), b"u1", "sha256").hexdigest()
+    assert pseudonymize("u1", TEST_KEY.encode(), lk) == pseudonymize("u1", TEST_KEY.encode())  # the lake's key
+    from crossrec.data.pseudonym import KeyMismatchError
+
+    with pytest.raises(KeyMismatchError, match="another key"):  # an id of another key would match nobody
+        pseudonymize("u1", b"another-key-another-key", lk)
 
     items = read_table(lk, "silver.items", columns=["domain", "item_id", "title"])
     probe = items[items.domain == d1].iloc[3]

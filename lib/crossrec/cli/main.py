@@ -156,13 +156,14 @@ def _recs(argv: list[str]) -> int:
     a = p.parse_args(argv)
     setup_logging()
     try:
-        uid = a.user if a.pseudonymized else pseudonymize(a.user, _lake_key(a))
+        uid = a.user if a.pseudonymized else pseudonymize(a.user, _lake_key(a), a.lake_root)
         df = read_recommendations(a.lake_root, user_id=uid, domain=a.domain, run_date=a.run_date)
     except (LookupError, ConfigError) as e:
         log.error("recs: %s", e)
         return EXIT_BAD_INPUT
     if df.empty:
-        log.error("recs: no recommendations for user %r%s in this run", a.user, f" in {a.domain}" if a.domain else "")
+        shown = f"{uid[:12]}..." if not a.pseudonymized else uid  # a raw id is not repeated into logs
+        log.error("recs: no recommendations for user %s%s in this run", shown, f" in {a.domain}" if a.domain else "")
         return EXIT_BAD_INPUT
     keys = list(zip(df.domain, df.item_id)) + [tuple(r.split(":", 1)) for r in df.reason if ":" in r]
     titles = item_titles(a.lake_root, keys)

@@ -12,11 +12,12 @@ Quarantine reasons (first that applies):
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from typing import Mapping
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+
+from crossrec.data.pseudonym import pseudonym_column
 
 DEFAULT_USER_COL = "user_id"
 DEFAULT_ITEM_COL = "item_id"
@@ -84,21 +85,6 @@ def parse_timestamp(col_name: str, fmt: str) -> Column:
         return F.expr(f"try_to_timestamp(`{col_name}`)")
     pattern = fmt.replace("\\", "\\\\").replace("'", "\\'")
     return F.expr(f"try_to_timestamp(`{col_name}`, '{pattern}')")
-
-
-def hmac_sha256_hex(key: bytes, c: Column) -> Column:
-    """HMAC-SHA256 of a string column's UTF-8 bytes, as 64 lower-case hex chars (RFC 2104, in Spark SQL).
-
-    Equal to ``hmac.new(key, value.encode(), hashlib.sha256).hexdigest()``.
-    """
-    block = 64
-    if len(key) > block:
-        key = hashlib.sha256(key).digest()
-    key = key.ljust(block, b"\0")
-    ipad = bytes(b ^ 0x36 for b in key)
-    opad = bytes(b ^ 0x5C for b in key)
-    inner = F.unhex(F.sha2(F.concat(F.lit(ipad), F.encode(c, "UTF-8")), 256))
-    return F.sha2(F.concat(F.lit(opad), inner), 256)
 
 
 def _first_reason(checks: list[tuple[Column, str, Column]]) -> tuple[Column, Column]:
@@ -247,8 +233,9 @@ def apply_identity(interactions: DataFrame, identity: DataFrame | None) -> DataF
 
 
 def pseudonymize(df: DataFrame, key: bytes, source_col: str = "global_user_id", col_user: str = DEFAULT_USER_COL) -> DataFrame:
-    """Replace ``source_col`` by its keyed hash in ``col_user`` (the raw id does not survive)."""
-    return df.withColumn(col_user, hmac_sha256_hex(key, F.col(source_col))).drop(source_col)
+    """Replace ``source_col`` by its keyed hash in ``col_user`` (the raw id does not survive; the key stays out of
+    the plan: :mod:`crossrec.data.pseudonym`)."""
+    return df.withColumn(col_user, pseudonym_column(key, F.col(source_col))).drop(source_col)
 
 
 def catalog_keys(items: DataFrame, col_item: str = DEFAULT_ITEM_COL) -> DataFrame:

@@ -42,6 +42,27 @@ def last_operation_metrics(spark, path: str) -> dict[str, str]:
     return dict(row[0] or {})
 
 
+def quote_path(path: str) -> str:
+    """``delta.`<path>``` for SQL, with backticks in the path escaped."""
+    return "delta.`" + path.replace("`", "``") + "`"
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal of ``value`` (quotes and backslashes escaped): values never become SQL."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def table_properties(spark, path: str) -> dict[str, str]:
+    """The table properties (``TBLPROPERTIES``) of the Delta table at ``path``."""
+    return {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES {quote_path(path)}").collect()}
+
+
+def set_table_properties(spark, path: str, props: dict[str, str]) -> None:
+    """Set table properties in one commit; keys and values are escaped, never spliced into the SQL."""
+    sets = ", ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in props.items())
+    spark.sql(f"ALTER TABLE {quote_path(path)} SET TBLPROPERTIES ({sets})")
+
+
 def write_table(spark, df, contract: Contract, path: str, mode: str, replace_where: str | None = None) -> int:
     """Write ``df`` (conformed to ``contract``) to the Delta table at ``path``; return the new version.
 

@@ -100,12 +100,20 @@ def read_recommendations(lake_root: str, user_id: str | None = None, domain: str
     return df.sort_values(["user_id", "domain", "rank"]).reset_index(drop=True)
 
 
-def pseudonymize(user_id: str, key: bytes) -> str:
-    """The id ``crossrec clean`` stores for raw/global user id ``user_id`` (HMAC-SHA256 hex with the lake's key)."""
-    import hashlib
-    import hmac
+def pseudonymize(user_id: str, key: bytes, lake_root: str | None = None) -> str:
+    """The id ``crossrec clean`` stores for raw/global user id ``user_id`` (HMAC-SHA256 hex with the lake's key).
 
-    return hmac.new(key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    With ``lake_root``, the key must be the lake's (the fingerprint ``clean`` stored on silver.interactions):
+    another key would give an id that matches nobody. Raises KeyMismatchError (a ConfigError) when it is not.
+    """
+    from crossrec.data.pseudonym import FINGERPRINT_PROPERTY, check_fingerprint, pseudonym
+
+    if lake_root is not None:
+        from deltalake import DeltaTable
+
+        path = table_path(lake_root, "silver.interactions")
+        check_fingerprint(DeltaTable(path).metadata().configuration.get(FINGERPRINT_PROPERTY), key, path)
+    return pseudonym(user_id, key)
 
 
 def item_titles(lake_root: str, keys: list[tuple[str, str]] | None = None) -> dict[tuple[str, str], str]:

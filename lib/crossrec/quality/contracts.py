@@ -126,11 +126,9 @@ class Contract:
         _migrate_table(self, spark, path)
 
 
-def _quote_path(path: str) -> str:
-    return "delta.`" + path.replace("`", "``") + "`"
-
-
 def _migrate_table(contract: Contract, spark, path: str) -> None:
+    from crossrec.io.delta import quote_path, set_table_properties, table_properties
+
     have = spark.read.format("delta").load(path).schema
     want = contract.spark_schema()
     have_names = [f.name for f in have.fields]
@@ -147,14 +145,13 @@ def _migrate_table(contract: Contract, spark, path: str) -> None:
     if new:
         cols = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in new)
         log.warning("%s: adding column(s) %s to the existing table at %s", contract.table, [f.name for f in new], path)
-        spark.sql(f"ALTER TABLE {_quote_path(path)} ADD COLUMNS ({cols})")
+        spark.sql(f"ALTER TABLE {quote_path(path)} ADD COLUMNS ({cols})")
     if contract.stats_columns:
         want_stats = ",".join(contract.stats_columns)
-        props = {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES {_quote_path(path)}").collect()}
-        if props.get(STATS_COLUMNS_PROPERTY) != want_stats:
+        if table_properties(spark, path).get(STATS_COLUMNS_PROPERTY) != want_stats:
             log.info("%s: file statistics for %s only (table property %s) at %s; files written from now on",
                      contract.table, want_stats, STATS_COLUMNS_PROPERTY, path)
-            spark.sql(f"ALTER TABLE {_quote_path(path)} SET TBLPROPERTIES ('{STATS_COLUMNS_PROPERTY}' = '{want_stats}')")
+            set_table_properties(spark, path, {STATS_COLUMNS_PROPERTY: want_stats})
 
 
 def spark_type(name: str):

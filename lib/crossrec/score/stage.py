@@ -261,19 +261,20 @@ def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: 
 
 def published(spark, path: str) -> dict:
     """The ``crossrec.published.*`` properties of the table ({} when nothing was published)."""
-    props = {r["key"]: r["value"] for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
+    from crossrec.io.delta import table_properties
+
+    props = table_properties(spark, path)
     return {k[len(PUBLISHED_PREFIX):]: v for k, v in props.items() if k.startswith(PUBLISHED_PREFIX)}
 
 
 def publish(spark, path: str, version: int, run_date: dt.date, model_version: str, k: int) -> int:
     """Point readers at ``version`` of gold.recommendations (table properties; one commit); returns the
     version that commit made."""
-    from crossrec.io.delta import latest_version
+    from crossrec.io.delta import latest_version, set_table_properties
 
     props = {"version": str(version), "run_date": run_date.isoformat(), "model_version": model_version, "k": str(k),
              "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    sets = ", ".join(f"'{PUBLISHED_PREFIX}{key}' = '{value}'" for key, value in props.items())
-    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({sets})")
+    set_table_properties(spark, path, {PUBLISHED_PREFIX + key: value for key, value in props.items()})
     new = latest_version(spark, path)
     log.info("published gold.recommendations v%d (run_date %s, model %s) -> table v%d", version, run_date, model_version, new)
     return new
