@@ -34,6 +34,7 @@ import pandas as pd
 
 from crossrec.cli.common import add_common_args, config_from_args, run_guarded, setup_logging
 from crossrec.io.config import CrossrecConfig
+from crossrec.io.models import artifact_folder
 
 log = logging.getLogger("crossrec.jobs.evaluate")
 STAGE = "evaluate"
@@ -59,20 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def model_folder(cfg: CrossrecConfig, version: str | None) -> str | None:
-    """The artifact folder to evaluate: ``version`` (a name under <lake>/models, or a folder path) or the one
-    ``_latest`` names; None when there is none."""
-    root = f"{cfg.lake_uri}/models"
-    if version is not None and os.path.isdir(version) and os.path.isfile(os.path.join(version, "config.json")):
-        return version
-    if version is None:
-        latest = os.path.join(root, "_latest")
-        if not os.path.isfile(latest):
-            return None
-        version = open(latest, encoding="utf-8").read().strip()
-    folder = os.path.join(root, version)
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"model artifact {folder} does not exist")
-    return folder
+    """The artifact folder to evaluate (:func:`crossrec.io.models.artifact_folder` of the lake)."""
+    return artifact_folder(cfg.lake_uri, version)
 
 
 def parse_models(specs: list[str], version: str | None, alone: list[str] = ()) -> list[tuple[str, str | None, bool]]:
@@ -166,8 +155,7 @@ def format_table(records: list[dict], metric: str = "ndcg", k: int = 10) -> str:
 
 def write_metrics(spark, cfg: CrossrecConfig, run_id: str, records: list[dict], versions: dict) -> int:
     """Append ``records`` to gold.metrics (replacing this run id's rows) and validate them."""
-    from crossrec.io.delta import read_table, write_table
-    from crossrec.io.accounting import _sql_str
+    from crossrec.io.delta import read_table, sql_string, write_table
     from crossrec.quality.contracts import load_contract
     from crossrec.quality.validate import Validator
 
@@ -181,9 +169,9 @@ def write_metrics(spark, cfg: CrossrecConfig, run_id: str, records: list[dict], 
     ]
     df = spark.createDataFrame(rows, contract.spark_schema())
     path = cfg.table_path("gold.metrics")
-    version = write_table(spark, df, contract, path, "overwrite", replace_where=f"run_id = '{_sql_str(run_id)}'")
+    version = write_table(spark, df, contract, path, "overwrite", replace_where=f"run_id = {sql_string(run_id)}")
     if cfg.validate:
-        this_run = read_table(spark, path, version).where(f"run_id = '{_sql_str(run_id)}'")
+        this_run = read_table(spark, path, version).where(f"run_id = {sql_string(run_id)}")
         Validator(cfg.reports_root, run_id).check(contract, this_run, expected_rows=len(rows), version=version)
     return version
 

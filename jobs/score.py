@@ -49,9 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def artifact_folder(cfg: CrossrecConfig, version: str | None) -> str:
     """The model artifact to score with; a clear error when there is none."""
-    from crossrec_jobs.evaluate import model_folder
+    from crossrec.io.models import artifact_folder
 
-    folder = model_folder(cfg, version)
+    folder = artifact_folder(cfg.lake_uri, version)
     if folder is None:
         raise RawFormatError(f"no model artifact under {cfg.lake_uri}/models: run `crossrec train` first")
     return folder

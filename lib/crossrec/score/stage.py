@@ -237,7 +237,7 @@ def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: 
     from crossrec.io.delta import latest_version, read_table
     from crossrec.quality.contracts import load_contract
     from crossrec.quality.validate import Validator
-    from crossrec_jobs.evaluate import model_folder
+    from crossrec.io.models import artifact_folder
 
     path = cfg.table_path("gold.recommendations")
     rows = read_table(spark, path, version).where(F.col("run_date") == F.lit(run_date))
@@ -247,7 +247,7 @@ def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: 
     if len(meta["mv"]) != 1:
         raise RawFormatError(f"run_date {run_date} at v{version} mixes model versions {sorted(meta['mv'])}")
     model_version, k = meta["mv"][0], int(meta["k"])
-    catalog = catalog_frame(spark, model_folder(cfg, model_version))
+    catalog = catalog_frame(spark, artifact_folder(cfg.lake_uri, model_version))
     inter = read_table(spark, cfg.table_path("silver.interactions"), latest_version(spark, cfg.table_path("silver.interactions")))
     register_check_views(spark, first_events(inter), catalog, k)
     items = read_table(spark, cfg.table_path("silver.items"), latest_version(spark, cfg.table_path("silver.items")))

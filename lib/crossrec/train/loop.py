@@ -81,6 +81,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
+from crossrec.io.models import LATEST_FILE
+
 if TYPE_CHECKING:
     from crossrec.model.transformer import CrossDomainTransformer
     from crossrec.rerank.base import TermSet
@@ -93,7 +95,6 @@ MIN_DELTA = 1e-6  # an improvement smaller than this is no improvement (float no
 STATE_FILE = "train_state.json"
 OPT_TENSORS = "optimizer.safetensors"
 OPT_META = "optimizer.json"
-LATEST_FILE = "_latest"
 KS = (10,)
 LR_SCHEDULES = ("constant", "linear", "cosine")
 LOSSES = ("auto", "softmax", "sampled")
