@@ -23,7 +23,8 @@ from crossrec.cli.common import add_common_args, run_job
 from crossrec.data import clean as C
 from crossrec.data.pseudonym import check_lake_key, record_lake_key
 from crossrec.data.rawformat import RawFormatError, load_dataset
-from crossrec.io.accounting import AccountingRow, check_balanced, format_accounting, write_accounting
+from crossrec.io.accounting import (AccountingRow, check_balanced, check_quarantine_share, format_accounting,
+                                    write_accounting)
 from crossrec.io.config import CrossrecConfig
 from crossrec.io.delta import latest_version, read_table, table_exists, write_table
 from crossrec.quality.contracts import load_contract
@@ -35,6 +36,9 @@ STAGE = "clean"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_args(p, raw=True)
+    p.add_argument("--max-quarantine-share", dest="max_quarantine_share", type=float,
+                   help="fail (exit 3, nothing written) when more than this share of a domain's or a file's rows is "
+                        "quarantined (default 0.5; 1 turns the check off)")
 
 
 def _accounting(table: str, counts: list, domains: list[str], extra: dict | None = None) -> list[AccountingRow]:
@@ -80,13 +84,13 @@ def run(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
     b_inter, b_items, b_ids = bronze("bronze.interactions"), bronze("bronze.items"), bronze("bronze.identity_map", False)
     log.info("reading bronze at versions %s", versions)
 
-    items = C.classify_items(b_items, cfg.max_text_chars).persist(StorageLevel.MEMORY_AND_DISK)
-    ids = C.classify_identity_map(b_ids, domains).persist(StorageLevel.MEMORY_AND_DISK) if b_ids is not None else None
+    items = C.classify_items(b_items, cfg.max_text_chars, domains).persist(StorageLevel.MEMORY_AND_DISK)
+    ids = C.classify_identity_map(b_ids, domains, key).persist(StorageLevel.MEMORY_AND_DISK) if b_ids is not None else None
     ts_formats = {fs.domain: fs.timestamp for fs in dataset.file_sets if fs.kind == "interactions"}
     event_types = {fs.domain: fs.default_event_type for fs in dataset.file_sets if fs.kind == "interactions"}
     catalog = C.catalog_keys(items) if cfg.missing_items == "quarantine" else None
     inter = C.classify_interactions(b_inter, ts_formats, event_types, min_ts, max_ts, catalog=catalog)
-    inter = C.pseudonymize(C.apply_identity(inter, ids), key)
+    inter = C.pseudonymous_users(inter, ids, key)
     placeholders = None
     if catalog is None:
         placeholders = C.placeholder_items(inter, items).persist(StorageLevel.MEMORY_AND_DISK)
@@ -104,6 +108,8 @@ def run(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
     labelled = [(t, f) for t, f in (("silver.interactions", inter), ("silver.items", items), ("silver.identity_map", ids)) if f is not None]
     counts = reduce(lambda a, b: a.unionByName(b), [C.status_counts(f).withColumn("_table", F.lit(t)) for t, f in labelled]).collect()
     by_table = {t: [r for r in counts if r["_table"] == t] for t, _ in labelled}
+    for table in ("silver.interactions", "silver.items"):  # a mostly broken input fails before anything is written
+        check_quarantine_share(by_table[table], cfg.max_quarantine_share, table)
     accounting = _accounting("silver.interactions", by_table["silver.interactions"], domains)
     accounting += _accounting("silver.items", by_table["silver.items"], domains, item_flags)
     if ids is not None:

@@ -19,7 +19,7 @@ import sys
 from functools import reduce
 
 from crossrec.cli.common import add_common_args, run_job
-from crossrec.data.ingest import BRONZE_TABLE, plan_files, read_file_set
+from crossrec.data.ingest import BRONZE_TABLE, check_empty_domains, plan_files, read_file_set
 from crossrec.data.rawformat import RawFormatError, load_dataset
 from crossrec.io.accounting import AccountingRow, check_balanced, format_accounting, write_accounting
 from crossrec.io.config import CrossrecConfig
@@ -56,6 +56,7 @@ def run(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
     if not seen and not any(plan.new for plan in plans):
         empty = [p for plan in plans for p in plan.empty]
         raise RawFormatError(f"{cfg.raw_dir}: the input is empty ({len(empty)} file(s), none with rows: {empty[:5]})")
+    check_empty_domains(plans, cfg.allow_empty_domains)
 
     accounting: dict[int, AccountingRow] = {}
     frames: dict[str, list] = {}

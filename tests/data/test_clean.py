@@ -5,6 +5,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -116,7 +117,8 @@ def test_the_key_is_no_literal_of_the_plan(spark):
     import base64
 
     key = b"plan-secret-0123456789abcdef"
-    df = C.pseudonymize(spark.createDataFrame([("alice",)], "global_user_id string"), key)
+    df = spark.createDataFrame([("books", "alice")], "domain string, local_user_id string")
+    df = C.pseudonymous_users(df, None, key)
     plan = df._jdf.queryExecution().toString() + df._jdf.queryExecution().executedPlan().toString()
     padded = key.ljust(64, b"\0")
     forms = [key, key.hex().encode(), base64.b64encode(key).rstrip(b"=")]
@@ -127,35 +129,54 @@ def test_the_key_is_no_literal_of_the_plan(spark):
     assert not [f for f in forms if f.decode("latin-1") in plan or f.decode("latin-1").upper() in plan.upper()]
 
 
-def test_pseudonymize_drops_raw_id(spark):
-    df = spark.createDataFrame([("alice",)], "global_user_id string")
-    out = C.pseudonymize(df, b"k" * 20)
-    assert out.columns == ["user_id"]
-    assert out.first().user_id == hmac.new(b"k" * 20, b"alice", hashlib.sha256).hexdigest()
+def test_pseudonymous_users_drop_the_raw_id_and_one_unicode_spelling_is_one_user(spark):
+    composed, decomposed = "jos\u00e9", "jose\u0301"
+    df = spark.createDataFrame([("books", "alice"), ("books", composed), ("movies", decomposed)],
+                               "domain string, local_user_id string")
+    out = C.pseudonymous_users(df, None, b"k" * 20)
+    assert out.columns == ["domain", "user_id"]
+    ids = [r.user_id for r in out.collect()]
+    assert ids[0] == hmac.new(b"k" * 20, b"alice", hashlib.sha256).hexdigest()
+    assert ids[1] == ids[2] == hmac.new(b"k" * 20, composed.encode(), hashlib.sha256).hexdigest()
 
 
 def test_identity_map_conflicts_duplicates_and_unknown_domains(spark):
     schema = load_contract("bronze.identity_map").spark_schema()
+    later = dt.datetime(2024, 7, 1, 12)
     rows = [
-        ("music", "m-1", "u1", None), ("music", "m-1", "u1", None),  # exact repeat -> duplicate
-        ("music", "m-2", "u2", None), ("music", "m-2", "u9", None),  # conflict: keep u2
-        ("games", "g-1", "u1", None),  # unknown domain
-        ("music", "m-3", None, None),  # no global id
-        (None, None, None, "garbage"),
+        ("music", "m-1", "u1", None, INGESTED), ("music", "m-1", "u1", None, INGESTED),  # exact repeat -> duplicate
+        ("music", "m-2", "u2", None, INGESTED), ("music", "m-2", "u9", None, INGESTED),  # conflict in one ingest
+        ("music", "m-4", "u4", None, INGESTED), ("music", "m-4", "u5", None, later),  # a correction: the latest wins
+        ("games", "g-1", "u1", None, INGESTED),  # unknown domain
+        ("music", "m-3", None, None, INGESTED),  # no global id
+        (None, None, None, "garbage u7,x", INGESTED),
     ]
-    df = spark.createDataFrame([(*r, "map.csv", "sha", "run1", INGESTED) for r in rows], schema)
-    out = C.classify_identity_map(df, ["books", "music"])
+    df = spark.createDataFrame([(*r[:4], "map.csv", "sha", "run1", r[4]) for r in rows], schema)
+    key = b"key-key-key-key-key"
+    out = C.classify_identity_map(df, ["books", "music"], key)
+    p = {u: hmac.new(key, u.encode(), hashlib.sha256).hexdigest() for u in ("m-1", "m-2", "m-3", "m-4", "g-1", "u1", "u2",
+                                                                            "u4", "u5", "u9")}
     got = sorted((r.local_user_id or "", r.global_user_id or "", r[C.STATUS], r[C.REASON] or "") for r in out.collect())
+    kept_u2 = min(p["u2"], p["u9"])  # one ingest: the smallest pseudonym wins (deterministic)
+    lost_u2 = max(p["u2"], p["u9"])
     assert got == sorted([
-        ("m-1", "u1", C.OK, ""), ("m-1", "u1", C.DUPLICATE, ""),
-        ("m-2", "u2", C.OK, ""), ("m-2", "u9", C.QUARANTINED, "identity_conflict"),
-        ("g-1", "u1", C.QUARANTINED, "unknown_domain"),
-        ("m-3", "", C.QUARANTINED, "missing_global_user_id"),
+        (p["m-1"], p["u1"], C.OK, ""), (p["m-1"], p["u1"], C.DUPLICATE, ""),
+        (p["m-2"], kept_u2, C.OK, ""), (p["m-2"], lost_u2, C.QUARANTINED, "identity_conflict"),
+        (p["m-4"], p["u5"], C.OK, ""), (p["m-4"], p["u4"], C.QUARANTINED, "identity_conflict"),
+        (p["g-1"], p["u1"], C.QUARANTINED, "unknown_domain"),
+        (p["m-3"], "", C.QUARANTINED, "missing_global_user_id"),
         ("", "", C.QUARANTINED, "malformed_line"),
     ])
-    inter = classify(spark, [("music", "m-2", "s1", "play", "1614834367000", None, None), ("music", "m-7", "s1", "play", "1614834367000", None, None)])
-    joined = C.apply_identity(inter, out).select("local_user_id", "global_user_id")
-    assertDataFrameEqual(joined, spark.createDataFrame([("m-2", "u2"), ("m-7", "m-7")], "local_user_id string, global_user_id string"))
+    q = {r.reason + (r.detail or "")[:10]: r for r in C.quarantine_rows(out, "bronze.identity_map").collect()}
+    text = " ".join(f"{r.detail} {r.record}" for r in q.values())
+    assert not {"m-1", "m-2", "m-3", "m-4", "u4", "u7", "garbage"} & set(re.findall(r"[\w-]+", text)), text
+    superseded = next(r for r in q.values() if r.detail == "superseded by a mapping ingested later")
+    assert json.loads(superseded.record)["global_user_id"] == p["u4"]
+    inter = classify(spark, [("music", "m-2", "s1", "play", "1614834367000", None, None),
+                             ("music", "m-7", "s1", "play", "1614834367000", None, None),
+                             ("music", "m-4", "s1", "play", "1614834367000", None, None)])
+    joined = [r.user_id for r in C.pseudonymous_users(inter, out, key).orderBy("event_ts", "user_id").collect()]
+    assert sorted(joined) == sorted([kept_u2, hmac.new(key, b"m-7", hashlib.sha256).hexdigest(), p["u5"]])
 
 
 def test_catalog_check_and_dedupe(spark):
@@ -169,7 +190,7 @@ def test_catalog_check_and_dedupe(spark):
         ("books", "", "b1", "view", "2021-01-01T00:00:00Z", "1", None, "c.csv"),  # quarantined, not a duplicate
     ])
     inter = C.classify_interactions(bronze, {"books": "iso8601"}, {}, MIN_TS, MAX_TS, catalog=C.catalog_keys(items))
-    inter = C.pseudonymize(C.apply_identity(inter, None), b"key-key-key-key-key")
+    inter = C.pseudonymous_users(inter, None, b"key-key-key-key-key")
     out = C.dedupe_interactions(inter)
     got = sorted((r.item_id, r.source, r[C.STATUS], r[C.REASON], r[C.DETAIL]) for r in out.collect())
     assert got == [
@@ -180,19 +201,21 @@ def test_catalog_check_and_dedupe(spark):
     ]
     q = C.quarantine_rows(out, "bronze.interactions")
     assert q.columns == load_contract("silver.quarantine").column_names
-    # the quarantine keeps each bad row as it arrived in bronze (raw, untrimmed values), good rows carry none
+    # the quarantine keeps each bad row as it arrived in bronze (raw, untrimmed values) but its user id, which is
+    # the pseudonym; good rows carry none
     records = {r.reason: json.loads(r.record) for r in q.collect()}
     assert records["item_not_in_catalog"] == {
-        "domain": "books", "user_id": "u1", "item_id": " b2", "event_type": "view", "event_ts": "2021-01-01T00:00:00Z",
+        "user_id": hmac.new(b"key-key-key-key-key", b"u1", hashlib.sha256).hexdigest(), "domain": "books", "item_id": " b2", "event_type": "view", "event_ts": "2021-01-01T00:00:00Z",
         "weight": "1", "source_file": "a.csv", "source_checksum": "sha", "run_id": "run1", "ingested_at": "2024-06-30T12:00:00.000Z",
     }
-    assert records["missing_user_id"]["user_id"] == "" and records["missing_user_id"]["source_file"] == "c.csv"
+    assert "user_id" not in records["missing_user_id"] and records["missing_user_id"]["source_file"] == "c.csv"
     assert out.where(F.col(C.STATUS) != C.QUARANTINED).where(F.col("_record").isNotNull()).count() == 0
 
 
 def test_placeholder_items_for_missing_catalog_entries(spark):
     items = C.classify_items(bronze_items(spark, [("books", "b1", "T", None, {}, {}, None)]), 1000)
-    inter = C.apply_identity(classify(spark, [("books", "u1", "b2", "view", "2021-01-01", "1", None)]), None)
+    inter = C.pseudonymous_users(classify(spark, [("books", "u1", "b2", "view", "2021-01-01", "1", None)]), None,
+                                 b"0123456789abcdef")
     ph = C.placeholder_items(inter, items)
     row = ph.first()
     assert (row.item_id, row.title, row.attributes, ph.count()) == ("b2", "b2", {"placeholder": "true"}, 1)
@@ -232,6 +255,6 @@ def test_normalize_text_properties(spark, values):
 def test_status_counts_account_for_every_row(spark):
     rows = [("books", "u1", f"b{i % 3}", "view", "2021-01-01T00:00:00Z", "1", None) for i in range(9)]
     rows += [("books", "", "b1", "view", "2021-01-01T00:00:00Z", "1", None)]
-    inter = C.dedupe_interactions(C.pseudonymize(C.apply_identity(classify(spark, rows), None), b"0123456789abcdef"))
+    inter = C.dedupe_interactions(C.pseudonymous_users(classify(spark, rows), None, b"0123456789abcdef"))
     counts = {(r[C.STATUS], r[C.REASON]): r["count"] for r in C.status_counts(inter).collect()}
     assert counts == {(C.OK, None): 3, (C.DUPLICATE, None): 6, (C.QUARANTINED, "missing_user_id"): 1}

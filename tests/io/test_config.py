@@ -47,6 +47,9 @@ def test_defaults_of_the_dataclass():
         "cold_start_fraction": 0.5,
         "cold_start_cohort": None,
         "seed": 42,
+        "allow_empty_domains": False,
+        "max_quarantine_share": 0.5,
+        "vacuum_retention_hours": 168.0,
         "raw_paths_outside_root": False,
         "text_encoder": "auto",
     }

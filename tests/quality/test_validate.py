@@ -97,3 +97,15 @@ def test_cross_row_check_runs_its_query_once_to_pass_and_names_offending_rows_wh
                                                 extra_expectations=[check()])
     (failure,) = [f for f in e.value.report.failures if f["target"] == "no negative weight (counted)"]
     assert failure["observed"].startswith("1 unexpected") and "u9" in failure["observed"] and "-3.0" in failure["observed"]
+
+
+def test_reports_of_bronze_tables_show_no_raw_user_id():
+    from crossrec.quality.validate import _examples
+
+    rows = [{"user_id": "alice", "item_id": "b1"}, {"global_user_id": "A-17", "domain": "x"}]
+    assert _examples(rows, "description", raw_ids=True) == [{"user_id": "<user id>", "item_id": "b1"},
+                                                             {"global_user_id": "<user id>", "domain": "x"}]
+    assert _examples(["alice", "bob"], "user_id", raw_ids=True) == ["<user id>", "<user id>"]
+    assert _examples(["alice"], ["domain", "user_id"], raw_ids=True) == ["<user id>"]
+    assert _examples(["b1"], "item_id", raw_ids=True) == ["b1"]
+    assert _examples(rows, "description", raw_ids=False) == rows  # silver/gold hold pseudonyms: shown

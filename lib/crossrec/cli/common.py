@@ -83,7 +83,7 @@ def run_job(
 def run_guarded(stage: str, fn: Callable[[], object]) -> int:
     """Run a job body, turning the project's known failures into a one-paragraph message and an exit code."""
     from crossrec.data.rawformat import RawFormatError
-    from crossrec.io.accounting import AccountingError
+    from crossrec.io.accounting import AccountingError, QuarantineShareExceeded
     from crossrec.quality.contracts import ContractError
     from crossrec.quality.validate import ValidationFailed
 
@@ -95,6 +95,9 @@ def run_guarded(stage: str, fn: Callable[[], object]) -> int:
         return EXIT_BAD_INPUT
     except ValidationFailed as e:
         log.error("%s: validation failed; nothing downstream should run.\n%s", stage, e)
+        return EXIT_VALIDATION
+    except QuarantineShareExceeded as e:
+        log.error("%s: %s", stage, e)
         return EXIT_VALIDATION
     except AccountingError as e:
         log.error("%s: %s", stage, e)

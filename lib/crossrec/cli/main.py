@@ -12,6 +12,7 @@
     crossrec score [--lake-root ... --k 10]                      model -> gold.recommendations, published (jobs/score.py)
     crossrec publish --run-date D [--check-only]                 check a run of gold.recommendations, publish it
     crossrec validate --tables silver.items,...                  re-check tables against their contracts
+    crossrec forget --users-file F | USER... [--pseudonymized]   erase users everywhere, audited (jobs/forget.py)
     crossrec recs USER [--domain D]                              a user's published recommendations (no Spark)
     crossrec query "free text" [--domain D]                      items nearest to a described interest (no Spark)
     crossrec tables [--lake-root ...] [--accounting]             tables, versions, row counts (no Spark)
@@ -46,6 +47,7 @@ STAGES = {
     "score": "model -> gold.recommendations: top-K per user and domain (Spark UDF), checked, published",
     "publish": "check a run of gold.recommendations and point readers at it",
     "validate": "re-check tables against their contracts (Great Expectations)",
+    "forget": "erase users from every table and the published recommendations (Delta DELETE, audited)",
 }
 
 

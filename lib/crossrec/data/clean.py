@@ -16,6 +16,7 @@ from typing import Mapping
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from crossrec.data.pseudonym import pseudonym_column
 
@@ -49,6 +50,7 @@ MAX_ID_CHARS = 512
 REPLACEMENT_CHAR = "\ufffd"  # what a decoder leaves for bytes that are not valid in the file's encoding
 _EPOCH_S_LIMIT = 1e11  # year ~5138: beyond this a number is not an epoch in seconds
 _BRONZE_META = ("corrupt_record", "source_file", "source_checksum", "run_id", "ingested_at")
+_NO_RAW_IDS = _BRONZE_META[1:]  # a malformed line holds the raw user id: it stays in bronze
 
 
 # --------------------------------------------------------------------------- small column helpers
@@ -99,6 +101,16 @@ def _show(name: str, c: Column) -> Column:
     return F.concat(F.lit(f"{name}="), F.coalesce(F.substring(c, 1, 120), F.lit("<null>")))
 
 
+def _malformed(c: Column) -> Column:
+    """The detail of a malformed line of a file with user ids: its length, never its content (in bronze only)."""
+    return F.concat(F.lit("a line of "), F.length(c).cast("string"), F.lit(" characters that does not parse as the "
+                                                                          "file's columns (the line is in bronze)"))
+
+
+def _dropped_domain() -> Column:
+    return F.concat(F.lit("domain "), F.col("domain"), F.lit(" is in bronze but no longer in dataset.json"))
+
+
 def bronze_record(df: DataFrame, columns: list[str]) -> Column:
     """The bronze row's ``columns`` (those ``df`` has) as one struct."""
     return F.struct(*[F.col(c) for c in columns if c in df.columns])
@@ -120,15 +132,17 @@ def classify_interactions(
 ) -> DataFrame:
     """Type bronze interactions and give every row a status and (if quarantined) a reason.
 
+    ``timestamp_formats`` names every domain of ``dataset.json``: bronze rows of another domain (one dropped from
+    it) are quarantined as ``unknown_domain``.
     ``catalog``: the known ``(domain, item_id)`` pairs, each once (:func:`catalog_keys`); when given, a row that passes
     every other check but names an item not in it is quarantined as ``item_not_in_catalog``.
 
     Output columns: ``domain, local_user_id, item_id, event_type, event_ts, weight, run_id, source`` plus
-    ``_status, _reason, _detail, _record, _ingested_at``. ``_record`` (the bronze row as JSON, what the
-    quarantine keeps) is built for quarantined rows only and is null for the others: serialising a million
-    good rows cost ~4 s of a 1M-row clean. ``max_ts`` is exclusive.
+    ``_status, _reason, _detail, _record, _ingested_at``. ``_record`` (the bronze row but its user id and raw line,
+    what the quarantine keeps with the pseudonym: :func:`quarantine_rows`) is built for quarantined rows only, null
+    for the others (serialising every good row is a measurable share of a clean). ``max_ts`` is exclusive.
     """
-    raw_record = bronze_record(bronze, ["domain", "user_id", "item_id", "event_type", "event_ts", "weight", *_BRONZE_META])
+    raw_record = bronze_record(bronze, ["domain", "item_id", "event_type", "event_ts", "weight", *_NO_RAW_IDS])
     ts = F.lit(None).cast("timestamp")
     for d, fmt in timestamp_formats.items():
         ts = F.when(F.col("domain") == d, parse_timestamp("_ts_raw", fmt)).otherwise(ts)
@@ -158,7 +172,8 @@ def classify_interactions(
     too_long = (F.length("local_user_id") > MAX_ID_CHARS) | (F.length("item_id") > MAX_ID_CHARS) | (F.length("event_type") > MAX_ID_CHARS)
     reason, detail = _first_reason(
         [
-            (F.col("corrupt_record").isNotNull(), "malformed_line", _show("line", F.col("corrupt_record"))),
+            (~F.col("domain").isin(list(timestamp_formats)), "unknown_domain", _dropped_domain()),
+            (F.col("corrupt_record").isNotNull(), "malformed_line", _malformed(F.col("corrupt_record"))),
             (F.col("local_user_id").isNull(), "missing_user_id", F.lit("user_id is empty")),
             (F.col("item_id").isNull(), "missing_item_id", F.lit("item_id is empty")),
             (F.col("_ts_raw").isNull(), "missing_timestamp", F.lit("event_ts is empty")),
@@ -177,23 +192,27 @@ def classify_interactions(
         df.withColumn(REASON, reason)
         .withColumn(DETAIL, detail)
         .withColumn(STATUS, F.when(F.col(REASON).isNull(), F.lit(OK)).otherwise(F.lit(QUARANTINED)))
-        .withColumn("_record", F.when(F.col(REASON).isNotNull(), F.to_json("_raw")))
+        .withColumn("_record", F.when(F.col(REASON).isNotNull(), F.col("_raw")))
         .drop("_ts_raw", "_w_raw", "corrupt_record", "_raw", "_known")
     )
 
 
-def classify_identity_map(bronze: DataFrame, domains: list[str]) -> DataFrame:
-    """Type the identity map; quarantine bad rows; one global id per (domain, local user).
+def classify_identity_map(bronze: DataFrame, domains: list[str], key: bytes) -> DataFrame:
+    """Type the identity map, pseudonymise both ids, quarantine bad rows; one global id per (domain, local user).
 
-    Exact repeats are duplicates; a (domain, user) mapped to several global ids keeps the smallest and
-    quarantines the others as ``identity_conflict``.
-    Output: ``domain, local_user_id, global_user_id, _status, _reason, _detail, _record, source, run_id``.
+    Both ids are NFC-normalised and hashed (:func:`~crossrec.data.pseudonym.pseudonym_column`): the map is joined
+    and deduplicated on pseudonyms, so no raw id goes past this function and two spellings of one id in Unicode
+    are one user. The latest mapping wins: of the mappings of one (domain, local user) the one ingested last is
+    kept (a correction file supersedes the earlier one); within one ingest, the smallest global pseudonym.
+    Repeats of the kept mapping are duplicates, the others quarantined as ``identity_conflict``.
+    Output: ``domain, local_user_id, global_user_id`` (pseudonyms), ``_status, _reason, _detail, _record, source,
+    run_id``.
     """
-    record = bronze_record_json(bronze, ["domain", "user_id", "global_user_id", *_BRONZE_META])
+    record = bronze_record(bronze, ["domain", *_NO_RAW_IDS])
     df = bronze.select(
         F.lower(blank_to_null(F.col("domain"))).alias("domain"),
-        blank_to_null(F.col("user_id")).alias("local_user_id"),
-        blank_to_null(F.col("global_user_id")).alias("global_user_id"),
+        blank_to_null(F.col("user_id")).alias("_local_raw"),
+        blank_to_null(F.col("global_user_id")).alias("_global_raw"),
         F.col("corrupt_record"),
         F.col("source_file").alias("source"),
         F.col("run_id"),
@@ -202,40 +221,46 @@ def classify_identity_map(bronze: DataFrame, domains: list[str]) -> DataFrame:
     )
     reason, detail = _first_reason(
         [
-            (F.col("corrupt_record").isNotNull(), "malformed_line", _show("line", F.col("corrupt_record"))),
-            (F.col("local_user_id").isNull(), "missing_user_id", F.lit("user_id is empty")),
-            (F.col("global_user_id").isNull(), "missing_global_user_id", F.lit("global_user_id is empty")),
+            (F.col("corrupt_record").isNotNull(), "malformed_line", _malformed(F.col("corrupt_record"))),
+            (F.col("_local_raw").isNull(), "missing_user_id", F.lit("user_id is empty")),
+            (F.col("_global_raw").isNull(), "missing_global_user_id", F.lit("global_user_id is empty")),
             (F.col("domain").isNull() | ~F.col("domain").isin(list(domains)), "unknown_domain",
              F.concat(_show("domain", F.col("domain")), F.lit(f" not in {sorted(domains)}"))),
         ]
     )
-    df = df.withColumn(REASON, reason).withColumn(DETAIL, detail).drop("corrupt_record")
+    df = (df.withColumn(REASON, reason).withColumn(DETAIL, detail)
+          .withColumn("local_user_id", pseudonym_column(key, F.col("_local_raw")))
+          .withColumn("global_user_id", pseudonym_column(key, F.col("_global_raw")))
+          .drop("corrupt_record", "_local_raw", "_global_raw"))
     valid = F.col(REASON).isNull()
-    key = Window.partitionBy("domain", "local_user_id", valid).orderBy("global_user_id", "_ingested_at", "source")
-    first_global = F.first("global_user_id").over(key)
-    rn = F.row_number().over(key)
-    df = df.withColumn("_rn", rn).withColumn("_first", first_global)
-    conflict = valid & (F.col("global_user_id") != F.col("_first"))
-    dup = valid & (F.col("global_user_id") == F.col("_first")) & (F.col("_rn") > 1)
-    df = df.withColumn(REASON, F.when(conflict, F.lit("identity_conflict")).otherwise(F.col(REASON)))
-    df = df.withColumn(DETAIL, F.when(conflict, F.concat(F.lit("also mapped to "), F.col("_first"))).otherwise(F.col(DETAIL)))
-    status = F.when(F.col(REASON).isNotNull(), F.lit(QUARANTINED)).when(dup, F.lit(DUPLICATE)).otherwise(F.lit(OK))
-    return df.withColumn(STATUS, status).drop("_rn", "_first")
+    latest = Window.partitionBy("domain", "local_user_id", valid).orderBy(F.col("_ingested_at").desc(), "global_user_id")
+    df = df.withColumn("_rn", F.row_number().over(latest)).withColumn("_first", F.first("global_user_id").over(latest))
+    df = df.withColumn("_first_at", F.first("_ingested_at").over(latest))
+    # the verdicts are columns before REASON changes: ``valid`` reads REASON
+    df = df.withColumn("_conflict", valid & (F.col("global_user_id") != F.col("_first")))
+    df = df.withColumn("_dup", valid & (F.col("global_user_id") == F.col("_first")) & (F.col("_rn") > 1))
+    superseded = F.when(F.col("_ingested_at") < F.col("_first_at"), F.lit("superseded by a mapping ingested later"))
+    df = df.withColumn(DETAIL, F.when(F.col("_conflict"), F.coalesce(superseded, F.lit(
+        "mapped to another global id in the same ingest; the smallest pseudonym was kept"))).otherwise(F.col(DETAIL)))
+    df = df.withColumn(REASON, F.when(F.col("_conflict"), F.lit("identity_conflict")).otherwise(F.col(REASON)))
+    status = F.when(F.col(REASON).isNotNull(), F.lit(QUARANTINED)).when(F.col("_dup"), F.lit(DUPLICATE)).otherwise(F.lit(OK))
+    return df.withColumn(STATUS, status).drop("_rn", "_first", "_first_at", "_conflict", "_dup")
 
 
-def apply_identity(interactions: DataFrame, identity: DataFrame | None) -> DataFrame:
-    """Add ``global_user_id``: the identity map's id for (domain, local user), else the local id itself."""
+def pseudonymous_users(interactions: DataFrame, identity: DataFrame | None, key: bytes,
+                       col_user: str = DEFAULT_USER_COL) -> DataFrame:
+    """Replace the raw ``local_user_id`` by ``col_user``: the pseudonym of the identity map's global id for (domain,
+    local user), else of the local id itself (a user id without a mapping is global as written). Ids are
+    NFC-normalised before hashing and the map is joined on pseudonyms (:func:`classify_identity_map`), so the raw
+    id does not survive and Unicode spellings of one id are one user; the key stays out of the plan
+    (:mod:`crossrec.data.pseudonym`)."""
+    df = interactions.withColumn("_local", pseudonym_column(key, F.col("local_user_id"))).drop("local_user_id")
     if identity is None:
-        return interactions.withColumn("global_user_id", F.col("local_user_id"))
-    ids = identity.where(F.col(STATUS) == OK).select("domain", "local_user_id", F.col("global_user_id").alias("_gid"))
-    out = interactions.join(ids, on=["domain", "local_user_id"], how="left")
-    return out.withColumn("global_user_id", F.coalesce("_gid", "local_user_id")).drop("_gid")
-
-
-def pseudonymize(df: DataFrame, key: bytes, source_col: str = "global_user_id", col_user: str = DEFAULT_USER_COL) -> DataFrame:
-    """Replace ``source_col`` by its keyed hash in ``col_user`` (the raw id does not survive; the key stays out of
-    the plan: :mod:`crossrec.data.pseudonym`)."""
-    return df.withColumn(col_user, pseudonym_column(key, F.col(source_col))).drop(source_col)
+        return df.withColumnRenamed("_local", col_user)
+    ids = identity.where(F.col(STATUS) == OK).select("domain", F.col("local_user_id").alias("_local"),
+                                                    F.col("global_user_id").alias("_gid"))
+    out = df.join(ids, on=["domain", "_local"], how="left")
+    return out.withColumn(col_user, F.coalesce("_gid", "_local")).drop("_gid", "_local")
 
 
 def catalog_keys(items: DataFrame, col_item: str = DEFAULT_ITEM_COL) -> DataFrame:
@@ -291,12 +316,14 @@ def dedupe_interactions(df: DataFrame) -> DataFrame:
 
 
 # --------------------------------------------------------------------------- items
-def classify_items(bronze: DataFrame, max_text_chars: int) -> DataFrame:
+def classify_items(bronze: DataFrame, max_text_chars: int, domains: list[str] | None = None) -> DataFrame:
     """Type and normalise catalog rows: title, text (text columns joined with '. '), category, attributes.
 
     Text longer than ``max_text_chars`` is truncated (flag ``_truncated``); text with bytes invalid in the
     file's encoding is kept with U+FFFD (flag ``_bad_text_bytes``). Each (domain, item) keeps its newest
-    row (a later catalog file supersedes an earlier one); older rows are duplicates.
+    row (a later catalog file supersedes an earlier one; within one file the row with the greatest text, then
+    title, then category: deterministic whatever the read order); the others are duplicates. With ``domains``,
+    rows of another domain (one dropped from ``dataset.json``) are quarantined as ``unknown_domain``.
     """
     record = bronze_record_json(bronze, ["domain", "item_id", "title", "category", "text_fields", "attributes", *_BRONZE_META])
     parts = F.transform(F.array_sort(F.map_entries(F.coalesce(F.col("text_fields"), F.create_map().cast("map<string,string>")))), lambda e: normalize_text(e["value"]))
@@ -329,6 +356,8 @@ def classify_items(bronze: DataFrame, max_text_chars: int) -> DataFrame:
     )
     reason, detail = _first_reason(
         [
+            (~F.col("domain").isin(list(domains)) if domains is not None else F.lit(False), "unknown_domain",
+             _dropped_domain()),
             (F.col("corrupt_record").isNotNull(), "malformed_line", _show("line", F.col("corrupt_record"))),
             (F.col("item_id").isNull(), "missing_item_id", F.lit("item_id is empty")),
             (has_bad_bytes(F.col("item_id")), "invalid_encoding", F.lit("bytes not valid in the file's encoding in item_id")),
@@ -341,27 +370,38 @@ def classify_items(bronze: DataFrame, max_text_chars: int) -> DataFrame:
         .withColumn(STATUS, F.when(F.col(REASON).isNull(), F.lit(OK)).otherwise(F.lit(QUARANTINED)))
         .drop("corrupt_record")
     )
-    df = mark_duplicates(df, [DEFAULT_DOMAIN_COL, DEFAULT_ITEM_COL], [F.col("_ingested_at").desc(), F.col("source").desc()])
+    # the newest file wins; within one file (rows carry no position), the greatest text, then title, category
+    df = mark_duplicates(df, [DEFAULT_DOMAIN_COL, DEFAULT_ITEM_COL],
+                         [F.col("_ingested_at").desc(), F.col("source").desc(), F.col("text").desc(),
+                          F.col("title").desc(), F.col("category").desc_nulls_last()])
     return df.drop("_ingested_at")
 
 
 # --------------------------------------------------------------------------- outputs
 def quarantine_rows(classified: DataFrame, source_table: str) -> DataFrame:
-    """The quarantined rows of a classified frame, shaped as ``silver.quarantine``."""
-    return classified.where(F.col(STATUS) == QUARANTINED).select(
+    """The quarantined rows of a classified frame, shaped as ``silver.quarantine``: each bronze row as JSON with its
+    user ids as pseudonyms (the frame's ``user_id``, or the identity map's ``local_user_id``/``global_user_id``)
+    in place of the raw ones, which stay in bronze."""
+    q = classified.where(F.col(STATUS) == QUARANTINED)
+    record = F.col("_record")
+    if isinstance(q.schema["_record"].dataType, T.StructType):
+        ids = {"user_id": DEFAULT_USER_COL, "local_user_id": "user_id", "global_user_id": "global_user_id"}
+        pseudonyms = [F.col(c).alias(name) for c, name in ids.items() if c in q.columns]
+        record = F.to_json(F.struct(*pseudonyms, "_record.*"))
+    return q.select(
         F.lit(source_table).alias("source_table"),
         F.col("domain"),
         F.col(REASON).alias("reason"),
         F.col(DETAIL).alias("detail"),
-        F.col("_record").alias("record"),
+        record.alias("record"),
         F.col("source").alias("source_file"),
         F.col("run_id"),
     )
 
 
-def status_counts(classified: DataFrame, by: str = DEFAULT_DOMAIN_COL) -> DataFrame:
-    """Counts per (domain, status, reason): the accounting of one table (an action follows)."""
-    return classified.groupBy(by, STATUS, REASON).count()
+def status_counts(classified: DataFrame) -> DataFrame:
+    """Counts per (domain, source file, status, reason): the accounting of one table (an action follows)."""
+    return classified.groupBy(DEFAULT_DOMAIN_COL, "source", STATUS, REASON).count()
 
 
 def contract_params(cfg, domains: list[str]) -> dict:

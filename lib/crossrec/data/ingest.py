@@ -11,10 +11,12 @@ naming the file and the column.
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import io
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,26 +72,39 @@ def _first_line(path: str, encoding: str) -> str | None:
     return raw.decode(encoding, errors="replace").lstrip("\ufeff")
 
 
-def file_columns(fs: FileSet, path: str) -> list[str] | None:
-    """The columns a raw file declares (CSV header, first JSON object's keys, Parquet schema); None if empty."""
+JSONL_PROBE_LINES = 100  # non-blank lines read for a file's first JSON object before the file is refused
+
+
+def file_columns(fs: FileSet, path: str, spark=None) -> list[str] | None:
+    """The columns a raw file declares (CSV header, first JSON object's keys, Parquet schema); None if empty.
+    A CSV file on a remote store is read by ``spark`` (its header line only): columns bind by name everywhere."""
+    if fs.format == "csv" and not _is_local(path):
+        reader = spark.read.option("header", True).option("sep", fs.options.get("delimiter", ","))
+        cols = reader.option("encoding", fs.options.get("encoding", "utf-8")).csv(path).columns
+        return [c.strip().lstrip("\ufeff") for c in cols] or None
     if fs.format == "csv":
         line = _first_line(path, fs.options.get("encoding", "utf-8"))
         if line is None:
             return None
         reader = csv.reader(io.StringIO(line), delimiter=fs.options.get("delimiter", ","), quotechar=fs.options.get("quote", '"'))
         return [c.strip() for c in next(reader)]
-    if fs.format == "jsonl":
+    if fs.format == "jsonl":  # the first JSON object names the keys; bad lines before it are quarantined by clean
+        bad = 0
         with open(_local(path), "rb") as fh:
-            for raw in fh:
-                if raw.strip():
-                    try:
-                        obj = json.loads(raw.decode(fs.options.get("encoding", "utf-8"), errors="replace"))
-                    except json.JSONDecodeError as e:
-                        raise RawFormatError(f"{path}: first record is not valid JSON ({e})") from e
-                    if not isinstance(obj, dict):
-                        raise RawFormatError(f"{path}: first record is not a JSON object")
+            for number, raw in enumerate(fh, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw.decode(fs.options.get("encoding", "utf-8"), errors="replace"))
+                except json.JSONDecodeError:
+                    obj = None
+                if isinstance(obj, dict):
                     return list(obj)
-        return None
+                bad += 1
+                if bad >= JSONL_PROBE_LINES:
+                    raise RawFormatError(f"{path}: none of the first {bad} non-blank lines (to line {number}) is a JSON "
+                                         "object: not JSON lines")
+        return [] if bad else None  # only bad lines: no columns (check_columns names the file)
     import pyarrow.parquet as pq
 
     meta = pq.read_metadata(_local(path))
@@ -120,7 +135,14 @@ def check_columns(fs: FileSet, path: str, columns: list[str]) -> None:
     if missing:
         canon = {v: k for k, v in fs.columns.items()}
         named = ", ".join(f"'{c}'" + (f" (mapped to {canon[c]})" if c in canon else "") for c in missing)
-        raise RawFormatError(f"{path}: missing required column {named} for {fs.label}; the file has {columns}")
+        if fs.format == "csv":  # the first line may be data (no header): name no value of it, only near misses
+            near = {c: difflib.get_close_matches(c, columns, n=1, cutoff=0.75) for c in missing}
+            hints = "; ".join(f"did you mean {m[0]!r} for {c!r}?" for c, m in near.items() if m)
+            has = f"its first line has {len(columns)} field(s), not the mapped names" + (f" ({hints})" if hints else "") + \
+                " (a CSV file needs a header row)"
+        else:
+            has = f"the file has {columns}"
+        raise RawFormatError(f"{path}: missing required column {named} for {fs.label}; {has}")
 
 
 def plan_files(spark, dataset: Dataset, seen_checksums: dict[tuple[str, str | None], set[str]]) -> list[FilePlan]:
@@ -140,8 +162,9 @@ def plan_files(spark, dataset: Dataset, seen_checksums: dict[tuple[str, str | No
                 plan.duplicate.append((path, sha))
                 continue
             this_run[sha] = path
-            cols = file_columns(fs, path) if _is_local(path) else None
-            if _is_local(path) and (cols is None or not has_rows(fs, path)):
+            remote_csv = fs.format == "csv" and not _is_local(path)
+            cols = file_columns(fs, path, spark) if _is_local(path) or remote_csv else None
+            if (_is_local(path) or remote_csv) and (cols is None or (_is_local(path) and not has_rows(fs, path))):
                 plan.empty.append(path)
                 continue
             if cols is not None:
@@ -162,12 +185,14 @@ def read_file_set(spark, fs: FileSet, files: list[tuple[str, str]]):
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    groups: dict[tuple[str, ...], list[str]] = {}
+    groups: dict[tuple, list[str]] = {}
     for path, _ in files:
-        cols = file_columns(fs, path) if (_is_local(path) and fs.format == "csv") else fs.raw_columns
-        groups.setdefault(tuple(cols), []).append(path)
+        cols = file_columns(fs, path, spark) if fs.format == "csv" else fs.raw_columns
+        # Parquet files whose columns differ in type are read apart (Spark refuses to merge them); all become text
+        types = _parquet_types(path) if (_is_local(path) and fs.format == "parquet") else ()
+        groups.setdefault((tuple(cols), types), []).append(path)
     frames = []
-    for cols, paths in groups.items():
+    for (cols, _), paths in groups.items():
         if fs.format == "parquet":
             raw = spark.read.parquet(*paths)
             raw = raw.select(*[F.col(f"`{c}`").cast("string").alias(c) if c in raw.columns else F.lit(None).cast("string").alias(c) for c in cols], F.lit(None).cast("string").alias(CORRUPT_COL), F.col("_metadata.file_path").alias("_file"))
@@ -176,7 +201,9 @@ def read_file_set(spark, fs: FileSet, files: list[tuple[str, str]]):
             reader = spark.read.schema(schema).option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT_COL)
             reader = reader.option("encoding", fs.options.get("encoding", "utf-8"))
             if fs.format == "csv":
-                reader = reader.option("header", True).option("multiLine", False)
+                # one record a line unless the file set says records span lines (quoted newlines): multiLine
+                # reads each file whole, in one task
+                reader = reader.option("header", True).option("multiLine", fs.options.get("multiline") == "true")
                 reader = reader.option("sep", fs.options.get("delimiter", ",")).option("quote", fs.options.get("quote", '"'))
                 if "escape" in fs.options:
                     reader = reader.option("escape", fs.options["escape"])
@@ -196,9 +223,33 @@ def read_file_set(spark, fs: FileSet, files: list[tuple[str, str]]):
     return to_canonical(df, fs)
 
 
+def _parquet_types(path: str) -> tuple[str, ...]:
+    import pyarrow.parquet as pq
+
+    return tuple(f"{f.name}:{f.type}" for f in pq.read_schema(_local(path)))
+
+
+def check_empty_domains(plans: list[FilePlan], allow: bool) -> None:
+    """A domain whose interactions or items file set holds no row (files empty or header-only, none ingested
+    before) is an error naming the domain and its files, or a warning when ``allow`` (config
+    ``allow_empty_domains``)."""
+    for plan in plans:
+        fs = plan.file_set
+        if fs.domain is None or plan.new or plan.seen or plan.duplicate:
+            continue
+        msg = (f"domain {fs.domain!r}: its {fs.kind} hold no row ({len(plan.empty)} empty or header-only file(s), "
+               f"e.g. {plan.empty[:2]})")
+        if not allow:
+            raise RawFormatError(f"{msg}; fill them, drop the domain from dataset.json, or set allow_empty_domains = true")
+        log.warning("%s; allowed by allow_empty_domains", msg)
+
+
 def _norm_path(path: str) -> str:
-    if _is_local(path):
-        return str(Path(_local(path)).resolve())
+    """The key a file's path and Spark's ``_metadata.file_path`` (``file:``/``file://`` stripped) share."""
+    if path.startswith("file:"):
+        path = re.sub(r"^file:(//)?", "", path)
+    if "://" not in path:
+        return str(Path(path).resolve())
     return path
 
 

@@ -9,6 +9,7 @@ pseudonyms of two keys in one lake.
 
 import hashlib
 import hmac
+import unicodedata
 from typing import Iterable
 
 from crossrec.io.config import ConfigError
@@ -22,8 +23,9 @@ class KeyMismatchError(ConfigError):
 
 
 def pseudonym(user_id: str, key: bytes) -> str:
-    """The id crossrec stores for ``user_id``: ``hmac.new(key, user_id.encode(), sha256).hexdigest()``."""
-    return hmac.new(key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    """The id crossrec stores for ``user_id``: ``hmac.new(key, NFC(user_id).encode(), sha256).hexdigest()`` (NFC:
+    one person's id written with composed or decomposed accents is one id)."""
+    return hmac.new(key, unicodedata.normalize("NFC", user_id).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
 def pseudonyms(user_ids: Iterable[str | None], key: bytes) -> list[str | None]:
@@ -35,7 +37,7 @@ def pseudonyms(user_ids: Iterable[str | None], key: bytes) -> list[str | None]:
             out.append(None)
             continue
         h = base.copy()
-        h.update(u.encode("utf-8"))
+        h.update(unicodedata.normalize("NFC", u).encode("utf-8"))
         out.append(h.hexdigest())
     return out
 

@@ -27,7 +27,7 @@ TOP_KEYS = ("name", "domains", "identity_map", "extras")
 DOMAIN_KEYS = ("interactions", "items")
 FILE_SET_KEYS = ("path", "format", "columns", "options", "timestamp", "default_event_type", "text_columns",
                  "attribute_columns")
-CSV_OPTIONS = ("delimiter", "quote", "encoding", "escape")
+CSV_OPTIONS = ("delimiter", "quote", "encoding", "escape", "multiline")
 
 INTERACTION_REQUIRED = ("user_id", "item_id", "event_ts")
 INTERACTION_OPTIONAL = ("event_type", "weight")
@@ -143,7 +143,9 @@ def _check_options(options: Any, where: str) -> dict[str, str]:
     for name, value in options.items():
         if not isinstance(value, str):
             raise RawFormatError(f"{where}.{name}: expected a string, got {type(value).__name__}")
-        if name != "encoding" and len(value) != 1:
+        if name == "multiline" and value not in ("true", "false"):
+            raise RawFormatError(f"{where}.multiline: expected \"true\" or \"false\", got {value!r}")
+        if name in ("delimiter", "quote", "escape") and len(value) != 1:
             raise RawFormatError(f"{where}.{name}: expected one character, got {value!r}")
     if "encoding" in options:
         try:

@@ -16,6 +16,37 @@ log = logging.getLogger(__name__)
 ACCOUNTING_TABLE = "ops.accounting"
 
 
+class QuarantineShareExceeded(RuntimeError):
+    """Too large a share of a domain's or a file's rows was quarantined: the input is wrong as a whole (exit 3)."""
+
+
+def check_quarantine_share(counts: list[dict], max_share: float, table: str) -> None:
+    """Raise :class:`QuarantineShareExceeded` when more than ``max_share`` of a domain's or a source file's rows of
+    ``table`` were quarantined, naming each such domain or file, its counts and its top reasons.
+
+    ``counts``: rows ``{"domain", "source", "_status", "_reason", "count"}`` (the clean stage's status counts).
+    """
+    groups: dict[tuple[str, str], dict] = {}
+    for r in counts:
+        for key in (("domain", r["domain"] or "<none>"), ("file", r["source"] or "<none>")):
+            g = groups.setdefault(key, {"rows": 0, "quarantined": 0, "reasons": {}})
+            g["rows"] += r["count"]
+            if r["_status"] == "quarantined":
+                g["quarantined"] += r["count"]
+                g["reasons"][r["_reason"]] = g["reasons"].get(r["_reason"], 0) + r["count"]
+    over = [(kind, name, g) for (kind, name), g in sorted(groups.items())
+            if g["rows"] and g["quarantined"] / g["rows"] > max_share]
+    if over:
+        lines = [f"{kind} {name}: {g['quarantined']:,} of {g['rows']:,} rows quarantined "
+                 f"({g['quarantined'] / g['rows']:.0%}); top reasons "
+                 + ", ".join(f"{reason} {n:,}" for reason, n in sorted(g["reasons"].items(), key=lambda x: -x[1])[:3])
+                 for kind, name, g in over]
+        raise QuarantineShareExceeded(
+            f"{table}: more than {max_share:.0%} of the rows quarantined (config max_quarantine_share), nothing "
+            "written; see the reasons (README, 'Quarantine reasons') and fix the input or its dataset.json:\n  "
+            + "\n  ".join(lines))
+
+
 class AccountingError(RuntimeError):
     """Rows were lost or invented: rows_in != rows_out + quarantined + duplicates."""
 
@@ -66,7 +97,7 @@ def format_accounting(rows: list[AccountingRow]) -> str:
 
 def write_accounting(spark, cfg, run_id: str, rows: list[AccountingRow]) -> int:
     """Store ``rows`` in ``ops.accounting``, replacing this run's earlier rows for the same stage(s)."""
-    from crossrec.io.delta import write_table
+    from crossrec.io.delta import sql_string, write_table
     from crossrec.quality.contracts import load_contract
 
     contract = load_contract(ACCOUNTING_TABLE)
@@ -85,9 +116,6 @@ def write_accounting(spark, cfg, run_id: str, rows: list[AccountingRow]) -> int:
         return -1
     df = spark.createDataFrame(records, schema=contract.spark_schema())
     stages = sorted({r.stage for r in rows})
-    where = f"run_id = '{_sql_str(run_id)}' AND stage IN ({', '.join(repr(s) for s in stages)})"
+    where = f"run_id = {sql_string(run_id)} AND stage IN ({', '.join(sql_string(s) for s in stages)})"
     return write_table(spark, df, contract, cfg.table_path(ACCOUNTING_TABLE), "overwrite", replace_where=where)
 
-
-def _sql_str(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("'", "\\'")

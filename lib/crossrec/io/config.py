@@ -75,6 +75,13 @@ class CrossrecConfig:
         cold_start_cohort: a cohort of the data set's ``extras.user_cohorts`` file to use as that sample instead
             (every user of it; e.g. Food+Kitchen's ``test``); None (default) = the seeded sample.
         seed: seed of every sampled choice (cold-start users and their target domain, training).
+        allow_empty_domains: a domain whose interactions or items files hold no row is an error (exit 2) unless
+            this is true (then only a warning).
+        max_quarantine_share: clean fails (exit 3, nothing written) when more than this share of a domain's or a
+            file's rows is quarantined, naming the domain, the file and the top reasons; 1.0 turns the check off.
+        vacuum_retention_hours: ``VACUUM`` keeps the files table versions of the last this many hours need (Delta's
+            minimum is 168 unless its retention check is turned off in ``spark_conf``); ``crossrec forget`` vacuums
+            the tables it erased from with it.
         raw_paths_outside_root: accept ``dataset.json`` file set paths outside ``raw_dir`` (absolute, ``../``, another
             store); off by default, so a data set reads only its own folder.
         text_encoder: how training reads item text: ``frozen`` (the features job's embeddings), ``finetune`` (the
@@ -100,6 +107,9 @@ class CrossrecConfig:
     cold_start_fraction: float = 0.5
     cold_start_cohort: str | None = None
     seed: int = 42
+    allow_empty_domains: bool = False
+    max_quarantine_share: float = 0.5
+    vacuum_retention_hours: float = 168.0
     raw_paths_outside_root: bool = False
     text_encoder: str = "auto"
 
@@ -117,6 +127,10 @@ class CrossrecConfig:
             raise ConfigError(f"min_event_ts must be YYYY-MM-DD, got {self.min_event_ts!r}") from e
         if self.missing_items not in ("quarantine", "placeholder"):
             raise ConfigError(f"missing_items must be 'quarantine' or 'placeholder', got {self.missing_items!r}")
+        if self.vacuum_retention_hours < 0:
+            raise ConfigError(f"vacuum_retention_hours must be >= 0, got {self.vacuum_retention_hours}")
+        if not 0.0 <= self.max_quarantine_share <= 1.0:
+            raise ConfigError(f"max_quarantine_share must be in [0, 1], got {self.max_quarantine_share}")
         if not 0.0 <= self.cold_start_fraction <= 1.0:
             raise ConfigError(f"cold_start_fraction must be in [0, 1], got {self.cold_start_fraction}")
         if not isinstance(self.cold_start_users, int) or self.cold_start_users < 0:

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -183,13 +184,27 @@ def unexpected_rows_check(query: str, description: str):
     return _unexpected_rows_class()(unexpected_rows_query=query, description=description)
 
 
-def _describe(er) -> dict:
+RAW_ID = re.compile(r"(^|_)user_id$")  # a bronze column of this name holds a raw user id: never in a report
+
+
+def _examples(values: list, target, raw_ids: bool) -> list:
+    """The first offending values or rows, with raw user ids (``raw_ids``: a bronze table) shown as ``<user id>``."""
+    def hide(name) -> bool:
+        return raw_ids and isinstance(name, str) and RAW_ID.search(name) is not None
+
+    if hide(target) or (isinstance(target, list) and any(hide(c) for c in target)):
+        return ["<user id>" for _ in values]
+    return [{k: "<user id>" if hide(k) else v for k, v in x.items()} if isinstance(x, dict) else x for x in values]
+
+
+def _describe(er, raw_ids: bool = False) -> dict:
     cfg = er.expectation_config
     kw = dict(cfg.kwargs)
     target = kw.get("column") or kw.get("column_list") or kw.get("description") or getattr(cfg, "description", None) or "table"
     res = er.result or {}
     if "unexpected_count" in res:
-        observed = f"{res['unexpected_count']} unexpected, e.g. {res.get('partial_unexpected_list', [])[:5]}"
+        examples = _examples(res.get("partial_unexpected_list", [])[:5], target, raw_ids)
+        observed = f"{res['unexpected_count']} unexpected, e.g. {examples}"
     else:
         observed = f"observed {res.get('observed_value')}"
     if er.exception_info and er.exception_info.get("raised_exception"):
@@ -283,7 +298,7 @@ class Validator:
         finally:
             if not cached:
                 df.unpersist()
-        results = [_describe(er) for er in result.results]
+        results = [_describe(er, raw_ids=contract.table.startswith("bronze.")) for er in result.results]
         rows = _observed_rows(result.results, expected_rows)
         report = ValidationReport(
             table=contract.table,

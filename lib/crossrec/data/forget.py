@@ -1,0 +1,149 @@
+"""Erasing users: every row of the given people leaves bronze, silver, gold and the published recommendations.
+
+Silver and gold name a user by pseudonym, so their rows go with one Delta ``DELETE`` each. Bronze holds raw ids:
+its rows of a person are found the way clean joins them (an id is NFC-normalised and hashed; a local id the identity
+map maps belongs to its global id, any other id is global as written), and removed with a ``MERGE ... DELETE`` on
+the raw values, which never leave the executors and the driver's memory. A malformed bronze line (no parsed user
+id) cannot be attributed to anyone and leaves with bronze's own retention. Deleted rows stay in older table
+versions until ``VACUUM`` removes their files after the retention (config ``vacuum_retention_hours``).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+# tables whose rows name a user by pseudonym: table -> the SQL expression that holds it
+PSEUDONYM_TABLES = {
+    "silver.interactions": ["user_id"],
+    "silver.quarantine": ["get_json_object(record, '$.user_id')", "get_json_object(record, '$.global_user_id')"],
+    "gold.user_sequences": ["user_id"],
+    "gold.recommendations": ["user_id"],
+}
+BRONZE_TABLES = ("bronze.interactions", "bronze.identity_map")
+
+
+@dataclass
+class Erased:
+    """What one table lost: rows deleted, and its versions before and after."""
+
+    table: str
+    rows_deleted: int
+    version_before: int
+    version_after: int
+
+
+def user_ref(pseudonym: str) -> str:
+    """The audit's name for an erased user: a hash of the pseudonym (confirms an erasure, identifies nobody)."""
+    return hashlib.sha256(pseudonym.encode("ascii")).hexdigest()[:16]
+
+
+def _in_list(expr: str, pseudonyms: list[str]) -> str:
+    # pseudonyms are 64 lower-case hex characters (checked by the caller): safe as SQL literals
+    return f"{expr} IN ({', '.join(repr(p) for p in pseudonyms)})"
+
+
+def bronze_people(spark, lake, key: bytes, pseudonyms: list[str]):
+    """(raw user ids of bronze.interactions as ``(domain, user_id)``, raw global ids of bronze.identity_map) that
+    belong to ``pseudonyms``; either None when its table does not exist. Lazy frames: nothing is collected."""
+    from pyspark.sql import functions as F
+
+    from crossrec.data.clean import OK, STATUS, blank_to_null, classify_identity_map
+    from crossrec.data.pseudonym import pseudonym_column
+    from crossrec.io.delta import read_table, table_exists
+
+    targets = spark.createDataFrame([(p,) for p in pseudonyms], "person string")
+    ids_path, inter_path = lake("bronze.identity_map"), lake("bronze.interactions")
+    mapping = globals_ = None
+    if table_exists(spark, ids_path):
+        b_ids = read_table(spark, ids_path)
+        domains = [r[0] for r in b_ids.select(F.lower(F.trim("domain"))).distinct().collect() if r[0]]
+        mapping = (classify_identity_map(b_ids, domains, key).where(F.col(STATUS) == OK)
+                   .select("domain", F.col("local_user_id").alias("_local"), F.col("global_user_id").alias("_gid")))
+        globals_ = (b_ids.select("global_user_id").distinct()
+                    .withColumn("person", pseudonym_column(key, blank_to_null(F.col("global_user_id"))))
+                    .join(targets, "person").select("global_user_id"))
+    locals_ = None
+    if table_exists(spark, inter_path):
+        users = read_table(spark, inter_path).select("domain", "user_id").distinct()
+        users = users.withColumn("_local", pseudonym_column(key, blank_to_null(F.col("user_id"))))
+        if mapping is not None:
+            users = users.join(mapping, ["domain", "_local"], "left")
+            users = users.withColumn("person", F.coalesce("_gid", "_local"))
+        else:
+            users = users.withColumn("person", F.col("_local"))
+        locals_ = users.join(targets, "person").select("domain", "user_id")
+    return locals_, globals_
+
+
+def erase(spark, lake, key: bytes, pseudonyms: list[str]) -> list[Erased]:
+    """Delete every row of ``pseudonyms`` from the lake's tables (``lake(table)`` gives a table's path); returns
+    what each existing table lost. Re-publishes gold.recommendations' published run at the new version."""
+    from delta.tables import DeltaTable
+
+    from crossrec.io.delta import last_operation_metrics, latest_version, table_exists
+    from crossrec.score.stage import publish, published
+
+    locals_, globals_ = bronze_people(spark, lake, key, pseudonyms)
+    out: list[Erased] = []
+
+    def record(table: str, path: str, before: int) -> None:
+        after = latest_version(spark, path)
+        metrics = last_operation_metrics(spark, path) if after != before else {}
+        n = int(metrics.get("numDeletedRows") or metrics.get("numTargetRowsDeleted") or 0)  # DELETE / MERGE
+        out.append(Erased(table, n, before, after))
+        log.info("%s: %d row(s) deleted (v%d -> v%d)", table, n, before, after)
+
+    for table, source, on in (("bronze.interactions", locals_, "t.domain <=> s.domain AND t.user_id = s.user_id"),
+                              ("bronze.identity_map", globals_, "t.global_user_id = s.global_user_id")):
+        path = lake(table)
+        if source is None:
+            continue
+        before = latest_version(spark, path)
+        DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), on).whenMatchedDelete().execute()
+        record(table, path, before)
+    for table, exprs in PSEUDONYM_TABLES.items():
+        path = lake(table)
+        if not table_exists(spark, path):
+            continue
+        before = latest_version(spark, path)
+        DeltaTable.forPath(spark, path).delete(" OR ".join(_in_list(e, pseudonyms) for e in exprs))
+        record(table, path, before)
+        props = published(spark, path) if table == "gold.recommendations" and out[-1].rows_deleted else {}
+        if props:  # readers read the published version: point them at the one without these users (same run)
+            publish(spark, path, out[-1].version_after, _date(props["run_date"]), props["model_version"], int(props["k"]))
+    return out
+
+
+def remaining(spark, lake, key: bytes, pseudonyms: list[str]) -> dict[str, int]:
+    """Rows of ``pseudonyms`` still in each table (all zero after :func:`erase`): the erasure's own check."""
+    from crossrec.io.delta import read_table, table_exists
+
+    left = {}
+    locals_, globals_ = bronze_people(spark, lake, key, pseudonyms)
+    for table, frame in zip(BRONZE_TABLES, (locals_, globals_)):
+        if frame is not None:
+            left[table] = frame.count()
+    for table, exprs in PSEUDONYM_TABLES.items():
+        if table_exists(spark, lake(table)):
+            left[table] = read_table(spark, lake(table)).where(" OR ".join(_in_list(e, pseudonyms) for e in exprs)).count()
+    return left
+
+
+def vacuum(spark, path: str, retention_hours: float) -> None:
+    """Remove the files no version newer than ``retention_hours`` needs (Delta refuses less than its configured
+    minimum, 168 hours by default)."""
+    from delta.tables import DeltaTable
+
+    DeltaTable.forPath(spark, path).vacuum(retention_hours)
+
+
+def _date(text: str):
+    import datetime as dt
+
+    return dt.date.fromisoformat(text)
+
+
+__all__ = ["Erased", "PSEUDONYM_TABLES", "BRONZE_TABLES", "user_ref", "bronze_people", "erase", "remaining", "vacuum"]
