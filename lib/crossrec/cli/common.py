@@ -18,8 +18,9 @@ EXIT_VALIDATION = 3  # a Great Expectations checkpoint failed
 EXIT_ACCOUNTING = 4  # rows in != rows out + quarantined + duplicates
 
 
-def add_common_args(p: argparse.ArgumentParser, raw: bool = False) -> None:
-    """Flags every Spark job takes; each overrides the config file and the environment."""
+def add_common_args(p: argparse.ArgumentParser, raw: bool = False, validates: bool = True) -> None:
+    """Flags every Spark job takes; each overrides the config file and the environment (``--no-validate`` only
+    for jobs that run checkpoints: ``validates``)."""
     g = p.add_argument_group("configuration (defaults -> --config file -> CROSSREC_* env -> flags)")
     g.add_argument("--config", help="TOML file with config keys (see README, Configuration)")
     g.add_argument("--lake-root", dest="lake_root", help="lakehouse root: folder or s3a://, abfss://, hdfs:// URI (default ./lakehouse)")
@@ -29,7 +30,9 @@ def add_common_args(p: argparse.ArgumentParser, raw: bool = False) -> None:
     g.add_argument("--run-id", dest="run_id", help="id stamped on written rows (default <stage>-<run-date>)")
     g.add_argument("--spark-master", dest="spark_master", help="'local[*]' (default) or 'none' to take it from spark-submit")
     g.add_argument("--pseudonym-key-file", dest="pseudonym_key_file", help="file with the secret for user-id pseudonymisation")
-    g.add_argument("--no-validate", dest="validate", action="store_const", const=False, help="skip Great Expectations checkpoints")
+    if validates:
+        g.add_argument("--no-validate", dest="validate", action="store_const", const=False,
+                       help="skip Great Expectations checkpoints")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
