@@ -258,3 +258,14 @@ def test_status_counts_account_for_every_row(spark):
     inter = C.dedupe_interactions(C.pseudonymous_users(classify(spark, rows), None, b"0123456789abcdef"))
     counts = {(r[C.STATUS], r[C.REASON]): r["count"] for r in C.status_counts(inter).collect()}
     assert counts == {(C.OK, None): 3, (C.DUPLICATE, None): 6, (C.QUARANTINED, "missing_user_id"): 1}
+
+
+def test_conflicting_rows_of_one_item_in_one_file_have_a_deterministic_winner(spark):
+    """Rows of one file carry no position: the greatest text wins, whichever order Spark reads them in."""
+    rows = [("books", "b1", "Alpha", None, {"00_title": "Alpha"}, {}, None),
+            ("books", "b1", "Zeta", None, {"00_title": "Zeta"}, {}, None),
+            ("books", "b1", "Mid", None, {"00_title": "Mid"}, {}, None)]
+    for order in (rows, rows[::-1]):
+        out = C.classify_items(bronze_items(spark, order), 1000)
+        assert [(r.title, r[C.STATUS]) for r in out.where(F.col(C.STATUS) == C.OK).collect()] == [("Zeta", C.OK)]
+        assert out.where(F.col(C.STATUS) == C.DUPLICATE).count() == 2
