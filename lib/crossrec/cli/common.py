@@ -16,6 +16,7 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 2  # raw data or configuration does not follow the documented format
 EXIT_VALIDATION = 3  # a Great Expectations checkpoint failed
 EXIT_ACCOUNTING = 4  # rows in != rows out + quarantined + duplicates
+EXIT_BUSY = 5  # another run of the same stage holds the lake's lock for it
 
 
 def add_common_args(p: argparse.ArgumentParser, raw: bool = False, validates: bool = True) -> None:
@@ -87,6 +88,7 @@ def run_guarded(stage: str, fn: Callable[[], object]) -> int:
     """Run a job body, turning the project's known failures into a one-paragraph message and an exit code."""
     from crossrec.data.rawformat import RawFormatError
     from crossrec.io.accounting import AccountingError, QuarantineShareExceeded
+    from crossrec.io.runs import StageBusy
     from crossrec.quality.contracts import ContractError
     from crossrec.quality.validate import ValidationFailed
 
@@ -105,5 +107,8 @@ def run_guarded(stage: str, fn: Callable[[], object]) -> int:
     except AccountingError as e:
         log.error("%s: %s", stage, e)
         return EXIT_ACCOUNTING
+    except StageBusy as e:
+        log.error("%s: refused: %s", stage, e)
+        return EXIT_BUSY
     log.info("%s: done in %.1fs", stage, time.time() - t0)
     return EXIT_OK

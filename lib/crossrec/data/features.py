@@ -56,6 +56,49 @@ def first_occurrences(interactions: DataFrame, item_index: DataFrame) -> DataFra
     )
 
 
+def _picked_domains(events: DataFrame, seed: int, users: DataFrame | None = None) -> DataFrame:
+    """``(user_id, domain)``: each candidate (a user active in two or more domains; with ``users``, only those) with
+    the one of their domains a seeded hash gives them. A pure function of the user's domains."""
+    per_user = events.groupBy("user_id").agg(F.collect_set("domain").alias("domains")).where(F.size("domains") >= 2)
+    if users is not None:
+        per_user = per_user.join(users.select("user_id").distinct(), "user_id", "inner")
+    pick = F.explode("domains").alias("domain")
+    cand = per_user.select("user_id", pick).withColumn("_h", F.xxhash64("user_id", "domain", F.lit(seed)))
+    w = Window.partitionBy("user_id").orderBy("_h", "domain")
+    return cand.withColumn("_r", F.row_number().over(w)).where("_r = 1").select("user_id", "domain")
+
+
+def _user_hash(seed: int) -> Column:
+    return F.xxhash64("user_id", F.lit(seed))
+
+
+def cold_thresholds(events: DataFrame, per_domain: int, max_share: float, seed: int) -> dict[str, list | None]:
+    """Per domain, the (hash, user id) of the last user the seeded sample takes (see :func:`select_cold_users`), or
+    None when it takes nobody: a new user joins the sample exactly when their (hash, id) is at most this, so the sample
+    is stable night after night and new users enter it at the same rate."""
+    assert per_domain >= 0 and 0.0 <= max_share <= 1.0, f"per_domain >= 0 and max_share in [0, 1], got {per_domain}, {max_share}"
+    picked = _picked_domains(events, seed).withColumn("_h", _user_hash(seed))
+    by_hash = Window.partitionBy("domain").orderBy("_h", "user_id")
+    ranked = picked.withColumn("_r", F.row_number().over(by_hash)).withColumn("_n", F.count("*").over(Window.partitionBy("domain")))
+    cap = F.least(F.lit(int(per_domain)), F.floor(F.col("_n") * F.lit(float(max_share))))
+    last = ranked.where(F.col("_r") == cap).select("domain", "_h", "user_id").collect()
+    domains = [r[0] for r in events.select("domain").distinct().collect()]
+    out: dict[str, list | None] = {d: None for d in domains}
+    out.update({r["domain"]: [int(r["_h"]), r["user_id"]] for r in last})
+    return out
+
+
+def cold_users_by_threshold(events: DataFrame, seed: int, thresholds: dict[str, list | None]) -> DataFrame:
+    """The cold-start sample of the users in ``events`` under stored :func:`cold_thresholds`."""
+    picked = _picked_domains(events, seed).withColumn("_h", _user_hash(seed))
+    cond = F.lit(False)
+    for d, t in thresholds.items():
+        if t is not None:
+            h, u = t
+            cond = cond | ((F.col("domain") == d) & ((F.col("_h") < F.lit(h)) | ((F.col("_h") == F.lit(h)) & (F.col("user_id") <= F.lit(u)))))
+    return picked.where(cond).select("user_id", "domain")
+
+
 def select_cold_users(events: DataFrame, per_domain: int, max_share: float, seed: int,
                       users: DataFrame | None = None) -> DataFrame:
     """The cold-start sample: ``(user_id, domain)`` rows, one target domain per sampled user.
@@ -66,22 +109,32 @@ def select_cold_users(events: DataFrame, per_domain: int, max_share: float, seed
     to learn the transfer from. With ``users`` (a frame of ``user_id``), those users are the candidates and every
     one of them is sampled (e.g. a data set's own test cohort).
     """
-    assert per_domain >= 0 and 0.0 <= max_share <= 1.0, f"per_domain >= 0 and max_share in [0, 1], got {per_domain}, {max_share}"
-    per_user = events.groupBy("user_id").agg(F.collect_set("domain").alias("domains")).where(F.size("domains") >= 2)
     if users is not None:
-        per_user = per_user.join(users.select("user_id").distinct(), "user_id", "inner")
-    pick = F.explode("domains").alias("domain")
-    cand = per_user.select("user_id", pick).withColumn("_h", F.xxhash64("user_id", "domain", F.lit(seed)))
-    w = Window.partitionBy("user_id").orderBy("_h", "domain")
-    picked = cand.withColumn("_r", F.row_number().over(w)).where("_r = 1").select("user_id", "domain")
-    if users is not None:
-        return picked
-    # a window per domain over that domain's candidates: the sample's size needs their count
-    by_hash = Window.partitionBy("domain").orderBy(F.xxhash64("user_id", F.lit(seed)), "user_id")
-    ranked = picked.withColumn("_r", F.row_number().over(by_hash)).withColumn(
-        "_n", F.count("*").over(Window.partitionBy("domain")))
-    cap = F.least(F.lit(int(per_domain)), F.floor(F.col("_n") * F.lit(float(max_share))))
-    return ranked.where(F.col("_r") <= cap).select("user_id", "domain")
+        return _picked_domains(events, seed, users)
+    return cold_users_by_threshold(events, seed, cold_thresholds(events, per_domain, max_share, seed))
+
+
+def extend_item_index(index: DataFrame | None, items: DataFrame) -> DataFrame:
+    """The item index of ``items`` keeping every id ``index`` gave: items not in it get the next ``item_idx`` (over
+    all domains) and ``domain_item_idx`` (in their domain), in (domain, item_id) order; a domain not in it gets the
+    next ``domain_idx``. Categories come from ``items``. Without ``index``: :func:`build_item_index`."""
+    if index is None:
+        return build_item_index(items)
+    old = index.select("domain", "item_id", "item_idx", "domain_idx", "domain_item_idx")
+    new = items.select("domain", "item_id").join(old, ["domain", "item_id"], "left_anti")
+    doms = old.groupBy("domain").agg(F.max("domain_idx").alias("domain_idx"), F.max("domain_item_idx").alias("_last"))
+    top = old.agg(F.max("item_idx").alias("m"), F.max("domain_idx").alias("d")).first()
+    new_doms = new.select("domain").distinct().join(doms, "domain", "left_anti").withColumn(
+        "_nd", F.lit(int(top["d"])) + F.dense_rank().over(Window.orderBy("domain")))
+    new = new.join(doms, "domain", "left").join(new_doms, "domain", "left")
+    added = new.select(
+        "domain", "item_id",
+        (F.lit(int(top["m"])) + F.row_number().over(Window.orderBy("domain", "item_id"))).cast("long").alias("item_idx"),
+        F.coalesce("domain_idx", "_nd", F.lit(-1)).cast("long").alias("domain_idx"),  # never -1: not nullable for Spark
+        (F.coalesce("_last", F.lit(-1)) + F.row_number().over(Window.partitionBy("domain").orderBy("item_id"))).cast("long").alias("domain_item_idx"),
+    )
+    ids = old.unionByName(added)
+    return ids.join(items.select("domain", "item_id", "category"), ["domain", "item_id"], "inner")
 
 
 def assign_splits(events: DataFrame, cold_users: DataFrame | None = None) -> DataFrame:

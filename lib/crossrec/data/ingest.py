@@ -273,3 +273,28 @@ def to_canonical(df, fs: FileSet):
     if fs.domain is not None:
         out = out.withColumn("domain", F.lit(fs.domain))
     return out
+
+
+def count_raw_records(spark, fs: FileSet, paths: list[str]) -> int | None:
+    """Records in ``paths`` counted without the file set's parser: the accounting's independent input count.
+
+    Parquet: the row counts of the files' footers. Line formats (CSV, JSON lines): the non-blank lines, less one
+    header line per CSV file. None for multi-line CSV (a record may span lines: only the parser can count it).
+    """
+    from pyspark.sql import functions as F
+
+    if not paths:
+        return 0
+    if fs.format == "parquet":
+        if all(_is_local(p) for p in paths):
+            import pyarrow.parquet as pq
+
+            return sum(pq.ParquetFile(_local(p)).metadata.num_rows for p in paths)
+        return spark.read.parquet(*paths).count()
+    if fs.format == "csv" and fs.options.get("multiline") == "true":
+        return None
+    lines = spark.read.text(paths).select(F.col("value"), F.col("_metadata.file_path").alias("_file"))
+    blank = F.length(F.regexp_replace("value", r"^[\s\x{FEFF}]+|\s+$", "")) == 0
+    counts = lines.where(~blank).groupBy("_file").count().collect()
+    headers = len(counts) if fs.format == "csv" else 0  # each file with a line has its header
+    return sum(r["count"] for r in counts) - headers

@@ -84,6 +84,12 @@ class CrossrecConfig:
             the tables it erased from with it.
         raw_paths_outside_root: accept ``dataset.json`` file set paths outside ``raw_dir`` (absolute, ``../``, another
             store); off by default, so a data set reads only its own folder.
+        full_refresh: clean and features rebuild their tables from the whole layer below instead of merging the
+            rows that arrived since their last run (after a change of ``dataset.json`` or of these settings they do
+            so on their own); quarantine verdicts of earlier nights are made again.
+        keep_run_dates: ``crossrec maintain`` keeps this many newest run dates of gold.recommendations (the published
+            one always).
+        keep_models: ``crossrec maintain`` keeps this many newest model artifacts (the published one always).
         text_encoder: how training reads item text: ``frozen`` (the features job's embeddings), ``finetune`` (the
             text model runs in every step, its top layers trained) or ``auto`` (default: finetune on GPU workers,
             frozen on CPU ones).
@@ -112,6 +118,9 @@ class CrossrecConfig:
     vacuum_retention_hours: float = 168.0
     raw_paths_outside_root: bool = False
     text_encoder: str = "auto"
+    full_refresh: bool = False
+    keep_run_dates: int = 7
+    keep_models: int = 3
 
     def __post_init__(self) -> None:
         for name in ("run_date", "min_event_ts", "lake_root", "raw_dir"):
@@ -127,6 +136,8 @@ class CrossrecConfig:
             raise ConfigError(f"min_event_ts must be YYYY-MM-DD, got {self.min_event_ts!r}") from e
         if self.missing_items not in ("quarantine", "placeholder"):
             raise ConfigError(f"missing_items must be 'quarantine' or 'placeholder', got {self.missing_items!r}")
+        if self.keep_run_dates < 1 or self.keep_models < 1:
+            raise ConfigError(f"keep_run_dates and keep_models must be >= 1, got {self.keep_run_dates}, {self.keep_models}")
         if self.vacuum_retention_hours < 0:
             raise ConfigError(f"vacuum_retention_hours must be >= 0, got {self.vacuum_retention_hours}")
         if not 0.0 <= self.max_quarantine_share <= 1.0:

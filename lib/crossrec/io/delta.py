@@ -83,3 +83,63 @@ def write_table(spark, df, contract: Contract, path: str, mode: str, replace_whe
     version = latest_version(spark, path)
     log.info("wrote %s (%s%s) -> %s v%d", contract.table, mode, f" where {replace_where}" if replace_where else "", path, version)
     return version
+
+
+def merge_table(spark, df, contract: Contract, path: str, on: list[str], *, update: bool = True,
+                delete_flag: str | None = None) -> tuple[int, dict[str, int]]:
+    """MERGE ``df`` (conformed to ``contract``) into the Delta table at ``path`` on the columns ``on``; one commit.
+
+    Rows of ``df`` that match a row of the table update it (all columns; with ``update=False`` they are left out:
+    an insert-only merge, i.e. deduplication against the rows already there), the others are inserted. With
+    ``delete_flag`` (a boolean column of ``df``, not of the contract), matched rows whose flag is true are deleted
+    and flagged rows never inserted. Returns the new version and Delta's metrics of the merge
+    (``numTargetRowsInserted``, ``numTargetRowsUpdated``, ``numTargetRowsDeleted``, ``numSourceRows``).
+    """
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    contract.ensure_table(spark, path)
+    source = contract.conform(df)
+    if delete_flag:  # the contract's columns (as conform gives them) and the flag
+        from crossrec.quality.contracts import spark_type
+
+        source = df.select(*[F.col(c.name).cast(spark_type(c.type)).alias(c.name) for c in contract.columns],
+                           F.col(delete_flag).cast("boolean").alias("_delete"))
+    cond = " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in on)
+    merge = DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), cond)
+    values = {f"`{c}`": f"s.`{c}`" for c in contract.column_names}
+    if delete_flag:
+        merge = merge.whenMatchedDelete(condition="s._delete")
+        if update:
+            merge = merge.whenMatchedUpdate(set=values)
+        merge = merge.whenNotMatchedInsert(condition="NOT s._delete", values=values)
+    else:
+        if update:
+            merge = merge.whenMatchedUpdate(set=values)
+        merge = merge.whenNotMatchedInsert(values=values)
+    merge.execute()
+    version = latest_version(spark, path)
+    metrics = write_metrics(spark, path)
+    log.info("merged into %s -> %s v%d: %s", contract.table, path, version,
+             {k: metrics.get(k) for k in ("numSourceRows", "numTargetRowsInserted", "numTargetRowsUpdated", "numTargetRowsDeleted")})
+    return version, metrics
+
+
+def write_metrics(spark, path: str) -> dict[str, int]:
+    """Delta's row metrics of the newest commit (``numOutputRows`` of a write, the ``numTarget*`` of a merge)."""
+    return {k: int(v) for k, v in last_operation_metrics(spark, path).items() if str(v).isdigit()}
+
+
+def read_changes(spark, path: str, versions: list[int], change_types: tuple[str, ...] = ("insert",)):
+    """Rows the commits ``versions`` of a table with the change data feed added (or, with ``change_types``, also
+    deleted, ``update_postimage``...), with ``_change_type`` and ``_commit_version``; None when ``versions`` is empty."""
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    if not versions:
+        return None
+    frames = [spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", v)
+              .option("endingVersion", v).load(path) for v in versions]
+    df = reduce(lambda a, b: a.unionByName(b), frames)
+    return df.where(F.col("_change_type").isin(list(change_types)))

@@ -34,6 +34,7 @@ _SIMPLE_TYPES = {
 
 # Delta collects file statistics (min/max, nulls) for these columns only; readers skip files by them
 STATS_COLUMNS_PROPERTY = "delta.dataSkippingStatsColumns"
+CDF_PROPERTY = "delta.enableChangeDataFeed"
 
 
 class ContractError(ValueError):
@@ -75,6 +76,7 @@ class Contract:
     references: tuple[Reference, ...] = ()
     row_count: dict = field(default_factory=dict)
     stats_columns: tuple[str, ...] = ()  # Delta file statistics only for these (empty: Delta's default, the first 32)
+    change_data_feed: bool = False  # Delta's change data feed: readers of changes (the next stage, services) read only them
 
     @property
     def column_names(self) -> list[str]:
@@ -120,6 +122,8 @@ class Contract:
             builder = builder.partitionedBy(*self.partition_by)
         if self.stats_columns:
             builder = builder.property(STATS_COLUMNS_PROPERTY, ",".join(self.stats_columns))
+        if self.change_data_feed:
+            builder = builder.property(CDF_PROPERTY, "true")
         builder.execute()
 
     def _migrate(self, spark, path: str) -> None:
@@ -146,9 +150,13 @@ def _migrate_table(contract: Contract, spark, path: str) -> None:
         cols = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in new)
         log.warning("%s: adding column(s) %s to the existing table at %s", contract.table, [f.name for f in new], path)
         spark.sql(f"ALTER TABLE {quote_path(path)} ADD COLUMNS ({cols})")
+    props = table_properties(spark, path)
+    if contract.change_data_feed and props.get(CDF_PROPERTY) != "true":
+        log.info("%s: turning on the change data feed at %s (changes from now on)", contract.table, path)
+        set_table_properties(spark, path, {CDF_PROPERTY: "true"})
     if contract.stats_columns:
         want_stats = ",".join(contract.stats_columns)
-        if table_properties(spark, path).get(STATS_COLUMNS_PROPERTY) != want_stats:
+        if props.get(STATS_COLUMNS_PROPERTY) != want_stats:
             log.info("%s: file statistics for %s only (table property %s) at %s; files written from now on",
                      contract.table, want_stats, STATS_COLUMNS_PROPERTY, path)
             set_table_properties(spark, path, {STATS_COLUMNS_PROPERTY: want_stats})
@@ -169,7 +177,8 @@ def spark_type(name: str):
     raise ContractError(f"unknown column type {name!r}; known: {sorted(_SIMPLE_TYPES)}, array<..>, map<..,..>")
 
 
-_KEYS = ("table", "description", "columns", "partition_by", "key", "references", "row_count", "stats_columns")
+_KEYS = ("table", "description", "columns", "partition_by", "key", "references", "row_count", "stats_columns",
+         "change_data_feed")
 
 
 def _parse(data: dict, source: str) -> Contract:
@@ -188,6 +197,7 @@ def _parse(data: dict, source: str) -> Contract:
             references=refs,
             row_count=dict(data.get("row_count", {})),
             stats_columns=tuple(data.get("stats_columns", [])),
+            change_data_feed=bool(data.get("change_data_feed", False)),
         )
     except (KeyError, TypeError) as e:
         raise ContractError(f"{source}: malformed contract ({e})") from e

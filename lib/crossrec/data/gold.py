@@ -1,0 +1,297 @@
+"""The features stage: silver -> gold.item_index, gold.user_sequences, gold.item_embeddings, nightly or in full.
+
+**Incremental (the default).** The users with changes are read from silver.interactions' change data feed of
+the commits recorded since features' last run (new rows, and rows erased by ``crossrec forget``); only their
+sequence rows are rebuilt from their whole history and MERGEd into gold.user_sequences (rows a user no longer has
+are deleted in the same commit). The item index is stable: items keep their ids, new items get the next ones, so a
+model trained on an older index still reads the new tables. ``train_count`` moves by the changed users' train events.
+Embeddings are computed for new or changed texts only and MERGEd into the cache; nothing is collected to the driver.
+The cold-start sample is stable too: the per-domain (hash, user) thresholds of its first draw are stored as a property
+of gold.user_sequences and every user, new or old, is judged against them (lib/crossrec/data/features.py).
+
+**Full rebuild** (``full_refresh``, the first run, after a full clean, a new domain, or changed sequence settings):
+every user's rows from all of silver, the tables overwritten; ids and the stored sample thresholds are kept when the
+settings that made them are unchanged.
+
+Row accounting per domain: interactions in = sequence events out + repeats + withheld + not in the index; the
+events the written rows hold (read back from the table) must equal the events out (exit 4 otherwise).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from functools import partial
+
+from crossrec.data import features as FE
+from crossrec.data.rawformat import RawFormatError, load_dataset
+from crossrec.io.accounting import AccountingError, AccountingRow, check_balanced, format_accounting, write_accounting
+from crossrec.io.config import CrossrecConfig
+from crossrec.io.delta import (latest_version, merge_table, read_changes, read_table, set_table_properties, table_exists,
+                               table_properties, write_table)
+from crossrec.io.runs import Ledger, StageRun, stage_run
+from crossrec.quality.contracts import load_contract
+from crossrec.quality.validate import Validator
+
+log = logging.getLogger(__name__)
+
+STAGE = "features"
+SILVER = ("silver.interactions", "silver.items")
+GOLD = ("gold.item_index", "gold.user_sequences", "gold.item_embeddings")
+COLD_PROPERTY = "crossrec.cold_start"
+SEQ_KEY = ["user_id", "split", "target_domain"]
+
+
+def run_features(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
+    """Bring gold up to the recorded silver versions (incremental or full), validate, record; return the accounting."""
+    with stage_run(spark, cfg, STAGE, list(GOLD)) as stage:
+        accounting, summary = _features(cfg, spark, stage)
+    print(format_accounting(accounting))
+    print(f"gold.user_sequences rows written this run ({stage.mode}; split, target domain, cold start):")
+    for r in summary:
+        print(f"  {r['split']:<6} {r['target_domain']:<12} cold={str(r['cold_start']):<5} {r['count']:>10,}")
+    write_accounting(spark, cfg, stage.run_id, accounting)
+    return accounting
+
+
+def cohort_users(spark, cfg: CrossrecConfig):
+    """Pseudonymised ids of the configured cohort, or None when the data set has no cohort file."""
+    from pyspark.sql import functions as F
+
+    from crossrec.data.pseudonym import pseudonym_column
+
+    if not cfg.cold_start_cohort:
+        return None
+    try:
+        dataset = load_dataset(cfg.raw_dir, outside_root=cfg.raw_paths_outside_root)
+    except RawFormatError:
+        log.info("no raw data set at %s: cold-start sample drawn by fraction", cfg.raw_dir)
+        return None
+    name = dataset.extras.get("user_cohorts")
+    if not name:
+        return None
+    path = os.path.join(dataset.root, name)
+    with open(path, encoding="utf-8") as fh:
+        ids = [r["user_id"] for r in csv.DictReader(fh) if r.get("cohort") == cfg.cold_start_cohort]
+    if not ids:
+        raise RawFormatError(f"{path}: no user of cohort {cfg.cold_start_cohort!r}")
+    log.info("cold-start sample: %d users of cohort %r (%s)", len(ids), cfg.cold_start_cohort, path)
+    raw = spark.createDataFrame([(i,) for i in ids], "raw_id string")
+    # the same keyed hash as clean: the identity map is not applied (cohort files name global ids)
+    return raw.select(pseudonym_column(cfg.require_pseudonym_key(), F.col("raw_id")).alias("user_id"))
+
+
+def _settings(cfg: CrossrecConfig) -> dict:
+    return {"max_seq_len": cfg.max_seq_len, "cold_start_users": cfg.cold_start_users, "seed": cfg.seed,
+            "cold_start_fraction": cfg.cold_start_fraction, "cold_start_cohort": cfg.cold_start_cohort}
+
+
+def _full_reason(cfg: CrossrecConfig, spark, ledger: Ledger, last: dict | None, reads: dict, domains: list[str]) -> str | None:
+    if cfg.full_refresh:
+        return "full_refresh requested"
+    if last is None:
+        return "no earlier features run"
+    if last["details"].get("settings") != _settings(cfg):
+        return "the sequence or cold-start settings changed since the last run"
+    if sorted(last["details"].get("domains", [])) != domains:
+        return f"the domains changed ({last['details'].get('domains')} -> {domains})"
+    missing = [t for t in GOLD if not table_exists(spark, cfg.table_path(t))]
+    if missing:
+        return f"{missing} missing"
+    since = last["reads"].get("silver.interactions", -1)
+    for r in ledger.succeeded("clean"):
+        if r["mode"] == "full" and since < r["writes"].get("silver.interactions", -1) <= reads["silver.interactions"]:
+            return "clean rebuilt silver since the last run"
+    return None
+
+
+def _features(cfg: CrossrecConfig, spark, stage: StageRun):
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    ledger = Ledger(cfg.lake_uri)
+    recorded = ledger.recorded_versions()
+    for t in SILVER:
+        if t not in recorded or not table_exists(spark, cfg.table_path(t)):
+            raise RawFormatError(f"{t} has no recorded version at {cfg.table_path(t)}: run `crossrec clean` first")
+    stage.reads = {t: recorded[t] for t in SILVER}
+    inter_all = read_table(spark, cfg.table_path("silver.interactions"), stage.reads["silver.interactions"])
+    items = read_table(spark, cfg.table_path("silver.items"), stage.reads["silver.items"])
+    domains = sorted(r[0] for r in items.select("domain").distinct().collect())
+    last = ledger.last(STAGE)
+    seq_path, index_path = cfg.table_path("gold.user_sequences"), cfg.table_path("gold.item_index")
+    cohort = cohort_users(spark, cfg)
+    stored = None  # the cold-start sample's thresholds, kept from the run that drew them
+    if cohort is None and table_exists(spark, seq_path):
+        stored = json.loads(table_properties(spark, seq_path).get(COLD_PROPERTY, "null"))
+        if stored is not None and (stored.get("settings") != _settings(cfg) or sorted(stored["thresholds"]) != domains):
+            stored = None
+    reason = _full_reason(cfg, spark, ledger, last, stage.reads, domains)
+    if reason is None and cohort is None and stored is None:
+        reason = "no cold-start thresholds stored for these settings"
+    stage.mode = "full" if reason else "incremental"
+    stage.details.update(settings=_settings(cfg), domains=domains)
+    log.info("reading silver at its recorded versions %s; domains %s; %s", stage.reads, domains,
+             f"full rebuild ({reason})" if reason else "incremental")
+    if reason:
+        stage.details["full_because"] = reason
+
+    old_index = read_table(spark, index_path, recorded["gold.item_index"]) if "gold.item_index" in recorded else None
+    index = FE.extend_item_index(old_index, items).persist(StorageLevel.MEMORY_AND_DISK)
+    users = None
+    if stage.mode == "incremental":
+        versions = ledger.written_versions("silver.interactions", last["reads"]["silver.interactions"], stage.reads["silver.interactions"])
+        changes = read_changes(spark, cfg.table_path("silver.interactions"), versions,
+                               ("insert", "delete", "update_preimage", "update_postimage"))
+        users = (changes.select("user_id").distinct() if changes is not None else
+                 spark.createDataFrame([], "user_id string")).persist(StorageLevel.MEMORY_AND_DISK)
+        stage.details["users_changed"] = users.count()
+        log.info("features: %d user(s) with changes in silver.interactions versions %s", stage.details["users_changed"], versions)
+    inter = inter_all if users is None else inter_all.join(F.broadcast(users), "user_id", "left_semi")
+
+    occ = FE.first_occurrences(inter, index).persist(StorageLevel.MEMORY_AND_DISK)
+    firsts = occ.where(~F.col("is_repeat")).drop("is_repeat")
+    if cohort is not None:
+        cold = FE.select_cold_users(firsts, cfg.cold_start_users, cfg.cold_start_fraction, cfg.seed, cohort)
+    else:
+        if stored is None:  # a full run over every user: draw the sample (kept for the nights after)
+            stored = {"settings": _settings(cfg),
+                      "thresholds": FE.cold_thresholds(firsts, cfg.cold_start_users, cfg.cold_start_fraction, cfg.seed)}
+        stage.details["cold_start_thresholds"] = stored["thresholds"]
+        cold = FE.cold_users_by_threshold(firsts, cfg.seed, stored["thresholds"])
+    split = FE.assign_splits(firsts, cold).persist(StorageLevel.MEMORY_AND_DISK)
+    seqs = FE.build_sequences(split, cfg.max_seq_len)
+
+    accounting = _sequence_accounting(inter, occ, split, domains)
+    counts = _train_counts(spark, cfg, recorded, split, users)
+    new_index = index.drop("train_count") if "train_count" in index.columns else index
+    new_index = new_index.join(counts, "item_idx", "left").withColumn("train_count", F.coalesce("train_count", F.lit(0)).cast("long"))
+
+    w = stage.writes
+    if stage.mode == "full":
+        w["gold.user_sequences"] = write_table(spark, seqs, load_contract("gold.user_sequences"), seq_path, "overwrite")
+    else:
+        old = read_table(spark, seq_path, recorded["gold.user_sequences"]).join(F.broadcast(users), "user_id", "left_semi")
+        contract = load_contract("gold.user_sequences")
+        gone = contract.conform(old.join(seqs.select(*SEQ_KEY), SEQ_KEY, "left_anti")).withColumn("_delete", F.lit(True))
+        source = contract.conform(seqs).withColumn("_delete", F.lit(False)).unionByName(gone)
+        w["gold.user_sequences"], _ = merge_table(spark, source, load_contract("gold.user_sequences"), seq_path, SEQ_KEY, delete_flag="_delete")
+    if cohort is None:
+        set_table_properties(spark, seq_path, {COLD_PROPERTY: json.dumps(stored, sort_keys=True)})
+        w["gold.user_sequences"] = latest_version(spark, seq_path)
+    # the index is small next to the events: rewritten whole, ids kept
+    new_index = new_index.persist(StorageLevel.MEMORY_AND_DISK)
+    new_index.count()
+    w["gold.item_index"] = write_table(spark, new_index, load_contract("gold.item_index"), index_path, "overwrite")
+    w["gold.item_embeddings"], n_encoded = _embeddings(spark, cfg, items)
+
+    written = _written_events(spark, seq_path, w["gold.user_sequences"], users)
+    expected = sum(r.rows_out for r in accounting)
+    if written != expected:
+        raise AccountingError(f"features gold.user_sequences: the rows written hold {written:,} events; the accounting "
+                              f"expects {expected:,} (sequence events out)")
+    n_items = {r["domain"]: r["count"] for r in items.groupBy("domain").count().collect()}
+    for d in domains:
+        accounting.append(AccountingRow(STAGE, "gold.item_index", d, rows_in=n_items[d], rows_out=n_items[d]))
+        accounting.append(AccountingRow(STAGE, "gold.item_embeddings", d, rows_in=n_items[d], rows_out=n_items[d]))
+    accounting[-1].details = {"encoded": n_encoded, "reused_total": sum(n_items.values()) - n_encoded}
+    for r in accounting:
+        r.details["silver_versions"] = stage.reads
+    check_balanced(accounting)
+
+    if cfg.validate:
+        validator = Validator(cfg.reports_root, stage.run_id)
+        silver_items = items
+        for table, version in w.items():
+            df = read_table(spark, cfg.table_path(table), version)
+            if table == "gold.user_sequences" and users is not None:
+                df = df.join(F.broadcast(users), "user_id", "left_semi")  # the rows of this run's users
+            rows = sum(n_items.values()) if table != "gold.user_sequences" else None
+            validator.check(load_contract(table), df, params={"domains": domains}, expected_rows=rows,
+                            references={"silver.items": silver_items}, version=version)
+    written_rows = read_table(spark, seq_path, w["gold.user_sequences"])
+    if users is not None:
+        written_rows = written_rows.join(F.broadcast(users), "user_id", "left_semi")
+    summary = written_rows.groupBy("split", "target_domain", "cold_start").count().orderBy("split", "target_domain", "cold_start").collect()
+    for frame in (index, occ, split, new_index, users):
+        if frame is not None:
+            frame.unpersist()
+    stage.accounting = accounting
+    return accounting, summary
+
+
+def _sequence_accounting(inter, occ, split, domains: list[str]) -> list[AccountingRow]:
+    from pyspark.sql import functions as F
+
+    per_domain = {r["domain"]: r for r in occ.groupBy("domain").agg(
+        F.count("*").alias("n"), F.sum(F.col("is_repeat").cast("long")).alias("repeats")).collect()}
+    per_split = split.groupBy("domain", "split", "withheld").count().collect()
+    n_in = {r["domain"]: r["count"] for r in inter.groupBy("domain").count().collect()}
+    out = []
+    for d in domains:
+        row = AccountingRow(STAGE, "gold.user_sequences", d, rows_in=n_in.get(d, 0))
+        row.duplicates = int(per_domain[d]["repeats"]) if d in per_domain else 0
+        row.withheld = sum(r["count"] for r in per_split if r["domain"] == d and r["withheld"])
+        row.rows_out = sum(r["count"] for r in per_split if r["domain"] == d and not r["withheld"])
+        row.quarantined = row.rows_in - (per_domain[d]["n"] if d in per_domain else 0)  # items missing from the index
+        row.details = {s: sum(r["count"] for r in per_split if r["domain"] == d and r["split"] == s and not r["withheld"])
+                       for s in ("train", "valid", "test")}
+        out.append(row)
+    return out
+
+
+def _train_counts(spark, cfg, recorded: dict, split, users):
+    """``item_idx, train_count`` after this run: all train events (a full run), or the stored counts moved by the
+    changed users' train events (new minus old)."""
+    from pyspark.sql import functions as F
+
+    new = split.where((F.col("split") == FE.TRAIN) & ~F.col("withheld")).groupBy("item_idx").agg(F.count("*").alias("n"))
+    if users is None:
+        return new.withColumnRenamed("n", "train_count")
+    old_rows = read_table(spark, cfg.table_path("gold.user_sequences"), recorded["gold.user_sequences"])
+    old = (old_rows.where(F.col("split") == FE.TRAIN).join(F.broadcast(users), "user_id", "left_semi")
+           .select(F.explode("item_idx").alias("item_idx")).groupBy("item_idx").agg((-F.count("*")).alias("n")))
+    stored = read_table(spark, cfg.table_path("gold.item_index"), recorded["gold.item_index"]).select("item_idx", F.col("train_count").alias("n"))
+    return stored.unionByName(new).unionByName(old).groupBy("item_idx").agg(F.sum("n").cast("long").alias("train_count"))
+
+
+def _written_events(spark, path: str, version: int, users) -> int:
+    """Events the sequence rows hold (train rows: their history; valid/test rows: their target), read back."""
+    from pyspark.sql import functions as F
+
+    df = read_table(spark, path, version)
+    if users is not None:
+        df = df.join(F.broadcast(users), "user_id", "left_semi")
+    n = df.select(F.sum(F.when(F.col("split") == FE.TRAIN, F.size("item_idx")).otherwise(F.lit(1))).alias("n")).first()["n"]
+    return int(n or 0)
+
+
+def _embeddings(spark, cfg: CrossrecConfig, items) -> tuple[int, int]:
+    """Encode the items whose text (hash) is not in gold.item_embeddings and MERGE them in; return (version, encoded)."""
+    from pyspark import StorageLevel
+
+    from crossrec.text.encoder import encode_batches
+
+    enc_in = FE.encoder_input(items)
+    path = cfg.table_path("gold.item_embeddings")
+    contract = load_contract("gold.item_embeddings")
+    todo = enc_in
+    if table_exists(spark, path):
+        cached = read_table(spark, path, Ledger(cfg.lake_uri).recorded_versions().get("gold.item_embeddings"))
+        todo = enc_in.join(cached.select("domain", "item_id", "text_hash"), ["domain", "item_id", "text_hash"], "left_anti")
+    n_todo = todo.count()
+    log.info("text encoder: %d item(s) to encode (new or changed text)", n_todo)
+    if n_todo == 0:
+        contract.ensure_table(spark, path)
+        return latest_version(spark, path), 0
+    parts = max(1, min(spark.sparkContext.defaultParallelism, n_todo // 2000 + 1))
+    # on one machine the Python workers share its cores: cap torch's threads so they do not oversubscribe
+    local = spark.sparkContext.master.startswith("local")
+    threads = max(1, (os.cpu_count() or 1) // parts) if local else None
+    encoded = todo.repartition(parts).mapInPandas(partial(encode_batches, threads=threads), schema=contract.spark_schema())
+    encoded = encoded.persist(StorageLevel.DISK_ONLY)  # a merge may read its source twice: encode once
+    encoded.count()
+    version, _ = merge_table(spark, encoded, contract, path, ["domain", "item_id"])
+    encoded.unpersist()
+    return version, n_todo

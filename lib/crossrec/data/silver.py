@@ -1,0 +1,319 @@
+"""The clean stage: bronze -> silver.interactions, silver.items, silver.quarantine, nightly or as a full rebuild.
+
+**Incremental (the default).** Only the bronze rows the ingest runs recorded since clean's last run are read
+(Delta's change data feed of exactly those commits). They are classified like a full rebuild would
+(:mod:`crossrec.data.clean`), then
+
+* silver.items: MERGE on (domain, item_id): a newer catalog row replaces the one there (a later file wins);
+* silver.interactions: an insert-only MERGE on the table's key: a row already in silver is a duplicate
+  (the first arrival wins, as in a full rebuild);
+* silver.quarantine: appended.
+
+A quarantine verdict is made once, on the night a row arrives (an interaction on an item that arrives on a later
+night stays quarantined); ``--full-refresh`` judges every row again.
+
+**Full rebuild** (``full_refresh``, the first run, or when ``dataset.json`` or a setting that changes verdicts
+differs from the last run's, or when an identity-map row re-maps a user already in silver): silver is rebuilt from
+all of bronze at its recorded versions and overwritten.
+
+Either way: every bronze row read ends in silver, the quarantine or the duplicate count; the rows read must equal
+what Delta reports the ingest commits appended (independently of the classification), and the silver rows
+written must equal what the classification kept (Delta's own write metrics); a mismatch is an
+:class:`~crossrec.io.accounting.AccountingError` (exit 4). The written versions are validated, then recorded in
+ops.runs (:mod:`crossrec.io.runs`).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+from functools import reduce
+
+from crossrec.data import clean as C
+from crossrec.data.pseudonym import check_lake_key, fingerprint, record_lake_key
+from crossrec.data.rawformat import RawFormatError, load_dataset
+from crossrec.io.accounting import (AccountingError, AccountingRow, check_balanced, check_quarantine_share,
+                                    format_accounting, write_accounting)
+from crossrec.io.config import CrossrecConfig
+from crossrec.io.delta import (latest_version, merge_table, read_changes, read_table, table_exists, write_metrics,
+                               write_table)
+from crossrec.io.runs import Ledger, StageRun, stage_run
+from crossrec.quality.contracts import load_contract
+from crossrec.quality.validate import Validator
+
+log = logging.getLogger(__name__)
+
+STAGE = "clean"
+BRONZE = ("bronze.interactions", "bronze.items", "bronze.identity_map")
+SILVER = ("silver.items", "silver.interactions", "silver.quarantine")
+CDF_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
+
+
+def run_clean(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
+    """Bring silver up to the recorded bronze versions (incremental or full), validate, record; return the accounting."""
+    with stage_run(spark, cfg, STAGE, list(SILVER)) as stage:
+        accounting = _clean(cfg, spark, stage)
+    print(format_accounting(accounting))
+    write_accounting(spark, cfg, stage.run_id, accounting)
+    return accounting
+
+
+def settings_fingerprint(cfg: CrossrecConfig, dataset) -> str:
+    """What makes a row's verdict: the data set's file sets and the settings clean applies. A change means a rebuild."""
+    sets = sorted((fs.kind, fs.domain or "", fs.timestamp or "", fs.default_event_type or "") for fs in dataset.file_sets)
+    doc = {"file_sets": sets, "min_event_ts": cfg.min_event_ts, "max_text_chars": cfg.max_text_chars,
+           "missing_items": cfg.missing_items, "key": fingerprint(cfg.require_pseudonym_key())}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    dataset = load_dataset(cfg.raw_dir, outside_root=cfg.raw_paths_outside_root)
+    domains = list(dataset.domains)
+    key = cfg.require_pseudonym_key()
+    new_key = check_lake_key(spark, cfg.table_path("silver.interactions"), key)  # never mix two keys' pseudonyms
+    ledger = Ledger(cfg.lake_uri)
+    recorded = ledger.recorded_versions()
+    if "bronze.interactions" not in recorded or not table_exists(spark, cfg.table_path("bronze.interactions")):
+        raise RawFormatError(f"bronze.interactions has no recorded version at {cfg.table_path('bronze.interactions')}: "
+                             "run `crossrec ingest` first")
+    stage.reads = {t: recorded[t] for t in BRONZE if t in recorded and table_exists(spark, cfg.table_path(t))}
+    log.info("reading bronze at its recorded versions %s", stage.reads)
+    fp = settings_fingerprint(cfg, dataset)
+    stage.details["settings"] = fp
+    last = ledger.last(STAGE)
+    reason = _full_reason(cfg, spark, last, fp)
+
+    def bronze_full(table: str):
+        return read_table(spark, cfg.table_path(table), stage.reads[table]) if table in stage.reads else None
+
+    ids = None
+    if "bronze.identity_map" in stage.reads:
+        ids = C.classify_identity_map(bronze_full("bronze.identity_map"), domains, key).persist(StorageLevel.MEMORY_AND_DISK)
+    batch: dict[str, object] = {}
+    if reason is None:
+        for t in stage.reads:
+            versions = ledger.written_versions(t, last["reads"].get(t, 0), stage.reads[t])
+            batch[t] = read_changes(spark, cfg.table_path(t), versions)
+            batch[t] = batch[t].drop(*CDF_COLUMNS) if batch[t] is not None else None
+        reason = _remapped_users(spark, cfg, batch.get("bronze.identity_map"), ids, last, domains, key)
+    stage.mode = "full" if reason else "incremental"
+    if reason:
+        log.info("clean: full rebuild from bronze (%s)", reason)
+        stage.details["full_because"] = reason
+        batch = {t: bronze_full(t) for t in stage.reads}
+    else:
+        log.info("clean: merging the bronze rows of %s", {t: ledger.written_versions(t, last["reads"].get(t, 0), v)
+                                                        for t, v in stage.reads.items()})
+    expected_in = _rows_appended(spark, cfg, ledger, stage.reads, last if not reason else None)
+
+    min_ts = dt.datetime.fromisoformat(cfg.min_event_ts)
+    max_ts = dt.datetime.fromisoformat(cfg.run_date) + dt.timedelta(days=1)
+    empty_items = spark.createDataFrame([], load_contract("bronze.items").spark_schema())
+    empty_inter = spark.createDataFrame([], load_contract("bronze.interactions").spark_schema())
+    items = C.classify_items(batch.get("bronze.items") or empty_items, cfg.max_text_chars, domains)
+    items = items.persist(StorageLevel.MEMORY_AND_DISK)
+    silver_items_path = cfg.table_path("silver.items")
+    known = None  # the catalog already in silver (incremental only)
+    if stage.mode == "incremental" and "silver.items" in recorded:
+        known = read_table(spark, silver_items_path, recorded["silver.items"]).select("domain", "item_id")
+    ts_formats = {fs.domain: fs.timestamp for fs in dataset.file_sets if fs.kind == "interactions"}
+    event_types = {fs.domain: fs.default_event_type for fs in dataset.file_sets if fs.kind == "interactions"}
+    catalog = None
+    if cfg.missing_items == "quarantine":
+        catalog = C.catalog_keys(items)
+        catalog = catalog.unionByName(known).distinct() if known is not None else catalog
+    inter = C.classify_interactions(batch.get("bronze.interactions") or empty_inter, ts_formats, event_types,
+                                    min_ts, max_ts, catalog=catalog)
+    inter = C.pseudonymous_users(inter, ids, key)
+    placeholders = None
+    if catalog is None:
+        placeholders = C.placeholder_items(inter, items)
+        if known is not None:
+            placeholders = placeholders.join(known, ["domain", "item_id"], "left_anti")
+        placeholders = placeholders.persist(StorageLevel.MEMORY_AND_DISK)
+    inter = C.dedupe_interactions(inter).persist(StorageLevel.MEMORY_AND_DISK)
+
+    # ---- accounting (actions on the persisted frames: one small aggregate each)
+    item_flags = {
+        r["domain"]: {"text_truncated": r["t"], "text_with_invalid_bytes": r["b"]}
+        for r in items.where(F.col(C.STATUS) == C.OK).groupBy("domain")
+        .agg(F.sum(F.col("_truncated").cast("long")).alias("t"), F.sum(F.col("_bad_text_bytes").cast("long")).alias("b")).collect()
+    }
+    n_placeholders = {r["domain"]: r["count"] for r in placeholders.groupBy("domain").count().collect()} if placeholders is not None else {}
+    for d, n in n_placeholders.items():
+        item_flags.setdefault(d, {})["placeholder_items_added"] = n
+    labelled = [(t, f) for t, f in (("silver.interactions", inter), ("silver.items", items), ("silver.identity_map", ids)) if f is not None]
+    counts = reduce(lambda a, b: a.unionByName(b), [C.status_counts(f).withColumn("_table", F.lit(t)) for t, f in labelled]).collect()
+    by_table = {t: [r for r in counts if r["_table"] == t] for t, _ in labelled}
+    for table in ("silver.interactions", "silver.items"):  # a mostly broken input fails before anything is written
+        check_quarantine_share(by_table[table], cfg.max_quarantine_share, table)
+    for table, n in expected_in.items():
+        got = sum(r["count"] for r in by_table[table.replace("bronze.", "silver.")])
+        if table != "bronze.identity_map" or stage.mode == "full":
+            if got != n:
+                raise AccountingError(f"clean {table}: the ingest commits read appended {n:,} rows; {got:,} were classified")
+    existing = _already_in_silver(spark, cfg, recorded, inter) if stage.mode == "incremental" else {}
+    accounting = _accounting("silver.interactions", by_table["silver.interactions"], domains, existing=existing)
+    accounting += _accounting("silver.items", by_table["silver.items"], domains, extra=item_flags)
+    if ids is not None and stage.mode == "full":
+        accounting += _accounting("silver.identity_map", by_table["silver.identity_map"], [])
+    check_balanced(accounting)
+
+    # ---- writes
+    item_cols = load_contract("silver.items").column_names
+    ok_items = items.where(F.col(C.STATUS) == C.OK).select(*item_cols)
+    if placeholders is not None:
+        ok_items = ok_items.unionByName(placeholders.select(*item_cols))
+    quarantine = [C.quarantine_rows(inter, "bronze.interactions"), C.quarantine_rows(items, "bronze.items")]
+    if ids is not None and stage.mode == "full":
+        quarantine.append(C.quarantine_rows(ids, "bronze.identity_map"))
+    quarantine = reduce(lambda a, b: a.unionByName(b), quarantine)
+    ok_inter = inter.where(F.col(C.STATUS) == C.OK)
+    n_items = sum(r.rows_out for r in accounting if r.table_name == "silver.items") + sum(n_placeholders.values())
+    n_inter = sum(r.rows_out for r in accounting if r.table_name == "silver.interactions")
+    n_quar = sum(r.quarantined for r in accounting)
+    w = stage.writes
+    if stage.mode == "full":
+        for table, df in (("silver.items", ok_items), ("silver.interactions", ok_inter), ("silver.quarantine", quarantine)):
+            w[table] = write_table(spark, df, load_contract(table), cfg.table_path(table), "overwrite")
+            _check_written(table, write_metrics(spark, cfg.table_path(table)).get("numOutputRows"),
+                           {"silver.items": n_items, "silver.interactions": n_inter, "silver.quarantine": n_quar}[table])
+    else:
+        w["silver.items"], m = merge_table(spark, ok_items, load_contract("silver.items"), silver_items_path, ["domain", "item_id"])
+        _check_written("silver.items", m.get("numTargetRowsInserted", 0) + m.get("numTargetRowsUpdated", 0), n_items)
+        path = cfg.table_path("silver.interactions")
+        w["silver.interactions"], m = merge_table(spark, ok_inter, load_contract("silver.interactions"), path,
+                                                  list(load_contract("silver.interactions").key), update=False)
+        _check_written("silver.interactions", m.get("numTargetRowsInserted", 0), n_inter)
+        path = cfg.table_path("silver.quarantine")
+        w["silver.quarantine"] = write_table(spark, quarantine, load_contract("silver.quarantine"), path, "append")
+        _check_written("silver.quarantine", write_metrics(spark, path).get("numOutputRows", 0), n_quar)
+
+    if cfg.validate:
+        expected = {"silver.items": n_items, "silver.interactions": n_inter, "silver.quarantine": n_quar}
+        _validate(spark, cfg, stage, domains, expected if stage.mode == "full" else None)
+    if new_key:
+        record_lake_key(spark, cfg.table_path("silver.interactions"), key)
+        w["silver.interactions"] = latest_version(spark, cfg.table_path("silver.interactions"))
+    for frame in (inter, items, ids, placeholders):
+        if frame is not None:
+            frame.unpersist()
+    for r in accounting:
+        r.details["bronze_versions"] = stage.reads
+    stage.accounting = accounting
+    return accounting
+
+
+def _full_reason(cfg: CrossrecConfig, spark, last: dict | None, fp: str) -> str | None:
+    """Why this run must rebuild from all of bronze, or None when it can merge the new rows."""
+    if cfg.full_refresh:
+        return "full_refresh requested"
+    if last is None:
+        return "no earlier clean run"
+    if last["details"].get("settings") != fp:
+        return "dataset.json or the settings clean applies changed since the last run"
+    missing = [t for t in SILVER if not table_exists(spark, cfg.table_path(t))]
+    return f"{missing} missing" if missing else None
+
+
+def _remapped_users(spark, cfg, new_ids, ids, last: dict, domains: list[str], key: bytes) -> str | None:
+    """A reason for a rebuild when the new identity-map rows give a (domain, local user) another global id than
+    before, or map one whose rows are in silver under its own id; None when they only add new users."""
+    from pyspark.sql import functions as F
+
+    if new_ids is None or not new_ids.take(1):
+        return None
+    now = ids.where(F.col(C.STATUS) == C.OK).select("domain", "local_user_id", "global_user_id")
+    before_v = last["reads"].get("bronze.identity_map")
+    if before_v is not None:
+        before = C.classify_identity_map(read_table(spark, cfg.table_path("bronze.identity_map"), before_v), domains, key)
+        before = before.where(F.col(C.STATUS) == C.OK).select("domain", "local_user_id", F.col("global_user_id").alias("_was"))
+        changed = now.join(before, ["domain", "local_user_id"], "inner").where(F.col("_was") != F.col("global_user_id"))
+        if changed.take(1):
+            return "the identity map gives a user another global id"
+        added = now.join(before, ["domain", "local_user_id"], "left_anti")
+    else:
+        added = now
+    silver = read_table(spark, cfg.table_path("silver.interactions"), last["writes"].get("silver.interactions"))
+    as_self = silver.select("domain", F.col("user_id").alias("local_user_id")).join(
+        added.select("domain", "local_user_id"),
+        ["domain", "local_user_id"], "left_semi")
+    if as_self.take(1):
+        return "the identity map maps a user whose rows are in silver under their own id"
+    return None
+
+
+def _rows_appended(spark, cfg, ledger: Ledger, reads: dict[str, int], last: dict | None) -> dict[str, int]:
+    """Rows the ingest commits clean reads appended, as Delta recorded them (``numOutputRows``); for a full rebuild
+    the rows of the tables at their versions (the data files' record counts)."""
+    from delta.tables import DeltaTable
+
+    out = {}
+    for t, v in reads.items():
+        path = cfg.table_path(t)
+        if last is None:
+            out[t] = read_table(spark, path, v).count()
+            continue
+        versions = ledger.written_versions(t, last["reads"].get(t, 0), v)
+        hist = DeltaTable.forPath(spark, path).history().where(f"version in ({','.join(map(str, versions)) or '-1'})")
+        out[t] = sum(int((r["operationMetrics"] or {}).get("numOutputRows", 0)) for r in hist.select("operationMetrics").collect())
+    return out
+
+
+def _already_in_silver(spark, cfg, recorded: dict[str, int], inter) -> dict[str, int]:
+    """Per domain, the new ok rows whose key is already in silver (duplicates of an earlier night)."""
+    from pyspark.sql import functions as F
+
+    if "silver.interactions" not in recorded:
+        return {}
+    key = list(load_contract("silver.interactions").key)
+    silver = read_table(spark, cfg.table_path("silver.interactions"), recorded["silver.interactions"]).select(*key)
+    new = inter.where(F.col(C.STATUS) == C.OK).select(*key)
+    return {r["domain"]: r["count"] for r in silver.join(F.broadcast(new), key, "inner").groupBy("domain").count().collect()}
+
+
+def _accounting(table: str, counts: list, domains: list[str], extra: dict | None = None,
+                existing: dict[str, int] | None = None) -> list[AccountingRow]:
+    rows = {d: AccountingRow(STAGE, table, d) for d in domains}
+    for r in counts:
+        acc = rows.setdefault(r["domain"] or "<none>", AccountingRow(STAGE, table, r["domain"] or "<none>"))
+        acc.rows_in += r["count"]
+        if r[C.STATUS] == C.OK:
+            acc.rows_out += r["count"]
+        elif r[C.STATUS] == C.DUPLICATE:
+            acc.duplicates += r["count"]
+        else:
+            acc.quarantined += r["count"]
+            acc.details.setdefault("quarantined_by_reason", {})[r[C.REASON]] = r["count"]
+    for d, n in (existing or {}).items():  # already in silver from an earlier night: duplicates, not written
+        rows[d].rows_out -= n
+        rows[d].duplicates += n
+        rows[d].details["duplicates_of_earlier_nights"] = n
+    for d, info in (extra or {}).items():
+        rows.setdefault(d, AccountingRow(STAGE, table, d)).details.update(info)
+    return list(rows.values())
+
+
+def _check_written(table: str, written: int | None, expected: int) -> None:
+    if written is not None and written != expected:
+        raise AccountingError(f"clean {table}: Delta reports {written:,} rows written; the accounting expects {expected:,}")
+
+
+def _validate(spark, cfg, stage: StageRun, domains: list[str], expected: dict[str, int] | None) -> None:
+    """Validate the written versions: a rebuild whole (``expected`` row counts), a merge by the rows it added or
+    changed (read from the change feed)."""
+    validator = Validator(cfg.reports_root, stage.run_id)
+    params = C.contract_params(cfg, domains)
+    silver_items = read_table(spark, cfg.table_path("silver.items"), stage.writes["silver.items"])
+    for table, version in stage.writes.items():
+        path = cfg.table_path(table)
+        if expected is None:
+            df = read_changes(spark, path, [version], ("insert", "update_postimage")).drop(*CDF_COLUMNS)
+        else:
+            df = read_table(spark, path, version)
+        validator.check(load_contract(table), df, params=params, expected_rows=(expected or {}).get(table),
+                        references={"silver.items": silver_items}, version=version)

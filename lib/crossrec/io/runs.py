@@ -1,0 +1,306 @@
+"""The run ledger (``ops.runs``): which table versions each stage read and wrote, so every run is consistent.
+
+Contract (schemas/ops_runs.yaml):
+
+* A stage reads the **recorded** version of each input table: the newest version a *succeeded* run wrote
+  (:meth:`Ledger.recorded_versions`), never simply the newest commit. Commits of a killed or failed run are
+  therefore invisible to readers.
+* A stage validates what it wrote *before* recording the run; a failed validation leaves the commits unrecorded.
+* Before writing, a stage restores each of its output tables whose newest commits change data beyond the recorded
+  version (a killed run, a failed validation) to that version (:func:`rollback_unrecorded`), so a re-run starts
+  from the last good state and a failing input fails again on every retry.
+* Two runs of one stage on one lake cannot overlap: :func:`stage_lock` refuses the second (:class:`StageBusy`).
+
+The ledger is read and appended with the ``deltalake`` package (no JVM), so the training stage records too.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import socket
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+log = logging.getLogger(__name__)
+
+RUNS_TABLE = "ops.runs"
+SUCCEEDED, FAILED = "succeeded", "failed"
+# Delta operations that change a table's rows; other commits (properties, OPTIMIZE, VACUUM) leave them as they were
+DATA_OPERATIONS = frozenset({"WRITE", "MERGE", "DELETE", "UPDATE", "RESTORE", "TRUNCATE", "STREAMING UPDATE",
+                             "CREATE TABLE AS SELECT", "REPLACE TABLE AS SELECT", "CREATE OR REPLACE TABLE AS SELECT"})
+
+
+class StageBusy(RuntimeError):
+    """Another run of the same stage holds the lake's lock for it."""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _table_path(lake_uri: str, table: str) -> str:
+    layer, _, name = table.partition(".")
+    return f"{lake_uri.rstrip('/')}/{layer}/{name}"
+
+
+def _arrow_schema():
+    import pyarrow as pa
+
+    ts = pa.timestamp("us", tz="UTC")
+    fields = [("run_id", pa.string()), ("stage", pa.string()), ("run_date", pa.string()), ("status", pa.string()),
+              ("mode", pa.string()), ("reads", pa.string()), ("writes", pa.string()), ("accounting", pa.string()),
+              ("details", pa.string()), ("started_at", ts), ("finished_at", ts), ("seconds", pa.float64())]
+    return pa.schema([pa.field(n, t, nullable=False) for n, t in fields])
+
+
+@dataclass
+class StageRun:
+    """One run of a stage while it runs: what it read and wrote, its accounting and details (filled by the stage)."""
+
+    stage: str
+    run_id: str
+    run_date: str
+    mode: str = "incremental"
+    reads: dict[str, int] = field(default_factory=dict)
+    writes: dict[str, int] = field(default_factory=dict)
+    accounting: list = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+    started_at: dt.datetime = field(default_factory=_now)
+
+
+class Ledger:
+    """``ops.runs`` of the lake at ``lake_uri``."""
+
+    def __init__(self, lake_uri: str, storage_options: Mapping[str, str] | None = None) -> None:
+        self.path = _table_path(lake_uri, RUNS_TABLE)
+        self.storage_options = dict(storage_options or {})
+
+    def runs(self):
+        """Every recorded run as a pandas frame (empty, with the ledger's columns, on a lake without runs)."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            return DeltaTable(self.path, storage_options=self.storage_options or None).to_pandas()
+        except TableNotFoundError:
+            return _arrow_schema().empty_table().to_pandas()
+
+    def exists(self) -> bool:
+        from deltalake import DeltaTable
+
+        return DeltaTable.is_deltatable(self.path, storage_options=self.storage_options or None)
+
+    def ensure(self, spark, lake_uri: str) -> None:
+        """Create the ledger on first use. A lake from before the ledger (tables, no ``ops.runs``) is adopted: its
+        tables' newest versions are recorded as written by an ``adopt`` run."""
+        import pyarrow as pa
+        from deltalake import write_deltalake
+
+        if self.exists():
+            return
+        from crossrec.io.delta import latest_version, table_exists
+        from crossrec.quality.contracts import all_contracts
+
+        found = {c.table: latest_version(spark, _table_path(lake_uri, c.table)) for c in all_contracts()
+                 if c.table != RUNS_TABLE and spark is not None and table_exists(spark, _table_path(lake_uri, c.table))}
+        write_deltalake(self.path, pa.Table.from_pylist([], schema=_arrow_schema()), mode="append",
+                        storage_options=self.storage_options or None)
+        if found:
+            log.warning("%s: no run ledger yet; adopting the tables' newest versions %s as recorded", lake_uri, found)
+            self.record(StageRun("adopt", "adopt", _now().date().isoformat(), mode="full", writes=found), SUCCEEDED)
+
+    def recorded_versions(self) -> dict[str, int]:
+        """Per table, the newest version a succeeded run wrote."""
+        out: dict[str, int] = {}
+        for writes in self.runs().query("status == @SUCCEEDED")["writes"]:
+            for table, version in json.loads(writes).items():
+                out[table] = max(out.get(table, -1), int(version))
+        return out
+
+    def succeeded(self, stage: str | None = None) -> list[dict]:
+        """Succeeded runs (of ``stage``), oldest first, with reads/writes/details parsed."""
+        df = self.runs()
+        df = df[df["status"] == SUCCEEDED]
+        if stage is not None:
+            df = df[df["stage"] == stage]
+        rows = df.sort_values("finished_at").to_dict("records")
+        for r in rows:
+            for k in ("reads", "writes", "details", "accounting"):
+                r[k] = json.loads(r[k])
+        return rows
+
+    def last(self, stage: str) -> dict | None:
+        """The newest succeeded run of ``stage``, or None."""
+        runs = self.succeeded(stage)
+        return runs[-1] if runs else None
+
+    def written_versions(self, table: str, after: int, upto: int) -> list[int]:
+        """Versions of ``table`` in ``(after, upto]`` that succeeded runs wrote (what a reader of changes reads)."""
+        vs = {int(r["writes"][table]) for r in self.succeeded() if table in r["writes"]}
+        return sorted(v for v in vs if after < v <= upto)
+
+    def record(self, run: StageRun, status: str, error: str | None = None) -> None:
+        """Append ``run`` with ``status`` (one Delta commit)."""
+        import pyarrow as pa
+        from deltalake import write_deltalake
+
+        finished = _now()
+        details = dict(run.details)
+        if error:
+            details["error"] = error[:2000]
+        row = {
+            "run_id": run.run_id, "stage": run.stage, "run_date": run.run_date, "status": status, "mode": run.mode,
+            "reads": json.dumps(run.reads, sort_keys=True), "writes": json.dumps(run.writes, sort_keys=True),
+            "accounting": json.dumps([_accounting_dict(a) for a in run.accounting], sort_keys=True, default=str),
+            "details": json.dumps(details, sort_keys=True, default=str),
+            "started_at": run.started_at, "finished_at": finished,
+            "seconds": (finished - run.started_at).total_seconds(),
+        }
+        table = pa.Table.from_pylist([row], schema=_arrow_schema())
+        write_deltalake(self.path, table, mode="append", storage_options=self.storage_options or None)
+        log.info("ops.runs: %s %s %s (%s) read %s wrote %s", run.stage, run.run_id, status, run.mode, run.reads, run.writes)
+
+
+def _accounting_dict(a) -> dict:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(a) if is_dataclass(a) else dict(a)
+
+
+def pinned_versions(spark, lake_uri: str, tables: list[str], ledger: Ledger | None = None) -> dict[str, int]:
+    """The versions a stage reads: each table's recorded version. A lake from before the ledger (no ``ops.runs``)
+    reads the newest versions. Raises ``RawFormatError`` naming a table that has no recorded version."""
+    from crossrec.data.rawformat import RawFormatError
+    from crossrec.io.delta import latest_version, table_exists
+
+    ledger = ledger or Ledger(lake_uri)
+    recorded = ledger.recorded_versions()
+    out = {}
+    for t in tables:
+        if t in recorded:
+            out[t] = recorded[t]
+        elif not ledger.exists() and table_exists(spark, _table_path(lake_uri, t)):
+            out[t] = latest_version(spark, _table_path(lake_uri, t))
+        else:
+            raise RawFormatError(f"{t} has no version recorded by a succeeded run in {ledger.path}: run the stage "
+                                 "that writes it first")
+    return out
+
+
+def rollback_unrecorded(spark, lake_uri: str, tables: list[str], ledger: Ledger) -> dict[str, int]:
+    """Restore each of ``tables`` whose commits after its recorded version change data to that version.
+
+    A table with no recorded version goes back to version 0 (the empty table its contract created). Returns the
+    new versions of the tables restored (the caller records them).
+    """
+    from delta.tables import DeltaTable
+
+    from crossrec.io.delta import latest_version, table_exists
+
+    recorded = ledger.recorded_versions()
+    restored = {}
+    for t in tables:
+        path = _table_path(lake_uri, t)
+        if not table_exists(spark, path):
+            continue
+        good = recorded.get(t, 0)
+        later = DeltaTable.forPath(spark, path).history().where(f"version > {good}").select("version", "operation").collect()
+        changed = sorted(r["version"] for r in later if r["operation"] in DATA_OPERATIONS)
+        if not changed:
+            continue
+        log.warning("%s: commit(s) %s after the recorded version %d belong to a run that did not finish (killed, or "
+                    "its validation failed): restoring version %d", t, changed, good, good)
+        DeltaTable.forPath(spark, path).restoreToVersion(good)
+        restored[t] = latest_version(spark, path)
+    return restored
+
+
+# --------------------------------------------------------------------------- lock
+def _lock_path(lake_uri: str, stage: str) -> str | None:
+    if "://" in lake_uri and not lake_uri.startswith("file:"):
+        return None
+    return os.path.join(lake_uri.removeprefix("file:"), "_locks", f"{stage}.lock")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def stage_lock(lake_uri: str, stage: str, run_id: str, stale_after_s: float = 24 * 3600) -> Iterator[None]:
+    """Hold the lake's lock for ``stage`` (a file created atomically under ``<lake>/_locks/``).
+
+    A second run of the stage raises :class:`StageBusy` naming the holder. A lock left by a process of this host that
+    no longer runs, or older than ``stale_after_s``, is taken over with a warning. On an object store (s3a://,
+    abfss://) there is no atomic create-if-absent: the orchestrator must not start two runs (the Airflow DAG allows
+    one active run), and a warning says so.
+    """
+    path = _lock_path(lake_uri, stage)
+    if path is None:
+        log.warning("%s: no lock on a lake in an object store; relying on the scheduler to run one %s at a time", stage, stage)
+        yield
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": run_id, "since": _now().isoformat()}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    holder = json.load(fh)
+            except (OSError, ValueError):
+                holder = {}
+            age = time.time() - os.path.getmtime(path) if os.path.exists(path) else 0.0
+            dead = holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"])
+            if dead or age > stale_after_s:
+                log.warning("%s: taking over a stale lock %s (%s)", stage, path, holder or "unreadable")
+                os.unlink(path)
+                continue
+            raise StageBusy(f"another {stage} run holds {path}: run {holder.get('run_id')!r}, pid {holder.get('pid')} on "
+                            f"{holder.get('host')}, since {holder.get('since')}. Wait for it to finish; if it was "
+                            "killed on another host, delete the lock file") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(me, fh)
+        break
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+@contextmanager
+def stage_run(spark, cfg, stage: str, outputs: list[str]) -> Iterator[StageRun]:
+    """Run a stage under the ledger: lock, roll back unrecorded commits of ``outputs``, then record the run.
+
+    The body fills ``run.reads``, ``run.writes``, ``run.accounting`` and ``run.mode``; it validates its writes before
+    returning. On an exception the run is recorded as failed (its writes are never read) and the exception propagates.
+    """
+    run = StageRun(stage, cfg.effective_run_id(stage), cfg.run_date)
+    with stage_lock(cfg.lake_uri, stage, run.run_id):
+        ledger = Ledger(cfg.lake_uri)
+        ledger.ensure(spark, cfg.lake_uri)
+        if spark is not None:
+            restored = rollback_unrecorded(spark, cfg.lake_uri, outputs, ledger)
+            if restored:
+                ledger.record(StageRun("rollback", run.run_id, cfg.run_date, mode="restore", writes=restored,
+                                       details={"by": stage}), SUCCEEDED)
+        try:
+            yield run
+        except BaseException as e:
+            ledger.record(run, FAILED, error=f"{type(e).__name__}: {e}")
+            raise
+        ledger.record(run, SUCCEEDED)
