@@ -136,3 +136,115 @@ def test_item_ids_are_stable_across_nights(two_nights):
     assert (both["item_idx_1"] == both["item_idx_2"]).all() and (both["domain_item_idx_1"] == both["domain_item_idx_2"]).all()
     new = night2[~night2["item_id"].isin(night1["item_id"])]
     assert list(new["item_id"]) == ["b3"] and int(new["item_idx"].iloc[0]) == int(night1["item_idx"].max()) + 1
+
+
+# --------------------------------------------------------------------------- faults
+class Killed(BaseException):
+    """Stands for the process dying between two table commits (not an error a stage handles)."""
+
+
+def _night3(raw: Path, bad: bool = False) -> None:
+    rows = "u2,b3,2021-03-01T10:00:00Z,view,\nu9,b1,2021-03-02T10:00:00Z,view,\n" + ("u9,BAD,2021-03-03T10:00:00Z,view,\n" if bad else "")
+    (raw / "books/interactions/night3.csv").write_text("reader,isbn,read_at,action,stars\n" + rows, encoding="utf-8")
+    (raw / "books/items/night3.csv").write_text("isbn,title,genre,blurb,author\nb1,The Galaxy Chronicle (revised),scifi,Space.,Ann Author\n", encoding="utf-8")
+
+
+def _copy_night2(two_nights, root: Path, bad: bool = False) -> tuple[Path, Path]:
+    raw, lake = root / "raw", root / "lake"
+    shutil.copytree(two_nights["raw"], raw)
+    shutil.copytree(two_nights["snapshot"], lake)
+    _night3(raw, bad)
+    return raw, lake
+
+
+def _fail_on_call(monkeypatch, module, name: str, nth: int) -> None:
+    """Let the first ``nth - 1`` calls of ``module.name`` commit, then die before the ``nth``."""
+    real, calls = getattr(module, name), []
+
+    def wrapper(*a, **kw):
+        calls.append(1)
+        if len(calls) == nth:
+            raise Killed(f"killed before {name} call {nth}")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+def test_a_kill_between_table_commits_leaves_the_recorded_run_and_the_rerun_completes(two_nights, tmp_path, monkeypatch):
+    import crossrec.data.gold as gold
+    import crossrec.data.silver as silver
+    from crossrec.io.runs import Ledger
+    from crossrec_jobs import clean, features, ingest
+
+    key = two_nights["key"]
+    raw, lake = _copy_night2(two_nights, tmp_path)
+    ok_lake = tmp_path / "fine"
+    shutil.copytree(two_nights["snapshot"], ok_lake)
+    _stages(raw, ok_lake, key, "2024-07-02")
+
+    args = job_args(raw, lake, key, "--run-date", "2024-07-02")
+    assert ingest.main(args) == 0
+    recorded = Ledger(str(lake)).recorded_versions()
+    with monkeypatch.context() as m:
+        _fail_on_call(m, silver, "merge_table", 2)  # silver.items committed, silver.interactions not
+        with pytest.raises(Killed):
+            clean.main(args)
+    after = Ledger(str(lake)).recorded_versions()
+    assert {t: after[t] for t in SILVER} == {t: recorded[t] for t in SILVER}  # the unfinished run is not recorded
+    # the next stage reads the recorded (night 2) silver: nothing changed for it
+    assert features.main(args) == 0
+    assert Ledger(str(lake)).last("features")["details"]["users_changed"] == 0
+
+    assert clean.main(args) == 0  # the re-run restores silver.items and completes
+    assert [r["writes"] for r in Ledger(str(lake)).succeeded("rollback")][-1].keys() == {"silver.items"}
+    with monkeypatch.context() as m:
+        _fail_on_call(m, gold, "write_table", 1)  # gold.user_sequences merged, gold.item_index not
+        with pytest.raises(Killed):
+            features.main(args)
+    assert features.main(args) == 0
+    for table in (*SILVER, *GOLD):
+        pd.testing.assert_frame_equal(_table(lake, table), _table(ok_lake, table), obj=table)
+
+
+def test_a_failed_validation_fails_again_on_every_retry(two_nights, tmp_path, monkeypatch):
+    from crossrec.io.readers import read_table
+    from crossrec.io.runs import Ledger
+    from crossrec.quality import validate
+    from crossrec_jobs import clean, ingest
+
+    raw, lake = _copy_night2(two_nights, tmp_path, bad=True)
+    real = validate.Validator.check
+
+    def check(self, contract, df, *a, **kw):  # a suite that rejects the item id BAD
+        if contract.table == "bronze.interactions" and df.where("item_id = 'BAD'").take(1):
+            report = validate.ValidationReport(contract.table, kw.get("version"), False, None,
+                                               [{"expectation": "no BAD item", "target": "item_id", "observed": "BAD", "success": False}])
+            raise validate.ValidationFailed(report)
+        return real(self, contract, df, *a, **kw)
+
+    monkeypatch.setattr(validate.Validator, "check", check)
+    args = job_args(raw, lake, two_nights["key"], "--run-date", "2024-07-02")
+    rows_before = len(read_table(str(lake), "bronze.interactions"))
+    for _ in range(3):  # the DAG's retries: the files must not count as seen
+        assert ingest.main(args) == 3
+    recorded = Ledger(str(lake)).recorded_versions()["bronze.interactions"]
+    assert len(read_table(str(lake), "bronze.interactions", version=recorded)) == rows_before  # readers see no failed row
+    assert clean.main(args) == 0
+    assert Ledger(str(lake)).last("clean")["details"] and len(read_table(str(lake), "silver.interactions")) == len(
+        read_table(str(two_nights["snapshot"]), "silver.interactions"))  # nothing of the failed night reached silver
+    (raw / "books/interactions/night3.csv").write_text("reader,isbn,read_at,action,stars\nu2,b3,2021-03-01T10:00:00Z,view,\n")
+    assert ingest.main(args) == 0  # the data fixed: the run goes through
+    assert len(read_table(str(lake), "bronze.interactions")) == rows_before + 1
+
+
+def test_a_second_run_of_a_stage_is_refused_while_one_holds_the_lake(two_nights, tmp_path, capsys):
+    from crossrec.io.runs import stage_lock
+    from crossrec_jobs import ingest
+
+    raw, lake = _copy_night2(two_nights, tmp_path)
+    args = job_args(raw, lake, two_nights["key"], "--run-date", "2024-07-02")
+    with stage_lock(str(lake), "ingest", "ingest-running"):
+        assert ingest.main(args) == 5
+    err = capsys.readouterr().err
+    assert "another ingest run holds" in err and "ingest-running" in err
+    assert ingest.main(args) == 0  # the lock is gone with its holder

@@ -180,7 +180,7 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     if stage.mode == "full":
         for table, df in (("silver.items", ok_items), ("silver.interactions", ok_inter), ("silver.quarantine", quarantine)):
             w[table] = write_table(spark, df, load_contract(table), cfg.table_path(table), "overwrite")
-            _check_written(table, write_metrics(spark, cfg.table_path(table)).get("numOutputRows"),
+            _check_written(table, write_metrics(spark, cfg.table_path(table), w[table]).get("numOutputRows"),
                            {"silver.items": n_items, "silver.interactions": n_inter, "silver.quarantine": n_quar}[table])
     else:
         w["silver.items"], m = merge_table(spark, ok_items, load_contract("silver.items"), silver_items_path, ["domain", "item_id"])
@@ -191,7 +191,8 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
         _check_written("silver.interactions", m.get("numTargetRowsInserted", 0), n_inter)
         path = cfg.table_path("silver.quarantine")
         w["silver.quarantine"] = write_table(spark, quarantine, load_contract("silver.quarantine"), path, "append")
-        _check_written("silver.quarantine", write_metrics(spark, path).get("numOutputRows", 0), n_quar)
+        metrics = write_metrics(spark, path, w["silver.quarantine"], since=recorded.get("silver.quarantine", -1))
+        _check_written("silver.quarantine", metrics.get("numOutputRows", 0), n_quar)
 
     if cfg.validate:
         expected = {"silver.items": n_items, "silver.interactions": n_inter, "silver.quarantine": n_quar}

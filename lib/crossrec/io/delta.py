@@ -93,7 +93,8 @@ def merge_table(spark, df, contract: Contract, path: str, on: list[str], *, upda
     an insert-only merge, i.e. deduplication against the rows already there), the others are inserted. With
     ``delete_flag`` (a boolean column of ``df``, not of the contract), matched rows whose flag is true are deleted
     and flagged rows never inserted. Returns the new version and Delta's metrics of the merge
-    (``numTargetRowsInserted``, ``numTargetRowsUpdated``, ``numTargetRowsDeleted``, ``numSourceRows``).
+    (``numTargetRowsInserted``, ``numTargetRowsUpdated``, ``numTargetRowsDeleted``, ``numSourceRows``; {} when it made
+    no commit).
     """
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
@@ -117,17 +118,25 @@ def merge_table(spark, df, contract: Contract, path: str, on: list[str], *, upda
         if update:
             merge = merge.whenMatchedUpdate(set=values)
         merge = merge.whenNotMatchedInsert(values=values)
+    before = latest_version(spark, path)
     merge.execute()
     version = latest_version(spark, path)
-    metrics = write_metrics(spark, path)
+    metrics = write_metrics(spark, path, version, since=before)  # an empty source may commit nothing
     log.info("merged into %s -> %s v%d: %s", contract.table, path, version,
              {k: metrics.get(k) for k in ("numSourceRows", "numTargetRowsInserted", "numTargetRowsUpdated", "numTargetRowsDeleted")})
     return version, metrics
 
 
-def write_metrics(spark, path: str) -> dict[str, int]:
-    """Delta's row metrics of the newest commit (``numOutputRows`` of a write, the ``numTarget*`` of a merge)."""
-    return {k: int(v) for k, v in last_operation_metrics(spark, path).items() if str(v).isdigit()}
+def write_metrics(spark, path: str, version: int | None = None, since: int | None = None) -> dict[str, int]:
+    """Delta's row metrics of commit ``version`` (default the newest): ``numOutputRows`` of a write, the ``numTarget*``
+    of a merge. With ``since`` (the version before the write), a write that made no commit (an empty append) is {}."""
+    from delta.tables import DeltaTable
+
+    if since is not None and version is not None and version <= since:
+        return {}
+    hist = DeltaTable.forPath(spark, path).history()
+    row = (hist.where(f"version = {int(version)}") if version is not None else hist.limit(1)).select("operationMetrics").first()
+    return {k: int(v) for k, v in dict((row and row[0]) or {}).items() if str(v).isdigit()}
 
 
 def read_changes(spark, path: str, versions: list[int], change_types: tuple[str, ...] = ("insert",)):

@@ -34,6 +34,9 @@ DATA_OPERATIONS = frozenset({"WRITE", "MERGE", "DELETE", "UPDATE", "RESTORE", "T
                              "CREATE TABLE AS SELECT", "REPLACE TABLE AS SELECT", "CREATE OR REPLACE TABLE AS SELECT"})
 
 
+NO_CHANGES = ("rollback", "adopt")  # runs whose commits bring back or adopt a state: no rows to read as changes
+
+
 class StageBusy(RuntimeError):
     """Another run of the same stage holds the lake's lock for it."""
 
@@ -139,8 +142,9 @@ class Ledger:
         return runs[-1] if runs else None
 
     def written_versions(self, table: str, after: int, upto: int) -> list[int]:
-        """Versions of ``table`` in ``(after, upto]`` that succeeded runs wrote (what a reader of changes reads)."""
-        vs = {int(r["writes"][table]) for r in self.succeeded() if table in r["writes"]}
+        """Versions of ``table`` in ``(after, upto]`` that succeeded runs wrote (what a reader of changes reads). A
+        rollback's restore is left out: it brings back a recorded state, it adds no change."""
+        vs = {int(r["writes"][table]) for r in self.succeeded() if table in r["writes"] and r["stage"] not in NO_CHANGES}
         return sorted(v for v in vs if after < v <= upto)
 
     def record(self, run: StageRun, status: str, error: str | None = None) -> None:
