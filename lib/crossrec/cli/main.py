@@ -13,6 +13,7 @@
     crossrec publish --run-date D [--check-only]                 check a run of gold.recommendations, publish it
     crossrec validate --tables silver.items,...                  re-check tables against their contracts
     crossrec forget --users-file F | USER... [--pseudonymized]   erase users everywhere, audited (jobs/forget.py)
+    crossrec maintain [--zorder --keep-run-dates 7]              OPTIMIZE, retention, VACUUM (jobs/maintain.py)
     crossrec recs USER [--domain D]                              a user's published recommendations (no Spark)
     crossrec query "free text" [--domain D]                      items nearest to a described interest (no Spark)
     crossrec tables [--lake-root ...] [--accounting]             tables, versions, row counts (no Spark)
@@ -20,6 +21,7 @@
     crossrec bench scoring --out DIR [--users N]                 score stage vs Spark ALS vs bare PyTorch -> scoring.json
     crossrec bench ingest|training --out DIR                     ingest vs plain Spark copy and the Delta floor; training throughput
     crossrec bench scale --out DIR [--users 10000,100000]        every stage's wall time + peak memory vs users
+    crossrec bench nightly --out DIR [--users 100000 --nights 10]   a platform replayed night by night -> nightly.json
     crossrec cluster up|down|status                              Spark standalone (master + 2 workers) + Ray (2 nodes) on loopback
 
 Stage sub-commands are the ``main(argv)`` of the job files in ``jobs/`` (package ``crossrec_jobs``);
@@ -48,6 +50,7 @@ STAGES = {
     "publish": "check a run of gold.recommendations and point readers at it",
     "validate": "re-check tables against their contracts (Great Expectations)",
     "forget": "erase users from every table and the published recommendations (Delta DELETE, audited)",
+    "maintain": "Delta upkeep: compaction (--zorder: clustering), retention of run dates and models, VACUUM",
 }
 
 
@@ -279,7 +282,18 @@ def _bench(argv: list[str]) -> int:
     sl.add_argument("--train-users", type=int, default=20_000, help="users sampled for training (default 20000)")
     sl.add_argument("--epochs", type=int, default=1, help="training epochs (default 1)")
     sl.add_argument("--keep", action="store_true", help="keep each size's raw data and lake")
-    for sp in (ig, tr, sl):
+    ni = sub.add_parser("nightly", help="a generated platform replayed night by night: seconds, bytes, rows per stage and night",
+                        description=importlib.import_module("crossrec.bench.nightly").__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ni.add_argument("--out", required=True, help="output folder: nightly.json, nightly.md, nightly.png, raw/, lake/, logs/")
+    ni.add_argument("--users", type=int, default=100_000, help="users of the history (default 100000)")
+    ni.add_argument("--nights", type=int, default=10, help="nights, the first loading the history (default 10)")
+    ni.add_argument("--new-share", dest="new_share", type=float, default=0.01, help="new rows a night as a share of the history (default 0.01)")
+    ni.add_argument("--domains", type=int, default=3, help="domains (default 3)")
+    ni.add_argument("--items-per-domain", type=int, default=3_000, help="items per domain in the history (default 3000)")
+    ni.add_argument("--stages", default=",".join(("ingest", "clean", "features", "train", "score", "maintain")),
+                    help="stages to run each night, in DAG order (default all: ingest,clean,features,train,score,maintain)")
+    for sp in (ig, tr, sl, ni):
         sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     a = p.parse_args(argv)
     setup_logging(a.verbose)
@@ -297,6 +311,17 @@ def _bench(argv: list[str]) -> int:
             return 1
         return 0
 
+    if a.name == "nightly":
+        from crossrec.bench.nightly import NightlyError, NightlySpec, run_nightly
+        from crossrec.bench.scale import ScaleError
+
+        try:
+            run_nightly(NightlySpec(out_dir=a.out, users=a.users, nights=a.nights, new_share=a.new_share, domains=a.domains,
+                                    items_per_domain=a.items_per_domain, stages=tuple(s for s in a.stages.split(",") if s)))
+        except (NightlyError, ScaleError) as e:
+            log.error("bench nightly: %s", e)
+            return 1
+        return 0
     if a.name == "ingest":
         from crossrec.bench.ingest import IngestSpec, run_ingest
 

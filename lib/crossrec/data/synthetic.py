@@ -653,19 +653,19 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _dataset_json(layouts: Sequence[_Layout], identity_map: bool) -> dict[str, Any]:
+def _dataset_json(layouts: Sequence[_Layout], identity_map: bool, nightly: bool = False) -> dict[str, Any]:
     domains: dict[str, Any] = {}
     for lay in layouts:
         inter: dict[str, Any] = {"path": f"{lay.name}/interactions", "format": lay.fmt}
         if lay.fmt == "csv":
             inter["options"] = {"delimiter": ",", "encoding": "utf-8"}
         inter.update(columns=dict(lay.columns), timestamp=lay.timestamp, default_event_type="interaction")
-        items = {"path": f"{lay.name}/items.{lay.ext}", "format": lay.fmt, "columns": dict(lay.item_columns),
+        items = {"path": f"{lay.name}/items" if nightly else f"{lay.name}/items.{lay.ext}", "format": lay.fmt, "columns": dict(lay.item_columns),
                  "text_columns": list(lay.text_columns), "attribute_columns": list(lay.attribute_columns)}
         domains[lay.name] = {"interactions": inter, "items": items}
     out: dict[str, Any] = {"name": "crossrec-synthetic", "domains": domains}
     if identity_map:
-        out["identity_map"] = {"path": "identity_map.csv", "format": "csv",
+        out["identity_map"] = {"path": "identity_map" if nightly else "identity_map.csv", "format": "csv",
                                "columns": {"domain": "domain", "user_id": "local_user", "global_user_id": "person"}}
     return out
 
@@ -689,35 +689,33 @@ def _prepare_out_dir(out: Path, layouts: Sequence[_Layout], overwrite: bool) -> 
 
 
 def generate(out_dir: str | Path, spec: SyntheticSpec, *, chunk_users: int = DEFAULT_CHUNK_USERS,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, nightly: bool = False) -> dict:
     """Write a synthetic raw data set for ``spec`` into ``out_dir``; return its manifest.
 
     ``out_dir`` must be empty or absent (``overwrite=True`` replaces the files a previous run wrote). Users are
     generated and written ``chunk_users`` at a time, one interaction file per domain and chunk, so memory
     stays bounded for millions of users. The manifest (also written to ``out_dir/manifest.json``) holds the
-    spec, row counts per domain and file, and the exact count of injected bad rows per reason.
+    spec, row counts per domain and file, and the exact count of injected bad rows per reason. With ``nightly`` the
+    catalogs and the identity map are folders (``<domain>/items/``, ``identity_map/``) that :func:`generate_night`
+    adds files to.
     """
     if chunk_users < 1:
         raise ValueError(f"chunk_users must be >= 1, got {chunk_users}")
     out = Path(out_dir)
-    layouts = [_layout(i) for i in range(spec.domains)]
+    pf = _platform(spec)
+    layouts, topic_pop, domain_pop, catalogs = pf.layouts, pf.topic_pop, pf.domain_pop, pf.catalogs
     _prepare_out_dir(out, layouts, overwrite)
     log.info("generating %s into %s (chunks of %d users)", spec, out, chunk_users)
-
-    catalog_rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0]))
-    topic_pop = 1.0 / np.arange(1, spec.topics + 1) ** 0.6
-    topic_pop = catalog_rng.permutation(topic_pop / topic_pop.sum())
-    domain_pop = 1.0 / np.arange(1, spec.domains + 1) ** 0.5
-    catalogs = [_build_domain_catalog(lay, spec, catalog_rng, i) for i, lay in enumerate(layouts)]
     item_arrays = [pa.array(c.ids, pa.string()) for c in catalogs]
     for lay, cat in zip(layouts, catalogs):
-        _write_items(out / lay.name / f"items.{lay.ext}", lay, cat.columns)
+        (out / _items_path(lay, nightly, 1)).parent.mkdir(parents=True, exist_ok=True)
+        _write_items(out / _items_path(lay, nightly, 1), lay, cat.columns)
 
-    id_width = max(7, len(str(spec.users - 1)))
-    music_salt = int(np.random.default_rng(np.random.SeedSequence([spec.seed, 3])).integers(0, 2**32))
-    id_map_path = out / "identity_map.csv"
+    id_width, music_salt = pf.id_width, pf.music_salt
+    id_map_path = out / (_IDENTITY_NIGHT.format(night=1) if nightly else "identity_map.csv")
     has_id_map = any(lay.local_users for lay in layouts)
     if has_id_map:
+        id_map_path.parent.mkdir(parents=True, exist_ok=True)
         id_map_path.write_text("domain,local_user,person\n", encoding="utf-8")
 
     files: dict[str, list[dict[str, Any]]] = {lay.name: [] for lay in layouts}
@@ -771,7 +769,7 @@ def generate(out_dir: str | Path, spec: SyntheticSpec, *, chunk_users: int = DEF
                  "clean_rows": sum(f["clean_rows"] for f in files[lay.name]), "bad_rows": bad_sum}
         domains_manifest[lay.name] = {
             "format": lay.fmt, "timestamp": lay.timestamp, "users": int(users_per_domain[d]),
-            "items": {"path": f"{lay.name}/items.{lay.ext}", "rows": spec.items_per_domain},
+            "items": {"path": _items_path(lay, nightly, 1), "rows": spec.items_per_domain},
             "interactions": inter,
         }
         totals["rows"] += inter["rows"]
@@ -793,9 +791,125 @@ def generate(out_dir: str | Path, spec: SyntheticSpec, *, chunk_users: int = DEF
         "totals": totals,
     }
     if has_id_map:
-        manifest["identity_map"] = {"path": "identity_map.csv", "rows": id_map_rows}
-    _write_json(out / "dataset.json", _dataset_json(layouts, has_id_map))
+        manifest["identity_map"] = {"path": str(id_map_path.relative_to(out)), "rows": id_map_rows}
+    _write_json(out / "dataset.json", _dataset_json(layouts, has_id_map, nightly))
     _write_json(out / "manifest.json", manifest)
     log.info("wrote %d rows (%d clean) for %d users in %.1f s", totals["rows"], totals["clean_rows"], spec.users,
              time.monotonic() - started)
     return manifest
+
+
+# ----------------------------------------------------------------------------------------------------
+# A platform night by night (crossrec bench nightly).
+
+_IDENTITY_NIGHT = "identity_map/night-{night:04d}.csv"
+
+
+def _items_path(layout: _Layout, nightly: bool, night: int) -> str:
+    return f"{layout.name}/items/night-{night:04d}.{layout.ext}" if nightly else f"{layout.name}/items.{layout.ext}"
+
+
+@dataclass(frozen=True)
+class _Platform:
+    layouts: list
+    topic_pop: np.ndarray
+    domain_pop: np.ndarray
+    catalogs: list
+    id_width: int
+    music_salt: int
+
+
+def _platform(spec: SyntheticSpec) -> _Platform:
+    """What every night of one spec shares: layouts, popularity, catalogs, id formats (all from the seed)."""
+    layouts = [_layout(i) for i in range(spec.domains)]
+    catalog_rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0]))
+    topic_pop = 1.0 / np.arange(1, spec.topics + 1) ** 0.6
+    topic_pop = catalog_rng.permutation(topic_pop / topic_pop.sum())
+    domain_pop = 1.0 / np.arange(1, spec.domains + 1) ** 0.5
+    catalogs = [_build_domain_catalog(lay, spec, catalog_rng, i) for i, lay in enumerate(layouts)]
+    music_salt = int(np.random.default_rng(np.random.SeedSequence([spec.seed, 3])).integers(0, 2**32))
+    return _Platform(layouts, topic_pop, domain_pop, catalogs, max(7, len(str(spec.users - 1))), music_salt)
+
+
+def generate_night(out_dir: str | Path, spec: SyntheticSpec, night: int, new_share: float, *,
+                   new_user_share: float = 0.3, new_item_share: float = 0.05, correction_share: float = 0.05) -> dict:
+    """Add night ``night`` (>= 2) to a platform :func:`generate` wrote with ``nightly=True`` into ``out_dir``.
+
+    The night's events number ``new_share`` of the history's rows. ``new_user_share`` of the night's users are new
+    (ids after every earlier one), the others existing users; events happen on the night's day (after the history),
+    ``new_item_share`` of them on items new that night (written to the domain's catalog folder with, as corrections,
+    a few existing items whose title changed); ``correction_share`` of the night's rows are re-sent rows of the
+    history (exact repeats: duplicates for clean). Music users come with identity-map rows. Deterministic in
+    (spec, night). Returns counts.
+    """
+    if night < 2:
+        raise ValueError(f"night must be >= 2 (night 1 is the history generate() writes), got {night}")
+    out = Path(out_dir)
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    pf = _platform(spec)
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 5, night]))
+    n_events = max(1, round(new_share * manifest["totals"]["clean_rows"]))
+    n_users = max(1, round(n_events / spec.mean_events_per_user))
+    ev = _simulate_chunk(spec, pf.topic_pop, pf.domain_pop, pf.catalogs, n_users, rng)
+    new = rng.random(n_users) < new_user_share
+    first_new = spec.users + (night - 2) * n_users  # the same n_users every night of a spec
+    user_ids = np.where(new, first_new + np.arange(n_users), rng.integers(0, spec.users, n_users))
+    day0 = TIME_MAX_S + 1 + (night - 2) * 86_400
+    start = np.searchsorted(ev.user, np.arange(n_users))
+    pos = np.arange(len(ev.user)) - start[ev.user]
+    ts = day0 + rng.integers(0, 40_000, n_users)[ev.user] + pos * 60
+    ev = _replace_events(ev, ts)
+
+    width = max(pf.id_width, len(str(first_new + n_users)))
+    globals_ = pa.array([f"u{u:0{width}d}" for u in user_ids], pa.string())
+    music = pa.array([f"m-{(int(u) * 2_654_435_761 + pf.music_salt) % 2**32:08x}" for u in user_ids], pa.string())
+    counts = {"events": 0, "new_items": 0, "changed_items": 0, "resent_rows": 0, "users": n_users, "new_users": int(new.sum())}
+    id_lines = []
+    hist = _simulate_chunk(spec, pf.topic_pop, pf.domain_pop, pf.catalogs, min(spec.users, DEFAULT_CHUNK_USERS),
+                           np.random.default_rng(np.random.SeedSequence([spec.seed, 1, 0])))  # history chunk 0, as written
+    hist_globals = pa.array([f"u{u:0{pf.id_width}d}" for u in range(min(spec.users, DEFAULT_CHUNK_USERS))], pa.string())
+    hist_music = pa.array([f"m-{(u * 2_654_435_761 + pf.music_salt) % 2**32:08x}" for u in range(min(spec.users, DEFAULT_CHUNK_USERS))], pa.string())
+    for d, lay in enumerate(pf.layouts):
+        cat = pf.catalogs[d]
+        rows = _clean_rows(ev, d, lay)
+        n_new = max(1, spec.items_per_domain // 200)
+        base = rng.integers(0, len(cat.ids), n_new)
+        ic = lay.item_columns
+        new_ids = [_item_id(lay.kind, lay.name, spec.items_per_domain + 100_000 * night + j) for j in range(n_new)]
+        changed = rng.integers(0, len(cat.ids), max(1, n_new // 2))
+        columns = {c: [v[i] for i in base] + [v[i] for i in changed] for c, v in cat.columns.items()}
+        columns[ic["item_id"]] = new_ids + [cat.ids[i] for i in changed]
+        columns[ic["title"]] = ([f"{t} (night {night} edition)" for t in columns[ic["title"]][:n_new]]
+                                + [f"{t} (revised night {night})" for t in columns[ic["title"]][n_new:]])
+        folder = out / lay.name / "items"
+        folder.mkdir(exist_ok=True)
+        _write_items(out / _items_path(lay, True, night), lay, columns)
+        items = pa.concat_arrays([pa.array(cat.ids, pa.string()), pa.array(new_ids, pa.string())])
+        on_new = rng.random(len(rows)) < new_item_share
+        item = np.where(on_new, len(cat.ids) + rng.integers(0, n_new, len(rows)), rows.item)
+        rows = rows.replace(item=item)
+        _write_interactions(out / lay.name / "interactions" / f"night-{night:04d}.{lay.ext}", rows, lay,
+                            music if lay.local_users else globals_, items)
+        resend = _clean_rows(hist, d, lay)
+        resend = resend.take(np.flatnonzero(rng.random(len(resend)) < correction_share * len(rows) / max(len(resend), 1)))
+        if len(resend):
+            _write_interactions(out / lay.name / "interactions" / f"night-{night:04d}-resent.{lay.ext}", resend, lay,
+                                hist_music if lay.local_users else hist_globals, pa.array(cat.ids, pa.string()))
+        if lay.local_users:
+            users_here = np.unique(rows.user)
+            id_lines += [f"{lay.name},{music[int(u)].as_py()},{globals_[int(u)].as_py()}" for u in users_here]
+        counts["events"] += len(rows)
+        counts["resent_rows"] += len(resend)
+        counts["new_items"] += n_new
+        counts["changed_items"] += len(changed)
+    if id_lines:
+        path = out / _IDENTITY_NIGHT.format(night=night)
+        path.write_text("domain,local_user,person\n" + "\n".join(id_lines) + "\n", encoding="utf-8")
+    log.info("night %d: %s", night, counts)
+    return counts
+
+
+def _replace_events(ev: _Events, ts_s: np.ndarray) -> _Events:
+    from dataclasses import replace
+
+    return replace(ev, ts_s=ts_s.astype(np.int64))

@@ -34,7 +34,7 @@ DATA_OPERATIONS = frozenset({"WRITE", "MERGE", "DELETE", "UPDATE", "RESTORE", "T
                              "CREATE TABLE AS SELECT", "REPLACE TABLE AS SELECT", "CREATE OR REPLACE TABLE AS SELECT"})
 
 
-NO_CHANGES = ("rollback", "adopt")  # runs whose commits bring back or adopt a state: no rows to read as changes
+NO_CHANGES = ("rollback", "adopt", "maintain")  # runs whose commits restore, adopt or compact: no rows to read as changes
 
 
 class StageBusy(RuntimeError):

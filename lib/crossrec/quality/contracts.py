@@ -77,6 +77,7 @@ class Contract:
     row_count: dict = field(default_factory=dict)
     stats_columns: tuple[str, ...] = ()  # Delta file statistics only for these (empty: Delta's default, the first 32)
     change_data_feed: bool = False  # Delta's change data feed: readers of changes (the next stage, services) read only them
+    zorder_by: tuple[str, ...] = ()  # the lookup keys ``crossrec maintain --zorder`` clusters the files by
 
     @property
     def column_names(self) -> list[str]:
@@ -178,7 +179,7 @@ def spark_type(name: str):
 
 
 _KEYS = ("table", "description", "columns", "partition_by", "key", "references", "row_count", "stats_columns",
-         "change_data_feed")
+         "change_data_feed", "zorder_by")
 
 
 def _parse(data: dict, source: str) -> Contract:
@@ -198,6 +199,7 @@ def _parse(data: dict, source: str) -> Contract:
             row_count=dict(data.get("row_count", {})),
             stats_columns=tuple(data.get("stats_columns", [])),
             change_data_feed=bool(data.get("change_data_feed", False)),
+            zorder_by=tuple(data.get("zorder_by", [])),
         )
     except (KeyError, TypeError) as e:
         raise ContractError(f"{source}: malformed contract ({e})") from e
@@ -207,7 +209,7 @@ def _parse(data: dict, source: str) -> Contract:
         raise ContractError(f"{source}: duplicate column name(s) {dup}")
     ref_cols = tuple(c for r in contract.references for c in r.columns)
     for group, label in ((contract.partition_by, "partition_by"), (contract.key, "key"), (ref_cols, "references"),
-                         (contract.stats_columns, "stats_columns")):
+                         (contract.stats_columns, "stats_columns"), (contract.zorder_by, "zorder_by")):
         bad = [c for c in group if c not in names]
         if bad:
             raise ContractError(f"{source}: {label} names unknown columns {bad}")
