@@ -2,23 +2,27 @@
 
 Tasks (one per crossrec stage; the DAG holds no logic of its own, every task runs a `crossrec` job)::
 
-    ingest -> clean -> validate_silver -> features -> should_train --> train -------\\
-                                                                  \\-> reuse_model --> score -> validate_output -> publish
+    ingest -> clean -> validate_silver -> features -> choose_model --> train -------\\
+                                                                  \\-> reuse_model --> score -> recorded_output -> publish -> maintain
 
-* **ingest / clean / features**: raw files of ``{raw_dir}`` -> bronze -> silver -> gold (each job validates
-  the tables it wrote with Great Expectations and fails the task on a failed check or unbalanced accounting).
+* **ingest / clean / features**: raw files of ``{raw_dir}`` -> bronze -> silver -> gold, nightly by merging what
+  is new (each job validates what it wrote with Great Expectations before recording the run in ``ops.runs``, and
+  fails the task on a failed check or unbalanced accounting; the next job reads only recorded versions).
 * **validate_silver**: re-checks silver against its contracts (``crossrec validate``) before anything reads it.
-* **should_train**: trains when no model artifact exists or when the run's weekday is ``train_weekday``;
+* **choose_model**: trains when no model artifact exists or when the run's weekday is ``train_weekday``;
   otherwise the current artifact (``<lake>/models/_latest``) is reused.
-* **score**: ``crossrec score --no-publish`` writes the run's partition of gold.recommendations.
-* **validate_output**: the output checks on exactly the table version score wrote (K per user and domain,
-  ranks, scores, no seen items, every active user); that version goes to publish through XCom.
-* **publish**: points readers at that version (``crossrec publish --skip-checks --table-version V``).
+* **score**: ``crossrec score --no-publish`` writes the run's partition of gold.recommendations and runs the
+  output checks on it (K per user and domain, ranks, scores, no seen items, every active user) before recording it.
+* **recorded_output**: the table version the run's score recorded in ``ops.runs`` (validated); to publish via XCom.
+* **publish**: points readers at that version (``crossrec publish --skip-checks --table-version V``); only forward
+  in time.
+* **maintain**: ``crossrec maintain`` (compaction, retention, VACUUM; Z-order on the retrain weekday).
 
 Idempotent per ``data_interval_start``: every job runs with ``--run-date <data_interval_start, YYYY-MM-DD>``;
-ingest skips files it has seen, clean/features rebuild their tables, train reuses a run of the same
-configuration on the same data and day, score replaces that date's partition (one Delta commit), publish
-sets a pointer. A failed or retried task can therefore simply run again. Retries: 2, 5 minutes apart.
+ingest skips files a recorded run ingested, clean/features merge what arrived since their last recorded run
+(a failed run's commits are rolled back first, so a failing input fails again on every retry), train reuses a run
+of the same configuration on the same data and day, score replaces that date's partition (one Delta commit),
+publish sets a pointer. A failed or retried task can therefore simply run again. Retries: 2, 5 minutes apart.
 
 Configuration (environment of the Airflow workers; the DAG file reads it when a task runs):
 
@@ -50,7 +54,7 @@ from airflow.sdk import TriggerRule
 log = logging.getLogger("crossrec.airflow")
 
 DEFAULT_ARGS = {"retries": 2, "retry_delay": dt.timedelta(minutes=5)}
-SPARK_STAGES = ("ingest", "clean", "validate", "features", "score", "publish")
+SPARK_STAGES = ("ingest", "clean", "validate", "features", "score", "publish", "maintain")
 
 
 def _env(name: str, default: str = "") -> str:
@@ -101,6 +105,16 @@ def should_train(lake_root: str, run_date: dt.date, weekday_setting: str) -> boo
     return run_date.weekday() == int(weekday_setting)
 
 
+def recorded_score_version(lake_root: str, run_date: str) -> int:
+    """The gold.recommendations version the newest succeeded score run of ``run_date`` recorded (it validated it)."""
+    from crossrec.io.runs import Ledger
+
+    runs = [r for r in Ledger(lake_root).succeeded("score") if r["run_date"] == run_date]
+    if not runs or not runs[-1]["details"].get("validated"):
+        raise RuntimeError(f"no validated score run for {run_date} in {lake_root}/ops/runs")
+    return int(runs[-1]["writes"]["gold.recommendations"])
+
+
 @dag(
     dag_id="crossrec_nightly",
     schedule="@daily",
@@ -149,29 +163,28 @@ def crossrec_nightly():
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def score() -> None:
-        run_stage("score", [*_common(), "--k", _env("CROSSREC_K", "10"), "--no-validate", "--no-publish"])
+        run_stage("score", [*_common(), "--k", _env("CROSSREC_K", "10"), "--no-publish"])
 
     @task
-    def validate_output() -> int:
-        from deltalake import DeltaTable
-
-        from crossrec.io.readers import table_path
-
-        version = DeltaTable(table_path(_env("CROSSREC_LAKE_ROOT", "lakehouse"), "gold.recommendations")).version()
-        run_stage("publish", [*_common(), "--check-only", "--table-version", str(version)])
-        return int(version)
+    def recorded_output() -> int:
+        return recorded_score_version(_env("CROSSREC_LAKE_ROOT", "lakehouse"), _run_date())
 
     @task
     def publish(version: int) -> None:
         run_stage("publish", [*_common(), "--skip-checks", "--table-version", str(version)])
 
+    @task
+    def maintain() -> None:
+        retrain_day = should_train("://", dt.date.fromisoformat(_run_date()), _env("CROSSREC_TRAIN_WEEKDAY", "6"))
+        run_stage("maintain", [*_common(), *(["--zorder"] if retrain_day else [])])
+
     chosen = choose_model()
     ingest() >> clean() >> validate_silver() >> features() >> chosen
     scored = score()
     chosen >> [train(), reuse_model()] >> scored
-    checked = validate_output()
+    checked = recorded_output()
     scored >> checked
-    publish(checked)
+    publish(checked) >> maintain()
 
 
 dag_object = crossrec_nightly()

@@ -29,7 +29,8 @@ from crossrec.cli.common import add_common_args, run_job
 from crossrec.data.rawformat import RawFormatError
 from crossrec.io.accounting import AccountingRow, check_balanced, format_accounting, write_accounting
 from crossrec.io.config import CrossrecConfig
-from crossrec.io.delta import latest_version, read_table, table_exists, write_table
+from crossrec.io.delta import read_table, table_exists, write_table
+from crossrec.io.runs import pinned_versions, stage_run
 from crossrec.quality.contracts import load_contract
 
 log = logging.getLogger("crossrec.jobs.score")
@@ -59,7 +60,14 @@ def artifact_folder(cfg: CrossrecConfig, version: str | None) -> str:
 
 def run(cfg: CrossrecConfig, spark, k: int = 10, version: str | None = None, publish: bool = True,
         batch_users: int = 1024, users_per_partition: int = 5000) -> dict:
-    """Score every active user, write and validate the run_date's partition, publish it; returns a summary."""
+    """Score every active user, write and validate the run_date's partition, record the run in ops.runs, publish it
+    (not when a newer run date is published: a backfill is written and checked only); returns a summary."""
+    with stage_run(spark, cfg, STAGE, [TABLE]) as stage:
+        return _score(cfg, spark, stage, k, version, publish, batch_users, users_per_partition)
+
+
+def _score(cfg: CrossrecConfig, spark, stage, k: int, version: str | None, publish: bool, batch_users: int,
+           users_per_partition: int) -> dict:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -76,7 +84,9 @@ def run(cfg: CrossrecConfig, spark, k: int = 10, version: str | None = None, pub
     inter_path = cfg.table_path("silver.interactions")
     if not table_exists(spark, inter_path):
         raise RawFormatError(f"silver.interactions does not exist at {inter_path}: run `crossrec clean` first")
-    silver_v = latest_version(spark, inter_path)
+    silver_v = pinned_versions(spark, cfg.lake_uri, ["silver.interactions"])["silver.interactions"]
+    stage.reads = {"silver.interactions": silver_v}
+    stage.details.update(model_version=model_version, k=k)
     inter = read_table(spark, inter_path, silver_v)
     catalog = S.catalog_frame(spark, folder).persist()
     n_items = catalog.count()
@@ -123,9 +133,16 @@ def run(cfg: CrossrecConfig, spark, k: int = 10, version: str | None = None, pub
     print(format_accounting(accounting))
     check_balanced(accounting)  # every active user has recommendations in every domain
     write_accounting(spark, cfg, cfg.effective_run_id(STAGE), accounting)
+    stage.writes, stage.accounting = {TABLE: version_written}, accounting
+    stage.details["validated"] = bool(cfg.validate)
     published = None
     if publish:
-        published = S.publish(spark, path, version_written, run_date, model_version, k)
+        try:
+            published = S.publish(spark, path, version_written, run_date, model_version, k)
+            stage.writes[TABLE] = published
+        except S.PublishBackwards as e:
+            log.warning("%s", e)
+            publish = False
     for frame in (catalog, firsts, hist):
         frame.unpersist()
     summary = {"run_date": run_date.isoformat(), "model_version": model_version, "users": n_users, "rows": n_rows,

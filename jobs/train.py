@@ -85,6 +85,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from crossrec.io.runs import stage_run
+
     p = argparse.ArgumentParser(prog=f"crossrec {STAGE}", description=__doc__.split("\n\n")[0])
     add_arguments(p)
     args = p.parse_args(argv)
@@ -112,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         log.info("%s config: %s", STAGE, cfg.masked())
         log.info("%s training config: %s", STAGE, tcfg)
-        folder = train(tcfg)
-        m = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        with stage_run(None, cfg, STAGE, []) as stage:  # no tables written: the run and its inputs are recorded
+            folder = train(tcfg)
+            m = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+            stage.reads = {k: int(v) for k, v in (m.get("data_versions") or {}).items()}
+            stage.details.update(artifact=folder.name, valid_ndcg=m["valid"][METRIC])
         print(f"model artifact:   {folder}")
         print(f"best valid NDCG@10: {m['valid'][METRIC]:.4f} (epoch {m['best_epoch']}; Recall@10 {m['valid']['valid_recall@10']:.4f})")
         print(f"epochs run:       {m['epochs_run']} of {m['max_epochs']}{' (early stop)' if m['early_stopped'] else ''}"

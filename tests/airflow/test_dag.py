@@ -45,11 +45,11 @@ def test_dag_parses_with_the_documented_chain(tmp_path):
     info = json.loads(r.stdout.strip().splitlines()[-1])
     assert info["import_errors"] == {}
     assert info["tasks"] == sorted(["ingest", "clean", "validate_silver", "features", "choose_model", "train",
-                                    "reuse_model", "score", "validate_output", "publish"])
+                                    "reuse_model", "score", "recorded_output", "publish", "maintain"])
     up = info["upstream"]
     assert up["clean"] == ["ingest"] and up["features"] == ["validate_silver"] and up["choose_model"] == ["features"]
-    assert up["score"] == ["reuse_model", "train"] and up["validate_output"] == ["score"]
-    assert up["publish"] == ["validate_output"]
+    assert up["score"] == ["reuse_model", "train"] and up["recorded_output"] == ["score"]
+    assert up["publish"] == ["recorded_output"] and up["maintain"] == ["publish"]
 
 
 @pytest.mark.slow
@@ -79,7 +79,7 @@ def test_dag_test_runs_the_whole_chain_then_reuses_the_model(tmp_path):
     assert first["tasks"]["train"] == "success" and first["tasks"]["reuse_model"] == "skipped"
     assert second["state"] == "success", second
     assert second["tasks"]["train"] == "skipped" and second["tasks"]["reuse_model"] == "success"
-    assert all(second["tasks"][t] == "success" for t in ("score", "validate_output", "publish"))
+    assert all(second["tasks"][t] == "success" for t in ("score", "recorded_output", "publish", "maintain"))
 
     pub = published_run(str(lake))
     recs = read_recommendations(str(lake))

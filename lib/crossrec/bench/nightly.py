@@ -123,7 +123,7 @@ def run_nightly(spec: NightlySpec) -> dict:
     t0 = time.perf_counter()
     spark = build_spark("crossrec-bench-nightly", "local[*]", {})
     session_s = time.perf_counter() - t0
-    result = {"spec": asdict(spec), "session_start_seconds": round(session_s, 1), "records": [], "storage_bytes": {},
+    result = {"spec": asdict(spec), "cores": os.cpu_count(), "session_start_seconds": round(session_s, 1), "records": [], "storage_bytes": {},
               "live_bytes": {}, "nights_generated": {}}
 
     def save() -> None:

@@ -22,6 +22,7 @@
     crossrec bench ingest|training --out DIR                     ingest vs plain Spark copy and the Delta floor; training throughput
     crossrec bench scale --out DIR [--users 10000,100000]        every stage's wall time + peak memory vs users
     crossrec bench nightly --out DIR [--users 100000 --nights 10]   a platform replayed night by night -> nightly.json
+    crossrec bench capacity --nightly DIR/nightly.json           capacity plan for 10M/100M users -> docs/capacity.md
     crossrec cluster up|down|status                              Spark standalone (master + 2 workers) + Ray (2 nodes) on loopback
 
 Stage sub-commands are the ``main(argv)`` of the job files in ``jobs/`` (package ``crossrec_jobs``);
@@ -293,7 +294,13 @@ def _bench(argv: list[str]) -> int:
     ni.add_argument("--items-per-domain", type=int, default=3_000, help="items per domain in the history (default 3000)")
     ni.add_argument("--stages", default=",".join(("ingest", "clean", "features", "train", "score", "maintain")),
                     help="stages to run each night, in DAG order (default all: ingest,clean,features,train,score,maintain)")
-    for sp in (ig, tr, sl, ni):
+    ca = sub.add_parser("capacity", help="capacity plan for 10M/100M users from the nightly (and scale) benchmarks' figures",
+                        description=importlib.import_module("crossrec.bench.capacity").__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ca.add_argument("--nightly", required=True, help="nightly.json of `crossrec bench nightly`")
+    ca.add_argument("--scale", help="scale.json of `crossrec bench scale` (per-user scoring cost at its largest size)")
+    ca.add_argument("--out", default="docs/capacity.md", help="markdown to write (default docs/capacity.md)")
+    for sp in (ig, tr, sl, ni, ca):
         sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     a = p.parse_args(argv)
     setup_logging(a.verbose)
@@ -311,6 +318,11 @@ def _bench(argv: list[str]) -> int:
             return 1
         return 0
 
+    if a.name == "capacity":
+        from crossrec.bench.capacity import run_capacity
+
+        run_capacity(a.nightly, a.scale, a.out)
+        return 0
     if a.name == "nightly":
         from crossrec.bench.nightly import NightlyError, NightlySpec, run_nightly
         from crossrec.bench.scale import ScaleError

@@ -41,6 +41,7 @@ SILVER = ("silver.interactions", "silver.items")
 GOLD = ("gold.item_index", "gold.user_sequences", "gold.item_embeddings")
 COLD_PROPERTY = "crossrec.cold_start"
 SEQ_KEY = ["user_id", "split", "target_domain"]
+DRIVER_ENCODE_MAX = 2_000  # texts encoded in the driver rather than in a Spark job (the model loads once per process)
 
 
 def run_features(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
@@ -164,7 +165,11 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
     seqs = FE.build_sequences(split, cfg.max_seq_len)
 
     accounting = _sequence_accounting(inter, occ, split, domains)
-    counts = _train_counts(spark, cfg, recorded, split, users)
+    old = None  # the changed users' rows before this run: what the merge replaces or deletes
+    if users is not None:
+        old = read_table(spark, seq_path, recorded["gold.user_sequences"]).join(F.broadcast(users), "user_id", "left_semi")
+        old = old.persist(StorageLevel.MEMORY_AND_DISK)
+    counts = _train_counts(spark, cfg, recorded, split, old)
     new_index = index.drop("train_count") if "train_count" in index.columns else index
     new_index = new_index.join(counts, "item_idx", "left").withColumn("train_count", F.coalesce("train_count", F.lit(0)).cast("long"))
 
@@ -172,11 +177,11 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
     if stage.mode == "full":
         w["gold.user_sequences"] = write_table(spark, seqs, load_contract("gold.user_sequences"), seq_path, "overwrite")
     else:
-        old = read_table(spark, seq_path, recorded["gold.user_sequences"]).join(F.broadcast(users), "user_id", "left_semi")
         contract = load_contract("gold.user_sequences")
         gone = contract.conform(old.join(seqs.select(*SEQ_KEY), SEQ_KEY, "left_anti")).withColumn("_delete", F.lit(True))
         source = contract.conform(seqs).withColumn("_delete", F.lit(False)).unionByName(gone)
         w["gold.user_sequences"], _ = merge_table(spark, source, load_contract("gold.user_sequences"), seq_path, SEQ_KEY, delete_flag="_delete")
+    merged_version = w["gold.user_sequences"]
     if cohort is None:
         set_table_properties(spark, seq_path, {COLD_PROPERTY: json.dumps(stored, sort_keys=True)})
         w["gold.user_sequences"] = latest_version(spark, seq_path)
@@ -186,7 +191,7 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
     w["gold.item_index"] = write_table(spark, new_index, load_contract("gold.item_index"), index_path, "overwrite")
     w["gold.item_embeddings"], n_encoded = _embeddings(spark, cfg, items)
 
-    written = _written_events(spark, seq_path, w["gold.user_sequences"], users)
+    written = _written_events(_rows_written(spark, seq_path, merged_version, users))
     expected = sum(r.rows_out for r in accounting)
     if written != expected:
         raise AccountingError(f"features gold.user_sequences: the rows written hold {written:,} events; the accounting "
@@ -206,15 +211,13 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
         for table, version in w.items():
             df = read_table(spark, cfg.table_path(table), version)
             if table == "gold.user_sequences" and users is not None:
-                df = df.join(F.broadcast(users), "user_id", "left_semi")  # the rows of this run's users
+                df = _rows_written(spark, seq_path, merged_version, users)  # the rows this run merged
             rows = sum(n_items.values()) if table != "gold.user_sequences" else None
             validator.check(load_contract(table), df, params={"domains": domains}, expected_rows=rows,
                             references={"silver.items": silver_items}, version=version)
-    written_rows = read_table(spark, seq_path, w["gold.user_sequences"])
-    if users is not None:
-        written_rows = written_rows.join(F.broadcast(users), "user_id", "left_semi")
+    written_rows = _rows_written(spark, seq_path, merged_version, users)
     summary = written_rows.groupBy("split", "target_domain", "cold_start").count().orderBy("split", "target_domain", "cold_start").collect()
-    for frame in (index, occ, split, new_index, users):
+    for frame in (index, occ, split, new_index, users, old):
         if frame is not None:
             frame.unpersist()
     stage.accounting = accounting
@@ -241,29 +244,35 @@ def _sequence_accounting(inter, occ, split, domains: list[str]) -> list[Accounti
     return out
 
 
-def _train_counts(spark, cfg, recorded: dict, split, users):
+def _train_counts(spark, cfg, recorded: dict, split, old):
     """``item_idx, train_count`` after this run: all train events (a full run), or the stored counts moved by the
-    changed users' train events (new minus old)."""
+    changed users' train events (new minus ``old``, their rows before this run)."""
     from pyspark.sql import functions as F
 
     new = split.where((F.col("split") == FE.TRAIN) & ~F.col("withheld")).groupBy("item_idx").agg(F.count("*").alias("n"))
-    if users is None:
+    if old is None:
         return new.withColumnRenamed("n", "train_count")
-    old_rows = read_table(spark, cfg.table_path("gold.user_sequences"), recorded["gold.user_sequences"])
-    old = (old_rows.where(F.col("split") == FE.TRAIN).join(F.broadcast(users), "user_id", "left_semi")
-           .select(F.explode("item_idx").alias("item_idx")).groupBy("item_idx").agg((-F.count("*")).alias("n")))
+    gone = (old.where(F.col("split") == FE.TRAIN).select(F.explode("item_idx").alias("item_idx"))
+            .groupBy("item_idx").agg((-F.count("*")).alias("n")))
     stored = read_table(spark, cfg.table_path("gold.item_index"), recorded["gold.item_index"]).select("item_idx", F.col("train_count").alias("n"))
-    return stored.unionByName(new).unionByName(old).groupBy("item_idx").agg(F.sum("n").cast("long").alias("train_count"))
+    return stored.unionByName(new).unionByName(gone).groupBy("item_idx").agg(F.sum("n").cast("long").alias("train_count"))
 
 
-def _written_events(spark, path: str, version: int, users) -> int:
-    """Events the sequence rows hold (train rows: their history; valid/test rows: their target), read back."""
+def _rows_written(spark, path: str, version: int, users):
+    """The sequence rows a run wrote: the whole table at ``version`` (a full run), or the rows its merge inserted or
+    updated, from the change data feed of that commit (a merge run)."""
+    from crossrec.data.silver import CDF_COLUMNS
+
+    if users is None:
+        return read_table(spark, path, version)
+    return read_changes(spark, path, [version], ("insert", "update_postimage")).drop(*CDF_COLUMNS)
+
+
+def _written_events(rows) -> int:
+    """Events the sequence rows hold (train rows: their history; valid/test rows: their target)."""
     from pyspark.sql import functions as F
 
-    df = read_table(spark, path, version)
-    if users is not None:
-        df = df.join(F.broadcast(users), "user_id", "left_semi")
-    n = df.select(F.sum(F.when(F.col("split") == FE.TRAIN, F.size("item_idx")).otherwise(F.lit(1))).alias("n")).first()["n"]
+    n = rows.select(F.sum(F.when(F.col("split") == FE.TRAIN, F.size("item_idx")).otherwise(F.lit(1))).alias("n")).first()["n"]
     return int(n or 0)
 
 
@@ -285,6 +294,13 @@ def _embeddings(spark, cfg: CrossrecConfig, items) -> tuple[int, int]:
     if n_todo == 0:
         contract.ensure_table(spark, path)
         return latest_version(spark, path), 0
+    if n_todo <= DRIVER_ENCODE_MAX:  # a night's few new texts: no Spark job, no model load in a Python worker
+        import pandas as pd
+
+        frames = list(encode_batches(iter([todo.toPandas()])))
+        encoded = spark.createDataFrame(pd.concat(frames, ignore_index=True), contract.spark_schema())
+        version, _ = merge_table(spark, encoded, contract, path, ["domain", "item_id"])
+        return version, n_todo
     parts = max(1, min(spark.sparkContext.defaultParallelism, n_todo // 2000 + 1))
     # on one machine the Python workers share its cores: cap torch's threads so they do not oversubscribe
     local = spark.sparkContext.master.startswith("local")

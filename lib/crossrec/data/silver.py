@@ -156,8 +156,7 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
         if table != "bronze.identity_map" or stage.mode == "full":
             if got != n:
                 raise AccountingError(f"clean {table}: the ingest commits read appended {n:,} rows; {got:,} were classified")
-    existing = _already_in_silver(spark, cfg, recorded, inter) if stage.mode == "incremental" else {}
-    accounting = _accounting("silver.interactions", by_table["silver.interactions"], domains, existing=existing)
+    accounting = _accounting("silver.interactions", by_table["silver.interactions"], domains)
     accounting += _accounting("silver.items", by_table["silver.items"], domains, extra=item_flags)
     if ids is not None and stage.mode == "full":
         accounting += _accounting("silver.identity_map", by_table["silver.identity_map"], [])
@@ -188,6 +187,9 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
         path = cfg.table_path("silver.interactions")
         w["silver.interactions"], m = merge_table(spark, ok_inter, load_contract("silver.interactions"), path,
                                                   list(load_contract("silver.interactions").key), update=False)
+        inserted = _inserted_by_domain(spark, path, w["silver.interactions"], recorded.get("silver.interactions", -1))
+        _move_to_duplicates(accounting, inserted)  # rows already in silver from an earlier night
+        n_inter = sum(r.rows_out for r in accounting if r.table_name == "silver.interactions")
         _check_written("silver.interactions", m.get("numTargetRowsInserted", 0), n_inter)
         path = cfg.table_path("silver.quarantine")
         w["silver.quarantine"] = write_table(spark, quarantine, load_contract("silver.quarantine"), path, "append")
@@ -239,10 +241,13 @@ def _remapped_users(spark, cfg, new_ids, ids, last: dict, domains: list[str], ke
         added = now.join(before, ["domain", "local_user_id"], "left_anti")
     else:
         added = now
+    added = added.select("domain", "local_user_id").persist()
+    domains_added = [r[0] for r in added.select("domain").distinct().collect()]
+    if not domains_added:
+        return None
     silver = read_table(spark, cfg.table_path("silver.interactions"), last["writes"].get("silver.interactions"))
-    as_self = silver.select("domain", F.col("user_id").alias("local_user_id")).join(
-        added.select("domain", "local_user_id"),
-        ["domain", "local_user_id"], "left_semi")
+    as_self = silver.where(F.col("domain").isin(domains_added)).select(  # partition pruning: those domains only
+        "domain", F.col("user_id").alias("local_user_id")).join(F.broadcast(added), ["domain", "local_user_id"], "inner")
     if as_self.take(1):
         return "the identity map maps a user whose rows are in silver under their own id"
     return None
@@ -265,20 +270,24 @@ def _rows_appended(spark, cfg, ledger: Ledger, reads: dict[str, int], last: dict
     return out
 
 
-def _already_in_silver(spark, cfg, recorded: dict[str, int], inter) -> dict[str, int]:
-    """Per domain, the new ok rows whose key is already in silver (duplicates of an earlier night)."""
-    from pyspark.sql import functions as F
-
-    if "silver.interactions" not in recorded:
+def _inserted_by_domain(spark, path: str, version: int, before: int) -> dict[str, int]:
+    """Rows an insert-only merge added, per domain, read from the change feed of its commit (none without a commit)."""
+    if version <= before:
         return {}
-    key = list(load_contract("silver.interactions").key)
-    silver = read_table(spark, cfg.table_path("silver.interactions"), recorded["silver.interactions"]).select(*key)
-    new = inter.where(F.col(C.STATUS) == C.OK).select(*key)
-    return {r["domain"]: r["count"] for r in silver.join(F.broadcast(new), key, "inner").groupBy("domain").count().collect()}
+    return {r["domain"]: r["count"] for r in read_changes(spark, path, [version]).groupBy("domain").count().collect()}
 
 
-def _accounting(table: str, counts: list, domains: list[str], extra: dict | None = None,
-                existing: dict[str, int] | None = None) -> list[AccountingRow]:
+def _move_to_duplicates(accounting: list[AccountingRow], inserted: dict[str, int]) -> None:
+    """The new ok rows the merge did not insert are already in silver: duplicates of an earlier night."""
+    for r in accounting:
+        if r.table_name == "silver.interactions" and r.rows_out != inserted.get(r.domain, 0):
+            n = r.rows_out - inserted.get(r.domain, 0)
+            r.rows_out -= n
+            r.duplicates += n
+            r.details["duplicates_of_earlier_nights"] = n
+
+
+def _accounting(table: str, counts: list, domains: list[str], extra: dict | None = None) -> list[AccountingRow]:
     rows = {d: AccountingRow(STAGE, table, d) for d in domains}
     for r in counts:
         acc = rows.setdefault(r["domain"] or "<none>", AccountingRow(STAGE, table, r["domain"] or "<none>"))
@@ -290,10 +299,6 @@ def _accounting(table: str, counts: list, domains: list[str], extra: dict | None
         else:
             acc.quarantined += r["count"]
             acc.details.setdefault("quarantined_by_reason", {})[r[C.REASON]] = r["count"]
-    for d, n in (existing or {}).items():  # already in silver from an earlier night: duplicates, not written
-        rows[d].rows_out -= n
-        rows[d].duplicates += n
-        rows[d].details["duplicates_of_earlier_nights"] = n
     for d, info in (extra or {}).items():
         rows.setdefault(d, AccountingRow(STAGE, table, d)).details.update(info)
     return list(rows.values())

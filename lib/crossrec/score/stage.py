@@ -234,10 +234,11 @@ def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: 
     from pyspark.sql import functions as F
 
     from crossrec.data.rawformat import RawFormatError
-    from crossrec.io.delta import latest_version, read_table
+    from crossrec.io.delta import read_table
+    from crossrec.io.models import artifact_folder
+    from crossrec.io.runs import pinned_versions
     from crossrec.quality.contracts import load_contract
     from crossrec.quality.validate import Validator
-    from crossrec.io.models import artifact_folder
 
     path = cfg.table_path("gold.recommendations")
     rows = read_table(spark, path, version).where(F.col("run_date") == F.lit(run_date))
@@ -248,9 +249,10 @@ def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: 
         raise RawFormatError(f"run_date {run_date} at v{version} mixes model versions {sorted(meta['mv'])}")
     model_version, k = meta["mv"][0], int(meta["k"])
     catalog = catalog_frame(spark, artifact_folder(cfg.lake_uri, model_version))
-    inter = read_table(spark, cfg.table_path("silver.interactions"), latest_version(spark, cfg.table_path("silver.interactions")))
+    silver = pinned_versions(spark, cfg.lake_uri, ["silver.interactions", "silver.items"])  # what score read
+    inter = read_table(spark, cfg.table_path("silver.interactions"), silver["silver.interactions"])
     register_check_views(spark, first_events(inter), catalog, k)
-    items = read_table(spark, cfg.table_path("silver.items"), latest_version(spark, cfg.table_path("silver.items")))
+    items = read_table(spark, cfg.table_path("silver.items"), silver["silver.items"])
     domains = sorted(r[0] for r in catalog.select("domain").distinct().collect())
     report = Validator(cfg.reports_root, cfg.effective_run_id("score")).check(
         load_contract("gold.recommendations"), rows, params={"domains": domains, "k": k}, expected_rows=int(meta["n"]),
@@ -267,11 +269,20 @@ def published(spark, path: str) -> dict:
     return {k[len(PUBLISHED_PREFIX):]: v for k, v in props.items() if k.startswith(PUBLISHED_PREFIX)}
 
 
-def publish(spark, path: str, version: int, run_date: dt.date, model_version: str, k: int) -> int:
+class PublishBackwards(ValueError):
+    """Publishing a run date older than the one published would move readers back in time."""
+
+
+def publish(spark, path: str, version: int, run_date: dt.date, model_version: str, k: int, force: bool = False) -> int:
     """Point readers at ``version`` of gold.recommendations (table properties; one commit); returns the
-    version that commit made."""
+    version that commit made. Only forward in time: a run date older than the published one raises
+    :class:`PublishBackwards` unless ``force`` (a backfill is written and checked, readers keep the newer run)."""
     from crossrec.io.delta import latest_version, set_table_properties
 
+    current = published(spark, path).get("run_date")
+    if current and dt.date.fromisoformat(current) > run_date and not force:
+        raise PublishBackwards(f"gold.recommendations: run date {run_date} is older than the published {current}; "
+                               "it stays written and checked but unpublished (pass --force to publish it anyway)")
     props = {"version": str(version), "run_date": run_date.isoformat(), "model_version": model_version, "k": str(k),
              "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     set_table_properties(spark, path, {PUBLISHED_PREFIX + key: value for key, value in props.items()})
@@ -281,4 +292,4 @@ def publish(spark, path: str, version: int, run_date: dt.date, model_version: st
 
 
 __all__ = ["catalog_frame", "first_events", "user_histories", "popularity", "score_users", "scoring_partitions", "Progress",
-           "output_expectations", "exhausted_users", "list_column", "register_check_views", "validate_run", "published", "publish", "PUBLISHED_PREFIX"]
+           "output_expectations", "exhausted_users", "list_column", "register_check_views", "validate_run", "published", "publish", "PublishBackwards", "PUBLISHED_PREFIX"]

@@ -310,16 +310,22 @@ def _table_path(lake_root: str, table: str) -> str:
 
 
 def resolve_versions(lake_root: str, pinned: Mapping[str, int] | None, tables=GOLD_TABLES) -> dict[str, int]:
-    """The Delta version to read of each table: the pinned one, else the newest (resolved once, here)."""
+    """The Delta version to read of each table: the pinned one, else the one a succeeded features run recorded in
+    ops.runs (never a commit of an unfinished run), else (a lake without a ledger) the newest; resolved once, here."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     from crossrec.data.rawformat import RawFormatError
+    from crossrec.io.runs import Ledger
 
+    recorded = Ledger(lake_root).recorded_versions()
     out = {}
     for t in tables:
         if pinned and t in pinned:
             out[t] = int(pinned[t])
+            continue
+        if t in recorded:
+            out[t] = recorded[t]
             continue
         try:
             out[t] = int(DeltaTable(_table_path(lake_root, t)).version())
@@ -697,7 +703,8 @@ def add_item_tokens(cfg: TrainConfig, data: TrainingData) -> dict[str, int]:
     from crossrec.text.encoder import item_texts, text_hash, tokenize
 
     t0 = time.time()
-    items_table = DeltaTable(_table_path(cfg.lake_root, "silver.items"))
+    items_table = DeltaTable(_table_path(cfg.lake_root, "silver.items"),
+                             version=resolve_versions(cfg.lake_root, None, ("silver.items",))["silver.items"])
     items = items_table.to_pandas(columns=["domain", "item_id", "text", "category", "attributes"])
     hashes = DeltaTable(_table_path(cfg.lake_root, "gold.item_embeddings"),
                         version=data.versions.get("gold.item_embeddings")).to_pandas(columns=["domain", "item_id", "text_hash"])
