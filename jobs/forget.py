@@ -39,7 +39,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(cfg: CrossrecConfig, spark, a: argparse.Namespace) -> list[E.Erased]:
-    """Erase the users named by the flags; returns what each table lost."""
+    """Erase the users named by the flags and record the versions written in ops.runs (so no later run restores an
+    older version, and features rebuilds the users' rows from the deletes); returns what each table lost."""
+    from crossrec.io.delta import latest_version
+    from crossrec.io.runs import stage_run
+
+    with stage_run(spark, cfg, STAGE, []) as stage:
+        erased = _forget(cfg, spark, a)
+        stage.writes = {e.table: latest_version(spark, cfg.table_path(e.table)) for e in erased}
+        stage.details["tables"] = {e.table: e.rows_deleted for e in erased}
+        return erased
+
+
+def _forget(cfg: CrossrecConfig, spark, a: argparse.Namespace) -> list[E.Erased]:
     ids = list(a.users) + ([u.strip() for u in open(a.users_file, encoding="utf-8") if u.strip()] if a.users_file else [])
     if not ids:
         raise ConfigError("no user to forget: give USER ids or --users-file")

@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(cfg: CrossrecConfig, spark, a: argparse.Namespace) -> list:
     """Check every requested table; returns the reports (raises ValidationFailed on the first failure)."""
     from crossrec.data.clean import contract_params
-    from crossrec.io.delta import latest_version, read_table, table_exists
+    from crossrec.io.delta import read_table, table_exists
+    from crossrec.io.runs import pinned_versions
     from crossrec.quality.contracts import load_contract
     from crossrec.quality.validate import Validator
     from crossrec.score.stage import validate_run
@@ -49,14 +50,15 @@ def run(cfg: CrossrecConfig, spark, a: argparse.Namespace) -> list:
         path = cfg.table_path(table)
         if not table_exists(spark, path):
             raise RawFormatError(f"{table} does not exist at {path}")
-        version = latest_version(spark, path)
+        version = pinned_versions(spark, cfg.lake_uri, [table])[table]  # what readers read: the recorded version
         if table == "gold.recommendations":
             report, _, _ = validate_run(spark, cfg, version, dt.date.fromisoformat(cfg.run_date))
         else:
             if domains is None:
                 items = cfg.table_path("silver.items")
-                domains = sorted(r[0] for r in read_table(spark, items, latest_version(spark, items)).select("domain").distinct().collect())
-            refs = {r.table: read_table(spark, cfg.table_path(r.table), latest_version(spark, cfg.table_path(r.table)))
+                items_v = pinned_versions(spark, cfg.lake_uri, ["silver.items"])["silver.items"]
+                domains = sorted(r[0] for r in read_table(spark, items, items_v).select("domain").distinct().collect())
+            refs = {r.table: read_table(spark, cfg.table_path(r.table), pinned_versions(spark, cfg.lake_uri, [r.table])[r.table])
                     for r in contract.references}
             report = validator.check(contract, read_table(spark, path, version), params=contract_params(cfg, domains),
                                      references=refs, version=version)

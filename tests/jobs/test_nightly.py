@@ -248,3 +248,39 @@ def test_a_second_run_of_a_stage_is_refused_while_one_holds_the_lake(two_nights,
     err = capsys.readouterr().err
     assert "another ingest run holds" in err and "ingest-running" in err
     assert ingest.main(args) == 0  # the lock is gone with its holder
+
+
+# --------------------------------------------------------------------------- upkeep and publishing
+def test_maintain_compacts_and_is_recorded_so_the_next_night_rolls_nothing_back(two_nights, tmp_path):
+    from crossrec.io.runs import Ledger
+    from crossrec_jobs import maintain
+
+    raw, lake = _copy_night2(two_nights, tmp_path)
+    files_before = len(list((lake / "silver/interactions").rglob("*.parquet")))
+    args = job_args(raw, lake, two_nights["key"], "--run-date", "2024-07-02")[2:]  # no --raw-dir
+    assert maintain.main([*args, "--zorder", "--vacuum-retention-hours", "0"]) == 0
+    run = Ledger(str(lake)).last("maintain")
+    assert run["mode"] == "zorder" and "silver.interactions" in run["writes"]
+    assert run["details"]["tables"]["silver.interactions"]["zorder_by"] == ["user_id"]
+    assert len(list((lake / "silver/interactions").rglob("*.parquet"))) < files_before  # vacuumed after compaction
+    _stages(raw, lake, two_nights["key"], "2024-07-02")  # night 3 on the maintained lake
+    assert not Ledger(str(lake)).succeeded("rollback"), "maintain's commits are recorded: nothing to roll back"
+    assert Ledger(str(lake)).last("clean")["mode"] == "incremental"
+
+
+def test_publish_moves_forward_only(scored_lake, spark, tmp_path):
+    import datetime as dt
+
+    from crossrec.io.delta import latest_version
+    from crossrec.score import stage as S
+
+    lake = tmp_path / "lake"
+    shutil.copytree(scored_lake["lake"], lake)
+    path = str(lake / "gold/recommendations")
+    props = S.published(spark, path)
+    older = dt.date.fromisoformat(props["run_date"]) - dt.timedelta(days=1)
+    with pytest.raises(S.PublishBackwards, match="older than the published"):
+        S.publish(spark, path, int(props["version"]), older, props["model_version"], int(props["k"]))
+    assert S.published(spark, path)["run_date"] == props["run_date"]
+    S.publish(spark, path, latest_version(spark, path), older, props["model_version"], int(props["k"]), force=True)
+    assert S.published(spark, path)["run_date"] == older.isoformat()

@@ -219,13 +219,10 @@ def report(result: dict) -> str:
 
 
 def _plot(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
+    from crossrec.bench import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib not installed: no %s", path.name)
+    plt = pyplot(path)
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(7, 4))
     for st in ALL_STAGES:

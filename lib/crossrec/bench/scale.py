@@ -251,13 +251,10 @@ def report(result: dict, out: Path) -> str:
 
 
 def _plot(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
+    from crossrec.bench import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib not installed: no %s", path.name)
+    plt = pyplot(path)
+    if plt is None:
         return
     if not any(r["stage"] in STAGES for r in result["records"]):
         return  # nothing to draw before the first stage has finished

@@ -259,13 +259,10 @@ def run_scoring(spec: ScoringSpec, spark=None) -> dict:
 
 def _plot(records: list[dict], path: Path, unit: str = "users/s") -> None:
     """A horizontal bar chart of the records' values (log scale)."""
-    try:
-        import matplotlib
+    from crossrec.bench import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # matplotlib is an extra: the JSON and markdown are the results
-        log.warning("matplotlib not installed: no %s", path.name)
+    plt = pyplot(path)
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 2.5))
     ax.barh([r.get("system") or r.get("stage") for r in records], [r["value"] for r in records])

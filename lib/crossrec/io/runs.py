@@ -97,21 +97,23 @@ class Ledger:
 
         return DeltaTable.is_deltatable(self.path, storage_options=self.storage_options or None)
 
-    def ensure(self, spark, lake_uri: str) -> None:
+    def ensure(self, lake_uri: str) -> None:
         """Create the ledger on first use. A lake from before the ledger (tables, no ``ops.runs``) is adopted: its
-        tables' newest versions are recorded as written by an ``adopt`` run."""
+        tables' newest versions are recorded as written by an ``adopt`` run (read with deltalake: no Spark needed)."""
         import pyarrow as pa
-        from deltalake import write_deltalake
+        from deltalake import DeltaTable, write_deltalake
+
+        from crossrec.quality.contracts import all_contracts
 
         if self.exists():
             return
-        from crossrec.io.delta import latest_version, table_exists
-        from crossrec.quality.contracts import all_contracts
-
-        found = {c.table: latest_version(spark, _table_path(lake_uri, c.table)) for c in all_contracts()
-                 if c.table != RUNS_TABLE and spark is not None and table_exists(spark, _table_path(lake_uri, c.table))}
-        write_deltalake(self.path, pa.Table.from_pylist([], schema=_arrow_schema()), mode="append",
-                        storage_options=self.storage_options or None)
+        opts = self.storage_options or None
+        found = {}
+        for c in all_contracts():
+            path = _table_path(lake_uri, c.table)
+            if c.table != RUNS_TABLE and DeltaTable.is_deltatable(path, storage_options=opts):
+                found[c.table] = int(DeltaTable(path, storage_options=opts).version())
+        write_deltalake(self.path, pa.Table.from_pylist([], schema=_arrow_schema()), mode="append", storage_options=opts)
         if found:
             log.warning("%s: no run ledger yet; adopting the tables' newest versions %s as recorded", lake_uri, found)
             self.record(StageRun("adopt", "adopt", _now().date().isoformat(), mode="full", writes=found), SUCCEEDED)
@@ -296,7 +298,7 @@ def stage_run(spark, cfg, stage: str, outputs: list[str]) -> Iterator[StageRun]:
     run = StageRun(stage, cfg.effective_run_id(stage), cfg.run_date)
     with stage_lock(cfg.lake_uri, stage, run.run_id):
         ledger = Ledger(cfg.lake_uri)
-        ledger.ensure(spark, cfg.lake_uri)
+        ledger.ensure(cfg.lake_uri)
         if spark is not None:
             restored = rollback_unrecorded(spark, cfg.lake_uri, outputs, ledger)
             if restored:
