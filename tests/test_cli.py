@@ -29,7 +29,7 @@ def test_help_lists_every_command():
     assert r.returncode == 0, r.stderr
     commands = [line.split()[0] for line in r.stdout.split("commands:", 1)[1].splitlines() if line.strip()]
     assert commands == ["generate", "import", "tables", "recs", "query", "cluster", "bench", "ingest", "clean", "features",
-                        "prepare", "train", "evaluate", "score", "publish", "validate", "forget"]
+                        "prepare", "train", "evaluate", "score", "publish", "validate", "forget", "maintain"]
 
 
 def test_no_arguments_prints_help_and_exits_2(capsys):

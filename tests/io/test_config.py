@@ -52,7 +52,12 @@ def test_defaults_of_the_dataclass():
         "vacuum_retention_hours": 168.0,
         "raw_paths_outside_root": False,
         "text_encoder": "auto",
+        "full_refresh": False,
+        "keep_run_dates": 7,
+        "keep_models": 3,
     }
+    with pytest.raises(ConfigError, match="keep_run_dates and keep_models must be >= 1"):
+        CrossrecConfig(run_date=RUN_DATE, keep_models=0)
     with pytest.raises(ConfigError, match="text_encoder must be 'auto', 'frozen' or 'finetune', got 'bert'"):
         CrossrecConfig(run_date=RUN_DATE, text_encoder="bert")
     assert cfg.reports_root == os.path.abspath("lakehouse") + "/_reports"
