@@ -138,6 +138,39 @@ def test_item_ids_are_stable_across_nights(two_nights):
     assert list(new["item_id"]) == ["b3"] and int(new["item_idx"].iloc[0]) == int(night1["item_idx"].max()) + 1
 
 
+@pytest.mark.parametrize("mapping, mode, because", [
+    ("movies,m-2,u2", "incremental", None),  # the mapping silver was built with, sent again
+    ("movies,m-1,u9", "full", "another global id"),  # m-1's rows move from u1 to u9
+    ("movies,m-3,u3", "full", "under their own id"),  # m-3's night-1 rows are in silver under m-3's own id
+])
+def test_a_night_rebuilds_silver_when_its_identity_map_moves_rows_already_there(two_nights, tmp_path, mapping, mode, because):
+    from crossrec.io.runs import Ledger
+    from crossrec_jobs import clean, ingest
+
+    raw, lake = tmp_path / "raw", tmp_path / "lake"
+    shutil.copytree(two_nights["raw"], raw)
+    shutil.copytree(two_nights["snapshot"], lake)
+    (raw / "identity_map/night3.csv").write_text(f"domain,local_user,person\n{mapping}\n", encoding="utf-8")
+    args = job_args(raw, lake, two_nights["key"], "--run-date", "2024-07-02")
+    assert ingest.main(args) == 0 and clean.main(args) == 0
+    run = Ledger(str(lake)).last("clean")
+    assert run["mode"] == mode
+    assert (because is None and "full_because" not in run["details"]) or because in run["details"]["full_because"]
+    if mode == "full" and "another" in because:
+        return  # one run over all files ingests both mappings at once: there the smallest pseudonym wins, not the later
+    fresh = tmp_path / "fresh"  # whichever way it went, silver is what one full run over all files gives
+    assert ingest.main(job_args(raw, fresh, two_nights["key"], "--run-date", "2024-07-02")) == 0
+    assert clean.main(job_args(raw, fresh, two_nights["key"], "--run-date", "2024-07-02")) == 0
+    for table in SILVER:  # the lake's night-1/2 rows came from the fixture's raw folder, the fresh lake's from the copy
+        merged = _relative(_table(lake, table, drop=("run_id",)), two_nights["raw"])
+        pd.testing.assert_frame_equal(merged, _relative(_table(fresh, table, drop=("run_id",)), raw), obj=table)
+
+
+def _relative(df: pd.DataFrame, raw: Path) -> pd.DataFrame:
+    df = df.map(lambda v: v.replace(str(raw), "<raw>"))
+    return df.sort_values(list(df.columns)).reset_index(drop=True)
+
+
 # --------------------------------------------------------------------------- faults
 class Killed(BaseException):
     """Stands for the process dying between two table commits (not an error a stage handles)."""
@@ -186,7 +219,7 @@ def test_a_kill_between_table_commits_leaves_the_recorded_run_and_the_rerun_comp
     assert ingest.main(args) == 0
     recorded = Ledger(str(lake)).recorded_versions()
     with monkeypatch.context() as m:
-        _fail_on_call(m, silver, "merge_table", 2)  # silver.items committed, silver.interactions not
+        _fail_on_call(m, silver, "write_table", 1)  # silver.items merged, silver.interactions not appended
         with pytest.raises(Killed):
             clean.main(args)
     after = Ledger(str(lake)).recorded_versions()

@@ -197,7 +197,7 @@ def classify_interactions(
     )
 
 
-def classify_identity_map(bronze: DataFrame, domains: list[str], key: bytes) -> DataFrame:
+def classify_identity_map(bronze: DataFrame, domains: list[str], key: bytes, restrict_to: DataFrame | None = None) -> DataFrame:
     """Type the identity map, pseudonymise both ids, quarantine bad rows; one global id per (domain, local user).
 
     Both ids are NFC-normalised and hashed (:func:`~crossrec.data.pseudonym.pseudonym_column`): the map is joined
@@ -206,7 +206,8 @@ def classify_identity_map(bronze: DataFrame, domains: list[str], key: bytes) -> 
     kept (a correction file supersedes the earlier one); within one ingest, the smallest global pseudonym.
     Repeats of the kept mapping are duplicates, the others quarantined as ``identity_conflict``.
     Output: ``domain, local_user_id, global_user_id`` (pseudonyms), ``_status, _reason, _detail, _record, source,
-    run_id``.
+    run_id, _ingested_at``. ``restrict_to`` (``domain, local_user_id`` pseudonyms): only the rows of those keys, all of
+    them, so their verdicts are the same as over the whole map (a night needs only the keys it touches).
     """
     record = bronze_record(bronze, ["domain", *_NO_RAW_IDS])
     df = bronze.select(
@@ -229,8 +230,10 @@ def classify_identity_map(bronze: DataFrame, domains: list[str], key: bytes) -> 
         ]
     )
     df = (df.withColumn(REASON, reason).withColumn(DETAIL, detail)
-          .withColumn("local_user_id", pseudonym_column(key, F.col("_local_raw")))
-          .withColumn("global_user_id", pseudonym_column(key, F.col("_global_raw")))
+          .withColumn("local_user_id", pseudonym_column(key, F.col("_local_raw"))))
+    if restrict_to is not None:  # before the global ids are hashed: only the kept rows need them
+        df = df.join(F.broadcast(restrict_to), ["domain", "local_user_id"], "left_semi")
+    df = (df.withColumn("global_user_id", pseudonym_column(key, F.col("_global_raw")))
           .drop("corrupt_record", "_local_raw", "_global_raw"))
     valid = F.col(REASON).isNull()
     latest = Window.partitionBy("domain", "local_user_id", valid).orderBy(F.col("_ingested_at").desc(), "global_user_id")

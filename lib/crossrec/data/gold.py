@@ -31,6 +31,7 @@ from crossrec.io.config import CrossrecConfig
 from crossrec.io.delta import (latest_version, merge_table, read_changes, read_table, set_table_properties, table_exists,
                                table_properties, write_table)
 from crossrec.io.runs import Ledger, StageRun, stage_run
+from crossrec.io.spark import size_shuffles
 from crossrec.quality.contracts import load_contract
 from crossrec.quality.validate import Validator
 
@@ -41,6 +42,7 @@ SILVER = ("silver.interactions", "silver.items")
 GOLD = ("gold.item_index", "gold.user_sequences", "gold.item_embeddings")
 COLD_PROPERTY = "crossrec.cold_start"
 SEQ_KEY = ["user_id", "split", "target_domain"]
+USERS_PER_PARTITION = 20_000  # shuffle partitions of a night: one per this many changed users (their whole history)
 DRIVER_ENCODE_MAX = 2_000  # texts encoded in the driver rather than in a Spark job (the model loads once per process)
 
 
@@ -138,6 +140,11 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
     if reason:
         stage.details["full_because"] = reason
 
+    todo, n_todo = _texts_to_encode(spark, cfg, items)
+    if 0 < n_todo <= DRIVER_ENCODE_MAX:  # the driver will encode them: load the model while Spark works
+        from crossrec.text.encoder import preload_encoder
+
+        preload_encoder()
     old_index = read_table(spark, index_path, recorded["gold.item_index"]) if "gold.item_index" in recorded else None
     index = FE.extend_item_index(old_index, items).persist(StorageLevel.MEMORY_AND_DISK)
     users = None
@@ -148,8 +155,12 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
         users = (changes.select("user_id").distinct() if changes is not None else
                  spark.createDataFrame([], "user_id string")).persist(StorageLevel.MEMORY_AND_DISK)
         stage.details["users_changed"] = users.count()
+        size_shuffles(spark, stage.details["users_changed"], USERS_PER_PARTITION)
         log.info("features: %d user(s) with changes in silver.interactions versions %s", stage.details["users_changed"], versions)
-    inter = inter_all if users is None else inter_all.join(F.broadcast(users), "user_id", "left_semi")
+        stage.lap("changed users found")
+    inter = inter_all
+    if users is not None:  # the changed users' whole history: small, read by the sequences and the accounting
+        inter = inter_all.join(F.broadcast(users), "user_id", "left_semi").persist(StorageLevel.MEMORY_AND_DISK)
 
     occ = FE.first_occurrences(inter, index).persist(StorageLevel.MEMORY_AND_DISK)
     firsts = occ.where(~F.col("is_repeat")).drop("is_repeat")
@@ -165,6 +176,7 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
     seqs = FE.build_sequences(split, cfg.max_seq_len)
 
     accounting = _sequence_accounting(inter, occ, split, domains)
+    stage.lap("sequences built")
     old = None  # the changed users' rows before this run: what the merge replaces or deletes
     if users is not None:
         old = read_table(spark, seq_path, recorded["gold.user_sequences"]).join(F.broadcast(users), "user_id", "left_semi")
@@ -180,16 +192,19 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
         contract = load_contract("gold.user_sequences")
         gone = contract.conform(old.join(seqs.select(*SEQ_KEY), SEQ_KEY, "left_anti")).withColumn("_delete", F.lit(True))
         source = contract.conform(seqs).withColumn("_delete", F.lit(False)).unionByName(gone)
-        w["gold.user_sequences"], _ = merge_table(spark, source, load_contract("gold.user_sequences"), seq_path, SEQ_KEY, delete_flag="_delete")
-    merged_version = w["gold.user_sequences"]
-    if cohort is None:
+        w["gold.user_sequences"], merged = merge_table(spark, source, load_contract("gold.user_sequences"), seq_path, SEQ_KEY, delete_flag="_delete")
+    merged_version = w["gold.user_sequences"] if stage.mode == "full" or merged else None  # None: nothing merged
+    stage.lap("gold.user_sequences written")
+    if cohort is None and table_properties(spark, seq_path).get(COLD_PROPERTY) != json.dumps(stored, sort_keys=True):
         set_table_properties(spark, seq_path, {COLD_PROPERTY: json.dumps(stored, sort_keys=True)})
         w["gold.user_sequences"] = latest_version(spark, seq_path)
     # the index is small next to the events: rewritten whole, ids kept
     new_index = new_index.persist(StorageLevel.MEMORY_AND_DISK)
     new_index.count()
     w["gold.item_index"] = write_table(spark, new_index, load_contract("gold.item_index"), index_path, "overwrite")
-    w["gold.item_embeddings"], n_encoded = _embeddings(spark, cfg, items)
+    stage.lap("gold.item_index written")
+    w["gold.item_embeddings"], n_encoded = _embeddings(spark, cfg, todo, n_todo)
+    stage.lap("gold.item_embeddings written")
 
     written = _written_events(_rows_written(spark, seq_path, merged_version, users))
     expected = sum(r.rows_out for r in accounting)
@@ -204,20 +219,24 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
     for r in accounting:
         r.details["silver_versions"] = stage.reads
     check_balanced(accounting)
+    stage.lap("accounting checked")
 
     if cfg.validate:
         validator = Validator(cfg.reports_root, stage.run_id)
         silver_items = items
         for table, version in w.items():
+            if table == "gold.user_sequences" and merged_version is None:
+                continue  # the night changed no user: the merge committed nothing
             df = read_table(spark, cfg.table_path(table), version)
             if table == "gold.user_sequences" and users is not None:
                 df = _rows_written(spark, seq_path, merged_version, users)  # the rows this run merged
             rows = sum(n_items.values()) if table != "gold.user_sequences" else None
             validator.check(load_contract(table), df, params={"domains": domains}, expected_rows=rows,
                             references={"silver.items": silver_items}, version=version)
+        stage.lap("validated")
     written_rows = _rows_written(spark, seq_path, merged_version, users)
     summary = written_rows.groupBy("split", "target_domain", "cold_start").count().orderBy("split", "target_domain", "cold_start").collect()
-    for frame in (index, occ, split, new_index, users, old):
+    for frame in (index, occ, split, new_index, users, old, todo, inter if users is not None else None):
         if frame is not None:
             frame.unpersist()
     stage.accounting = accounting
@@ -258,13 +277,15 @@ def _train_counts(spark, cfg, recorded: dict, split, old):
     return stored.unionByName(new).unionByName(gone).groupBy("item_idx").agg(F.sum("n").cast("long").alias("train_count"))
 
 
-def _rows_written(spark, path: str, version: int, users):
+def _rows_written(spark, path: str, version: int | None, users):
     """The sequence rows a run wrote: the whole table at ``version`` (a full run), or the rows its merge inserted or
     updated, from the change data feed of that commit (a merge run)."""
     from crossrec.data.silver import CDF_COLUMNS
 
     if users is None:
         return read_table(spark, path, version)
+    if version is None:  # the merge committed nothing
+        return spark.createDataFrame([], load_contract("gold.user_sequences").spark_schema())
     return read_changes(spark, path, [version], ("insert", "update_postimage")).drop(*CDF_COLUMNS)
 
 
@@ -276,21 +297,30 @@ def _written_events(rows) -> int:
     return int(n or 0)
 
 
-def _embeddings(spark, cfg: CrossrecConfig, items) -> tuple[int, int]:
-    """Encode the items whose text (hash) is not in gold.item_embeddings and MERGE them in; return (version, encoded)."""
+def _texts_to_encode(spark, cfg: CrossrecConfig, items):
+    """The items whose text (hash) is not in gold.item_embeddings at its recorded version (``domain, item_id,
+    enc_text, text_hash``, kept), and how many."""
+    from pyspark import StorageLevel
+
+    todo = FE.encoder_input(items)
+    path = cfg.table_path("gold.item_embeddings")
+    if table_exists(spark, path):
+        cached = read_table(spark, path, Ledger(cfg.lake_uri).recorded_versions().get("gold.item_embeddings"))
+        todo = todo.join(cached.select("domain", "item_id", "text_hash"), ["domain", "item_id", "text_hash"], "left_anti")
+    todo = todo.persist(StorageLevel.MEMORY_AND_DISK)
+    n_todo = todo.count()
+    log.info("text encoder: %d item(s) to encode (new or changed text)", n_todo)
+    return todo, n_todo
+
+
+def _embeddings(spark, cfg: CrossrecConfig, todo, n_todo: int) -> tuple[int, int]:
+    """Encode ``todo`` (:func:`_texts_to_encode`) and MERGE it into gold.item_embeddings; return (version, encoded)."""
     from pyspark import StorageLevel
 
     from crossrec.text.encoder import encode_batches
 
-    enc_in = FE.encoder_input(items)
     path = cfg.table_path("gold.item_embeddings")
     contract = load_contract("gold.item_embeddings")
-    todo = enc_in
-    if table_exists(spark, path):
-        cached = read_table(spark, path, Ledger(cfg.lake_uri).recorded_versions().get("gold.item_embeddings"))
-        todo = enc_in.join(cached.select("domain", "item_id", "text_hash"), ["domain", "item_id", "text_hash"], "left_anti")
-    n_todo = todo.count()
-    log.info("text encoder: %d item(s) to encode (new or changed text)", n_todo)
     if n_todo == 0:
         contract.ensure_table(spark, path)
         return latest_version(spark, path), 0

@@ -39,6 +39,7 @@ from crossrec.io.config import CrossrecConfig
 from crossrec.io.delta import (latest_version, merge_table, read_changes, read_table, table_exists, write_metrics,
                                write_table)
 from crossrec.io.runs import Ledger, StageRun, stage_run
+from crossrec.io.spark import SHUFFLE_PARTITIONS, size_shuffles
 from crossrec.quality.contracts import load_contract
 from crossrec.quality.validate import Validator
 
@@ -48,6 +49,7 @@ STAGE = "clean"
 BRONZE = ("bronze.interactions", "bronze.items", "bronze.identity_map")
 SILVER = ("silver.items", "silver.interactions", "silver.quarantine")
 CDF_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
+ROWS_PER_PARTITION = 500_000  # shuffle partitions of a night: one per this many new bronze rows (io.spark.size_shuffles)
 
 
 def run_clean(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
@@ -90,25 +92,41 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     def bronze_full(table: str):
         return read_table(spark, cfg.table_path(table), stage.reads[table]) if table in stage.reads else None
 
-    ids = None
-    if "bronze.identity_map" in stage.reads:
-        ids = C.classify_identity_map(bronze_full("bronze.identity_map"), domains, key).persist(StorageLevel.MEMORY_AND_DISK)
+    ids = None  # the classified identity map: every mapping (a rebuild), the keys this night touches (a night)
     batch: dict[str, object] = {}
+    configured_shuffles = spark.conf.get(SHUFFLE_PARTITIONS)
+    expected_in = None  # rows the ingest commits read appended (Delta's commit metrics, not the data)
     if reason is None:
+        expected_in = _rows_appended(spark, cfg, ledger, stage.reads, last)
+        size_shuffles(spark, sum(expected_in.values()), ROWS_PER_PARTITION)
         for t in stage.reads:
             versions = ledger.written_versions(t, last["reads"].get(t, 0), stage.reads[t])
             batch[t] = read_changes(spark, cfg.table_path(t), versions)
-            batch[t] = batch[t].drop(*CDF_COLUMNS) if batch[t] is not None else None
-        reason = _remapped_users(spark, cfg, batch.get("bronze.identity_map"), ids, last, domains, key)
+            # a night's rows are few and read by several jobs: read the change feed once
+            batch[t] = batch[t].drop(*CDF_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK) if batch[t] is not None else None
+        if "bronze.identity_map" in stage.reads:
+            ids = _night_identity_map(spark, batch, bronze_full("bronze.identity_map"), domains, key)
+        reason = _remapped_users(spark, cfg, batch.get("bronze.identity_map"), ids, last)
+        stage.lap("identity map checked")
     stage.mode = "full" if reason else "incremental"
     if reason:
         log.info("clean: full rebuild from bronze (%s)", reason)
         stage.details["full_because"] = reason
+        for frame in batch.values():
+            if frame is not None:
+                frame.unpersist()
         batch = {t: bronze_full(t) for t in stage.reads}
+        spark.conf.set(SHUFFLE_PARTITIONS, configured_shuffles)
+        if ids is not None:
+            ids.unpersist()
+        if "bronze.identity_map" in stage.reads:
+            ids = C.classify_identity_map(bronze_full("bronze.identity_map"), domains, key).persist(StorageLevel.MEMORY_AND_DISK)
     else:
         log.info("clean: merging the bronze rows of %s", {t: ledger.written_versions(t, last["reads"].get(t, 0), v)
                                                         for t, v in stage.reads.items()})
-    expected_in = _rows_appended(spark, cfg, ledger, stage.reads, last if not reason else None)
+    if reason:
+        expected_in = _rows_appended(spark, cfg, ledger, stage.reads, None)
+    stage.lap("bronze rows counted")
 
     min_ts = dt.datetime.fromisoformat(cfg.min_event_ts)
     max_ts = dt.datetime.fromisoformat(cfg.run_date) + dt.timedelta(days=1)
@@ -146,21 +164,22 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     n_placeholders = {r["domain"]: r["count"] for r in placeholders.groupBy("domain").count().collect()} if placeholders is not None else {}
     for d, n in n_placeholders.items():
         item_flags.setdefault(d, {})["placeholder_items_added"] = n
-    labelled = [(t, f) for t, f in (("silver.interactions", inter), ("silver.items", items), ("silver.identity_map", ids)) if f is not None]
+    labelled = [(t, f) for t, f in (("silver.interactions", inter), ("silver.items", items), ("silver.identity_map", ids if stage.mode == "full" else None)) if f is not None]
     counts = reduce(lambda a, b: a.unionByName(b), [C.status_counts(f).withColumn("_table", F.lit(t)) for t, f in labelled]).collect()
     by_table = {t: [r for r in counts if r["_table"] == t] for t, _ in labelled}
     for table in ("silver.interactions", "silver.items"):  # a mostly broken input fails before anything is written
         check_quarantine_share(by_table[table], cfg.max_quarantine_share, table)
-    for table, n in expected_in.items():
-        got = sum(r["count"] for r in by_table[table.replace("bronze.", "silver.")])
-        if table != "bronze.identity_map" or stage.mode == "full":
-            if got != n:
-                raise AccountingError(f"clean {table}: the ingest commits read appended {n:,} rows; {got:,} were classified")
+    for table, n in expected_in.items():  # a night's mappings are not counted: they are joined, not classified
+        got = by_table.get(table.replace("bronze.", "silver."))
+        if got is not None and sum(r["count"] for r in got) != n:
+            raise AccountingError(f"clean {table}: the ingest commits read appended {n:,} rows; "
+                                  f"{sum(r['count'] for r in got):,} were classified")
     accounting = _accounting("silver.interactions", by_table["silver.interactions"], domains)
     accounting += _accounting("silver.items", by_table["silver.items"], domains, extra=item_flags)
     if ids is not None and stage.mode == "full":
         accounting += _accounting("silver.identity_map", by_table["silver.identity_map"], [])
     check_balanced(accounting)
+    stage.lap("classified")
 
     # ---- writes
     item_cols = load_contract("silver.items").column_names
@@ -184,26 +203,41 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     else:
         w["silver.items"], m = merge_table(spark, ok_items, load_contract("silver.items"), silver_items_path, ["domain", "item_id"])
         _check_written("silver.items", m.get("numTargetRowsInserted", 0) + m.get("numTargetRowsUpdated", 0), n_items)
+        stage.lap("merged silver.items")
+        # insert-only on the key: an anti-join against silver, then an append (a MERGE would plan a join and a
+        # rewrite for rows it never updates)
+        contract = load_contract("silver.interactions")
         path = cfg.table_path("silver.interactions")
-        w["silver.interactions"], m = merge_table(spark, ok_inter, load_contract("silver.interactions"), path,
-                                                  list(load_contract("silver.interactions").key), update=False)
-        inserted = _inserted_by_domain(spark, path, w["silver.interactions"], recorded.get("silver.interactions", -1))
-        _move_to_duplicates(accounting, inserted)  # rows already in silver from an earlier night
+        key = list(contract.key)
+        batch_rows = contract.conform(ok_inter)  # from the persisted classification
+        # silver scanned once against the (small, broadcast) batch: no shuffle of silver
+        there = read_table(spark, path, recorded["silver.interactions"]).select(*key).join(
+            F.broadcast(batch_rows.select(*key)), key, "left_semi")
+        fresh = batch_rows.join(there, key, "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
+        _move_to_duplicates(accounting, {r["domain"]: r["count"] for r in fresh.groupBy("domain").count().collect()})
         n_inter = sum(r.rows_out for r in accounting if r.table_name == "silver.interactions")
-        _check_written("silver.interactions", m.get("numTargetRowsInserted", 0), n_inter)
-        path = cfg.table_path("silver.quarantine")
-        w["silver.quarantine"] = write_table(spark, quarantine, load_contract("silver.quarantine"), path, "append")
-        metrics = write_metrics(spark, path, w["silver.quarantine"], since=recorded.get("silver.quarantine", -1))
-        _check_written("silver.quarantine", metrics.get("numOutputRows", 0), n_quar)
+        w["silver.interactions"] = recorded["silver.interactions"]
+        if n_inter:
+            w["silver.interactions"] = write_table(spark, fresh, contract, path, "append")
+            _check_written("silver.interactions", write_metrics(spark, path, w["silver.interactions"]).get("numOutputRows"), n_inter)
+        fresh.unpersist()
+        stage.lap("appended silver.interactions")
+        w["silver.quarantine"] = recorded.get("silver.quarantine", -1)
+        if n_quar:  # nothing to append most nights: no commit
+            path = cfg.table_path("silver.quarantine")
+            w["silver.quarantine"] = write_table(spark, quarantine, load_contract("silver.quarantine"), path, "append")
+            _check_written("silver.quarantine", write_metrics(spark, path, w["silver.quarantine"]).get("numOutputRows"), n_quar)
+            stage.lap("appended silver.quarantine")
 
     if cfg.validate:
         expected = {"silver.items": n_items, "silver.interactions": n_inter, "silver.quarantine": n_quar}
         committed = [t for t, v in w.items() if v > recorded.get(t, -1)]  # an empty append commits nothing
         _validate(spark, cfg, stage, domains, expected, committed, merged=stage.mode == "incremental")
+        stage.lap("validated")
     if new_key:
         record_lake_key(spark, cfg.table_path("silver.interactions"), key)
         w["silver.interactions"] = latest_version(spark, cfg.table_path("silver.interactions"))
-    for frame in (inter, items, ids, placeholders):
+    for frame in (inter, items, ids, placeholders, *batch.values()):
         if frame is not None:
             frame.unpersist()
     for r in accounting:
@@ -224,34 +258,70 @@ def _full_reason(cfg: CrossrecConfig, spark, last: dict | None, fp: str) -> str 
     return f"{missing} missing" if missing else None
 
 
-def _remapped_users(spark, cfg, new_ids, ids, last: dict, domains: list[str], key: bytes) -> str | None:
-    """A reason for a rebuild when the new identity-map rows give a (domain, local user) another global id than
-    before, or map one whose rows are in silver under its own id; None when they only add new users."""
+def _night_identity_map(spark, batch: dict, bronze_map, domains: list[str], key: bytes):
+    """The classified mappings (ids and verdicts) of the keys a night touches: the users of its interactions and the
+    keys of its new mappings, with all their rows, so the latest-wins rule decides as it would over the whole map."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    if new_ids is None or not new_ids.take(1):
+    from crossrec.data.pseudonym import pseudonym_column
+
+    keys = spark.createDataFrame([], "domain string, local_user_id string")
+    if batch.get("bronze.interactions") is not None:  # the same domain and id as classify_interactions reads
+        keys = keys.unionByName(batch["bronze.interactions"].select(
+            "domain", pseudonym_column(key, C.blank_to_null(F.col("user_id"))).alias("local_user_id")))
+    if batch.get("bronze.identity_map") is not None:  # the same domain and id as classify_identity_map reads
+        keys = keys.unionByName(batch["bronze.identity_map"].select(
+            F.lower(C.blank_to_null(F.col("domain"))).alias("domain"),
+            pseudonym_column(key, C.blank_to_null(F.col("user_id"))).alias("local_user_id")))
+    keys = keys.where(F.col("domain").isNotNull() & F.col("local_user_id").isNotNull()).distinct()
+    ids = C.classify_identity_map(bronze_map, domains, key, restrict_to=keys)
+    return ids.select("domain", "local_user_id", "global_user_id", C.STATUS, C.REASON, "_ingested_at").persist(
+        StorageLevel.MEMORY_AND_DISK)
+
+
+def _remapped_users(spark, cfg, new_ids, ids, last: dict) -> str | None:
+    """A reason for a rebuild when the new identity-map rows give a (domain, local user) another global id than
+    before, or map one whose rows are in silver under its own id; None when they only add new users.
+
+    Read from ``ids`` (every bronze mapping of the keys the night touches, classified): the mappings ingested before
+    the new rows decide, per key the new rows touch, the global id silver was built with (the same latest-wins rule)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    since = new_ids.agg(F.min("ingested_at")).first()[0] if new_ids is not None else None
+    if since is None:
         return None
-    now = ids.where(F.col(C.STATUS) == C.OK).select("domain", "local_user_id", "global_user_id")
-    before_v = last["reads"].get("bronze.identity_map")
-    if before_v is not None:
-        before = C.classify_identity_map(read_table(spark, cfg.table_path("bronze.identity_map"), before_v), domains, key)
-        before = before.where(F.col(C.STATUS) == C.OK).select("domain", "local_user_id", F.col("global_user_id").alias("_was"))
-        changed = now.join(before, ["domain", "local_user_id"], "inner").where(F.col("_was") != F.col("global_user_id"))
-        if changed.take(1):
+    keys = ["domain", "local_user_id"]
+    valid = ids.where((F.col(C.STATUS) != C.QUARANTINED) | (F.col(C.REASON) == "identity_conflict"))
+    touched = valid.where(F.col("_ingested_at") >= since).select(*keys).distinct()
+    latest = Window.partitionBy(*keys).orderBy(F.col("_ingested_at").desc(), "global_user_id")
+    touched = F.broadcast(touched)
+    before = (valid.where(F.col("_ingested_at") < since).join(touched, keys, "left_semi")
+              .withColumn("_rn", F.row_number().over(latest)).where(F.col("_rn") == 1)
+              .select(*keys, F.col("global_user_id").alias("_was")))
+    now = ids.where(F.col(C.STATUS) == C.OK).join(touched, keys, "left_semi").select(*keys, "global_user_id")
+    # small (one row per touched key): kept, as both checks read it; each check is one job over all partitions
+    # (``take(1)`` of an empty result re-runs the plan over ever more partitions)
+    verdict = now.join(F.broadcast(before), keys, "left").persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        if _any(verdict.where(F.col("_was").isNotNull() & (F.col("_was") != F.col("global_user_id")))):
             return "the identity map gives a user another global id"
-        added = now.join(before, ["domain", "local_user_id"], "left_anti")
-    else:
-        added = now
-    added = added.select("domain", "local_user_id").persist()
-    domains_added = [r[0] for r in added.select("domain").distinct().collect()]
-    if not domains_added:
+        added = verdict.where(F.col("_was").isNull()).select("domain", "local_user_id")
+        silver = read_table(spark, cfg.table_path("silver.interactions"), last["writes"].get("silver.interactions"))
+        if _any(silver.select("domain", F.col("user_id").alias("local_user_id")).join(F.broadcast(added), keys, "left_semi")):
+            return "the identity map maps a user whose rows are in silver under their own id"
         return None
-    silver = read_table(spark, cfg.table_path("silver.interactions"), last["writes"].get("silver.interactions"))
-    as_self = silver.where(F.col("domain").isin(domains_added)).select(  # partition pruning: those domains only
-        "domain", F.col("user_id").alias("local_user_id")).join(F.broadcast(added), ["domain", "local_user_id"], "inner")
-    if as_self.take(1):
-        return "the identity map maps a user whose rows are in silver under their own id"
-    return None
+    finally:
+        verdict.unpersist()
+
+
+def _any(df) -> bool:
+    """Whether ``df`` has a row, in one job."""
+    from pyspark.sql import functions as F
+
+    return df.select(F.lit(1).alias("x")).groupBy().count().first()[0] > 0
 
 
 def _rows_appended(spark, cfg, ledger: Ledger, reads: dict[str, int], last: dict | None) -> dict[str, int]:
@@ -271,15 +341,8 @@ def _rows_appended(spark, cfg, ledger: Ledger, reads: dict[str, int], last: dict
     return out
 
 
-def _inserted_by_domain(spark, path: str, version: int, before: int) -> dict[str, int]:
-    """Rows an insert-only merge added, per domain, read from the change feed of its commit (none without a commit)."""
-    if version <= before:
-        return {}
-    return {r["domain"]: r["count"] for r in read_changes(spark, path, [version]).groupBy("domain").count().collect()}
-
-
 def _move_to_duplicates(accounting: list[AccountingRow], inserted: dict[str, int]) -> None:
-    """The new ok rows the merge did not insert are already in silver: duplicates of an earlier night."""
+    """The new ok rows not inserted (``inserted``: per domain) are already in silver: duplicates of an earlier night."""
     for r in accounting:
         if r.table_name == "silver.interactions" and r.rows_out != inserted.get(r.domain, 0):
             n = r.rows_out - inserted.get(r.domain, 0)

@@ -83,7 +83,7 @@ def load_eval_data(lake_root: str, versions: dict[str, int] | None = None, split
     """
     from deltalake import DeltaTable
 
-    from crossrec.io.readers import table_path
+    from crossrec.io.readers import arrow_table, table_path
 
     versions = dict(versions or {})
     tabs = {}
@@ -91,8 +91,8 @@ def load_eval_data(lake_root: str, versions: dict[str, int] | None = None, split
         dt_ = DeltaTable(table_path(lake_root, t), version=versions.get(t))
         versions[t] = dt_.version()
         tabs[t] = dt_
-    index = tabs["gold.item_index"].to_pandas().sort_values("item_idx")
-    seq = tabs["gold.user_sequences"].to_pandas()
+    index = arrow_table(tabs["gold.item_index"]).to_pandas().sort_values("item_idx")
+    seq = arrow_table(tabs["gold.user_sequences"]).to_pandas()
     domains = sorted(index.domain.unique())
     n_items = int(index.item_idx.max())
     item_domain = np.zeros(n_items + 1, dtype=np.int64)

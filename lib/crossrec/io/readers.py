@@ -1,6 +1,7 @@
 """Spark-free readers of the lakehouse, for services, notebooks and the CLI (``deltalake`` package, no JVM)."""
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -22,11 +23,65 @@ def table_path(lake_root: str, table: str) -> str:
     return f"{lake_root.rstrip('/')}/{layer}/{name}"
 
 
+def arrow_table(source, version: int | None = None, columns: list[str] | None = None, filters: list | None = None):
+    """A Delta table (a path or a ``deltalake.DeltaTable``; optionally at ``version``) as a pyarrow Table.
+
+    ``filters``: ``(column, op, value)`` triples, op ``=`` or ``in`` (pyarrow's form). A table with deletion
+    vectors (see the contract key ``deletion_vectors``) is read through deltalake's query engine, which applies them;
+    deltalake's pyarrow reader refuses such tables.
+    """
+    import pyarrow as pa
+    from deltalake import DeltaTable, QueryBuilder
+
+    dt_ = source if isinstance(source, DeltaTable) else DeltaTable(source, version=version)
+    if "deletionVectors" not in (dt_.protocol().reader_features or []):
+        return dt_.to_pyarrow_table(columns=columns, filters=filters or None)
+    names = ", ".join(_sql_name(c) for c in columns) if columns else "*"
+    where = " AND ".join(_sql_filter(*f) for f in filters or [])
+    sql = f"SELECT {names} FROM t" + (f" WHERE {where}" if where else "")
+    table = pa.table(QueryBuilder().register("t", dt_).execute(sql))
+    schema = dt_.schema().to_arrow() if hasattr(dt_.schema(), "to_arrow") else None
+    if schema is not None:  # the engine's view types back to the table's own
+        want = pa.schema([pa.schema(schema).field(n) for n in table.column_names])
+        table = table.cast(want)
+    return table
+
+
+def count_rows(dt_) -> int:
+    """Rows of a ``deltalake.DeltaTable`` (deletion vectors applied), from file metadata where it has none."""
+    import pyarrow as pa
+    from deltalake import QueryBuilder
+
+    if "deletionVectors" not in (dt_.protocol().reader_features or []):
+        return dt_.to_pyarrow_dataset().count_rows()
+    return int(pa.table(QueryBuilder().register("t", dt_).execute("SELECT count(*) AS n FROM t")).column("n")[0].as_py())
+
+
+def _sql_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_value(v) -> str:
+    if isinstance(v, str):
+        return "'" + v.replace("'", "''") + "'"
+    if isinstance(v, (datetime.date, datetime.datetime)):
+        return f"'{v.isoformat()}'"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"filter value {v!r}: only strings, numbers and dates")
+    return repr(v)
+
+
+def _sql_filter(column: str, op: str, value) -> str:
+    if op == "=":
+        return f"{_sql_name(column)} = {_sql_value(value)}"
+    if op == "in":
+        return f"{_sql_name(column)} IN ({', '.join(_sql_value(v) for v in value)})"
+    raise ValueError(f"filter op {op!r}: only '=' and 'in'")
+
+
 def read_table(lake_root: str, table: str, version: int | None = None, columns: list[str] | None = None):
     """A table (optionally at ``version``) as a pandas DataFrame."""
-    from deltalake import DeltaTable
-
-    return DeltaTable(table_path(lake_root, table), version=version).to_pandas(columns=columns)
+    return arrow_table(table_path(lake_root, table), version, columns).to_pandas()
 
 
 def list_tables(lake_root: str) -> list[TableInfo]:
@@ -42,7 +97,7 @@ def list_tables(lake_root: str) -> list[TableInfo]:
             dt = DeltaTable(path)
         except Exception:  # deltalake raises TableNotFoundError for remote paths without a log
             continue
-        out.append(TableInfo(c.table, path, dt.version(), dt.to_pyarrow_dataset().count_rows()))
+        out.append(TableInfo(c.table, path, dt.version(), count_rows(dt)))
     return out
 
 
@@ -94,7 +149,7 @@ def read_recommendations(lake_root: str, user_id: str | None = None, domain: str
         filters.append(("domain", "=", domain))
     if user_id is not None:
         filters.append(("user_id", "=", user_id))
-    df = dtable.to_pyarrow_table(filters=filters or None).to_pandas()
+    df = arrow_table(dtable, filters=filters).to_pandas()
     if run_date is None and not df.empty:  # a version without a date: its newest run
         df = df[df.run_date == df.run_date.max()]
     return df.sort_values(["user_id", "domain", "rank"]).reset_index(drop=True)

@@ -74,6 +74,17 @@ class StageRun:
     details: dict = field(default_factory=dict)
     started_at: dt.datetime = field(default_factory=_now)
 
+    _lap_at: float = field(default_factory=time.perf_counter, repr=False)
+
+    def lap(self, step: str) -> None:
+        """End a step of the run: its seconds since the previous step are logged and kept in ``details["steps"]``."""
+        now = time.perf_counter()
+        seconds = round(now - self._lap_at, 2)
+        self._lap_at = now
+        steps = self.details.setdefault("steps", {})
+        steps[step] = round(steps.get(step, 0.0) + seconds, 2)
+        log.info("%s: %s %.1fs", self.stage, step, seconds)
+
 
 class Ledger:
     """``ops.runs`` of the lake at ``lake_uri``."""
@@ -81,16 +92,21 @@ class Ledger:
     def __init__(self, lake_uri: str, storage_options: Mapping[str, str] | None = None) -> None:
         self.path = _table_path(lake_uri, RUNS_TABLE)
         self.storage_options = dict(storage_options or {})
+        self._runs = None  # the ledger as first read (runs())
 
     def runs(self):
-        """Every recorded run as a pandas frame (empty, with the ledger's columns, on a lake without runs)."""
+        """Every recorded run as a pandas frame (empty, with the ledger's columns, on a lake without runs).
+
+        Read once per instance (a stage reads the ledger as it was when it started); :meth:`record` re-reads."""
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
 
-        try:
-            return DeltaTable(self.path, storage_options=self.storage_options or None).to_pandas()
-        except TableNotFoundError:
-            return _arrow_schema().empty_table().to_pandas()
+        if self._runs is None:
+            try:
+                self._runs = DeltaTable(self.path, storage_options=self.storage_options or None).to_pandas()
+            except TableNotFoundError:
+                return _arrow_schema().empty_table().to_pandas()
+        return self._runs
 
     def exists(self) -> bool:
         from deltalake import DeltaTable
@@ -168,6 +184,7 @@ class Ledger:
         }
         table = pa.Table.from_pylist([row], schema=_arrow_schema())
         write_deltalake(self.path, table, mode="append", storage_options=self.storage_options or None)
+        self._runs = None
         log.info("ops.runs: %s %s %s (%s) read %s wrote %s", run.stage, run.run_id, status, run.mode, run.reads, run.writes)
 
 
@@ -289,6 +306,20 @@ def stage_lock(lake_uri: str, stage: str, run_id: str, stale_after_s: float = 24
 
 
 @contextmanager
+def _session_settings(spark) -> Iterator[None]:
+    """Restore the session's shuffle partitions when a run ends (a run may size them: crossrec.io.spark.size_shuffles)."""
+    from crossrec.io.spark import CONFIGURED_SHUFFLES, SHUFFLE_PARTITIONS
+
+    saved = spark.conf.get(SHUFFLE_PARTITIONS) if spark is not None else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            spark.conf.set(SHUFFLE_PARTITIONS, saved)
+            spark.conf.unset(CONFIGURED_SHUFFLES)
+
+
+@contextmanager
 def stage_run(spark, cfg, stage: str, outputs: list[str]) -> Iterator[StageRun]:
     """Run a stage under the ledger: lock, roll back unrecorded commits of ``outputs``, then record the run.
 
@@ -296,7 +327,7 @@ def stage_run(spark, cfg, stage: str, outputs: list[str]) -> Iterator[StageRun]:
     returning. On an exception the run is recorded as failed (its writes are never read) and the exception propagates.
     """
     run = StageRun(stage, cfg.effective_run_id(stage), cfg.run_date)
-    with stage_lock(cfg.lake_uri, stage, run.run_id):
+    with stage_lock(cfg.lake_uri, stage, run.run_id), _session_settings(spark):
         ledger = Ledger(cfg.lake_uri)
         ledger.ensure(cfg.lake_uri)
         if spark is not None:
@@ -304,6 +335,7 @@ def stage_run(spark, cfg, stage: str, outputs: list[str]) -> Iterator[StageRun]:
             if restored:
                 ledger.record(StageRun("rollback", run.run_id, cfg.run_date, mode="restore", writes=restored,
                                        details={"by": stage}), SUCCEEDED)
+        run.lap("ledger read, unrecorded commits rolled back")
         try:
             yield run
         except BaseException as e:

@@ -71,6 +71,31 @@ def build_spark(
     return spark
 
 
+SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
+CONFIGURED_SHUFFLES = "spark.crossrec.configuredShufflePartitions"  # the setting a run started with
+
+
+def size_shuffles(spark, units: int, per_partition: int) -> int:
+    """Size the session's shuffles to a run that processes ``units`` (rows, users): one partition per
+    ``per_partition`` units, at least the default parallelism, at most the configured number; return the number set.
+
+    Adaptive execution coalesces partitions after a shuffle, but not everywhere (the build side of a broadcast, a
+    window over a cached frame): a night of a few thousand rows would otherwise run the configured number of tasks
+    in every shuffle, which is most of its time on a small cluster. The caller restores the setting
+    (:func:`crossrec.io.runs.stage_run` does when the run ends).
+    """
+    configured = int(spark.conf.get(CONFIGURED_SHUFFLES, spark.conf.get(SHUFFLE_PARTITIONS)))
+    spark.conf.set(CONFIGURED_SHUFFLES, str(configured))  # a second call in the run sizes from the same ceiling
+    try:
+        floor = int(spark.sparkContext.defaultParallelism)
+    except Exception:  # Spark Connect has no SparkContext: the configured number stands
+        return configured
+    n = max(1, min(configured, max(floor, -(-int(units) // per_partition))))
+    spark.conf.set(SHUFFLE_PARTITIONS, str(n))
+    log.info("shuffle partitions: %d for %s units (configured %d)", n, f"{int(units):,}", configured)
+    return n
+
+
 def _python() -> str:
     import sys
 

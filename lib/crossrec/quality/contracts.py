@@ -35,6 +35,7 @@ _SIMPLE_TYPES = {
 # Delta collects file statistics (min/max, nulls) for these columns only; readers skip files by them
 STATS_COLUMNS_PROPERTY = "delta.dataSkippingStatsColumns"
 CDF_PROPERTY = "delta.enableChangeDataFeed"
+DV_PROPERTY = "delta.enableDeletionVectors"
 
 
 class ContractError(ValueError):
@@ -78,6 +79,9 @@ class Contract:
     stats_columns: tuple[str, ...] = ()  # Delta file statistics only for these (empty: Delta's default, the first 32)
     change_data_feed: bool = False  # Delta's change data feed: readers of changes (the next stage, services) read only them
     zorder_by: tuple[str, ...] = ()  # the lookup keys ``crossrec maintain --zorder`` clusters the files by
+    # Delta deletion vectors: a MERGE or DELETE marks the rows it replaces instead of rewriting their files (a nightly
+    # merge of 1% of the users would otherwise rewrite every file); readers go through crossrec.io.readers
+    deletion_vectors: bool = False
 
     @property
     def column_names(self) -> list[str]:
@@ -125,6 +129,8 @@ class Contract:
             builder = builder.property(STATS_COLUMNS_PROPERTY, ",".join(self.stats_columns))
         if self.change_data_feed:
             builder = builder.property(CDF_PROPERTY, "true")
+        if self.deletion_vectors:
+            builder = builder.property(DV_PROPERTY, "true")
         builder.execute()
 
     def _migrate(self, spark, path: str) -> None:
@@ -155,6 +161,9 @@ def _migrate_table(contract: Contract, spark, path: str) -> None:
     if contract.change_data_feed and props.get(CDF_PROPERTY) != "true":
         log.info("%s: turning on the change data feed at %s (changes from now on)", contract.table, path)
         set_table_properties(spark, path, {CDF_PROPERTY: "true"})
+    if contract.deletion_vectors and props.get(DV_PROPERTY) != "true":
+        log.info("%s: turning on deletion vectors at %s", contract.table, path)
+        set_table_properties(spark, path, {DV_PROPERTY: "true"})
     if contract.stats_columns:
         want_stats = ",".join(contract.stats_columns)
         if props.get(STATS_COLUMNS_PROPERTY) != want_stats:
@@ -179,7 +188,7 @@ def spark_type(name: str):
 
 
 _KEYS = ("table", "description", "columns", "partition_by", "key", "references", "row_count", "stats_columns",
-         "change_data_feed", "zorder_by")
+         "change_data_feed", "zorder_by", "deletion_vectors")
 
 
 def _parse(data: dict, source: str) -> Contract:
@@ -200,6 +209,7 @@ def _parse(data: dict, source: str) -> Contract:
             stats_columns=tuple(data.get("stats_columns", [])),
             change_data_feed=bool(data.get("change_data_feed", False)),
             zorder_by=tuple(data.get("zorder_by", [])),
+            deletion_vectors=bool(data.get("deletion_vectors", False)),
         )
     except (KeyError, TypeError) as e:
         raise ContractError(f"{source}: malformed contract ({e})") from e

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 
 import numpy as np
@@ -20,6 +21,7 @@ EMBEDDING_DIM = 384
 MAX_TOKENS = 256
 
 _SHARED: dict[str, "TextEncoder"] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 def model_path() -> str:
@@ -107,10 +109,19 @@ def tokenize(texts: list[str], max_tokens: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def shared_encoder(threads: int | None = None) -> TextEncoder:
-    """One encoder per process (a Spark Python worker loads the model once, then reuses it)."""
-    if "default" not in _SHARED:
-        _SHARED["default"] = TextEncoder(threads=threads)
-    return _SHARED["default"]
+    """One encoder per process (a Spark Python worker loads the model once, then reuses it); thread-safe."""
+    with _SHARED_LOCK:
+        if "default" not in _SHARED:
+            _SHARED["default"] = TextEncoder(threads=threads)
+        return _SHARED["default"]
+
+
+def preload_encoder() -> threading.Thread:
+    """Load the shared encoder in a background thread (the driver waits on Spark meanwhile); a later
+    :func:`shared_encoder` call waits for it to finish."""
+    t = threading.Thread(target=shared_encoder, name="crossrec-encoder-preload", daemon=True)
+    t.start()
+    return t
 
 
 def encode_batches(batches, batch_size: int = 64, threads: int | None = None):

@@ -445,10 +445,11 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
     """Read the gold tables at ``versions`` (deltalake) and shape them for the workers."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    from deltalake import DeltaTable
+
+    from crossrec.io.readers import arrow_table
 
     t0 = time.time()
-    read = lambda t, **kw: DeltaTable(_table_path(cfg.lake_root, t), version=versions[t]).to_pyarrow_table(**kw)  # noqa: E731
+    read = lambda t, **kw: arrow_table(_table_path(cfg.lake_root, t), versions[t], **kw)  # noqa: E731
 
     index = read("gold.item_index").to_pandas().sort_values("item_idx").reset_index(drop=True)
     n_items = len(index)
