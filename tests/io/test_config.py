@@ -55,6 +55,7 @@ def test_defaults_of_the_dataclass():
         "full_refresh": False,
         "keep_run_dates": 7,
         "keep_models": 3,
+        "compact_file_mb": 64.0,
     }
     with pytest.raises(ConfigError, match="keep_run_dates and keep_models must be >= 1"):
         CrossrecConfig(run_date=RUN_DATE, keep_models=0)

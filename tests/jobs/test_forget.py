@@ -17,7 +17,7 @@ from support import SCORE_DAY, TEST_KEY, job_args, write_raw
 
 pytestmark = pytest.mark.spark
 
-ERASABLE = ["bronze.interactions", "bronze.identity_map", "silver.interactions", "silver.quarantine",
+ERASABLE = ["bronze.interactions", "bronze.identity_map", "silver.interactions", "silver.quarantine", "silver.identity_map",
             "gold.user_sequences", "gold.recommendations"]
 
 
@@ -62,7 +62,8 @@ def test_forget_follows_the_identity_map_through_bronze_and_silver(spark, tmp_pa
     bi, ids = before["bronze.interactions"], before["bronze.identity_map"]
     mine = {"bronze.interactions": bi.user_id.isin({"u1", "m-1"}), "bronze.identity_map": ids.global_user_id == "u1",
             "silver.interactions": before["silver.interactions"].user_id == me,
-            "silver.quarantine": before["silver.quarantine"].record.str.contains(me, regex=False)}
+            "silver.quarantine": before["silver.quarantine"].record.str.contains(me, regex=False),
+            "silver.identity_map": before["silver.identity_map"].global_user_id == me}
     assert set(bi[mine["bronze.interactions"]].domain) == {"books", "movies"} and mine["bronze.identity_map"].sum() == 1
     _forget(lake, key_file, "u1", tmp_path, capsys)
     _check_only_theirs_are_gone(lake, before, mine, me)
@@ -76,6 +77,7 @@ def test_forget_erases_gold_and_republishes_the_run_without_the_user(spark, scor
     person = before["bronze.interactions"].user_id.iloc[0]
     me = pseudonym(person, TEST_KEY.encode())
     mine = {t: (df.record.str.contains(me, regex=False) if t == "silver.quarantine" else
+                df.global_user_id == me if t == "silver.identity_map" else
                 df.user_id == (person if t.startswith("bronze") else me)) for t, df in before.items()}
     assert all(mine[t].sum() > 0 for t in ("silver.interactions", "gold.user_sequences", "gold.recommendations"))
     published_before = DeltaTable(str(lake / "gold" / "recommendations")).metadata().configuration[

@@ -11,6 +11,10 @@ Sunday) -> score -> maintain (Z-order on the retrain day, compaction otherwise).
 one Spark session (as ``crossrec prepare`` runs its stages: the JVM's start, measured once and reported, is not in a
 stage's seconds); train and score run as ``crossrec`` processes of their own, as the scale benchmark does.
 
+A night of the replay stands for a day: maintain's VACUUM keeps what the versions of the last
+``vacuum_retention_hours / 24`` nights need (7 with the default 168 hours), its retention given in the replay's wall
+hours since the start of the oldest night kept.
+
 Per (night, stage): wall seconds, bytes the stage added to the lake (files that are new or grew), rows in (the
 stage's accounting). Per night: the lake's total bytes. Targets: each incremental night of every stage but score,
 train and maintain at most 25% of its first night, and night K within 1.25x of night 2; the lake after night K with
@@ -131,12 +135,18 @@ def run_nightly(spec: NightlySpec) -> dict:
         (out / "nightly.md").write_text(report(result), encoding="utf-8")
         _plot(result, out / "nightly.png")
 
+    retain_nights = max(1, round(resolve_config(None, {}).vacuum_retention_hours / 24))
+    result["retained_nights"] = retain_nights
+    started: dict[int, float] = {}  # night -> time.time() at its start
     for night in range(1, spec.nights + 1):
+        started[night] = time.time()
         day = FIRST_DAY + dt.timedelta(days=night - 1)
         if night > 1 and not (raw / "books" / "interactions" / f"night-{night:04d}.csv").exists():
             result["nights_generated"][night] = generate_night(raw, synth, night, spec.new_share)
+        oldest_kept = started[max(1, night - retain_nights + 1)]
         cfg = resolve_config(None, {"raw_dir": str(raw), "lake_root": str(lake), "run_date": day.isoformat(),
-                                    "pseudonym_key_file": str(key)})
+                                    "pseudonym_key_file": str(key),
+                                    "vacuum_retention_hours": (time.time() - oldest_kept) / 3600})
         retrain = night == 1 or day.weekday() == RETRAIN_WEEKDAY
         common = ["--lake-root", str(lake), "--run-date", day.isoformat(), "--pseudonym-key-file", str(key)]
         for stage in spec.stages:
@@ -215,6 +225,13 @@ def report(result: dict) -> str:
         met = "not checked (grows with active users / runs on schedule)" if not v["checked"] else (
             "met" if v["met"] else ("NOT met" if v["met"] is not None else ""))
         lines.append(f"| {st} | {v['first']:.1f} | {share} | {flat} | {met} |")
+    last = str(nights[-1]) if nights else None
+    lake_b = result["storage_bytes"].get(last, result["storage_bytes"].get(nights[-1])) if nights else None
+    live_b = result["live_bytes"].get(last, result["live_bytes"].get(nights[-1])) if nights else None
+    if lake_b and live_b:
+        lines += ["", f"Lake after night {last}: {lake_b / 2**30:.2f} GiB, {lake_b / live_b:.2f}x the live tables "
+                  f"({live_b / 2**30:.2f} GiB, the kept run dates included); VACUUM keeps what the versions of the last "
+                  f"{result.get('retained_nights', '?')} nights need (goal: within 2x)."]
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 # tables whose rows name a user by pseudonym: table -> the SQL expression that holds it
 PSEUDONYM_TABLES = {
     "silver.interactions": ["user_id"],
+    "silver.identity_map": ["global_user_id"],
     "silver.quarantine": ["get_json_object(record, '$.user_id')", "get_json_object(record, '$.global_user_id')"],
     "gold.user_sequences": ["user_id"],
     "gold.recommendations": ["user_id"],

@@ -1,13 +1,16 @@
-"""The clean stage: bronze -> silver.interactions, silver.items, silver.quarantine, nightly or as a full rebuild.
+"""The clean stage: bronze -> silver.interactions, silver.items, silver.quarantine, silver.identity_map, nightly or as
+a full rebuild.
 
 **Incremental (the default).** Only the bronze rows the ingest runs recorded since clean's last run are read
 (Delta's change data feed of exactly those commits). They are classified like a full rebuild would
 (:mod:`crossrec.data.clean`), then
 
 * silver.items: MERGE on (domain, item_id): a newer catalog row replaces the one there (a later file wins);
-* silver.interactions: an insert-only MERGE on the table's key: a row already in silver is a duplicate
+* silver.interactions: appended after an anti-join on the table's key: a row already in silver is a duplicate
   (the first arrival wins, as in a full rebuild);
-* silver.quarantine: appended.
+* silver.quarantine: appended;
+* silver.identity_map (the map as applied: one pseudonymous mapping per local user): the night's new mapping rows
+  are classified and looked up there, and new keys appended; bronze.identity_map is not read again.
 
 A quarantine verdict is made once, on the night a row arrives (an interaction on an item that arrives on a later
 night stays quarantined); ``--full-refresh`` judges every row again.
@@ -47,7 +50,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "clean"
 BRONZE = ("bronze.interactions", "bronze.items", "bronze.identity_map")
-SILVER = ("silver.items", "silver.interactions", "silver.quarantine")
+IDENTITY_MAP = "silver.identity_map"  # written when the data set has an identity map
+SILVER = ("silver.items", "silver.interactions", "silver.quarantine", IDENTITY_MAP)
 CDF_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 ROWS_PER_PARTITION = 500_000  # shuffle partitions of a night: one per this many new bronze rows (io.spark.size_shuffles)
 
@@ -87,12 +91,15 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     fp = settings_fingerprint(cfg, dataset)
     stage.details["settings"] = fp
     last = ledger.last(STAGE)
-    reason = _full_reason(cfg, spark, last, fp)
+    outputs = [t for t in SILVER if t != IDENTITY_MAP or "bronze.identity_map" in stage.reads]
+    reason = _full_reason(cfg, spark, last, fp, {t: recorded.get(t) for t in outputs})
 
     def bronze_full(table: str):
         return read_table(spark, cfg.table_path(table), stage.reads[table]) if table in stage.reads else None
 
-    ids = None  # the classified identity map: every mapping (a rebuild), the keys this night touches (a night)
+    ids = None  # the identity map pseudonymous_users applies: (domain, local_user_id) -> global_user_id, ok rows
+    judged = None  # the mapping rows this run classified (all of bronze on a rebuild, the night's on a night)
+    added = None  # a night's new mappings (keys not in silver.identity_map)
     batch: dict[str, object] = {}
     configured_shuffles = spark.conf.get(SHUFFLE_PARTITIONS)
     expected_in = None  # rows the ingest commits read appended (Delta's commit metrics, not the data)
@@ -105,27 +112,28 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
             # a night's rows are few and read by several jobs: read the change feed once
             batch[t] = batch[t].drop(*CDF_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK) if batch[t] is not None else None
         if "bronze.identity_map" in stage.reads:
-            ids = _night_identity_map(spark, batch, bronze_full("bronze.identity_map"), domains, key)
-        reason = _remapped_users(spark, cfg, batch.get("bronze.identity_map"), ids, last)
+            applied = read_table(spark, cfg.table_path(IDENTITY_MAP), recorded[IDENTITY_MAP])
+            judged, added, reason = _night_mappings(spark, cfg, batch.get("bronze.identity_map"), applied, domains, key,
+                                                    recorded["silver.interactions"])
+            ids = _applied(applied if added is None else applied.unionByName(added.select(*applied.columns)))
         stage.lap("identity map checked")
     stage.mode = "full" if reason else "incremental"
     if reason:
         log.info("clean: full rebuild from bronze (%s)", reason)
         stage.details["full_because"] = reason
-        for frame in batch.values():
+        for frame in (*batch.values(), judged, added):
             if frame is not None:
                 frame.unpersist()
         batch = {t: bronze_full(t) for t in stage.reads}
         spark.conf.set(SHUFFLE_PARTITIONS, configured_shuffles)
-        if ids is not None:
-            ids.unpersist()
+        added = None
         if "bronze.identity_map" in stage.reads:
-            ids = C.classify_identity_map(bronze_full("bronze.identity_map"), domains, key).persist(StorageLevel.MEMORY_AND_DISK)
+            judged = C.classify_identity_map(batch["bronze.identity_map"], domains, key).persist(StorageLevel.MEMORY_AND_DISK)
+            ids = judged
+        expected_in = _rows_appended(spark, cfg, ledger, stage.reads, None)
     else:
         log.info("clean: merging the bronze rows of %s", {t: ledger.written_versions(t, last["reads"].get(t, 0), v)
                                                         for t, v in stage.reads.items()})
-    if reason:
-        expected_in = _rows_appended(spark, cfg, ledger, stage.reads, None)
     stage.lap("bronze rows counted")
 
     min_ts = dt.datetime.fromisoformat(cfg.min_event_ts)
@@ -164,20 +172,22 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     n_placeholders = {r["domain"]: r["count"] for r in placeholders.groupBy("domain").count().collect()} if placeholders is not None else {}
     for d, n in n_placeholders.items():
         item_flags.setdefault(d, {})["placeholder_items_added"] = n
-    labelled = [(t, f) for t, f in (("silver.interactions", inter), ("silver.items", items), ("silver.identity_map", ids if stage.mode == "full" else None)) if f is not None]
+    labelled = [(t, f) for t, f in (("silver.interactions", inter), ("silver.items", items), (IDENTITY_MAP, judged)) if f is not None]
     counts = reduce(lambda a, b: a.unionByName(b), [C.status_counts(f).withColumn("_table", F.lit(t)) for t, f in labelled]).collect()
     by_table = {t: [r for r in counts if r["_table"] == t] for t, _ in labelled}
     for table in ("silver.interactions", "silver.items"):  # a mostly broken input fails before anything is written
         check_quarantine_share(by_table[table], cfg.max_quarantine_share, table)
-    for table, n in expected_in.items():  # a night's mappings are not counted: they are joined, not classified
-        got = by_table.get(table.replace("bronze.", "silver."))
-        if got is not None and sum(r["count"] for r in got) != n:
+    for table, n in expected_in.items():
+        got = by_table.get(table.replace("bronze.", "silver."), [])
+        if sum(r["count"] for r in got) != n:
             raise AccountingError(f"clean {table}: the ingest commits read appended {n:,} rows; "
                                   f"{sum(r['count'] for r in got):,} were classified")
     accounting = _accounting("silver.interactions", by_table["silver.interactions"], domains)
     accounting += _accounting("silver.items", by_table["silver.items"], domains, extra=item_flags)
-    if ids is not None and stage.mode == "full":
-        accounting += _accounting("silver.identity_map", by_table["silver.identity_map"], [])
+    if IDENTITY_MAP in by_table:
+        accounting += _accounting(IDENTITY_MAP, by_table[IDENTITY_MAP], [])
+        if added is not None:  # a night's mapping already in silver.identity_map is a duplicate of an earlier night
+            _move_to_duplicates(accounting, IDENTITY_MAP, {r["domain"]: r["count"] for r in added.groupBy("domain").count().collect()})
     check_balanced(accounting)
     stage.lap("classified")
 
@@ -187,19 +197,23 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     if placeholders is not None:
         ok_items = ok_items.unionByName(placeholders.select(*item_cols))
     quarantine = [C.quarantine_rows(inter, "bronze.interactions"), C.quarantine_rows(items, "bronze.items")]
-    if ids is not None and stage.mode == "full":
-        quarantine.append(C.quarantine_rows(ids, "bronze.identity_map"))
+    if judged is not None:
+        quarantine.append(C.quarantine_rows(judged, "bronze.identity_map"))
     quarantine = reduce(lambda a, b: a.unionByName(b), quarantine)
     ok_inter = inter.where(F.col(C.STATUS) == C.OK)
     n_items = sum(r.rows_out for r in accounting if r.table_name == "silver.items") + sum(n_placeholders.values())
     n_inter = sum(r.rows_out for r in accounting if r.table_name == "silver.interactions")
     n_quar = sum(r.quarantined for r in accounting)
+    n_ids = sum(r.rows_out for r in accounting if r.table_name == IDENTITY_MAP)
     w = stage.writes
     if stage.mode == "full":
-        for table, df in (("silver.items", ok_items), ("silver.interactions", ok_inter), ("silver.quarantine", quarantine)):
+        outputs = [("silver.items", ok_items, n_items), ("silver.interactions", ok_inter, n_inter),
+                   ("silver.quarantine", quarantine, n_quar)]
+        if judged is not None:
+            outputs.append((IDENTITY_MAP, judged.where(F.col(C.STATUS) == C.OK), n_ids))
+        for table, df, n in outputs:
             w[table] = write_table(spark, df, load_contract(table), cfg.table_path(table), "overwrite")
-            _check_written(table, write_metrics(spark, cfg.table_path(table), w[table]).get("numOutputRows"),
-                           {"silver.items": n_items, "silver.interactions": n_inter, "silver.quarantine": n_quar}[table])
+            _check_written(table, write_metrics(spark, cfg.table_path(table), w[table]).get("numOutputRows"), n)
     else:
         w["silver.items"], m = merge_table(spark, ok_items, load_contract("silver.items"), silver_items_path, ["domain", "item_id"])
         _check_written("silver.items", m.get("numTargetRowsInserted", 0) + m.get("numTargetRowsUpdated", 0), n_items)
@@ -214,7 +228,8 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
         there = read_table(spark, path, recorded["silver.interactions"]).select(*key).join(
             F.broadcast(batch_rows.select(*key)), key, "left_semi")
         fresh = batch_rows.join(there, key, "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
-        _move_to_duplicates(accounting, {r["domain"]: r["count"] for r in fresh.groupBy("domain").count().collect()})
+        _move_to_duplicates(accounting, "silver.interactions",
+                            {r["domain"]: r["count"] for r in fresh.groupBy("domain").count().collect()})
         n_inter = sum(r.rows_out for r in accounting if r.table_name == "silver.interactions")
         w["silver.interactions"] = recorded["silver.interactions"]
         if n_inter:
@@ -228,16 +243,23 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
             w["silver.quarantine"] = write_table(spark, quarantine, load_contract("silver.quarantine"), path, "append")
             _check_written("silver.quarantine", write_metrics(spark, path, w["silver.quarantine"]).get("numOutputRows"), n_quar)
             stage.lap("appended silver.quarantine")
+        if IDENTITY_MAP in recorded:
+            w[IDENTITY_MAP] = recorded[IDENTITY_MAP]
+        if n_ids:  # the night's new keys (a changed mapping rebuilds)
+            path = cfg.table_path(IDENTITY_MAP)
+            w[IDENTITY_MAP] = write_table(spark, added, load_contract(IDENTITY_MAP), path, "append")
+            _check_written(IDENTITY_MAP, write_metrics(spark, path, w[IDENTITY_MAP]).get("numOutputRows"), n_ids)
+            stage.lap("appended silver.identity_map")
 
     if cfg.validate:
-        expected = {"silver.items": n_items, "silver.interactions": n_inter, "silver.quarantine": n_quar}
+        expected = {"silver.items": n_items, "silver.interactions": n_inter, "silver.quarantine": n_quar, IDENTITY_MAP: n_ids}
         committed = [t for t, v in w.items() if v > recorded.get(t, -1)]  # an empty append commits nothing
         _validate(spark, cfg, stage, domains, expected, committed, merged=stage.mode == "incremental")
         stage.lap("validated")
     if new_key:
         record_lake_key(spark, cfg.table_path("silver.interactions"), key)
         w["silver.interactions"] = latest_version(spark, cfg.table_path("silver.interactions"))
-    for frame in (inter, items, ids, placeholders, *batch.values()):
+    for frame in (inter, items, judged, added, placeholders, *batch.values()):
         if frame is not None:
             frame.unpersist()
     for r in accounting:
@@ -246,75 +268,50 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     return accounting
 
 
-def _full_reason(cfg: CrossrecConfig, spark, last: dict | None, fp: str) -> str | None:
-    """Why this run must rebuild from all of bronze, or None when it can merge the new rows."""
+def _full_reason(cfg: CrossrecConfig, spark, last: dict | None, fp: str, outputs: dict[str, int | None]) -> str | None:
+    """Why this run must rebuild from all of bronze, or None when it can merge the new rows into ``outputs`` (the
+    tables this run writes, with their recorded versions)."""
     if cfg.full_refresh:
         return "full_refresh requested"
     if last is None:
         return "no earlier clean run"
     if last["details"].get("settings") != fp:
         return "dataset.json or the settings clean applies changed since the last run"
-    missing = [t for t in SILVER if not table_exists(spark, cfg.table_path(t))]
+    missing = [t for t, v in outputs.items() if v is None or not table_exists(spark, cfg.table_path(t))]
     return f"{missing} missing" if missing else None
 
 
-def _night_identity_map(spark, batch: dict, bronze_map, domains: list[str], key: bytes):
-    """The classified mappings (ids and verdicts) of the keys a night touches: the users of its interactions and the
-    keys of its new mappings, with all their rows, so the latest-wins rule decides as it would over the whole map."""
+def _applied(mappings):
+    """``silver.identity_map`` rows as :func:`~crossrec.data.clean.pseudonymous_users` reads a classified map."""
+    from pyspark.sql import functions as F
+
+    return mappings.select("domain", "local_user_id", "global_user_id").withColumn(C.STATUS, F.lit(C.OK))
+
+
+def _night_mappings(spark, cfg, new_rows, applied, domains: list[str], key: bytes, silver_version: int):
+    """Classify a night's new identity-map rows against the map silver was built with.
+
+    Returns ``(judged, added, reason)``: the new rows classified (None without new rows), the winning mappings of
+    keys ``applied`` (silver.identity_map) does not hold yet, and a reason for a rebuild (None when the night only
+    adds users): a winner that gives a key another global id than ``applied``, or a new key whose rows are in
+    silver.interactions under its own id. The new rows were ingested after every row of ``applied``, so a winner
+    among them is the winner over the whole map (latest wins)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from crossrec.data.pseudonym import pseudonym_column
-
-    keys = spark.createDataFrame([], "domain string, local_user_id string")
-    if batch.get("bronze.interactions") is not None:  # the same domain and id as classify_interactions reads
-        keys = keys.unionByName(batch["bronze.interactions"].select(
-            "domain", pseudonym_column(key, C.blank_to_null(F.col("user_id"))).alias("local_user_id")))
-    if batch.get("bronze.identity_map") is not None:  # the same domain and id as classify_identity_map reads
-        keys = keys.unionByName(batch["bronze.identity_map"].select(
-            F.lower(C.blank_to_null(F.col("domain"))).alias("domain"),
-            pseudonym_column(key, C.blank_to_null(F.col("user_id"))).alias("local_user_id")))
-    keys = keys.where(F.col("domain").isNotNull() & F.col("local_user_id").isNotNull()).distinct()
-    ids = C.classify_identity_map(bronze_map, domains, key, restrict_to=keys)
-    return ids.select("domain", "local_user_id", "global_user_id", C.STATUS, C.REASON, "_ingested_at").persist(
-        StorageLevel.MEMORY_AND_DISK)
-
-
-def _remapped_users(spark, cfg, new_ids, ids, last: dict) -> str | None:
-    """A reason for a rebuild when the new identity-map rows give a (domain, local user) another global id than
-    before, or map one whose rows are in silver under its own id; None when they only add new users.
-
-    Read from ``ids`` (every bronze mapping of the keys the night touches, classified): the mappings ingested before
-    the new rows decide, per key the new rows touch, the global id silver was built with (the same latest-wins rule)."""
-    from pyspark import StorageLevel
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    since = new_ids.agg(F.min("ingested_at")).first()[0] if new_ids is not None else None
-    if since is None:
-        return None
+    if new_rows is None:
+        return None, None, None
     keys = ["domain", "local_user_id"]
-    valid = ids.where((F.col(C.STATUS) != C.QUARANTINED) | (F.col(C.REASON) == "identity_conflict"))
-    touched = valid.where(F.col("_ingested_at") >= since).select(*keys).distinct()
-    latest = Window.partitionBy(*keys).orderBy(F.col("_ingested_at").desc(), "global_user_id")
-    touched = F.broadcast(touched)
-    before = (valid.where(F.col("_ingested_at") < since).join(touched, keys, "left_semi")
-              .withColumn("_rn", F.row_number().over(latest)).where(F.col("_rn") == 1)
-              .select(*keys, F.col("global_user_id").alias("_was")))
-    now = ids.where(F.col(C.STATUS) == C.OK).join(touched, keys, "left_semi").select(*keys, "global_user_id")
-    # small (one row per touched key): kept, as both checks read it; each check is one job over all partitions
-    # (``take(1)`` of an empty result re-runs the plan over ever more partitions)
-    verdict = now.join(F.broadcast(before), keys, "left").persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        if _any(verdict.where(F.col("_was").isNotNull() & (F.col("_was") != F.col("global_user_id")))):
-            return "the identity map gives a user another global id"
-        added = verdict.where(F.col("_was").isNull()).select("domain", "local_user_id")
-        silver = read_table(spark, cfg.table_path("silver.interactions"), last["writes"].get("silver.interactions"))
-        if _any(silver.select("domain", F.col("user_id").alias("local_user_id")).join(F.broadcast(added), keys, "left_semi")):
-            return "the identity map maps a user whose rows are in silver under their own id"
-        return None
-    finally:
-        verdict.unpersist()
+    judged = C.classify_identity_map(new_rows, domains, key).persist(StorageLevel.MEMORY_AND_DISK)
+    winners = judged.where(F.col(C.STATUS) == C.OK)
+    was = applied.select(*keys, F.col("global_user_id").alias("_was"))
+    if _any(winners.join(was, keys).where(F.col("_was") != F.col("global_user_id"))):
+        return judged, None, "the identity map gives a user another global id"
+    added = winners.join(was, keys, "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
+    silver = read_table(spark, cfg.table_path("silver.interactions"), silver_version)
+    if _any(silver.select("domain", F.col("user_id").alias("local_user_id")).join(F.broadcast(added.select(*keys)), keys, "left_semi")):
+        return judged, added, "the identity map maps a user whose rows are in silver under their own id"
+    return judged, added, None
 
 
 def _any(df) -> bool:
@@ -341,10 +338,11 @@ def _rows_appended(spark, cfg, ledger: Ledger, reads: dict[str, int], last: dict
     return out
 
 
-def _move_to_duplicates(accounting: list[AccountingRow], inserted: dict[str, int]) -> None:
-    """The new ok rows not inserted (``inserted``: per domain) are already in silver: duplicates of an earlier night."""
+def _move_to_duplicates(accounting: list[AccountingRow], table: str, inserted: dict[str, int]) -> None:
+    """The new ok rows of ``table`` not inserted (``inserted``: per domain) are already there: duplicates of an
+    earlier night."""
     for r in accounting:
-        if r.table_name == "silver.interactions" and r.rows_out != inserted.get(r.domain, 0):
+        if r.table_name == table and r.rows_out != inserted.get(r.domain, 0):
             n = r.rows_out - inserted.get(r.domain, 0)
             r.rows_out -= n
             r.duplicates += n

@@ -90,6 +90,9 @@ class CrossrecConfig:
         keep_run_dates: ``crossrec maintain`` keeps this many newest run dates of gold.recommendations (the published
             one always).
         keep_models: ``crossrec maintain`` keeps this many newest model artifacts (the published one always).
+        compact_file_mb: ``crossrec maintain``'s compaction rewrites only files smaller than this (Delta's
+            ``optimize.minFileSize``): a night's small files are packed together, files already this big stay, so a
+            night's compaction costs the night's files, not the table (Z-order still rewrites the table).
         text_encoder: how training reads item text: ``frozen`` (the features job's embeddings), ``finetune`` (the
             text model runs in every step, its top layers trained) or ``auto`` (default: finetune on GPU workers,
             frozen on CPU ones).
@@ -121,6 +124,7 @@ class CrossrecConfig:
     full_refresh: bool = False
     keep_run_dates: int = 7
     keep_models: int = 3
+    compact_file_mb: float = 64.0
 
     def __post_init__(self) -> None:
         for name in ("run_date", "min_event_ts", "lake_root", "raw_dir"):
@@ -138,6 +142,8 @@ class CrossrecConfig:
             raise ConfigError(f"missing_items must be 'quarantine' or 'placeholder', got {self.missing_items!r}")
         if self.keep_run_dates < 1 or self.keep_models < 1:
             raise ConfigError(f"keep_run_dates and keep_models must be >= 1, got {self.keep_run_dates}, {self.keep_models}")
+        if self.compact_file_mb <= 0:
+            raise ConfigError(f"compact_file_mb must be > 0, got {self.compact_file_mb}")
         if self.vacuum_retention_hours < 0:
             raise ConfigError(f"vacuum_retention_hours must be >= 0, got {self.vacuum_retention_hours}")
         if not 0.0 <= self.max_quarantine_share <= 1.0:

@@ -1,8 +1,9 @@
 """Delta upkeep (``crossrec maintain``): compaction, Z-order, retention of old run dates and models, VACUUM.
 
-* **OPTIMIZE** every table of the lake: small files (a night's merge writes a few) are bin-packed; with
+* **OPTIMIZE** every table of the lake: files smaller than ``compact_file_mb`` (a night's merge writes a few) are
+  bin-packed, larger ones left as they are, so a night's compaction rewrites the night's files, not the table; with
   ``zorder`` the tables whose contract names ``zorder_by`` are Z-ordered by those columns (a lookup of one user
-  then reads few files). Compaction touches only small files; Z-order rewrites the table, so the DAG runs it weekly.
+  then reads few files). Z-order rewrites the table, so the DAG runs it weekly.
 * **Retention**: gold.recommendations keeps the newest ``keep_run_dates`` run dates (the published one always);
   ``<lake>/models`` keeps the newest ``keep_models`` artifacts (the one ``_latest`` names always); Ray Train run
   folders under ``<lake>/_ray`` older than the oldest kept artifact are removed.
@@ -21,6 +22,7 @@ from crossrec.io.config import CrossrecConfig
 from crossrec.io.delta import latest_version, quote_path, sql_string, table_exists
 from crossrec.io.models import LATEST_FILE
 from crossrec.io.runs import StageRun, stage_run
+from crossrec.io.spark import MIN_FILE_SIZE
 from crossrec.quality.contracts import all_contracts
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ def run_maintain(cfg: CrossrecConfig, spark, zorder: bool = False) -> dict:
     tables = [c for c in all_contracts() if c.table != "ops.runs" and table_exists(spark, cfg.table_path(c.table))]
     with stage_run(spark, cfg, STAGE, []) as stage:
         stage.mode = "zorder" if zorder else "compact"
+        spark.conf.set(MIN_FILE_SIZE, str(int(cfg.compact_file_mb * 2**20)))  # put back by stage_run
         for c in tables:
             _optimize(spark, cfg, stage, c, zorder)
         _drop_old_run_dates(spark, cfg, stage)

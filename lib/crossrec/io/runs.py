@@ -307,16 +307,19 @@ def stage_lock(lake_uri: str, stage: str, run_id: str, stale_after_s: float = 24
 
 @contextmanager
 def _session_settings(spark) -> Iterator[None]:
-    """Restore the session's shuffle partitions when a run ends (a run may size them: crossrec.io.spark.size_shuffles)."""
-    from crossrec.io.spark import CONFIGURED_SHUFFLES, SHUFFLE_PARTITIONS
+    """Put back the session settings a run may change (shuffle partitions: crossrec.io.spark.size_shuffles; the
+    compaction threshold: crossrec.io.maintain) when it ends."""
+    from crossrec.io.spark import CONFIGURED_SHUFFLES, MIN_FILE_SIZE, SHUFFLE_PARTITIONS
 
-    saved = spark.conf.get(SHUFFLE_PARTITIONS) if spark is not None else None
+    saved = {k: spark.conf.get(k, None) for k in (SHUFFLE_PARTITIONS, CONFIGURED_SHUFFLES, MIN_FILE_SIZE)} if spark is not None else {}
     try:
         yield
     finally:
-        if saved is not None:
-            spark.conf.set(SHUFFLE_PARTITIONS, saved)
-            spark.conf.unset(CONFIGURED_SHUFFLES)
+        for k, v in saved.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
 
 
 @contextmanager

@@ -73,6 +73,7 @@ def build_spark(
 
 SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
 CONFIGURED_SHUFFLES = "spark.crossrec.configuredShufflePartitions"  # the setting a run started with
+MIN_FILE_SIZE = "spark.databricks.delta.optimize.minFileSize"  # OPTIMIZE leaves files at least this big alone
 
 
 def size_shuffles(spark, units: int, per_partition: int) -> int:
