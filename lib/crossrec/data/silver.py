@@ -207,11 +207,11 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     n_ids = sum(r.rows_out for r in accounting if r.table_name == IDENTITY_MAP)
     w = stage.writes
     if stage.mode == "full":
-        outputs = [("silver.items", ok_items, n_items), ("silver.interactions", ok_inter, n_inter),
+        rebuilt = [("silver.items", ok_items, n_items), ("silver.interactions", ok_inter, n_inter),
                    ("silver.quarantine", quarantine, n_quar)]
         if judged is not None:
-            outputs.append((IDENTITY_MAP, judged.where(F.col(C.STATUS) == C.OK), n_ids))
-        for table, df, n in outputs:
+            rebuilt.append((IDENTITY_MAP, judged.where(F.col(C.STATUS) == C.OK), n_ids))
+        for table, df, n in rebuilt:
             w[table] = write_table(spark, df, load_contract(table), cfg.table_path(table), "overwrite")
             _check_written(table, write_metrics(spark, cfg.table_path(table), w[table]).get("numOutputRows"), n)
     else:
