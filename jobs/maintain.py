@@ -4,11 +4,12 @@ Run it:
     crossrec maintain --lake-root lakehouse [--zorder] [--keep-run-dates 7] [--keep-models 3] [--compact-file-mb 64]
     python -m crossrec_jobs.maintain ...                    # same thing
 
-OPTIMIZE bin-packs the files smaller than --compact-file-mb that nightly merges leave; --zorder also clusters the tables whose contract names
-zorder_by (the user lookups) and rewrites them, so the DAG asks for it weekly. gold.recommendations keeps the newest
---keep-run-dates run dates (the published one always), <lake>/models the newest --keep-models artifacts (the current
-one always); VACUUM then deletes files older than vacuum_retention_hours that no kept version needs. The run and the
-versions it committed are recorded in ops.runs. Rules: lib/crossrec/io/maintain.py.
+OPTIMIZE bin-packs the files smaller than --compact-file-mb that nightly merges leave; --zorder also clusters the
+tables whose contract names zorder_by (the user lookups) and rewrites them, so the DAG asks for it weekly.
+gold.recommendations keeps the newest --keep-run-dates run dates (the published one always), <lake>/models the
+newest --keep-models artifacts (the current one always); VACUUM then deletes files older than vacuum_retention_hours
+that no kept version needs. The run and the versions it committed are recorded in ops.runs. Rules:
+lib/crossrec/io/maintain.py.
 """
 from __future__ import annotations
 
