@@ -46,7 +46,7 @@ def run(cfg: CrossrecConfig, spark, a: argparse.Namespace) -> list[E.Erased]:
 
     with stage_run(spark, cfg, STAGE, []) as stage:
         erased = _forget(cfg, spark, a)
-        stage.writes = {e.table: latest_version(spark, cfg.table_path(e.table)) for e in erased}
+        stage.writes = {e.table: latest_version(cfg.table_path(e.table)) for e in erased}
         stage.details["tables"] = {e.table: e.rows_deleted for e in erased}
         return erased
 

@@ -117,7 +117,7 @@ def _ingest(cfg: CrossrecConfig, spark, stage) -> list[AccountingRow]:
         for r in per_file:
             by_sha = files.setdefault(table, {}).setdefault(r["domain"] if table != "bronze.identity_map" else "*", {})
             by_sha[r["source_checksum"]] = by_sha.get(r["source_checksum"], 0) + r["n"]
-        written = write_metrics(spark, path, version).get("numOutputRows")
+        written = write_metrics(path, version).get("numOutputRows")
         if written is not None and written != sum(r["n"] for r in per_file):
             raise AccountingError(f"ingest {table}: Delta reports {written} rows appended, {sum(r['n'] for r in per_file)} read back")
         for i, plan in enumerate(plans):

@@ -330,5 +330,5 @@ def test_publish_moves_forward_only(scored_lake, spark, tmp_path):
     with pytest.raises(S.PublishBackwards, match="older than the published"):
         S.publish(spark, path, int(props["version"]), older, props["model_version"], int(props["k"]))
     assert S.published(spark, path)["run_date"] == props["run_date"]
-    S.publish(spark, path, latest_version(spark, path), older, props["model_version"], int(props["k"]), force=True)
+    S.publish(spark, path, latest_version(path), older, props["model_version"], int(props["k"]), force=True)
     assert S.published(spark, path)["run_date"] == older.isoformat()

@@ -128,7 +128,7 @@ def test_output_checks_catch_broken_recommendations(lake, spark):
 
     lk = lake["lake"]
     path = str(lk / "gold" / "recommendations")
-    rows = spark_read(spark, path, latest_version(spark, path)).where(F.col("run_date") == F.lit(DAY1))
+    rows = spark_read(spark, path, latest_version(path)).where(F.col("run_date") == F.lit(DAY1))
     inter = spark_read(spark, str(lk / "silver" / "interactions"))
     catalog = S.catalog_frame(spark, str(lk / "models" / "20250101-test0001"))
     S.register_check_views(spark, S.first_events(inter), catalog, K)

@@ -91,8 +91,8 @@ def erase(spark, lake, key: bytes, pseudonyms: list[str]) -> list[Erased]:
     out: list[Erased] = []
 
     def record(table: str, path: str, before: int) -> None:
-        after = latest_version(spark, path)
-        metrics = last_operation_metrics(spark, path) if after != before else {}
+        after = latest_version(path)
+        metrics = last_operation_metrics(path) if after != before else {}
         n = int(metrics.get("numDeletedRows") or metrics.get("numTargetRowsDeleted") or 0)  # DELETE / MERGE
         out.append(Erased(table, n, before, after))
         log.info("%s: %d row(s) deleted (v%d -> v%d)", table, n, before, after)
@@ -102,14 +102,14 @@ def erase(spark, lake, key: bytes, pseudonyms: list[str]) -> list[Erased]:
         path = lake(table)
         if source is None:
             continue
-        before = latest_version(spark, path)
+        before = latest_version(path)
         DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), on).whenMatchedDelete().execute()
         record(table, path, before)
     for table, exprs in PSEUDONYM_TABLES.items():
         path = lake(table)
         if not table_exists(spark, path):
             continue
-        before = latest_version(spark, path)
+        before = latest_version(path)
         DeltaTable.forPath(spark, path).delete(" OR ".join(_in_list(e, pseudonyms) for e in exprs))
         record(table, path, before)
         props = published(spark, path) if table == "gold.recommendations" and out[-1].rows_deleted else {}

@@ -197,7 +197,7 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
     stage.lap("gold.user_sequences written")
     if cohort is None and table_properties(spark, seq_path).get(COLD_PROPERTY) != json.dumps(stored, sort_keys=True):
         set_table_properties(spark, seq_path, {COLD_PROPERTY: json.dumps(stored, sort_keys=True)})
-        w["gold.user_sequences"] = latest_version(spark, seq_path)
+        w["gold.user_sequences"] = latest_version(seq_path)
     # the index is small next to the events: rewritten whole, ids kept
     new_index = new_index.persist(StorageLevel.MEMORY_AND_DISK)
     new_index.count()
@@ -323,7 +323,7 @@ def _embeddings(spark, cfg: CrossrecConfig, todo, n_todo: int) -> tuple[int, int
     contract = load_contract("gold.item_embeddings")
     if n_todo == 0:
         contract.ensure_table(spark, path)
-        return latest_version(spark, path), 0
+        return latest_version(path), 0
     if n_todo <= DRIVER_ENCODE_MAX:  # a night's few new texts: no Spark job, no model load in a Python worker
         import pandas as pd
 

@@ -39,7 +39,7 @@ from crossrec.data.rawformat import RawFormatError, load_dataset
 from crossrec.io.accounting import (AccountingError, AccountingRow, check_balanced, check_quarantine_share,
                                     format_accounting, write_accounting)
 from crossrec.io.config import CrossrecConfig
-from crossrec.io.delta import (latest_version, merge_table, read_changes, read_table, table_exists, write_metrics,
+from crossrec.io.delta import (commits, latest_version, merge_table, read_changes, read_table, table_exists, write_metrics,
                                write_table)
 from crossrec.io.runs import Ledger, StageRun, stage_run
 from crossrec.io.spark import SHUFFLE_PARTITIONS, size_shuffles
@@ -213,7 +213,7 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
             rebuilt.append((IDENTITY_MAP, judged.where(F.col(C.STATUS) == C.OK), n_ids))
         for table, df, n in rebuilt:
             w[table] = write_table(spark, df, load_contract(table), cfg.table_path(table), "overwrite")
-            _check_written(table, write_metrics(spark, cfg.table_path(table), w[table]).get("numOutputRows"), n)
+            _check_written(table, write_metrics(cfg.table_path(table), w[table]).get("numOutputRows"), n)
     else:
         w["silver.items"], m = merge_table(spark, ok_items, load_contract("silver.items"), silver_items_path, ["domain", "item_id"])
         _check_written("silver.items", m.get("numTargetRowsInserted", 0) + m.get("numTargetRowsUpdated", 0), n_items)
@@ -234,21 +234,21 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
         w["silver.interactions"] = recorded["silver.interactions"]
         if n_inter:
             w["silver.interactions"] = write_table(spark, fresh, contract, path, "append")
-            _check_written("silver.interactions", write_metrics(spark, path, w["silver.interactions"]).get("numOutputRows"), n_inter)
+            _check_written("silver.interactions", write_metrics(path, w["silver.interactions"]).get("numOutputRows"), n_inter)
         fresh.unpersist()
         stage.lap("appended silver.interactions")
         w["silver.quarantine"] = recorded.get("silver.quarantine", -1)
         if n_quar:  # nothing to append most nights: no commit
             path = cfg.table_path("silver.quarantine")
             w["silver.quarantine"] = write_table(spark, quarantine, load_contract("silver.quarantine"), path, "append")
-            _check_written("silver.quarantine", write_metrics(spark, path, w["silver.quarantine"]).get("numOutputRows"), n_quar)
+            _check_written("silver.quarantine", write_metrics(path, w["silver.quarantine"]).get("numOutputRows"), n_quar)
             stage.lap("appended silver.quarantine")
         if IDENTITY_MAP in recorded:
             w[IDENTITY_MAP] = recorded[IDENTITY_MAP]
         if n_ids:  # the night's new keys (a changed mapping rebuilds)
             path = cfg.table_path(IDENTITY_MAP)
             w[IDENTITY_MAP] = write_table(spark, added, load_contract(IDENTITY_MAP), path, "append")
-            _check_written(IDENTITY_MAP, write_metrics(spark, path, w[IDENTITY_MAP]).get("numOutputRows"), n_ids)
+            _check_written(IDENTITY_MAP, write_metrics(path, w[IDENTITY_MAP]).get("numOutputRows"), n_ids)
             stage.lap("appended silver.identity_map")
 
     if cfg.validate:
@@ -258,7 +258,7 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
         stage.lap("validated")
     if new_key:
         record_lake_key(spark, cfg.table_path("silver.interactions"), key)
-        w["silver.interactions"] = latest_version(spark, cfg.table_path("silver.interactions"))
+        w["silver.interactions"] = latest_version(cfg.table_path("silver.interactions"))
     for frame in (inter, items, judged, added, placeholders, *batch.values()):
         if frame is not None:
             frame.unpersist()
@@ -324,8 +324,6 @@ def _any(df) -> bool:
 def _rows_appended(spark, cfg, ledger: Ledger, reads: dict[str, int], last: dict | None) -> dict[str, int]:
     """Rows the ingest commits clean reads appended, as Delta recorded them (``numOutputRows``); for a full rebuild
     the rows of the tables at their versions (the data files' record counts)."""
-    from delta.tables import DeltaTable
-
     out = {}
     for t, v in reads.items():
         path = cfg.table_path(t)
@@ -333,8 +331,8 @@ def _rows_appended(spark, cfg, ledger: Ledger, reads: dict[str, int], last: dict
             out[t] = read_table(spark, path, v).count()
             continue
         versions = ledger.written_versions(t, last["reads"].get(t, 0), v)
-        hist = DeltaTable.forPath(spark, path).history().where(f"version in ({','.join(map(str, versions)) or '-1'})")
-        out[t] = sum(int((r["operationMetrics"] or {}).get("numOutputRows", 0)) for r in hist.select("operationMetrics").collect())
+        out[t] = sum(int((c.get("operationMetrics") or {}).get("numOutputRows", 0))
+                     for c in commits(path, min(versions, default=v + 1) - 1) if c["version"] in versions)
     return out
 
 

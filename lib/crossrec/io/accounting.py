@@ -96,12 +96,23 @@ def format_accounting(rows: list[AccountingRow]) -> str:
 
 
 def write_accounting(spark, cfg, run_id: str, rows: list[AccountingRow]) -> int:
-    """Store ``rows`` in ``ops.accounting``, replacing this run's earlier rows for the same stage(s)."""
-    from crossrec.io.delta import sql_string, write_table
+    """Store ``rows`` in ``ops.accounting``, replacing this run's earlier rows for the same stage(s); one commit.
+
+    Spark creates (or migrates) the table from its contract; the rows go in with ``deltalake`` (a few rows need no
+    Spark job). Returns the new version, -1 when there is nothing to store."""
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    from crossrec.io.delta import latest_version
+    from crossrec.io.readers import sql_value
     from crossrec.quality.contracts import load_contract
 
+    if not rows:
+        return -1
     contract = load_contract(ACCOUNTING_TABLE)
-    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    path = cfg.table_path(ACCOUNTING_TABLE)
+    contract.ensure_table(spark, path)
+    now = dt.datetime.now(dt.timezone.utc)
     records = [
         {
             **{k: v for k, v in asdict(r).items() if k != "details"},
@@ -112,10 +123,11 @@ def write_accounting(spark, cfg, run_id: str, rows: list[AccountingRow]) -> int:
         }
         for r in rows
     ]
-    if not records:
-        return -1
-    df = spark.createDataFrame(records, schema=contract.spark_schema())
+    schema = pa.schema(DeltaTable(path).schema().to_arrow())
     stages = sorted({r.stage for r in rows})
-    where = f"run_id = {sql_string(run_id)} AND stage IN ({', '.join(sql_string(s) for s in stages)})"
-    return write_table(spark, df, contract, cfg.table_path(ACCOUNTING_TABLE), "overwrite", replace_where=where)
+    where = f"run_id = {sql_value(run_id)} AND stage IN ({', '.join(sql_value(s) for s in stages)})"
+    write_deltalake(path, pa.Table.from_pylist(records, schema=schema), mode="overwrite", predicate=where)
+    version = latest_version(path)
+    log.info("wrote %s (overwrite where %s) -> %s v%d", ACCOUNTING_TABLE, where, path, version)
+    return version
 

@@ -27,19 +27,36 @@ def read_table(spark, path: str, version: int | None = None):
     return reader.load(path)
 
 
-def latest_version(spark, path: str) -> int:
-    """The newest committed version of the Delta table at ``path``."""
-    from delta.tables import DeltaTable
+def latest_version(path: str) -> int:
+    """The newest committed version of the Delta table at ``path``, read from its log with ``deltalake`` (a Spark
+    history query costs a job per call, and the stages ask after every write)."""
+    from deltalake import DeltaTable
 
-    return int(DeltaTable.forPath(spark, path).history(1).select("version").first()[0])
+    return int(DeltaTable(path).version())
 
 
-def last_operation_metrics(spark, path: str) -> dict[str, str]:
+def commits(path: str, since: int = -1) -> list[dict]:
+    """Commit information (``version``, ``operation``, ``operationMetrics``...) of the table's versions after ``since``,
+    oldest first, read from its log with ``deltalake``."""
+    from deltalake import DeltaTable
+
+    dt_ = DeltaTable(path)
+    newest = int(dt_.version())
+    if newest <= since:
+        return []
+    found = [c for c in dt_.history(newest - since) if c.get("version", -1) > since]
+    return sorted(found, key=lambda c: c["version"])
+
+
+def _commit_info(path: str, version: int | None = None) -> dict:
+    """The commit information of ``version`` (default the newest) of the table at ``path``; {} if it is gone."""
+    version = latest_version(path) if version is None else int(version)
+    return next((c for c in commits(path, version - 1) if c["version"] == version), {})
+
+
+def last_operation_metrics(path: str) -> dict[str, str]:
     """``operationMetrics`` of the newest commit (e.g. ``numOutputRows``)."""
-    from delta.tables import DeltaTable
-
-    row = DeltaTable.forPath(spark, path).history(1).select("operationMetrics").first()
-    return dict(row[0] or {})
+    return dict(_commit_info(path).get("operationMetrics") or {})
 
 
 def quote_path(path: str) -> str:
@@ -80,7 +97,7 @@ def write_table(spark, df, contract: Contract, path: str, mode: str, replace_whe
         else:
             writer = writer.option("overwriteSchema", "false")
     writer.save(path)
-    version = latest_version(spark, path)
+    version = latest_version(path)
     log.info("wrote %s (%s%s) -> %s v%d", contract.table, mode, f" where {replace_where}" if replace_where else "", path, version)
     return version
 
@@ -118,25 +135,22 @@ def merge_table(spark, df, contract: Contract, path: str, on: list[str], *, upda
         if update:
             merge = merge.whenMatchedUpdate(set=values)
         merge = merge.whenNotMatchedInsert(values=values)
-    before = latest_version(spark, path)
+    before = latest_version(path)
     merge.execute()
-    version = latest_version(spark, path)
-    metrics = write_metrics(spark, path, version, since=before)  # an empty source may commit nothing
+    version = latest_version(path)
+    metrics = write_metrics(path, version, since=before)  # an empty source may commit nothing
     log.info("merged into %s -> %s v%d: %s", contract.table, path, version,
              {k: metrics.get(k) for k in ("numSourceRows", "numTargetRowsInserted", "numTargetRowsUpdated", "numTargetRowsDeleted")})
     return version, metrics
 
 
-def write_metrics(spark, path: str, version: int | None = None, since: int | None = None) -> dict[str, int]:
+def write_metrics(path: str, version: int | None = None, since: int | None = None) -> dict[str, int]:
     """Delta's row metrics of commit ``version`` (default the newest): ``numOutputRows`` of a write, the ``numTarget*``
     of a merge. With ``since`` (the version before the write), a write that made no commit (an empty append) is {}."""
-    from delta.tables import DeltaTable
-
     if since is not None and version is not None and version <= since:
         return {}
-    hist = DeltaTable.forPath(spark, path).history()
-    row = (hist.where(f"version = {int(version)}") if version is not None else hist.limit(1)).select("operationMetrics").first()
-    return {k: int(v) for k, v in dict((row and row[0]) or {}).items() if str(v).isdigit()}
+    metrics = _commit_info(path, version).get("operationMetrics") or {}
+    return {k: int(v) for k, v in metrics.items() if str(v).isdigit()}
 
 
 def read_changes(spark, path: str, versions: list[int], change_types: tuple[str, ...] = ("insert",)):

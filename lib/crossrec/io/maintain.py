@@ -49,12 +49,12 @@ def run_maintain(cfg: CrossrecConfig, spark, zorder: bool = False) -> dict:
 
 def _optimize(spark, cfg: CrossrecConfig, stage: StageRun, contract, zorder: bool) -> None:
     path = cfg.table_path(contract.table)
-    before = latest_version(spark, path)
+    before = latest_version(path)
     t0 = time.time()
     cols = [c for c in contract.zorder_by if c not in contract.partition_by] if zorder else []
     sql = f"OPTIMIZE {quote_path(path)}" + (f" ZORDER BY ({', '.join(f'`{c}`' for c in cols)})" if cols else "")
     metrics = spark.sql(sql).select("metrics.numFilesAdded", "metrics.numFilesRemoved").first()
-    after = latest_version(spark, path)
+    after = latest_version(path)
     info = {"files_removed": int(metrics[1] or 0), "files_added": int(metrics[0] or 0), "seconds": round(time.time() - t0, 1)}
     if cols:
         info["zorder_by"] = cols
@@ -77,7 +77,7 @@ def _drop_old_run_dates(spark, cfg: CrossrecConfig, stage: StageRun) -> None:
     drop = [d for d in dates[cfg.keep_run_dates:] if d.isoformat() != published]
     if drop:
         spark.sql(f"DELETE FROM {quote_path(path)} WHERE run_date IN ({', '.join(sql_string(d.isoformat()) for d in drop)})")
-        stage.writes["gold.recommendations"] = latest_version(spark, path)
+        stage.writes["gold.recommendations"] = latest_version(path)
         log.info("gold.recommendations: dropped run dates %s (keeping the newest %d and the published %s)",
                  [d.isoformat() for d in drop], cfg.keep_run_dates, published)
     stage.details["run_dates_dropped"] = [d.isoformat() for d in drop]
@@ -119,9 +119,9 @@ def _vacuum(spark, cfg: CrossrecConfig, stage: StageRun, tables) -> None:
     try:
         for c in tables:
             path = cfg.table_path(c.table)
-            before = latest_version(spark, path)
+            before = latest_version(path)
             spark.sql(f"VACUUM {quote_path(path)} RETAIN {float(hours)} HOURS")
-            after = latest_version(spark, path)
+            after = latest_version(path)
             if after != before:
                 stage.writes[c.table] = after
     finally:

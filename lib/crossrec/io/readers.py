@@ -26,9 +26,9 @@ def table_path(lake_root: str, table: str) -> str:
 def arrow_table(source, version: int | None = None, columns: list[str] | None = None, filters: list | None = None):
     """A Delta table (a path or a ``deltalake.DeltaTable``; optionally at ``version``) as a pyarrow Table.
 
-    ``filters``: ``(column, op, value)`` triples, op ``=`` or ``in`` (pyarrow's form). A table with deletion
-    vectors (see the contract key ``deletion_vectors``) is read through deltalake's query engine, which applies them;
-    deltalake's pyarrow reader refuses such tables.
+    ``filters``: ``(column, op, value)`` triples, op a comparison (``=``, ``<``, ``>=``...) or ``in`` (pyarrow's
+    form). A table with deletion vectors (see the contract key ``deletion_vectors``) is read through deltalake's
+    query engine, which applies them; deltalake's pyarrow reader refuses such tables.
     """
     import pyarrow as pa
     from deltalake import DeltaTable, QueryBuilder
@@ -61,7 +61,8 @@ def _sql_name(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _sql_value(v) -> str:
+def sql_value(v) -> str:
+    """A literal for deltalake's SQL (strings quoted, quotes doubled; numbers, dates): values never become SQL."""
     if isinstance(v, str):
         return "'" + v.replace("'", "''") + "'"
     if isinstance(v, (datetime.date, datetime.datetime)):
@@ -72,11 +73,11 @@ def _sql_value(v) -> str:
 
 
 def _sql_filter(column: str, op: str, value) -> str:
-    if op == "=":
-        return f"{_sql_name(column)} = {_sql_value(value)}"
+    if op in ("=", "!=", "<", "<=", ">", ">="):
+        return f"{_sql_name(column)} {op} {sql_value(value)}"
     if op == "in":
-        return f"{_sql_name(column)} IN ({', '.join(_sql_value(v) for v in value)})"
-    raise ValueError(f"filter op {op!r}: only '=' and 'in'")
+        return f"{_sql_name(column)} IN ({', '.join(sql_value(v) for v in value)})"
+    raise ValueError(f"filter op {op!r}: only comparisons and 'in'")
 
 
 def read_table(lake_root: str, table: str, version: int | None = None, columns: list[str] | None = None):

@@ -198,7 +198,7 @@ def pinned_versions(spark, lake_uri: str, tables: list[str], ledger: Ledger | No
     """The versions a stage reads: each table's recorded version. A lake from before the ledger (no ``ops.runs``)
     reads the newest versions. Raises ``RawFormatError`` naming a table that has no recorded version."""
     from crossrec.data.rawformat import RawFormatError
-    from crossrec.io.delta import latest_version, table_exists
+    from crossrec.io.delta import commits, latest_version, table_exists
 
     ledger = ledger or Ledger(lake_uri)
     recorded = ledger.recorded_versions()
@@ -207,7 +207,7 @@ def pinned_versions(spark, lake_uri: str, tables: list[str], ledger: Ledger | No
         if t in recorded:
             out[t] = recorded[t]
         elif not ledger.exists() and table_exists(spark, _table_path(lake_uri, t)):
-            out[t] = latest_version(spark, _table_path(lake_uri, t))
+            out[t] = latest_version(_table_path(lake_uri, t))
         else:
             raise RawFormatError(f"{t} has no version recorded by a succeeded run in {ledger.path}: run the stage "
                                  "that writes it first")
@@ -222,7 +222,7 @@ def rollback_unrecorded(spark, lake_uri: str, tables: list[str], ledger: Ledger)
     """
     from delta.tables import DeltaTable
 
-    from crossrec.io.delta import latest_version, table_exists
+    from crossrec.io.delta import commits, latest_version, table_exists
 
     recorded = ledger.recorded_versions()
     restored = {}
@@ -231,14 +231,13 @@ def rollback_unrecorded(spark, lake_uri: str, tables: list[str], ledger: Ledger)
         if not table_exists(spark, path):
             continue
         good = recorded.get(t, 0)
-        later = DeltaTable.forPath(spark, path).history().where(f"version > {good}").select("version", "operation").collect()
-        changed = sorted(r["version"] for r in later if r["operation"] in DATA_OPERATIONS)
+        changed = [c["version"] for c in commits(path, good) if c.get("operation") in DATA_OPERATIONS]
         if not changed:
             continue
         log.warning("%s: commit(s) %s after the recorded version %d belong to a run that did not finish (killed, or "
                     "its validation failed): restoring version %d", t, changed, good, good)
         DeltaTable.forPath(spark, path).restoreToVersion(good)
-        restored[t] = latest_version(spark, path)
+        restored[t] = latest_version(path)
     return restored
 
 

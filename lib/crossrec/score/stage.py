@@ -286,7 +286,7 @@ def publish(spark, path: str, version: int, run_date: dt.date, model_version: st
     props = {"version": str(version), "run_date": run_date.isoformat(), "model_version": model_version, "k": str(k),
              "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     set_table_properties(spark, path, {PUBLISHED_PREFIX + key: value for key, value in props.items()})
-    new = latest_version(spark, path)
+    new = latest_version(path)
     log.info("published gold.recommendations v%d (run_date %s, model %s) -> table v%d", version, run_date, model_version, new)
     return new
 
