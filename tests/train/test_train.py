@@ -8,6 +8,7 @@ Ray runs here are small on purpose (2 workers x 0.5 CPU, d_model=32, ~200 users)
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -70,7 +71,8 @@ def write_gold(lake: Path, table: str, rows: list[dict]) -> int:
     return DeltaTable(str(path)).version()
 
 
-def build_planted_lake(lake: Path, *, users: int = 200, items_per_topic: int = 15, events: int = 12, seed: int = 0) -> dict:
+def build_planted_lake(lake: Path, *, users: int = 200, items_per_topic: int = 15, events: int = 12, seed: int = 0,
+                       hex_ids: bool = False) -> dict:
     """gold.item_index, gold.item_embeddings and gold.user_sequences (train, valid and test rows) with a
     topic signal. Returns the facts the tests check against (random-ranking NDCG@10 of the valid rows)."""
     rng = np.random.default_rng(seed)
@@ -86,6 +88,7 @@ def build_planted_lake(lake: Path, *, users: int = 200, items_per_topic: int = 1
     seq_rows, train_count = [], np.zeros(len(items) + 1, dtype=np.int64)
     valid_random_ndcg = []
     for u in range(users):
+        user = hashlib.sha256(f"u{u}".encode()).hexdigest() if hex_ids else f"u{u:04d}"  # hex: as pseudonyms are
         topic = u % topics
         pools = {d: list(rng.permutation(by[(d, topic)])) for d in range(len(DOMAINS))}
         order = rng.permutation(np.arange(events) % len(DOMAINS))  # events / 2 in each domain, interleaved
@@ -99,13 +102,13 @@ def build_planted_lake(lake: Path, *, users: int = 200, items_per_topic: int = 1
         train_pos = [k for k in range(events) if split[k] == "train"]
         for k in train_pos:
             train_count[hist[k]] += 1
-        seq_rows.append(_seq_row(f"u{u:04d}", "train", "*", [hist[k] for k in train_pos], [ts[k] for k in train_pos], dom_of, None, None))
+        seq_rows.append(_seq_row(user, "train", "*", [hist[k] for k in train_pos], [ts[k] for k in train_pos], dom_of, None, None))
         for k in range(events):
             if split[k] == "train":
                 continue
             visible = [j for j in range(k) if split[j] == "train" or (split[k] == "test" and split[j] == "valid")]
             h = [hist[j] for j in visible]
-            seq_rows.append(_seq_row(f"u{u:04d}", split[k], DOMAINS[dom_of[hist[k]]], h, [ts[j] for j in visible], dom_of, hist[k], ts[k]))
+            seq_rows.append(_seq_row(user, split[k], DOMAINS[dom_of[hist[k]]], h, [ts[j] for j in visible], dom_of, hist[k], ts[k]))
             if split[k] == "valid":
                 n_cand = 2 * items_per_topic - sum(dom_of[i] == dom_of[hist[k]] for i in h)
                 valid_random_ndcg.append(sum(1 / math.log2(r + 1) for r in range(1, min(10, n_cand) + 1)) / n_cand)
@@ -524,6 +527,45 @@ def test_sample_users_keeps_whole_users_and_is_seeded():
     assert a.user_id.nunique() == 4 and a.equals(b)
     assert (a.groupby("user_id").size() == 2).all(), "a sampled user keeps all its rows"
     assert sample_users(seq, 50, seed=1) is seq
+
+
+def test_user_slices_cover_every_id_once():
+    from crossrec.train.loop import user_slices
+
+    assert user_slices(10, rows_per_slice=100) == [(None, None)]
+    slices = user_slices(1000, rows_per_slice=100)
+    assert len(slices) == 10 and slices[0][0] is None and slices[-1][1] is None
+    assert all(a[1] == b[0] for a, b in zip(slices, slices[1:])), "consecutive ranges, no gap, no overlap"
+    ids = ["", "0", "00ff", "7f", "80", "ab12", "ff", "ffff", "zz", "U1"]
+    for u in ids:
+        assert sum((lo is None or u >= lo) and (hi is None or u < hi) for lo, hi in slices) == 1, u
+    assert len(user_slices(10**9, rows_per_slice=1)) == 256
+
+
+@pytest.mark.parametrize("settings", [{}, {"max_users": 120, "refit": True}])
+def test_training_data_read_in_user_slices_is_the_data_read_at_once(tmp_path_factory, monkeypatch, settings):
+    import pyarrow as pa
+
+    from crossrec.train import loop
+    from crossrec.train.loop import load_training_data, resolve_versions
+
+    lake = tmp_path_factory.mktemp("hexlake")
+    build_planted_lake(lake, hex_ids=True)
+    cfg = TrainConfig(lake_root=str(lake), **settings)
+    versions = resolve_versions(str(lake), None)
+    whole = load_training_data(cfg, versions)
+    monkeypatch.setattr(loop, "ROWS_PER_SLICE", 100)  # 1,400 rows: 14 slices
+    sliced = load_training_data(cfg, versions)
+
+    def rows(t: pa.Table, drop=()) -> list:
+        return sorted(repr(r) for r in t.drop_columns(list(drop)).to_pylist())
+
+    assert rows(sliced.train) == rows(whole.train) and whole.train.num_rows > 0
+    assert rows(sliced.valid, ("row_id",)) == rows(whole.valid, ("row_id",)) and whole.valid.num_rows > 0
+    assert sliced.valid.column("row_id").to_pylist() == list(range(whole.valid.num_rows))
+    if cfg.refit:
+        assert rows(sliced.refit_train) == rows(whole.refit_train)
+    assert sliced.untrained_items.tolist() == whole.untrained_items.tolist()
 
 
 # ------------------------------------------------------------------------------------- fine-tuned text encoder

@@ -14,6 +14,7 @@ Data is read from the gold tables with ``deltalake`` at pinned versions (no Spar
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -76,10 +77,13 @@ class EvalData:
                                n_domains=t.n_domains, domain_items=t.domain_items)
 
 
-def load_eval_data(lake_root: str, versions: dict[str, int] | None = None, split: str = "test") -> EvalData:
+def load_eval_data(lake_root: str, versions: dict[str, int] | None = None, split: str = "test",
+                   users: Collection[str] | None = None) -> EvalData:
     """Read gold.item_index and gold.user_sequences (at ``versions``) into :class:`EvalData`.
 
-    ``split="valid"`` evaluates on validation targets instead (baselines then learn from train events only).
+    ``split="valid"`` evaluates on validation targets instead (baselines then learn from train events only); only
+    the rows that split needs are read (train and valid rows for ``"valid"``, test rows too for ``"test"``).
+    ``users``: only these users' rows (e.g. the sample a model was trained on); None reads every user.
     """
     from deltalake import DeltaTable
 
@@ -92,7 +96,10 @@ def load_eval_data(lake_root: str, versions: dict[str, int] | None = None, split
         versions[t] = dt_.version()
         tabs[t] = dt_
     index = arrow_table(tabs["gold.item_index"]).to_pandas().sort_values("item_idx")
-    seq = arrow_table(tabs["gold.user_sequences"]).to_pandas()
+    needed = ["train", "valid"] + (["test"] if split == "test" else [])
+    seq = arrow_table(tabs["gold.user_sequences"], filters=[("split", "in", needed)]).to_pandas()
+    if users is not None:
+        seq = seq[seq.user_id.isin(set(users))]
     domains = sorted(index.domain.unique())
     n_items = int(index.item_idx.max())
     item_domain = np.zeros(n_items + 1, dtype=np.int64)

@@ -301,6 +301,7 @@ class TrainingData:
     untrained_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ids in no training window
     refit_train: Any = None  # pyarrow.Table: windows over train events + valid targets (TrainConfig.refit), or None
     refit_untrained: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ids in no refit window
+    sampled_users: set | None = None  # the users trained on when max_users sampled them (None: every user)
 
 
 def _table_path(lake_root: str, table: str) -> str:
@@ -431,22 +432,46 @@ def restrict_to_domains(seq, index, names):
     return seq
 
 
+ROWS_PER_SLICE = 400_000  # gold.user_sequences rows read and shaped at a time (load_training_data)
+
+
+def user_slices(n_rows: int, rows_per_slice: int = ROWS_PER_SLICE) -> list[tuple[str | None, str | None]]:
+    """``[lo, hi)`` ranges of ``user_id`` that together cover every string, about ``n_rows / rows_per_slice`` of them.
+
+    User ids are pseudonyms (hex digests, uniform), so ranges of their first two characters hold about equal shares
+    of the users, and all rows of a user fall in one range. Ids of another form are still covered (the first range
+    has no start, the last no end), only less evenly."""
+    n = max(1, min(256, -(-n_rows // max(1, rows_per_slice))))
+    cuts = [f"{i * 256 // n:02x}" for i in range(1, n)]
+    return list(zip([None, *cuts], [*cuts, None]))
+
+
+def sample_user_ids(users, max_users: int, seed: int) -> set | None:
+    """A seeded sample of at most ``max_users`` of the distinct ids ``users``; None when every user is kept."""
+    users = np.sort(np.asarray(users, dtype=object))
+    if len(users) <= max_users:
+        return None
+    log.info("training on a seeded sample of %d of %d users (max_users)", max_users, len(users))
+    return set(np.random.default_rng(seed).choice(users, size=max_users, replace=False).tolist())
+
+
 def sample_users(seq, max_users: int, seed: int):
     """The ``gold.user_sequences`` rows (pandas) of a seeded sample of at most ``max_users`` users."""
-    users = np.sort(seq.user_id.unique())
-    if len(users) <= max_users:
-        return seq
-    keep = np.random.default_rng(seed).choice(users, size=max_users, replace=False)
-    log.info("training on a seeded sample of %d of %d users (max_users)", max_users, len(users))
-    return seq[seq.user_id.isin(keep)]
+    keep = sample_user_ids(seq.user_id.unique(), max_users, seed)
+    return seq if keep is None else seq[seq.user_id.isin(keep)]
 
 
 def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> TrainingData:
-    """Read the gold tables at ``versions`` (deltalake) and shape them for the workers."""
+    """Read the gold tables at ``versions`` (deltalake) and shape them for the workers.
+
+    ``gold.user_sequences`` is read in slices of users (:func:`user_slices`, about ``ROWS_PER_SLICE`` rows each); a
+    slice is shaped into windows and validation rows (Arrow, compact) before the next is read, so the driver never
+    holds every user's rows as Python objects. ``max_users`` samples from the ``user_id`` column alone."""
     import pyarrow as pa
     import pyarrow.compute as pc
+    from deltalake import DeltaTable
 
-    from crossrec.io.readers import arrow_table
+    from crossrec.io.readers import arrow_table, count_rows
 
     t0 = time.time()
     read = lambda t, **kw: arrow_table(_table_path(cfg.lake_root, t), versions[t], **kw)  # noqa: E731
@@ -456,33 +481,51 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
     assert n_items >= 1 and (index.item_idx.values == np.arange(1, n_items + 1)).all(), "gold.item_index.item_idx must be 1..n_items"
     domains = [d for _, d in sorted(set(zip(index.domain_idx, index.domain)))]
     assert len(domains) == index.domain_idx.nunique() == index.domain.nunique(), "domain <-> domain_idx must be one to one"
+    item_domain = np.zeros(n_items + 1, dtype=np.int64)
+    item_domain[index.item_idx.values] = index.domain_idx.values
 
-    seq = read("gold.user_sequences", columns=["user_id", "split", "item_idx", "domain_idx", "event_ts", "target_item_idx",
-                                               "target_ts"],
-               filters=[("split", "in", ["train", "valid"])]).to_pandas()
-    splits = set(seq.split.unique())
-    assert splits <= {"train", "valid"}, f"training must never read other splits, got {sorted(splits)}"
-    if cfg.input_domains is not None:
-        seq = restrict_to_domains(seq, index, cfg.input_domains)
+    sequences = DeltaTable(_table_path(cfg.lake_root, "gold.user_sequences"), version=versions["gold.user_sequences"])
+    splits = [("split", "in", ["train", "valid"])]
+    keep = None
     if cfg.max_users is not None:
-        seq = sample_users(seq, cfg.max_users, cfg.seed)
-    train = seq[seq.split == "train"]
-    valid = seq[seq.split == "valid"].reset_index(drop=True)
-    assert valid.target_item_idx.notna().all(), "every valid row needs a target_item_idx"
-    # leakage guard: a validation target is a first occurrence, never part of the same user's training history
-    train_items = {u: set(np.asarray(h).tolist()) for u, h in zip(train.user_id.values, train.item_idx.values)}
-    leaks = sum(int(t) in train_items.get(u, ()) for u, t in zip(valid.user_id.values, valid.target_item_idx.values))
-    assert leaks == 0, f"{leaks} valid target(s) occur in the same user's train history: split leakage"
-
-    windows = training_windows(train.item_idx.values, train.domain_idx.values, train.event_ts.values, cfg.max_seq_len,
-                               cold_views=cfg.cold_views)
+        users = arrow_table(sequences, columns=["user_id"], filters=splits).column("user_id")
+        keep = sample_user_ids(pc.unique(users).to_numpy(zero_copy_only=False), cfg.max_users, cfg.seed)
+    slices = user_slices(count_rows(sequences), ROWS_PER_SLICE)
+    columns = ["user_id", "split", "item_idx", "domain_idx", "event_ts", "target_item_idx", "target_ts"]
     typ = pa.list_(pa.int64())
-    valid_tab = pa.table({
-        "row_id": pa.array(np.arange(len(valid), dtype=np.int64)),
-        "item_idx": pa.array([np.asarray(h, dtype=np.int64) for h in valid.item_idx.values], type=typ),
-        "event_ts": pa.array([np.asarray(h, dtype=np.int64) for h in valid.event_ts.values], type=typ),
-        "target_item_idx": pa.array(valid.target_item_idx.values.astype(np.int64)),
-    })
+    windows, valid_parts, refit_parts, n_train, n_valid = [], [], [], 0, 0
+    for i, (lo, hi) in enumerate(slices):
+        where = splits + ([("user_id", ">=", lo)] if lo else []) + ([("user_id", "<", hi)] if hi else [])
+        seq = arrow_table(sequences, columns=columns, filters=where).to_pandas()
+        got = set(seq.split.unique())
+        assert got <= {"train", "valid"}, f"training must never read other splits, got {sorted(got)}"
+        if cfg.input_domains is not None:
+            seq = restrict_to_domains(seq, index, cfg.input_domains)
+        if keep is not None:
+            seq = seq[seq.user_id.isin(keep)]
+        train = seq[seq.split == "train"]
+        valid = seq[seq.split == "valid"].reset_index(drop=True)
+        assert valid.target_item_idx.notna().all(), "every valid row needs a target_item_idx"
+        # leakage guard: a validation target is a first occurrence, never part of the same user's training history
+        train_items = {u: set(np.asarray(h).tolist()) for u, h in zip(train.user_id.values, train.item_idx.values)}
+        leaks = sum(int(t) in train_items.get(u, ()) for u, t in zip(valid.user_id.values, valid.target_item_idx.values))
+        assert leaks == 0, f"{leaks} valid target(s) occur in the same user's train history: split leakage"
+        windows.append(training_windows(train.item_idx.values, train.domain_idx.values, train.event_ts.values,
+                                        cfg.max_seq_len, cold_views=cfg.cold_views))
+        valid_parts.append(pa.table({
+            "row_id": pa.array(np.arange(n_valid, n_valid + len(valid), dtype=np.int64)),
+            "item_idx": pa.array([np.asarray(h, dtype=np.int64) for h in valid.item_idx.values], type=typ),
+            "event_ts": pa.array([np.asarray(h, dtype=np.int64) for h in valid.event_ts.values], type=typ),
+            "target_item_idx": pa.array(valid.target_item_idx.values.astype(np.int64)),
+        }))
+        if cfg.refit:
+            refit_parts.append(training_windows(*extend_with_targets(train, valid, item_domain), cfg.max_seq_len,
+                                                cold_views=cfg.cold_views))
+        n_train, n_valid = n_train + len(train), n_valid + len(valid)
+        if len(slices) > 1:
+            log.info("training data: slice %d/%d of gold.user_sequences read: %d train users, %d valid rows so far",
+                     i + 1, len(slices), n_train, n_valid)
+    windows, valid_tab = pa.concat_tables(windows), pa.concat_tables(valid_parts)
 
     text_emb, encoders = None, []
     if cfg.use_text:
@@ -513,7 +556,7 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
         "text_emb": text_emb,
     }
     log.info("training data at versions %s: %d items in %s, %d train users -> %d windows, %d valid rows (%.1fs)",
-             dict(versions), n_items, domains, len(train), windows.num_rows, len(valid), time.time() - t0)
+             dict(versions), n_items, domains, n_train, windows.num_rows, n_valid, time.time() - t0)
     item_index = index[["item_idx", "domain", "item_id", "domain_idx", "domain_item_idx"]]
 
     def untrained(w) -> np.ndarray:
@@ -522,14 +565,12 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
             seen[pc.list_flatten(w.column(col)).to_numpy()] = True
         return np.flatnonzero(~seen[1:]) + 1
 
-    data = TrainingData(windows, valid_tab, catalog, item_index, domains, dict(versions), encoders, untrained(windows))
+    data = TrainingData(windows, valid_tab, catalog, item_index, domains, dict(versions), encoders, untrained(windows),
+                        sampled_users=keep)
     if cfg.refit:
-        item_domain = np.zeros(n_items + 1, dtype=np.int64)
-        item_domain[index.item_idx.values] = index.domain_idx.values
-        data.refit_train = training_windows(*extend_with_targets(train, valid, item_domain), cfg.max_seq_len,
-                                            cold_views=cfg.cold_views)
+        data.refit_train = pa.concat_tables(refit_parts)
         data.refit_untrained = untrained(data.refit_train)
-        log.info("refit data: %d windows (train events + %d valid targets)", data.refit_train.num_rows, len(valid))
+        log.info("refit data: %d windows (train events + %d valid targets)", data.refit_train.num_rows, n_valid)
     return data
 
 
@@ -1187,7 +1228,7 @@ def train(cfg: TrainConfig) -> Path:
         from crossrec.evaluate.protocol import load_eval_data
         from crossrec.rerank.fit import fit_terms
 
-        valid = load_eval_data(cfg.lake_root, dict(versions), split="valid")
+        valid = load_eval_data(cfg.lake_root, dict(versions), split="valid", users=data.sampled_users)
         return fit_terms(model, valid, cfg.terms, seed=cfg.seed, input_domains=cfg.input_domains)
 
     with best_ckpt.as_directory() as best_dir:
