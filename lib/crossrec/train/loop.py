@@ -466,7 +466,8 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
 
     ``gold.user_sequences`` is read in slices of users (:func:`user_slices`, about ``ROWS_PER_SLICE`` rows each); a
     slice is shaped into windows and validation rows (Arrow, compact) before the next is read, so the driver never
-    holds every user's rows as Python objects. ``max_users`` samples from the ``user_id`` column alone."""
+    holds every user's rows as Python objects (the table is Z-ordered by ``user_id``, so a slice reads few of its
+    files). ``max_users`` samples from the ``user_id`` column alone."""
     import pyarrow as pa
     import pyarrow.compute as pc
     from deltalake import DeltaTable
