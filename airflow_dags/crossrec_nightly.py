@@ -15,14 +15,25 @@ Tasks (one per crossrec stage; the DAG holds no logic of its own, every task run
   output checks on it (K per user and domain, ranks, scores, no seen items, every active user) before recording it.
 * **recorded_output**: the table version the run's score recorded in ``ops.runs`` (validated); to publish via XCom.
 * **publish**: points readers at that version (``crossrec publish --skip-checks --table-version V``); only forward
-  in time.
+  in time. Its outlet is the Airflow asset ``crossrec_gold_recommendations``
+  (:func:`crossrec.orchestration.recommendations_asset`): consumer DAGs schedule on it
+  (``airflow_dags/crossrec_consumer_example.py``).
 * **maintain**: ``crossrec maintain`` (compaction, retention, VACUUM; Z-order on the retrain weekday).
 
-Idempotent per ``data_interval_start``: every job runs with ``--run-date <data_interval_start, YYYY-MM-DD>``;
-ingest skips files a recorded run ingested, clean/features merge what arrived since their last recorded run
-(a failed run's commits are rolled back first, so a failing input fails again on every retry), train reuses a run
-of the same configuration on the same data and day, score replaces that date's partition (one Delta commit),
-publish sets a pointer. A failed or retried task can therefore simply run again. Retries: 2, 5 minutes apart.
+Every task runs its stage as a process of its own (``python -m crossrec.cli.main <stage>``, or ``spark-submit`` for
+the Spark stages when ``CROSSREC_SPARK_SUBMIT`` is set): the Airflow worker itself starts no JVM and no Ray. A stage
+that exits 2 (bad input), 3 (validation) or 4 (accounting) fails its task without a retry
+(``AirflowFailException``): the same input fails the same way until the data or the code is fixed. Other failures
+(a busy lake, exit 5; a lost executor) are retried twice, 5 minutes apart. Every task has an
+``execution_timeout``, and the run has a deadline (``crossrec.orchestration.deadline_missed`` logs the miss).
+
+Schedule: ``CronDataIntervalTimetable("0 0 * * *", UTC)``. A run covers the day ``[D, D+1)`` and starts once that
+day is over; every job runs with ``--run-date D`` (the run's ``data_interval_start``), the day of data.
+
+Idempotent per day of data: ingest skips files a recorded run ingested, clean/features merge what arrived since
+their last recorded run (a failed run's commits are rolled back first, so a failing input fails again on every
+retry), train reuses a run of the same configuration on the same data and day, score replaces that date's partition
+(one Delta commit), publish sets a pointer. A failed or retried task can therefore simply run again.
 
 Configuration (environment of the Airflow workers; the DAG file reads it when a task runs):
 
@@ -33,10 +44,13 @@ Configuration (environment of the Airflow workers; the DAG file reads it when a 
 ``CROSSREC_TRAIN_WEEKDAY``      0=Monday .. 6=Sunday: retrain on that weekday (default 6); ``daily``/``never``
 ``CROSSREC_TRAIN_ARGS``         extra ``crossrec train`` flags, e.g. ``--workers 4 --ray-address auto --epochs 10``
 ``CROSSREC_K``                  items per user and domain (default 10)
-``CROSSREC_SPARK_SUBMIT``       empty (default): Spark jobs run in the task's process on the embedded
-                                ``local[*]`` session; else the spark-submit command line to use, e.g.
+``CROSSREC_SPARK_SUBMIT``       empty (default): a Spark stage runs as ``python -m crossrec.cli.main <stage>`` on
+                                the embedded ``local[*]`` session; else the spark-submit command line to use, e.g.
                                 ``spark-submit --master spark://host:7077 --packages io.delta:delta-spark_4.2_2.13:4.4.0``
                                 (the job file is appended with ``--spark-master none``)
+``CROSSREC_TASK_TIMEOUT_HOURS`` execution_timeout of every task but train (default 6)
+``CROSSREC_TRAIN_TIMEOUT_HOURS`` execution_timeout of train (default 12)
+``CROSSREC_DEADLINE_HOURS``     the run's deadline, hours after it was queued (default 20; ``off``: none)
 ==============================  ==============================================================================
 """
 from __future__ import annotations
@@ -48,17 +62,35 @@ import shlex
 import subprocess
 import sys
 
+from airflow.sdk import CronDataIntervalTimetable, DeadlineAlert, DeadlineReference, SyncCallback, TriggerRule
 from airflow.sdk import dag, get_current_context, task
-from airflow.sdk import TriggerRule
+from airflow.sdk.exceptions import AirflowFailException
+
+from crossrec.orchestration import EXIT_MEANING, deadline_missed, is_permanent, recommendations_asset
 
 log = logging.getLogger("crossrec.airflow")
 
-DEFAULT_ARGS = {"retries": 2, "retry_delay": dt.timedelta(minutes=5)}
 SPARK_STAGES = ("ingest", "clean", "validate", "features", "score", "publish", "maintain")
 
 
 def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
+
+
+def _hours(name: str, default: float) -> dt.timedelta:
+    return dt.timedelta(hours=float(_env(name, str(default))))
+
+
+DEFAULT_ARGS = {"retries": 2, "retry_delay": dt.timedelta(minutes=5),
+                "execution_timeout": _hours("CROSSREC_TASK_TIMEOUT_HOURS", 6)}
+
+
+def _deadline() -> DeadlineAlert | None:
+    """The run's deadline: ``CROSSREC_DEADLINE_HOURS`` after it was queued (``off``: none)."""
+    if _env("CROSSREC_DEADLINE_HOURS", "20").strip().lower() in ("off", "0", ""):
+        return None
+    return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=_hours("CROSSREC_DEADLINE_HOURS", 20),
+                         callback=SyncCallback(deadline_missed))
 
 
 def _run_date() -> str:
@@ -72,25 +104,39 @@ def _common(raw: bool = False) -> list[str]:
     return args
 
 
-def run_stage(stage: str, args: list[str]) -> None:
-    """Run one crossrec stage: in this process (embedded Spark) or through spark-submit; fail on non-zero exit."""
+def stage_command(stage: str, args: list[str]) -> list[str]:
+    """The command line of one crossrec stage: spark-submit of its job file when ``CROSSREC_SPARK_SUBMIT`` is set
+    (Spark stages), else ``python -m crossrec.cli.main <stage>``."""
     submit = _env("CROSSREC_SPARK_SUBMIT").strip()
     if submit and stage in SPARK_STAGES:
         import importlib.util
 
         job_file = importlib.util.find_spec(f"crossrec_jobs.{stage}").origin
-        cmd = [*shlex.split(submit), job_file, *args, "--spark-master", "none"]
-        log.info("running %s", " ".join(cmd))
-        rc = subprocess.run(cmd, check=False).returncode
-    elif stage == "train" and submit:  # Ray, not Spark: its own process, so the task stays light
-        rc = subprocess.run([sys.executable, "-m", "crossrec_jobs.train", *args], check=False).returncode
-    else:
-        import importlib
+        return [*shlex.split(submit), job_file, *args, "--spark-master", "none"]
+    return [sys.executable, "-m", "crossrec.cli.main", stage, *args]
 
-        log.info("running crossrec %s %s", stage, " ".join(args))
-        rc = importlib.import_module(f"crossrec_jobs.{stage}").main(args)
-    if rc != 0:
-        raise RuntimeError(f"crossrec {stage} failed with exit code {rc} (2 bad input, 3 validation, 4 accounting)")
+
+def run_stage(stage: str, args: list[str]) -> None:
+    """Run one crossrec stage as a process of its own. Exit 2/3/4 fail the task for good (no retry: the same input
+    fails again); any other non-zero exit fails it for a retry. A task killed (timeout) takes the stage with it."""
+    cmd = stage_command(stage, args)
+    log.info("running %s", " ".join(cmd))
+    proc = subprocess.Popen(cmd)
+    try:
+        rc = proc.wait()
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    if rc == 0:
+        return
+    if is_permanent(rc):
+        raise AirflowFailException(f"crossrec {stage} failed with exit code {rc} ({EXIT_MEANING[rc]}): not retried, "
+                                   "the same input fails again; see the task log")
+    raise RuntimeError(f"crossrec {stage} failed with exit code {rc}")
 
 
 def should_train(lake_root: str, run_date: dt.date, weekday_setting: str) -> bool:
@@ -117,11 +163,12 @@ def recorded_score_version(lake_root: str, run_date: str) -> int:
 
 @dag(
     dag_id="crossrec_nightly",
-    schedule="@daily",
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=1,
     default_args=DEFAULT_ARGS,
+    deadline=_deadline(),
     tags=["crossrec"],
     doc_md=__doc__,
 )
@@ -149,7 +196,7 @@ def crossrec_nightly():
         log.info("model: %s", "train a new one" if train_it else "reuse the current artifact")
         return "train" if train_it else "reuse_model"
 
-    @task
+    @task(execution_timeout=_hours("CROSSREC_TRAIN_TIMEOUT_HOURS", 12))
     def train() -> None:
         run_stage("train", [*_common(), *shlex.split(_env("CROSSREC_TRAIN_ARGS", "--workers 2"))])
 
@@ -169,7 +216,7 @@ def crossrec_nightly():
     def recorded_output() -> int:
         return recorded_score_version(_env("CROSSREC_LAKE_ROOT", "lakehouse"), _run_date())
 
-    @task
+    @task(outlets=[recommendations_asset()])
     def publish(version: int) -> None:
         run_stage("publish", [*_common(), "--skip-checks", "--table-version", str(version)])
 

@@ -50,6 +50,23 @@ def test_dag_parses_with_the_documented_chain(tmp_path):
     assert up["clean"] == ["ingest"] and up["features"] == ["validate_silver"] and up["choose_model"] == ["features"]
     assert up["score"] == ["reuse_model", "train"] and up["recorded_output"] == ["score"]
     assert up["publish"] == ["recorded_output"] and up["maintain"] == ["publish"]
+    assert info["timetable"] == "CronDataIntervalTimetable", "--run-date is the day of data: the interval's start"
+    assert all(v and v > 0 for v in info["timeouts"].values()), info["timeouts"]
+    assert info["timeouts"]["train"] > info["timeouts"]["score"]
+    assert info["deadline"] == ["DeadlineAlert"]
+    assert info["outlets"] == {"publish": ["crossrec_gold_recommendations"]}
+    assert info["consumer_schedule"] == ["crossrec_gold_recommendations"], "the consumer runs on each publish"
+
+
+@pytest.mark.parametrize("code,raised", [(0, "none"), (2, "AirflowFailException"), (3, "AirflowFailException"),
+                                         (4, "AirflowFailException"), (5, "RuntimeError"), (1, "RuntimeError")])
+def test_a_stage_that_fails_for_good_is_not_retried(tmp_path, code, raised):
+    """Exit 2/3/4 (bad input, failed check, accounting) fail the task without a retry; others are retried."""
+    r = subprocess.run([sys.executable, str(RUNNER), "exit", str(DAGS), str(code)], env=airflow_env(tmp_path),
+                       capture_output=True, text=True, timeout=300)
+    line = [x for x in r.stdout.splitlines() if x.startswith("RAISED ")]
+    assert r.returncode == 0 and line, r.stderr[-3000:]
+    assert line[-1].split(":")[0] == f"RAISED {raised}", line[-1]
 
 
 @pytest.mark.slow
@@ -65,6 +82,10 @@ def test_dag_test_runs_the_whole_chain_then_reuses_the_model(tmp_path):
         CROSSREC_K="5", CROSSREC_TRAIN_WEEKDAY="never",  # first run trains (no model yet), the second reuses it
         CROSSREC_TRAIN_ARGS="--workers 1 --epochs 1 --d-model 16 --n-layers 1 --batch-size 64",
         CROSSREC_SPARK_CONF="spark.sql.shuffle.partitions=2",
+        # dag.test() of a DAG with a deadline fails in Airflow 3.3.2 once the run succeeds (DagRun.update_state
+        # looks the alerts up by the in-memory DAG's alert objects, not by their ids: "'dict' object has no attribute
+        # 'hex'"); the scheduler works on the serialized DAG. The deadline's presence is checked by the parse test.
+        CROSSREC_DEADLINE_HOURS="off",
     )
     # the second night's data stages are marked done, not run again (the first night ran them; 20-40 s saved): it
     # checks the branch to the current model, score's trigger rule with train skipped, and a second date's partition
@@ -73,7 +94,7 @@ def test_dag_test_runs_the_whole_chain_then_reuses_the_model(tmp_path):
                        env=env, capture_output=True, text=True, timeout=1500)
     line = [x for x in r.stdout.splitlines() if x.startswith("DAGRUNS ")]
     assert r.returncode == 0 and line, (r.stdout[-3000:], r.stderr[-5000:])
-    first, second = json.loads(line[-1][len("DAGRUNS "):])
+    first, second, _ = json.loads(line[-1][len("DAGRUNS "):])
     print("task seconds:", first["seconds"], second["seconds"])  # pytest -s shows where the test's time goes
     assert first["state"] == "success", first
     assert first["tasks"]["train"] == "success" and first["tasks"]["reuse_model"] == "skipped"
@@ -89,3 +110,5 @@ def test_dag_test_runs_the_whole_chain_then_reuses_the_model(tmp_path):
     all_recs = read_table(str(lake), "gold.recommendations")
     assert all_recs.run_date.astype(str).nunique() == 2, "one partition per run date"
     assert len(all_recs) == 2 * len(recs), "each run wrote its own date once"
+    consumer = json.loads(line[-1][len("DAGRUNS "):])[-1]
+    assert consumer["state"] == "success" and consumer["tasks"] == {"read_published": "success"}, consumer
