@@ -25,14 +25,16 @@ CORE = [
     "psutil>=5.9",  # cluster process control, peak-memory sampling in the benchmarks
 ]
 AIRFLOW = ["apache-airflow==3.3.2"]  # the nightly DAG (airflow_dags/); constraint files are not reachable: pinned here
-NOTEBOOKS = ["matplotlib>=3.8", "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29"]
-DEV = ["pytest>=8", "hypothesis>=6", "sentence-transformers==6.2.0", *AIRFLOW, *NOTEBOOKS]
+NOTEBOOK_RUN = ["matplotlib>=3.8", "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29"]  # what the notebook tests execute with
+NOTEBOOKS = [*NOTEBOOK_RUN, "jupyterlab>=4"]
+DEV = ["pytest>=8", "hypothesis>=6", "sentence-transformers==6.2.0", *AIRFLOW, *NOTEBOOK_RUN]
 
 setup(
     name="crossrec",
     version="0.1.0",
     description="Cross-domain batch recommendation on Spark, Delta Lake and Ray Train",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # tomllib (crossrec.io.config)
+    license="Apache-2.0",
     package_dir={"": "lib", "crossrec_jobs": "jobs", "crossrec_schemas": "schemas"},
     packages=find_packages("lib") + ["crossrec_jobs", "crossrec_schemas"],
     package_data={"crossrec_schemas": ["*.yaml"]},

@@ -25,7 +25,7 @@ STAGE = "validate"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_args(p)
+    add_common_args(p, validates=False)  # validating is what it does: no --no-validate
     g = p.add_argument_group("validate")
     g.add_argument("--tables", required=True, help="comma-separated table names, e.g. silver.interactions,silver.items")
 

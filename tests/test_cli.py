@@ -56,6 +56,19 @@ def test_stage_help_shows_the_common_flags_without_spark(stage):
     assert r.stderr == ""  # nothing from a JVM / Spark session
 
 
+def test_validate_offers_no_flag_to_skip_validation():
+    r = crossrec("validate", "--help")
+    assert r.returncode == 0 and "--tables" in r.stdout, r.stderr
+    assert "--no-validate" not in r.stdout
+
+
+def test_version_names_the_installed_package():
+    from importlib.metadata import version
+
+    r = crossrec("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"crossrec {version('crossrec')}", (r.stdout, r.stderr)
+
+
 @pytest.mark.parametrize("stage", ["ingest", "clean", "features", "evaluate", "train"])
 def test_stage_rejects_an_unknown_flag(stage):
     r = crossrec(stage, "--lake-rot", "x")

@@ -2,9 +2,9 @@
 
     crossrec generate OUT [--users N --domains D --seed S ...]   synthetic multi-domain raw data set
     crossrec import amazon-food-kitchen SRC OUT                  real Food+Kitchen data -> raw format
-    crossrec import recbole SRC OUT --domain-column COL          RecBole atomic files -> raw format
+    crossrec import recbole SRC OUT --domain COL                 RecBole atomic files -> raw format
     crossrec ingest [--raw-dir ... --lake-root ...]              raw -> bronze (jobs/ingest.py)
-    crossrec clean  [--raw-dir ... --lake-root ...]              bronze -> silver (jobs/clean.py)
+    crossrec clean [--raw-dir ... --lake-root ...]               bronze -> silver (jobs/clean.py)
     crossrec features [--lake-root ... --max-seq-len 50]         silver -> gold (jobs/features.py)
     crossrec prepare [--raw-dir ... --lake-root ...]             ingest -> clean -> features, one Spark app (jobs/prepare.py)
     crossrec train --workers 2 [--epochs N --ray-address auto]   gold -> model artifact on Ray Train (jobs/train.py)
@@ -24,6 +24,7 @@
     crossrec bench nightly --out DIR [--users 100000 --nights 10]   a platform replayed night by night -> nightly.json
     crossrec bench capacity --nightly DIR/nightly.json           capacity plan for 10M/100M users -> docs/capacity.md
     crossrec cluster up|down|status                              Spark standalone (master + 2 workers) + Ray (2 nodes) on loopback
+    crossrec --version                                           the installed crossrec's version
 
 Stage sub-commands are the ``main(argv)`` of the job files in ``jobs/`` (package ``crossrec_jobs``);
 ``crossrec <stage> --help`` lists their flags.
@@ -414,8 +415,16 @@ def main(argv: list[str] | None = None) -> int:
         "recs": (_recs, "a user's published recommendations with reasons (no Spark)"),
         "query": (_query, "items nearest to a free-text interest (no Spark)"),
         "cluster": (_cluster, "a Spark standalone + Ray cluster on loopback (up/down/status)"),
-        "bench": (_bench, "benchmarks: `crossrec bench quality|scoring|ingest|training ... --out DIR`"),
+        "bench": (_bench, "benchmarks: `crossrec bench quality|scoring|ingest|training|scale|nightly|capacity ...`"),
     }
+    if argv and argv[0] == "--version":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"crossrec {version('crossrec')}")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            print("crossrec (not installed: no version)")
+        return 0
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         print("commands:")
