@@ -1,8 +1,9 @@
 """Delta table reads and writes, always through delta-spark and always shaped by the table's contract.
 
 Writes create the table from its contract on first use (schema + partitioning), then append,
-overwrite, or replace a slice (``replaceWhere``), each one atomic Delta commit. Readers that need no
-Spark use the ``deltalake`` package instead (``crossrec.io.readers``).
+overwrite, or replace a slice (``replaceWhere``), each one atomic Delta commit. A table's versions and commit
+metrics are read from its log with the ``deltalake`` package (no Spark job), as are the Spark-free readers
+(``crossrec.io.readers``).
 """
 from __future__ import annotations
 

@@ -198,7 +198,7 @@ def pinned_versions(spark, lake_uri: str, tables: list[str], ledger: Ledger | No
     """The versions a stage reads: each table's recorded version. A lake from before the ledger (no ``ops.runs``)
     reads the newest versions. Raises ``RawFormatError`` naming a table that has no recorded version."""
     from crossrec.data.rawformat import RawFormatError
-    from crossrec.io.delta import commits, latest_version, table_exists
+    from crossrec.io.delta import latest_version, table_exists
 
     ledger = ledger or Ledger(lake_uri)
     recorded = ledger.recorded_versions()
