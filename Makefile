@@ -24,7 +24,7 @@ help:
 	@echo "make test   - run the test suite (real Spark, Delta, Great Expectations)"
 	@echo "make test-fast - the tests not marked slow"
 
-$(STAMP): setup.py
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel uv
 	# uv resolves the same pins as pip and fetches wheels in parallel: ~2 min instead of ~5 for torch's CUDA
@@ -54,6 +54,9 @@ demo: $(STAMP) $(DEMO_KEY)
 	@echo
 	@echo "== NDCG@10 on the test split (gold.metrics; full table printed by evaluate above)"
 	@$(BIN)/python -c "from crossrec.io.readers import read_table as r; m = r('$(LAKE)', 'gold.metrics'); m = m[(m.run_id == m.sort_values('evaluated_at').run_id.iloc[-1]) & (m.metric == 'ndcg') & (m.k == 10)]; print(m.pivot_table(index=['domain', 'segment'], columns='model', values='value').round(4).to_string())"
+	@echo
+	@echo "== the model registry (MLflow, $(LAKE)/_mlflow): crossrec models --lake-root $(LAKE)"
+	@$(BIN)/crossrec models --lake-root $(LAKE)
 	@echo
 	@echo "== a user's recommendations: crossrec recs $(DEMO_USER) --lake-root $(LAKE)"
 	@$(BIN)/crossrec recs $(DEMO_USER) --lake-root $(LAKE)

@@ -9,8 +9,9 @@ Tasks (one per crossrec stage; the DAG holds no logic of its own, every task run
   is new (each job validates what it wrote with Great Expectations before recording the run in ``ops.runs``, and
   fails the task on a failed check or unbalanced accounting; the next job reads only recorded versions).
 * **validate_silver**: re-checks silver against its contracts (``crossrec validate``) before anything reads it.
-* **choose_model**: trains when no model artifact exists or when the run's weekday is ``train_weekday``;
-  otherwise the current artifact (``<lake>/models/_latest``) is reused.
+* **choose_model**: trains when the model registry has no ``champion`` yet or when the run's weekday is
+  ``train_weekday``; otherwise the champion (``models:/crossrec@champion``) is reused. A new model takes the
+  alias only through train's promotion gate.
 * **score**: ``crossrec score --no-publish`` writes the run's partition of gold.recommendations and runs the
   output checks on it (K per user and domain, ranks, scores, no seen items, every active user) before recording it.
 * **recorded_output**: the table version the run's score recorded in ``ops.runs`` (validated); to publish via XCom.
@@ -139,12 +140,16 @@ def run_stage(stage: str, args: list[str]) -> None:
     raise RuntimeError(f"crossrec {stage} failed with exit code {rc}")
 
 
-def should_train(lake_root: str, run_date: dt.date, weekday_setting: str) -> bool:
-    """Train when no model artifact exists, or on the configured weekday ('daily' / 'never' also allowed)."""
-    latest = os.path.join(lake_root, "models", "_latest")
-    if "://" not in lake_root and not os.path.isfile(latest):
-        return True
-    if weekday_setting == "daily":
+def has_champion(lake_root: str) -> bool:
+    """Whether the lake's model registry has a ``champion`` (``CROSSREC_MLFLOW_TRACKING_URI`` names a server)."""
+    from crossrec.io.registry import Registry
+
+    return Registry(lake_root, os.environ.get("CROSSREC_MLFLOW_TRACKING_URI") or None).champion() is not None
+
+
+def should_train(champion_exists: bool, run_date: dt.date, weekday_setting: str) -> bool:
+    """Train when there is no champion yet, or on the configured weekday ('daily' / 'never' also allowed)."""
+    if not champion_exists or weekday_setting == "daily":
         return True
     if weekday_setting == "never":
         return False
@@ -192,8 +197,8 @@ def crossrec_nightly():
     @task.branch
     def choose_model() -> str:
         lake = _env("CROSSREC_LAKE_ROOT", "lakehouse")
-        train_it = should_train(lake, dt.date.fromisoformat(_run_date()), _env("CROSSREC_TRAIN_WEEKDAY", "6"))
-        log.info("model: %s", "train a new one" if train_it else "reuse the current artifact")
+        train_it = should_train(has_champion(lake), dt.date.fromisoformat(_run_date()), _env("CROSSREC_TRAIN_WEEKDAY", "6"))
+        log.info("model: %s", "train a new one" if train_it else "reuse the champion")
         return "train" if train_it else "reuse_model"
 
     @task(execution_timeout=_hours("CROSSREC_TRAIN_TIMEOUT_HOURS", 12))
@@ -203,10 +208,10 @@ def crossrec_nightly():
     @task
     def reuse_model() -> None:
         lake = _env("CROSSREC_LAKE_ROOT", "lakehouse")
-        latest = os.path.join(lake, "models", "_latest")
-        if "://" not in lake and not os.path.isfile(latest):
-            raise RuntimeError(f"no model artifact at {latest}: set CROSSREC_TRAIN_WEEKDAY=daily or run crossrec train")
-        log.info("reusing the model artifact named in %s", latest)
+        if not has_champion(lake):
+            raise RuntimeError(f"no champion in the model registry of {lake}: set CROSSREC_TRAIN_WEEKDAY=daily or run "
+                               "crossrec train")
+        log.info("reusing models:/crossrec@champion")
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def score() -> None:
@@ -222,7 +227,7 @@ def crossrec_nightly():
 
     @task
     def maintain() -> None:
-        retrain_day = should_train("://", dt.date.fromisoformat(_run_date()), _env("CROSSREC_TRAIN_WEEKDAY", "6"))
+        retrain_day = should_train(True, dt.date.fromisoformat(_run_date()), _env("CROSSREC_TRAIN_WEEKDAY", "6"))
         run_stage("maintain", [*_common(), *(["--zorder"] if retrain_day else [])])
 
     chosen = choose_model()

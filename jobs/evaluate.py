@@ -14,7 +14,7 @@ and crossrec (and every ``--model-alone`` model; ``--paired`` names others) is c
 other model per domain and segment: the mean per-user NDCG@10 difference and its standard error (printed, and
 under ``paired`` in ``--out``'s metrics.json).
 The gold tables are read at pinned versions (recorded with the results); the Transformer comes from a
-model artifact (default: the one `<lake>/models/_latest` names; ``--model NAME=VERSION|FOLDER``, repeatable,
+model artifact (default: the model registry's ``models:/crossrec@champion``; ``--model NAME=VERSION|FOLDER``, repeatable,
 evaluates several side by side: artifacts trained on some domains only (``crossrec train --input-domains``)
 are evaluated on those domains, so one name may combine one artifact per domain; ``--model-alone NAME=VERSION|FOLDER``
 evaluates an artifact's Transformer without its score terms); every artifact scores through the one inference path
@@ -34,7 +34,7 @@ import pandas as pd
 
 from crossrec.cli.common import add_common_args, config_from_args, run_guarded, setup_logging
 from crossrec.io.config import CrossrecConfig
-from crossrec.io.models import artifact_folder
+from crossrec.io.registry import ModelNotFound, artifact_folder
 
 log = logging.getLogger("crossrec.jobs.evaluate")
 STAGE = "evaluate"
@@ -44,12 +44,13 @@ BASELINES = ("pop", "itemknn", "als")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_args(p)
     g = p.add_argument_group("evaluate")
-    g.add_argument("--model-version", help="artifact under <lake>/models to evaluate as 'crossrec' (default: _latest; none: baselines only)")
+    g.add_argument("--model-version", help="model to evaluate as 'crossrec': registered version (3, @alias, "
+                   "models:/crossrec/3), artifact version or folder (default: the champion; none: baselines only)")
     g.add_argument("--model", action="append", default=[], metavar="NAME=VERSION|FOLDER",
-                   help="evaluate this artifact under NAME (repeatable; replaces the default crossrec=_latest)")
+                   help="evaluate this model under NAME (repeatable; replaces the default crossrec=champion)")
     g.add_argument("--model-alone", action="append", default=[], metavar="NAME=VERSION|FOLDER",
-                   help="evaluate this artifact's Transformer without its score terms under NAME (repeatable; also "
-                        "replaces the default crossrec=_latest)")
+                   help="evaluate this model's Transformer without its score terms under NAME (repeatable; also "
+                        "replaces the default crossrec=champion)")
     g.add_argument("--baselines", default="pop,itemknn", help=f"comma-separated, of {','.join(BASELINES)} (default pop,itemknn)")
     g.add_argument("--split", default="test", choices=["test", "valid"], help="targets to evaluate on (default test)")
     g.add_argument("--paired", metavar="NAMES",
@@ -57,11 +58,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "per domain and segment: mean per-user difference and its standard error; default: crossrec and "
                         "every --model-alone name)")
     g.add_argument("--out", help="also write <out>/metrics.json (the records and the paired comparisons) there")
-
-
-def model_folder(cfg: CrossrecConfig, version: str | None) -> str | None:
-    """The artifact folder to evaluate (:func:`crossrec.io.models.artifact_folder` of the lake)."""
-    return artifact_folder(cfg.lake_uri, version)
 
 
 def parse_models(specs: list[str], version: str | None, alone: list[str] = ()) -> list[tuple[str, str | None, bool]]:
@@ -115,9 +111,12 @@ def evaluate_all(cfg: CrossrecConfig, baselines: list[str], version: str | None,
         records += [dict(r, model_version=None) for r in recs]
         log.info("%s evaluated in %.1fs", model.name, timings[model.name])
     for name, ref, with_terms in models or [("crossrec", version, True)]:
-        folder = model_folder(cfg, ref)
-        if not folder:
-            log.warning("no model artifact under %s/models: evaluated baselines only", cfg.lake_uri)
+        try:
+            folder = artifact_folder(cfg.lake_uri, ref, cfg.mlflow_tracking_uri)
+        except ModelNotFound as e:
+            if ref is not None:
+                raise
+            log.warning("%s: evaluated baselines only", e)
             continue
         from crossrec.model.artifact import load_artifact
 
@@ -176,6 +175,19 @@ def write_metrics(spark, cfg: CrossrecConfig, run_id: str, records: list[dict], 
     return version
 
 
+def log_to_registry(cfg: CrossrecConfig, records: list[dict], split: str) -> None:
+    """Each registered model's NDCG and Recall@10 per domain and segment onto the MLflow run that trained it."""
+    from crossrec.io.registry import Registry
+
+    registry = Registry(cfg.lake_uri, cfg.mlflow_tracking_uri)
+    by_version = {v.model_version: v for v in registry.versions()}
+    for mv in sorted({r["model_version"] for r in records if r.get("model_version") in by_version}):
+        figures = {f"{r['model']}.{split}_{r['metric']}@{r['k']}.{r['domain']}.{r['segment']}": r["value"]
+                   for r in records if r.get("model_version") == mv and r["metric"] in ("ndcg", "recall") and r["k"] == 10}
+        registry.log_metrics(by_version[mv].number, figures)
+        log.info("metrics of %s logged to MLflow run %s", mv, by_version[mv].run_id)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="crossrec evaluate", description=__doc__.split("\n\n")[0])
     add_arguments(p)
@@ -200,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data versions: {info['versions']}; seconds per model: {({k: round(v, 1) for k, v in info['seconds'].items()})}")
         run_id = cfg.effective_run_id(STAGE)
         write_metrics(spark, cfg, run_id, records, info["versions"])
+        log_to_registry(cfg, records, args.split)
         if args.out:
             os.makedirs(args.out, exist_ok=True)
             with open(os.path.join(args.out, "metrics.json"), "w", encoding="utf-8") as fh:

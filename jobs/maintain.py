@@ -6,8 +6,8 @@ Run it:
 
 OPTIMIZE bin-packs the files smaller than --compact-file-mb that nightly merges leave; --zorder also clusters the
 tables whose contract names zorder_by (the user lookups) and rewrites them, so the DAG asks for it weekly.
-gold.recommendations keeps the newest --keep-run-dates run dates (the published one always), <lake>/models the
-newest --keep-models artifacts (the current one always); VACUUM then deletes files older than vacuum_retention_hours
+gold.recommendations keeps the newest --keep-run-dates run dates (the published one always), the model registry the
+newest --keep-models versions (the champion always; the others' artifact folders go with them); VACUUM then deletes files older than vacuum_retention_hours
 that no kept version needs. The run and the versions it committed are recorded in ops.runs. Rules:
 lib/crossrec/io/maintain.py.
 """
@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("maintain")
     g.add_argument("--zorder", action="store_true", help="also Z-order the tables whose contract names zorder_by (rewrites them)")
     g.add_argument("--keep-run-dates", dest="keep_run_dates", type=int, help="run dates of gold.recommendations kept (default 7)")
-    g.add_argument("--keep-models", dest="keep_models", type=int, help="model artifacts kept (default 3)")
+    g.add_argument("--keep-models", dest="keep_models", type=int, help="registered model versions kept, besides the champion (default 3)")
     g.add_argument("--compact-file-mb", dest="compact_file_mb", type=float,
                    help="compaction rewrites only files smaller than this many MiB (default 64)")
     g.add_argument("--vacuum-retention-hours", dest="vacuum_retention_hours", type=float,

@@ -42,20 +42,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_args(p)
     g = p.add_argument_group("score")
     g.add_argument("--k", type=int, default=10, help="items per user and domain (default 10)")
-    g.add_argument("--model-version", help="artifact under <lake>/models (default: the one _latest names) or a folder")
+    g.add_argument("--model-version", help="registered version (3, @alias, models:/crossrec/3), artifact version or "
+                   "artifact folder (default: models:/crossrec@champion)")
     g.add_argument("--batch-users", type=int, default=1024, help="users per model batch inside a task (default 1024)")
     g.add_argument("--users-per-partition", type=int, default=5000, help="users per Spark task (default 5000)")
     g.add_argument("--no-publish", dest="publish", action="store_false", help="write and validate, but do not switch readers to this run")
 
 
 def artifact_folder(cfg: CrossrecConfig, version: str | None) -> str:
-    """The model artifact to score with; a clear error when there is none."""
-    from crossrec.io.models import artifact_folder
+    """The model artifact to score with (crossrec.io.registry.artifact_folder; None = the registry's champion)."""
+    from crossrec.io.registry import artifact_folder
 
-    folder = artifact_folder(cfg.lake_uri, version)
-    if folder is None:
-        raise RawFormatError(f"no model artifact under {cfg.lake_uri}/models: run `crossrec train` first")
-    return folder
+    return artifact_folder(cfg.lake_uri, version, cfg.mlflow_tracking_uri)
 
 
 def run(cfg: CrossrecConfig, spark, k: int = 10, version: str | None = None, publish: bool = True,

@@ -10,7 +10,10 @@ versions resolved at start (no Spark), trains data-parallel on N Ray Train worke
 (NDCG@10 / Recall@10, full ranking per target domain), checkpoints every epoch, restarts failed workers from
 the last checkpoint (--max-failures), stops early after --patience epochs without improvement, and writes
 ``<lake>/models/<model_version>/`` from the best epoch, with the score terms of lib/crossrec/rerank/ (--terms)
-fitted on the validation split, then points ``<lake>/models/_latest`` at it (what ``crossrec evaluate`` reads).
+fitted on the validation split. The artifact is logged as an MLflow run (parameters, per-epoch metrics) and
+registered as a version of the ``crossrec`` model (crossrec.io.registry); the promotion gate
+(crossrec.evaluate.promotion) then moves the ``champion`` alias, which evaluate and score use, to it unless it is
+clearly worse than the current champion on the test split (--force-promote overrides; --no-register skips both).
 Library code: lib/crossrec/train/loop.py.
 """
 from __future__ import annotations
@@ -21,6 +24,7 @@ import logging
 import sys
 
 from crossrec.cli.common import add_common_args, config_from_args, run_guarded, setup_logging
+from crossrec.io.registry import MODEL_NAME
 
 log = logging.getLogger("crossrec.jobs.train")
 STAGE = "train"
@@ -78,10 +82,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ray-address", help="Ray cluster address ('auto' or host:port); default: RAY_ADDRESS when set, else a new local Ray instance")
     g.add_argument("--storage-path", help="Ray Train checkpoints (default <lake>/_ray)")
     g.add_argument("--model-root", help="where artifacts go (default <lake>/models)")
+    g.add_argument("--no-register", dest="register", action="store_false",
+                   help="write the artifact only: no MLflow run, no registered version, no promotion (reference "
+                        "models of the benchmarks; pass the folder to evaluate with --model)")
+    g.add_argument("--force-promote", action="store_true",
+                   help="make the new version the champion even if the promotion gate finds it worse")
+    g.add_argument("--promotion-tolerance-se", dest="promotion_tolerance_se", type=float,
+                   help="the gate keeps a new model out when it is worse than the champion by more than this many "
+                        "standard errors in some domain (config key promotion_tolerance_se; default 2)")
     gpu = g.add_mutually_exclusive_group()
     gpu.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, help="one GPU per worker")
     gpu.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False, help="CPU workers even if GPUs exist")
     g.add_argument("--cpus-per-worker", type=float, default=0.5, help="CPUs reserved per CPU worker (default 0.5, leaves CPUs to Ray Data)")
+
+
+def register_and_promote(cfg, folder, metrics: dict, force: bool):
+    """Register the artifact ``folder`` (its ``metrics``: metrics.json) and run the promotion gate ->
+    (ModelVersion, Decision)."""
+    from crossrec.evaluate.promotion import promote
+    from crossrec.io.registry import Registry
+
+    registry = Registry(cfg.lake_uri, cfg.mlflow_tracking_uri)
+    params = {**{f"train.{k}": v for k, v in metrics["config"].items()},
+              **{f"model.{k}": v for k, v in metrics["model"].items()}}
+    # the per-epoch history keeps the metric names (step = epoch); the selected epoch's figures are "selected_..."
+    final = {**{f"selected_{k}": v for k, v in metrics["valid"].items()}, "samples_per_s": metrics["samples_per_s"],
+             "wall_time_s": metrics["wall_time_s"], "best_epoch": metrics["best_epoch"]}
+    mv = registry.register(folder, params, metrics["history"], final, tags={"run_date": cfg.run_date})
+    decision = promote(registry, mv, cfg.lake_uri, cfg.promotion_tolerance_se, force,
+                       versions=metrics.get("data_versions"))
+    return mv, decision
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,11 +144,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         log.info("%s config: %s", STAGE, cfg.masked())
         log.info("%s training config: %s", STAGE, tcfg)
+        registered = None
         with stage_run(None, cfg, STAGE, []) as stage:  # no tables written: the run and its inputs are recorded
             folder = train(tcfg)
             m = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
             stage.reads = {k: int(v) for k, v in (m.get("data_versions") or {}).items()}
             stage.details.update(artifact=folder.name, valid_ndcg=m["valid"][METRIC])
+            if args.register:
+                registered = register_and_promote(cfg, folder, m, args.force_promote)
+                stage.details.update(registered_version=registered[0].number, champion=registered[1].promoted)
         print(f"model artifact:   {folder}")
         print(f"best valid NDCG@10: {m['valid'][METRIC]:.4f} (epoch {m['best_epoch']}; Recall@10 {m['valid']['valid_recall@10']:.4f})")
         print(f"epochs run:       {m['epochs_run']} of {m['max_epochs']}{' (early stop)' if m['early_stopped'] else ''}"
@@ -129,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         for line in report_lines(m.get("terms") or {}):
             print(line)
         print(f"throughput:       {m['samples_per_s']:.0f} samples/s over {m['workers']} {m['device']} worker(s); wall {m['wall_time_s']:.1f}s")
+        if registered is not None:
+            mv, decision = registered
+            print(f"registered:       {MODEL_NAME} version {mv.number} (MLflow run {mv.run_id})")
+            print(f"champion:         {'version ' + str(mv.number) if decision.promoted else 'stays version ' + str(decision.champion_before)}"
+                  f" -- {decision.reason}")
 
     return run_guarded(STAGE, body)
 

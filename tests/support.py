@@ -75,7 +75,8 @@ SCORE_DAY = "2025-01-01"
 
 
 def write_artifact(lake: Path, version: str = "20250101-test0001", seed: int = 0) -> Path:
-    """An untrained model over the lake's gold catalog, in the layout `crossrec train` writes."""
+    """An untrained model over the lake's gold catalog, in the layout `crossrec train` writes, registered in the lake's
+    model registry as the champion."""
     import numpy as np
     import torch
 
@@ -95,5 +96,8 @@ def write_artifact(lake: Path, version: str = "20250101-test0001", seed: int = 0
     folder = save_artifact(lake / "models" / version, CrossDomainTransformer(cfg, feats), None,
                            index[["item_idx", "domain", "item_id", "domain_idx", "domain_item_idx"]],
                            {"model_version": version, "input_domains": None})
-    (lake / "models" / "_latest").write_text(version + "\n")
+    from crossrec.io.registry import Registry
+
+    registry = Registry(str(lake))
+    registry.set_champion(registry.register(folder, {"seed": seed}, [], {}).number)
     return folder

@@ -28,7 +28,7 @@ def test_help_lists_every_command():
     r = crossrec("--help")
     assert r.returncode == 0, r.stderr
     commands = [line.split()[0] for line in r.stdout.split("commands:", 1)[1].splitlines() if line.strip()]
-    assert commands == ["generate", "import", "tables", "recs", "query", "cluster", "bench", "ingest", "clean", "features",
+    assert commands == ["generate", "import", "tables", "recs", "query", "models", "cluster", "bench", "ingest", "clean", "features",
                         "prepare", "train", "evaluate", "score", "publish", "validate", "forget", "maintain"]
 
 

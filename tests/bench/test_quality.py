@@ -178,8 +178,9 @@ def test_the_seed_reaches_the_cold_start_sample_and_every_training(tmp_path, mon
             raise BenchError("stop here")
         if name == "train-crossrec":
             root = Path(args[args.index("--model-root") + 1])
-            root.mkdir(parents=True)
-            (root / "_latest").write_text("v1")
+            (root / "v1").mkdir(parents=True)
+            (root / "v1" / "config.json").write_text("{}")
+            assert "--no-register" in args, "a benchmark's model never takes the lake's champion"
         return 1.0
 
     monkeypatch.setattr(quality, "_run_job", record)

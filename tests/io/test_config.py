@@ -55,10 +55,14 @@ def test_defaults_of_the_dataclass():
         "full_refresh": False,
         "keep_run_dates": 7,
         "keep_models": 3,
+        "mlflow_tracking_uri": None,
+        "promotion_tolerance_se": 2.0,
         "compact_file_mb": 64.0,
     }
     with pytest.raises(ConfigError, match="keep_run_dates and keep_models must be >= 1"):
         CrossrecConfig(run_date=RUN_DATE, keep_models=0)
+    with pytest.raises(ConfigError, match="promotion_tolerance_se must be >= 0"):
+        CrossrecConfig(run_date=RUN_DATE, promotion_tolerance_se=-1.0)
     with pytest.raises(ConfigError, match="text_encoder must be 'auto', 'frozen' or 'finetune', got 'bert'"):
         CrossrecConfig(run_date=RUN_DATE, text_encoder="bert")
     assert cfg.reports_root == os.path.abspath("lakehouse") + "/_reports"

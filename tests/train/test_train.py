@@ -146,9 +146,8 @@ def planted(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def _artifact(lake: Path) -> tuple[Path, dict]:
-    models = lake / "models"
-    version = (models / "_latest").read_text().strip()
-    folder = models / version
+    """The newest artifact a train run wrote under <lake>/models."""
+    folder = max((d for d in (lake / "models").iterdir() if (d / "config.json").is_file()), key=lambda d: d.stat().st_mtime)
     return folder, json.loads((folder / "metrics.json").read_text())
 
 
@@ -318,7 +317,7 @@ def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys)
     assert rc == 0
     folder, metrics = _artifact(lake)
     assert {p.name for p in folder.iterdir()} == {"model.safetensors", "config.json", "terms.json", "terms",
-                                                  "item_index.parquet", "metrics.json"}
+                                                  "item_index.parquet", "metrics.json", "MLmodel"}
     assert {p.name for p in (folder / "terms").iterdir()} == {f"{name}.safetensors" for name in registered()}
     assert metrics["data_versions"] == facts["versions"], "trained on the pinned (here: newest) versions"
     assert metrics["epochs_run"] == 3 and [h["epoch"] for h in metrics["history"]] == [0, 1, 2]
@@ -368,6 +367,56 @@ def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys)
     assert str(folder) in out and "ndcg@10" in out.lower()
     for name in registered():  # the fit's report, one line per term and domain
         assert sum(line.startswith(f"term {name} ") for line in out.splitlines()) == len(DOMAINS), out
+    _check_registry_and_promotion_gate(lake, folder, metrics, out)
+
+
+def _check_registry_and_promotion_gate(lake: Path, folder: Path, metrics: dict, out: str) -> None:
+    """The job registered its artifact as version 1 of `crossrec` with an MLflow run, and made it the champion (the
+    first model); a clearly worse model (the same artifact with random weights and no terms) does not take the
+    alias through the gate, and does with --force-promote."""
+    import mlflow.pyfunc
+    import pandas as pd
+    import torch
+
+    from crossrec.io.config import resolve_config
+    from crossrec.io.registry import Registry, artifact_folder
+    from crossrec.model.artifact import load_artifact, save_artifact
+    from crossrec_jobs.train import register_and_promote
+
+    registry = Registry(str(lake))
+    (v1,) = registry.versions()
+    assert v1.number == 1 and v1.is_champion and v1.folder == str(folder) and v1.model_version == folder.name
+    assert "registered:       crossrec version 1" in out and "champion:         version 1 -- no champion yet" in out
+    run = registry.client.get_run(v1.run_id)
+    assert run.data.metrics["selected_valid_ndcg_at_10"] == pytest.approx(metrics["valid"]["valid_ndcg@10"])
+    assert run.data.params["model.d_model"] == "32" and run.data.params["train.workers"] == "2"
+    history = registry.client.get_metric_history(v1.run_id, "valid_ndcg_at_10")
+    assert sorted(m.step for m in history) == [0, 1, 2, 3][: len(history)] and len(history) >= 3, "per-epoch metrics"
+    assert artifact_folder(str(lake), None) == str(folder) == artifact_folder(str(lake), "models:/crossrec@champion")
+
+    # the registered version is a pyfunc model: its predict is the scoring path
+    mlflow.set_tracking_uri(registry.uri)
+    mlflow.set_registry_uri(registry.uri)
+    model = mlflow.pyfunc.load_model("models:/crossrec@champion")
+    art = load_artifact(folder)
+    keys = (art.item_index.domain + ":" + art.item_index.item_id).tolist()
+    recs = model.predict(pd.DataFrame({"history": [keys[:3], []]}), params={"k": 4})
+    assert len(recs) == 2 * len(DOMAINS) * 4 and set(recs.domain) == set(DOMAINS)
+    assert not set(recs[recs.row == 0].item_id) & set(art.item_index.item_id[:3]), "history items are not recommended"
+    assert set(recs[recs.row == 1].reason) == {"popularity"}
+
+    worse = folder.parent / "random-weights"
+    torch.manual_seed(0)
+    for p in art.model.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    save_artifact(worse, art.model, None, art.item_index, {**metrics, "model_version": worse.name, "terms": None})
+    cfg = resolve_config(overrides={"lake_root": str(lake)})
+    mv, decision = register_and_promote(cfg, worse, metrics, force=False)
+    assert mv.number == 2 and not decision.promoted and "worse than champion version 1" in decision.reason, decision
+    assert registry.champion().number == 1 and len(decision.comparisons) == len(DOMAINS)
+    mv, decision = register_and_promote(cfg, worse, metrics, force=True)  # registered already: the same version
+    assert mv.number == 2 and decision.promoted and registry.champion().number == 2
+    assert [v.number for v in registry.versions()] == [2, 1]
 
 
 @pytest.mark.ray
@@ -405,8 +454,7 @@ def test_worker_killed_mid_epoch_resumes_from_last_checkpoint_and_early_stopping
     assert metrics["best_epoch"] == 0
     assert metrics["history"][0]["valid_ndcg@10"] == pytest.approx(metrics["history"][1]["valid_ndcg@10"])
     assert metrics["refit"]["epochs"] == 1, "the refit runs the selected epoch 0 only"
-    assert (folder / "model.safetensors").is_file()
-    assert (tmp_path / "models" / "_latest").read_text().strip() == folder.name
+    assert (folder / "model.safetensors").is_file() and folder.parent == tmp_path / "models"
 
     # the same run again (same config, data versions and day): it resumes the stopped run, trains nothing more
     again = train(cfg)

@@ -164,8 +164,12 @@ def _run_job(name: str, stage: str, args: list[str], out: Path, env: dict, inlin
     return _run_inline(name, importlib.import_module(f"crossrec_jobs.{stage}").main, args, out, env)
 
 
-def _latest(model_root: Path) -> Path:
-    return model_root / (model_root / "_latest").read_text(encoding="utf-8").strip()
+def _trained(model_root: Path) -> Path:
+    """The artifact a `crossrec train --no-register --model-root ROOT` wrote (each model here has a root of its own)."""
+    arts = sorted((d for d in model_root.iterdir() if (d / "config.json").is_file()), key=lambda d: d.stat().st_mtime)
+    if not arts:
+        raise BenchError(f"training wrote no model artifact under {model_root}")
+    return arts[-1]
 
 
 def _env(spec: QualitySpec, out: Path) -> dict:
@@ -277,8 +281,9 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
     else:
         stages["train crossrec"] = train_s[OURS] = _run_job(
             "train-crossrec", "train",
-            [*base, *OURS_TRAIN, *epochs, "--model-root", str(models_root / OURS), *spec.crossrec_args], out, env, inline)
-        ours = _latest(models_root / OURS)
+            [*base, *OURS_TRAIN, *epochs, "--model-root", str(models_root / OURS), "--no-register", *spec.crossrec_args], out, env,
+            inline)
+        ours = _trained(models_root / OURS)
     model_flags = ["--model", f"{OURS}={ours}", "--model-alone", f"{ALONE}={ours}"]
     train_s[ALONE] = train_s[OURS]  # one training serves both
     if spec.single_domain:
@@ -286,12 +291,12 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
         for d in domains:
             root = models_root / f"{SINGLE_DOMAIN}-{d}"
             s = _run_job(f"train-{SINGLE_DOMAIN}-{d}", "train",
-                         [*base, *SINGLE_DOMAIN_TRAIN, *epochs, "--model-root", str(root), "--no-text",
+                         [*base, *SINGLE_DOMAIN_TRAIN, *epochs, "--model-root", str(root), "--no-register", "--no-text",
                           "--input-domains", d, "--terms", "none", *spec.sasrec_args],
                          out, env, inline)
             stages[f"train {SINGLE_DOMAIN} {d}"] = s
             train_s[SINGLE_DOMAIN] += s
-            model_flags += ["--model", f"{SINGLE_DOMAIN}={_latest(root)}"]
+            model_flags += ["--model", f"{SINGLE_DOMAIN}={_trained(root)}"]
 
     eval_dir = out / "evaluate"
     eval_args = ["--lake-root", lake, "--baselines", ",".join(spec.baselines), *model_flags, "--out", str(eval_dir)]

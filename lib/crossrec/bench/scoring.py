@@ -109,7 +109,6 @@ def write_lake(spark, spec: ScoringSpec, lake: Path) -> list[str]:
               "next_item": every({"weight": 1.0})}
     folder = lake / "models" / "bench-scoring"
     save_artifact(folder, model, TermSet(terms, params, domains), index, {"input_domains": None})
-    (lake / "models" / "_latest").write_text("bench-scoring\n")
     return domains
 
 
@@ -215,7 +214,7 @@ def run_scoring(spec: ScoringSpec, spark=None) -> dict:
              spec.domains, spec.items_per_domain, time.time() - t0)
     n_items = spec.domains * spec.items_per_domain
     cfg = resolve_config(overrides={"lake_root": str(lake), "validate": False, "run_date": "2025-01-01"})
-    summary = score_job.run(cfg, spark, k=spec.k, publish=False)
+    summary = score_job.run(cfg, spark, k=spec.k, version=str(lake / "models" / "bench-scoring"), publish=False)
     log.info("crossrec score stage: %.0f users/s", summary["users_per_s"])
     floor_rate = write_floor(spark, lake, spec)
     log.info("output path alone (same rows, identity mapInArrow, Delta write): %.0f users/s", floor_rate)

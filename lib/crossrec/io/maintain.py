@@ -5,8 +5,8 @@
   ``zorder`` the tables whose contract names ``zorder_by`` are Z-ordered by those columns (a lookup of one user
   then reads few files). Z-order rewrites the table, so the DAG runs it weekly.
 * **Retention**: gold.recommendations keeps the newest ``keep_run_dates`` run dates (the published one always);
-  ``<lake>/models`` keeps the newest ``keep_models`` artifacts (the one ``_latest`` names always); Ray Train run
-  folders under ``<lake>/_ray`` older than the oldest kept artifact are removed.
+  the model registry keeps the newest ``keep_models`` versions (the champion always; a removed version's artifact
+  folder goes with it); Ray Train run folders under ``<lake>/_ray`` older than the oldest kept artifact are removed.
 * **VACUUM** with ``vacuum_retention_hours``: files no table version of that window needs are deleted.
 
 Every commit is recorded in ops.runs (a maintain run writes no new rows, so readers' recorded versions move to it).
@@ -20,7 +20,6 @@ import time
 
 from crossrec.io.config import CrossrecConfig
 from crossrec.io.delta import latest_version, quote_path, sql_string, table_exists
-from crossrec.io.models import LATEST_FILE
 from crossrec.io.runs import StageRun, stage_run
 from crossrec.io.spark import MIN_FILE_SIZE
 from crossrec.quality.contracts import all_contracts
@@ -84,22 +83,22 @@ def _drop_old_run_dates(spark, cfg: CrossrecConfig, stage: StageRun) -> None:
 
 
 def _drop_old_models(cfg: CrossrecConfig) -> list[str]:
-    """Remove all but the newest ``keep_models`` artifacts (never the one ``_latest`` names), and Ray run folders
-    older than the oldest artifact kept. Local lakes only (an object store's lifecycle rules do this there)."""
-    root = os.path.join(cfg.lake_uri, "models")
-    if "://" in cfg.lake_uri or not os.path.isdir(root):
-        return []
-    latest_file = os.path.join(root, LATEST_FILE)
-    latest = open(latest_file, encoding="utf-8").read().strip() if os.path.isfile(latest_file) else None
-    arts = sorted((d for d in os.listdir(root) if os.path.isfile(os.path.join(root, d, "config.json"))),
-                  key=lambda d: os.path.getmtime(os.path.join(root, d)), reverse=True)
-    keep = set(arts[:cfg.keep_models]) | ({latest} if latest else set())
-    removed = [d for d in arts if d not in keep]
-    for d in removed:
-        shutil.rmtree(os.path.join(root, d))
-    kept_times = [os.path.getmtime(os.path.join(root, d)) for d in keep if os.path.isdir(os.path.join(root, d))]
+    """Delete all but the newest ``keep_models`` registered versions (never the champion) with their artifact
+    folders, and Ray run folders older than the oldest artifact kept (local lakes only: an object store's lifecycle
+    rules do that there)."""
+    from crossrec.io.registry import Registry
+
+    registry = Registry(cfg.lake_uri, cfg.mlflow_tracking_uri)
+    versions = registry.versions()  # newest first
+    keep = [v for i, v in enumerate(versions) if i < cfg.keep_models or v.is_champion]
+    removed = []
+    for v in versions:
+        if v not in keep:
+            registry.delete(v.number)
+            removed.append(f"version {v.number} ({v.model_version})")
+    kept_times = [os.path.getmtime(v.folder) for v in keep if os.path.isdir(v.folder)]
     ray_root = os.path.join(cfg.lake_uri, "_ray")
-    if kept_times and os.path.isdir(ray_root):
+    if kept_times and "://" not in cfg.lake_uri and os.path.isdir(ray_root):
         oldest = min(kept_times)
         for d in os.listdir(ray_root):
             p = os.path.join(ray_root, d)
@@ -107,7 +106,7 @@ def _drop_old_models(cfg: CrossrecConfig) -> list[str]:
                 shutil.rmtree(p)
                 removed.append(f"_ray/{d}")
     if removed:
-        log.info("models: removed %s (kept %s)", removed, sorted(keep))
+        log.info("models: removed %s (kept versions %s)", removed, [v.number for v in keep])
     return removed
 
 

@@ -166,9 +166,15 @@ def pseudonymize(user_id: str, key: bytes, lake_root: str | None = None) -> str:
 
     if lake_root is not None:
         from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
 
         path = table_path(lake_root, "silver.interactions")
-        check_fingerprint(DeltaTable(path).metadata().configuration.get(FINGERPRINT_PROPERTY), key, path)
+        try:
+            props = DeltaTable(path).metadata().configuration
+        except TableNotFoundError as e:
+            raise LookupError(f"no silver.interactions under {lake_root}: not a crossrec lake, or `crossrec clean` "
+                              "has not run") from e
+        check_fingerprint(props.get(FINGERPRINT_PROPERTY), key, path)
     return pseudonym(user_id, key)
 
 
@@ -189,7 +195,12 @@ def nearest_items(lake_root: str, text: str, domain: str | None = None, n: int =
 
     from crossrec.text.encoder import TextEncoder
 
-    emb = read_table(lake_root, "gold.item_embeddings", columns=["domain", "item_id", "embedding"])
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        emb = read_table(lake_root, "gold.item_embeddings", columns=["domain", "item_id", "embedding"])
+    except TableNotFoundError as e:
+        raise LookupError(f"no gold.item_embeddings under {lake_root}: run `crossrec features` first") from e
     if domain is not None:
         known = sorted(emb.domain.unique())
         if domain not in known:

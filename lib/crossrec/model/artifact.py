@@ -10,6 +10,7 @@ An artifact folder (``crossrec train`` writes ``<lake>/models/<model_version>/``
                                              when there are any
     item_index.parquet                       item_idx, domain, item_id, domain_idx, domain_item_idx
     metrics.json                             what the model was selected on, the term fit's report under "terms", ...
+    MLmodel                                  added when the folder is registered: the pyfunc flavour (crossrec.model.pyfunc)
 
 A training checkpoint holds the model files only (crossrec.train.loop.write_checkpoint).
 """

@@ -172,19 +172,32 @@ def _migrate_table(contract: Contract, spark, path: str) -> None:
             set_table_properties(spark, path, {STATS_COLUMNS_PROPERTY: want_stats})
 
 
-def spark_type(name: str):
-    """Parse a contract type name (``string``, ``map<string,string>``, ``array<float>``) to a Spark type."""
-    from pyspark.sql import types as T
-
+def type_tree(name: str) -> str | tuple:
+    """Parse a contract type name (``string``, ``map<string,string>``, ``array<float>``) without Spark: a simple
+    name, ``("array", element)`` or ``("map", key, value)``. Readers without a JVM load contracts through this."""
     name = name.strip().replace(" ", "")
     if name in _SIMPLE_TYPES:
-        return getattr(T, _SIMPLE_TYPES[name])()
+        return name
     if name.startswith("array<") and name.endswith(">"):
-        return T.ArrayType(spark_type(name[6:-1]), containsNull=False)
+        return ("array", type_tree(name[6:-1]))
     if name.startswith("map<") and name.endswith(">"):
         k, _, v = name[4:-1].partition(",")
-        return T.MapType(spark_type(k), spark_type(v), valueContainsNull=True)
+        return ("map", type_tree(k), type_tree(v))
     raise ContractError(f"unknown column type {name!r}; known: {sorted(_SIMPLE_TYPES)}, array<..>, map<..,..>")
+
+
+def spark_type(name: str):
+    """The Spark type of a contract type name (see :func:`type_tree`)."""
+    from pyspark.sql import types as T
+
+    def build(tree):
+        if isinstance(tree, str):
+            return getattr(T, _SIMPLE_TYPES[tree])()
+        if tree[0] == "array":
+            return T.ArrayType(build(tree[1]), containsNull=False)
+        return T.MapType(build(tree[1]), build(tree[2]), valueContainsNull=True)
+
+    return build(type_tree(name))
 
 
 _KEYS = ("table", "description", "columns", "partition_by", "key", "references", "row_count", "stats_columns",
@@ -228,7 +241,7 @@ def _parse(data: dict, source: str) -> Contract:
         raise ContractError(f"{source}: stats_columns names partition columns {both}")
     for c in cols:
         try:
-            spark_type(c.type)  # fail early on a typo
+            type_tree(c.type)  # fail early on a typo
         except ContractError as e:
             raise ContractError(f"{source}: column {c.name}: {e}") from e
     return contract

@@ -235,7 +235,7 @@ def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: 
 
     from crossrec.data.rawformat import RawFormatError
     from crossrec.io.delta import read_table
-    from crossrec.io.models import artifact_folder
+    from crossrec.io.registry import artifact_folder
     from crossrec.io.runs import pinned_versions
     from crossrec.quality.contracts import load_contract
     from crossrec.quality.validate import Validator
@@ -248,7 +248,7 @@ def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: 
     if len(meta["mv"]) != 1:
         raise RawFormatError(f"run_date {run_date} at v{version} mixes model versions {sorted(meta['mv'])}")
     model_version, k = meta["mv"][0], int(meta["k"])
-    catalog = catalog_frame(spark, artifact_folder(cfg.lake_uri, model_version))
+    catalog = catalog_frame(spark, artifact_folder(cfg.lake_uri, model_version, cfg.mlflow_tracking_uri))
     silver = pinned_versions(spark, cfg.lake_uri, ["silver.interactions", "silver.items"])  # what score read
     inter = read_table(spark, cfg.table_path("silver.interactions"), silver["silver.interactions"])
     register_check_views(spark, first_events(inter), catalog, k)

@@ -51,8 +51,8 @@ second Ray Train run (``train-<model_version>-refit``) trains from the same init
 for that many epochs on the training events plus every validation target (:func:`extend_with_targets`). Its
 validation figures are of rows it learned and are not used; the score terms are chosen with the selected model.
 
-Artifact (``<model_root>/<model_version>/``, written by the driver, then ``<model_root>/_latest`` is replaced
-atomically; crossrec.model.artifact.load_artifact reads it)::
+Artifact (``<model_root>/<model_version>/``, written by the driver and moved into place atomically;
+crossrec.model.artifact.load_artifact reads it; jobs/train.py registers it in the model registry, crossrec.io.registry)::
 
     model.safetensors, config.json    the refit's weights (without refit: the best epoch's)
     terms.json, terms/*.safetensors   the score terms (crossrec.rerank) fitted on the validation split after training
@@ -81,7 +81,6 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
-from crossrec.io.models import LATEST_FILE
 
 if TYPE_CHECKING:
     from crossrec.model.transformer import CrossDomainTransformer
@@ -156,7 +155,7 @@ class TrainConfig:
             valid rows); None = every user. Big nightly runs fit the model on a sample and score everyone.
         max_failures: worker-group restarts Ray Train attempts (from the latest checkpoint).
         storage_path: Ray Train run storage (checkpoints); default ``<lake_root>/_ray``.
-        model_root: where artifacts go; default ``<lake_root>/models`` (what ``crossrec evaluate`` reads).
+        model_root: where artifacts go; default ``<lake_root>/models`` (jobs/train.py registers them from there).
         versions: pinned Delta versions of the gold tables; missing ones are resolved (newest) at start.
         ray_address: ``ray.init`` address (``auto`` or ``host:port`` on a cluster); None = ``RAY_ADDRESS`` when
             set, else a new local Ray instance (see :func:`ray_address`).
@@ -988,18 +987,11 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- driver
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | Path, data: TrainingData,
                    metrics: Mapping,
                    fit_terms: Callable[["CrossDomainTransformer"], tuple["TermSet", dict]] | None = None,
                    select_dir: str | Path | None = None) -> Path:
-    """``<root>/<version>/`` from the checkpoint in ``best_ckpt_dir``, then ``<root>/_latest`` -> version (both atomic
-    renames).
+    """``<root>/<version>/`` from the checkpoint in ``best_ckpt_dir`` (written aside, then renamed into place).
 
     The id embeddings of items in no training window (``data.untrained_items``; ``data.refit_untrained`` for a refit
     model) are zeroed first (:meth:`~crossrec.model.transformer.CrossDomainTransformer.clear_id_embeddings`): text
@@ -1039,7 +1031,6 @@ def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | P
     if final.exists():  # the same config on the same data and day: the newer export replaces it
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _write_text_atomic(root / LATEST_FILE, version + "\n")
     return final
 
 
