@@ -49,7 +49,7 @@ demo: $(STAMP) $(DEMO_KEY)
 	$(BIN)/crossrec evaluate --lake-root $(LAKE) --run-date $(RUN_DATE) --baselines pop,itemknn,als
 	$(BIN)/crossrec score --lake-root $(LAKE) --run-date $(RUN_DATE) --k $(DEMO_K)
 	@echo
-	@echo "== crossrec demo: tables under $(LAKE)/ (validation reports in $(LAKE)/_reports/)"
+	@echo "== crossrec demo: tables under $(LAKE)/ (validation reports and Data Docs in $(LAKE)/_reports/<run_id>/)"
 	@$(BIN)/crossrec tables --lake-root $(LAKE) --accounting
 	@echo
 	@echo "== NDCG@10 on the test split (gold.metrics; full table printed by evaluate above)"

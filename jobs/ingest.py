@@ -144,6 +144,8 @@ def _ingest(cfg: CrossrecConfig, spark, stage) -> list[AccountingRow]:
     print(format_accounting(accounting))
     write_accounting(spark, cfg, run_id, accounting)
     stage.accounting, stage.details["files"] = accounting, files
+    if validator:
+        stage.details["data_docs"] = validator.docs_url
     return accounting
 
 

@@ -127,7 +127,8 @@ def _score(cfg: CrossrecConfig, spark, stage, k: int, version: str | None, publi
         accounting.append(row)
 
     if cfg.validate:
-        S.validate_run(spark, cfg, version_written, run_date)
+        report, _, _ = S.validate_run(spark, cfg, version_written, run_date)
+        stage.details["data_docs"] = report.docs_url
     print(format_accounting(accounting))
     check_balanced(accounting)  # every active user has recommendations in every domain
     write_accounting(spark, cfg, cfg.effective_run_id(STAGE), accounting)

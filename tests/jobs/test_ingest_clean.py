@@ -197,6 +197,22 @@ def test_validation_reports_written(runs):
     kinds = {r["expectation"] for r in rep["results"]}
     assert {"expect_compound_columns_to_be_unique", "expect_column_values_to_be_between", "expect_column_values_to_be_in_set",
             "expect_table_row_count_to_be_between"} <= kinds
+    # passing checks show what they observed
+    observed = {(r["expectation"], str(r["target"])): r["observed"] for r in rep["results"]}
+    assert observed[("expect_table_row_count_to_be_between", "table")] == f"observed {rep['rows']}" and rep["rows"] > 0
+    assert observed[("expect_column_values_to_not_be_null", "user_id")] == "0 unexpected"
+    # and the run's Great Expectations Data Docs: an index and a page per validated table
+    docs = reports / "clean-2024-06-30" / "docs"
+    assert rep["docs_url"] == (docs / "index.html").as_uri()
+    index = (docs / "index.html").read_text()
+    for table in ("silver.interactions", "silver.items"):
+        pages = list((docs / "validations" / table.replace(".", "/").split("/")[0]).rglob("*.html"))
+        assert any(table.split(".")[1] in str(p) for p in pages), (table, pages)
+    assert "interactions" in index and "items" in index
+    from crossrec.io.runs import Ledger
+
+    first_clean = [r for r in Ledger(str(runs["lake"])).succeeded("clean") if r["run_id"] == "clean-2024-06-30"][0]
+    assert first_clean["details"]["data_docs"] == rep["docs_url"], "the run's record links its Data Docs"
 
 
 # ----------------------------------------------------------------------------- inputs that stop a run

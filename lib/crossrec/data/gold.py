@@ -233,6 +233,7 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
             rows = sum(n_items.values()) if table != "gold.user_sequences" else None
             validator.check(load_contract(table), df, params={"domains": domains}, expected_rows=rows,
                             references={"silver.items": silver_items}, version=version)
+        stage.details["data_docs"] = validator.docs_url
         stage.lap("validated")
     written_rows = _rows_written(spark, seq_path, merged_version, users)
     summary = written_rows.groupBy("split", "target_domain", "cold_start").count().orderBy("split", "target_domain", "cold_start").collect()

@@ -37,8 +37,8 @@ class ValidationFailed(RuntimeError):
 class ValidationReport:
     """Outcome of one checkpoint on one table version.
 
-    ``rows`` is the row count the suite checked: known when the job pinned it (``expected_rows``) or when the
-    suite failed (the failure report is gathered with counts); None otherwise.
+    ``rows`` is the row count the suite checked (the row-count expectation's observed value). ``report_path``:
+    the JSON report; ``docs_url``: the run's Great Expectations Data Docs site (local report roots only).
     """
 
     table: str
@@ -48,6 +48,7 @@ class ValidationReport:
     results: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     report_path: str | None = None
+    docs_url: str | None = None
 
     @property
     def failures(self) -> list[dict]:
@@ -148,25 +149,27 @@ def _unexpected_rows_class():
     import great_expectations.expectations as gxe
 
     class ExpectNoUnexpectedRows(gxe.UnexpectedRowsExpectation):
-        """``UnexpectedRowsExpectation`` that runs its query once when only pass/fail is asked.
+        """``UnexpectedRowsExpectation`` that runs its query once when no sample of the rows is asked.
 
         GE computes two metrics from the query: its row count, and its first rows (up to 200), which only the
         ``COMPLETE`` result format reports. With no unexpected row the second one is a second full run of the
-        query (for the score stage's checks, one shuffle of the whole batch each). Under ``BOOLEAN_ONLY`` (the
-        validator's first run) this class asks for the row count alone; under the other formats (the re-run
-        of a failed suite) it also reports the first offending rows (``partial_unexpected_list``)."""
+        query (for the score stage's checks, one shuffle of the whole batch each). Under ``BOOLEAN_ONLY`` or a
+        format that asks for no sample (``partial_unexpected_count: 0``, the validator's first run) this class asks
+        for the row count alone and reports it; otherwise (the re-run of a failed suite) it also reports the first
+        offending rows (``partial_unexpected_list``)."""
 
         def get_validation_dependencies(self, execution_engine=None, runtime_configuration=None):
             deps = super().get_validation_dependencies(execution_engine=execution_engine,
                                                        runtime_configuration=runtime_configuration)
-            if deps.result_format.get("result_format") == "BOOLEAN_ONLY":
+            fmt = deps.result_format
+            if fmt.get("result_format") == "BOOLEAN_ONLY" or fmt.get("partial_unexpected_count") == 0:
                 deps.remove_metric_configuration("unexpected_rows_query.table")
             return deps
 
         def _validate(self, metrics: dict, runtime_configuration: dict | None = None, execution_engine=None):
             count = metrics["unexpected_rows_query.row_count"]
             if "unexpected_rows_query.table" not in metrics:
-                return {"success": count == 0}
+                return {"success": count == 0, "result": {"observed_value": count, "unexpected_count": count}}
             out = super()._validate(metrics, runtime_configuration=runtime_configuration, execution_engine=execution_engine)
             rows = metrics["unexpected_rows_query.table"] or []
             out.setdefault("result", {}).update(
@@ -203,8 +206,8 @@ def _describe(er, raw_ids: bool = False) -> dict:
     target = kw.get("column") or kw.get("column_list") or kw.get("description") or getattr(cfg, "description", None) or "table"
     res = er.result or {}
     if "unexpected_count" in res:
-        examples = _examples(res.get("partial_unexpected_list", [])[:5], target, raw_ids)
-        observed = f"{res['unexpected_count']} unexpected, e.g. {examples}"
+        examples = _examples((res.get("partial_unexpected_list") or [])[:5], target, raw_ids)
+        observed = f"{res['unexpected_count']} unexpected" + (f", e.g. {examples}" if examples else "")
     else:
         observed = f"observed {res.get('observed_value')}"
     if er.exception_info and er.exception_info.get("raised_exception"):
@@ -220,8 +223,8 @@ def _describe(er, raw_ids: bool = False) -> dict:
 
 
 def _observed_rows(results: list, expected_rows: int | None) -> int | None:
-    """The table's row count as the row-count expectation saw it: its observed value (SUMMARY results), or
-    ``expected_rows`` when that exact bound passed (BOOLEAN_ONLY results carry no observed values); else None."""
+    """The table's row count as the row-count expectation saw it: its observed value, or ``expected_rows`` when
+    that exact bound passed and no value was reported; else None."""
     for er in results:
         if er.expectation_config.type != "expect_table_row_count_to_be_between":
             continue
@@ -232,8 +235,14 @@ def _observed_rows(results: list, expected_rows: int | None) -> int | None:
     return None
 
 
+FIRST_PASS = {"result_format": "BASIC", "partial_unexpected_count": 0}
+DOCS_SITE = "crossrec"
+
+
 class Validator:
-    """Runs contract-derived GE checkpoints in one ephemeral GE context (one per job)."""
+    """Runs contract-derived GE checkpoints in one ephemeral GE context (one per job), and keeps the job's Great
+    Expectations Data Docs in ``<reports_root>/<run_id>/docs/index.html`` (local report roots; on object storage the
+    results are logged only)."""
 
     def __init__(self, reports_root: str, run_id: str):
         import great_expectations as gx
@@ -254,6 +263,17 @@ class Validator:
         self.reports_root = reports_root
         self.run_id = run_id
         self._n = 0
+        self.docs_url: str | None = None  # the Data Docs index once a check has run
+        self.docs_dir = None if self._local_root() is None else os.path.join(self._local_root(), run_id, "docs")
+        if self.docs_dir is not None:
+            self.context.add_data_docs_site(site_name=DOCS_SITE, site_config={
+                "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": self.docs_dir}})
+
+    def _local_root(self) -> str | None:
+        if "://" in self.reports_root and not self.reports_root.startswith("file://"):
+            return None
+        return self.reports_root.removeprefix("file://")
 
     def check(
         self,
@@ -287,12 +307,12 @@ class Validator:
         vd = self.context.validation_definitions.add(
             gx.ValidationDefinition(name=f"{contract.table}#{self._n}", data=self.batch_def, suite=suite)
         )
-        # pass/fail first: BOOLEAN_ONLY skips the unexpected-value samples and counts that SUMMARY gathers with
-        # one more Spark job per expectation (silver.interactions at 1M rows: 3.5 s instead of 9.3 s). Only a
-        # failed suite is run again with SUMMARY, so that the report names the offending values.
+        # first pass without unexpected-value samples (SUMMARY gathers them with one more Spark job per
+        # expectation) but with counts and observed values, which the report and Data Docs show for passing checks
+        # too. Only a failed suite is run again with SUMMARY, so that the report names the offending values.
         cached = df.is_cached  # GE persists the batch frame; drop that copy afterwards unless the caller's own
         try:
-            result = vd.run(batch_parameters={"dataframe": df}, result_format="BOOLEAN_ONLY")
+            result = vd.run(batch_parameters={"dataframe": df}, result_format=FIRST_PASS)
             if not result.success:
                 result = vd.run(batch_parameters={"dataframe": df}, result_format="SUMMARY")
         finally:
@@ -308,20 +328,29 @@ class Validator:
             results=results,
             seconds=round(time.time() - t0, 2),
         )
+        report.docs_url = self.docs_url = self._build_docs()
         report.report_path = self._write(report)
+        docs = f"; Data Docs {report.docs_url}" if report.docs_url else ""
         if report.success:
-            log.info("validated %s v%s: %d expectations passed (%.1fs)", contract.table, version, len(results), report.seconds)
+            log.info("validated %s v%s: %d expectations passed (%.1fs)%s", contract.table, version, len(results),
+                     report.seconds, docs)
         else:
-            log.error("%s", report.summary())
+            log.error("%s%s", report.summary(), docs)
             if raise_on_failure:
                 raise ValidationFailed(report)
         return report
 
+    def _build_docs(self) -> str | None:
+        """(Re)build the job's Data Docs site from every suite and result of this context; its index URL."""
+        if self.docs_dir is None:
+            return None
+        return self.context.build_data_docs(site_names=[DOCS_SITE])[DOCS_SITE]
+
     def _write(self, report: ValidationReport) -> str | None:
         """Write the report as JSON under ``<reports_root>/<run_id>/``; local lakes only (else log only)."""
-        if "://" in self.reports_root and not self.reports_root.startswith("file://"):
+        root = self._local_root()
+        if root is None:
             return None
-        root = self.reports_root.removeprefix("file://")
         folder = os.path.join(root, self.run_id)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{report.table}.json")
