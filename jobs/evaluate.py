@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         log.info("evaluate config: %s", cfg.masked())
         baselines = [b for b in args.baselines.split(",") if b]
-        spark = build_spark("crossrec-evaluate", cfg.spark_master, cfg.spark_conf)
+        spark = build_spark("crossrec-evaluate", cfg.spark_master, cfg.spark_conf, remote=cfg.spark_remote)
         models = parse_models(args.model, args.model_version, args.model_alone)
         from crossrec.evaluate.protocol import format_paired
 

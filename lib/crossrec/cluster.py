@@ -1,6 +1,7 @@
 """A real Spark standalone cluster and a real Ray cluster on loopback, for cluster-mode runs and fault tests.
 
     crossrec cluster up   [--state DIR --spark-workers 2 --worker-cores 1 --worker-memory 2g]
+    crossrec cluster connect [--state DIR --connect-master local[2]]
     crossrec cluster down [--state DIR]
     crossrec cluster status [--state DIR]
 
@@ -14,6 +15,10 @@ It waits until the master reports every worker ALIVE and Ray reports two nodes, 
 ``down`` stops everything ``up`` started. The Ray cluster runs without token authentication (loopback only):
 drivers connecting to it set ``RAY_AUTH_MODE=disabled``. The processes are plain daemons: kill one (e.g. a Spark worker during
 scoring) to inject a fault.
+
+``connect`` starts a Spark Connect server (``SparkConnectServer`` through the installed pyspark's ``spark-submit``, the
+Delta jars from Maven, Delta's SQL extension) on ``sc://127.0.0.1:<port>``, for jobs run with ``--spark-remote``; it
+writes ``<state>/connect.json``, and ``down`` stops it too.
 """
 from __future__ import annotations
 
@@ -116,6 +121,60 @@ def up(state: str = DEFAULT_STATE, spark_workers: int = 2, worker_cores: int = 1
     return info
 
 
+def delta_package() -> str:
+    """Maven coordinates of the Delta jar for the installed pyspark and delta-spark (what the embedded session asks
+    for through ``configure_spark_with_delta_pip``)."""
+    from importlib.metadata import version
+
+    spark = ".".join(version("pyspark").split(".")[:2])
+    return f"io.delta:delta-spark_{spark}_2.13:{version('delta-spark')}"
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def connect(state: str = DEFAULT_STATE, master: str = "local[2]", timeout_s: float = 300.0,
+            conf: dict[str, str] | None = None) -> dict:
+    """Start a Spark Connect server with Delta on loopback (``master``: its Spark master); wait until it accepts
+    connections; return (and write to ``<state>/connect.json``) ``{"url", "pid", "log"}``."""
+    root = Path(state).resolve()
+    if (root / "connect.json").exists():
+        raise RuntimeError(f"a Connect server is already up ({root / 'connect.json'}): `crossrec cluster down --state {state}` first")
+    root.mkdir(parents=True, exist_ok=True)
+    home = spark_home()
+    port = _free_port()
+    settings = {"spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+                "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+                "spark.connect.grpc.binding.address": "127.0.0.1", "spark.connect.grpc.binding.port": str(port),
+                "spark.ui.enabled": "false", "spark.sql.session.timeZone": "UTC",
+                "spark.driver.extraJavaOptions": "-Duser.timezone=UTC", **(conf or {})}
+    cmd = [os.path.join(home, "bin", "spark-submit"), "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
+           "--master", master, "--packages", delta_package()]
+    for k, v in settings.items():
+        cmd += ["--conf", f"{k}={v}"]
+    env = dict(os.environ, SPARK_HOME=home, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
+    log_file = root / "spark-connect.log"
+    pid = _spawn(cmd, log_file, env)
+    deadline = time.time() + timeout_s
+    while not _accepts(port):
+        if not _alive(pid) or time.time() > deadline:
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except OSError:
+                pass
+            tail = log_file.read_text(encoding="utf-8", errors="replace")[-2000:]
+            raise RuntimeError(f"the Spark Connect server did not listen on port {port} in {timeout_s:.0f}s "
+                               f"({'exited' if not _alive(pid) else 'timed out'}); {log_file} ends:\n{tail}")
+        time.sleep(1)
+    info = {"url": f"sc://127.0.0.1:{port}", "pid": pid, "log": str(log_file)}
+    (root / "connect.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    log.info("Spark Connect server on %s (master %s, pid %d); log %s", info["url"], master, pid, log_file)
+    return info
+
+
 def status(state: str = DEFAULT_STATE) -> dict | None:
     """The state written by :func:`up` (None when no cluster is up), with each process's liveness."""
     f = Path(state).resolve() / "cluster.json"
@@ -187,6 +246,13 @@ def down(state: str = DEFAULT_STATE) -> None:
     root = Path(state).resolve()
     f = root / "cluster.json"
     info = json.loads(f.read_text(encoding="utf-8")) if f.exists() else {}
+    c = root / "connect.json"
+    if c.exists():
+        try:
+            os.killpg(json.loads(c.read_text(encoding="utf-8"))["pid"], signal.SIGTERM)
+        except OSError:
+            pass
+        c.unlink()
     for name, pid in (info.get("pids") or {}).items():
         try:
             os.killpg(pid, signal.SIGTERM)

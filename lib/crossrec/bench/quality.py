@@ -250,7 +250,7 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     raw = os.path.abspath(spec.raw_dir)
     if not os.path.isfile(os.path.join(raw, "dataset.json")):
-        raise BenchError(f"{raw} is not a raw data set: it has no dataset.json (see README, 'Raw input format')")
+        raise BenchError(f"{raw} is not a raw data set: it has no dataset.json (see docs/raw-format.md)")
     if spec.crossrec_model and not spec.reuse_lake:  # a fresh lake's versions start at 1 too: the check would not hold
         raise BenchError("--crossrec-model needs --reuse-lake and --lake-root: the lake that model was trained on")
     env = _env(spec, out)

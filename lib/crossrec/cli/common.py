@@ -30,6 +30,7 @@ def add_common_args(p: argparse.ArgumentParser, raw: bool = False, validates: bo
     g.add_argument("--run-date", dest="run_date", help="logical date YYYY-MM-DD of this run (default: today, UTC)")
     g.add_argument("--run-id", dest="run_id", help="id stamped on written rows (default <stage>-<run-date>)")
     g.add_argument("--spark-master", dest="spark_master", help="'local[*]' (default) or 'none' to take it from spark-submit")
+    g.add_argument("--spark-remote", dest="spark_remote", help="run on a Spark Connect server, e.g. sc://host:15002")
     g.add_argument("--pseudonym-key-file", dest="pseudonym_key_file", help="file with the secret for user-id pseudonymisation")
     if validates:
         g.add_argument("--no-validate", dest="validate", action="store_const", const=False,
@@ -78,7 +79,7 @@ def run_job(
 
         cfg = config_from_args(args)
         log.info("%s config: %s", stage, cfg.masked())
-        spark = build_spark(f"crossrec-{stage}", cfg.spark_master, cfg.spark_conf)
+        spark = build_spark(f"crossrec-{stage}", cfg.spark_master, cfg.spark_conf, remote=cfg.spark_remote)
         run(cfg, spark, args) if with_args else run(cfg, spark)
 
     return run_guarded(stage, body)

@@ -24,7 +24,7 @@
     crossrec bench scale --out DIR [--users 10000,100000]        every stage's wall time + peak memory vs users
     crossrec bench nightly --out DIR [--users 100000 --nights 10]   a platform replayed night by night -> nightly.json
     crossrec bench capacity --nightly DIR/nightly.json           capacity plan for 10M/100M users -> docs/capacity.md
-    crossrec cluster up|down|status                              Spark standalone (master + 2 workers) + Ray (2 nodes) on loopback
+    crossrec cluster up|connect|down|status                      Spark standalone (master + 2 workers) + Ray (2 nodes), or a Spark Connect server, on loopback
     crossrec --version                                           the installed crossrec's version
 
 Stage sub-commands are the ``main(argv)`` of the job files in ``jobs/`` (package ``crossrec_jobs``);
@@ -273,7 +273,7 @@ def _bench(argv: list[str]) -> int:
     q = sub.add_parser("quality", help="run the pipeline on a raw data set; train and evaluate crossrec and every baseline",
                        description=importlib.import_module("crossrec.bench.quality").__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("raw_dir", help="raw data set (dataset.json + files; README 'Raw input format')")
+    q.add_argument("raw_dir", help="raw data set (dataset.json + files; docs/raw-format.md)")
     q.add_argument("--out", required=True, help="output folder: quality.json, quality.md, logs/, models/, lake/")
     q.add_argument("--lake-root", help="lake to build (default <out>/lake; a fresh one is best)")
     q.add_argument("--reuse-lake", action="store_true", help="use the lake at --lake-root as it is (built earlier "
@@ -426,19 +426,24 @@ def _cluster(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="crossrec cluster", description=cluster.__doc__.split("\n\n")[0],
                                 epilog=cluster.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("action", choices=["up", "connect", "down", "status"])
     p.add_argument("--state", default=cluster.DEFAULT_STATE, help=f"folder for PIDs, logs and cluster.json (default {cluster.DEFAULT_STATE})")
     p.add_argument("--spark-workers", type=int, default=2, help="Spark standalone workers (default 2)")
     p.add_argument("--worker-cores", type=int, default=1, help="cores per Spark worker (default 1)")
     p.add_argument("--worker-memory", default="2g", help="memory per Spark worker (default 2g)")
+    p.add_argument("--connect-master", default="local[2]",
+                   help="connect: the Spark master the Connect server runs on (default local[2]; or `up`'s spark://...)")
     a = p.parse_args(argv)
     setup_logging()
     try:
         if a.action == "up":
             info = cluster.up(a.state, a.spark_workers, a.worker_cores, a.worker_memory)
             print(json.dumps({k: info[k] for k in ("spark_master", "spark_ui", "ray_address", "state_dir")}, indent=2))
-            print(f"spark-submit --master {info['spark_master']} --packages io.delta:delta-spark_4.2_2.13:4.4.0 jobs/<stage>.py --spark-master none ...")
+            print(f"spark-submit --master {info['spark_master']} --packages {cluster.delta_package()} jobs/<stage>.py --spark-master none ...")
             print(f"RAY_AUTH_MODE=disabled crossrec train --ray-address {info['ray_address']} ...")
+        elif a.action == "connect":
+            info = cluster.connect(a.state, a.connect_master)
+            print(f"crossrec prepare --spark-remote {info['url']} ...   (server log: {info['log']})")
         elif a.action == "down":
             cluster.down(a.state)
         else:

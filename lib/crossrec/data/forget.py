@@ -82,9 +82,7 @@ def bronze_people(spark, lake, key: bytes, pseudonyms: list[str]):
 def erase(spark, lake, key: bytes, pseudonyms: list[str]) -> list[Erased]:
     """Delete every row of ``pseudonyms`` from the lake's tables (``lake(table)`` gives a table's path); returns
     what each existing table lost. Re-publishes gold.recommendations' published run at the new version."""
-    from delta.tables import DeltaTable
-
-    from crossrec.io.delta import last_operation_metrics, latest_version, table_exists
+    from crossrec.io.delta import last_operation_metrics, latest_version, quote_path, run_sql_on, table_exists
     from crossrec.score.stage import publish, published
 
     locals_, globals_ = bronze_people(spark, lake, key, pseudonyms)
@@ -103,14 +101,14 @@ def erase(spark, lake, key: bytes, pseudonyms: list[str]) -> list[Erased]:
         if source is None:
             continue
         before = latest_version(path)
-        DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), on).whenMatchedDelete().execute()
+        run_sql_on(spark, source, f"MERGE INTO {quote_path(path)} t USING {{source}} s ON {on} WHEN MATCHED THEN DELETE")
         record(table, path, before)
     for table, exprs in PSEUDONYM_TABLES.items():
         path = lake(table)
         if not table_exists(spark, path):
             continue
         before = latest_version(path)
-        DeltaTable.forPath(spark, path).delete(" OR ".join(_in_list(e, pseudonyms) for e in exprs))
+        spark.sql(f"DELETE FROM {quote_path(path)} WHERE " + " OR ".join(_in_list(e, pseudonyms) for e in exprs))
         record(table, path, before)
         props = published(spark, path) if table == "gold.recommendations" and out[-1].rows_deleted else {}
         if props:  # readers read the published version: point them at the one without these users (same run)
@@ -136,9 +134,9 @@ def remaining(spark, lake, key: bytes, pseudonyms: list[str]) -> dict[str, int]:
 def vacuum(spark, path: str, retention_hours: float) -> None:
     """Remove the files no version newer than ``retention_hours`` needs (Delta refuses less than its configured
     minimum, 168 hours by default)."""
-    from delta.tables import DeltaTable
+    from crossrec.io.delta import quote_path
 
-    DeltaTable.forPath(spark, path).vacuum(retention_hours)
+    spark.sql(f"VACUUM {quote_path(path)} RETAIN {float(retention_hours)} HOURS")
 
 
 def _date(text: str):

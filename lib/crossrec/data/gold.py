@@ -31,7 +31,7 @@ from crossrec.io.config import CrossrecConfig
 from crossrec.io.delta import (latest_version, merge_table, read_changes, read_table, set_table_properties, table_exists,
                                table_properties, write_table)
 from crossrec.io.runs import Ledger, StageRun, stage_run
-from crossrec.io.spark import size_shuffles
+from crossrec.io.spark import default_parallelism, is_local, size_shuffles
 from crossrec.quality.contracts import load_contract
 from crossrec.quality.validate import Validator
 
@@ -332,10 +332,9 @@ def _embeddings(spark, cfg: CrossrecConfig, todo, n_todo: int) -> tuple[int, int
         encoded = spark.createDataFrame(pd.concat(frames, ignore_index=True), contract.spark_schema())
         version, _ = merge_table(spark, encoded, contract, path, ["domain", "item_id"])
         return version, n_todo
-    parts = max(1, min(spark.sparkContext.defaultParallelism, n_todo // 2000 + 1))
+    parts = max(1, min(default_parallelism(spark), n_todo // 2000 + 1))
     # on one machine the Python workers share its cores: cap torch's threads so they do not oversubscribe
-    local = spark.sparkContext.master.startswith("local")
-    threads = max(1, (os.cpu_count() or 1) // parts) if local else None
+    threads = max(1, (os.cpu_count() or 1) // parts) if is_local(spark) else None
     encoded = todo.repartition(parts).mapInPandas(partial(encode_batches, threads=threads), schema=contract.spark_schema())
     encoded = encoded.persist(StorageLevel.DISK_ONLY)  # a merge may read its source twice: encode once
     encoded.count()

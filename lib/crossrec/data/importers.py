@@ -1,4 +1,4 @@
-"""Importers: public research data sets -> crossrec's raw input format (README, "Raw input format").
+"""Importers: public research data sets -> crossrec's raw input format (docs/raw-format.md).
 
 Both write one folder per domain (``<domain>/interactions.csv``, ``<domain>/items.csv``), a ``dataset.json``
 and a ``manifest.json`` (row counts, what was skipped and why), and return the manifest.

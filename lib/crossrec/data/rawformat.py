@@ -1,4 +1,4 @@
-"""The raw input format: ``dataset.json`` and the file sets it names (README, "Raw input format").
+"""The raw input format: ``dataset.json`` and the file sets it names (docs/raw-format.md).
 
 :func:`load_dataset` parses and checks the mapping, and lists the files of every file set, with errors
 that name the file and the key. Reading the files is the ingest stage's work (``crossrec.data.ingest``).
@@ -261,7 +261,7 @@ def load_dataset(raw_dir: str | os.PathLike, *, outside_root: bool = False) -> D
     raw_dir = str(raw_dir)
     cfg_path = os.path.join(_local(raw_dir), "dataset.json")
     if not os.path.isfile(cfg_path):
-        raise RawFormatError(f"{cfg_path}: not found (a raw data set is a folder with a dataset.json; see README)")
+        raise RawFormatError(f"{cfg_path}: not found (a raw data set is a folder with a dataset.json; see docs/raw-format.md)")
     try:
         with open(cfg_path, encoding="utf-8") as fh:
             spec = json.load(fh, object_pairs_hook=_no_duplicate_keys)

@@ -18,7 +18,7 @@ The data carry a planted cross-domain signal that later stages can be tested aga
   ``rating`` with 1-5 stars (books, half stars for movies) or ``purchase`` (music: no weight column; further
   domains: a quantity).
 
-Layout (see README, "Raw input format"): each domain uses its own file format and raw column names.
+Layout (see docs/raw-format.md): each domain uses its own file format and raw column names.
 
 * 0 books, csv: ``reader, isbn, read_at, action, stars``; ``read_at`` iso8601 (``2021-03-04T05:06:07Z``).
 * 1 movies, jsonl: ``uid, movie_id, ts, event, rating``; ``ts`` epoch seconds.

@@ -43,7 +43,7 @@ def check_quarantine_share(counts: list[dict], max_share: float, table: str) -> 
                  for kind, name, g in over]
         raise QuarantineShareExceeded(
             f"{table}: more than {max_share:.0%} of the rows quarantined (config max_quarantine_share), nothing "
-            "written; see the reasons (README, 'Quarantine reasons') and fix the input or its dataset.json:\n  "
+            "written; see the reasons (docs/operations.md, 'What clean guarantees') and fix the input or its dataset.json:\n  "
             + "\n  ".join(lines))
 
 

@@ -52,10 +52,12 @@ class CrossrecConfig:
 
     Attributes:
         lake_root: root of the lakehouse; a local folder or any Hadoop URI (``s3a://``, ``abfss://``, ``hdfs://``).
-        raw_dir: folder holding ``dataset.json`` and the raw files (see README, "Raw input format").
+        raw_dir: folder holding ``dataset.json`` and the raw files (see docs/raw-format.md).
         run_date: the logical date of the run (ISO ``YYYY-MM-DD``); events after its end are "in the future".
         run_id: identifier stamped on rows written by this run; default derived from run_date by the job.
         spark_master: ``local[*]`` embedded; ``None`` leaves it to ``spark-submit --master``.
+        spark_remote: a Spark Connect server (``sc://host:port``) the Spark jobs run on instead; ``spark_master``
+            is then unused (the server's own master and jars hold).
         spark_conf: extra Spark settings (``key = value``), e.g. shuffle partitions on a cluster.
         pseudonym_key: secret for HMAC pseudonymisation of user ids (env ``CROSSREC_PSEUDONYM_KEY``).
         pseudonym_key_file: file holding that secret (env ``CROSSREC_PSEUDONYM_KEY_FILE``).
@@ -108,6 +110,7 @@ class CrossrecConfig:
     run_date: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).date().isoformat())
     run_id: str | None = None
     spark_master: str | None = "local[*]"
+    spark_remote: str | None = None
     spark_conf: Mapping[str, str] = field(default_factory=dict)
     pseudonym_key: str | None = None
     pseudonym_key_file: str | None = None

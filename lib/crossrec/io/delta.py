@@ -15,9 +15,33 @@ log = logging.getLogger(__name__)
 
 
 def table_exists(spark, path: str) -> bool:
-    from delta.tables import DeltaTable
+    """Whether a Delta table is at ``path`` (on Spark Connect, where ``delta.tables`` needs a server plugin, by
+    asking for its details)."""
+    from crossrec.io.spark import is_connect
 
-    return DeltaTable.isDeltaTable(spark, path)
+    if not is_connect(spark):
+        from delta.tables import DeltaTable
+
+        return DeltaTable.isDeltaTable(spark, path)
+    from pyspark.errors import AnalysisException
+
+    try:
+        return spark.sql(f"DESCRIBE DETAIL {quote_path(path)}").first()["format"] == "delta"
+    except AnalysisException:
+        return False
+
+
+def run_sql_on(spark, frame, sql: str) -> None:
+    """Run ``sql`` with ``{source}`` standing for ``frame`` (a temp view of a unique name, dropped after): SQL
+    statements (MERGE) over a DataFrame, the same on a classic session and on Spark Connect."""
+    import uuid
+
+    view = f"crossrec_source_{uuid.uuid4().hex}"
+    frame.createOrReplaceTempView(view)
+    try:
+        spark.sql(sql.format(source=view))
+    finally:
+        spark.catalog.dropTempView(view)
 
 
 def read_table(spark, path: str, version: int | None = None):
@@ -114,7 +138,6 @@ def merge_table(spark, df, contract: Contract, path: str, on: list[str], *, upda
     (``numTargetRowsInserted``, ``numTargetRowsUpdated``, ``numTargetRowsDeleted``, ``numSourceRows``; {} when it made
     no commit).
     """
-    from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
     contract.ensure_table(spark, path)
@@ -125,19 +148,14 @@ def merge_table(spark, df, contract: Contract, path: str, on: list[str], *, upda
         source = df.select(*[F.col(c.name).cast(spark_type(c.type)).alias(c.name) for c in contract.columns],
                            F.col(delete_flag).cast("boolean").alias("_delete"))
     cond = " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in on)
-    merge = DeltaTable.forPath(spark, path).alias("t").merge(source.alias("s"), cond)
-    values = {f"`{c}`": f"s.`{c}`" for c in contract.column_names}
-    if delete_flag:
-        merge = merge.whenMatchedDelete(condition="s._delete")
-        if update:
-            merge = merge.whenMatchedUpdate(set=values)
-        merge = merge.whenNotMatchedInsert(condition="NOT s._delete", values=values)
-    else:
-        if update:
-            merge = merge.whenMatchedUpdate(set=values)
-        merge = merge.whenNotMatchedInsert(values=values)
+    cols = [f"`{c}`" for c in contract.column_names]
+    clauses = ["WHEN MATCHED AND s._delete THEN DELETE"] if delete_flag else []
+    if update:
+        clauses.append("WHEN MATCHED THEN UPDATE SET " + ", ".join(f"{c} = s.{c}" for c in cols))
+    clauses.append(f"WHEN NOT MATCHED{' AND NOT s._delete' if delete_flag else ''} THEN INSERT ({', '.join(cols)}) "
+                   f"VALUES ({', '.join('s.' + c for c in cols)})")
     before = latest_version(path)
-    merge.execute()
+    run_sql_on(spark, source, f"MERGE INTO {quote_path(path)} t USING {{source}} s ON {cond} " + " ".join(clauses))
     version = latest_version(path)
     metrics = write_metrics(path, version, since=before)  # an empty source may commit nothing
     log.info("merged into %s -> %s v%d: %s", contract.table, path, version,

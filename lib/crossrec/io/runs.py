@@ -220,9 +220,7 @@ def rollback_unrecorded(spark, lake_uri: str, tables: list[str], ledger: Ledger)
     A table with no recorded version goes back to version 0 (the empty table its contract created). Returns the
     new versions of the tables restored (the caller records them).
     """
-    from delta.tables import DeltaTable
-
-    from crossrec.io.delta import commits, latest_version, table_exists
+    from crossrec.io.delta import commits, latest_version, quote_path, table_exists
 
     recorded = ledger.recorded_versions()
     restored = {}
@@ -236,7 +234,7 @@ def rollback_unrecorded(spark, lake_uri: str, tables: list[str], ledger: Ledger)
             continue
         log.warning("%s: commit(s) %s after the recorded version %d belong to a run that did not finish (killed, or "
                     "its validation failed): restoring version %d", t, changed, good, good)
-        DeltaTable.forPath(spark, path).restoreToVersion(good)
+        spark.sql(f"RESTORE TABLE {quote_path(path)} TO VERSION AS OF {int(good)}")
         restored[t] = latest_version(path)
     return restored
 

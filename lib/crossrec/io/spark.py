@@ -5,6 +5,9 @@ Embedded (``spark_master="local[*]"``): the Delta jars come through ``spark.jars
 On a cluster (``spark_master=None``, i.e. the master comes from ``spark-submit --master``): the jars are the
 cluster's own (``--packages io.delta:delta-spark_2.13:<version>`` or a platform that ships Delta); this
 factory only adds the Delta SQL extension and catalog.
+On Spark Connect (``spark_remote="sc://host:port"``): the server holds the jars and the Delta extension; this
+factory sets only runtime SQL settings. The jobs use DataFrame and SQL APIs only (no ``SparkContext``, no
+``delta.tables``), so any Connect server with Delta's SQL extension runs them; no Delta Connect plugin is needed.
 """
 from __future__ import annotations
 
@@ -38,10 +41,16 @@ LOCAL_CONF = {
 }
 
 
+# the settings a Connect client may set on its session (the rest are the server's)
+RUNTIME_CONF = ("spark.sql.shuffle.partitions", "spark.sql.adaptive.coalescePartitions.enabled",
+                "spark.sql.adaptive.enabled", "spark.sql.session.timeZone")
+
+
 def build_spark(
     app_name: str = "crossrec",
     master: str | None = "local[*]",
     conf: Mapping[str, str] | None = None,
+    remote: str | None = None,
 ):
     """Return a SparkSession with Delta Lake enabled.
 
@@ -50,9 +59,13 @@ def build_spark(
         master: ``local[*]`` (embedded: Delta jars from Maven) or ``None`` to keep the master and jars
             given by ``spark-submit`` on a cluster.
         conf: extra settings applied last (override the defaults above).
+        remote: a Spark Connect URL (``sc://host:port``); ``master`` is then ignored and only runtime SQL
+            settings are sent.
     """
     from pyspark.sql import SparkSession
 
+    if remote:
+        return _connect(app_name, remote, conf or {})
     builder = SparkSession.builder.appName(app_name)
     settings = dict(DELTA_CONF)
     if master is not None:
@@ -71,6 +84,45 @@ def build_spark(
     return spark
 
 
+def _connect(app_name: str, remote: str, conf: Mapping[str, str]):
+    from pyspark.sql import SparkSession
+
+    settings = {k: v for k, v in LOCAL_CONF.items() if k in RUNTIME_CONF}
+    settings.update(conf)
+    builder = SparkSession.builder.remote(remote).appName(app_name)
+    for k, v in settings.items():
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
+    log.info("spark %s via Spark Connect at %s", spark.version, remote)
+    return spark
+
+
+def is_connect(spark) -> bool:
+    """Whether ``spark`` is a Spark Connect session (no ``SparkContext`` on the client)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def default_parallelism(spark) -> int:
+    """The cluster's task slots: ``SparkContext.defaultParallelism``, or on Spark Connect (no context) the
+    server's ``spark.default.parallelism`` when it is readable, else 2."""
+    if not is_connect(spark):
+        return int(spark.sparkContext.defaultParallelism)
+    try:
+        return int(spark.conf.get("spark.default.parallelism"))
+    except Exception:  # not set on the server: Spark's own default is the cores, which a client cannot see
+        return 2
+
+
+def is_local(spark) -> bool:
+    """Whether the session runs Spark in one process (``local[...]``); a Connect server counts by its master."""
+    if not is_connect(spark):
+        return spark.sparkContext.master.startswith("local")
+    try:
+        return str(spark.conf.get("spark.master")).startswith("local")
+    except Exception:
+        return False
+
+
 SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
 CONFIGURED_SHUFFLES = "spark.crossrec.configuredShufflePartitions"  # the setting a run started with
 MIN_FILE_SIZE = "spark.databricks.delta.optimize.minFileSize"  # OPTIMIZE leaves files at least this big alone
@@ -87,10 +139,7 @@ def size_shuffles(spark, units: int, per_partition: int) -> int:
     """
     configured = int(spark.conf.get(CONFIGURED_SHUFFLES, spark.conf.get(SHUFFLE_PARTITIONS)))
     spark.conf.set(CONFIGURED_SHUFFLES, str(configured))  # a second call in the run sizes from the same ceiling
-    try:
-        floor = int(spark.sparkContext.defaultParallelism)
-    except Exception:  # Spark Connect has no SparkContext: the configured number stands
-        return configured
+    floor = default_parallelism(spark)
     n = max(1, min(configured, max(floor, -(-int(units) // per_partition))))
     spark.conf.set(SHUFFLE_PARTITIONS, str(n))
     log.info("shuffle partitions: %d for %s units (configured %d)", n, f"{int(units):,}", configured)

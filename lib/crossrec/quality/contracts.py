@@ -115,26 +115,52 @@ class Contract:
         TABLE ADD COLUMNS); a removed, retyped or reordered column is an error that names it. A changed
         ``stats_columns`` is set on the table (files written later follow it).
         """
-        from delta.tables import DeltaTable
+        from crossrec.io.delta import table_exists
+        from crossrec.io.spark import is_connect
 
-        if DeltaTable.isDeltaTable(spark, path):
+        if table_exists(spark, path):
             self._migrate(spark, path)
             return
+        props = {STATS_COLUMNS_PROPERTY: ",".join(self.stats_columns)} if self.stats_columns else {}
+        if self.change_data_feed:
+            props[CDF_PROPERTY] = "true"
+        if self.deletion_vectors:
+            props[DV_PROPERTY] = "true"
+        comment = " ".join(self.description.split())
+        if is_connect(spark):  # delta.tables needs a Delta Connect plugin on the server; SQL needs only the extension
+            _create_with_sql(self, spark, path, comment, props)
+            return
+        from delta.tables import DeltaTable
+
         builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(self.spark_schema())
-        if self.description:
-            builder = builder.comment(" ".join(self.description.split()))
+        if comment:
+            builder = builder.comment(comment)
         if self.partition_by:
             builder = builder.partitionedBy(*self.partition_by)
-        if self.stats_columns:
-            builder = builder.property(STATS_COLUMNS_PROPERTY, ",".join(self.stats_columns))
-        if self.change_data_feed:
-            builder = builder.property(CDF_PROPERTY, "true")
-        if self.deletion_vectors:
-            builder = builder.property(DV_PROPERTY, "true")
+        for k, v in props.items():
+            builder = builder.property(k, v)
         builder.execute()
 
     def _migrate(self, spark, path: str) -> None:
         _migrate_table(self, spark, path)
+
+
+def _create_with_sql(contract: Contract, spark, path: str, comment: str, props: dict[str, str]) -> None:
+    """CREATE TABLE IF NOT EXISTS at ``path`` in SQL. SQL cannot declare array elements NOT NULL, so such a table's
+    arrays admit nulls in the schema; the contract's checks still refuse them, and migration compares types without
+    nullability."""
+    from crossrec.io.delta import quote_path, sql_string
+
+    cols = ", ".join(f"`{f.name}` {f.dataType.simpleString()}{'' if f.nullable else ' NOT NULL'}"
+                     for f in contract.spark_schema().fields)
+    sql = f"CREATE TABLE IF NOT EXISTS {quote_path(path)} ({cols}) USING DELTA"
+    if contract.partition_by:
+        sql += " PARTITIONED BY (" + ", ".join(f"`{c}`" for c in contract.partition_by) + ")"
+    if comment:
+        sql += f" COMMENT {sql_string(comment)}"
+    if props:
+        sql += " TBLPROPERTIES (" + ", ".join(f"{sql_string(k)} = {sql_string(v)}" for k, v in props.items()) + ")"
+    spark.sql(sql)
 
 
 def _migrate_table(contract: Contract, spark, path: str) -> None:
@@ -150,7 +176,7 @@ def _migrate_table(contract: Contract, spark, path: str) -> None:
             "columns at the end can be added in place: migrate the table (or rebuild it) by hand"
         )
     for f_have, f_want in zip(have.fields, want.fields):
-        if f_have.dataType != f_want.dataType:
+        if f_have.dataType.simpleString() != f_want.dataType.simpleString():  # nullability aside (see _create_with_sql)
             raise ContractError(f"{contract.table} at {path}: column {f_have.name} is {f_have.dataType.simpleString()}, contract says {f_want.dataType.simpleString()}")
     new = want.fields[len(have_names):]
     if new:

@@ -23,6 +23,8 @@ from functools import partial
 
 import numpy as np
 
+from crossrec.io.spark import default_parallelism, is_connect, is_local
+
 log = logging.getLogger(__name__)
 
 PUBLISHED_PREFIX = "crossrec.published."
@@ -99,18 +101,17 @@ def _score_batches(batches, folder: str, k: int, pop: np.ndarray, run_date: dt.d
 
 def scoring_partitions(spark, n_users: int, users_per_partition: int = 5000) -> int:
     """Partitions (= tasks) of the scoring stage: about ``users_per_partition`` users each, at least one per core."""
-    return max(spark.sparkContext.defaultParallelism, math.ceil(n_users / users_per_partition))
+    return max(default_parallelism(spark), math.ceil(n_users / users_per_partition))
 
 
 def score_users(spark, histories, folder: str, k: int, pop: np.ndarray, run_date: dt.date, n_users: int,
                 schema, batch_users: int = 1024, users_per_partition: int = 5000):
     """Recommendation rows of every user in ``histories`` (lazy DataFrame with the contract's ``schema``)."""
-    parallelism = spark.sparkContext.defaultParallelism
+    parallelism = default_parallelism(spark)
     parts = scoring_partitions(spark, n_users, users_per_partition)
-    local = spark.sparkContext.master.startswith("local")
     import os
 
-    threads = max(1, (os.cpu_count() or 1) // parallelism) if local else None  # workers share one machine
+    threads = max(1, (os.cpu_count() or 1) // parallelism) if is_local(spark) else None  # workers share one machine
     body = partial(_score_batches, folder=folder, k=k, pop=pop, run_date=run_date, threads=threads,
                    batch_users=batch_users)
     log.info("scoring %d users in %d partitions (batches of %d users, k=%d)", n_users, parts, batch_users, k)
@@ -121,17 +122,22 @@ def score_users(spark, histories, folder: str, k: int, pop: np.ndarray, run_date
 
 class Progress:
     """Logs the progress of the Spark jobs of one job group while they run: tasks done, the users that
-    means, rate and ETA (polls the status tracker from a driver thread)."""
+    means, rate and ETA (polls the status tracker from a driver thread). On Spark Connect, which has no status
+    tracker on the client, the jobs carry the group as a tag (``spark.addTag``) and the log says only that they run."""
 
     def __init__(self, spark, group: str, total_users: int, every_s: float = 10.0, tasks: int | None = None):
         """``tasks``: the scoring stage's task count (:func:`scoring_partitions`), which tells it apart from
         the other stages of the group; None = the started stage with the most tasks."""
-        self.sc, self.group, self.total, self.every, self.tasks = spark.sparkContext, group, total_users, every_s, tasks
+        self.spark, self.group, self.total, self.every, self.tasks = spark, group, total_users, every_s, tasks
+        self.sc = None if is_connect(spark) else spark.sparkContext
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"progress-{group}")
 
     def __enter__(self) -> "Progress":
-        self.sc.setJobGroup(self.group, f"crossrec {self.group}")
+        if self.sc is None:
+            self.spark.addTag(self.group)
+        else:
+            self.sc.setJobGroup(self.group, f"crossrec {self.group}")
         self.t0 = time.time()
         self._thread.start()
         return self
@@ -139,12 +145,17 @@ class Progress:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self.sc.setLocalProperty("spark.jobGroup.id", None)
+        if self.sc is None:
+            self.spark.removeTag(self.group)
+        else:
+            self.sc.setLocalProperty("spark.jobGroup.id", None)
 
     def fraction(self) -> float | None:
-        """Completed share of the scoring stage, or None before it starts. Stages that have not started are
-        ignored: a stage skipped because its shuffle output is reused (the histories are cached) never runs
-        a task, and counting it kept the share at 0 for the whole run."""
+        """Completed share of the scoring stage, or None before it starts (and always on Spark Connect). Stages
+        that have not started are ignored: a stage skipped because its shuffle output is reused (the histories are
+        cached) never runs a task, and counting it kept the share at 0 for the whole run."""
+        if self.sc is None:
+            return None
         st = self.sc.statusTracker()
         best = None  # (numTasks, stageId, completed)
         for job in st.getJobIdsForGroup(self.group):
@@ -163,7 +174,7 @@ class Progress:
         while not self._stop.wait(self.every):
             f = self.fraction()
             if f is None or f == 0:
-                log.info("%s: starting (%d users)", self.group, self.total)
+                log.info("%s: running, %.0f s (%d users)", self.group, time.time() - self.t0, self.total)
                 continue
             el = time.time() - self.t0
             done = int(f * self.total)
