@@ -1,6 +1,6 @@
-"""Every ``crossrec`` command line that README.md and ``crossrec --help`` show is one the command accepts.
+"""Every ``crossrec`` command line that README.md, docs/*.md and ``crossrec --help`` show is one the command accepts.
 
-The lines are taken from the README's code blocks, its inline code that carries arguments, and the command list
+The lines are taken from the documents' code blocks, its inline code that carries arguments, and the command list
 of ``crossrec --help``; their placeholders (``OUT``, ``N``, ``[--flag value]``, ``a|b``) are filled in as a reader
 would. Each line goes through ``crossrec.cli.main.main`` with argparse stopped right after it parsed, so nothing
 runs: a flag the command does not have, a missing argument or a value of the wrong type fails here.
@@ -16,7 +16,9 @@ import pytest
 
 from crossrec.cli import main as cli
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+# docs/benchmarks.md is a dated log: its command lines are as they were run that day
+DOCS = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "benchmarks.md")]
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]*(\.\.\.)?$")  # OUT, SRC, N, USER..., a value to fill in
 VALUES = {"N": "2", "D": "2", "K": "10", "R": "0.1", "S": "1"}  # numeric placeholders
 
@@ -26,7 +28,7 @@ class _Parsed(Exception):
 
 
 def _readme_lines() -> list[str]:
-    text = README.read_text(encoding="utf-8")
+    text = "\n".join(p.read_text(encoding="utf-8") for p in DOCS)
     lines = []
     for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S):
         lines += [ln for ln in block.splitlines() if ln.strip().startswith("crossrec ")]
@@ -71,7 +73,7 @@ LINES = sorted({*_readme_lines(), *_help_lines()})
 
 
 def test_the_docs_show_command_lines():
-    assert len(_readme_lines()) >= 20 and len(_help_lines()) >= 20, "README or --help lost its command lines"
+    assert len(_readme_lines()) >= 20 and len(_help_lines()) >= 20, "the docs or --help lost their command lines"
 
 
 @pytest.mark.parametrize("line", [ln for ln in LINES if not {"--help", "--version"} & set(ln.split()) and "<" not in ln])
