@@ -32,7 +32,7 @@ import time
 
 import pandas as pd
 
-from crossrec.cli.common import add_common_args, config_from_args, run_guarded, setup_logging
+from crossrec.cli.common import add_common_args, config_from_args, run_guarded, setup_logging, spark_conf
 from crossrec.io.config import CrossrecConfig
 from crossrec.io.registry import ModelNotFound, artifact_folder
 
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         log.info("evaluate config: %s", cfg.masked())
         baselines = [b for b in args.baselines.split(",") if b]
-        spark = build_spark("crossrec-evaluate", cfg.spark_master, cfg.spark_conf, remote=cfg.spark_remote)
+        spark = build_spark("crossrec-evaluate", cfg.spark_master, spark_conf(cfg), remote=cfg.spark_remote)
         models = parse_models(args.model, args.model_version, args.model_alone)
         from crossrec.evaluate.protocol import format_paired
 

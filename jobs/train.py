@@ -22,8 +22,10 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from crossrec.cli.common import add_common_args, config_from_args, run_guarded, setup_logging
+from crossrec.io.lakefs import local_copy
 from crossrec.io.registry import MODEL_NAME
 
 log = logging.getLogger("crossrec.jobs.train")
@@ -147,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
         registered = None
         with stage_run(None, cfg, STAGE, []) as stage:  # no tables written: the run and its inputs are recorded
             folder = train(tcfg)
-            m = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+            m = json.loads((Path(local_copy(folder)) / "metrics.json").read_text(encoding="utf-8"))
             stage.reads = {k: int(v) for k, v in (m.get("data_versions") or {}).items()}
-            stage.details.update(artifact=folder.name, valid_ndcg=m["valid"][METRIC])
+            stage.details.update(artifact=str(folder).rsplit("/", 1)[-1], valid_ndcg=m["valid"][METRIC])
             if args.register:
                 registered = register_and_promote(cfg, folder, m, args.force_promote)
                 stage.details.update(registered_version=registered[0].number, champion=registered[1].promoted)

@@ -138,8 +138,9 @@ def _accepts(port: int) -> bool:
 
 def connect(state: str = DEFAULT_STATE, master: str = "local[2]", timeout_s: float = 300.0,
             conf: dict[str, str] | None = None) -> dict:
-    """Start a Spark Connect server with Delta on loopback (``master``: its Spark master); wait until it accepts
-    connections; return (and write to ``<state>/connect.json``) ``{"url", "pid", "log"}``."""
+    """Start a Spark Connect server with Delta on loopback (``master``: its Spark master; ``conf``: more settings,
+    whose ``spark.jars.packages`` join Delta's, e.g. :func:`crossrec.io.spark.with_object_store` for an ``s3a://``
+    lake); wait until it accepts connections; return (and write to ``<state>/connect.json``) ``{"url", "pid", "log"}``."""
     root = Path(state).resolve()
     if (root / "connect.json").exists():
         raise RuntimeError(f"a Connect server is already up ({root / 'connect.json'}): `crossrec cluster down --state {state}` first")
@@ -151,8 +152,9 @@ def connect(state: str = DEFAULT_STATE, master: str = "local[2]", timeout_s: flo
                 "spark.connect.grpc.binding.address": "127.0.0.1", "spark.connect.grpc.binding.port": str(port),
                 "spark.ui.enabled": "false", "spark.sql.session.timeZone": "UTC",
                 "spark.driver.extraJavaOptions": "-Duser.timezone=UTC", **(conf or {})}
+    packages = ",".join(p for p in (delta_package(), settings.pop("spark.jars.packages", "")) if p)
     cmd = [os.path.join(home, "bin", "spark-submit"), "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
-           "--master", master, "--packages", delta_package()]
+           "--master", master, "--packages", packages]
     for k, v in settings.items():
         cmd += ["--conf", f"{k}={v}"]
     env = dict(os.environ, SPARK_HOME=home, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)

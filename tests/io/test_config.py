@@ -34,6 +34,7 @@ def test_defaults_of_the_dataclass():
         "run_date": RUN_DATE,
         "run_id": None,
         "spark_master": "local[*]",
+        "spark_remote": None,
         "spark_conf": {},
         "pseudonym_key": None,
         "pseudonym_key_file": None,

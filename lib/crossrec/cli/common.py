@@ -79,10 +79,20 @@ def run_job(
 
         cfg = config_from_args(args)
         log.info("%s config: %s", stage, cfg.masked())
-        spark = build_spark(f"crossrec-{stage}", cfg.spark_master, cfg.spark_conf, remote=cfg.spark_remote)
+        spark = build_spark(f"crossrec-{stage}", cfg.spark_master, spark_conf(cfg), remote=cfg.spark_remote)
         run(cfg, spark, args) if with_args else run(cfg, spark)
 
     return run_guarded(stage, body)
+
+
+def spark_conf(cfg: CrossrecConfig) -> dict[str, str]:
+    """The config's ``spark_conf`` plus what the lake's and raw data's object stores need
+    (:func:`crossrec.io.spark.with_object_store`); on Spark Connect the server holds those settings."""
+    from crossrec.io.spark import with_object_store
+
+    if cfg.spark_remote:
+        return dict(cfg.spark_conf)
+    return with_object_store(cfg.spark_conf, [cfg.lake_uri, cfg.raw_dir], cfg.spark_master is not None)
 
 
 def run_guarded(stage: str, fn: Callable[[], object]) -> int:

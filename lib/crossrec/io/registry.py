@@ -9,7 +9,8 @@ evaluate and score use.
 
 Embedded default: a SQLite registry in ``<lake>/_mlflow/mlflow.db`` with run artifacts under ``<lake>/_mlflow``;
 on a cluster ``mlflow_tracking_uri`` names the tracking server (config key, or ``CROSSREC_MLFLOW_TRACKING_URI``).
-A version's files stay where train wrote them (the registry records their location, it does not copy them).
+A version's files stay where train wrote them (the registry records their location, it does not copy them): a
+local folder, or on a remote lake its URI (``s3://`` for ``s3a://``, what MLflow's boto3 client reads).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from crossrec.io.config import ConfigError
+from crossrec.io.lakefs import delete_folder, exists, is_remote, join, s3_uri
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,8 @@ class Registry:
         exp = self.client.get_experiment_by_name(EXPERIMENT)
         if exp is not None:
             return exp.experiment_id
-        location = None if "://" in self.lake_uri else Path(self.lake_uri, "_mlflow", "artifacts").resolve().as_uri()
+        location = (s3_uri(join(self.lake_uri, "_mlflow", "artifacts")) if is_remote(self.lake_uri)
+                    else Path(self.lake_uri, "_mlflow", "artifacts").resolve().as_uri())
         return self.client.create_experiment(EXPERIMENT, artifact_location=location)
 
     def register(self, folder: str | Path, params: Mapping[str, Any], epochs: list[Mapping[str, Any]],
@@ -98,13 +101,18 @@ class Registry:
 
         from crossrec.model.pyfunc import write_mlmodel
 
-        folder = Path(folder).resolve()
-        model_version = folder.name
+        if is_remote(folder):  # train wrote its MLmodel before copying it up
+            folder = s3_uri(str(folder).rstrip("/"))
+            if not exists(join(folder, "MLmodel")):
+                raise ModelNotFound(f"{folder} has no MLmodel file: not an artifact `crossrec train` wrote")
+        else:
+            folder = Path(folder).resolve()
+            write_mlmodel(folder)
+        model_version = str(folder).rsplit("/", 1)[-1]
         for v in self.versions():
             if v.folder == str(folder):
                 log.info("registry: %s is %s version %d already", folder, self.name, v.number)
                 return v
-        write_mlmodel(folder)
         run = self.client.create_run(self._experiment_id(), run_name=model_version,
                                      tags={VERSION_TAG: model_version, **(tags or {})})
         rid, now = run.info.run_id, int(time.time() * 1000)
@@ -142,15 +150,13 @@ class Registry:
             self.client.log_batch(run_id, metrics=ms[i : i + 1000])
 
     def delete(self, number: int) -> None:
-        """Remove version ``number`` from the registry (not the champion) and its artifact folder when local."""
-        import shutil
-
+        """Remove version ``number`` from the registry (not the champion) and its artifact folder."""
         mv = self.version(number)
         if mv.is_champion:
             raise ValueError(f"{self.name} version {number} holds @{CHAMPION}; it is not deleted")
         self.client.delete_model_version(self.name, str(number))
-        if "://" not in mv.folder and os.path.isfile(os.path.join(mv.folder, ARTIFACT_MARKER)):
-            shutil.rmtree(mv.folder)
+        if exists(join(mv.folder, ARTIFACT_MARKER)):
+            delete_folder(mv.folder)
 
     # ------------------------------------------------------------------------------------------- reading
     def versions(self) -> list[ModelVersion]:
@@ -244,16 +250,16 @@ def artifact_folder(lake_uri: str, ref: str | None, uri: str | None = None) -> s
     Raises:
         ModelNotFound: no such version or alias, or no champion yet.
     """
-    if ref is not None and os.path.isfile(os.path.join(ref, ARTIFACT_MARKER)):
-        return ref
     if ref is not None and "/" in ref and not ref.startswith("models:/"):
+        if exists(join(ref, ARTIFACT_MARKER)):
+            return ref
         raise ModelNotFound(f"{ref} is not a model artifact folder (no {ARTIFACT_MARKER})")
-    if ref is not None and "://" not in lake_uri and _ARTIFACT_VERSION.fullmatch(ref) and not ref.isdigit():
-        folder = os.path.join(lake_uri, "models", ref)  # where crossrec train writes it, registered or not
-        if os.path.isfile(os.path.join(folder, ARTIFACT_MARKER)):
+    if ref is not None and _ARTIFACT_VERSION.fullmatch(ref) and not ref.isdigit():
+        folder = join(lake_uri, "models", ref)  # where crossrec train writes it, registered or not
+        if exists(join(folder, ARTIFACT_MARKER)):
             return folder
     mv = Registry(lake_uri, uri).resolve(ref)
-    if not os.path.isfile(os.path.join(mv.folder, ARTIFACT_MARKER)):
+    if not exists(join(mv.folder, ARTIFACT_MARKER)):
         raise ModelNotFound(f"registered version {mv.number} points at {mv.folder}, which holds no model artifact")
     return mv.folder
 

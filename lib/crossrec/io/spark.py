@@ -1,7 +1,8 @@
 """The one place that builds Spark sessions.
 
 Embedded (``spark_master="local[*]"``): the Delta jars come through ``spark.jars.packages`` via
-``configure_spark_with_delta_pip`` (resolved from Maven Central into ``~/.ivy2`` on first use).
+``configure_spark_with_delta_pip`` (resolved from Maven Central into ``~/.ivy2`` on first use), with any
+``spark.jars.packages`` of the config added (e.g. ``org.apache.hadoop:hadoop-aws`` for an ``s3a://`` lake).
 On a cluster (``spark_master=None``, i.e. the master comes from ``spark-submit --master``): the jars are the
 cluster's own (``--packages io.delta:delta-spark_2.13:<version>`` or a platform that ships Delta); this
 factory only adds the Delta SQL extension and catalog.
@@ -71,17 +72,54 @@ def build_spark(
     if master is not None:
         settings.update(LOCAL_CONF)
     settings.update(conf or {})
+    packages = [p for p in settings.pop("spark.jars.packages", "").split(",") if p.strip()] if master is not None else []
     for k, v in settings.items():
         builder = builder.config(k, v)
     if master is not None:
         from delta import configure_spark_with_delta_pip
 
-        builder = configure_spark_with_delta_pip(builder.master(master))
+        builder = configure_spark_with_delta_pip(builder.master(master), extra_packages=packages)
     os.environ.setdefault("PYSPARK_PYTHON", _python())
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     log.info("spark %s master=%s", spark.version, spark.sparkContext.master)
     return spark
+
+
+def with_object_store(conf: Mapping[str, str], uris: list[str | None], embedded: bool) -> dict[str, str]:
+    """``conf`` plus what Spark needs for the object stores ``uris`` name: for ``s3a://``, Hadoop's S3A connector
+    (``hadoop-aws`` of the installed Hadoop, added to ``spark.jars.packages`` on an embedded session) and, when
+    ``AWS_ENDPOINT_URL`` names an S3-compatible store, its endpoint with path-style access (the variable the other
+    clients read, see :mod:`crossrec.io.lakefs`). Settings already in ``conf`` win."""
+    out = dict(conf)
+    if not any(str(u or "").startswith("s3a://") for u in uris):
+        return out
+    if embedded:
+        aws = f"org.apache.hadoop:hadoop-aws:{hadoop_version()}"
+        have = out.get("spark.jars.packages", "")
+        if "hadoop-aws" not in have:
+            out["spark.jars.packages"] = ",".join(p for p in (have, aws) if p)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if endpoint:
+        out.setdefault("spark.hadoop.fs.s3a.endpoint", endpoint)
+        out.setdefault("spark.hadoop.fs.s3a.path.style.access", "true")
+        out.setdefault("spark.hadoop.fs.s3a.connection.ssl.enabled", str(endpoint.startswith("https://")).lower())
+    if region:
+        out.setdefault("spark.hadoop.fs.s3a.endpoint.region", region)
+    return out
+
+
+def hadoop_version() -> str:
+    """The Hadoop version of the installed pyspark's jars (what ``hadoop-aws`` must match)."""
+    import glob
+
+    import pyspark
+
+    jars = glob.glob(os.path.join(os.path.dirname(pyspark.__file__), "jars", "hadoop-client-api-*.jar"))
+    if not jars:
+        raise RuntimeError("no hadoop-client-api jar in the installed pyspark: cannot pick hadoop-aws's version")
+    return os.path.basename(jars[0]).removeprefix("hadoop-client-api-").removesuffix(".jar")
 
 
 def _connect(app_name: str, remote: str, conf: Mapping[str, str]):

@@ -87,7 +87,9 @@ def load_model(folder: str | Path, *, device: str | torch.device = "cpu",
     """Rebuild the model written by :func:`save_model`; returned on ``device`` in eval mode."""
     from safetensors.torch import load_file
 
-    folder = Path(folder)
+    from crossrec.io.lakefs import local_copy
+
+    folder = Path(local_copy(folder))
     meta = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     assert meta.get("model") == "CrossDomainTransformer", f"{folder / CONFIG_FILE} is not a CrossDomainTransformer config"
     config = ModelConfig.from_dict(meta["config"])
@@ -143,9 +145,11 @@ def load_artifact(folder: str | Path, device: str | torch.device = "cpu", with_t
     """Read an artifact folder; its score terms too unless ``with_terms=False`` (the Transformer alone)."""
     import pandas as pd
 
+    from crossrec.io.lakefs import local_copy
     from crossrec.rerank.base import TERMS_FILE, Catalog, TermSet
 
-    folder = Path(folder)
+    version = str(folder).rstrip("/").rsplit("/", 1)[-1]  # the folder's own name, not its local copy's
+    folder = Path(local_copy(folder))
     model = load_model(folder, device=device)
     terms = TermSet.load(folder, Catalog.from_model(model)) if with_terms and (folder / TERMS_FILE).is_file() else None
     index = pd.read_parquet(folder / ITEM_INDEX_FILE).sort_values("item_idx").reset_index(drop=True)
@@ -154,7 +158,7 @@ def load_artifact(folder: str | Path, device: str | torch.device = "cpu", with_t
         f"{folder / ITEM_INDEX_FILE} does not match the model's {n} items")
     metrics_file = folder / METRICS_FILE
     metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
-    return Artifact(model, terms, index, metrics, folder, folder.name)
+    return Artifact(model, terms, index, metrics, folder, version)
 
 
 __all__ = ["save_model", "load_model", "save_artifact", "load_artifact", "Artifact", "WEIGHTS_FILE", "CONFIG_FILE",

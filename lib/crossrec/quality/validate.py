@@ -241,8 +241,9 @@ DOCS_SITE = "crossrec"
 
 class Validator:
     """Runs contract-derived GE checkpoints in one ephemeral GE context (one per job), and keeps the job's Great
-    Expectations Data Docs in ``<reports_root>/<run_id>/docs/index.html`` (local report roots; on object storage the
-    results are logged only)."""
+    Expectations Data Docs in ``<reports_root>/<run_id>/docs/index.html`` and each check's JSON report beside them. On
+    a remote report root (object storage) both are built in a local folder and copied up after each check
+    (:mod:`crossrec.io.lakefs`)."""
 
     def __init__(self, reports_root: str, run_id: str):
         import great_expectations as gx
@@ -264,16 +265,16 @@ class Validator:
         self.run_id = run_id
         self._n = 0
         self.docs_url: str | None = None  # the Data Docs index once a check has run
-        self.docs_dir = None if self._local_root() is None else os.path.join(self._local_root(), run_id, "docs")
-        if self.docs_dir is not None:
-            self.context.add_data_docs_site(site_name=DOCS_SITE, site_config={
-                "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": self.docs_dir}})
+        from crossrec.io.lakefs import is_remote, local_path
 
-    def _local_root(self) -> str | None:
-        if "://" in self.reports_root and not self.reports_root.startswith("file://"):
-            return None
-        return self.reports_root.removeprefix("file://")
+        self.remote = is_remote(reports_root)
+        import tempfile
+
+        self.local_root = tempfile.mkdtemp(prefix="crossrec-reports-") if self.remote else local_path(reports_root)
+        self.docs_dir = os.path.join(self.local_root, run_id, "docs")
+        self.context.add_data_docs_site(site_name=DOCS_SITE, site_config={
+            "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": self.docs_dir}})
 
     def check(
         self,
@@ -330,6 +331,13 @@ class Validator:
         )
         report.docs_url = self.docs_url = self._build_docs()
         report.report_path = self._write(report)
+        if self.remote:  # the run's folder, docs and reports, to the lake's store
+            from crossrec.io.lakefs import join, upload
+
+            remote = join(self.reports_root, self.run_id)
+            upload(os.path.join(self.local_root, self.run_id), remote)
+            report.docs_url = self.docs_url = join(remote, "docs", "index.html")
+            report.report_path = join(remote, f"{report.table}.json")
         docs = f"; Data Docs {report.docs_url}" if report.docs_url else ""
         if report.success:
             log.info("validated %s v%s: %d expectations passed (%.1fs)%s", contract.table, version, len(results),
@@ -342,16 +350,11 @@ class Validator:
 
     def _build_docs(self) -> str | None:
         """(Re)build the job's Data Docs site from every suite and result of this context; its index URL."""
-        if self.docs_dir is None:
-            return None
         return self.context.build_data_docs(site_names=[DOCS_SITE])[DOCS_SITE]
 
-    def _write(self, report: ValidationReport) -> str | None:
-        """Write the report as JSON under ``<reports_root>/<run_id>/``; local lakes only (else log only)."""
-        root = self._local_root()
-        if root is None:
-            return None
-        folder = os.path.join(root, self.run_id)
+    def _write(self, report: ValidationReport) -> str:
+        """Write the report as JSON under ``<reports_root>/<run_id>/`` (the local folder of a remote root)."""
+        folder = os.path.join(self.local_root, self.run_id)
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{report.table}.json")
         with open(path, "w", encoding="utf-8") as fh:

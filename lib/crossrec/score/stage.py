@@ -36,7 +36,9 @@ def catalog_frame(spark, folder: str):
     """The artifact's item_index.parquet as a Spark DataFrame (domain, item_id, item_idx)."""
     import pandas as pd
 
-    pdf = pd.read_parquet(f"{folder}/item_index.parquet", columns=["domain", "item_id", "item_idx"])
+    from crossrec.io.lakefs import local_copy
+
+    pdf = pd.read_parquet(f"{local_copy(folder)}/item_index.parquet", columns=["domain", "item_id", "item_idx"])
     return spark.createDataFrame(pdf, "domain string, item_id string, item_idx long")
 
 

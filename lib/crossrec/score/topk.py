@@ -154,7 +154,7 @@ class Scorer:
 def get_scorer(folder: str, k: int, popularity: np.ndarray | None = None, threads: int | None = None) -> Scorer:
     """The process-wide :class:`Scorer` for (folder, k): built on first use, then reused by every batch and
     task this Python worker runs (Spark reuses Python workers), so the model loads once per executor process."""
-    key = (os.path.abspath(folder), k)
+    key = (folder if "://" in str(folder) else os.path.abspath(folder), k)
     with _LOCK:
         if key not in _SCORERS:
             _SCORERS.clear()  # a new artifact replaces the old one

@@ -1089,9 +1089,13 @@ def _ray_fit(cfg: TrainConfig, name: str, train_rows, valid_rows, loop_config: d
                 "valid": ray.data.from_arrow(valid_rows, override_num_blocks=max(1, valid_rows.num_rows // 4096))}
     scaling = ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
                                       resources_per_worker=None if use_gpu else {"CPU": cfg.cpus_per_worker})
+    from crossrec.io.lakefs import filesystem, is_remote
+
+    storage_fs, storage_path = filesystem(cfg.storage_root) if is_remote(cfg.storage_root) else (None, cfg.storage_root)
     run = ray.train.RunConfig(
         name=name,
-        storage_path=cfg.storage_root,
+        storage_path=storage_path,
+        storage_filesystem=storage_fs,  # an object store's, with the endpoint and region of the AWS variables
         failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=METRIC,
                                                      checkpoint_score_order="max"),
@@ -1112,8 +1116,9 @@ def _final_state(result) -> dict:
         return json.loads((Path(latest_dir) / STATE_FILE).read_text(encoding="utf-8"))
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train on the gold tables with Ray Train and write the model artifact; return its folder."""
+def train(cfg: TrainConfig) -> Path | str:
+    """Train on the gold tables with Ray Train and write the model artifact; return its folder (a local ``Path``, or
+    the URI of the folder on a remote lake)."""
     import ray
     import ray.data
 
@@ -1223,13 +1228,22 @@ def train(cfg: TrainConfig) -> Path:
         valid = load_eval_data(cfg.lake_root, dict(versions), split="valid", users=data.sampled_users)
         return fit_terms(model, valid, cfg.terms, seed=cfg.seed, input_domains=cfg.input_domains)
 
+    from crossrec.io.lakefs import is_remote, join, upload
+
+    staging = tempfile.mkdtemp(prefix="crossrec-artifact-") if is_remote(cfg.models_root) else cfg.models_root
     with best_ckpt.as_directory() as best_dir:
         if refit is None:
-            folder = write_artifact(cfg.models_root, version, best_dir, data, summary, fit if cfg.terms else None)
+            folder = write_artifact(staging, version, best_dir, data, summary, fit if cfg.terms else None)
         else:
             with refit.checkpoint.as_directory() as refit_dir:
-                folder = write_artifact(cfg.models_root, version, refit_dir, data, summary, fit if cfg.terms else None,
+                folder = write_artifact(staging, version, refit_dir, data, summary, fit if cfg.terms else None,
                                         select_dir=best_dir)
+    if is_remote(cfg.models_root):  # written whole here, then copied to the lake's store
+        from crossrec.model.pyfunc import write_mlmodel
+
+        write_mlmodel(folder)
+        folder = upload(folder, join(cfg.models_root, version))
+        shutil.rmtree(staging, ignore_errors=True)
     log.info("model artifact %s: %s %.4f at epoch %d of %d%s, %.0f samples/s, %.1fs",
              folder, METRIC, summary["valid"][METRIC], summary["best_epoch"], summary["epochs_run"],
              "" if refit is None else f", refitted on the valid targets too ({summary['refit']['epochs']} epochs)",
