@@ -101,3 +101,21 @@ def write_artifact(lake: Path, version: str = "20250101-test0001", seed: int = 0
     registry = Registry(str(lake))
     registry.set_champion(registry.register(folder, {"seed": seed}, [], {}).number)
     return folder
+
+
+def moto_s3(bucket: str):
+    """moto's S3 server on a free loopback port with ``bucket`` created: ``(server, AWS variables for it)``; the
+    caller sets the variables and stops the server."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from crossrec.cluster import _free_port
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="test",
+                 aws_secret_access_key="test").create_bucket(Bucket=bucket)
+    return server, env

@@ -6,22 +6,14 @@ import pytest
 
 from crossrec.io import lakefs
 from crossrec.io.spark import hadoop_version, with_object_store
+from support import moto_s3
 
 
 @pytest.fixture()
 def s3(monkeypatch, tmp_path):
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    from crossrec.cluster import _free_port
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for k, v in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-                 "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1", "CROSSREC_CACHE_DIR": str(tmp_path / "cache")}.items():
+    server, env = moto_s3("bkt")
+    for k, v in {**env, "CROSSREC_CACHE_DIR": str(tmp_path / "cache")}.items():
         monkeypatch.setenv(k, v)
-    boto3.client("s3").create_bucket(Bucket="bkt")
     yield "s3a://bkt"
     server.stop()
 

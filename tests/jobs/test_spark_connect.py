@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from support import SCORE_DAY, SCORE_K
+from support import SCORE_DAY, SCORE_K, moto_s3
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.ray]
 
@@ -26,22 +26,12 @@ BUCKET = "crossrec-test"
 
 @pytest.fixture(scope="module")
 def s3_env(tmp_path_factory):
-    """moto's S3 server on a free loopback port with one bucket; the AWS variables every client reads."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    from crossrec.cluster import _free_port
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true",
-           "CROSSREC_CACHE_DIR": str(tmp_path_factory.mktemp("artifact-cache")),
-           "CROSSREC_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"}
+    """moto's S3 server with the test's bucket; the AWS variables every client reads, set for the module."""
+    server, env = moto_s3(BUCKET)
+    env.update({"CROSSREC_CACHE_DIR": str(tmp_path_factory.mktemp("artifact-cache")),
+                "CROSSREC_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"})
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the readers this test calls in-process, and the servers it starts, read them too
-    boto3.client("s3").create_bucket(Bucket=BUCKET)
     yield env
     for k, v in saved.items():
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
