@@ -37,6 +37,7 @@ import datetime as dt
 import importlib
 import json
 import logging
+import os
 import sys
 
 from crossrec.cli.common import EXIT_BAD_INPUT, setup_logging
@@ -511,5 +512,23 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
 
+# Commands that only read Delta through deltalake. Reading some tables leaves native threads (deltalake's runtime and
+# pyarrow's pools) that abort the interpreter at exit ("terminate called without an active exception", SIGABRT)
+# after the command has done its work; the console script leaves these commands with os._exit once their output is
+# flushed. The Spark and Ray commands exit normally: their atexit handlers stop the session and the workers.
+READER_COMMANDS = ("recs", "query", "tables")
+
+
+def console() -> None:
+    """The ``crossrec`` console script: :func:`main`, then exit with its code."""
+    rc = main()
+    if len(sys.argv) > 1 and sys.argv[1] in READER_COMMANDS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(rc)
+    sys.exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -19,6 +19,7 @@ events the written rows hold (read back from the table) must equal the events ou
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -74,9 +75,13 @@ def cohort_users(spark, cfg: CrossrecConfig):
     name = dataset.extras.get("user_cohorts")
     if not name:
         return None
-    path = os.path.join(dataset.root, name)
-    with open(path, encoding="utf-8") as fh:
-        ids = [r["user_id"] for r in csv.DictReader(fh) if r.get("cohort") == cfg.cold_start_cohort]
+    from crossrec.io.lakefs import filesystem, join
+
+    path = join(dataset.root, name)
+    fs, inner = filesystem(path)  # the raw folder may be on an object store
+    with fs.open_input_stream(inner) as fh:
+        rows = csv.DictReader(io.StringIO(fh.read().decode("utf-8")))
+        ids = [r["user_id"] for r in rows if r.get("cohort") == cfg.cold_start_cohort]
     if not ids:
         raise RawFormatError(f"{path}: no user of cohort {cfg.cold_start_cohort!r}")
     log.info("cold-start sample: %d users of cohort %r (%s)", len(ids), cfg.cold_start_cohort, path)
