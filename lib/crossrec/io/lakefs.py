@@ -52,6 +52,16 @@ def s3_uri(uri: str) -> str:
     return uri
 
 
+def s3_endpoint() -> str | None:
+    """The S3-compatible store's endpoint the AWS variables name (``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def aws_region() -> str | None:
+    """``AWS_REGION``, else ``AWS_DEFAULT_REGION``."""
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+
+
 def filesystem(uri: str):
     """``(pyarrow filesystem, path inside it)`` for ``uri``. S3 takes its endpoint from ``AWS_ENDPOINT_URL`` (an
     S3-compatible store) and its region from ``AWS_REGION`` / ``AWS_DEFAULT_REGION``."""
@@ -60,8 +70,7 @@ def filesystem(uri: str):
     if not is_remote(uri):
         return pafs.LocalFileSystem(), os.path.abspath(local_path(uri))
     if uri.startswith(_S3):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+        endpoint, region = s3_endpoint(), aws_region()
         kwargs = {"region": region} if region else {}
         if endpoint:
             kwargs["endpoint_override"] = endpoint

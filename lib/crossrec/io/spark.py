@@ -99,8 +99,9 @@ def with_object_store(conf: Mapping[str, str], uris: list[str | None], embedded:
         have = out.get("spark.jars.packages", "")
         if "hadoop-aws" not in have:
             out["spark.jars.packages"] = ",".join(p for p in (have, aws) if p)
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    from crossrec.io.lakefs import aws_region, s3_endpoint
+
+    endpoint, region = s3_endpoint(), aws_region()
     if endpoint:
         out.setdefault("spark.hadoop.fs.s3a.endpoint", endpoint)
         out.setdefault("spark.hadoop.fs.s3a.path.style.access", "true")

@@ -271,6 +271,11 @@ class Validator:
         import tempfile
 
         self.local_root = tempfile.mkdtemp(prefix="crossrec-reports-") if self.remote else local_path(reports_root)
+        if self.remote:  # the staging folder goes with the Validator (every check copied it up already)
+            import shutil
+            import weakref
+
+            weakref.finalize(self, shutil.rmtree, self.local_root, True)
         self.docs_dir = os.path.join(self.local_root, run_id, "docs")
         self.context.add_data_docs_site(site_name=DOCS_SITE, site_config={
             "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
