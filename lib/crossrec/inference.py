@@ -9,7 +9,7 @@
     -> every item of the history in d (the whole history given, not only the window): -inf
     -> Predictor.topk
 
-Validation during training (:func:`crossrec.train.loop.validate_shard`), the evaluation protocol
+Validation during training (:func:`crossrec.train.worker.validate_shard`), the evaluation protocol
 (:func:`crossrec.evaluate.protocol.transformer_score_fn`), the score stage (:class:`crossrec.score.topk.Scorer`) and
 the term fit (:func:`crossrec.rerank.fit.fit_terms`) all score through a :class:`Predictor`. What is constant for a
 model in eval mode (the item table, each domain's item representations and their covariance, the terms' dense

@@ -62,10 +62,13 @@ def submit(info: dict, stage: str, args: list[str], log: Path, own_group: bool =
 
 TRAIN = """
 import json, sys
-from crossrec.train.loop import FailOnce, TrainConfig, train
+from crossrec.train.config import TrainConfig
+from crossrec.train.driver import train
+from crossrec.train.faults import FailOnce
 lake, address, marker = sys.argv[1:4]
 folder = train(TrainConfig(lake_root=lake, ray_address=address, workers=2, epochs=2, patience=2, d_model=16, n_layers=1,
-                           batch_size=32, max_failures=1, fail_once_at=FailOnce(epoch=1, step=1, rank=1, marker=marker)))
+                           batch_size=32, max_failures=1, refit=False,
+                           fail_once_at=FailOnce(epoch=1, step=1, rank=1, marker=marker)))
 print("ARTIFACT", folder)
 """
 

@@ -25,22 +25,17 @@ pa = pytest.importorskip("pyarrow")
 from deltalake import DeltaTable, write_deltalake  # noqa: E402
 
 from crossrec.quality.contracts import load_contract  # noqa: E402
-from crossrec.train.loop import (  # noqa: E402
-    FailOnce,
-    TrainConfig,
-    check_worker_resources,
-    collate_train,
+from crossrec.train.checkpoint import (  # noqa: E402
     flatten_optimizer_state,
-    lr_at,
-    model_version,
-    ray_address,
     read_checkpoint,
-    sample_users,
-    train,
-    training_windows,
     unflatten_optimizer_state,
     write_checkpoint,
 )
+from crossrec.train.config import TrainConfig, lr_at, model_version  # noqa: E402
+from crossrec.train.data import sample_users  # noqa: E402
+from crossrec.train.driver import check_worker_resources, ray_address, train  # noqa: E402
+from crossrec.train.faults import FailOnce  # noqa: E402
+from crossrec.train.windows import collate_train, training_windows  # noqa: E402
 
 DOMAINS = ("books", "movies")
 T0 = 1_600_000_000
@@ -250,7 +245,7 @@ def test_a_worker_group_the_instance_cannot_hold_is_refused_on_a_local_instance_
         check_worker_resources(8, False, 0.5, {"CPU": 2.0}, fixed=True)
     with pytest.raises(ConfigError, match=r"need 2 GPU\(s\); the Ray instance has 1: use fewer --workers$"):
         check_worker_resources(2, True, 0.5, {"CPU": 8.0, "GPU": 1.0}, fixed=True)
-    with caplog.at_level("WARNING", logger="crossrec.train.loop"):
+    with caplog.at_level("WARNING", logger="crossrec.train.driver"):
         check_worker_resources(8, False, 1.0, {"CPU": 2.0}, fixed=False)  # a cluster may grow: Ray Train waits
     assert "need 8 CPU(s); the Ray instance has 2" in caplog.text and "waits until the cluster has them" in caplog.text
 
@@ -381,7 +376,7 @@ def _check_registry_and_promotion_gate(lake: Path, folder: Path, metrics: dict, 
     from crossrec.io.config import resolve_config
     from crossrec.io.registry import Registry, artifact_folder
     from crossrec.model.artifact import load_artifact, save_artifact
-    from crossrec_jobs.train import register_and_promote
+    from crossrec.train.stage import register_and_promote
 
     registry = Registry(str(lake))
     (v1,) = registry.versions()
@@ -465,7 +460,7 @@ def test_worker_killed_mid_epoch_resumes_from_last_checkpoint_and_early_stopping
 
 
 def test_length_bucketed_batches_cover_each_window_once_with_little_padding():
-    from crossrec.train.loop import length_bucketed
+    from crossrec.train.windows import length_bucketed
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(2, 40, size=300)
@@ -484,7 +479,7 @@ def test_restrict_to_domains_keeps_one_domains_events_and_targets():
     import pandas as pd
 
     from crossrec.data.rawformat import RawFormatError
-    from crossrec.train.loop import restrict_to_domains
+    from crossrec.train.data import restrict_to_domains
 
     index = pd.DataFrame({"item_idx": [1, 2, 3, 4], "domain": ["books", "books", "movies", "movies"]})
     seq = pd.DataFrame({
@@ -503,7 +498,7 @@ def test_restrict_to_domains_keeps_one_domains_events_and_targets():
 
 
 def test_categories_become_attribute_ids_per_domain(planted):
-    from crossrec.train.loop import load_training_data, resolve_versions
+    from crossrec.train.data import load_training_data, resolve_versions
 
     lake, facts = planted
     cfg = TrainConfig(lake_root=str(lake))
@@ -524,7 +519,8 @@ def test_items_in_no_training_window_are_listed_and_their_ids_zeroed_in_the_arti
     from crossrec.model.config import ModelConfig
     from crossrec.model.encoder import ItemFeatures
     from crossrec.model.transformer import CrossDomainTransformer
-    from crossrec.train.loop import load_training_data, resolve_versions, write_artifact
+    from crossrec.train.artifact import write_artifact
+    from crossrec.train.data import load_training_data, resolve_versions
 
     lake, facts = planted
     versions = resolve_versions(str(lake), None)
@@ -578,7 +574,7 @@ def test_sample_users_keeps_whole_users_and_is_seeded():
 
 
 def test_user_slices_cover_every_id_once():
-    from crossrec.train.loop import user_slices
+    from crossrec.train.data import user_slices
 
     assert user_slices(10, rows_per_slice=100) == [(None, None)]
     slices = user_slices(1000, rows_per_slice=100)
@@ -592,17 +588,15 @@ def test_user_slices_cover_every_id_once():
 
 @pytest.mark.parametrize("settings", [{}, {"max_users": 120, "refit": True}])
 def test_training_data_read_in_user_slices_is_the_data_read_at_once(tmp_path_factory, monkeypatch, settings):
-    import pyarrow as pa
-
-    from crossrec.train import loop
-    from crossrec.train.loop import load_training_data, resolve_versions
+    from crossrec.train import data as training_data
+    from crossrec.train.data import load_training_data, resolve_versions
 
     lake = tmp_path_factory.mktemp("hexlake")
     build_planted_lake(lake, hex_ids=True)
     cfg = TrainConfig(lake_root=str(lake), **settings)
     versions = resolve_versions(str(lake), None)
     whole = load_training_data(cfg, versions)
-    monkeypatch.setattr(loop, "ROWS_PER_SLICE", 100)  # 1,400 rows: 14 slices
+    monkeypatch.setattr(training_data, "ROWS_PER_SLICE", 100)  # 1,400 rows: 14 slices
     sliced = load_training_data(cfg, versions)
 
     def rows(t: pa.Table, drop=()) -> list:
@@ -641,7 +635,7 @@ def _with_item_texts(lake: Path, changed: str | None = None) -> int:
 
 def test_fine_tuning_refuses_item_texts_that_differ_from_what_the_features_job_encoded(tmp_path):
     from crossrec.io.config import ConfigError
-    from crossrec.train.loop import add_item_tokens, load_training_data, resolve_versions
+    from crossrec.train.data import add_item_tokens, load_training_data, resolve_versions
 
     lake = tmp_path / "lake"
     build_planted_lake(lake, users=20)
@@ -696,7 +690,7 @@ def test_train_job_fine_tunes_the_text_encoder_under_ray_train(ray_local, tmp_pa
 def test_extend_with_targets_merges_each_users_valid_targets_by_time():
     import pandas as pd
 
-    from crossrec.train.loop import extend_with_targets
+    from crossrec.train.windows import extend_with_targets
 
     train = pd.DataFrame({"user_id": ["a", "b"], "item_idx": [[1, 4, 2], [3]], "event_ts": [[10, 20, 30], [5]]})
     valid = pd.DataFrame({"user_id": ["a", "a", "c"], "target_item_idx": [5, 6, 2], "target_ts": [25, 30, 7]})
@@ -705,3 +699,40 @@ def test_extend_with_targets_merges_each_users_valid_targets_by_time():
     got = {tuple(t.tolist()): (i.tolist(), d.tolist()) for i, d, t in zip(items, domains, times)}
     # a: target 5 between its events, target 6 after the event at the same time; b: no targets; c: targets only
     assert got == {(10, 20, 25, 30, 30): ([1, 4, 5, 2, 6], [0, 1, 1, 0, 1]), (5,): ([3], [1]), (7,): ([2], [0])}
+
+
+def test_the_train_flags_take_their_defaults_from_the_one_declaration():
+    """TrainConfig's model fields default to ModelConfig's, and every flag of `crossrec train` that sets a TrainConfig
+    field defaults to TrainConfig's value (a flag without a default is a config key: CrossrecConfig's applies)."""
+    import argparse
+    import dataclasses
+
+    from crossrec.io.config import CrossrecConfig
+    from crossrec.model.config import ModelConfig
+    from crossrec_jobs.train import add_arguments
+
+    train_defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    model_defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    shared = set(train_defaults) & set(model_defaults) - {"loss", "text_encoder"}  # TrainConfig adds "auto" to these
+    assert shared >= {"d_model", "n_layers", "n_heads", "dropout", "max_seq_len", "n_negatives", "finetune_layers"}
+    assert {k: train_defaults[k] for k in shared} == {k: model_defaults[k] for k in shared}
+    assert (train_defaults["seed"], train_defaults["text_encoder"]) == (CrossrecConfig.seed, CrossrecConfig.text_encoder)
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    flags = {a.dest: a.default for a in p._actions if a.dest in train_defaults}
+    assert len(flags) >= 25, sorted(flags)
+    for dest, default in flags.items():
+        if default is not None:
+            assert default == train_defaults[dest], (dest, default, train_defaults[dest])
+    assert TrainConfig(lake_root="/x").n_negatives == model_defaults["n_negatives"]
+
+
+def test_the_fault_hook_passes_every_batch_through_unless_it_is_armed_for_this_rank_and_step(tmp_path):
+    from crossrec.train.faults import fail_once
+
+    hook = {"epoch": 1, "step": 2, "rank": 1, "marker": str(tmp_path / "m")}
+    assert list(fail_once(range(5), None, rank=0, epoch=0)) == [0, 1, 2, 3, 4]
+    assert list(fail_once(range(5), hook, rank=0, epoch=1)) == [0, 1, 2, 3, 4], "another rank"
+    assert list(fail_once(range(5), hook, rank=1, epoch=0)) == [0, 1, 2, 3, 4], "another epoch"
+    (tmp_path / "m").write_text("done")
+    assert list(fail_once(range(5), hook, rank=1, epoch=1)) == [0, 1, 2, 3, 4], "fired once already"

@@ -219,7 +219,7 @@ def check_reused_model(folder: str, lake: str) -> dict:
     Raises:
         BenchError: no artifact there, or its data versions are not the lake's newest gold versions.
     """
-    from crossrec.train.loop import resolve_versions
+    from crossrec.train.data import resolve_versions
 
     metrics_file = Path(folder) / "metrics.json"
     if not metrics_file.is_file() or not (Path(folder) / "model.safetensors").is_file():

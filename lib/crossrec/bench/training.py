@@ -6,7 +6,7 @@ time spent waiting for data, and the text encoder's items/s.
 Generates a raw data set, runs ingest -> clean -> features into ``DIR/lake`` (one Spark session), or with
 ``--lake-root L`` takes the gold tables of a lake built earlier (a real data set's, say; the bench only reads
 it: models and Ray run storage go under ``DIR``), then trains the default model (text + id, full softmax) for
-``--epochs`` epochs with each of the ``--workers`` worker counts (``crossrec.train.loop.train``; one CPU for a
+``--epochs`` epochs with each of the ``--workers`` worker counts (``crossrec.train.driver.train``; one CPU for a
 single worker, half a CPU each otherwise). Per-epoch figures come from the artifact's metrics.json: samples/s,
 train seconds per epoch, ``data_share`` = rank 0's time waiting for and collating batches / epoch time;
 ``speedup`` = each count's samples/s over the smallest count's. The text encoder (all-MiniLM-L6-v2, the features
@@ -59,7 +59,8 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
     from crossrec.io.readers import read_table
     from crossrec.io.spark import build_spark
     from crossrec.text.encoder import TextEncoder
-    from crossrec.train.loop import TrainConfig, train
+    from crossrec.train.config import TrainConfig
+    from crossrec.train.driver import train
     from crossrec_jobs import clean, features, ingest
 
     if not spec.workers or min(spec.workers) < 1 or len(set(spec.workers)) != len(spec.workers):

@@ -71,19 +71,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from crossrec.data.synthetic_catalog import (
+    BAD_REASONS,
+    DOMAIN_NAMES,  # noqa: F401 (re-exported: the domains a data set names, in order)
+    DomainCatalog,
+    Layout,
+    build_domain_catalog,
+    category_name,
+    domain_layout,
+    domain_name,  # noqa: F401 (re-exported)
+    make_item_id,
+    theme_of,
+    topic_naming,
+)
+
 log = logging.getLogger(__name__)
 
-DOMAIN_NAMES = ("books", "movies", "music", "games", "podcasts", "recipes", "apparel", "toys")
-FORMATS = ("csv", "jsonl", "parquet")
 EVENT_TYPES = ("view", "rating", "purchase")  # codes 0, 1, 2
-BAD_REASONS = (
-    "missing_user_id",
-    "unparseable_timestamp",
-    "timestamp_out_of_range",
-    "item_not_in_catalog",
-    "duplicate",
-    "malformed_line",  # csv domains only
-)
 TEXT_SIGNALS = ("aligned", "per_domain")
 UNPARSEABLE_TS = "not-a-date"
 TIME_MIN_S = 1_546_300_800  # 2019-01-01T00:00:00Z
@@ -93,7 +97,6 @@ DEFAULT_CHUNK_USERS = 100_000
 
 _TOPIC_NOISE = 0.10  # share of events whose topic is drawn at random instead of from the user's mixture
 _TOPIC_COUNT_P = (0.30, 0.45, 0.25)  # users with 1, 2, 3 topics
-_ZIPF_S = 1.05  # item popularity within (domain, topic)
 _MULTI_DOMAIN_P = 0.35  # a multi-domain user is in 2 + Binomial(D - 2, p) domains
 _MEAN_GAP_S = 2 * 86_400  # median of the users' mean gap between two events
 _MS_PER_S = 1000
@@ -132,252 +135,6 @@ class SyntheticSpec:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Vocabulary: 12 hand-made themes, more made up procedurally.
-
-
-@dataclass(frozen=True)
-class _Theme:
-    key: str
-    words: tuple[str, ...]
-    books: str  # category name per domain
-    movies: str
-    music: str
-    generic: str
-
-
-_THEMES = (
-    _Theme("space", ("Galaxy", "Orbit", "Nebula", "Comet", "Rocket", "Starlight", "Eclipse", "Asteroid"),
-           "Science Fiction", "Space Adventure", "Space Rock", "Space"),
-    _Theme("jazz", ("Saxophone", "Swing", "Bebop", "Trumpet", "Blue Note", "Speakeasy", "Improvisation", "Ragtime"),
-           "Music History", "Jazz Drama", "Jazz", "Jazz"),
-    _Theme("baking", ("Sourdough", "Pastry", "Croissant", "Oven", "Butter", "Crumb", "Brioche", "Meringue"),
-           "Cookbooks", "Food Documentary", "Kitchen Beats", "Baking"),
-    _Theme("ocean", ("Tide", "Reef", "Harbor", "Coral", "Voyage", "Lighthouse", "Anchor", "Mariner"),
-           "Sea Adventures", "Nautical", "Sea Shanties", "Ocean"),
-    _Theme("mystery", ("Detective", "Alibi", "Clue", "Cipher", "Suspect", "Fingerprint", "Inspector", "Riddle"),
-           "Crime & Mystery", "Whodunit", "Noir Soundtracks", "Mystery"),
-    _Theme("mountains", ("Summit", "Glacier", "Ridge", "Trail", "Alpine", "Avalanche", "Basecamp", "Sherpa"),
-           "Outdoor Adventure", "Mountain Film", "Folk", "Outdoors"),
-    _Theme("medieval", ("Knight", "Castle", "Dragon", "Sword", "Crown", "Kingdom", "Wizard", "Legend"),
-           "Epic Fantasy", "Fantasy", "Symphonic Metal", "Fantasy"),
-    _Theme("gardening", ("Rose", "Orchard", "Seedling", "Blossom", "Meadow", "Greenhouse", "Tulip", "Compost"),
-           "Home & Garden", "Nature Documentary", "Ambient", "Garden"),
-    _Theme("robots", ("Robot", "Circuit", "Android", "Algorithm", "Cyborg", "Quantum", "Neon", "Mainframe"),
-           "Cyberpunk", "Tech Thriller", "Synthwave", "Tech"),
-    _Theme("football", ("Goal", "Stadium", "Striker", "Derby", "Champion", "Kickoff", "Penalty", "Trophy"),
-           "Sports", "Sports Drama", "Stadium Anthems", "Sports"),
-    _Theme("wildwest", ("Cowboy", "Frontier", "Saloon", "Outlaw", "Canyon", "Rodeo", "Sheriff", "Mustang"),
-           "Westerns", "Western", "Country", "Western"),
-    _Theme("romance", ("Heart", "Kiss", "Wedding", "Paris", "Moonlight", "Serenade", "Valentine", "Promise"),
-           "Romance", "Romantic Comedy", "Love Songs", "Romance"),
-)
-_SYLLABLES = ("ka", "lo", "mir", "ve", "tan", "zor", "qui", "ra", "nel", "dus", "fen", "ob", "su", "thi",
-              "gar", "wen", "yl", "pra", "cor", "mek")
-
-
-def _theme(topic: int) -> _Theme:
-    """The hand-made theme of ``topic``, or for topics past them a made-up one with invented words."""
-    if topic < len(_THEMES):
-        return _THEMES[topic]
-    rng = np.random.default_rng(np.random.SeedSequence([0x7E3A, topic]))  # independent of the spec's seed
-    words: list[str] = []
-    while len(words) < 8:
-        word = "".join(rng.choice(_SYLLABLES, size=int(rng.integers(2, 4)))).capitalize()
-        if word not in words:
-            words.append(f"{word}{topic}")  # the topic number keeps words of different topics apart
-    head = words[0]
-    return _Theme(f"topic{topic}", tuple(words), f"{head} Fiction", f"{head} Cinema", f"{head} Sound", head)
-
-
-def _category(theme: _Theme, domain: str) -> str:
-    if domain in ("books", "movies", "music"):
-        return getattr(theme, domain)
-    return f"{theme.generic} {domain.title()}"
-
-
-def domain_name(index: int) -> str:
-    """Name of the domain at ``index``: ``DOMAIN_NAMES`` in order, then ``domain8``, ``domain9``, ..."""
-    return DOMAIN_NAMES[index] if index < len(DOMAIN_NAMES) else f"domain{index}"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Layout of each domain in the raw format.
-
-
-@dataclass(frozen=True)
-class _Layout:
-    name: str
-    kind: str  # books | movies | music | generic: decides ids, titles and item attributes
-    fmt: str  # csv | jsonl | parquet
-    timestamp: str  # dataset.json "timestamp"
-    columns: dict[str, str]  # canonical -> raw interaction column
-    weight: str | None  # stars | half_stars | quantity | None (no weight column)
-    other_type: int  # event type code of non-view events
-    item_columns: dict[str, str]  # canonical -> raw item column
-    text_columns: tuple[str, ...]
-    attribute_columns: tuple[str, ...]
-    local_users: bool  # users named by an identity map
-
-    @property
-    def ext(self) -> str:
-        return self.fmt
-
-    @property
-    def reasons(self) -> tuple[str, ...]:
-        return BAD_REASONS if self.fmt == "csv" else BAD_REASONS[:-1]
-
-
-def _layout(index: int) -> _Layout:
-    name = domain_name(index)
-    if index == 0:
-        return _Layout(name, "books", "csv", "iso8601",
-                       {"user_id": "reader", "item_id": "isbn", "event_ts": "read_at", "event_type": "action",
-                        "weight": "stars"}, "stars", 1,
-                       {"item_id": "isbn", "title": "title", "category": "genre"},
-                       ("title", "blurb"), ("author", "publisher"), False)
-    if index == 1:
-        return _Layout(name, "movies", "jsonl", "epoch_s",
-                       {"user_id": "uid", "item_id": "movie_id", "event_ts": "ts", "event_type": "event",
-                        "weight": "rating"}, "half_stars", 1,
-                       {"item_id": "movie_id", "title": "name", "category": "genre"},
-                       ("name", "plot"), ("director", "year"), False)
-    if index == 2:
-        return _Layout(name, "music", "parquet", "epoch_ms",
-                       {"user_id": "listener", "item_id": "track", "event_ts": "played_at_ms", "event_type": "kind"},
-                       None, 2,
-                       {"item_id": "track", "title": "track_name", "category": "style"},
-                       ("track_name",), ("artist", "label"), True)
-    fmt = FORMATS[index % 3]
-    timestamp = {"csv": "yyyy-MM-dd HH:mm:ss", "jsonl": "epoch_s", "parquet": "epoch_ms"}[fmt]
-    simple = ("user_id", "item_id", "event_ts", "event_type", "weight")
-    return _Layout(name, "generic", fmt, timestamp, {c: c for c in simple}, "quantity", 2,
-                   {"item_id": "item_id", "title": "title", "category": "category"},
-                   ("title", "description"), ("brand",), False)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Items.
-
-_FIRST = ("Ada", "Bruno", "Chiara", "Dmitri", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemi", "Lars",
-          "Maya", "Nils", "Olga", "Pedro", "Quinn", "Rosa", "Sven", "Tara", "Umar", "Vera", "Wen", "Yusuf")
-_LAST = ("Abbott", "Berg", "Costa", "Dubois", "Eriksen", "Fischer", "Garcia", "Haddad", "Ivanova", "Jensen",
-         "Kowalski", "Lindqvist", "Moreau", "Nakamura", "Okafor", "Petrov", "Quint", "Rossi", "Sato", "Tanaka")
-_PUBLISHERS = ("Harbor House", "Lantern Press", "Northwind Books", "Quill & Ink", "Red Kite", "Silverleaf",
-               "Tall Tree", "Vellum")
-_LABELS = ("Blue Room Records", "Echo Park", "Frequency", "Groove Yard", "Night Owl", "Polar Sound", "Static",
-           "Vinyl Vault")
-_BRANDS = ("Acme", "Brightline", "Cobalt", "Driftwood", "Evergreen", "Foxglove", "Granite", "Helix", "Ironbark",
-           "Juniper", "Kestrel", "Lumen")
-_TITLES = {
-    "books": ("The {a} Chronicle", "{a} and the {b}", "Tales of the {a}", "The Last {a}", "A {a} Story"),
-    "movies": ("{a}: The Movie", "Return of the {a}", "{a} Rising", "The {a} Job", "{a} vs. {b}"),
-    "music": ("{a} Sessions", "Songs of the {a}", "{a} & {b}", "{a} (Live)", "{a} Nights"),
-    "games": ("{a} Simulator", "{a} Tactics", "{a} Arena", "Super {a}"),
-    "podcasts": ("The {a} Podcast", "{a} Talk", "{a} Weekly"),
-    "recipes": ("{a} Cookies", "{a} Stew", "Quick {a} Salad"),
-    "apparel": ("{a} T-Shirt", "{a} Hoodie", "{a} Cap"),
-    "toys": ("{a} Playset", "{a} Plush", "{a} Puzzle"),
-}
-_TEXTS = {
-    "books": "A {cat} novel about {a}, {b} and the {c}.",
-    "movies": "{Cat}. {A} meets {b}, and nothing is the same after the {c}.",
-    "generic": "{Cat}: {a}, {b} and {c}.",
-}
-_SEQUEL = {"books": " Vol. {n}", "movies": " {n}", "music": " Vol. {n}"}
-
-
-def _item_id(kind: str, domain: str, idx: int) -> str:
-    """Id of item ``idx`` (injective in ``idx``; indexes past the catalog give ids not in it)."""
-    if kind == "books":  # ISBN-13 with a valid check digit
-        body = f"978{(idx * 7919 + 12345) % 10**9:09d}"
-        check = (10 - sum(int(c) * (3 if i % 2 else 1) for i, c in enumerate(body)) % 10) % 10
-        return f"{body}{check}"
-    if kind == "movies":
-        return f"tt{(idx * 7919 + 12345) % 9_000_000 + 1_000_000}"
-    if kind == "music":
-        return f"trk-{(idx * 2_654_435_761 + 0x5BD1E995) % 2**32:08x}"
-    return f"{domain}-{idx:06d}"
-
-
-@dataclass(frozen=True)
-class _DomainCatalog:
-    ids: list[str]
-    columns: dict[str, list[Any]]  # raw item columns, in file order
-    cdf: np.ndarray  # (N,) topic + within-topic popularity CDF, items grouped by topic
-    cdf_items: np.ndarray  # (N,) item index at each cdf position
-
-    def sample(self, topic: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """Item index for each (topic, uniform in [0, 1)) pair, Zipf-like within the topic."""
-        pos = np.searchsorted(self.cdf, topic + u, side="right")
-        return self.cdf_items[np.minimum(pos, len(self.cdf_items) - 1)]
-
-
-def _topic_naming(spec: SyntheticSpec, index: int) -> np.ndarray:
-    """(topics,) the theme that names each topic in domain ``index`` (see ``text_signal``)."""
-    if spec.text_signal == "aligned":
-        return np.arange(spec.topics)
-    # a stream of its own: the aligned data set's bytes do not depend on it
-    return np.random.default_rng(np.random.SeedSequence([spec.seed, 0x7E57, index])).permutation(spec.topics)
-
-
-def _build_domain_catalog(layout: _Layout, spec: SyntheticSpec, rng: np.random.Generator, index: int) -> _DomainCatalog:
-    n, t_count = spec.items_per_domain, spec.topics
-    topic_of = rng.permutation(np.arange(n) % t_count)  # every topic has items
-    cdf_parts, item_parts = [], []
-    for t in range(t_count):
-        members = rng.permutation(np.flatnonzero(topic_of == t))  # popularity rank order
-        w = 1.0 / np.arange(1, len(members) + 1) ** _ZIPF_S
-        c = np.cumsum(w) / w.sum()
-        c[-1] = 1.0
-        cdf_parts.append(t + c)
-        item_parts.append(members)
-
-    themes = [_theme(int(t)) for t in _topic_naming(spec, index)]
-    people = [[f"{_FIRST[i]} {_LAST[j]}" for i, j in zip(rng.integers(0, len(_FIRST), 4),
-                                                         rng.integers(0, len(_LAST), 4))] for _ in themes]
-    bands = [[(w if w.endswith("s") else w + "s") for w in th.words[:3]] for th in themes]
-    templates = _TITLES.get(layout.name, _TITLES.get(layout.kind, ("{a} {b}",)))
-    ids, titles, cats, texts, attrs = [], [], [], [], []
-    seen: dict[str, int] = {}
-    word_pick = np.argsort(rng.random((n, 8)), axis=1)[:, :4]  # 4 different words of the item's topic
-    template_pick = rng.integers(0, len(templates), size=n)
-    person_pick = rng.integers(0, 4, size=n)
-    other_pick = rng.integers(0, 1000, size=n)
-    for i in range(n):
-        th = themes[topic_of[i]]
-        a, b, c, d = (th.words[k] for k in word_pick[i])
-        title = templates[template_pick[i]].format(a=a, b=b)
-        seen[title] = seen.get(title, 0) + 1
-        if seen[title] > 1:
-            title += _SEQUEL.get(layout.kind, " #{n}").format(n=seen[title])
-        cat = _category(th, layout.name)
-        ids.append(_item_id(layout.kind, layout.name, i))
-        titles.append(title)
-        cats.append(cat)
-        text_kind = layout.kind if layout.kind in _TEXTS else "generic"
-        texts.append(_TEXTS[text_kind].format(cat=cat.lower(), Cat=cat, A=b, a=b.lower(), b=c.lower(), c=d.lower()))
-        person = people[topic_of[i]][person_pick[i]]
-        if layout.kind == "books":
-            attrs.append((person, _PUBLISHERS[other_pick[i] % len(_PUBLISHERS)]))
-        elif layout.kind == "movies":
-            attrs.append((person, int(1970 + other_pick[i] % 55)))
-        elif layout.kind == "music":
-            artist = f"The {bands[topic_of[i]][person_pick[i]]}" if person_pick[i] < 3 else person
-            attrs.append((artist, _LABELS[other_pick[i] % len(_LABELS)]))
-        else:
-            attrs.append((_BRANDS[other_pick[i] % len(_BRANDS)],))
-
-    ic = layout.item_columns
-    columns: dict[str, list[Any]] = {ic["item_id"]: ids, ic["title"]: titles, ic["category"]: cats}
-    text_extra = [c for c in layout.text_columns if c not in columns]
-    if text_extra:
-        columns[text_extra[0]] = texts
-    for k, col in enumerate(layout.attribute_columns):
-        columns[col] = [a[k] for a in attrs]
-    return _DomainCatalog(ids, columns, np.concatenate(cdf_parts), np.concatenate(item_parts).astype(np.int64))
-
-
-# ----------------------------------------------------------------------------------------------------
 # Users and events of one chunk (all vectorised).
 
 
@@ -402,7 +159,7 @@ def _pick(cdf_rows: np.ndarray, u: np.ndarray) -> np.ndarray:
 
 
 def _simulate_chunk(spec: SyntheticSpec, topic_pop: np.ndarray, domain_pop: np.ndarray,
-                    catalogs: Sequence[_DomainCatalog], n: int, rng: np.random.Generator) -> _Events:
+                    catalogs: Sequence[DomainCatalog], n: int, rng: np.random.Generator) -> _Events:
     t_count, d_count = spec.topics, spec.domains
     rows = np.arange(n)
 
@@ -495,7 +252,7 @@ class _Rows:
         return len(self.user)
 
 
-def _clean_rows(ev: _Events, d: int, layout: _Layout) -> _Rows:
+def _clean_rows(ev: _Events, d: int, layout: Layout) -> _Rows:
     m = ev.domain == d
     other = ev.other[m]
     etype = np.where(other, layout.other_type, 0).astype(np.int8)
@@ -519,7 +276,7 @@ def _distinct_sources(key: np.ndarray, k: int, rng: np.random.Generator) -> np.n
     return perm[np.sort(first)][:k]
 
 
-def _inject_bad_rows(clean: _Rows, layout: _Layout, n_catalog: int, rate: float,
+def _inject_bad_rows(clean: _Rows, layout: Layout, n_catalog: int, rate: float,
                      rng: np.random.Generator) -> tuple[_Rows, dict[str, int], int]:
     """Clean rows plus the bad rows, shuffled in; returns (rows, count per reason, unknown ids used)."""
     counts = {reason: 0 for reason in layout.reasons}
@@ -570,7 +327,7 @@ def _string_bytes(lines: pa.Array) -> pa.Buffer:
     return lines.buffers()[2][int(offsets[0]):int(offsets[-1])]
 
 
-def _ts_text(rows: _Rows, layout: _Layout) -> pa.Array:
+def _ts_text(rows: _Rows, layout: Layout) -> pa.Array:
     if layout.timestamp == "epoch_s":
         text = pc.cast(pa.array(rows.ts_ms // _MS_PER_S), pa.string())
     elif layout.timestamp == "epoch_ms":
@@ -581,7 +338,7 @@ def _ts_text(rows: _Rows, layout: _Layout) -> pa.Array:
     return pc.if_else(pa.array(rows.ts_bad), UNPARSEABLE_TS, text)
 
 
-def _weight_text(rows: _Rows, layout: _Layout) -> pa.Array:
+def _weight_text(rows: _Rows, layout: Layout) -> pa.Array:
     if layout.weight == "half_stars":  # always one decimal: 1.0, 4.5
         halves = np.rint(rows.weight * 2).astype(np.int64)
         return pc.binary_join_element_wise(pc.cast(pa.array(halves // 2), pa.string()),
@@ -589,7 +346,7 @@ def _weight_text(rows: _Rows, layout: _Layout) -> pa.Array:
     return pc.cast(pa.array(rows.weight.astype(np.int64)), pa.string())
 
 
-def _write_interactions(path: Path, rows: _Rows, layout: _Layout, users: pa.Array, items: pa.Array) -> None:
+def _write_interactions(path: Path, rows: _Rows, layout: Layout, users: pa.Array, items: pa.Array) -> None:
     valid_user = rows.user >= 0
     user = pc.if_else(pa.array(valid_user), users.take(pa.array(np.where(valid_user, rows.user, 0))), "")
     item = items.take(pa.array(rows.item))
@@ -633,7 +390,7 @@ def _write_interactions(path: Path, rows: _Rows, layout: _Layout, users: pa.Arra
         f.write(body)
 
 
-def _write_items(path: Path, layout: _Layout, columns: dict[str, list[Any]]) -> None:
+def _write_items(path: Path, layout: Layout, columns: dict[str, list[Any]]) -> None:
     if layout.fmt == "parquet":
         pq.write_table(pa.table(columns), path, **_WRITE_PARQUET)
         return
@@ -653,7 +410,7 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _dataset_json(layouts: Sequence[_Layout], identity_map: bool, nightly: bool = False) -> dict[str, Any]:
+def _dataset_json(layouts: Sequence[Layout], identity_map: bool, nightly: bool = False) -> dict[str, Any]:
     domains: dict[str, Any] = {}
     for lay in layouts:
         inter: dict[str, Any] = {"path": f"{lay.name}/interactions", "format": lay.fmt}
@@ -674,7 +431,7 @@ def _dataset_json(layouts: Sequence[_Layout], identity_map: bool, nightly: bool 
 # Entry point.
 
 
-def _prepare_out_dir(out: Path, layouts: Sequence[_Layout], overwrite: bool) -> None:
+def _prepare_out_dir(out: Path, layouts: Sequence[Layout], overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} is not empty (pass overwrite=True to replace a generated data set)")
@@ -740,7 +497,7 @@ def generate(out_dir: str | Path, spec: SyntheticSpec, *, chunk_users: int = DEF
             rows, bad, n_unknown = _inject_bad_rows(clean, lay, spec.items_per_domain, spec.dirty_rate, dirty_rng)
             items = item_arrays[d]
             if n_unknown:
-                kind_ids = [_item_id(lay.kind, lay.name, spec.items_per_domain + unknown_used[d] + j)
+                kind_ids = [make_item_id(lay.kind, lay.name, spec.items_per_domain + unknown_used[d] + j)
                             for j in range(n_unknown)]
                 items = pa.concat_arrays([items, pa.array(kind_ids, pa.string())])
                 unknown_used[d] += n_unknown
@@ -783,8 +540,8 @@ def generate(out_dir: str | Path, spec: SyntheticSpec, *, chunk_users: int = DEF
         "chunk_users": chunk_users,
         "time_range": {"min_epoch_s": TIME_MIN_S, "max_epoch_s": TIME_MAX_S},
         "users": {"total": spec.users, "single_domain": single_domain, "multi_domain": spec.users - single_domain},
-        "topics": [{"id": t, "theme": _theme(t).key, "words": list(_theme(t).words),
-                    "categories": {lay.name: _category(_theme(int(_topic_naming(spec, i)[t])), lay.name)
+        "topics": [{"id": t, "theme": theme_of(t).key, "words": list(theme_of(t).words),
+                    "categories": {lay.name: category_name(theme_of(int(topic_naming(spec, i)[t])), lay.name)
                                    for i, lay in enumerate(layouts)}}
                    for t in range(spec.topics)],
         "domains": domains_manifest,
@@ -805,7 +562,7 @@ def generate(out_dir: str | Path, spec: SyntheticSpec, *, chunk_users: int = DEF
 _IDENTITY_NIGHT = "identity_map/night-{night:04d}.csv"
 
 
-def _items_path(layout: _Layout, nightly: bool, night: int) -> str:
+def _items_path(layout: Layout, nightly: bool, night: int) -> str:
     return f"{layout.name}/items/night-{night:04d}.{layout.ext}" if nightly else f"{layout.name}/items.{layout.ext}"
 
 
@@ -821,12 +578,12 @@ class _Platform:
 
 def _platform(spec: SyntheticSpec) -> _Platform:
     """What every night of one spec shares: layouts, popularity, catalogs, id formats (all from the seed)."""
-    layouts = [_layout(i) for i in range(spec.domains)]
+    layouts = [domain_layout(i) for i in range(spec.domains)]
     catalog_rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0]))
     topic_pop = 1.0 / np.arange(1, spec.topics + 1) ** 0.6
     topic_pop = catalog_rng.permutation(topic_pop / topic_pop.sum())
     domain_pop = 1.0 / np.arange(1, spec.domains + 1) ** 0.5
-    catalogs = [_build_domain_catalog(lay, spec, catalog_rng, i) for i, lay in enumerate(layouts)]
+    catalogs = [build_domain_catalog(lay, spec, catalog_rng, i) for i, lay in enumerate(layouts)]
     music_salt = int(np.random.default_rng(np.random.SeedSequence([spec.seed, 3])).integers(0, 2**32))
     return _Platform(layouts, topic_pop, domain_pop, catalogs, max(7, len(str(spec.users - 1))), music_salt)
 
@@ -875,7 +632,7 @@ def generate_night(out_dir: str | Path, spec: SyntheticSpec, night: int, new_sha
         n_new = max(1, spec.items_per_domain // 200)
         base = rng.integers(0, len(cat.ids), n_new)
         ic = lay.item_columns
-        new_ids = [_item_id(lay.kind, lay.name, spec.items_per_domain + 100_000 * night + j) for j in range(n_new)]
+        new_ids = [make_item_id(lay.kind, lay.name, spec.items_per_domain + 100_000 * night + j) for j in range(n_new)]
         changed = rng.integers(0, len(cat.ids), max(1, n_new // 2))
         columns = {c: [v[i] for i in base] + [v[i] for i in changed] for c, v in cat.columns.items()}
         columns[ic["item_id"]] = new_ids + [cat.ids[i] for i in changed]

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from crossrec.model.config import ModelConfig
+
 log = logging.getLogger(__name__)
 
 ENV_PREFIX = "CROSSREC_"
@@ -119,7 +121,7 @@ class CrossrecConfig:
     missing_items: str = "quarantine"
     validate: bool = True
     reports_dir: str | None = None
-    max_seq_len: int = 50
+    max_seq_len: int = ModelConfig.max_seq_len
     cold_start_users: int = 2000
     cold_start_fraction: float = 0.5
     cold_start_cohort: str | None = None

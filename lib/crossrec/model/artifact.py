@@ -12,7 +12,7 @@ An artifact folder (``crossrec train`` writes ``<lake>/models/<model_version>/``
     metrics.json                             what the model was selected on, the term fit's report under "terms", ...
     MLmodel                                  added when the folder is registered: the pyfunc flavour (crossrec.model.pyfunc)
 
-A training checkpoint holds the model files only (crossrec.train.loop.write_checkpoint).
+A training checkpoint holds the model files only (crossrec.train.checkpoint.write_checkpoint).
 """
 from __future__ import annotations
 

@@ -1,0 +1,264 @@
+"""The synthetic data's catalog side: theme vocabulary, each domain's raw layout, and the items of a domain.
+
+A topic is named after a theme (12 hand-made ones, more made up procedurally); a domain's items of a topic take their
+titles, texts, category and attributes from that theme (see :mod:`crossrec.data.synthetic` for the planted signal).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from crossrec.data.synthetic import SyntheticSpec
+
+DOMAIN_NAMES = ("books", "movies", "music", "games", "podcasts", "recipes", "apparel", "toys")
+FORMATS = ("csv", "jsonl", "parquet")
+BAD_REASONS = (
+    "missing_user_id",
+    "unparseable_timestamp",
+    "timestamp_out_of_range",
+    "item_not_in_catalog",
+    "duplicate",
+    "malformed_line",  # csv domains only
+)
+ZIPF_S = 1.05  # item popularity within (domain, topic)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Vocabulary: 12 hand-made themes, more made up procedurally.
+
+
+@dataclass(frozen=True)
+class Theme:
+    key: str
+    words: tuple[str, ...]
+    books: str  # category name per domain
+    movies: str
+    music: str
+    generic: str
+
+
+THEMES = (  # key, words, then the category name in books, movies, music, other domains
+    Theme("space", ("Galaxy", "Orbit", "Nebula", "Comet", "Rocket", "Starlight", "Eclipse", "Asteroid"), "Science Fiction", "Space Adventure", "Space Rock", "Space"),
+    Theme("jazz", ("Saxophone", "Swing", "Bebop", "Trumpet", "Blue Note", "Speakeasy", "Improvisation", "Ragtime"), "Music History", "Jazz Drama", "Jazz", "Jazz"),
+    Theme("baking", ("Sourdough", "Pastry", "Croissant", "Oven", "Butter", "Crumb", "Brioche", "Meringue"), "Cookbooks", "Food Documentary", "Kitchen Beats", "Baking"),
+    Theme("ocean", ("Tide", "Reef", "Harbor", "Coral", "Voyage", "Lighthouse", "Anchor", "Mariner"), "Sea Adventures", "Nautical", "Sea Shanties", "Ocean"),
+    Theme("mystery", ("Detective", "Alibi", "Clue", "Cipher", "Suspect", "Fingerprint", "Inspector", "Riddle"), "Crime & Mystery", "Whodunit", "Noir Soundtracks", "Mystery"),
+    Theme("mountains", ("Summit", "Glacier", "Ridge", "Trail", "Alpine", "Avalanche", "Basecamp", "Sherpa"), "Outdoor Adventure", "Mountain Film", "Folk", "Outdoors"),
+    Theme("medieval", ("Knight", "Castle", "Dragon", "Sword", "Crown", "Kingdom", "Wizard", "Legend"), "Epic Fantasy", "Fantasy", "Symphonic Metal", "Fantasy"),
+    Theme("gardening", ("Rose", "Orchard", "Seedling", "Blossom", "Meadow", "Greenhouse", "Tulip", "Compost"), "Home & Garden", "Nature Documentary", "Ambient", "Garden"),
+    Theme("robots", ("Robot", "Circuit", "Android", "Algorithm", "Cyborg", "Quantum", "Neon", "Mainframe"), "Cyberpunk", "Tech Thriller", "Synthwave", "Tech"),
+    Theme("football", ("Goal", "Stadium", "Striker", "Derby", "Champion", "Kickoff", "Penalty", "Trophy"), "Sports", "Sports Drama", "Stadium Anthems", "Sports"),
+    Theme("wildwest", ("Cowboy", "Frontier", "Saloon", "Outlaw", "Canyon", "Rodeo", "Sheriff", "Mustang"), "Westerns", "Western", "Country", "Western"),
+    Theme("romance", ("Heart", "Kiss", "Wedding", "Paris", "Moonlight", "Serenade", "Valentine", "Promise"), "Romance", "Romantic Comedy", "Love Songs", "Romance"),
+)
+_SYLLABLES = ("ka", "lo", "mir", "ve", "tan", "zor", "qui", "ra", "nel", "dus", "fen", "ob", "su", "thi",
+              "gar", "wen", "yl", "pra", "cor", "mek")
+
+
+def theme_of(topic: int) -> Theme:
+    """The hand-made theme of ``topic``, or for topics past them a made-up one with invented words."""
+    if topic < len(THEMES):
+        return THEMES[topic]
+    rng = np.random.default_rng(np.random.SeedSequence([0x7E3A, topic]))  # independent of the spec's seed
+    words: list[str] = []
+    while len(words) < 8:
+        word = "".join(rng.choice(_SYLLABLES, size=int(rng.integers(2, 4)))).capitalize()
+        if word not in words:
+            words.append(f"{word}{topic}")  # the topic number keeps words of different topics apart
+    head = words[0]
+    return Theme(f"topic{topic}", tuple(words), f"{head} Fiction", f"{head} Cinema", f"{head} Sound", head)
+
+
+def category_name(theme: Theme, domain: str) -> str:
+    if domain in ("books", "movies", "music"):
+        return getattr(theme, domain)
+    return f"{theme.generic} {domain.title()}"
+
+
+def domain_name(index: int) -> str:
+    """Name of the domain at ``index``: ``DOMAIN_NAMES`` in order, then ``domain8``, ``domain9``, ..."""
+    return DOMAIN_NAMES[index] if index < len(DOMAIN_NAMES) else f"domain{index}"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layout of each domain in the raw format.
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str
+    kind: str  # books | movies | music | generic: decides ids, titles and item attributes
+    fmt: str  # csv | jsonl | parquet
+    timestamp: str  # dataset.json "timestamp"
+    columns: dict[str, str]  # canonical -> raw interaction column
+    weight: str | None  # stars | half_stars | quantity | None (no weight column)
+    other_type: int  # event type code of non-view events
+    item_columns: dict[str, str]  # canonical -> raw item column
+    text_columns: tuple[str, ...]
+    attribute_columns: tuple[str, ...]
+    local_users: bool  # users named by an identity map
+
+    @property
+    def ext(self) -> str:
+        return self.fmt
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return BAD_REASONS if self.fmt == "csv" else BAD_REASONS[:-1]
+
+
+def domain_layout(index: int) -> Layout:
+    name = domain_name(index)
+    if index == 0:
+        return Layout(name, "books", "csv", "iso8601",
+                       {"user_id": "reader", "item_id": "isbn", "event_ts": "read_at", "event_type": "action",
+                        "weight": "stars"}, "stars", 1,
+                       {"item_id": "isbn", "title": "title", "category": "genre"},
+                       ("title", "blurb"), ("author", "publisher"), False)
+    if index == 1:
+        return Layout(name, "movies", "jsonl", "epoch_s",
+                       {"user_id": "uid", "item_id": "movie_id", "event_ts": "ts", "event_type": "event",
+                        "weight": "rating"}, "half_stars", 1,
+                       {"item_id": "movie_id", "title": "name", "category": "genre"},
+                       ("name", "plot"), ("director", "year"), False)
+    if index == 2:
+        return Layout(name, "music", "parquet", "epoch_ms",
+                       {"user_id": "listener", "item_id": "track", "event_ts": "played_at_ms", "event_type": "kind"},
+                       None, 2,
+                       {"item_id": "track", "title": "track_name", "category": "style"},
+                       ("track_name",), ("artist", "label"), True)
+    fmt = FORMATS[index % 3]
+    timestamp = {"csv": "yyyy-MM-dd HH:mm:ss", "jsonl": "epoch_s", "parquet": "epoch_ms"}[fmt]
+    simple = ("user_id", "item_id", "event_ts", "event_type", "weight")
+    return Layout(name, "generic", fmt, timestamp, {c: c for c in simple}, "quantity", 2,
+                   {"item_id": "item_id", "title": "title", "category": "category"},
+                   ("title", "description"), ("brand",), False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Items.
+
+_FIRST = ("Ada", "Bruno", "Chiara", "Dmitri", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemi", "Lars",
+          "Maya", "Nils", "Olga", "Pedro", "Quinn", "Rosa", "Sven", "Tara", "Umar", "Vera", "Wen", "Yusuf")
+_LAST = ("Abbott", "Berg", "Costa", "Dubois", "Eriksen", "Fischer", "Garcia", "Haddad", "Ivanova", "Jensen",
+         "Kowalski", "Lindqvist", "Moreau", "Nakamura", "Okafor", "Petrov", "Quint", "Rossi", "Sato", "Tanaka")
+_PUBLISHERS = ("Harbor House", "Lantern Press", "Northwind Books", "Quill & Ink", "Red Kite", "Silverleaf",
+               "Tall Tree", "Vellum")
+_LABELS = ("Blue Room Records", "Echo Park", "Frequency", "Groove Yard", "Night Owl", "Polar Sound", "Static",
+           "Vinyl Vault")
+_BRANDS = ("Acme", "Brightline", "Cobalt", "Driftwood", "Evergreen", "Foxglove", "Granite", "Helix", "Ironbark",
+           "Juniper", "Kestrel", "Lumen")
+_TITLES = {
+    "books": ("The {a} Chronicle", "{a} and the {b}", "Tales of the {a}", "The Last {a}", "A {a} Story"),
+    "movies": ("{a}: The Movie", "Return of the {a}", "{a} Rising", "The {a} Job", "{a} vs. {b}"),
+    "music": ("{a} Sessions", "Songs of the {a}", "{a} & {b}", "{a} (Live)", "{a} Nights"),
+    "games": ("{a} Simulator", "{a} Tactics", "{a} Arena", "Super {a}"),
+    "podcasts": ("The {a} Podcast", "{a} Talk", "{a} Weekly"),
+    "recipes": ("{a} Cookies", "{a} Stew", "Quick {a} Salad"),
+    "apparel": ("{a} T-Shirt", "{a} Hoodie", "{a} Cap"),
+    "toys": ("{a} Playset", "{a} Plush", "{a} Puzzle"),
+}
+_TEXTS = {
+    "books": "A {cat} novel about {a}, {b} and the {c}.",
+    "movies": "{Cat}. {A} meets {b}, and nothing is the same after the {c}.",
+    "generic": "{Cat}: {a}, {b} and {c}.",
+}
+_SEQUEL = {"books": " Vol. {n}", "movies": " {n}", "music": " Vol. {n}"}
+
+
+def make_item_id(kind: str, domain: str, idx: int) -> str:
+    """Id of item ``idx`` (injective in ``idx``; indexes past the catalog give ids not in it)."""
+    if kind == "books":  # ISBN-13 with a valid check digit
+        body = f"978{(idx * 7919 + 12345) % 10**9:09d}"
+        check = (10 - sum(int(c) * (3 if i % 2 else 1) for i, c in enumerate(body)) % 10) % 10
+        return f"{body}{check}"
+    if kind == "movies":
+        return f"tt{(idx * 7919 + 12345) % 9_000_000 + 1_000_000}"
+    if kind == "music":
+        return f"trk-{(idx * 2_654_435_761 + 0x5BD1E995) % 2**32:08x}"
+    return f"{domain}-{idx:06d}"
+
+
+@dataclass(frozen=True)
+class DomainCatalog:
+    ids: list[str]
+    columns: dict[str, list[Any]]  # raw item columns, in file order
+    cdf: np.ndarray  # (N,) topic + within-topic popularity CDF, items grouped by topic
+    cdf_items: np.ndarray  # (N,) item index at each cdf position
+
+    def sample(self, topic: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Item index for each (topic, uniform in [0, 1)) pair, Zipf-like within the topic."""
+        pos = np.searchsorted(self.cdf, topic + u, side="right")
+        return self.cdf_items[np.minimum(pos, len(self.cdf_items) - 1)]
+
+
+def topic_naming(spec: SyntheticSpec, index: int) -> np.ndarray:
+    """(topics,) the theme that names each topic in domain ``index`` (see ``text_signal``)."""
+    if spec.text_signal == "aligned":
+        return np.arange(spec.topics)
+    # a stream of its own: the aligned data set's bytes do not depend on it
+    return np.random.default_rng(np.random.SeedSequence([spec.seed, 0x7E57, index])).permutation(spec.topics)
+
+
+def build_domain_catalog(layout: Layout, spec: SyntheticSpec, rng: np.random.Generator, index: int) -> DomainCatalog:
+    n, t_count = spec.items_per_domain, spec.topics
+    topic_of = rng.permutation(np.arange(n) % t_count)  # every topic has items
+    cdf_parts, item_parts = [], []
+    for t in range(t_count):
+        members = rng.permutation(np.flatnonzero(topic_of == t))  # popularity rank order
+        w = 1.0 / np.arange(1, len(members) + 1) ** ZIPF_S
+        c = np.cumsum(w) / w.sum()
+        c[-1] = 1.0
+        cdf_parts.append(t + c)
+        item_parts.append(members)
+
+    themes = [theme_of(int(t)) for t in topic_naming(spec, index)]
+    people = [[f"{_FIRST[i]} {_LAST[j]}" for i, j in zip(rng.integers(0, len(_FIRST), 4),
+                                                         rng.integers(0, len(_LAST), 4))] for _ in themes]
+    bands = [[(w if w.endswith("s") else w + "s") for w in th.words[:3]] for th in themes]
+    templates = _TITLES.get(layout.name, _TITLES.get(layout.kind, ("{a} {b}",)))
+    ids, titles, cats, texts, attrs = [], [], [], [], []
+    seen: dict[str, int] = {}
+    word_pick = np.argsort(rng.random((n, 8)), axis=1)[:, :4]  # 4 different words of the item's topic
+    template_pick = rng.integers(0, len(templates), size=n)
+    person_pick = rng.integers(0, 4, size=n)
+    other_pick = rng.integers(0, 1000, size=n)
+    for i in range(n):
+        th = themes[topic_of[i]]
+        a, b, c, d = (th.words[k] for k in word_pick[i])
+        title = templates[template_pick[i]].format(a=a, b=b)
+        seen[title] = seen.get(title, 0) + 1
+        if seen[title] > 1:
+            title += _SEQUEL.get(layout.kind, " #{n}").format(n=seen[title])
+        cat = category_name(th, layout.name)
+        ids.append(make_item_id(layout.kind, layout.name, i))
+        titles.append(title)
+        cats.append(cat)
+        text_kind = layout.kind if layout.kind in _TEXTS else "generic"
+        texts.append(_TEXTS[text_kind].format(cat=cat.lower(), Cat=cat, A=b, a=b.lower(), b=c.lower(), c=d.lower()))
+        person = people[topic_of[i]][person_pick[i]]
+        if layout.kind == "books":
+            attrs.append((person, _PUBLISHERS[other_pick[i] % len(_PUBLISHERS)]))
+        elif layout.kind == "movies":
+            attrs.append((person, int(1970 + other_pick[i] % 55)))
+        elif layout.kind == "music":
+            artist = f"The {bands[topic_of[i]][person_pick[i]]}" if person_pick[i] < 3 else person
+            attrs.append((artist, _LABELS[other_pick[i] % len(_LABELS)]))
+        else:
+            attrs.append((_BRANDS[other_pick[i] % len(_BRANDS)],))
+
+    ic = layout.item_columns
+    columns: dict[str, list[Any]] = {ic["item_id"]: ids, ic["title"]: titles, ic["category"]: cats}
+    text_extra = [c for c in layout.text_columns if c not in columns]
+    if text_extra:
+        columns[text_extra[0]] = texts
+    for k, col in enumerate(layout.attribute_columns):
+        columns[col] = [a[k] for a in attrs]
+    return DomainCatalog(ids, columns, np.concatenate(cdf_parts), np.concatenate(item_parts).astype(np.int64))
+
+
+__all__ = ["DOMAIN_NAMES", "FORMATS", "BAD_REASONS", "Theme", "theme_of", "category_name", "domain_name", "Layout",
+           "domain_layout", "make_item_id", "DomainCatalog", "topic_naming", "build_domain_catalog"]

@@ -1,0 +1,74 @@
+"""The model artifact a training run leaves (``<model_root>/<model_version>/``, written aside and moved into place;
+crossrec.model.artifact.load_artifact reads it; the train stage registers it, crossrec.io.registry)::
+
+    model.safetensors, config.json    the refit's weights (without refit: the best epoch's)
+    terms.json, terms/*.safetensors   the score terms (crossrec.rerank) fitted on the validation split after training
+    item_index.parquet                item_idx, domain, item_id, domain_idx, domain_item_idx
+    metrics.json                      selected-on valid metrics, per-epoch history, data versions, timings, the term
+                                      fit's report under "terms"
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Mapping
+
+from crossrec.train.data import TrainingData
+
+if TYPE_CHECKING:
+    from crossrec.model.transformer import CrossDomainTransformer
+    from crossrec.rerank.base import TermSet
+
+log = logging.getLogger(__name__)
+
+
+def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | Path, data: TrainingData,
+                   metrics: Mapping,
+                   fit_terms: Callable[["CrossDomainTransformer"], tuple["TermSet", dict]] | None = None,
+                   select_dir: str | Path | None = None) -> Path:
+    """``<root>/<version>/`` from the checkpoint in ``best_ckpt_dir`` (written aside, then renamed into place).
+
+    The id embeddings of items in no training window (``data.untrained_items``; ``data.refit_untrained`` for a refit
+    model) are zeroed first (:meth:`~crossrec.model.transformer.CrossDomainTransformer.clear_id_embeddings`): text
+    scores those items. ``fit_terms(model) -> (TermSet, report)``: the score terms (see
+    :func:`crossrec.rerank.fit.fit_terms`), chosen with the model of ``select_dir`` (the selected epoch's checkpoint,
+    when ``best_ckpt_dir`` holds a refit that learned the validation targets) or else with the saved model; the terms
+    are saved with the model and the report in ``metrics.json`` under ``"terms"``."""
+    import torch
+
+    from crossrec.model.artifact import load_model, save_artifact
+
+    root = Path(folder_root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / version
+    tmp = root / f".{version}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = load_model(best_ckpt_dir)  # round trip: what is written is what evaluate will load
+    untrained = data.untrained_items if select_dir is None else data.refit_untrained
+    cleared = model.clear_id_embeddings(torch.from_numpy(untrained))
+    metrics = {**metrics, "untrained_items": cleared}
+    if cleared:
+        log.info("%d item(s) occur in no training window: id embeddings zeroed, text scores them", cleared)
+    terms = None
+    if fit_terms is not None:
+        chooser = model
+        if select_dir is not None:  # validation rows the refit learned would make the terms look useless
+            chooser = load_model(select_dir)
+            chooser.clear_id_embeddings(torch.from_numpy(data.untrained_items))
+        terms, report = fit_terms(chooser)
+        metrics = {**metrics, "terms": report}
+    save_artifact(tmp, model, terms, data.item_index, metrics)
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in tmp.rglob("*"):  # safetensors writes 0600; an artifact is read by other jobs and users
+        if f.is_file():
+            os.chmod(f, 0o666 & ~umask)
+    if final.exists():  # the same config on the same data and day: the newer export replaces it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+__all__ = ["write_artifact"]
