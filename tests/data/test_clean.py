@@ -47,39 +47,54 @@ def reasons(df):
     return [r[C.REASON] for r in df.orderBy("source", "item_id").select(C.REASON).collect()]
 
 
+# the typed columns of classify_interactions (its internal _record and _ingested_at aside)
+TYPED = ("domain string, local_user_id string, item_id string, event_type string, event_ts timestamp, weight double, "
+         "run_id string, source string, _status string, _reason string, _detail string")
+
+
+def columns_of(ddl):
+    return [c.split()[0] for c in ddl.split(", ")]
+
+
 def test_valid_row_is_typed(spark):
     out = classify(spark, [("books", " u1 ", "b1", "View", "2021-01-01T10:00:00Z", "2.5", None)])
-    row = out.first()
-    assert (row.local_user_id, row.item_id, row.event_type, row.weight, row[C.STATUS]) == ("u1", "b1", "view", 2.5, C.OK)
-    assert row.event_ts == dt.datetime(2021, 1, 1, 10, 0, 0)
+    expected = spark.createDataFrame(
+        [("books", "u1", "b1", "view", dt.datetime(2021, 1, 1, 10, 0, 0), 2.5, "run1", "f.csv", C.OK, None, None)], TYPED)
+    assertDataFrameEqual(out.select(columns_of(TYPED)), expected)
+    assert out.where(F.col("_record").isNotNull()).count() == 0  # only quarantined rows carry their bronze record
+
+
+OUT_OF_RANGE = " outside [1995-01-01T00:00:00, 2024-07-01T00:00:00)"
 
 
 @pytest.mark.parametrize(
-    "raw, reason",
+    "raw, reason, detail",
     [
-        (("books", "u1", "b1", "view", "2021-01-01", "1", "u1,b1"), "malformed_line"),
-        (("books", "  ", "b1", "view", "2021-01-01", "1", None), "missing_user_id"),
-        (("books", None, "b1", "view", "2021-01-01", "1", None), "missing_user_id"),
-        (("books", "u1", "", "view", "2021-01-01", "1", None), "missing_item_id"),
-        (("books", "u1", "b1", "view", None, "1", None), "missing_timestamp"),
-        (("books", "u\ufffd1", "b1", "view", "2021-01-01", "1", None), "invalid_encoding"),
-        (("books", "u" * 600, "b1", "view", "2021-01-01", "1", None), "value_too_long"),
-        (("books", "u1", "b1", "view", "yesterday", "1", None), "unparseable_timestamp"),
-        (("books", "u1", "b1", "view", "1990-05-01T00:00:00Z", "1", None), "timestamp_out_of_range"),
-        (("books", "u1", "b1", "view", "2099-01-01T00:00:00Z", "1", None), "timestamp_out_of_range"),
-        (("books", "u1", "b1", "view", "2024-07-01T00:00:00Z", "1", None), "timestamp_out_of_range"),
-        (("books", "u1", "b1", "view", "2021-01-01", "lots", None), "unparseable_weight"),
-        (("books", "u1", "b1", "view", "2021-01-01", "-1", None), "weight_out_of_range"),
-        (("books", "u1", "b1", "view", "2021-01-01", "NaN", None), "weight_out_of_range"),
-        (("books", "u1", "b1", "view", "2021-01-01", "Infinity", None), "weight_out_of_range"),
-        (("movies", "u1", "m1", "view", "1e30", "1", None), "timestamp_out_of_range"),
-        (("movies", "u1", "m1", "view", "12:00", "1", None), "unparseable_timestamp"),
+        (("books", "u1", "b1", "view", "2021-01-01", "1", "u1,b1"), "malformed_line",
+         "a line of 5 characters that does not parse as the file's columns (the line is in bronze)"),
+        (("books", "  ", "b1", "view", "2021-01-01", "1", None), "missing_user_id", "user_id is empty"),
+        (("books", None, "b1", "view", "2021-01-01", "1", None), "missing_user_id", "user_id is empty"),
+        (("books", "u1", "", "view", "2021-01-01", "1", None), "missing_item_id", "item_id is empty"),
+        (("books", "u1", "b1", "view", None, "1", None), "missing_timestamp", "event_ts is empty"),
+        (("books", "u\ufffd1", "b1", "view", "2021-01-01", "1", None), "invalid_encoding",
+         "bytes not valid in the file's encoding in user_id/item_id/event_type"),
+        (("books", "u" * 600, "b1", "view", "2021-01-01", "1", None), "value_too_long", "an id or event_type longer than 512 chars"),
+        (("books", "u1", "b1", "view", "yesterday", "1", None), "unparseable_timestamp", "event_ts=yesterday"),
+        (("books", "u1", "b1", "view", "1990-05-01T00:00:00Z", "1", None), "timestamp_out_of_range", "event_ts=1990-05-01T00:00:00Z" + OUT_OF_RANGE),
+        (("books", "u1", "b1", "view", "2099-01-01T00:00:00Z", "1", None), "timestamp_out_of_range", "event_ts=2099-01-01T00:00:00Z" + OUT_OF_RANGE),
+        (("books", "u1", "b1", "view", "2024-07-01T00:00:00Z", "1", None), "timestamp_out_of_range", "event_ts=2024-07-01T00:00:00Z" + OUT_OF_RANGE),
+        (("books", "u1", "b1", "view", "2021-01-01", "lots", None), "unparseable_weight", "weight=lots"),
+        (("books", "u1", "b1", "view", "2021-01-01", "-1", None), "weight_out_of_range", "weight=-1"),
+        (("books", "u1", "b1", "view", "2021-01-01", "NaN", None), "weight_out_of_range", "weight=NaN"),
+        (("books", "u1", "b1", "view", "2021-01-01", "Infinity", None), "weight_out_of_range", "weight=Infinity"),
+        (("movies", "u1", "m1", "view", "1e30", "1", None), "timestamp_out_of_range", "event_ts=1e30" + OUT_OF_RANGE),
+        (("movies", "u1", "m1", "view", "12:00", "1", None), "unparseable_timestamp", "event_ts=12:00"),
     ],
 )
-def test_bad_rows_get_their_reason(spark, raw, reason):
-    out = classify(spark, [raw]).first()
-    assert (out[C.STATUS], out[C.REASON]) == (C.QUARANTINED, reason)
-    assert out[C.DETAIL]
+def test_bad_rows_get_their_reason(spark, raw, reason, detail):
+    out = classify(spark, [raw]).select(C.STATUS, C.REASON, C.DETAIL)
+    expected = spark.createDataFrame([(C.QUARANTINED, reason, detail)], "_status string, _reason string, _detail string")
+    assertDataFrameEqual(out, expected)
 
 
 def test_timestamp_formats(spark):
@@ -88,16 +103,20 @@ def test_timestamp_formats(spark):
         ("movies", "u", "m1", None, "1614834367", None, None),
         ("music", "u", "s1", None, "1614834367000", None, None),
     ]
-    out = classify(spark, rows).orderBy("domain").collect()
-    assert [r.event_ts for r in out] == [dt.datetime(2021, 3, 4, 5, 6, 7)] * 3
-    assert [r.weight for r in out] == [1.0] * 3  # no weight -> 1.0
-    assert [r.event_type for r in out] == ["interaction"] * 3  # default event type
+    out = classify(spark, rows).select("domain", "event_ts", "weight", "event_type", C.STATUS)
+    # no weight -> 1.0; no event type -> the domain's default (books: "interaction" from the config, others built in)
+    expected = spark.createDataFrame(
+        [(d, dt.datetime(2021, 3, 4, 5, 6, 7), 1.0, "interaction", C.OK) for d in ("books", "movies", "music")],
+        "domain string, event_ts timestamp, weight double, event_type string, _status string")
+    assertDataFrameEqual(out, expected)
 
 
 def test_custom_timestamp_pattern(spark):
     df = bronze_interactions(spark, [("books", "u", "b1", None, "04/03/2021 05:06", None, None)])
-    out = C.classify_interactions(df, {"books": "dd/MM/yyyy HH:mm"}, {}, MIN_TS, MAX_TS).first()
-    assert out.event_ts == dt.datetime(2021, 3, 4, 5, 6)
+    out = C.classify_interactions(df, {"books": "dd/MM/yyyy HH:mm"}, {}, MIN_TS, MAX_TS)
+    expected = spark.createDataFrame([("b1", dt.datetime(2021, 3, 4, 5, 6), C.OK)],
+                                     "item_id string, event_ts timestamp, _status string")
+    assertDataFrameEqual(out.select("item_id", "event_ts", C.STATUS), expected)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -107,9 +126,10 @@ def test_pseudonyms_match_python_hmac(spark, values, key):
     from crossrec.data.pseudonym import pseudonym_column
 
     df = spark.createDataFrame([(i, v) for i, v in enumerate(values)], "i int, v string")
-    got = [r.h for r in df.select("i", pseudonym_column(key, F.col("v")).alias("h")).orderBy("i").collect()]
-    want = [None if v is None else hmac.new(key, v.encode("utf-8"), hashlib.sha256).hexdigest() for v in values]
-    assert got == want
+    got = df.select("i", pseudonym_column(key, F.col("v")).alias("h"))
+    want = [(i, None if v is None else hmac.new(key, v.encode("utf-8"), hashlib.sha256).hexdigest())
+            for i, v in enumerate(values)]
+    assertDataFrameEqual(got, spark.createDataFrame(want, "i int, h string"))
 
 
 def test_the_key_is_no_literal_of_the_plan(spark):
@@ -134,10 +154,11 @@ def test_pseudonymous_users_drop_the_raw_id_and_one_unicode_spelling_is_one_user
     df = spark.createDataFrame([("books", "alice"), ("books", composed), ("movies", decomposed)],
                                "domain string, local_user_id string")
     out = C.pseudonymous_users(df, None, b"k" * 20)
-    assert out.columns == ["domain", "user_id"]
-    ids = [r.user_id for r in out.collect()]
-    assert ids[0] == hmac.new(b"k" * 20, b"alice", hashlib.sha256).hexdigest()
-    assert ids[1] == ids[2] == hmac.new(b"k" * 20, composed.encode(), hashlib.sha256).hexdigest()
+    alice = hmac.new(b"k" * 20, b"alice", hashlib.sha256).hexdigest()
+    jose = hmac.new(b"k" * 20, composed.encode(), hashlib.sha256).hexdigest()  # the NFC spelling's pseudonym
+    # the schema compare checks the columns too: domain and user_id, no local_user_id
+    expected = spark.createDataFrame([("books", alice), ("books", jose), ("movies", jose)], "domain string, user_id string")
+    assertDataFrameEqual(out, expected)
 
 
 def test_identity_map_conflicts_duplicates_and_unknown_domains(spark):
@@ -156,17 +177,21 @@ def test_identity_map_conflicts_duplicates_and_unknown_domains(spark):
     out = C.classify_identity_map(df, ["books", "music"], key)
     p = {u: hmac.new(key, u.encode(), hashlib.sha256).hexdigest() for u in ("m-1", "m-2", "m-3", "m-4", "g-1", "u1", "u2",
                                                                             "u4", "u5", "u9")}
-    got = sorted((r.local_user_id or "", r.global_user_id or "", r[C.STATUS], r[C.REASON] or "") for r in out.collect())
     kept_u2 = min(p["u2"], p["u9"])  # one ingest: the smallest pseudonym wins (deterministic)
     lost_u2 = max(p["u2"], p["u9"])
-    assert got == sorted([
-        (p["m-1"], p["u1"], C.OK, ""), (p["m-1"], p["u1"], C.DUPLICATE, ""),
-        (p["m-2"], kept_u2, C.OK, ""), (p["m-2"], lost_u2, C.QUARANTINED, "identity_conflict"),
-        (p["m-4"], p["u5"], C.OK, ""), (p["m-4"], p["u4"], C.QUARANTINED, "identity_conflict"),
-        (p["g-1"], p["u1"], C.QUARANTINED, "unknown_domain"),
-        (p["m-3"], "", C.QUARANTINED, "missing_global_user_id"),
-        ("", "", C.QUARANTINED, "malformed_line"),
-    ])
+    same_ingest = "mapped to another global id in the same ingest; the smallest pseudonym was kept"
+    expected = spark.createDataFrame([
+        ("music", p["m-1"], p["u1"], C.OK, None, None), ("music", p["m-1"], p["u1"], C.DUPLICATE, None, None),
+        ("music", p["m-2"], kept_u2, C.OK, None, None),
+        ("music", p["m-2"], lost_u2, C.QUARANTINED, "identity_conflict", same_ingest),
+        ("music", p["m-4"], p["u5"], C.OK, None, None),
+        ("music", p["m-4"], p["u4"], C.QUARANTINED, "identity_conflict", "superseded by a mapping ingested later"),
+        ("games", p["g-1"], p["u1"], C.QUARANTINED, "unknown_domain", "domain=games not in ['books', 'music']"),
+        ("music", p["m-3"], None, C.QUARANTINED, "missing_global_user_id", "global_user_id is empty"),
+        (None, None, None, C.QUARANTINED, "malformed_line",
+         "a line of 12 characters that does not parse as the file's columns (the line is in bronze)"),
+    ], "domain string, local_user_id string, global_user_id string, _status string, _reason string, _detail string")
+    assertDataFrameEqual(out.select(expected.columns), expected)
     q = {r.reason + (r.detail or "")[:10]: r for r in C.quarantine_rows(out, "bronze.identity_map").collect()}
     text = " ".join(f"{r.detail} {r.record}" for r in q.values())
     assert not {"m-1", "m-2", "m-3", "m-4", "u4", "u7", "garbage"} & set(re.findall(r"[\w-]+", text)), text
@@ -175,8 +200,11 @@ def test_identity_map_conflicts_duplicates_and_unknown_domains(spark):
     inter = classify(spark, [("music", "m-2", "s1", "play", "1614834367000", None, None),
                              ("music", "m-7", "s1", "play", "1614834367000", None, None),
                              ("music", "m-4", "s1", "play", "1614834367000", None, None)])
-    joined = [r.user_id for r in C.pseudonymous_users(inter, out, key).orderBy("event_ts", "user_id").collect()]
-    assert sorted(joined) == sorted([kept_u2, hmac.new(key, b"m-7", hashlib.sha256).hexdigest(), p["u5"]])
+    # m-2 -> its kept global id; m-7 (no mapping) -> its own pseudonym; m-4 -> the latest mapping's global id
+    joined = C.pseudonymous_users(inter, out, key).select("domain", "item_id", "user_id")
+    m7 = hmac.new(key, b"m-7", hashlib.sha256).hexdigest()
+    assertDataFrameEqual(joined, spark.createDataFrame([("music", "s1", u) for u in (kept_u2, m7, p["u5"])],
+                                                       "domain string, item_id string, user_id string"))
 
 
 def test_catalog_check_and_dedupe(spark):
@@ -192,15 +220,20 @@ def test_catalog_check_and_dedupe(spark):
     inter = C.classify_interactions(bronze, {"books": "iso8601"}, {}, MIN_TS, MAX_TS, catalog=C.catalog_keys(items))
     inter = C.pseudonymous_users(inter, None, b"key-key-key-key-key")
     out = C.dedupe_interactions(inter)
-    got = sorted((r.item_id, r.source, r[C.STATUS], r[C.REASON], r[C.DETAIL]) for r in out.collect())
-    assert got == [
+    expected = spark.createDataFrame([
         ("b1", "a.csv", C.OK, None, None),
         ("b1", "b.csv", C.DUPLICATE, None, None),
         ("b1", "c.csv", C.QUARANTINED, "missing_user_id", "user_id is empty"),
         ("b2", "a.csv", C.QUARANTINED, "item_not_in_catalog", "item_id=b2 not in the domain's catalog"),
-    ]
+    ], "item_id string, source string, _status string, _reason string, _detail string")
+    assertDataFrameEqual(out.select(expected.columns), expected)
     q = C.quarantine_rows(out, "bronze.interactions")
     assert q.columns == load_contract("silver.quarantine").column_names
+    expected_q = spark.createDataFrame([
+        ("bronze.interactions", "books", "missing_user_id", "user_id is empty", "c.csv", "run1"),
+        ("bronze.interactions", "books", "item_not_in_catalog", "item_id=b2 not in the domain's catalog", "a.csv", "run1"),
+    ], "source_table string, domain string, reason string, detail string, source_file string, run_id string")
+    assertDataFrameEqual(q.drop("record"), expected_q)
     # the quarantine keeps each bad row as it arrived in bronze (raw, untrimmed values) but its user id, which is
     # the pseudonym; good rows carry none
     records = {r.reason: json.loads(r.record) for r in q.collect()}
@@ -217,8 +250,13 @@ def test_placeholder_items_for_missing_catalog_entries(spark):
     inter = C.pseudonymous_users(classify(spark, [("books", "u1", "b2", "view", "2021-01-01", "1", None)]), None,
                                  b"0123456789abcdef")
     ph = C.placeholder_items(inter, items)
-    row = ph.first()
-    assert (row.item_id, row.title, row.attributes, ph.count()) == ("b2", "b2", {"placeholder": "true"}, 1)
+    expected = spark.createDataFrame(
+        [("b2", "books", "b2", "b2", None, {"placeholder": "true"}, "placeholder", "placeholder", C.OK, None, None, None,
+          False, False)],
+        "item_id string, domain string, title string, text string, category string, attributes map<string,string>, "
+        "run_id string, source string, _status string, _reason string, _detail string, _record string, "
+        "_truncated boolean, _bad_text_bytes boolean")
+    assertDataFrameEqual(ph, expected)  # one row: b1 is in the catalog
     assert set(load_contract("silver.items").column_names) <= set(ph.columns)
 
 
@@ -232,14 +270,15 @@ def test_items_text_normalised_truncated_and_newest_wins(spark):
         ("books", None, "no id", None, {}, {}, None, "v2.csv", new),
     ]
     out = C.classify_items(bronze_items(spark, rows), max_text_chars=25)
-    got = {(r.item_id, r.source): r for r in out.collect()}
-    b1 = got[("b1", "v2.csv")]
-    assert (b1.title, b1.text, b1.category, b1.attributes, b1[C.STATUS]) == ("New title", "New title. Line1 Line2", "scifi", {"author": "Ann"}, C.OK)
-    assert got[("b1", "v1.csv")][C.STATUS] == C.DUPLICATE
-    b2 = got[("b2", "v2.csv")]
-    assert (b2.title, b2.text, b2._truncated) == ("", "x" * 25, True)
-    assert got[("b3", "v2.csv")]._bad_text_bytes is True and got[("b3", "v2.csv")][C.STATUS] == C.OK
-    assert got[(None, "v2.csv")][C.REASON] == "missing_item_id"
+    expected = spark.createDataFrame([
+        ("b1", "v1.csv", "Old title", "Old title", "scifi", {"author": "Ann"}, False, False, C.DUPLICATE, None, None),
+        ("b1", "v2.csv", "New title", "New title. Line1 Line2", "scifi", {"author": "Ann"}, False, False, C.OK, None, None),
+        ("b2", "v2.csv", "", "x" * 25, None, {}, True, False, C.OK, None, None),
+        ("b3", "v2.csv", "caf\ufffd", "caf\ufffd", None, {}, False, True, C.OK, None, None),
+        (None, "v2.csv", "no id", "no id", None, {}, False, False, C.QUARANTINED, "missing_item_id", "item_id is empty"),
+    ], "item_id string, source string, title string, text string, category string, attributes map<string,string>, "
+       "_truncated boolean, _bad_text_bytes boolean, _status string, _reason string, _detail string")
+    assertDataFrameEqual(out.select(expected.columns), expected)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -256,8 +295,11 @@ def test_status_counts_account_for_every_row(spark):
     rows = [("books", "u1", f"b{i % 3}", "view", "2021-01-01T00:00:00Z", "1", None) for i in range(9)]
     rows += [("books", "", "b1", "view", "2021-01-01T00:00:00Z", "1", None)]
     inter = C.dedupe_interactions(C.pseudonymous_users(classify(spark, rows), None, b"0123456789abcdef"))
-    counts = {(r[C.STATUS], r[C.REASON]): r["count"] for r in C.status_counts(inter).collect()}
-    assert counts == {(C.OK, None): 3, (C.DUPLICATE, None): 6, (C.QUARANTINED, "missing_user_id"): 1}
+    expected = spark.createDataFrame(
+        [("books", "f.csv", C.OK, None, 3), ("books", "f.csv", C.DUPLICATE, None, 6),
+         ("books", "f.csv", C.QUARANTINED, "missing_user_id", 1)],
+        "domain string, source string, _status string, _reason string, count long")
+    assertDataFrameEqual(C.status_counts(inter), expected)  # 3 + 6 + 1 = the 10 rows in
 
 
 def test_conflicting_rows_of_one_item_in_one_file_have_a_deterministic_winner(spark):
@@ -265,7 +307,8 @@ def test_conflicting_rows_of_one_item_in_one_file_have_a_deterministic_winner(sp
     rows = [("books", "b1", "Alpha", None, {"00_title": "Alpha"}, {}, None),
             ("books", "b1", "Zeta", None, {"00_title": "Zeta"}, {}, None),
             ("books", "b1", "Mid", None, {"00_title": "Mid"}, {}, None)]
+    expected = spark.createDataFrame([("Zeta", C.OK), ("Mid", C.DUPLICATE), ("Alpha", C.DUPLICATE)],
+                                     "title string, _status string")
     for order in (rows, rows[::-1]):
         out = C.classify_items(bronze_items(spark, order), 1000)
-        assert [(r.title, r[C.STATUS]) for r in out.where(F.col(C.STATUS) == C.OK).collect()] == [("Zeta", C.OK)]
-        assert out.where(F.col(C.STATUS) == C.DUPLICATE).count() == 2
+        assertDataFrameEqual(out.select("title", C.STATUS), expected)

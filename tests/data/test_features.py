@@ -6,6 +6,7 @@ import datetime as dt
 import numpy as np
 import pytest
 from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
 
 from crossrec.data import features as FE
 from crossrec.quality.contracts import load_contract
@@ -13,6 +14,11 @@ from crossrec.text.encoder import text_hash
 
 pytestmark = pytest.mark.spark
 T0 = dt.datetime(2021, 1, 1)
+
+
+def ts(h):
+    """The epoch seconds of the event ``h`` hours after T0 (what ``first_occurrences`` keeps as ``ts``)."""
+    return int((T0 + dt.timedelta(hours=h)).timestamp())
 
 
 def items_df(spark, rows):
@@ -42,60 +48,78 @@ def tiny(spark):
     return items, inter, index, occ
 
 
-def test_item_index_is_dense_and_deterministic(tiny):
+def test_item_index_is_dense_and_deterministic(spark, tiny):
     _, _, index, _ = tiny
-    rows = sorted((r.domain, r.item_id, r.item_idx, r.domain_idx, r.domain_item_idx) for r in index.collect())
-    assert rows == [
-        ("books", "b1", 1, 0, 0), ("books", "b2", 2, 0, 1), ("books", "b3", 3, 0, 2), ("books", "b4", 4, 0, 3),
-        ("movies", "m1", 5, 1, 0), ("movies", "m2", 6, 1, 1), ("movies", "m3", 7, 1, 2),
-    ]
+    expected = spark.createDataFrame([
+        ("books", "b1", 1, 0, 0, "cat"), ("books", "b2", 2, 0, 1, "cat"), ("books", "b3", 3, 0, 2, "cat"),
+        ("books", "b4", 4, 0, 3, "cat"), ("movies", "m1", 5, 1, 0, "cat"), ("movies", "m2", 6, 1, 1, "cat"),
+        ("movies", "m3", 7, 1, 2, "cat"),
+    ], "domain string, item_id string, item_idx long, domain_idx long, domain_item_idx long, category string")
+    assertDataFrameEqual(index, expected)
 
 
-def test_repeats_are_flagged_and_splits_are_leave_last_out_per_domain(tiny):
+def test_repeats_are_flagged_and_splits_are_leave_last_out_per_domain(spark, tiny):
     _, _, _, occ = tiny
-    assert occ.where("is_repeat").select("user_id", "item_id").collect()[0].asDict() == {"user_id": "alice", "item_id": "b1"}
+    # alice's second b1 (6 h after T0) is the one repeat, at its position among her events
+    repeats = spark.createDataFrame([("alice", "b1", ts(6), 6)], "user_id string, item_id string, ts long, pos long")
+    assertDataFrameEqual(occ.where("is_repeat").select(repeats.columns), repeats)
     split = FE.assign_splits(occ.where(~F.col("is_repeat")))
-    got = {(r.user_id, r.item_id): r.split for r in split.collect()}
-    assert got == {
-        ("alice", "b1"): "train", ("alice", "b2"): "train", ("alice", "b3"): "valid", ("alice", "b4"): "test",
-        ("alice", "m1"): "train", ("alice", "m2"): "valid", ("alice", "m3"): "test",
-        ("bob", "b2"): "valid", ("bob", "b3"): "test",
-    }
+    expected = spark.createDataFrame([
+        ("alice", "books", "b1", "train"), ("alice", "books", "b2", "train"), ("alice", "books", "b3", "valid"),
+        ("alice", "books", "b4", "test"),
+        ("alice", "movies", "m1", "train"), ("alice", "movies", "m2", "valid"), ("alice", "movies", "m3", "test"),
+        ("bob", "books", "b2", "valid"), ("bob", "books", "b3", "test"),
+    ], "user_id string, domain string, item_id string, split string")
+    assertDataFrameEqual(split.select(expected.columns), expected)
+    assert split.where("withheld").count() == 0  # no cold-start sample: nothing withheld
 
 
-def test_sequences_never_contain_targets(tiny):
+def test_sequences_never_contain_targets(spark, tiny):
     _, _, _, occ = tiny
     split = FE.assign_splits(occ.where(~F.col("is_repeat")))
-    seq = {(r.user_id, r.split, r.target_domain): r for r in FE.build_sequences(split, max_seq_len=10).collect()}
-    # alice positions: b1 m1 b2 m2 b3 m3 b4 (b1 repeat dropped) -> ids b1=1 b2=2 b3=3 b4=4 m1=5 m2=6 m3=7
-    assert seq[("alice", "train", "*")].item_idx == [1, 5, 2]  # train events only
-    assert seq[("alice", "valid", "books")].item_idx == [1, 5, 2]  # b3: train events before it (m2 is valid)
-    assert seq[("alice", "valid", "movies")].item_idx == [1, 5, 2]  # m2: train before it
-    assert seq[("alice", "test", "books")].item_idx == [1, 5, 2, 6, 3]  # b4: train + valid before it; not m3 (test)
-    assert seq[("alice", "test", "movies")].item_idx == [1, 5, 2, 6, 3]  # m3: not b4 (later), not itself
-    assert seq[("alice", "test", "books")].target_item_idx == 4
-    assert seq[("alice", "test", "books")].domain_idx == [0, 1, 0, 1, 0]
-    assert seq[("bob", "test", "books")].item_idx == [2] and seq[("bob", "valid", "books")].item_idx == []
-    for r in seq.values():
+    sequences = FE.build_sequences(split, max_seq_len=10)
+    # alice positions: b1 m1 b2 m2 b3 m3 b4 (b1 repeat dropped) -> ids b1=1 b2=2 b3=3 b4=4 m1=5 m2=6 m3=7;
+    # hours after T0: b1 1, m1 2, b2 3, m2 4, b3 5, m3 7, b4 8. bob: b2 1, b3 2
+    train_a = ([1, 5, 2], [0, 1, 0], [ts(1), ts(2), ts(3)])
+    before_test_a = ([1, 5, 2, 6, 3], [0, 1, 0, 1, 0], [ts(1), ts(2), ts(3), ts(4), ts(5)])
+    expected = spark.createDataFrame([
+        ("alice", "train", "*", *train_a, None, None, False, 3),  # train events only
+        ("alice", "valid", "books", *train_a, 3, ts(5), False, 3),  # b3: train events before it (m2 is valid)
+        ("alice", "valid", "movies", *train_a, 6, ts(4), False, 3),  # m2: train before it
+        ("alice", "test", "books", *before_test_a, 4, ts(8), False, 5),  # b4: train + valid before it; not m3 (test)
+        ("alice", "test", "movies", *before_test_a, 7, ts(7), False, 5),  # m3: not b4 (later), not itself
+        ("bob", "train", "*", [], [], [], None, None, False, 0),
+        ("bob", "valid", "books", [], [], [], 2, ts(1), True, 0),  # nothing before it: new to the domain
+        ("bob", "test", "books", [2], [0], [ts(1)], 3, ts(2), False, 1),
+    ], "user_id string, split string, target_domain string, item_idx array<long>, domain_idx array<long>, "
+       "event_ts array<long>, target_item_idx long, target_ts long, cold_start boolean, history_len long")
+    assertDataFrameEqual(sequences, expected)
+    for r in sequences.collect():  # the invariants, whatever the rows
         if r.split != "train":
             assert r.target_item_idx not in r.item_idx
             assert r.history_len == len(r.item_idx) == len(r.event_ts) == len(r.domain_idx)
-            assert all(ts < r.target_ts for ts in r.event_ts)
+            assert all(t < r.target_ts for t in r.event_ts)
 
 
-def test_truncation_keeps_newest(tiny):
+def test_truncation_keeps_newest(spark, tiny):
     _, _, _, occ = tiny
     split = FE.assign_splits(occ.where(~F.col("is_repeat")))
-    seq = {(r.user_id, r.split, r.target_domain): r for r in FE.build_sequences(split, max_seq_len=2).collect()}
-    assert seq[("alice", "test", "books")].item_idx == [6, 3]
-    assert seq[("alice", "train", "*")].item_idx == [1, 5, 2]  # train rows keep every train event
+    seq = FE.build_sequences(split, max_seq_len=2).select("user_id", "split", "target_domain", "item_idx", "history_len")
+    expected = spark.createDataFrame([
+        ("alice", "train", "*", [1, 5, 2], 3),  # train rows keep every train event
+        ("alice", "valid", "books", [5, 2], 2), ("alice", "valid", "movies", [5, 2], 2),
+        ("alice", "test", "books", [6, 3], 2), ("alice", "test", "movies", [6, 3], 2),
+        ("bob", "train", "*", [], 0), ("bob", "valid", "books", [], 0), ("bob", "test", "books", [2], 1),
+    ], "user_id string, split string, target_domain string, item_idx array<long>, history_len long")
+    assertDataFrameEqual(seq, expected)
 
 
 def test_cold_start_users_lose_their_target_domain_history(spark, tiny):
     _, _, _, occ = tiny
     firsts = occ.where(~F.col("is_repeat"))
     cold = FE.select_cold_users(firsts, per_domain=10, max_share=1.0, seed=1)
-    assert [r.user_id for r in cold.collect()] == ["alice"]  # bob has one domain: not a candidate
+    # bob has one domain: not a candidate; alice's target domain is the seed's pick, one of hers
+    assertDataFrameEqual(cold.select("user_id"), spark.createDataFrame([("alice",)], "user_id string"))
     d = cold.first().domain
     split = FE.assign_splits(firsts, cold)
     kept = split.where(~F.col("withheld") & (F.col("domain") == d)).collect()
@@ -133,19 +157,23 @@ def test_cold_sample_is_seeded_and_sized(spark):
     assert sorted(u for u, _ in sample(0, 0.0, 5, users)) == ["u1", "u2"]  # a cohort: every multi-domain user of it
 
 
-def test_train_counts(tiny):
+def test_train_counts(spark, tiny):
     _, _, index, occ = tiny
     split = FE.assign_splits(occ.where(~F.col("is_repeat")))
-    counts = {r.item_id: r.train_count for r in FE.add_train_counts(index, split).collect()}
-    assert counts == {"b1": 1, "b2": 1, "b3": 0, "b4": 0, "m1": 1, "m2": 0, "m3": 0}
+    counts = FE.add_train_counts(index, split).select("item_idx", "item_id", "train_count")
+    expected = spark.createDataFrame(
+        [(1, "b1", 1), (2, "b2", 1), (3, "b3", 0), (4, "b4", 0), (5, "m1", 1), (6, "m2", 0), (7, "m3", 0)],
+        "item_idx long, item_id string, train_count long")
+    assertDataFrameEqual(counts, expected)
 
 
 def test_encoder_input_and_hash_match_python(spark, tiny):
     items, *_ = tiny
-    rows = FE.encoder_input(items).collect()
-    r = [x for x in rows if x.item_id == "b1"][0]
-    assert r.enc_text == "text b1. cat. brand: b"
-    assert r.text_hash == text_hash(r.enc_text)
+    ids = [("books", "b1"), ("books", "b2"), ("books", "b3"), ("books", "b4"), ("movies", "m1"), ("movies", "m2"),
+           ("movies", "m3")]
+    expected = spark.createDataFrame([(d, i, f"text {i}. cat. brand: b", text_hash(f"text {i}. cat. brand: b"))
+                                      for d, i in ids], "domain string, item_id string, enc_text string, text_hash string")
+    assertDataFrameEqual(FE.encoder_input(items), expected)
 
 
 def test_item_texts_rebuild_the_spark_encoder_input(spark):
@@ -156,12 +184,12 @@ def test_item_texts_rebuild_the_spark_encoder_input(spark):
             ("c", "Pan", "", {"z": "1", "a": "2"}), ("d", "Mug", "cups", None)]
     items = spark.createDataFrame(rows, "item_id string, text string, category string, attributes map<string,string>")
     items = items.withColumn("domain", F.lit("kitchen"))
-    spark_rows = sorted((r.item_id, r.enc_text, r.text_hash) for r in FE.encoder_input(items).collect())
     pdf = items.toPandas().sort_values("item_id")
     ours = item_texts(pdf.text.values, pdf.category.values, pdf.attributes.values)
-    assert [t for _, t, _ in spark_rows] == ours
-    assert [h for *_, h in spark_rows] == [text_hash(t) for t in ours]
     assert ours[:3] == ["Oats. cereal. brand: x; size: 1kg", "Tea", "Pan. . a: 2; z: 1"]
+    expected = spark.createDataFrame([(i, t, text_hash(t)) for i, t in zip(pdf.item_id.values, ours)],
+                                     "item_id string, enc_text string, text_hash string")
+    assertDataFrameEqual(FE.encoder_input(items).select("item_id", "enc_text", "text_hash"), expected)
 
 
 @pytest.mark.slow

@@ -51,8 +51,31 @@ def _of(exps, cls):
 
 
 # -------------------------------------------------------------------------------------- contract files
+# every table the pipeline writes, written out: ingest (bronze), clean (silver), features and score (gold), the
+# run/accounting/erasure records (ops)
+PIPELINE_TABLES = {
+    "bronze.interactions", "bronze.items", "bronze.identity_map",
+    "silver.interactions", "silver.items", "silver.identity_map", "silver.quarantine",
+    "gold.item_index", "gold.user_sequences", "gold.item_embeddings", "gold.recommendations", "gold.metrics",
+    "ops.accounting", "ops.runs", "ops.erasures",
+}
+
+
 def test_there_are_contracts():
-    assert len(YAMLS) >= 7
+    """One contract per table the pipeline writes: no table without one, no contract without a table."""
+    assert len(TABLES) == len(set(TABLES)), f"a table has two contracts: {TABLES}"
+    assert set(TABLES) == PIPELINE_TABLES
+    assert {c.table for c in all_contracts()} == PIPELINE_TABLES
+
+
+def test_the_library_names_only_contract_tables():
+    """The table lists of the library (the gold inputs of training, the tables erasure rewrites) are contract tables."""
+    from crossrec.bench.quality import GOLD_TABLES as BENCH_GOLD_TABLES
+    from crossrec.data.forget import AUDIT, BRONZE_TABLES, PSEUDONYM_TABLES
+    from crossrec.train.config import GOLD_TABLES
+
+    named = {*GOLD_TABLES, *BENCH_GOLD_TABLES, *PSEUDONYM_TABLES, *BRONZE_TABLES, AUDIT}
+    assert named <= PIPELINE_TABLES, named - PIPELINE_TABLES
 
 
 def test_all_contracts_loads_every_yaml():
