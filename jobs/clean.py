@@ -21,6 +21,7 @@ import sys
 
 from crossrec.cli.common import add_common_args, run_job
 from crossrec.data.silver import STAGE, run_clean
+from crossrec.io.config import CrossrecConfig as D
 
 run = run_clean
 
@@ -29,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_args(p, raw=True)
     p.add_argument("--max-quarantine-share", dest="max_quarantine_share", type=float,
                    help="fail (exit 3, nothing written) when more than this share of a domain's or a file's rows is "
-                        "quarantined (default 0.5; 1 turns the check off)")
+                        f"quarantined (default {D.max_quarantine_share:g}; 1 turns the check off)")
     p.add_argument("--full-refresh", dest="full_refresh", action="store_const", const=True,
                    help="rebuild silver from all of bronze instead of merging the rows ingested since the last run")
 

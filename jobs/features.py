@@ -22,6 +22,7 @@ import sys
 
 from crossrec.cli.common import add_common_args, run_job
 from crossrec.data.gold import STAGE, run_features
+from crossrec.io.config import CrossrecConfig as D
 
 run = run_features
 
@@ -29,16 +30,16 @@ run = run_features
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_args(p, raw=True)
     g = p.add_argument_group("features")
-    g.add_argument("--max-seq-len", dest="max_seq_len", type=int, help="events of history kept per sample (default 50)")
+    g.add_argument("--max-seq-len", dest="max_seq_len", type=int, help=f"events of history kept per sample (default {D.max_seq_len})")
     g.add_argument("--cold-start-users", dest="cold_start_users", type=int,
                    help="per domain, users active in it and another domain made new to it (history withheld) for the "
-                        "cold-start evaluation (default 2000)")
+                        f"cold-start evaluation (default {D.cold_start_users})")
     g.add_argument("--cold-start-fraction", dest="cold_start_fraction", type=float,
-                   help="at most this share of a domain's multi-domain users is sampled (default 0.5)")
+                   help=f"at most this share of a domain's multi-domain users is sampled (default {D.cold_start_fraction:g})")
     g.add_argument("--cold-start-cohort", dest="cold_start_cohort",
                    help="use every user of this cohort of dataset.json extras.user_cohorts as the cold-start sample "
                         "instead (default: none, the seeded sample)")
-    g.add_argument("--seed", type=int, help="seed of the sampled choices (default 42)")
+    g.add_argument("--seed", type=int, help=f"seed of the sampled choices (default {D.seed})")
     g.add_argument("--full-refresh", dest="full_refresh", action="store_const", const=True,
                    help="rebuild gold from all of silver instead of the users with changes since the last run")
 

@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from crossrec.cli.common import add_common_args, run_job
+from crossrec.io.config import CrossrecConfig as D
 from crossrec.io.maintain import STAGE, run_maintain
 
 
@@ -24,12 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_args(p, validates=False)
     g = p.add_argument_group("maintain")
     g.add_argument("--zorder", action="store_true", help="also Z-order the tables whose contract names zorder_by (rewrites them)")
-    g.add_argument("--keep-run-dates", dest="keep_run_dates", type=int, help="run dates of gold.recommendations kept (default 7)")
-    g.add_argument("--keep-models", dest="keep_models", type=int, help="registered model versions kept, besides the champion (default 3)")
+    g.add_argument("--keep-run-dates", dest="keep_run_dates", type=int, help=f"run dates of gold.recommendations kept (default {D.keep_run_dates})")
+    g.add_argument("--keep-models", dest="keep_models", type=int, help=f"registered model versions kept, besides the champion (default {D.keep_models})")
     g.add_argument("--compact-file-mb", dest="compact_file_mb", type=float,
-                   help="compaction rewrites only files smaller than this many MiB (default 64)")
+                   help=f"compaction rewrites only files smaller than this many MiB (default {D.compact_file_mb:g})")
     g.add_argument("--vacuum-retention-hours", dest="vacuum_retention_hours", type=float,
-                   help="VACUUM keeps what table versions of this many hours need (default 168)")
+                   help=f"VACUUM keeps what table versions of this many hours need (default {D.vacuum_retention_hours:g})")
 
 
 def run(cfg, spark, args: argparse.Namespace) -> dict:

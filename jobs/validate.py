@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import sys
 
+from crossrec import columns as C
 from crossrec.cli.common import add_common_args, run_job
 from crossrec.data.rawformat import RawFormatError
 from crossrec.io.config import CrossrecConfig
@@ -57,7 +58,7 @@ def run(cfg: CrossrecConfig, spark, a: argparse.Namespace) -> list:
             if domains is None:
                 items = cfg.table_path("silver.items")
                 items_v = pinned_versions(spark, cfg.lake_uri, ["silver.items"])["silver.items"]
-                domains = sorted(r[0] for r in read_table(spark, items, items_v).select("domain").distinct().collect())
+                domains = sorted(r[0] for r in read_table(spark, items, items_v).select(C.DOMAIN).distinct().collect())
             refs = {r.table: read_table(spark, cfg.table_path(r.table), pinned_versions(spark, cfg.lake_uri, [r.table])[r.table])
                     for r in contract.references}
             report = validator.check(contract, read_table(spark, path, version), params=contract_params(cfg, domains),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cases import CASES, Case, Done, Stop
+from cases import CASES, Case, Stop
 from crossrec.io.readers import read_table
 from support import TEST_KEY, job_args, write_raw
 

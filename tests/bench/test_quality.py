@@ -68,7 +68,7 @@ def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_
     assert (out / "pseudonym.key").exists(), "no key configured: the bench made a throwaway one"
     logs = {p.name: p.read_text() for p in (out / "logs").iterdir()}
     assert set(logs) == {"train-crossrec.log", "train-sasrec-books.log", "train-sasrec-movies.log", "evaluate.log"}
-    assert "crossrec.jobs.evaluate" in logs["evaluate.log"], "the in-process step's log lines went to its log file"
+    assert "crossrec.evaluate.stage" in logs["evaluate.log"], "the in-process step's log lines went to its log file"
     md = (out / "quality.md").read_text()
     assert "crossrec vs the best other model" in md and "| sasrec |" in md
     cold = next(r for r in ratios(recs) if r["segment"] == "cold_start")

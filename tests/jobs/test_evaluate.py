@@ -9,7 +9,7 @@ from deltalake import write_deltalake
 
 torch = pytest.importorskip("torch")
 
-from crossrec_jobs.evaluate import evaluate_all, parse_models  # noqa: E402
+from crossrec.evaluate.stage import evaluate_all, parse_models  # noqa: E402
 
 
 def test_model_flags_name_artifacts_with_or_without_their_terms():

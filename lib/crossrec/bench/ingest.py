@@ -107,11 +107,12 @@ def run_ingest(spec: IngestSpec, spark=None) -> dict:
     import secrets
 
     from crossrec.bench.scoring import _plot
+    from crossrec.data.bronze import run_ingest as ingest_stage  # this module's run_ingest is the benchmark
+    from crossrec.data.silver import run_clean
     from crossrec.data.synthetic import SyntheticSpec, generate
     from crossrec.io.config import resolve_config
     from crossrec.io.readers import read_table
     from crossrec.io.spark import build_spark
-    from crossrec_jobs import clean, ingest
 
     out = Path(spec.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +127,7 @@ def run_ingest(spec: IngestSpec, spark=None) -> dict:
                                     "pseudonym_key": key})
     # untimed warm-up of both systems: the plain copy reads the real files once (disk cache, JIT of the readers);
     # crossrec runs once on a small data set of the same layouts (Delta's and Great Expectations' first use,
-    # code generation of the same plans). Without it crossrec alone paid ~10 s of one-off start-up.
+    # code generation of the same plans), so that neither system timed pays the session's one-off start-up.
     if spec.warmup:
         t0 = time.perf_counter()
         plain_copy(spark, str(raw), out / "warmup")
@@ -136,8 +137,8 @@ def run_ingest(spec: IngestSpec, spark=None) -> dict:
                                            seed=spec.seed), overwrite=True)
         warm_cfg = resolve_config(overrides={"lake_root": str(out / "warmup-lake"), "raw_dir": str(small),
                                              "run_date": "2025-01-01", "pseudonym_key": key})
-        ingest.run(warm_cfg, spark)
-        clean.run(warm_cfg, spark)
+        ingest_stage(warm_cfg, spark)
+        run_clean(warm_cfg, spark)
         for folder in ("warmup", "warmup-raw", "warmup-lake"):
             shutil.rmtree(out / folder, ignore_errors=True)
         log.info("warm-up (plain copy of the real files, crossrec on %d users; not timed): %.1fs", warm_users,
@@ -145,13 +146,13 @@ def run_ingest(spec: IngestSpec, spark=None) -> dict:
     else:
         log.warning("no warm-up: the first system timed pays the session's one-off start-up costs")
     t0 = time.perf_counter()
-    ingest.run(cfg, spark)
+    ingest_stage(cfg, spark)
     t_ingest = time.perf_counter() - t0
-    clean.run(cfg, spark)
+    run_clean(cfg, spark)
     t_crossrec = time.perf_counter() - t0
     bronze = sum(len(read_table(str(lake), t, columns=["run_id"])) for t in ("bronze.interactions", "bronze.items"))
-    # the two copies take seconds, so one run swings with the machine (the plain copy measured 4.0-8.4 s on the
-    # same files in one session): each is run REPEATS times, alternated, and its median counts
+    # the two copies take seconds, so a single run swings with the machine's load: each is run REPEATS times,
+    # alternated, and its median counts
     plain_s, layers_s = [], []
     for _ in range(REPEATS):
         t0 = time.perf_counter()

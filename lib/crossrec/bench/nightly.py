@@ -111,9 +111,9 @@ def run_nightly(spec: NightlySpec) -> dict:
     from crossrec.io.config import resolve_config
     from crossrec.io.spark import build_spark
     from crossrec.io.maintain import run_maintain
+    from crossrec.data.bronze import run_ingest
     from crossrec.data.gold import run_features
     from crossrec.data.silver import run_clean
-    from crossrec_jobs import ingest
 
     out = Path(spec.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ def run_nightly(spec: NightlySpec) -> dict:
             before = _files(lake)
             t = time.perf_counter()
             if stage == "ingest":
-                ingest.run(cfg, spark)
+                run_ingest(cfg, spark)
             elif stage == "clean":
                 run_clean(cfg, spark)
             elif stage == "features":

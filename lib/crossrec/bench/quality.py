@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from crossrec import columns as C
+
 log = logging.getLogger(__name__)
 
 OURS = "crossrec"
@@ -205,7 +207,7 @@ def _check_reused_lake(spec: QualitySpec, raw: str) -> None:
     missing = missing_tables(lake, GOLD_TABLES)
     if missing:
         raise BenchError(f"--reuse-lake: {lake} has no {', '.join(missing)}; build it first (leave out --reuse-lake)")
-    in_lake = set(read_table(lake, "gold.item_index", columns=["domain"]).domain.unique())
+    in_lake = set(read_table(lake, "gold.item_index", columns=[C.DOMAIN]).domain.unique())
     in_raw = set(load_dataset(raw).domains)
     if in_lake != in_raw:
         raise BenchError(f"--reuse-lake: the lake's domains {sorted(in_lake)} are not the raw data set's "
@@ -268,7 +270,7 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
             stages[stage] = _run_job(stage, stage, [*common, *on_spark, *(seed if stage == "features" else [])],
                                      out, env, inline)
 
-    domains = sorted(read_table(lake, "gold.item_index", columns=["domain"]).domain.unique())
+    domains = sorted(read_table(lake, "gold.item_index", columns=[C.DOMAIN]).domain.unique())
     models_root = out / "models"
     train_s: dict[str, float] = {}
     base = ["--lake-root", lake, "--workers", str(spec.workers)]

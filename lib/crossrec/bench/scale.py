@@ -36,6 +36,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from crossrec import columns as C
+
 log = logging.getLogger(__name__)
 
 STAGES = ("ingest", "clean", "features", "train", "score")
@@ -134,7 +136,7 @@ def run_stage(name: str, args: list[str], log_file: Path) -> tuple[float, int]:
 def _rows(lake: Path, table: str) -> int:
     from crossrec.io.readers import read_table
 
-    return len(read_table(str(lake), table, columns=["user_id"] if table != "silver.items" else ["item_id"]))
+    return len(read_table(str(lake), table, columns=[C.USER_ID] if table != "silver.items" else [C.ITEM_ID]))
 
 
 def growth(records: list[dict]) -> dict[str, list[dict]]:

@@ -4,7 +4,7 @@
 
 The same users, items and K for all three, in one run on one Spark session:
 
-* **crossrec score stage** -- the real job (``crossrec_jobs.score.run``: Spark ``mapInArrow`` over users, the
+* **crossrec score stage** -- the real stage (``crossrec.score.stage.run_score``: Spark ``mapInArrow`` over users, the
   Transformer over each user's history, seen items excluded, top-K per domain with reasons, the Delta write),
   on a lake written here: ``silver.interactions`` (``--users`` users with ``--events`` random events each) and a
   model artifact (an untrained CrossDomainTransformer, d_model 64: the weights do not change the work, with the
@@ -36,6 +36,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from crossrec import columns as C
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +78,21 @@ def write_lake(spark, spec: ScoringSpec, lake: Path) -> list[str]:
     dom = rng.integers(0, spec.domains, n)
     item = rng.zipf(1.3, n) % spec.items_per_domain  # popular head, long tail
     inter = pd.DataFrame({
-        "user_id": np.repeat(np.array([f"user{u:08d}" for u in range(spec.users)], dtype=object), spec.events),
-        "domain": np.array(domains, dtype=object)[dom],
-        "item_id": [f"i{i}" for i in item],
-        "event_type": "view",
-        "event_ts": pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 365 * 86400, n), unit="s"),
-        "weight": 1.0, "run_id": "bench", "source": "bench-scoring",
+        C.USER_ID: np.repeat(np.array([f"user{u:08d}" for u in range(spec.users)], dtype=object), spec.events),
+        C.DOMAIN: np.array(domains, dtype=object)[dom],
+        C.ITEM_ID: [f"i{i}" for i in item],
+        C.EVENT_TYPE: "view",
+        C.EVENT_TS: pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 365 * 86400, n), unit="s"),
+        C.WEIGHT: 1.0, C.RUN_ID: "bench", C.SOURCE: "bench-scoring",
     })
     c = load_contract("silver.interactions")
     write_table(spark, spark.createDataFrame(inter, c.spark_schema()), c, str(lake / "silver" / "interactions"), "overwrite")
     n_items = spec.domains * spec.items_per_domain
-    index = pd.DataFrame({"item_idx": np.arange(1, n_items + 1),
-                          "domain": np.repeat(domains, spec.items_per_domain),
-                          "item_id": [f"i{i}" for i in range(spec.items_per_domain)] * spec.domains,
-                          "domain_idx": np.repeat(np.arange(spec.domains), spec.items_per_domain),
-                          "domain_item_idx": np.tile(np.arange(spec.items_per_domain), spec.domains)})
+    index = pd.DataFrame({C.ITEM_IDX: np.arange(1, n_items + 1),
+                          C.DOMAIN: np.repeat(domains, spec.items_per_domain),
+                          C.ITEM_ID: [f"i{i}" for i in range(spec.items_per_domain)] * spec.domains,
+                          C.DOMAIN_IDX: np.repeat(np.arange(spec.domains), spec.items_per_domain),
+                          C.DOMAIN_ITEM_IDX: np.tile(np.arange(spec.items_per_domain), spec.domains)})
     feats = ItemFeatures.from_item_index(index.item_idx.values, index.domain_idx.values, index.domain_item_idx.values,
                                          text_emb=rng.normal(size=(n_items, 384)).astype(np.float32))
     torch.manual_seed(spec.seed)
@@ -137,8 +139,8 @@ def spark_als(spark, lake: Path, spec: ScoringSpec) -> tuple[float, float]:
     from crossrec.io.delta import read_table
 
     inter = read_table(spark, str(lake / "silver" / "interactions")).select(
-        "user_id", F.concat_ws(":", "domain", "item_id").alias("key"))
-    inter = StringIndexer(inputCol="user_id", outputCol="user").fit(inter).transform(inter)
+        C.USER_ID, F.concat_ws(":", C.DOMAIN, C.ITEM_ID).alias("key"))
+    inter = StringIndexer(inputCol=C.USER_ID, outputCol="user").fit(inter).transform(inter)
     inter = StringIndexer(inputCol="key", outputCol="item").fit(inter).transform(inter)
     pairs = inter.groupBy(F.col("user").cast("int").alias("user"), F.col("item").cast("int").alias("item")).agg(
         F.count("*").cast("float").alias("rating")).cache()
@@ -163,7 +165,7 @@ def write_floor(spark, lake: Path, spec: ScoringSpec) -> float:
     rows = read_table(spark, str(lake / "gold" / "recommendations")).persist()
     rows.count()
     t0 = time.perf_counter()
-    (rows.mapInArrow(lambda batches: batches, rows.schema).write.format("delta").partitionBy("run_date", "domain")
+    (rows.mapInArrow(lambda batches: batches, rows.schema).write.format("delta").partitionBy(C.RUN_DATE, C.DOMAIN)
      .mode("overwrite").save(str(lake / "bench" / "write_floor")))
     rate = spec.users / (time.perf_counter() - t0)
     rows.unpersist()
@@ -183,7 +185,7 @@ def model_alone(spark, lake: Path, spec: ScoringSpec, batch_users: int = 1024, u
     folder = str(lake / "models" / "bench-scoring")
     catalog = S.catalog_frame(spark, folder)
     firsts = S.first_events(read_table(spark, str(lake / "silver" / "interactions"))).persist()  # read by both below
-    hist = S.user_histories(firsts, catalog).select("user_id", "item_idx", "event_ts").toArrow()
+    hist = S.user_histories(firsts, catalog).select(C.USER_ID, C.ITEM_IDX, C.EVENT_TS).toArrow()
     pop = S.popularity(firsts, catalog, spec.domains * spec.items_per_domain)
     firsts.unpersist()
     t0 = time.perf_counter()
@@ -202,7 +204,7 @@ def run_scoring(spec: ScoringSpec, spark=None) -> dict:
     """Run the three systems and the two ceilings; write scoring.json / .md / .png; return the result."""
     from crossrec.io.config import resolve_config
     from crossrec.io.spark import build_spark
-    from crossrec_jobs import score as score_job
+    from crossrec.score.stage import run_score
 
     out = Path(spec.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -214,7 +216,7 @@ def run_scoring(spec: ScoringSpec, spark=None) -> dict:
              spec.domains, spec.items_per_domain, time.time() - t0)
     n_items = spec.domains * spec.items_per_domain
     cfg = resolve_config(overrides={"lake_root": str(lake), "validate": False, "run_date": "2025-01-01"})
-    summary = score_job.run(cfg, spark, k=spec.k, version=str(lake / "models" / "bench-scoring"), publish=False)
+    summary = run_score(cfg, spark, k=spec.k, version=str(lake / "models" / "bench-scoring"), publish=False)
     log.info("crossrec score stage: %.0f users/s", summary["users_per_s"])
     floor_rate = write_floor(spark, lake, spec)
     log.info("output path alone (same rows, identity mapInArrow, Delta write): %.0f users/s", floor_rate)

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from crossrec import columns as C
+
 log = logging.getLogger(__name__)
 
 
@@ -54,6 +56,9 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
 
     from crossrec.bench.quality import BenchError
     from crossrec.bench.scoring import _plot
+    from crossrec.data.bronze import run_ingest
+    from crossrec.data.gold import run_features
+    from crossrec.data.silver import run_clean
     from crossrec.data.synthetic import SyntheticSpec, generate
     from crossrec.io.config import resolve_config
     from crossrec.io.readers import read_table
@@ -61,7 +66,6 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
     from crossrec.text.encoder import TextEncoder
     from crossrec.train.config import TrainConfig
     from crossrec.train.driver import train
-    from crossrec_jobs import clean, features, ingest
 
     if not spec.workers or min(spec.workers) < 1 or len(set(spec.workers)) != len(spec.workers):
         raise BenchError(f"--workers: distinct worker counts of 1 or more, e.g. 1,2,4; got {list(spec.workers)}")
@@ -70,8 +74,8 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
     if spec.lake_root:
         lake = Path(spec.lake_root).resolve()
         _check_lake(str(lake))
-        users = int(read_table(str(lake), "gold.user_sequences", columns=["user_id"]).user_id.nunique())
-        domains = int(read_table(str(lake), "gold.item_index", columns=["domain"]).domain.nunique())
+        users = int(read_table(str(lake), "gold.user_sequences", columns=[C.USER_ID]).user_id.nunique())
+        domains = int(read_table(str(lake), "gold.item_index", columns=[C.DOMAIN]).domain.nunique())
         log.info("timing training on the lake %s (%d users, %d domains)", lake, users, domains)
     else:
         raw, lake = out / "raw", out / "lake"
@@ -81,8 +85,8 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
         spark = spark or build_spark("crossrec-bench-training", "local[*]", {})
         cfg = resolve_config(overrides={"lake_root": str(lake), "raw_dir": str(raw), "run_date": "2025-01-01",
                                         "pseudonym_key": secrets.token_hex(32)})
-        for job in (ingest, clean, features):
-            job.run(cfg, spark)
+        for data_stage in (run_ingest, run_clean, run_features):
+            data_stage(cfg, spark)
 
     records = []
     for workers in sorted(spec.workers):
@@ -100,7 +104,7 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
                         "users": users})
         log.info("%s", records[-1])
 
-    texts = read_table(str(lake), "silver.items", columns=["text"]).text.tolist()[: spec.encoder_items]
+    texts = read_table(str(lake), "silver.items", columns=[C.TEXT]).text.tolist()[: spec.encoder_items]
     enc = TextEncoder()
     enc.encode(texts[:32])  # warm-up
     t0 = time.perf_counter()

@@ -40,6 +40,7 @@ import logging
 import os
 import sys
 
+from crossrec import columns as C
 from crossrec.cli.common import EXIT_BAD_INPUT, setup_logging
 
 log = logging.getLogger("crossrec.cli")
@@ -57,6 +58,14 @@ STAGES = {
     "forget": "erase users from every table and the published recommendations (Delta DELETE, audited)",
     "maintain": "Delta upkeep: compaction (--zorder: clustering), retention of run dates and models, VACUUM",
 }
+
+
+
+def spec_defaults(module: str, cls: str) -> dict:
+    """The field defaults of the dataclass ``module.cls`` (a benchmark's spec): its flags default to them."""
+    import dataclasses
+
+    return {f.name: f.default for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
 
 
 def _generate(argv: list[str]) -> int:
@@ -135,11 +144,11 @@ def _tables(argv: list[str]) -> int:
         print(f"{t.table:<22} {t.version:>7} {t.rows:>12,}  {t.path}")
     if a.accounting and any(t.table == "ops.accounting" for t in tables):
         acc = read_table(a.lake_root, "ops.accounting")
-        newest = acc.sort_values("recorded_at").groupby("stage").tail(1)[["stage", "run_id"]]
-        acc = acc.merge(newest, on=["stage", "run_id"])
-        cols = ["stage", "table_name", "domain", "rows_in", "rows_out", "quarantined", "duplicates", "skipped"]
+        newest = acc.sort_values("recorded_at").groupby(C.STAGE).tail(1)[[C.STAGE, C.RUN_ID]]
+        acc = acc.merge(newest, on=[C.STAGE, C.RUN_ID])
+        cols = [C.STAGE, C.TABLE_NAME, C.DOMAIN, "rows_in", "rows_out", "quarantined", "duplicates", "skipped"]
         print()
-        print(acc.sort_values(["stage", "table_name", "domain"])[cols].to_string(index=False))
+        print(acc.sort_values([C.STAGE, C.TABLE_NAME, C.DOMAIN])[cols].to_string(index=False))
     return 0
 
 
@@ -177,13 +186,13 @@ def _recs(argv: list[str]) -> int:
         return EXIT_BAD_INPUT
     keys = list(zip(df.domain, df.item_id)) + [tuple(r.split(":", 1)) for r in df.reason if ":" in r]
     titles = item_titles(a.lake_root, keys)
-    df["title"] = [titles.get(k, "") for k in zip(df.domain, df.item_id)]
+    df[C.TITLE] = [titles.get(k, "") for k in zip(df.domain, df.item_id)]
     df["because"] = [titles.get(tuple(r.split(":", 1)), r) if ":" in r else "(popular in this domain)" for r in df.reason]
     if a.json:
         print(df.assign(run_date=df.run_date.astype(str)).to_json(orient="records", indent=1))
         return 0
     print(f"user {a.user} (stored as {uid[:12]}...), run {df.run_date.iloc[0]}, model {df.model_version.iloc[0]}")
-    for dom, g in df.groupby("domain", sort=True):
+    for dom, g in df.groupby(C.DOMAIN, sort=True):
         print(f"\n[{dom}]")
         for r in g.itertuples():
             print(f"  {r.rank:>2}. {r.title[:60]:<60} {r.score:8.3f}  because: {r.reason.split(':', 1)[0] + ': ' if ':' in r.reason else ''}{r.because[:50]}")
@@ -297,19 +306,21 @@ def _bench(argv: list[str]) -> int:
                         description=importlib.import_module("crossrec.bench.scoring").__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     sc.add_argument("--out", required=True, help="output folder: scoring.json, scoring.md, scoring.png, lake/")
-    sc.add_argument("--users", type=int, default=200_000, help="users (default 200000: fewer measure mostly start-up)")
-    sc.add_argument("--domains", type=int, default=3, help="domains (default 3)")
-    sc.add_argument("--items-per-domain", type=int, default=2_000, help="items per domain (default 2000)")
-    sc.add_argument("--events", type=int, default=20, help="events per user (default 20)")
-    sc.add_argument("--k", type=int, default=10, help="items per user and domain (default 10)")
+    d = spec_defaults("crossrec.bench.scoring", "ScoringSpec")
+    sc.add_argument("--users", type=int, default=d["users"], help="users (default %(default)s: fewer measure mostly start-up)")
+    sc.add_argument("--domains", type=int, default=d["domains"], help="domains (default %(default)s)")
+    sc.add_argument("--items-per-domain", type=int, default=d["items_per_domain"], help="items per domain (default %(default)s)")
+    sc.add_argument("--events", type=int, default=d["events"], help="events per user (default %(default)s)")
+    sc.add_argument("--k", type=int, default=d["k"], help="items per user and domain (default %(default)s)")
     sc.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     ig = sub.add_parser("ingest", help="raw -> silver with every check vs a plain Spark read+write as Parquet, and the two-Delta-layer floor",
                         description=importlib.import_module("crossrec.bench.ingest").__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ig.add_argument("--out", required=True, help="output folder: ingest.json, ingest.md, ingest.png, raw/, lake/")
-    ig.add_argument("--users", type=int, default=50_000, help="generated users (default 50000)")
-    ig.add_argument("--domains", type=int, default=3, help="domains (default 3)")
-    ig.add_argument("--dirty-rate", type=float, default=0.0, help="share of bad rows injected (default 0)")
+    d = spec_defaults("crossrec.bench.ingest", "IngestSpec")
+    ig.add_argument("--users", type=int, default=d["users"], help="generated users (default %(default)s)")
+    ig.add_argument("--domains", type=int, default=d["domains"], help="domains (default %(default)s)")
+    ig.add_argument("--dirty-rate", type=float, default=d["dirty_rate"], help="share of bad rows injected (default %(default)s)")
     ig.add_argument("--no-warmup", dest="warmup", action="store_false", help="skip the untimed warm-up runs (crossrec "
                     "then pays the JVM's and Delta's first use in its time)")
     tr = sub.add_parser("training", help="samples/s per Ray worker count, data-loading share, text-encoder items/s",
@@ -317,34 +328,37 @@ def _bench(argv: list[str]) -> int:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     tr.add_argument("--out", required=True, help="output folder: training.json, training.md, training.png, "
                     "models-*/, ray-*/ and (without --lake-root) raw/, lake/")
-    tr.add_argument("--users", type=int, default=5_000, help="generated users (default 5000)")
-    tr.add_argument("--domains", type=int, default=3, help="domains (default 3)")
-    tr.add_argument("--epochs", type=int, default=2, help="epochs per run (default 2)")
+    d = spec_defaults("crossrec.bench.training", "TrainingSpec")
+    tr.add_argument("--users", type=int, default=d["users"], help="generated users (default %(default)s)")
+    tr.add_argument("--domains", type=int, default=d["domains"], help="domains (default %(default)s)")
+    tr.add_argument("--epochs", type=int, default=d["epochs"], help="epochs per run (default %(default)s)")
     tr.add_argument("--lake-root", help="time training on this lake's gold tables (built earlier, e.g. by `crossrec "
                     "prepare`; only read) instead of generating --users")
-    tr.add_argument("--workers", default="1,2", help="comma-separated Ray Train worker counts, one run each (default 1,2)")
+    tr.add_argument("--workers", default=",".join(map(str, d["workers"])),
+                    help="comma-separated Ray Train worker counts, one run each (default %(default)s)")
     sl = sub.add_parser("scale", help="cost curve: every stage's wall time and peak memory at growing user counts",
                         description=importlib.import_module("crossrec.bench.scale").__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     sl.add_argument("--out", required=True, help="output folder: scale.json, scale.md, scale.png, n<N>/logs/")
-    sl.add_argument("--users", default="10000,100000,1000000", help="comma-separated user counts (default 10000,100000,1000000)")
-    sl.add_argument("--domains", type=int, default=5, help="domains (default 5)")
-    sl.add_argument("--events", type=float, default=20.0, help="mean events per user (default 20)")
-    sl.add_argument("--items-per-domain", type=int, default=2_000, help="items per domain, the same at every size (default 2000)")
-    sl.add_argument("--train-users", type=int, default=20_000, help="users sampled for training (default 20000)")
-    sl.add_argument("--epochs", type=int, default=1, help="training epochs (default 1)")
+    d = spec_defaults("crossrec.bench.scale", "ScaleSpec")
+    sl.add_argument("--users", default=",".join(map(str, d["users"])), help="comma-separated user counts (default %(default)s)")
+    sl.add_argument("--domains", type=int, default=d["domains"], help="domains (default %(default)s)")
+    sl.add_argument("--events", type=float, default=d["events"], help="mean events per user (default %(default)s)")
+    sl.add_argument("--items-per-domain", type=int, default=d["items_per_domain"], help="items per domain, the same at every size (default %(default)s)")
+    sl.add_argument("--train-users", type=int, default=d["train_users"], help="users sampled for training (default %(default)s)")
+    sl.add_argument("--epochs", type=int, default=d["epochs"], help="training epochs (default %(default)s)")
     sl.add_argument("--keep", action="store_true", help="keep each size's raw data and lake")
     ni = sub.add_parser("nightly", help="a generated platform replayed night by night: seconds, bytes, rows per stage and night",
                         description=importlib.import_module("crossrec.bench.nightly").__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ni.add_argument("--out", required=True, help="output folder: nightly.json, nightly.md, nightly.png, raw/, lake/, logs/")
-    ni.add_argument("--users", type=int, default=100_000, help="users of the history (default 100000)")
-    ni.add_argument("--nights", type=int, default=10, help="nights, the first loading the history (default 10)")
-    ni.add_argument("--new-share", dest="new_share", type=float, default=0.01, help="new rows a night as a share of the history (default 0.01)")
-    ni.add_argument("--domains", type=int, default=3, help="domains (default 3)")
-    ni.add_argument("--items-per-domain", type=int, default=3_000, help="items per domain in the history (default 3000)")
-    ni.add_argument("--stages", default=",".join(("ingest", "clean", "features", "train", "score", "maintain")),
-                    help="stages to run each night, in DAG order (default all: ingest,clean,features,train,score,maintain)")
+    d = spec_defaults("crossrec.bench.nightly", "NightlySpec")
+    ni.add_argument("--users", type=int, default=d["users"], help="users of the history (default %(default)s)")
+    ni.add_argument("--nights", type=int, default=d["nights"], help="nights, the first loading the history (default %(default)s)")
+    ni.add_argument("--new-share", dest="new_share", type=float, default=d["new_share"], help="new rows a night as a share of the history (default %(default)s)")
+    ni.add_argument("--domains", type=int, default=d["domains"], help="domains (default %(default)s)")
+    ni.add_argument("--items-per-domain", type=int, default=d["items_per_domain"], help="items per domain in the history (default %(default)s)")
+    ni.add_argument("--stages", default=",".join(d["stages"]), help="stages to run each night, in DAG order (default all: %(default)s)")
     ca = sub.add_parser("capacity", help="capacity plan for 10M/100M users from the nightly (and scale) benchmarks' figures",
                         description=importlib.import_module("crossrec.bench.capacity").__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)

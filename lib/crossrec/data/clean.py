@@ -18,12 +18,13 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from crossrec import columns as C
 from crossrec.data.pseudonym import pseudonym_column
 
-DEFAULT_USER_COL = "user_id"
-DEFAULT_ITEM_COL = "item_id"
-DEFAULT_DOMAIN_COL = "domain"
-DEFAULT_TS_COL = "event_ts"
+DEFAULT_USER_COL = C.USER_ID
+DEFAULT_ITEM_COL = C.ITEM_ID
+DEFAULT_DOMAIN_COL = C.DOMAIN
+DEFAULT_TS_COL = C.EVENT_TS
 
 STATUS = "_status"
 REASON = "_reason"
@@ -49,7 +50,7 @@ QUARANTINE_REASONS = (
 MAX_ID_CHARS = 512
 REPLACEMENT_CHAR = "\ufffd"  # what a decoder leaves for bytes that are not valid in the file's encoding
 _EPOCH_S_LIMIT = 1e11  # year ~5138: beyond this a number is not an epoch in seconds
-_BRONZE_META = ("corrupt_record", "source_file", "source_checksum", "run_id", "ingested_at")
+_BRONZE_META = (C.CORRUPT_RECORD, C.SOURCE_FILE, C.SOURCE_CHECKSUM, C.RUN_ID, C.INGESTED_AT)
 _NO_RAW_IDS = _BRONZE_META[1:]  # a malformed line holds the raw user id: it stays in bronze
 
 
@@ -108,7 +109,7 @@ def _malformed(c: Column) -> Column:
 
 
 def _dropped_domain() -> Column:
-    return F.concat(F.lit("domain "), F.col("domain"), F.lit(" is in bronze but no longer in dataset.json"))
+    return F.concat(F.lit("domain "), F.col(C.DOMAIN), F.lit(" is in bronze but no longer in dataset.json"))
 
 
 def bronze_record(df: DataFrame, columns: list[str]) -> Column:
@@ -142,50 +143,50 @@ def classify_interactions(
     what the quarantine keeps with the pseudonym: :func:`quarantine_rows`) is built for quarantined rows only, null
     for the others (serialising every good row is a measurable share of a clean). ``max_ts`` is exclusive.
     """
-    raw_record = bronze_record(bronze, ["domain", "item_id", "event_type", "event_ts", "weight", *_NO_RAW_IDS])
+    raw_record = bronze_record(bronze, [C.DOMAIN, C.ITEM_ID, C.EVENT_TYPE, C.EVENT_TS, C.WEIGHT, *_NO_RAW_IDS])
     ts = F.lit(None).cast("timestamp")
     for d, fmt in timestamp_formats.items():
-        ts = F.when(F.col("domain") == d, parse_timestamp("_ts_raw", fmt)).otherwise(ts)
+        ts = F.when(F.col(C.DOMAIN) == d, parse_timestamp("_ts_raw", fmt)).otherwise(ts)
     default_type = F.lit("interaction")
     for d, et in default_event_types.items():
-        default_type = F.when(F.col("domain") == d, F.lit(et)).otherwise(default_type)
+        default_type = F.when(F.col(C.DOMAIN) == d, F.lit(et)).otherwise(default_type)
     df = bronze.select(
-        F.col("domain"),
-        blank_to_null(F.col("user_id")).alias("local_user_id"),
-        blank_to_null(F.col("item_id")).alias("item_id"),
-        F.lower(F.coalesce(blank_to_null(F.col("event_type")), default_type)).alias("event_type"),
-        blank_to_null(F.col("event_ts")).alias("_ts_raw"),
-        blank_to_null(F.col("weight")).alias("_w_raw"),
-        F.col("corrupt_record"),
-        F.col("run_id"),
-        F.col("source_file").alias("source"),
-        F.col("ingested_at").alias("_ingested_at"),
+        F.col(C.DOMAIN),
+        blank_to_null(F.col(C.USER_ID)).alias(C.LOCAL_USER_ID),
+        blank_to_null(F.col(C.ITEM_ID)).alias(C.ITEM_ID),
+        F.lower(F.coalesce(blank_to_null(F.col(C.EVENT_TYPE)), default_type)).alias(C.EVENT_TYPE),
+        blank_to_null(F.col(C.EVENT_TS)).alias("_ts_raw"),
+        blank_to_null(F.col(C.WEIGHT)).alias("_w_raw"),
+        F.col(C.CORRUPT_RECORD),
+        F.col(C.RUN_ID),
+        F.col(C.SOURCE_FILE).alias(C.SOURCE),
+        F.col(C.INGESTED_AT).alias("_ingested_at"),
         raw_record.alias("_raw"),
     )
-    df = df.withColumn("event_ts", ts).withColumn(
-        "weight", F.when(F.col("_w_raw").isNull(), F.lit(1.0)).otherwise(F.expr("try_cast(_w_raw as double)"))
+    df = df.withColumn(C.EVENT_TS, ts).withColumn(
+        C.WEIGHT, F.when(F.col("_w_raw").isNull(), F.lit(1.0)).otherwise(F.expr("try_cast(_w_raw as double)"))
     )
     not_in_catalog = F.lit(False)
     if catalog is not None:
-        df = df.join(catalog.withColumn("_known", F.lit(True)), on=["domain", "item_id"], how="left")
+        df = df.join(catalog.withColumn("_known", F.lit(True)), on=[C.DOMAIN, C.ITEM_ID], how="left")
         not_in_catalog = F.col("_known").isNull()
-    too_long = (F.length("local_user_id") > MAX_ID_CHARS) | (F.length("item_id") > MAX_ID_CHARS) | (F.length("event_type") > MAX_ID_CHARS)
+    too_long = (F.length(C.LOCAL_USER_ID) > MAX_ID_CHARS) | (F.length(C.ITEM_ID) > MAX_ID_CHARS) | (F.length(C.EVENT_TYPE) > MAX_ID_CHARS)
     reason, detail = _first_reason(
         [
-            (~F.col("domain").isin(list(timestamp_formats)), "unknown_domain", _dropped_domain()),
-            (F.col("corrupt_record").isNotNull(), "malformed_line", _malformed(F.col("corrupt_record"))),
-            (F.col("local_user_id").isNull(), "missing_user_id", F.lit("user_id is empty")),
-            (F.col("item_id").isNull(), "missing_item_id", F.lit("item_id is empty")),
+            (~F.col(C.DOMAIN).isin(list(timestamp_formats)), "unknown_domain", _dropped_domain()),
+            (F.col(C.CORRUPT_RECORD).isNotNull(), "malformed_line", _malformed(F.col(C.CORRUPT_RECORD))),
+            (F.col(C.LOCAL_USER_ID).isNull(), "missing_user_id", F.lit("user_id is empty")),
+            (F.col(C.ITEM_ID).isNull(), "missing_item_id", F.lit("item_id is empty")),
             (F.col("_ts_raw").isNull(), "missing_timestamp", F.lit("event_ts is empty")),
-            (has_bad_bytes(F.col("local_user_id")) | has_bad_bytes(F.col("item_id")) | has_bad_bytes(F.col("event_type")),
+            (has_bad_bytes(F.col(C.LOCAL_USER_ID)) | has_bad_bytes(F.col(C.ITEM_ID)) | has_bad_bytes(F.col(C.EVENT_TYPE)),
              "invalid_encoding", F.lit("bytes not valid in the file's encoding in user_id/item_id/event_type")),
             (F.coalesce(too_long, F.lit(False)), "value_too_long", F.lit(f"an id or event_type longer than {MAX_ID_CHARS} chars")),
-            (F.col("event_ts").isNull(), "unparseable_timestamp", _show("event_ts", F.col("_ts_raw"))),
-            ((F.col("event_ts") < F.lit(min_ts)) | (F.col("event_ts") >= F.lit(max_ts)), "timestamp_out_of_range",
-             F.concat(_show("event_ts", F.col("_ts_raw")), F.lit(f" outside [{min_ts.isoformat()}, {max_ts.isoformat()})"))),
-            (F.col("weight").isNull(), "unparseable_weight", _show("weight", F.col("_w_raw"))),
-            (F.isnan("weight") | (F.col("weight") < 0) | (F.abs("weight") == float("inf")), "weight_out_of_range", _show("weight", F.col("_w_raw"))),
-            (not_in_catalog, "item_not_in_catalog", F.concat(F.lit("item_id="), F.col("item_id"), F.lit(" not in the domain's catalog"))),
+            (F.col(C.EVENT_TS).isNull(), "unparseable_timestamp", _show(C.EVENT_TS, F.col("_ts_raw"))),
+            ((F.col(C.EVENT_TS) < F.lit(min_ts)) | (F.col(C.EVENT_TS) >= F.lit(max_ts)), "timestamp_out_of_range",
+             F.concat(_show(C.EVENT_TS, F.col("_ts_raw")), F.lit(f" outside [{min_ts.isoformat()}, {max_ts.isoformat()})"))),
+            (F.col(C.WEIGHT).isNull(), "unparseable_weight", _show(C.WEIGHT, F.col("_w_raw"))),
+            (F.isnan(C.WEIGHT) | (F.col(C.WEIGHT) < 0) | (F.abs(C.WEIGHT) == float("inf")), "weight_out_of_range", _show(C.WEIGHT, F.col("_w_raw"))),
+            (not_in_catalog, "item_not_in_catalog", F.concat(F.lit("item_id="), F.col(C.ITEM_ID), F.lit(" not in the domain's catalog"))),
         ]
     )
     return (
@@ -193,7 +194,7 @@ def classify_interactions(
         .withColumn(DETAIL, detail)
         .withColumn(STATUS, F.when(F.col(REASON).isNull(), F.lit(OK)).otherwise(F.lit(QUARANTINED)))
         .withColumn("_record", F.when(F.col(REASON).isNotNull(), F.col("_raw")))
-        .drop("_ts_raw", "_w_raw", "corrupt_record", "_raw", "_known")
+        .drop("_ts_raw", "_w_raw", C.CORRUPT_RECORD, "_raw", "_known")
     )
 
 
@@ -209,39 +210,39 @@ def classify_identity_map(bronze: DataFrame, domains: list[str], key: bytes, res
     run_id, _ingested_at``. ``restrict_to`` (``domain, local_user_id`` pseudonyms): only the rows of those keys, all of
     them, so their verdicts are the same as over the whole map (a night needs only the keys it touches).
     """
-    record = bronze_record(bronze, ["domain", *_NO_RAW_IDS])
+    record = bronze_record(bronze, [C.DOMAIN, *_NO_RAW_IDS])
     df = bronze.select(
-        F.lower(blank_to_null(F.col("domain"))).alias("domain"),
-        blank_to_null(F.col("user_id")).alias("_local_raw"),
-        blank_to_null(F.col("global_user_id")).alias("_global_raw"),
-        F.col("corrupt_record"),
-        F.col("source_file").alias("source"),
-        F.col("run_id"),
-        F.col("ingested_at").alias("_ingested_at"),
+        F.lower(blank_to_null(F.col(C.DOMAIN))).alias(C.DOMAIN),
+        blank_to_null(F.col(C.USER_ID)).alias("_local_raw"),
+        blank_to_null(F.col(C.GLOBAL_USER_ID)).alias("_global_raw"),
+        F.col(C.CORRUPT_RECORD),
+        F.col(C.SOURCE_FILE).alias(C.SOURCE),
+        F.col(C.RUN_ID),
+        F.col(C.INGESTED_AT).alias("_ingested_at"),
         record.alias("_record"),
     )
     reason, detail = _first_reason(
         [
-            (F.col("corrupt_record").isNotNull(), "malformed_line", _malformed(F.col("corrupt_record"))),
+            (F.col(C.CORRUPT_RECORD).isNotNull(), "malformed_line", _malformed(F.col(C.CORRUPT_RECORD))),
             (F.col("_local_raw").isNull(), "missing_user_id", F.lit("user_id is empty")),
             (F.col("_global_raw").isNull(), "missing_global_user_id", F.lit("global_user_id is empty")),
-            (F.col("domain").isNull() | ~F.col("domain").isin(list(domains)), "unknown_domain",
-             F.concat(_show("domain", F.col("domain")), F.lit(f" not in {sorted(domains)}"))),
+            (F.col(C.DOMAIN).isNull() | ~F.col(C.DOMAIN).isin(list(domains)), "unknown_domain",
+             F.concat(_show(C.DOMAIN, F.col(C.DOMAIN)), F.lit(f" not in {sorted(domains)}"))),
         ]
     )
     df = (df.withColumn(REASON, reason).withColumn(DETAIL, detail)
-          .withColumn("local_user_id", pseudonym_column(key, F.col("_local_raw"))))
+          .withColumn(C.LOCAL_USER_ID, pseudonym_column(key, F.col("_local_raw"))))
     if restrict_to is not None:  # before the global ids are hashed: only the kept rows need them
-        df = df.join(F.broadcast(restrict_to), ["domain", "local_user_id"], "left_semi")
-    df = (df.withColumn("global_user_id", pseudonym_column(key, F.col("_global_raw")))
-          .drop("corrupt_record", "_local_raw", "_global_raw"))
+        df = df.join(F.broadcast(restrict_to), [C.DOMAIN, C.LOCAL_USER_ID], "left_semi")
+    df = (df.withColumn(C.GLOBAL_USER_ID, pseudonym_column(key, F.col("_global_raw")))
+          .drop(C.CORRUPT_RECORD, "_local_raw", "_global_raw"))
     valid = F.col(REASON).isNull()
-    latest = Window.partitionBy("domain", "local_user_id", valid).orderBy(F.col("_ingested_at").desc(), "global_user_id")
-    df = df.withColumn("_rn", F.row_number().over(latest)).withColumn("_first", F.first("global_user_id").over(latest))
+    latest = Window.partitionBy(C.DOMAIN, C.LOCAL_USER_ID, valid).orderBy(F.col("_ingested_at").desc(), C.GLOBAL_USER_ID)
+    df = df.withColumn("_rn", F.row_number().over(latest)).withColumn("_first", F.first(C.GLOBAL_USER_ID).over(latest))
     df = df.withColumn("_first_at", F.first("_ingested_at").over(latest))
     # the verdicts are columns before REASON changes: ``valid`` reads REASON
-    df = df.withColumn("_conflict", valid & (F.col("global_user_id") != F.col("_first")))
-    df = df.withColumn("_dup", valid & (F.col("global_user_id") == F.col("_first")) & (F.col("_rn") > 1))
+    df = df.withColumn("_conflict", valid & (F.col(C.GLOBAL_USER_ID) != F.col("_first")))
+    df = df.withColumn("_dup", valid & (F.col(C.GLOBAL_USER_ID) == F.col("_first")) & (F.col("_rn") > 1))
     superseded = F.when(F.col("_ingested_at") < F.col("_first_at"), F.lit("superseded by a mapping ingested later"))
     df = df.withColumn(DETAIL, F.when(F.col("_conflict"), F.coalesce(superseded, F.lit(
         "mapped to another global id in the same ingest; the smallest pseudonym was kept"))).otherwise(F.col(DETAIL)))
@@ -257,19 +258,19 @@ def pseudonymous_users(interactions: DataFrame, identity: DataFrame | None, key:
     NFC-normalised before hashing and the map is joined on pseudonyms (:func:`classify_identity_map`), so the raw
     id does not survive and Unicode spellings of one id are one user; the key stays out of the plan
     (:mod:`crossrec.data.pseudonym`)."""
-    df = interactions.withColumn("_local", pseudonym_column(key, F.col("local_user_id"))).drop("local_user_id")
+    df = interactions.withColumn("_local", pseudonym_column(key, F.col(C.LOCAL_USER_ID))).drop(C.LOCAL_USER_ID)
     if identity is None:
         return df.withColumnRenamed("_local", col_user)
-    ids = identity.where(F.col(STATUS) == OK).select("domain", F.col("local_user_id").alias("_local"),
-                                                    F.col("global_user_id").alias("_gid"))
-    out = df.join(ids, on=["domain", "_local"], how="left")
+    ids = identity.where(F.col(STATUS) == OK).select(C.DOMAIN, F.col(C.LOCAL_USER_ID).alias("_local"),
+                                                    F.col(C.GLOBAL_USER_ID).alias("_gid"))
+    out = df.join(ids, on=[C.DOMAIN, "_local"], how="left")
     return out.withColumn(col_user, F.coalesce("_gid", "_local")).drop("_gid", "_local")
 
 
 def catalog_keys(items: DataFrame, col_item: str = DEFAULT_ITEM_COL) -> DataFrame:
     """The ``(domain, item_id)`` pairs of the ok catalog rows: what :func:`classify_interactions` checks
     interactions against (policy ``quarantine``)."""
-    return items.where(F.col(STATUS) == OK).select("domain", col_item).distinct()
+    return items.where(F.col(STATUS) == OK).select(C.DOMAIN, col_item).distinct()
 
 
 def placeholder_items(interactions: DataFrame, items: DataFrame, col_item: str = DEFAULT_ITEM_COL) -> DataFrame:
@@ -277,18 +278,18 @@ def placeholder_items(interactions: DataFrame, items: DataFrame, col_item: str =
 
     Same columns as :func:`classify_items` output; title = item id, ``attributes['placeholder'] = 'true'``.
     """
-    known = items.where(F.col(STATUS) == OK).select("domain", col_item)
-    refs = interactions.where(F.col(STATUS) == OK).select("domain", col_item).distinct()
-    missing = refs.join(known, on=["domain", col_item], how="left_anti")
+    known = items.where(F.col(STATUS) == OK).select(C.DOMAIN, col_item)
+    refs = interactions.where(F.col(STATUS) == OK).select(C.DOMAIN, col_item).distinct()
+    missing = refs.join(known, on=[C.DOMAIN, col_item], how="left_anti")
     return missing.select(
         F.col(col_item),
-        F.col("domain"),
-        F.col(col_item).alias("title"),
-        F.col(col_item).alias("text"),
-        F.lit(None).cast("string").alias("category"),
-        F.create_map(F.lit("placeholder"), F.lit("true")).alias("attributes"),
-        F.lit("placeholder").alias("run_id"),
-        F.lit("placeholder").alias("source"),
+        F.col(C.DOMAIN),
+        F.col(col_item).alias(C.TITLE),
+        F.col(col_item).alias(C.TEXT),
+        F.lit(None).cast("string").alias(C.CATEGORY),
+        F.create_map(F.lit("placeholder"), F.lit("true")).alias(C.ATTRIBUTES),
+        F.lit("placeholder").alias(C.RUN_ID),
+        F.lit("placeholder").alias(C.SOURCE),
         F.lit(OK).alias(STATUS),
         F.lit(None).cast("string").alias(REASON),
         F.lit(None).cast("string").alias(DETAIL),
@@ -313,8 +314,8 @@ def dedupe_interactions(df: DataFrame) -> DataFrame:
     """Exact repeats of (user, domain, item, event type, time): first arrival wins."""
     return mark_duplicates(
         df,
-        [DEFAULT_USER_COL, DEFAULT_DOMAIN_COL, DEFAULT_ITEM_COL, "event_type", DEFAULT_TS_COL],
-        [F.col("_ingested_at"), F.col("source"), F.col("weight").desc()],
+        [DEFAULT_USER_COL, DEFAULT_DOMAIN_COL, DEFAULT_ITEM_COL, C.EVENT_TYPE, DEFAULT_TS_COL],
+        [F.col("_ingested_at"), F.col(C.SOURCE), F.col(C.WEIGHT).desc()],
     )
 
 
@@ -328,55 +329,55 @@ def classify_items(bronze: DataFrame, max_text_chars: int, domains: list[str] | 
     title, then category: deterministic whatever the read order); the others are duplicates. With ``domains``,
     rows of another domain (one dropped from ``dataset.json``) are quarantined as ``unknown_domain``.
     """
-    record = bronze_record_json(bronze, ["domain", "item_id", "title", "category", "text_fields", "attributes", *_BRONZE_META])
-    parts = F.transform(F.array_sort(F.map_entries(F.coalesce(F.col("text_fields"), F.create_map().cast("map<string,string>")))), lambda e: normalize_text(e["value"]))
+    record = bronze_record_json(bronze, [C.DOMAIN, C.ITEM_ID, C.TITLE, C.CATEGORY, C.TEXT_FIELDS, C.ATTRIBUTES, *_BRONZE_META])
+    parts = F.transform(F.array_sort(F.map_entries(F.coalesce(F.col(C.TEXT_FIELDS), F.create_map().cast("map<string,string>")))), lambda e: normalize_text(e["value"]))
     joined = F.concat_ws(". ", F.filter(parts, lambda s: s.isNotNull() & (s != "")))
-    title = F.coalesce(normalize_text(F.col("title")), F.lit(""))
+    title = F.coalesce(normalize_text(F.col(C.TITLE)), F.lit(""))
     attrs = F.map_filter(
-        F.transform_values(F.coalesce(F.col("attributes"), F.create_map().cast("map<string,string>")), lambda k, v: normalize_text(v)),
+        F.transform_values(F.coalesce(F.col(C.ATTRIBUTES), F.create_map().cast("map<string,string>")), lambda k, v: normalize_text(v)),
         lambda k, v: v.isNotNull() & (v != ""),
     )
     df = bronze.select(
-        blank_to_null(F.col("item_id")).alias("item_id"),
-        F.col("domain"),
-        title.alias("title"),
+        blank_to_null(F.col(C.ITEM_ID)).alias(C.ITEM_ID),
+        F.col(C.DOMAIN),
+        title.alias(C.TITLE),
         joined.alias("_text_full"),
-        blank_to_null(normalize_text(F.col("category"))).alias("category"),
-        attrs.alias("attributes"),
-        F.col("run_id"),
-        F.col("source_file").alias("source"),
-        F.col("corrupt_record"),
-        F.col("ingested_at").alias("_ingested_at"),
+        blank_to_null(normalize_text(F.col(C.CATEGORY))).alias(C.CATEGORY),
+        attrs.alias(C.ATTRIBUTES),
+        F.col(C.RUN_ID),
+        F.col(C.SOURCE_FILE).alias(C.SOURCE),
+        F.col(C.CORRUPT_RECORD),
+        F.col(C.INGESTED_AT).alias("_ingested_at"),
         record.alias("_record"),
     )
-    text = F.when(F.col("_text_full") == "", F.col("title")).otherwise(F.col("_text_full"))
+    text = F.when(F.col("_text_full") == "", F.col(C.TITLE)).otherwise(F.col("_text_full"))
     df = (
         df.withColumn("_truncated", F.length(text) > max_text_chars)
-        .withColumn("text", F.substring(text, 1, max_text_chars))
-        .withColumn("title", F.substring("title", 1, max_text_chars))
-        .withColumn("_bad_text_bytes", has_bad_bytes(F.col("_text_full")) | has_bad_bytes(F.col("title")))
+        .withColumn(C.TEXT, F.substring(text, 1, max_text_chars))
+        .withColumn(C.TITLE, F.substring(C.TITLE, 1, max_text_chars))
+        .withColumn("_bad_text_bytes", has_bad_bytes(F.col("_text_full")) | has_bad_bytes(F.col(C.TITLE)))
         .drop("_text_full")
     )
     reason, detail = _first_reason(
         [
-            (~F.col("domain").isin(list(domains)) if domains is not None else F.lit(False), "unknown_domain",
+            (~F.col(C.DOMAIN).isin(list(domains)) if domains is not None else F.lit(False), "unknown_domain",
              _dropped_domain()),
-            (F.col("corrupt_record").isNotNull(), "malformed_line", _show("line", F.col("corrupt_record"))),
-            (F.col("item_id").isNull(), "missing_item_id", F.lit("item_id is empty")),
-            (has_bad_bytes(F.col("item_id")), "invalid_encoding", F.lit("bytes not valid in the file's encoding in item_id")),
-            (F.length("item_id") > MAX_ID_CHARS, "value_too_long", F.lit(f"item_id longer than {MAX_ID_CHARS} chars")),
+            (F.col(C.CORRUPT_RECORD).isNotNull(), "malformed_line", _show("line", F.col(C.CORRUPT_RECORD))),
+            (F.col(C.ITEM_ID).isNull(), "missing_item_id", F.lit("item_id is empty")),
+            (has_bad_bytes(F.col(C.ITEM_ID)), "invalid_encoding", F.lit("bytes not valid in the file's encoding in item_id")),
+            (F.length(C.ITEM_ID) > MAX_ID_CHARS, "value_too_long", F.lit(f"item_id longer than {MAX_ID_CHARS} chars")),
         ]
     )
     df = (
         df.withColumn(REASON, reason)
         .withColumn(DETAIL, detail)
         .withColumn(STATUS, F.when(F.col(REASON).isNull(), F.lit(OK)).otherwise(F.lit(QUARANTINED)))
-        .drop("corrupt_record")
+        .drop(C.CORRUPT_RECORD)
     )
     # the newest file wins; within one file (rows carry no position), the greatest text, then title, category
     df = mark_duplicates(df, [DEFAULT_DOMAIN_COL, DEFAULT_ITEM_COL],
-                         [F.col("_ingested_at").desc(), F.col("source").desc(), F.col("text").desc(),
-                          F.col("title").desc(), F.col("category").desc_nulls_last()])
+                         [F.col("_ingested_at").desc(), F.col(C.SOURCE).desc(), F.col(C.TEXT).desc(),
+                          F.col(C.TITLE).desc(), F.col(C.CATEGORY).desc_nulls_last()])
     return df.drop("_ingested_at")
 
 
@@ -388,23 +389,23 @@ def quarantine_rows(classified: DataFrame, source_table: str) -> DataFrame:
     q = classified.where(F.col(STATUS) == QUARANTINED)
     record = F.col("_record")
     if isinstance(q.schema["_record"].dataType, T.StructType):
-        ids = {"user_id": DEFAULT_USER_COL, "local_user_id": "user_id", "global_user_id": "global_user_id"}
+        ids = {C.USER_ID: DEFAULT_USER_COL, C.LOCAL_USER_ID: C.USER_ID, C.GLOBAL_USER_ID: C.GLOBAL_USER_ID}
         pseudonyms = [F.col(c).alias(name) for c, name in ids.items() if c in q.columns]
         record = F.to_json(F.struct(*pseudonyms, "_record.*"))
     return q.select(
-        F.lit(source_table).alias("source_table"),
-        F.col("domain"),
-        F.col(REASON).alias("reason"),
-        F.col(DETAIL).alias("detail"),
-        record.alias("record"),
-        F.col("source").alias("source_file"),
-        F.col("run_id"),
+        F.lit(source_table).alias(C.SOURCE_TABLE),
+        F.col(C.DOMAIN),
+        F.col(REASON).alias(C.REASON),
+        F.col(DETAIL).alias(C.DETAIL),
+        record.alias(C.RECORD),
+        F.col(C.SOURCE).alias(C.SOURCE_FILE),
+        F.col(C.RUN_ID),
     )
 
 
 def status_counts(classified: DataFrame) -> DataFrame:
     """Counts per (domain, source file, status, reason): the accounting of one table (an action follows)."""
-    return classified.groupBy(DEFAULT_DOMAIN_COL, "source", STATUS, REASON).count()
+    return classified.groupBy(DEFAULT_DOMAIN_COL, C.SOURCE, STATUS, REASON).count()
 
 
 def contract_params(cfg, domains: list[str]) -> dict:

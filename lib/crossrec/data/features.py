@@ -17,6 +17,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from crossrec import columns as C
 from crossrec.text.encoder import ENCODER_NAME
 
 TRAIN, VALID, TEST = "train", "valid", "test"
@@ -28,15 +29,15 @@ def build_item_index(items: DataFrame) -> DataFrame:
     over sorted domain names, ``domain_item_idx`` 0..n_d-1 inside a domain. Deterministic: ordered by
     (domain, item_id). ``train_count`` is added by :func:`add_train_counts`."""
     # a global ordering needs one partition; the item catalog is small next to the interactions
-    by_all = Window.orderBy("domain", "item_id")
-    by_domain = Window.partitionBy("domain").orderBy("item_id")
-    return items.select("domain", "item_id", "category").select(
-        "domain",
-        "item_id",
-        F.row_number().over(by_all).cast("long").alias("item_idx"),
-        (F.dense_rank().over(Window.orderBy("domain")) - 1).cast("long").alias("domain_idx"),
-        (F.row_number().over(by_domain) - 1).cast("long").alias("domain_item_idx"),
-        "category",
+    by_all = Window.orderBy(C.DOMAIN, C.ITEM_ID)
+    by_domain = Window.partitionBy(C.DOMAIN).orderBy(C.ITEM_ID)
+    return items.select(C.DOMAIN, C.ITEM_ID, C.CATEGORY).select(
+        C.DOMAIN,
+        C.ITEM_ID,
+        F.row_number().over(by_all).cast("long").alias(C.ITEM_IDX),
+        (F.dense_rank().over(Window.orderBy(C.DOMAIN)) - 1).cast("long").alias(C.DOMAIN_IDX),
+        (F.row_number().over(by_domain) - 1).cast("long").alias(C.DOMAIN_ITEM_IDX),
+        C.CATEGORY,
     )
 
 
@@ -45,12 +46,12 @@ def first_occurrences(interactions: DataFrame, item_index: DataFrame) -> DataFra
 
     Output: ``user_id, domain, item_id, item_idx, domain_idx, ts, pos, is_repeat``.
     """
-    df = interactions.join(item_index.select("domain", "item_id", "item_idx", "domain_idx"), ["domain", "item_id"], "inner")
-    df = df.withColumn("ts", F.unix_seconds("event_ts"))
-    order = Window.partitionBy("user_id").orderBy("event_ts", "domain", "item_id", "event_type")
-    first = Window.partitionBy("user_id", "domain", "item_id").orderBy("event_ts", "event_type")
+    df = interactions.join(item_index.select(C.DOMAIN, C.ITEM_ID, C.ITEM_IDX, C.DOMAIN_IDX), [C.DOMAIN, C.ITEM_ID], "inner")
+    df = df.withColumn("ts", F.unix_seconds(C.EVENT_TS))
+    order = Window.partitionBy(C.USER_ID).orderBy(C.EVENT_TS, C.DOMAIN, C.ITEM_ID, C.EVENT_TYPE)
+    first = Window.partitionBy(C.USER_ID, C.DOMAIN, C.ITEM_ID).orderBy(C.EVENT_TS, C.EVENT_TYPE)
     return df.select(
-        "user_id", "domain", "item_id", "item_idx", "domain_idx", "ts",
+        C.USER_ID, C.DOMAIN, C.ITEM_ID, C.ITEM_IDX, C.DOMAIN_IDX, "ts",
         F.row_number().over(order).cast("long").alias("pos"),
         (F.row_number().over(first) > 1).alias("is_repeat"),
     )
@@ -59,17 +60,17 @@ def first_occurrences(interactions: DataFrame, item_index: DataFrame) -> DataFra
 def _picked_domains(events: DataFrame, seed: int, users: DataFrame | None = None) -> DataFrame:
     """``(user_id, domain)``: each candidate (a user active in two or more domains; with ``users``, only those) with
     the one of their domains a seeded hash gives them. A pure function of the user's domains."""
-    per_user = events.groupBy("user_id").agg(F.collect_set("domain").alias("domains")).where(F.size("domains") >= 2)
+    per_user = events.groupBy(C.USER_ID).agg(F.collect_set(C.DOMAIN).alias("domains")).where(F.size("domains") >= 2)
     if users is not None:
-        per_user = per_user.join(users.select("user_id").distinct(), "user_id", "inner")
-    pick = F.explode("domains").alias("domain")
-    cand = per_user.select("user_id", pick).withColumn("_h", F.xxhash64("user_id", "domain", F.lit(seed)))
-    w = Window.partitionBy("user_id").orderBy("_h", "domain")
-    return cand.withColumn("_r", F.row_number().over(w)).where("_r = 1").select("user_id", "domain")
+        per_user = per_user.join(users.select(C.USER_ID).distinct(), C.USER_ID, "inner")
+    pick = F.explode("domains").alias(C.DOMAIN)
+    cand = per_user.select(C.USER_ID, pick).withColumn("_h", F.xxhash64(C.USER_ID, C.DOMAIN, F.lit(seed)))
+    w = Window.partitionBy(C.USER_ID).orderBy("_h", C.DOMAIN)
+    return cand.withColumn("_r", F.row_number().over(w)).where("_r = 1").select(C.USER_ID, C.DOMAIN)
 
 
 def _user_hash(seed: int) -> Column:
-    return F.xxhash64("user_id", F.lit(seed))
+    return F.xxhash64(C.USER_ID, F.lit(seed))
 
 
 def cold_thresholds(events: DataFrame, per_domain: int, max_share: float, seed: int) -> dict[str, list | None]:
@@ -78,13 +79,13 @@ def cold_thresholds(events: DataFrame, per_domain: int, max_share: float, seed: 
     is stable night after night and new users enter it at the same rate."""
     assert per_domain >= 0 and 0.0 <= max_share <= 1.0, f"per_domain >= 0 and max_share in [0, 1], got {per_domain}, {max_share}"
     picked = _picked_domains(events, seed).withColumn("_h", _user_hash(seed))
-    by_hash = Window.partitionBy("domain").orderBy("_h", "user_id")
-    ranked = picked.withColumn("_r", F.row_number().over(by_hash)).withColumn("_n", F.count("*").over(Window.partitionBy("domain")))
+    by_hash = Window.partitionBy(C.DOMAIN).orderBy("_h", C.USER_ID)
+    ranked = picked.withColumn("_r", F.row_number().over(by_hash)).withColumn("_n", F.count("*").over(Window.partitionBy(C.DOMAIN)))
     cap = F.least(F.lit(int(per_domain)), F.floor(F.col("_n") * F.lit(float(max_share))))
-    last = ranked.where(F.col("_r") == cap).select("domain", "_h", "user_id").collect()
-    domains = [r[0] for r in events.select("domain").distinct().collect()]
+    last = ranked.where(F.col("_r") == cap).select(C.DOMAIN, "_h", C.USER_ID).collect()
+    domains = [r[0] for r in events.select(C.DOMAIN).distinct().collect()]
     out: dict[str, list | None] = {d: None for d in domains}
-    out.update({r["domain"]: [int(r["_h"]), r["user_id"]] for r in last})
+    out.update({r[C.DOMAIN]: [int(r["_h"]), r[C.USER_ID]] for r in last})
     return out
 
 
@@ -95,8 +96,8 @@ def cold_users_by_threshold(events: DataFrame, seed: int, thresholds: dict[str, 
     for d, t in thresholds.items():
         if t is not None:
             h, u = t
-            cond = cond | ((F.col("domain") == d) & ((F.col("_h") < F.lit(h)) | ((F.col("_h") == F.lit(h)) & (F.col("user_id") <= F.lit(u)))))
-    return picked.where(cond).select("user_id", "domain")
+            cond = cond | ((F.col(C.DOMAIN) == d) & ((F.col("_h") < F.lit(h)) | ((F.col("_h") == F.lit(h)) & (F.col(C.USER_ID) <= F.lit(u)))))
+    return picked.where(cond).select(C.USER_ID, C.DOMAIN)
 
 
 def select_cold_users(events: DataFrame, per_domain: int, max_share: float, seed: int,
@@ -120,21 +121,21 @@ def extend_item_index(index: DataFrame | None, items: DataFrame) -> DataFrame:
     next ``domain_idx``. Categories come from ``items``. Without ``index``: :func:`build_item_index`."""
     if index is None:
         return build_item_index(items)
-    old = index.select("domain", "item_id", "item_idx", "domain_idx", "domain_item_idx")
-    new = items.select("domain", "item_id").join(old, ["domain", "item_id"], "left_anti")
-    doms = old.groupBy("domain").agg(F.max("domain_idx").alias("domain_idx"), F.max("domain_item_idx").alias("_last"))
-    top = old.agg(F.max("item_idx").alias("m"), F.max("domain_idx").alias("d")).first()
-    new_doms = new.select("domain").distinct().join(doms, "domain", "left_anti").withColumn(
-        "_nd", F.lit(int(top["d"])) + F.dense_rank().over(Window.orderBy("domain")))
-    new = new.join(doms, "domain", "left").join(new_doms, "domain", "left")
+    old = index.select(C.DOMAIN, C.ITEM_ID, C.ITEM_IDX, C.DOMAIN_IDX, C.DOMAIN_ITEM_IDX)
+    new = items.select(C.DOMAIN, C.ITEM_ID).join(old, [C.DOMAIN, C.ITEM_ID], "left_anti")
+    doms = old.groupBy(C.DOMAIN).agg(F.max(C.DOMAIN_IDX).alias(C.DOMAIN_IDX), F.max(C.DOMAIN_ITEM_IDX).alias("_last"))
+    top = old.agg(F.max(C.ITEM_IDX).alias("m"), F.max(C.DOMAIN_IDX).alias("d")).first()
+    new_doms = new.select(C.DOMAIN).distinct().join(doms, C.DOMAIN, "left_anti").withColumn(
+        "_nd", F.lit(int(top["d"])) + F.dense_rank().over(Window.orderBy(C.DOMAIN)))
+    new = new.join(doms, C.DOMAIN, "left").join(new_doms, C.DOMAIN, "left")
     added = new.select(
-        "domain", "item_id",
-        (F.lit(int(top["m"])) + F.row_number().over(Window.orderBy("domain", "item_id"))).cast("long").alias("item_idx"),
-        F.coalesce("domain_idx", "_nd", F.lit(-1)).cast("long").alias("domain_idx"),  # never -1: not nullable for Spark
-        (F.coalesce("_last", F.lit(-1)) + F.row_number().over(Window.partitionBy("domain").orderBy("item_id"))).cast("long").alias("domain_item_idx"),
+        C.DOMAIN, C.ITEM_ID,
+        (F.lit(int(top["m"])) + F.row_number().over(Window.orderBy(C.DOMAIN, C.ITEM_ID))).cast("long").alias(C.ITEM_IDX),
+        F.coalesce(C.DOMAIN_IDX, "_nd", F.lit(-1)).cast("long").alias(C.DOMAIN_IDX),  # never -1: not nullable for Spark
+        (F.coalesce("_last", F.lit(-1)) + F.row_number().over(Window.partitionBy(C.DOMAIN).orderBy(C.ITEM_ID))).cast("long").alias(C.DOMAIN_ITEM_IDX),
     )
     ids = old.unionByName(added)
-    return ids.join(items.select("domain", "item_id", "category"), ["domain", "item_id"], "inner")
+    return ids.join(items.select(C.DOMAIN, C.ITEM_ID, C.CATEGORY), [C.DOMAIN, C.ITEM_ID], "inner")
 
 
 def assign_splits(events: DataFrame, cold_users: DataFrame | None = None) -> DataFrame:
@@ -143,14 +144,14 @@ def assign_splits(events: DataFrame, cold_users: DataFrame | None = None) -> Dat
     Input: output of :func:`first_occurrences` without repeats. Withheld events stay in the frame (with
     ``withheld = true``) so that a job can count them; :func:`build_sequences` ignores them.
     """
-    newest = Window.partitionBy("user_id", "domain").orderBy(F.col("pos").desc())
+    newest = Window.partitionBy(C.USER_ID, C.DOMAIN).orderBy(F.col("pos").desc())
     df = events.withColumn("_rank", F.row_number().over(newest))
-    df = df.withColumn("split", F.when(F.col("_rank") == 1, TEST).when(F.col("_rank") == 2, VALID).otherwise(TRAIN))
+    df = df.withColumn(C.SPLIT, F.when(F.col("_rank") == 1, TEST).when(F.col("_rank") == 2, VALID).otherwise(TRAIN))
     if cold_users is None:
         return df.withColumn("withheld", F.lit(False)).drop("_rank")
-    cold = cold_users.select("user_id", "domain", F.lit(True).alias("_cold"))
-    df = df.join(cold, ["user_id", "domain"], "left")
-    withheld = F.coalesce(F.col("_cold"), F.lit(False)) & (F.col("split") != TEST)
+    cold = cold_users.select(C.USER_ID, C.DOMAIN, F.lit(True).alias("_cold"))
+    df = df.join(cold, [C.USER_ID, C.DOMAIN], "left")
+    withheld = F.coalesce(F.col("_cold"), F.lit(False)) & (F.col(C.SPLIT) != TEST)
     return df.withColumn("withheld", withheld).withColumn("cold_sampled", F.coalesce(F.col("_cold"), F.lit(False))).drop("_rank", "_cold")
 
 
@@ -166,64 +167,64 @@ def build_sequences(events: DataFrame, max_seq_len: int) -> DataFrame:
     own windows); valid and test rows keep the newest ``max_seq_len`` events before their target.
     """
     assert max_seq_len >= 1, f"max_seq_len must be >= 1, got {max_seq_len}"
-    ev = F.struct("pos", "item_idx", "domain_idx", "ts", "split", "domain")
+    ev = F.struct("pos", C.ITEM_IDX, C.DOMAIN_IDX, "ts", C.SPLIT, C.DOMAIN)
     per_user = (
         events.where(~F.col("withheld"))
-        .groupBy("user_id")
+        .groupBy(C.USER_ID)
         .agg(F.array_sort(F.collect_list(ev)).alias("events"))  # sorted by pos: the struct's first field
     )
     train = per_user.select(
-        "user_id",
-        F.lit(TRAIN).alias("split"),
-        F.lit(ALL_DOMAINS).alias("target_domain"),
-        F.filter("events", lambda e: e["split"] == TRAIN).alias("hist"),
-        F.lit(None).cast("long").alias("target_item_idx"),
-        F.lit(None).cast("long").alias("target_ts"),
+        C.USER_ID,
+        F.lit(TRAIN).alias(C.SPLIT),
+        F.lit(ALL_DOMAINS).alias(C.TARGET_DOMAIN),
+        F.filter("events", lambda e: e[C.SPLIT] == TRAIN).alias("hist"),
+        F.lit(None).cast("long").alias(C.TARGET_ITEM_IDX),
+        F.lit(None).cast("long").alias(C.TARGET_TS),
         F.lit(None).cast("long").alias("_target_domain_idx"),
     )
-    targets = per_user.select("user_id", "events", F.explode(F.filter("events", lambda e: e["split"] != TRAIN)).alias("t"))
+    targets = per_user.select(C.USER_ID, "events", F.explode(F.filter("events", lambda e: e[C.SPLIT] != TRAIN)).alias("t"))
     visible = lambda e: (e["pos"] < F.col("t.pos")) & (  # noqa: E731  (a lambda for Spark's filter)
-        (e["split"] == TRAIN) | ((F.col("t.split") == TEST) & (e["split"] == VALID))
+        (e[C.SPLIT] == TRAIN) | ((F.col("t.split") == TEST) & (e[C.SPLIT] == VALID))
     )
     held = targets.select(
-        "user_id",
-        F.col("t.split").alias("split"),
-        F.col("t.domain").alias("target_domain"),
+        C.USER_ID,
+        F.col("t.split").alias(C.SPLIT),
+        F.col("t.domain").alias(C.TARGET_DOMAIN),
         F.filter("events", visible).alias("hist"),
-        F.col("t.item_idx").alias("target_item_idx"),
-        F.col("t.ts").alias("target_ts"),
+        F.col("t.item_idx").alias(C.TARGET_ITEM_IDX),
+        F.col("t.ts").alias(C.TARGET_TS),
         F.col("t.domain_idx").alias("_target_domain_idx"),
     ).withColumn("hist", _last("hist", max_seq_len))
     rows = train.unionByName(held)
-    cold = F.when(F.col("split") == TRAIN, F.lit(False)).otherwise(
-        ~F.exists("hist", lambda e: e["domain_idx"] == F.col("_target_domain_idx"))
+    cold = F.when(F.col(C.SPLIT) == TRAIN, F.lit(False)).otherwise(
+        ~F.exists("hist", lambda e: e[C.DOMAIN_IDX] == F.col("_target_domain_idx"))
     )
     return rows.select(
-        "user_id",
-        "split",
-        "target_domain",
-        F.transform("hist", lambda e: e["item_idx"]).alias("item_idx"),
-        F.transform("hist", lambda e: e["domain_idx"]).alias("domain_idx"),
-        F.transform("hist", lambda e: e["ts"]).alias("event_ts"),
-        "target_item_idx",
-        "target_ts",
-        cold.alias("cold_start"),
-        F.size("hist").cast("long").alias("history_len"),
+        C.USER_ID,
+        C.SPLIT,
+        C.TARGET_DOMAIN,
+        F.transform("hist", lambda e: e[C.ITEM_IDX]).alias(C.ITEM_IDX),
+        F.transform("hist", lambda e: e[C.DOMAIN_IDX]).alias(C.DOMAIN_IDX),
+        F.transform("hist", lambda e: e["ts"]).alias(C.EVENT_TS),
+        C.TARGET_ITEM_IDX,
+        C.TARGET_TS,
+        cold.alias(C.COLD_START),
+        F.size("hist").cast("long").alias(C.HISTORY_LEN),
     )
 
 
 def add_train_counts(item_index: DataFrame, events: DataFrame) -> DataFrame:
     """``train_count``: each item's events in the train split (withheld events excluded)."""
-    counts = events.where((F.col("split") == TRAIN) & ~F.col("withheld")).groupBy("item_idx").agg(F.count("*").alias("train_count"))
-    return item_index.join(counts, "item_idx", "left").withColumn("train_count", F.coalesce("train_count", F.lit(0)).cast("long"))
+    counts = events.where((F.col(C.SPLIT) == TRAIN) & ~F.col("withheld")).groupBy(C.ITEM_IDX).agg(F.count("*").alias(C.TRAIN_COUNT))
+    return item_index.join(counts, C.ITEM_IDX, "left").withColumn(C.TRAIN_COUNT, F.coalesce(C.TRAIN_COUNT, F.lit(0)).cast("long"))
 
 
 def encoder_input(items: DataFrame) -> DataFrame:
     """``domain, item_id, enc_text, text_hash``: what the language model reads for an item (its text,
     category and attributes) and the cache key of that exact string (see ``crossrec.text.encoder.text_hash``)."""
-    attrs = F.array_join(F.transform(F.array_sort(F.map_entries("attributes")), lambda e: F.concat_ws(": ", e["key"], e["value"])), "; ")
-    text = F.concat_ws(". ", F.col("text"), F.col("category"), F.when(attrs != "", attrs))
+    attrs = F.array_join(F.transform(F.array_sort(F.map_entries(C.ATTRIBUTES)), lambda e: F.concat_ws(": ", e["key"], e["value"])), "; ")
+    text = F.concat_ws(". ", F.col(C.TEXT), F.col(C.CATEGORY), F.when(attrs != "", attrs))
     return items.select(
-        "domain", "item_id", text.alias("enc_text"),
-        F.sha2(F.concat(F.lit(f"{ENCODER_NAME}\n"), text), 256).alias("text_hash"),
+        C.DOMAIN, C.ITEM_ID, text.alias("enc_text"),
+        F.sha2(F.concat(F.lit(f"{ENCODER_NAME}\n"), text), 256).alias(C.TEXT_HASH),
     )

@@ -6,22 +6,34 @@ map maps belongs to its global id, any other id is global as written), and remov
 the raw values, which never leave the executors and the driver's memory. A malformed bronze line (no parsed user
 id) cannot be attributed to anyone and leaves with bronze's own retention. Deleted rows stay in older table
 versions until ``VACUUM`` removes their files after the retention (config ``vacuum_retention_hours``).
+
+:func:`run_forget` is the ``crossrec forget`` stage: ids -> pseudonyms, :func:`erase`, the check that no row is left
+(:func:`remaining`), :func:`vacuum`, one audit row per user and table in ops.erasures, the run in ops.runs.
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import json
 import logging
+import re
 from dataclasses import dataclass
+
+from crossrec import columns as C
+from crossrec.io.config import ConfigError, CrossrecConfig
 
 log = logging.getLogger(__name__)
 
+STAGE = "forget"
+AUDIT = "ops.erasures"
+
 # tables whose rows name a user by pseudonym: table -> the SQL expression that holds it
 PSEUDONYM_TABLES = {
-    "silver.interactions": ["user_id"],
-    "silver.identity_map": ["global_user_id"],
+    "silver.interactions": [C.USER_ID],
+    "silver.identity_map": [C.GLOBAL_USER_ID],
     "silver.quarantine": ["get_json_object(record, '$.user_id')", "get_json_object(record, '$.global_user_id')"],
-    "gold.user_sequences": ["user_id"],
-    "gold.recommendations": ["user_id"],
+    "gold.user_sequences": [C.USER_ID],
+    "gold.recommendations": [C.USER_ID],
 }
 BRONZE_TABLES = ("bronze.interactions", "bronze.identity_map")
 
@@ -60,22 +72,22 @@ def bronze_people(spark, lake, key: bytes, pseudonyms: list[str]):
     mapping = globals_ = None
     if table_exists(spark, ids_path):
         b_ids = read_table(spark, ids_path)
-        domains = [r[0] for r in b_ids.select(F.lower(F.trim("domain"))).distinct().collect() if r[0]]
+        domains = [r[0] for r in b_ids.select(F.lower(F.trim(C.DOMAIN))).distinct().collect() if r[0]]
         mapping = (classify_identity_map(b_ids, domains, key).where(F.col(STATUS) == OK)
-                   .select("domain", F.col("local_user_id").alias("_local"), F.col("global_user_id").alias("_gid")))
-        globals_ = (b_ids.select("global_user_id").distinct()
-                    .withColumn("person", pseudonym_column(key, blank_to_null(F.col("global_user_id"))))
-                    .join(targets, "person").select("global_user_id"))
+                   .select(C.DOMAIN, F.col(C.LOCAL_USER_ID).alias("_local"), F.col(C.GLOBAL_USER_ID).alias("_gid")))
+        globals_ = (b_ids.select(C.GLOBAL_USER_ID).distinct()
+                    .withColumn("person", pseudonym_column(key, blank_to_null(F.col(C.GLOBAL_USER_ID))))
+                    .join(targets, "person").select(C.GLOBAL_USER_ID))
     locals_ = None
     if table_exists(spark, inter_path):
-        users = read_table(spark, inter_path).select("domain", "user_id").distinct()
-        users = users.withColumn("_local", pseudonym_column(key, blank_to_null(F.col("user_id"))))
+        users = read_table(spark, inter_path).select(C.DOMAIN, C.USER_ID).distinct()
+        users = users.withColumn("_local", pseudonym_column(key, blank_to_null(F.col(C.USER_ID))))
         if mapping is not None:
-            users = users.join(mapping, ["domain", "_local"], "left")
+            users = users.join(mapping, [C.DOMAIN, "_local"], "left")
             users = users.withColumn("person", F.coalesce("_gid", "_local"))
         else:
             users = users.withColumn("person", F.col("_local"))
-        locals_ = users.join(targets, "person").select("domain", "user_id")
+        locals_ = users.join(targets, "person").select(C.DOMAIN, C.USER_ID)
     return locals_, globals_
 
 
@@ -139,10 +151,66 @@ def vacuum(spark, path: str, retention_hours: float) -> None:
     spark.sql(f"VACUUM {quote_path(path)} RETAIN {float(retention_hours)} HOURS")
 
 
-def _date(text: str):
-    import datetime as dt
-
+def _date(text: str) -> dt.date:
     return dt.date.fromisoformat(text)
 
 
-__all__ = ["Erased", "PSEUDONYM_TABLES", "BRONZE_TABLES", "user_ref", "bronze_people", "erase", "remaining", "vacuum"]
+def run_forget(cfg: CrossrecConfig, spark, users: list[str], users_file: str | None = None, pseudonymized: bool = False,
+               vacuum_after: bool = True) -> list[Erased]:
+    """Erase ``users`` (and those of ``users_file``, one id a line) and record the versions written in ops.runs (so no
+    later run restores an older version, and features rebuilds the users' rows from the deletes); returns what each
+    table lost.
+
+    The ids are raw user ids (global ids where an identity map joins domains), or the stored pseudonyms when
+    ``pseudonymized``. ``vacuum_after``: VACUUM each table with ``cfg.vacuum_retention_hours``. Raises
+    :class:`~crossrec.io.config.ConfigError` when no id is given or an id is not a pseudonym, and
+    :class:`~crossrec.io.accounting.AccountingError` when a row of the users remains after the deletes.
+    """
+    from crossrec.io.delta import latest_version
+    from crossrec.io.runs import stage_run
+
+    with stage_run(spark, cfg, STAGE, []) as stage:
+        erased = _forget(cfg, spark, users, users_file, pseudonymized, vacuum_after)
+        stage.writes = {e.table: latest_version(cfg.table_path(e.table)) for e in erased}
+        stage.details["tables"] = {e.table: e.rows_deleted for e in erased}
+        return erased
+
+
+def _forget(cfg: CrossrecConfig, spark, users: list[str], users_file: str | None, pseudonymized: bool,
+            vacuum_after: bool) -> list[Erased]:
+    from crossrec.data.pseudonym import check_lake_key, pseudonym
+    from crossrec.io.accounting import AccountingError
+    from crossrec.io.delta import write_table
+    from crossrec.quality.contracts import load_contract
+
+    ids = list(users) + ([u.strip() for u in open(users_file, encoding="utf-8") if u.strip()] if users_file else [])
+    if not ids:
+        raise ConfigError("no user to forget: give USER ids or --users-file")
+    key = cfg.require_pseudonym_key()
+    check_lake_key(spark, cfg.table_path("silver.interactions"), key)
+    people = sorted(set(ids if pseudonymized else (pseudonym(u, key) for u in ids)))
+    bad = [p for p in people if not re.fullmatch(r"[0-9a-f]{64}", p)]
+    if bad:
+        raise ConfigError(f"{len(bad)} id(s) are not pseudonyms (64 hex characters); without --pseudonymized give raw ids")
+    erased = erase(spark, cfg.table_path, key, people)
+    left = {t: n for t, n in remaining(spark, cfg.table_path, key, people).items() if n}
+    if left:
+        raise AccountingError(f"forget: rows of the erased users remain after the deletes: {left}")
+    if vacuum_after:
+        for e in erased:
+            vacuum(spark, cfg.table_path(e.table), cfg.vacuum_retention_hours)
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    detail = {e.table: json.dumps({"version_before": e.version_before, "version_after": e.version_after,
+                                   "vacuum_retention_hours": cfg.vacuum_retention_hours if vacuum_after else None})
+              for e in erased}
+    # per user and table: the rows of all users together (a DELETE reports one count); each user's row names it
+    rows = [(cfg.effective_run_id(STAGE), user_ref(p), e.table, e.rows_deleted, now, detail[e.table])
+            for p in people for e in erased]
+    audit = spark.createDataFrame(rows, load_contract(AUDIT).spark_schema())
+    write_table(spark, audit, load_contract(AUDIT), cfg.table_path(AUDIT), "append")
+    print(f"forgot {len(people)} user(s): " + ", ".join(f"{e.table} -{e.rows_deleted}" for e in erased))
+    return erased
+
+
+__all__ = ["run_forget", "STAGE", "AUDIT", "Erased", "PSEUDONYM_TABLES", "BRONZE_TABLES", "user_ref", "bronze_people",
+           "erase", "remaining", "vacuum"]

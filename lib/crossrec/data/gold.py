@@ -25,6 +25,7 @@ import logging
 import os
 from functools import partial
 
+from crossrec import columns as C
 from crossrec.data import features as FE
 from crossrec.data.rawformat import RawFormatError, load_dataset
 from crossrec.io.accounting import AccountingError, AccountingRow, check_balanced, format_accounting, write_accounting
@@ -42,7 +43,7 @@ STAGE = "features"
 SILVER = ("silver.interactions", "silver.items")
 GOLD = ("gold.item_index", "gold.user_sequences", "gold.item_embeddings")
 COLD_PROPERTY = "crossrec.cold_start"
-SEQ_KEY = ["user_id", "split", "target_domain"]
+SEQ_KEY = [C.USER_ID, C.SPLIT, C.TARGET_DOMAIN]
 USERS_PER_PARTITION = 20_000  # shuffle partitions of a night: one per this many changed users (their whole history)
 DRIVER_ENCODE_MAX = 2_000  # texts encoded in the driver rather than in a Spark job (the model loads once per process)
 
@@ -54,7 +55,7 @@ def run_features(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
     print(format_accounting(accounting))
     print(f"gold.user_sequences rows written this run ({stage.mode}; split, target domain, cold start):")
     for r in summary:
-        print(f"  {r['split']:<6} {r['target_domain']:<12} cold={str(r['cold_start']):<5} {r['count']:>10,}")
+        print(f"  {r[C.SPLIT]:<6} {r[C.TARGET_DOMAIN]:<12} cold={str(r[C.COLD_START]):<5} {r['count']:>10,}")
     write_accounting(spark, cfg, stage.run_id, accounting)
     return accounting
 
@@ -87,7 +88,7 @@ def cohort_users(spark, cfg: CrossrecConfig):
     log.info("cold-start sample: %d users of cohort %r (%s)", len(ids), cfg.cold_start_cohort, path)
     raw = spark.createDataFrame([(i,) for i in ids], "raw_id string")
     # the same keyed hash as clean: the identity map is not applied (cohort files name global ids)
-    return raw.select(pseudonym_column(cfg.require_pseudonym_key(), F.col("raw_id")).alias("user_id"))
+    return raw.select(pseudonym_column(cfg.require_pseudonym_key(), F.col("raw_id")).alias(C.USER_ID))
 
 
 def _settings(cfg: CrossrecConfig) -> dict:
@@ -100,10 +101,10 @@ def _full_reason(cfg: CrossrecConfig, spark, ledger: Ledger, last: dict | None, 
         return "full_refresh requested"
     if last is None:
         return "no earlier features run"
-    if last["details"].get("settings") != _settings(cfg):
+    if last[C.DETAILS].get("settings") != _settings(cfg):
         return "the sequence or cold-start settings changed since the last run"
-    if sorted(last["details"].get("domains", [])) != domains:
-        return f"the domains changed ({last['details'].get('domains')} -> {domains})"
+    if sorted(last[C.DETAILS].get("domains", [])) != domains:
+        return f"the domains changed ({last[C.DETAILS].get('domains')} -> {domains})"
     missing = [t for t in GOLD if not table_exists(spark, cfg.table_path(t))]
     if missing:
         return f"{missing} missing"
@@ -126,7 +127,7 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
     stage.reads = {t: recorded[t] for t in SILVER}
     inter_all = read_table(spark, cfg.table_path("silver.interactions"), stage.reads["silver.interactions"])
     items = read_table(spark, cfg.table_path("silver.items"), stage.reads["silver.items"])
-    domains = sorted(r[0] for r in items.select("domain").distinct().collect())
+    domains = sorted(r[0] for r in items.select(C.DOMAIN).distinct().collect())
     last = ledger.last(STAGE)
     seq_path, index_path = cfg.table_path("gold.user_sequences"), cfg.table_path("gold.item_index")
     cohort = cohort_users(spark, cfg)
@@ -157,7 +158,7 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
         versions = ledger.written_versions("silver.interactions", last["reads"]["silver.interactions"], stage.reads["silver.interactions"])
         changes = read_changes(spark, cfg.table_path("silver.interactions"), versions,
                                ("insert", "delete", "update_preimage", "update_postimage"))
-        users = (changes.select("user_id").distinct() if changes is not None else
+        users = (changes.select(C.USER_ID).distinct() if changes is not None else
                  spark.createDataFrame([], "user_id string")).persist(StorageLevel.MEMORY_AND_DISK)
         stage.details["users_changed"] = users.count()
         size_shuffles(spark, stage.details["users_changed"], USERS_PER_PARTITION)
@@ -165,7 +166,7 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
         stage.lap("changed users found")
     inter = inter_all
     if users is not None:  # the changed users' whole history: small, read by the sequences and the accounting
-        inter = inter_all.join(F.broadcast(users), "user_id", "left_semi").persist(StorageLevel.MEMORY_AND_DISK)
+        inter = inter_all.join(F.broadcast(users), C.USER_ID, "left_semi").persist(StorageLevel.MEMORY_AND_DISK)
 
     occ = FE.first_occurrences(inter, index).persist(StorageLevel.MEMORY_AND_DISK)
     firsts = occ.where(~F.col("is_repeat")).drop("is_repeat")
@@ -184,11 +185,11 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
     stage.lap("sequences built")
     old = None  # the changed users' rows before this run: what the merge replaces or deletes
     if users is not None:
-        old = read_table(spark, seq_path, recorded["gold.user_sequences"]).join(F.broadcast(users), "user_id", "left_semi")
+        old = read_table(spark, seq_path, recorded["gold.user_sequences"]).join(F.broadcast(users), C.USER_ID, "left_semi")
         old = old.persist(StorageLevel.MEMORY_AND_DISK)
     counts = _train_counts(spark, cfg, recorded, split, old)
-    new_index = index.drop("train_count") if "train_count" in index.columns else index
-    new_index = new_index.join(counts, "item_idx", "left").withColumn("train_count", F.coalesce("train_count", F.lit(0)).cast("long"))
+    new_index = index.drop(C.TRAIN_COUNT) if C.TRAIN_COUNT in index.columns else index
+    new_index = new_index.join(counts, C.ITEM_IDX, "left").withColumn(C.TRAIN_COUNT, F.coalesce(C.TRAIN_COUNT, F.lit(0)).cast("long"))
 
     w = stage.writes
     if stage.mode == "full":
@@ -216,7 +217,7 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
     if written != expected:
         raise AccountingError(f"features gold.user_sequences: the rows written hold {written:,} events; the accounting "
                               f"expects {expected:,} (sequence events out)")
-    n_items = {r["domain"]: r["count"] for r in items.groupBy("domain").count().collect()}
+    n_items = {r[C.DOMAIN]: r["count"] for r in items.groupBy(C.DOMAIN).count().collect()}
     for d in domains:
         accounting.append(AccountingRow(STAGE, "gold.item_index", d, rows_in=n_items[d], rows_out=n_items[d]))
         accounting.append(AccountingRow(STAGE, "gold.item_embeddings", d, rows_in=n_items[d], rows_out=n_items[d]))
@@ -241,7 +242,7 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
         stage.details["data_docs"] = validator.docs_url
         stage.lap("validated")
     written_rows = _rows_written(spark, seq_path, merged_version, users)
-    summary = written_rows.groupBy("split", "target_domain", "cold_start").count().orderBy("split", "target_domain", "cold_start").collect()
+    summary = written_rows.groupBy(C.SPLIT, C.TARGET_DOMAIN, C.COLD_START).count().orderBy(C.SPLIT, C.TARGET_DOMAIN, C.COLD_START).collect()
     for frame in (index, occ, split, new_index, users, old, todo, inter if users is not None else None):
         if frame is not None:
             frame.unpersist()
@@ -252,18 +253,18 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
 def _sequence_accounting(inter, occ, split, domains: list[str]) -> list[AccountingRow]:
     from pyspark.sql import functions as F
 
-    per_domain = {r["domain"]: r for r in occ.groupBy("domain").agg(
+    per_domain = {r[C.DOMAIN]: r for r in occ.groupBy(C.DOMAIN).agg(
         F.count("*").alias("n"), F.sum(F.col("is_repeat").cast("long")).alias("repeats")).collect()}
-    per_split = split.groupBy("domain", "split", "withheld").count().collect()
-    n_in = {r["domain"]: r["count"] for r in inter.groupBy("domain").count().collect()}
+    per_split = split.groupBy(C.DOMAIN, C.SPLIT, "withheld").count().collect()
+    n_in = {r[C.DOMAIN]: r["count"] for r in inter.groupBy(C.DOMAIN).count().collect()}
     out = []
     for d in domains:
         row = AccountingRow(STAGE, "gold.user_sequences", d, rows_in=n_in.get(d, 0))
         row.duplicates = int(per_domain[d]["repeats"]) if d in per_domain else 0
-        row.withheld = sum(r["count"] for r in per_split if r["domain"] == d and r["withheld"])
-        row.rows_out = sum(r["count"] for r in per_split if r["domain"] == d and not r["withheld"])
+        row.withheld = sum(r["count"] for r in per_split if r[C.DOMAIN] == d and r["withheld"])
+        row.rows_out = sum(r["count"] for r in per_split if r[C.DOMAIN] == d and not r["withheld"])
         row.quarantined = row.rows_in - (per_domain[d]["n"] if d in per_domain else 0)  # items missing from the index
-        row.details = {s: sum(r["count"] for r in per_split if r["domain"] == d and r["split"] == s and not r["withheld"])
+        row.details = {s: sum(r["count"] for r in per_split if r[C.DOMAIN] == d and r[C.SPLIT] == s and not r["withheld"])
                        for s in ("train", "valid", "test")}
         out.append(row)
     return out
@@ -274,13 +275,13 @@ def _train_counts(spark, cfg, recorded: dict, split, old):
     changed users' train events (new minus ``old``, their rows before this run)."""
     from pyspark.sql import functions as F
 
-    new = split.where((F.col("split") == FE.TRAIN) & ~F.col("withheld")).groupBy("item_idx").agg(F.count("*").alias("n"))
+    new = split.where((F.col(C.SPLIT) == FE.TRAIN) & ~F.col("withheld")).groupBy(C.ITEM_IDX).agg(F.count("*").alias("n"))
     if old is None:
-        return new.withColumnRenamed("n", "train_count")
-    gone = (old.where(F.col("split") == FE.TRAIN).select(F.explode("item_idx").alias("item_idx"))
-            .groupBy("item_idx").agg((-F.count("*")).alias("n")))
-    stored = read_table(spark, cfg.table_path("gold.item_index"), recorded["gold.item_index"]).select("item_idx", F.col("train_count").alias("n"))
-    return stored.unionByName(new).unionByName(gone).groupBy("item_idx").agg(F.sum("n").cast("long").alias("train_count"))
+        return new.withColumnRenamed("n", C.TRAIN_COUNT)
+    gone = (old.where(F.col(C.SPLIT) == FE.TRAIN).select(F.explode(C.ITEM_IDX).alias(C.ITEM_IDX))
+            .groupBy(C.ITEM_IDX).agg((-F.count("*")).alias("n")))
+    stored = read_table(spark, cfg.table_path("gold.item_index"), recorded["gold.item_index"]).select(C.ITEM_IDX, F.col(C.TRAIN_COUNT).alias("n"))
+    return stored.unionByName(new).unionByName(gone).groupBy(C.ITEM_IDX).agg(F.sum("n").cast("long").alias(C.TRAIN_COUNT))
 
 
 def _rows_written(spark, path: str, version: int | None, users):
@@ -299,7 +300,7 @@ def _written_events(rows) -> int:
     """Events the sequence rows hold (train rows: their history; valid/test rows: their target)."""
     from pyspark.sql import functions as F
 
-    n = rows.select(F.sum(F.when(F.col("split") == FE.TRAIN, F.size("item_idx")).otherwise(F.lit(1))).alias("n")).first()["n"]
+    n = rows.select(F.sum(F.when(F.col(C.SPLIT) == FE.TRAIN, F.size(C.ITEM_IDX)).otherwise(F.lit(1))).alias("n")).first()["n"]
     return int(n or 0)
 
 
@@ -312,7 +313,7 @@ def _texts_to_encode(spark, cfg: CrossrecConfig, items):
     path = cfg.table_path("gold.item_embeddings")
     if table_exists(spark, path):
         cached = read_table(spark, path, Ledger(cfg.lake_uri).recorded_versions().get("gold.item_embeddings"))
-        todo = todo.join(cached.select("domain", "item_id", "text_hash"), ["domain", "item_id", "text_hash"], "left_anti")
+        todo = todo.join(cached.select(C.DOMAIN, C.ITEM_ID, C.TEXT_HASH), [C.DOMAIN, C.ITEM_ID, C.TEXT_HASH], "left_anti")
     todo = todo.persist(StorageLevel.MEMORY_AND_DISK)
     n_todo = todo.count()
     log.info("text encoder: %d item(s) to encode (new or changed text)", n_todo)
@@ -335,7 +336,7 @@ def _embeddings(spark, cfg: CrossrecConfig, todo, n_todo: int) -> tuple[int, int
 
         frames = list(encode_batches(iter([todo.toPandas()])))
         encoded = spark.createDataFrame(pd.concat(frames, ignore_index=True), contract.spark_schema())
-        version, _ = merge_table(spark, encoded, contract, path, ["domain", "item_id"])
+        version, _ = merge_table(spark, encoded, contract, path, [C.DOMAIN, C.ITEM_ID])
         return version, n_todo
     parts = max(1, min(default_parallelism(spark), n_todo // 2000 + 1))
     # on one machine the Python workers share its cores: cap torch's threads so they do not oversubscribe
@@ -343,6 +344,6 @@ def _embeddings(spark, cfg: CrossrecConfig, todo, n_todo: int) -> tuple[int, int
     encoded = todo.repartition(parts).mapInPandas(partial(encode_batches, threads=threads), schema=contract.spark_schema())
     encoded = encoded.persist(StorageLevel.DISK_ONLY)  # a merge may read its source twice: encode once
     encoded.count()
-    version, _ = merge_table(spark, encoded, contract, path, ["domain", "item_id"])
+    version, _ = merge_table(spark, encoded, contract, path, [C.DOMAIN, C.ITEM_ID])
     encoded.unpersist()
     return version, n_todo

@@ -20,12 +20,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from crossrec import columns as C
 from crossrec.data.rawformat import Dataset, FileSet, RawFormatError, _is_local, _local
 
 log = logging.getLogger(__name__)
 
 BRONZE_TABLE = {"interactions": "bronze.interactions", "items": "bronze.items", "identity_map": "bronze.identity_map"}
-CORRUPT_COL = "corrupt_record"
+CORRUPT_COL = C.CORRUPT_RECORD
 _HASH_CHUNK = 1 << 20
 
 
@@ -218,8 +219,8 @@ def read_file_set(spark, fs: FileSet, files: list[tuple[str, str]]):
     lookup_path = F.create_map(*[x for k, (p, _) in norm.items() for x in (F.lit(k), F.lit(p))])
     lookup_sha = F.create_map(*[x for k, (_, s) in norm.items() for x in (F.lit(k), F.lit(s))])
     key = F.url_decode(F.regexp_replace("_file", r"^file:(//)?", ""))
-    df = df.withColumn("source_file", F.coalesce(lookup_path[key], F.col("_file")))
-    df = df.withColumn("source_checksum", lookup_sha[key]).drop("_file")
+    df = df.withColumn(C.SOURCE_FILE, F.coalesce(lookup_path[key], F.col("_file")))
+    df = df.withColumn(C.SOURCE_CHECKSUM, lookup_sha[key]).drop("_file")
     return to_canonical(df, fs)
 
 
@@ -260,18 +261,18 @@ def to_canonical(df, fs: FileSet):
     def raw(canonical: str):
         return F.col(f"`{fs.columns[canonical]}`") if canonical in fs.columns else F.lit(None).cast("string")
 
-    meta = [F.col(CORRUPT_COL), F.col("source_file"), F.col("source_checksum")]
+    meta = [F.col(CORRUPT_COL), F.col(C.SOURCE_FILE), F.col(C.SOURCE_CHECKSUM)]
     if fs.kind == "interactions":
-        cols = [raw(c).alias(c) for c in ("user_id", "item_id", "event_type", "event_ts", "weight")]
+        cols = [raw(c).alias(c) for c in (C.USER_ID, C.ITEM_ID, C.EVENT_TYPE, C.EVENT_TS, C.WEIGHT)]
     elif fs.kind == "items":
         text = F.create_map(*[x for i, c in enumerate(fs.text_columns) for x in (F.lit(f"{i:02d}_{c}"), F.col(f"`{c}`"))]) if fs.text_columns else F.create_map().cast("map<string,string>")
         attrs = F.create_map(*[x for c in fs.attribute_columns for x in (F.lit(c), F.col(f"`{c}`"))]) if fs.attribute_columns else F.create_map().cast("map<string,string>")
-        cols = [raw("item_id").alias("item_id"), raw("title").alias("title"), raw("category").alias("category"), text.alias("text_fields"), attrs.alias("attributes")]
+        cols = [raw(C.ITEM_ID).alias(C.ITEM_ID), raw(C.TITLE).alias(C.TITLE), raw(C.CATEGORY).alias(C.CATEGORY), text.alias(C.TEXT_FIELDS), attrs.alias(C.ATTRIBUTES)]
     else:
-        cols = [raw(c).alias(c) for c in ("domain", "user_id", "global_user_id")]
+        cols = [raw(c).alias(c) for c in (C.DOMAIN, C.USER_ID, C.GLOBAL_USER_ID)]
     out = df.select(*cols, *meta)
     if fs.domain is not None:
-        out = out.withColumn("domain", F.lit(fs.domain))
+        out = out.withColumn(C.DOMAIN, F.lit(fs.domain))
     return out
 
 

@@ -33,7 +33,8 @@ import json
 import logging
 from functools import reduce
 
-from crossrec.data import clean as C
+from crossrec import columns as C
+from crossrec.data import clean
 from crossrec.data.pseudonym import check_lake_key, fingerprint, record_lake_key
 from crossrec.data.rawformat import RawFormatError, load_dataset
 from crossrec.io.accounting import (AccountingError, AccountingRow, check_balanced, check_quarantine_share,
@@ -128,7 +129,7 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
         spark.conf.set(SHUFFLE_PARTITIONS, configured_shuffles)
         added = None
         if "bronze.identity_map" in stage.reads:
-            judged = C.classify_identity_map(batch["bronze.identity_map"], domains, key).persist(StorageLevel.MEMORY_AND_DISK)
+            judged = clean.classify_identity_map(batch["bronze.identity_map"], domains, key).persist(StorageLevel.MEMORY_AND_DISK)
             ids = judged
         expected_in = _rows_appended(spark, cfg, ledger, stage.reads, None)
     else:
@@ -140,40 +141,40 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     max_ts = dt.datetime.fromisoformat(cfg.run_date) + dt.timedelta(days=1)
     empty_items = spark.createDataFrame([], load_contract("bronze.items").spark_schema())
     empty_inter = spark.createDataFrame([], load_contract("bronze.interactions").spark_schema())
-    items = C.classify_items(batch.get("bronze.items") or empty_items, cfg.max_text_chars, domains)
+    items = clean.classify_items(batch.get("bronze.items") or empty_items, cfg.max_text_chars, domains)
     items = items.persist(StorageLevel.MEMORY_AND_DISK)
     silver_items_path = cfg.table_path("silver.items")
     known = None  # the catalog already in silver (incremental only)
     if stage.mode == "incremental" and "silver.items" in recorded:
-        known = read_table(spark, silver_items_path, recorded["silver.items"]).select("domain", "item_id")
+        known = read_table(spark, silver_items_path, recorded["silver.items"]).select(C.DOMAIN, C.ITEM_ID)
     ts_formats = {fs.domain: fs.timestamp for fs in dataset.file_sets if fs.kind == "interactions"}
     event_types = {fs.domain: fs.default_event_type for fs in dataset.file_sets if fs.kind == "interactions"}
     catalog = None
     if cfg.missing_items == "quarantine":
-        catalog = C.catalog_keys(items)
+        catalog = clean.catalog_keys(items)
         catalog = catalog.unionByName(known).distinct() if known is not None else catalog
-    inter = C.classify_interactions(batch.get("bronze.interactions") or empty_inter, ts_formats, event_types,
+    inter = clean.classify_interactions(batch.get("bronze.interactions") or empty_inter, ts_formats, event_types,
                                     min_ts, max_ts, catalog=catalog)
-    inter = C.pseudonymous_users(inter, ids, key)
+    inter = clean.pseudonymous_users(inter, ids, key)
     placeholders = None
     if catalog is None:
-        placeholders = C.placeholder_items(inter, items)
+        placeholders = clean.placeholder_items(inter, items)
         if known is not None:
-            placeholders = placeholders.join(known, ["domain", "item_id"], "left_anti")
+            placeholders = placeholders.join(known, [C.DOMAIN, C.ITEM_ID], "left_anti")
         placeholders = placeholders.persist(StorageLevel.MEMORY_AND_DISK)
-    inter = C.dedupe_interactions(inter).persist(StorageLevel.MEMORY_AND_DISK)
+    inter = clean.dedupe_interactions(inter).persist(StorageLevel.MEMORY_AND_DISK)
 
     # ---- accounting (actions on the persisted frames: one small aggregate each)
     item_flags = {
-        r["domain"]: {"text_truncated": r["t"], "text_with_invalid_bytes": r["b"]}
-        for r in items.where(F.col(C.STATUS) == C.OK).groupBy("domain")
+        r[C.DOMAIN]: {"text_truncated": r["t"], "text_with_invalid_bytes": r["b"]}
+        for r in items.where(F.col(clean.STATUS) == clean.OK).groupBy(C.DOMAIN)
         .agg(F.sum(F.col("_truncated").cast("long")).alias("t"), F.sum(F.col("_bad_text_bytes").cast("long")).alias("b")).collect()
     }
-    n_placeholders = {r["domain"]: r["count"] for r in placeholders.groupBy("domain").count().collect()} if placeholders is not None else {}
+    n_placeholders = {r[C.DOMAIN]: r["count"] for r in placeholders.groupBy(C.DOMAIN).count().collect()} if placeholders is not None else {}
     for d, n in n_placeholders.items():
         item_flags.setdefault(d, {})["placeholder_items_added"] = n
     labelled = [(t, f) for t, f in (("silver.interactions", inter), ("silver.items", items), (IDENTITY_MAP, judged)) if f is not None]
-    counts = reduce(lambda a, b: a.unionByName(b), [C.status_counts(f).withColumn("_table", F.lit(t)) for t, f in labelled]).collect()
+    counts = reduce(lambda a, b: a.unionByName(b), [clean.status_counts(f).withColumn("_table", F.lit(t)) for t, f in labelled]).collect()
     by_table = {t: [r for r in counts if r["_table"] == t] for t, _ in labelled}
     for table in ("silver.interactions", "silver.items"):  # a mostly broken input fails before anything is written
         check_quarantine_share(by_table[table], cfg.max_quarantine_share, table)
@@ -187,20 +188,20 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     if IDENTITY_MAP in by_table:
         accounting += _accounting(IDENTITY_MAP, by_table[IDENTITY_MAP], [])
         if added is not None:  # a night's mapping already in silver.identity_map is a duplicate of an earlier night
-            _move_to_duplicates(accounting, IDENTITY_MAP, {r["domain"]: r["count"] for r in added.groupBy("domain").count().collect()})
+            _move_to_duplicates(accounting, IDENTITY_MAP, {r[C.DOMAIN]: r["count"] for r in added.groupBy(C.DOMAIN).count().collect()})
     check_balanced(accounting)
     stage.lap("classified")
 
     # ---- writes
     item_cols = load_contract("silver.items").column_names
-    ok_items = items.where(F.col(C.STATUS) == C.OK).select(*item_cols)
+    ok_items = items.where(F.col(clean.STATUS) == clean.OK).select(*item_cols)
     if placeholders is not None:
         ok_items = ok_items.unionByName(placeholders.select(*item_cols))
-    quarantine = [C.quarantine_rows(inter, "bronze.interactions"), C.quarantine_rows(items, "bronze.items")]
+    quarantine = [clean.quarantine_rows(inter, "bronze.interactions"), clean.quarantine_rows(items, "bronze.items")]
     if judged is not None:
-        quarantine.append(C.quarantine_rows(judged, "bronze.identity_map"))
+        quarantine.append(clean.quarantine_rows(judged, "bronze.identity_map"))
     quarantine = reduce(lambda a, b: a.unionByName(b), quarantine)
-    ok_inter = inter.where(F.col(C.STATUS) == C.OK)
+    ok_inter = inter.where(F.col(clean.STATUS) == clean.OK)
     n_items = sum(r.rows_out for r in accounting if r.table_name == "silver.items") + sum(n_placeholders.values())
     n_inter = sum(r.rows_out for r in accounting if r.table_name == "silver.interactions")
     n_quar = sum(r.quarantined for r in accounting)
@@ -210,12 +211,12 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
         rebuilt = [("silver.items", ok_items, n_items), ("silver.interactions", ok_inter, n_inter),
                    ("silver.quarantine", quarantine, n_quar)]
         if judged is not None:
-            rebuilt.append((IDENTITY_MAP, judged.where(F.col(C.STATUS) == C.OK), n_ids))
+            rebuilt.append((IDENTITY_MAP, judged.where(F.col(clean.STATUS) == clean.OK), n_ids))
         for table, df, n in rebuilt:
             w[table] = write_table(spark, df, load_contract(table), cfg.table_path(table), "overwrite")
             _check_written(table, write_metrics(cfg.table_path(table), w[table]).get("numOutputRows"), n)
     else:
-        w["silver.items"], m = merge_table(spark, ok_items, load_contract("silver.items"), silver_items_path, ["domain", "item_id"])
+        w["silver.items"], m = merge_table(spark, ok_items, load_contract("silver.items"), silver_items_path, [C.DOMAIN, C.ITEM_ID])
         _check_written("silver.items", m.get("numTargetRowsInserted", 0) + m.get("numTargetRowsUpdated", 0), n_items)
         stage.lap("merged silver.items")
         # insert-only on the key: an anti-join against silver, then an append (a MERGE would plan a join and a
@@ -229,7 +230,7 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
             F.broadcast(batch_rows.select(*key)), key, "left_semi")
         fresh = batch_rows.join(there, key, "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
         _move_to_duplicates(accounting, "silver.interactions",
-                            {r["domain"]: r["count"] for r in fresh.groupBy("domain").count().collect()})
+                            {r[C.DOMAIN]: r["count"] for r in fresh.groupBy(C.DOMAIN).count().collect()})
         n_inter = sum(r.rows_out for r in accounting if r.table_name == "silver.interactions")
         w["silver.interactions"] = recorded["silver.interactions"]
         if n_inter:
@@ -275,7 +276,7 @@ def _full_reason(cfg: CrossrecConfig, spark, last: dict | None, fp: str, outputs
         return "full_refresh requested"
     if last is None:
         return "no earlier clean run"
-    if last["details"].get("settings") != fp:
+    if last[C.DETAILS].get("settings") != fp:
         return "dataset.json or the settings clean applies changed since the last run"
     missing = [t for t, v in outputs.items() if v is None or not table_exists(spark, cfg.table_path(t))]
     return f"{missing} missing" if missing else None
@@ -285,7 +286,7 @@ def _applied(mappings):
     """``silver.identity_map`` rows as :func:`~crossrec.data.clean.pseudonymous_users` reads a classified map."""
     from pyspark.sql import functions as F
 
-    return mappings.select("domain", "local_user_id", "global_user_id").withColumn(C.STATUS, F.lit(C.OK))
+    return mappings.select(C.DOMAIN, C.LOCAL_USER_ID, C.GLOBAL_USER_ID).withColumn(clean.STATUS, F.lit(clean.OK))
 
 
 def _night_mappings(spark, cfg, new_rows, applied, domains: list[str], key: bytes, silver_version: int):
@@ -301,15 +302,15 @@ def _night_mappings(spark, cfg, new_rows, applied, domains: list[str], key: byte
 
     if new_rows is None:
         return None, None, None
-    keys = ["domain", "local_user_id"]
-    judged = C.classify_identity_map(new_rows, domains, key).persist(StorageLevel.MEMORY_AND_DISK)
-    winners = judged.where(F.col(C.STATUS) == C.OK)
-    was = applied.select(*keys, F.col("global_user_id").alias("_was"))
-    if _any(winners.join(was, keys).where(F.col("_was") != F.col("global_user_id"))):
+    keys = [C.DOMAIN, C.LOCAL_USER_ID]
+    judged = clean.classify_identity_map(new_rows, domains, key).persist(StorageLevel.MEMORY_AND_DISK)
+    winners = judged.where(F.col(clean.STATUS) == clean.OK)
+    was = applied.select(*keys, F.col(C.GLOBAL_USER_ID).alias("_was"))
+    if _any(winners.join(was, keys).where(F.col("_was") != F.col(C.GLOBAL_USER_ID))):
         return judged, None, "the identity map gives a user another global id"
     added = winners.join(was, keys, "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
     silver = read_table(spark, cfg.table_path("silver.interactions"), silver_version)
-    if _any(silver.select("domain", F.col("user_id").alias("local_user_id")).join(F.broadcast(added.select(*keys)), keys, "left_semi")):
+    if _any(silver.select(C.DOMAIN, F.col(C.USER_ID).alias(C.LOCAL_USER_ID)).join(F.broadcast(added.select(*keys)), keys, "left_semi")):
         return judged, added, "the identity map maps a user whose rows are in silver under their own id"
     return judged, added, None
 
@@ -350,15 +351,15 @@ def _move_to_duplicates(accounting: list[AccountingRow], table: str, inserted: d
 def _accounting(table: str, counts: list, domains: list[str], extra: dict | None = None) -> list[AccountingRow]:
     rows = {d: AccountingRow(STAGE, table, d) for d in domains}
     for r in counts:
-        acc = rows.setdefault(r["domain"] or "<none>", AccountingRow(STAGE, table, r["domain"] or "<none>"))
+        acc = rows.setdefault(r[C.DOMAIN] or "<none>", AccountingRow(STAGE, table, r[C.DOMAIN] or "<none>"))
         acc.rows_in += r["count"]
-        if r[C.STATUS] == C.OK:
+        if r[clean.STATUS] == clean.OK:
             acc.rows_out += r["count"]
-        elif r[C.STATUS] == C.DUPLICATE:
+        elif r[clean.STATUS] == clean.DUPLICATE:
             acc.duplicates += r["count"]
         else:
             acc.quarantined += r["count"]
-            acc.details.setdefault("quarantined_by_reason", {})[r[C.REASON]] = r["count"]
+            acc.details.setdefault("quarantined_by_reason", {})[r[clean.REASON]] = r["count"]
     for d, info in (extra or {}).items():
         rows.setdefault(d, AccountingRow(STAGE, table, d)).details.update(info)
     return list(rows.values())
@@ -374,7 +375,7 @@ def _validate(spark, cfg, stage: StageRun, domains: list[str], expected: dict[st
     """Validate what this run committed, with its row counts: a rebuild's tables whole, a merge's rows it added or
     changed (read from the change feed of its commit)."""
     validator = Validator(cfg.reports_root, stage.run_id)
-    params = C.contract_params(cfg, domains)
+    params = clean.contract_params(cfg, domains)
     silver_items = read_table(spark, cfg.table_path("silver.items"), stage.writes["silver.items"])
     for table in committed:
         version, path = stage.writes[table], cfg.table_path(table)

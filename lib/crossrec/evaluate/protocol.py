@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import scipy.sparse as sp
 
+from crossrec import columns as C
 from crossrec.evaluate.metrics import evaluate_full_ranking, paired_difference, per_row_metrics
 from crossrec.model.baselines import InteractionData
 
@@ -95,9 +96,9 @@ def load_eval_data(lake_root: str, versions: dict[str, int] | None = None, split
         dt_ = DeltaTable(table_path(lake_root, t), version=versions.get(t))
         versions[t] = dt_.version()
         tabs[t] = dt_
-    index = arrow_table(tabs["gold.item_index"]).to_pandas().sort_values("item_idx")
+    index = arrow_table(tabs["gold.item_index"]).to_pandas().sort_values(C.ITEM_IDX)
     needed = ["train", "valid"] + (["test"] if split == "test" else [])
-    seq = arrow_table(tabs["gold.user_sequences"], filters=[("split", "in", needed)]).to_pandas()
+    seq = arrow_table(tabs["gold.user_sequences"], filters=[(C.SPLIT, "in", needed)]).to_pandas()
     if users is not None:
         seq = seq[seq.user_id.isin(set(users))]
     domains = sorted(index.domain.unique())
@@ -106,7 +107,7 @@ def load_eval_data(lake_root: str, versions: dict[str, int] | None = None, split
     item_domain[index.item_idx.values] = index.domain_idx.values
     item_col = np.zeros(n_items + 1, dtype=np.int64)
     item_col[index.item_idx.values] = index.domain_item_idx.values
-    domain_items = [index[index.domain_idx == d].sort_values("domain_item_idx").item_idx.values.astype(np.int64) for d in range(len(domains))]
+    domain_items = [index[index.domain_idx == d].sort_values(C.DOMAIN_ITEM_IDX).item_idx.values.astype(np.int64) for d in range(len(domains))]
     train_count = np.zeros(n_items + 1, dtype=np.int64)
     train_count[index.item_idx.values] = index.train_count.values
 

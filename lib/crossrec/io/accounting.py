@@ -11,6 +11,8 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 
+from crossrec import columns as C
+
 log = logging.getLogger(__name__)
 
 ACCOUNTING_TABLE = "ops.accounting"
@@ -28,7 +30,7 @@ def check_quarantine_share(counts: list[dict], max_share: float, table: str) -> 
     """
     groups: dict[tuple[str, str], dict] = {}
     for r in counts:
-        for key in (("domain", r["domain"] or "<none>"), ("file", r["source"] or "<none>")):
+        for key in (("domain", r[C.DOMAIN] or "<none>"), ("file", r[C.SOURCE] or "<none>")):
             g = groups.setdefault(key, {"rows": 0, "quarantined": 0, "reasons": {}})
             g["rows"] += r["count"]
             if r["_status"] == "quarantined":
@@ -115,10 +117,10 @@ def write_accounting(spark, cfg, run_id: str, rows: list[AccountingRow]) -> int:
     now = dt.datetime.now(dt.timezone.utc)
     records = [
         {
-            **{k: v for k, v in asdict(r).items() if k != "details"},
-            "details": json.dumps(r.details, sort_keys=True, default=str),
-            "run_id": run_id,
-            "run_date": cfg.run_date,
+            **{k: v for k, v in asdict(r).items() if k != C.DETAILS},
+            C.DETAILS: json.dumps(r.details, sort_keys=True, default=str),
+            C.RUN_ID: run_id,
+            C.RUN_DATE: cfg.run_date,
             "recorded_at": now,
         }
         for r in rows

@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 
+from crossrec import columns as C
 from crossrec.io.config import CrossrecConfig
 from crossrec.io.delta import latest_version, quote_path, sql_string, table_exists
 from crossrec.io.runs import StageRun, stage_run
@@ -71,7 +72,7 @@ def _drop_old_run_dates(spark, cfg: CrossrecConfig, stage: StageRun) -> None:
     path = cfg.table_path("gold.recommendations")
     if not table_exists(spark, path):
         return
-    dates = sorted((r[0] for r in spark.read.format("delta").load(path).select("run_date").distinct().collect()), reverse=True)
+    dates = sorted((r[0] for r in spark.read.format("delta").load(path).select(C.RUN_DATE).distinct().collect()), reverse=True)
     published = table_properties(spark, path).get(PUBLISHED_PREFIX + "run_date")
     drop = [d for d in dates[cfg.keep_run_dates:] if d.isoformat() != published]
     if drop:

@@ -5,6 +5,7 @@ import datetime
 import os
 from dataclasses import dataclass
 
+from crossrec import columns as C
 from crossrec.quality.contracts import all_contracts
 
 
@@ -145,15 +146,15 @@ def read_recommendations(lake_root: str, user_id: str | None = None, domain: str
     dtable = DeltaTable(table_path(lake_root, "gold.recommendations"), version=version)
     filters = []
     if run_date is not None:
-        filters.append(("run_date", "=", dt.date.fromisoformat(str(run_date))))
+        filters.append((C.RUN_DATE, "=", dt.date.fromisoformat(str(run_date))))
     if domain is not None:
-        filters.append(("domain", "=", domain))
+        filters.append((C.DOMAIN, "=", domain))
     if user_id is not None:
-        filters.append(("user_id", "=", user_id))
+        filters.append((C.USER_ID, "=", user_id))
     df = arrow_table(dtable, filters=filters).to_pandas()
     if run_date is None and not df.empty:  # a version without a date: its newest run
         df = df[df.run_date == df.run_date.max()]
-    return df.sort_values(["user_id", "domain", "rank"]).reset_index(drop=True)
+    return df.sort_values([C.USER_ID, C.DOMAIN, C.RANK]).reset_index(drop=True)
 
 
 def pseudonymize(user_id: str, key: bytes, lake_root: str | None = None) -> str:
@@ -180,7 +181,7 @@ def pseudonymize(user_id: str, key: bytes, lake_root: str | None = None) -> str:
 
 def item_titles(lake_root: str, keys: list[tuple[str, str]] | None = None) -> dict[tuple[str, str], str]:
     """{(domain, item_id): title} from silver.items (all items, or those in ``keys``)."""
-    df = read_table(lake_root, "silver.items", columns=["domain", "item_id", "title"])
+    df = read_table(lake_root, "silver.items", columns=[C.DOMAIN, C.ITEM_ID, C.TITLE])
     if keys is not None:
         wanted = set(keys)
         df = df[[k in wanted for k in zip(df.domain, df.item_id)]]
@@ -198,7 +199,7 @@ def nearest_items(lake_root: str, text: str, domain: str | None = None, n: int =
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        emb = read_table(lake_root, "gold.item_embeddings", columns=["domain", "item_id", "embedding"])
+        emb = read_table(lake_root, "gold.item_embeddings", columns=[C.DOMAIN, C.ITEM_ID, C.EMBEDDING])
     except TableNotFoundError as e:
         raise LookupError(f"no gold.item_embeddings under {lake_root}: run `crossrec features` first") from e
     if domain is not None:
@@ -212,8 +213,8 @@ def nearest_items(lake_root: str, text: str, domain: str | None = None, n: int =
     mat = np.stack(emb.embedding.values).astype(np.float32)  # (n_items, 384), L2-normalised
     sim = mat @ q
     top = np.argsort(-sim, kind="stable")[:n]
-    out = emb.iloc[top][["domain", "item_id"]].reset_index(drop=True)
+    out = emb.iloc[top][[C.DOMAIN, C.ITEM_ID]].reset_index(drop=True)
     out["similarity"] = sim[top]
     titles = item_titles(lake_root, list(zip(out.domain, out.item_id)))
-    out.insert(2, "title", [titles.get(k, "") for k in zip(out.domain, out.item_id)])
+    out.insert(2, C.TITLE, [titles.get(k, "") for k in zip(out.domain, out.item_id)])
     return out

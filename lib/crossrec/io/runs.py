@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
 
+from crossrec import columns as C
+
 log = logging.getLogger(__name__)
 
 RUNS_TABLE = "ops.runs"
@@ -54,9 +56,9 @@ def _arrow_schema():
     import pyarrow as pa
 
     ts = pa.timestamp("us", tz="UTC")
-    fields = [("run_id", pa.string()), ("stage", pa.string()), ("run_date", pa.string()), ("status", pa.string()),
+    fields = [(C.RUN_ID, pa.string()), (C.STAGE, pa.string()), (C.RUN_DATE, pa.string()), ("status", pa.string()),
               ("mode", pa.string()), ("reads", pa.string()), ("writes", pa.string()), ("accounting", pa.string()),
-              ("details", pa.string()), ("started_at", ts), ("finished_at", ts), ("seconds", pa.float64())]
+              (C.DETAILS, pa.string()), ("started_at", ts), ("finished_at", ts), ("seconds", pa.float64())]
     return pa.schema([pa.field(n, t, nullable=False) for n, t in fields])
 
 
@@ -147,10 +149,10 @@ class Ledger:
         df = self.runs()
         df = df[df["status"] == SUCCEEDED]
         if stage is not None:
-            df = df[df["stage"] == stage]
+            df = df[df[C.STAGE] == stage]
         rows = df.sort_values("finished_at").to_dict("records")
         for r in rows:
-            for k in ("reads", "writes", "details", "accounting"):
+            for k in ("reads", "writes", C.DETAILS, "accounting"):
                 r[k] = json.loads(r[k])
         return rows
 
@@ -162,7 +164,7 @@ class Ledger:
     def written_versions(self, table: str, after: int, upto: int) -> list[int]:
         """Versions of ``table`` in ``(after, upto]`` that succeeded runs wrote (what a reader of changes reads). A
         rollback's restore is left out: it brings back a recorded state, it adds no change."""
-        vs = {int(r["writes"][table]) for r in self.succeeded() if table in r["writes"] and r["stage"] not in NO_CHANGES}
+        vs = {int(r["writes"][table]) for r in self.succeeded() if table in r["writes"] and r[C.STAGE] not in NO_CHANGES}
         return sorted(v for v in vs if after < v <= upto)
 
     def record(self, run: StageRun, status: str, error: str | None = None) -> None:
@@ -175,10 +177,10 @@ class Ledger:
         if error:
             details["error"] = error[:2000]
         row = {
-            "run_id": run.run_id, "stage": run.stage, "run_date": run.run_date, "status": status, "mode": run.mode,
+            C.RUN_ID: run.run_id, C.STAGE: run.stage, C.RUN_DATE: run.run_date, "status": status, "mode": run.mode,
             "reads": json.dumps(run.reads, sort_keys=True), "writes": json.dumps(run.writes, sort_keys=True),
             "accounting": json.dumps([_accounting_dict(a) for a in run.accounting], sort_keys=True, default=str),
-            "details": json.dumps(details, sort_keys=True, default=str),
+            C.DETAILS: json.dumps(details, sort_keys=True, default=str),
             "started_at": run.started_at, "finished_at": finished,
             "seconds": (finished - run.started_at).total_seconds(),
         }

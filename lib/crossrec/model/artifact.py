@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from crossrec import columns as C
 from crossrec.model.config import ModelConfig
 from crossrec.model.encoder import ItemFeatures
 from crossrec.model.transformer import CrossDomainTransformer
@@ -152,7 +153,7 @@ def load_artifact(folder: str | Path, device: str | torch.device = "cpu", with_t
     folder = Path(local_copy(folder))
     model = load_model(folder, device=device)
     terms = TermSet.load(folder, Catalog.from_model(model)) if with_terms and (folder / TERMS_FILE).is_file() else None
-    index = pd.read_parquet(folder / ITEM_INDEX_FILE).sort_values("item_idx").reset_index(drop=True)
+    index = pd.read_parquet(folder / ITEM_INDEX_FILE).sort_values(C.ITEM_IDX).reset_index(drop=True)
     n = model.config.n_items
     assert len(index) == n and (index.item_idx.values == np.arange(1, n + 1)).all(), (
         f"{folder / ITEM_INDEX_FILE} does not match the model's {n} items")

@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from crossrec import columns as C
+
 log = logging.getLogger(__name__)
 
 Weighting = Literal["binary", "log"]
@@ -37,14 +39,14 @@ Weighting = Literal["binary", "log"]
 
 def domain_items_from_item_index(item_index: pd.DataFrame) -> list[np.ndarray]:
     """``InteractionData.domain_items`` from ``gold.item_index`` rows (``item_idx, domain_idx, domain_item_idx``)."""
-    df = item_index[["item_idx", "domain_idx", "domain_item_idx"]]
-    n_domains = int(df["domain_idx"].max()) + 1 if len(df) else 0
+    df = item_index[[C.ITEM_IDX, C.DOMAIN_IDX, C.DOMAIN_ITEM_IDX]]
+    n_domains = int(df[C.DOMAIN_IDX].max()) + 1 if len(df) else 0
     out = []
     for d in range(n_domains):
-        part = df[df["domain_idx"] == d].sort_values("domain_item_idx")
-        cols = part["domain_item_idx"].to_numpy()
+        part = df[df[C.DOMAIN_IDX] == d].sort_values(C.DOMAIN_ITEM_IDX)
+        cols = part[C.DOMAIN_ITEM_IDX].to_numpy()
         assert np.array_equal(cols, np.arange(len(part))), f"domain {d}: domain_item_idx is not 0..{len(part) - 1}"
-        out.append(part["item_idx"].to_numpy(dtype=np.int64))
+        out.append(part[C.ITEM_IDX].to_numpy(dtype=np.int64))
     return out
 
 

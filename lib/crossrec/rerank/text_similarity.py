@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 TEXT_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 # the term reads its table only while the batch's history events of the domain stay under this many per row: the
-# sparse (B, n_d) @ (n_d, n_d) product costs ~13x more per multiply-add than the dense (B, text_dim) product on CPU
+# sparse (B, n_d) @ (n_d, n_d) product costs an order of magnitude more per multiply-add than the dense (B, text_dim)
+# product on CPU
 TEXT_TABLE_MAX_EVENTS = 24
 NO_TEXT = "the model has no frozen text table (--no-text or a fine-tuned text encoder)"
 

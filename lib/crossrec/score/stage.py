@@ -6,11 +6,15 @@
 2. :func:`score_users`: ``mapInArrow`` over ranges of user_id in batches (Arrow in and out, no pandas); each Python worker loads the artifact once
    (:func:`crossrec.score.topk.get_scorer`) and writes K rows per user and domain (PyTorch ``topk``, GPU when
    the executor has one).
-3. the job writes the rows with ``replaceWhere run_date = D`` (one atomic Delta commit: a re-run replaces that
-   date's partition, never doubles it; a killed run leaves the previous version intact) and validates them
-   with :func:`output_expectations` (Great Expectations ``UnexpectedRowsExpectation`` queries over the batch, run once each);
+3. :func:`run_score` (the ``crossrec score`` stage) writes the rows with ``replaceWhere run_date = D`` (one atomic
+   Delta commit: a re-run replaces that date's partition, never doubles it; a killed run leaves the previous version
+   intact), accounts for every active user per domain, and validates the run with :func:`validate_run`
+   (:func:`output_expectations`: Great Expectations ``UnexpectedRowsExpectation`` queries over the batch, run once each);
 4. :func:`publish` points readers at the validated table version (Delta table properties
    ``crossrec.published.*``, set in one more commit); readers never see an unvalidated run.
+
+This module is imported by the Python workers that run :func:`score_users`' ``mapInArrow`` body: the stage's
+Spark, Delta and Great Expectations imports stay inside the functions that need them.
 """
 from __future__ import annotations
 
@@ -20,16 +24,25 @@ import math
 import threading
 import time
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from crossrec import columns as C
 from crossrec.io.spark import default_parallelism, is_connect, is_local
+
+if TYPE_CHECKING:
+    from crossrec.io.accounting import AccountingRow
+    from crossrec.io.config import CrossrecConfig
+    from crossrec.io.runs import StageRun
 
 log = logging.getLogger(__name__)
 
+STAGE = "score"
+TABLE = "gold.recommendations"
 PUBLISHED_PREFIX = "crossrec.published."
 VIEWS = ("crossrec_expected_k", "crossrec_seen")  # the temp views the output checks read
-COLUMNS = ["run_date", "user_id", "domain", "rank", "item_id", "score", "model_version", "reason"]  # the contract's order
+COLUMNS = [C.RUN_DATE, C.USER_ID, C.DOMAIN, C.RANK, C.ITEM_ID, C.SCORE, C.MODEL_VERSION, C.REASON]  # the contract's order
 
 
 def catalog_frame(spark, folder: str):
@@ -38,7 +51,7 @@ def catalog_frame(spark, folder: str):
 
     from crossrec.io.lakefs import local_copy
 
-    pdf = pd.read_parquet(f"{local_copy(folder)}/item_index.parquet", columns=["domain", "item_id", "item_idx"])
+    pdf = pd.read_parquet(f"{local_copy(folder)}/item_index.parquet", columns=[C.DOMAIN, C.ITEM_ID, C.ITEM_IDX])
     return spark.createDataFrame(pdf, "domain string, item_id string, item_idx long")
 
 
@@ -46,7 +59,7 @@ def first_events(inter):
     """(user_id, domain, item_id, ts): each user's first interaction with each item (seconds since epoch)."""
     from pyspark.sql import functions as F
 
-    return inter.groupBy("user_id", "domain", "item_id").agg(F.min("event_ts").cast("long").alias("ts"))
+    return inter.groupBy(C.USER_ID, C.DOMAIN, C.ITEM_ID).agg(F.min(C.EVENT_TS).cast("long").alias("ts"))
 
 
 def user_histories(firsts, catalog):
@@ -54,23 +67,23 @@ def user_histories(firsts, catalog):
     ``n_unknown`` (seen items the artifact does not know)."""
     from pyspark.sql import functions as F
 
-    j = firsts.join(F.broadcast(catalog), ["domain", "item_id"], "left")
-    ev = F.when(F.col("item_idx").isNotNull(), F.struct(F.col("ts"), F.col("item_idx")))
-    g = j.groupBy("user_id").agg(
+    j = firsts.join(F.broadcast(catalog), [C.DOMAIN, C.ITEM_ID], "left")
+    ev = F.when(F.col(C.ITEM_IDX).isNotNull(), F.struct(F.col("ts"), F.col(C.ITEM_IDX)))
+    g = j.groupBy(C.USER_ID).agg(
         F.sort_array(F.collect_list(ev)).alias("h"),
-        F.sum(F.col("item_idx").isNull().cast("long")).alias("n_unknown"),
+        F.sum(F.col(C.ITEM_IDX).isNull().cast("long")).alias("n_unknown"),
     )
-    return g.select("user_id", F.col("h.item_idx").alias("item_idx"), F.col("h.ts").alias("event_ts"), "n_unknown")
+    return g.select(C.USER_ID, F.col("h.item_idx").alias(C.ITEM_IDX), F.col("h.ts").alias(C.EVENT_TS), "n_unknown")
 
 
 def popularity(firsts, catalog, n_items: int) -> np.ndarray:
     """(n_items + 1,) users per item in the current data (the fallback ranking)."""
     from pyspark.sql import functions as F
 
-    counts = firsts.join(F.broadcast(catalog), ["domain", "item_id"]).groupBy("item_idx").count().collect()
+    counts = firsts.join(F.broadcast(catalog), [C.DOMAIN, C.ITEM_ID]).groupBy(C.ITEM_IDX).count().collect()
     pop = np.zeros(n_items + 1, dtype=np.float64)
     for r in counts:
-        pop[int(r["item_idx"])] = float(r["count"])
+        pop[int(r[C.ITEM_IDX])] = float(r["count"])
     return pop
 
 
@@ -93,12 +106,12 @@ def _score_batches(batches, folder: str, k: int, pop: np.ndarray, run_date: dt.d
     for rb in batches:
         # users of similar history length share a model batch: a batch is padded to its longest history, and
         # with real (heavy-tailed) lengths one long history would otherwise pad a thousand short ones
-        lengths = pc.list_value_length(rb.column("item_idx")).fill_null(0).to_numpy(zero_copy_only=False)
+        lengths = pc.list_value_length(rb.column(C.ITEM_IDX)).fill_null(0).to_numpy(zero_copy_only=False)
         rb = rb.take(pa.array(np.argsort(lengths, kind="stable")))
         for s in range(0, rb.num_rows, batch_users):
             chunk = rb.slice(s, batch_users)
-            yield scorer.record_batch(chunk.column("user_id"), list_column(chunk.column("item_idx")),
-                                      list_column(chunk.column("event_ts")), run_date, COLUMNS)
+            yield scorer.record_batch(chunk.column(C.USER_ID), list_column(chunk.column(C.ITEM_IDX)),
+                                      list_column(chunk.column(C.EVENT_TS)), run_date, COLUMNS)
 
 
 def scoring_partitions(spark, n_users: int, users_per_partition: int = 5000) -> int:
@@ -119,7 +132,7 @@ def score_users(spark, histories, folder: str, k: int, pop: np.ndarray, run_date
     log.info("scoring %d users in %d partitions (batches of %d users, k=%d)", n_users, parts, batch_users, k)
     # by range, not hash: each task, and so each file it writes per domain, holds one contiguous range of user_id,
     # and the table's user_id statistics (its contract's stats_columns) let a reader of one user skip every other file
-    return histories.select("user_id", "item_idx", "event_ts").repartitionByRange(parts, "user_id").mapInArrow(body, schema=schema)
+    return histories.select(C.USER_ID, C.ITEM_IDX, C.EVENT_TS).repartitionByRange(parts, C.USER_ID).mapInArrow(body, schema=schema)
 
 
 class Progress:
@@ -218,9 +231,9 @@ def exhausted_users(firsts, catalog):
     """(user_id, domain) pairs where the user already has every item of the domain the model knows."""
     from pyspark.sql import functions as F
 
-    sizes = catalog.groupBy("domain").agg(F.count("*").alias("n_d"))
-    seen = firsts.join(F.broadcast(catalog), ["domain", "item_id"]).groupBy("user_id", "domain").agg(F.count("*").alias("seen"))
-    return seen.join(F.broadcast(sizes), "domain").where(F.col("seen") >= F.col("n_d")).select("user_id", "domain")
+    sizes = catalog.groupBy(C.DOMAIN).agg(F.count("*").alias("n_d"))
+    seen = firsts.join(F.broadcast(catalog), [C.DOMAIN, C.ITEM_ID]).groupBy(C.USER_ID, C.DOMAIN).agg(F.count("*").alias("seen"))
+    return seen.join(F.broadcast(sizes), C.DOMAIN).where(F.col("seen") >= F.col("n_d")).select(C.USER_ID, C.DOMAIN)
 
 
 def register_check_views(spark, firsts, catalog, k: int) -> None:
@@ -228,16 +241,16 @@ def register_check_views(spark, firsts, catalog, k: int) -> None:
     and the items they have (``crossrec_seen``)."""
     from pyspark.sql import functions as F
 
-    sizes = catalog.groupBy("domain").agg(F.count("*").alias("n_d"))
-    known_seen = firsts.join(F.broadcast(catalog), ["domain", "item_id"]).groupBy("user_id", "domain").agg(
+    sizes = catalog.groupBy(C.DOMAIN).agg(F.count("*").alias("n_d"))
+    known_seen = firsts.join(F.broadcast(catalog), [C.DOMAIN, C.ITEM_ID]).groupBy(C.USER_ID, C.DOMAIN).agg(
         F.count("*").alias("seen"))
-    users = firsts.select("user_id").distinct()
+    users = firsts.select(C.USER_ID).distinct()
     expected = (users.crossJoin(F.broadcast(sizes))
-                .join(known_seen, ["user_id", "domain"], "left")
-                .select("user_id", "domain", F.least(F.lit(k), F.col("n_d") - F.coalesce(F.col("seen"), F.lit(0))).alias("expected"))
+                .join(known_seen, [C.USER_ID, C.DOMAIN], "left")
+                .select(C.USER_ID, C.DOMAIN, F.least(F.lit(k), F.col("n_d") - F.coalesce(F.col("seen"), F.lit(0))).alias("expected"))
                 .where("expected > 0"))
     expected.createOrReplaceTempView("crossrec_expected_k")
-    firsts.select("user_id", "domain", "item_id").createOrReplaceTempView("crossrec_seen")
+    firsts.select(C.USER_ID, C.DOMAIN, C.ITEM_ID).createOrReplaceTempView("crossrec_seen")
 
 
 def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: bool = True):
@@ -254,8 +267,8 @@ def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: 
     from crossrec.quality.validate import Validator
 
     path = cfg.table_path("gold.recommendations")
-    rows = read_table(spark, path, version).where(F.col("run_date") == F.lit(run_date))
-    meta = rows.agg(F.count("*").alias("n"), F.max("rank").alias("k"), F.collect_set("model_version").alias("mv")).first()
+    rows = read_table(spark, path, version).where(F.col(C.RUN_DATE) == F.lit(run_date))
+    meta = rows.agg(F.count("*").alias("n"), F.max(C.RANK).alias("k"), F.collect_set(C.MODEL_VERSION).alias("mv")).first()
     if not meta["n"]:
         raise RawFormatError(f"gold.recommendations v{version} has no rows for run_date {run_date}")
     if len(meta["mv"]) != 1:
@@ -266,7 +279,7 @@ def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: 
     inter = read_table(spark, cfg.table_path("silver.interactions"), silver["silver.interactions"])
     register_check_views(spark, first_events(inter), catalog, k)
     items = read_table(spark, cfg.table_path("silver.items"), silver["silver.items"])
-    domains = sorted(r[0] for r in catalog.select("domain").distinct().collect())
+    domains = sorted(r[0] for r in catalog.select(C.DOMAIN).distinct().collect())
     report = Validator(cfg.reports_root, cfg.effective_run_id("score")).check(
         load_contract("gold.recommendations"), rows, params={"domains": domains, "k": k}, expected_rows=int(meta["n"]),
         references={"silver.items": items}, version=version, extra_expectations=output_expectations(k),
@@ -304,5 +317,126 @@ def publish(spark, path: str, version: int, run_date: dt.date, model_version: st
     return new
 
 
-__all__ = ["catalog_frame", "first_events", "user_histories", "popularity", "score_users", "scoring_partitions", "Progress",
-           "output_expectations", "exhausted_users", "list_column", "register_check_views", "validate_run", "published", "publish", "PublishBackwards", "PUBLISHED_PREFIX"]
+def run_score(cfg: CrossrecConfig, spark, k: int = 10, version: str | None = None, publish: bool = True,
+              batch_users: int = 1024, users_per_partition: int = 5000) -> dict:
+    """Score every active user, write and validate the run_date's partition, record the run in ops.runs, publish it
+    (not when a newer run date is published: a backfill is written and checked only); returns a summary
+    ``{run_date, model_version, users, rows, table_version, published, score_s, users_per_s, wall_s}``.
+
+    ``version`` names the model artifact (:func:`crossrec.io.registry.artifact_folder`; None = the registry's
+    champion). Raises :class:`~crossrec.data.rawformat.RawFormatError` on bad arguments or missing input, and
+    :class:`~crossrec.io.accounting.AccountingError` when an active user lacks recommendations in a domain.
+    """
+    from crossrec.io.runs import stage_run
+
+    with stage_run(spark, cfg, STAGE, [TABLE]) as stage:
+        return _score(cfg, spark, stage, k, version, publish, batch_users, users_per_partition)
+
+
+def _score(cfg: CrossrecConfig, spark, stage: StageRun, k: int, version: str | None, publish_run: bool, batch_users: int,
+           users_per_partition: int) -> dict:
+    import os
+
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from crossrec.data.rawformat import RawFormatError
+    from crossrec.io.accounting import check_balanced, format_accounting, write_accounting
+    from crossrec.io.delta import read_table, table_exists, write_table
+    from crossrec.io.registry import artifact_folder
+    from crossrec.io.runs import pinned_versions
+    from crossrec.quality.contracts import load_contract
+
+    if k < 1:
+        raise RawFormatError(f"--k must be >= 1, got {k}")
+    if publish_run and not cfg.validate:
+        raise RawFormatError("--no-validate needs --no-publish: only validated runs are published (`crossrec publish` checks first)")
+    t0 = time.time()
+    folder = artifact_folder(cfg.lake_uri, version, cfg.mlflow_tracking_uri)
+    model_version = os.path.basename(folder.rstrip("/"))
+    run_date = dt.date.fromisoformat(cfg.run_date)
+    inter_path = cfg.table_path("silver.interactions")
+    if not table_exists(spark, inter_path):
+        raise RawFormatError(f"silver.interactions does not exist at {inter_path}: run `crossrec clean` first")
+    silver_v = pinned_versions(spark, cfg.lake_uri, ["silver.interactions"])["silver.interactions"]
+    stage.reads = {"silver.interactions": silver_v}
+    stage.details.update(model_version=model_version, k=k)
+    inter = read_table(spark, inter_path, silver_v)
+    catalog = catalog_frame(spark, folder).persist()
+    n_items = catalog.count()
+    domains = sorted(r[0] for r in catalog.select(C.DOMAIN).distinct().collect())
+    firsts = first_events(inter).persist(StorageLevel.MEMORY_AND_DISK)
+    hist = user_histories(firsts, catalog).persist(StorageLevel.MEMORY_AND_DISK)
+    n_users = hist.count()
+    if n_users == 0:
+        raise RawFormatError(f"silver.interactions v{silver_v} has no users to score")
+    stats = hist.agg(F.sum((F.size(C.ITEM_IDX) == 0).cast("long")).alias("fallback"),
+                     F.sum("n_unknown").alias("unknown")).first()
+    log.info("scoring with %s (%d items, domains %s): %d active users (silver.interactions v%d), %d without known "
+             "history (popularity), %d seen items unknown to the model", model_version, n_items, domains, n_users,
+             silver_v, stats["fallback"], stats["unknown"])
+    pop = popularity(firsts, catalog, n_items)
+
+    contract = load_contract(TABLE)
+    recs = score_users(spark, hist, folder, k, pop, run_date, n_users, contract.spark_schema(), batch_users, users_per_partition)
+    path = cfg.table_path(TABLE)
+    with Progress(spark, STAGE, n_users, tasks=scoring_partitions(spark, n_users, users_per_partition)):
+        t_score = time.time()
+        version_written = write_table(spark, recs, contract, path, "overwrite", replace_where=f"run_date = '{run_date.isoformat()}'")
+        score_s = time.time() - t_score
+    written = read_table(spark, path, version_written).where(F.col(C.RUN_DATE) == F.lit(run_date))
+    per_domain = {r[C.DOMAIN]: r for r in written.groupBy(C.DOMAIN).agg(
+        F.count("*").alias("rows"), F.countDistinct(C.USER_ID).alias("users"),
+        F.sum((F.col(C.REASON) == "popularity").cast("long")).alias("fallback_rows")).collect()}
+    n_rows = sum(r["rows"] for r in per_domain.values())
+    log.info("scored %d users in %.1fs (%.0f users/s): %d rows", n_users, score_s, n_users / max(score_s, 1e-9), n_rows)
+    accounting = _accounting(firsts, catalog, domains, per_domain, n_users, model_version)
+
+    if cfg.validate:
+        report, _, _ = validate_run(spark, cfg, version_written, run_date)
+        stage.details["data_docs"] = report.docs_url
+    print(format_accounting(accounting))
+    check_balanced(accounting)  # every active user has recommendations in every domain
+    write_accounting(spark, cfg, cfg.effective_run_id(STAGE), accounting)
+    stage.writes, stage.accounting = {TABLE: version_written}, accounting
+    stage.details["validated"] = bool(cfg.validate)
+    published_v = None
+    if publish_run:
+        try:
+            published_v = publish(spark, path, version_written, run_date, model_version, k)
+            stage.writes[TABLE] = published_v
+        except PublishBackwards as e:
+            log.warning("%s", e)
+            publish_run = False
+    for frame in (catalog, firsts, hist):
+        frame.unpersist()
+    summary = {"run_date": run_date.isoformat(), "model_version": model_version, "users": n_users, "rows": n_rows,
+               "table_version": version_written, "published": publish_run, "score_s": round(score_s, 1),
+               "users_per_s": round(n_users / max(score_s, 1e-9), 1), "wall_s": round(time.time() - t0, 1)}
+    print(f"gold.recommendations v{version_written}: {n_rows:,} rows for {n_users:,} users x {len(domains)} domains "
+          f"(k={k}), {summary['users_per_s']:.0f} users/s; "
+          + (f"published (table v{published_v})" if publish_run else "not published (--no-publish)"))
+    return summary
+
+
+def _accounting(firsts, catalog, domains: list[str], per_domain: dict, n_users: int,
+                model_version: str) -> list[AccountingRow]:
+    """One AccountingRow per domain, in users: every active user has rows there, or is withheld because they already
+    have every item of the domain (counted as withheld, not lost)."""
+    from crossrec.io.accounting import AccountingRow
+
+    exhausted = {r[C.DOMAIN]: r["count"] for r in exhausted_users(firsts, catalog).groupBy(C.DOMAIN).count().collect()}
+    accounting = []
+    for d in domains:
+        r = per_domain.get(d)
+        row = AccountingRow(STAGE, TABLE, d, rows_in=n_users, rows_out=int(r["users"]) if r else 0,
+                            withheld=int(exhausted.get(d, 0)))
+        row.details = {"unit": "users (withheld: nothing unseen left in the domain)", "rows": int(r["rows"]) if r else 0,
+                       "fallback_rows": int(r["fallback_rows"]) if r else 0, "model_version": model_version}
+        accounting.append(row)
+    return accounting
+
+
+__all__ = ["run_score", "STAGE", "TABLE", "catalog_frame", "first_events", "user_histories", "popularity", "score_users",
+           "scoring_partitions", "Progress", "output_expectations", "exhausted_users", "list_column", "register_check_views",
+           "validate_run", "published", "publish", "PublishBackwards", "PUBLISHED_PREFIX"]

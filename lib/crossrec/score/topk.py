@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from crossrec import columns as C
+
 log = logging.getLogger(__name__)
 
 POPULARITY = "popularity"
@@ -118,11 +120,11 @@ class Scorer:
     def rows(self, user_ids: list[str], histories: list[np.ndarray], timestamps: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Recommendation rows (columns of gold.recommendations without run_date) for a batch of users."""
         ix = self._row_index(len(user_ids), histories, timestamps)
-        return {"user_id": np.asarray(user_ids, dtype=object)[ix["user"]],
-                "domain": np.asarray(self.domains, dtype=object)[ix["domain"]],
-                "rank": ix["rank"], "item_id": self.item_id[ix["item"]], "score": ix["score"],
-                "reason": self.item_key[ix["reason"]],
-                "model_version": np.full(len(ix["user"]), self.version, dtype=object)}
+        return {C.USER_ID: np.asarray(user_ids, dtype=object)[ix["user"]],
+                C.DOMAIN: np.asarray(self.domains, dtype=object)[ix["domain"]],
+                C.RANK: ix["rank"], C.ITEM_ID: self.item_id[ix["item"]], C.SCORE: ix["score"],
+                C.REASON: self.item_key[ix["reason"]],
+                C.MODEL_VERSION: np.full(len(ix["user"]), self.version, dtype=object)}
 
     def record_batch(self, user_ids, histories: list[np.ndarray], timestamps: list[np.ndarray], run_date,
                      columns: list[str] | None = None):
@@ -132,21 +134,21 @@ class Scorer:
         import pyarrow as pa
 
         if self._arrow is None:
-            self._arrow = {"item_id": pa.array(self.item_id.tolist(), pa.string()),
-                           "reason": pa.array(self.item_key.tolist(), pa.string()),
-                           "domain": pa.array(self.domains, pa.string()),
-                           "model_version": pa.array([self.version], pa.string())}
+            self._arrow = {C.ITEM_ID: pa.array(self.item_id.tolist(), pa.string()),
+                           C.REASON: pa.array(self.item_key.tolist(), pa.string()),
+                           C.DOMAIN: pa.array(self.domains, pa.string()),
+                           C.MODEL_VERSION: pa.array([self.version], pa.string())}
         users = user_ids if isinstance(user_ids, pa.Array) else pa.array(list(user_ids), pa.string())
         ix = self._row_index(len(users), histories, timestamps)
         n = len(ix["user"])
-        cols = {"run_date": pa.array(np.full(n, np.datetime64(run_date, "D")), pa.date32()),
-                "user_id": users.take(ix["user"]),
-                "domain": self._arrow["domain"].take(ix["domain"]),
-                "rank": pa.array(ix["rank"], pa.int64()),
-                "item_id": self._arrow["item_id"].take(ix["item"]),
-                "score": pa.array(ix["score"], pa.float64()),
-                "model_version": self._arrow["model_version"].take(np.zeros(n, dtype=np.int64)),
-                "reason": self._arrow["reason"].take(ix["reason"])}
+        cols = {C.RUN_DATE: pa.array(np.full(n, np.datetime64(run_date, "D")), pa.date32()),
+                C.USER_ID: users.take(ix["user"]),
+                C.DOMAIN: self._arrow[C.DOMAIN].take(ix["domain"]),
+                C.RANK: pa.array(ix["rank"], pa.int64()),
+                C.ITEM_ID: self._arrow[C.ITEM_ID].take(ix["item"]),
+                C.SCORE: pa.array(ix["score"], pa.float64()),
+                C.MODEL_VERSION: self._arrow[C.MODEL_VERSION].take(np.zeros(n, dtype=np.int64)),
+                C.REASON: self._arrow[C.REASON].take(ix["reason"])}
         names = list(columns or cols)
         return pa.RecordBatch.from_arrays([cols[c] for c in names], names=names)
 

@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from crossrec import columns as C
+
 log = logging.getLogger(__name__)
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
@@ -145,10 +147,10 @@ def encode_batches(batches, batch_size: int = 64, threads: int | None = None):
         log.info("encoded %d item texts (%.0f/s)", done, done / max(time.time() - t0, 1e-9))
         yield pd.DataFrame(
             {
-                "domain": pdf["domain"].values,
-                "item_id": pdf["item_id"].values,
-                "text_hash": pdf["text_hash"].values,
-                "encoder": ENCODER_NAME,
-                "embedding": list(vectors),
+                C.DOMAIN: pdf[C.DOMAIN].values,
+                C.ITEM_ID: pdf[C.ITEM_ID].values,
+                C.TEXT_HASH: pdf[C.TEXT_HASH].values,
+                C.ENCODER: ENCODER_NAME,
+                C.EMBEDDING: list(vectors),
             }
         )

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from crossrec import columns as C
 from crossrec.train.config import GOLD_TABLES, TrainConfig
 from crossrec.train.windows import extend_with_targets, training_windows
 
@@ -60,12 +61,12 @@ def restrict_to_domains(seq, index, names):
     keep = np.zeros(int(index.item_idx.max()) + 1, dtype=bool)
     keep[index.item_idx.values[index.domain.isin(list(names)).values]] = True
     seq = seq.copy()
-    if "target_item_idx" in seq:
+    if C.TARGET_ITEM_IDX in seq:
         has_target = seq.target_item_idx.notna()
         tgt = seq.target_item_idx.fillna(0).astype(np.int64).values
         seq = seq[~has_target.values | keep[tgt]].copy()
     masks = [keep[np.asarray(h, dtype=np.int64)] for h in seq.item_idx.values]
-    for col in ("item_idx", "domain_idx", "event_ts"):
+    for col in (C.ITEM_IDX, C.DOMAIN_IDX, C.EVENT_TS):
         if col in seq:
             seq[col] = [np.asarray(v)[m] for v, m in zip(seq[col].values, masks)]
     return seq
@@ -137,7 +138,7 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
     t0 = time.time()
     read = lambda t, **kw: arrow_table(_table_path(cfg.lake_root, t), versions[t], **kw)  # noqa: E731
 
-    index = read("gold.item_index").to_pandas().sort_values("item_idx").reset_index(drop=True)
+    index = read("gold.item_index").to_pandas().sort_values(C.ITEM_IDX).reset_index(drop=True)
     n_items = len(index)
     assert n_items >= 1 and (index.item_idx.values == np.arange(1, n_items + 1)).all(), "gold.item_index.item_idx must be 1..n_items"
     domains = [d for _, d in sorted(set(zip(index.domain_idx, index.domain)))]
@@ -146,17 +147,17 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
     item_domain[index.item_idx.values] = index.domain_idx.values
 
     sequences = DeltaTable(_table_path(cfg.lake_root, "gold.user_sequences"), version=versions["gold.user_sequences"])
-    splits = [("split", "in", ["train", "valid"])]
+    splits = [(C.SPLIT, "in", ["train", "valid"])]
     keep = None
     if cfg.max_users is not None:
-        users = arrow_table(sequences, columns=["user_id"], filters=splits).column("user_id")
+        users = arrow_table(sequences, columns=[C.USER_ID], filters=splits).column(C.USER_ID)
         keep = sample_user_ids(pc.unique(users).to_numpy(zero_copy_only=False), cfg.max_users, cfg.seed)
     slices = user_slices(count_rows(sequences), ROWS_PER_SLICE)
-    columns = ["user_id", "split", "item_idx", "domain_idx", "event_ts", "target_item_idx", "target_ts"]
+    columns = [C.USER_ID, C.SPLIT, C.ITEM_IDX, C.DOMAIN_IDX, C.EVENT_TS, C.TARGET_ITEM_IDX, C.TARGET_TS]
     typ = pa.list_(pa.int64())
     windows, valid_parts, refit_parts, n_train, n_valid = [], [], [], 0, 0
     for i, (lo, hi) in enumerate(slices):
-        where = splits + ([("user_id", ">=", lo)] if lo else []) + ([("user_id", "<", hi)] if hi else [])
+        where = splits + ([(C.USER_ID, ">=", lo)] if lo else []) + ([(C.USER_ID, "<", hi)] if hi else [])
         seq = arrow_table(sequences, columns=columns, filters=where).to_pandas()
         got = set(seq.split.unique())
         assert got <= {"train", "valid"}, f"training must never read other splits, got {sorted(got)}"
@@ -190,9 +191,9 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
 
     text_emb, encoders = None, []
     if cfg.use_text:
-        emb = read("gold.item_embeddings", columns=["domain", "item_id", "encoder", "embedding"]).to_pandas()
+        emb = read("gold.item_embeddings", columns=[C.DOMAIN, C.ITEM_ID, C.ENCODER, C.EMBEDDING]).to_pandas()
         encoders = sorted(emb.encoder.unique().tolist())
-        merged = index[["domain", "item_id"]].merge(emb, on=["domain", "item_id"], how="left", validate="one_to_one")
+        merged = index[[C.DOMAIN, C.ITEM_ID]].merge(emb, on=[C.DOMAIN, C.ITEM_ID], how="left", validate="one_to_one")
         have = merged.embedding.notna().values
         assert have.any(), "gold.item_embeddings holds no vector of any catalog item"
         dims = {len(v) for v in merged.embedding.values[have]}
@@ -203,22 +204,22 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
             log.warning("%d of %d items have no text embedding: they get a zero vector", int((~have).sum()), n_items)
 
     item_attr = np.zeros(n_items, dtype=np.int64)  # 0 = no category
-    if cfg.use_categories and "category" in index and index.category.notna().any():
+    if cfg.use_categories and C.CATEGORY in index and index.category.notna().any():
         has = index.category.notna().values & (index.category.fillna("").str.strip() != "").values
         keys = (index.domain + "\x1f" + index.category.fillna("")).values  # a category belongs to its domain
         codes = np.unique(keys[has], return_inverse=True)[1]
         item_attr[has] = codes + 1
     catalog = {
-        "item_idx": index.item_idx.values.astype(np.int64),
+        C.ITEM_IDX: index.item_idx.values.astype(np.int64),
         "item_attr": item_attr,
-        "domain_idx": index.domain_idx.values.astype(np.int64),
-        "domain_item_idx": index.domain_item_idx.values.astype(np.int64),
-        "train_count": index.train_count.values.astype(np.int64),
+        C.DOMAIN_IDX: index.domain_idx.values.astype(np.int64),
+        C.DOMAIN_ITEM_IDX: index.domain_item_idx.values.astype(np.int64),
+        C.TRAIN_COUNT: index.train_count.values.astype(np.int64),
         "text_emb": text_emb,
     }
     log.info("training data at versions %s: %d items in %s, %d train users -> %d windows, %d valid rows (%.1fs)",
              dict(versions), n_items, domains, n_train, windows.num_rows, n_valid, time.time() - t0)
-    item_index = index[["item_idx", "domain", "item_id", "domain_idx", "domain_item_idx"]]
+    item_index = index[[C.ITEM_IDX, C.DOMAIN, C.ITEM_ID, C.DOMAIN_IDX, C.DOMAIN_ITEM_IDX]]
 
     def untrained(w) -> np.ndarray:
         seen = np.zeros(n_items + 1, dtype=bool)
@@ -252,11 +253,11 @@ def add_item_tokens(cfg: TrainConfig, data: TrainingData) -> dict[str, int]:
     t0 = time.time()
     items_table = DeltaTable(_table_path(cfg.lake_root, "silver.items"),
                              version=resolve_versions(cfg.lake_root, None, ("silver.items",))["silver.items"])
-    items = items_table.to_pandas(columns=["domain", "item_id", "text", "category", "attributes"])
+    items = items_table.to_pandas(columns=[C.DOMAIN, C.ITEM_ID, C.TEXT, C.CATEGORY, C.ATTRIBUTES])
     hashes = DeltaTable(_table_path(cfg.lake_root, "gold.item_embeddings"),
-                        version=data.versions.get("gold.item_embeddings")).to_pandas(columns=["domain", "item_id", "text_hash"])
-    index = data.item_index[["domain", "item_id"]].merge(items, on=["domain", "item_id"], how="left",
-                                                         validate="one_to_one").merge(hashes, on=["domain", "item_id"], how="left")
+                        version=data.versions.get("gold.item_embeddings")).to_pandas(columns=[C.DOMAIN, C.ITEM_ID, C.TEXT_HASH])
+    index = data.item_index[[C.DOMAIN, C.ITEM_ID]].merge(items, on=[C.DOMAIN, C.ITEM_ID], how="left",
+                                                         validate="one_to_one").merge(hashes, on=[C.DOMAIN, C.ITEM_ID], how="left")
     missing = index.text.isna()
     if missing.any():
         row = index[missing].iloc[0]

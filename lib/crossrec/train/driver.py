@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
+from crossrec import columns as C
 from crossrec.train.artifact import write_artifact
 from crossrec.train.checkpoint import final_state
 from crossrec.train.config import GOLD_TABLES, METRIC, TrainConfig, model_version
@@ -146,9 +147,9 @@ def train(cfg: TrainConfig) -> Path | str:
         text_encoder, text_source = cfg.resolved_text_encoder(use_gpu), None
         if text_encoder == "finetune":
             text_source = add_item_tokens(cfg, data)
-        mcfg = cfg.model_config(len(data.catalog["item_idx"]), len(data.domains), text_dim,
+        mcfg = cfg.model_config(len(data.catalog[C.ITEM_IDX]), len(data.domains), text_dim,
                                 int(data.catalog["item_attr"].max()),
-                                largest_domain=int(np.bincount(data.catalog["domain_idx"]).max()),
+                                largest_domain=int(np.bincount(data.catalog[C.DOMAIN_IDX]).max()),
                                 text_encoder=text_encoder)
         log.info("loss: %s%s", mcfg.loss, f" ({mcfg.n_negatives} negatives per domain and step)" if mcfg.loss == "sampled" else "")
         log.info("text encoder: %s%s", text_encoder, f" (top {cfg.finetune_layers} layer(s) trained at "

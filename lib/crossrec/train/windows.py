@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from crossrec import columns as C
+
 
 def _chunks(cols: dict[str, list], inputs: dict[str, np.ndarray], targets: np.ndarray, max_seq_len: int) -> None:
     """Append (inputs, targets) cut into windows of at most ``max_seq_len`` positions, newest first; windows
@@ -82,7 +84,7 @@ def extend_with_targets(train, valid, item_domain: np.ndarray) -> tuple[list, li
     events: dict[str, list[np.ndarray]] = {}
     for u, it, ts in zip(train.user_id.values, train.item_idx.values, train.event_ts.values):
         events[u] = [np.asarray(it, dtype=np.int64), np.asarray(ts, dtype=np.int64)]
-    targets = valid.groupby("user_id", sort=False).agg({"target_item_idx": list, "target_ts": list})
+    targets = valid.groupby(C.USER_ID, sort=False).agg({C.TARGET_ITEM_IDX: list, C.TARGET_TS: list})
     for u, it, ts in zip(targets.index, targets.target_item_idx.values, targets.target_ts.values):
         have = events.get(u, [np.zeros(0, np.int64), np.zeros(0, np.int64)])
         events[u] = [np.concatenate([have[0], np.asarray(it, dtype=np.int64)]),

@@ -24,6 +24,7 @@ from typing import Mapping
 
 import numpy as np
 
+from crossrec import columns as C
 from crossrec.train.checkpoint import read_checkpoint, write_checkpoint
 from crossrec.train.config import METRIC, lr_at
 from crossrec.train.faults import fail_once
@@ -42,17 +43,17 @@ def _features(catalog: Mapping[str, np.ndarray]):
     # copies: arrays from the object store are read-only, torch wants writable memory
     emb = None if catalog["text_emb"] is None else np.array(catalog["text_emb"])
     tokens = {k: np.array(catalog[k]) for k in ("text_tokens", "text_mask") if catalog.get(k) is not None}
-    return ItemFeatures.from_item_index(np.array(catalog["item_idx"]), np.array(catalog["domain_idx"]),
-                                        np.array(catalog["domain_item_idx"]), text_emb=emb,
+    return ItemFeatures.from_item_index(np.array(catalog[C.ITEM_IDX]), np.array(catalog[C.DOMAIN_IDX]),
+                                        np.array(catalog[C.DOMAIN_ITEM_IDX]), text_emb=emb,
                                         item_attr=np.array(catalog["item_attr"]),
-                                        sample_weight=catalog["train_count"] + 1, **tokens)
+                                        sample_weight=catalog[C.TRAIN_COUNT] + 1, **tokens)
 
 
 
 def _lookup(catalog: Mapping[str, np.ndarray], column: str) -> np.ndarray:
     """(n_items + 1,) array: ``column`` of each item_idx (row 0 = padding = 0)."""
-    out = np.zeros(len(catalog["item_idx"]) + 1, dtype=catalog[column].dtype)
-    out[catalog["item_idx"]] = catalog[column]
+    out = np.zeros(len(catalog[C.ITEM_IDX]) + 1, dtype=catalog[column].dtype)
+    out[catalog[C.ITEM_IDX]] = catalog[column]
     return out
 
 
@@ -67,10 +68,10 @@ def validate_shard(model, valid_iter, catalog: Mapping[str, np.ndarray], *, rank
     from crossrec.evaluate.metrics import rank_of_target, ranking_metrics
     from crossrec.inference import Predictor
 
-    item_domain, item_col = _lookup(catalog, "domain_idx"), _lookup(catalog, "domain_item_idx")
+    item_domain, item_col = _lookup(catalog, C.DOMAIN_IDX), _lookup(catalog, C.DOMAIN_ITEM_IDX)
     sums = np.zeros((model.config.n_domains, 4), dtype=np.float64)
     was_training = model.training
-    predictor = Predictor(model, None, _lookup(catalog, "train_count").astype(np.float32))  # once per pass
+    predictor = Predictor(model, None, _lookup(catalog, C.TRAIN_COUNT).astype(np.float32))  # once per pass
     for batch in valid_iter.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
         mine = batch["row_id"].to_numpy() % world == rank
         if not mine.any():
@@ -150,7 +151,7 @@ def train_loop_per_worker(config: dict) -> None:
         torch.set_num_threads(int(config["torch_threads"]))
     catalog = ray.get(config["catalog_ref"])
     domains = list(config["domains"])
-    item_domain = _lookup(catalog, "domain_idx")
+    item_domain = _lookup(catalog, C.DOMAIN_IDX)
 
     torch.manual_seed(config["seed"])  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     model = CrossDomainTransformer(ModelConfig.from_dict(config["model"]), _features(catalog)).to(device)
