@@ -22,7 +22,8 @@ Tasks (one per crossrec stage; the DAG holds no logic of its own, every task run
 * **maintain**: ``crossrec maintain`` (compaction, retention, VACUUM; Z-order on the retrain weekday).
 
 Every task runs its stage as a process of its own (``python -m crossrec.cli.main <stage>``, or ``spark-submit`` for
-the Spark stages when ``CROSSREC_SPARK_SUBMIT`` is set): the Airflow worker itself starts no JVM and no Ray. A stage
+the Spark stages when ``CROSSREC_SPARK_SUBMIT`` is set): the Airflow worker itself starts no JVM and no Ray; with
+``CROSSREC_SPARK_REMOTE`` the Spark stages are clients of a Spark Connect server and start no JVM either. A stage
 that exits 2 (bad input), 3 (validation) or 4 (accounting) fails its task without a retry
 (``AirflowFailException``): the same input fails the same way until the data or the code is fixed. Other failures
 (a busy lake, exit 5; a lost executor) are retried twice, 5 minutes apart. Every task has an
@@ -49,6 +50,8 @@ Configuration (environment of the Airflow workers; the DAG file reads it when a 
                                 the embedded ``local[*]`` session; else the spark-submit command line to use, e.g.
                                 ``spark-submit --master spark://host:7077 --packages io.delta:delta-spark_4.2_2.13:4.4.0``
                                 (the job file is appended with ``--spark-master none``)
+``CROSSREC_SPARK_REMOTE``       a Spark Connect server (``sc://host:15002``): every Spark stage runs as its client
+                                (no JVM on the Airflow worker; see ``crossrec cluster connect``)
 ``CROSSREC_TASK_TIMEOUT_HOURS`` execution_timeout of every task but train (default 6)
 ``CROSSREC_TRAIN_TIMEOUT_HOURS`` execution_timeout of train (default 12)
 ``CROSSREC_DEADLINE_HOURS``     the run's deadline, hours after it was queued (default 20; ``off``: none)

@@ -147,7 +147,11 @@ def connect(state: str = DEFAULT_STATE, master: str = "local[2]", timeout_s: flo
     root.mkdir(parents=True, exist_ok=True)
     home = spark_home()
     port = _free_port()
-    settings = {"spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    from crossrec.io.spark import LOCAL_CONF
+
+    # a local master: the server is the one JVM that runs every job, sized and set up as an embedded session
+    settings = {**(LOCAL_CONF if master.startswith("local") else {}),
+                "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
                 "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
                 "spark.connect.grpc.binding.address": "127.0.0.1", "spark.connect.grpc.binding.port": str(port),
                 "spark.ui.enabled": "false", "spark.sql.session.timeZone": "UTC",

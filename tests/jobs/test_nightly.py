@@ -286,13 +286,21 @@ def test_a_second_run_of_a_stage_is_refused_while_one_holds_the_lake(two_nights,
 
 
 # --------------------------------------------------------------------------- upkeep and publishing
-def test_maintain_compacts_and_is_recorded_so_the_next_night_rolls_nothing_back(two_nights, tmp_path):
+def test_maintain_compacts_small_files_only_and_is_recorded_so_the_next_night_rolls_nothing_back(two_nights, tmp_path):
+    """One lake through three maintain runs (each on the one before): a threshold no file is under, the default one,
+    then Z-order with VACUUM; then night 3 runs on the maintained lake."""
     from crossrec.io.runs import Ledger
     from crossrec_jobs import maintain
 
     raw, lake = _copy_night2(two_nights, tmp_path)
-    files_before = len(list((lake / "silver/interactions").rglob("*.parquet")))
     args = job_args(raw, lake, two_nights["key"], "--run-date", "2024-07-02")[2:]  # no --raw-dir
+    assert maintain.main([*args, "--compact-file-mb", "0.0005"]) == 0  # every file is bigger than 512 bytes
+    tables = Ledger(str(lake)).last("maintain")["details"]["tables"]
+    assert {t: i["files_removed"] for t, i in tables.items() if i["files_removed"]} == {}
+    assert maintain.main(args) == 0  # the default threshold: night 2 left silver.interactions two small files a domain
+    assert Ledger(str(lake)).last("maintain")["details"]["tables"]["silver.interactions"]["files_removed"] >= 2
+
+    files_before = len(list((lake / "silver/interactions").rglob("*.parquet")))
     assert maintain.main([*args, "--zorder", "--vacuum-retention-hours", "0"]) == 0
     run = Ledger(str(lake)).last("maintain")
     assert run["mode"] == "zorder" and "silver.interactions" in run["writes"]
@@ -301,19 +309,6 @@ def test_maintain_compacts_and_is_recorded_so_the_next_night_rolls_nothing_back(
     _stages(raw, lake, two_nights["key"], "2024-07-02")  # night 3 on the maintained lake
     assert not Ledger(str(lake)).succeeded("rollback"), "maintain's commits are recorded: nothing to roll back"
     assert Ledger(str(lake)).last("clean")["mode"] == "incremental"
-
-
-def test_nightly_compaction_rewrites_only_the_files_below_its_threshold(two_nights, tmp_path):
-    from crossrec.io.runs import Ledger
-    from crossrec_jobs import maintain
-
-    raw, lake = _copy_night2(two_nights, tmp_path)
-    args = job_args(raw, lake, two_nights["key"], "--run-date", "2024-07-02")[2:]
-    assert maintain.main([*args, "--compact-file-mb", "0.0005"]) == 0  # every file is bigger than 512 bytes
-    tables = Ledger(str(lake)).last("maintain")["details"]["tables"]
-    assert {t: i["files_removed"] for t, i in tables.items() if i["files_removed"]} == {}
-    assert maintain.main(args) == 0  # the default threshold: night 2 left silver.interactions two small files a domain
-    assert Ledger(str(lake)).last("maintain")["details"]["tables"]["silver.interactions"]["files_removed"] >= 2
 
 
 def test_publish_moves_forward_only(scored_lake, spark, tmp_path):
