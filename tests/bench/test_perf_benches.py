@@ -39,8 +39,14 @@ def test_training_bench_reports_the_worker_count_and_the_encoder(scored_lake, tm
     run_training(TrainingSpec(out_dir=str(tmp_path / "out"), lake_root=str(lake), epochs=1, encoder_items=64,
                               workers=(2,)))
     d = json.loads((tmp_path / "out" / "training.json").read_text())
-    two, enc = d["records"]
-    assert two["stage"] == "train 2 workers" and two["workers"] == 2 and d["speedup"] == {"2": 1.0}
+    two, bare, enc = d["records"]
+    assert two["system"] == "crossrec" and two["stage"] == "train 2 workers" and two["workers"] == 2
+    assert d["speedup"] == {"2": 1.0}
+    # the roofline trains the same windows once per epoch, on the threads of one worker, in one process
+    assert bare["system"] == "torch" and bare["unit"] == "samples/s" and bare["value"] > 0 and bare["threads"] == 1
+    assert bare["samples"] == two["train_windows"]
+    assert d["share_of_torch"] == {"2": pytest.approx(two["value"] / bare["value"])}
+    assert "of the bare PyTorch loop's samples/s" in (tmp_path / "out" / "training.md").read_text()
     assert two["value"] > 0 and 0 <= two["data_share"] <= 1 and two["epoch_s"] > 0
     assert enc["unit"] == "items/s" and enc["items"] == 64 and enc["value"] > 0
     users = read_table(str(lake), "gold.user_sequences", columns=["user_id"]).user_id.nunique()

@@ -9,10 +9,13 @@ it: models and Ray run storage go under ``DIR``), then trains the default model 
 ``--epochs`` epochs with each of the ``--workers`` worker counts (``crossrec.train.driver.train``; one CPU for a
 single worker, half a CPU each otherwise). Per-epoch figures come from the artifact's metrics.json: samples/s,
 train seconds per epoch, ``data_share`` = rank 0's time waiting for and collating batches / epoch time;
-``speedup`` = each count's samples/s over the smallest count's. The text encoder (all-MiniLM-L6-v2, the features
-stage's model) is timed on the catalog's item texts in this process.
+``speedup`` = each count's samples/s over the smallest count's. The roofline (:func:`bare_torch_loop`) trains the
+same model on the same windows and batch size in a plain PyTorch loop in this process, on one worker's threads;
+``share_of_torch`` = each count's samples/s over it. The text encoder (all-MiniLM-L6-v2, the features stage's model)
+is timed on the catalog's item texts in this process.
 
-Writes ``DIR/training.json`` (records ``{stage, value, unit, ...}``), ``DIR/training.md``, ``DIR/training.png``.
+Writes ``DIR/training.json`` (records ``{system, stage, value, unit, ...}``: system ``crossrec`` with ``workers``, and
+``torch``, in samples/s), ``DIR/training.md``, ``DIR/training.png``.
 """
 from __future__ import annotations
 
@@ -64,7 +67,6 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
     from crossrec.io.readers import read_table
     from crossrec.io.spark import build_spark
     from crossrec.text.encoder import TextEncoder
-    from crossrec.train.config import TrainConfig
     from crossrec.train.driver import train
 
     if not spec.workers or min(spec.workers) < 1 or len(set(spec.workers)) != len(spec.workers):
@@ -91,18 +93,24 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
     records = []
     for workers in sorted(spec.workers):
         t0 = time.perf_counter()
-        folder = train(TrainConfig(lake_root=str(lake), workers=workers, epochs=spec.epochs, patience=spec.epochs,
-                                   cpus_per_worker=1.0 if workers == 1 else 0.5, seed=spec.seed,
-                                   model_root=str(out / f"models-{workers}"), storage_path=str(out / f"ray-{workers}")))
+        folder = train(_train_config(spec, lake, workers, model_root=str(out / f"models-{workers}"),
+                                     storage_path=str(out / f"ray-{workers}")))
         wall = time.perf_counter() - t0
         m = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
         hist = m["history"]
-        records.append({"stage": f"train {workers} worker{'s' if workers > 1 else ''}", "value": round(m["samples_per_s"], 1),
+        records.append({"system": "crossrec", "stage": f"train {workers} worker{'s' if workers > 1 else ''}",
+                        "value": round(m["samples_per_s"], 1),
                         "unit": "samples/s", "epoch_s": round(float(np.mean([h["epoch_train_s"] for h in hist])), 1),
                         "data_share": round(float(np.mean([h.get("data_share", float("nan")) for h in hist])), 3),
                         "workers": workers, "train_windows": m["train_windows"], "wall_s": round(wall, 1),
                         "users": users})
         log.info("%s", records[-1])
+
+    runs = list(records)
+    one = _train_config(spec, lake, 1)
+    torch_run = bare_torch_loop(one, spec.epochs, threads=max(1, int(one.cpus_per_worker)))
+    records.append({"system": "torch", "stage": "bare PyTorch loop (1 process, data in memory)", **torch_run})
+    log.info("%s", records[-1])
 
     texts = read_table(str(lake), "silver.items", columns=[C.TEXT]).text.tolist()[: spec.encoder_items]
     enc = TextEncoder()
@@ -111,9 +119,9 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
     enc.encode(texts)
     records.append({"stage": "text encoder (all-MiniLM-L6-v2)", "value": round(len(texts) / (time.perf_counter() - t0), 1),
                     "unit": "items/s", "items": len(texts)})
-    runs = records[:-1]
     result = {"records": records, "spec": asdict(spec), "lake": str(lake), "users": users, "domains": domains,
-              "speedup": speedups(runs)}
+              "speedup": speedups(runs),
+              "share_of_torch": {r["workers"]: r["value"] / torch_run["value"] for r in runs}}
     (out / "training.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     source = f"users of {lake}" if spec.lake_root else "generated users"
     lines = ["# Training benchmark", "", f"{users:,} {source}, {domains} domains, {spec.epochs} epochs.", "",
@@ -122,11 +130,67 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
               for r in records]
     base = runs[0]["workers"]
     lines += [""] + [f"{n} workers = {x:.2f}x the samples/s of {base} worker{'s' if base > 1 else ''}."
-                     for n, x in result["speedup"].items() if n != base] + [""]
+                     for n, x in result["speedup"].items() if n != base]
+    lines += [f"crossrec with {n} worker{'s' if n > 1 else ''} = {x:.0%} of the bare PyTorch loop's samples/s "
+              f"({torch_run['threads']} thread(s), as one worker)." for n, x in result["share_of_torch"].items()] + [""]
     (out / "training.md").write_text("\n".join(lines), encoding="utf-8")
     _plot(runs, out / "training.png", unit="samples/s")
     print("\n".join(lines))
     return result
+
+
+def _train_config(spec: TrainingSpec, lake: Path, workers: int, **paths: str):
+    """The default model's training config for ``workers`` Ray workers (one CPU for one worker, half a CPU each
+    otherwise: Ray Data keeps a CPU to feed them)."""
+    from crossrec.train.config import TrainConfig
+
+    return TrainConfig(lake_root=str(lake), workers=workers, epochs=spec.epochs, patience=spec.epochs,
+                       cpus_per_worker=1.0 if workers == 1 else 0.5, seed=spec.seed, **paths)
+
+
+def bare_torch_loop(cfg, epochs: int, threads: int) -> dict:
+    """The roofline of training: the same model, windows and batch size as ``crossrec train`` with ``cfg``, in a plain
+    single-process PyTorch loop (no Ray, no DDP, every batch collated in memory before the clock starts), on
+    ``threads`` torch threads (those of one crossrec worker, so the ratio is what the framework costs). Times the
+    training steps of ``epochs`` epochs, as crossrec's samples/s does (validation excluded); returns
+    ``{value (samples/s), unit, threads, epoch_s, samples, device}``."""
+    import torch
+
+    from crossrec.train.data import load_training_data, resolve_versions
+    from crossrec.train.windows import collate_train, length_bucketed
+    from crossrec.train.worker import POOL_BATCHES, build_model, item_lookup
+
+    data = load_training_data(cfg, resolve_versions(cfg.lake_root, None))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(cfg.seed)
+    model, optimizer = build_model(data.model_config(cfg), data.catalog, device, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.train()
+    item_domain = item_lookup(data.catalog, C.DOMAIN_IDX)
+    rng = np.random.default_rng(cfg.seed)
+    table = data.train.take(rng.permutation(data.train.num_rows))
+    pool = POOL_BATCHES * cfg.batch_size
+    pools = [table.slice(i, pool) for i in range(0, table.num_rows, pool)]
+    batches = [{k: torch.from_numpy(v).to(device) for k, v in collate_train(b, item_domain).items()}
+               for b in length_bucketed(pools, cfg.batch_size, rng)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        epoch_s = []
+        for _ in range(epochs):
+            t0 = time.perf_counter()
+            for b in batches:
+                loss = model(b, loss=True)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            epoch_s.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+    samples = epochs * data.train.num_rows
+    return {"value": round(samples / sum(epoch_s), 1), "unit": "samples/s", "threads": threads,
+            "epoch_s": round(float(np.mean(epoch_s)), 1), "samples": samples, "device": device.type}
 
 
 def speedups(runs: list[dict]) -> dict[int, float]:
@@ -135,4 +199,4 @@ def speedups(runs: list[dict]) -> dict[int, float]:
     return {r["workers"]: r["value"] / base["value"] for r in sorted(runs, key=lambda r: r["workers"])}
 
 
-__all__ = ["TrainingSpec", "run_training", "speedups"]
+__all__ = ["TrainingSpec", "run_training", "speedups", "bare_torch_loop"]

@@ -89,6 +89,15 @@ class TrainingData:
     refit_untrained: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ids in no refit window
     sampled_users: set | None = None  # the users trained on when max_users sampled them (None: every user)
 
+    def model_config(self, cfg: TrainConfig, text_encoder: str = "frozen"):
+        """The :class:`~crossrec.model.config.ModelConfig` of ``cfg`` for this catalog: its items, domains, text width
+        and categories; ``loss='auto'`` resolved by the largest domain."""
+        emb = self.catalog["text_emb"]
+        return cfg.model_config(len(self.catalog[C.ITEM_IDX]), len(self.domains), 384 if emb is None else emb.shape[1],
+                                int(self.catalog["item_attr"].max()),
+                                largest_domain=int(np.bincount(self.catalog[C.DOMAIN_IDX]).max()),
+                                text_encoder=text_encoder)
+
 
 def _table_path(lake_root: str, table: str) -> str:
     from crossrec.io.readers import table_path

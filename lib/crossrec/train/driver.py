@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from crossrec import columns as C
 from crossrec.train.artifact import write_artifact
 from crossrec.train.checkpoint import final_state
 from crossrec.train.config import GOLD_TABLES, METRIC, TrainConfig, model_version
@@ -143,14 +142,10 @@ def train(cfg: TrainConfig) -> Path | str:
         use_gpu = _use_gpu(cfg)
         check_worker_resources(cfg.workers, use_gpu, cfg.cpus_per_worker, ray.cluster_resources(),
                                fixed=address == "local")
-        text_dim = data.catalog["text_emb"].shape[1] if data.catalog["text_emb"] is not None else 384
         text_encoder, text_source = cfg.resolved_text_encoder(use_gpu), None
         if text_encoder == "finetune":
             text_source = add_item_tokens(cfg, data)
-        mcfg = cfg.model_config(len(data.catalog[C.ITEM_IDX]), len(data.domains), text_dim,
-                                int(data.catalog["item_attr"].max()),
-                                largest_domain=int(np.bincount(data.catalog[C.DOMAIN_IDX]).max()),
-                                text_encoder=text_encoder)
+        mcfg = data.model_config(cfg, text_encoder)
         log.info("loss: %s%s", mcfg.loss, f" ({mcfg.n_negatives} negatives per domain and step)" if mcfg.loss == "sampled" else "")
         log.info("text encoder: %s%s", text_encoder, f" (top {cfg.finetune_layers} layer(s) trained at "
                  f"{cfg.text_lr_scale:g} x lr, {cfg.text_max_tokens} tokens per item)" if text_encoder == "finetune" else "")

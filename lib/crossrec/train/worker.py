@@ -37,7 +37,8 @@ KS = (10,)
 POOL_BATCHES = 16  # training batches per length-sorted pool (see length_bucketed)
 
 
-def _features(catalog: Mapping[str, np.ndarray]):
+def item_features(catalog: Mapping[str, np.ndarray]):
+    """The model's :class:`~crossrec.model.encoder.ItemFeatures` of the catalog arrays (:class:`TrainingData.catalog`)."""
     from crossrec.model.encoder import ItemFeatures
 
     # copies: arrays from the object store are read-only, torch wants writable memory
@@ -50,11 +51,28 @@ def _features(catalog: Mapping[str, np.ndarray]):
 
 
 
-def _lookup(catalog: Mapping[str, np.ndarray], column: str) -> np.ndarray:
+def item_lookup(catalog: Mapping[str, np.ndarray], column: str) -> np.ndarray:
     """(n_items + 1,) array: ``column`` of each item_idx (row 0 = padding = 0)."""
     out = np.zeros(len(catalog[C.ITEM_IDX]) + 1, dtype=catalog[column].dtype)
     out[catalog[C.ITEM_IDX]] = catalog[column]
     return out
+
+
+def build_model(model_cfg, catalog: Mapping[str, np.ndarray], device, *, lr: float, weight_decay: float,
+                text_lr_scale: float = 1.0):
+    """The model of ``model_cfg`` over the catalog, on ``device``, and its AdamW optimizer: ``(model, optimizer)``.
+
+    A pretrained text layer (fine-tuning) is a parameter group of its own that moves at ``text_lr_scale`` x the rate
+    of the layers trained from scratch (each group's ``lr_scale``)."""
+    import torch
+
+    from crossrec.model.transformer import CrossDomainTransformer
+
+    model = CrossDomainTransformer(model_cfg, item_features(catalog)).to(device)
+    text = [p for n, p in model.named_parameters() if p.requires_grad and ".text_model." in f".{n}"]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and ".text_model." not in f".{n}"]
+    groups = [{"params": rest, "lr_scale": 1.0}] + ([{"params": text, "lr_scale": text_lr_scale}] if text else [])
+    return model, torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
 
 
 def validate_shard(model, valid_iter, catalog: Mapping[str, np.ndarray], *, rank: int, world: int,
@@ -68,10 +86,10 @@ def validate_shard(model, valid_iter, catalog: Mapping[str, np.ndarray], *, rank
     from crossrec.evaluate.metrics import rank_of_target, ranking_metrics
     from crossrec.inference import Predictor
 
-    item_domain, item_col = _lookup(catalog, C.DOMAIN_IDX), _lookup(catalog, C.DOMAIN_ITEM_IDX)
+    item_domain, item_col = item_lookup(catalog, C.DOMAIN_IDX), item_lookup(catalog, C.DOMAIN_ITEM_IDX)
     sums = np.zeros((model.config.n_domains, 4), dtype=np.float64)
     was_training = model.training
-    predictor = Predictor(model, None, _lookup(catalog, C.TRAIN_COUNT).astype(np.float32))  # once per pass
+    predictor = Predictor(model, None, item_lookup(catalog, C.TRAIN_COUNT).astype(np.float32))  # once per pass
     for batch in valid_iter.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
         mine = batch["row_id"].to_numpy() % world == rank
         if not mine.any():
@@ -141,7 +159,6 @@ def train_loop_per_worker(config: dict) -> None:
     import torch.distributed as dist
 
     from crossrec.model.config import ModelConfig
-    from crossrec.model.transformer import CrossDomainTransformer
 
     _worker_logging()
     ctx = ray.train.get_context()
@@ -151,16 +168,11 @@ def train_loop_per_worker(config: dict) -> None:
         torch.set_num_threads(int(config["torch_threads"]))
     catalog = ray.get(config["catalog_ref"])
     domains = list(config["domains"])
-    item_domain = _lookup(catalog, C.DOMAIN_IDX)
+    item_domain = item_lookup(catalog, C.DOMAIN_IDX)
 
     torch.manual_seed(config["seed"])  # identical initial weights on every rank (DDP also broadcasts rank 0's)
-    model = CrossDomainTransformer(ModelConfig.from_dict(config["model"]), _features(catalog)).to(device)
-    text = [p for n, p in model.named_parameters() if p.requires_grad and ".text_model." in f".{n}"]
-    rest = [p for n, p in model.named_parameters() if p.requires_grad and ".text_model." not in f".{n}"]
-    # a pretrained text layer moves at a fraction of the rate of the layers trained from scratch
-    groups = [{"params": rest, "lr_scale": 1.0}] + ([{"params": text, "lr_scale": config.get("text_lr_scale", 1.0)}]
-                                                   if text else [])
-    optimizer = torch.optim.AdamW(groups, lr=config["lr"], weight_decay=config["weight_decay"])
+    model, optimizer = build_model(ModelConfig.from_dict(config["model"]), catalog, device, lr=config["lr"],
+                                   weight_decay=config["weight_decay"], text_lr_scale=config.get("text_lr_scale", 1.0))
     state = {"epoch": -1, "global_step": 0, "best_metric": -math.inf, "best_epoch": -1, "bad_epochs": 0,
              "history": [], "resumes": []}
     ckpt = ray.train.get_checkpoint()
@@ -258,4 +270,4 @@ def train_loop_per_worker(config: dict) -> None:
         epoch += 1
 
 
-__all__ = ["train_loop_per_worker", "validate_shard"]
+__all__ = ["train_loop_per_worker", "validate_shard", "build_model", "item_features", "item_lookup"]
