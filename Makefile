@@ -17,12 +17,13 @@ PYTEST_ARGS ?=
 
 export CROSSREC_PSEUDONYM_KEY_FILE ?= $(abspath $(DEMO_KEY))
 
-.PHONY: help install demo test test-fast clean-demo
+.PHONY: help install demo test test-fast clean-demo bench-deps
 
 help:
 	@echo "make demo   - generate data, run ingest -> clean -> features -> train -> evaluate -> score, print a summary"
 	@echo "make test   - run the test suite (real Spark, Delta, Great Expectations)"
 	@echo "make test-fast - the tests not marked slow"
+	@echo "make bench-deps - native BLAS (OpenBLAS, Debian) for Spark ALS in \`crossrec bench scoring\` (needs root)"
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +36,11 @@ $(STAMP): pyproject.toml setup.py
 
 $(VENV): $(STAMP)
 install: $(STAMP)
+
+# Spark ML's ALS (the scoring benchmark's peer) loads the system's libblas.so.3 through netlib; without one it falls
+# back to a JVM BLAS and the comparison is unfair to it. The bench reports which kernel ran (als_blas).
+bench-deps:
+	apt-get install -y --no-install-recommends libopenblas0-pthread
 
 # A demo-only pseudonymisation key, made once and kept out of git; real runs set CROSSREC_PSEUDONYM_KEY(_FILE).
 $(DEMO_KEY):

@@ -17,15 +17,20 @@ def test_scoring_bench_measures_every_system(spark, tmp_path):
     run_scoring(spec, spark=spark)
     d = json.loads((tmp_path / "out" / "scoring.json").read_text())
     systems = {r["system"]: r for r in d["records"]}
-    assert set(systems) == {"crossrec score stage", "spark als recommendForAllUsers", "bare torch matmul+topk",
-                            "write floor (same rows to Delta, no model)",
-                            "model alone (the stage's scoring code, no Spark, no write)"}
+    assert set(systems) == {"crossrec", "als_noop", "als_delta", "torch", "write_floor", "model_alone"}
     assert all(r["unit"] == "users/s" and r["value"] > 0 and r["users"] == 400 and r["items"] == 300 for r in d["records"])
-    assert d["ratios"]["crossrec_vs_als"] == pytest.approx(systems["crossrec score stage"]["value"] / systems["spark als recommendForAllUsers"]["value"])
+    v = {s: r["value"] for s, r in systems.items()}
+    assert d["ratios"]["crossrec_vs_als_delta"] == pytest.approx(v["crossrec"] / v["als_delta"])
+    assert d["ratios"]["crossrec_vs_als_noop"] == pytest.approx(v["crossrec"] / v["als_noop"])
+    assert d["ratios"]["model_alone_vs_torch"] == pytest.approx(v["model_alone"] / v["torch"])
     assert d["score_summary"]["users"] == 400 and d["score_summary"]["rows"] == 400 * 2 * 5
     assert d["model_alone_rows"] == d["score_summary"]["rows"], "the model alone scored the same users as the stage"
-    assert d["ratios"]["model_alone_vs_torch"] == pytest.approx(
-        systems["model alone (the stage's scoring code, no Spark, no write)"]["value"] / systems["bare torch matmul+topk"]["value"])
+    # ALS wrote its K rows per user in gold.recommendations' form (K over all items: at most K a user)
+    als = spark.read.format("delta").load(str(tmp_path / "out" / "lake" / "bench" / "als_recommendations"))
+    assert d["als_rows"] == als.count() and 0 < d["als_rows"] <= 400 * 5
+    assert {"run_date", "user_id", "domain", "item_id", "rank", "score", "reason", "model_version"} <= set(als.columns)
+    assert als.groupBy("user_id").count().agg({"count": "max"}).first()[0] == 5
+    assert d["als_blas"] in ("JNIBLAS", "VectorBLAS", "JavaBLAS"), d["als_blas"]
     assert (tmp_path / "out" / "scoring.md").exists()
     floor = tmp_path / "out" / "lake" / "bench" / "write_floor"  # the floor rewrote exactly crossrec's rows
     assert spark.read.format("delta").load(str(floor)).count() == d["score_summary"]["rows"]
