@@ -15,7 +15,9 @@ def test_ingest_bench_compares_crossrec_with_a_plain_copy_and_the_two_layer_floo
     run_ingest(IngestSpec(out_dir=str(tmp_path / "out"), users=300, domains=2, warmup=False), spark=spark)
     d = json.loads((tmp_path / "out" / "ingest.json").read_text())
     crossrec, plain, floor = d["records"]
+    assert [r["system"] for r in d["records"]] == ["crossrec", "plain_copy", "delta_floor"]
     assert crossrec["unit"] == plain["unit"] == floor["unit"] == "rows/s"
+    assert d["crossrec_vs_floor"] == pytest.approx(crossrec["value"] / floor["value"])
     assert crossrec["value"] > 0 and plain["value"] > 0 and floor["value"] > 0
     assert crossrec["rows"] == plain["rows"] == floor["rows"], "all three read the same raw rows"
     assert d["ratio"] == pytest.approx(crossrec["value"] / plain["value"])
