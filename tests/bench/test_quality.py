@@ -117,7 +117,7 @@ def test_quality_bench_reuses_only_a_built_lake_of_the_same_data(tmp_path):
     generate(str(raw), SyntheticSpec(users=20, domains=2, items_per_domain=20, seed=1))
     with pytest.raises(BenchError, match="--reuse-lake needs --lake-root"):
         run_quality(QualitySpec(raw_dir=str(raw), out_dir=str(tmp_path / "out"), reuse_lake=True))
-    with pytest.raises(BenchError, match="has no gold.item_index, gold.user_sequences, gold.item_embeddings"):
+    with pytest.raises(BenchError, match="has no gold.user_sequences, gold.item_index, gold.item_embeddings"):
         run_quality(QualitySpec(raw_dir=str(raw), out_dir=str(tmp_path / "out"), lake_root=str(tmp_path / "empty"),
                                 reuse_lake=True))
     with pytest.raises(BenchError, match="--crossrec-model needs --reuse-lake"):  # before any step runs

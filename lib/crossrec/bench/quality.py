@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Callable
 
 from crossrec import columns as C
+from crossrec.train.config import GOLD_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +159,13 @@ def _run_inline(name: str, main: Callable[[list[str]], int], args: list[str], ou
 
 
 def _run_job(name: str, stage: str, args: list[str], out: Path, env: dict, inline: bool) -> float:
-    """The job ``crossrec_jobs.<stage>``: :func:`_run_inline` when ``inline``, else :func:`_run_step`."""
+    """``crossrec <stage> ARGS`` through the command line's entry point: :func:`_run_inline` when ``inline``, else
+    :func:`_run_step`."""
     if not inline:
-        return _run_step(name, f"crossrec_jobs.{stage}", args, out, env)
-    import importlib
+        return _run_step(name, "crossrec.cli.main", [stage, *args], out, env)
+    from crossrec.cli.main import main as crossrec
 
-    return _run_inline(name, importlib.import_module(f"crossrec_jobs.{stage}").main, args, out, env)
+    return _run_inline(name, lambda argv: crossrec([stage, *argv]), args, out, env)
 
 
 def _trained(model_root: Path) -> Path:
@@ -188,7 +190,6 @@ def _env(spec: QualitySpec, out: Path) -> dict:
     return env
 
 
-GOLD_TABLES = ("gold.item_index", "gold.user_sequences", "gold.item_embeddings")
 
 
 def missing_tables(lake: str, tables) -> list[str]:
