@@ -241,6 +241,9 @@ def run_scoring(spec: ScoringSpec, spark=None) -> dict:
     out = Path(spec.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     lake = out / "lake"
+    # one native BLAS thread per task, as Spark's ML guide advises: Spark runs the tasks in parallel already (set
+    # before the JVM starts; a session passed in keeps its own setting)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     spark = spark or build_spark("crossrec-bench-scoring", "local[*]", {})
     t0 = time.time()
     domains = write_lake(spark, spec, lake)
