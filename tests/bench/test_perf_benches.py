@@ -69,7 +69,7 @@ def test_training_bench_refuses_a_lake_without_gold_tables_and_bad_worker_counts
     from crossrec.bench.quality import BenchError
     from crossrec.bench.training import TrainingSpec, run_training
 
-    with pytest.raises(BenchError, match="has no gold.item_index, gold.user_sequences, gold.item_embeddings, silver.items"):
+    with pytest.raises(BenchError, match="has no gold.user_sequences, gold.item_index, gold.item_embeddings, silver.items"):
         run_training(TrainingSpec(out_dir=str(tmp_path / "out"), lake_root=str(tmp_path / "empty")))
     for workers in ((), (0, 1), (2, 2)):
         with pytest.raises(BenchError, match="--workers: distinct worker counts of 1 or more"):
