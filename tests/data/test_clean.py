@@ -312,3 +312,29 @@ def test_conflicting_rows_of_one_item_in_one_file_have_a_deterministic_winner(sp
     for order in (rows, rows[::-1]):
         out = C.classify_items(bronze_items(spark, order), 1000)
         assertDataFrameEqual(out.select("title", C.STATUS), expected)
+
+
+def test_item_entities_split_normalise_and_dedupe(spark):
+    rows = [("books", "b1", "T", None, {}, {"author": " Ada  Berg ; Lars Sato;;", "publisher": "Vellum"}, None),
+            ("books", "b2", "T", None, {}, {"author": "ada berg"}, None),
+            ("movies", "m1", "T", None, {}, {"director": "ADA BERG", "co": "Ada Berg"}, None)]
+    items = C.classify_items(bronze_items(spark, rows), 1000).where(F.col(C.STATUS) == C.OK)
+    declared = {"books": {"author": ("person", ";"), "publisher": ("publisher", None)},
+                "movies": {"director": ("person", None), "co": ("person", None)}}
+    out = C.item_entities(C.item_entity_values(items, declared))
+    expected = spark.createDataFrame([
+        ("books", "b1", "person:ada berg", "author", C.OK), ("books", "b1", "person:lars sato", "author", C.OK),
+        ("books", "b1", "publisher:vellum", "publisher", C.OK), ("books", "b2", "person:ada berg", "author", C.OK),
+        ("movies", "m1", "person:ada berg", "co", C.OK), ("movies", "m1", "person:ada berg", "director", C.DUPLICATE),
+    ], "domain string, item_id string, entity string, attribute string, _status string")
+    assertDataFrameEqual(out.select("domain", "item_id", "entity", "attribute", C.STATUS), expected)
+
+
+def test_item_entities_separator_is_literal_and_nothing_declared_is_empty(spark):
+    rows = [("books", "b1", "T", None, {}, {"tags": "a.b|c\\E.d"}, None)]
+    items = C.classify_items(bronze_items(spark, rows), 1000)
+    got = C.item_entity_values(items, {"books": {"tags": ("tag", "|")}}).select("value")
+    assertDataFrameEqual(got, spark.createDataFrame([("a.b",), ("c\\e.d",)], "value string"))
+    got = C.item_entity_values(items, {"books": {"tags": ("tag", "\\E.")}}).select("value")
+    assertDataFrameEqual(got, spark.createDataFrame([("a.b|c",), ("d",)], "value string"))
+    assert C.item_entity_values(items, {}).count() == 0

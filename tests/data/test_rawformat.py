@@ -456,3 +456,42 @@ def test_a_key_named_twice_is_refused(tiny_raw):
     (tiny_raw / "dataset.json").write_text(text, encoding="utf-8")
     msg = _error(tiny_raw)
     assert "key 'books' appears twice in one object" in msg and str(tiny_raw / "dataset.json") in msg
+
+
+def test_attribute_columns_are_entities_of_their_own_name_by_default(tiny_raw):
+    ds = load_dataset(tiny_raw)
+    assert ds.file_set("items", "books").entities == {"author": ("author", None)}
+    assert ds.file_set("items", "movies").entities == {}
+    assert ds.file_set("interactions", "books").entities == {}
+
+
+def test_entity_declarations_type_separator_and_opt_out(tiny_raw):
+    spec = _spec(tiny_raw)
+    items = spec["domains"]["books"]["items"]
+    items["attribute_columns"] = ["author", "Brand Name", "year"]
+    items["entities"] = {"author": {"type": "person", "separator": ";"}, "year": False}
+    _save(tiny_raw, spec)
+    assert load_dataset(tiny_raw).file_set("items", "books").entities == {
+        "author": ("person", ";"), "Brand Name": ("brand_name", None)}
+
+
+@pytest.mark.parametrize("entities, message", [
+    ({"publisher": {}}, "entities: ['publisher'] not among attribute_columns ['author']"),
+    ({"author": {"type": "Person"}}, "entities.author.type: must match [a-z0-9_]+, got 'Person'"),
+    ({"author": {"separator": ""}}, "entities.author.separator: expected a non-empty string, got ''"),
+    ({"author": {"kind": "person"}}, "entities.author: unknown key(s) ['kind']"),
+    ({"author": "person"}, "entities.author: expected an object with 'type' and/or 'separator', or false"),
+    (["author"], "entities: expected an object of attribute column"),
+])
+def test_bad_entity_declarations_are_named(tiny_raw, entities, message):
+    spec = _spec(tiny_raw)
+    spec["domains"]["books"]["items"]["entities"] = entities
+    _save(tiny_raw, spec)
+    assert message in _error(tiny_raw)
+
+
+def test_only_items_declare_entities(tiny_raw):
+    spec = _spec(tiny_raw)
+    spec["domains"]["books"]["interactions"]["entities"] = {}
+    _save(tiny_raw, spec)
+    assert "domains.books.interactions.entities: only an items file set declares entities" in _error(tiny_raw)

@@ -137,6 +137,11 @@ def test_accounting_balances_per_table_and_domain(runs):
     assert tuple(cl.loc[("silver.interactions", "books"), ["rows_in", "rows_out", "quarantined", "duplicates"]]) == (10, 3, 6, 1)
     assert tuple(cl.loc[("silver.interactions", "movies"), ["rows_in", "rows_out", "quarantined", "duplicates"]]) == (5, 3, 2, 0)
     assert tuple(cl.loc[("silver.identity_map", "movies"), ["rows_in", "rows_out", "quarantined", "duplicates"]]) == (3, 2, 1, 0)
+    assert ("silver.item_entities", "books") in cl.index  # books declare "author"; movies have no attribute
+    ent = read_table(str(runs["lake"]), "silver.item_entities")
+    assert cl.loc[("silver.item_entities", "books"), "rows_out"] == len(ent) > 0
+    assert set(ent.domain) == {"books"} and set(ent.entity_type) == {"author"}
+    assert (ent.entity == "author:" + ent.value).all() and (ent.value == ent.value.str.lower().str.strip()).all()
     items = json.loads(cl.loc[("silver.items", "books"), "details"])
     assert items["text_truncated"] == 1 and items["text_with_invalid_bytes"] == 1
 

@@ -433,3 +433,49 @@ def test_runs_on_the_device_of_its_buffers():
     model.calculate_loss(batch).backward()
     with torch.no_grad():
         assert model.eval().full_sort_predict(batch, 1).device.type == "cuda"
+
+
+# ------------------------------------------------------------------------------------------------ entities
+def features_with_entities(entities) -> ItemFeatures:
+    """random_features() (items 1..5 domain 0, 6..9 domain 1) with ``entities``: (10, E) rows of entity ids."""
+    f = random_features()
+    f.item_entities = torch.as_tensor(entities, dtype=torch.long)
+    f.__post_init__()
+    return f
+
+
+ENTS = [[0, 0], [1, 0], [1, 2], [0, 0], [0, 0], [0, 0], [1, 0], [2, 0], [0, 0], [0, 0]]  # entity 1 in both domains
+
+
+def test_items_of_two_domains_share_an_entity_embedding_and_items_without_get_none():
+    model = tiny_model(features_with_entities(ENTS), n_entities=2).eval()
+    enc = model.item_encoder
+    vec = enc.entity_vectors(torch.arange(10))  # (10, D)
+    assert torch.equal(vec[1], vec[6]) and torch.equal(vec[1], enc.entity_emb.weight[1])  # item 1 (domain 0) = 6 (1)
+    assert torch.allclose(vec[2], (enc.entity_emb.weight[1] + enc.entity_emb.weight[2]) / 2)  # the mean of two
+    assert torch.equal(vec[3], torch.zeros_like(vec[3])) and torch.equal(vec[0], torch.zeros_like(vec[0]))
+    with torch.no_grad():  # the entity moves the item's representation: it is part of the encoder's output
+        before = enc(torch.tensor([6]))
+        enc.entity_emb.weight[1] += torch.linspace(-1, 1, enc.entity_emb.weight.shape[1])  # LayerNorm drops a constant
+        assert not torch.allclose(before, enc(torch.tensor([6])))
+        assert torch.equal(enc(torch.tensor([3])), enc(torch.tensor([3])))
+
+
+def test_a_model_with_entities_learns_them_and_round_trips(tmp_path):
+    feats = features_with_entities(ENTS)
+    model = tiny_model(feats, n_entities=2)
+    before = model.item_encoder.entity_emb.weight.detach().clone()
+    train(model, make_batch(SEQS, feats, T=6), steps=3)
+    assert not torch.equal(before, model.item_encoder.entity_emb.weight)  # gradients reach the entity table
+    back = load_model(save_model(model, tmp_path / "m")).eval()
+    assert torch.equal(back.item_encoder.item_entities, feats.item_entities)
+    model.eval()
+    b = make_batch(SEQS, feats, T=6, train=False)
+    assert torch.allclose(model.full_sort_predict(b, 1), back.full_sort_predict(b, 1))
+
+
+def test_entity_ids_must_fit_the_config():
+    with pytest.raises(AssertionError, match="item_entities exceed n_entities=1"):
+        tiny_model(features_with_entities(ENTS), n_entities=1)
+    with pytest.raises(AssertionError, match="needs ItemFeatures.item_entities"):
+        tiny_model(random_features(), n_entities=2)

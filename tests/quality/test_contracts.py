@@ -55,7 +55,7 @@ def _of(exps, cls):
 # run/accounting/erasure records (ops)
 PIPELINE_TABLES = {
     "bronze.interactions", "bronze.items", "bronze.identity_map",
-    "silver.interactions", "silver.items", "silver.identity_map", "silver.quarantine",
+    "silver.interactions", "silver.items", "silver.identity_map", "silver.quarantine", "silver.item_entities",
     "gold.item_index", "gold.user_sequences", "gold.item_embeddings", "gold.recommendations", "gold.metrics",
     "ops.accounting", "ops.runs", "ops.erasures",
 }

@@ -404,7 +404,7 @@ def _check_registry_and_promotion_gate(lake: Path, folder: Path, metrics: dict, 
     torch.manual_seed(0)
     for p in art.model.parameters():
         torch.nn.init.normal_(p, std=0.5)
-    save_artifact(worse, art.model, None, art.item_index, {**metrics, "model_version": worse.name, "terms": None})
+    save_artifact(worse, art.model, None, art.item_index, {**metrics, "model_version": worse.name, "terms": None}, art.entities)
     cfg = resolve_config(overrides={"lake_root": str(lake)})
     mv, decision = register_and_promote(cfg, worse, metrics, force=False)
     assert mv.number == 2 and not decision.promoted and "worse than champion version 1" in decision.reason, decision
@@ -736,3 +736,48 @@ def test_the_fault_hook_passes_every_batch_through_unless_it_is_armed_for_this_r
     assert list(fail_once(range(5), hook, rank=1, epoch=0)) == [0, 1, 2, 3, 4], "another epoch"
     (tmp_path / "m").write_text("done")
     assert list(fail_once(range(5), hook, rank=1, epoch=1)) == [0, 1, 2, 3, 4], "fired once already"
+
+
+def test_entity_vocabulary_keeps_shared_entities_most_frequent_first():
+    from crossrec.train.data import entity_vocabulary
+
+    rows = np.array([0, 0, 0, 1, 1, 2, 3, 3])
+    ents = np.array(["brand:a", "person:x", "brand:z", "brand:a", "person:x", "brand:a", "person:x", "solo:q"])
+    ids, vocab = entity_vocabulary(rows, ents, 5, min_items=2, max_entities=10, max_per_item=8)
+    assert vocab == ["brand:a", "person:x"]  # 3 items each, ties by name; brand:z and solo:q are on one item only
+    assert ids.tolist() == [[1, 2], [1, 2], [1, 0], [2, 0], [0, 0]]
+    ids, vocab = entity_vocabulary(rows, ents, 5, min_items=1, max_entities=3, max_per_item=1)
+    assert vocab == ["brand:a", "person:x", "brand:z"] and ids[:, 0].tolist() == [1, 1, 1, 2, 0] and ids.shape == (5, 1)
+    ids, vocab = entity_vocabulary(np.array([], dtype=np.int64), np.array([], dtype=str), 3, min_items=2,
+                                   max_entities=10, max_per_item=8)
+    assert vocab == [] and ids.tolist() == [[0], [0], [0]]
+
+
+def test_train_job_gives_items_the_entities_of_silver_item_entities(ray_local, tmp_path):
+    """Entities shared by two or more items become the model's entity ids (the artifact names them); an entity on
+    one item and the entities of --no-entities do not."""
+    from crossrec.model.artifact import ENTITIES_FILE, load_artifact
+    from crossrec_jobs.train import main
+
+    lake = tmp_path / "lake"
+    facts = build_planted_lake(lake, users=60, items_per_topic=8)
+    index = DeltaTable(str(lake / "gold" / "item_index")).to_pandas().sort_values("item_idx").reset_index(drop=True)
+    topic = facts["topic_of"][index.item_idx.values]
+    rows = [{"domain": d, "item_id": i, "entity": f"person:creator {t}", "entity_type": "person", "value": f"creator {t}",
+             "attribute": "author", "run_id": "r"} for d, i, t in zip(index.domain, index.item_id, topic)]
+    rows.append({"domain": index.domain[0], "item_id": index.item_id[0], "entity": "brand:only one", "entity_type": "brand",
+                 "value": "only one", "attribute": "brand", "run_id": "r"})
+    version = write_gold(lake, "silver.item_entities", rows)
+    args = ["--lake-root", str(lake), "--workers", "1", "--epochs", "1", "--batch-size", "32", "--d-model", "16",
+            "--n-layers", "1", "--max-seq-len", "10", "--no-gpu", "--terms", "none", "--no-refit"]
+    assert main(args) == 0
+    folder, metrics = _artifact(lake)
+    assert metrics["entities_from"] == {"silver.item_entities": version} and metrics["n_entities"] == 2
+    art = load_artifact(folder)
+    assert art.entities == ["person:creator 0", "person:creator 1"]  # 2 topics; "brand:only one" is on one item
+    ids = art.model.item_encoder.item_entities[torch.as_tensor(index.item_idx.values)][:, 0].numpy()
+    assert (ids == topic + 1).all(), "each item carries its topic's entity, in both domains"
+    assert main(args + ["--no-entities", "--seed", "1"]) == 0
+    folder, metrics = _artifact(lake)
+    assert metrics["n_entities"] == 0 and not (folder / ENTITIES_FILE).exists()
+    assert load_artifact(folder).model.item_encoder.entity_emb is None

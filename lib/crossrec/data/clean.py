@@ -381,6 +381,50 @@ def classify_items(bronze: DataFrame, max_text_chars: int, domains: list[str] | 
     return df.drop("_ingested_at")
 
 
+# --------------------------------------------------------------------------- entities
+def entity_value(c: Column) -> Column:
+    """An entity value as it is matched: trimmed, inner whitespace collapsed, lower case; null when empty."""
+    return blank_to_null(F.lower(F.regexp_replace(c, r"\s+", " ")))
+
+
+def _split_pattern(separator: str) -> str:
+    """A Java regex that matches ``separator`` literally (``F.split`` takes a regex)."""
+    return "\\Q" + separator.replace("\\E", "\\E\\\\E\\Q") + "\\E"
+
+
+def item_entity_values(items: DataFrame, declared: Mapping[str, Mapping[str, tuple[str, str | None]]]) -> DataFrame:
+    """Every entity value of the catalog ``items`` (silver.items rows), before de-duplication: one row per value, with
+    ``domain, item_id, entity, entity_type, value, attribute, run_id``.
+
+    ``declared``: per domain, attribute column -> (entity type, separator or None) (the file set's
+    :attr:`~crossrec.data.rawformat.FileSet.entities`). A multi-valued cell is split at its separator; parts that are
+    empty once normalised (``"a;;b"``) are no values and leave no row."""
+    parts = []
+    for domain, cols in declared.items():
+        mine = items.where(F.col(C.DOMAIN) == domain)
+        for col, (etype, sep) in cols.items():
+            cell = F.col(C.ATTRIBUTES)[col]
+            vals = F.split(cell, _split_pattern(sep)) if sep else F.array(cell)
+            parts.append(mine.where(cell.isNotNull()).select(
+                C.DOMAIN, C.ITEM_ID, F.lit(etype).alias(C.ENTITY_TYPE), F.lit(col).alias(C.ATTRIBUTE), C.RUN_ID,
+                F.explode(vals).alias("_raw")))
+    if not parts:
+        schema = "domain string, item_id string, entity string, entity_type string, value string, attribute string, run_id string"
+        return items.sparkSession.createDataFrame([], schema)
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.unionByName(p)
+    out = out.select(C.DOMAIN, C.ITEM_ID, C.ENTITY_TYPE, C.ATTRIBUTE, C.RUN_ID, entity_value(F.col("_raw")).alias(C.VALUE))
+    out = out.where(F.col(C.VALUE).isNotNull())
+    return out.withColumn(C.ENTITY, F.concat_ws(":", C.ENTITY_TYPE, C.VALUE))
+
+
+def item_entities(values: DataFrame) -> DataFrame:
+    """:func:`item_entity_values` with each (domain, item_id, entity) once: the first attribute (by name) that gave it
+    is kept; the others are duplicates, marked by ``_status`` as in every classified frame."""
+    return mark_duplicates(values.withColumn(STATUS, F.lit(OK)), [C.DOMAIN, C.ITEM_ID, C.ENTITY], [F.col(C.ATTRIBUTE).asc()])
+
+
 # --------------------------------------------------------------------------- outputs
 def quarantine_rows(classified: DataFrame, source_table: str) -> DataFrame:
     """The quarantined rows of a classified frame, shaped as ``silver.quarantine``: each bronze row as JSON with its

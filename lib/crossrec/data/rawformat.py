@@ -26,7 +26,9 @@ SPARK_PATTERN_LETTERS = frozenset("GyDMLdQqEFahKkHmsSVzOXxZ")
 TOP_KEYS = ("name", "domains", "identity_map", "extras")
 DOMAIN_KEYS = ("interactions", "items")
 FILE_SET_KEYS = ("path", "format", "columns", "options", "timestamp", "default_event_type", "text_columns",
-                 "attribute_columns")
+                 "attribute_columns", "entities")
+ENTITY_KEYS = ("type", "separator")
+ENTITY_TYPE_RE = re.compile(r"[a-z0-9_]+")  # always used with fullmatch
 CSV_OPTIONS = ("delimiter", "quote", "encoding", "escape", "multiline")
 
 INTERACTION_REQUIRED = ("user_id", "item_id", "event_ts")
@@ -55,6 +57,8 @@ class FileSet:
     text_columns: tuple[str, ...] = ()
     attribute_columns: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
+    # attribute column -> (entity type, separator or None): the attributes that are entities (silver.item_entities)
+    entities: dict[str, tuple[str, str | None]] = field(default_factory=dict)
 
     @property
     def raw_columns(self) -> list[str]:
@@ -218,6 +222,9 @@ def _file_set(kind: str, domain: str | None, spec: Any, root: str, where: str, o
     for name, value in (("text_columns", text_cols), ("attribute_columns", attr_cols)):
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise RawFormatError(f"{where}.{name}: expected a list of raw column names")
+    entities = _check_entities(spec.get("entities", {}), attr_cols, f"{where}.entities") if kind == "items" else {}
+    if kind != "items" and "entities" in spec:
+        raise RawFormatError(f"{where}.entities: only an items file set declares entities")
     options = _check_options(spec.get("options", {}), f"{where}.options")
     full = _resolve_path(spec["path"], root, f"{where}.path", outside_root)
     return FileSet(
@@ -232,7 +239,35 @@ def _file_set(kind: str, domain: str | None, spec: Any, root: str, where: str, o
         text_columns=tuple(text_cols),
         attribute_columns=tuple(attr_cols),
         files=_list_files(full, fmt, where),
+        entities=entities,
     )
+
+
+def _check_entities(spec: Any, attr_cols: list[str], where: str) -> dict[str, tuple[str, str | None]]:
+    """Every attribute column is an entity of its own name, single-valued, unless ``entities`` says otherwise:
+    ``{"author": {"type": "person", "separator": ";"}, "year": false}`` -- a declared type links attributes of
+    different names (a book's author, a film's director), a separator splits a multi-valued cell, ``false`` keeps
+    the attribute out of the entities."""
+    if not isinstance(spec, dict):
+        raise RawFormatError(f"{where}: expected an object of attribute column -> {{\"type\", \"separator\"}} or false")
+    unknown = sorted(set(spec) - set(attr_cols))
+    if unknown:
+        raise RawFormatError(f"{where}: {unknown} not among attribute_columns {attr_cols}")
+    out: dict[str, tuple[str, str | None]] = {}
+    for col in attr_cols:
+        decl = spec.get(col, {})
+        if decl is False:
+            continue
+        if not isinstance(decl, dict):
+            raise RawFormatError(f"{where}.{col}: expected an object with 'type' and/or 'separator', or false; got {decl!r}")
+        _check_keys(decl, ENTITY_KEYS, f"{where}.{col}")
+        etype, sep = decl.get("type", re.sub(r"[^a-z0-9_]+", "_", col.lower()).strip("_") or "attribute"), decl.get("separator")
+        if not isinstance(etype, str) or not ENTITY_TYPE_RE.fullmatch(etype):
+            raise RawFormatError(f"{where}.{col}.type: must match [a-z0-9_]+, got {etype!r}")
+        if sep is not None and (not isinstance(sep, str) or not sep):
+            raise RawFormatError(f"{where}.{col}.separator: expected a non-empty string, got {sep!r}")
+        out[col] = (etype, sep)
+    return out
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:

@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 STAGE = "clean"
 BRONZE = ("bronze.interactions", "bronze.items", "bronze.identity_map")
 IDENTITY_MAP = "silver.identity_map"  # written when the data set has an identity map
-SILVER = ("silver.items", "silver.interactions", "silver.quarantine", IDENTITY_MAP)
+ENTITIES = "silver.item_entities"  # derived from silver.items as a whole (see _write_entities)
+SILVER = ("silver.items", "silver.interactions", "silver.quarantine", IDENTITY_MAP, ENTITIES)
 CDF_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 ROWS_PER_PARTITION = 500_000  # shuffle partitions of a night: one per this many new bronze rows (io.spark.size_shuffles)
 
@@ -92,7 +93,7 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     fp = settings_fingerprint(cfg, dataset)
     stage.details["settings"] = fp
     last = ledger.last(STAGE)
-    outputs = [t for t in SILVER if t != IDENTITY_MAP or "bronze.identity_map" in stage.reads]
+    outputs = [t for t in SILVER if t != ENTITIES and (t != IDENTITY_MAP or "bronze.identity_map" in stage.reads)]
     reason = _full_reason(cfg, spark, last, fp, {t: recorded.get(t) for t in outputs})
 
     def bronze_full(table: str):
@@ -252,8 +253,11 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
             _check_written(IDENTITY_MAP, write_metrics(path, w[IDENTITY_MAP]).get("numOutputRows"), n_ids)
             stage.lap("appended silver.identity_map")
 
+    declared = {fs.domain: fs.entities for fs in dataset.file_sets if fs.kind == "items" and fs.entities}
+    n_entities = _write_entities(spark, cfg, stage, recorded, last, declared, accounting)
     if cfg.validate:
-        expected = {"silver.items": n_items, "silver.interactions": n_inter, "silver.quarantine": n_quar, IDENTITY_MAP: n_ids}
+        expected = {"silver.items": n_items, "silver.interactions": n_inter, "silver.quarantine": n_quar, IDENTITY_MAP: n_ids,
+                    ENTITIES: n_entities}
         committed = [t for t, v in w.items() if v > recorded.get(t, -1)]  # an empty append commits nothing
         _validate(spark, cfg, stage, domains, expected, committed, merged=stage.mode == "incremental")
         stage.lap("validated")
@@ -267,6 +271,36 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
         r.details["bronze_versions"] = stage.reads
     stage.accounting = accounting
     return accounting
+
+
+def _write_entities(spark, cfg: CrossrecConfig, stage: StageRun, recorded: dict, last: dict | None,
+                    declared: dict, accounting: list[AccountingRow]) -> int:
+    """Rewrite silver.item_entities from the silver.items version this run wrote when the catalog, the declarations
+    (``declared``: per domain, :attr:`FileSet.entities`) or the table changed; returns the rows written (0 when
+    kept). Its accounting counts entity values: each ends in the table or, repeated within an item, as a duplicate."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    fp = hashlib.sha256(json.dumps(declared, sort_keys=True).encode()).hexdigest()[:16]
+    stage.details["entities"] = fp
+    w, path = stage.writes, cfg.table_path(ENTITIES)
+    unchanged = (w["silver.items"] == recorded.get("silver.items") and ENTITIES in recorded and last is not None
+                 and last[C.DETAILS].get("entities") == fp and table_exists(spark, path))
+    if unchanged:
+        w[ENTITIES] = recorded[ENTITIES]
+        return 0
+    items = read_table(spark, cfg.table_path("silver.items"), w["silver.items"])
+    judged = clean.item_entities(clean.item_entity_values(items, declared)).persist(StorageLevel.MEMORY_AND_DISK)
+    rows = _accounting(ENTITIES, [dict(r.asDict(), **{clean.REASON: None}) for r in judged.groupBy(C.DOMAIN, clean.STATUS).count().collect()], list(declared))
+    check_balanced(rows)
+    accounting += rows
+    n = sum(r.rows_out for r in rows)
+    ok = judged.where(F.col(clean.STATUS) == clean.OK)
+    w[ENTITIES] = write_table(spark, ok, load_contract(ENTITIES), path, "overwrite")
+    _check_written(ENTITIES, write_metrics(path, w[ENTITIES]).get("numOutputRows"), n)
+    judged.unpersist()
+    stage.lap(f"rewrote {ENTITIES} ({n:,} rows)")
+    return n
 
 
 def _full_reason(cfg: CrossrecConfig, spark, last: dict | None, fp: str, outputs: dict[str, int | None]) -> str | None:
@@ -379,7 +413,7 @@ def _validate(spark, cfg, stage: StageRun, domains: list[str], expected: dict[st
     silver_items = read_table(spark, cfg.table_path("silver.items"), stage.writes["silver.items"])
     for table in committed:
         version, path = stage.writes[table], cfg.table_path(table)
-        if merged:
+        if merged and table != ENTITIES:  # the entities are always rewritten whole
             df = read_changes(spark, path, [version], ("insert", "update_postimage")).drop(*CDF_COLUMNS)
         else:
             df = read_table(spark, path, version)

@@ -11,6 +11,11 @@ The data carry a planted cross-domain signal that later stages can be tested aga
   item text alone links a topic across domains; with ``per_domain`` each domain names its topics after its own
   seeded permutation of the themes ("space" books read like jazz, "space" movies like baking): text still groups a
   domain's items by topic, but the link between domains is only in the users active in several of them.
+* ``entity_signal``: with ``none`` (default) each domain draws its own people (authors, directors, artists) and
+  brands per topic; with ``shared`` a topic's people and brands are the same in every domain (one seeded stream per
+  topic), books may have two authors (``"A; B"``), and ``dataset.json`` declares them entities of type ``person`` /
+  ``brand`` (a ``;`` separator for authors; a film's year is no entity): the attribute entities then link a topic
+  across domains -- with ``text_signal=per_domain``, alongside the multi-domain users only.
 * Users are active in a subset of domains (``single_domain_share`` of them in exactly one), have
   ``max(3, Poisson(mean_events_per_user))`` events spread over those domains (each active domain gets at
   least one), at strictly increasing whole-second times per user between 2019-01-01 and 2024-12-31 UTC.
@@ -89,6 +94,7 @@ log = logging.getLogger(__name__)
 
 EVENT_TYPES = ("view", "rating", "purchase")  # codes 0, 1, 2
 TEXT_SIGNALS = ("aligned", "per_domain")
+ENTITY_SIGNALS = ("none", "shared")
 UNPARSEABLE_TS = "not-a-date"
 TIME_MIN_S = 1_546_300_800  # 2019-01-01T00:00:00Z
 TIME_MAX_S = 1_735_689_599  # 2024-12-31T23:59:59Z
@@ -114,6 +120,7 @@ class SyntheticSpec:
     topics: int = 12
     single_domain_share: float = 0.3
     text_signal: str = "aligned"  # "aligned" | "per_domain": how item text names topics across domains
+    entity_signal: str = "none"  # "none" | "shared": whether a topic's people and brands are the same in every domain
     dirty_rate: float = 0.0
     seed: int = 7
 
@@ -128,6 +135,7 @@ class SyntheticSpec:
             (0.0 <= self.dirty_rate <= 1.0, "dirty_rate must be in [0, 1]"),
             (self.seed >= 0, "seed must be >= 0"),
             (self.text_signal in TEXT_SIGNALS, f"text_signal must be one of {TEXT_SIGNALS}"),
+            (self.entity_signal in ENTITY_SIGNALS, f"entity_signal must be one of {ENTITY_SIGNALS}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -410,7 +418,12 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _dataset_json(layouts: Sequence[Layout], identity_map: bool, nightly: bool = False) -> dict[str, Any]:
+ENTITY_DECLARATIONS = {"author": {"type": "person", "separator": ";"}, "director": {"type": "person"},
+                       "artist": {"type": "person"}, "brand": {"type": "brand"}, "year": False}
+
+
+def _dataset_json(layouts: Sequence[Layout], identity_map: bool, nightly: bool = False,
+                  entities: bool = False) -> dict[str, Any]:
     domains: dict[str, Any] = {}
     for lay in layouts:
         inter: dict[str, Any] = {"path": f"{lay.name}/interactions", "format": lay.fmt}
@@ -419,6 +432,9 @@ def _dataset_json(layouts: Sequence[Layout], identity_map: bool, nightly: bool =
         inter.update(columns=dict(lay.columns), timestamp=lay.timestamp, default_event_type="interaction")
         items = {"path": f"{lay.name}/items" if nightly else f"{lay.name}/items.{lay.ext}", "format": lay.fmt, "columns": dict(lay.item_columns),
                  "text_columns": list(lay.text_columns), "attribute_columns": list(lay.attribute_columns)}
+        declared = {c: ENTITY_DECLARATIONS[c] for c in lay.attribute_columns if c in ENTITY_DECLARATIONS}
+        if entities and declared:
+            items["entities"] = declared
         domains[lay.name] = {"interactions": inter, "items": items}
     out: dict[str, Any] = {"name": "crossrec-synthetic", "domains": domains}
     if identity_map:
@@ -549,7 +565,7 @@ def generate(out_dir: str | Path, spec: SyntheticSpec, *, chunk_users: int = DEF
     }
     if has_id_map:
         manifest["identity_map"] = {"path": str(id_map_path.relative_to(out)), "rows": id_map_rows}
-    _write_json(out / "dataset.json", _dataset_json(layouts, has_id_map, nightly))
+    _write_json(out / "dataset.json", _dataset_json(layouts, has_id_map, nightly, spec.entity_signal == "shared"))
     _write_json(out / "manifest.json", manifest)
     log.info("wrote %d rows (%d clean) for %d users in %.1f s", totals["rows"], totals["clean_rows"], spec.users,
              time.monotonic() - started)

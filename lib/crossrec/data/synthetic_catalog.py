@@ -203,6 +203,15 @@ def topic_naming(spec: SyntheticSpec, index: int) -> np.ndarray:
     return np.random.default_rng(np.random.SeedSequence([spec.seed, 0x7E57, index])).permutation(spec.topics)
 
 
+def shared_entities(spec: SyntheticSpec, topic: int) -> tuple[list[str], list[str]]:
+    """Topic ``topic``'s 4 people and 2 brands when ``entity_signal='shared'``: one stream per (seed, topic), so every
+    domain draws the same names (and the domains' own streams, hence the other bytes, do not change)."""
+    rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 0xE17, topic]))
+    people = [f"{_FIRST[i]} {_LAST[j]}" for i, j in zip(rng.integers(0, len(_FIRST), 4), rng.integers(0, len(_LAST), 4))]
+    brands = [f"{_BRANDS[i]} {_LAST[j]}" for i, j in zip(rng.integers(0, len(_BRANDS), 2), rng.integers(0, len(_LAST), 2))]
+    return people, brands
+
+
 def build_domain_catalog(layout: Layout, spec: SyntheticSpec, rng: np.random.Generator, index: int) -> DomainCatalog:
     n, t_count = spec.items_per_domain, spec.topics
     topic_of = rng.permutation(np.arange(n) % t_count)  # every topic has items
@@ -218,6 +227,9 @@ def build_domain_catalog(layout: Layout, spec: SyntheticSpec, rng: np.random.Gen
     themes = [theme_of(int(t)) for t in topic_naming(spec, index)]
     people = [[f"{_FIRST[i]} {_LAST[j]}" for i, j in zip(rng.integers(0, len(_FIRST), 4),
                                                          rng.integers(0, len(_LAST), 4))] for _ in themes]
+    brands = None
+    if spec.entity_signal == "shared":  # the same people and brands per topic in every domain (drawn aside)
+        people, brands = zip(*(shared_entities(spec, t) for t in range(t_count)))
     bands = [[(w if w.endswith("s") else w + "s") for w in th.words[:3]] for th in themes]
     templates = _TITLES.get(layout.name, _TITLES.get(layout.kind, ("{a} {b}",)))
     ids, titles, cats, texts, attrs = [], [], [], [], []
@@ -241,12 +253,16 @@ def build_domain_catalog(layout: Layout, spec: SyntheticSpec, rng: np.random.Gen
         texts.append(_TEXTS[text_kind].format(cat=cat.lower(), Cat=cat, A=b, a=b.lower(), b=c.lower(), c=d.lower()))
         person = people[topic_of[i]][person_pick[i]]
         if layout.kind == "books":
+            if brands is not None and other_pick[i] % 3 == 0:  # a co-author of the same topic
+                person = f"{person}; {people[topic_of[i]][(person_pick[i] + 1) % 4]}"
             attrs.append((person, _PUBLISHERS[other_pick[i] % len(_PUBLISHERS)]))
         elif layout.kind == "movies":
             attrs.append((person, int(1970 + other_pick[i] % 55)))
         elif layout.kind == "music":
-            artist = f"The {bands[topic_of[i]][person_pick[i]]}" if person_pick[i] < 3 else person
+            artist = f"The {bands[topic_of[i]][person_pick[i]]}" if person_pick[i] < 3 and brands is None else person
             attrs.append((artist, _LABELS[other_pick[i] % len(_LABELS)]))
+        elif brands is not None:
+            attrs.append((brands[topic_of[i]][other_pick[i] % 2],))
         else:
             attrs.append((_BRANDS[other_pick[i] % len(_BRANDS)],))
 
@@ -261,4 +277,4 @@ def build_domain_catalog(layout: Layout, spec: SyntheticSpec, rng: np.random.Gen
 
 
 __all__ = ["DOMAIN_NAMES", "FORMATS", "BAD_REASONS", "Theme", "theme_of", "category_name", "domain_name", "Layout",
-           "domain_layout", "make_item_id", "DomainCatalog", "topic_naming", "build_domain_catalog"]
+           "domain_layout", "make_item_id", "DomainCatalog", "topic_naming", "shared_entities", "build_domain_catalog"]

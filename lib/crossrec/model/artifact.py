@@ -9,6 +9,8 @@ An artifact folder (``crossrec train`` writes ``<lake>/models/<model_version>/``
     terms.json + terms/<name>.safetensors    the score terms fitted after training (crossrec.rerank.base.TermSet),
                                              when there are any
     item_index.parquet                       item_idx, domain, item_id, domain_idx, domain_item_idx
+    entities.json                            the entity vocabulary (entity id k names entry k - 1), when the model
+                                             has entities
     metrics.json                             what the model was selected on, the term fit's report under "terms", ...
     MLmodel                                  added when the folder is registered: the pyfunc flavour (crossrec.model.pyfunc)
 
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 ITEM_INDEX_FILE = "item_index.parquet"
+ENTITIES_FILE = "entities.json"
 METRICS_FILE = "metrics.json"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP / DataParallel, torch.compile
 
@@ -105,6 +108,7 @@ def load_model(folder: str | Path, *, device: str | torch.device = "cpu",
         text_tokens=t.get("item_encoder.text_tokens"),
         text_mask=t.get("item_encoder.text_mask"),
         sample_weight=t["sample_weight"],
+        item_entities=t.get("item_encoder.item_entities"),
     )
     model = CrossDomainTransformer(config, features, text_model_path=text_model_path, pretrained_text=False)
     model.load_state_dict(t, strict=True)
@@ -120,6 +124,7 @@ class Artifact:
         terms: its fitted score terms on the same device; None when it has none or they were not asked for.
         item_index: ``item_index.parquet`` sorted by item_idx (exactly 1..n_items).
         metrics: ``metrics.json`` ({} when absent).
+        entities: the entity vocabulary (``entities.json``): entity id k of ``item_entities`` is ``entities[k - 1]``.
         folder, version: the folder and its name (the model version stamped on recommendations).
     """
 
@@ -129,12 +134,17 @@ class Artifact:
     metrics: dict[str, Any]
     folder: Path
     version: str
+    entities: list[str] = dataclasses.field(default_factory=list)
 
 
 def save_artifact(folder: str | Path, model: nn.Module, terms: "TermSet | None", item_index: "pd.DataFrame",
-                  metrics: Mapping[str, Any]) -> Path:
+                  metrics: Mapping[str, Any], entities: list[str] | None = None) -> Path:
     """Write an artifact folder (see the module docstring); ``terms`` None = the model alone."""
     folder = save_model(model, folder)
+    n = _unwrap(model).config.n_entities
+    assert len(entities or []) == n, f"{len(entities or [])} entity names for a model of {n} entities"
+    if n:
+        (folder / ENTITIES_FILE).write_text(json.dumps(list(entities)) + "\n", encoding="utf-8")
     if terms is not None:
         terms.save(folder)
     item_index.to_parquet(folder / ITEM_INDEX_FILE, index=False)
@@ -159,8 +169,10 @@ def load_artifact(folder: str | Path, device: str | torch.device = "cpu", with_t
         f"{folder / ITEM_INDEX_FILE} does not match the model's {n} items")
     metrics_file = folder / METRICS_FILE
     metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
-    return Artifact(model, terms, index, metrics, folder, version)
+    entities = json.loads((folder / ENTITIES_FILE).read_text(encoding="utf-8")) if model.config.n_entities else []
+    assert len(entities) == model.config.n_entities, f"{folder / ENTITIES_FILE} does not match the model's entities"
+    return Artifact(model, terms, index, metrics, folder, version, entities)
 
 
 __all__ = ["save_model", "load_model", "save_artifact", "load_artifact", "Artifact", "WEIGHTS_FILE", "CONFIG_FILE",
-           "ITEM_INDEX_FILE", "METRICS_FILE"]
+           "ITEM_INDEX_FILE", "METRICS_FILE", "ENTITIES_FILE"]

@@ -2,6 +2,8 @@
 
 An item is represented from its frozen text embedding (all-MiniLM-L6-v2, ``gold.item_embeddings``) or the fine-tuned
 text model (:func:`_load_text_model`) through a learned adapter, plus optional id, domain and attribute embeddings.
+Items that share an attribute entity (a brand, an author; ``silver.item_entities``) share its embedding, whatever
+their domain: an item new to the catalog starts from its entities, and interest in an entity carries across domains.
 The same encoder represents the items of a user's history and the items that are scored.
 """
 from __future__ import annotations
@@ -34,6 +36,8 @@ class ItemFeatures:
         text_mask: (n_items+1, L) attention mask of ``text_tokens`` ("finetune" only).
         sample_weight: (n_items+1,) float > 0, negative-sampling weight of "sampled" (e.g.
             ``train_count + 1`` for popularity sampling); None = uniform within each domain.
+        item_entities: (n_items+1, E) long, each item's entity ids 1..n_entities, 0 = none (padding); None = no
+            entities.
     """
 
     text_emb: Tensor | None
@@ -43,6 +47,7 @@ class ItemFeatures:
     text_tokens: Tensor | None = None
     text_mask: Tensor | None = None
     sample_weight: Tensor | None = None
+    item_entities: Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.item_domain.shape[0]
@@ -65,6 +70,9 @@ class ItemFeatures:
         if self.sample_weight is not None:
             assert self.sample_weight.shape == (n,), f"sample_weight must be ({n},)"
             assert bool((self.sample_weight[1:] > 0).all()), "sample_weight must be > 0 (log q of a target must be finite)"
+        if self.item_entities is not None:
+            assert self.item_entities.dim() == 2 and self.item_entities.shape[0] == n, f"item_entities must be ({n}, E)"
+            assert bool((self.item_entities[0] == 0).all()), "item_entities row 0 (padding) must be all 0"
 
     @property
     def n_items(self) -> int:
@@ -72,12 +80,12 @@ class ItemFeatures:
 
     @classmethod
     def from_item_index(cls, item_idx, domain_idx, domain_item_idx, text_emb=None, item_attr=None,
-                        sample_weight=None, text_tokens=None, text_mask=None) -> "ItemFeatures":
+                        sample_weight=None, text_tokens=None, text_mask=None, item_entities=None) -> "ItemFeatures":
         """Lay out the rows of ``gold.item_index`` (any order) as tensors indexed by item_idx.
 
         ``item_idx``, ``domain_idx``, ``domain_item_idx``: (n_items,) ints, one per catalog row; ``text_emb``
         (n_items, text_dim), ``item_attr`` (n_items,), ``sample_weight`` (n_items,), ``text_tokens`` and
-        ``text_mask`` (n_items, L) in the same row order.
+        ``text_mask`` (n_items, L), ``item_entities`` (n_items, E) in the same row order.
         """
         item_idx, domain_idx, local = (torch.as_tensor(a, dtype=torch.long) for a in (item_idx, domain_idx, domain_item_idx))
         n = item_idx.numel()
@@ -105,6 +113,7 @@ class ItemFeatures:
             sample_weight=None if sample_weight is None else scatter(sample_weight, torch.float32),
             text_tokens=None if text_tokens is None else scatter(text_tokens, torch.long),
             text_mask=None if text_mask is None else scatter(text_mask, torch.long),
+            item_entities=None if item_entities is None else scatter(item_entities, torch.long),
         )
 
 
@@ -119,7 +128,8 @@ def init_embedding(e: nn.Embedding) -> None:
 class ItemEncoder(nn.Module):
     """item_idx (...) -> item representation (..., D), shared by the input sequence and the scored items.
 
-    rep = LayerNorm(adapter(text) [+ id_emb] + domain_emb(item_domain) [+ attr_emb(item_attr)]), where text is
+    rep = LayerNorm(adapter(text) [+ id_emb] + domain_emb(item_domain) [+ attr_emb(item_attr)] [+ entity]), where
+    entity is the mean of the embeddings of the item's entities (zero for an item without any), and text is
     the frozen ``text_emb`` row or, with ``text_encoder='finetune'``, the mean-pooled, L2-normalised output
     of all-MiniLM-L6-v2 over the item's tokens with only its top ``finetune_layers`` layers trained.
     """
@@ -135,6 +145,11 @@ class ItemEncoder(nn.Module):
         self.domain_emb = nn.Embedding(c.n_domains, c.d_model)
         self.id_emb = nn.Embedding(c.n_items + 1, c.d_model, padding_idx=0) if c.use_id_embedding else None
         self.attr_emb = nn.Embedding(c.n_attr_values + 1, c.d_model, padding_idx=0) if c.n_attr_values > 0 else None
+        self.entity_emb = nn.Embedding(c.n_entities + 1, c.d_model, padding_idx=0) if c.n_entities > 0 else None
+        if c.n_entities > 0:
+            assert features.item_entities is not None, "n_entities > 0 needs ItemFeatures.item_entities"
+            assert int(features.item_entities.max()) <= c.n_entities, f"item_entities exceed n_entities={c.n_entities}"
+            self.register_buffer("item_entities", features.item_entities.long().clone())  # (n_items+1, E)
         if c.n_attr_values > 0:
             assert int(features.item_attr.max()) <= c.n_attr_values, f"item_attr exceeds n_attr_values={c.n_attr_values}"
         self.text_adapter = nn.Linear(c.text_dim, c.d_model) if c.use_text else None
@@ -156,7 +171,7 @@ class ItemEncoder(nn.Module):
             for layer in layers[len(layers) - c.finetune_layers:]:
                 layer.requires_grad_(True)
         self.ln = nn.LayerNorm(c.d_model)
-        for e in (self.domain_emb, self.id_emb, self.attr_emb):
+        for e in (self.domain_emb, self.id_emb, self.attr_emb, self.entity_emb):
             if e is not None:
                 init_embedding(e)
 
@@ -193,7 +208,15 @@ class ItemEncoder(nn.Module):
             x = x + e
         if self.attr_emb is not None:
             x = x + self.attr_emb(self.item_attr[idx])
-        return self.ln(x)  # (..., D)
+        if self.entity_emb is not None:
+            x = x + self.entity_vectors(idx)
+        return self.ln(x)
+
+    def entity_vectors(self, idx: Tensor) -> Tensor:
+        """(...) item ids -> (..., D): the mean embedding of each item's entities (0 for an item without any)."""
+        ents = self.item_entities[idx]  # (..., E)
+        n = (ents != 0).sum(-1, keepdim=True).clamp(min=1).to(self.entity_emb.weight.dtype)  # (..., 1)
+        return self.entity_emb(ents).sum(-2) / n  # padding rows of entity_emb are 0  # (..., D)
 
 
 def _load_text_model(path: str | Path | None, pretrained: bool) -> nn.Module:

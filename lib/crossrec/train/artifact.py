@@ -4,6 +4,7 @@ crossrec.model.artifact.load_artifact reads it; the train stage registers it, cr
     model.safetensors, config.json    the refit's weights (without refit: the best epoch's)
     terms.json, terms/*.safetensors   the score terms (crossrec.rerank) fitted on the validation split after training
     item_index.parquet                item_idx, domain, item_id, domain_idx, domain_item_idx
+    entities.json                     the entity vocabulary, when the model has entities
     metrics.json                      selected-on valid metrics, per-epoch history, data versions, timings, the term
                                       fit's report under "terms"
 """
@@ -59,7 +60,7 @@ def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | P
             chooser.clear_id_embeddings(torch.from_numpy(data.untrained_items))
         terms, report = fit_terms(chooser)
         metrics = {**metrics, "terms": report}
-    save_artifact(tmp, model, terms, data.item_index, metrics)
+    save_artifact(tmp, model, terms, data.item_index, metrics, data.entities)
     umask = os.umask(0)
     os.umask(umask)
     for f in tmp.rglob("*"):  # safetensors writes 0600; an artifact is read by other jobs and users

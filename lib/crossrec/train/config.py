@@ -55,6 +55,9 @@ class TrainConfig:
             the baselines and the score terms learn from them before test and scoring; the artifact holds that model
             (its score terms are still chosen with the selected model, on validation rows it has not learned).
         use_categories: give each item an attribute embedding of its (domain, category) from gold.item_index.
+        use_entities: give each item the mean embedding of its attribute entities (silver.item_entities), shared
+            across domains; only entities of at least ``min_entity_items`` items, the ``max_entities`` most frequent,
+            at most ``max_item_entities`` per item (its most frequent) -- memory stays bounded whatever the catalog.
             (see crossrec.model.config.ModelConfig).
         cold_views: also train on cold-domain views of multi-domain histories (each domain's targets predicted
             from the other domains' events only; see :func:`training_windows`), for users new to a domain.
@@ -103,6 +106,10 @@ class TrainConfig:
     use_id_embedding: bool = MODEL["use_id_embedding"]
     id_dropout: float = MODEL["id_dropout"]
     use_categories: bool = True
+    use_entities: bool = True
+    max_entities: int = 100_000
+    max_item_entities: int = 8
+    min_entity_items: int = 2
     cold_views: bool = True
     terms: tuple[str, ...] | None = None
     input_domains: tuple[str, ...] | None = None
@@ -128,6 +135,8 @@ class TrainConfig:
         assert self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"
         assert self.text_encoder in TEXT_ENCODERS, f"text_encoder must be one of {TEXT_ENCODERS}, got {self.text_encoder!r}"
         assert self.text_encoder != "finetune" or self.use_text, "text_encoder='finetune' needs the text (no --no-text)"
+        assert self.max_entities >= 1 and self.max_item_entities >= 1 and self.min_entity_items >= 1, (
+            "max_entities, max_item_entities and min_entity_items must be >= 1")
         assert self.finetune_layers >= 1 and self.text_max_tokens >= 2 and self.text_lr_scale > 0, (
             "finetune_layers >= 1, text_max_tokens >= 2 and text_lr_scale > 0")
         from crossrec.rerank.base import registered
@@ -168,7 +177,7 @@ class TrainConfig:
         return "finetune" if use_gpu else "frozen"
 
     def model_config(self, n_items: int, n_domains: int, text_dim: int, n_attr_values: int = 0,
-                     largest_domain: int | None = None, text_encoder: str = "frozen"):
+                     largest_domain: int | None = None, text_encoder: str = "frozen", n_entities: int = 0):
         """The model's :class:`~crossrec.model.config.ModelConfig`; ``largest_domain`` (items of the largest domain,
         default ``n_items``) resolves ``loss='auto'``, ``text_encoder`` is :meth:`resolved_text_encoder`'s."""
         return ModelConfig(n_items=n_items, n_domains=n_domains, text_dim=text_dim, d_model=self.d_model,
@@ -177,7 +186,7 @@ class TrainConfig:
                            use_id_embedding=self.use_id_embedding,
                            loss=self.resolved_loss(n_items if largest_domain is None else largest_domain),
                            n_negatives=self.n_negatives, id_dropout=self.id_dropout, n_attr_values=n_attr_values,
-                           text_encoder=text_encoder, finetune_layers=self.finetune_layers)
+                           text_encoder=text_encoder, finetune_layers=self.finetune_layers, n_entities=n_entities)
 
     def fingerprint(self, versions: Mapping[str, int]) -> str:
         """8 hex of sha256 over what determines the model: hyper-parameters, workers (the global batch),

@@ -88,6 +88,7 @@ class TrainingData:
     refit_train: Any = None  # pyarrow.Table: windows over train events + valid targets (TrainConfig.refit), or None
     refit_untrained: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ids in no refit window
     sampled_users: set | None = None  # the users trained on when max_users sampled them (None: every user)
+    entities: list[str] = field(default_factory=list)  # entity id k (1-based) is entities[k - 1] (add_item_entities)
 
     def model_config(self, cfg: TrainConfig, text_encoder: str = "frozen"):
         """The :class:`~crossrec.model.config.ModelConfig` of ``cfg`` for this catalog: its items, domains, text width
@@ -96,7 +97,7 @@ class TrainingData:
         return cfg.model_config(len(self.catalog[C.ITEM_IDX]), len(self.domains), 384 if emb is None else emb.shape[1],
                                 int(self.catalog["item_attr"].max()),
                                 largest_domain=int(np.bincount(self.catalog[C.DOMAIN_IDX]).max()),
-                                text_encoder=text_encoder)
+                                text_encoder=text_encoder, n_entities=len(self.entities))
 
 
 def _table_path(lake_root: str, table: str) -> str:
@@ -246,6 +247,67 @@ def load_training_data(cfg: TrainConfig, versions: Mapping[str, int]) -> Trainin
 
 
 
+def entity_vocabulary(item_rows: np.ndarray, entities: np.ndarray, n_items: int, *, min_items: int,
+                      max_entities: int, max_per_item: int) -> tuple[np.ndarray, list[str]]:
+    """Entity ids of each catalog row from (catalog row, entity) pairs: ``(ids (n_items, E) int64 with 0 = none,
+    vocabulary)``, id k naming ``vocabulary[k - 1]``.
+
+    An entity is kept when at least ``min_items`` items carry it (one item's entity is a second id embedding), the
+    ``max_entities`` most frequent (ties by name); an item keeps its ``max_per_item`` most frequent kept entities."""
+    if len(entities) == 0:
+        return np.zeros((n_items, 1), dtype=np.int64), []
+    names, inverse, counts = np.unique(entities, return_inverse=True, return_counts=True)
+    order = np.lexsort((names, -counts))  # most frequent first, then by name
+    order = order[counts[order] >= min_items][:max_entities]
+    vocab_id = np.zeros(len(names), dtype=np.int64)
+    vocab_id[order] = np.arange(1, len(order) + 1)
+    ids, rows = vocab_id[inverse], np.asarray(item_rows, dtype=np.int64)
+    keep = ids > 0
+    rows, ids = rows[keep], ids[keep]
+    by = np.lexsort((ids, rows))  # per row, the most frequent (smallest id) first
+    rows, ids = rows[by], ids[by]
+    start = np.searchsorted(rows, rows, side="left")
+    slot = np.arange(len(rows)) - start  # rank of the entity within its item
+    fit = slot < max_per_item
+    out = np.zeros((n_items, max(1, int(slot[fit].max()) + 1 if fit.any() else 1)), dtype=np.int64)
+    out[rows[fit], slot[fit]] = ids[fit]
+    return out, names[order].tolist()
+
+
+def add_item_entities(cfg: TrainConfig, data: TrainingData) -> dict[str, int]:
+    """Put each catalog item's entity ids in ``data.catalog["item_entities"]`` ((n_items, E), catalog row order) and
+    the vocabulary in ``data.entities`` (:func:`entity_vocabulary`), from ``silver.item_entities``; returns
+    ``{"silver.item_entities": version read}``, or ``{}`` when the lake has no such table (a lake cleaned before
+    entities existed) or no entity is shared by ``min_entity_items`` items -- the model then has no entities."""
+    from deltalake import DeltaTable
+
+    from crossrec.data.rawformat import RawFormatError
+
+    try:
+        version = resolve_versions(cfg.lake_root, None, ("silver.item_entities",))["silver.item_entities"]
+    except RawFormatError as e:
+        log.info("no entities: silver.item_entities not readable (%s); run crossrec clean to derive them", e)
+        return {}
+    t0 = time.time()
+    ents = DeltaTable(_table_path(cfg.lake_root, "silver.item_entities"), version=version).to_pandas(
+        columns=[C.DOMAIN, C.ITEM_ID, C.ENTITY])
+    rows = data.item_index[[C.DOMAIN, C.ITEM_ID]].reset_index(drop=True).reset_index().merge(
+        ents, on=[C.DOMAIN, C.ITEM_ID], how="inner")  # "index": the catalog row
+    ids, vocab = entity_vocabulary(rows["index"].values, rows[C.ENTITY].values.astype(str), len(data.item_index),
+                                   min_items=cfg.min_entity_items, max_entities=cfg.max_entities,
+                                   max_per_item=cfg.max_item_entities)
+    if not vocab:
+        log.info("no entities: none of silver.item_entities v%d's %d rows is shared by %d items", version, len(ents),
+                 cfg.min_entity_items)
+        return {}
+    data.catalog["item_entities"], data.entities = ids, vocab
+    shared = len({e for e, ds in rows.groupby(C.ENTITY)[C.DOMAIN].nunique().items() if ds > 1} & set(vocab))
+    log.info("entities: %d kept of %d (shared by >= %d items; %d link two or more domains), %.0f%% of items have one, "
+             "from silver.item_entities v%d in %.1fs", len(vocab), ents[C.ENTITY].nunique(), cfg.min_entity_items,
+             shared, 100.0 * float((ids[:, 0] > 0).mean()), version, time.time() - t0)
+    return {"silver.item_entities": version}
+
+
 def add_item_tokens(cfg: TrainConfig, data: TrainingData) -> dict[str, int]:
     """Put each catalog item's text tokens in ``data.catalog`` (``text_tokens``, ``text_mask``: (n_items, L) in catalog
     row order), for a fine-tuned text encoder; returns ``{"silver.items": version read}``.
@@ -286,5 +348,6 @@ def add_item_tokens(cfg: TrainConfig, data: TrainingData) -> dict[str, int]:
     return {"silver.items": items_table.version()}
 
 
-__all__ = ["TrainingData", "resolve_versions", "load_training_data", "add_item_tokens", "restrict_to_domains",
+__all__ = ["TrainingData", "resolve_versions", "load_training_data", "add_item_tokens", "add_item_entities",
+           "entity_vocabulary", "restrict_to_domains",
            "sample_users", "sample_user_ids", "user_slices"]
