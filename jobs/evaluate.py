@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--baselines", default="pop,itemknn", help=f"comma-separated, of {','.join(BASELINES)} (default pop,itemknn)")
     g.add_argument("--split", default="test", choices=["test", "valid"], help="targets to evaluate on (default test)")
     g.add_argument("--paired", metavar="NAMES",
-                   help="comma-separated models to compare, user by user, with the best of the other models (NDCG@10 "
+                   help="comma-separated models to compare, user by user, with the best of the other models, or "
+                        "pairs A:B to compare A with B (an ablation; neither side is then anyone's best rival) (NDCG@10 "
                         "per domain and segment: mean per-user difference and its standard error; default: crossrec and "
                         "every --model-alone name)")
     g.add_argument("--out", help="also write <out>/metrics.json (the records and the paired comparisons) there")

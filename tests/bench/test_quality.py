@@ -29,7 +29,7 @@ def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_
     from crossrec_jobs import prepare
 
     raw, out, lake, key = tmp_path / "raw", tmp_path / "out", tmp_path / "lake", tmp_path / "key"
-    generate(str(raw), SyntheticSpec(users=800, domains=2, items_per_domain=200, seed=3))
+    generate(str(raw), SyntheticSpec(users=800, domains=2, items_per_domain=200, seed=3, entity_signal="shared"))
     # the lake is built in this process, on the tests' Spark session (the bench's own job processes would pay
     # three Spark start-ups); the bench takes it as it is (--reuse-lake)
     key.write_text(TEST_KEY)
@@ -40,7 +40,7 @@ def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_
     # cold-start assertions compare
     spec = QualitySpec(raw_dir=str(raw), out_dir=str(out), lake_root=str(lake), reuse_lake=True, workers=2,
                        baselines=("pop", "itemknn"), crossrec_args=SMALL,
-                       sasrec_args=(*SMALL, "--epochs", "1", "--workers", "1"),
+                       sasrec_args=(*SMALL, "--epochs", "1", "--workers", "1"), ablations=("entities",),
                        extra_env={"CROSSREC_PSEUDONYM_KEY": "", "CROSSREC_PSEUDONYM_KEY_FILE": ""})
     # every step in this process: evaluation on the tests' Spark session, the three trainings on one Ray instance
     # (each job process would pay its imports, and each training a Ray start)
@@ -62,12 +62,23 @@ def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_
             r["n_users"] for r in recs if (r["model"], r["domain"], r["segment"], r["metric"]) == (model, domain, segment, "ndcg"))
     assert "Paired differences with the best baseline" in (out / "quality.md").read_text()
     assert {r["segment"] for r in recs} >= {"all", "cold_start"}
-    assert set(q["wall_times_s"]) == {"crossrec", "crossrec-alone", "sasrec", "pop", "itemknn"}
+    assert set(q["wall_times_s"]) == {"crossrec", "crossrec-alone", "sasrec", "pop", "itemknn", "crossrec-no-entities",
+                                      "crossrec-alone-no-entities"}
+    # the ablation: the same model without entities, compared with its full counterpart only, never a baseline
+    abl = q["ablations"]
+    assert {r["model"] for r in abl if r["metric"] == "ndcg"} == {"crossrec-no-entities", "crossrec-alone-no-entities"}
+    pairs_abl = {(r["model"], r["vs"]) for r in abl if r["metric"] == "ndcg_paired_diff"}
+    assert pairs_abl == {("crossrec", "crossrec-no-entities"), ("crossrec-alone", "crossrec-alone-no-entities")}
+    assert "## Ablations (NDCG@10)" in (out / "quality.md").read_text()
+    with_e = json.loads((next((out / "models" / "crossrec").glob("2*")) / "metrics.json").read_text())
+    without = json.loads((next((out / "models" / "crossrec-no-entities").glob("2*")) / "metrics.json").read_text())
+    assert with_e["n_entities"] > 0 and without["n_entities"] == 0
     assert q["wall_times_s"]["crossrec"] > 0 and q["train_times_s"]["crossrec-alone"] == q["train_times_s"]["crossrec"]
     assert q["config"]["reuse_lake"] and not {"ingest", "clean", "features"} & set(q["stages_s"])
     assert (out / "pseudonym.key").exists(), "no key configured: the bench made a throwaway one"
     logs = {p.name: p.read_text() for p in (out / "logs").iterdir()}
-    assert set(logs) == {"train-crossrec.log", "train-sasrec-books.log", "train-sasrec-movies.log", "evaluate.log"}
+    assert set(logs) == {"train-crossrec.log", "train-crossrec-no-entities.log", "train-sasrec-books.log",
+                         "train-sasrec-movies.log", "evaluate.log"}
     assert "crossrec.evaluate.stage" in logs["evaluate.log"], "the in-process step's log lines went to its log file"
     md = (out / "quality.md").read_text()
     assert "crossrec vs the best other model" in md and "| sasrec |" in md
@@ -120,6 +131,8 @@ def test_quality_bench_reuses_only_a_built_lake_of_the_same_data(tmp_path):
     with pytest.raises(BenchError, match="has no gold.user_sequences, gold.item_index, gold.item_embeddings"):
         run_quality(QualitySpec(raw_dir=str(raw), out_dir=str(tmp_path / "out"), lake_root=str(tmp_path / "empty"),
                                 reuse_lake=True))
+    with pytest.raises(BenchError, match=r"unknown ablation\(s\) \['colour'\]; known: \['entities'\]"):
+        run_quality(QualitySpec(raw_dir=str(raw), out_dir=str(tmp_path / "out"), ablations=("colour",)))
     with pytest.raises(BenchError, match="--crossrec-model needs --reuse-lake"):  # before any step runs
         run_quality(QualitySpec(raw_dir=str(raw), out_dir=str(tmp_path / "out"), crossrec_model=str(tmp_path / "m")))
     assert not (tmp_path / "out" / "lake").exists()

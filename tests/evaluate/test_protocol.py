@@ -113,3 +113,9 @@ def test_paired_records_compare_with_the_best_other_model_user_by_user(lake):
     assert movies["metric"] == "ndcg_paired_diff" and movies["k"] == 10 and movies["n_users"] == 1
     assert set(recs) == {("books", "all"), ("books", "cold_item"), ("movies", "all"), ("movies", "cold_start")}
     assert paired_records(per_row, ["oracle", "pop", "anti"]) == [], "nothing left to compare with"
+    # a named pair is compared with its own side only, and neither side is anyone's best rival
+    both = paired_records(per_row, ["pop", "oracle:anti"])
+    assert {r["vs"] for r in both if r["model"] == "pop"} == set(), "oracle and anti are a pair's sides: no rival left"
+    pair = {(r["domain"], r["segment"]): r for r in both if r["model"] == "oracle"}
+    assert {r["vs"] for r in pair.values()} == {"anti"} and set(pair) == set(recs)
+    assert pair[("books", "all")]["value"] == pytest.approx(1.0 - per_row["anti"][("books", "all")].mean())

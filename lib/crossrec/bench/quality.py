@@ -64,6 +64,9 @@ SINGLE_DOMAIN = "sasrec"
 # valid NDCG@10 (the schedules were chosen on validation: docs/benchmarks.md)
 OURS_TRAIN = ("--lr-schedule", "cosine", "--epochs", "6")
 SINGLE_DOMAIN_TRAIN = ("--lr-schedule", "constant", "--epochs", "10")
+# --ablation NAME: crossrec trained again with these flags, as models crossrec-no-NAME and crossrec-alone-no-NAME,
+# each compared user by user with its full counterpart (quality.json "ablations"; never a baseline)
+ABLATIONS = {"entities": ("--no-entities",)}
 FORWARD = re.compile(r"crossrec\.train\.loop: (epoch \d+:|model artifact)|crossrec: \w+: done in|ERROR")
 
 
@@ -87,6 +90,7 @@ class QualitySpec:
     crossrec_model: str | None = None  # a trained crossrec artifact (of the lake's data) to evaluate, not trained again
     sasrec_args: tuple[str, ...] = ()  # extra `crossrec train` flags for the single-domain baseline
     seed: int | None = None  # seed of the cold-start sample and of every training; None = the jobs' default (42)
+    ablations: tuple[str, ...] = ()  # names of ABLATIONS: crossrec trained again without that component
     extra_env: dict = field(default_factory=dict)
 
     @property
@@ -254,6 +258,9 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
     raw = os.path.abspath(spec.raw_dir)
     if not os.path.isfile(os.path.join(raw, "dataset.json")):
         raise BenchError(f"{raw} is not a raw data set: it has no dataset.json (see docs/raw-format.md)")
+    unknown = sorted(set(spec.ablations) - set(ABLATIONS))
+    if unknown:
+        raise BenchError(f"unknown ablation(s) {unknown}; known: {sorted(ABLATIONS)}")
     if spec.crossrec_model and not spec.reuse_lake:  # a fresh lake's versions start at 1 too: the check would not hold
         raise BenchError("--crossrec-model needs --reuse-lake and --lake-root: the lake that model was trained on")
     env = _env(spec, out)
@@ -289,6 +296,17 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
         ours = _trained(models_root / OURS)
     model_flags = ["--model", f"{OURS}={ours}", "--model-alone", f"{ALONE}={ours}"]
     train_s[ALONE] = train_s[OURS]  # one training serves both
+    paired, ablated = [OURS, ALONE], set()
+    for name in spec.ablations:
+        full, alone = f"{OURS}-no-{name}", f"{ALONE}-no-{name}"
+        stages[f"train {full}"] = train_s[full] = train_s[alone] = _run_job(
+            f"train-{full}", "train",
+            [*base, *OURS_TRAIN, *epochs, "--model-root", str(models_root / full), "--no-register", *spec.crossrec_args,
+             *ABLATIONS[name]], out, env, inline)
+        folder = _trained(models_root / full)
+        model_flags += ["--model", f"{full}={folder}", "--model-alone", f"{alone}={folder}"]
+        paired += [f"{OURS}:{full}", f"{ALONE}:{alone}"]
+        ablated |= {full, alone}
     if spec.single_domain:
         train_s[SINGLE_DOMAIN] = 0.0
         for d in domains:
@@ -302,15 +320,20 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
             model_flags += ["--model", f"{SINGLE_DOMAIN}={_trained(root)}"]
 
     eval_dir = out / "evaluate"
-    eval_args = ["--lake-root", lake, "--baselines", ",".join(spec.baselines), *model_flags, "--out", str(eval_dir)]
+    eval_args = ["--lake-root", lake, "--baselines", ",".join(spec.baselines), *model_flags, "--paired", ",".join(paired),
+                 "--out", str(eval_dir)]
     stages["evaluate"] = _run_job("evaluate", "evaluate", [*eval_args, *on_spark], out, env, inline)
     ev = json.loads((eval_dir / "metrics.json").read_text(encoding="utf-8"))
     records = [{k: r.get(k) for k in ("model", "domain", "segment", "metric", "k", "value", "se", "n_users", "model_version")}
                for r in ev["records"]]
     records += ev.get("paired", [])  # metric ndcg_paired_diff: crossrec and crossrec-alone vs the best baseline
+    # an ablation's figures and its pairs stay apart: they are no baseline of crossrec
+    ablations = [r for r in records if r["model"] in ablated or r.get("vs") in ablated]
+    records = [r for r in records if r not in ablations]
     wall = {m: round(train_s.get(m, 0.0) + s, 1) for m, s in ev["seconds"].items()}
     result = {
         "records": records,
+        "ablations": ablations,
         "wall_times_s": wall,
         "train_times_s": {m: round(s, 1) for m, s in train_s.items()},
         "eval_times_s": {m: round(s, 1) for m, s in ev["seconds"].items()},
@@ -321,7 +344,8 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
                    "workers": spec.workers, "epochs": spec.epochs, "seed": spec.seed,
                    "crossrec_train": list(OURS_TRAIN),
                    "sasrec_train": list(SINGLE_DOMAIN_TRAIN), "baselines": list(spec.baselines),
-                   "crossrec_args": list(spec.crossrec_args), "sasrec_args": list(spec.sasrec_args)},
+                   "crossrec_args": list(spec.crossrec_args), "sasrec_args": list(spec.sasrec_args),
+                   "ablations": {n: list(ABLATIONS[n]) for n in spec.ablations}},
     }
     (out / "quality.json").write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
     md = format_markdown(result)
@@ -332,6 +356,11 @@ def run_quality(spec: QualitySpec, spark=None) -> dict:
         from crossrec.evaluate.protocol import format_paired
 
         print("paired differences (per user, with the best baseline):\n" + format_paired(pairs))
+    if ablations:
+        from crossrec.evaluate.protocol import format_paired
+
+        print("ablations (per user, the full model minus the model without the component):\n"
+              + format_paired([r for r in ablations if r["metric"] == "ndcg_paired_diff"]))
     print(f"\nwall times (train + evaluate, s): {wall}")
     print(f"wrote {out / 'quality.json'} and {out / 'quality.md'}")
     return result
@@ -419,6 +448,22 @@ def format_markdown(result: dict) -> str:
         lines += [f"| {r['domain']} | {r['segment']} | {r['crossrec']:.4f}{pm(r['crossrec_se'])} | {r['best_other']} "
                   f"{r['best_value']:.4f}{pm(r['best_se'])} | {r['ratio']:.2f}x |" for r in rs]
         lines.append("")
+    abl = [r for r in result.get("ablations", []) if r.get("metric") == "ndcg_paired_diff"]
+    if abl:
+        lines += ["## Ablations (NDCG@10)", "",
+                  "crossrec trained again without one component (`crossrec-no-NAME`, its Transformer alone "
+                  "`crossrec-alone-no-NAME`); per user, the full model minus the ablated one.", "",
+                  "| model | vs | domain | segment | full | ablated | ratio | difference ± s.e. | diff / s.e. |",
+                  "|---|---|---|---|---:|---:|---:|---:|---:|"]
+        value = {(r["model"], r["domain"], r["segment"]): r["value"] for r in result["records"] + result["ablations"]
+                 if r.get("metric") == "ndcg" and r.get("k") == 10}
+        for r in abl:
+            a, b = value.get((r["model"], r["domain"], r["segment"])), value.get((r["vs"], r["domain"], r["segment"]))
+            ratio = f"{a / b:.2f}x" if a is not None and b else ""
+            lines.append(f"| {r['model']} | {r['vs']} | {r['domain']} | {r['segment']} | {'' if a is None else f'{a:.4f}'} | "
+                         f"{'' if b is None else f'{b:.4f}'} | {ratio} | {r['value']:+.4f} ± {r['se']:.4f} | "
+                         f"{r['value'] / r['se'] if r['se'] else float('nan'):+.1f} |")
+        lines.append("")
     lines += ["## Wall times (seconds)", "", "| model | train | evaluate | total |", "|---|---:|---:|---:|"]
     for m, total in result["wall_times_s"].items():
         lines.append(f"| {m} | {result['train_times_s'].get(m, 0.0):.1f} | {result['eval_times_s'].get(m, 0.0):.1f} | {total:.1f} |")
@@ -428,4 +473,4 @@ def format_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["QualitySpec", "BenchError", "run_quality", "format_table", "format_markdown", "ratios"]
+__all__ = ["QualitySpec", "BenchError", "ABLATIONS", "run_quality", "format_table", "format_markdown", "ratios"]

@@ -279,7 +279,7 @@ def _int_list(text: str, flag: str, example: str, error: type[Exception]) -> tup
 
 
 def _bench(argv: list[str]) -> int:
-    from crossrec.bench.quality import BenchError, QualitySpec, run_quality
+    from crossrec.bench.quality import ABLATIONS, BenchError, QualitySpec, run_quality
 
     p = argparse.ArgumentParser(prog="crossrec bench", description="Benchmarks: measure, print a table, write <out>/<name>.json and .md.")
     sub = p.add_subparsers(dest="name", required=True)
@@ -298,6 +298,9 @@ def _bench(argv: list[str]) -> int:
     q.add_argument("--seed", type=int, help="seed of the cold-start sample (features) and of every training run "
                    "(default: the jobs' own, 42); a second seed gives a second cohort of users new to a domain")
     q.add_argument("--no-sasrec", dest="single_domain", action="store_false", help="skip the single-domain Transformer baseline")
+    q.add_argument("--ablation", default="", metavar="NAMES",
+                   help=f"comma-separated, of {','.join(ABLATIONS)}: train crossrec again without that component "
+                        "(crossrec-no-NAME) and compare the two user by user (default: none)")
     q.add_argument("--crossrec-args", default="", help="extra `crossrec train` flags for the cross-domain model, one string; "
                    "one flag alone goes after '=' (--crossrec-args=--no-cold-views), else argparse takes it for a flag of its own")
     q.add_argument("--crossrec-model", help="a crossrec model artifact trained earlier on the --reuse-lake lake "
@@ -430,7 +433,8 @@ def _bench(argv: list[str]) -> int:
                        workers=a.workers, epochs=a.epochs,
                        baselines=tuple(b for b in a.baselines.split(",") if b), single_domain=a.single_domain,
                        crossrec_args=tuple(shlex.split(a.crossrec_args)), sasrec_args=tuple(shlex.split(a.sasrec_args)),
-                       crossrec_model=a.crossrec_model, seed=a.seed)
+                       crossrec_model=a.crossrec_model, seed=a.seed,
+                       ablations=tuple(n for n in a.ablation.split(",") if n))
     try:
         run_quality(spec)
     except BenchError as e:

@@ -206,26 +206,36 @@ def evaluate(name: str, score_fn: ScoreFn, data: EvalData, ks=(10, 20), chunk_us
 
 
 def paired_records(per_row: dict[str, PerRow], models: list[str]) -> list[dict]:
-    """Each of ``models`` against the best of the other models, per (domain, segment): records ``{model, vs,
-    domain, segment, metric: "ndcg_paired_diff", k: 10, value, se, n_users}``, ``value`` the mean per-user
-    difference of NDCG@10 (``model`` minus ``vs``) and ``se`` its standard error.
+    """Each of ``models`` against the best of the other models, or against one named model, per (domain, segment):
+    records ``{model, vs, domain, segment, metric: "ndcg_paired_diff", k: 10, value, se, n_users}``, ``value`` the
+    mean per-user difference of NDCG@10 (``model`` minus ``vs``) and ``se`` its standard error.
 
-    ``per_row``: model name -> :func:`evaluate`'s per-row values. "Best" is the highest mean NDCG@10 among the models
-    of ``per_row`` not in ``models`` that were evaluated on the same rows; (domain, segment)s without such a
-    model get no record.
+    ``per_row``: model name -> :func:`evaluate`'s per-row values. ``models``: names, each compared with the best
+    model -- the highest mean NDCG@10 among the models of ``per_row`` evaluated on the same rows, other than the
+    named ones and the two sides of every pair --, or pairs ``"A:B"`` (A against B: an ablation, which is no
+    baseline). A (domain, segment) without a rival gets no record.
     """
+    pairs = [tuple(m.split(":", 1)) for m in models if ":" in m]
+    plain = [m for m in models if ":" not in m]
+    named = set(plain) | {side for pair in pairs for side in pair}
+    others = [m for m in per_row if m not in named]
     out = []
-    others = [m for m in per_row if m not in models]
-    for name in models:
+
+    def record(name: str, vs: str, key, mine):
+        value, se = paired_difference(mine, per_row[vs][key])
+        out.append({"model": name, "vs": vs, "domain": key[0], "segment": key[1], "metric": "ndcg_paired_diff",
+                    "k": PAIRED_K, "value": value, "se": se, "n_users": int(mine.size)})
+
+    for name in plain:
         for key, mine in sorted(per_row.get(name, {}).items()):
             rivals = [(float(per_row[m][key].mean()), m) for m in others
                       if key in per_row[m] and per_row[m][key].shape == mine.shape]
-            if not rivals:
-                continue
-            _, best = max(rivals)
-            value, se = paired_difference(mine, per_row[best][key])
-            out.append({"model": name, "vs": best, "domain": key[0], "segment": key[1], "metric": "ndcg_paired_diff",
-                        "k": PAIRED_K, "value": value, "se": se, "n_users": int(mine.size)})
+            if rivals:
+                record(name, max(rivals)[1], key, mine)
+    for name, vs in pairs:
+        for key, mine in sorted(per_row.get(name, {}).items()):
+            if key in per_row.get(vs, {}) and per_row[vs][key].shape == mine.shape:
+                record(name, vs, key, mine)
     return out
 
 

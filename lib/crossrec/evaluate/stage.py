@@ -51,7 +51,8 @@ def evaluate_all(cfg: CrossrecConfig, baselines: list[str], version: str | None,
 
     ``models``: (name, version or folder, with its score terms) of the Transformer artifacts; default
     ``[("crossrec", version, True)]``; the default champion missing leaves the baselines only. ``paired``: the models
-    compared user by user with the best other model (:func:`crossrec.evaluate.protocol.paired_records`); default
+    compared user by user with the best other model, or pairs ``"A:B"`` (A against B, e.g. an ablation)
+    (:func:`crossrec.evaluate.protocol.paired_records`); default
     crossrec and every model evaluated without terms. ``spark`` is needed by the ``als`` baseline only.
     """
     from crossrec.evaluate.protocol import (baseline_score_fn, evaluate, load_eval_data, paired_records,
@@ -94,7 +95,10 @@ def evaluate_all(cfg: CrossrecConfig, baselines: list[str], version: str | None,
     models = models or [("crossrec", version, True)]
     if paired is None:
         paired = [name for name, _, with_terms in models if name == "crossrec" or not with_terms]
-    pairs = paired_records(per_row, [m for m in dict.fromkeys(paired) if m in per_row])
+    unknown = sorted({side for m in paired for side in m.split(":", 1)} - set(per_row))
+    if any(":" in m for m in paired) and unknown:
+        raise ValueError(f"--paired {','.join(paired)}: {unknown} not evaluated (models: {sorted(per_row)})")
+    pairs = paired_records(per_row, [m for m in dict.fromkeys(paired) if m.split(":", 1)[0] in per_row])
     return records, {"versions": data.versions, "seconds": timings, "paired": pairs}
 
 
