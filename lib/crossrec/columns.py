@@ -14,7 +14,7 @@ __all__ = [
     "ITEM_IDX", "DOMAIN_IDX", "DOMAIN_ITEM_IDX", "TRAIN_COUNT",
     "SPLIT", "TARGET_DOMAIN", "TARGET_ITEM_IDX", "TARGET_TS", "COLD_START", "HISTORY_LEN",
     "TEXT_HASH", "ENCODER", "EMBEDDING",
-    "RANK", "SCORE", "MODEL_VERSION",
+    "RANK", "SCORE", "MODEL_VERSION", "REASON_KIND", "REASON_ENTITY",
     "STAGE", "TABLE_NAME", "DETAILS",
 ]
 
@@ -79,6 +79,8 @@ EMBEDDING = "embedding"
 RANK = "rank"  # 1-based position in the user's list of one domain
 SCORE = "score"
 MODEL_VERSION = "model_version"
+REASON_KIND = "reason_kind"  # gold.recommendations: history_item | shared_entity | popularity
+REASON_ENTITY = "reason_entity"  # gold.recommendations: the entity a shared_entity reason names
 
 # ops tables
 STAGE = "stage"

@@ -43,7 +43,10 @@ def test_every_active_user_gets_k_unseen_items_per_domain_ranked_by_score(lake):
     recs = read_recommendations(str(lake["lake"]))
     seen, inter = seen_items(lake["lake"])
     items = read_table(str(lake["lake"]), "silver.items", columns=["domain", "item_id"])
-    assert set(recs.columns) >= {"run_date", "user_id", "domain", "rank", "item_id", "score", "model_version", "reason"}
+    assert set(recs.columns) >= {"run_date", "user_id", "domain", "rank", "item_id", "score", "model_version", "reason",
+                                 "reason_kind", "reason_entity"}
+    assert set(recs.reason_kind) <= {"history_item", "shared_entity", "popularity"}
+    assert ((recs.reason_kind == "shared_entity") == recs.reason_entity.notna()).all()
     assert str(recs.run_date.iloc[0]) == DAY1 and set(recs.model_version) == {"20250101-test0001"}
     assert set(recs.user_id) == set(inter.user_id), "every active user is present"
     per = recs.groupby(["user_id", "domain"])
@@ -173,7 +176,7 @@ def test_readers_and_cli_answer_without_spark(lake, capsys):
     assert set(mine.user_id) == {user} and set(mine.domain) == {d1} and len(mine) == K
     assert main(["recs", user, "--pseudonymized", "--lake-root", lk]) == 0
     out = capsys.readouterr().out
-    assert f"[{d0}]" in out and f"[{d1}]" in out and "because:" in out
+    assert f"[{d0}]" in out and f"[{d1}]" in out and ('because of "' in out or "same " in out)
     assert main(["recs", "no-such-user", "--pseudonymized", "--lake-root", lk]) == 2
     # raw ids are hashed with the lake's key, as clean does
     assert pseudonymize("u1", TEST_KEY.encode()) == __import__("hmac").new(TEST_KEY.encode(), b"u1", "sha256").hexdigest()

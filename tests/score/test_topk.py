@@ -37,6 +37,38 @@ def artifact(tmp_path):
     return save_artifact(tmp_path / "20250101-abcdef01", model, None, index, {"input_domains": None})
 
 
+def test_a_pick_that_shares_an_entity_with_its_reason_item_names_the_entity(tmp_path):
+    """Items 1 (books), 7 and 8 (movies) carry entity 1 ("person:ada berg"), 2 and 8 entity 2: a user who read item 1
+    is told "same person as books:i1" for movies i7 and i8 (8's other entity is not shared), a history item for i9."""
+    from crossrec.score.topk import HISTORY_ITEM, SHARED_ENTITY
+
+    n = len(DOMAINS)
+    dom = np.array([0 if d == "books" else 1 for d in DOMAINS])
+    local = np.array([*range(6), *range(3)])
+    ents = np.zeros((n, 2), dtype=np.int64)
+    ents[0], ents[6], ents[1], ents[7] = [1, 0], [1, 0], [2, 0], [2, 1]
+    feats = ItemFeatures.from_item_index(np.arange(1, n + 1), dom, local, text_emb=np.random.default_rng(0).normal(size=(n, 8)),
+                                         item_entities=ents)
+    torch.manual_seed(0)
+    model = CrossDomainTransformer(ModelConfig(n_items=n, n_domains=2, text_dim=8, d_model=16, n_layers=1, n_heads=2,
+                                               max_seq_len=5, n_entities=2), feats)
+    with torch.no_grad():  # make the entity dominate the representations: item 1's nearest movie is item 7
+        model.item_encoder.entity_emb.weight[1:] *= 200
+    index = pd.DataFrame({"item_idx": np.arange(1, n + 1), "domain": DOMAINS, "item_id": [f"i{k}" for k in range(1, n + 1)],
+                          "domain_idx": dom, "domain_item_idx": local})
+    folder = save_artifact(tmp_path / "20250101-ent00001", model, None, index, {"input_domains": None},
+                           ["person:ada berg", "brand:acme"])
+    scorer = Scorer(folder, k=3, popularity=np.arange(n + 1, dtype=float))
+    rows = pd.DataFrame(scorer.rows(["u0", "u1"], [np.array([1]), np.array([], dtype=np.int64)], [np.array([0]), np.array([], dtype=np.int64)]))
+    linked = rows[(rows.user_id == "u0") & rows.item_id.isin(["i7", "i8"])]
+    assert len(linked) == 2 and set(zip(linked.reason, linked.reason_kind, linked.reason_entity)) == {
+        ("books:i1", SHARED_ENTITY, "person:ada berg")}
+    other = rows[(rows.user_id == "u0") & ~rows.item_id.isin(["i7", "i8"])]
+    assert (other.reason_kind == HISTORY_ITEM).all() and other.reason_entity.isna().all(), other.to_string()
+    u1 = rows[rows.user_id == "u1"]
+    assert (u1.reason_kind == POPULARITY).all() and u1.reason_entity.isna().all()
+
+
 def with_terms(folder, terms: list, params: dict) -> TermSet:
     """Give the artifact in ``folder`` these terms (bound to its model's catalog) at ``params``; returns the set."""
     art = load_artifact(folder)
@@ -66,6 +98,8 @@ def test_rows_exclude_seen_items_explain_picks_and_fall_back_to_popularity(artif
     assert sorted(got[("u0", "movies")]) == ["i8", "i9"], "fewer unseen items than K: only those"
     assert got[("u1", "books")] == ["i6", "i5", "i4", "i3"] and got[("u1", "movies")] == ["i7", "i8", "i9"], "empty history: popularity"
     assert set(rows[rows.user_id == "u1"].reason) == {POPULARITY}
+    assert (rows.reason_kind == np.where(rows.reason == POPULARITY, POPULARITY, "history_item")).all(), "no entities"
+    assert rows.reason_entity.isna().all()
     u0 = rows[rows.user_id == "u0"]
     assert set(u0.reason) <= {f"{DOMAINS[i - 1]}:i{i}" for i in hist[0]}, "the reason is one of the user's own items"
     assert set(rows[rows.user_id == "u2"].reason) == {"movies:i8"}
@@ -180,3 +214,14 @@ def test_scorer_ranks_with_the_artifacts_text_similarity_and_next_item_terms(art
             np.testing.assert_allclose(picks.score.values, want[u, cols], rtol=1e-5, atol=1e-6)
     assert rows[(rows.domain == "books") & (rows.user_id == "u0")].item_id.iloc[0] == "i4", \
         "the item that followed u0's latest book comes first"
+
+
+def test_reason_text_renders_each_kind():
+    from crossrec.score.reasons import reason_text
+
+    titles = {("books", "i1"): "The Last Alpine"}
+    assert reason_text("movies", "books:i1", "shared_entity", "person:ada berg", titles) == (
+        'same person (ada berg) as "The Last Alpine" in books')
+    assert reason_text("movies", "books:i1", "history_item", None, titles) == 'because of "The Last Alpine" in books'
+    assert reason_text("movies", "books:i2", "history_item", None, titles) == 'because of "i2" in books'
+    assert reason_text("movies", "popularity", "popularity", None, titles) == "popular in movies"

@@ -179,7 +179,8 @@ def spark_als(spark, lake: Path, spec: ScoringSpec) -> dict:
     key = F.split("key", ":", 2)
     out = flat.select(F.lit(dt.date(2025, 1, 1)).alias(C.RUN_DATE), C.USER_ID, key[0].alias(C.DOMAIN),
                       key[1].alias(C.ITEM_ID), C.RANK, C.SCORE, F.lit("als").alias(C.REASON),
-                      F.lit("als").alias(C.MODEL_VERSION))
+                      F.lit("als").alias(C.MODEL_VERSION), F.lit("history_item").alias(C.REASON_KIND),
+                      F.lit(None).cast("string").alias(C.REASON_ENTITY))
     path = str(lake / "bench" / "als_recommendations")
     out.write.format("delta").partitionBy(C.RUN_DATE, C.DOMAIN).mode("overwrite").save(path)
     delta = spec.users / (time.perf_counter() - t0)

@@ -190,7 +190,10 @@ def _recs(argv: list[str]) -> int:
     keys = list(zip(df.domain, df.item_id)) + [tuple(r.split(":", 1)) for r in df.reason if ":" in r]
     titles = item_titles(a.lake_root, keys)
     df[C.TITLE] = [titles.get(k, "") for k in zip(df.domain, df.item_id)]
-    df["because"] = [titles.get(tuple(r.split(":", 1)), r) if ":" in r else "(popular in this domain)" for r in df.reason]
+    from crossrec.score.reasons import reason_text
+
+    df["because"] = [reason_text(d, r, k, e, titles) for d, r, k, e in
+                     zip(df.domain, df.reason, df[C.REASON_KIND], df[C.REASON_ENTITY])]
     if a.json:
         print(df.assign(run_date=df.run_date.astype(str)).to_json(orient="records", indent=1))
         return 0
@@ -198,7 +201,7 @@ def _recs(argv: list[str]) -> int:
     for dom, g in df.groupby(C.DOMAIN, sort=True):
         print(f"\n[{dom}]")
         for r in g.itertuples():
-            print(f"  {r.rank:>2}. {r.title[:60]:<60} {r.score:8.3f}  because: {r.reason.split(':', 1)[0] + ': ' if ':' in r.reason else ''}{r.because[:50]}")
+            print(f"  {r.rank:>2}. {r.title[:60]:<60} {r.score:8.3f}  {r.because[:80]}")
     return 0
 
 

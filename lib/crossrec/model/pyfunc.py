@@ -6,8 +6,9 @@ The folder's ``MLmodel`` file (:func:`write_mlmodel`) names this module as the l
     input:  a pandas DataFrame with ``history``: a list of ``"<domain>:<item_id>"`` per row, oldest first (items the
             model does not know are skipped), and optionally ``timestamps``: the events' times (epoch seconds)
     params: ``k`` (default 10)
-    output: one row per (input row, domain, rank): ``row, domain, rank, item_id, score, reason`` -- ``reason`` is the
-            history item behind the pick, ``popularity`` for an empty history
+    output: one row per (input row, domain, rank): ``row, domain, rank, item_id, score, reason, reason_kind,
+            reason_entity`` -- ``reason`` is the history item behind the pick, ``popularity`` for an empty history;
+            ``reason_kind`` and ``reason_entity`` as in gold.recommendations
 """
 from __future__ import annotations
 
@@ -55,13 +56,19 @@ class CrossrecPyfunc:
             keep = [(idx[h], int(t)) for h, t in zip(hist, ts) if h in idx]
             histories.append(np.array([h for h, _ in keep], dtype=np.int64))
             stamps.append(np.array([t for _, t in keep], dtype=np.int64))
+        from crossrec.score.topk import REASON_KINDS
+
         rows = []
         for d, picks in enumerate(scorer.score(histories, stamps)):
+            kinds = picks.reason_kind
             for r in range(len(histories)):
-                for rank, (item, score, reason) in enumerate(zip(picks.item_idx[r], picks.score[r], picks.reason_idx[r]), 1):
+                for rank, (item, score, reason, kind, entity) in enumerate(zip(
+                        picks.item_idx[r], picks.score[r], picks.reason_idx[r], kinds[r], picks.reason_entity[r]), 1):
                     if item >= 0:
-                        rows.append((r, scorer.domains[d], rank, scorer.item_id[item], float(score), scorer.item_key[reason]))
-        return pd.DataFrame(rows, columns=["row", "domain", "rank", "item_id", "score", "reason"])
+                        rows.append((r, scorer.domains[d], rank, scorer.item_id[item], float(score), scorer.item_key[reason],
+                                     REASON_KINDS[kind], scorer.entity_key[entity]))
+        return pd.DataFrame(rows, columns=["row", "domain", "rank", "item_id", "score", "reason", "reason_kind",
+                                           "reason_entity"])
 
 
 def _load_pyfunc(data_path: str) -> CrossrecPyfunc:

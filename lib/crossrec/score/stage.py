@@ -42,7 +42,8 @@ STAGE = "score"
 TABLE = "gold.recommendations"
 PUBLISHED_PREFIX = "crossrec.published."
 VIEWS = ("crossrec_expected_k", "crossrec_seen")  # the temp views the output checks read
-COLUMNS = [C.RUN_DATE, C.USER_ID, C.DOMAIN, C.RANK, C.ITEM_ID, C.SCORE, C.MODEL_VERSION, C.REASON]  # the contract's order
+COLUMNS = [C.RUN_DATE, C.USER_ID, C.DOMAIN, C.RANK, C.ITEM_ID, C.SCORE, C.MODEL_VERSION, C.REASON, C.REASON_KIND,
+           C.REASON_ENTITY]  # the contract's order
 
 
 def catalog_frame(spark, folder: str):
@@ -387,7 +388,8 @@ def _score(cfg: CrossrecConfig, spark, stage: StageRun, k: int, version: str | N
     written = read_table(spark, path, version_written).where(F.col(C.RUN_DATE) == F.lit(run_date))
     per_domain = {r[C.DOMAIN]: r for r in written.groupBy(C.DOMAIN).agg(
         F.count("*").alias("rows"), F.countDistinct(C.USER_ID).alias("users"),
-        F.sum((F.col(C.REASON) == "popularity").cast("long")).alias("fallback_rows")).collect()}
+        F.sum((F.col(C.REASON) == "popularity").cast("long")).alias("fallback_rows"),
+        F.sum((F.col(C.REASON_KIND) == "shared_entity").cast("long")).alias("shared_entity_rows")).collect()}
     n_rows = sum(r["rows"] for r in per_domain.values())
     log.info("scored %d users in %.1fs (%.0f users/s): %d rows", n_users, score_s, n_users / max(score_s, 1e-9), n_rows)
     accounting = _accounting(firsts, catalog, domains, per_domain, n_users, model_version)
@@ -432,7 +434,8 @@ def _accounting(firsts, catalog, domains: list[str], per_domain: dict, n_users: 
         row = AccountingRow(STAGE, TABLE, d, rows_in=n_users, rows_out=int(r["users"]) if r else 0,
                             withheld=int(exhausted.get(d, 0)))
         row.details = {"unit": "users (withheld: nothing unseen left in the domain)", "rows": int(r["rows"]) if r else 0,
-                       "fallback_rows": int(r["fallback_rows"]) if r else 0, "model_version": model_version}
+                       "fallback_rows": int(r["fallback_rows"]) if r else 0,
+                       "shared_entity_rows": int(r["shared_entity_rows"] or 0) if r else 0, "model_version": model_version}
         accounting.append(row)
     return accounting
 

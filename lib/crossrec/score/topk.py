@@ -11,7 +11,10 @@ oldest first) and returns, per user and domain, the top-K items the user has not
    enough), users without history get popularity, every item of the user's history in d is set to -inf, and
    ``torch.topk`` picks; -inf picks (the domain has fewer than K unseen items) are dropped;
 2. reason = the history item (any domain) whose representation is most similar (cosine) to the pick:
-   the event that most supports it, often from another domain.
+   the event that most supports it, often from another domain. When the pick and that item share attribute
+   entities (the model's entity embeddings: an author, a brand), the reason names the link: kind
+   ``shared_entity`` and, of the shared entities, the one whose embedding is most similar to the pick's
+   representation (what the model drew on most); else kind ``history_item``.
 
 Users with no usable history (none of their items is in the artifact's catalog) get the K most popular
 unseen items of each domain, with reason ``"popularity"``. The GPU is used when the process has one.
@@ -31,6 +34,7 @@ from crossrec import columns as C
 log = logging.getLogger(__name__)
 
 POPULARITY = "popularity"
+HISTORY_ITEM, SHARED_ENTITY = "history_item", "shared_entity"  # the other reason kinds
 _SCORERS: dict[tuple, "Scorer"] = {}
 _LOCK = threading.Lock()
 
@@ -42,6 +46,12 @@ class DomainPicks:
     item_idx: np.ndarray  # (B, K) global item ids, -1 = no pick
     score: np.ndarray  # (B, K) float32
     reason_idx: np.ndarray  # (B, K) global item id of the supporting history item, 0 = popularity fallback
+    reason_entity: np.ndarray  # (B, K) entity id the pick shares with that item (1-based, artifact.entities), 0 = none
+
+    @property
+    def reason_kind(self) -> np.ndarray:
+        """(B, K) 0 = popularity, 1 = history_item, 2 = shared_entity (index into :data:`REASON_KINDS`)."""
+        return np.where(self.reason_idx == 0, 0, np.where(self.reason_entity > 0, 2, 1))
 
 
 class Scorer:
@@ -63,6 +73,7 @@ class Scorer:
         index = artifact.item_index
         self.item_id = np.array([""] + index.item_id.tolist(), dtype=object)  # global idx -> item_id
         self.item_key = np.array([POPULARITY] + (index.domain + ":" + index.item_id).tolist(), dtype=object)  # -> reason
+        self.entity_key = np.array([None] + list(artifact.entities), dtype=object)  # entity id -> reason_entity
         self.domains = [d for _, d in sorted(set(zip(index.domain_idx, index.domain)))]
         self.input_domains = artifact.metrics.get("input_domains")
         assert self.input_domains is None, f"{self.folder} is a single-domain baseline ({self.input_domains}); score with a crossrec model"
@@ -70,6 +81,10 @@ class Scorer:
         with torch.inference_mode():  # unit vectors of every item: the reasons' cosines
             self.table_norm = torch.nn.functional.normalize(self.predictor.item_table.float(), dim=-1)  # (n + 1, D)
             self.rep_norm = [self.table_norm[self.model.domain_items(d)] for d in range(len(self.domains))]  # (n_d, D)
+            enc = self.model.item_encoder
+            self.item_entities = enc.item_entities if enc.entity_emb is not None else None  # (n + 1, E)
+            self.entity_norm = (torch.nn.functional.normalize(enc.entity_emb.weight.float(), dim=-1)
+                                if enc.entity_emb is not None else None)  # (n_entities + 1, D)
         self._arrow: dict | None = None  # Arrow string arrays for record_batch, built on first use
         log.info("scorer: %s on %s, %d items in %s, k=%d", self.version, self.device, self.model.config.n_items,
                  self.domains, k)
@@ -98,13 +113,27 @@ class Scorer:
                     item_idx=torch.where(valid, picked, torch.full_like(picked, -1)).cpu().numpy(),
                     score=top.cpu().numpy(),
                     reason_idx=reason.cpu().numpy(),
+                    reason_entity=self._shared_entity(picked, reason, self.rep_norm[d][col]).cpu().numpy(),
                 ))
         return out
+
+    def _shared_entity(self, picked, reason, pick_rep):
+        """(B, k) the entity id each pick shares with its reason item (0 = none or no entities): of the shared ones,
+        the entity whose embedding is most similar (cosine) to the pick's representation ``pick_rep`` (B, k, D)."""
+        import torch
+
+        if self.item_entities is None:
+            return torch.zeros_like(picked)
+        mine, theirs = self.item_entities[picked], self.item_entities[reason]  # (B, k, E) each, 0 = none
+        shared = (mine[..., :, None] == theirs[..., None, :]).any(-1) & (mine != 0) & (reason != 0)[..., None]
+        sim = torch.einsum("bkd,bked->bke", pick_rep, self.entity_norm[mine]).masked_fill(~shared, -torch.inf)
+        best = mine.gather(-1, sim.argmax(-1, keepdim=True)).squeeze(-1)  # (B, k)
+        return torch.where(shared.any(-1), best, torch.zeros_like(best))
 
     def _row_index(self, n_users: int, histories: list[np.ndarray], timestamps: list[np.ndarray]) -> dict[str, np.ndarray]:
         """The output rows of a batch as integer arrays: ``user`` (position in the batch), ``domain``
         (domain_idx), ``rank``, ``item`` / ``reason`` (global item ids; reason 0 = popularity) and ``score``."""
-        parts: dict[str, list] = {c: [] for c in ("user", "domain", "rank", "item", "score", "reason")}
+        parts: dict[str, list] = {c: [] for c in ("user", "domain", "rank", "item", "score", "reason", "kind", "entity")}
         for d, picks in enumerate(self.score(histories, timestamps)):
             valid = picks.item_idx >= 0  # (B, k); invalid picks only at the end of a row
             n_k = picks.item_idx.shape[1]
@@ -115,6 +144,8 @@ class Scorer:
             parts["item"].append(picks.item_idx[valid])
             parts["score"].append(picks.score[valid].astype(np.float64))
             parts["reason"].append(picks.reason_idx[valid])
+            parts["kind"].append(picks.reason_kind[valid])
+            parts["entity"].append(picks.reason_entity[valid])
         return {c: np.concatenate(v) for c, v in parts.items()}
 
     def rows(self, user_ids: list[str], histories: list[np.ndarray], timestamps: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -124,6 +155,8 @@ class Scorer:
                 C.DOMAIN: np.asarray(self.domains, dtype=object)[ix["domain"]],
                 C.RANK: ix["rank"], C.ITEM_ID: self.item_id[ix["item"]], C.SCORE: ix["score"],
                 C.REASON: self.item_key[ix["reason"]],
+                C.REASON_KIND: np.asarray(REASON_KINDS, dtype=object)[ix["kind"]],
+                C.REASON_ENTITY: self.entity_key[ix["entity"]],
                 C.MODEL_VERSION: np.full(len(ix["user"]), self.version, dtype=object)}
 
     def record_batch(self, user_ids, histories: list[np.ndarray], timestamps: list[np.ndarray], run_date,
@@ -136,6 +169,8 @@ class Scorer:
         if self._arrow is None:
             self._arrow = {C.ITEM_ID: pa.array(self.item_id.tolist(), pa.string()),
                            C.REASON: pa.array(self.item_key.tolist(), pa.string()),
+                           C.REASON_KIND: pa.array(list(REASON_KINDS), pa.string()),
+                           C.REASON_ENTITY: pa.array(self.entity_key.tolist(), pa.string()),
                            C.DOMAIN: pa.array(self.domains, pa.string()),
                            C.MODEL_VERSION: pa.array([self.version], pa.string())}
         users = user_ids if isinstance(user_ids, pa.Array) else pa.array(list(user_ids), pa.string())
@@ -148,7 +183,9 @@ class Scorer:
                 C.ITEM_ID: self._arrow[C.ITEM_ID].take(ix["item"]),
                 C.SCORE: pa.array(ix["score"], pa.float64()),
                 C.MODEL_VERSION: self._arrow[C.MODEL_VERSION].take(np.zeros(n, dtype=np.int64)),
-                C.REASON: self._arrow[C.REASON].take(ix["reason"])}
+                C.REASON: self._arrow[C.REASON].take(ix["reason"]),
+                C.REASON_KIND: self._arrow[C.REASON_KIND].take(ix["kind"]),
+                C.REASON_ENTITY: self._arrow[C.REASON_ENTITY].take(ix["entity"])}
         names = list(columns or cols)
         return pa.RecordBatch.from_arrays([cols[c] for c in names], names=names)
 
@@ -164,4 +201,6 @@ def get_scorer(folder: str, k: int, popularity: np.ndarray | None = None, thread
         return _SCORERS[key]
 
 
-__all__ = ["Scorer", "DomainPicks", "get_scorer", "POPULARITY"]
+REASON_KINDS = (POPULARITY, HISTORY_ITEM, SHARED_ENTITY)
+
+__all__ = ["Scorer", "DomainPicks", "get_scorer", "POPULARITY", "HISTORY_ITEM", "SHARED_ENTITY", "REASON_KINDS"]
