@@ -47,7 +47,7 @@ $(DEMO_KEY):
 	$(BIN)/python -c "import secrets; print(secrets.token_hex(32))" > $(DEMO_KEY)
 
 demo: $(STAMP) $(DEMO_KEY)
-	$(BIN)/crossrec generate $(DEMO_RAW) --users $(DEMO_USERS) --dirty-rate 0.01 --overwrite > /dev/null
+	$(BIN)/crossrec generate $(DEMO_RAW) --users $(DEMO_USERS) --dirty-rate 0.01 --entity-signal shared --overwrite > /dev/null
 	$(BIN)/crossrec ingest --raw-dir $(DEMO_RAW) --lake-root $(LAKE) --run-date $(RUN_DATE)
 	$(BIN)/crossrec clean --raw-dir $(DEMO_RAW) --lake-root $(LAKE) --run-date $(RUN_DATE)
 	$(BIN)/crossrec features --raw-dir $(DEMO_RAW) --lake-root $(LAKE) --run-date $(RUN_DATE)
@@ -66,6 +66,9 @@ demo: $(STAMP) $(DEMO_KEY)
 	@echo
 	@echo "== a user's recommendations: crossrec recs $(DEMO_USER) --lake-root $(LAKE)"
 	@$(BIN)/crossrec recs $(DEMO_USER) --lake-root $(LAKE)
+	@echo
+	@echo "== what the reasons name: a history item, an attribute entity shared with it, or popularity"
+	@$(BIN)/python -c "from crossrec.score.reasons import reason_kinds_report as r; print(r('$(LAKE)'))"
 	@echo
 	@echo "== a described interest: crossrec query \"$(DEMO_QUERY)\" --lake-root $(LAKE) -n 5"
 	@$(BIN)/crossrec query "$(DEMO_QUERY)" --lake-root $(LAKE) -n 5

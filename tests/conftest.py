@@ -68,7 +68,8 @@ def scored_lake(spark, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("scored")
     raw, lake, key = root / "raw", root / "lake", root / "key"
     key.write_text(TEST_KEY)
-    generate(raw, SyntheticSpec(users=120, domains=2, items_per_domain=40, mean_events_per_user=12, seed=5))
+    generate(raw, SyntheticSpec(users=120, domains=2, items_per_domain=40, mean_events_per_user=12, seed=5,
+                                entity_signal="shared"))
     args = job_args(raw, lake, key, "--run-date", SCORE_DAY)
     # without the data tables' checks (~20 s; tests/jobs and the Airflow test run them): this lake is for scoring
     assert prepare.main([*args, "--no-validate"]) == 0

@@ -89,13 +89,22 @@ def write_artifact(lake: Path, version: str = "20250101-test0001", seed: int = 0
     index = read_table(str(lake), "gold.item_index").sort_values("item_idx")
     emb = read_table(str(lake), "gold.item_embeddings", columns=["domain", "item_id", "embedding"])
     emb = index[["domain", "item_id"]].merge(emb, on=["domain", "item_id"], how="left")
+    ids, vocab = None, []  # the lake's attribute entities, as training reads them
+    if (lake / "silver" / "item_entities").is_dir():
+        from crossrec.train.data import entity_vocabulary
+
+        ents = read_table(str(lake), "silver.item_entities", columns=["domain", "item_id", "entity"])
+        rows = index[["domain", "item_id"]].reset_index(drop=True).reset_index().merge(ents, on=["domain", "item_id"])
+        ids, vocab = entity_vocabulary(rows["index"].values, rows.entity.values.astype(str), len(index), min_items=2,
+                                       max_entities=1000, max_per_item=4)
     feats = ItemFeatures.from_item_index(index.item_idx.values, index.domain_idx.values, index.domain_item_idx.values,
-                                         text_emb=np.stack(emb.embedding.values))
+                                         text_emb=np.stack(emb.embedding.values), item_entities=ids if vocab else None)
     torch.manual_seed(seed)
-    cfg = ModelConfig(n_items=len(index), n_domains=index.domain_idx.nunique(), d_model=16, n_layers=1, n_heads=2, max_seq_len=20)
+    cfg = ModelConfig(n_items=len(index), n_domains=index.domain_idx.nunique(), d_model=16, n_layers=1, n_heads=2,
+                      max_seq_len=20, n_entities=len(vocab))
     folder = save_artifact(lake / "models" / version, CrossDomainTransformer(cfg, feats), None,
                            index[["item_idx", "domain", "item_id", "domain_idx", "domain_item_idx"]],
-                           {"model_version": version, "input_domains": None})
+                           {"model_version": version, "input_domains": None}, vocab)
     from crossrec.io.registry import Registry
 
     registry = Registry(str(lake))

@@ -243,3 +243,24 @@ def test_progress_follows_the_scoring_stage_not_a_skipped_larger_one(spark):
         agg.collect()
     assert progress.fraction() == 1.0
     assert Progress(spark, "test-progress", total_users=1000).fraction() == 1.0  # without tasks: started stages only
+
+
+def test_reasons_name_shared_entities_end_to_end(lake):
+    """Raw data whose people and brands are shared across domains (declared entities) -> silver.item_entities -> the
+    model's entity ids -> recommendations whose reason names an entity the pick shares with a history item."""
+    from crossrec.model.artifact import load_artifact
+    from crossrec.score.reasons import reason_kinds_report
+
+    lk = str(lake["lake"])
+    recs = read_recommendations(lk)
+    ents = read_table(lk, "silver.item_entities", columns=["domain", "item_id", "entity"])
+    assert ents.groupby("entity").domain.nunique().max() == 2, "the generated entities link the two domains"
+    shared = recs[recs.reason_kind == "shared_entity"]
+    assert len(shared) > 0 and (recs.reason_kind == "history_item").any()
+    carried = set(zip(ents.domain, ents.item_id, ents.entity))
+    for r in shared.head(50).itertuples():  # the entity is on the pick and on the history item named
+        r_domain, r_item = r.reason.split(":", 1)
+        assert (r.domain, r.item_id, r.reason_entity) in carried and (r_domain, r_item, r.reason_entity) in carried
+    assert set(shared.reason_entity) <= set(load_artifact(next((lake["lake"] / "models").glob("2*"))).entities)
+    report = reason_kinds_report(lk)
+    assert "[shared_entity]" in report and "[history_item]" in report and "same " in report

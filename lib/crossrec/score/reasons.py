@@ -23,4 +23,20 @@ def reason_text(domain: str, reason: str, reason_kind: str, reason_entity: str |
     return f"because of {item}"
 
 
-__all__ = ["reason_text"]
+__all__ = ["reason_text", "reason_kinds_report"]
+
+
+def reason_kinds_report(lake_root: str, examples: int = 1) -> str:
+    """The published run's reasons: the share of each kind per domain and ``examples`` rendered rows of each kind."""
+    from crossrec.io.readers import item_titles, read_recommendations
+
+    recs = read_recommendations(lake_root)
+    share = recs.groupby("domain").reason_kind.value_counts(normalize=True).unstack(fill_value=0.0)
+    picked = recs.groupby("reason_kind", sort=True).head(examples)
+    keys = list(zip(picked.domain, picked.item_id)) + [tuple(r.split(":", 1)) for r in picked.reason if ":" in r]
+    titles = item_titles(lake_root, keys)
+    lines = ["share of recommendations by reason kind:", share.round(3).to_string(), "", "one of each kind:"]
+    for r in picked.itertuples():
+        lines.append(f"  [{r.reason_kind}] {r.domain}: {titles.get((r.domain, r.item_id), r.item_id)[:50]} -- "
+                     f"{reason_text(r.domain, r.reason, r.reason_kind, r.reason_entity, titles)}")
+    return "\n".join(lines)
