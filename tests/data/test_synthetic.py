@@ -468,3 +468,29 @@ def test_any_small_spec_is_consistent(users: int, domains: int, topics: int, mea
         assert manifest["totals"]["clean_rows"] == clean_total >= 3 * users
         if domains == 1:
             assert manifest["users"]["single_domain"] == users
+
+
+def test_shared_entities_name_the_same_creators_in_every_domain_and_users_keep_to_theirs(tmp_path: Path) -> None:
+    """entity_signal=shared: books' authors and movies' directors are the same people per topic, declared as person
+    entities; a person's events in a topic concentrate on one creator, the same one in both domains."""
+    out = tmp_path / "raw"
+    generate(out, SyntheticSpec(**{**SPEC.__dict__, "entity_signal": "shared"}), chunk_users=CHUNK)
+    items = json.loads((out / "dataset.json").read_text())["domains"]
+    assert items["books"]["items"]["entities"]["author"] == {"type": "person", "separator": ";"}
+    assert items["movies"]["items"]["entities"] == {"director": {"type": "person"}, "year": False}
+    creator = {}
+    for domain, col in (("books", "author"), ("movies", "director")):
+        cat = catalog(out, domain)
+        creator.update({(domain, i): a.split(";")[0].strip() for i, a in zip(cat.item_id, cat[col])})
+    books, movies = ({v for (d, _), v in creator.items() if d == dom} for dom in ("books", "movies"))
+    assert len(books & movies) >= 0.9 * len(books | movies), (books, movies)  # a creator may have no item in a domain
+    ev = canonical_events(out)
+    ev = ev[ev.domain.isin(["books", "movies"])].copy()
+    ev["creator"] = [creator[(d, i)] for d, i in zip(ev.domain, ev.item_id)]
+    top = ev.groupby(["person", "domain"]).creator.agg(lambda c: c.value_counts().index[0])
+    both = top.unstack().dropna()
+    assert len(both) > 100
+    # 4 creators a topic, 1-3 topics a person: by chance the top creators of two domains would agree far less often
+    assert (both.books == both.movies).mean() > 0.5, (both.books == both.movies).mean()
+    with pytest.raises(ValueError, match="entity_signal"):
+        SyntheticSpec(entity_signal="everywhere")

@@ -14,8 +14,9 @@ The data carry a planted cross-domain signal that later stages can be tested aga
 * ``entity_signal``: with ``none`` (default) each domain draws its own people (authors, directors, artists) and
   brands per topic; with ``shared`` a topic's people and brands are the same in every domain (one seeded stream per
   topic), books may have two authors (``"A; B"``), and ``dataset.json`` declares them entities of type ``person`` /
-  ``brand`` (a ``;`` separator for authors; a film's year is no entity): the attribute entities then link a topic
-  across domains -- with ``text_signal=per_domain``, alongside the multi-domain users only.
+  ``brand`` (a ``;`` separator for authors; a film's year is no entity). Users then also have a favourite creator
+  per topic, the same person (or brand) in every domain, and ``CREATOR_AFFINITY`` of their topical events pick
+  that creator's items: a taste finer than the topic that only the shared entities name across domains.
 * Users are active in a subset of domains (``single_domain_share`` of them in exactly one), have
   ``max(3, Poisson(mean_events_per_user))`` events spread over those domains (each active domain gets at
   least one), at strictly increasing whole-second times per user between 2019-01-01 and 2024-12-31 UTC.
@@ -95,6 +96,7 @@ log = logging.getLogger(__name__)
 EVENT_TYPES = ("view", "rating", "purchase")  # codes 0, 1, 2
 TEXT_SIGNALS = ("aligned", "per_domain")
 ENTITY_SIGNALS = ("none", "shared")
+CREATOR_AFFINITY = 0.7  # entity_signal="shared": share of a user's topical events that pick their favourite creator
 UNPARSEABLE_TS = "not-a-date"
 TIME_MIN_S = 1_546_300_800  # 2019-01-01T00:00:00Z
 TIME_MAX_S = 1_735_689_599  # 2024-12-31T23:59:59Z
@@ -211,6 +213,13 @@ def _simulate_chunk(spec: SyntheticSpec, topic_pop: np.ndarray, domain_pop: np.n
     for d, catalog in enumerate(catalogs):
         m = domain == d
         item[m] = catalog.sample(topic[m], rng.random(int(m.sum())))
+    if spec.entity_signal == "shared":  # drawn only here: the default data set's bytes do not depend on it
+        favourite = rng.integers(0, 4, size=(n, t_count))  # the user's creator slot per topic, in every domain
+        by_creator = ~noise & (rng.random(len(user)) < CREATOR_AFFINITY)
+        u = rng.random(len(user))
+        for d, catalog in enumerate(catalogs):
+            m = by_creator & (domain == d)
+            item[m] = catalog.sample_creator(topic[m], favourite[user[m], topic[m]], u[m])
 
     # Times: exponential gaps with a per-user scale, squeezed into the range if needed, +1 s per step.
     scale = np.exp(rng.normal(np.log(_MEAN_GAP_S), 1.0, size=n))

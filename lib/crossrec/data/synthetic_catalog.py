@@ -188,11 +188,25 @@ class DomainCatalog:
     columns: dict[str, list[Any]]  # raw item columns, in file order
     cdf: np.ndarray  # (N,) topic + within-topic popularity CDF, items grouped by topic
     cdf_items: np.ndarray  # (N,) item index at each cdf position
+    topic_of: np.ndarray | None = None  # (N,) each item's topic
+    creator: np.ndarray | None = None  # (N,) each item's creator slot in its topic (entity_signal="shared")
+    n_creators: int = 4  # creator slots per topic
 
     def sample(self, topic: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Item index for each (topic, uniform in [0, 1)) pair, Zipf-like within the topic."""
         pos = np.searchsorted(self.cdf, topic + u, side="right")
         return self.cdf_items[np.minimum(pos, len(self.cdf_items) - 1)]
+
+    def sample_creator(self, topic: np.ndarray, slot: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Item index for each (topic, creator slot, uniform) triple: uniform among that creator's items of the topic
+        (``slot`` taken modulo :attr:`n_creators`); a topic whose creator has no item falls back to :meth:`sample`."""
+        group = topic * self.n_creators + slot % self.n_creators
+        key = self.topic_of * self.n_creators + self.creator
+        order = np.argsort(key, kind="stable")
+        start = np.searchsorted(key[order], group, side="left")
+        count = np.searchsorted(key[order], group, side="right") - start
+        pick = order[np.minimum(start + np.floor(u * count).astype(np.int64), len(order) - 1)]
+        return np.where(count > 0, pick, self.sample(topic, u))
 
 
 def topic_naming(spec: SyntheticSpec, index: int) -> np.ndarray:
@@ -262,7 +276,7 @@ def build_domain_catalog(layout: Layout, spec: SyntheticSpec, rng: np.random.Gen
             artist = f"The {bands[topic_of[i]][person_pick[i]]}" if person_pick[i] < 3 and brands is None else person
             attrs.append((artist, _LABELS[other_pick[i] % len(_LABELS)]))
         elif brands is not None:
-            attrs.append((brands[topic_of[i]][other_pick[i] % 2],))
+            attrs.append((brands[topic_of[i]][person_pick[i] % 2],))
         else:
             attrs.append((_BRANDS[other_pick[i] % len(_BRANDS)],))
 
@@ -273,7 +287,9 @@ def build_domain_catalog(layout: Layout, spec: SyntheticSpec, rng: np.random.Gen
         columns[text_extra[0]] = texts
     for k, col in enumerate(layout.attribute_columns):
         columns[col] = [a[k] for a in attrs]
-    return DomainCatalog(ids, columns, np.concatenate(cdf_parts), np.concatenate(item_parts).astype(np.int64))
+    return DomainCatalog(ids, columns, np.concatenate(cdf_parts), np.concatenate(item_parts).astype(np.int64),
+                         topic_of=topic_of, creator=person_pick % (2 if layout.kind == "generic" else 4),
+                         n_creators=2 if layout.kind == "generic" else 4)
 
 
 __all__ = ["DOMAIN_NAMES", "FORMATS", "BAD_REASONS", "Theme", "theme_of", "category_name", "domain_name", "Layout",
