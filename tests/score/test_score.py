@@ -264,3 +264,28 @@ def test_reasons_name_shared_entities_end_to_end(lake):
     assert set(shared.reason_entity) <= set(load_artifact(next((lake["lake"] / "models").glob("2*"))).entities)
     report = reason_kinds_report(lk)
     assert "[shared_entity]" in report and "[history_item]" in report and "same " in report
+
+
+def test_query_filters_or_boosts_by_entity(lake, capsys):
+    from crossrec.cli.main import main
+    from crossrec.io.readers import entity_items
+
+    lk = str(lake["lake"])
+    ents = read_table(lk, "silver.item_entities", columns=["domain", "item_id", "entity", "value"])
+    person = ents[ents.entity.str.startswith("person:")].entity.value_counts().index[0]  # e.g. "person:ada berg"
+    carriers = set(zip(*entity_items(lk, [person]).values.T))
+    assert carriers == set(zip(ents.domain[ents.entity == person], ents.item_id[ents.entity == person]))
+    assert len({d for d, _ in carriers}) == 2, "the generated people link both domains"
+    value = person.split(":", 1)[1]
+    assert set(zip(*entity_items(lk, ["  " + value.upper() + " "]).values.T)) >= carriers  # a bare value, any type
+    near = nearest_items(lk, "anything at all", n=100, entities=[person])
+    assert set(zip(near.domain, near.item_id)) == carriers, "only the entity's items"
+    boosted = nearest_items(lk, "anything at all", n=len(carriers), entities=[person], entity_boost=10.0)
+    assert set(zip(boosted.domain, boosted.item_id)) == carriers, "a large boost puts them first"
+    assert len(nearest_items(lk, "anything at all", n=1000, entities=[person], entity_boost=0.0)) > len(carriers)
+    with pytest.raises(LookupError, match="no item carries entity 'person:nobody at all'"):
+        entity_items(lk, ["person:nobody at all"])
+    assert main(["query", "anything", "--lake-root", lk, "-n", "3", "--entity", person]) == 0
+    out = capsys.readouterr().out
+    assert f"with entity {person}" in out
+    assert main(["query", "anything", "--lake-root", lk, "--entity", "person:nobody at all"]) == 2

@@ -260,14 +260,22 @@ def _query(argv: list[str]) -> int:
     p.add_argument("--lake-root", default="lakehouse", help="lakehouse root (default ./lakehouse)")
     p.add_argument("--domain", help="one domain only (default: all)")
     p.add_argument("-n", type=int, default=10, help="items to print (default 10)")
+    p.add_argument("--entity", action="append", default=[], metavar="TYPE:VALUE",
+                   help="only items carrying this attribute entity, e.g. 'person:ada berg' or a bare value (any type); "
+                        "repeatable: any of them (silver.item_entities)")
+    p.add_argument("--entity-boost", type=float, metavar="W",
+                   help="with --entity: keep every item and add W to the similarity of those carrying the entity")
     a = p.parse_args(argv)
     setup_logging()
+    if a.entity_boost is not None and not a.entity:
+        p.error("--entity-boost needs --entity")
     try:
-        df = nearest_items(a.lake_root, a.text, domain=a.domain, n=a.n)
+        df = nearest_items(a.lake_root, a.text, domain=a.domain, n=a.n, entities=a.entity, entity_boost=a.entity_boost)
     except LookupError as e:
         log.error("query: %s", e)
         return EXIT_BAD_INPUT
-    print(f"nearest items to {a.text!r}{' in ' + a.domain if a.domain else ''}:")
+    print(f"nearest items to {a.text!r}{' in ' + a.domain if a.domain else ''}"
+          f"{(' boosted by' if a.entity_boost is not None else ' with') + ' entity ' + ' or '.join(a.entity) if a.entity else ''}:")
     for i, r in enumerate(df.itertuples(), 1):
         print(f"  {i:>2}. [{r.domain}] {r.title[:70]:<70} {r.similarity:.3f}  ({r.item_id})")
     return 0

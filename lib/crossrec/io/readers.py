@@ -188,10 +188,41 @@ def item_titles(lake_root: str, keys: list[tuple[str, str]] | None = None) -> di
     return {(d, i): t for d, i, t in zip(df.domain, df.item_id, df.title)}
 
 
-def nearest_items(lake_root: str, text: str, domain: str | None = None, n: int = 10, encoder=None):
+def entity_items(lake_root: str, entities: list[str]):
+    """``(domain, item_id)`` pairs (a pandas DataFrame) of the items carrying any of ``entities`` in
+    silver.item_entities; an entity is ``type:value`` or a bare value (any type), matched as clean normalises values
+    (trimmed, inner whitespace collapsed, lower case). Raises LookupError naming an entity no item carries."""
+    import re
+
+    import numpy as np
+
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        ents = read_table(lake_root, "silver.item_entities", columns=[C.DOMAIN, C.ITEM_ID, C.ENTITY, C.VALUE])
+    except TableNotFoundError as e:
+        raise LookupError(f"no silver.item_entities under {lake_root}: the data set declares no entities, or run "
+                          "`crossrec clean`") from e
+    keep = np.zeros(len(ents), dtype=bool)
+    for wanted in entities:
+        etype, sep, value = wanted.partition(":")
+        norm = lambda v: re.sub(r"\s+", " ", v.strip()).lower()  # noqa: E731
+        hit = (ents.entity == f"{etype.strip().lower()}:{norm(value)}") if sep else (ents.value == norm(wanted))
+        if not hit.any():
+            close = sorted(ents.entity[ents.entity.str.contains(re.escape(norm(value if sep else wanted)))].unique())[:5]
+            raise LookupError(f"no item carries entity {wanted!r}" + (f"; close: {close}" if close else ""))
+        keep |= hit.values
+    return ents.loc[keep, [C.DOMAIN, C.ITEM_ID]].drop_duplicates()
+
+
+def nearest_items(lake_root: str, text: str, domain: str | None = None, n: int = 10, encoder=None,
+                  entities: list[str] | None = None, entity_boost: float | None = None):
     """Items whose text-encoder vector (gold.item_embeddings) is closest (cosine) to ``text`` embedded by the
     same language model: a free-text interest -> items, cold-start friendly. pandas DataFrame
-    ``domain, item_id, title, similarity`` (best first)."""
+    ``domain, item_id, title, similarity`` (best first).
+
+    ``entities`` (see :func:`entity_items`): only items that carry one of them ("books by <author>"), or, with
+    ``entity_boost``, every item with that much added to the similarity of those that do."""
     import numpy as np
 
     from crossrec.text.encoder import TextEncoder
@@ -207,11 +238,20 @@ def nearest_items(lake_root: str, text: str, domain: str | None = None, n: int =
         if domain not in known:
             raise LookupError(f"unknown domain {domain!r}; the lake has {known}")
         emb = emb[emb.domain == domain]
+    carries = None
+    if entities:
+        linked = entity_items(lake_root, entities)
+        carries = emb[[C.DOMAIN, C.ITEM_ID]].merge(linked.assign(_e=True), how="left")._e.fillna(False).values.astype(bool)
+        if entity_boost is None:
+            emb, carries = emb[carries], None
     if emb.empty:
-        raise LookupError(f"gold.item_embeddings under {lake_root} is empty: run `crossrec features`")
+        raise LookupError(f"no item of gold.item_embeddings under {lake_root} matches"
+                          + (f" entities {entities}" + (f" in {domain}" if domain else "") if entities else ": run `crossrec features`"))
     q = (encoder or TextEncoder()).encode([text])[0]  # (384,) L2-normalised
     mat = np.stack(emb.embedding.values).astype(np.float32)  # (n_items, 384), L2-normalised
     sim = mat @ q
+    if carries is not None:
+        sim = sim + float(entity_boost) * carries
     top = np.argsort(-sim, kind="stable")[:n]
     out = emb.iloc[top][[C.DOMAIN, C.ITEM_ID]].reset_index(drop=True)
     out["similarity"] = sim[top]
