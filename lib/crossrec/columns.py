@@ -8,7 +8,7 @@ contract, and every column of two or more contracts is here (``tests/quality/tes
 __all__ = [
     "USER_ID", "ITEM_ID", "DOMAIN", "LOCAL_USER_ID", "GLOBAL_USER_ID",
     "EVENT_TS", "EVENT_TYPE", "WEIGHT",
-    "TITLE", "TEXT", "TEXT_FIELDS", "CATEGORY", "ATTRIBUTES", "ENTITY", "ENTITY_TYPE", "ATTRIBUTE", "VALUE",
+    "TITLE", "TEXT", "TEXT_FIELDS", "CATEGORY", "ATTRIBUTES", "ENTITY", "ENTITY_TYPE", "ATTRIBUTE", "VALUE", "VECTORS",
     "RUN_ID", "RUN_DATE", "SOURCE", "SOURCE_FILE", "SOURCE_CHECKSUM", "CORRUPT_RECORD", "INGESTED_AT",
     "REASON", "DETAIL", "RECORD", "SOURCE_TABLE",
     "ITEM_IDX", "DOMAIN_IDX", "DOMAIN_ITEM_IDX", "TRAIN_COUNT",
@@ -40,6 +40,7 @@ ENTITY = "entity"  # silver.item_entities: "entity_type:value", what links items
 ENTITY_TYPE = "entity_type"
 ATTRIBUTE = "attribute"  # silver.item_entities: the raw attribute column an entity value came from
 VALUE = "value"
+VECTORS = "vectors"  # bronze.items: raw vector columns as text; silver.items: modality -> list of floats
 
 # lineage: which run and which file a row came from
 RUN_ID = "run_id"

@@ -29,12 +29,13 @@ def bronze_interactions(spark, rows):
     return spark.createDataFrame(full, load_contract("bronze.interactions").spark_schema())
 
 
-def bronze_items(spark, rows):
-    """rows: (domain, item_id, title, category, text_fields, attributes, corrupt_record[, source_file, ingested_at])."""
+def bronze_items(spark, rows, vectors=None):
+    """rows: (domain, item_id, title, category, text_fields, attributes, corrupt_record[, source_file, ingested_at]);
+    ``vectors``: each row's raw vector map (default none)."""
     full = []
-    for r in rows:
+    for k, r in enumerate(rows):
         src, ing = (r[7], r[8]) if len(r) == 9 else ("items.csv", INGESTED)
-        full.append((*r[:7], src, "sha", "run1", ing))
+        full.append((*r[:7], src, "sha", "run1", ing, vectors[k] if vectors else None))
     return spark.createDataFrame(full, load_contract("bronze.items").spark_schema())
 
 
@@ -251,11 +252,11 @@ def test_placeholder_items_for_missing_catalog_entries(spark):
                                  b"0123456789abcdef")
     ph = C.placeholder_items(inter, items)
     expected = spark.createDataFrame(
-        [("b2", "books", "b2", "b2", None, {"placeholder": "true"}, "placeholder", "placeholder", C.OK, None, None, None,
-          False, False)],
+        [("b2", "books", "b2", "b2", None, {"placeholder": "true"}, {}, 0, "placeholder", "placeholder", C.OK, None, None,
+          None, False, False)],
         "item_id string, domain string, title string, text string, category string, attributes map<string,string>, "
-        "run_id string, source string, _status string, _reason string, _detail string, _record string, "
-        "_truncated boolean, _bad_text_bytes boolean")
+        "vectors map<string,array<float>>, _bad_vectors int, run_id string, source string, _status string, "
+        "_reason string, _detail string, _record string, _truncated boolean, _bad_text_bytes boolean")
     assertDataFrameEqual(ph, expected)  # one row: b1 is in the catalog
     assert set(load_contract("silver.items").column_names) <= set(ph.columns)
 
@@ -338,3 +339,17 @@ def test_item_entities_separator_is_literal_and_nothing_declared_is_empty(spark)
     got = C.item_entity_values(items, {"books": {"tags": ("tag", "\\E.")}}).select("value")
     assertDataFrameEqual(got, spark.createDataFrame([("a.b|c",), ("d",)], "value string"))
     assert C.item_entity_values(items, {}).count() == 0
+
+
+def test_item_vectors_are_parsed_per_modality_and_bad_ones_counted(spark):
+    rows = [("books", f"b{k}", "T", None, {}, {}, None) for k in range(5)] + [("movies", "m1", "T", None, {}, {}, None)]
+    vectors = [{"img": "[0.5, -1, 2e-3]"}, {"img": "[1.0, 2.0]"}, {"img": '[1, "x", 3]'}, {"img": "[1, NaN, 3]"},
+               {"img": "  "}, {"poster": "[0.25, 0.5, 1]"}]
+    declared = {"books": {"img": (3, "image")}, "movies": {"poster": (3, "image")}}
+    out = C.classify_items(bronze_items(spark, rows, vectors), 1000, vectors=declared)
+    got = {r["item_id"]: (r["vectors"], r["_bad_vectors"]) for r in out.select("item_id", "vectors", "_bad_vectors").collect()}
+    assert got["b0"] == ({"image": pytest.approx([0.5, -1.0, 0.002])}, 0)
+    assert got["m1"] == ({"image": [0.25, 0.5, 1.0]}, 0), "another column of another domain, the same modality"
+    assert [got[k] for k in ("b1", "b2", "b3")] == [({}, 1)] * 3, "wrong length, not a number, NaN: left out, counted"
+    assert got["b4"] == ({}, 0), "a blank cell is no vector"
+    assert C.classify_items(bronze_items(spark, rows, vectors), 1000).select("vectors").first()[0] == {}, "none declared"

@@ -495,3 +495,39 @@ def test_only_items_declare_entities(tiny_raw):
     spec["domains"]["books"]["interactions"]["entities"] = {}
     _save(tiny_raw, spec)
     assert "domains.books.interactions.entities: only an items file set declares entities" in _error(tiny_raw)
+
+
+def test_vector_columns_are_declared_with_dim_and_modality(tiny_raw):
+    spec = _spec(tiny_raw)
+    spec["domains"]["books"]["items"]["vectors"] = {"cover": {"dim": 16, "modality": "image"}}
+    spec["domains"]["movies"]["items"]["vectors"] = {"poster": {"dim": 16, "modality": "image"}}
+    _save(tiny_raw, spec)
+    ds = load_dataset(tiny_raw)
+    books = ds.file_set("items", "books")
+    assert books.vectors == {"cover": (16, "image")} and "cover" in books.raw_columns
+    assert ds.file_set("interactions", "books").vectors == {}
+
+
+@pytest.mark.parametrize("vectors, message", [
+    ({"cover": {"dim": 0, "modality": "image"}}, "vectors.cover.dim: expected an integer in [1, 4096], got 0"),
+    ({"cover": {"dim": True, "modality": "image"}}, "vectors.cover.dim: expected an integer in [1, 4096], got True"),
+    ({"cover": {"dim": 4, "modality": "Image"}}, "vectors.cover.modality: must match [a-z0-9_]+, got 'Image'"),
+    ({"cover": {"dim": 4, "modality": "image", "norm": 1}}, "vectors.cover: unknown key(s) ['norm']"),
+    ({"title": {"dim": 4, "modality": "image"}}, "vectors.title: a vector column cannot also be a mapped, text or attribute"),
+    ({"a": {"dim": 4, "modality": "image"}, "b": {"dim": 4, "modality": "image"}}, "vectors.b.modality: 'image' is declared twice"),
+    ([1], "vectors: expected an object of raw column"),
+])
+def test_bad_vector_declarations_are_named(tiny_raw, vectors, message):
+    spec = _spec(tiny_raw)
+    spec["domains"]["books"]["items"]["vectors"] = vectors
+    _save(tiny_raw, spec)
+    assert message in _error(tiny_raw)
+
+
+def test_one_modality_has_one_dim_in_every_domain(tiny_raw):
+    spec = _spec(tiny_raw)
+    spec["domains"]["books"]["items"]["vectors"] = {"cover": {"dim": 16, "modality": "image"}}
+    spec["domains"]["movies"]["items"]["vectors"] = {"poster": {"dim": 8, "modality": "image"}}
+    _save(tiny_raw, spec)
+    assert ("domains.movies.items.vectors.poster.dim: 8, but domains.books.items.vectors.cover declares modality "
+            "'image' with dim 16") in _error(tiny_raw)

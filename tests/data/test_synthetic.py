@@ -494,3 +494,23 @@ def test_shared_entities_name_the_same_creators_in_every_domain_and_users_keep_t
     assert (both.books == both.movies).mean() > 0.5, (both.books == both.movies).mean()
     with pytest.raises(ValueError, match="entity_signal"):
         SyntheticSpec(entity_signal="everywhere")
+
+
+def test_vector_signal_codes_each_creator_alike_in_every_domain(tmp_path: Path) -> None:
+    """vector_signal=creator: every item has an 8-float style_vec, declared as modality image; items of one (topic,
+    creator) are near each other in every domain, whatever their format (a CSV cell holds the JSON text)."""
+    out = tmp_path / "raw"
+    generate(out, SyntheticSpec(**{**SPEC.__dict__, "vector_signal": "creator"}), chunk_users=CHUNK)
+    ds = json.loads((out / "dataset.json").read_text())["domains"]
+    assert all(d["items"]["vectors"] == {"style_vec": {"dim": 8, "modality": "image"}} for d in ds.values())
+    vec = {}
+    for domain in ("books", "movies", "music"):
+        cat = catalog(out, domain)
+        vec[domain] = np.stack([np.asarray(json.loads(v) if isinstance(v, str) else v, dtype=float) for v in cat.style_vec])
+        assert vec[domain].shape == (len(cat), 8)
+    b, m = vec["books"], vec["movies"]
+    sims = (b / np.linalg.norm(b, axis=1, keepdims=True)) @ (m / np.linalg.norm(m, axis=1, keepdims=True)).T
+    nearest = np.sort(sims, axis=1)[:, -1]  # each book's closest movie shares its code: cosine near 1
+    assert np.median(nearest) > 0.9, np.median(nearest)
+    with pytest.raises(ValueError, match="vector_signal"):
+        SyntheticSpec(vector_signal="sound")

@@ -479,3 +479,31 @@ def test_entity_ids_must_fit_the_config():
         tiny_model(features_with_entities(ENTS), n_entities=1)
     with pytest.raises(AssertionError, match="needs ItemFeatures.item_entities"):
         tiny_model(random_features(), n_entities=2)
+
+
+# ------------------------------------------------------------------------------------------------ item vectors
+def test_item_vectors_enter_through_a_learned_projection_and_round_trip(tmp_path):
+    feats = random_features()
+    vecs = torch.zeros(10, 3)
+    vecs[1], vecs[6] = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([1.0, 0.0, 2.0])  # items 3.. have no vector
+    feats.item_vectors = vecs
+    feats.__post_init__()
+    model = tiny_model(feats, vector_dim=3)
+    enc = model.item_encoder
+    with torch.no_grad():
+        enc.id_emb.weight.zero_()  # text, domain and vector only
+        enc.text_emb[6] = enc.text_emb[1]
+        enc.domain_emb.weight[1] = enc.domain_emb.weight[0]
+        assert torch.allclose(enc(torch.tensor([1])), enc(torch.tensor([6])))  # same vector, same text: same item
+        before = enc(torch.tensor([1, 3]))
+        enc.vector_proj.weight += torch.linspace(-1, 1, enc.vector_proj.weight.numel()).view_as(enc.vector_proj.weight)
+        after = enc(torch.tensor([1, 3]))
+    assert not torch.allclose(before[0], after[0]) and torch.allclose(before[1], after[1]), "zeros: the weights do not matter"
+    model = tiny_model(feats, vector_dim=3)
+    w = model.item_encoder.vector_proj.weight.detach().clone()
+    train(model, make_batch(SEQS, feats, T=6), steps=3)
+    assert not torch.equal(w, model.item_encoder.vector_proj.weight), "gradients reach the projection"
+    back = load_model(save_model(model, tmp_path / "m"))
+    assert torch.equal(back.item_encoder.item_vectors, vecs)
+    with pytest.raises(AssertionError, match="vector_dim=4 needs ItemFeatures.item_vectors of that width"):
+        tiny_model(feats, vector_dim=4)

@@ -33,7 +33,7 @@ def test_statistics_columns_are_set_on_new_and_existing_tables(spark, tmp_path):
     contract.ensure_table(spark, older)
     assert _properties(older)[STATS_COLUMNS_PROPERTY] == "user_id"
 
-    row = (dt.date(2025, 1, 1), "u1", "books", 1, "b1", 0.5, "v1", "movies:m1")
+    row = (dt.date(2025, 1, 1), "u1", "books", 1, "b1", 0.5, "v1", "movies:m1", "history_item", None)
     spark.createDataFrame([row], contract.spark_schema()).write.format("delta").mode("append").save(older)
     from deltalake import DeltaTable
 

@@ -66,7 +66,7 @@ OURS_TRAIN = ("--lr-schedule", "cosine", "--epochs", "6")
 SINGLE_DOMAIN_TRAIN = ("--lr-schedule", "constant", "--epochs", "10")
 # --ablation NAME: crossrec trained again with these flags, as models crossrec-no-NAME and crossrec-alone-no-NAME,
 # each compared user by user with its full counterpart (quality.json "ablations"; never a baseline)
-ABLATIONS = {"entities": ("--no-entities",)}
+ABLATIONS = {"entities": ("--no-entities",), "vectors": ("--no-vectors",)}
 FORWARD = re.compile(r"crossrec\.train\.loop: (epoch \d+:|model artifact)|crossrec: \w+: done in|ERROR")
 
 

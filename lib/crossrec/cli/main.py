@@ -69,7 +69,7 @@ def spec_defaults(module: str, cls: str) -> dict:
 
 
 def _generate(argv: list[str]) -> int:
-    from crossrec.data.synthetic import ENTITY_SIGNALS, TEXT_SIGNALS, SyntheticSpec, generate
+    from crossrec.data.synthetic import ENTITY_SIGNALS, TEXT_SIGNALS, VECTOR_SIGNALS, SyntheticSpec, generate
 
     d = SyntheticSpec()
     p = argparse.ArgumentParser(prog="crossrec generate", description="Write a deterministic synthetic multi-domain raw data set.")
@@ -87,6 +87,9 @@ def _generate(argv: list[str]) -> int:
     p.add_argument("--entity-signal", choices=ENTITY_SIGNALS, default=d.entity_signal,
                    help="none: each domain has its own people and brands; shared: a topic's people and brands are the "
                         f"same in every domain, declared as entities (default {d.entity_signal})")
+    p.add_argument("--vector-signal", choices=VECTOR_SIGNALS, default=d.vector_signal,
+                   help="creator: items carry a precomputed vector (style_vec, modality image) coding their creator, "
+                        f"the same code in every domain, and users keep to a favourite creator (default {d.vector_signal})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--overwrite", action="store_true", help="replace a data set generated earlier in OUT (same spec -> same bytes)")
     a = p.parse_args(argv)
@@ -94,7 +97,7 @@ def _generate(argv: list[str]) -> int:
     spec = SyntheticSpec(
         users=a.users, domains=a.domains, items_per_domain=a.items_per_domain, mean_events_per_user=a.mean_events,
         topics=a.topics, single_domain_share=a.single_domain_share, dirty_rate=a.dirty_rate, seed=a.seed,
-        text_signal=a.text_signal, entity_signal=a.entity_signal,
+        text_signal=a.text_signal, entity_signal=a.entity_signal, vector_signal=a.vector_signal,
     )
     try:
         manifest = generate(a.out, spec, overwrite=a.overwrite)

@@ -288,6 +288,8 @@ def placeholder_items(interactions: DataFrame, items: DataFrame, col_item: str =
         F.col(col_item).alias(C.TEXT),
         F.lit(None).cast("string").alias(C.CATEGORY),
         F.create_map(F.lit("placeholder"), F.lit("true")).alias(C.ATTRIBUTES),
+        F.create_map().cast("map<string,array<float>>").alias(C.VECTORS),
+        F.lit(0).alias("_bad_vectors"),
         F.lit("placeholder").alias(C.RUN_ID),
         F.lit("placeholder").alias(C.SOURCE),
         F.lit(OK).alias(STATUS),
@@ -320,8 +322,30 @@ def dedupe_interactions(df: DataFrame) -> DataFrame:
 
 
 # --------------------------------------------------------------------------- items
-def classify_items(bronze: DataFrame, max_text_chars: int, domains: list[str] | None = None) -> DataFrame:
-    """Type and normalise catalog rows: title, text (text columns joined with '. '), category, attributes.
+def item_vectors(vectors: Mapping[str, Mapping[str, tuple[int, str]]] | None) -> tuple[Column, Column]:
+    """``(vectors, _bad_vectors)`` of a bronze items row: its declared vector columns (per domain, raw column ->
+    (dim, modality), :attr:`~crossrec.data.rawformat.FileSet.vectors`) parsed as lists of floats into a map
+    modality -> vector, and the number left out because they are not a list of ``dim`` finite numbers."""
+    present, good = [], []
+    for domain, cols in (vectors or {}).items():
+        for col, (dim, modality) in cols.items():
+            raw = F.col(C.VECTORS)[col]
+            parsed = F.from_json(raw, "array<float>")
+            ok = parsed.isNotNull() & (F.size(parsed) == dim) & F.forall(
+                parsed, lambda x: x.isNotNull() & ~F.isnan(x) & (F.abs(x) < float("inf")))
+            there = (F.col(C.DOMAIN) == domain) & blank_to_null(raw).isNotNull()
+            present.append(F.when(there & ~ok, 1).otherwise(0))
+            good.append(F.when(there & ok, F.struct(F.lit(modality).alias("key"), parsed.alias("value"))))
+    if not good:
+        return F.create_map().cast("map<string,array<float>>"), F.lit(0)
+    vecs = F.map_from_entries(F.filter(F.array(*good), lambda e: e.isNotNull()))
+    return vecs, sum(present[1:], present[0])
+
+
+def classify_items(bronze: DataFrame, max_text_chars: int, domains: list[str] | None = None,
+                   vectors: Mapping[str, Mapping[str, tuple[int, str]]] | None = None) -> DataFrame:
+    """Type and normalise catalog rows: title, text (text columns joined with '. '), category, attributes, and the
+    declared ``vectors`` (:func:`item_vectors`; ``_bad_vectors`` counts those left out).
 
     Text longer than ``max_text_chars`` is truncated (flag ``_truncated``); text with bytes invalid in the
     file's encoding is kept with U+FFFD (flag ``_bad_text_bytes``). Each (domain, item) keeps its newest
@@ -333,6 +357,7 @@ def classify_items(bronze: DataFrame, max_text_chars: int, domains: list[str] | 
     parts = F.transform(F.array_sort(F.map_entries(F.coalesce(F.col(C.TEXT_FIELDS), F.create_map().cast("map<string,string>")))), lambda e: normalize_text(e["value"]))
     joined = F.concat_ws(". ", F.filter(parts, lambda s: s.isNotNull() & (s != "")))
     title = F.coalesce(normalize_text(F.col(C.TITLE)), F.lit(""))
+    vecs, bad_vecs = item_vectors(vectors)
     attrs = F.map_filter(
         F.transform_values(F.coalesce(F.col(C.ATTRIBUTES), F.create_map().cast("map<string,string>")), lambda k, v: normalize_text(v)),
         lambda k, v: v.isNotNull() & (v != ""),
@@ -344,6 +369,8 @@ def classify_items(bronze: DataFrame, max_text_chars: int, domains: list[str] | 
         joined.alias("_text_full"),
         blank_to_null(normalize_text(F.col(C.CATEGORY))).alias(C.CATEGORY),
         attrs.alias(C.ATTRIBUTES),
+        vecs.alias(C.VECTORS),
+        bad_vecs.alias("_bad_vectors"),
         F.col(C.RUN_ID),
         F.col(C.SOURCE_FILE).alias(C.SOURCE),
         F.col(C.CORRUPT_RECORD),

@@ -255,7 +255,7 @@ def _norm_path(path: str) -> str:
 
 
 def to_canonical(df, fs: FileSet):
-    """Rename raw columns to canonical ones (strings); items keep text and attribute columns as maps."""
+    """Rename raw columns to canonical ones (strings); items keep text, attribute and vector columns as maps."""
     from pyspark.sql import functions as F
 
     def raw(canonical: str):
@@ -267,7 +267,9 @@ def to_canonical(df, fs: FileSet):
     elif fs.kind == "items":
         text = F.create_map(*[x for i, c in enumerate(fs.text_columns) for x in (F.lit(f"{i:02d}_{c}"), F.col(f"`{c}`"))]) if fs.text_columns else F.create_map().cast("map<string,string>")
         attrs = F.create_map(*[x for c in fs.attribute_columns for x in (F.lit(c), F.col(f"`{c}`"))]) if fs.attribute_columns else F.create_map().cast("map<string,string>")
-        cols = [raw(C.ITEM_ID).alias(C.ITEM_ID), raw(C.TITLE).alias(C.TITLE), raw(C.CATEGORY).alias(C.CATEGORY), text.alias(C.TEXT_FIELDS), attrs.alias(C.ATTRIBUTES)]
+        vecs = F.create_map(*[x for c in fs.vectors for x in (F.lit(c), F.col(f"`{c}`"))]) if fs.vectors else F.create_map().cast("map<string,string>")
+        cols = [raw(C.ITEM_ID).alias(C.ITEM_ID), raw(C.TITLE).alias(C.TITLE), raw(C.CATEGORY).alias(C.CATEGORY), text.alias(C.TEXT_FIELDS),
+                attrs.alias(C.ATTRIBUTES), vecs.alias(C.VECTORS)]
     else:
         cols = [raw(c).alias(c) for c in (C.DOMAIN, C.USER_ID, C.GLOBAL_USER_ID)]
     out = df.select(*cols, *meta)

@@ -26,8 +26,10 @@ SPARK_PATTERN_LETTERS = frozenset("GyDMLdQqEFahKkHmsSVzOXxZ")
 TOP_KEYS = ("name", "domains", "identity_map", "extras")
 DOMAIN_KEYS = ("interactions", "items")
 FILE_SET_KEYS = ("path", "format", "columns", "options", "timestamp", "default_event_type", "text_columns",
-                 "attribute_columns", "entities")
+                 "attribute_columns", "entities", "vectors")
 ENTITY_KEYS = ("type", "separator")
+VECTOR_KEYS = ("dim", "modality")
+MAX_VECTOR_DIM = 4096
 ENTITY_TYPE_RE = re.compile(r"[a-z0-9_]+")  # always used with fullmatch
 CSV_OPTIONS = ("delimiter", "quote", "encoding", "escape", "multiline")
 
@@ -59,11 +61,13 @@ class FileSet:
     files: tuple[str, ...] = ()
     # attribute column -> (entity type, separator or None): the attributes that are entities (silver.item_entities)
     entities: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    # vector column -> (dim, modality): precomputed item vectors (a list of floats; silver.items.vectors[modality])
+    vectors: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     @property
     def raw_columns(self) -> list[str]:
         """Every raw column this file set reads, each once, in a stable order."""
-        cols = list(self.columns.values()) + list(self.text_columns) + list(self.attribute_columns)
+        cols = list(self.columns.values()) + list(self.text_columns) + list(self.attribute_columns) + list(self.vectors)
         return list(dict.fromkeys(cols))
 
     @property
@@ -225,6 +229,9 @@ def _file_set(kind: str, domain: str | None, spec: Any, root: str, where: str, o
     entities = _check_entities(spec.get("entities", {}), attr_cols, f"{where}.entities") if kind == "items" else {}
     if kind != "items" and "entities" in spec:
         raise RawFormatError(f"{where}.entities: only an items file set declares entities")
+    if kind != "items" and "vectors" in spec:
+        raise RawFormatError(f"{where}.vectors: only an items file set declares vectors")
+    vectors = _check_vectors(spec.get("vectors", {}), list(cols.values()) + text_cols + attr_cols, f"{where}.vectors")
     options = _check_options(spec.get("options", {}), f"{where}.options")
     full = _resolve_path(spec["path"], root, f"{where}.path", outside_root)
     return FileSet(
@@ -240,7 +247,31 @@ def _file_set(kind: str, domain: str | None, spec: Any, root: str, where: str, o
         attribute_columns=tuple(attr_cols),
         files=_list_files(full, fmt, where),
         entities=entities,
+        vectors=vectors,
     )
+
+
+def _check_vectors(spec: Any, other_columns: list[str], where: str) -> dict[str, tuple[int, str]]:
+    """``{"image_vec": {"dim": 64, "modality": "image"}}``: raw columns holding a list of ``dim`` floats per item (a
+    Parquet list, a JSON array, or a JSON array's text in a CSV cell), one column per modality."""
+    if not isinstance(spec, dict):
+        raise RawFormatError(f"{where}: expected an object of raw column -> {{\"dim\", \"modality\"}}")
+    out: dict[str, tuple[int, str]] = {}
+    for col, decl in spec.items():
+        if not isinstance(decl, dict):
+            raise RawFormatError(f"{where}.{col}: expected an object with 'dim' and 'modality', got {decl!r}")
+        _check_keys(decl, VECTOR_KEYS, f"{where}.{col}")
+        dim, modality = decl.get("dim"), decl.get("modality")
+        if not isinstance(dim, int) or isinstance(dim, bool) or not 1 <= dim <= MAX_VECTOR_DIM:
+            raise RawFormatError(f"{where}.{col}.dim: expected an integer in [1, {MAX_VECTOR_DIM}], got {dim!r}")
+        if not isinstance(modality, str) or not ENTITY_TYPE_RE.fullmatch(modality):
+            raise RawFormatError(f"{where}.{col}.modality: must match [a-z0-9_]+, got {modality!r}")
+        if col in other_columns:
+            raise RawFormatError(f"{where}.{col}: a vector column cannot also be a mapped, text or attribute column")
+        if modality in {m for _, m in out.values()}:
+            raise RawFormatError(f"{where}.{col}.modality: {modality!r} is declared twice in this file set")
+        out[col] = (dim, modality)
+    return out
 
 
 def _check_entities(spec: Any, attr_cols: list[str], where: str) -> dict[str, tuple[str, str | None]]:
@@ -327,6 +358,13 @@ def load_dataset(raw_dir: str | os.PathLike, *, outside_root: bool = False) -> D
         file_sets.append(_file_set("identity_map", None, spec["identity_map"], raw_dir, f"{cfg_path}: identity_map",
                                    outside_root))
     _check_unlisted_domains(raw_dir, set(domains), file_sets, cfg_path)
+    dims: dict[str, tuple[int, str]] = {}
+    for fs in file_sets:  # one modality is one input of the model: one dimension in every domain
+        for col, (dim, modality) in fs.vectors.items():
+            seen = dims.setdefault(modality, (dim, f"domains.{fs.domain}.items.vectors.{col}"))
+            if seen[0] != dim:
+                raise RawFormatError(f"{cfg_path}: domains.{fs.domain}.items.vectors.{col}.dim: {dim}, but {seen[1]} "
+                                     f"declares modality {modality!r} with dim {seen[0]}")
     ds = Dataset(
         name=spec.get("name") or os.path.basename(os.path.abspath(raw_dir)),
         root=raw_dir,

@@ -69,7 +69,8 @@ def run_clean(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
 
 def settings_fingerprint(cfg: CrossrecConfig, dataset) -> str:
     """What makes a row's verdict: the data set's file sets and the settings clean applies. A change means a rebuild."""
-    sets = sorted((fs.kind, fs.domain or "", fs.timestamp or "", fs.default_event_type or "") for fs in dataset.file_sets)
+    sets = sorted((fs.kind, fs.domain or "", fs.timestamp or "", fs.default_event_type or "",
+                   json.dumps(fs.vectors, sort_keys=True)) for fs in dataset.file_sets)
     doc = {"file_sets": sets, "min_event_ts": cfg.min_event_ts, "max_text_chars": cfg.max_text_chars,
            "missing_items": cfg.missing_items, "key": fingerprint(cfg.require_pseudonym_key())}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
@@ -142,7 +143,8 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     max_ts = dt.datetime.fromisoformat(cfg.run_date) + dt.timedelta(days=1)
     empty_items = spark.createDataFrame([], load_contract("bronze.items").spark_schema())
     empty_inter = spark.createDataFrame([], load_contract("bronze.interactions").spark_schema())
-    items = clean.classify_items(batch.get("bronze.items") or empty_items, cfg.max_text_chars, domains)
+    vectors = {fs.domain: fs.vectors for fs in dataset.file_sets if fs.kind == "items" and fs.vectors}
+    items = clean.classify_items(batch.get("bronze.items") or empty_items, cfg.max_text_chars, domains, vectors)
     items = items.persist(StorageLevel.MEMORY_AND_DISK)
     silver_items_path = cfg.table_path("silver.items")
     known = None  # the catalog already in silver (incremental only)
@@ -167,10 +169,16 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
 
     # ---- accounting (actions on the persisted frames: one small aggregate each)
     item_flags = {
-        r[C.DOMAIN]: {"text_truncated": r["t"], "text_with_invalid_bytes": r["b"]}
+        r[C.DOMAIN]: {"text_truncated": r["t"], "text_with_invalid_bytes": r["b"],
+                      **({"vectors": r["v"], "vectors_invalid": r["bv"]} if r[C.DOMAIN] in vectors else {})}
         for r in items.where(F.col(clean.STATUS) == clean.OK).groupBy(C.DOMAIN)
-        .agg(F.sum(F.col("_truncated").cast("long")).alias("t"), F.sum(F.col("_bad_text_bytes").cast("long")).alias("b")).collect()
+        .agg(F.sum(F.col("_truncated").cast("long")).alias("t"), F.sum(F.col("_bad_text_bytes").cast("long")).alias("b"),
+             F.sum(F.size(C.VECTORS)).alias("v"), F.sum(F.col("_bad_vectors").cast("long")).alias("bv")).collect()
     }
+    for d, flags in item_flags.items():
+        if flags.get("vectors_invalid"):
+            log.warning("clean: %s: %d item vector(s) left out: not a list of the declared dim of finite numbers "
+                        "(accounting details vectors_invalid)", d, flags["vectors_invalid"])
     n_placeholders = {r[C.DOMAIN]: r["count"] for r in placeholders.groupBy(C.DOMAIN).count().collect()} if placeholders is not None else {}
     for d, n in n_placeholders.items():
         item_flags.setdefault(d, {})["placeholder_items_added"] = n

@@ -17,6 +17,10 @@ The data carry a planted cross-domain signal that later stages can be tested aga
   ``brand`` (a ``;`` separator for authors; a film's year is no entity). Users then also have a favourite creator
   per topic, the same person (or brand) in every domain, and ``CREATOR_AFFINITY`` of their topical events pick
   that creator's items: a taste finer than the topic that only the shared entities name across domains.
+* ``vector_signal``: with ``creator`` every item gets a precomputed vector (``style_vec``, ``VECTOR_DIM`` floats,
+  declared as modality ``image``): a code of its (topic, creator) shared by every domain plus noise, and users keep
+  to a favourite creator as above. Without ``entity_signal=shared`` the creators' names differ between domains, so
+  across domains that taste is in the vectors only.
 * Users are active in a subset of domains (``single_domain_share`` of them in exactly one), have
   ``max(3, Poisson(mean_events_per_user))`` events spread over those domains (each active domain gets at
   least one), at strictly increasing whole-second times per user between 2019-01-01 and 2024-12-31 UTC.
@@ -96,7 +100,10 @@ log = logging.getLogger(__name__)
 EVENT_TYPES = ("view", "rating", "purchase")  # codes 0, 1, 2
 TEXT_SIGNALS = ("aligned", "per_domain")
 ENTITY_SIGNALS = ("none", "shared")
-CREATOR_AFFINITY = 0.7  # entity_signal="shared": share of a user's topical events that pick their favourite creator
+CREATOR_AFFINITY = 0.7  # share of a user's topical events that pick their favourite creator (creator-level signals)
+VECTOR_SIGNALS = ("none", "creator")
+VECTOR_DIM = 8  # vector_signal="creator": width of the items' style_vec
+VECTOR_NOISE = 0.3  # vector_signal="creator": per-item noise around the (topic, creator) code
 UNPARSEABLE_TS = "not-a-date"
 TIME_MIN_S = 1_546_300_800  # 2019-01-01T00:00:00Z
 TIME_MAX_S = 1_735_689_599  # 2024-12-31T23:59:59Z
@@ -123,6 +130,7 @@ class SyntheticSpec:
     single_domain_share: float = 0.3
     text_signal: str = "aligned"  # "aligned" | "per_domain": how item text names topics across domains
     entity_signal: str = "none"  # "none" | "shared": whether a topic's people and brands are the same in every domain
+    vector_signal: str = "none"  # "none" | "creator": items carry a vector coding their creator, shared across domains
     dirty_rate: float = 0.0
     seed: int = 7
 
@@ -138,6 +146,7 @@ class SyntheticSpec:
             (self.seed >= 0, "seed must be >= 0"),
             (self.text_signal in TEXT_SIGNALS, f"text_signal must be one of {TEXT_SIGNALS}"),
             (self.entity_signal in ENTITY_SIGNALS, f"entity_signal must be one of {ENTITY_SIGNALS}"),
+            (self.vector_signal in VECTOR_SIGNALS, f"vector_signal must be one of {VECTOR_SIGNALS}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -213,7 +222,7 @@ def _simulate_chunk(spec: SyntheticSpec, topic_pop: np.ndarray, domain_pop: np.n
     for d, catalog in enumerate(catalogs):
         m = domain == d
         item[m] = catalog.sample(topic[m], rng.random(int(m.sum())))
-    if spec.entity_signal == "shared":  # drawn only here: the default data set's bytes do not depend on it
+    if spec.entity_signal == "shared" or spec.vector_signal != "none":  # drawn only here: the default bytes stay
         favourite = rng.integers(0, 4, size=(n, t_count))  # the user's creator slot per topic, in every domain
         by_creator = ~noise & (rng.random(len(user)) < CREATOR_AFFINITY)
         u = rng.random(len(user))
@@ -432,7 +441,7 @@ ENTITY_DECLARATIONS = {"author": {"type": "person", "separator": ";"}, "director
 
 
 def _dataset_json(layouts: Sequence[Layout], identity_map: bool, nightly: bool = False,
-                  entities: bool = False) -> dict[str, Any]:
+                  entities: bool = False, vectors: bool = False) -> dict[str, Any]:
     domains: dict[str, Any] = {}
     for lay in layouts:
         inter: dict[str, Any] = {"path": f"{lay.name}/interactions", "format": lay.fmt}
@@ -444,6 +453,8 @@ def _dataset_json(layouts: Sequence[Layout], identity_map: bool, nightly: bool =
         declared = {c: ENTITY_DECLARATIONS[c] for c in lay.attribute_columns if c in ENTITY_DECLARATIONS}
         if entities and declared:
             items["entities"] = declared
+        if vectors:
+            items["vectors"] = {"style_vec": {"dim": VECTOR_DIM, "modality": "image"}}
         domains[lay.name] = {"interactions": inter, "items": items}
     out: dict[str, Any] = {"name": "crossrec-synthetic", "domains": domains}
     if identity_map:
@@ -574,7 +585,8 @@ def generate(out_dir: str | Path, spec: SyntheticSpec, *, chunk_users: int = DEF
     }
     if has_id_map:
         manifest["identity_map"] = {"path": str(id_map_path.relative_to(out)), "rows": id_map_rows}
-    _write_json(out / "dataset.json", _dataset_json(layouts, has_id_map, nightly, spec.entity_signal == "shared"))
+    _write_json(out / "dataset.json", _dataset_json(layouts, has_id_map, nightly, spec.entity_signal == "shared",
+                                                         spec.vector_signal != "none"))
     _write_json(out / "manifest.json", manifest)
     log.info("wrote %d rows (%d clean) for %d users in %.1f s", totals["rows"], totals["clean_rows"], spec.users,
              time.monotonic() - started)

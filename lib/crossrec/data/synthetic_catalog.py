@@ -5,6 +5,7 @@ titles, texts, category and attributes from that theme (see :mod:`crossrec.data.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -226,6 +227,17 @@ def shared_entities(spec: SyntheticSpec, topic: int) -> tuple[list[str], list[st
     return people, brands
 
 
+def style_vectors(spec: SyntheticSpec, index: int, topic_of: np.ndarray, creator: np.ndarray, fmt: str) -> list:
+    """Each item's ``style_vec`` (``vector_signal='creator'``): the code of its (topic, creator) -- one seeded stream,
+    the same in every domain -- plus per-item noise of the domain's own stream; a JSON array's text in a CSV cell."""
+    from crossrec.data.synthetic import VECTOR_DIM, VECTOR_NOISE
+
+    codes = np.random.default_rng(np.random.SeedSequence([spec.seed, 0x5EC7])).normal(size=(spec.topics, 4, VECTOR_DIM))
+    noise = np.random.default_rng(np.random.SeedSequence([spec.seed, 0x5EC7, index])).normal(size=(len(topic_of), VECTOR_DIM))
+    vecs = np.round(codes[topic_of, creator] + VECTOR_NOISE * noise, 4)
+    return [json.dumps(v.tolist()) for v in vecs] if fmt == "csv" else [v.tolist() for v in vecs]
+
+
 def build_domain_catalog(layout: Layout, spec: SyntheticSpec, rng: np.random.Generator, index: int) -> DomainCatalog:
     n, t_count = spec.items_per_domain, spec.topics
     topic_of = rng.permutation(np.arange(n) % t_count)  # every topic has items
@@ -287,9 +299,11 @@ def build_domain_catalog(layout: Layout, spec: SyntheticSpec, rng: np.random.Gen
         columns[text_extra[0]] = texts
     for k, col in enumerate(layout.attribute_columns):
         columns[col] = [a[k] for a in attrs]
+    n_creators = 2 if layout.kind == "generic" else 4
+    if spec.vector_signal == "creator":  # drawn aside: the other columns do not change
+        columns["style_vec"] = style_vectors(spec, index, topic_of, person_pick % n_creators, layout.fmt)
     return DomainCatalog(ids, columns, np.concatenate(cdf_parts), np.concatenate(item_parts).astype(np.int64),
-                         topic_of=topic_of, creator=person_pick % (2 if layout.kind == "generic" else 4),
-                         n_creators=2 if layout.kind == "generic" else 4)
+                         topic_of=topic_of, creator=person_pick % n_creators, n_creators=n_creators)
 
 
 __all__ = ["DOMAIN_NAMES", "FORMATS", "BAD_REASONS", "Theme", "theme_of", "category_name", "domain_name", "Layout",

@@ -109,6 +109,7 @@ def load_model(folder: str | Path, *, device: str | torch.device = "cpu",
         text_mask=t.get("item_encoder.text_mask"),
         sample_weight=t["sample_weight"],
         item_entities=t.get("item_encoder.item_entities"),
+        item_vectors=t.get("item_encoder.item_vectors"),
     )
     model = CrossDomainTransformer(config, features, text_model_path=text_model_path, pretrained_text=False)
     model.load_state_dict(t, strict=True)

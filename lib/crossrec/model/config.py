@@ -23,6 +23,7 @@ class ModelConfig:
     id_dropout: float = 0.0  # training: share of item occurrences whose id embedding is dropped (text must carry them)
     n_attr_values: int = 0  # attribute/category ids 1..n_attr_values (0 in item_attr = none); 0 = no attribute
     n_entities: int = 0  # attribute entity ids 1..n_entities (silver.item_entities; 0 in item_entities = none); 0 = off
+    vector_dim: int = 0  # width of the items' precomputed vectors (silver.items.vectors, modalities concatenated); 0 = off
     use_time_gaps: bool = True  # bucketised log time gap to the previous event
     loss: str = "softmax"  # "softmax" (full softmax over the target domain's items) | "sampled" (log-Q corrected)
     n_negatives: int = 2048  # for "sampled": negatives drawn per domain per batch, shared by that domain's targets
@@ -39,8 +40,8 @@ class ModelConfig:
         assert self.text_encoder in ("frozen", "finetune"), f"text_encoder must be 'frozen' or 'finetune', got {self.text_encoder!r}"
         assert self.text_encoder == "frozen" or self.use_text, "text_encoder='finetune' needs use_text=True"
         assert self.finetune_layers >= 0, f"finetune_layers must be >= 0, got {self.finetune_layers}"
-        assert self.max_seq_len >= 1 and self.n_attr_values >= 0 and self.n_entities >= 0, (
-            "max_seq_len >= 1, n_attr_values >= 0 and n_entities >= 0")
+        assert self.max_seq_len >= 1 and self.n_attr_values >= 0 and self.n_entities >= 0 and self.vector_dim >= 0, (
+            "max_seq_len >= 1, n_attr_values >= 0, n_entities >= 0 and vector_dim >= 0")
         assert 0.0 <= self.id_dropout < 1.0, f"id_dropout must be in [0, 1), got {self.id_dropout}"
 
     @classmethod

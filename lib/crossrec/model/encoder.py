@@ -38,6 +38,8 @@ class ItemFeatures:
             ``train_count + 1`` for popularity sampling); None = uniform within each domain.
         item_entities: (n_items+1, E) long, each item's entity ids 1..n_entities, 0 = none (padding); None = no
             entities.
+        item_vectors: (n_items+1, V) float, each item's precomputed vectors (images, audio, ...; the modalities side by
+            side), zeros where an item has none; None = no vectors.
     """
 
     text_emb: Tensor | None
@@ -48,6 +50,7 @@ class ItemFeatures:
     text_mask: Tensor | None = None
     sample_weight: Tensor | None = None
     item_entities: Tensor | None = None
+    item_vectors: Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.item_domain.shape[0]
@@ -73,6 +76,9 @@ class ItemFeatures:
         if self.item_entities is not None:
             assert self.item_entities.dim() == 2 and self.item_entities.shape[0] == n, f"item_entities must be ({n}, E)"
             assert bool((self.item_entities[0] == 0).all()), "item_entities row 0 (padding) must be all 0"
+        if self.item_vectors is not None:
+            assert self.item_vectors.dim() == 2 and self.item_vectors.shape[0] == n, f"item_vectors must be ({n}, V)"
+            assert bool(torch.isfinite(self.item_vectors).all()), "item_vectors must be finite"
 
     @property
     def n_items(self) -> int:
@@ -80,12 +86,13 @@ class ItemFeatures:
 
     @classmethod
     def from_item_index(cls, item_idx, domain_idx, domain_item_idx, text_emb=None, item_attr=None,
-                        sample_weight=None, text_tokens=None, text_mask=None, item_entities=None) -> "ItemFeatures":
+                        sample_weight=None, text_tokens=None, text_mask=None, item_entities=None,
+                        item_vectors=None) -> "ItemFeatures":
         """Lay out the rows of ``gold.item_index`` (any order) as tensors indexed by item_idx.
 
         ``item_idx``, ``domain_idx``, ``domain_item_idx``: (n_items,) ints, one per catalog row; ``text_emb``
         (n_items, text_dim), ``item_attr`` (n_items,), ``sample_weight`` (n_items,), ``text_tokens`` and
-        ``text_mask`` (n_items, L), ``item_entities`` (n_items, E) in the same row order.
+        ``text_mask`` (n_items, L), ``item_entities`` (n_items, E), ``item_vectors`` (n_items, V) in the same row order.
         """
         item_idx, domain_idx, local = (torch.as_tensor(a, dtype=torch.long) for a in (item_idx, domain_idx, domain_item_idx))
         n = item_idx.numel()
@@ -114,6 +121,7 @@ class ItemFeatures:
             text_tokens=None if text_tokens is None else scatter(text_tokens, torch.long),
             text_mask=None if text_mask is None else scatter(text_mask, torch.long),
             item_entities=None if item_entities is None else scatter(item_entities, torch.long),
+            item_vectors=None if item_vectors is None else scatter(item_vectors, torch.float32),
         )
 
 
@@ -128,8 +136,9 @@ def init_embedding(e: nn.Embedding) -> None:
 class ItemEncoder(nn.Module):
     """item_idx (...) -> item representation (..., D), shared by the input sequence and the scored items.
 
-    rep = LayerNorm(adapter(text) [+ id_emb] + domain_emb(item_domain) [+ attr_emb(item_attr)] [+ entity]), where
-    entity is the mean of the embeddings of the item's entities (zero for an item without any), and text is
+    rep = LayerNorm(adapter(text) [+ id_emb] + domain_emb(item_domain) [+ attr_emb(item_attr)] [+ entity]
+    [+ vector_proj(vectors)]), where entity is the mean of the embeddings of the item's entities (zero for an item
+    without any), vectors its precomputed vectors of other modalities (zero where it has none), and text is
     the frozen ``text_emb`` row or, with ``text_encoder='finetune'``, the mean-pooled, L2-normalised output
     of all-MiniLM-L6-v2 over the item's tokens with only its top ``finetune_layers`` layers trained.
     """
@@ -150,6 +159,11 @@ class ItemEncoder(nn.Module):
             assert features.item_entities is not None, "n_entities > 0 needs ItemFeatures.item_entities"
             assert int(features.item_entities.max()) <= c.n_entities, f"item_entities exceed n_entities={c.n_entities}"
             self.register_buffer("item_entities", features.item_entities.long().clone())  # (n_items+1, E)
+        self.vector_proj = nn.Linear(c.vector_dim, c.d_model) if c.vector_dim > 0 else None
+        if c.vector_dim > 0:
+            assert features.item_vectors is not None and features.item_vectors.shape[1] == c.vector_dim, (
+                f"vector_dim={c.vector_dim} needs ItemFeatures.item_vectors of that width")
+            self.register_buffer("item_vectors", features.item_vectors.float().clone())  # (n_items+1, V)
         if c.n_attr_values > 0:
             assert int(features.item_attr.max()) <= c.n_attr_values, f"item_attr exceeds n_attr_values={c.n_attr_values}"
         self.text_adapter = nn.Linear(c.text_dim, c.d_model) if c.use_text else None
@@ -210,6 +224,8 @@ class ItemEncoder(nn.Module):
             x = x + self.attr_emb(self.item_attr[idx])
         if self.entity_emb is not None:
             x = x + self.entity_vectors(idx)
+        if self.vector_proj is not None:
+            x = x + self.vector_proj(self.item_vectors[idx])
         return self.ln(x)
 
     def entity_vectors(self, idx: Tensor) -> Tensor:

@@ -216,12 +216,12 @@ def spark_type(name: str):
     """The Spark type of a contract type name (see :func:`type_tree`)."""
     from pyspark.sql import types as T
 
-    def build(tree):
+    def build(tree, in_map: bool = False):
         if isinstance(tree, str):
             return getattr(T, _SIMPLE_TYPES[tree])()
-        if tree[0] == "array":
-            return T.ArrayType(build(tree[1]), containsNull=False)
-        return T.MapType(build(tree[1]), build(tree[2]), valueContainsNull=True)
+        if tree[0] == "array":  # Delta refuses a NOT NULL inside a map's values: there elements may be null
+            return T.ArrayType(build(tree[1], in_map), containsNull=in_map)
+        return T.MapType(build(tree[1], True), build(tree[2], True), valueContainsNull=True)
 
     return build(type_tree(name))
 

@@ -58,6 +58,8 @@ class TrainConfig:
         use_entities: give each item the mean embedding of its attribute entities (silver.item_entities), shared
             across domains; only entities of at least ``min_entity_items`` items, the ``max_entities`` most frequent,
             at most ``max_item_entities`` per item (its most frequent) -- memory stays bounded whatever the catalog.
+        use_vectors: feed each item's precomputed vectors (silver.items.vectors: images, audio, ...) to the item
+            encoder through a learned projection; items without one get zeros.
             (see crossrec.model.config.ModelConfig).
         cold_views: also train on cold-domain views of multi-domain histories (each domain's targets predicted
             from the other domains' events only; see :func:`training_windows`), for users new to a domain.
@@ -110,6 +112,7 @@ class TrainConfig:
     max_entities: int = 100_000
     max_item_entities: int = 8
     min_entity_items: int = 2
+    use_vectors: bool = True
     cold_views: bool = True
     terms: tuple[str, ...] | None = None
     input_domains: tuple[str, ...] | None = None
@@ -177,7 +180,8 @@ class TrainConfig:
         return "finetune" if use_gpu else "frozen"
 
     def model_config(self, n_items: int, n_domains: int, text_dim: int, n_attr_values: int = 0,
-                     largest_domain: int | None = None, text_encoder: str = "frozen", n_entities: int = 0):
+                     largest_domain: int | None = None, text_encoder: str = "frozen", n_entities: int = 0,
+                     vector_dim: int = 0):
         """The model's :class:`~crossrec.model.config.ModelConfig`; ``largest_domain`` (items of the largest domain,
         default ``n_items``) resolves ``loss='auto'``, ``text_encoder`` is :meth:`resolved_text_encoder`'s."""
         return ModelConfig(n_items=n_items, n_domains=n_domains, text_dim=text_dim, d_model=self.d_model,
@@ -186,7 +190,8 @@ class TrainConfig:
                            use_id_embedding=self.use_id_embedding,
                            loss=self.resolved_loss(n_items if largest_domain is None else largest_domain),
                            n_negatives=self.n_negatives, id_dropout=self.id_dropout, n_attr_values=n_attr_values,
-                           text_encoder=text_encoder, finetune_layers=self.finetune_layers, n_entities=n_entities)
+                           text_encoder=text_encoder, finetune_layers=self.finetune_layers, n_entities=n_entities,
+                           vector_dim=vector_dim)
 
     def fingerprint(self, versions: Mapping[str, int]) -> str:
         """8 hex of sha256 over what determines the model: hyper-parameters, workers (the global batch),

@@ -89,6 +89,7 @@ class TrainingData:
     refit_untrained: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # ids in no refit window
     sampled_users: set | None = None  # the users trained on when max_users sampled them (None: every user)
     entities: list[str] = field(default_factory=list)  # entity id k (1-based) is entities[k - 1] (add_item_entities)
+    vector_modalities: list[tuple[str, int]] = field(default_factory=list)  # (modality, dim), in item_vectors' order
 
     def model_config(self, cfg: TrainConfig, text_encoder: str = "frozen"):
         """The :class:`~crossrec.model.config.ModelConfig` of ``cfg`` for this catalog: its items, domains, text width
@@ -97,7 +98,8 @@ class TrainingData:
         return cfg.model_config(len(self.catalog[C.ITEM_IDX]), len(self.domains), 384 if emb is None else emb.shape[1],
                                 int(self.catalog["item_attr"].max()),
                                 largest_domain=int(np.bincount(self.catalog[C.DOMAIN_IDX]).max()),
-                                text_encoder=text_encoder, n_entities=len(self.entities))
+                                text_encoder=text_encoder, n_entities=len(self.entities),
+                                vector_dim=sum(d for _, d in self.vector_modalities))
 
 
 def _table_path(lake_root: str, table: str) -> str:
@@ -308,6 +310,43 @@ def add_item_entities(cfg: TrainConfig, data: TrainingData) -> dict[str, int]:
     return {"silver.item_entities": version}
 
 
+def add_item_vectors(cfg: TrainConfig, data: TrainingData) -> dict[str, int]:
+    """Put each catalog item's precomputed vectors in ``data.catalog["item_vectors"]`` ((n_items, V) float32, catalog
+    row order, the modalities side by side in name order, zeros where an item has none) and ``data.vector_modalities``,
+    from ``silver.items.vectors``; returns ``{"silver.items": version read}``, or ``{}`` when no item has a vector."""
+    from deltalake import DeltaTable
+
+    t0 = time.time()
+    table = DeltaTable(_table_path(cfg.lake_root, "silver.items"),
+                       version=resolve_versions(cfg.lake_root, None, ("silver.items",))["silver.items"])
+    if C.VECTORS not in table.schema().to_arrow().names:  # a lake cleaned before vectors existed
+        return {}
+    items = table.to_pandas(columns=[C.DOMAIN, C.ITEM_ID, C.VECTORS])
+    rows = data.item_index[[C.DOMAIN, C.ITEM_ID]].merge(items, on=[C.DOMAIN, C.ITEM_ID], how="left", validate="one_to_one")
+    maps = [dict(m) if m is not None and len(m) else {} for m in rows[C.VECTORS].values]
+    dims: dict[str, int] = {}
+    for m in maps:
+        for modality, vec in m.items():
+            if dims.setdefault(modality, len(vec)) != len(vec):
+                raise ValueError(f"silver.items: {modality!r} vectors of lengths {dims[modality]} and {len(vec)}")
+    if not dims:
+        return {}
+    order = sorted(dims)
+    offsets = np.cumsum([0] + [dims[m] for m in order])
+    out = np.zeros((len(rows), int(offsets[-1])), dtype=np.float32)
+    have = np.zeros((len(rows), len(order)), dtype=bool)
+    for r, m in enumerate(maps):
+        for k, modality in enumerate(order):
+            if modality in m:
+                out[r, offsets[k]:offsets[k + 1]] = np.asarray(m[modality], dtype=np.float32)
+                have[r, k] = True
+    data.catalog["item_vectors"], data.vector_modalities = out, [(m, dims[m]) for m in order]
+    log.info("item vectors: %s, %s of %d items have one, from silver.items v%d in %.1fs",
+             ", ".join(f"{m} ({dims[m]})" for m in order), "/".join(str(int(c)) for c in have.sum(0)), len(rows),
+             table.version(), time.time() - t0)
+    return {"silver.items": table.version()}
+
+
 def add_item_tokens(cfg: TrainConfig, data: TrainingData) -> dict[str, int]:
     """Put each catalog item's text tokens in ``data.catalog`` (``text_tokens``, ``text_mask``: (n_items, L) in catalog
     row order), for a fine-tuned text encoder; returns ``{"silver.items": version read}``.
@@ -348,6 +387,6 @@ def add_item_tokens(cfg: TrainConfig, data: TrainingData) -> dict[str, int]:
     return {"silver.items": items_table.version()}
 
 
-__all__ = ["TrainingData", "resolve_versions", "load_training_data", "add_item_tokens", "add_item_entities",
+__all__ = ["TrainingData", "resolve_versions", "load_training_data", "add_item_tokens", "add_item_entities", "add_item_vectors",
            "entity_vocabulary", "restrict_to_domains",
            "sample_users", "sample_user_ids", "user_slices"]

@@ -29,7 +29,8 @@ import numpy as np
 from crossrec.train.artifact import write_artifact
 from crossrec.train.checkpoint import final_state
 from crossrec.train.config import GOLD_TABLES, METRIC, TrainConfig, model_version
-from crossrec.train.data import add_item_entities, add_item_tokens, load_training_data, resolve_versions
+from crossrec.train.data import (add_item_entities, add_item_tokens, add_item_vectors, load_training_data,
+                                 resolve_versions)
 from crossrec.train.worker import train_loop_per_worker
 
 if TYPE_CHECKING:
@@ -132,6 +133,7 @@ def train(cfg: TrainConfig) -> Path | str:
     assert data.train.num_rows >= cfg.workers, f"{data.train.num_rows} training windows for {cfg.workers} workers"
     assert data.valid.num_rows >= 1, "gold.user_sequences has no valid rows: nothing to select a model on"
     entity_source = add_item_entities(cfg, data) if cfg.use_entities else {}
+    vector_source = add_item_vectors(cfg, data) if cfg.use_vectors else {}
 
     started = not ray.is_initialized()
     address = ray_address(cfg.ray_address) if started else None
@@ -205,6 +207,8 @@ def train(cfg: TrainConfig) -> Path | str:
         "text_tokens_from": text_source,
         "entities_from": entity_source or None,
         "n_entities": len(data.entities),
+        "vectors_from": vector_source or None,
+        "vector_modalities": [list(m) for m in data.vector_modalities],
         "train_windows": data.train.num_rows,
         "wall_time_s": time.time() - t0,
         "train_time_s": train_s,

@@ -59,6 +59,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-entities", dest="use_entities", action="store_false",
                    help="no entity embeddings (default: each item gets the mean embedding of its attribute entities "
                         "from silver.item_entities, shared across domains)")
+    g.add_argument("--no-vectors", dest="use_vectors", action="store_false",
+                   help="do not feed the items' precomputed vectors (silver.items.vectors) to the model (default: "
+                        "feed them through a learned projection)")
     g.add_argument("--no-categories", dest="use_categories", action="store_false",
                    help="no category embedding (default: one per (domain, category) of gold.item_index)")
     g.add_argument("--no-cold-views", dest="cold_views", action="store_false",
@@ -108,7 +111,7 @@ def train_config(cfg: CrossrecConfig, a: argparse.Namespace) -> TrainConfig:
     same = ("workers", "use_gpu", "cpus_per_worker", "epochs", "batch_size", "lr", "weight_decay", "lr_schedule",
             "patience", "d_model", "n_layers", "n_heads", "dropout", "loss", "n_negatives", "use_text",
             "use_id_embedding", "id_dropout", "finetune_layers", "text_max_tokens", "text_lr_scale", "refit",
-            "use_categories", "use_entities", "cold_views", "max_users", "max_failures", "storage_path", "model_root", "ray_address")
+            "use_categories", "use_entities", "use_vectors", "cold_views", "max_users", "max_failures", "storage_path", "model_root", "ray_address")
     return TrainConfig(
         lake_root=cfg.lake_uri, max_seq_len=cfg.max_seq_len, seed=cfg.seed, text_encoder=cfg.text_encoder,
         terms=None if a.terms is None else () if a.terms == "none" else tuple(n for n in a.terms.split(",") if n),

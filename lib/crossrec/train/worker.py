@@ -43,7 +43,7 @@ def item_features(catalog: Mapping[str, np.ndarray]):
 
     # copies: arrays from the object store are read-only, torch wants writable memory
     emb = None if catalog["text_emb"] is None else np.array(catalog["text_emb"])
-    tokens = {k: np.array(catalog[k]) for k in ("text_tokens", "text_mask", "item_entities") if catalog.get(k) is not None}
+    tokens = {k: np.array(catalog[k]) for k in ("text_tokens", "text_mask", "item_entities", "item_vectors") if catalog.get(k) is not None}
     return ItemFeatures.from_item_index(np.array(catalog[C.ITEM_IDX]), np.array(catalog[C.DOMAIN_IDX]),
                                         np.array(catalog[C.DOMAIN_ITEM_IDX]), text_emb=emb,
                                         item_attr=np.array(catalog["item_attr"]),
