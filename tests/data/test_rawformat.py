@@ -475,17 +475,24 @@ def test_entity_declarations_type_separator_and_opt_out(tiny_raw):
         "author": ("person", ";"), "Brand Name": ("brand_name", None)}
 
 
-@pytest.mark.parametrize("entities, message", [
-    ({"publisher": {}}, "entities: ['publisher'] not among attribute_columns ['author']"),
-    ({"author": {"type": "Person"}}, "entities.author.type: must match [a-z0-9_]+, got 'Person'"),
-    ({"author": {"separator": ""}}, "entities.author.separator: expected a non-empty string, got ''"),
-    ({"author": {"kind": "person"}}, "entities.author: unknown key(s) ['kind']"),
-    ({"author": "person"}, "entities.author: expected an object with 'type' and/or 'separator', or false"),
-    (["author"], "entities: expected an object of attribute column"),
+@pytest.mark.parametrize("key, value, message", [
+    ("entities", {"publisher": {}}, "entities: ['publisher'] not among attribute_columns ['author']"),
+    ("entities", {"author": {"type": "Person"}}, "entities.author.type: must match [a-z0-9_]+, got 'Person'"),
+    ("entities", {"author": {"separator": ""}}, "entities.author.separator: expected a non-empty string, got ''"),
+    ("entities", {"author": {"kind": "person"}}, "entities.author: unknown key(s) ['kind']"),
+    ("entities", {"author": "person"}, "entities.author: expected an object with 'type' and/or 'separator', or false"),
+    ("entities", ["author"], "entities: expected an object of attribute column"),
+    ("vectors", {"cover": {"dim": 0, "modality": "image"}}, "vectors.cover.dim: expected an integer in [1, 4096], got 0"),
+    ("vectors", {"cover": {"dim": True, "modality": "image"}}, "vectors.cover.dim: expected an integer in [1, 4096], got True"),
+    ("vectors", {"cover": {"dim": 4, "modality": "Image"}}, "vectors.cover.modality: must match [a-z0-9_]+, got 'Image'"),
+    ("vectors", {"cover": {"dim": 4, "modality": "image", "norm": 1}}, "vectors.cover: unknown key(s) ['norm']"),
+    ("vectors", {"title": {"dim": 4, "modality": "image"}}, "vectors.title: a vector column cannot also be a mapped, text or attribute"),
+    ("vectors", {"a": {"dim": 4, "modality": "image"}, "b": {"dim": 4, "modality": "image"}}, "vectors.b.modality: 'image' is declared twice"),
+    ("vectors", [1], "vectors: expected an object of raw column"),
 ])
-def test_bad_entity_declarations_are_named(tiny_raw, entities, message):
+def test_bad_entity_and_vector_declarations_are_named(tiny_raw, key, value, message):
     spec = _spec(tiny_raw)
-    spec["domains"]["books"]["items"]["entities"] = entities
+    spec["domains"]["books"]["items"][key] = value
     _save(tiny_raw, spec)
     assert message in _error(tiny_raw)
 
@@ -506,22 +513,6 @@ def test_vector_columns_are_declared_with_dim_and_modality(tiny_raw):
     books = ds.file_set("items", "books")
     assert books.vectors == {"cover": (16, "image")} and "cover" in books.raw_columns
     assert ds.file_set("interactions", "books").vectors == {}
-
-
-@pytest.mark.parametrize("vectors, message", [
-    ({"cover": {"dim": 0, "modality": "image"}}, "vectors.cover.dim: expected an integer in [1, 4096], got 0"),
-    ({"cover": {"dim": True, "modality": "image"}}, "vectors.cover.dim: expected an integer in [1, 4096], got True"),
-    ({"cover": {"dim": 4, "modality": "Image"}}, "vectors.cover.modality: must match [a-z0-9_]+, got 'Image'"),
-    ({"cover": {"dim": 4, "modality": "image", "norm": 1}}, "vectors.cover: unknown key(s) ['norm']"),
-    ({"title": {"dim": 4, "modality": "image"}}, "vectors.title: a vector column cannot also be a mapped, text or attribute"),
-    ({"a": {"dim": 4, "modality": "image"}, "b": {"dim": 4, "modality": "image"}}, "vectors.b.modality: 'image' is declared twice"),
-    ([1], "vectors: expected an object of raw column"),
-])
-def test_bad_vector_declarations_are_named(tiny_raw, vectors, message):
-    spec = _spec(tiny_raw)
-    spec["domains"]["books"]["items"]["vectors"] = vectors
-    _save(tiny_raw, spec)
-    assert message in _error(tiny_raw)
 
 
 def test_one_modality_has_one_dim_in_every_domain(tiny_raw):
