@@ -23,7 +23,7 @@ def ts(h):
 
 def items_df(spark, rows):
     """rows: (domain, item_id)."""
-    full = [(i, d, i.upper(), f"text {i}", "cat", {"brand": "b"}, "r", "s") for d, i in rows]
+    full = [(i, d, i.upper(), f"text {i}", "cat", {"brand": "b"}, "r", "s", {}) for d, i in rows]
     return spark.createDataFrame(full, load_contract("silver.items").spark_schema())
 
 

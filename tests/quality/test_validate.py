@@ -17,7 +17,7 @@ T = dt.datetime(2021, 1, 1)
 
 def frames(spark, inter_rows):
     c = load_contract("silver.interactions")
-    items = spark.createDataFrame([("b1", "books", "t", "t", None, {}, "r", "s")], load_contract("silver.items").spark_schema())
+    items = spark.createDataFrame([("b1", "books", "t", "t", None, {}, "r", "s", {})], load_contract("silver.items").spark_schema())
     return c, spark.createDataFrame(inter_rows, c.spark_schema()), items
 
 
