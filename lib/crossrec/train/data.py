@@ -316,9 +316,14 @@ def add_item_vectors(cfg: TrainConfig, data: TrainingData) -> dict[str, int]:
     from ``silver.items.vectors``; returns ``{"silver.items": version read}``, or ``{}`` when no item has a vector."""
     from deltalake import DeltaTable
 
+    from crossrec.data.rawformat import RawFormatError
+
     t0 = time.time()
-    table = DeltaTable(_table_path(cfg.lake_root, "silver.items"),
-                       version=resolve_versions(cfg.lake_root, None, ("silver.items",))["silver.items"])
+    try:
+        version = resolve_versions(cfg.lake_root, None, ("silver.items",))["silver.items"]
+    except RawFormatError:  # a lake of gold tables only: no vectors
+        return {}
+    table = DeltaTable(_table_path(cfg.lake_root, "silver.items"), version=version)
     if C.VECTORS not in table.schema().to_arrow().names:  # a lake cleaned before vectors existed
         return {}
     items = table.to_pandas(columns=[C.DOMAIN, C.ITEM_ID, C.VECTORS])
