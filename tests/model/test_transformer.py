@@ -507,3 +507,29 @@ def test_item_vectors_enter_through_a_learned_projection_and_round_trip(tmp_path
     assert torch.equal(back.item_encoder.item_vectors, vecs)
     with pytest.raises(AssertionError, match="vector_dim=4 needs ItemFeatures.item_vectors of that width"):
         tiny_model(feats, vector_dim=4)
+
+
+def test_a_taste_only_the_vectors_carry_transfers_to_never_seen_items():
+    """The topic world with the topic moved from the text into the item vectors: the text is noise, so only the
+    vector projection can rank never-seen domain-B items by the topic a user read in domain A."""
+    feats, topic, seen, train_batch, test_batch = topic_world(seed=1)
+    g = torch.Generator().manual_seed(2)
+    n = feats.item_domain.shape[0]
+    vecs = torch.zeros(n, N_TOPICS + 2)
+    vecs[torch.arange(1, n), topic[1:]] = 1.0
+    vecs[1:] += 0.1 * torch.randn(n - 1, N_TOPICS + 2, generator=g)
+    noise_text = F.normalize(torch.randn(n, feats.text_emb.shape[1], generator=g), dim=-1)
+    plain = ItemFeatures(noise_text, feats.item_domain, feats.item_attr, feats.domain_items)
+    with_vectors = ItemFeatures(noise_text, feats.item_domain, feats.item_attr, feats.domain_items,
+                                item_vectors=vecs)
+    unseen = ~seen[feats.domain_items[1]]
+
+    def trained(f, **kw):
+        torch.manual_seed(0)
+        model = CrossDomainTransformer(tiny_config(f, d_model=32, n_layers=1, dropout=0.1, **kw), f)
+        train(model, train_batch, steps=60)
+        return model.eval()
+
+    found = topic_auc(trained(with_vectors, vector_dim=N_TOPICS + 2), with_vectors, topic, test_batch, unseen)
+    text_only = topic_auc(trained(plain), plain, topic, test_batch, unseen)
+    assert found > 0.9 and text_only < 0.7, (found, text_only)
