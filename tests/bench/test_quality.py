@@ -41,7 +41,7 @@ def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_
     # cold-start assertions compare
     spec = QualitySpec(raw_dir=str(raw), out_dir=str(out), lake_root=str(lake), reuse_lake=True, workers=2,
                        baselines=("pop", "itemknn"), crossrec_args=SMALL,
-                       sasrec_args=(*SMALL, "--epochs", "1", "--workers", "1"), ablations=("entities",),
+                       sasrec_args=(*SMALL, "--epochs", "1", "--workers", "1"),
                        extra_env={"CROSSREC_PSEUDONYM_KEY": "", "CROSSREC_PSEUDONYM_KEY_FILE": ""})
     # every step in this process: evaluation on the tests' Spark session, the three trainings on one Ray instance
     # (each job process would pay its imports, and each training a Ray start)
@@ -63,23 +63,15 @@ def test_quality_bench_reports_every_model_and_cross_domain_beats_single_domain_
             r["n_users"] for r in recs if (r["model"], r["domain"], r["segment"], r["metric"]) == (model, domain, segment, "ndcg"))
     assert "Paired differences with the best baseline" in (out / "quality.md").read_text()
     assert {r["segment"] for r in recs} >= {"all", "cold_start"}
-    assert set(q["wall_times_s"]) == {"crossrec", "crossrec-alone", "sasrec", "pop", "itemknn", "crossrec-no-entities",
-                                      "crossrec-alone-no-entities"}
-    # the ablation: the same model without entities, compared with its full counterpart only, never a baseline
-    abl = q["ablations"]
-    assert {r["model"] for r in abl if r["metric"] == "ndcg"} == {"crossrec-no-entities", "crossrec-alone-no-entities"}
-    pairs_abl = {(r["model"], r["vs"]) for r in abl if r["metric"] == "ndcg_paired_diff"}
-    assert pairs_abl == {("crossrec", "crossrec-no-entities"), ("crossrec-alone", "crossrec-alone-no-entities")}
-    assert "## Ablations (NDCG@10)" in (out / "quality.md").read_text()
-    with_e = json.loads((next((out / "models" / "crossrec").glob("2*")) / "metrics.json").read_text())
-    without = json.loads((next((out / "models" / "crossrec-no-entities").glob("2*")) / "metrics.json").read_text())
-    assert with_e["n_entities"] > 0 and without["n_entities"] == 0
+    assert set(q["wall_times_s"]) == {"crossrec", "crossrec-alone", "sasrec", "pop", "itemknn"}
+    assert q["ablations"] == [] and "## Ablations" not in (out / "quality.md").read_text()
+    trained = json.loads((next((out / "models" / "crossrec").glob("2*")) / "metrics.json").read_text())
+    assert trained["n_entities"] > 0, "the generated entities reach the bench's model"
     assert q["wall_times_s"]["crossrec"] > 0 and q["train_times_s"]["crossrec-alone"] == q["train_times_s"]["crossrec"]
     assert q["config"]["reuse_lake"] and not {"ingest", "clean", "features"} & set(q["stages_s"])
     assert (out / "pseudonym.key").exists(), "no key configured: the bench made a throwaway one"
     logs = {p.name: p.read_text() for p in (out / "logs").iterdir()}
-    assert set(logs) == {"train-crossrec.log", "train-crossrec-no-entities.log", "train-sasrec-books.log",
-                         "train-sasrec-movies.log", "evaluate.log"}
+    assert set(logs) == {"train-crossrec.log", "train-sasrec-books.log", "train-sasrec-movies.log", "evaluate.log"}
     assert "crossrec.evaluate.stage" in logs["evaluate.log"], "the in-process step's log lines went to its log file"
     md = (out / "quality.md").read_text()
     assert "crossrec vs the best other model" in md and "| sasrec |" in md
@@ -206,3 +198,55 @@ def test_the_seed_reaches_the_cold_start_sample_and_every_training(tmp_path, mon
 
     assert {name: seed_of(args) for name, args in calls.items()} == {
         "ingest": None, "clean": None, "features": "7", "train-crossrec": "7", "train-sasrec-books": "7"}
+
+
+def test_an_ablation_trains_crossrec_again_without_the_component_and_is_reported_apart(tmp_path, monkeypatch):
+    """``--ablation``: one more training with the component's flag (after the bench's own flags, so it wins), both of
+    its models evaluated as the full model's pair, and their figures kept out of the records the baselines share."""
+    import pandas as pd
+
+    import crossrec.bench.quality as quality
+    import crossrec.io.readers as readers
+
+    raw = tmp_path / "raw"
+    generate(str(raw), SyntheticSpec(users=20, domains=2, items_per_domain=20, seed=1))
+    calls: dict[str, list[str]] = {}
+    ndcg = {"crossrec": 0.12, "crossrec-alone": 0.11, "crossrec-no-vectors": 0.10, "crossrec-alone-no-vectors": 0.10,
+            "pop": 0.05}
+
+    def run(name, stage, args, out, env, inline):
+        calls[name] = args
+        if stage == "train":
+            root = Path(args[args.index("--model-root") + 1])
+            (root / "v1").mkdir(parents=True)
+            (root / "v1" / "config.json").write_text("{}")
+        if stage == "evaluate":
+            names = [a.split("=", 1)[0] for a in args[1:] if "=" in a] + ["pop"]
+            records = [{"model": m, "domain": "books", "segment": "cold_start", "metric": "ndcg", "k": 10,
+                        "value": ndcg[m], "se": 0.01, "n_users": 40} for m in names]
+            paired = [{"model": a, "vs": b, "domain": "books", "segment": "cold_start", "metric": "ndcg_paired_diff",
+                       "k": 10, "value": ndcg[a] - ndcg[b], "se": 0.005, "n_users": 40}
+                      for a, b in ((p + ":pop").split(":")[:2] for p in args[args.index("--paired") + 1].split(","))]
+            folder = Path(args[args.index("--out") + 1])
+            folder.mkdir(parents=True)
+            (folder / "metrics.json").write_text(json.dumps(
+                {"records": records, "paired": paired, "versions": {}, "seconds": {m: 1.0 for m in names}}))
+        return 2.0
+
+    monkeypatch.setattr(quality, "_run_job", run)
+    monkeypatch.setattr(readers, "read_table", lambda *a, **k: pd.DataFrame({"domain": ["books"]}))
+    q = run_quality(QualitySpec(raw_dir=str(raw), out_dir=str(tmp_path / "out"), single_domain=False, baselines=("pop",),
+                                crossrec_args=("--d-model", "8"), ablations=("vectors",)))
+
+    ablated = calls["train-crossrec-no-vectors"]
+    assert ablated[-1] == "--no-vectors" and [a.replace("crossrec-no-vectors", "crossrec") for a in ablated[:-1]] == (
+        calls["train-crossrec"]), "the same training as crossrec's, into a root of its own, without the component"
+    ev = calls["evaluate"]
+    assert ev[ev.index("--paired") + 1] == "crossrec,crossrec-alone,crossrec:crossrec-no-vectors,crossrec-alone:crossrec-alone-no-vectors"
+    assert {r["model"] for r in q["records"]} == {"crossrec", "crossrec-alone", "pop"}, "an ablated model is no baseline"
+    assert {(r["model"], r.get("vs")) for r in q["ablations"]} == {
+        ("crossrec-no-vectors", None), ("crossrec-alone-no-vectors", None),
+        ("crossrec", "crossrec-no-vectors"), ("crossrec-alone", "crossrec-alone-no-vectors")}
+    assert q["train_times_s"]["crossrec-alone-no-vectors"] == 2.0 and q["config"]["ablations"] == {"vectors": ["--no-vectors"]}
+    md = (tmp_path / "out" / "quality.md").read_text()
+    assert "| crossrec | crossrec-no-vectors | books | cold_start | 0.1200 | 0.1000 | 1.20x | +0.0200 ± 0.0050 | +4.0 |" in md
