@@ -30,7 +30,8 @@ def test_vectors_flow_from_raw_files_to_the_model(spark, ray_local, tmp_path):
     bad["style_vec"] = [1.0, 2.0]
     movies.write_text("\n".join([json.dumps(bad)] + lines[1:]) + "\n")
 
-    assert prepare.main(job_args(raw, lake, key)) == 0  # with the tables' checks
+    # the tables' checks are left out (CI time): the contract's vectors column is validated by the tests of validate
+    assert prepare.main(job_args(raw, lake, key, "--no-validate")) == 0
     items = read_table(str(lake), "silver.items", columns=["domain", "item_id", "vectors"])
     sizes = items.vectors.map(lambda m: {k: len(v) for k, v in dict(m).items()})
     assert (sizes[items.item_id != bad["movie_id"]] == {"image": VECTOR_DIM}).all(), "CSV text and JSON lists alike"
@@ -47,5 +48,6 @@ def test_vectors_flow_from_raw_files_to_the_model(spark, ray_local, tmp_path):
     index = art.item_index.set_index(["domain", "item_id"]).item_idx
     got = art.model.item_encoder.item_vectors
     first = items[items.item_id != bad["movie_id"]].iloc[0]
-    assert np.allclose(got[index[(first.domain, first.item_id)]].numpy(), np.asarray(dict(first.vectors)["image"]))
+    raw_vec = np.asarray(dict(first.vectors)["image"])
+    assert np.allclose(got[index[(first.domain, first.item_id)]].numpy(), raw_vec / np.linalg.norm(raw_vec)), "unit length"
     assert not got[index[("movies", bad["movie_id"])]].any(), "an item without a vector gets zeros"

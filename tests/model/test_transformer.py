@@ -511,7 +511,8 @@ def test_item_vectors_enter_through_a_learned_projection_and_round_trip(tmp_path
 
 def test_a_taste_only_the_vectors_carry_transfers_to_never_seen_items():
     """The topic world with the topic moved from the text into the item vectors: the text is noise, so only the
-    vector projection can rank never-seen domain-B items by the topic a user read in domain A."""
+    vector projection can rank never-seen domain-B items by the topic a user read in domain A (their id vectors
+    cleared, as training clears those of items in no training window)."""
     feats, topic, seen, train_batch, test_batch = topic_world(seed=1)
     g = torch.Generator().manual_seed(2)
     n = feats.item_domain.shape[0]
@@ -528,8 +529,9 @@ def test_a_taste_only_the_vectors_carry_transfers_to_never_seen_items():
         torch.manual_seed(0)
         model = CrossDomainTransformer(tiny_config(f, d_model=32, n_layers=1, dropout=0.1, **kw), f)
         train(model, train_batch, steps=60)
+        model.clear_id_embeddings(f.domain_items[1][unseen])
         return model.eval()
 
     found = topic_auc(trained(with_vectors, vector_dim=N_TOPICS + 2), with_vectors, topic, test_batch, unseen)
     text_only = topic_auc(trained(plain), plain, topic, test_batch, unseen)
-    assert found > 0.9 and text_only < 0.7, (found, text_only)
+    assert found > 0.85 and text_only < 0.65, (found, text_only)

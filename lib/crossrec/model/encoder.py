@@ -39,7 +39,8 @@ class ItemFeatures:
         item_entities: (n_items+1, E) long, each item's entity ids 1..n_entities, 0 = none (padding); None = no
             entities.
         item_vectors: (n_items+1, V) float, each item's precomputed vectors (images, audio, ...; the modalities side by
-            side), zeros where an item has none; None = no vectors.
+            side, each modality of unit length as the training data scales them), zeros where an item has none; None = no
+            vectors.
     """
 
     text_emb: Tensor | None
@@ -159,7 +160,8 @@ class ItemEncoder(nn.Module):
             assert features.item_entities is not None, "n_entities > 0 needs ItemFeatures.item_entities"
             assert int(features.item_entities.max()) <= c.n_entities, f"item_entities exceed n_entities={c.n_entities}"
             self.register_buffer("item_entities", features.item_entities.long().clone())  # (n_items+1, E)
-        self.vector_proj = nn.Linear(c.vector_dim, c.d_model) if c.vector_dim > 0 else None
+        # no bias: an item without vectors (zeros) gets nothing from them; small weights, as the embeddings'
+        self.vector_proj = nn.Linear(c.vector_dim, c.d_model, bias=False) if c.vector_dim > 0 else None
         if c.vector_dim > 0:
             assert features.item_vectors is not None and features.item_vectors.shape[1] == c.vector_dim, (
                 f"vector_dim={c.vector_dim} needs ItemFeatures.item_vectors of that width")
@@ -188,6 +190,8 @@ class ItemEncoder(nn.Module):
         for e in (self.domain_emb, self.id_emb, self.attr_emb, self.entity_emb):
             if e is not None:
                 init_embedding(e)
+        if self.vector_proj is not None:
+            nn.init.normal_(self.vector_proj.weight, std=0.02)
 
     def text_vectors(self, idx: Tensor) -> Tensor:
         """(...) item ids -> (..., text_dim) text vectors (frozen table or fine-tuned encoder)."""

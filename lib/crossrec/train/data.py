@@ -312,8 +312,12 @@ def add_item_entities(cfg: TrainConfig, data: TrainingData) -> dict[str, int]:
 
 def add_item_vectors(cfg: TrainConfig, data: TrainingData) -> dict[str, int]:
     """Put each catalog item's precomputed vectors in ``data.catalog["item_vectors"]`` ((n_items, V) float32, catalog
-    row order, the modalities side by side in name order, zeros where an item has none) and ``data.vector_modalities``,
-    from ``silver.items.vectors``; returns ``{"silver.items": version read}``, or ``{}`` when no item has a vector."""
+    row order, the modalities side by side in name order, each scaled to unit length, zeros where an item has none)
+    and ``data.vector_modalities``, from ``silver.items.vectors``; returns ``{"silver.items": version read}``, or ``{}``
+    when no item has a vector.
+
+    Unit length, as the text vectors: an upstream embedding's scale is its model's accident, not the item's, and an
+    unscaled one would drown the other parts of the item representation at the start of training."""
     from deltalake import DeltaTable
 
     from crossrec.data.rawformat import RawFormatError
@@ -343,7 +347,9 @@ def add_item_vectors(cfg: TrainConfig, data: TrainingData) -> dict[str, int]:
     for r, m in enumerate(maps):
         for k, modality in enumerate(order):
             if modality in m:
-                out[r, offsets[k]:offsets[k + 1]] = np.asarray(m[modality], dtype=np.float32)
+                vec = np.asarray(m[modality], dtype=np.float32)
+                norm = float(np.linalg.norm(vec))
+                out[r, offsets[k]:offsets[k + 1]] = vec / norm if norm > 0 else vec
                 have[r, k] = True
     data.catalog["item_vectors"], data.vector_modalities = out, [(m, dims[m]) for m in order]
     log.info("item vectors: %s, %s of %d items have one, from silver.items v%d in %.1fs",
