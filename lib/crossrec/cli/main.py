@@ -90,6 +90,9 @@ def _generate(argv: list[str]) -> int:
     p.add_argument("--vector-signal", choices=VECTOR_SIGNALS, default=d.vector_signal,
                    help="creator: items carry a precomputed vector (style_vec, modality image) coding their creator, "
                         f"the same code in every domain, and users keep to a favourite creator (default {d.vector_signal})")
+    p.add_argument("--new-items", type=float, default=d.new_items, metavar="SHARE",
+                   help="share of each domain's items released last: only a user's latest event of the domain (its "
+                        f"test target) picks one, so they are the evaluation's cold items (default {d.new_items:g})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--overwrite", action="store_true", help="replace a data set generated earlier in OUT (same spec -> same bytes)")
     a = p.parse_args(argv)
@@ -97,7 +100,7 @@ def _generate(argv: list[str]) -> int:
     spec = SyntheticSpec(
         users=a.users, domains=a.domains, items_per_domain=a.items_per_domain, mean_events_per_user=a.mean_events,
         topics=a.topics, single_domain_share=a.single_domain_share, dirty_rate=a.dirty_rate, seed=a.seed,
-        text_signal=a.text_signal, entity_signal=a.entity_signal, vector_signal=a.vector_signal,
+        text_signal=a.text_signal, entity_signal=a.entity_signal, vector_signal=a.vector_signal, new_items=a.new_items,
     )
     try:
         manifest = generate(a.out, spec, overwrite=a.overwrite)

@@ -192,6 +192,8 @@ class DomainCatalog:
     topic_of: np.ndarray | None = None  # (N,) each item's topic
     creator: np.ndarray | None = None  # (N,) each item's creator slot in its topic (entity_signal="shared")
     n_creators: int = 4  # creator slots per topic
+    new: np.ndarray | None = None  # (N,) bool: new releases (``new_items``), None = none
+    twin: np.ndarray | None = None  # (N,) an old item of the same topic and creator for each new one (itself if old)
 
     def sample(self, topic: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Item index for each (topic, uniform in [0, 1)) pair, Zipf-like within the topic."""
@@ -208,6 +210,23 @@ class DomainCatalog:
         count = np.searchsorted(key[order], group, side="right") - start
         pick = order[np.minimum(start + np.floor(u * count).astype(np.int64), len(order) - 1)]
         return np.where(count > 0, pick, self.sample(topic, u))
+
+
+
+def new_item_twins(topic_of: np.ndarray, creator: np.ndarray, new: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """(N,) for each item itself when it is old; when new, an old item of its topic and creator picked by ``u`` (N,
+    uniform), of its topic when the creator has no old item, itself when the topic has none."""
+    twin = np.arange(len(new))
+    want = np.flatnonzero(new)
+    for key in (topic_of * 1_000_000 + creator, topic_of):  # (topic, creator) first, then the topic
+        old = np.flatnonzero(~new)
+        order = old[np.argsort(key[old], kind="stable")]
+        start = np.searchsorted(key[order], key[want], side="left")
+        count = np.searchsorted(key[order], key[want], side="right") - start
+        found = count > 0
+        twin[want[found]] = order[start[found] + np.floor(u[want[found]] * count[found]).astype(np.int64)]
+        want = want[~found]
+    return twin
 
 
 def topic_naming(spec: SyntheticSpec, index: int) -> np.ndarray:
@@ -302,9 +321,15 @@ def build_domain_catalog(layout: Layout, spec: SyntheticSpec, rng: np.random.Gen
     n_creators = 2 if layout.kind == "generic" else 4
     if spec.vector_signal == "creator":  # drawn aside: the other columns do not change
         columns["style_vec"] = style_vectors(spec, index, topic_of, person_pick % n_creators, layout.fmt)
+    new = twin = None
+    if spec.new_items > 0:  # drawn aside too
+        aside = np.random.default_rng(np.random.SeedSequence([spec.seed, 0x4E1, index]))
+        new = aside.random(n) < spec.new_items
+        twin = new_item_twins(topic_of, person_pick % n_creators, new, aside.random(n))
     return DomainCatalog(ids, columns, np.concatenate(cdf_parts), np.concatenate(item_parts).astype(np.int64),
-                         topic_of=topic_of, creator=person_pick % n_creators, n_creators=n_creators)
+                         topic_of=topic_of, creator=person_pick % n_creators, n_creators=n_creators, new=new, twin=twin)
 
 
 __all__ = ["DOMAIN_NAMES", "FORMATS", "BAD_REASONS", "Theme", "theme_of", "category_name", "domain_name", "Layout",
-           "domain_layout", "make_item_id", "DomainCatalog", "topic_naming", "shared_entities", "build_domain_catalog"]
+           "domain_layout", "make_item_id", "DomainCatalog", "topic_naming", "shared_entities", "new_item_twins",
+           "build_domain_catalog"]
