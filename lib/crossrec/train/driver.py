@@ -127,13 +127,14 @@ def train(cfg: TrainConfig) -> Path | str:
     now = dt.datetime.now(dt.timezone.utc)
     tables = GOLD_TABLES if cfg.use_text else tuple(t for t in GOLD_TABLES if t != "gold.item_embeddings")
     versions = resolve_versions(cfg.lake_root, cfg.versions, tables)
-    version = model_version(cfg, versions, now)
-    log.info("training %s on %s at versions %s", version, cfg.lake_root, versions)
     data = load_training_data(cfg, versions)
     assert data.train.num_rows >= cfg.workers, f"{data.train.num_rows} training windows for {cfg.workers} workers"
     assert data.valid.num_rows >= 1, "gold.user_sequences has no valid rows: nothing to select a model on"
     entity_source = add_item_entities(cfg, data) if cfg.use_entities else {}
     vector_source = add_item_vectors(cfg, data) if cfg.use_vectors else {}
+    # the silver versions the entities and vectors came from are data too: another one is another model (and run)
+    version = model_version(cfg, {**versions, **entity_source, **vector_source}, now)
+    log.info("training %s on %s at versions %s", version, cfg.lake_root, {**versions, **entity_source, **vector_source})
 
     started = not ray.is_initialized()
     address = ray_address(cfg.ray_address) if started else None
