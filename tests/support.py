@@ -128,3 +128,14 @@ def moto_s3(bucket: str):
     boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="test",
                  aws_secret_access_key="test").create_bucket(Bucket=bucket)
     return server, env
+
+
+def best_that_counts(record: dict, min_gain_se: float = 1.0) -> tuple:
+    """The setting the fit must choose: the best NDCG@10 (ties: the smaller weight, then the weaker decay) of those that
+    beat the term off by ``min_gain_se`` paired standard errors, or off when none does."""
+    keys = list(record["params"])
+    off = next(t["value"] for t in record["valid_ndcg@10"] if t["weight"] == 0.0)
+    ok = [t for t in record["valid_ndcg@10"]
+          if t["weight"] == 0.0 or t["value"] - off > 0 and t["value"] - off >= min_gain_se * t["gain_se"]]
+    best = max(ok, key=lambda t: (t["value"], -t["weight"], *(t[k] for k in keys[1:])))
+    return tuple(best[k] for k in keys)

@@ -17,11 +17,14 @@ from crossrec.model.transformer import CrossDomainTransformer  # noqa: E402
 from crossrec.rerank.base import Catalog  # noqa: E402
 
 T0 = 1_600_000_000
+# the tiny catalog's entity ids per item (0 = none): entity 1 on items of both domains, item 3 has two
+ENTITIES = [[0, 0], [1, 0], [1, 2], [0, 0], [3, 0], [2, 0], [1, 0], [3, 2], [0, 0], [2, 0]]
 
 
 @pytest.fixture()
 def tiny():
-    """Items 1..5 in domain 0, 6..9 in domain 1 (random text vectors, not unit length); an untrained model on them.
+    """Items 1..5 in domain 0, 6..9 in domain 1 (random text vectors, not unit length; ``ENTITIES``); an untrained model
+    on them.
 
     ``batch(seqs, T)``: right-padded histories as the model reads them; ``pairs(seed)``: a random same-domain matrix as
     ``(dense (n+1, n+1), {"indptr", "indices", "values"})``; ``catalog()``: the catalog of the model.
@@ -34,10 +37,11 @@ def tiny():
     text[1:] *= torch.linspace(0.5, 3.0, n)[:, None]  # not unit length: the text terms use cosines
     ids = torch.arange(n + 1)
     feats = ItemFeatures(text_emb=text, item_domain=dom, item_attr=torch.zeros(n + 1, dtype=torch.long),
-                         domain_items=[ids[(dom == k) & (ids > 0)] for k in (0, 1)])
+                         domain_items=[ids[(dom == k) & (ids > 0)] for k in (0, 1)],
+                         item_entities=torch.tensor(ENTITIES))
     torch.manual_seed(0)
     model = CrossDomainTransformer(ModelConfig(n_items=n, n_domains=2, text_dim=8, d_model=16, n_layers=2, n_heads=2,
-                                               dropout=0.0, max_seq_len=8), feats).eval()
+                                               dropout=0.0, max_seq_len=8, n_entities=3), feats).eval()
 
     def batch(seqs: list[list[int]], T: int) -> dict:
         item = torch.zeros(len(seqs), T, dtype=torch.long)
@@ -68,7 +72,8 @@ SEQ_COLUMNS = ["user_id", "split", "target_domain", "item_idx", "domain_idx", "e
 @pytest.fixture()
 def two_domains(tmp_path):
     """Books (items 1..12) and movies (13..21). ``valid(rows)`` writes gold tables with ``rows`` (SEQ_COLUMNS) and
-    returns their valid split; ``model(seed)`` an untrained tiny model over the 21 items (random text vectors)."""
+    returns their valid split; ``model(seed, entities)`` an untrained tiny model over the 21 items (random text
+    vectors)."""
     import pandas as pd
     from deltalake import write_deltalake
 
@@ -86,14 +91,17 @@ def two_domains(tmp_path):
         write_deltalake(str(lake / "gold" / "user_sequences"), pd.DataFrame(rows, columns=SEQ_COLUMNS))
         return load_eval_data(str(lake), split="valid")
 
-    def model(seed: int) -> CrossDomainTransformer:
+    def model(seed: int, entities: list[int] | None = None) -> CrossDomainTransformer:
+        """``entities``: one entity id (>= 1) per item 1..21, or None (a model without entities)."""
         ids = torch.arange(22)
         item_dom = torch.tensor([0, *dom])
         feats = ItemFeatures(text_emb=torch.randn(22, 8, generator=torch.Generator().manual_seed(seed)),
                              item_domain=item_dom, item_attr=torch.zeros(22, dtype=torch.long),
-                             domain_items=[ids[(item_dom == k) & (ids > 0)] for k in (0, 1)])
+                             domain_items=[ids[(item_dom == k) & (ids > 0)] for k in (0, 1)],
+                             item_entities=None if entities is None else torch.tensor([0, *entities])[:, None])
         torch.manual_seed(seed)
         return CrossDomainTransformer(ModelConfig(n_items=21, n_domains=2, text_dim=8, d_model=16, n_layers=1, n_heads=2,
-                                                  dropout=0.0, max_seq_len=8), feats)
+                                                  dropout=0.0, max_seq_len=8,
+                                                  n_entities=0 if entities is None else max(entities)), feats)
 
     return SimpleNamespace(dom=dom, index=index, valid=valid, model=model)

@@ -18,6 +18,7 @@ from crossrec.rerank.base import ScoreTerm, TermSet, registered  # noqa: E402
 from crossrec.rerank.cold_popularity import ColdPopularityTerm  # noqa: E402
 from crossrec.rerank.cold_text import ColdTextTerm  # noqa: E402
 from crossrec.rerank.cooccurrence import CooccurrenceTerm  # noqa: E402
+from crossrec.rerank.entity import ColdEntityTerm, SameDomainEntityTerm  # noqa: E402
 from crossrec.rerank.next_item import NextItemTerm  # noqa: E402
 from crossrec.rerank.text_similarity import TextSimilarityTerm  # noqa: E402
 
@@ -25,7 +26,7 @@ DOMAINS = ["books", "movies"]
 
 
 def every_term(tiny) -> list[ScoreTerm]:
-    """The five terms on the tiny catalog: random co-occurrence and transition matrices, a linear popularity."""
+    """The seven terms on the tiny catalog: random co-occurrence and transition matrices, a linear popularity."""
     catalog = tiny.catalog()
     cooc, nxt, pop = CooccurrenceTerm(), NextItemTerm(), ColdPopularityTerm()
     cooc.load_state_dict(tiny.pairs(1)[1], catalog)
@@ -33,9 +34,10 @@ def every_term(tiny) -> list[ScoreTerm]:
     nxt.load_state_dict({**counts, "values": (counts["values"] * 10).round()}, catalog)
     pop.load_state_dict({"popularity": torch.linspace(-1.5, 1.5, 10)}, catalog)
     text, cold_text = TextSimilarityTerm(), ColdTextTerm()
-    text.fit(None, catalog)
-    cold_text.fit(None, catalog)
-    return [cold_text, nxt, pop, text, cooc]  # any order: the set keeps fit order
+    entity, cold_entity = SameDomainEntityTerm(), ColdEntityTerm()
+    for term in (text, cold_text, entity, cold_entity):
+        term.fit(None, catalog)
+    return [cold_text, nxt, entity, pop, text, cold_entity, cooc]  # any order: the set keeps fit order
 
 
 def model_scores(tiny, batch, d):
@@ -49,10 +51,11 @@ def test_terms_add_their_weighted_values_times_each_users_score_spread_in_order(
     terms = every_term(tiny)
     params = {"cooccurrence": {1: {"weight": 2.0, "decay": 0.6}}, "text_similarity": {1: {"weight": 3.0, "decay": 0.5}},
               "next_item": {1: {"weight": 1.5}}, "cold_popularity": {1: {"weight": 0.5}, 0: {"weight": 0.0}},
-              "cold_text": {1: {"weight": 2.0, "decay": 0.5}}}
+              "cold_text": {1: {"weight": 2.0, "decay": 0.5}}, "entity": {1: {"weight": 0.5, "decay": 0.8}},
+              "cold_entity": {1: {"weight": 1.5, "decay": 1.0}}}
     ts = TermSet(terms, params, DOMAINS)
     assert [t.name for t in ts.terms] == list(registered()), "fit order"
-    seqs = [[1, 2, 3, 2], [6, 7, 1], [8, 1], [6], []]  # domain 1 (items 6..9): row 0 new to it, row 4 empty
+    seqs = [[1, 2, 3, 2], [6, 7, 1], [8, 1], [6], [], [9, 2]]  # domain 1 (items 6..9): row 0 new to it, row 4 empty
     batch = tiny.batch(seqs, T=5)
     raw, h, cov = model_scores(tiny, batch, 1)
     std = raw.std(1, keepdim=True)  # from the covariance, without a pass over the scores
@@ -60,12 +63,15 @@ def test_terms_add_their_weighted_values_times_each_users_score_spread_in_order(
     got = ts.apply(raw, batch["item_idx"], 1, h, cov)
     item_idx, t = batch["item_idx"], {x.name: x for x in terms}
     warm = (t["cooccurrence"].features(item_idx, 1, decay=0.6) * 2.0 + t["text_similarity"].features(item_idx, 1, decay=0.5) * 3.0
-            + t["next_item"].features(item_idx, 1) * 1.5)
-    cold = t["cold_popularity"].features(item_idx, 1) * 0.5 + t["cold_text"].features(item_idx, 1, decay=0.5) * 2.0
-    torch.testing.assert_close(got[1:4], raw[1:4] + std[1:4] * warm[1:4], rtol=1e-4, atol=1e-5)  # history in domain 1
+            + t["next_item"].features(item_idx, 1) * 1.5 + t["entity"].features(item_idx, 1, decay=0.8) * 0.5)
+    cold = (t["cold_popularity"].features(item_idx, 1) * 0.5 + t["cold_text"].features(item_idx, 1, decay=0.5) * 2.0
+            + t["cold_entity"].features(item_idx, 1) * 1.5)
+    warm_rows = [1, 2, 3, 5]
+    torch.testing.assert_close(got[warm_rows], raw[warm_rows] + std[warm_rows] * warm[warm_rows], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got[0], raw[0] + std[0] * cold[0], rtol=1e-4, atol=1e-5)  # new to domain 1: cold terms only
     torch.testing.assert_close(got[4], raw[4], rtol=0, atol=0)  # no history at all: no term (popularity scores it)
     assert bool((warm[1:4].abs().sum(1) > 0).all()) and bool((cold[0] != 0).any()), "the data exercise every term"
+    assert bool((t["entity"].features(item_idx, 1)[5] > 0).any()) and bool((t["cold_entity"].features(item_idx, 1)[0] > 0).any())
     assert ts.active(0) == [] and ts.apply(raw, item_idx, 0, h, cov) is raw, "every weight 0: the scores themselves"
 
 
@@ -127,9 +133,10 @@ def test_settings_try_weight_zero_once_and_every_other_weight_with_every_decay()
 
 def test_every_module_of_the_package_is_imported_and_each_term_registered():
     modules = {m.name for m in pkgutil.iter_modules(crossrec.rerank.__path__)}
-    assert {"base", "fit", "cooccurrence", "text_similarity", "next_item", "cold_popularity", "cold_text"} <= modules
+    assert {"base", "fit", "cooccurrence", "text_similarity", "next_item", "cold_popularity", "cold_text", "entity"} <= modules
     assert all(f"crossrec.rerank.{m}" in sys.modules for m in modules)
-    assert list(registered()) == ["cooccurrence", "text_similarity", "next_item", "cold_popularity", "cold_text"]
+    assert list(registered()) == ["cooccurrence", "text_similarity", "entity", "next_item", "cold_popularity", "cold_text",
+                                  "cold_entity"]
     with pytest.raises(AssertionError, match="is taken by"):
         type("Impostor", (NextItemTerm,), {"name": "cooccurrence"})
 
@@ -163,7 +170,7 @@ def test_a_sixth_term_is_one_class_fitted_saved_loaded_and_printed_with_no_other
             last = item_idx.gather(1, ((item_idx != 0).sum(1, keepdim=True) - 1).clamp(min=0))  # (B, 1)
             return (self.catalog.domain_items[domain][None, :] == last + 1).float()
 
-    assert list(registered())[3] == "next_id", "registered by its definition, in its order"
+    assert list(registered())[4] == "next_id", "registered by its definition, in its order"
     rng = np.random.default_rng(0)
     rows = []
     for u in range(40):  # books only; the target is the book after the latest one

@@ -11,6 +11,7 @@ from crossrec.evaluate.protocol import evaluate, transformer_score_fn  # noqa: E
 from crossrec.rerank.base import TermSet  # noqa: E402
 from crossrec.rerank.cooccurrence import same_domain_similarity  # noqa: E402
 from crossrec.rerank.fit import fit_terms, report_lines  # noqa: E402
+from support import best_that_counts  # noqa: E402
 
 OFF = {"weight": (0.0,)}
 K5 = {"cooccurrence": {"k": 5, "shrink": 1.0}}
@@ -50,7 +51,7 @@ def test_cooccurrence_weight_and_decay_score_on_validation_what_the_fit_reported
         values = tried(rec)
         assert len(values) == 1 + 7 * 4, "weight 0 once, every other weight with each decay"
         best = (rec["params"]["weight"], rec["params"]["decay"])
-        assert best == max(values, key=lambda c: (values[c], -c[0], c[1]))
+        assert best == best_that_counts(rec)
         # chosen on the rows with history in the domain; the term leaves the others (a constant part of the
         # domain's NDCG sum) as they are
         n_all, n_warm = len(valid.tests[d_idx].rows), rec["rows"]
@@ -63,6 +64,10 @@ def test_cooccurrence_weight_and_decay_score_on_validation_what_the_fit_reported
     recs = report["terms"]["cooccurrence"]["domains"].values()
     assert any(r["params"]["weight"] > 0 and r["params"]["decay"] < 1 for r in recs), "a decayed term was chosen somewhere"
     assert len({round(v["value"], 6) for r in recs for v in r["valid_ndcg@10"]}) > 2, "the settings rank differently here"
+    strict, report = fit_terms(model, valid, ["cooccurrence"], options=K5, refit=False, min_gain_se=1e6)
+    assert report["min_gain_se"] == 1e6 and strict.active(0) == strict.active(1) == [], "no gain is that sure: off"
+    assert all(r["params"]["weight"] == 0.0 and len(r["valid_ndcg@10"]) == 29
+               for r in report["terms"]["cooccurrence"]["domains"].values())
     # for the artifact the state is refitted on the training events plus the validation targets
     refit, report = fit_terms(model, valid, ["cooccurrence"], options=K5, grids={"cooccurrence": OFF})
     want = same_domain_similarity(valid.train_with_targets(), k=5, shrink=1.0)
@@ -183,18 +188,19 @@ def test_text_similarity_weight_is_chosen_where_the_next_item_has_the_closest_te
         values = tried(text)
         assert len(values) == 1 + 2 * 4, "weight 0 once, every other weight with every decay"
         best = (text["params"]["weight"], text["params"]["decay"])
-        assert best == max(values, key=lambda c: (values[c], -c[0], c[1])) and best[0] > 0
+        assert best == best_that_counts(text) and best[0] > 0
         assert values[best] > values[(0.0, 1.0)] + 0.1, (d, values)
-        assert values[(0.0, 1.0)] == pytest.approx(max(tried(cooc).values()), abs=1e-9), "added on top of co-occurrence"
+        assert values[(0.0, 1.0)] == pytest.approx(tried(cooc)[best_that_counts(cooc)], abs=1e-9), "on top of co-occurrence"
         assert terms.params["text_similarity"][d_idx] == text["params"]
         for (t, r), value in values.items():  # the co-occurrence term stays at its chosen weight and decay
             params = {"cooccurrence": {d_idx: cooc["params"]}, "text_similarity": {d_idx: {"weight": t, "decay": r}}}
             assert ndcg(model, valid, terms, params, d) == pytest.approx(value, abs=1e-6), (d, t, r)
     off, report = fit_terms(model, valid, options=K5, grids={n: OFF for n in ("cooccurrence", "text_similarity", "next_item",
                                                                                "cold_popularity", "cold_text")})
+    assert {n for n, e in report["terms"].items() if "domains" not in e} == {"entity", "cold_entity"}, "no entity table"
     for entry in report["terms"].values():
         assert all(r["valid_ndcg@10"] == [] and r["params"]["weight"] == 0.0 and "skipped" in r
-                   for r in entry["domains"].values())
+                   for r in entry.get("domains", {}).values())
     assert off.active(0) == [] and off.active(1) == []
 
 
@@ -233,7 +239,7 @@ def test_cold_text_weight_is_chosen_where_a_new_users_target_has_the_closest_tex
     values = tried(xtext)
     assert sorted(values) == [(0.0, 1.0), (1.0, 0.5), (1.0, 1.0), (4.0, 0.5), (4.0, 1.0)]
     best = (xtext["params"]["weight"], xtext["params"]["decay"])
-    assert best == max(values, key=lambda c: (values[c], -c[0], c[1])) and best[0] > 0
+    assert best == best_that_counts(xtext) and best[0] > 0
     assert values[best] > values[(0.0, 1.0)] + 0.1, values
     assert values[(0.0, 1.0)] == pytest.approx(tried(cold)[(cold["params"]["weight"],)]), "added on top of popularity"
     segment = "cold_start" if new_users else "all"

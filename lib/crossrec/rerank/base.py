@@ -62,25 +62,30 @@ class Catalog:
         item_col: (n_items+1,) long, ``domain_item_idx`` of each item (-1 for the padding id).
         text_units: (n_items+1, text_dim) the frozen text embeddings scaled to unit length (a zero vector stays 0);
             None when the model has no frozen text table (``--no-text`` or a fine-tuned text encoder).
+        item_entities: (n_items+1, E) long, each item's attribute entity ids (0 = none); None when the model has
+            no entity table.
     """
 
     item_domain: Tensor
     domain_items: list[Tensor]
     item_col: Tensor
     text_units: Tensor | None
+    item_entities: Tensor | None = None
     _domain_units: dict[int, Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         n = self.item_domain.shape[0]
         assert self.item_col.shape == (n,), f"item_col must be ({n},), got {tuple(self.item_col.shape)}"
         assert self.text_units is None or self.text_units.shape[0] == n, f"text_units must have {n} rows"
+        assert self.item_entities is None or self.item_entities.shape[0] == n, f"item_entities must have {n} rows"
 
     @classmethod
     def from_model(cls, model: "CrossDomainTransformer") -> "Catalog":
         enc = model.item_encoder
         text = getattr(enc, "text_emb", None)  # absent without text or with a fine-tuned text encoder
         return cls(item_domain=enc.item_domain, domain_items=[model.domain_items(d) for d in range(model.config.n_domains)],
-                   item_col=model.domain_item_idx, text_units=None if text is None else F.normalize(text.float(), dim=1))
+                   item_col=model.domain_item_idx, text_units=None if text is None else F.normalize(text.float(), dim=1),
+                   item_entities=enc.item_entities if enc.entity_emb is not None else None)
 
     @property
     def n_items(self) -> int:

@@ -2,8 +2,11 @@
 
 For each term (in its ``order``) and each domain, every setting of the term's grid (:meth:`ScoreTerm.settings`) is
 added to the Transformer's scores plus the terms chosen before it, on a seeded sample of the domain's validation rows
-of the term's kind, and the setting with the best NDCG@10 wins (ties: the smaller weight, then the parameters nearer
-their neutral values, e.g. the weaker decay):
+of the term's kind. A setting counts only when it beats the term switched off by at least ``min_gain_se`` standard
+errors of the per-row NDCG@10 difference (the rows are the same, so the paired error): the best of a grid on a few
+dozen rows is often noise, and such a weight chosen on validation loses on test. Of the settings that count, the best
+NDCG@10 wins (ties: the smaller weight, then the parameters nearer their neutral values, e.g. the weaker decay); when
+none counts the term stays off there:
 
 * warm terms are chosen on the sampled rows whose history (the model's input window) has events of the domain;
 * cold terms on the sampled rows whose history has events, none of them in the domain (users new to it). With fewer
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 from torch import Tensor
 
-from crossrec.evaluate.metrics import candidate_counts, rank_of_target, ranking_metrics
+from crossrec.evaluate.metrics import candidate_counts, paired_difference, per_row_metrics, rank_of_target
 from crossrec.inference import Batch, Predictor
 from crossrec.rerank.base import Catalog, ScoreTerm, TermSet, add_term, registered, score_std, term_rows
 
@@ -42,6 +45,7 @@ MAX_ROWS = 20000  # validation rows sampled per domain (seeded)
 MIN_COLD_ROWS = 50  # fewer validation rows of users new to a domain: simulated ones choose its cold terms
 SIMULATED_COLD_ROWS = 5000  # at most this many (seeded) sampled rows scored as if new to the domain
 BATCH_ROWS = 512  # validation rows per model batch
+MIN_GAIN_SE = 1.0  # a setting must beat the term switched off by this many paired standard errors
 
 
 @dataclass
@@ -57,7 +61,7 @@ def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequenc
               options: Mapping[str, Mapping] | None = None, grids: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
               max_rows: int = MAX_ROWS, seed: int = 0, input_domains: Sequence[str] | None = None,
               min_cold_rows: int = MIN_COLD_ROWS, simulated_cold_rows: int = SIMULATED_COLD_ROWS,
-              refit: bool = True) -> tuple[TermSet, dict]:
+              min_gain_se: float = MIN_GAIN_SE, refit: bool = True) -> tuple[TermSet, dict]:
     """Fit the score terms ``names`` (default: every registered term) for ``model`` and choose their parameters per
     domain on the validation split (see the module docstring).
 
@@ -68,13 +72,14 @@ def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequenc
         grids: grids replacing a term's own, per term name (e.g. ``{"next_item": {"weight": (0.0,)}}``: off).
         max_rows, seed: the seeded sample of validation rows per domain.
         input_domains: the model reads only these domains' events and predicts only in them (None = every domain).
-        min_cold_rows, simulated_cold_rows: see the module docstring.
+        min_cold_rows, simulated_cold_rows, min_gain_se: see the module docstring.
         refit: refit the terms' state on the training events plus the validation targets for the artifact.
 
     Returns:
         The :class:`TermSet` (every term that can score this model, with weight 0 where it was not chosen) and the
-        report ``{"fitted_on", "terms": {name: {"options", "applies_to", "domains": {domain: {"params", "rows",
-        "simulated", "valid_ndcg@10": [{<params>, "value"} per setting tried]}}}}}``; a term left out has
+        report ``{"fitted_on", "min_gain_se", "terms": {name: {"options", "applies_to", "domains": {domain:
+        {"params", "rows", "simulated", "valid_ndcg@10": [{<params>, "value", "gain_se"} per setting tried]}}}}}``
+        (``gain_se``: the paired standard error of the setting's difference with the term off); a term left out has
         ``"skipped"`` instead of ``"domains"``, a domain not searched ``"skipped"`` and an empty list.
     """
     t0 = time.time()
@@ -84,7 +89,8 @@ def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequenc
     assert not unknown, f"unknown score term(s) {unknown}; registered: {sorted(kinds)}"
     assert not set(options or {}) - set(names) and not set(grids or {}) - set(names), "options / grids of terms not fitted"
     catalog = Catalog.from_model(model)
-    report: dict = {"fitted_on": "train events + valid targets" if refit else "train events", "terms": {}}
+    report: dict = {"fitted_on": "train events + valid targets" if refit else "train events", "min_gain_se": min_gain_se,
+                    "terms": {}}
     terms: list[ScoreTerm] = []
     for term in sorted((kinds[n](**(options or {}).get(n, {})) for n in names), key=lambda t: (t.order, t.name)):
         entry = report["terms"][term.name] = {"options": term.options(), "applies_to": term.applies_to}
@@ -123,10 +129,18 @@ def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequenc
                 record["skipped"] = f"too few validation rows to choose it, under {needed}"
             else:
                 chosen = TermSet(terms, params, valid.domains)
-                ndcg = _ndcg_of_settings(predictor, dt_, group, chosen, term, settings)
-                best = max(range(len(settings)), key=lambda i: (ndcg[i], *term.preference(settings[i])))
-                record["params"] = settings[best]
-                record["valid_ndcg@10"] = [{**s, "value": v} for s, v in zip(settings, ndcg)]
+                per_row = _ndcg_of_settings(predictor, dt_, group, chosen, term, settings)
+                off = per_row[next(i for i, x in enumerate(settings) if x["weight"] == 0.0)] if any(
+                    x["weight"] == 0.0 for x in settings) else None
+                tried, counts = [], []
+                for x, values in zip(settings, per_row):
+                    gain, se = paired_difference(values, off) if off is not None else (float("inf"), 0.0)
+                    tried.append({**x, "value": float(values.mean()), "gain_se": se})
+                    counts.append(x["weight"] == 0.0 or gain > 0 and gain >= min_gain_se * (se if se == se else float("inf")))
+                best = max((i for i in range(len(settings)) if counts[i]), default=None,
+                           key=lambda i: (tried[i]["value"], *term.preference(settings[i])))
+                record["params"] = settings[best] if best is not None else term.off()
+                record["valid_ndcg@10"] = tried
             params[term.name][dt_.domain_idx] = record["params"]
             report["terms"][term.name]["domains"][dt_.domain] = record
             log.info("%s", term_line(term.name, dt_.domain, record))
@@ -179,8 +193,9 @@ def _batched(predictor: Predictor, valid: "EvalData", dt_: "DomainTest", rows: n
 
 
 def _ndcg_of_settings(predictor: Predictor, dt_: "DomainTest", group: _Rows, chosen: TermSet, term: ScoreTerm,
-                      settings: list[dict[str, float]]) -> list[float]:
-    """Validation NDCG@10 over ``group`` of each setting of ``term`` added on top of the terms ``chosen`` so far."""
+                      settings: list[dict[str, float]]) -> list[np.ndarray]:
+    """Per row of ``group``, the validation NDCG@10 of each setting of ``term`` added on top of the terms ``chosen`` so
+    far."""
     d = dt_.domain_idx
     cov = predictor.covariance(d)
     ranks: list[list[np.ndarray]] = [[] for _ in settings]
@@ -201,7 +216,7 @@ def _ndcg_of_settings(predictor: Predictor, dt_: "DomainTest", group: _Rows, cho
             scores = predictor.finalize(batch, d, scores)
             ranks[i].append(rank_of_target(scores.float().cpu().numpy(), dt_.target_col[rows], dt_.exclude[rows]))
     n_cand = candidate_counts(dt_.exclude.shape[1], dt_.target_col[group.rows], dt_.exclude[group.rows])
-    return [float(ranking_metrics(np.concatenate(r), n_cand, ks=(10,))["ndcg@10"]) for r in ranks]
+    return [per_row_metrics(np.concatenate(r), n_cand, ks=(10,))["ndcg@10"] for r in ranks]
 
 
 def term_line(name: str, domain: str, record: Mapping) -> str:

@@ -1,0 +1,113 @@
+"""The entity terms: attribute entities (``silver.item_entities``: an author, a director, a brand) that an item shares
+with the user's recent items.
+
+The model reads an item's entities as the mean of their embeddings, one part of a ``d_model`` representation trained
+for the next item on average: that a user keeps to one author or one brand, item after item and domain after domain,
+is a sharp pattern such a low-rank score blurs. These terms state it::
+
+    f(u, j) = c(u, j) / max_j' c(u, j')
+    c(u, j) = sum_t r**a(t) * cos(x_t, x_j)
+
+with ``x_i`` item ``i``'s entity vector (``idf(e) = 1 + ln((1 + N) / (1 + df(e)))`` for each of its entities, ``df(e)``
+the catalog items that have ``e``, ``N`` the catalog's items: an entity on every item says little) and ``a(t)`` the
+events after ``t``. ``entity`` (warm) sums the events of j's domain (another book by the author of a book read);
+``cold_entity`` (cold) every event, so for a user new to the domain the events elsewhere (the film of a director whose
+book the user read). Like the text terms they need no training events, so they also rank items never seen in
+training; they need the model's entity table (a model trained with entities).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING, Mapping
+
+import torch
+from torch import Tensor
+
+from crossrec.rerank.base import DECAY_GRID, Catalog, ScoreTerm
+from crossrec.rerank.sparse import recency_weights
+
+if TYPE_CHECKING:
+    from crossrec.model.baselines import InteractionData
+
+ENTITY_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+NO_ENTITIES = "the model has no attribute entities (none shared in silver.item_entities, or --no-entities)"
+
+
+def entity_vectors(item_entities: Tensor) -> Tensor:
+    """(n_items+1, E) entity ids (0 = none) -> the sparse (n_items+1, n_entities+1) unit rows ``x_i`` (idf-weighted,
+    each entity once per item; an item without entities keeps a zero row)."""
+    n, width = item_entities.shape
+    rows = torch.arange(n, device=item_entities.device).repeat_interleave(width)
+    cols = item_entities.reshape(-1).long()
+    keep = cols > 0
+    n_cols = int(cols.max()) + 1 if cols.numel() else 1
+    x = torch.sparse_coo_tensor(torch.stack([rows[keep], cols[keep]]), torch.ones(int(keep.sum()), device=cols.device),
+                                (n, n_cols), check_invariants=False).coalesce()
+    idx = x.indices()
+    df = torch.bincount(idx[1], minlength=n_cols).float()  # after coalesce: each (item, entity) once
+    idf = 1.0 + torch.log((1.0 + (n - 1)) / (1.0 + df))
+    values = idf[idx[1]]
+    norm = torch.zeros(n, device=cols.device).index_add_(0, idx[0], values * values).sqrt()
+    return torch.sparse_coo_tensor(idx, values / norm[idx[0]], (n, n_cols), check_invariants=False).coalesce()
+
+
+class EntityTerm:
+    """What the two entity terms share (mixed into a :class:`ScoreTerm`, before it): their grids, the entity vectors
+    built from the model's entity table as the whole state, and the sum over a history's events (all of them when
+    ``events_of_domain`` is False)."""
+
+    weights = ENTITY_WEIGHT_GRID
+    params = {"decay": DECAY_GRID}
+    neutral = {"decay": 1.0}
+    events_of_domain: bool
+
+    def unusable(self, catalog: Catalog) -> str | None:
+        return None if catalog.item_entities is not None else NO_ENTITIES
+
+    def fit(self, events: "InteractionData", catalog: Catalog) -> None:
+        self.load_state_dict({}, catalog)  # the entity table is the whole state: nothing to learn from events
+
+    def load_state_dict(self, state: Mapping[str, Tensor], catalog: Catalog) -> None:
+        assert catalog.item_entities is not None, f"{self.name}: {NO_ENTITIES}"
+        super().load_state_dict(state, catalog)
+        self.vectors = entity_vectors(catalog.item_entities)
+        self._domain_vectors: dict[int, Tensor] = {}  # (n_entities+1, n_d) per domain, transposed once
+
+    def features(self, item_idx: Tensor, domain: int, decay: float = 1.0) -> Tensor:
+        """(B, T) histories -> (B, n_d): ``c(u, j) / max_j' c(u, j')`` (0 for a row whose events share no entity with
+        the domain's items)."""
+        c, d, B = self.catalog, int(domain), item_idx.shape[0]
+        if d not in self._domain_vectors:
+            self._domain_vectors[d] = self.vectors.index_select(0, c.domain_items[d]).t().coalesce()
+        rows, items, w = recency_weights(item_idx, c.item_domain, d if self.events_of_domain else None, decay)
+        if rows.numel() == 0:
+            return torch.zeros(B, c.domain_size(d), device=item_idx.device)
+        history = torch.sparse_coo_tensor(torch.stack([rows, items]), w.float(), (B, self.vectors.shape[0]),
+                                          check_invariants=False).coalesce()
+        with warnings.catch_warnings():  # sparse @ sparse goes through torch's CSR kernels, which warn they are beta
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            profile = torch.sparse.mm(history, self.vectors)  # (B, n_entities+1): the user's idf-weighted entities
+            sums = torch.sparse.mm(profile, self._domain_vectors[d]).to_dense()  # (B, n_d)
+        return sums / sums.amax(1, keepdim=True).clamp(min=1e-12)
+
+
+class SameDomainEntityTerm(EntityTerm, ScoreTerm):
+    """Warm users: entities shared with their recent items of the domain (see the module docstring)."""
+
+    name = "entity"
+    applies_to = "warm"
+    order = 25
+    events_of_domain = True
+
+
+class ColdEntityTerm(EntityTerm, ScoreTerm):
+    """Users new to the domain: entities shared with their recent items of every other domain (see the module
+    docstring)."""
+
+    name = "cold_entity"
+    applies_to = "cold"
+    order = 55
+    events_of_domain = False
+
+
+__all__ = ["SameDomainEntityTerm", "ColdEntityTerm", "entity_vectors", "ENTITY_WEIGHT_GRID"]
