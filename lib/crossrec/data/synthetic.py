@@ -92,8 +92,10 @@ from crossrec.data.synthetic_catalog import (
     Layout,
     build_domain_catalog,
     category_name,
+    dataset_json,
     domain_layout,
     domain_name,  # noqa: F401 (re-exported)
+    keep_new_items_last,
     make_item_id,
     theme_of,
     topic_naming,
@@ -236,15 +238,8 @@ def _simulate_chunk(spec: SyntheticSpec, topic_pop: np.ndarray, domain_pop: np.n
             m = by_creator & (domain == d)
             item[m] = catalog.sample_creator(topic[m], favourite[user[m], topic[m]], u[m])
 
-    if spec.new_items > 0:  # a new release only as the user's latest event of its domain (drawn nothing: bytes stay)
-        order = np.lexsort((pos, domain, user))
-        u_o, d_o = user[order], domain[order]
-        latest = np.ones(len(user), dtype=bool)
-        latest[order[:-1]] = (u_o[1:] != u_o[:-1]) | (d_o[1:] != d_o[:-1])
-        for d, catalog in enumerate(catalogs):
-            m = (domain == d) & ~latest
-            m[m] = catalog.new[item[m]]
-            item[m] = catalog.twin[item[m]]
+    if spec.new_items > 0:  # a new release only as the user's latest event of its domain (draws nothing: bytes stay)
+        item = keep_new_items_last(user, domain, pos, item, catalogs)
 
     # Times: exponential gaps with a per-user scale, squeezed into the range if needed, +1 s per step.
     scale = np.exp(rng.normal(np.log(_MEAN_GAP_S), 1.0, size=n))
@@ -452,33 +447,6 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-ENTITY_DECLARATIONS = {"author": {"type": "person", "separator": ";"}, "director": {"type": "person"},
-                       "artist": {"type": "person"}, "brand": {"type": "brand"}, "year": False}
-
-
-def _dataset_json(layouts: Sequence[Layout], identity_map: bool, nightly: bool = False,
-                  entities: bool = False, vectors: bool = False) -> dict[str, Any]:
-    domains: dict[str, Any] = {}
-    for lay in layouts:
-        inter: dict[str, Any] = {"path": f"{lay.name}/interactions", "format": lay.fmt}
-        if lay.fmt == "csv":
-            inter["options"] = {"delimiter": ",", "encoding": "utf-8"}
-        inter.update(columns=dict(lay.columns), timestamp=lay.timestamp, default_event_type="interaction")
-        items = {"path": f"{lay.name}/items" if nightly else f"{lay.name}/items.{lay.ext}", "format": lay.fmt, "columns": dict(lay.item_columns),
-                 "text_columns": list(lay.text_columns), "attribute_columns": list(lay.attribute_columns)}
-        declared = {c: ENTITY_DECLARATIONS[c] for c in lay.attribute_columns if c in ENTITY_DECLARATIONS}
-        if entities and declared:
-            items["entities"] = declared
-        if vectors:
-            items["vectors"] = {"style_vec": {"dim": VECTOR_DIM, "modality": "image"}}
-        domains[lay.name] = {"interactions": inter, "items": items}
-    out: dict[str, Any] = {"name": "crossrec-synthetic", "domains": domains}
-    if identity_map:
-        out["identity_map"] = {"path": "identity_map" if nightly else "identity_map.csv", "format": "csv",
-                               "columns": {"domain": "domain", "user_id": "local_user", "global_user_id": "person"}}
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------
 # Entry point.
 
@@ -601,7 +569,7 @@ def generate(out_dir: str | Path, spec: SyntheticSpec, *, chunk_users: int = DEF
     }
     if has_id_map:
         manifest["identity_map"] = {"path": str(id_map_path.relative_to(out)), "rows": id_map_rows}
-    _write_json(out / "dataset.json", _dataset_json(layouts, has_id_map, nightly, spec.entity_signal == "shared",
+    _write_json(out / "dataset.json", dataset_json(layouts, has_id_map, nightly, spec.entity_signal == "shared",
                                                          spec.vector_signal != "none"))
     _write_json(out / "manifest.json", manifest)
     log.info("wrote %d rows (%d clean) for %d users in %.1f s", totals["rows"], totals["clean_rows"], spec.users,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -257,6 +257,53 @@ def style_vectors(spec: SyntheticSpec, index: int, topic_of: np.ndarray, creator
     return [json.dumps(v.tolist()) for v in vecs] if fmt == "csv" else [v.tolist() for v in vecs]
 
 
+ENTITY_DECLARATIONS = {"author": {"type": "person", "separator": ";"}, "director": {"type": "person"},
+                       "artist": {"type": "person"}, "brand": {"type": "brand"}, "year": False}
+
+
+def dataset_json(layouts: Sequence[Layout], identity_map: bool, nightly: bool = False,
+                 entities: bool = False, vectors: bool = False) -> dict[str, Any]:
+    """The data set's dataset.json: every domain's files, columns and formats; ``entities``: the attribute columns'
+    entity declarations; ``vectors``: the style_vec declaration."""
+    from crossrec.data.synthetic import VECTOR_DIM
+
+    domains: dict[str, Any] = {}
+    for lay in layouts:
+        inter: dict[str, Any] = {"path": f"{lay.name}/interactions", "format": lay.fmt}
+        if lay.fmt == "csv":
+            inter["options"] = {"delimiter": ",", "encoding": "utf-8"}
+        inter.update(columns=dict(lay.columns), timestamp=lay.timestamp, default_event_type="interaction")
+        items = {"path": f"{lay.name}/items" if nightly else f"{lay.name}/items.{lay.ext}", "format": lay.fmt, "columns": dict(lay.item_columns),
+                 "text_columns": list(lay.text_columns), "attribute_columns": list(lay.attribute_columns)}
+        declared = {c: ENTITY_DECLARATIONS[c] for c in lay.attribute_columns if c in ENTITY_DECLARATIONS}
+        if entities and declared:
+            items["entities"] = declared
+        if vectors:
+            items["vectors"] = {"style_vec": {"dim": VECTOR_DIM, "modality": "image"}}
+        domains[lay.name] = {"interactions": inter, "items": items}
+    out: dict[str, Any] = {"name": "crossrec-synthetic", "domains": domains}
+    if identity_map:
+        out["identity_map"] = {"path": "identity_map" if nightly else "identity_map.csv", "format": "csv",
+                               "columns": {"domain": "domain", "user_id": "local_user", "global_user_id": "person"}}
+    return out
+
+
+def keep_new_items_last(user: np.ndarray, domain: np.ndarray, pos: np.ndarray, item: np.ndarray,
+                        catalogs: Sequence[DomainCatalog]) -> np.ndarray:
+    """``item`` with every pick of a new item (:attr:`DomainCatalog.new`) that is not its user's latest event of the
+    domain replaced by the item's twin: new items stay test targets (events grouped by user, ``pos`` their order)."""
+    order = np.lexsort((pos, domain, user))
+    u_o, d_o = user[order], domain[order]
+    latest = np.ones(len(user), dtype=bool)
+    latest[order[:-1]] = (u_o[1:] != u_o[:-1]) | (d_o[1:] != d_o[:-1])
+    item = item.copy()
+    for d, catalog in enumerate(catalogs):
+        m = (domain == d) & ~latest
+        m[m] = catalog.new[item[m]]
+        item[m] = catalog.twin[item[m]]
+    return item
+
+
 def build_domain_catalog(layout: Layout, spec: SyntheticSpec, rng: np.random.Generator, index: int) -> DomainCatalog:
     n, t_count = spec.items_per_domain, spec.topics
     topic_of = rng.permutation(np.arange(n) % t_count)  # every topic has items
@@ -332,4 +379,4 @@ def build_domain_catalog(layout: Layout, spec: SyntheticSpec, rng: np.random.Gen
 
 __all__ = ["DOMAIN_NAMES", "FORMATS", "BAD_REASONS", "Theme", "theme_of", "category_name", "domain_name", "Layout",
            "domain_layout", "make_item_id", "DomainCatalog", "topic_naming", "shared_entities", "new_item_twins",
-           "build_domain_catalog"]
+           "ENTITY_DECLARATIONS", "dataset_json", "keep_new_items_last", "build_domain_catalog"]
