@@ -33,22 +33,33 @@ ENTITY_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0
 NO_ENTITIES = "the model has no attribute entities (none shared in silver.item_entities, or --no-entities)"
 
 
+def entity_slot_weights(item_entities: Tensor) -> Tensor:
+    """(n_items+1, E) entity ids (0 = none) -> (n_items+1, E) each slot's value in its item's entity vector ``x_i``:
+    ``idf(e)`` scaled so that each item's row has unit length; 0 for an empty slot and for an entity's second slot on
+    one item (it counts once)."""
+    ents = item_entities.long()
+    first = ents > 0
+    for slot in range(1, ents.shape[1]):
+        first[:, slot] &= (ents[:, slot:slot + 1] != ents[:, :slot]).all(1)
+    n_items = ents.shape[0] - 1
+    df = torch.bincount(ents[first], minlength=int(ents.max()) + 1 if ents.numel() else 1).float()
+    idf = 1.0 + torch.log((1.0 + n_items) / (1.0 + df))
+    w = torch.where(first, idf[ents], torch.zeros((), device=ents.device))
+    return w / w.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
 def entity_vectors(item_entities: Tensor) -> Tensor:
     """(n_items+1, E) entity ids (0 = none) -> the sparse (n_items+1, n_entities+1) unit rows ``x_i`` (idf-weighted,
     each entity once per item; an item without entities keeps a zero row)."""
-    n, width = item_entities.shape
-    rows = torch.arange(n, device=item_entities.device).repeat_interleave(width)
-    cols = item_entities.reshape(-1).long()
-    keep = cols > 0
-    n_cols = int(cols.max()) + 1 if cols.numel() else 1
-    x = torch.sparse_coo_tensor(torch.stack([rows[keep], cols[keep]]), torch.ones(int(keep.sum()), device=cols.device),
-                                (n, n_cols), check_invariants=False).coalesce()
-    idx = x.indices()
-    df = torch.bincount(idx[1], minlength=n_cols).float()  # after coalesce: each (item, entity) once
-    idf = 1.0 + torch.log((1.0 + (n - 1)) / (1.0 + df))
-    values = idf[idx[1]]
-    norm = torch.zeros(n, device=cols.device).index_add_(0, idx[0], values * values).sqrt()
-    return torch.sparse_coo_tensor(idx, values / norm[idx[0]], (n, n_cols), check_invariants=False).coalesce()
+    w = entity_slot_weights(item_entities)
+    keep = w > 0
+    rows = torch.arange(w.shape[0], device=w.device)[:, None].expand_as(w)[keep]
+    n_cols = int(item_entities.max()) + 1 if item_entities.numel() else 1
+    return torch.sparse_coo_tensor(torch.stack([rows, item_entities.long()[keep]]), w[keep], (w.shape[0], n_cols),
+                                   check_invariants=False).coalesce()
+
+
+ATTRIBUTION_ROWS = 64  # rows per step of attribute(): its (rows, k, T, E, E) products stay small
 
 
 class EntityTerm:
@@ -71,6 +82,7 @@ class EntityTerm:
         assert catalog.item_entities is not None, f"{self.name}: {NO_ENTITIES}"
         super().load_state_dict(state, catalog)
         self.vectors = entity_vectors(catalog.item_entities)
+        self.slot_weights = entity_slot_weights(catalog.item_entities)  # (n_items+1, E), the values of ``vectors``
         self._domain_vectors: dict[int, Tensor] = {}  # (n_entities+1, n_d) per domain, transposed once
 
     def features(self, item_idx: Tensor, domain: int, decay: float = 1.0) -> Tensor:
@@ -89,6 +101,28 @@ class EntityTerm:
             profile = torch.sparse.mm(history, self.vectors)  # (B, n_entities+1): the user's idf-weighted entities
             sums = torch.sparse.mm(profile, self._domain_vectors[d]).to_dense()  # (B, n_d)
         return sums / sums.amax(1, keepdim=True).clamp(min=1e-12)
+
+    def attribute(self, item_idx: Tensor, picked: Tensor, domain: int, decay: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+        """Which history event and entity support each pick most in this term: (B, T) histories, (B, k) picked item
+        ids -> ``(position (B, k) in the history, entity id (B, k), contribution (B, k))``, the contribution being the
+        event's part ``decay**a(t) * x_t[e] * x_j[e]`` of ``c(u, j)`` summed over their shared entities (0 where the
+        pick shares no entity with an event the term reads; position and entity then mean nothing)."""
+        c, ents = self.catalog, self.catalog.item_entities
+        read = (item_idx != 0) if not self.events_of_domain else (item_idx != 0) & (c.item_domain[item_idx] == int(domain))
+        age = read.flip(1).cumsum(1).flip(1) - 1  # events read after each position
+        weight = torch.pow(torch.tensor(float(decay), device=item_idx.device), age.clamp(min=0).float()) * read
+        out = []
+        for s in range(0, item_idx.shape[0], ATTRIBUTION_ROWS):
+            h, p = item_idx[s:s + ATTRIBUTION_ROWS], picked[s:s + ATTRIBUTION_ROWS]
+            e_t, w_t = ents[h], self.slot_weights[h] * weight[s:s + ATTRIBUTION_ROWS, :, None]  # (b, T, E)
+            e_j, w_j = ents[p], self.slot_weights[p]  # (b, k, E)
+            same = (e_j[:, :, None, :, None] == e_t[:, None, :, None, :]) & (e_j[:, :, None, :, None] > 0)
+            part = same * w_j[:, :, None, :, None] * w_t[:, None, :, None, :]  # (b, k, T, E_j, E_t)
+            per_event = part.sum((-1, -2))  # (b, k, T)
+            best, pos = per_event.max(-1)
+            at = part.gather(2, pos[:, :, None, None, None].expand(-1, -1, 1, *part.shape[-2:])).squeeze(2).sum(-1)
+            out.append((pos, e_j.gather(-1, at.argmax(-1, keepdim=True)).squeeze(-1), best))
+        return tuple(torch.cat(x) for x in zip(*out))
 
 
 class SameDomainEntityTerm(EntityTerm, ScoreTerm):
@@ -110,4 +144,5 @@ class ColdEntityTerm(EntityTerm, ScoreTerm):
     events_of_domain = False
 
 
-__all__ = ["SameDomainEntityTerm", "ColdEntityTerm", "entity_vectors", "ENTITY_WEIGHT_GRID"]
+__all__ = ["EntityTerm", "SameDomainEntityTerm", "ColdEntityTerm", "entity_vectors", "entity_slot_weights",
+           "ENTITY_WEIGHT_GRID"]

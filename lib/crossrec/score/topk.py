@@ -14,7 +14,8 @@ oldest first) and returns, per user and domain, the top-K items the user has not
    the event that most supports it, often from another domain. When the pick and that item share attribute
    entities (the model's entity embeddings: an author, a brand), the reason names the link: kind
    ``shared_entity`` and, of the shared entities, the one whose embedding is most similar to the pick's
-   representation (what the model drew on most); else kind ``history_item``.
+   representation (what the model drew on most); else kind ``history_item``. Where an entity score term is on
+   (:mod:`crossrec.rerank.entity`), a pick it raised takes the event and entity that term credits most.
 
 Users with no usable history (none of their items is in the artifact's catalog) get the K most popular
 unseen items of each domain, with reason ``"popularity"``. The GPU is used when the process has one.
@@ -109,13 +110,37 @@ class Scorer:
                 reason = items.gather(1, sim.argmax(-1).reshape(B, -1)).reshape(B, k)  # (B, k)
                 valid = torch.isfinite(top)
                 reason[batch.empty] = 0
+                entity = self._shared_entity(picked, reason, self.rep_norm[d][col])
+                reason, entity = self._entity_term_reasons(items, picked, d, reason, entity)
                 out.append(DomainPicks(
                     item_idx=torch.where(valid, picked, torch.full_like(picked, -1)).cpu().numpy(),
                     score=top.cpu().numpy(),
                     reason_idx=reason.cpu().numpy(),
-                    reason_entity=self._shared_entity(picked, reason, self.rep_norm[d][col]).cpu().numpy(),
+                    reason_entity=entity.cpu().numpy(),
                 ))
         return out
+
+    def _entity_term_reasons(self, items, picked, d, reason, entity):
+        """Where an entity term adds to domain ``d``'s scores (for the rows of its kind), a pick that shares entities
+        with the events it reads takes as reason the event and entity that term credits most
+        (:meth:`crossrec.rerank.entity.EntityTerm.attribute`): the score's own account of that link."""
+        import torch
+
+        from crossrec.rerank.base import term_rows
+        from crossrec.rerank.entity import EntityTerm
+
+        for term, p in self.predictor.terms.active(d) if self.predictor.terms is not None else []:
+            if not isinstance(term, EntityTerm):
+                continue
+            rows = term_rows(items, term.catalog.item_domain, d, term.applies_to)
+            rows = torch.arange(items.shape[0], device=items.device) if rows is None else rows
+            if rows.numel() == 0:
+                continue
+            pos, ent, credit = term.attribute(items[rows], picked[rows], d, p.get("decay", 1.0))
+            linked = credit > 0
+            reason[rows] = torch.where(linked, items[rows].gather(1, pos), reason[rows])
+            entity[rows] = torch.where(linked, ent, entity[rows])
+        return reason, entity
 
     def _shared_entity(self, picked, reason, pick_rep):
         """(B, k) the entity id each pick shares with its reason item (0 = none or no entities): of the shared ones,
