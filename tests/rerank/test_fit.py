@@ -100,9 +100,9 @@ def test_cold_popularity_weight_is_chosen_on_users_new_to_the_domain(two_domains
     grids = {"cold_popularity": {"weight": (0.0, 0.3, 0.7)}, "cold_text": OFF}  # 0.3, 0.7: not exact in float32
     terms, report = fit_terms(model, valid, names, grids=grids, refit=False)
     cold = report["terms"]["cold_popularity"]["domains"]["movies"]
-    assert cold["rows"] == 100 and cold["simulated"] is False and cold["params"]["weight"] in (0.3, 0.7), cold
+    assert cold["rows"] == 100 and cold["simulated"] == 0 and cold["params"]["weight"] in (0.3, 0.7), cold
     books = report["terms"]["cold_popularity"]["domains"]["books"]  # none new to books: its 60 rows, read from movies
-    assert books["rows"] == 60 and books["simulated"] and len(books["valid_ndcg@10"]) == 3, books
+    assert books["rows"] == books["simulated"] == 60 and len(books["valid_ndcg@10"]) == 3, books
     assert terms.params["cold_popularity"] == {0: books["params"], 1: cold["params"]}
     values = tried(cold)
     assert values[(cold["params"]["weight"],)] > values[(0.0,)] + 0.05, values
@@ -110,9 +110,9 @@ def test_cold_popularity_weight_is_chosen_on_users_new_to_the_domain(two_domains
         got = ndcg(model, valid, terms, {"cold_popularity": {1: {"weight": p}}}, "movies", "cold_start")
         assert got == pytest.approx(value, abs=1e-6), p
     few = fit_terms(model, valid, names, min_cold_rows=101)[1]["terms"]
-    # under 101 new to movies, and under 101 simulated ones (the same 100 rows, their book events): off
+    # 100 new to movies and no one to simulate (no other user has a movie target): under 101 rows, off
     assert few["cold_popularity"]["domains"]["movies"] == {
-        "params": {"weight": 0.0}, "rows": 100, "simulated": True, "valid_ndcg@10": [],
+        "params": {"weight": 0.0}, "rows": 100, "simulated": 0, "valid_ndcg@10": [],
         "skipped": "too few validation rows to choose it, under 101"}
     assert few["cold_text"]["domains"]["movies"]["params"] == {"weight": 0.0, "decay": 1.0}
 
@@ -142,7 +142,7 @@ def test_cold_popularity_weight_falls_back_to_users_active_in_the_domain_read_fr
     grids = {"cold_popularity": {"weight": (0.0, 0.3, 0.7)}, "cold_text": OFF}
     terms, report = fit_terms(model, valid, ["cold_popularity", "cold_text"], grids=grids, refit=False)
     cold = report["terms"]["cold_popularity"]["domains"]["movies"]
-    assert cold["simulated"] and cold["rows"] == 100 and cold["params"]["weight"] in (0.3, 0.7), cold
+    assert cold["simulated"] == cold["rows"] == 100 and cold["params"]["weight"] in (0.3, 0.7), cold
     values = tried(cold)
     assert sorted(values) == [(0.0,), (0.3,), (0.7,)] and values[(cold["params"]["weight"],)] > values[(0.0,)] + 0.05
     for (p,), value in values.items():
@@ -235,7 +235,7 @@ def test_cold_text_weight_is_chosen_where_a_new_users_target_has_the_closest_tex
     terms, report = fit_terms(model, valid, ["cold_popularity", "cold_text"], grids=grids, refit=False)
     cold = report["terms"]["cold_popularity"]["domains"]["movies"]
     xtext = report["terms"]["cold_text"]["domains"]["movies"]
-    assert cold["rows"] == xtext["rows"] == 100 and cold["simulated"] is (not new_users), cold
+    assert cold["rows"] == xtext["rows"] == 100 and cold["simulated"] == (0 if new_users else 100), cold
     values = tried(xtext)
     assert sorted(values) == [(0.0, 1.0), (1.0, 0.5), (1.0, 1.0), (4.0, 0.5), (4.0, 1.0)]
     best = (xtext["params"]["weight"], xtext["params"]["decay"])
@@ -303,3 +303,37 @@ def _features(model):
 
     enc = model.item_encoder
     return ItemFeatures(None, enc.item_domain, enc.item_attr, [model.domain_items(d) for d in range(2)])
+
+
+def test_too_few_users_new_to_a_domain_are_joined_by_simulated_ones(two_domains):
+    """100 users new to movies and 60 with movie history too, all with movie targets: under ``enough_cold_rows`` the
+    cold terms are chosen on the 100 plus the 60 read from their books only, and what the fit reports for a setting
+    is the NDCG@10 of those 160 rows; with enough new users, on them alone."""
+    rng = np.random.default_rng(11)
+    dom = two_domains.dom
+    movie_p = 0.5 ** np.arange(9)
+    movie_p /= movie_p.sum()
+    rows = []
+    for u in range(160):
+        books = [int(x) for x in rng.integers(1, 13, size=4)]
+        movies = [] if u < 100 else [int(x) for x in rng.choice(np.arange(13, 22), size=3, p=movie_p)]
+        hist = books + movies
+        ts = list(range(100 * u, 100 * u + len(hist)))
+        doms = [int(dom[i - 1]) for i in hist]
+        target = int(rng.choice(np.arange(13, 22), p=movie_p))
+        rows.append((f"u{u}", "train", "*", hist, doms, ts, None, None, False, len(hist)))
+        rows.append((f"u{u}", "valid", "movies", hist, doms, ts, target, ts[-1] + 1, u < 100, len(hist)))
+    valid = two_domains.valid(rows)
+    model = two_domains.model(5)
+    grids = {"cold_popularity": {"weight": (0.0, 0.7)}}
+    terms, report = fit_terms(model, valid, ["cold_popularity"], grids=grids, refit=False, enough_cold_rows=500)
+    joined = report["terms"]["cold_popularity"]["domains"]["movies"]
+    assert (joined["rows"], joined["simulated"]) == (160, 60), joined
+    values = tried(joined)
+    assert len(values) == 2
+    for (w,), value in values.items():  # every row read from its books: the new users' whole history, the others' part
+        params = {"cold_popularity": {1: {"weight": w}}}
+        assert value == pytest.approx(ndcg(model, valid, terms, params, "movies", input_domains=["books"]), abs=1e-6), w
+    alone = fit_terms(model, valid, ["cold_popularity"], grids=grids, refit=False, enough_cold_rows=100)[1]
+    assert {k: alone["terms"]["cold_popularity"]["domains"]["movies"][k] for k in ("rows", "simulated")} == {
+        "rows": 100, "simulated": 0}

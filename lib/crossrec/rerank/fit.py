@@ -10,10 +10,11 @@ none counts the term stays off there:
 
 * warm terms are chosen on the sampled rows whose history (the model's input window) has events of the domain;
 * cold terms on the sampled rows whose history has events, none of them in the domain (users new to it). With fewer
-  than ``min_cold_rows`` of those (a data set where every user has history in every domain, or whose only new users
-  are the test's cold-start sample), on up to ``simulated_cold_rows`` of the sampled rows whose history also has
-  events in other domains, read from those events only: how the cold-start test sees a user whose history in the
-  domain was removed. With fewer than ``min_cold_rows`` of those too, the cold terms stay off there.
+  than ``enough_cold_rows`` of those (a data set where every user has history in every domain, or whose only new
+  users are the test's cold-start sample; a few dozen rows cannot tell a real gain from noise), also on up to
+  ``simulated_cold_rows`` of the sampled rows whose history also has events in other domains, read from those
+  events only: how the cold-start test sees a user whose history in the domain was removed. With fewer than
+  ``min_cold_rows`` rows in all, the cold terms stay off there.
 
 The terms are fitted on the training events only (the split the model learned from), so the validation targets that
 choose their parameters were never seen by them. Scoring and ranking go through the one inference path
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 20000  # validation rows sampled per domain (seeded)
-MIN_COLD_ROWS = 50  # fewer validation rows of users new to a domain: simulated ones choose its cold terms
+MIN_COLD_ROWS = 50  # fewer validation rows for a domain's cold terms (new users and simulated ones): they stay off
+ENOUGH_COLD_ROWS = 500  # fewer validation rows of users new to a domain: simulated ones are added
 SIMULATED_COLD_ROWS = 5000  # at most this many (seeded) sampled rows scored as if new to the domain
 BATCH_ROWS = 512  # validation rows per model batch
 MIN_GAIN_SE = 1.0  # a setting must beat the term switched off by this many paired standard errors
@@ -54,14 +56,15 @@ class _Rows:
 
     rows: np.ndarray
     batches: list[tuple[np.ndarray, Batch]]  # (positions, collated batch) per model batch
-    simulated: bool = False
+    simulated: int = 0  # how many of the rows are simulated users new to the domain
 
 
 def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequence[str] | None = None, *,
               options: Mapping[str, Mapping] | None = None, grids: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
               max_rows: int = MAX_ROWS, seed: int = 0, input_domains: Sequence[str] | None = None,
-              min_cold_rows: int = MIN_COLD_ROWS, simulated_cold_rows: int = SIMULATED_COLD_ROWS,
-              min_gain_se: float = MIN_GAIN_SE, refit: bool = True) -> tuple[TermSet, dict]:
+              min_cold_rows: int = MIN_COLD_ROWS, enough_cold_rows: int = ENOUGH_COLD_ROWS,
+              simulated_cold_rows: int = SIMULATED_COLD_ROWS, min_gain_se: float = MIN_GAIN_SE,
+              refit: bool = True) -> tuple[TermSet, dict]:
     """Fit the score terms ``names`` (default: every registered term) for ``model`` and choose their parameters per
     domain on the validation split (see the module docstring).
 
@@ -72,14 +75,15 @@ def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequenc
         grids: grids replacing a term's own, per term name (e.g. ``{"next_item": {"weight": (0.0,)}}``: off).
         max_rows, seed: the seeded sample of validation rows per domain.
         input_domains: the model reads only these domains' events and predicts only in them (None = every domain).
-        min_cold_rows, simulated_cold_rows, min_gain_se: see the module docstring.
+        min_cold_rows, enough_cold_rows, simulated_cold_rows, min_gain_se: see the module docstring.
         refit: refit the terms' state on the training events plus the validation targets for the artifact.
 
     Returns:
         The :class:`TermSet` (every term that can score this model, with weight 0 where it was not chosen) and the
         report ``{"fitted_on", "min_gain_se", "terms": {name: {"options", "applies_to", "domains": {domain:
         {"params", "rows", "simulated", "valid_ndcg@10": [{<params>, "value", "gain_se"} per setting tried]}}}}}``
-        (``gain_se``: the paired standard error of the setting's difference with the term off); a term left out has
+        (``simulated``: how many of the rows are simulated new users; ``gain_se``: the paired standard error of the
+        setting's difference with the term off); a term left out has
         ``"skipped"`` instead of ``"domains"``, a domain not searched ``"skipped"`` and an empty list.
     """
     t0 = time.time()
@@ -117,10 +121,10 @@ def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequenc
         for term in terms:
             if term.applies_to not in groups:  # simulated cold rows draw from rng: after this domain's sample
                 groups[term.applies_to] = _rows_of_kind(predictor, valid, dt_, sel, keep, term.applies_to, rng,
-                                                        min_cold_rows, simulated_cold_rows)
+                                                        enough_cold_rows, simulated_cold_rows)
             group = groups[term.applies_to]
             settings = term.settings((grids or {}).get(term.name))
-            record = {"params": term.off(), "rows": int(len(group.rows)), "simulated": group.simulated,
+            record = {"params": term.off(), "rows": int(len(group.rows)), "simulated": int(group.simulated),
                       "valid_ndcg@10": []}
             needed = max(min_cold_rows, 1) if term.applies_to == "cold" else 1
             if not any(s["weight"] > 0 for s in settings):
@@ -153,7 +157,7 @@ def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequenc
 
 
 def _rows_of_kind(predictor: Predictor, valid: "EvalData", dt_: "DomainTest", sel: np.ndarray, keep: np.ndarray | None,
-                  kind: str, rng: np.random.Generator, min_cold_rows: int, simulated_cold_rows: int) -> _Rows:
+                  kind: str, rng: np.random.Generator, enough_cold_rows: int, simulated_cold_rows: int) -> _Rows:
     """The rows of the sample ``sel`` of ``dt_`` that terms of ``kind`` are chosen on, batched (see the module
     docstring). The model's input window decides whether a row has history in the domain, as the terms see it."""
     max_len = predictor.model.config.max_seq_len
@@ -163,25 +167,23 @@ def _rows_of_kind(predictor: Predictor, valid: "EvalData", dt_: "DomainTest", se
     if kind == "warm":
         return _batched(predictor, valid, dt_, sel[in_d], keep)
     has = np.array([len(w) > 0 for w in windows], dtype=bool)
-    natural = sel[has & ~in_d]
-    if len(natural) >= min_cold_rows:
-        return _batched(predictor, valid, dt_, natural, keep)
+    natural = _batched(predictor, valid, dt_, sel[has & ~in_d], keep)
     domains = range(predictor.model.config.n_domains) if keep is None else keep
     others = np.array([d for d in domains if d != dt_.domain_idx], dtype=np.int64)
-    if len(others) == 0:
-        return _Rows(np.zeros(0, dtype=np.int64), [], simulated=True)
-    ok = sel[[bool(np.isin(item_domain[valid.histories[dt_.rows[k]]], others).any()) for k in sel]]
+    if len(natural.rows) >= enough_cold_rows or len(others) == 0:
+        return natural
+    ok = sel[in_d & np.array([bool(np.isin(item_domain[valid.histories[dt_.rows[k]]], others).any()) for k in sel])]
     if len(ok) > simulated_cold_rows:
         ok = np.sort(rng.choice(ok, simulated_cold_rows, replace=False))
-    return _batched(predictor, valid, dt_, ok, others, simulated=True)
+    simulated = _batched(predictor, valid, dt_, ok, others)
+    return _Rows(np.concatenate([natural.rows, simulated.rows]), natural.batches + simulated.batches, len(ok))
 
 
 def _kept(history: np.ndarray, item_domain: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
     return history if keep is None else history[np.isin(item_domain[history], keep)]
 
 
-def _batched(predictor: Predictor, valid: "EvalData", dt_: "DomainTest", rows: np.ndarray, keep: np.ndarray | None,
-             simulated: bool = False) -> _Rows:
+def _batched(predictor: Predictor, valid: "EvalData", dt_: "DomainTest", rows: np.ndarray, keep: np.ndarray | None) -> _Rows:
     """``rows`` of ``dt_`` as model batches, read from the events of ``keep`` only (None = all)."""
     batches = []
     for s in range(0, len(rows), BATCH_ROWS):
@@ -189,7 +191,7 @@ def _batched(predictor: Predictor, valid: "EvalData", dt_: "DomainTest", rows: n
         test_rows = dt_.rows[part]
         batches.append((part, predictor.collate([valid.histories[r] for r in test_rows],
                                                 [valid.history_ts[r] for r in test_rows], keep)))
-    return _Rows(rows, batches, simulated)
+    return _Rows(rows, batches)
 
 
 def _ndcg_of_settings(predictor: Predictor, dt_: "DomainTest", group: _Rows, chosen: TermSet, term: ScoreTerm,
@@ -221,8 +223,9 @@ def _ndcg_of_settings(predictor: Predictor, dt_: "DomainTest", group: _Rows, cho
 
 def term_line(name: str, domain: str, record: Mapping) -> str:
     """One line of a fit report: a term's choice in one domain and what validation said."""
-    rows = f"{record['rows']} valid rows" + (" of users active in it, read from their other domains"
-                                             if record.get("simulated") else "")
+    simulated = int(record.get("simulated") or 0)
+    rows = f"{record['rows']} valid rows" + (f" ({simulated} of users active in it, read from their other domains)"
+                                             if simulated else "")
     if "skipped" in record:
         return f"term {name:<16} {domain}: off ({record['skipped']}; {rows})"
     p = record["params"]
@@ -244,4 +247,5 @@ def report_lines(report: Mapping) -> list[str]:
     return lines
 
 
-__all__ = ["fit_terms", "report_lines", "term_line", "MAX_ROWS", "MIN_COLD_ROWS", "SIMULATED_COLD_ROWS"]
+__all__ = ["fit_terms", "report_lines", "term_line", "MAX_ROWS", "MIN_COLD_ROWS", "ENOUGH_COLD_ROWS",
+           "SIMULATED_COLD_ROWS"]
