@@ -14,6 +14,7 @@ from crossrec.rerank.fit import fit_terms, report_lines  # noqa: E402
 from support import best_that_counts  # noqa: E402
 
 OFF = {"weight": (0.0,)}
+MOVIE_P = 0.5 ** np.arange(9) / (0.5 ** np.arange(9)).sum()  # movies 13..21 drawn by popularity: 13 first, then 14...
 K5 = {"cooccurrence": {"k": 5, "shrink": 1.0}}
 
 
@@ -81,16 +82,14 @@ def test_cold_popularity_weight_is_chosen_on_users_new_to_the_domain(two_domains
     popularity term on for movies, and the set it returns must score those validation rows as reported."""
     rng = np.random.default_rng(5)
     dom = two_domains.dom
-    movie_p = 0.5 ** np.arange(9)
-    movie_p /= movie_p.sum()  # item 13 the most popular movie, then 14, ...
     rows = []
     for u in range(160):
         books = [int(x) for x in rng.integers(1, 13, size=4)]
         new = u < 100  # users new to movies: book history, a movie target drawn by popularity
-        movies = [] if new else [int(x) for x in rng.choice(np.arange(13, 22), size=3, p=movie_p)]
+        movies = [] if new else [int(x) for x in rng.choice(np.arange(13, 22), size=3, p=MOVIE_P)]
         hist = books + movies
         ts = list(range(100 * u, 100 * u + len(hist)))
-        target = int(rng.choice(np.arange(13, 22), p=movie_p)) if new else int(rng.integers(1, 13))
+        target = int(rng.choice(np.arange(13, 22), p=MOVIE_P)) if new else int(rng.integers(1, 13))
         rows.append((f"u{u}", "train", "*", hist, [int(dom[i - 1]) for i in hist], ts, None, None, False, len(hist)))
         rows.append((f"u{u}", "valid", "movies" if new else "books", hist, [int(dom[i - 1]) for i in hist], ts, target,
                      ts[-1] + 1, new, len(hist)))
@@ -123,16 +122,14 @@ def test_cold_popularity_weight_falls_back_to_users_active_in_the_domain_read_fr
     for every weight must be what the evaluation protocol gives for those rows read from books alone."""
     rng = np.random.default_rng(6)
     dom = two_domains.dom
-    movie_p = 0.5 ** np.arange(9)
-    movie_p /= movie_p.sum()
     rows = []
     for u in range(160):
         books = [int(x) for x in rng.integers(1, 13, size=4)]
-        movies = [int(x) for x in rng.choice(np.arange(13, 22), size=3, p=movie_p)]  # popularity's training events
+        movies = [int(x) for x in rng.choice(np.arange(13, 22), size=3, p=MOVIE_P)]  # popularity's training events
         hist = books + movies if u % 2 else movies + books
         ts = list(range(100 * u, 100 * u + len(hist)))
         to_movies = u < 100
-        target = int(rng.choice(np.arange(13, 22), p=movie_p)) if to_movies else int(rng.integers(1, 13))
+        target = int(rng.choice(np.arange(13, 22), p=MOVIE_P)) if to_movies else int(rng.integers(1, 13))
         doms = [int(dom[i - 1]) for i in hist]
         rows.append((f"u{u}", "train", "*", hist, doms, ts, None, None, False, len(hist)))
         rows.append((f"u{u}", "valid", "movies" if to_movies else "books", hist, doms, ts, target, ts[-1] + 1, False,
@@ -311,16 +308,14 @@ def test_too_few_users_new_to_a_domain_are_joined_by_simulated_ones(two_domains)
     is the NDCG@10 of those 160 rows; with enough new users, on them alone."""
     rng = np.random.default_rng(11)
     dom = two_domains.dom
-    movie_p = 0.5 ** np.arange(9)
-    movie_p /= movie_p.sum()
     rows = []
     for u in range(160):
         books = [int(x) for x in rng.integers(1, 13, size=4)]
-        movies = [] if u < 100 else [int(x) for x in rng.choice(np.arange(13, 22), size=3, p=movie_p)]
+        movies = [] if u < 100 else [int(x) for x in rng.choice(np.arange(13, 22), size=3, p=MOVIE_P)]
         hist = books + movies
         ts = list(range(100 * u, 100 * u + len(hist)))
         doms = [int(dom[i - 1]) for i in hist]
-        target = int(rng.choice(np.arange(13, 22), p=movie_p))
+        target = int(rng.choice(np.arange(13, 22), p=MOVIE_P))
         rows.append((f"u{u}", "train", "*", hist, doms, ts, None, None, False, len(hist)))
         rows.append((f"u{u}", "valid", "movies", hist, doms, ts, target, ts[-1] + 1, u < 100, len(hist)))
     valid = two_domains.valid(rows)
