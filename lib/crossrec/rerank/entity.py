@@ -29,7 +29,7 @@ from crossrec.rerank.sparse import recency_weights
 if TYPE_CHECKING:
     from crossrec.model.baselines import InteractionData
 
-ENTITY_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)
+ENTITY_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 NO_ENTITIES = "the model has no attribute entities (none shared in silver.item_entities, or --no-entities)"
 
 
