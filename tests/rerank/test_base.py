@@ -204,3 +204,40 @@ def fit_all(model, valid):
     from crossrec.rerank.fit import fit_terms
 
     return fit_terms(model, valid, options={"cooccurrence": {"k": 5, "shrink": 1.0}})
+
+
+def test_an_item_without_training_events_stands_in_with_its_nearest_trained_item_of_its_domain(tiny):
+    from crossrec.rerank.base import stand_ins
+
+    catalog = tiny.catalog()
+    table = torch.randn(10, 4, generator=torch.Generator().manual_seed(3))
+    table[3] = 2.5 * table[5]  # item 3 (books) looks like book 5; item 8 (movies) like movie 9
+    table[8] = table[9] + 0.01
+    table[7] = table[2]  # ... and movie 7 like book 2, which is of another domain
+    counts = torch.tensor([0, 4, 1, 0, 2, 3, 0, 5, 0, 1])  # 3, 6, 8 never in training; 6's nearest is some movie
+    got = stand_ins(table, catalog, counts)
+    assert got[[1, 2, 4, 5, 7, 9]].tolist() == [1, 2, 4, 5, 7, 9], "trained items stand for themselves"
+    assert int(got[3]) == 5 and int(got[8]) == 9 and int(got[6]) in (7, 9)
+    assert stand_ins(table, catalog, torch.zeros(10, dtype=torch.long)).tolist() == list(range(10)), "no trained item"
+
+
+def test_collaborative_terms_give_an_item_its_stand_ins_values_and_the_set_keeps_them(tiny, tmp_path):
+    terms = every_term(tiny)
+    params = {"cooccurrence": {0: {"weight": 2.0, "decay": 1.0}}, "text_similarity": {0: {"weight": 1.0, "decay": 1.0}}}
+    stand_in = torch.arange(10)
+    stand_in[3] = 2  # book 3 takes book 2's collaborative values
+    ts, plain = TermSet(terms, params, DOMAINS, stand_in=stand_in), TermSet(terms, params, DOMAINS)
+    item_idx = tiny.batch([[1, 2, 4], [5, 1]], T=4)["item_idx"]
+    t = {x.name: x for x in terms}
+    cooc, own = ts.values(t["cooccurrence"], item_idx, 0, params["cooccurrence"][0]), plain.values(
+        t["cooccurrence"], item_idx, 0, params["cooccurrence"][0])
+    col = {int(i): j for j, i in enumerate(tiny.model.domain_items(0))}
+    assert torch.equal(cooc[:, col[3]], own[:, col[2]]) and torch.equal(cooc[:, col[1]], own[:, col[1]])
+    assert bool((own[:, col[3]] != own[:, col[2]]).any()), "the data tell the two apart"
+    text = params["text_similarity"][0]
+    assert torch.equal(ts.values(t["text_similarity"], item_idx, 0, text), plain.values(t["text_similarity"], item_idx, 0, text)), \
+        "a term read from the items' own content keeps its values"
+    ts.save(tmp_path)
+    assert torch.equal(TermSet.load(tmp_path, tiny.catalog()).stand_in, stand_in)
+    plain.save(tmp_path / "plain")
+    assert TermSet.load(tmp_path / "plain", tiny.catalog()).stand_in is None

@@ -20,7 +20,7 @@ K5 = {"cooccurrence": {"k": 5, "shrink": 1.0}}
 
 def ndcg(model, valid, terms, params, domain, segment="all", input_domains=None) -> float:
     """Validation NDCG@10 of ``model`` with ``terms`` at ``params`` (the evaluation protocol's)."""
-    scored = TermSet(terms.terms, params, valid.domains)
+    scored = TermSet(terms.terms, params, valid.domains, stand_in=terms.stand_in)
     recs = evaluate("m", transformer_score_fn(model, valid, scored, input_domains=input_domains), valid, ks=(10,),
                     domains=[domain])
     return next(x["value"] for x in recs if x["metric"] == "ndcg" and x["segment"] == segment)
@@ -324,6 +324,8 @@ def test_too_few_users_new_to_a_domain_are_joined_by_simulated_ones(two_domains)
     terms, report = fit_terms(model, valid, ["cold_popularity"], grids=grids, refit=False, enough_cold_rows=500)
     joined = report["terms"]["cold_popularity"]["domains"]["movies"]
     assert (joined["rows"], joined["simulated"]) == (160, 60), joined
+    untrained = np.flatnonzero(np.bincount(valid.train.item, minlength=22)[1:] == 0) + 1  # rare movies
+    assert report["stand_ins"] == len(untrained) > 0 and set(terms.stand_in[untrained].tolist()).isdisjoint(untrained)
     values = tried(joined)
     assert len(values) == 2
     for (w,), value in values.items():  # every row read from its books: the new users' whole history, the others' part

@@ -14,9 +14,15 @@ order the fit chooses them in; a domain where every weight is 0 keeps exactly th
 A term is a :class:`ScoreTerm` subclass in a module of ``crossrec.rerank``: defining it registers it by name, and
 importing the package imports every module in it, so a new term is one new file there.
 
+A *collaborative* term (co-occurrence, next item, popularity) knows an item only from its training events, so an
+item without any (a new release) would get 0 and sink under every item the term lifts. A term set therefore keeps a
+*stand-in* per item (:func:`stand_ins`): the item itself, or for an item without training events the item of its
+domain with training events nearest in the model's item representation (text, entities, vectors); a collaborative
+term's value of an item is its stand-in's.
+
 Files (in an artifact folder, next to the model): ``terms.json`` (the terms in order with their constructor options,
-the parameters per domain by domain *name*, the fit's report) and ``terms/<name>.safetensors`` (each term's fitted
-state). No pickle.
+the parameters per domain by domain *name*, the fit's report), ``terms/<name>.safetensors`` (each term's fitted
+state) and ``terms/_stand_in.safetensors`` (the stand-ins, when the set has them). No pickle.
 """
 from __future__ import annotations
 
@@ -47,6 +53,8 @@ DECAY_GRID: tuple[float, ...] = (1.0, 0.8, 0.6, 0.4)  # recency decays the fit t
 TERM_TABLE_BYTES = 256 * 2**20
 TERMS_FILE = "terms.json"
 TERMS_DIR = "terms"
+STAND_IN_FILE = "_stand_in.safetensors"  # in TERMS_DIR (no term name starts with "_")
+STAND_IN_CHUNK = 4096  # items without training events compared with their domain's trained items at a time
 
 _REGISTRY: dict[str, type["ScoreTerm"]] = {}
 
@@ -118,8 +126,9 @@ class ScoreTerm(abc.ABC):
     ``"cold"``, see :mod:`crossrec.rerank.base`), ``order`` (the fit adds terms in increasing order), ``weights``
     (the weight grid; 0 = off) and optionally ``params`` (grids of its other parameters, e.g. a recency decay) with
     ``neutral`` (each one's value while the weight is 0; on equal validation NDCG the fit prefers the smaller weight,
-    then the parameters nearest their neutral value). Constructor keyword arguments are the term's options
-    (:meth:`options`, saved with it). Defining the subclass registers it.
+    then the parameters nearest their neutral value), and ``collaborative`` (True when its values come from training
+    events alone: an item without any takes its stand-in's, see :mod:`crossrec.rerank.base`). Constructor keyword
+    arguments are the term's options (:meth:`options`, saved with it). Defining the subclass registers it.
     """
 
     name: ClassVar[str]
@@ -128,6 +137,7 @@ class ScoreTerm(abc.ABC):
     weights: ClassVar[tuple[float, ...]]
     params: ClassVar[Mapping[str, tuple[float, ...]]] = {}
     neutral: ClassVar[Mapping[str, float]] = {}
+    collaborative: ClassVar[bool] = False
 
     catalog: Catalog  # set by fit / load_state_dict
 
@@ -230,16 +240,34 @@ def add_term(scores: Tensor, features: Tensor, scale: Tensor, rows: Tensor | Non
     return scores + add if rows is None else scores.index_add(0, rows, add)
 
 
+def stand_ins(item_table: Tensor, catalog: Catalog, counts: Tensor) -> Tensor:
+    """(n_items+1,) each item's stand-in for the collaborative terms: itself when it has training events (``counts``
+    (n_items+1,) > 0), else the item of its domain with training events whose representation (``item_table`` (n_items+1,
+    D), the model's) is nearest in cosine; itself when its domain has no trained item."""
+    out = torch.arange(catalog.n_items + 1, device=catalog.device)
+    units = F.normalize(item_table.float().to(catalog.device), dim=1)
+    trained = counts.to(catalog.device) > 0
+    for items in catalog.domain_items:
+        have, cold = items[trained[items]], items[~trained[items]]
+        if have.numel() == 0:
+            continue
+        for s in range(0, cold.numel(), STAND_IN_CHUNK):
+            part = cold[s:s + STAND_IN_CHUNK]
+            out[part] = have[(units[part] @ units[have].T).argmax(1)]
+    return out
+
+
 class TermSet:
     """The fitted terms of an artifact in fit order, with their parameters per domain.
 
     ``params[name][domain_idx] = {"weight": w, <param>: v, ...}``; a domain missing there has the term off.
     ``domains``: the domain names in domain_idx order (terms.json keys the parameters by name); ``report``: what the
-    fit measured (:func:`crossrec.rerank.fit.fit_terms`), kept in terms.json.
+    fit measured (:func:`crossrec.rerank.fit.fit_terms`), kept in terms.json; ``stand_in``: (n_items+1,) item ids
+    (:func:`stand_ins`), None = every item stands for itself.
     """
 
     def __init__(self, terms: Sequence[ScoreTerm], params: Mapping[str, Mapping[int, Mapping[str, float]]],
-                 domains: Sequence[str], report: Mapping | None = None):
+                 domains: Sequence[str], report: Mapping | None = None, stand_in: Tensor | None = None):
         self.terms = sorted(terms, key=lambda t: (t.order, t.name))
         names = [t.name for t in self.terms]
         assert len(set(names)) == len(names), f"a term occurs twice: {names}"
@@ -255,11 +283,31 @@ class TermSet:
                 assert p["weight"] >= 0, f"{t.name}: weights must be >= 0, got {p['weight']}"
                 self.params[t.name][int(d)] = {k: float(v) for k, v in p.items()}
         self.report = dict(report or {})
+        self.stand_in = stand_in
+        self._stand_in_cols: dict[int, Tensor | None] = {}  # per domain: each column's stand-in column, None = itself
 
     def active(self, domain: int) -> list[tuple[ScoreTerm, dict[str, float]]]:
         """The terms that change ``domain``'s scores (weight above 0 there), in order, with their parameters."""
         return [(t, self.params[t.name][int(domain)]) for t in self.terms
                 if self.params[t.name].get(int(domain), {}).get("weight", 0.0) != 0.0]
+
+    def values(self, term: ScoreTerm, item_idx: Tensor, domain: int, params: Mapping[str, float]) -> Tensor:
+        """``term``'s values (B, n_d) of ``domain`` for the (B, T) histories at ``params`` (its weight aside); a
+        collaborative term's column of an item without training events is its stand-in's."""
+        f = term.features(item_idx, domain, **{k: v for k, v in params.items() if k != "weight"})
+        cols = self._stand_in_columns(term.catalog, domain) if term.collaborative else None
+        return f if cols is None else f[:, cols]
+
+    def _stand_in_columns(self, catalog: Catalog, domain: int) -> Tensor | None:
+        d = int(domain)
+        if d not in self._stand_in_cols:
+            cols = None
+            if self.stand_in is not None:
+                items = catalog.domain_items[d]
+                mapped = self.stand_in.to(items.device)[items]
+                cols = catalog.item_col[mapped] if bool((mapped != items).any()) else None
+            self._stand_in_cols[d] = cols
+        return self._stand_in_cols[d]
 
     @torch.no_grad()
     def prepare(self, max_bytes: int = TERM_TABLE_BYTES) -> list[int]:
@@ -303,7 +351,7 @@ class TermSet:
             r = rows[term.applies_to]
             if r is not None and r.numel() == 0:
                 continue
-            f = term.features(item_idx if r is None else item_idx[r], domain, **{k: v for k, v in p.items() if k != "weight"})
+            f = self.values(term, item_idx if r is None else item_idx[r], domain, p)
             out = add_term(out, f, p["weight"] * (std if r is None else std[r]), r)
         return out
 
@@ -320,6 +368,8 @@ class TermSet:
                 "domains": self.domains,
                 "params": {t.name: {self.domains[d]: p for d, p in sorted(self.params[t.name].items())} for t in self.terms},
                 "report": self.report}
+        if self.stand_in is not None:
+            save_file({"stand_in": self.stand_in.detach().cpu().contiguous()}, str(folder / TERMS_DIR / STAND_IN_FILE))
         (folder / TERMS_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
@@ -343,8 +393,10 @@ class TermSet:
             terms.append(term)
         index = {name: d for d, name in enumerate(domains)}
         params = {name: {index[d]: p for d, p in by_domain.items()} for name, by_domain in meta["params"].items()}
-        return cls(terms, params, domains, meta.get("report"))
+        stand_in_file = folder / TERMS_DIR / STAND_IN_FILE
+        stand_in = load_file(str(stand_in_file), device=str(catalog.device))["stand_in"] if stand_in_file.is_file() else None
+        return cls(terms, params, domains, meta.get("report"), stand_in)
 
 
-__all__ = ["ScoreTerm", "TermSet", "Catalog", "registered", "score_std", "term_rows", "add_term", "DECAY_GRID",
-           "KINDS", "TERM_TABLE_BYTES", "TERMS_FILE", "TERMS_DIR"]
+__all__ = ["ScoreTerm", "TermSet", "Catalog", "registered", "stand_ins", "score_std", "term_rows", "add_term",
+           "DECAY_GRID", "KINDS", "TERM_TABLE_BYTES", "TERMS_FILE", "TERMS_DIR", "STAND_IN_FILE"]

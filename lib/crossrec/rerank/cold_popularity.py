@@ -38,6 +38,7 @@ class ColdPopularityTerm(ScoreTerm):
     """Users new to the domain: the item's standardised log popularity (see the module docstring)."""
 
     name = "cold_popularity"
+    collaborative = True
     applies_to = "cold"
     order = 40
     weights = COLD_POPULARITY_GRID

@@ -53,6 +53,7 @@ class CooccurrenceTerm(ItemPairs, ScoreTerm):
 
     pairs_name = "co-occurrence pairs"
     name = "cooccurrence"
+    collaborative = True
     applies_to = "warm"
     order = 10
     weights = WEIGHT_GRID

@@ -30,14 +30,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from crossrec.evaluate.metrics import candidate_counts, paired_difference, per_row_metrics, rank_of_target
 from crossrec.inference import Batch, Predictor
-from crossrec.rerank.base import Catalog, ScoreTerm, TermSet, add_term, registered, score_std, term_rows
+from crossrec.rerank.base import Catalog, ScoreTerm, TermSet, add_term, registered, score_std, stand_ins, term_rows
 
 if TYPE_CHECKING:
     from crossrec.evaluate.protocol import DomainTest, EvalData
+    from crossrec.model.baselines import InteractionData
     from crossrec.model.transformer import CrossDomainTransformer
 
 log = logging.getLogger(__name__)
@@ -80,9 +82,11 @@ def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequenc
 
     Returns:
         The :class:`TermSet` (every term that can score this model, with weight 0 where it was not chosen) and the
-        report ``{"fitted_on", "min_gain_se", "terms": {name: {"options", "applies_to", "domains": {domain:
+        report ``{"fitted_on", "min_gain_se", "stand_ins", "terms": {name: {"options", "applies_to", "domains": {domain:
         {"params", "rows", "simulated", "valid_ndcg@10": [{<params>, "value", "gain_se"} per setting tried]}}}}}``
-        (``simulated``: how many of the rows are simulated new users; ``gain_se``: the paired standard error of the
+        (``stand_ins``: the items without training events, whose collaborative values are a stand-in's, see
+        :mod:`crossrec.rerank.base`; ``simulated``: how many of the rows are simulated new users; ``gain_se``: the
+        paired standard error of the
         setting's difference with the term off); a term left out has
         ``"skipped"`` instead of ``"domains"``, a domain not searched ``"skipped"`` and an empty list.
     """
@@ -108,6 +112,12 @@ def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequenc
         terms.append(term)
 
     predictor = Predictor(model, None, valid.item_counts())
+
+    def stand_in_of(events: "InteractionData") -> Tensor:
+        counts = torch.from_numpy(np.bincount(events.item, minlength=catalog.n_items + 1))
+        return stand_ins(predictor.item_table, catalog, counts)
+
+    stand_in = stand_in_of(valid.train)
     keep = None if input_domains is None else np.array([valid.domains.index(d) for d in input_domains], dtype=np.int64)
     rng = np.random.default_rng(seed)
     params: dict[str, dict[int, dict[str, float]]] = {t.name: {} for t in terms}
@@ -132,7 +142,7 @@ def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequenc
             elif len(group.rows) < needed:
                 record["skipped"] = f"too few validation rows to choose it, under {needed}"
             else:
-                chosen = TermSet(terms, params, valid.domains)
+                chosen = TermSet(terms, params, valid.domains, stand_in=stand_in)
                 per_row = _ndcg_of_settings(predictor, dt_, group, chosen, term, settings)
                 off = per_row[next(i for i, x in enumerate(settings) if x["weight"] == 0.0)] if any(
                     x["weight"] == 0.0 for x in settings) else None
@@ -152,8 +162,11 @@ def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequenc
         known = valid.train_with_targets()  # train events + valid targets
         for term in terms:
             term.fit(known, catalog)
-    log.info("score terms %s fitted in %.1fs", [t.name for t in terms], time.time() - t0)
-    return TermSet(terms, params, valid.domains, report), report
+        stand_in = stand_in_of(known)
+    report["stand_ins"] = int((stand_in != torch.arange(stand_in.numel(), device=stand_in.device)).sum())
+    log.info("score terms %s fitted in %.1fs; %d items without training events take a stand-in's collaborative values",
+             [t.name for t in terms], time.time() - t0, report["stand_ins"])
+    return TermSet(terms, params, valid.domains, report, stand_in), report
 
 
 def _rows_of_kind(predictor: Predictor, valid: "EvalData", dt_: "DomainTest", sel: np.ndarray, keep: np.ndarray | None,
@@ -213,7 +226,7 @@ def _ndcg_of_settings(predictor: Predictor, dt_: "DomainTest", group: _Rows, cho
             if s["weight"] != 0.0:
                 key = tuple(s[p] for p in term.params)
                 if key not in values:
-                    values[key] = term.features(items if sub is None else items[sub], d, **dict(zip(term.params, key)))
+                    values[key] = chosen.values(term, items if sub is None else items[sub], d, dict(zip(term.params, key)))
                 scores = add_term(base, values[key], s["weight"] * (std if sub is None else std[sub]), sub)
             scores = predictor.finalize(batch, d, scores)
             ranks[i].append(rank_of_target(scores.float().cpu().numpy(), dt_.target_col[rows], dt_.exclude[rows]))

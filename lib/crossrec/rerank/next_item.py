@@ -58,6 +58,7 @@ class NextItemTerm(ItemPairs, ScoreTerm):
 
     pairs_name = "transitions"
     name = "next_item"
+    collaborative = True
     applies_to = "warm"
     order = 30
     weights = NEXT_WEIGHT_GRID
