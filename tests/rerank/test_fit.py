@@ -20,7 +20,7 @@ K5 = {"cooccurrence": {"k": 5, "shrink": 1.0}}
 
 def ndcg(model, valid, terms, params, domain, segment="all", input_domains=None) -> float:
     """Validation NDCG@10 of ``model`` with ``terms`` at ``params`` (the evaluation protocol's)."""
-    scored = TermSet(terms.terms, params, valid.domains, stand_in=terms.stand_in)
+    scored = TermSet(terms.terms, params, valid.domains)  # as the terms were chosen: before the stand-ins
     recs = evaluate("m", transformer_score_fn(model, valid, scored, input_domains=input_domains), valid, ks=(10,),
                     domains=[domain])
     return next(x["value"] for x in recs if x["metric"] == "ndcg" and x["segment"] == segment)
@@ -274,7 +274,8 @@ def test_next_item_weight_is_chosen_where_the_next_item_follows_the_latest_one(t
         assert ndcg(model, valid, terms, {"next_item": {0: {"weight": m}}}, "books") == pytest.approx(value, abs=1e-6), m
     assert report_lines(report) == [
         f"term next_item        books: weight {rec['params']['weight']:g}; valid NDCG@10 "
-        f"{values[(rec['params']['weight'],)]:.4f} ({values[(0.0,)]:.4f} without; 100 valid rows)"]
+        f"{values[(rec['params']['weight'],)]:.4f} ({values[(0.0,)]:.4f} without; 100 valid rows)",
+        "term stand_in         books: off (every item has training events; 100 valid rows)"]
 
 
 def test_a_term_the_model_cannot_use_is_left_out_and_reported(two_domains):
@@ -325,7 +326,7 @@ def test_too_few_users_new_to_a_domain_are_joined_by_simulated_ones(two_domains)
     joined = report["terms"]["cold_popularity"]["domains"]["movies"]
     assert (joined["rows"], joined["simulated"]) == (160, 60), joined
     untrained = np.flatnonzero(np.bincount(valid.train.item, minlength=22)[1:] == 0) + 1  # rare movies
-    assert report["stand_ins"] == len(untrained) > 0 and set(terms.stand_in[untrained].tolist()).isdisjoint(untrained)
+    assert report["stand_in"]["items"] == len(untrained) > 0 and set(terms.stand_in[untrained].tolist()).isdisjoint(untrained)
     values = tried(joined)
     assert len(values) == 2
     for (w,), value in values.items():  # every row read from its books: the new users' whole history, the others' part
@@ -334,3 +335,35 @@ def test_too_few_users_new_to_a_domain_are_joined_by_simulated_ones(two_domains)
     alone = fit_terms(model, valid, ["cold_popularity"], grids=grids, refit=False, enough_cold_rows=100)[1]
     assert {k: alone["terms"]["cold_popularity"]["domains"]["movies"][k] for k in ("rows", "simulated")} == {
         "rows": 100, "simulated": 0}
+
+
+def test_a_new_item_takes_its_stand_ins_collaborative_values_when_validation_says_so(two_domains):
+    """Book 12 has no training event and the model represents it as book 11; users of books 1-3 and 11 go to book 3 or
+    to book 12: co-occurrence lifts book 11, so the stand-in weight that gives 12 the values of 11 is chosen, and the
+    set scores the validation rows as reported for every weight."""
+    rng = np.random.default_rng(12)
+    group = [1, 2, 3, 11]
+    model = two_domains.model(6)
+    with torch.no_grad():  # book 12 looks like book 11 to the model
+        model.item_encoder.text_emb[12] = model.item_encoder.text_emb[11]
+        model.item_encoder.id_emb.weight[12] = model.item_encoder.id_emb.weight[11]
+    rows = []
+    for u in range(120):
+        hist = [int(x) for x in rng.choice(group if u % 2 else [1, 2, 11], size=5)] + [int(rng.integers(4, 11))]
+        ts = list(range(100 * u, 100 * u + len(hist)))
+        target = 12 if u % 2 else 3
+        rows.append((f"u{u}", "train", "*", hist, [0] * len(hist), ts, None, None, False, len(hist)))
+        rows.append((f"u{u}", "valid", "books", hist, [0] * len(hist), ts, target, ts[-1] + 1, False, len(hist)))
+    valid = two_domains.valid(rows)
+    terms, report = fit_terms(model, valid, ["cooccurrence"], options=K5, refit=False,
+                              grids={"cooccurrence": {"weight": (0.0, 4.0), "decay": (1.0,)}})
+    assert int(terms.stand_in[12]) == 11 and report["stand_in"]["items"] >= 1
+    assert terms.params["cooccurrence"][0]["weight"] == 4.0
+    record = report["stand_in"]["domains"]["books"]
+    values = tried(record)
+    assert record["params"]["weight"] > 0 and values[(record["params"]["weight"],)] > values[(0.0,)] + 0.1, record
+    assert terms.stand_in_weight[0] == record["params"]["weight"]
+    for (b,), value in values.items():
+        scored = TermSet(terms.terms, terms.params, valid.domains, stand_in=terms.stand_in, stand_in_weight={0: b})
+        recs = evaluate("m", transformer_score_fn(model, valid, scored), valid, ks=(10,), domains=["books"])
+        assert next(x["value"] for x in recs if x["metric"] == "ndcg" and x["segment"] == "all") == pytest.approx(value, abs=1e-6)

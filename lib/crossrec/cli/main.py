@@ -91,8 +91,8 @@ def _generate(argv: list[str]) -> int:
                    help="creator: items carry a precomputed vector (style_vec, modality image) coding their creator, "
                         f"the same code in every domain, and users keep to a favourite creator (default {d.vector_signal})")
     p.add_argument("--new-items", type=float, default=d.new_items, metavar="SHARE",
-                   help="share of each domain's items released last: only a user's latest event of the domain (its "
-                        f"test target) picks one, so they are the evaluation's cold items (default {d.new_items:g})")
+                   help="share of each domain's items released last: only a user's latest two events of the domain (the "
+                        f"validation and test targets) pick one: the evaluation's cold items (default {d.new_items:g})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
     p.add_argument("--overwrite", action="store_true", help="replace a data set generated earlier in OUT (same spec -> same bytes)")
     a = p.parse_args(argv)

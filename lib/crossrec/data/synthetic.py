@@ -21,10 +21,10 @@ The data carry a planted cross-domain signal that later stages can be tested aga
   declared as modality ``image``): a code of its (topic, creator) shared by every domain plus noise, and users keep
   to a favourite creator as above. Without ``entity_signal=shared`` the creators' names differ between domains, so
   across domains that taste is in the vectors only.
-* ``new_items``: the share of each domain's items that are new releases (default 0): only a user's latest event of
-  a domain may pick one (the test target the features job holds out), an earlier pick of one goes to an old item of
-  the same topic and creator instead. A new item thus has no training or validation event: the *cold items* of the
-  evaluation, ranked from their text, entities and vectors alone.
+* ``new_items``: the share of each domain's items that are new releases (default 0): only a user's latest two events
+  of a domain may pick one (the validation and test targets the features job holds out), an earlier pick of one goes
+  to an old item of the same topic and creator instead. A new item thus has no training event: the *cold items* of
+  the evaluation (those only test targets pick), ranked from their text, entities and vectors alone.
 * Users are active in a subset of domains (``single_domain_share`` of them in exactly one), have
   ``max(3, Poisson(mean_events_per_user))`` events spread over those domains (each active domain gets at
   least one), at strictly increasing whole-second times per user between 2019-01-01 and 2024-12-31 UTC.
@@ -137,7 +137,7 @@ class SyntheticSpec:
     text_signal: str = "aligned"  # "aligned" | "per_domain": how item text names topics across domains
     entity_signal: str = "none"  # "none" | "shared": whether a topic's people and brands are the same in every domain
     vector_signal: str = "none"  # "none" | "creator": items carry a vector coding their creator, shared across domains
-    new_items: float = 0.0  # share of each domain's items released last: test targets only (cold items)
+    new_items: float = 0.0  # share of each domain's items released last: validation and test targets only
     dirty_rate: float = 0.0
     seed: int = 7
 
@@ -238,7 +238,7 @@ def _simulate_chunk(spec: SyntheticSpec, topic_pop: np.ndarray, domain_pop: np.n
             m = by_creator & (domain == d)
             item[m] = catalog.sample_creator(topic[m], favourite[user[m], topic[m]], u[m])
 
-    if spec.new_items > 0:  # a new release only as the user's latest event of its domain (draws nothing: bytes stay)
+    if spec.new_items > 0:  # a new release only as one of the user's latest two events of its domain (no draw)
         item = keep_new_items_last(user, domain, pos, item, catalogs)
 
     # Times: exponential gaps with a per-user scale, squeezed into the range if needed, +1 s per step.

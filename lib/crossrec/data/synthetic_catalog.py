@@ -290,12 +290,18 @@ def dataset_json(layouts: Sequence[Layout], identity_map: bool, nightly: bool = 
 
 def keep_new_items_last(user: np.ndarray, domain: np.ndarray, pos: np.ndarray, item: np.ndarray,
                         catalogs: Sequence[DomainCatalog]) -> np.ndarray:
-    """``item`` with every pick of a new item (:attr:`DomainCatalog.new`) that is not its user's latest event of the
-    domain replaced by the item's twin: new items stay test targets (events grouped by user, ``pos`` their order)."""
+    """``item`` with every pick of a new item (:attr:`DomainCatalog.new`) that is not one of its user's latest two
+    events of the domain replaced by the item's twin: new items stay validation and test targets (events grouped by
+    user, ``pos`` their order)."""
     order = np.lexsort((pos, domain, user))
     u_o, d_o = user[order], domain[order]
-    latest = np.ones(len(user), dtype=bool)
-    latest[order[:-1]] = (u_o[1:] != u_o[:-1]) | (d_o[1:] != d_o[:-1])
+    same = (u_o[1:] == u_o[:-1]) & (d_o[1:] == d_o[:-1])  # event k+1 is of k's user and domain
+    last = np.ones(len(user), dtype=bool)
+    last[:-1] = ~same
+    second = np.zeros(len(user), dtype=bool)
+    second[:-1] = same & last[1:]
+    latest = np.empty(len(user), dtype=bool)
+    latest[order] = last | second
     item = item.copy()
     for d, catalog in enumerate(catalogs):
         m = (domain == d) & ~latest

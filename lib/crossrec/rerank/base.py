@@ -17,8 +17,9 @@ importing the package imports every module in it, so a new term is one new file 
 A *collaborative* term (co-occurrence, next item, popularity) knows an item only from its training events, so an
 item without any (a new release) would get 0 and sink under every item the term lifts. A term set therefore keeps a
 *stand-in* per item (:func:`stand_ins`): the item itself, or for an item without training events the item of its
-domain with training events nearest in the model's item representation (text, entities, vectors); a collaborative
-term's value of an item is its stand-in's.
+domain with training events nearest in the model's item representation (text, entities, vectors). In a domain with
+stand-in weight ``b_d`` a collaborative term's value of such an item is ``b_d`` times its stand-in's plus ``1 - b_d``
+times its own (``b_d`` chosen on validation by :func:`crossrec.rerank.fit.fit_terms`; 0 = its own values only).
 
 Files (in an artifact folder, next to the model): ``terms.json`` (the terms in order with their constructor options,
 the parameters per domain by domain *name*, the fit's report), ``terms/<name>.safetensors`` (each term's fitted
@@ -263,11 +264,13 @@ class TermSet:
     ``params[name][domain_idx] = {"weight": w, <param>: v, ...}``; a domain missing there has the term off.
     ``domains``: the domain names in domain_idx order (terms.json keys the parameters by name); ``report``: what the
     fit measured (:func:`crossrec.rerank.fit.fit_terms`), kept in terms.json; ``stand_in``: (n_items+1,) item ids
-    (:func:`stand_ins`), None = every item stands for itself.
+    (:func:`stand_ins`), None = every item stands for itself; ``stand_in_weight``: ``b_d`` per domain_idx (a domain
+    missing there: 1).
     """
 
     def __init__(self, terms: Sequence[ScoreTerm], params: Mapping[str, Mapping[int, Mapping[str, float]]],
-                 domains: Sequence[str], report: Mapping | None = None, stand_in: Tensor | None = None):
+                 domains: Sequence[str], report: Mapping | None = None, stand_in: Tensor | None = None,
+                 stand_in_weight: Mapping[int, float] | None = None):
         self.terms = sorted(terms, key=lambda t: (t.order, t.name))
         names = [t.name for t in self.terms]
         assert len(set(names)) == len(names), f"a term occurs twice: {names}"
@@ -284,7 +287,9 @@ class TermSet:
                 self.params[t.name][int(d)] = {k: float(v) for k, v in p.items()}
         self.report = dict(report or {})
         self.stand_in = stand_in
-        self._stand_in_cols: dict[int, Tensor | None] = {}  # per domain: each column's stand-in column, None = itself
+        self.stand_in_weight = {int(d): float(w) for d, w in (stand_in_weight or {}).items()}
+        assert all(0.0 <= w <= 1.0 for w in self.stand_in_weight.values()), f"stand-in weights in [0, 1]: {stand_in_weight}"
+        self._stand_in_cols: dict[int, tuple[Tensor, Tensor] | None] = {}  # per domain: (columns, their stand-ins')
 
     def active(self, domain: int) -> list[tuple[ScoreTerm, dict[str, float]]]:
         """The terms that change ``domain``'s scores (weight above 0 there), in order, with their parameters."""
@@ -295,17 +300,25 @@ class TermSet:
         """``term``'s values (B, n_d) of ``domain`` for the (B, T) histories at ``params`` (its weight aside); a
         collaborative term's column of an item without training events is its stand-in's."""
         f = term.features(item_idx, domain, **{k: v for k, v in params.items() if k != "weight"})
-        cols = self._stand_in_columns(term.catalog, domain) if term.collaborative else None
-        return f if cols is None else f[:, cols]
+        cols = self.stand_in_columns(term.catalog, domain) if term.collaborative else None
+        b = self.stand_in_weight.get(int(domain), 1.0)
+        if cols is None or b == 0.0:
+            return f
+        own, theirs = cols
+        f = f.clone()  # may be a broadcast view
+        f[:, own] = b * f[:, theirs] + (1.0 - b) * f[:, own]
+        return f
 
-    def _stand_in_columns(self, catalog: Catalog, domain: int) -> Tensor | None:
+    def stand_in_columns(self, catalog: Catalog, domain: int) -> tuple[Tensor, Tensor] | None:
+        """The columns of ``domain``'s items that have a stand-in and their stand-ins' columns; None when none has."""
         d = int(domain)
         if d not in self._stand_in_cols:
             cols = None
             if self.stand_in is not None:
                 items = catalog.domain_items[d]
                 mapped = self.stand_in.to(items.device)[items]
-                cols = catalog.item_col[mapped] if bool((mapped != items).any()) else None
+                moved = (mapped != items).nonzero().squeeze(1)
+                cols = (moved, catalog.item_col[mapped[moved]]) if moved.numel() else None
             self._stand_in_cols[d] = cols
         return self._stand_in_cols[d]
 
@@ -367,6 +380,7 @@ class TermSet:
         meta = {"terms": [{"name": t.name, "options": t.options()} for t in self.terms],
                 "domains": self.domains,
                 "params": {t.name: {self.domains[d]: p for d, p in sorted(self.params[t.name].items())} for t in self.terms},
+                "stand_in_weight": {self.domains[d]: w for d, w in sorted(self.stand_in_weight.items())},
                 "report": self.report}
         if self.stand_in is not None:
             save_file({"stand_in": self.stand_in.detach().cpu().contiguous()}, str(folder / TERMS_DIR / STAND_IN_FILE))
@@ -395,7 +409,8 @@ class TermSet:
         params = {name: {index[d]: p for d, p in by_domain.items()} for name, by_domain in meta["params"].items()}
         stand_in_file = folder / TERMS_DIR / STAND_IN_FILE
         stand_in = load_file(str(stand_in_file), device=str(catalog.device))["stand_in"] if stand_in_file.is_file() else None
-        return cls(terms, params, domains, meta.get("report"), stand_in)
+        weights = {index[d]: w for d, w in meta.get("stand_in_weight", {}).items()}
+        return cls(terms, params, domains, meta.get("report"), stand_in, weights)
 
 
 __all__ = ["ScoreTerm", "TermSet", "Catalog", "registered", "stand_ins", "score_std", "term_rows", "add_term",

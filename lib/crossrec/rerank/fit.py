@@ -121,6 +121,8 @@ def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequenc
     keep = None if input_domains is None else np.array([valid.domains.index(d) for d in input_domains], dtype=np.int64)
     rng = np.random.default_rng(seed)
     params: dict[str, dict[int, dict[str, float]]] = {t.name: {} for t in terms}
+    stand_in_weight: dict[int, float] = {}
+    report["stand_in"] = {"domains": {}}
     for dt_ in valid.tests:
         if len(dt_.rows) == 0 or (input_domains is not None and dt_.domain not in input_domains):
             continue
@@ -142,31 +144,72 @@ def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequenc
             elif len(group.rows) < needed:
                 record["skipped"] = f"too few validation rows to choose it, under {needed}"
             else:
-                chosen = TermSet(terms, params, valid.domains, stand_in=stand_in)
+                chosen = TermSet(terms, params, valid.domains)  # the stand-ins' weight is chosen after the terms
                 per_row = _ndcg_of_settings(predictor, dt_, group, chosen, term, settings)
-                off = per_row[next(i for i, x in enumerate(settings) if x["weight"] == 0.0)] if any(
-                    x["weight"] == 0.0 for x in settings) else None
-                tried, counts = [], []
-                for x, values in zip(settings, per_row):
-                    gain, se = paired_difference(values, off) if off is not None else (float("inf"), 0.0)
-                    tried.append({**x, "value": float(values.mean()), "gain_se": se})
-                    counts.append(x["weight"] == 0.0 or gain > 0 and gain >= min_gain_se * (se if se == se else float("inf")))
-                best = max((i for i in range(len(settings)) if counts[i]), default=None,
-                           key=lambda i: (tried[i]["value"], *term.preference(settings[i])))
+                best, record["valid_ndcg@10"] = _choose(settings, per_row, min_gain_se, term.preference)
                 record["params"] = settings[best] if best is not None else term.off()
-                record["valid_ndcg@10"] = tried
             params[term.name][dt_.domain_idx] = record["params"]
             report["terms"][term.name]["domains"][dt_.domain] = record
             log.info("%s", term_line(term.name, dt_.domain, record))
+        record = _stand_in_record(predictor, valid, dt_, _batched(predictor, valid, dt_, sel, keep),
+                                  TermSet(terms, params, valid.domains, stand_in=stand_in), min_gain_se)
+        stand_in_weight[dt_.domain_idx] = record["params"]["weight"]
+        report["stand_in"]["domains"][dt_.domain] = record
+        log.info("%s", term_line("stand_in", dt_.domain, record))
     if refit:
         known = valid.train_with_targets()  # train events + valid targets
         for term in terms:
             term.fit(known, catalog)
         stand_in = stand_in_of(known)
-    report["stand_ins"] = int((stand_in != torch.arange(stand_in.numel(), device=stand_in.device)).sum())
-    log.info("score terms %s fitted in %.1fs; %d items without training events take a stand-in's collaborative values",
-             [t.name for t in terms], time.time() - t0, report["stand_ins"])
-    return TermSet(terms, params, valid.domains, report, stand_in), report
+    report["stand_in"]["items"] = int((stand_in != torch.arange(stand_in.numel(), device=stand_in.device)).sum())
+    log.info("score terms %s fitted in %.1fs; %d items without training events have a stand-in",
+             [t.name for t in terms], time.time() - t0, report["stand_in"]["items"])
+    return TermSet(terms, params, valid.domains, report, stand_in, stand_in_weight), report
+
+
+def _choose(settings: list[dict[str, float]], per_row: list[np.ndarray], min_gain_se: float,
+            preference) -> tuple[int | None, list[dict]]:
+    """The index of the setting to keep (None: none beats weight 0 by ``min_gain_se`` paired standard errors) and the
+    report of every setting tried: ``{<setting>, "value", "gain_se"}``; ``preference`` breaks ties (larger wins)."""
+    off = next((per_row[i] for i, x in enumerate(settings) if x["weight"] == 0.0), None)
+    tried, counts = [], []
+    for x, values in zip(settings, per_row):
+        gain, se = paired_difference(values, off) if off is not None else (float("inf"), 0.0)
+        tried.append({**x, "value": float(values.mean()), "gain_se": se})
+        counts.append(x["weight"] == 0.0 or gain > 0 and gain >= min_gain_se * (se if se == se else float("inf")))
+    best = max((i for i in range(len(settings)) if counts[i]), default=None,
+               key=lambda i: (tried[i]["value"], *preference(settings[i])))
+    return best, tried
+
+
+STAND_IN_GRID: tuple[float, ...] = (0.0, 0.5, 1.0)
+
+
+def _stand_in_record(predictor: Predictor, valid: "EvalData", dt_: "DomainTest", group: _Rows, chosen: TermSet,
+                     min_gain_se: float) -> dict:
+    """Choose the domain's stand-in weight ``b_d`` from :data:`STAND_IN_GRID` on its sampled validation rows, with its
+    terms as chosen (see :mod:`crossrec.rerank.base`); a record like a term's."""
+    d = dt_.domain_idx
+    settings = [{"weight": b} for b in STAND_IN_GRID]
+    record = {"params": {"weight": 0.0}, "rows": int(len(group.rows)), "valid_ndcg@10": []}
+    active = any(t.collaborative for t, _ in chosen.active(d))
+    if not active or chosen.stand_in_columns(chosen.terms[0].catalog, d) is None:
+        record["skipped"] = "no collaborative term on" if not active else "every item has training events"
+        return record
+    cov = predictor.covariance(d)
+    ranks: list[list[np.ndarray]] = [[] for _ in settings]
+    for rows, batch in group.batches:
+        raw, h = predictor.model_scores(batch, d)
+        for i, x in enumerate(settings):
+            ts = TermSet(chosen.terms, chosen.params, chosen.domains, stand_in=chosen.stand_in,
+                         stand_in_weight={d: x["weight"]})
+            scores = predictor.finalize(batch, d, ts.apply(raw, batch.inputs["item_idx"], d, h, cov))
+            ranks[i].append(rank_of_target(scores.float().cpu().numpy(), dt_.target_col[rows], dt_.exclude[rows]))
+    n_cand = candidate_counts(dt_.exclude.shape[1], dt_.target_col[group.rows], dt_.exclude[group.rows])
+    per_row = [per_row_metrics(np.concatenate(r), n_cand, ks=(10,))["ndcg@10"] for r in ranks]
+    best, record["valid_ndcg@10"] = _choose(settings, per_row, min_gain_se, lambda x: (-x["weight"],))
+    record["params"] = settings[best] if best is not None else {"weight": 0.0}
+    return record
 
 
 def _rows_of_kind(predictor: Predictor, valid: "EvalData", dt_: "DomainTest", sel: np.ndarray, keep: np.ndarray | None,
@@ -257,6 +300,8 @@ def report_lines(report: Mapping) -> list[str]:
             lines.append(f"term {name:<16} off ({entry['skipped']})")
         for domain, record in entry.get("domains", {}).items():
             lines.append(term_line(name, domain, record))
+    for domain, record in report.get("stand_in", {}).get("domains", {}).items():
+        lines.append(term_line("stand_in", domain, record))
     return lines
 
 
