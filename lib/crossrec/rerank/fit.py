@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -151,7 +151,7 @@ def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequenc
             params[term.name][dt_.domain_idx] = record["params"]
             report["terms"][term.name]["domains"][dt_.domain] = record
             log.info("%s", term_line(term.name, dt_.domain, record))
-        record = _stand_in_record(predictor, valid, dt_, _batched(predictor, valid, dt_, sel, keep),
+        record = _stand_in_record(predictor, dt_, sel, lambda: _batched(predictor, valid, dt_, sel, keep),
                                   TermSet(terms, params, valid.domains, stand_in=stand_in), min_gain_se)
         stand_in_weight[dt_.domain_idx] = record["params"]["weight"]
         report["stand_in"]["domains"][dt_.domain] = record
@@ -185,17 +185,19 @@ def _choose(settings: list[dict[str, float]], per_row: list[np.ndarray], min_gai
 STAND_IN_GRID: tuple[float, ...] = (0.0, 0.5, 1.0)
 
 
-def _stand_in_record(predictor: Predictor, valid: "EvalData", dt_: "DomainTest", group: _Rows, chosen: TermSet,
-                     min_gain_se: float) -> dict:
-    """Choose the domain's stand-in weight ``b_d`` from :data:`STAND_IN_GRID` on its sampled validation rows, with its
-    terms as chosen (see :mod:`crossrec.rerank.base`); a record like a term's."""
+def _stand_in_record(predictor: Predictor, dt_: "DomainTest", sel: np.ndarray, batched: Callable[[], _Rows],
+                     chosen: TermSet, min_gain_se: float) -> dict:
+    """Choose the domain's stand-in weight ``b_d`` from :data:`STAND_IN_GRID` on its sampled validation rows ``sel``
+    (``batched()`` collates them, only when there is a choice to make), with its terms as chosen (see
+    :mod:`crossrec.rerank.base`); a record like a term's."""
     d = dt_.domain_idx
     settings = [{"weight": b} for b in STAND_IN_GRID]
-    record = {"params": {"weight": 0.0}, "rows": int(len(group.rows)), "valid_ndcg@10": []}
+    record = {"params": {"weight": 0.0}, "rows": int(len(sel)), "valid_ndcg@10": []}
     active = any(t.collaborative for t, _ in chosen.active(d))
     if not active or chosen.stand_in_columns(chosen.terms[0].catalog, d) is None:
         record["skipped"] = "no collaborative term on" if not active else "every item has training events"
         return record
+    group = batched()
     cov = predictor.covariance(d)
     ranks: list[list[np.ndarray]] = [[] for _ in settings]
     for rows, batch in group.batches:
