@@ -48,10 +48,11 @@ def entity_slot_weights(item_entities: Tensor) -> Tensor:
     return w / w.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
-def entity_vectors(item_entities: Tensor) -> Tensor:
+def entity_vectors(item_entities: Tensor, slot_weights: Tensor | None = None) -> Tensor:
     """(n_items+1, E) entity ids (0 = none) -> the sparse (n_items+1, n_entities+1) unit rows ``x_i`` (idf-weighted,
-    each entity once per item; an item without entities keeps a zero row)."""
-    w = entity_slot_weights(item_entities)
+    each entity once per item; an item without entities keeps a zero row). ``slot_weights``: the ids'
+    :func:`entity_slot_weights`, when already computed."""
+    w = entity_slot_weights(item_entities) if slot_weights is None else slot_weights
     keep = w > 0
     rows = torch.arange(w.shape[0], device=w.device)[:, None].expand_as(w)[keep]
     n_cols = int(item_entities.max()) + 1 if item_entities.numel() else 1
@@ -81,8 +82,8 @@ class EntityTerm:
     def load_state_dict(self, state: Mapping[str, Tensor], catalog: Catalog) -> None:
         assert catalog.item_entities is not None, f"{self.name}: {NO_ENTITIES}"
         super().load_state_dict(state, catalog)
-        self.vectors = entity_vectors(catalog.item_entities)
         self.slot_weights = entity_slot_weights(catalog.item_entities)  # (n_items+1, E), the values of ``vectors``
+        self.vectors = entity_vectors(catalog.item_entities, self.slot_weights)
         self._domain_vectors: dict[int, Tensor] = {}  # (n_entities+1, n_d) per domain, transposed once
 
     def features(self, item_idx: Tensor, domain: int, decay: float = 1.0) -> Tensor:
