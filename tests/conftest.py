@@ -21,6 +21,17 @@ def pytest_configure(config):
         config.addinivalue_line("markers", f"{marker}: {text}")
 
 
+# a test that takes an engine's fixture is marked as using that engine, so `-m "not spark and not ray"` selects
+# only tests that start neither (a marker left off by hand once let a Ray test run with the light ones)
+ENGINE_FIXTURES = {"spark": "spark", "scored_lake": "spark", "ray_local": "ray"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture in set(getattr(item, "fixturenames", ())) & ENGINE_FIXTURES.keys():
+            item.add_marker(ENGINE_FIXTURES[fixture])
+
+
 @pytest.fixture(scope="session")
 def spark():
     """One local Spark session with Delta for all tests (2 cores: local[2], few partitions, no UI)."""

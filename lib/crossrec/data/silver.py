@@ -224,6 +224,7 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
         for table, df, n in rebuilt:
             w[table] = write_table(spark, df, load_contract(table), cfg.table_path(table), "overwrite")
             _check_written(table, write_metrics(cfg.table_path(table), w[table]).get("numOutputRows"), n)
+        stage.lap(f"rebuilt {', '.join(t for t, _, _ in rebuilt)}")
     else:
         w["silver.items"], m = merge_table(spark, ok_items, load_contract("silver.items"), silver_items_path, [C.DOMAIN, C.ITEM_ID])
         _check_written("silver.items", m.get("numTargetRowsInserted", 0) + m.get("numTargetRowsUpdated", 0), n_items)
