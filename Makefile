@@ -14,6 +14,9 @@ DEMO_USER  ?= u0000001
 DEMO_QUERY ?= sea adventure stories
 RUN_DATE   ?= $(shell date -u +%F)
 PYTEST_ARGS ?=
+# make test's pytest processes: one runs every Spark and Ray test in turn, the others the rest beside it (0: one
+# process, no workers)
+TEST_WORKERS ?= 2
 
 export CROSSREC_PSEUDONYM_KEY_FILE ?= $(abspath $(DEMO_KEY))
 
@@ -76,10 +79,10 @@ demo: $(STAMP) $(DEMO_KEY)
 	@echo "== analysis notebook: notebooks/crossrec_results.ipynb (reads $(LAKE); run it with jupyter from notebooks/)"
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -ra --strict-markers --durations=25 $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -ra --strict-markers --durations=40 -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -ra --strict-markers -m "not slow" $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -ra --strict-markers -m "not slow" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS) tests
 
 clean-demo:
 	rm -rf $(LAKE) demo-data

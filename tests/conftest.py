@@ -26,10 +26,16 @@ def pytest_configure(config):
 ENGINE_FIXTURES = {"spark": "spark", "scored_lake": "spark", "ray_local": "ray"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
+    """Engine markers from fixtures; under ``pytest -n N --dist loadgroup`` (``make test``) every Spark or Ray test
+    runs in one worker, one after another (two engines at once starve a small machine), and the other tests run in
+    the other workers beside them."""
     for item in items:
         for fixture in set(getattr(item, "fixturenames", ())) & ENGINE_FIXTURES.keys():
             item.add_marker(ENGINE_FIXTURES[fixture])
+        if item.get_closest_marker("spark") or item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("engines"))
 
 
 @pytest.fixture(scope="session")
