@@ -66,10 +66,12 @@ class Predictor:
         terms: the artifact's :class:`~crossrec.rerank.base.TermSet` (its dense tables are built here); None = the
             Transformer alone.
         popularity: (n_items+1,) scores of each item for rows with an empty history (e.g. training counts); None = 0.
+        item_table: (n_items+1, D) the item representations to score with (e.g. with rescaled id embeddings, see
+            :mod:`crossrec.train.id_shrinkage`); None = the model's own :meth:`item_table`.
     """
 
     def __init__(self, model: "CrossDomainTransformer", terms: "TermSet | None" = None,
-                 popularity: np.ndarray | Tensor | None = None):
+                 popularity: np.ndarray | Tensor | None = None, item_table: Tensor | None = None):
         model.eval()
         self.model = model
         self.terms = terms
@@ -80,8 +82,11 @@ class Predictor:
         pop = torch.zeros(n + 1) if popularity is None else torch.as_tensor(popularity)
         assert pop.shape == (n + 1,), f"popularity must have n_items + 1 = {n + 1} entries, got {tuple(pop.shape)}"
         self.popularity = pop.to(device=self.device, dtype=torch.float32)
-        with torch.inference_mode():
-            self.item_table = model.item_table()  # (n+1, D): history items are looked up, not re-encoded
+        if item_table is None:
+            with torch.inference_mode():
+                item_table = model.item_table()
+        assert item_table.shape == (n + 1, model.config.d_model), f"item_table must be ({n + 1}, D), got {tuple(item_table.shape)}"
+        self.item_table = item_table  # (n+1, D): history items are looked up, not re-encoded
         self._reps: dict[int, Tensor] = {}
         self._covs: dict[int, Tensor] = {}
         if terms is not None:

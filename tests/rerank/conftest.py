@@ -1,10 +1,9 @@
 """Builders shared by the score-term tests: a tiny model over two domains with random same-domain item-item matrices
-(``tiny``), and a two-domain lake whose validation split the fit tests write row by row (``two_domains``)."""
+(``tiny``); the two-domain lake the fit tests write row by row (``two_domains``) is in tests/conftest.py."""
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -62,46 +61,3 @@ def tiny():
 
     return SimpleNamespace(dom=dom, text=text, unit=F.normalize(text, dim=1), model=model, batch=batch, pairs=pairs,
                            catalog=lambda: Catalog.from_model(model))
-
-
-SIZES = (12, 9)  # books 1..12, movies 13..21
-SEQ_COLUMNS = ["user_id", "split", "target_domain", "item_idx", "domain_idx", "event_ts", "target_item_idx", "target_ts",
-               "cold_start", "history_len"]
-
-
-@pytest.fixture()
-def two_domains(tmp_path):
-    """Books (items 1..12) and movies (13..21). ``valid(rows)`` writes gold tables with ``rows`` (SEQ_COLUMNS) and
-    returns their valid split; ``model(seed, entities)`` an untrained tiny model over the 21 items (random text
-    vectors)."""
-    import pandas as pd
-    from deltalake import write_deltalake
-
-    from crossrec.evaluate.protocol import load_eval_data
-
-    dom = np.repeat([0, 1], SIZES)
-    index = pd.DataFrame({"domain": np.where(dom == 0, "books", "movies"), "item_id": [f"i{i}" for i in range(1, 22)],
-                          "item_idx": np.arange(1, 22), "domain_idx": dom,
-                          "domain_item_idx": np.concatenate([np.arange(n) for n in SIZES]),
-                          "category": [None] * 21, "train_count": np.ones(21, dtype=np.int64)})
-
-    def valid(rows):
-        lake = tmp_path / "lake"
-        write_deltalake(str(lake / "gold" / "item_index"), index)
-        write_deltalake(str(lake / "gold" / "user_sequences"), pd.DataFrame(rows, columns=SEQ_COLUMNS))
-        return load_eval_data(str(lake), split="valid")
-
-    def model(seed: int, entities: list[int] | None = None) -> CrossDomainTransformer:
-        """``entities``: one entity id (>= 1) per item 1..21, or None (a model without entities)."""
-        ids = torch.arange(22)
-        item_dom = torch.tensor([0, *dom])
-        feats = ItemFeatures(text_emb=torch.randn(22, 8, generator=torch.Generator().manual_seed(seed)),
-                             item_domain=item_dom, item_attr=torch.zeros(22, dtype=torch.long),
-                             domain_items=[ids[(item_dom == k) & (ids > 0)] for k in (0, 1)],
-                             item_entities=None if entities is None else torch.tensor([0, *entities])[:, None])
-        torch.manual_seed(seed)
-        return CrossDomainTransformer(ModelConfig(n_items=21, n_domains=2, text_dim=8, d_model=16, n_layers=1, n_heads=2,
-                                                  dropout=0.0, max_seq_len=8,
-                                                  n_entities=0 if entities is None else max(entities)), feats)
-
-    return SimpleNamespace(dom=dom, index=index, valid=valid, model=model)

@@ -522,7 +522,7 @@ def test_items_in_no_training_window_are_listed_and_their_ids_zeroed_in_the_arti
     from crossrec.model.config import ModelConfig
     from crossrec.model.encoder import ItemFeatures
     from crossrec.model.transformer import CrossDomainTransformer
-    from crossrec.train.artifact import write_artifact
+    from crossrec.train.artifact import Tuning, write_artifact
     from crossrec.train.data import load_training_data, resolve_versions
 
     lake, facts = planted
@@ -549,17 +549,29 @@ def test_items_in_no_training_window_are_listed_and_their_ids_zeroed_in_the_arti
     assert pd.read_parquet(folder / "item_index.parquet").item_idx.tolist() == list(range(1, facts["n_items"] + 1))
     assert not (folder / "terms.json").exists(), "no fit: the model alone"
 
-    def fit(m):  # what the driver passes: the terms, fitted on the loaded model, and their report
+    def tune(m):  # what the driver passes: the terms fitted on the loaded model, the reports, the id shrinkage
         from crossrec.rerank.base import Catalog, TermSet
         from crossrec.rerank.text_similarity import TextSimilarityTerm
 
         term = TextSimilarityTerm()
         term.fit(None, Catalog.from_model(m))
-        return TermSet([term], {"text_similarity": {0: {"weight": 1.0, "decay": 0.8}}}, DOMAINS), {"fitted_on": "test"}
+        return Tuning(TermSet([term], {"text_similarity": {0: {"weight": 1.0, "decay": 0.8}}}, DOMAINS),
+                      {"terms": {"fitted_on": "test"}, "id_shrinkage": {"k": 2.0}}, 2.0, refit_counts)
 
-    folder = write_artifact(tmp_path / "models", "20250101-abcdef01", ckpt, books, {"best_epoch": 0}, fit)
-    assert json.loads((folder / "metrics.json").read_text())["terms"] == {"fitted_on": "test"}
+    # a refit model (its ids as learnt from more events) takes the k chosen with the selected epoch's over its own
+    # training events; the selected model (the checkpoint) is not changed
+    refit = CrossDomainTransformer(ModelConfig(n_items=facts["n_items"], n_domains=len(DOMAINS), d_model=16, n_layers=1), feats)
+    refit_ckpt = save_model(refit, tmp_path / "refit")
+    refit_counts = np.arange(facts["n_items"] + 1) % 4
+    folder = write_artifact(tmp_path / "models", "20250101-abcdef01", refit_ckpt, books, {"best_epoch": 0}, tune,
+                            select_dir=ckpt)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["terms"] == {"fitted_on": "test"} and metrics["id_shrinkage"] == {"k": 2.0}
     assert json.loads((folder / "terms.json").read_text())["params"] == {"text_similarity": {"books": {"weight": 1.0, "decay": 0.8}}}
+    factors = torch.tensor(refit_counts / (refit_counts + 2.0), dtype=torch.float32)
+    factors[torch.from_numpy(books.refit_untrained)] = 0.0  # zeroed first: in no refit window
+    torch.testing.assert_close(load_model(folder).item_encoder.id_emb.weight, refit.item_encoder.id_emb.weight * factors[:, None])
+    torch.testing.assert_close(load_model(ckpt).item_encoder.id_emb.weight, w0)
     umask = os.umask(0)
     os.umask(umask)
     assert all(f.stat().st_mode & 0o666 == 0o666 & ~umask for f in folder.rglob("*") if f.is_file()), \

@@ -215,22 +215,31 @@ class ItemEncoder(nn.Module):
         return F.normalize(pooled, dim=-1)
 
     def forward(self, idx: Tensor) -> Tensor:
+        content, ids = self.parts(idx)
+        return self.ln(content if ids is None else content + ids)
+
+    def parts(self, idx: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(...) item ids -> the representation before its LayerNorm as (everything but the id embedding, the id
+        embedding or None without one), each (..., D): a caller can rescale the ids without encoding text again."""
+        if self.id_emb is None:
+            return self._content(idx), None
+        e = self.id_emb(idx)  # (..., D)
+        if self.training and self.config.id_dropout > 0:  # the item must be recognisable from its text alone
+            keep = torch.rand(idx.shape, device=idx.device) >= self.config.id_dropout
+            e = e * keep.unsqueeze(-1).to(e.dtype)
+        return self._content(idx), e
+
+    def _content(self, idx: Tensor) -> Tensor:
         x = self.domain_emb(self.item_domain[idx])  # (..., D)
         if self.text_adapter is not None:
             x = x + self.text_adapter(self.text_vectors(idx))
-        if self.id_emb is not None:
-            e = self.id_emb(idx)  # (..., D)
-            if self.training and self.config.id_dropout > 0:  # the item must be recognisable from its text alone
-                keep = torch.rand(idx.shape, device=idx.device) >= self.config.id_dropout
-                e = e * keep.unsqueeze(-1).to(e.dtype)
-            x = x + e
         if self.attr_emb is not None:
             x = x + self.attr_emb(self.item_attr[idx])
         if self.entity_emb is not None:
             x = x + self.entity_vectors(idx)
         if self.vector_proj is not None:
             x = x + self.vector_proj(self.item_vectors[idx])
-        return self.ln(x)
+        return x
 
     def entity_vectors(self, idx: Tensor) -> Tensor:
         """(...) item ids -> (..., D): the mean embedding of each item's entities (0 for an item without any)."""

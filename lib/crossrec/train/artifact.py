@@ -6,15 +6,18 @@ crossrec.model.artifact.load_artifact reads it; the train stage registers it, cr
     item_index.parquet                item_idx, domain, item_id, domain_idx, domain_item_idx
     entities.json                     the entity vocabulary, when the model has entities
     metrics.json                      selected-on valid metrics, per-epoch history, data versions, timings, the term
-                                      fit's report under "terms"
+                                      fit's report under "terms", the id shrinkage's under "id_shrinkage"
 """
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping
+
+import numpy as np
 
 from crossrec.train.data import TrainingData
 
@@ -25,21 +28,36 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Tuning:
+    """What the validation split chose for a trained model (see :func:`write_artifact`).
+
+    ``terms``: the score terms (:func:`crossrec.rerank.fit.fit_terms`), None = the Transformer alone; ``metrics``: the
+    reports to add to metrics.json (``"terms"``, ``"id_shrinkage"``); ``id_shrinkage``: the ``k`` of
+    :mod:`crossrec.train.id_shrinkage`, already applied to the model that was tuned; ``refit_counts``: (n_items+1,)
+    training events per item of a refit model (train events + validation targets), to apply ``k`` to it too."""
+
+    terms: "TermSet | None" = None
+    metrics: dict = field(default_factory=dict)
+    id_shrinkage: float = 0.0
+    refit_counts: np.ndarray | None = None
+
+
 def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | Path, data: TrainingData,
-                   metrics: Mapping,
-                   fit_terms: Callable[["CrossDomainTransformer"], tuple["TermSet", dict]] | None = None,
+                   metrics: Mapping, tune: Callable[["CrossDomainTransformer"], Tuning] | None = None,
                    select_dir: str | Path | None = None) -> Path:
     """``<root>/<version>/`` from the checkpoint in ``best_ckpt_dir`` (written aside, then renamed into place).
 
     The id embeddings of items in no training window (``data.untrained_items``; ``data.refit_untrained`` for a refit
     model) are zeroed first (:meth:`~crossrec.model.transformer.CrossDomainTransformer.clear_id_embeddings`): text
-    scores those items. ``fit_terms(model) -> (TermSet, report)``: the score terms (see
-    :func:`crossrec.rerank.fit.fit_terms`), chosen with the model of ``select_dir`` (the selected epoch's checkpoint,
-    when ``best_ckpt_dir`` holds a refit that learned the validation targets) or else with the saved model; the terms
-    are saved with the model and the report in ``metrics.json`` under ``"terms"``."""
+    scores those items. ``tune(model) -> Tuning``: what the validation split chooses (the id shrinkage, then the score
+    terms), with the model of ``select_dir`` (the selected epoch's checkpoint, when ``best_ckpt_dir`` holds a refit
+    that learned the validation targets) or else with the saved model; the refit model gets the chosen id shrinkage
+    over its own training events, the terms are saved with the model and the reports go to ``metrics.json``."""
     import torch
 
     from crossrec.model.artifact import load_model, save_artifact
+    from crossrec.train.id_shrinkage import shrink_id_embeddings
 
     root = Path(folder_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -53,13 +71,16 @@ def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | P
     if cleared:
         log.info("%d item(s) occur in no training window: id embeddings zeroed, text scores them", cleared)
     terms = None
-    if fit_terms is not None:
+    if tune is not None:
         chooser = model
-        if select_dir is not None:  # validation rows the refit learned would make the terms look useless
+        if select_dir is not None:  # validation rows the refit learned would make every choice look useless
             chooser = load_model(select_dir)
             chooser.clear_id_embeddings(torch.from_numpy(data.untrained_items))
-        terms, report = fit_terms(chooser)
-        metrics = {**metrics, "terms": report}
+        tuned = tune(chooser)
+        terms, metrics = tuned.terms, {**metrics, **tuned.metrics}
+        if chooser is not model:
+            assert tuned.refit_counts is not None or tuned.id_shrinkage == 0, "a refit model's k needs its counts"
+            shrink_id_embeddings(model, tuned.refit_counts, tuned.id_shrinkage)
     save_artifact(tmp, model, terms, data.item_index, metrics, data.entities)
     umask = os.umask(0)
     os.umask(umask)
@@ -72,4 +93,4 @@ def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | P
     return final
 
 
-__all__ = ["write_artifact"]
+__all__ = ["Tuning", "write_artifact"]

@@ -63,6 +63,8 @@ class TrainConfig:
             (see crossrec.model.config.ModelConfig).
         cold_views: also train on cold-domain views of multi-domain histories (each domain's targets predicted
             from the other domains' events only; see :func:`training_windows`), for users new to a domain.
+        id_shrinkage: ``k`` of :mod:`crossrec.train.id_shrinkage` (each id embedding scaled by n / (n + k), n the
+            item's training events); None = chosen on the validation split (default), 0 = ids as learnt.
         terms: after training, fit these score terms (names registered in crossrec.rerank) and choose their
             parameters per domain on the validation split (crossrec.rerank.fit.fit_terms); None = every
             registered term (resolved here, so the fingerprint names them), () = none.
@@ -107,6 +109,7 @@ class TrainConfig:
     use_text: bool = MODEL["use_text"]
     use_id_embedding: bool = MODEL["use_id_embedding"]
     id_dropout: float = MODEL["id_dropout"]
+    id_shrinkage: float | None = None
     use_categories: bool = True
     use_entities: bool = True
     max_entities: int = 100_000
@@ -133,6 +136,7 @@ class TrainConfig:
         assert self.lr >= 0 and self.weight_decay >= 0, "lr and weight_decay must be >= 0"
         assert self.max_failures >= -1, f"max_failures must be >= -1 (-1 = unlimited), got {self.max_failures}"
         assert self.max_users is None or self.max_users >= 1, f"max_users must be >= 1 or None, got {self.max_users}"
+        assert self.id_shrinkage is None or self.id_shrinkage >= 0, f"id_shrinkage must be >= 0 or None, got {self.id_shrinkage}"
         assert self.cpus_per_worker > 0, f"cpus_per_worker must be > 0, got {self.cpus_per_worker}"
         assert self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}"
         assert self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}"
@@ -199,6 +203,8 @@ class TrainConfig:
         skip = {"lake_root", "storage_path", "model_root", "versions", "ray_address", "max_failures", "log_every",
                 "fail_once_at", "use_gpu", "cpus_per_worker"}
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        if d["id_shrinkage"] is None:  # the default (chosen on validation) keeps the versions of models before it
+            del d["id_shrinkage"]
         d["versions"] = dict(sorted(versions.items()))
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode("utf-8")).hexdigest()[:8]
 

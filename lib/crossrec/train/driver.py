@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from crossrec.train.artifact import write_artifact
+from crossrec.train.artifact import Tuning, write_artifact
 from crossrec.train.checkpoint import final_state
 from crossrec.train.config import GOLD_TABLES, METRIC, TrainConfig, model_version
 from crossrec.train.data import (add_item_entities, add_item_tokens, add_item_vectors, load_training_data,
@@ -35,7 +35,6 @@ from crossrec.train.worker import train_loop_per_worker
 
 if TYPE_CHECKING:
     from crossrec.model.transformer import CrossDomainTransformer
-    from crossrec.rerank.base import TermSet
 
 log = logging.getLogger(__name__)
 
@@ -223,23 +222,36 @@ def train(cfg: TrainConfig) -> Path | str:
         "trained_at": now.isoformat(timespec="seconds"),
     }
 
-    def fit(model: "CrossDomainTransformer") -> tuple["TermSet", dict]:
-        """The score terms, chosen on the validation split at the data versions trained on."""
+    def tune(model: "CrossDomainTransformer") -> Tuning:
+        """The id shrinkage, then the score terms over the shrunk model, chosen on the validation split at the data
+        versions trained on."""
         from crossrec.evaluate.protocol import load_eval_data
         from crossrec.rerank.fit import fit_terms
+        from crossrec.train.id_shrinkage import choose_id_shrinkage, shrink_id_embeddings
 
         valid = load_eval_data(cfg.lake_root, dict(versions), split="valid", users=data.sampled_users)
-        return fit_terms(model, valid, cfg.terms, seed=cfg.seed, input_domains=cfg.input_domains)
+        if cfg.id_shrinkage is None:
+            shrink = choose_id_shrinkage(model, valid, seed=cfg.seed, input_domains=cfg.input_domains)
+        else:
+            shrink = {"k": cfg.id_shrinkage, "skipped": "set by id_shrinkage"}
+            shrink_id_embeddings(model, np.bincount(valid.train.item, minlength=valid.train.n_items + 1), cfg.id_shrinkage)
+        tuned = Tuning(metrics={"id_shrinkage": shrink}, id_shrinkage=shrink["k"],
+                       refit_counts=np.bincount(valid.train_with_targets().item, minlength=valid.train.n_items + 1))
+        if cfg.terms:
+            tuned.terms, tuned.metrics["terms"] = fit_terms(model, valid, cfg.terms, seed=cfg.seed,
+                                                            input_domains=cfg.input_domains)
+        return tuned
 
     from crossrec.io.lakefs import is_remote, join, upload
 
+    tuned_on_valid = bool(cfg.terms) or cfg.id_shrinkage != 0  # else nothing to choose: validation is not read
     staging = tempfile.mkdtemp(prefix="crossrec-artifact-") if is_remote(cfg.models_root) else cfg.models_root
     with best_ckpt.as_directory() as best_dir:
         if refit is None:
-            folder = write_artifact(staging, version, best_dir, data, summary, fit if cfg.terms else None)
+            folder = write_artifact(staging, version, best_dir, data, summary, tune if tuned_on_valid else None)
         else:
             with refit.checkpoint.as_directory() as refit_dir:
-                folder = write_artifact(staging, version, refit_dir, data, summary, fit if cfg.terms else None,
+                folder = write_artifact(staging, version, refit_dir, data, summary, tune if tuned_on_valid else None,
                                         select_dir=best_dir)
     if is_remote(cfg.models_root):  # written whole here, then copied to the lake's store
         from crossrec.model.pyfunc import write_mlmodel

@@ -77,6 +77,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--id-dropout", type=float, default=D["id_dropout"],
                    help="training: share of item occurrences whose id embedding is dropped, so text carries them "
                         "(default %(default)s)")
+    g.add_argument("--id-shrinkage", type=_shrinkage, metavar="K|auto", default=None,
+                   help="after training, scale each item's id embedding by n / (n + K), n its training events, so the "
+                        "text, vectors and entities speak for items with few events; 'auto' (default) chooses K on the "
+                        "validation split, 0 keeps the ids as learnt")
     g.add_argument("--input-domains", help="comma-separated: train on (and later predict from) these domains' events "
                    "only; with --no-text and one domain this is the single-domain SASRec-style baseline (default: all)")
     g.add_argument("--max-users", type=int, help="train on a seeded sample of at most this many users (default: all); "
@@ -106,11 +110,24 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPUs reserved per CPU worker (default %(default)s, leaves CPUs to Ray Data)")
 
 
+def _shrinkage(text: str) -> float | None:
+    """--id-shrinkage: ``auto`` -> None (chosen on validation), else a number >= 0."""
+    if text == "auto":
+        return None
+    try:
+        k = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a number >= 0, got {text!r}") from None
+    if not k >= 0:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a number >= 0, got {text!r}")
+    return k
+
+
 def train_config(cfg: CrossrecConfig, a: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of the stage's flags ``a`` over the resolved configuration ``cfg``."""
     same = ("workers", "use_gpu", "cpus_per_worker", "epochs", "batch_size", "lr", "weight_decay", "lr_schedule",
             "patience", "d_model", "n_layers", "n_heads", "dropout", "loss", "n_negatives", "use_text",
-            "use_id_embedding", "id_dropout", "finetune_layers", "text_max_tokens", "text_lr_scale", "refit",
+            "use_id_embedding", "id_dropout", "id_shrinkage", "finetune_layers", "text_max_tokens", "text_lr_scale", "refit",
             "use_categories", "use_entities", "use_vectors", "cold_views", "max_users", "max_failures", "storage_path", "model_root", "ray_address")
     return TrainConfig(
         lake_root=cfg.lake_uri, max_seq_len=cfg.max_seq_len, seed=cfg.seed, text_encoder=cfg.text_encoder,

@@ -1,0 +1,130 @@
+"""Id shrinkage: the id embedding of an item with few training events is scaled toward zero, by how much chosen on
+the validation split.
+
+Under the softmax (full or sampled) an item is a negative in nearly every step and a positive only at its own
+events, so the id vector of an item with one or two events is pushed away from users far more often than toward them:
+it drowns what the item's text, vectors and entities say, and a new release that entered the catalog days ago is
+ranked below everything. Zeroing the ids of items with no training event at all
+(:meth:`~crossrec.model.transformer.CrossDomainTransformer.clear_id_embeddings`) is the limit case. Here each id
+vector is scaled by ``n / (n + k)``, ``n`` the item's training events: ``k = 0`` keeps every trained id as learnt, a
+larger ``k`` trusts an id only as its events accumulate and lets the content speak for the rest.
+
+``k`` is chosen from :data:`GRID` with the model that has not learnt the validation targets, on a seeded sample of
+each domain's validation rows, by the rule of the score terms (:mod:`crossrec.rerank.fit`): a ``k`` counts only when
+it beats ``k = 0`` by ``min_gain_se`` paired standard errors of the per-row NDCG@10, and the best that counts wins
+(ties: the smaller). The item table is encoded once; each ``k`` only rescales the ids before the LayerNorm.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from crossrec.evaluate.metrics import candidate_counts, paired_difference, per_row_metrics, rank_of_target
+from crossrec.inference import Predictor
+
+if TYPE_CHECKING:
+    from crossrec.evaluate.protocol import EvalData
+    from crossrec.model.transformer import CrossDomainTransformer
+
+log = logging.getLogger(__name__)
+
+GRID: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0)
+MAX_ROWS = 20000  # validation rows sampled per domain (seeded), as the score terms' fit
+MIN_GAIN_SE = 1.0  # a k must beat k = 0 by this many paired standard errors
+BATCH_ROWS = 512
+
+
+def shrink_factors(counts: Tensor | np.ndarray, k: float) -> Tensor:
+    """(n_items+1,) ``n / (n + k)`` of each item's training events ``n``; at ``k = 0``, 1 for every item with events.
+    0 for an item without any, whatever ``k``."""
+    assert k >= 0, f"k must be >= 0, got {k}"
+    n = torch.as_tensor(counts, dtype=torch.float32)
+    return (n > 0).float() if k == 0 else n / (n + k)
+
+
+@torch.no_grad()
+def shrink_id_embeddings(model: "CrossDomainTransformer", counts: Tensor | np.ndarray, k: float) -> None:
+    """Scale ``model``'s id embeddings in place by :func:`shrink_factors` (``counts``: (n_items+1,) training events
+    per item id). No-op without id embeddings or at ``k = 0``."""
+    emb = model.item_encoder.id_emb
+    if emb is None or k == 0:
+        return
+    f = shrink_factors(counts, k)
+    assert f.shape == (emb.weight.shape[0],), f"counts must have n_items + 1 = {emb.weight.shape[0]} entries, got {tuple(f.shape)}"
+    emb.weight.mul_(f.to(emb.weight)[:, None])
+
+
+def choose_id_shrinkage(model: "CrossDomainTransformer", valid: "EvalData", grid: Sequence[float] = GRID, *,
+                        max_rows: int = MAX_ROWS, seed: int = 0, min_gain_se: float = MIN_GAIN_SE,
+                        input_domains: Sequence[str] | None = None) -> dict:
+    """Choose ``k`` for ``model`` (trained on ``valid.train``'s events, not on the validation targets) and apply it to
+    ``model`` in place; returns the report ``{"k", "rows", "valid_ndcg@10": [{"k", "value", "gain_se"} per k tried]}``
+    (``"skipped"`` instead of the list when there is nothing to choose: no id embeddings, a one-point grid, no rows).
+
+    ``input_domains``: the model reads only these domains' events and predicts only in them (None = every domain)."""
+    t0 = time.time()
+    grid = sorted({float(k) for k in grid} | {0.0})
+    report: dict = {"k": 0.0, "rows": 0}
+    encoder = model.item_encoder
+    if encoder.id_emb is None or len(grid) == 1:
+        report["skipped"] = "no id embeddings" if encoder.id_emb is None else "one k in the grid"
+        return report
+    counts = torch.from_numpy(np.bincount(valid.train.item, minlength=model.config.n_items + 1))
+    model.eval()
+    with torch.inference_mode():
+        content, ids = encoder.parts(torch.arange(model.config.n_items + 1, device=encoder.item_domain.device))
+    keep = None if input_domains is None else np.array([valid.domains.index(d) for d in input_domains], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    samples = []
+    for dt_ in valid.tests:
+        if len(dt_.rows) == 0 or (input_domains is not None and dt_.domain not in input_domains):
+            continue
+        sel = np.arange(len(dt_.rows))
+        if len(sel) > max_rows:
+            sel = np.sort(rng.choice(sel, max_rows, replace=False))
+        samples.append((dt_, sel))
+    report["rows"] = int(sum(len(sel) for _, sel in samples))
+    if report["rows"] == 0:
+        report["skipped"] = "no validation rows"
+        return report
+    popularity = valid.item_counts()
+    per_k = []
+    for k in grid:
+        f = shrink_factors(counts, k).to(ids)
+        with torch.inference_mode():
+            table = encoder.ln(content + f[:, None] * ids)
+        predictor = Predictor(model, None, popularity, item_table=table)
+        per_k.append(np.concatenate([_ndcg(predictor, valid, dt_, sel, keep) for dt_, sel in samples]))
+    tried, counted = [], []
+    for k, values in zip(grid, per_k):
+        gain, se = paired_difference(values, per_k[0])
+        tried.append({"k": k, "value": float(values.mean()), "gain_se": se})
+        counted.append(k == 0.0 or gain > 0 and gain >= min_gain_se * (se if se == se else float("inf")))
+    best = max((i for i in range(len(grid)) if counted[i]), key=lambda i: (tried[i]["value"], -grid[i]))
+    report.update({"k": grid[best], "valid_ndcg@10": tried})
+    shrink_id_embeddings(model, counts, grid[best])
+    log.info("id shrinkage: k=%g chosen on %d validation rows in %.1fs (%s)", grid[best], report["rows"],
+             time.time() - t0, ", ".join(f"k={t['k']:g}: {t['value']:.4f}" for t in tried))
+    return report
+
+
+def _ndcg(predictor: Predictor, valid: "EvalData", dt_, sel: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+    """Per row of the sample ``sel`` of the domain test ``dt_``: the validation NDCG@10 of the Transformer alone."""
+    d = dt_.domain_idx
+    ranks = []
+    for s in range(0, len(sel), BATCH_ROWS):
+        part = sel[s : s + BATCH_ROWS]
+        rows = dt_.rows[part]
+        batch = predictor.collate([valid.histories[r] for r in rows], [valid.history_ts[r] for r in rows], keep)
+        scores = predictor.finalize(batch, d, predictor.model_scores(batch, d)[0])
+        ranks.append(rank_of_target(scores.float().cpu().numpy(), dt_.target_col[part], dt_.exclude[part]))
+    n_cand = candidate_counts(dt_.exclude.shape[1], dt_.target_col[sel], dt_.exclude[sel])
+    return per_row_metrics(np.concatenate(ranks), n_cand, ks=(10,))["ndcg@10"]
+
+
+__all__ = ["GRID", "shrink_factors", "shrink_id_embeddings", "choose_id_shrinkage"]
