@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-GRID: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0, 30.0)
+GRID: tuple[float, ...] = (0.0, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 MAX_ROWS = 20000  # validation rows sampled per domain (seeded), as the score terms' fit
 MIN_GAIN_SE = 1.0  # a k must beat k = 0 by this many paired standard errors
 BATCH_ROWS = 512
