@@ -14,7 +14,7 @@ Data is read from the gold tables with ``deltalake`` at pinned versions (no Spar
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -65,6 +65,19 @@ class EvalData:
     def item_counts(self) -> np.ndarray:
         """(n_items+1,) float32 training events per item: the popularity that scores rows with an empty history."""
         return np.bincount(self.train.item, minlength=self.train.n_items + 1).astype(np.float32)
+
+    def sampled(self, max_rows: int, rng: np.random.Generator,
+                domains: Collection[str] | None = None) -> Iterator[tuple[DomainTest, np.ndarray]]:
+        """Per domain test with rows (of ``domains`` only, None = all), in order: it and the sorted positions of at
+        most ``max_rows`` of its rows, drawn from ``rng`` (all of them when there are no more). Lazy: each domain's
+        draw happens when it is reached, after whatever the caller drew from ``rng`` for the one before."""
+        for dt_ in self.tests:
+            if len(dt_.rows) == 0 or (domains is not None and dt_.domain not in domains):
+                continue
+            sel = np.arange(len(dt_.rows))
+            if len(sel) > max_rows:
+                sel = np.sort(rng.choice(sel, max_rows, replace=False))
+            yield dt_, sel
 
     def train_with_targets(self) -> InteractionData:
         """``train`` plus every target of this split as one more event. For ``split="valid"``: the events

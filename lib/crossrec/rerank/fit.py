@@ -123,12 +123,7 @@ def fit_terms(model: "CrossDomainTransformer", valid: "EvalData", names: Sequenc
     params: dict[str, dict[int, dict[str, float]]] = {t.name: {} for t in terms}
     stand_in_weight: dict[int, float] = {}
     report["stand_in"] = {"domains": {}}
-    for dt_ in valid.tests:
-        if len(dt_.rows) == 0 or (input_domains is not None and dt_.domain not in input_domains):
-            continue
-        sel = np.arange(len(dt_.rows))
-        if len(sel) > max_rows:
-            sel = np.sort(rng.choice(sel, max_rows, replace=False))
+    for dt_, sel in valid.sampled(max_rows, rng, input_domains):
         groups: dict[str, _Rows] = {}
         for term in terms:
             if term.applies_to not in groups:  # simulated cold rows draw from rng: after this domain's sample

@@ -79,15 +79,7 @@ def choose_id_shrinkage(model: "CrossDomainTransformer", valid: "EvalData", grid
     with torch.inference_mode():
         content, ids = encoder.parts(torch.arange(model.config.n_items + 1, device=encoder.item_domain.device))
     keep = None if input_domains is None else np.array([valid.domains.index(d) for d in input_domains], dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    samples = []
-    for dt_ in valid.tests:
-        if len(dt_.rows) == 0 or (input_domains is not None and dt_.domain not in input_domains):
-            continue
-        sel = np.arange(len(dt_.rows))
-        if len(sel) > max_rows:
-            sel = np.sort(rng.choice(sel, max_rows, replace=False))
-        samples.append((dt_, sel))
+    samples = list(valid.sampled(max_rows, np.random.default_rng(seed), input_domains))
     report["rows"] = int(sum(len(sel) for _, sel in samples))
     if report["rows"] == 0:
         report["skipped"] = "no validation rows"
