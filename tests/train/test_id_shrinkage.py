@@ -77,7 +77,11 @@ def test_each_k_scores_on_validation_what_the_choice_reported_and_the_model_keep
     off = report["valid_ndcg@10"][0]
     counted = [t for t in report["valid_ndcg@10"]
                if t["k"] == 0 or t["value"] > off["value"] and t["value"] - off["value"] >= t["gain_se"]]
-    assert report["k"] == max(counted, key=lambda t: (t["value"], -t["k"]))["k"] == 3
+    top = max(counted, key=lambda t: (t["value"], -t["k"]))
+    assert top["below_best"] == 0 and all(t["below_best"] == pytest.approx(top["value"] - t["value"], abs=1e-9)
+                                         for t in report["valid_ndcg@10"])
+    near = [t["k"] for t in counted if t["below_best"] <= t["below_best_se"]]
+    assert report["k"] == min(near) == top["k"] == 3, "k=0 is more than one s.e. below k=3"
     best = max(report["valid_ndcg@10"], key=lambda t: t["value"])
     assert best["k"] == 10 and best not in counted, "the best value, inside one s.e. of k=0, does not count"
     expected = copy.deepcopy(before)
@@ -94,3 +98,17 @@ def test_a_choice_needs_a_gain_of_min_gain_se_standard_errors(two_domains):
     report = choose_id_shrinkage(model, valid, grid=(0, 1, 3, 10), min_gain_se=1e9)
     assert report["k"] == 0 and torch.equal(model.item_encoder.id_emb.weight, w0), "nothing beats k=0 by 1e9 s.e."
     assert choose_id_shrinkage(model, valid, grid=(0,))["skipped"] == "one k in the grid"
+
+
+def test_of_the_ks_that_count_the_smallest_within_one_standard_error_of_the_best_wins(two_domains):
+    valid = two_domains.valid(_rows(two_domains.dom))
+    model = two_domains.model(6)
+    with torch.no_grad():
+        model.item_encoder.id_emb.weight.mul_(40)
+    report = choose_id_shrinkage(model, valid, grid=(0, 1, 3, 10), min_gain_se=1.0)
+    by_k = {t["k"]: t for t in report["valid_ndcg@10"]}
+    assert max(by_k.values(), key=lambda t: t["value"])["k"] == 10 and by_k[10]["below_best"] == 0
+    assert by_k[3]["value"] - by_k[0]["value"] >= by_k[3]["gain_se"] > 0, "k=3 counts"
+    assert 0 < by_k[3]["below_best"] <= by_k[3]["below_best_se"], "and is within one s.e. of k=10"
+    assert by_k[1]["value"] - by_k[0]["value"] < by_k[1]["gain_se"], "k=1 does not count"
+    assert report["k"] == 3

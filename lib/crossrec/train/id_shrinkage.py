@@ -10,9 +10,11 @@ vector is scaled by ``n / (n + k)``, ``n`` the item's training events: ``k = 0``
 larger ``k`` trusts an id only as its events accumulate and lets the content speak for the rest.
 
 ``k`` is chosen from :data:`GRID` with the model that has not learnt the validation targets, on a seeded sample of
-each domain's validation rows, by the rule of the score terms (:mod:`crossrec.rerank.fit`): a ``k`` counts only when
-it beats ``k = 0`` by ``min_gain_se`` paired standard errors of the per-row NDCG@10, and the best that counts wins
-(ties: the smaller). The item table is encoded once; each ``k`` only rescales the ids before the LayerNorm.
+each domain's validation rows. As for the score terms (:mod:`crossrec.rerank.fit`), a ``k`` counts only when it beats
+``k = 0`` by ``min_gain_se`` paired standard errors of the per-row NDCG@10; of those, the smallest whose NDCG@10 is
+within one paired standard error of the best one's wins (the one-standard-error rule: a larger ``k`` moves further
+from the model as trained, and on generated data the best ``k`` on validation was past the best on test). The item
+table is encoded once; each ``k`` only rescales the ids before the LayerNorm.
 """
 from __future__ import annotations
 
@@ -63,8 +65,10 @@ def choose_id_shrinkage(model: "CrossDomainTransformer", valid: "EvalData", grid
                         max_rows: int = MAX_ROWS, seed: int = 0, min_gain_se: float = MIN_GAIN_SE,
                         input_domains: Sequence[str] | None = None) -> dict:
     """Choose ``k`` for ``model`` (trained on ``valid.train``'s events, not on the validation targets) and apply it to
-    ``model`` in place; returns the report ``{"k", "rows", "valid_ndcg@10": [{"k", "value", "gain_se"} per k tried]}``
-    (``"skipped"`` instead of the list when there is nothing to choose: no id embeddings, a one-point grid, no rows).
+    ``model`` in place; returns the report ``{"k", "rows", "valid_ndcg@10": [{"k", "value", "gain_se", "below_best",
+    "below_best_se"} per k tried]}``
+    (``"skipped"`` instead of the list when there is nothing to choose: no id embeddings, a one-point grid, no rows;
+    ``below_best``, ``below_best_se``: the paired difference with the best ``k`` that counts, and its error).
 
     ``input_domains``: the model reads only these domains' events and predicts only in them (None = every domain)."""
     t0 = time.time()
@@ -97,7 +101,11 @@ def choose_id_shrinkage(model: "CrossDomainTransformer", valid: "EvalData", grid
         gain, se = paired_difference(values, per_k[0])
         tried.append({"k": k, "value": float(values.mean()), "gain_se": se})
         counted.append(k == 0.0 or gain > 0 and gain >= min_gain_se * (se if se == se else float("inf")))
-    best = max((i for i in range(len(grid)) if counted[i]), key=lambda i: (tried[i]["value"], -grid[i]))
+    top = max((i for i in range(len(grid)) if counted[i]), key=lambda i: (tried[i]["value"], -grid[i]))
+    for i, t in enumerate(tried):
+        short, se = paired_difference(per_k[top], per_k[i])
+        t["below_best"], t["below_best_se"] = short, se
+    best = min(i for i in range(len(grid)) if counted[i] and tried[i]["below_best"] <= tried[i]["below_best_se"])
     report.update({"k": grid[best], "valid_ndcg@10": tried})
     shrink_id_embeddings(model, counts, grid[best])
     log.info("id shrinkage: k=%g chosen on %d validation rows in %.1fs (%s)", grid[best], report["rows"],
