@@ -96,6 +96,8 @@ def choose_id_shrinkage(model: "CrossDomainTransformer", valid: "EvalData", grid
             table = encoder.ln(content + f[:, None] * ids)
         predictor = Predictor(model, None, popularity, item_table=table)
         per_k.append(np.concatenate([_ndcg(predictor, valid, dt_, sel, keep) for dt_, sel in samples]))
+        log.info("id shrinkage: k=%g, valid NDCG@10 %.4f (%d of %d settings, %.0fs)", k, per_k[-1].mean(), len(per_k),
+                 len(grid), time.time() - t0)
     tried, counted = [], []
     for k, values in zip(grid, per_k):
         gain, se = paired_difference(values, per_k[0])
