@@ -39,6 +39,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("engines"))
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist marked the groups
+def pytest_collection_finish(session):
+    """Under ``--dist loadgroup`` each engine test's node id must carry its group, or pytest-xdist spreads the Spark and
+    Ray tests over every worker without a word (pytest 9.2 broke that; pyproject.toml pins below it)."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    loose = [i.nodeid for i in session.items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid.rpartition("]")[2]]
+    if loose:
+        raise pytest.UsageError(f"pytest-xdist did not group {len(loose)} engine test(s) (e.g. {loose[0]}): this pytest "
+                                f"and pytest-xdist do not honour xdist_group; run with TEST_WORKERS=0")
+
+
 @pytest.fixture(scope="session")
 def spark():
     """One local Spark session with Delta for all tests (2 cores: local[2], few partitions, no UI)."""
