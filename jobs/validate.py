@@ -65,6 +65,7 @@ def run(cfg: CrossrecConfig, spark, a: argparse.Namespace) -> list:
                                      references=refs, version=version)
         print(report.summary())
         reports.append(report)
+    validator.finish()
     return reports
 
 

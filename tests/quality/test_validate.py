@@ -28,6 +28,24 @@ def test_valid_table_passes(spark, tmp_path):
     assert json.loads((tmp_path / "run1" / "silver.interactions.json").read_text())["success"] is True
 
 
+def test_data_docs_are_built_once_by_finish_and_at_once_by_a_failed_check(spark, tmp_path, monkeypatch):
+    c, df, items = frames(spark, [("u1", "books", "b1", "view", T, 1.0, "r", "s")])
+    v = Validator(str(tmp_path), "docs")
+    builds = []
+    real = v.context.build_data_docs
+    monkeypatch.setattr(v.context, "build_data_docs", lambda **kw: builds.append(1) or real(**kw))
+    index = tmp_path / "docs" / "docs" / "index.html"
+    for n in (1, 2):
+        rep = v.check(c, df, PARAMS, expected_rows=1, references={"silver.items": items}, version=n)
+    assert builds == [] and not index.exists() and rep.docs_url == index.as_uri()
+    pages = lambda: len(list((index.parent / "validations").rglob("*.html")))  # noqa: E731
+    assert v.finish() == index.as_uri() and builds == [1] and pages() == 2
+    assert v.finish() == index.as_uri() and builds == [1], "nothing new to render"
+    with pytest.raises(ValidationFailed):  # a failed check's page is there before the job stops
+        v.check(c, df, PARAMS, expected_rows=2, references={"silver.items": items}, version=3)
+    assert builds == [1, 1] and (index.parent / "validations" / "silver" / "interactions#3").is_dir()
+
+
 def test_each_broken_rule_is_reported(spark, tmp_path):
     rows = [
         ("u1", "books", "b1", "view", T, 1.0, "r", "s"),

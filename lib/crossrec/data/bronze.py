@@ -127,7 +127,7 @@ def _ingest(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     write_accounting(spark, cfg, run_id, rows)
     stage.accounting, stage.details["files"] = rows, files
     if validator:
-        stage.details["data_docs"] = validator.docs_url
+        stage.details["data_docs"] = validator.finish()
     return rows
 
 

@@ -239,7 +239,7 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
             rows = sum(n_items.values()) if table != "gold.user_sequences" else None
             validator.check(load_contract(table), df, params={"domains": domains}, expected_rows=rows,
                             references={"silver.items": silver_items}, version=version)
-        stage.details["data_docs"] = validator.docs_url
+        stage.details["data_docs"] = validator.finish()
         stage.lap("validated")
     written_rows = _rows_written(spark, seq_path, merged_version, users)
     summary = written_rows.groupBy(C.SPLIT, C.TARGET_DOMAIN, C.COLD_START).count().orderBy(C.SPLIT, C.TARGET_DOMAIN, C.COLD_START).collect()

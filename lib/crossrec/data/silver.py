@@ -428,4 +428,4 @@ def _validate(spark, cfg, stage: StageRun, domains: list[str], expected: dict[st
             df = read_table(spark, path, version)
         validator.check(load_contract(table), df, params=params, expected_rows=expected[table],
                         references={"silver.items": silver_items}, version=version)
-    stage.details["data_docs"] = validator.docs_url
+    stage.details["data_docs"] = validator.finish()

@@ -163,7 +163,9 @@ def write_metrics(spark, cfg: CrossrecConfig, run_id: str, records: list[dict], 
     version = write_table(spark, df, contract, path, "overwrite", replace_where=f"run_id = {sql_string(run_id)}")
     if cfg.validate:
         this_run = read_table(spark, path, version).where(f"run_id = {sql_string(run_id)}")
-        Validator(cfg.reports_root, run_id).check(contract, this_run, expected_rows=len(rows), version=version)
+        validator = Validator(cfg.reports_root, run_id)
+        validator.check(contract, this_run, expected_rows=len(rows), version=version)
+        validator.finish()
     return version
 
 

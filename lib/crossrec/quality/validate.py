@@ -16,6 +16,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Mapping
 
 from crossrec.quality.contracts import Contract, ContractError
@@ -241,9 +242,11 @@ DOCS_SITE = "crossrec"
 
 class Validator:
     """Runs contract-derived GE checkpoints in one ephemeral GE context (one per job), and keeps the job's Great
-    Expectations Data Docs in ``<reports_root>/<run_id>/docs/index.html`` and each check's JSON report beside them. On
-    a remote report root (object storage) both are built in a local folder and copied up after each check
-    (:mod:`crossrec.io.lakefs`)."""
+    Expectations Data Docs in ``<reports_root>/<run_id>/docs/index.html`` and each check's JSON report beside them.
+
+    Each check writes its JSON report; the Data Docs site, which renders every suite of the context, is built by
+    :meth:`finish` once the job's checks are done, or at once by a check that fails (a job stops there). On a remote
+    report root (object storage) both are written to a local folder and copied up (:mod:`crossrec.io.lakefs`)."""
 
     def __init__(self, reports_root: str, run_id: str):
         import great_expectations as gx
@@ -264,7 +267,6 @@ class Validator:
         self.reports_root = reports_root
         self.run_id = run_id
         self._n = 0
-        self.docs_url: str | None = None  # the Data Docs index once a check has run
         from crossrec.io.lakefs import is_remote, local_path
 
         self.remote = is_remote(reports_root)
@@ -277,6 +279,13 @@ class Validator:
 
             weakref.finalize(self, shutil.rmtree, self.local_root, True)
         self.docs_dir = os.path.join(self.local_root, run_id, "docs")
+        if self.remote:
+            from crossrec.io.lakefs import join
+
+            self.docs_url = join(reports_root, run_id, "docs", "index.html")
+        else:
+            self.docs_url = Path(self.docs_dir, "index.html").as_uri()  # what GE's site builder returns
+        self._docs_stale = False
         self.context.add_data_docs_site(site_name=DOCS_SITE, site_config={
             "class_name": "SiteBuilder", "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": self.docs_dir}})
@@ -334,28 +343,38 @@ class Validator:
             results=results,
             seconds=round(time.time() - t0, 2),
         )
-        report.docs_url = self.docs_url = self._build_docs()
+        report.docs_url = self.docs_url
         report.report_path = self._write(report)
-        if self.remote:  # the run's folder, docs and reports, to the lake's store
-            from crossrec.io.lakefs import join, upload
-
-            remote = join(self.reports_root, self.run_id)
-            upload(os.path.join(self.local_root, self.run_id), remote)
-            report.docs_url = self.docs_url = join(remote, "docs", "index.html")
-            report.report_path = join(remote, f"{report.table}.json")
-        docs = f"; Data Docs {report.docs_url}" if report.docs_url else ""
+        self._docs_stale = True
         if report.success:
-            log.info("validated %s v%s: %d expectations passed (%.1fs)%s", contract.table, version, len(results),
-                     report.seconds, docs)
+            self._upload()
+            log.info("validated %s v%s: %d expectations passed (%.1fs)", contract.table, version, len(results),
+                     report.seconds)
         else:
-            log.error("%s%s", report.summary(), docs)
+            self.finish()
+            log.error("%s; Data Docs %s", report.summary(), report.docs_url)
             if raise_on_failure:
                 raise ValidationFailed(report)
         return report
 
-    def _build_docs(self) -> str | None:
-        """(Re)build the job's Data Docs site from every suite and result of this context; its index URL."""
-        return self.context.build_data_docs(site_names=[DOCS_SITE])[DOCS_SITE]
+    def finish(self) -> str:
+        """Build the job's Data Docs site from every check run so far (once, not per check: each build renders every
+        suite of the context) and copy the run's folder up to a remote report root; returns the site's index URL."""
+        if self._docs_stale:
+            built = self.context.build_data_docs(site_names=[DOCS_SITE])[DOCS_SITE]
+            if not self.remote and built != self.docs_url:
+                raise RuntimeError(f"Great Expectations built its Data Docs at {built}, not at {self.docs_url}")
+            self._docs_stale = False
+            self._upload()
+            log.info("Data Docs of %d check(s): %s", self._n, self.docs_url)
+        return self.docs_url
+
+    def _upload(self) -> None:
+        """On a remote report root: copy the run's local folder (reports, and docs once built) up to it."""
+        if self.remote:
+            from crossrec.io.lakefs import join, upload
+
+            upload(os.path.join(self.local_root, self.run_id), join(self.reports_root, self.run_id))
 
     def _write(self, report: ValidationReport) -> str:
         """Write the report as JSON under ``<reports_root>/<run_id>/`` (the local folder of a remote root)."""
@@ -364,4 +383,8 @@ class Validator:
         path = os.path.join(folder, f"{report.table}.json")
         with open(path, "w", encoding="utf-8") as fh:
             json.dump(report.__dict__, fh, indent=2, default=str)
+        if self.remote:
+            from crossrec.io.lakefs import join
+
+            return join(self.reports_root, self.run_id, f"{report.table}.json")
         return path

@@ -281,10 +281,12 @@ def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: 
     register_check_views(spark, first_events(inter), catalog, k)
     items = read_table(spark, cfg.table_path("silver.items"), silver["silver.items"])
     domains = sorted(r[0] for r in catalog.select(C.DOMAIN).distinct().collect())
-    report = Validator(cfg.reports_root, cfg.effective_run_id("score")).check(
+    validator = Validator(cfg.reports_root, cfg.effective_run_id("score"))
+    report = validator.check(
         load_contract("gold.recommendations"), rows, params={"domains": domains, "k": k}, expected_rows=int(meta["n"]),
         references={"silver.items": items}, version=version, extra_expectations=output_expectations(k),
         raise_on_failure=raise_on_failure)
+    validator.finish()
     return report, model_version, k
 
 
