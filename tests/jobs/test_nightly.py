@@ -56,10 +56,16 @@ def _night2(raw: Path) -> None:
         "domain,local_user,person\nmovies,m-9,u7\nmovies,m-1,u1\nbooks,u5,\n", encoding="utf-8")
 
 
-def _stages(raw: Path, lake: Path, key: Path, day: str, *extra: str) -> None:
+def _args(raw: Path, lake: Path, key: Path, day: str, *extra: str) -> list[str]:
+    """A night's job arguments without the tables' checks: only the fixture's nights (a full run, then a merge)
+    and the failed-check test validate; the checks themselves are tested in tests/quality and tests/jobs."""
+    return job_args(raw, lake, key, "--run-date", day, "--no-validate", *extra)
+
+
+def _stages(raw: Path, lake: Path, key: Path, day: str, *extra: str, validate: bool = False) -> None:
     from crossrec_jobs import clean, features, ingest
 
-    args = job_args(raw, lake, key, "--run-date", day)
+    args = job_args(raw, lake, key, "--run-date", day, *extra) if validate else _args(raw, lake, key, day, *extra)
     assert ingest.main(args) == 0
     assert clean.main([*args, *extra]) == 0
     assert features.main([*args, *extra]) == 0
@@ -88,9 +94,9 @@ def two_nights(spark, tmp_path_factory) -> dict:
     key.write_text(TEST_KEY)
     raw = _night1(root)
     lake = root / "lake"
-    _stages(raw, lake, key, NIGHT1)
+    _stages(raw, lake, key, NIGHT1, validate=True)
     _night2(raw)
-    _stages(raw, lake, key, NIGHT2)
+    _stages(raw, lake, key, NIGHT2, validate=True)  # the checks of a merge: the rows it added or changed
     snapshot = root / "after_night2"
     shutil.copytree(lake, snapshot)
     fresh = root / "fresh"
@@ -122,7 +128,7 @@ def test_second_night_gives_the_gold_of_a_full_refresh(two_nights, tmp_path):
 
     lake = tmp_path / "refreshed"
     shutil.copytree(two_nights["snapshot"], lake)
-    args = job_args(two_nights["raw"], lake, two_nights["key"], "--run-date", NIGHT2, "--full-refresh")
+    args = _args(two_nights["raw"], lake, two_nights["key"], NIGHT2, "--full-refresh")
     assert clean.main(args) == 0 and features.main(args) == 0
     for table in (*SILVER, *GOLD):
         pd.testing.assert_frame_equal(_table(two_nights["snapshot"], table), _table(lake, table), obj=table)
@@ -153,7 +159,7 @@ def test_a_night_rebuilds_silver_when_its_identity_map_moves_rows_already_there(
     shutil.copytree(two_nights["raw"], raw)
     shutil.copytree(two_nights["snapshot"], lake)
     (raw / "identity_map/night3.csv").write_text(f"domain,local_user,person\n{mapping}\n", encoding="utf-8")
-    args = job_args(raw, lake, two_nights["key"], "--run-date", "2024-07-02")
+    args = _args(raw, lake, two_nights["key"], "2024-07-02")
     assert ingest.main(args) == 0 and clean.main(args) == 0
     run = Ledger(str(lake)).last("clean")
     assert run["mode"] == mode
@@ -161,8 +167,8 @@ def test_a_night_rebuilds_silver_when_its_identity_map_moves_rows_already_there(
     if mode == "full" and "another" in because:
         return  # one run over all files ingests both mappings at once: there the smallest pseudonym wins, not the later
     fresh = tmp_path / "fresh"  # whichever way it went, silver is what one full run over all files gives
-    assert ingest.main(job_args(raw, fresh, two_nights["key"], "--run-date", "2024-07-02")) == 0
-    assert clean.main(job_args(raw, fresh, two_nights["key"], "--run-date", "2024-07-02")) == 0
+    assert ingest.main(_args(raw, fresh, two_nights["key"], "2024-07-02")) == 0
+    assert clean.main(_args(raw, fresh, two_nights["key"], "2024-07-02")) == 0
     for table in SILVER:  # the lake's night-1/2 rows came from the fixture's raw folder, the fresh lake's from the copy
         merged = _relative(_table(lake, table, drop=("run_id",)), two_nights["raw"])
         pd.testing.assert_frame_equal(merged, _relative(_table(fresh, table, drop=("run_id",)), raw), obj=table)
@@ -217,7 +223,7 @@ def test_a_kill_between_table_commits_leaves_the_recorded_run_and_the_rerun_comp
     shutil.copytree(two_nights["snapshot"], ok_lake)
     _stages(raw, ok_lake, key, "2024-07-02")
 
-    args = job_args(raw, lake, key, "--run-date", "2024-07-02")
+    args = _args(raw, lake, key, "2024-07-02")
     assert ingest.main(args) == 0
     recorded = Ledger(str(lake)).recorded_versions()
     with monkeypatch.context() as m:
@@ -277,7 +283,7 @@ def test_a_second_run_of_a_stage_is_refused_while_one_holds_the_lake(two_nights,
     from crossrec_jobs import ingest
 
     raw, lake = _copy_night2(two_nights, tmp_path)
-    args = job_args(raw, lake, two_nights["key"], "--run-date", "2024-07-02")
+    args = _args(raw, lake, two_nights["key"], "2024-07-02")
     with stage_lock(str(lake), "ingest", "ingest-running"):
         assert ingest.main(args) == 5
     err = capsys.readouterr().err
