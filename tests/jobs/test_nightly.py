@@ -65,7 +65,7 @@ def _args(raw: Path, lake: Path, key: Path, day: str, *extra: str) -> list[str]:
 def _stages(raw: Path, lake: Path, key: Path, day: str, *extra: str, validate: bool = False) -> None:
     from crossrec_jobs import clean, features, ingest
 
-    args = job_args(raw, lake, key, "--run-date", day, *extra) if validate else _args(raw, lake, key, day, *extra)
+    args = job_args(raw, lake, key, "--run-date", day) if validate else _args(raw, lake, key, day)
     assert ingest.main(args) == 0
     assert clean.main([*args, *extra]) == 0
     assert features.main([*args, *extra]) == 0
