@@ -29,16 +29,21 @@ def pseudonym(user_id: str, key: bytes) -> str:
 
 
 def pseudonyms(user_ids: Iterable[str | None], key: bytes) -> list[str | None]:
-    """:func:`pseudonym` of every id (None stays None), with the keyed state computed once."""
+    """:func:`pseudonym` of every id (None stays None), with the keyed state computed once and each distinct id
+    hashed once (a user's events come in runs: a batch of a log holds each id many times)."""
     base = hmac.new(key, digestmod=hashlib.sha256)
+    done: dict[str, str] = {}
     out: list[str | None] = []
     for u in user_ids:
         if u is None:
             out.append(None)
             continue
-        h = base.copy()
-        h.update(unicodedata.normalize("NFC", u).encode("utf-8"))
-        out.append(h.hexdigest())
+        p = done.get(u)
+        if p is None:
+            h = base.copy()
+            h.update(unicodedata.normalize("NFC", u).encode("utf-8"))
+            p = done[u] = h.hexdigest()
+        out.append(p)
     return out
 
 

@@ -43,7 +43,7 @@ from crossrec.io.config import CrossrecConfig
 from crossrec.io.delta import (commits, latest_version, merge_table, read_changes, read_table, table_exists, write_metrics,
                                write_table)
 from crossrec.io.runs import Ledger, StageRun, stage_run
-from crossrec.io.spark import SHUFFLE_PARTITIONS, size_shuffles
+from crossrec.io.spark import size_shuffles
 from crossrec.quality.contracts import load_contract
 from crossrec.quality.validate import Validator
 
@@ -55,7 +55,7 @@ IDENTITY_MAP = "silver.identity_map"  # written when the data set has an identit
 ENTITIES = "silver.item_entities"  # derived from silver.items as a whole (see _write_entities)
 SILVER = ("silver.items", "silver.interactions", "silver.quarantine", IDENTITY_MAP, ENTITIES)
 CDF_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
-ROWS_PER_PARTITION = 500_000  # shuffle partitions of a night: one per this many new bronze rows (io.spark.size_shuffles)
+ROWS_PER_PARTITION = 500_000  # shuffle partitions of a clean: one per this many bronze rows read (io.spark.size_shuffles)
 
 
 def run_clean(cfg: CrossrecConfig, spark) -> list[AccountingRow]:
@@ -104,7 +104,6 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     judged = None  # the mapping rows this run classified (all of bronze on a rebuild, the night's on a night)
     added = None  # a night's new mappings (keys not in silver.identity_map)
     batch: dict[str, object] = {}
-    configured_shuffles = spark.conf.get(SHUFFLE_PARTITIONS)
     expected_in = None  # rows the ingest commits read appended (Delta's commit metrics, not the data)
     if reason is None:
         expected_in = _rows_appended(spark, cfg, ledger, stage.reads, last)
@@ -128,12 +127,13 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
             if frame is not None:
                 frame.unpersist()
         batch = {t: bronze_full(t) for t in stage.reads}
-        spark.conf.set(SHUFFLE_PARTITIONS, configured_shuffles)
+        expected_in = _rows_appended(spark, cfg, ledger, stage.reads, None)
+        # sized to all of bronze: the configured number of tasks per shuffle is most of a small lake's rebuild
+        size_shuffles(spark, sum(expected_in.values()), ROWS_PER_PARTITION)
         added = None
         if "bronze.identity_map" in stage.reads:
             judged = clean.classify_identity_map(batch["bronze.identity_map"], domains, key).persist(StorageLevel.MEMORY_AND_DISK)
             ids = judged
-        expected_in = _rows_appended(spark, cfg, ledger, stage.reads, None)
     else:
         log.info("clean: merging the bronze rows of %s", {t: ledger.written_versions(t, last["reads"].get(t, 0), v)
                                                         for t, v in stage.reads.items()})
