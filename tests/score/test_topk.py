@@ -142,14 +142,14 @@ def test_score_body_batches_users_by_history_length_without_mixing_up_users(arti
     import datetime as dt
 
     pa = pytest.importorskip("pyarrow")
-    from crossrec.score.stage import COLUMNS, _score_batches
+    from crossrec.score.stage import COLUMNS, score_batches
 
     hist = [[1, 7, 2, 3], [8], [], [4, 5], [9, 1, 6], [2]]
     users = [f"u{i}" for i in range(len(hist))]
     rb = pa.RecordBatch.from_pydict({"user_id": users, "item_idx": pa.array(hist, pa.list_(pa.int64())),
                                      "event_ts": pa.array([list(range(len(h))) for h in hist], pa.list_(pa.int64()))})
     pop = np.arange(10, dtype=float)
-    out = list(_score_batches([rb], str(artifact), 3, pop, dt.date(2025, 1, 2), None, batch_users=2))
+    out = list(score_batches([rb], str(artifact), 3, pop, dt.date(2025, 1, 2), None, batch_users=2))
     assert len(out) == 3  # six users in model batches of two
     got = pd.concat([b.to_pandas() for b in out]).drop(columns="run_date")
     want = pd.DataFrame(Scorer(artifact, k=3, popularity=pop).rows(

@@ -21,7 +21,7 @@ alternated and their medians count (``runs_s`` keeps every run).
 
 Every figure is raw interaction + item rows per second of wall time. Writes ``DIR/ingest.json`` (records
 ``{system, value, unit, rows, seconds}``, the ratios to the plain copy), ``DIR/ingest.md`` and ``DIR/ingest.png``,
-and prints the table. Target: crossrec >= 50% of the plain copy's rows/s.
+and prints the table. Target: crossrec >= 50% of the two-Delta-layer floor's rows/s.
 """
 from __future__ import annotations
 

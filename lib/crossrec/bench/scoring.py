@@ -18,7 +18,7 @@ The same users, items and K for all three, in one run on one Spark session:
   matrix product + ``torch.topk`` per domain, no Spark, no history encoding, no seen-item exclusion.
 * **write floor** -- the rows crossrec wrote, cached, passed through an identity ``mapInArrow`` and written to
   Delta again: the score stage's output path with no history and no model, the ceiling for the stage.
-* **model alone** -- the score stage's own ``mapInArrow`` body (:func:`crossrec.score.stage._score_batches`, the
+* **model alone** -- the score stage's own ``mapInArrow`` body (:func:`crossrec.score.stage.score_batches`, the
   same artifact, histories, batches and output Arrow rows) in this process over the histories collected to the
   driver: no Spark and no write, only the model. The other ceiling: the stage cannot beat its model either.
   The artifact's load (once per worker process in the stage) is timed apart and not counted.
@@ -226,8 +226,8 @@ def model_alone(spark, lake: Path, spec: ScoringSpec, batch_users: int = 1024, u
     load_s = time.perf_counter() - t0
     batches = hist.to_batches(max_chunksize=users_per_task)  # a task's users, as the stage's mapInArrow gets them
     t0 = time.perf_counter()
-    rows = sum(b.num_rows for b in S._score_batches(iter(batches), folder, spec.k, pop, dt.date(2025, 1, 1), None,
-                                                     batch_users))
+    rows = sum(b.num_rows for b in S.score_batches(iter(batches), folder, spec.k, pop, dt.date(2025, 1, 1), None,
+                                                    batch_users))
     rate = hist.num_rows / (time.perf_counter() - t0)
     log.info("model alone: %d users -> %d rows, %.0f users/s (artifact load %.1fs)", hist.num_rows, rows, rate, load_s)
     return rate, load_s, rows

@@ -45,6 +45,7 @@ GOLD = ("gold.item_index", "gold.user_sequences", "gold.item_embeddings")
 COLD_PROPERTY = "crossrec.cold_start"
 SEQ_KEY = [C.USER_ID, C.SPLIT, C.TARGET_DOMAIN]
 USERS_PER_PARTITION = 20_000  # shuffle partitions of a night: one per this many changed users (their whole history)
+ROWS_PER_PARTITION = 500_000  # shuffle partitions of a full run: one per this many rows of silver.interactions
 DRIVER_ENCODE_MAX = 2_000  # texts encoded in the driver rather than in a Spark job (the model loads once per process)
 
 
@@ -164,6 +165,8 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
         size_shuffles(spark, stage.details["users_changed"], USERS_PER_PARTITION)
         log.info("features: %d user(s) with changes in silver.interactions versions %s", stage.details["users_changed"], versions)
         stage.lap("changed users found")
+    else:  # every user's history: sized to silver's rows (a count Delta answers from its log), not the configured number
+        size_shuffles(spark, inter_all.count(), ROWS_PER_PARTITION)
     inter = inter_all
     if users is not None:  # the changed users' whole history: small, read by the sequences and the accounting
         inter = inter_all.join(F.broadcast(users), C.USER_ID, "left_semi").persist(StorageLevel.MEMORY_AND_DISK)

@@ -95,9 +95,11 @@ def list_column(arr) -> list[np.ndarray]:
     return [values[a:b] for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
 
-def _score_batches(batches, folder: str, k: int, pop: np.ndarray, run_date: dt.date, threads: int | None,
-                   batch_users: int):
-    """mapInArrow body: Arrow batches of (user_id, item_idx, event_ts) -> Arrow batches of recommendation rows."""
+def score_batches(batches, folder: str, k: int, pop: np.ndarray, run_date: dt.date, threads: int | None,
+                  batch_users: int):
+    """The score stage's ``mapInArrow`` body: Arrow batches of (user_id, item_idx, event_ts) -> Arrow batches of
+    gold.recommendations rows (:data:`COLUMNS`), ``batch_users`` users per model batch. Public so that a benchmark or
+    a test can run exactly the stage's scoring without Spark."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -128,7 +130,7 @@ def score_users(spark, histories, folder: str, k: int, pop: np.ndarray, run_date
     import os
 
     threads = max(1, (os.cpu_count() or 1) // parallelism) if is_local(spark) else None  # workers share one machine
-    body = partial(_score_batches, folder=folder, k=k, pop=pop, run_date=run_date, threads=threads,
+    body = partial(score_batches, folder=folder, k=k, pop=pop, run_date=run_date, threads=threads,
                    batch_users=batch_users)
     log.info("scoring %d users in %d partitions (batches of %d users, k=%d)", n_users, parts, batch_users, k)
     # by range, not hash: each task, and so each file it writes per domain, holds one contiguous range of user_id,
@@ -442,6 +444,6 @@ def _accounting(firsts, catalog, domains: list[str], per_domain: dict, n_users: 
     return accounting
 
 
-__all__ = ["run_score", "STAGE", "TABLE", "catalog_frame", "first_events", "user_histories", "popularity", "score_users",
+__all__ = ["run_score", "score_batches", "STAGE", "TABLE", "catalog_frame", "first_events", "user_histories", "popularity", "score_users",
            "scoring_partitions", "Progress", "output_expectations", "exhausted_users", "list_column", "register_check_views",
            "validate_run", "published", "publish", "PublishBackwards", "PUBLISHED_PREFIX"]
