@@ -33,7 +33,7 @@ from crossrec.io.config import CrossrecConfig
 from crossrec.io.delta import (latest_version, merge_table, read_changes, read_table, set_table_properties, table_exists,
                                table_properties, write_table)
 from crossrec.io.runs import Ledger, StageRun, stage_run
-from crossrec.io.spark import default_parallelism, is_local, size_shuffles
+from crossrec.io.spark import ROWS_PER_PARTITION, default_parallelism, is_local, size_shuffles
 from crossrec.quality.contracts import load_contract
 from crossrec.quality.validate import Validator
 
@@ -45,7 +45,6 @@ GOLD = ("gold.item_index", "gold.user_sequences", "gold.item_embeddings")
 COLD_PROPERTY = "crossrec.cold_start"
 SEQ_KEY = [C.USER_ID, C.SPLIT, C.TARGET_DOMAIN]
 USERS_PER_PARTITION = 20_000  # shuffle partitions of a night: one per this many changed users (their whole history)
-ROWS_PER_PARTITION = 500_000  # shuffle partitions of a full run: one per this many rows of silver.interactions
 DRIVER_ENCODE_MAX = 2_000  # texts encoded in the driver rather than in a Spark job (the model loads once per process)
 
 

@@ -43,7 +43,7 @@ from crossrec.io.config import CrossrecConfig
 from crossrec.io.delta import (commits, latest_version, merge_table, read_changes, read_table, table_exists, write_metrics,
                                write_table)
 from crossrec.io.runs import Ledger, StageRun, stage_run
-from crossrec.io.spark import size_shuffles
+from crossrec.io.spark import ROWS_PER_PARTITION, size_shuffles
 from crossrec.quality.contracts import load_contract
 from crossrec.quality.validate import Validator
 
@@ -55,7 +55,6 @@ IDENTITY_MAP = "silver.identity_map"  # written when the data set has an identit
 ENTITIES = "silver.item_entities"  # derived from silver.items as a whole (see _write_entities)
 SILVER = ("silver.items", "silver.interactions", "silver.quarantine", IDENTITY_MAP, ENTITIES)
 CDF_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
-ROWS_PER_PARTITION = 500_000  # shuffle partitions of a clean: one per this many bronze rows read (io.spark.size_shuffles)
 
 
 def run_clean(cfg: CrossrecConfig, spark) -> list[AccountingRow]:

@@ -163,6 +163,7 @@ def is_local(spark) -> bool:
 
 
 SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
+ROWS_PER_PARTITION = 500_000  # rows per shuffle partition of the data stages' row-sized runs (size_shuffles)
 CONFIGURED_SHUFFLES = "spark.crossrec.configuredShufflePartitions"  # the setting a run started with
 MIN_FILE_SIZE = "spark.databricks.delta.optimize.minFileSize"  # OPTIMIZE leaves files at least this big alone
 
