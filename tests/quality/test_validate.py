@@ -8,7 +8,7 @@ import pytest
 
 from crossrec.cli.common import EXIT_VALIDATION, run_guarded
 from crossrec.quality.contracts import load_contract
-from crossrec.quality.validate import ValidationFailed, Validator
+from crossrec.quality.validate import Check, ValidationFailed, Validator
 
 pytestmark = pytest.mark.spark
 PARAMS = {"domains": ["books", "movies"], "min_event_ts": dt.datetime(1995, 1, 1), "max_event_ts": dt.datetime(2024, 7, 1)}
@@ -26,6 +26,23 @@ def test_valid_table_passes(spark, tmp_path):
     rep = Validator(str(tmp_path), "run1").check(c, df, PARAMS, expected_rows=1, references={"silver.items": items}, version=7)
     assert rep.success and rep.rows == 1 and rep.version == 7
     assert json.loads((tmp_path / "run1" / "silver.interactions.json").read_text())["success"] is True
+
+
+def test_check_all_runs_every_check_then_raises_the_first_failure(spark, tmp_path):
+    c, df, items = frames(spark, [("u1", "books", "b1", "view", T, 1.0, "r", "s")])
+    v = Validator(str(tmp_path), "all")
+    ok = Check(load_contract("silver.items"), items, PARAMS, expected_rows=1, version=4)
+    bad = Check(c, df, PARAMS, expected_rows=2, references={"silver.items": items}, version=5)  # 1 row written
+    with pytest.raises(ValidationFailed) as e:
+        v.check_all([bad, ok])
+    assert (e.value.report.table, e.value.report.version) == ("silver.interactions", 5)
+    report = lambda t: json.loads((tmp_path / "all" / f"{t}.json").read_text())  # noqa: E731
+    assert report("silver.items")["success"] is True, "the passing check ran to its end beside the failing one"
+    assert report("silver.interactions")["success"] is False
+    good = Check(c, df, PARAMS, expected_rows=1, references={"silver.items": items}, version=6)
+    reports = v.check_all([ok, good])
+    assert [(r.table, r.version, r.success, r.rows) for r in reports] == [("silver.items", 4, True, 1),
+                                                                         ("silver.interactions", 6, True, 1)]
 
 
 def test_data_docs_are_built_once_by_finish_and_at_once_by_a_failed_check(spark, tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ from crossrec.io.config import CrossrecConfig
 from crossrec.io.delta import read_changes, read_table, table_exists, write_metrics, write_table
 from crossrec.io.runs import Ledger, StageRun, stage_run
 from crossrec.quality.contracts import load_contract
-from crossrec.quality.validate import Validator
+from crossrec.quality.validate import Check, Validator
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _ingest(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
             row.rows_in = count_raw_records(spark, fs, [p for p, _ in plan.new])
         accounting[i] = row
 
-    validator = Validator(cfg.reports_root, run_id) if cfg.validate else None
+    checks: list[Check] = []  # what this run appended (earlier runs validated theirs), checked once all is written
     files: dict[str, dict[str, dict[str, int]]] = {}
     for table, dfs in frames.items():
         df = reduce(lambda a, b: a.unionByName(b), dfs)
@@ -118,16 +118,17 @@ def _ingest(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
         for i, plan in enumerate(plans):
             if BRONZE_TABLE[plan.file_set.kind] == table and plan.new:
                 _count_appended(accounting[i], plan, per_file)
-        if validator:  # what this run appended; the rows of earlier runs were validated by them
-            validator.check(load_contract(table), appended.drop(*CDF_COLUMNS),
-                            params={"domains": list(dataset.domains)}, version=version)
+        checks.append(Check(load_contract(table), appended.drop(*CDF_COLUMNS), params={"domains": list(dataset.domains)},
+                            version=version))
+    if cfg.validate:
+        validator = Validator(cfg.reports_root, run_id)
+        validator.check_all(checks)
+        stage.details["data_docs"] = validator.finish()
     rows = list(accounting.values())
     check_balanced(rows)
     print(format_accounting(rows))
     write_accounting(spark, cfg, run_id, rows)
     stage.accounting, stage.details["files"] = rows, files
-    if validator:
-        stage.details["data_docs"] = validator.finish()
     return rows
 
 

@@ -35,7 +35,7 @@ from crossrec.io.delta import (latest_version, merge_table, read_changes, read_t
 from crossrec.io.runs import Ledger, StageRun, stage_run
 from crossrec.io.spark import ROWS_PER_PARTITION, default_parallelism, is_local, size_shuffles
 from crossrec.quality.contracts import load_contract
-from crossrec.quality.validate import Validator
+from crossrec.quality.validate import Check, Validator
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
 
     if cfg.validate:
         validator = Validator(cfg.reports_root, stage.run_id)
-        silver_items = items
+        checks = []
         for table, version in w.items():
             if table == "gold.user_sequences" and merged_version is None:
                 continue  # the night changed no user: the merge committed nothing
@@ -239,8 +239,9 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
             if table == "gold.user_sequences" and users is not None:
                 df = _rows_written(spark, seq_path, merged_version, users)  # the rows this run merged
             rows = sum(n_items.values()) if table != "gold.user_sequences" else None
-            validator.check(load_contract(table), df, params={"domains": domains}, expected_rows=rows,
-                            references={"silver.items": silver_items}, version=version)
+            checks.append(Check(load_contract(table), df, params={"domains": domains}, expected_rows=rows,
+                                references={"silver.items": items}, version=version))
+        validator.check_all(checks)
         stage.details["data_docs"] = validator.finish()
         stage.lap("validated")
     written_rows = _rows_written(spark, seq_path, merged_version, users)

@@ -45,7 +45,7 @@ from crossrec.io.delta import (commits, latest_version, merge_table, read_change
 from crossrec.io.runs import Ledger, StageRun, stage_run
 from crossrec.io.spark import ROWS_PER_PARTITION, size_shuffles
 from crossrec.quality.contracts import load_contract
-from crossrec.quality.validate import Validator
+from crossrec.quality.validate import Check, Validator
 
 log = logging.getLogger(__name__)
 
@@ -419,12 +419,14 @@ def _validate(spark, cfg, stage: StageRun, domains: list[str], expected: dict[st
     validator = Validator(cfg.reports_root, stage.run_id)
     params = clean.contract_params(cfg, domains)
     silver_items = read_table(spark, cfg.table_path("silver.items"), stage.writes["silver.items"])
+    checks = []
     for table in committed:
         version, path = stage.writes[table], cfg.table_path(table)
         if merged and table != ENTITIES:  # the entities are always rewritten whole
             df = read_changes(spark, path, [version], ("insert", "update_postimage")).drop(*CDF_COLUMNS)
         else:
             df = read_table(spark, path, version)
-        validator.check(load_contract(table), df, params=params, expected_rows=expected[table],
-                        references={"silver.items": silver_items}, version=version)
+        checks.append(Check(load_contract(table), df, params=params, expected_rows=expected[table],
+                            references={"silver.items": silver_items}, version=version))
+    validator.check_all(checks)
     stage.details["data_docs"] = validator.finish()

@@ -13,7 +13,9 @@ import json
 import logging
 import os
 import re
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -238,6 +240,19 @@ def _observed_rows(results: list, expected_rows: int | None) -> int | None:
 
 FIRST_PASS = {"result_format": "BASIC", "partial_unexpected_count": 0}
 DOCS_SITE = "crossrec"
+MAX_CONCURRENT_CHECKS = 4
+
+
+@dataclass
+class Check:
+    """One table version to validate: the arguments of :meth:`Validator.check` (see there)."""
+
+    contract: Contract
+    df: Any
+    params: Mapping[str, Any] | None = None
+    expected_rows: int | None = None
+    references: Mapping[str, Any] | None = None
+    version: int | None = None
 
 
 class Validator:
@@ -246,7 +261,10 @@ class Validator:
 
     Each check writes its JSON report; the Data Docs site, which renders every suite of the context, is built by
     :meth:`finish` once the job's checks are done, or at once by a check that fails (a job stops there). On a remote
-    report root (object storage) both are written to a local folder and copied up (:mod:`crossrec.io.lakefs`)."""
+    report root (object storage) both are written to a local folder and copied up (:mod:`crossrec.io.lakefs`).
+
+    Checks may run concurrently (:meth:`check_all`): each has its own GE data source, so its own execution engine and
+    batch; what they share (the context's stores, the report folder) is changed under a lock."""
 
     def __init__(self, reports_root: str, run_id: str):
         import great_expectations as gx
@@ -259,11 +277,7 @@ class Validator:
         self.context = gx.get_context(mode="ephemeral")
         # our own log lines report progress; GE's per-metric bars would flood job logs
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-        self.batch_def = (
-            self.context.data_sources.add_spark(name="crossrec")
-            .add_dataframe_asset(name="tables")
-            .add_batch_definition_whole_dataframe("whole_table")
-        )
+        self._lock = threading.RLock()
         self.reports_root = reports_root
         self.run_id = run_id
         self._n = 0
@@ -310,18 +324,16 @@ class Validator:
         """
         gx = self._gx
         t0 = time.time()
-        self._n += 1
-        suite = self.context.suites.add(
-            gx.ExpectationSuite(
-                name=f"{contract.table}#{self._n}",
-                expectations=build_expectations(contract, params, expected_rows) + list(extra_expectations or []),
-            )
-        )
+        with self._lock:
+            self._n += 1
+            name = f"{contract.table}#{self._n}"
+            batch_def = (self.context.data_sources.add_spark(name=f"crossrec-{self._n}")
+                         .add_dataframe_asset(name="tables").add_batch_definition_whole_dataframe("whole_table"))
+            suite = self.context.suites.add(gx.ExpectationSuite(
+                name=name, expectations=build_expectations(contract, params, expected_rows) + list(extra_expectations or [])))
+            vd = self.context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
         if contract.references:
             df = _with_reference_markers(df, contract, references or {})
-        vd = self.context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"{contract.table}#{self._n}", data=self.batch_def, suite=suite)
-        )
         # first pass without unexpected-value samples (SUMMARY gathers them with one more Spark job per
         # expectation) but with counts and observed values, which the report and Data Docs show for passing checks
         # too. Only a failed suite is run again with SUMMARY, so that the report names the offending values.
@@ -344,10 +356,12 @@ class Validator:
             seconds=round(time.time() - t0, 2),
         )
         report.docs_url = self.docs_url
-        report.report_path = self._write(report)
-        self._docs_stale = True
+        with self._lock:
+            report.report_path = self._write(report)
+            self._docs_stale = True
         if report.success:
-            self._upload()
+            with self._lock:
+                self._upload()
             log.info("validated %s v%s: %d expectations passed (%.1fs)", contract.table, version, len(results),
                      report.seconds)
         else:
@@ -357,9 +371,33 @@ class Validator:
                 raise ValidationFailed(report)
         return report
 
+    def check_all(self, checks: list[Check]) -> list[ValidationReport]:
+        """Run :meth:`check` on each of ``checks`` (different tables), up to :data:`MAX_CONCURRENT_CHECKS` at once.
+
+        A night's checks are small and their time is mostly Spark's per-job latency, which concurrent jobs overlap.
+        Every check runs to its end and writes its report; then the first failure (in ``checks`` order) raises
+        :class:`ValidationFailed`. Returns the reports in ``checks`` order."""
+        def run(c: Check) -> ValidationReport:
+            return self.check(c.contract, c.df, params=c.params, expected_rows=c.expected_rows,
+                              references=c.references, version=c.version, raise_on_failure=False)
+
+        if len(checks) <= 1:
+            reports = [run(c) for c in checks]
+        else:
+            with ThreadPoolExecutor(min(len(checks), MAX_CONCURRENT_CHECKS), thread_name_prefix="crossrec-check") as pool:
+                reports = list(pool.map(run, checks))
+        for report in reports:
+            if not report.success:
+                raise ValidationFailed(report)
+        return reports
+
     def finish(self) -> str:
         """Build the job's Data Docs site from every check run so far (once, not per check: each build renders every
         suite of the context) and copy the run's folder up to a remote report root; returns the site's index URL."""
+        with self._lock:
+            return self._finish()
+
+    def _finish(self) -> str:
         if self._docs_stale:
             built = self.context.build_data_docs(site_names=[DOCS_SITE])[DOCS_SITE]
             if not self.remote and built != self.docs_url:
