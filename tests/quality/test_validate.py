@@ -39,6 +39,8 @@ def test_check_all_runs_every_check_then_raises_the_first_failure(spark, tmp_pat
     report = lambda t: json.loads((tmp_path / "all" / f"{t}.json").read_text())  # noqa: E731
     assert report("silver.items")["success"] is True, "the passing check ran to its end beside the failing one"
     assert report("silver.interactions")["success"] is False
+    pages = {p.name.split("#")[0] for p in (tmp_path / "all" / "docs" / "validations" / "silver").iterdir()}
+    assert pages == {"interactions", "items"}, "the Data Docs, built after both ended, show both checks"
     good = Check(c, df, PARAMS, expected_rows=1, references={"silver.items": items}, version=6)
     reports = v.check_all([ok, good])
     assert [(r.table, r.version, r.success, r.rows) for r in reports] == [("silver.items", 4, True, 1),

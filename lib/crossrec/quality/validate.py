@@ -264,7 +264,7 @@ class Validator:
     report root (object storage) both are written to a local folder and copied up (:mod:`crossrec.io.lakefs`).
 
     Checks may run concurrently (:meth:`check_all`): each has its own GE data source, so its own execution engine and
-    batch; what they share (the context's stores, the report folder) is changed under a lock."""
+    batch; suites and validation definitions are registered, reports written and the Data Docs built under a lock."""
 
     def __init__(self, reports_root: str, run_id: str):
         import great_expectations as gx
@@ -375,8 +375,9 @@ class Validator:
         """Run :meth:`check` on each of ``checks`` (different tables), up to :data:`MAX_CONCURRENT_CHECKS` at once.
 
         A night's checks are small and their time is mostly Spark's per-job latency, which concurrent jobs overlap.
-        Every check runs to its end and writes its report; then the first failure (in ``checks`` order) raises
-        :class:`ValidationFailed`. Returns the reports in ``checks`` order."""
+        Every check runs to its end and writes its report; then, when one failed, the Data Docs are built again (so they
+        show every check) and the first failure (in ``checks`` order) raises :class:`ValidationFailed`. Returns the
+        reports in ``checks`` order."""
         def run(c: Check) -> ValidationReport:
             return self.check(c.contract, c.df, params=c.params, expected_rows=c.expected_rows,
                               references=c.references, version=c.version, raise_on_failure=False)
@@ -386,9 +387,10 @@ class Validator:
         else:
             with ThreadPoolExecutor(min(len(checks), MAX_CONCURRENT_CHECKS), thread_name_prefix="crossrec-check") as pool:
                 reports = list(pool.map(run, checks))
-        for report in reports:
-            if not report.success:
-                raise ValidationFailed(report)
+        failed = [r for r in reports if not r.success]
+        if failed:
+            self.finish()
+            raise ValidationFailed(failed[0])
         return reports
 
     def finish(self) -> str:
