@@ -8,7 +8,7 @@ import pytest
 
 from crossrec.cli.common import EXIT_VALIDATION, run_guarded
 from crossrec.quality.contracts import load_contract
-from crossrec.quality.validate import Check, ValidationFailed, Validator
+from crossrec.quality.validate import LOCAL_MAX_ROWS, Check, ValidationFailed, Validator
 
 pytestmark = pytest.mark.spark
 PARAMS = {"domains": ["books", "movies"], "min_event_ts": dt.datetime(1995, 1, 1), "max_event_ts": dt.datetime(2024, 7, 1)}
@@ -21,11 +21,31 @@ def frames(spark, inter_rows):
     return c, spark.createDataFrame(inter_rows, c.spark_schema()), items
 
 
-def test_valid_table_passes(spark, tmp_path):
+ENGINES = {"pandas": LOCAL_MAX_ROWS, "spark": 0}  # Validator(local_max_rows=...): a small batch's engine
+
+
+def engine(v: Validator, n: int) -> str:
+    """The GE execution engine check number ``n`` of ``v`` ran on."""
+    return type(v.context.data_sources.get(f"crossrec-{n}")).__name__.removesuffix("Datasource").lower()
+
+
+@pytest.mark.parametrize("eng", ENGINES)
+def test_valid_table_passes(spark, tmp_path, eng):
     c, df, items = frames(spark, [("u1", "books", "b1", "view", T, 1.0, "r", "s")])
-    rep = Validator(str(tmp_path), "run1").check(c, df, PARAMS, expected_rows=1, references={"silver.items": items}, version=7)
-    assert rep.success and rep.rows == 1 and rep.version == 7
+    v = Validator(str(tmp_path), "run1", local_max_rows=ENGINES[eng])
+    rep = v.check(c, df, PARAMS, expected_rows=1, references={"silver.items": items}, version=7)
+    assert rep.success and rep.rows == 1 and rep.version == 7 and engine(v, 1) == eng
     assert json.loads((tmp_path / "run1" / "silver.interactions.json").read_text())["success"] is True
+
+
+def test_a_batch_above_the_local_limit_is_validated_on_spark(spark, tmp_path):
+    rows = [(f"u{i}", "books", "b1", "view", T, 1.0, "r", "s") for i in range(3)]
+    c, df, items = frames(spark, rows)
+    v = Validator(str(tmp_path), "big", local_max_rows=2)
+    for expected in (None, 3):  # probed (3 rows collected, over the limit), then known from the row count
+        assert v.check(c, df, PARAMS, expected_rows=expected, references={"silver.items": items}).success
+    assert [engine(v, n) for n in (1, 2)] == ["spark", "spark"]
+    assert v.check(c, df.limit(2), PARAMS, references={"silver.items": items}).success and engine(v, 3) == "pandas"
 
 
 def test_check_all_runs_every_check_then_raises_the_first_failure(spark, tmp_path):
@@ -65,7 +85,8 @@ def test_data_docs_are_built_once_by_finish_and_at_once_by_a_failed_check(spark,
     assert builds == [1, 1] and (index.parent / "validations" / "silver" / "interactions#3").is_dir()
 
 
-def test_each_broken_rule_is_reported(spark, tmp_path):
+@pytest.mark.parametrize("eng", ENGINES)
+def test_each_broken_rule_is_reported(spark, tmp_path, eng):
     rows = [
         ("u1", "books", "b1", "view", T, 1.0, "r", "s"),
         ("u1", "books", "b1", "view", T, 1.0, "r", "s"),  # duplicate key
@@ -74,7 +95,8 @@ def test_each_broken_rule_is_reported(spark, tmp_path):
     ]
     c, df, items = frames(spark, rows)
     with pytest.raises(ValidationFailed) as e:
-        Validator(str(tmp_path), "run2").check(c, df, PARAMS, expected_rows=3, references={"silver.items": items}, version=3)
+        Validator(str(tmp_path), "run2", local_max_rows=ENGINES[eng]).check(c, df, PARAMS, expected_rows=3,
+                                                                           references={"silver.items": items}, version=3)
     failed = {(f["expectation"], str(f["target"])) for f in e.value.report.failures}
     assert failed == {
         ("expect_compound_columns_to_be_unique", str(["user_id", "domain", "item_id", "event_type", "event_ts"])),

@@ -241,6 +241,7 @@ def _observed_rows(results: list, expected_rows: int | None) -> int | None:
 FIRST_PASS = {"result_format": "BASIC", "partial_unexpected_count": 0}
 DOCS_SITE = "crossrec"
 MAX_CONCURRENT_CHECKS = 4
+LOCAL_MAX_ROWS = 50_000
 
 
 @dataclass
@@ -264,9 +265,16 @@ class Validator:
     report root (object storage) both are written to a local folder and copied up (:mod:`crossrec.io.lakefs`).
 
     Checks may run concurrently (:meth:`check_all`): each has its own GE data source, so its own execution engine and
-    batch; suites and validation definitions are registered, reports written and the Data Docs built under a lock."""
+    batch; suites and validation definitions are registered, reports written and the Data Docs built under a lock.
 
-    def __init__(self, reports_root: str, run_id: str):
+    **Engine.** A batch of at most ``local_max_rows`` rows (a night's rows, a small table) is collected to the driver
+    and validated by GE's pandas engine: a Spark check of such a batch costs its metric jobs' fixed latency, about a
+    second, where the pandas engine takes a few milliseconds. Larger batches, suites with cross-row SQL checks
+    (``extra_expectations``), and batches pandas cannot hold (a timestamp outside pandas' range) are validated on Spark.
+    The expectations are the same; a not-nullable floating-point column holding NaN fails only on pandas (which
+    reads NaN as missing). ``local_max_rows=0``: always Spark."""
+
+    def __init__(self, reports_root: str, run_id: str, local_max_rows: int = LOCAL_MAX_ROWS):
         import great_expectations as gx
 
         for name in ("great_expectations", "great_expectations.data_context.types.base"):
@@ -278,6 +286,7 @@ class Validator:
         # our own log lines report progress; GE's per-metric bars would flood job logs
         self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
         self._lock = threading.RLock()
+        self.local_max_rows = local_max_rows
         self.reports_root = reports_root
         self.run_id = run_id
         self._n = 0
@@ -324,26 +333,29 @@ class Validator:
         """
         gx = self._gx
         t0 = time.time()
+        if contract.references:
+            df = _with_reference_markers(df, contract, references or {})
+        local = None if extra_expectations else self._local_batch(df, expected_rows, contract.table)
         with self._lock:
             self._n += 1
             name = f"{contract.table}#{self._n}"
-            batch_def = (self.context.data_sources.add_spark(name=f"crossrec-{self._n}")
-                         .add_dataframe_asset(name="tables").add_batch_definition_whole_dataframe("whole_table"))
+            sources = self.context.data_sources
+            source = sources.add_pandas(name=f"crossrec-{self._n}") if local is not None else sources.add_spark(name=f"crossrec-{self._n}")
+            batch_def = source.add_dataframe_asset(name="tables").add_batch_definition_whole_dataframe("whole_table")
             suite = self.context.suites.add(gx.ExpectationSuite(
                 name=name, expectations=build_expectations(contract, params, expected_rows) + list(extra_expectations or [])))
             vd = self.context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
-        if contract.references:
-            df = _with_reference_markers(df, contract, references or {})
         # first pass without unexpected-value samples (SUMMARY gathers them with one more Spark job per
         # expectation) but with counts and observed values, which the report and Data Docs show for passing checks
         # too. Only a failed suite is run again with SUMMARY, so that the report names the offending values.
-        cached = df.is_cached  # GE persists the batch frame; drop that copy afterwards unless the caller's own
+        batch = {"dataframe": local if local is not None else df}
+        cached = df.is_cached  # GE persists a Spark batch frame; drop that copy afterwards unless the caller's own
         try:
-            result = vd.run(batch_parameters={"dataframe": df}, result_format=FIRST_PASS)
+            result = vd.run(batch_parameters=batch, result_format=FIRST_PASS)
             if not result.success:
-                result = vd.run(batch_parameters={"dataframe": df}, result_format="SUMMARY")
+                result = vd.run(batch_parameters=batch, result_format="SUMMARY")
         finally:
-            if not cached:
+            if local is None and not cached:
                 df.unpersist()
         results = [_describe(er, raw_ids=contract.table.startswith("bronze.")) for er in result.results]
         rows = _observed_rows(result.results, expected_rows)
@@ -362,14 +374,27 @@ class Validator:
         if report.success:
             with self._lock:
                 self._upload()
-            log.info("validated %s v%s: %d expectations passed (%.1fs)", contract.table, version, len(results),
-                     report.seconds)
+            log.info("validated %s v%s: %d expectations passed (%.1fs, %s)", contract.table, version, len(results),
+                     report.seconds, "pandas" if local is not None else "spark")
         else:
             self.finish()
             log.error("%s; Data Docs %s", report.summary(), report.docs_url)
             if raise_on_failure:
                 raise ValidationFailed(report)
         return report
+
+    def _local_batch(self, df, expected_rows: int | None, table: str):
+        """``df`` as a pandas frame when it has at most ``local_max_rows`` rows (see the class docstring), else None.
+        A known larger ``expected_rows`` skips the probe; otherwise at most ``local_max_rows + 1`` rows are collected."""
+        n = self.local_max_rows
+        if n <= 0 or (expected_rows is not None and expected_rows > n):
+            return None
+        try:
+            local = df.limit(n + 1).toPandas()
+        except (ValueError, OverflowError, ArithmeticError) as e:  # e.g. a timestamp beyond pandas' nanosecond range
+            log.info("%s: validated on Spark: its rows do not convert to pandas (%s)", table, e)
+            return None
+        return local if len(local) <= n else None
 
     def check_all(self, checks: list[Check]) -> list[ValidationReport]:
         """Run :meth:`check` on each of ``checks`` (different tables), up to :data:`MAX_CONCURRENT_CHECKS` at once.
