@@ -239,7 +239,7 @@ def test_a_kill_between_table_commits_leaves_the_recorded_run_and_the_rerun_comp
     assert clean.main(args) == 0  # the re-run restores silver.items and completes
     assert [r["writes"] for r in Ledger(str(lake)).succeeded("rollback")][-1].keys() == {"silver.items"}
     with monkeypatch.context() as m:
-        _fail_on_call(m, gold, "write_table", 1)  # gold.user_sequences merged, gold.item_index not
+        _fail_on_call(m, gold, "write_table", 1)  # the changed users' sequence rows deleted, their new rows not appended
         with pytest.raises(Killed):
             features.main(args)
     assert features.main(args) == 0

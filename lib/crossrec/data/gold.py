@@ -2,8 +2,9 @@
 
 **Incremental (the default).** The users with changes are read from silver.interactions' change data feed of
 the commits recorded since features' last run (new rows, and rows erased by ``crossrec forget``); only their
-sequence rows are rebuilt from their whole history and MERGEd into gold.user_sequences (rows a user no longer has
-are deleted in the same commit). The item index is stable: items keep their ids, new items get the next ones, so a
+sequence rows are rebuilt from their whole history and replace theirs in gold.user_sequences: a ``DELETE`` by user id
+(deletion vectors: no file is rewritten), then an append. These are two commits; every reader reads the version
+recorded after the second (``ops.runs``), and a run killed between them is rolled back by the next. The item index is stable: items keep their ids, new items get the next ones, so a
 model trained on an older index still reads the new tables. ``train_count`` moves by the changed users' train events.
 Embeddings are computed for new or changed texts only and MERGEd into the cache; nothing is collected to the driver.
 The cold-start sample is stable too: the per-domain (hash, user) thresholds of its first draw are stored as a property
@@ -30,7 +31,7 @@ from crossrec.data import features as FE
 from crossrec.data.rawformat import RawFormatError, load_dataset
 from crossrec.io.accounting import AccountingError, AccountingRow, check_balanced, format_accounting, write_accounting
 from crossrec.io.config import CrossrecConfig
-from crossrec.io.delta import (latest_version, merge_table, read_changes, read_table, set_table_properties, table_exists,
+from crossrec.io.delta import (delete_in, latest_version, merge_table, read_changes, read_table, set_table_properties, table_exists,
                                table_properties, write_table)
 from crossrec.io.runs import Ledger, StageRun, stage_run
 from crossrec.io.spark import ROWS_PER_PARTITION, default_parallelism, is_local, size_shuffles
@@ -185,23 +186,21 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
 
     accounting = _sequence_accounting(inter, occ, split, domains)
     stage.lap("sequences built")
-    old = None  # the changed users' rows before this run: what the merge replaces or deletes
-    if users is not None:
-        old = read_table(spark, seq_path, recorded["gold.user_sequences"]).join(F.broadcast(users), C.USER_ID, "left_semi")
-        old = old.persist(StorageLevel.MEMORY_AND_DISK)
-    counts = _train_counts(spark, cfg, recorded, split, old)
+    w = stage.writes
+    contract = load_contract("gold.user_sequences")
+    old = None  # the changed users' rows before this run, as the change feed of their deletion keeps them
+    if stage.mode == "full":
+        w["gold.user_sequences"] = write_table(spark, seqs, contract, seq_path, "overwrite")
+        rows_version = w["gold.user_sequences"]
+    else:  # the changed users' rows replaced: deleted by user id, then their new rows appended
+        deleted = delete_in(spark, seq_path, C.USER_ID, [r[0] for r in users.collect()])
+        old = read_changes(spark, seq_path, deleted, ("delete",))
+        before = latest_version(seq_path)
+        w["gold.user_sequences"] = write_table(spark, seqs, contract, seq_path, "append")
+        rows_version = w["gold.user_sequences"] if w["gold.user_sequences"] > before else None  # None: no row to add
+    counts = _train_counts(spark, cfg, recorded, split, old, incremental=stage.mode == "incremental")
     new_index = index.drop(C.TRAIN_COUNT) if C.TRAIN_COUNT in index.columns else index
     new_index = new_index.join(counts, C.ITEM_IDX, "left").withColumn(C.TRAIN_COUNT, F.coalesce(C.TRAIN_COUNT, F.lit(0)).cast("long"))
-
-    w = stage.writes
-    if stage.mode == "full":
-        w["gold.user_sequences"] = write_table(spark, seqs, load_contract("gold.user_sequences"), seq_path, "overwrite")
-    else:
-        contract = load_contract("gold.user_sequences")
-        gone = contract.conform(old.join(seqs.select(*SEQ_KEY), SEQ_KEY, "left_anti")).withColumn("_delete", F.lit(True))
-        source = contract.conform(seqs).withColumn("_delete", F.lit(False)).unionByName(gone)
-        w["gold.user_sequences"], merged = merge_table(spark, source, load_contract("gold.user_sequences"), seq_path, SEQ_KEY, delete_flag="_delete")
-    merged_version = w["gold.user_sequences"] if stage.mode == "full" or merged else None  # None: nothing merged
     stage.lap("gold.user_sequences written")
     if cohort is None and table_properties(spark, seq_path).get(COLD_PROPERTY) != json.dumps(stored, sort_keys=True):
         set_table_properties(spark, seq_path, {COLD_PROPERTY: json.dumps(stored, sort_keys=True)})
@@ -214,7 +213,7 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
     w["gold.item_embeddings"], n_encoded = _embeddings(spark, cfg, todo, n_todo)
     stage.lap("gold.item_embeddings written")
 
-    written = _written_events(_rows_written(spark, seq_path, merged_version, users))
+    written = _written_events(_rows_written(spark, seq_path, rows_version, users))
     expected = sum(r.rows_out for r in accounting)
     if written != expected:
         raise AccountingError(f"features gold.user_sequences: the rows written hold {written:,} events; the accounting "
@@ -233,20 +232,20 @@ def _features(cfg: CrossrecConfig, spark, stage: StageRun):
         validator = Validator(cfg.reports_root, stage.run_id)
         checks = []
         for table, version in w.items():
-            if table == "gold.user_sequences" and merged_version is None:
-                continue  # the night changed no user: the merge committed nothing
+            if table == "gold.user_sequences" and rows_version is None:
+                continue  # the night added no row (no user changed, or every changed user was erased)
             df = read_table(spark, cfg.table_path(table), version)
             if table == "gold.user_sequences" and users is not None:
-                df = _rows_written(spark, seq_path, merged_version, users)  # the rows this run merged
+                df = _rows_written(spark, seq_path, rows_version, users)  # the rows this run appended
             rows = sum(n_items.values()) if table != "gold.user_sequences" else None
             checks.append(Check(load_contract(table), df, params={"domains": domains}, expected_rows=rows,
                                 references={"silver.items": items}, version=version))
         validator.check_all(checks)
         stage.details["data_docs"] = validator.finish()
         stage.lap("validated")
-    written_rows = _rows_written(spark, seq_path, merged_version, users)
+    written_rows = _rows_written(spark, seq_path, rows_version, users)
     summary = written_rows.groupBy(C.SPLIT, C.TARGET_DOMAIN, C.COLD_START).count().orderBy(C.SPLIT, C.TARGET_DOMAIN, C.COLD_START).collect()
-    for frame in (index, occ, split, new_index, users, old, todo, inter if users is not None else None):
+    for frame in (index, occ, split, new_index, users, todo, inter if users is not None else None):
         if frame is not None:
             frame.unpersist()
     stage.accounting = accounting
@@ -273,30 +272,33 @@ def _sequence_accounting(inter, occ, split, domains: list[str]) -> list[Accounti
     return out
 
 
-def _train_counts(spark, cfg, recorded: dict, split, old):
-    """``item_idx, train_count`` after this run: all train events (a full run), or the stored counts moved by the
-    changed users' train events (new minus ``old``, their rows before this run)."""
+def _train_counts(spark, cfg, recorded: dict, split, old, incremental: bool):
+    """``item_idx, train_count`` after this run: all train events (a full run), or (``incremental``) the stored counts
+    moved by the changed users' train events: new minus ``old`` (their rows before this run; None when the merge
+    committed nothing)."""
     from pyspark.sql import functions as F
 
     new = split.where((F.col(C.SPLIT) == FE.TRAIN) & ~F.col("withheld")).groupBy(C.ITEM_IDX).agg(F.count("*").alias("n"))
-    if old is None:
+    if not incremental:
         return new.withColumnRenamed("n", C.TRAIN_COUNT)
-    gone = (old.where(F.col(C.SPLIT) == FE.TRAIN).select(F.explode(C.ITEM_IDX).alias(C.ITEM_IDX))
-            .groupBy(C.ITEM_IDX).agg((-F.count("*")).alias("n")))
     stored = read_table(spark, cfg.table_path("gold.item_index"), recorded["gold.item_index"]).select(C.ITEM_IDX, F.col(C.TRAIN_COUNT).alias("n"))
-    return stored.unionByName(new).unionByName(gone).groupBy(C.ITEM_IDX).agg(F.sum("n").cast("long").alias(C.TRAIN_COUNT))
+    moved = stored.unionByName(new)
+    if old is not None:
+        moved = moved.unionByName(old.where(F.col(C.SPLIT) == FE.TRAIN).select(F.explode(C.ITEM_IDX).alias(C.ITEM_IDX))
+                                  .groupBy(C.ITEM_IDX).agg((-F.count("*")).alias("n")))
+    return moved.groupBy(C.ITEM_IDX).agg(F.sum("n").cast("long").alias(C.TRAIN_COUNT))
 
 
 def _rows_written(spark, path: str, version: int | None, users):
-    """The sequence rows a run wrote: the whole table at ``version`` (a full run), or the rows its merge inserted or
-    updated, from the change data feed of that commit (a merge run)."""
+    """The sequence rows a run wrote: the whole table at ``version`` (a full run), or the rows it appended, from the
+    change data feed of that commit (an incremental run; ``version`` None: it appended none)."""
     from crossrec.data.silver import CDF_COLUMNS
 
     if users is None:
         return read_table(spark, path, version)
-    if version is None:  # the merge committed nothing
+    if version is None:  # the run added no row
         return spark.createDataFrame([], load_contract("gold.user_sequences").spark_schema())
-    return read_changes(spark, path, [version], ("insert", "update_postimage")).drop(*CDF_COLUMNS)
+    return read_changes(spark, path, [version], ("insert",)).drop(*CDF_COLUMNS)
 
 
 def _written_events(rows) -> int:

@@ -163,6 +163,26 @@ def merge_table(spark, df, contract: Contract, path: str, on: list[str], *, upda
     return version, metrics
 
 
+DELETE_CHUNK = 20_000  # values per DELETE: bounds the SQL text a statement carries
+
+
+def delete_in(spark, path: str, column: str, values: list[str], chunk: int = DELETE_CHUNK) -> list[int]:
+    """DELETE the rows of the Delta table at ``path`` whose string ``column`` is one of ``values``, in statements of at
+    most ``chunk`` values; returns the versions they committed (oldest first).
+
+    A literal IN list needs no join with the table (a MERGE joins it twice); on a table with deletion vectors the
+    files keep their bytes. Each statement is a commit of its own: callers that need the change as one step read the
+    table at a version they record after their last commit (``ops.runs``)."""
+    before = latest_version(path)
+    for start in range(0, len(values), chunk):
+        part = values[start : start + chunk]
+        literals = ", ".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in part)
+        spark.sql(f"DELETE FROM {quote_path(path)} WHERE `{column}` IN ({literals})")
+    after = latest_version(path)
+    log.info("deleted the rows of %d %s value(s) from %s: v%d -> v%d", len(values), column, path, before, after)
+    return list(range(before + 1, after + 1))
+
+
 def write_metrics(path: str, version: int | None = None, since: int | None = None) -> dict[str, int]:
     """Delta's row metrics of commit ``version`` (default the newest): ``numOutputRows`` of a write, the ``numTarget*``
     of a merge. With ``since`` (the version before the write), a write that made no commit (an empty append) is {}."""
