@@ -117,7 +117,7 @@ def test_second_night_runs_incrementally(two_nights):
 
 def test_second_night_gives_the_silver_of_a_full_rebuild_of_both_nights(two_nights):
     # run ids and ingest times differ by construction (lake B ingested both nights in one run)
-    for table in SILVER:
+    for table in (*SILVER, "silver.item_entities"):  # night 2's entities appended (a new item, a changed title)
         merged = _table(two_nights["snapshot"], table, drop=("run_id",))
         full = _table(two_nights["fresh"], table, drop=("run_id",))
         pd.testing.assert_frame_equal(merged, full, obj=table)
@@ -132,6 +132,28 @@ def test_second_night_gives_the_gold_of_a_full_refresh(two_nights, tmp_path):
     assert clean.main(args) == 0 and features.main(args) == 0
     for table in (*SILVER, *GOLD):
         pd.testing.assert_frame_equal(_table(two_nights["snapshot"], table), _table(lake, table), obj=table)
+
+
+def test_a_night_that_changes_an_entity_rewrites_the_entities_as_a_full_clean_would(two_nights, tmp_path):
+    from crossrec.io.runs import Ledger
+    from crossrec_jobs import clean, ingest
+
+    raw, lake = _copy_night2(two_nights, tmp_path)
+    (raw / "books/items/night3.csv").write_text(  # b2's author replaced: one entity removed, one added
+        "isbn,title,genre,blurb,author\nb2,Sourdough Secrets (2nd edition),cooking,More bread for everyone.,Bea Baker\n",
+        encoding="utf-8")
+    args = _args(raw, lake, two_nights["key"], "2024-07-02")
+    assert ingest.main(args) == 0 and clean.main(args) == 0
+    run = Ledger(str(lake)).last("clean")
+    assert run["mode"] == "incremental" and run["writes"]["silver.item_entities"] > Ledger(
+        str(two_nights["snapshot"])).recorded_versions()["silver.item_entities"]
+    entities = _table(lake, "silver.item_entities", drop=("run_id",))
+    names = set(entities["entity"].map(json.loads))
+    assert "author:bea baker" in names and "author:bob baker" not in names
+    refreshed = tmp_path / "refreshed"
+    shutil.copytree(lake, refreshed)
+    assert clean.main(_args(raw, refreshed, two_nights["key"], "2024-07-02", "--full-refresh")) == 0
+    pd.testing.assert_frame_equal(entities, _table(refreshed, "silver.item_entities", drop=("run_id",)))
 
 
 def test_item_ids_are_stable_across_nights(two_nights):

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 STAGE = "clean"
 BRONZE = ("bronze.interactions", "bronze.items", "bronze.identity_map")
 IDENTITY_MAP = "silver.identity_map"  # written when the data set has an identity map
-ENTITIES = "silver.item_entities"  # derived from silver.items as a whole (see _write_entities)
+ENTITIES = "silver.item_entities"  # derived from silver.items (see _write_entities)
 SILVER = ("silver.items", "silver.interactions", "silver.quarantine", IDENTITY_MAP, ENTITIES)
 CDF_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 
@@ -262,12 +262,13 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
             stage.lap("appended silver.identity_map")
 
     declared = {fs.domain: fs.entities for fs in dataset.file_sets if fs.kind == "items" and fs.entities}
-    n_entities = _write_entities(spark, cfg, stage, recorded, last, declared, accounting)
+    n_entities, appended = _write_entities(spark, cfg, stage, recorded, last, declared, accounting)
     if cfg.validate:
         expected = {"silver.items": n_items, "silver.interactions": n_inter, "silver.quarantine": n_quar, IDENTITY_MAP: n_ids,
                     ENTITIES: n_entities}
         committed = [t for t, v in w.items() if v > recorded.get(t, -1)]  # an empty append commits nothing
-        _validate(spark, cfg, stage, domains, expected, committed, merged=stage.mode == "incremental")
+        whole = set() if stage.mode == "incremental" and appended else {ENTITIES}
+        _validate(spark, cfg, stage, domains, expected, committed, merged=stage.mode == "incremental", whole=whole)
         stage.lap("validated")
     if new_key:
         record_lake_key(spark, cfg.table_path("silver.interactions"), key)
@@ -282,33 +283,82 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
 
 
 def _write_entities(spark, cfg: CrossrecConfig, stage: StageRun, recorded: dict, last: dict | None,
-                    declared: dict, accounting: list[AccountingRow]) -> int:
-    """Rewrite silver.item_entities from the silver.items version this run wrote when the catalog, the declarations
-    (``declared``: per domain, :attr:`FileSet.entities`) or the table changed; returns the rows written (0 when
-    kept). Its accounting counts entity values: each ends in the table or, repeated within an item, as a duplicate."""
+                    declared: dict, accounting: list[AccountingRow]) -> tuple[int, bool]:
+    """Bring silver.item_entities up to the silver.items version this run wrote; returns (rows written, whether they
+    were appended). Its accounting counts entity values: each ends in the table or, repeated within an item or already
+    there, as a duplicate.
+
+    Kept when neither the catalog nor the declarations (``declared``: per domain, :attr:`FileSet.entities`) changed, or
+    nothing is declared. A night whose changed items only add entities (new items, a changed title) appends them
+    (:func:`_entities_to_append`); one that changes or removes an entity of an item, a full clean, or new declarations
+    rewrite the table from silver.items."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     fp = hashlib.sha256(json.dumps(declared, sort_keys=True).encode()).hexdigest()[:16]
     stage.details["entities"] = fp
     w, path = stage.writes, cfg.table_path(ENTITIES)
-    unchanged = (w["silver.items"] == recorded.get("silver.items") and ENTITIES in recorded and last is not None
-                 and last[C.DETAILS].get("entities") == fp and table_exists(spark, path))
-    if unchanged:
+    same = ENTITIES in recorded and last is not None and last[C.DETAILS].get("entities") == fp and table_exists(spark, path)
+    if same and (w["silver.items"] == recorded.get("silver.items") or not declared):
         w[ENTITIES] = recorded[ENTITIES]
-        return 0
+        return 0, False
+    contract = load_contract(ENTITIES)
+    night = _entities_to_append(spark, cfg, recorded, w["silver.items"], declared) if same and stage.mode == "incremental" else None
+    if night is not None:
+        new_rows, rows = night
+        check_balanced(rows)
+        accounting += rows
+        w[ENTITIES] = recorded[ENTITIES]
+        if new_rows:
+            w[ENTITIES] = write_table(spark, spark.createDataFrame(new_rows, contract.spark_schema()), contract, path, "append")
+            _check_written(ENTITIES, write_metrics(path, w[ENTITIES]).get("numOutputRows"), len(new_rows))
+        stage.lap(f"appended {ENTITIES} ({len(new_rows):,} rows)")
+        return len(new_rows), True
     items = read_table(spark, cfg.table_path("silver.items"), w["silver.items"])
     judged = clean.item_entities(clean.item_entity_values(items, declared)).persist(StorageLevel.MEMORY_AND_DISK)
     rows = _accounting(ENTITIES, [dict(r.asDict(), **{clean.REASON: None}) for r in judged.groupBy(C.DOMAIN, clean.STATUS).count().collect()], list(declared))
     check_balanced(rows)
     accounting += rows
     n = sum(r.rows_out for r in rows)
-    ok = judged.where(F.col(clean.STATUS) == clean.OK)
-    w[ENTITIES] = write_table(spark, ok, load_contract(ENTITIES), path, "overwrite")
+    w[ENTITIES] = write_table(spark, judged.where(F.col(clean.STATUS) == clean.OK), contract, path, "overwrite")
     _check_written(ENTITIES, write_metrics(path, w[ENTITIES]).get("numOutputRows"), n)
     judged.unpersist()
     stage.lap(f"rewrote {ENTITIES} ({n:,} rows)")
-    return n
+    return n, False
+
+
+NIGHT_ENTITIES_MAX = 100_000  # entity values of a night's changed items compared on the driver; more: a rewrite
+
+
+def _entities_to_append(spark, cfg: CrossrecConfig, recorded: dict, items_version: int, declared: dict):
+    """The rows a night adds to silver.item_entities and their accounting, or None when the night changes or removes an
+    entity the table holds (or its items have more than :data:`NIGHT_ENTITIES_MAX` values): the table is then rewritten.
+
+    The night's items are those its silver.items commit ``items_version`` inserted or changed (change data feed); their
+    entity values are compared with their rows in the table at its recorded version, on the driver (a night's few)."""
+    from collections import Counter
+
+    from pyspark.sql import functions as F
+
+    contract = load_contract(ENTITIES)
+    changed = read_changes(spark, cfg.table_path("silver.items"), [items_version], ("insert", "update_postimage"))
+    values = clean.item_entities(clean.item_entity_values(changed.drop(*CDF_COLUMNS), declared))
+    got = values.select(*contract.column_names, clean.STATUS).limit(NIGHT_ENTITIES_MAX + 1).collect()
+    if len(got) > NIGHT_ENTITIES_MAX:
+        return None
+    content = [C.DOMAIN, C.ITEM_ID, C.ENTITY, C.ENTITY_TYPE, C.VALUE, C.ATTRIBUTE]
+    keys = F.broadcast(changed.select(C.DOMAIN, C.ITEM_ID))
+    there = {tuple(r) for r in read_table(spark, cfg.table_path(ENTITIES), recorded[ENTITIES])
+             .join(keys, [C.DOMAIN, C.ITEM_ID], "left_semi").select(*content).collect()}
+    ok = {tuple(r[c] for c in content): r for r in got if r[clean.STATUS] == clean.OK}
+    if there - ok.keys():  # an entity of a changed item is gone or changed
+        return None
+    new_rows = [tuple(r[c] for c in contract.column_names) for t, r in ok.items() if t not in there]
+    counts = Counter((r[C.DOMAIN], r[clean.STATUS]) for r in got)
+    rows = _accounting(ENTITIES, [{C.DOMAIN: d, clean.STATUS: st, clean.REASON: None, "count": n} for (d, st), n in counts.items()],
+                       list(declared))
+    _move_to_duplicates(rows, ENTITIES, Counter(r[0] for r in new_rows))
+    return new_rows, rows
 
 
 def _full_reason(cfg: CrossrecConfig, spark, last: dict | None, fp: str, outputs: dict[str, int | None]) -> str | None:
@@ -413,16 +463,16 @@ def _check_written(table: str, written: int | None, expected: int) -> None:
 
 
 def _validate(spark, cfg, stage: StageRun, domains: list[str], expected: dict[str, int], committed: list[str],
-              merged: bool) -> None:
+              merged: bool, whole: set[str] = frozenset()) -> None:
     """Validate what this run committed, with its row counts: a rebuild's tables whole, a merge's rows it added or
-    changed (read from the change feed of its commit)."""
+    changed (read from the change feed of its commit), the tables of ``whole`` (rewritten by a night) whole."""
     validator = Validator(cfg.reports_root, stage.run_id)
     params = clean.contract_params(cfg, domains)
     silver_items = read_table(spark, cfg.table_path("silver.items"), stage.writes["silver.items"])
     checks = []
     for table in committed:
         version, path = stage.writes[table], cfg.table_path(table)
-        if merged and table != ENTITIES:  # the entities are always rewritten whole
+        if merged and table not in whole:
             df = read_changes(spark, path, [version], ("insert", "update_postimage")).drop(*CDF_COLUMNS)
         else:
             df = read_table(spark, path, version)
