@@ -385,12 +385,13 @@ class Validator:
 
     def _local_batch(self, df, expected_rows: int | None, table: str):
         """``df`` as a pandas frame when it has at most ``local_max_rows`` rows (see the class docstring), else None.
-        A known larger ``expected_rows`` skips the probe; otherwise at most ``local_max_rows + 1`` rows are collected."""
+        With ``expected_rows`` (the job's accounting, which Delta's write metrics confirmed) the frame is collected when
+        that is small enough (a limit would cost a job of its own); without, at most ``local_max_rows + 1`` rows are."""
         n = self.local_max_rows
         if n <= 0 or (expected_rows is not None and expected_rows > n):
             return None
         try:
-            local = df.limit(n + 1).toPandas()
+            local = (df if expected_rows is not None else df.limit(n + 1)).toPandas()
         except (ValueError, OverflowError, ArithmeticError) as e:  # e.g. a timestamp beyond pandas' nanosecond range
             log.info("%s: validated on Spark: its rows do not convert to pandas (%s)", table, e)
             return None
