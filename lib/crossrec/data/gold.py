@@ -274,8 +274,8 @@ def _sequence_accounting(inter, occ, split, domains: list[str]) -> list[Accounti
 
 def _train_counts(spark, cfg, recorded: dict, split, old, incremental: bool):
     """``item_idx, train_count`` after this run: all train events (a full run), or (``incremental``) the stored counts
-    moved by the changed users' train events: new minus ``old`` (their rows before this run; None when the merge
-    committed nothing)."""
+    moved by the changed users' train events: new minus ``old`` (their rows before this run, from the change
+    feed of their deletion; None when no user changed)."""
     from pyspark.sql import functions as F
 
     new = split.where((F.col(C.SPLIT) == FE.TRAIN) & ~F.col("withheld")).groupBy(C.ITEM_IDX).agg(F.count("*").alias("n"))
