@@ -4,8 +4,9 @@
 the commits recorded since features' last run (new rows, and rows erased by ``crossrec forget``); only their
 sequence rows are rebuilt from their whole history and replace theirs in gold.user_sequences: a ``DELETE`` by user id
 (deletion vectors: no file is rewritten), then an append. These are two commits; every reader reads the version
-recorded after the second (``ops.runs``), and a run killed between them is rolled back by the next. The item index is stable: items keep their ids, new items get the next ones, so a
-model trained on an older index still reads the new tables. ``train_count`` moves by the changed users' train events.
+recorded after the second (``ops.runs``), and a run killed between them is rolled back by the next. The item index
+is stable: items keep their ids, new items get the next ones, so a model trained on an older index still reads the
+new tables. ``train_count`` moves by the changed users' train events.
 Embeddings are computed for new or changed texts only and MERGEd into the cache; nothing is collected to the driver.
 The cold-start sample is stable too: the per-domain (hash, user) thresholds of its first draw are stored as a property
 of gold.user_sequences and every user, new or old, is judged against them (lib/crossrec/data/features.py).
