@@ -176,7 +176,7 @@ def delete_in(spark, path: str, column: str, values: list[str], chunk: int = DEL
     before = latest_version(path)
     for start in range(0, len(values), chunk):
         part = values[start : start + chunk]
-        literals = ", ".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in part)
+        literals = ", ".join(sql_string(v) for v in part)
         spark.sql(f"DELETE FROM {quote_path(path)} WHERE `{column}` IN ({literals})")
     after = latest_version(path)
     log.info("deleted the rows of %d %s value(s) from %s: v%d -> v%d", len(values), column, path, before, after)
