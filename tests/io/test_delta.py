@@ -65,18 +65,22 @@ def test_a_merge_with_deletion_vectors_reads_the_same_without_spark(spark, tmp_p
 def test_a_run_sizes_its_shuffles_and_the_session_gets_its_setting_back(spark, tmp_path):
     from crossrec.io.config import resolve_config
     from crossrec.io.runs import stage_run
-    from crossrec.io.spark import SHUFFLE_PARTITIONS, size_shuffles
+    from crossrec.io.spark import ADAPTIVE, SHUFFLE_PARTITIONS, size_shuffles
 
     spark.conf.set(SHUFFLE_PARTITIONS, "64")
+    adaptive = spark.conf.get(ADAPTIVE)
     try:
         cfg = resolve_config(None, {"lake_root": str(tmp_path / "lake"), "run_date": "2024-01-01"})
         with stage_run(spark, cfg, "clean", []):
             floor = spark.sparkContext.defaultParallelism
             assert size_shuffles(spark, 10, 1_000) == floor  # a small night: the cluster's parallelism
+            assert spark.conf.get(ADAPTIVE) == "false"  # less than a partition: nothing for adaptive execution to do
             assert size_shuffles(spark, 10_000 * floor, 1_000) == 10 * floor
+            assert spark.conf.get(ADAPTIVE) == adaptive  # a second call sizes from the session's own settings
             assert size_shuffles(spark, 10**12, 1_000) == 64  # never above the configured number
             assert spark.conf.get(SHUFFLE_PARTITIONS) == "64"
             size_shuffles(spark, 10, 1_000)
         assert spark.conf.get(SHUFFLE_PARTITIONS) == "64"  # restored when the run ends
+        assert spark.conf.get(ADAPTIVE) == adaptive
     finally:
         spark.conf.set(SHUFFLE_PARTITIONS, "2")

@@ -306,11 +306,12 @@ def stage_lock(lake_uri: str, stage: str, run_id: str, stale_after_s: float = 24
 
 @contextmanager
 def _session_settings(spark) -> Iterator[None]:
-    """Put back the session settings a run may change (shuffle partitions: crossrec.io.spark.size_shuffles; the
-    compaction threshold: crossrec.io.maintain) when it ends."""
-    from crossrec.io.spark import CONFIGURED_SHUFFLES, MIN_FILE_SIZE, SHUFFLE_PARTITIONS
+    """Put back the session settings a run may change (shuffle partitions and adaptive execution:
+    crossrec.io.spark.size_shuffles; the compaction threshold: crossrec.io.maintain) when it ends."""
+    from crossrec.io.spark import ADAPTIVE, CONFIGURED_ADAPTIVE, CONFIGURED_SHUFFLES, MIN_FILE_SIZE, SHUFFLE_PARTITIONS
 
-    saved = {k: spark.conf.get(k, None) for k in (SHUFFLE_PARTITIONS, CONFIGURED_SHUFFLES, MIN_FILE_SIZE)} if spark is not None else {}
+    keys = (SHUFFLE_PARTITIONS, CONFIGURED_SHUFFLES, ADAPTIVE, CONFIGURED_ADAPTIVE, MIN_FILE_SIZE)
+    saved = {k: spark.conf.get(k, None) for k in keys} if spark is not None else {}
     try:
         yield
     finally:

@@ -165,6 +165,8 @@ def is_local(spark) -> bool:
 SHUFFLE_PARTITIONS = "spark.sql.shuffle.partitions"
 ROWS_PER_PARTITION = 500_000  # rows per shuffle partition of the data stages' row-sized runs (size_shuffles)
 CONFIGURED_SHUFFLES = "spark.crossrec.configuredShufflePartitions"  # the setting a run started with
+ADAPTIVE = "spark.sql.adaptive.enabled"
+CONFIGURED_ADAPTIVE = "spark.crossrec.configuredAdaptive"  # the setting a run started with
 MIN_FILE_SIZE = "spark.databricks.delta.optimize.minFileSize"  # OPTIMIZE leaves files at least this big alone
 
 
@@ -174,15 +176,20 @@ def size_shuffles(spark, units: int, per_partition: int) -> int:
 
     Adaptive execution coalesces partitions after a shuffle, but not everywhere (the build side of a broadcast, a
     window over a cached frame): a night of a few thousand rows would otherwise run the configured number of tasks
-    in every shuffle, which is most of its time on a small cluster. The caller restores the setting
-    (:func:`crossrec.io.runs.stage_run` does when the run ends).
+    in every shuffle, which is most of its time on a small cluster. A run smaller than one partition's units turns
+    adaptive execution off: there is nothing to coalesce or split, and it would run every query stage as a job of its
+    own. The caller restores both settings (:func:`crossrec.io.runs.stage_run` does when the run ends).
     """
     configured = int(spark.conf.get(CONFIGURED_SHUFFLES, spark.conf.get(SHUFFLE_PARTITIONS)))
     spark.conf.set(CONFIGURED_SHUFFLES, str(configured))  # a second call in the run sizes from the same ceiling
     floor = default_parallelism(spark)
     n = max(1, min(configured, max(floor, -(-int(units) // per_partition))))
     spark.conf.set(SHUFFLE_PARTITIONS, str(n))
-    log.info("shuffle partitions: %d for %s units (configured %d)", n, f"{int(units):,}", configured)
+    adaptive = spark.conf.get(CONFIGURED_ADAPTIVE, spark.conf.get(ADAPTIVE, "true"))
+    spark.conf.set(CONFIGURED_ADAPTIVE, adaptive)
+    spark.conf.set(ADAPTIVE, "false" if units < per_partition else adaptive)
+    log.info("shuffle partitions: %d for %s units (configured %d)%s", n, f"{int(units):,}", configured,
+             ", adaptive execution off" if units < per_partition else "")
     return n
 
 
