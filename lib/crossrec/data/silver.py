@@ -75,7 +75,7 @@ def settings_fingerprint(cfg: CrossrecConfig, dataset) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
+def _clean(cfg: CrossrecConfig, spark, stage: StageRun, rebuild_because: str | None = None) -> list[AccountingRow]:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -94,7 +94,7 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     stage.details["settings"] = fp
     last = ledger.last(STAGE)
     outputs = [t for t in SILVER if t != ENTITIES and (t != IDENTITY_MAP or "bronze.identity_map" in stage.reads)]
-    reason = _full_reason(cfg, spark, last, fp, {t: recorded.get(t) for t in outputs})
+    reason = rebuild_because or _full_reason(cfg, spark, last, fp, {t: recorded.get(t) for t in outputs})
 
     def bronze_full(table: str):
         return read_table(spark, cfg.table_path(table), stage.reads[table]) if table in stage.reads else None
@@ -114,17 +114,14 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
             batch[t] = batch[t].drop(*CDF_COLUMNS).persist(StorageLevel.MEMORY_AND_DISK) if batch[t] is not None else None
         if "bronze.identity_map" in stage.reads:
             applied = read_table(spark, cfg.table_path(IDENTITY_MAP), recorded[IDENTITY_MAP])
-            judged, added, reason = _night_mappings(spark, cfg, batch.get("bronze.identity_map"), applied, domains, key,
-                                                    recorded["silver.interactions"])
+            judged, added, reason = _night_mappings(batch.get("bronze.identity_map"), applied, domains, key)
             ids = _applied(applied if added is None else applied.unionByName(added.select(*applied.columns)))
         stage.lap("identity map checked")
     stage.mode = "full" if reason else "incremental"
     if reason:
         log.info("clean: full rebuild from bronze (%s)", reason)
         stage.details["full_because"] = reason
-        for frame in (*batch.values(), judged, added):
-            if frame is not None:
-                frame.unpersist()
+        _unpersist(*batch.values(), judged, added)
         batch = {t: bronze_full(t) for t in stage.reads}
         expected_in = _rows_appended(spark, cfg, ledger, stage.reads, None)
         # sized to all of bronze: the configured number of tasks per shuffle is most of a small lake's rebuild
@@ -165,6 +162,15 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
             placeholders = placeholders.join(known, [C.DOMAIN, C.ITEM_ID], "left_anti")
         placeholders = placeholders.persist(StorageLevel.MEMORY_AND_DISK)
     inter = clean.dedupe_interactions(inter).persist(StorageLevel.MEMORY_AND_DISK)
+    contract = load_contract("silver.interactions")
+    ok_inter = contract.conform(inter.where(F.col(clean.STATUS) == clean.OK))
+    matches = None  # silver.interactions' keys of the night's users and new mappings (incremental only)
+    if stage.mode == "incremental":
+        matches = _silver_matches(spark, cfg, recorded["silver.interactions"], ok_inter, added)
+        if added is not None and _any(matches.where(F.col("_added"))):
+            _unpersist(*batch.values(), judged, added, items, placeholders, inter, matches)
+            stage.lap("silver looked up")
+            return _clean(cfg, spark, stage, "the identity map maps a user whose rows are in silver under their own id")
 
     # ---- accounting (actions on the persisted frames: one small aggregate each)
     item_flags = {
@@ -209,7 +215,6 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     if judged is not None:
         quarantine.append(clean.quarantine_rows(judged, "bronze.identity_map"))
     quarantine = reduce(lambda a, b: a.unionByName(b), quarantine)
-    ok_inter = inter.where(F.col(clean.STATUS) == clean.OK)
     n_items = sum(r.rows_out for r in accounting if r.table_name == "silver.items") + sum(n_placeholders.values())
     n_inter = sum(r.rows_out for r in accounting if r.table_name == "silver.interactions")
     n_quar = sum(r.quarantined for r in accounting)
@@ -228,16 +233,11 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
         w["silver.items"], m = merge_table(spark, ok_items, load_contract("silver.items"), silver_items_path, [C.DOMAIN, C.ITEM_ID])
         _check_written("silver.items", m.get("numTargetRowsInserted", 0) + m.get("numTargetRowsUpdated", 0), n_items)
         stage.lap("merged silver.items")
-        # insert-only on the key: an anti-join against silver, then an append (a MERGE would plan a join and a
-        # rewrite for rows it never updates)
-        contract = load_contract("silver.interactions")
+        # insert-only on the key: an anti-join against silver's matching rows, then an append (a MERGE would plan a
+        # join and a rewrite for rows it never updates)
         path = cfg.table_path("silver.interactions")
         key = list(contract.key)
-        batch_rows = contract.conform(ok_inter)  # from the persisted classification
-        # silver scanned once against the (small, broadcast) batch: no shuffle of silver
-        there = read_table(spark, path, recorded["silver.interactions"]).select(*key).join(
-            F.broadcast(batch_rows.select(*key)), key, "left_semi")
-        fresh = batch_rows.join(there, key, "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
+        fresh = ok_inter.join(matches.where(F.col("_dup")).select(*key), key, "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
         _move_to_duplicates(accounting, "silver.interactions",
                             {r[C.DOMAIN]: r["count"] for r in fresh.groupBy(C.DOMAIN).count().collect()})
         n_inter = sum(r.rows_out for r in accounting if r.table_name == "silver.interactions")
@@ -262,7 +262,7 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
             stage.lap("appended silver.identity_map")
 
     declared = {fs.domain: fs.entities for fs in dataset.file_sets if fs.kind == "items" and fs.entities}
-    n_entities, appended = _write_entities(spark, cfg, stage, recorded, last, declared, accounting)
+    n_entities, appended = _write_entities(spark, cfg, stage, recorded, last, declared, accounting, ok_items)
     if cfg.validate:
         expected = {"silver.items": n_items, "silver.interactions": n_inter, "silver.quarantine": n_quar, IDENTITY_MAP: n_ids,
                     ENTITIES: n_entities}
@@ -273,9 +273,7 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
     if new_key:
         record_lake_key(spark, cfg.table_path("silver.interactions"), key)
         w["silver.interactions"] = latest_version(cfg.table_path("silver.interactions"))
-    for frame in (inter, items, judged, added, placeholders, *batch.values()):
-        if frame is not None:
-            frame.unpersist()
+    _unpersist(inter, items, judged, added, placeholders, matches, *batch.values())
     for r in accounting:
         r.details["bronze_versions"] = stage.reads
     stage.accounting = accounting
@@ -283,10 +281,11 @@ def _clean(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
 
 
 def _write_entities(spark, cfg: CrossrecConfig, stage: StageRun, recorded: dict, last: dict | None,
-                    declared: dict, accounting: list[AccountingRow]) -> tuple[int, bool]:
+                    declared: dict, accounting: list[AccountingRow], night_items) -> tuple[int, bool]:
     """Bring silver.item_entities up to the silver.items version this run wrote; returns (rows written, whether they
     were appended). Its accounting counts entity values: each ends in the table or, repeated within an item or already
-    there, as a duplicate.
+    there, as a duplicate. ``night_items`` are the rows this run put in silver.items (an incremental run's MERGE
+    inserts or updates every one of them).
 
     Kept when neither the catalog nor the declarations (``declared``: per domain, :attr:`FileSet.entities`) changed, or
     nothing is declared. A night whose changed items only add entities (new items, a changed title) appends them
@@ -303,7 +302,7 @@ def _write_entities(spark, cfg: CrossrecConfig, stage: StageRun, recorded: dict,
         w[ENTITIES] = recorded[ENTITIES]
         return 0, False
     contract = load_contract(ENTITIES)
-    night = _entities_to_append(spark, cfg, recorded, w["silver.items"], declared) if same and stage.mode == "incremental" else None
+    night = _entities_to_append(spark, cfg, recorded, night_items, declared) if same and stage.mode == "incremental" else None
     if night is not None:
         new_rows, rows = night
         check_balanced(rows)
@@ -330,19 +329,18 @@ def _write_entities(spark, cfg: CrossrecConfig, stage: StageRun, recorded: dict,
 NIGHT_ENTITIES_MAX = 100_000  # entity values of a night's changed items compared on the driver; more: a rewrite
 
 
-def _entities_to_append(spark, cfg: CrossrecConfig, recorded: dict, items_version: int, declared: dict):
+def _entities_to_append(spark, cfg: CrossrecConfig, recorded: dict, changed, declared: dict):
     """The rows a night adds to silver.item_entities and their accounting, or None when the night changes or removes an
     entity the table holds (or its items have more than :data:`NIGHT_ENTITIES_MAX` values): the table is then rewritten.
 
-    The night's items are those its silver.items commit ``items_version`` inserted or changed (change data feed); their
-    entity values are compared with their rows in the table at its recorded version, on the driver (a night's few)."""
+    ``changed`` are the silver.items rows the night inserted or updated; their entity values are compared with their
+    rows in the table at its recorded version, on the driver (a night's few)."""
     from collections import Counter
 
     from pyspark.sql import functions as F
 
     contract = load_contract(ENTITIES)
-    changed = read_changes(spark, cfg.table_path("silver.items"), [items_version], ("insert", "update_postimage"))
-    values = clean.item_entities(clean.item_entity_values(changed.drop(*CDF_COLUMNS), declared))
+    values = clean.item_entities(clean.item_entity_values(changed, declared))
     got = values.select(*contract.column_names, clean.STATUS).limit(NIGHT_ENTITIES_MAX + 1).collect()
     if len(got) > NIGHT_ENTITIES_MAX:
         return None
@@ -381,14 +379,14 @@ def _applied(mappings):
     return mappings.select(C.DOMAIN, C.LOCAL_USER_ID, C.GLOBAL_USER_ID).withColumn(clean.STATUS, F.lit(clean.OK))
 
 
-def _night_mappings(spark, cfg, new_rows, applied, domains: list[str], key: bytes, silver_version: int):
+def _night_mappings(new_rows, applied, domains: list[str], key: bytes):
     """Classify a night's new identity-map rows against the map silver was built with.
 
     Returns ``(judged, added, reason)``: the new rows classified (None without new rows), the winning mappings of
-    keys ``applied`` (silver.identity_map) does not hold yet, and a reason for a rebuild (None when the night only
-    adds users): a winner that gives a key another global id than ``applied``, or a new key whose rows are in
-    silver.interactions under its own id. The new rows were ingested after every row of ``applied``, so a winner
-    among them is the winner over the whole map (latest wins)."""
+    keys ``applied`` (silver.identity_map) does not hold yet, and a reason for a rebuild when a winner gives a key
+    another global id than ``applied`` (None otherwise). The new rows were ingested after every row of ``applied``, so
+    a winner among them is the winner over the whole map (latest wins). Whether an added key already has rows in silver
+    under its own id is answered with the night's other lookup of silver (:func:`_silver_matches`)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -400,11 +398,36 @@ def _night_mappings(spark, cfg, new_rows, applied, domains: list[str], key: byte
     was = applied.select(*keys, F.col(C.GLOBAL_USER_ID).alias("_was"))
     if _any(winners.join(was, keys).where(F.col("_was") != F.col(C.GLOBAL_USER_ID))):
         return judged, None, "the identity map gives a user another global id"
-    added = winners.join(was, keys, "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
-    silver = read_table(spark, cfg.table_path("silver.interactions"), silver_version)
-    if _any(silver.select(C.DOMAIN, F.col(C.USER_ID).alias(C.LOCAL_USER_ID)).join(F.broadcast(added.select(*keys)), keys, "left_semi")):
-        return judged, added, "the identity map maps a user whose rows are in silver under their own id"
-    return judged, added, None
+    return judged, winners.join(was, keys, "left_anti").persist(StorageLevel.MEMORY_AND_DISK), None
+
+
+def _silver_matches(spark, cfg, version: int, batch, added):
+    """The keys of silver.interactions (at ``version``) that a night needs, from one scan: rows the night's ``batch``
+    repeats (``_dup``) and rows of a local user id the night's ``added`` mappings map (``_added``: such a night
+    rebuilds). Silver is joined on (domain, user_id) against the night's users, broadcast with their keys; persisted."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    key = list(load_contract("silver.interactions").key)
+    user = [C.DOMAIN, C.USER_ID]
+    rest = [c for c in key if c not in user]
+    wanted = batch.select(*user, F.struct(*rest).alias("_k"), F.lit(False).alias("_added"))
+    if added is not None:
+        wanted = wanted.unionByName(added.select(C.DOMAIN, F.col(C.LOCAL_USER_ID).alias(C.USER_ID),
+                                                 F.lit(None).cast(wanted.schema["_k"].dataType).alias("_k"),
+                                                 F.lit(True).alias("_added")))
+    wanted = wanted.groupBy(*user).agg(F.collect_set("_k").alias("_keys"), F.max("_added").alias("_added"))
+    silver = read_table(spark, cfg.table_path("silver.interactions"), version).select(*key)
+    return (silver.join(F.broadcast(wanted), user)
+            .select(*key, F.array_contains("_keys", F.struct(*rest)).alias("_dup"), "_added")
+            .where(F.col("_dup") | F.col("_added")).persist(StorageLevel.MEMORY_AND_DISK))
+
+
+def _unpersist(*frames) -> None:
+    """Drop the cached frames of a run (None entries skipped)."""
+    for frame in frames:
+        if frame is not None:
+            frame.unpersist()
 
 
 def _any(df) -> bool:
