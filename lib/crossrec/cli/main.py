@@ -19,6 +19,7 @@
     crossrec tables [--lake-root ...] [--accounting]             tables, versions, row counts (no Spark)
     crossrec models [--lake-root ...]                            registered model versions, their metrics, the champion
     crossrec bench quality RAW --out DIR [--epochs N]            every model on one data set -> quality.json/.md
+    crossrec bench ceiling RAW --out DIR [--quality F]          on generated data: what a model knowing each user's taste reaches
     crossrec bench scoring --out DIR [--users N]                 score stage vs Spark ALS vs bare PyTorch -> scoring.json
     crossrec bench ingest|training --out DIR                     ingest vs plain Spark copy and the Delta floor; training throughput
     crossrec bench scale --out DIR [--users 10000,100000]        every stage's wall time + peak memory vs users
@@ -325,6 +326,13 @@ def _bench(argv: list[str]) -> int:
     q.add_argument("--sasrec-args", default="", help="extra `crossrec train` flags for the single-domain baseline, one string; "
                    "one flag alone goes after '=' (--sasrec-args=--no-cold-views), else argparse takes it for a flag of its own")
     q.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ce = sub.add_parser("ceiling", help="on data `crossrec generate` wrote: NDCG@10 of rankers that know each user's true taste",
+                        description=importlib.import_module("crossrec.bench.ceiling").__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ce.add_argument("raw_dir", help="raw folder written by `crossrec generate` (its manifest.json)")
+    ce.add_argument("--out", required=True, help="output folder: ceiling.json, ceiling.md")
+    ce.add_argument("--quality", help="quality.json of `crossrec bench quality` on the same raw folder: its best baseline beside the ceiling")
+    ce.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sc = sub.add_parser("scoring", help="crossrec's score stage vs Spark ALS recommendForAllUsers vs a bare PyTorch loop, and its two ceilings",
                         description=importlib.import_module("crossrec.bench.scoring").__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -406,6 +414,15 @@ def _bench(argv: list[str]) -> int:
             return 1
         return 0
 
+    if a.name == "ceiling":
+        from crossrec.bench.ceiling import CeilingError, CeilingSpec, run_ceiling
+
+        try:
+            run_ceiling(CeilingSpec(raw_dir=a.raw_dir, out_dir=a.out, quality=a.quality))
+        except CeilingError as e:
+            log.error("bench ceiling: %s", e)
+            return 1
+        return 0
     if a.name == "capacity":
         from crossrec.bench.capacity import run_capacity
 
@@ -517,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         "query": (_query, "items nearest to a free-text interest (no Spark)"),
         "models": (_models, "registered model versions with their metrics; the champion marked"),
         "cluster": (_cluster, "a Spark standalone + Ray cluster on loopback (up/down/status)"),
-        "bench": (_bench, "benchmarks: `crossrec bench quality|scoring|ingest|training|scale|nightly|capacity ...`"),
+        "bench": (_bench, "benchmarks: `crossrec bench quality|ceiling|scoring|ingest|training|scale|nightly|capacity ...`"),
     }
     if argv and argv[0] == "--version":
         from importlib.metadata import PackageNotFoundError, version

@@ -178,6 +178,7 @@ class _Events:
     stars: np.ndarray  # (E,) continuous rating before rounding
     quantity: np.ndarray  # (E,)
     active: np.ndarray  # (n, D) bool: domains of each user
+    taste: np.ndarray  # (n, topics) each user's topic distribution of an event (the mixture with the noise share)
 
 
 def _pick(cdf_rows: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -225,6 +226,9 @@ def _simulate_chunk(spec: SyntheticSpec, topic_pop: np.ndarray, domain_pop: np.n
     noise = rng.random(len(user)) < _TOPIC_NOISE
     topic = np.where(noise, rng.choice(t_count, size=len(user), p=topic_pop), top[user, slot])
     affinity = (mix[user] * (top[user] == topic[:, None])).sum(axis=1)
+    taste = np.zeros((n, t_count))
+    np.add.at(taste, (np.repeat(rows, slots), top.ravel()), mix.ravel())
+    taste = (1.0 - _TOPIC_NOISE) * taste + _TOPIC_NOISE * topic_pop
 
     item = np.empty(len(user), dtype=np.int64)
     for d, catalog in enumerate(catalogs):
@@ -258,7 +262,7 @@ def _simulate_chunk(spec: SyntheticSpec, topic_pop: np.ndarray, domain_pop: np.n
     stars = 2.0 + 3.0 * affinity + rng.normal(0.0, 0.8, size=len(user))
     ms = rng.integers(0, _MS_PER_S, size=len(user))
     quantity = 1 + rng.poisson(0.4, size=len(user))
-    return _Events(user, domain, item, ts_s, ms, other, stars, quantity, active)
+    return _Events(user, domain, item, ts_s, ms, other, stars, quantity, active, taste)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,0 +1,169 @@
+"""What any model can reach on generated data: NDCG@10 of a scorer that knows each user's true taste.
+
+``crossrec bench ceiling RAW --out DIR [--quality DIR/quality.json]``, on a raw folder ``crossrec generate`` wrote,
+replays the generator (its ``manifest.json`` spec, same seeds) and scores the test rows of the evaluation protocol
+(:mod:`crossrec.data.features`: per user and domain, the newest first occurrence is the target, the history is every
+first occurrence before it, and the domain's history items are excluded) with three rankers:
+
+* ``oracle``: each item's probability under the user's own topic distribution (:attr:`_Events.taste`, the mixture the
+  generator drew the events from, noise share included). No model that reads only the events ranks better in
+  expectation: it is the ceiling of every model and baseline on this data;
+* ``topic_count``: the same with the taste estimated from the history's topics (counts plus half a prior event per
+  topic, at topic popularity): what a model that knew every item's topic could do;
+* ``pop``: popularity over the first occurrences that are not test targets (the protocol's popularity baseline).
+
+With ``--quality``, the quality bench's report on the same raw folder, the table sets the ceiling beside the best
+baseline there and the 1.2x target: a target above the ceiling cannot be met by any model.
+
+Rows are every (user, domain) the generator gave an event, so they are the ``all`` segment of ``crossrec bench
+quality`` on the same folder (the cold-start sample changes a model's history, not the user's taste: the oracle is
+the same for it). Only the topic signal is modelled: specs with shared entities, item vectors or new items are
+refused. Writes ``DIR/ceiling.json`` (``{"records": [{"model", "domain", "segment", "metric", "k", "value", "se",
+"n_users"}]}``) and ``DIR/ceiling.md``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+K = 10
+RANKERS = ("oracle", "topic_count", "pop")
+
+
+class CeilingError(Exception):
+    """The raw folder is not one the ceiling can replay (no manifest, or a signal it does not model)."""
+
+
+@dataclass(frozen=True)
+class CeilingSpec:
+    raw_dir: str
+    out_dir: str
+    quality: str | None = None  # quality.json of `crossrec bench quality` on the same raw folder
+
+
+def topic_item_probabilities(catalog, topics: int) -> np.ndarray:
+    """(topics, N) the probability of each item of a domain catalog given the event's topic (the generator's
+    Zipf-like draw within the topic: :meth:`DomainCatalog.sample`)."""
+    prev = np.concatenate([[0.0], catalog.cdf[:-1]])
+    topic = np.minimum(np.floor(prev + 1e-12).astype(np.int64), topics - 1)  # topic t spans [t, t + 1) of the cdf
+    p = np.zeros((topics, len(catalog.ids)))
+    np.add.at(p, (topic, catalog.cdf_items), catalog.cdf - prev)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _ndcg(scores: np.ndarray, target: np.ndarray, seen_rows: np.ndarray, seen_cols: np.ndarray) -> np.ndarray:
+    """(R,) NDCG@K of each row's target under ``scores`` (R, N), the ``seen`` cells excluded."""
+    scores = np.array(scores, dtype=np.float64)
+    scores[seen_rows, seen_cols] = -np.inf
+    rank = (scores > scores[np.arange(len(target)), target][:, None]).sum(axis=1)
+    return np.where(rank < K, 1.0 / np.log2(rank + 2.0), 0.0)
+
+
+BLOCK = 4_096  # test rows scored at once: (BLOCK, items) floats per ranker
+
+
+def ceiling_rows(spec, chunk_users: int) -> dict[str, dict[str, np.ndarray]]:
+    """Per domain name and ranker, the NDCG@K of every test row of the data ``spec`` generates (the generator's chunks
+    of ``chunk_users`` users, as ``crossrec generate`` drew them)."""
+    from crossrec.data import synthetic as S
+
+    pf = S._platform(spec)
+    probs = [topic_item_probabilities(c, spec.topics) for c in pf.catalogs]
+    topic_of = [p.argmax(axis=0) for p in probs]
+    prior = 0.5 * spec.topics * pf.topic_pop  # half an event per topic, at its popularity
+    chunks = []
+    pop = [np.zeros(len(c.ids)) for c in pf.catalogs]  # first occurrences that are not test targets
+    for c in range(math.ceil(spec.users / chunk_users)):
+        n = min(spec.users, (c + 1) * chunk_users) - c * chunk_users
+        ev = S._simulate_chunk(spec, pf.topic_pop, pf.domain_pop, pf.catalogs, n,
+                               np.random.default_rng(np.random.SeedSequence([spec.seed, 1, c])))
+        # first occurrences of each (user, domain, item), in time order within each user (the events' order)
+        key = (ev.user * spec.domains + ev.domain) * max(len(x.ids) for x in pf.catalogs) + ev.item
+        first = np.sort(np.unique(key, return_index=True)[1])
+        user, dom, item = ev.user[first], ev.domain[first], ev.item[first]
+        _, from_end = np.unique((user * spec.domains + dom)[::-1], return_index=True)
+        target = np.zeros(len(first), dtype=bool)  # the newest first occurrence of each (user, domain)
+        target[len(first) - 1 - from_end] = True
+        topics = np.zeros(len(first), dtype=np.int64)
+        for d in range(spec.domains):
+            topics[dom == d] = topic_of[d][item[dom == d]]
+            np.add.at(pop[d], item[(dom == d) & ~target], 1.0)
+        onehot = np.eye(spec.topics)[topics]
+        csum = np.cumsum(onehot, axis=0)
+        start = np.searchsorted(user, user, side="left")  # each user's first event (user is sorted)
+        before = csum - onehot - np.where(start[:, None] > 0, csum[np.maximum(start - 1, 0)], 0.0)  # topics so far
+        chunks.append((ev.taste, user, dom, item, target, before))
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for d, lay in enumerate(pf.layouts):
+        got: dict[str, list[np.ndarray]] = {r: [] for r in RANKERS}
+        for taste, user, dom, item, target, before in chunks:
+            t = np.flatnonzero(target & (dom == d))  # one per user, in user order
+            hist = np.flatnonzero((dom == d) & ~target)  # the domain's history items of those users: excluded
+            row_of = np.searchsorted(user[t], user[hist])
+            for b in range(0, len(t), BLOCK):
+                tb = t[b : b + BLOCK]
+                inb = (row_of >= b) & (row_of < b + len(tb))
+                seen_rows, seen_cols = row_of[inb] - b, item[hist[inb]]
+                est = (before[tb] + prior) / (before[tb] + prior).sum(axis=1, keepdims=True)
+                for name, scores in (("oracle", taste[user[tb]] @ probs[d]), ("topic_count", est @ probs[d]),
+                                     ("pop", np.tile(pop[d], (len(tb), 1)))):
+                    got[name].append(_ndcg(scores, item[tb], seen_rows, seen_cols))
+        out[lay.name] = {r: np.concatenate(v) if v else np.zeros(0) for r, v in got.items()}
+    return out
+
+
+def run_ceiling(spec: CeilingSpec) -> dict:
+    """Replay the generator of ``spec.raw_dir``, score its test rows with :data:`RANKERS`, write the reports."""
+    from crossrec.data.synthetic import SyntheticSpec
+
+    manifest_path = Path(spec.raw_dir) / "manifest.json"
+    if not manifest_path.exists():
+        raise CeilingError(f"{manifest_path} not found: the ceiling replays data `crossrec generate` wrote")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    gen = SyntheticSpec(**manifest["spec"])
+    modelled = {"entity_signal": "none", "vector_signal": "none", "new_items": 0}
+    other = {k: getattr(gen, k) for k, v in modelled.items() if getattr(gen, k) != v}
+    if other:
+        raise CeilingError(f"{manifest_path}: the ceiling models the topic signal only, not {other}")
+    log.info("ceiling: replaying %s", gen)
+    per_domain = ceiling_rows(gen, int(manifest.get("chunk_users", 100_000)))
+    records = [{"model": r, "domain": d, "segment": "all", "metric": "ndcg", "k": K, "value": float(v.mean()),
+                "se": float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None, "n_users": int(len(v))}
+               for d, by in per_domain.items() for r, v in by.items() if len(v)]
+    best = _best_baselines(spec.quality) if spec.quality else {}
+    lines = [f"# crossrec bench ceiling ({gen.users:,} users, {gen.domains} domains, text {gen.text_signal}, seed {gen.seed})",
+             "", "Test NDCG@10 ± s.e., all users (the protocol's rows):", "",
+             "| domain | rows | oracle | topic_count | pop |" + (" best baseline | 1.2x it | oracle / best |" if best else ""),
+             "|---|---:|---:|---:|---:|" + ("---|---:|---:|" if best else "")]
+    for d, by in per_domain.items():
+        cells = " | ".join(f"{by[r].mean():.4f} ± {by[r].std(ddof=1) / math.sqrt(len(by[r])):.4f}" for r in RANKERS)
+        line = f"| {d} | {len(by['oracle']):,} | {cells} |"
+        if d in best:
+            name, value = best[d]
+            line += f" {name} {value:.4f} | {1.2 * value:.4f} | {by['oracle'].mean() / value:.2f}x |"
+        lines.append(line)
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"records": records, "spec": manifest["spec"], "best_baselines": best}
+    (out / "ceiling.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    (out / "ceiling.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+    return result
+
+
+def _best_baselines(quality: str) -> dict[str, tuple[str, float]]:
+    """Per domain, the best baseline's NDCG@10 for all users in a quality bench's report (crossrec's rows left out)."""
+    recs = json.loads(Path(quality).read_text(encoding="utf-8"))["records"]
+    best: dict[str, tuple[str, float]] = {}
+    for r in recs:
+        if r.get("metric") == "ndcg" and r.get("k") == K and r.get("segment") == "all" and not str(r["model"]).startswith("crossrec"):
+            if r["domain"] not in best or r["value"] > best[r["domain"]][1]:
+                best[r["domain"]] = (r["model"], r["value"])
+    return best
