@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from crossrec.bench.ceiling import CeilingError, CeilingSpec, _ndcg, run_ceiling
+from crossrec.bench.ceiling import RANKERS, CeilingError, CeilingSpec, _ndcg, run_ceiling
 from crossrec.data.synthetic import SyntheticSpec, generate
 
 
@@ -26,12 +26,15 @@ def test_the_ceiling_replays_the_generated_users_and_ranks_by_their_taste(tmp_pa
         for d in ("books", "movies") for m, v in (("pop", 0.05), ("itemknn", 0.10), ("crossrec", 0.5))]}))
     result = run_ceiling(CeilingSpec(str(raw), str(tmp_path / "out"), str(quality)))
     manifest = json.loads((raw / "manifest.json").read_text())
-    by = {(r["model"], r["domain"]): r for r in result["records"]}
+    by = {(r["model"], r["domain"], r["segment"]): r for r in result["records"]}
     for domain in ("books", "movies"):
         # one test row per user active in the domain: the protocol's `all` rows
-        assert {by[(m, domain)]["n_users"] for m in ("oracle", "topic_count", "pop")} == {manifest["domains"][domain]["users"]}
-        assert by[("oracle", domain)]["value"] > by[("pop", domain)]["value"] + 3 * by[("oracle", domain)]["se"]
-    assert {d: tuple(v) for d, v in result["best_baselines"].items()} == {"books": ("itemknn", 0.10), "movies": ("itemknn", 0.10)}
+        assert {by[(m, domain, "all")]["n_users"] for m in RANKERS} == {manifest["domains"][domain]["users"]}
+        assert 0 < by[("oracle", domain, "cold_start")]["n_users"] < manifest["domains"][domain]["users"]  # multi-domain users
+        for segment in ("all", "cold_start"):
+            oracle, pop = by[("oracle", domain, segment)], by[("pop", domain, segment)]
+            assert oracle["value"] > pop["value"] + 3 * oracle["se"]
+    assert {d: tuple(v) for d, v in result["best_baselines"].items()} == {"books/all": ("itemknn", 0.10), "movies/all": ("itemknn", 0.10)}
     assert "| itemknn 0.1000 | 0.1200 |" in (tmp_path / "out" / "ceiling.md").read_text()
 
 

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 K = 10
 RANKERS = ("oracle", "topic_count", "pop")
+SEGMENTS = ("all", "cold_start")
 
 
 class CeilingError(Exception):
@@ -96,27 +97,42 @@ def ceiling_rows(spec, chunk_users: int) -> dict[str, dict[str, np.ndarray]]:
             topics[dom == d] = topic_of[d][item[dom == d]]
             np.add.at(pop[d], item[(dom == d) & ~target], 1.0)
         onehot = np.eye(spec.topics)[topics]
-        csum = np.cumsum(onehot, axis=0)
         start = np.searchsorted(user, user, side="left")  # each user's first event (user is sorted)
-        before = csum - onehot - np.where(start[:, None] > 0, csum[np.maximum(start - 1, 0)], 0.0)  # topics so far
-        chunks.append((ev.taste, user, dom, item, target, before))
-    out: dict[str, dict[str, np.ndarray]] = {}
+        before = _counts_before(onehot, start)  # topics of the user's events so far
+        own = np.zeros_like(before)  # ... of those in the event's domain
+        for d in range(spec.domains):
+            m = dom == d
+            own[m] = _counts_before(onehot * m[:, None], start)[m]
+        multi = ev.active.sum(axis=1) >= 2  # users the cold-start sample draws from
+        chunks.append((ev.taste, user, dom, item, target, before, own, multi))
+    out: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for d, lay in enumerate(pf.layouts):
-        got: dict[str, list[np.ndarray]] = {r: [] for r in RANKERS}
-        for taste, user, dom, item, target, before in chunks:
+        got: dict[str, dict[str, list[np.ndarray]]] = {g: {r: [] for r in RANKERS} for g in SEGMENTS}
+        for taste, user, dom, item, target, before, own, multi in chunks:
             t = np.flatnonzero(target & (dom == d))  # one per user, in user order
             hist = np.flatnonzero((dom == d) & ~target)  # the domain's history items of those users: excluded
             row_of = np.searchsorted(user[t], user[hist])
             for b in range(0, len(t), BLOCK):
                 tb = t[b : b + BLOCK]
                 inb = (row_of >= b) & (row_of < b + len(tb))
-                seen_rows, seen_cols = row_of[inb] - b, item[hist[inb]]
-                est = (before[tb] + prior) / (before[tb] + prior).sum(axis=1, keepdims=True)
-                for name, scores in (("oracle", taste[user[tb]] @ probs[d]), ("topic_count", est @ probs[d]),
-                                     ("pop", np.tile(pop[d], (len(tb), 1)))):
-                    got[name].append(_ndcg(scores, item[tb], seen_rows, seen_cols))
-        out[lay.name] = {r: np.concatenate(v) if v else np.zeros(0) for r, v in got.items()}
+                seen = (row_of[inb] - b, item[hist[inb]])
+                cold = multi[user[tb]]  # as the sample sees them: the domain's history withheld, nothing excluded
+                none = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+                for segment, rows, counts, excluded in (("all", slice(None), before[tb], seen),
+                                                        ("cold_start", cold, (before - own)[tb][cold], none)):
+                    est = (counts + prior) / (counts + prior).sum(axis=1, keepdims=True)
+                    n = len(est)
+                    for name, scores in (("oracle", taste[user[tb][rows]] @ probs[d]), ("topic_count", est @ probs[d]),
+                                         ("pop", np.tile(pop[d], (n, 1)))):
+                        got[segment][name].append(_ndcg(scores, item[tb][rows], *excluded))
+        out[lay.name] = {g: {r: np.concatenate(v) if v else np.zeros(0) for r, v in by.items()} for g, by in got.items()}
     return out
+
+
+def _counts_before(onehot: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Per event, the sum of ``onehot`` over the same user's earlier events (``start``: each user's first row)."""
+    csum = np.cumsum(onehot, axis=0)
+    return csum - onehot - np.where(start[:, None] > 0, csum[np.maximum(start - 1, 0)], 0.0)
 
 
 def run_ceiling(spec: CeilingSpec) -> dict:
@@ -134,21 +150,26 @@ def run_ceiling(spec: CeilingSpec) -> dict:
         raise CeilingError(f"{manifest_path}: the ceiling models the topic signal only, not {other}")
     log.info("ceiling: replaying %s", gen)
     per_domain = ceiling_rows(gen, int(manifest.get("chunk_users", 100_000)))
-    records = [{"model": r, "domain": d, "segment": "all", "metric": "ndcg", "k": K, "value": float(v.mean()),
-                "se": float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None, "n_users": int(len(v))}
-               for d, by in per_domain.items() for r, v in by.items() if len(v)]
+    records = [{"model": r, "domain": d, "segment": g, "metric": "ndcg", "k": K, "value": float(v.mean()),
+                "se": _se(v), "n_users": int(len(v))}
+               for d, segs in per_domain.items() for g, by in segs.items() for r, v in by.items() if len(v)]
     best = _best_baselines(spec.quality) if spec.quality else {}
     lines = [f"# crossrec bench ceiling ({gen.users:,} users, {gen.domains} domains, text {gen.text_signal}, seed {gen.seed})",
-             "", "Test NDCG@10 ± s.e., all users (the protocol's rows):", "",
-             "| domain | rows | oracle | topic_count | pop |" + (" best baseline | 1.2x it | oracle / best |" if best else ""),
+             "", "Test NDCG@10 ± s.e. of the protocol's rows; cold_start: users active in two or more domains, each "
+             "with the domain's history withheld (the cold-start sample draws from them):", "",
+             "| domain / segment | rows | oracle | topic_count | pop |" + (" best baseline | 1.2x it | oracle / best |" if best else ""),
              "|---|---:|---:|---:|---:|" + ("---|---:|---:|" if best else "")]
-    for d, by in per_domain.items():
-        cells = " | ".join(f"{by[r].mean():.4f} ± {by[r].std(ddof=1) / math.sqrt(len(by[r])):.4f}" for r in RANKERS)
-        line = f"| {d} | {len(by['oracle']):,} | {cells} |"
-        if d in best:
-            name, value = best[d]
-            line += f" {name} {value:.4f} | {1.2 * value:.4f} | {by['oracle'].mean() / value:.2f}x |"
-        lines.append(line)
+    for d, segs in per_domain.items():
+        for g, by in segs.items():
+            if not len(by["oracle"]):
+                continue
+            cells = " | ".join(f"{by[r].mean():.4f} ± {_se(by[r]) or 0:.4f}" for r in RANKERS)
+            line = f"| {d} / {g} | {len(by['oracle']):,} | {cells} |"
+            if (d, g) in best:
+                name, value = best[(d, g)]
+                line += f" {name} {value:.4f} | {1.2 * value:.4f} | {by['oracle'].mean() / value:.2f}x |"
+            lines.append(line)
+    best = {f"{d}/{g}": v for (d, g), v in best.items()}
     out = Path(spec.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = {"records": records, "spec": manifest["spec"], "best_baselines": best}
@@ -158,12 +179,18 @@ def run_ceiling(spec: CeilingSpec) -> dict:
     return result
 
 
-def _best_baselines(quality: str) -> dict[str, tuple[str, float]]:
-    """Per domain, the best baseline's NDCG@10 for all users in a quality bench's report (crossrec's rows left out)."""
+def _se(v: np.ndarray) -> float | None:
+    """Standard error of the mean of ``v`` (None for fewer than two values)."""
+    return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
+
+
+def _best_baselines(quality: str) -> dict[tuple[str, str], tuple[str, float]]:
+    """Per (domain, segment), the best baseline's NDCG@10 in a quality bench's report (crossrec's rows left out)."""
     recs = json.loads(Path(quality).read_text(encoding="utf-8"))["records"]
-    best: dict[str, tuple[str, float]] = {}
+    best: dict[tuple[str, str], tuple[str, float]] = {}
     for r in recs:
-        if r.get("metric") == "ndcg" and r.get("k") == K and r.get("segment") == "all" and not str(r["model"]).startswith("crossrec"):
-            if r["domain"] not in best or r["value"] > best[r["domain"]][1]:
-                best[r["domain"]] = (r["model"], r["value"])
+        key = (r.get("domain"), r.get("segment"))
+        if r.get("metric") == "ndcg" and r.get("k") == K and key[1] in SEGMENTS and not str(r["model"]).startswith("crossrec"):
+            if key not in best or r["value"] > best[key][1]:
+                best[key] = (r["model"], r["value"])
     return best
