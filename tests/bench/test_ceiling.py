@@ -38,10 +38,20 @@ def test_the_ceiling_replays_the_generated_users_and_ranks_by_their_taste(tmp_pa
     assert "| itemknn 0.1000 | 0.1200 |" in (tmp_path / "out" / "ceiling.md").read_text()
 
 
+def test_with_favourite_creators_the_oracle_knows_them_and_the_topic_oracle_does_not(tmp_path):
+    raw = tmp_path / "raw"
+    generate(raw, SyntheticSpec(users=400, domains=2, items_per_domain=600, entity_signal="shared", seed=3))
+    result = run_ceiling(CeilingSpec(str(raw), str(tmp_path / "out")))
+    by = {(r["model"], r["domain"], r["segment"]): r for r in result["records"]}
+    for domain in ("books", "movies"):
+        oracle, topics = by[("oracle", domain, "all")], by[("topic_oracle", domain, "all")]
+        assert oracle["value"] > topics["value"] + 2 * oracle["se"]  # 70% of topical events pick the favourite creator
+
+
 def test_the_ceiling_refuses_data_it_cannot_replay(tmp_path):
     with pytest.raises(CeilingError, match="manifest.json not found"):
         run_ceiling(CeilingSpec(str(tmp_path), str(tmp_path / "out")))
     raw = tmp_path / "raw"
-    generate(raw, SyntheticSpec(users=50, domains=2, items_per_domain=40, entity_signal="shared", seed=1))
-    with pytest.raises(CeilingError, match="entity_signal"):
+    generate(raw, SyntheticSpec(users=50, domains=2, items_per_domain=40, new_items=0.1, seed=1))
+    with pytest.raises(CeilingError, match="new items"):
         run_ceiling(CeilingSpec(str(raw), str(tmp_path / "out")))

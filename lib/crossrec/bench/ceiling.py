@@ -6,8 +6,11 @@ replays the generator (its ``manifest.json`` spec, same seeds) and scores the te
 first occurrence before it, and the domain's history items are excluded) with three rankers:
 
 * ``oracle``: each item's probability under the user's own topic distribution (:attr:`_Events.taste`, the mixture the
-  generator drew the events from, noise share included). No model that reads only the events ranks better in
-  expectation: it is the ceiling of every model and baseline on this data;
+  generator drew the events from, noise share included) and, where the spec plants a creator-level signal
+  (``entity_signal="shared"`` or item vectors), their favourite creator per topic. No model that reads only the
+  events ranks better in expectation: it is the ceiling of every model and baseline on this data;
+* ``topic_oracle`` (creator-level signals only): the topics alone, the favourite creators not known: the ceiling of a
+  model that cannot tell one creator's items from another's (no entities, no vectors, text that does not name them);
 * ``topic_count``: the same with the taste estimated from the history's topics (counts plus half a prior event per
   topic, at topic popularity): what a model that knew every item's topic could do;
 * ``pop``: popularity over the first occurrences that are not test targets (the protocol's popularity baseline).
@@ -16,9 +19,8 @@ With ``--quality``, the quality bench's report on the same raw folder, the table
 baseline there and the 1.2x target: a target above the ceiling cannot be met by any model.
 
 Rows are every (user, domain) the generator gave an event, so they are the ``all`` segment of ``crossrec bench
-quality`` on the same folder (the cold-start sample changes a model's history, not the user's taste: the oracle is
-the same for it). Only the topic signal is modelled: specs with shared entities, item vectors or new items are
-refused. Writes ``DIR/ceiling.json`` (``{"records": [{"model", "domain", "segment", "metric", "k", "value", "se",
+quality`` on the same folder; ``cold_start`` rows are every user active in two or more domains (the candidates of the
+cold-start sample) seen with that domain's history withheld. Specs with new items are refused. Writes ``DIR/ceiling.json`` (``{"records": [{"model", "domain", "segment", "metric", "k", "value", "se",
 "n_users"}]}``) and ``DIR/ceiling.md``.
 """
 from __future__ import annotations
@@ -59,6 +61,20 @@ def topic_item_probabilities(catalog, topics: int) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
+def creator_item_probabilities(catalog, topics: int) -> np.ndarray:
+    """(topics, n_creators, N) the probability of each item of a domain catalog when an event picks the topic's
+    creator slot (:meth:`DomainCatalog.sample_creator`: uniform over that creator's items of the topic, the topic's
+    Zipf-like draw where the creator has none)."""
+    zipf = topic_item_probabilities(catalog, topics)
+    out = np.repeat(zipf[:, None, :], catalog.n_creators, axis=1)
+    for t in range(topics):
+        for c in range(catalog.n_creators):
+            mine = (catalog.topic_of == t) & (catalog.creator == c)
+            if mine.any():
+                out[t, c] = mine / mine.sum()
+    return out
+
+
 def _ndcg(scores: np.ndarray, target: np.ndarray, seen_rows: np.ndarray, seen_cols: np.ndarray) -> np.ndarray:
     """(R,) NDCG@K of each row's target under ``scores`` (R, N), the ``seen`` cells excluded."""
     scores = np.array(scores, dtype=np.float64)
@@ -77,6 +93,9 @@ def ceiling_rows(spec, chunk_users: int) -> dict[str, dict[str, np.ndarray]]:
 
     pf = S._platform(spec)
     probs = [topic_item_probabilities(c, spec.topics) for c in pf.catalogs]
+    creators = spec.entity_signal == "shared" or spec.vector_signal != "none"  # users keep to a favourite creator
+    by_creator = [creator_item_probabilities(c, spec.topics) for c in pf.catalogs] if creators else None
+    rankers = ("oracle", "topic_oracle", *RANKERS[1:]) if creators else RANKERS
     topic_of = [p.argmax(axis=0) for p in probs]
     prior = 0.5 * spec.topics * pf.topic_pop  # half an event per topic, at its popularity
     chunks = []
@@ -104,11 +123,11 @@ def ceiling_rows(spec, chunk_users: int) -> dict[str, dict[str, np.ndarray]]:
             m = dom == d
             own[m] = _counts_before(onehot * m[:, None], start)[m]
         multi = ev.active.sum(axis=1) >= 2  # users the cold-start sample draws from
-        chunks.append((ev.taste, user, dom, item, target, before, own, multi))
+        chunks.append((ev.taste, ev.favourite, user, dom, item, target, before, own, multi))
     out: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     for d, lay in enumerate(pf.layouts):
-        got: dict[str, dict[str, list[np.ndarray]]] = {g: {r: [] for r in RANKERS} for g in SEGMENTS}
-        for taste, user, dom, item, target, before, own, multi in chunks:
+        got: dict[str, dict[str, list[np.ndarray]]] = {g: {r: [] for r in rankers} for g in SEGMENTS}
+        for taste, favourite, user, dom, item, target, before, own, multi in chunks:
             t = np.flatnonzero(target & (dom == d))  # one per user, in user order
             hist = np.flatnonzero((dom == d) & ~target)  # the domain's history items of those users: excluded
             row_of = np.searchsorted(user[t], user[hist])
@@ -122,11 +141,28 @@ def ceiling_rows(spec, chunk_users: int) -> dict[str, dict[str, np.ndarray]]:
                                                         ("cold_start", cold, (before - own)[tb][cold], none)):
                     est = (counts + prior) / (counts + prior).sum(axis=1, keepdims=True)
                     n = len(est)
-                    for name, scores in (("oracle", taste[user[tb][rows]] @ probs[d]), ("topic_count", est @ probs[d]),
-                                         ("pop", np.tile(pop[d], (n, 1)))):
+                    topical = taste[user[tb][rows]] @ probs[d]
+                    scored = {"oracle": topical, "topic_count": est @ probs[d], "pop": np.tile(pop[d], (n, 1))}
+                    if creators:
+                        scored["topic_oracle"], scored["oracle"] = topical, topical + _creator_shift(
+                            taste[user[tb][rows]], favourite[user[tb][rows]], pf.topic_pop, probs[d], by_creator[d])
+                    for name, scores in scored.items():
                         got[segment][name].append(_ndcg(scores, item[tb][rows], *excluded))
         out[lay.name] = {g: {r: np.concatenate(v) if v else np.zeros(0) for r, v in by.items()} for g, by in got.items()}
     return out
+
+
+def _creator_shift(taste: np.ndarray, favourite: np.ndarray, topic_pop: np.ndarray, zipf: np.ndarray,
+                   by_creator: np.ndarray) -> np.ndarray:
+    """(R, N) what the favourite creators add to the topical item probabilities ``taste @ zipf``: a topical event
+    (the taste less its noise share) picks the topic's favourite creator's items in :data:`CREATOR_AFFINITY` of cases."""
+    from crossrec.data.synthetic import _TOPIC_NOISE, CREATOR_AFFINITY
+
+    topical = taste - _TOPIC_NOISE * topic_pop  # (R, T) the mixture's share of each topic
+    shift = np.zeros((len(taste), zipf.shape[1]))
+    for t in range(zipf.shape[0]):
+        shift += CREATOR_AFFINITY * topical[:, t, None] * (by_creator[t, favourite[:, t] % by_creator.shape[1]] - zipf[t])
+    return shift
 
 
 def _counts_before(onehot: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -144,12 +180,11 @@ def run_ceiling(spec: CeilingSpec) -> dict:
         raise CeilingError(f"{manifest_path} not found: the ceiling replays data `crossrec generate` wrote")
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     gen = SyntheticSpec(**manifest["spec"])
-    modelled = {"entity_signal": "none", "vector_signal": "none", "new_items": 0}
-    other = {k: getattr(gen, k) for k, v in modelled.items() if getattr(gen, k) != v}
-    if other:
-        raise CeilingError(f"{manifest_path}: the ceiling models the topic signal only, not {other}")
+    if gen.new_items:
+        raise CeilingError(f"{manifest_path}: the ceiling does not model new items (new_items={gen.new_items})")
     log.info("ceiling: replaying %s", gen)
     per_domain = ceiling_rows(gen, int(manifest.get("chunk_users", 100_000)))
+    rankers = list(next(iter(next(iter(per_domain.values())).values())))
     records = [{"model": r, "domain": d, "segment": g, "metric": "ndcg", "k": K, "value": float(v.mean()),
                 "se": _se(v), "n_users": int(len(v))}
                for d, segs in per_domain.items() for g, by in segs.items() for r, v in by.items() if len(v)]
@@ -157,13 +192,13 @@ def run_ceiling(spec: CeilingSpec) -> dict:
     lines = [f"# crossrec bench ceiling ({gen.users:,} users, {gen.domains} domains, text {gen.text_signal}, seed {gen.seed})",
              "", "Test NDCG@10 ± s.e. of the protocol's rows; cold_start: users active in two or more domains, each "
              "with the domain's history withheld (the cold-start sample draws from them):", "",
-             "| domain / segment | rows | oracle | topic_count | pop |" + (" best baseline | 1.2x it | oracle / best |" if best else ""),
-             "|---|---:|---:|---:|---:|" + ("---|---:|---:|" if best else "")]
+             "| domain / segment | rows | " + " | ".join(rankers) + " |" + (" best baseline | 1.2x it | oracle / best |" if best else ""),
+             "|---|---:|" + "---:|" * len(rankers) + ("---|---:|---:|" if best else "")]
     for d, segs in per_domain.items():
         for g, by in segs.items():
             if not len(by["oracle"]):
                 continue
-            cells = " | ".join(f"{by[r].mean():.4f} ± {_se(by[r]) or 0:.4f}" for r in RANKERS)
+            cells = " | ".join(f"{by[r].mean():.4f} ± {_se(by[r]) or 0:.4f}" for r in rankers)
             line = f"| {d} / {g} | {len(by['oracle']):,} | {cells} |"
             if (d, g) in best:
                 name, value = best[(d, g)]

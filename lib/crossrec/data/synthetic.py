@@ -179,6 +179,7 @@ class _Events:
     quantity: np.ndarray  # (E,)
     active: np.ndarray  # (n, D) bool: domains of each user
     taste: np.ndarray  # (n, topics) each user's topic distribution of an event (the mixture with the noise share)
+    favourite: np.ndarray | None = None  # (n, topics) each user's creator slot per topic (creator-level signals only)
 
 
 def _pick(cdf_rows: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -231,6 +232,7 @@ def _simulate_chunk(spec: SyntheticSpec, topic_pop: np.ndarray, domain_pop: np.n
     taste = (1.0 - _TOPIC_NOISE) * taste + _TOPIC_NOISE * topic_pop
 
     item = np.empty(len(user), dtype=np.int64)
+    favourite = None
     for d, catalog in enumerate(catalogs):
         m = domain == d
         item[m] = catalog.sample(topic[m], rng.random(int(m.sum())))
@@ -262,7 +264,7 @@ def _simulate_chunk(spec: SyntheticSpec, topic_pop: np.ndarray, domain_pop: np.n
     stars = 2.0 + 3.0 * affinity + rng.normal(0.0, 0.8, size=len(user))
     ms = rng.integers(0, _MS_PER_S, size=len(user))
     quantity = 1 + rng.poisson(0.4, size=len(user))
-    return _Events(user, domain, item, ts_s, ms, other, stars, quantity, active, taste)
+    return _Events(user, domain, item, ts_s, ms, other, stars, quantity, active, taste, favourite)
 
 
 # ----------------------------------------------------------------------------------------------------
