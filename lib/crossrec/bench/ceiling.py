@@ -86,9 +86,9 @@ def _ndcg(scores: np.ndarray, target: np.ndarray, seen_rows: np.ndarray, seen_co
 BLOCK = 4_096  # test rows scored at once: (BLOCK, items) floats per ranker
 
 
-def ceiling_rows(spec, chunk_users: int) -> dict[str, dict[str, np.ndarray]]:
-    """Per domain name and ranker, the NDCG@K of every test row of the data ``spec`` generates (the generator's chunks
-    of ``chunk_users`` users, as ``crossrec generate`` drew them)."""
+def ceiling_rows(spec, chunk_users: int) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """Per domain name, segment (:data:`SEGMENTS`) and ranker, the NDCG@K of every test row of the data ``spec``
+    generates (the generator's chunks of ``chunk_users`` users, as ``crossrec generate`` drew them)."""
     from crossrec.data import synthetic as S
 
     pf = S._platform(spec)
