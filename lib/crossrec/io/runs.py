@@ -103,9 +103,11 @@ class Ledger:
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
 
+        from crossrec.io.readers import arrow_table
+
         if self._runs is None:
             try:
-                self._runs = DeltaTable(self.path, storage_options=self.storage_options or None).to_pandas()
+                self._runs = arrow_table(DeltaTable(self.path, storage_options=self.storage_options or None)).to_pandas()
             except TableNotFoundError:
                 return _arrow_schema().empty_table().to_pandas()
         return self._runs

@@ -284,6 +284,7 @@ def add_item_entities(cfg: TrainConfig, data: TrainingData) -> dict[str, int]:
     from deltalake import DeltaTable
 
     from crossrec.data.rawformat import RawFormatError
+    from crossrec.io.readers import arrow_table
 
     try:
         version = resolve_versions(cfg.lake_root, None, ("silver.item_entities",))["silver.item_entities"]
@@ -291,8 +292,8 @@ def add_item_entities(cfg: TrainConfig, data: TrainingData) -> dict[str, int]:
         log.info("no entities: silver.item_entities not readable (%s); run crossrec clean to derive them", e)
         return {}
     t0 = time.time()
-    ents = DeltaTable(_table_path(cfg.lake_root, "silver.item_entities"), version=version).to_pandas(
-        columns=[C.DOMAIN, C.ITEM_ID, C.ENTITY])
+    ents = arrow_table(DeltaTable(_table_path(cfg.lake_root, "silver.item_entities"), version=version),
+                       columns=[C.DOMAIN, C.ITEM_ID, C.ENTITY]).to_pandas()
     rows = data.item_index[[C.DOMAIN, C.ITEM_ID]].reset_index(drop=True).reset_index().merge(
         ents, on=[C.DOMAIN, C.ITEM_ID], how="inner")  # "index": the catalog row
     ids, vocab = entity_vocabulary(rows["index"].values, rows[C.ENTITY].values.astype(str), len(data.item_index),
