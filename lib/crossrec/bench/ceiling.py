@@ -76,11 +76,15 @@ def creator_item_probabilities(catalog, topics: int) -> np.ndarray:
 
 
 def _ndcg(scores: np.ndarray, target: np.ndarray, seen_rows: np.ndarray, seen_cols: np.ndarray) -> np.ndarray:
-    """(R,) NDCG@K of each row's target under ``scores`` (R, N), the ``seen`` cells excluded."""
-    scores = np.array(scores, dtype=np.float64)
-    scores[seen_rows, seen_cols] = -np.inf
-    rank = (scores > scores[np.arange(len(target)), target][:, None]).sum(axis=1)
-    return np.where(rank < K, 1.0 / np.log2(rank + 2.0), 0.0)
+    """(R,) NDCG@K of each row's target under ``scores`` (R, N), the ``seen`` cells excluded: the evaluation
+    protocol's own ranks (:func:`crossrec.evaluate.metrics.rank_of_target`, its tie rule included)."""
+    import scipy.sparse as sp
+
+    from crossrec.evaluate.metrics import candidate_counts, per_row_metrics, rank_of_target
+
+    exclude = sp.csr_matrix((np.ones(len(seen_rows)), (seen_rows, seen_cols)), shape=np.shape(scores))
+    ranks = rank_of_target(np.asarray(scores, dtype=np.float64), target, exclude)
+    return per_row_metrics(ranks, candidate_counts(np.shape(scores)[1], target, exclude), [K])[f"ndcg@{K}"]
 
 
 BLOCK = 4_096  # test rows scored at once: (BLOCK, items) floats per ranker
