@@ -150,13 +150,17 @@ class Predictor:
         return h @ self.domain_reps(domain).T, h
 
     @torch.inference_mode()
-    def finalize(self, batch: Batch, domain: int, scores: Tensor) -> Tensor:
+    def finalize(self, batch: Batch, domain: int, scores: Tensor, inplace: bool = False) -> Tensor:
         """Scores (B, n_d) -> the same with empty-history rows set to the popularity vector and every history item of
-        ``domain`` set to -inf (out of place: ``scores`` is left as it is)."""
+        ``domain`` set to -inf (out of place: ``scores`` is left as it is, unless ``inplace``)."""
         d = int(domain)
         if bool(batch.empty.any()):
-            pop = self.popularity[self.model.domain_items(d)]  # (n_d,)
-            scores = torch.where(batch.empty[:, None], pop[None, :].to(scores.dtype), scores)
+            pop = self.popularity[self.model.domain_items(d)].to(scores.dtype)  # (n_d,)
+            if inplace:
+                scores[batch.empty] = pop
+            else:
+                scores = torch.where(batch.empty[:, None], pop[None, :], scores)
+                inplace = True  # a new tensor now
         if d not in batch.seen:
             lens = np.array([len(h) for h in batch.histories], dtype=np.int64)
             flat = np.concatenate(batch.histories) if lens.sum() else np.zeros(0, dtype=np.int64)
@@ -166,17 +170,19 @@ class Predictor:
                              torch.from_numpy(self.item_col[flat[in_d]]).to(self.device))
         rows, cols = batch.seen[d]
         if rows.numel():
-            scores = scores.index_put((rows, cols), torch.tensor(-torch.inf, dtype=scores.dtype, device=scores.device))
+            minus_inf = torch.tensor(-torch.inf, dtype=scores.dtype, device=scores.device)
+            scores = scores.index_put_((rows, cols), minus_inf) if inplace else scores.index_put((rows, cols), minus_inf)
         return scores
 
     @torch.inference_mode()
     def scores(self, batch: Batch, domain: int) -> Tensor:
         """(B, n_d) final scores of ``domain``'s items: model scores -> terms -> popularity for empty histories ->
-        history items at -inf. Columns in domain_item_idx order."""
+        history items at -inf. Columns in domain_item_idx order. Every step after the product works in place on
+        that product's tensor: each (B, n_d) tensor less is a pass over memory less."""
         scores, h = self.model_scores(batch, domain)
         if self.terms is not None and self.terms.active(domain):
-            scores = self.terms.apply(scores, batch.inputs["item_idx"], domain, h, self.covariance(domain))
-        return self.finalize(batch, domain, scores)
+            scores = self.terms.apply(scores, batch.inputs["item_idx"], domain, h, self.covariance(domain), inplace=True)
+        return self.finalize(batch, domain, scores, inplace=True)
 
     @torch.inference_mode()
     def topk(self, batch: Batch, domain: int, k: int) -> tuple[Tensor, Tensor]:

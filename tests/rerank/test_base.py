@@ -241,3 +241,27 @@ def test_collaborative_terms_give_an_item_its_stand_ins_values_and_the_set_keeps
     assert torch.equal(TermSet.load(tmp_path, tiny.catalog()).stand_in, stand_in)
     plain.save(tmp_path / "plain")
     assert TermSet.load(tmp_path / "plain", tiny.catalog()).stand_in is None
+
+
+@pytest.mark.parametrize("tables", [False, True], ids=["sparse", "tables"])
+def test_apply_adds_into_the_scores_only_in_place_and_gives_the_same_values_either_way(tiny, tables):
+    terms = every_term(tiny)
+    params = {"cooccurrence": {0: {"weight": 2.0, "decay": 0.6}, 1: {"weight": 1.0, "decay": 1.0}},
+              "text_similarity": {0: {"weight": 1.5, "decay": 0.5}, 1: {"weight": 3.0, "decay": 0.8}},
+              "next_item": {0: {"weight": 1.0}, 1: {"weight": 2.0}}, "entity": {1: {"weight": 0.5, "decay": 0.8}},
+              "cold_popularity": {0: {"weight": 0.4}, 1: {"weight": 0.5}}}
+    stand_in = torch.arange(10)
+    stand_in[3] = 2  # book 3 takes book 2's collaborative values: those terms keep the path through values() in domain 0
+    batch = tiny.batch([[1, 2, 6, 3, 2, 7, 1], [8, 9, 4, 9], [5], [6, 7, 6], [], [9, 2]], T=8)
+    for ts in (TermSet(terms, params, DOMAINS), TermSet(terms, params, DOMAINS, stand_in=stand_in)):
+        if tables:
+            assert ts.prepare() == [1, 0]
+        for d in (0, 1):
+            raw, h, cov = model_scores(tiny, batch, d)
+            kept = raw.clone()
+            want = ts.apply(raw, batch["item_idx"], d, h, cov)
+            assert torch.equal(raw, kept) and want is not raw, "out of place: the caller's scores stay as they were"
+            got = ts.apply(raw, batch["item_idx"], d, h, cov, inplace=True)
+            assert got is raw, "in place: the caller's tensor holds the result"
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            assert not torch.allclose(want, kept), "the terms change the scores"

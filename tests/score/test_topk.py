@@ -258,3 +258,13 @@ def test_a_pick_the_entity_term_raised_is_explained_by_the_event_and_entity_it_c
     assert movies.loc[("u0", "i8"), ["reason", "reason_entity"]].tolist() == ["books:i2", "brand:acme"]
     assert movies.loc[("u1", "i7"), "reason"] == "books:i3", "books 1 and 3 both name ada berg: the later counts more"
     assert movies.loc[("u0", "i9"), "reason_kind"] != SHARED_ENTITY, "item 9 shares nothing"
+
+
+def test_freed_memory_is_retained_where_the_c_library_is_glibc():
+    import platform
+
+    from crossrec.score.topk import retain_freed_memory
+
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert retain_freed_memory() is glibc
+    assert retain_freed_memory() is glibc, "a second call changes nothing"

@@ -172,6 +172,12 @@ class ScoreTerm(abc.ABC):
         """(B, T) right-padded histories -> (B, n_d) unweighted values ``f(u, j)`` of ``domain``'s items, at one
         setting of the term's non-weight ``params``."""
 
+    def add_to(self, out: Tensor, item_idx: Tensor, domain: int, scale: Tensor, **params: float) -> None:
+        """``out += scale[:, None] * features(item_idx, domain, **params)``, in place: ``out`` (B, n_d), ``scale``
+        (B,). A term overrides it where the sum can go straight into ``out`` without a (B, n_d) tensor of its
+        values (a sparse product accumulated into the scores): every such tensor is a pass over memory."""
+        out.addcmul_(self.features(item_idx, domain, **params), scale[:, None])
+
     def state_dict(self) -> dict[str, Tensor]:
         """The fitted state as tensors (saved as ``terms/<name>.safetensors``)."""
         return {}
@@ -234,11 +240,13 @@ def term_rows(item_idx: Tensor, item_domain: Tensor, domain: int, kind: str) -> 
     return None if bool(rows.all()) else rows.nonzero().squeeze(1)
 
 
-def add_term(scores: Tensor, features: Tensor, scale: Tensor, rows: Tensor | None) -> Tensor:
+def add_term(scores: Tensor, features: Tensor, scale: Tensor, rows: Tensor | None, inplace: bool = False) -> Tensor:
     """``scores + scale[:, None] * features`` on ``rows`` (None = every row; ``features`` and ``scale`` then hold
-    those rows only)."""
+    those rows only); ``inplace``: added into ``scores`` itself."""
+    if rows is None:
+        return scores.addcmul_(features, scale[:, None]) if inplace else torch.addcmul(scores, features, scale[:, None])
     add = (scale[:, None] * features).to(scores.dtype)
-    return scores + add if rows is None else scores.index_add(0, rows, add)
+    return scores.index_add_(0, rows, add) if inplace else scores.index_add(0, rows, add)
 
 
 def stand_ins(item_table: Tensor, catalog: Catalog, counts: Tensor) -> Tensor:
@@ -344,12 +352,18 @@ class TermSet:
             log.info("score-term tables for domains %s: %.0f MiB", done, used / 2**20)
         return done
 
-    def apply(self, scores: Tensor, item_idx: Tensor, domain: int, h: Tensor, item_cov: Tensor) -> Tensor:
+    def apply(self, scores: Tensor, item_idx: Tensor, domain: int, h: Tensor, item_cov: Tensor,
+              inplace: bool = False) -> Tensor:
         """The Transformer's scores (B, n_d) of ``domain`` plus the active terms (see the module docstring).
 
         ``item_idx``: (B, T) the histories the scores were computed from; ``h``: (B, D) the user vectors of the
         domain (``scores = h @ item_reps.T``); ``item_cov``: (D, D) covariance of ``item_reps`` (the standard
-        deviation of each row comes from it). Unchanged (the same tensor) when no term is active in ``domain``.
+        deviation of each row comes from it). Unchanged (the same tensor) when no term is active in ``domain``;
+        ``inplace``: add into ``scores`` itself (a caller that owns them) instead of a new tensor.
+
+        A warm term whose values need no stand-in columns is added over every row with a scale of 0 outside its rows
+        (:meth:`ScoreTerm.add_to`, into the scores without a tensor of its values); the others go through
+        :meth:`values` on their rows.
         """
         active = self.active(domain)
         if not active:
@@ -357,15 +371,25 @@ class TermSet:
         std = score_std(h, item_cov)  # (B,)
         item_domain = active[0][0].catalog.item_domain
         rows: dict[str, Tensor | None] = {}
-        out = scores
+        out, owned = scores, inplace
         for term, p in active:
             if term.applies_to not in rows:
                 rows[term.applies_to] = term_rows(item_idx, item_domain, domain, term.applies_to)
             r = rows[term.applies_to]
             if r is not None and r.numel() == 0:
                 continue
-            f = self.values(term, item_idx if r is None else item_idx[r], domain, p)
-            out = add_term(out, f, p["weight"] * (std if r is None else std[r]), r)
+            direct = term.applies_to == "warm" and not (term.collaborative and self.stand_in_columns(term.catalog, domain)
+                                                         is not None and self.stand_in_weight.get(int(domain), 1.0) != 0.0)
+            if not direct:
+                f = self.values(term, item_idx if r is None else item_idx[r], domain, p)
+                out, owned = add_term(out, f, p["weight"] * (std if r is None else std[r]), r, inplace=owned), True
+                continue
+            if not owned:
+                out, owned = out.clone(), True
+            scale = p["weight"] * std
+            if r is not None:
+                scale = torch.zeros_like(std).index_copy_(0, r, scale[r])
+            term.add_to(out, item_idx, domain, scale.float(), **{k: v for k, v in p.items() if k != "weight"})
         return out
 
     def save(self, folder: str | Path) -> None:

@@ -81,18 +81,26 @@ class CooccurrenceTerm(ItemPairs, ScoreTerm):
         cells = torch.repeat_interleave(rows, lens) * c.domain_size(domain) + c.item_col[self.indices[flat].long()]
         return cells, self.values[flat], torch.repeat_interleave(age, lens)
 
-    def features(self, item_idx: Tensor, domain: int, decay: float = 1.0) -> Tensor:
-        """(B, T) histories -> (B, n_d): ``c(u, j) / max_j c(u, j)`` (0 for users without support in ``domain``)."""
+    def support(self, item_idx: Tensor, domain: int, decay: float = 1.0) -> Tensor:
+        """(B, T) histories -> (B, n_d) ``c(u, j)``, before the normalisation by its row maximum."""
         B, n_d = item_idx.shape[0], self.catalog.domain_size(domain)
         table = self._tables.get(int(domain))
         if table is not None:  # c = (B, n_d) decayed history weights @ the (n_d, n_d) similarity table
             rows, items, age = distinct_history_items(item_idx, self.catalog.item_domain, domain)
             weights = decayed(torch.ones_like(age, dtype=torch.float), age, decay)  # decay**age
-            c = sparse_rows_times(rows, self.catalog.item_col[items], weights, B, table)
-        else:
-            cells, sims, age = self.pairs(item_idx, domain)
-            c = torch.zeros(B * n_d, device=item_idx.device).index_add_(0, cells, decayed(sims, age, decay)).view(B, n_d)
+            return sparse_rows_times(rows, self.catalog.item_col[items], weights, B, table)
+        cells, sims, age = self.pairs(item_idx, domain)
+        return torch.zeros(B * n_d, device=item_idx.device).index_add_(0, cells, decayed(sims, age, decay)).view(B, n_d)
+
+    def features(self, item_idx: Tensor, domain: int, decay: float = 1.0) -> Tensor:
+        """(B, T) histories -> (B, n_d): ``c(u, j) / max_j c(u, j)`` (0 for users without support in ``domain``)."""
+        c = self.support(item_idx, domain, decay)
         return c / c.amax(1, keepdim=True).clamp(min=1e-12)  # c >= 0
+
+    def add_to(self, out: Tensor, item_idx: Tensor, domain: int, scale: Tensor, decay: float = 1.0) -> None:
+        """The row maxima folded into ``scale``: one multiply-add of ``c`` into ``out``."""
+        c = self.support(item_idx, domain, decay)
+        out.addcmul_(c, (scale / c.amax(1).clamp(min=1e-12))[:, None])
 
     def table_bytes(self, domain: int) -> int:
         return self.catalog.domain_size(domain) ** 2 * 4

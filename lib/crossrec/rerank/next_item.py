@@ -86,6 +86,20 @@ class NextItemTerm(ItemPairs, ScoreTerm):
         out[rows, c.item_col[self.indices[flat].long()]] = values / top[rows].clamp(min=1e-12)
         return out
 
+    def add_to(self, out: Tensor, item_idx: Tensor, domain: int, scale: Tensor) -> None:
+        """With the domain's table: one scaled row of it per user, summed into ``out`` as a one-entry-per-row sparse
+        product (no gathered (B, n_d) copy of the rows)."""
+        c = self.catalog
+        table = self._tables.get(int(domain))
+        if table is None:
+            return super().add_to(out, item_idx, domain, scale)
+        B, n_d = item_idx.shape[0], c.domain_size(domain)
+        last = latest_domain_items(item_idx, c.item_domain, domain)
+        pick = torch.where(last > 0, c.item_col[last], n_d)  # (B,) row of the table (n_d: none, all 0)
+        one = torch.sparse_csr_tensor(torch.arange(B + 1, device=out.device), pick, scale.float(), (B, n_d + 1),
+                                      check_invariants=False)
+        out.addmm_(one, table)
+
     def table_bytes(self, domain: int) -> int:
         n_d = self.catalog.domain_size(domain)
         return (n_d + 1) * n_d * 4

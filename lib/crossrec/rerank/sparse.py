@@ -2,6 +2,7 @@
 events of a right-padded (B, T) history that a term reads."""
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Mapping
 
 import torch
@@ -9,6 +10,9 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from crossrec.rerank.base import Catalog
+
+# the CSR products used here (a CSR @ dense product accumulated in place) are covered by crossrec's tests
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)
 
 
 def domain_events(item_idx: Tensor, item_domain: Tensor, domain: int) -> Tensor:
@@ -47,6 +51,14 @@ def sparse_rows_times(rows: Tensor, cols: Tensor, weights: Tensor, n_rows: int, 
     return torch.sparse.mm(w, table)
 
 
+def add_sparse_rows_times(out: Tensor, rows: Tensor, cols: Tensor, weights: Tensor, table: Tensor) -> None:
+    """``out += W @ table`` in place, with W the (out rows, table rows) sparse matrix of ``weights`` at (rows, cols)
+    (repeated cells summed): :func:`sparse_rows_times` accumulated into ``out`` without a tensor of its own."""
+    w = torch.sparse_coo_tensor(torch.stack([rows, cols]), weights.float(), (out.shape[0], table.shape[0]),
+                                check_invariants=False)
+    out.addmm_(w.to_sparse_csr(), table)  # PyTorch accumulates a CSR @ dense product in place; a COO one it cannot
+
+
 def decayed(values: Tensor, age: Tensor, decay: float) -> Tensor:
     """``values * decay**age``; ``values`` itself when decay is 1."""
     return values if decay == 1.0 else values * torch.pow(decay, age.float())
@@ -76,7 +88,7 @@ def recency_weights(item_idx: Tensor, item_domain: Tensor, domain: int | None, d
     return rows, item_idx[rows, pos], torch.pow(torch.tensor(float(decay), device=item_idx.device), after[rows, pos].float())
 
 
-__all__ = ["domain_events", "csr_entries", "check_item_pairs", "sparse_rows_times", "decayed", "distinct_history_items",
+__all__ = ["domain_events", "csr_entries", "check_item_pairs", "sparse_rows_times", "add_sparse_rows_times", "decayed", "distinct_history_items",
            "recency_weights"]
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from crossrec.rerank.base import DECAY_GRID, Catalog, ScoreTerm
-from crossrec.rerank.sparse import recency_weights, sparse_rows_times
+from crossrec.rerank.sparse import add_sparse_rows_times, recency_weights, sparse_rows_times
 
 if TYPE_CHECKING:
     from crossrec.model.baselines import InteractionData
@@ -82,6 +82,17 @@ class TextSimilarityTerm(TextTerm, ScoreTerm):
         if table is not None and rows.numel() <= TEXT_TABLE_MAX_EVENTS * B:
             return sparse_rows_times(rows, c.item_col[items], w, B, table)
         return text_vectors(rows, items, w, B, c.text_units) @ c.domain_text_units(domain).T
+
+    def add_to(self, out: Tensor, item_idx: Tensor, domain: int, scale: Tensor, decay: float = 1.0) -> None:
+        """:meth:`features` times ``scale`` summed into ``out``: the scale goes into the sparse weights (or the text
+        vectors), and the product accumulates in place."""
+        B, c = item_idx.shape[0], self.catalog
+        rows, items, w = recency_weights(item_idx, c.item_domain, domain, decay)
+        table = self._tables.get(int(domain))
+        if table is not None and rows.numel() <= TEXT_TABLE_MAX_EVENTS * B:
+            add_sparse_rows_times(out, rows, c.item_col[items], w * scale[rows], table)
+        else:
+            out.addmm_(scale[:, None] * text_vectors(rows, items, w, B, c.text_units), c.domain_text_units(domain).T)
 
     def table_bytes(self, domain: int) -> int:
         return self.catalog.domain_size(domain) ** 2 * 4

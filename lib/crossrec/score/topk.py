@@ -215,12 +215,30 @@ class Scorer:
         return pa.RecordBatch.from_arrays([cols[c] for c in names], names=names)
 
 
+def retain_freed_memory() -> bool:
+    """Keep freed memory in this process's heap (glibc ``mallopt``: no ``mmap`` for blocks under 32 MiB, no trimming
+    under 1 GiB), so that the (batch, domain items) score tensors each batch allocates reuse pages already mapped
+    instead of faulting in fresh zeroed ones, which cost as much as the arithmetic on them. The process keeps its peak
+    heap. Returns False where the C library has no ``mallopt`` (not glibc): nothing changes there."""
+    import ctypes
+    import ctypes.util
+
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
 def get_scorer(folder: str, k: int, popularity: np.ndarray | None = None, threads: int | None = None) -> Scorer:
     """The process-wide :class:`Scorer` for (folder, k): built on first use, then reused by every batch and
     task this Python worker runs (Spark reuses Python workers), so the model loads once per executor process."""
     key = (folder if "://" in str(folder) else os.path.abspath(folder), k)
     with _LOCK:
         if key not in _SCORERS:
+            if not _SCORERS and not retain_freed_memory():
+                log.debug("no glibc mallopt here: score tensors are allocated afresh for each batch")
             _SCORERS.clear()  # a new artifact replaces the old one
             _SCORERS[key] = Scorer(folder, k, popularity, threads=threads)
         return _SCORERS[key]
@@ -228,4 +246,4 @@ def get_scorer(folder: str, k: int, popularity: np.ndarray | None = None, thread
 
 REASON_KINDS = (POPULARITY, HISTORY_ITEM, SHARED_ENTITY)
 
-__all__ = ["Scorer", "DomainPicks", "get_scorer", "POPULARITY", "HISTORY_ITEM", "SHARED_ENTITY", "REASON_KINDS"]
+__all__ = ["Scorer", "DomainPicks", "get_scorer", "retain_freed_memory", "POPULARITY", "HISTORY_ITEM", "SHARED_ENTITY", "REASON_KINDS"]
