@@ -23,7 +23,7 @@ import sys
 
 from crossrec.cli.common import add_common_args, run_job
 from crossrec.io.config import CrossrecConfig
-from crossrec.score.stage import STAGE, run_score
+from crossrec.score.stage import STAGE, USERS_PER_PARTITION, run_score
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-version", help="registered version (3, @alias, models:/crossrec/3), artifact version or "
                    "artifact folder (default: models:/crossrec@champion)")
     g.add_argument("--batch-users", type=int, default=1024, help="users per model batch inside a task (default 1024)")
-    g.add_argument("--users-per-partition", type=int, default=5000, help="users per Spark task (default 5000)")
+    g.add_argument("--users-per-partition", type=int, default=USERS_PER_PARTITION,
+                   help=f"users per Spark task (default {USERS_PER_PARTITION:,})")
     g.add_argument("--no-publish", dest="publish", action="store_false", help="write and validate, but do not switch readers to this run")
 
 

@@ -205,10 +205,12 @@ def write_floor(spark, lake: Path, spec: ScoringSpec) -> float:
     return rate
 
 
-def model_alone(spark, lake: Path, spec: ScoringSpec, batch_users: int = 1024, users_per_task: int = 5000) -> tuple[float, float, int]:
+def model_alone(spark, lake: Path, spec: ScoringSpec, batch_users: int = 1024,
+                users_per_task: int | None = None) -> tuple[float, float, int]:
     """(users/s, load seconds, rows) of the score stage's ``mapInArrow`` body run in this process on the bench's
     histories: the model with its score terms, seen-item exclusion, top-K, reasons and the output Arrow batches,
-    without Spark or a write. Torch uses every core here, as the stage's workers do together."""
+    without Spark or a write. Torch uses every core here, as the stage's workers do together. ``users_per_task``: the
+    users of one input batch (default the stage's :data:`~crossrec.score.stage.USERS_PER_PARTITION`)."""
     import datetime as dt
 
     from crossrec.io.delta import read_table
@@ -224,7 +226,7 @@ def model_alone(spark, lake: Path, spec: ScoringSpec, batch_users: int = 1024, u
     t0 = time.perf_counter()
     get_scorer(folder, spec.k, pop)  # what each worker process of the stage does once
     load_s = time.perf_counter() - t0
-    batches = hist.to_batches(max_chunksize=users_per_task)  # a task's users, as the stage's mapInArrow gets them
+    batches = hist.to_batches(max_chunksize=users_per_task or S.USERS_PER_PARTITION)  # a task's users, as the stage's mapInArrow gets them
     t0 = time.perf_counter()
     rows = sum(b.num_rows for b in S.score_batches(iter(batches), folder, spec.k, pop, dt.date(2025, 1, 1), None,
                                                     batch_users))

@@ -117,13 +117,18 @@ def score_batches(batches, folder: str, k: int, pop: np.ndarray, run_date: dt.da
                                       list_column(chunk.column(C.EVENT_TS)), run_date, COLUMNS)
 
 
-def scoring_partitions(spark, n_users: int, users_per_partition: int = 5000) -> int:
+# users a scoring task takes: each task has a fixed cost (its Python stream, three Parquet files, their Delta stats),
+# which at 5,000 users a task was a sixth of the stage; at 20,000 a task's output rows still stream batch by batch
+USERS_PER_PARTITION = 20_000
+
+
+def scoring_partitions(spark, n_users: int, users_per_partition: int = USERS_PER_PARTITION) -> int:
     """Partitions (= tasks) of the scoring stage: about ``users_per_partition`` users each, at least one per core."""
     return max(default_parallelism(spark), math.ceil(n_users / users_per_partition))
 
 
 def score_users(spark, histories, folder: str, k: int, pop: np.ndarray, run_date: dt.date, n_users: int,
-                schema, batch_users: int = 1024, users_per_partition: int = 5000):
+                schema, batch_users: int = 1024, users_per_partition: int = USERS_PER_PARTITION):
     """Recommendation rows of every user in ``histories`` (lazy DataFrame with the contract's ``schema``)."""
     parallelism = default_parallelism(spark)
     parts = scoring_partitions(spark, n_users, users_per_partition)
@@ -323,7 +328,7 @@ def publish(spark, path: str, version: int, run_date: dt.date, model_version: st
 
 
 def run_score(cfg: CrossrecConfig, spark, k: int = 10, version: str | None = None, publish: bool = True,
-              batch_users: int = 1024, users_per_partition: int = 5000) -> dict:
+              batch_users: int = 1024, users_per_partition: int = USERS_PER_PARTITION) -> dict:
     """Score every active user, write and validate the run_date's partition, record the run in ops.runs, publish it
     (not when a newer run date is published: a backfill is written and checked only); returns a summary
     ``{run_date, model_version, users, rows, table_version, published, score_s, users_per_s, wall_s}``.
@@ -444,6 +449,6 @@ def _accounting(firsts, catalog, domains: list[str], per_domain: dict, n_users: 
     return accounting
 
 
-__all__ = ["run_score", "score_batches", "STAGE", "TABLE", "catalog_frame", "first_events", "user_histories", "popularity", "score_users",
+__all__ = ["run_score", "score_batches", "STAGE", "TABLE", "USERS_PER_PARTITION", "catalog_frame", "first_events", "user_histories", "popularity", "score_users",
            "scoring_partitions", "Progress", "output_expectations", "exhausted_users", "list_column", "register_check_views",
            "validate_run", "published", "publish", "PublishBackwards", "PUBLISHED_PREFIX"]
