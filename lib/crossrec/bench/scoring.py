@@ -226,7 +226,8 @@ def model_alone(spark, lake: Path, spec: ScoringSpec, batch_users: int = 1024,
     t0 = time.perf_counter()
     get_scorer(folder, spec.k, pop)  # what each worker process of the stage does once
     load_s = time.perf_counter() - t0
-    batches = hist.to_batches(max_chunksize=users_per_task or S.USERS_PER_PARTITION)  # a task's users, as the stage's mapInArrow gets them
+    # a task's users, as the stage's mapInArrow gets them
+    batches = hist.to_batches(max_chunksize=users_per_task or S.USERS_PER_PARTITION)
     t0 = time.perf_counter()
     rows = sum(b.num_rows for b in S.score_batches(iter(batches), folder, spec.k, pop, dt.date(2025, 1, 1), None,
                                                     batch_users))

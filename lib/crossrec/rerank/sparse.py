@@ -88,8 +88,8 @@ def recency_weights(item_idx: Tensor, item_domain: Tensor, domain: int | None, d
     return rows, item_idx[rows, pos], torch.pow(torch.tensor(float(decay), device=item_idx.device), after[rows, pos].float())
 
 
-__all__ = ["domain_events", "csr_entries", "check_item_pairs", "sparse_rows_times", "add_sparse_rows_times", "decayed", "distinct_history_items",
-           "recency_weights"]
+__all__ = ["domain_events", "csr_entries", "check_item_pairs", "sparse_rows_times", "add_sparse_rows_times", "decayed",
+           "distinct_history_items", "recency_weights"]
 
 
 class ItemPairs:

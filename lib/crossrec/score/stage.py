@@ -449,6 +449,7 @@ def _accounting(firsts, catalog, domains: list[str], per_domain: dict, n_users: 
     return accounting
 
 
-__all__ = ["run_score", "score_batches", "STAGE", "TABLE", "USERS_PER_PARTITION", "catalog_frame", "first_events", "user_histories", "popularity", "score_users",
-           "scoring_partitions", "Progress", "output_expectations", "exhausted_users", "list_column", "register_check_views",
-           "validate_run", "published", "publish", "PublishBackwards", "PUBLISHED_PREFIX"]
+__all__ = ["run_score", "score_batches", "STAGE", "TABLE", "USERS_PER_PARTITION", "catalog_frame", "first_events",
+           "user_histories", "popularity", "score_users", "scoring_partitions", "Progress", "output_expectations",
+           "exhausted_users", "list_column", "register_check_views", "validate_run", "published", "publish",
+           "PublishBackwards", "PUBLISHED_PREFIX"]

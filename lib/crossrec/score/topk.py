@@ -246,4 +246,5 @@ def get_scorer(folder: str, k: int, popularity: np.ndarray | None = None, thread
 
 REASON_KINDS = (POPULARITY, HISTORY_ITEM, SHARED_ENTITY)
 
-__all__ = ["Scorer", "DomainPicks", "get_scorer", "retain_freed_memory", "POPULARITY", "HISTORY_ITEM", "SHARED_ENTITY", "REASON_KINDS"]
+__all__ = ["Scorer", "DomainPicks", "get_scorer", "retain_freed_memory", "POPULARITY", "HISTORY_ITEM", "SHARED_ENTITY",
+           "REASON_KINDS"]
