@@ -317,6 +317,14 @@ class TermSet:
         f[:, own] = b * f[:, theirs] + (1.0 - b) * f[:, own]
         return f
 
+    def _adds_itself(self, term: ScoreTerm, domain: int) -> bool:
+        """Whether :meth:`apply` lets ``term`` add itself into the scores (:meth:`ScoreTerm.add_to`): a warm term (its
+        values are added to every row, at scale 0 outside its rows) whose values take no stand-in columns in ``domain``
+        (those are mixed in :meth:`values`)."""
+        mixed = (term.collaborative and self.stand_in_columns(term.catalog, domain) is not None
+                 and self.stand_in_weight.get(int(domain), 1.0) != 0.0)
+        return term.applies_to == "warm" and not mixed
+
     def stand_in_columns(self, catalog: Catalog, domain: int) -> tuple[Tensor, Tensor] | None:
         """The columns of ``domain``'s items that have a stand-in and their stand-ins' columns; None when none has."""
         d = int(domain)
@@ -361,9 +369,8 @@ class TermSet:
         deviation of each row comes from it). Unchanged (the same tensor) when no term is active in ``domain``;
         ``inplace``: add into ``scores`` itself (a caller that owns them) instead of a new tensor.
 
-        A warm term whose values need no stand-in columns is added over every row with a scale of 0 outside its rows
-        (:meth:`ScoreTerm.add_to`, into the scores without a tensor of its values); the others go through
-        :meth:`values` on their rows.
+        A term that can (:meth:`_adds_itself`) adds itself into the scores without a tensor of its values; the others
+        go through :meth:`values` on their rows.
         """
         active = self.active(domain)
         if not active:
@@ -378,9 +385,7 @@ class TermSet:
             r = rows[term.applies_to]
             if r is not None and r.numel() == 0:
                 continue
-            direct = term.applies_to == "warm" and not (term.collaborative and self.stand_in_columns(term.catalog, domain)
-                                                         is not None and self.stand_in_weight.get(int(domain), 1.0) != 0.0)
-            if not direct:
+            if not self._adds_itself(term, domain):
                 f = self.values(term, item_idx if r is None else item_idx[r], domain, p)
                 out, owned = add_term(out, f, p["weight"] * (std if r is None else std[r]), r, inplace=owned), True
                 continue
