@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from crossrec.rerank.base import DECAY_GRID, Catalog, ScoreTerm
-from crossrec.rerank.sparse import add_sparse_rows_times, recency_weights, sparse_rows_times
+from crossrec.rerank.sparse import add_sparse_rows_times, recency_weights
 
 if TYPE_CHECKING:
     from crossrec.model.baselines import InteractionData
@@ -76,16 +76,13 @@ class TextSimilarityTerm(TextTerm, ScoreTerm):
     def features(self, item_idx: Tensor, domain: int, decay: float = 1.0) -> Tensor:
         """(B, T) histories -> (B, n_d): ``sum_t decay**a(t) * cos(e_t, e_j)`` over the events of ``domain``; 0 for
         users without history there. With the domain's cosine table and short histories, summed from the table."""
-        B, c = item_idx.shape[0], self.catalog
-        rows, items, w = recency_weights(item_idx, c.item_domain, domain, decay)
-        table = self._tables.get(int(domain))
-        if table is not None and rows.numel() <= TEXT_TABLE_MAX_EVENTS * B:
-            return sparse_rows_times(rows, c.item_col[items], w, B, table)
-        return text_vectors(rows, items, w, B, c.text_units) @ c.domain_text_units(domain).T
+        out = torch.zeros(item_idx.shape[0], self.catalog.domain_size(domain), device=item_idx.device)
+        self.add_to(out, item_idx, domain, torch.ones(item_idx.shape[0], device=item_idx.device), decay)
+        return out
 
     def add_to(self, out: Tensor, item_idx: Tensor, domain: int, scale: Tensor, decay: float = 1.0) -> None:
-        """:meth:`features` times ``scale`` summed into ``out``: the scale goes into the sparse weights (or the text
-        vectors), and the product accumulates in place."""
+        """The values (see :meth:`features`) times ``scale`` summed into ``out``: the scale goes into the sparse
+        weights (or the text vectors), and the product accumulates in place."""
         B, c = item_idx.shape[0], self.catalog
         rows, items, w = recency_weights(item_idx, c.item_domain, domain, decay)
         table = self._tables.get(int(domain))
