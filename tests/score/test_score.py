@@ -289,3 +289,28 @@ def test_query_filters_or_boosts_by_entity(lake, capsys):
     out = capsys.readouterr().out
     assert f"with entity {person}" in out
     assert main(["query", "anything", "--lake-root", lk, "--entity", "person:nobody at all"]) == 2
+
+
+def test_histories_popularity_and_exhausted_users_from_one_shuffle(spark):
+    """user_histories keeps each known item's first event in time order and counts unknown items; popularity and the
+    accounting's exhausted users come from those rows; the histories take a single shuffle of the events."""
+    import datetime as dt
+
+    from crossrec.score import stage as S
+
+    catalog = spark.createDataFrame([("d0", "a", 1), ("d0", "b", 2), ("d1", "x", 3), ("d1", "y", 4), ("d1", "z", 5)],
+                                    "domain string, item_id string, item_idx long")
+    t = lambda s: dt.datetime(2025, 1, 1) + dt.timedelta(seconds=s)  # noqa: E731
+    inter = spark.createDataFrame(
+        [("u1", "d0", "a", t(5)), ("u1", "d0", "a", t(1)), ("u1", "d0", "b", t(3)), ("u1", "d1", "x", t(2)),
+         ("u1", "d1", "new", t(4)), ("u2", "d1", "y", t(1))],
+        "user_id string, domain string, item_id string, event_ts timestamp")
+    hist = S.user_histories(inter, catalog)
+    rows = {r.user_id: r for r in hist.collect()}
+    assert rows["u1"].item_idx == [1, 3, 2] and rows["u1"].n_unknown == 1, "first events oldest first, unknown counted"
+    assert [b - a for a, b in zip(rows["u1"].event_ts, rows["u1"].event_ts[1:])] == [1, 1], "the first event's time"
+    assert rows["u2"].item_idx == [4] and rows["u2"].n_unknown == 0
+    assert S.popularity(hist, 5).tolist() == [0, 1, 1, 1, 1, 0]
+    assert {tuple(r) for r in S.exhausted_users(hist, catalog).collect()} == {("u1", "d0")}
+    plan = hist._jdf.queryExecution().executedPlan().toString().split("== Initial Plan ==")[0]  # as run
+    assert plan.count("Exchange hashpartitioning") == 1, plan

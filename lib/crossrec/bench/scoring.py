@@ -219,10 +219,10 @@ def model_alone(spark, lake: Path, spec: ScoringSpec, batch_users: int = 1024,
 
     folder = str(lake / "models" / "bench-scoring")
     catalog = S.catalog_frame(spark, folder)
-    firsts = S.first_events(read_table(spark, str(lake / "silver" / "interactions"))).persist()  # read by both below
-    hist = S.user_histories(firsts, catalog).select(C.USER_ID, C.ITEM_IDX, C.EVENT_TS).toArrow()
-    pop = S.popularity(firsts, catalog, spec.domains * spec.items_per_domain)
-    firsts.unpersist()
+    histories = S.user_histories(read_table(spark, str(lake / "silver" / "interactions")), catalog).persist()
+    hist = histories.select(C.USER_ID, C.ITEM_IDX, C.EVENT_TS).toArrow()
+    pop = S.popularity(histories, spec.domains * spec.items_per_domain)
+    histories.unpersist()
     t0 = time.perf_counter()
     get_scorer(folder, spec.k, pop)  # what each worker process of the stage does once
     load_s = time.perf_counter() - t0

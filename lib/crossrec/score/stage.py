@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from crossrec import columns as C
-from crossrec.io.spark import default_parallelism, is_connect, is_local
+from crossrec.io.spark import ROWS_PER_PARTITION, default_parallelism, is_connect, is_local, size_shuffles
 
 if TYPE_CHECKING:
     from crossrec.io.accounting import AccountingRow
@@ -63,12 +63,16 @@ def first_events(inter):
     return inter.groupBy(C.USER_ID, C.DOMAIN, C.ITEM_ID).agg(F.min(C.EVENT_TS).cast("long").alias("ts"))
 
 
-def user_histories(firsts, catalog):
-    """One row per active user: ``item_idx``/``event_ts`` arrays (known items, oldest first) and
-    ``n_unknown`` (seen items the artifact does not know)."""
+def user_histories(inter, catalog):
+    """One row per active user of ``inter`` (silver.interactions): ``item_idx``/``event_ts`` arrays (the first event of
+    each known item, oldest first) and ``n_unknown`` (seen items the artifact does not know).
+
+    One shuffle: the events are partitioned by user_id, so the first-event aggregate, the catalog lookup (broadcast)
+    and the per-user collect all run in the partition that holds the user. (Grouped by (user, domain, item) first,
+    each user's rows would be spread over every partition and shuffled again to be collected.)"""
     from pyspark.sql import functions as F
 
-    j = firsts.join(F.broadcast(catalog), [C.DOMAIN, C.ITEM_ID], "left")
+    j = first_events(inter.repartition(C.USER_ID)).join(F.broadcast(catalog), [C.DOMAIN, C.ITEM_ID], "left")
     ev = F.when(F.col(C.ITEM_IDX).isNotNull(), F.struct(F.col("ts"), F.col(C.ITEM_IDX)))
     g = j.groupBy(C.USER_ID).agg(
         F.sort_array(F.collect_list(ev)).alias("h"),
@@ -77,11 +81,17 @@ def user_histories(firsts, catalog):
     return g.select(C.USER_ID, F.col("h.item_idx").alias(C.ITEM_IDX), F.col("h.ts").alias(C.EVENT_TS), "n_unknown")
 
 
-def popularity(firsts, catalog, n_items: int) -> np.ndarray:
-    """(n_items + 1,) users per item in the current data (the fallback ranking)."""
+def known_items(hist):
+    """(user_id, item_idx): one row per user and known item of :func:`user_histories`' rows."""
     from pyspark.sql import functions as F
 
-    counts = firsts.join(F.broadcast(catalog), [C.DOMAIN, C.ITEM_ID]).groupBy(C.ITEM_IDX).count().collect()
+    return hist.select(C.USER_ID, F.explode(C.ITEM_IDX).alias(C.ITEM_IDX))
+
+
+def popularity(hist, n_items: int) -> np.ndarray:
+    """(n_items + 1,) users per item in the current data (the fallback ranking), from :func:`user_histories`' rows
+    (each item occurs once in a user's history)."""
+    counts = known_items(hist).groupBy(C.ITEM_IDX).count().collect()
     pop = np.zeros(n_items + 1, dtype=np.float64)
     for r in counts:
         pop[int(r[C.ITEM_IDX])] = float(r["count"])
@@ -235,12 +245,14 @@ def output_expectations(k: int) -> list:
     return [unexpected_rows_check(sql, text) for text, sql in q.items()]
 
 
-def exhausted_users(firsts, catalog):
-    """(user_id, domain) pairs where the user already has every item of the domain the model knows."""
+def exhausted_users(hist, catalog):
+    """(user_id, domain) pairs where the user already has every item of the domain the model knows (from
+    :func:`user_histories`' rows)."""
     from pyspark.sql import functions as F
 
     sizes = catalog.groupBy(C.DOMAIN).agg(F.count("*").alias("n_d"))
-    seen = firsts.join(F.broadcast(catalog), [C.DOMAIN, C.ITEM_ID]).groupBy(C.USER_ID, C.DOMAIN).agg(F.count("*").alias("seen"))
+    seen = (known_items(hist).join(F.broadcast(catalog.select(C.ITEM_IDX, C.DOMAIN)), C.ITEM_IDX)
+            .groupBy(C.USER_ID, C.DOMAIN).agg(F.count("*").alias("seen")))
     return seen.join(F.broadcast(sizes), C.DOMAIN).where(F.col("seen") >= F.col("n_d")).select(C.USER_ID, C.DOMAIN)
 
 
@@ -375,8 +387,8 @@ def _score(cfg: CrossrecConfig, spark, stage: StageRun, k: int, version: str | N
     catalog = catalog_frame(spark, folder).persist()
     n_items = catalog.count()
     domains = sorted(r[0] for r in catalog.select(C.DOMAIN).distinct().collect())
-    firsts = first_events(inter).persist(StorageLevel.MEMORY_AND_DISK)
-    hist = user_histories(firsts, catalog).persist(StorageLevel.MEMORY_AND_DISK)
+    size_shuffles(spark, inter.count(), ROWS_PER_PARTITION)  # a count Delta answers from its log
+    hist = user_histories(inter, catalog).persist(StorageLevel.MEMORY_AND_DISK)
     n_users = hist.count()
     if n_users == 0:
         raise RawFormatError(f"silver.interactions v{silver_v} has no users to score")
@@ -385,7 +397,7 @@ def _score(cfg: CrossrecConfig, spark, stage: StageRun, k: int, version: str | N
     log.info("scoring with %s (%d items, domains %s): %d active users (silver.interactions v%d), %d without known "
              "history (popularity), %d seen items unknown to the model", model_version, n_items, domains, n_users,
              silver_v, stats["fallback"], stats["unknown"])
-    pop = popularity(firsts, catalog, n_items)
+    pop = popularity(hist, n_items)
 
     contract = load_contract(TABLE)
     recs = score_users(spark, hist, folder, k, pop, run_date, n_users, contract.spark_schema(), batch_users, users_per_partition)
@@ -401,7 +413,7 @@ def _score(cfg: CrossrecConfig, spark, stage: StageRun, k: int, version: str | N
         F.sum((F.col(C.REASON_KIND) == "shared_entity").cast("long")).alias("shared_entity_rows")).collect()}
     n_rows = sum(r["rows"] for r in per_domain.values())
     log.info("scored %d users in %.1fs (%.0f users/s): %d rows", n_users, score_s, n_users / max(score_s, 1e-9), n_rows)
-    accounting = _accounting(firsts, catalog, domains, per_domain, n_users, model_version)
+    accounting = _accounting(hist, catalog, domains, per_domain, n_users, model_version)
 
     if cfg.validate:
         report, _, _ = validate_run(spark, cfg, version_written, run_date)
@@ -419,7 +431,7 @@ def _score(cfg: CrossrecConfig, spark, stage: StageRun, k: int, version: str | N
         except PublishBackwards as e:
             log.warning("%s", e)
             publish_run = False
-    for frame in (catalog, firsts, hist):
+    for frame in (catalog, hist):
         frame.unpersist()
     summary = {"run_date": run_date.isoformat(), "model_version": model_version, "users": n_users, "rows": n_rows,
                "table_version": version_written, "published": publish_run, "score_s": round(score_s, 1),
@@ -430,13 +442,13 @@ def _score(cfg: CrossrecConfig, spark, stage: StageRun, k: int, version: str | N
     return summary
 
 
-def _accounting(firsts, catalog, domains: list[str], per_domain: dict, n_users: int,
+def _accounting(hist, catalog, domains: list[str], per_domain: dict, n_users: int,
                 model_version: str) -> list[AccountingRow]:
     """One AccountingRow per domain, in users: every active user has rows there, or is withheld because they already
     have every item of the domain (counted as withheld, not lost)."""
     from crossrec.io.accounting import AccountingRow
 
-    exhausted = {r[C.DOMAIN]: r["count"] for r in exhausted_users(firsts, catalog).groupBy(C.DOMAIN).count().collect()}
+    exhausted = {r[C.DOMAIN]: r["count"] for r in exhausted_users(hist, catalog).groupBy(C.DOMAIN).count().collect()}
     accounting = []
     for d in domains:
         r = per_domain.get(d)
@@ -450,6 +462,6 @@ def _accounting(firsts, catalog, domains: list[str], per_domain: dict, n_users: 
 
 
 __all__ = ["run_score", "score_batches", "STAGE", "TABLE", "USERS_PER_PARTITION", "catalog_frame", "first_events",
-           "user_histories", "popularity", "score_users", "scoring_partitions", "Progress", "output_expectations",
+           "user_histories", "known_items", "popularity", "score_users", "scoring_partitions", "Progress", "output_expectations",
            "exhausted_users", "list_column", "register_check_views", "validate_run", "published", "publish",
            "PublishBackwards", "PUBLISHED_PREFIX"]
