@@ -190,6 +190,12 @@ def test_collate_right_pads_targets():
     assert b["target_item_idx"].tolist() == [[2, 3], [0, 0]]
     assert b["target_domain"][0].tolist() == [1, 0]
     assert b["event_ts"].tolist() == [[10, 20], [5, 0]] and b["domain_idx"].tolist() == [[0, 1], [1, 0]]
+    # a slice of a table and a table of several chunks (what a shuffled pool's take gives) pad the same way
+    longer = pa.concat_tables([tab, tab])
+    assert collate_train(longer.slice(1, 2), item_domain)["item_idx"].tolist() == [[4, 0], [1, 2]]
+    assert collate_train(longer, item_domain)["target_item_idx"].tolist() == [[2, 3], [0, 0], [2, 3], [0, 0]]
+    with pytest.raises(AssertionError, match="event_ts"):
+        collate_train(tab.set_column(2, "event_ts", pa.array([[10], [5, 6]])), item_domain)
 
 
 def test_optimizer_state_round_trips_without_pickle():

@@ -115,17 +115,24 @@ def collate_train(batch, item_domain: np.ndarray) -> dict[str, np.ndarray]:
     """Training windows (pyarrow.Table, see :func:`training_windows`) -> right-padded (B, T) arrays.
 
     ``item_idx``, ``domain_idx``, ``event_ts`` (inputs), ``target_item_idx`` (0 = no target) and
-    ``target_domain`` = domain of the target item (0 where none); T = the longest window.
+    ``target_domain`` = domain of the target item (0 where none); T = the longest window. One scatter per column,
+    no loop over rows: it runs at every training step.
     """
+    import pyarrow as pa
+
     keys = ("item_idx", "domain_idx", "event_ts", "target_item_idx")
-    rows = {k: list_rows(batch[k]) for k in keys}
-    B = len(rows["item_idx"])
-    T = max(len(w) for w in rows["item_idx"])
+    cols = {k: batch[k].combine_chunks() if isinstance(batch[k], pa.ChunkedArray) else batch[k] for k in keys}
+    offsets = cols["item_idx"].offsets.to_numpy()
+    lengths = np.diff(offsets)
+    B, T = len(lengths), int(lengths.max(initial=0))
     assert T >= 1, "a training window has at least 1 position"
-    out = {k: np.zeros((B, T), dtype=np.int64) for k in keys}
-    for k in keys:
-        for b, r in enumerate(rows[k]):
-            out[k][b, :len(r)] = r
+    rows = np.repeat(np.arange(B), lengths)  # (N,) each value's row
+    pos = np.arange(len(rows)) - np.repeat(offsets[:-1] - offsets[0], lengths)  # (N,) its position in the row
+    out = {}
+    for k, col in cols.items():
+        assert np.array_equal(np.diff(col.offsets.to_numpy()), lengths), f"{k}: window lengths differ from item_idx's"
+        out[k] = np.zeros((B, T), dtype=np.int64)
+        out[k][rows, pos] = col.flatten().to_numpy()  # flatten: the values of this (possibly sliced) array only
     out["target_domain"] = item_domain[out["target_item_idx"]]  # padding: item 0 -> any domain, ignored
     return out
 
