@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping
@@ -244,10 +245,83 @@ def rollback_unrecorded(spark, lake_uri: str, tables: list[str], ledger: Ledger)
 
 
 # --------------------------------------------------------------------------- lock
-def _lock_path(lake_uri: str, stage: str) -> str | None:
+class _FileLock:
+    """A lock file on a local (or mounted) lake: created with ``O_CREAT | O_EXCL``, atomic on a POSIX filesystem."""
+
+    def __init__(self, path: str):
+        self.name = path
+
+    def create(self, body: str) -> bool:
+        os.makedirs(os.path.dirname(self.name), exist_ok=True)
+        try:
+            fd = os.open(self.name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(body)
+        return True
+
+    def read(self) -> tuple[dict, float]:
+        """(holder, age in seconds); ``{}`` for an unreadable or vanished holder."""
+        try:
+            with open(self.name, encoding="utf-8") as fh:
+                holder = json.load(fh)
+            return (holder if isinstance(holder, dict) else {}), time.time() - os.path.getmtime(self.name)
+        except (OSError, ValueError):
+            return {}, 0.0
+
+    def delete(self) -> None:
+        try:
+            os.unlink(self.name)
+        except FileNotFoundError:
+            pass
+
+
+class _S3Lock:
+    """A lock object on an S3 lake (s3://, s3a://, s3n://): created with a conditional put (``If-None-Match: *``), which
+    S3 and S3-compatible stores refuse atomically when the object exists. Endpoint and credentials come from the
+    standard AWS variables, as for every other client of the lake (:mod:`crossrec.io.lakefs`)."""
+
+    def __init__(self, uri: str):
+        import boto3
+
+        bucket, _, key = uri.split("://", 1)[1].partition("/")
+        self.bucket, self.key, self.name = bucket, key, uri
+        self.client = boto3.client("s3")
+
+    def create(self, body: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=body.encode("utf-8"), IfNoneMatch="*")
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def read(self) -> tuple[dict, float]:
+        from botocore.exceptions import ClientError
+
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self.key)
+            holder = json.loads(obj["Body"].read())
+            return (holder if isinstance(holder, dict) else {}), (_now() - obj["LastModified"]).total_seconds()
+        except (ClientError, ValueError):
+            return {}, 0.0
+
+    def delete(self) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.key)
+
+
+def _lock_store(lake_uri: str, stage: str) -> _FileLock | _S3Lock | None:
+    """Where ``stage``'s lock lives on this lake (``<lake>/_locks/<stage>.lock``); None where no store for it is known
+    (an object store other than S3)."""
+    if lake_uri.startswith(("s3://", "s3a://", "s3n://")):
+        return _S3Lock(f"{lake_uri.rstrip('/')}/_locks/{stage}.lock")
     if "://" in lake_uri and not lake_uri.startswith("file:"):
         return None
-    return os.path.join(lake_uri.removeprefix("file:"), "_locks", f"{stage}.lock")
+    return _FileLock(os.path.join(lake_uri.removeprefix("file:"), "_locks", f"{stage}.lock"))
 
 
 def _alive(pid: int) -> bool:
@@ -262,48 +336,42 @@ def _alive(pid: int) -> bool:
 
 @contextmanager
 def stage_lock(lake_uri: str, stage: str, run_id: str, stale_after_s: float = 24 * 3600) -> Iterator[None]:
-    """Hold the lake's lock for ``stage`` (a file created atomically under ``<lake>/_locks/``).
+    """Hold the lake's lock for ``stage``: ``<lake>/_locks/<stage>.lock``, created only if absent, in one atomic step (a
+    file created exclusively on a local lake, a conditional put on S3).
 
     A second run of the stage raises :class:`StageBusy` naming the holder. A lock left by a process of this host that
-    no longer runs, or older than ``stale_after_s``, is taken over with a warning. On an object store (s3a://,
-    abfss://) there is no atomic create-if-absent: the orchestrator must not start two runs (the Airflow DAG allows
-    one active run), and a warning says so.
+    no longer runs, or older than ``stale_after_s``, is taken over with a warning. On other object stores (gs://,
+    abfss://) there is no lock: the orchestrator must not start two runs (the Airflow DAG allows one active run), and a
+    warning says so.
     """
-    path = _lock_path(lake_uri, stage)
-    if path is None:
-        log.warning("%s: no lock on a lake in an object store; relying on the scheduler to run one %s at a time", stage, stage)
+    store = _lock_store(lake_uri, stage)
+    if store is None:
+        log.warning("%s: no lock on a lake in this object store (%s); relying on the scheduler to run one %s at a time",
+                    stage, lake_uri.split("://", 1)[0], stage)
         yield
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": run_id, "since": _now().isoformat()}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                with open(path, encoding="utf-8") as fh:
-                    holder = json.load(fh)
-            except (OSError, ValueError):
-                holder = {}
-            age = time.time() - os.path.getmtime(path) if os.path.exists(path) else 0.0
-            dead = holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"])
-            if dead or age > stale_after_s:
-                log.warning("%s: taking over a stale lock %s (%s)", stage, path, holder or "unreadable")
-                os.unlink(path)
-                continue
-            raise StageBusy(f"another {stage} run holds {path}: run {holder.get('run_id')!r}, pid {holder.get('pid')} on "
-                            f"{holder.get('host')}, since {holder.get('since')}. Wait for it to finish; if it was "
-                            "killed on another host, delete the lock file") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(me, fh)
-        break
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "run_id": run_id, "since": _now().isoformat(),
+          "token": uuid.uuid4().hex}  # tells this holder from a later one with the same run_id
+    acquired, holder = False, {}
+    for _ in range(2):  # the second try only after taking over a stale lock
+        if store.create(json.dumps(me)):
+            acquired = True
+            break
+        holder, age = store.read()
+        dead = holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"])
+        if not (dead or age > stale_after_s):
+            break
+        log.warning("%s: taking over a stale lock %s (%s)", stage, store.name, holder or "unreadable")
+        store.delete()
+    if not acquired:
+        raise StageBusy(f"another {stage} run holds {store.name}: run {holder.get('run_id')!r}, pid {holder.get('pid')} "
+                        f"on {holder.get('host')}, since {holder.get('since')}. Wait for it to finish; if it was killed "
+                        "on another host, delete the lock")
     try:
         yield
     finally:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
+        if store.read()[0].get("token") == me["token"]:  # ours still (not taken over as stale meanwhile)
+            store.delete()
 
 
 @contextmanager
