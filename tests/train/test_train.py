@@ -484,6 +484,24 @@ def test_length_bucketed_batches_cover_each_window_once_with_little_padding():
     assert padded < 1.3 * lengths.sum(), "sorted pools: batches hold windows of similar length"
 
 
+def test_epoch_pools_give_the_ranks_equal_disjoint_shuffled_shares_that_change_each_epoch():
+    from crossrec.train.worker import epoch_pools
+
+    table = pa.table({"row": np.arange(103)})
+    shares = {}
+    for rank in range(3):
+        pools = list(epoch_pools(table, rank, 3, 10, seed=7))
+        assert [p.num_rows for p in pools] == [10, 10, 10, 4], "34 rows each (103 // 3), in pools of 10"
+        shares[rank] = [r for p in pools for r in p["row"].to_pylist()]
+    rows = [r for share in shares.values() for r in share]
+    assert len(set(rows)) == len(rows) == 102, "disjoint: one row sits the epoch out"
+    assert shares[0] != sorted(shares[0]), "shuffled"
+    again = [r for p in epoch_pools(table, 0, 3, 10, seed=7) for r in p["row"].to_pylist()]
+    assert again == shares[0], "the same seed gives every rank the same permutation"
+    assert [r for p in epoch_pools(table, 0, 3, 10, seed=8) for r in p["row"].to_pylist()] != shares[0]
+    assert sorted(r for p in epoch_pools(table, 0, 1, 50, seed=1) for r in p["row"].to_pylist()) == list(range(103))
+
+
 def test_restrict_to_domains_keeps_one_domains_events_and_targets():
     import pandas as pd
 
@@ -690,7 +708,7 @@ def test_train_job_fine_tunes_the_text_encoder_under_ray_train(ray_local, tmp_pa
     version = _with_item_texts(lake)
     rc = main(["--lake-root", str(lake), "--workers", "2", "--epochs", "1", "--batch-size", "32", "--d-model", "32",
                "--n-layers", "1", "--max-seq-len", "10", "--no-gpu", "--terms", "none", "--text-encoder", "finetune",
-               "--text-max-tokens", "12", "--text-lr-scale", "1", "--no-refit"])
+               "--text-max-tokens", "12", "--text-lr-scale", "1", "--no-refit", "--id-shrinkage", "0"])
     assert rc == 0
     folder, metrics = _artifact(lake)
     assert metrics["text_encoder"] == "finetune" and metrics["model"]["text_encoder"] == "finetune"
@@ -704,7 +722,8 @@ def test_train_job_fine_tunes_the_text_encoder_under_ray_train(ray_local, tmp_pa
     data = load_eval_data(str(lake), versions=metrics["data_versions"], split="valid")
     recs = [r for r in evaluate("finetuned", transformer_score_fn(art.model, data), data)
             if r["metric"] == "ndcg" and r["k"] == 10 and r["segment"] == "all"]
-    for r in recs:  # the loop's validation and the evaluation read the artifact (here the selected model) the same way
+    for r in recs:  # the loop's validation and the evaluation read the artifact (here the selected model, its ids as
+        # learnt: a shrinkage chosen on validation would make it another model) the same way
         assert r["value"] == pytest.approx(metrics["valid"][f"valid_ndcg@10/{r['domain']}"], abs=1e-9), r
 
 

@@ -100,7 +100,7 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
         hist = m["history"]
         records.append({"system": "crossrec", "stage": f"train {workers} worker{'s' if workers > 1 else ''}",
                         "value": round(m["samples_per_s"], 1),
-                        "unit": "samples/s", "epoch_s": round(float(np.mean([h["epoch_train_s"] for h in hist])), 1),
+                        "unit": "samples/s", "epoch_s": round(float(np.mean([h["epoch_train_s"] for h in hist])), 3),
                         "data_share": round(float(np.mean([h.get("data_share", float("nan")) for h in hist])), 3),
                         "workers": workers, "train_windows": m["train_windows"], "wall_s": round(wall, 1),
                         "users": users})
@@ -141,7 +141,7 @@ def run_training(spec: TrainingSpec, spark=None) -> dict:
 
 def _train_config(spec: TrainingSpec, lake: Path, workers: int, **paths: str):
     """The default model's training config for ``workers`` Ray workers (one CPU for one worker, half a CPU each
-    otherwise: Ray Data keeps a CPU to feed them)."""
+    otherwise: two workers share this machine's two cores with the driver)."""
     from crossrec.train.config import TrainConfig
 
     return TrainConfig(lake_root=str(lake), workers=workers, epochs=spec.epochs, patience=spec.epochs,
@@ -190,7 +190,7 @@ def bare_torch_loop(cfg, epochs: int, threads: int) -> dict:
         torch.set_num_threads(before)
     samples = epochs * data.train.num_rows
     return {"value": round(samples / sum(epoch_s), 1), "unit": "samples/s", "threads": threads,
-            "epoch_s": round(float(np.mean(epoch_s)), 1), "samples": samples, "device": device.type}
+            "epoch_s": round(float(np.mean(epoch_s)), 3), "samples": samples, "device": device.type}
 
 
 def speedups(runs: list[dict]) -> dict[int, float]:

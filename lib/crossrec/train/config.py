@@ -35,8 +35,9 @@ class TrainConfig:
         lake_root: lakehouse root holding the gold tables (a local folder; made absolute).
         workers: Ray Train workers (DDP ranks).
         use_gpu: one GPU per worker; None = auto (the Ray cluster has GPUs).
-        cpus_per_worker: CPUs reserved per worker on CPU; fractional on small machines, so that Ray Data
-            keeps a CPU to feed the workers (with whole CPUs on 2 cores it waits forever).
+        cpus_per_worker: CPUs Ray reserves per worker on CPU (fractional lets more workers than cores be placed,
+            e.g. the default 2 workers on a 2-core machine beside the driver); each worker runs
+            ``max(1, int(cpus_per_worker))`` torch threads.
         epochs, batch_size (per worker), lr, weight_decay: AdamW training.
         lr_schedule: ``constant`` (default) or ``linear`` / ``cosine``: the learning rate decays from ``lr`` to 0
             over ``epochs`` epochs, step by step (:func:`lr_at`), so ``epochs`` is then the length of the schedule,

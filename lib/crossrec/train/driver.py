@@ -1,7 +1,7 @@
 """The Ray Train driver, :func:`train`: gold tables at pinned versions -> data-parallel training -> model artifact.
 
 It resolves the Delta versions of the gold tables once, reads and shapes them (:mod:`crossrec.train.data`), hands
-the rows to the workers (:mod:`crossrec.train.worker`) as Ray Data datasets, builds ``ScalingConfig`` /
+the rows to the workers (:mod:`crossrec.train.worker`) through Ray's object store, builds ``ScalingConfig`` /
 ``RunConfig`` / ``TorchTrainer``, runs ``fit()`` and writes the model artifact (:mod:`crossrec.train.artifact`) from
 the best checkpoint (CONVENTIONS point 8: the two halves of every Ray Train program).
 
@@ -83,15 +83,18 @@ def ray_address(configured: str | None) -> str:
 
 
 def _ray_fit(cfg: TrainConfig, name: str, train_rows, valid_rows, loop_config: dict, use_gpu: bool):
-    """One Ray Train run of :func:`train_loop_per_worker` over ``train_rows`` (split across the workers) and
-    ``valid_rows`` (every rank reads all); its ``ray.train.Result``."""
-    import ray.data
+    """One Ray Train run of :func:`train_loop_per_worker` over ``train_rows`` (each epoch split across the workers)
+    and ``valid_rows`` (every rank reads all); its ``ray.train.Result``.
+
+    The rows are already one Arrow table each in this process, so they go to the workers as two objects of Ray's object
+    store (workers on this node read them from its shared memory; one on another node fetches them once) and each worker
+    cuts its own shard (:func:`crossrec.train.worker.epoch_pools`). Ray Data's streaming split would add an executor
+    that starts in every run's first epoch and competes with it for the cores, to read data that is in memory."""
+    import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    n_blocks = max(2 * cfg.workers, train_rows.num_rows // 4096)
-    datasets = {"train": ray.data.from_arrow(train_rows, override_num_blocks=n_blocks),
-                "valid": ray.data.from_arrow(valid_rows, override_num_blocks=max(1, valid_rows.num_rows // 4096))}
+    loop_config = {**loop_config, "train_ref": ray.put(train_rows), "valid_ref": ray.put(valid_rows)}
     scaling = ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu,
                                       resources_per_worker=None if use_gpu else {"CPU": cfg.cpus_per_worker})
     from crossrec.io.lakefs import filesystem, is_remote
@@ -107,8 +110,7 @@ def _ray_fit(cfg: TrainConfig, name: str, train_rows, valid_rows, loop_config: d
     )
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config={**loop_config, "n_train_rows": train_rows.num_rows},
-        scaling_config=scaling, run_config=run, datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),  # valid: every rank reads all rows
+        scaling_config=scaling, run_config=run,
     )
     log.info("Ray Train: %d worker(s), %s, run %s under %s, %d training windows", cfg.workers,
              "GPU" if use_gpu else f"CPU ({cfg.cpus_per_worker} per worker)", name, cfg.storage_root, train_rows.num_rows)
@@ -120,7 +122,6 @@ def train(cfg: TrainConfig) -> Path | str:
     """Train on the gold tables with Ray Train and write the model artifact; return its folder (a local ``Path``, or
     the URI of the folder on a remote lake)."""
     import ray
-    import ray.data
 
     t0 = time.time()
     now = dt.datetime.now(dt.timezone.utc)
@@ -162,9 +163,6 @@ def train(cfg: TrainConfig) -> Path | str:
             "torch_threads": max(1, int(cfg.cpus_per_worker)),
             "_fail_once_at_step": dataclasses.asdict(cfg.fail_once_at) if cfg.fail_once_at else None,
         }
-        # no Ray Data progress bars: the loop logs its own progress lines (epoch, step, loss, samples/s); the bars
-        # fill a batch job's log with cursor codes, and their renderer's lock can hang interpreter exit
-        ray.data.DataContext.get_current().enable_progress_bars = False
         result = _ray_fit(cfg, f"train-{version}", data.train, data.valid, loop_config, use_gpu)
         assert result.checkpoint is not None, "the run reported no checkpoint"
         best_ckpt, best_metrics = max(result.best_checkpoints, key=lambda cm: cm[1].get(METRIC, -math.inf))

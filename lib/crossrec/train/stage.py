@@ -107,7 +107,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     gpu.add_argument("--gpu", dest="use_gpu", action="store_const", const=True, help="one GPU per worker")
     gpu.add_argument("--no-gpu", dest="use_gpu", action="store_const", const=False, help="CPU workers even if GPUs exist")
     g.add_argument("--cpus-per-worker", type=float, default=D["cpus_per_worker"],
-                   help="CPUs reserved per CPU worker (default %(default)s, leaves CPUs to Ray Data)")
+                   help="CPUs Ray reserves per CPU worker (default %(default)s; each worker runs max(1, int(N)) torch threads)")
 
 
 def _shrinkage(text: str) -> float | None:

@@ -2,10 +2,11 @@
 
 It trains on its shard of ``train``, scores its share of ``valid`` after each epoch, all-reduces the metric sums,
 and calls ``ray.train.report`` exactly once per epoch on every rank (rank 0 alone attaches a checkpoint,
-:mod:`crossrec.train.checkpoint`). Training windows are split across workers with ``streaming_split(equal=True)``
-(Ray Train's default), so every rank runs the same number of steps per epoch -- DDP requires it. ``valid`` rows are
-*not* split: every worker sees them all and scores the rows with ``row_id % world_size == rank``, so the validation
-metric covers every row exactly once (an equal split would drop up to ``world_size - 1`` rows).
+:mod:`crossrec.train.checkpoint`). The training windows and the validation rows come as two Arrow tables in Ray's
+object store (``train_ref``, ``valid_ref``). Each epoch every rank shuffles all training windows with the same seed and
+takes an equal slice (:func:`epoch_pools`), so every rank runs the same number of steps -- DDP requires it -- and the
+ranks' slices are disjoint. ``valid`` rows are *not* split: every worker reads them all and scores the rows with
+``row_id % world_size == rank``, so the validation metric covers every row exactly once.
 
 Validation (the metric early stopping and model selection use) scores through the one inference path
 (:class:`crossrec.inference.Predictor`, the Transformer alone), as ``crossrec.evaluate.protocol`` does: the target
@@ -75,9 +76,20 @@ def build_model(model_cfg, catalog: Mapping[str, np.ndarray], device, *, lr: flo
     return model, torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
 
 
-def validate_shard(model, valid_iter, catalog: Mapping[str, np.ndarray], *, rank: int, world: int,
+def epoch_pools(table, rank: int, world: int, pool_rows: int, seed: int):
+    """This rank's share of the training windows ``table`` (a pyarrow Table) for one epoch, in shuffled pools of
+    ``pool_rows`` rows (the last one shorter): every rank draws the same permutation of all rows from ``seed`` and takes
+    its slice ``rank`` of ``world`` equal ones (the remainder, under ``world`` rows, sits the epoch out)."""
+    n = table.num_rows // world
+    order = np.random.default_rng(seed).permutation(table.num_rows)[rank * n:(rank + 1) * n]
+    for s in range(0, n, pool_rows):
+        yield table.take(order[s:s + pool_rows])
+
+
+def validate_shard(model, valid, catalog: Mapping[str, np.ndarray], *, rank: int, world: int,
                    batch_size: int) -> np.ndarray:
-    """Score this rank's share of the valid rows; (n_domains, 4) sums of ndcg@10, recall@10, mrr, rows.
+    """Score this rank's share of the valid rows (``valid``, a pyarrow Table); (n_domains, 4) sums of ndcg@10,
+    recall@10, mrr, rows.
 
     ``model`` is the unwrapped model; it is scored through :class:`crossrec.inference.Predictor` (the Transformer
     alone): full ranking within the target domain, the items of the row's stored history in that domain excluded,
@@ -90,7 +102,8 @@ def validate_shard(model, valid_iter, catalog: Mapping[str, np.ndarray], *, rank
     sums = np.zeros((model.config.n_domains, 4), dtype=np.float64)
     was_training = model.training
     predictor = Predictor(model, None, item_lookup(catalog, C.TRAIN_COUNT).astype(np.float32))  # once per pass
-    for batch in valid_iter.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+    for s in range(0, valid.num_rows, batch_size):
+        batch = valid.slice(s, batch_size)
         mine = batch["row_id"].to_numpy() % world == rank
         if not mine.any():
             continue
@@ -149,7 +162,8 @@ def train_loop_per_worker(config: dict) -> None:
     """One Ray Train worker: build, (resume,) train, validate, report once per epoch. See the module docstring.
 
     ``config`` (built by :func:`train`): ``model`` (ModelConfig as a dict), ``catalog_ref`` (object ref of the
-    catalog arrays), ``domains``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``patience``, ``seed``,
+    catalog arrays), ``train_ref`` / ``valid_ref`` (object refs of the training windows and the validation rows, Arrow
+    tables), ``domains``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``patience``, ``seed``,
     ``log_every``, ``n_train_rows``, ``torch_threads``, ``_fail_once_at_step`` (test hook or None).
     """
     import ray
@@ -186,8 +200,7 @@ def train_loop_per_worker(config: dict) -> None:
     ddp = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=_ddp_kwargs())
     torch.manual_seed(config["seed"] + 1 + rank + 1000 * (state["epoch"] + 1))  # dropout differs per rank
 
-    train_shard = ray.train.get_dataset_shard("train")  # a barrier: all ranks, once
-    valid_iter = ray.train.get_dataset_shard("valid")
+    train_rows, valid_rows = ray.get(config["train_ref"]), ray.get(config["valid_ref"])
     fail = config.get("_fail_once_at_step")
     bs = config["batch_size"]
     steps_per_epoch = math.ceil((config["n_train_rows"] // world) / bs)
@@ -201,9 +214,7 @@ def train_loop_per_worker(config: dict) -> None:
         loss_sum, n_steps, n_samples, window = 0.0, 0, 0, 0
         t_data = 0.0  # waiting for the next batch + collating it (the rest of the epoch is compute)
         t_fetch = time.perf_counter()
-        pools = train_shard.iter_batches(batch_size=POOL_BATCHES * bs, batch_format="pyarrow",
-                                         local_shuffle_buffer_size=POOL_BATCHES * bs,
-                                         local_shuffle_seed=config["seed"] + 1000 * epoch + rank)
+        pools = epoch_pools(train_rows, rank, world, POOL_BATCHES * bs, config["seed"] + 1000 * epoch)
         batches = length_bucketed(pools, bs, np.random.default_rng(config["seed"] + 1000 * epoch + rank))
         for batch in fail_once(batches, fail, rank=rank, epoch=epoch):
             b = {k: torch.from_numpy(v).to(device) for k, v in collate_train(batch, item_domain).items()}
@@ -232,7 +243,7 @@ def train_loop_per_worker(config: dict) -> None:
             t_fetch = time.perf_counter()
         t_train = time.perf_counter() - t_epoch
 
-        sums = validate_shard(ddp.module if hasattr(ddp, "module") else ddp, valid_iter, catalog, rank=rank, world=world,
+        sums = validate_shard(ddp.module if hasattr(ddp, "module") else ddp, valid_rows, catalog, rank=rank, world=world,
                               batch_size=4 * bs)
         totals = np.array([loss_sum, n_steps, n_samples, t_train], dtype=np.float64)
         if world > 1:
@@ -270,4 +281,4 @@ def train_loop_per_worker(config: dict) -> None:
         epoch += 1
 
 
-__all__ = ["train_loop_per_worker", "validate_shard", "build_model", "item_features", "item_lookup"]
+__all__ = ["train_loop_per_worker", "validate_shard", "epoch_pools", "build_model", "item_features", "item_lookup"]
