@@ -484,7 +484,7 @@ def test_length_bucketed_batches_cover_each_window_once_with_little_padding():
     assert padded < 1.3 * lengths.sum(), "sorted pools: batches hold windows of similar length"
 
 
-def test_epoch_pools_give_the_ranks_equal_disjoint_shuffled_shares_that_change_each_epoch():
+def test_epoch_pools_give_the_ranks_equal_disjoint_locally_shuffled_ranges():
     from crossrec.train.worker import epoch_pools
 
     table = pa.table({"row": np.arange(103)})
@@ -492,10 +492,14 @@ def test_epoch_pools_give_the_ranks_equal_disjoint_shuffled_shares_that_change_e
     for rank in range(3):
         pools = list(epoch_pools(table, rank, 3, 10, seed=7))
         assert [p.num_rows for p in pools] == [10, 10, 10, 4], "34 rows each (103 // 3), in pools of 10"
+        start = 34 * rank
+        for p in pools:  # each pool: the next consecutive rows of the rank's range, in a shuffled order
+            assert sorted(p["row"].to_pylist()) == list(range(start, start + p.num_rows))
+            start += p.num_rows
         shares[rank] = [r for p in pools for r in p["row"].to_pylist()]
     rows = [r for share in shares.values() for r in share]
     assert len(set(rows)) == len(rows) == 102, "disjoint: one row sits the epoch out"
-    assert shares[0] != sorted(shares[0]), "shuffled"
+    assert shares[0] != sorted(shares[0]), "shuffled within pools"
     again = [r for p in epoch_pools(table, 0, 3, 10, seed=7) for r in p["row"].to_pylist()]
     assert again == shares[0], "the same seed gives every rank the same permutation"
     assert [r for p in epoch_pools(table, 0, 3, 10, seed=8) for r in p["row"].to_pylist()] != shares[0]

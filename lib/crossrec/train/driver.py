@@ -88,8 +88,9 @@ def _ray_fit(cfg: TrainConfig, name: str, train_rows, valid_rows, loop_config: d
 
     The rows are already one Arrow table each in this process, so they go to the workers as two objects of Ray's object
     store (workers on this node read them from its shared memory; one on another node fetches them once) and each worker
-    cuts its own shard (:func:`crossrec.train.worker.epoch_pools`). Ray Data's streaming split would add an executor
-    that starts in every run's first epoch and competes with it for the cores, to read data that is in memory."""
+    cuts its own share in the order Ray Data's split gave (:func:`crossrec.train.worker.epoch_pools`). Ray Data's
+    streaming split adds an executor that starts in every run's first epoch and competes with it for the cores, to
+    read data that is in memory."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer

@@ -3,9 +3,9 @@
 It trains on its shard of ``train``, scores its share of ``valid`` after each epoch, all-reduces the metric sums,
 and calls ``ray.train.report`` exactly once per epoch on every rank (rank 0 alone attaches a checkpoint,
 :mod:`crossrec.train.checkpoint`). The training windows and the validation rows come as two Arrow tables in Ray's
-object store (``train_ref``, ``valid_ref``). Each epoch every rank shuffles all training windows with the same seed and
-takes an equal slice (:func:`epoch_pools`), so every rank runs the same number of steps -- DDP requires it -- and the
-ranks' slices are disjoint. ``valid`` rows are *not* split: every worker reads them all and scores the rows with
+object store (``train_ref``, ``valid_ref``). Every rank takes an equal contiguous range of the training windows, in
+locally shuffled pools (:func:`epoch_pools`), so every rank runs the same number of steps -- DDP requires it -- and
+the ranks' shares are disjoint. ``valid`` rows are *not* split: every worker reads them all and scores the rows with
 ``row_id % world_size == rank``, so the validation metric covers every row exactly once.
 
 Validation (the metric early stopping and model selection use) scores through the one inference path
@@ -77,13 +77,14 @@ def build_model(model_cfg, catalog: Mapping[str, np.ndarray], device, *, lr: flo
 
 
 def epoch_pools(table, rank: int, world: int, pool_rows: int, seed: int):
-    """This rank's share of the training windows ``table`` (a pyarrow Table) for one epoch, in shuffled pools of
-    ``pool_rows`` rows (the last one shorter): every rank draws the same permutation of all rows from ``seed`` and takes
-    its slice ``rank`` of ``world`` equal ones (the remainder, under ``world`` rows, sits the epoch out)."""
+    """This rank's share of the training windows ``table`` (a pyarrow Table) for one epoch: its range ``rank`` of
+    ``world`` equal contiguous ranges (the remainder, under ``world`` rows, sits out), in pools of ``pool_rows``
+    consecutive windows, each pool's rows permuted with ``seed`` (the last pool shorter). This is the order Ray Data's
+    equal split with a local shuffle buffer of ``pool_rows`` gave: the table's order, mixed locally."""
     n = table.num_rows // world
-    order = np.random.default_rng(seed).permutation(table.num_rows)[rank * n:(rank + 1) * n]
-    for s in range(0, n, pool_rows):
-        yield table.take(order[s:s + pool_rows])
+    rng = np.random.default_rng(seed)
+    for s in range(rank * n, (rank + 1) * n, pool_rows):
+        yield table.take(s + rng.permutation(min(pool_rows, (rank + 1) * n - s)))
 
 
 def validate_shard(model, valid, catalog: Mapping[str, np.ndarray], *, rank: int, world: int,
