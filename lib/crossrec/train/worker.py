@@ -79,8 +79,9 @@ def build_model(model_cfg, catalog: Mapping[str, np.ndarray], device, *, lr: flo
 def epoch_pools(table, rank: int, world: int, pool_rows: int, seed: int):
     """This rank's share of the training windows ``table`` (a pyarrow Table) for one epoch: its range ``rank`` of
     ``world`` equal contiguous ranges (the remainder, under ``world`` rows, sits out), in pools of ``pool_rows``
-    consecutive windows, each pool's rows permuted with ``seed`` (the last pool shorter). This is the order Ray Data's
-    equal split with a local shuffle buffer of ``pool_rows`` gave: the table's order, mixed locally."""
+    consecutive windows, each pool's rows permuted with ``seed`` (the last pool shorter): the table's order, mixed
+    locally, as Ray Data's equal split with a local shuffle buffer of ``pool_rows`` read it (there a rank took the
+    table's blocks in turn with the other ranks; here it takes one contiguous range)."""
     n = table.num_rows // world
     rng = np.random.default_rng(seed)
     for s in range(rank * n, (rank + 1) * n, pool_rows):
