@@ -501,7 +501,7 @@ def test_epoch_pools_give_the_ranks_equal_disjoint_locally_shuffled_ranges():
     assert len(set(rows)) == len(rows) == 102, "disjoint: one row sits the epoch out"
     assert shares[0] != sorted(shares[0]), "shuffled within pools"
     again = [r for p in epoch_pools(table, 0, 3, 10, seed=7) for r in p["row"].to_pylist()]
-    assert again == shares[0], "the same seed gives every rank the same permutation"
+    assert again == shares[0], "the same seed gives the same order again"
     assert [r for p in epoch_pools(table, 0, 3, 10, seed=8) for r in p["row"].to_pylist()] != shares[0]
     assert sorted(r for p in epoch_pools(table, 0, 1, 50, seed=1) for r in p["row"].to_pylist()) == list(range(103))
 
