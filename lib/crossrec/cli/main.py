@@ -367,6 +367,12 @@ def _bench(argv: list[str]) -> int:
                     "prepare`; only read) instead of generating --users")
     tr.add_argument("--workers", default=",".join(map(str, d["workers"])),
                     help="comma-separated Ray Train worker counts, one run each (default %(default)s)")
+    tr.add_argument("--losses", default="", help="time to quality instead of throughput: comma-separated losses "
+                    "(softmax,sampled), one training each with the largest --workers count, at most --epochs epochs "
+                    "with early stopping; the first one's best "
+                    "validation NDCG@10 is the target")
+    tr.add_argument("--catalog-sizes", default="", help="also time one training step of each loss at these items per "
+                    "domain (comma-separated, e.g. 1000,4096,16384; random data)")
     sl = sub.add_parser("scale", help="cost curve: every stage's wall time and peak memory at growing user counts",
                         description=importlib.import_module("crossrec.bench.scale").__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -450,8 +456,10 @@ def _bench(argv: list[str]) -> int:
 
         try:
             workers = _int_list(a.workers, "--workers", "1,2,4", BenchError)
+            sizes = _int_list(a.catalog_sizes, "--catalog-sizes", "1000,4096,16384", BenchError)
+            losses = tuple(x.strip() for x in a.losses.split(",") if x.strip())
             run_training(TrainingSpec(out_dir=a.out, users=a.users, domains=a.domains, epochs=a.epochs,
-                                      lake_root=a.lake_root, workers=workers))
+                                      lake_root=a.lake_root, workers=workers, losses=losses, catalog_sizes=sizes))
         except (BenchError, ConfigError) as e:  # ConfigError: e.g. more workers than the local Ray instance has CPUs
             log.error("bench training: %s", e)
             return 1

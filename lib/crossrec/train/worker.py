@@ -247,6 +247,7 @@ def train_loop_per_worker(config: dict) -> None:
 
         sums = validate_shard(ddp.module if hasattr(ddp, "module") else ddp, valid_rows, catalog, rank=rank, world=world,
                               batch_size=4 * bs)
+        t_valid = time.perf_counter() - t_epoch - t_train
         totals = np.array([loss_sum, n_steps, n_samples, t_train], dtype=np.float64)
         if world > 1:
             t = torch.from_numpy(np.concatenate([sums.ravel(), totals[:3]])).to(device)
@@ -263,7 +264,8 @@ def train_loop_per_worker(config: dict) -> None:
         else:
             state["bad_epochs"] += 1
         metrics.update(epoch=epoch, train_loss=float(totals[0] / max(totals[1], 1)), train_samples=int(totals[2]),
-                       epoch_train_s=float(totals[3]), samples_per_s=float(totals[2] / max(totals[3], 1e-9)),
+                       epoch_train_s=float(totals[3]), epoch_valid_s=float(t_valid),  # rank 0's validation
+                       samples_per_s=float(totals[2] / max(totals[3], 1e-9)),
                        data_share=float(t_data / max(t_train, 1e-9)),  # rank 0's share of time in data loading
                        best_valid_ndcg=float(state["best_metric"]), best_epoch=int(state["best_epoch"]),
                        bad_epochs=int(state["bad_epochs"]), global_step=int(state["global_step"]),
