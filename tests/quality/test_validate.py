@@ -123,6 +123,23 @@ def test_failed_checkpoint_exits_3(spark, tmp_path):
     assert run_guarded("test", body) == EXIT_VALIDATION
 
 
+def test_spark_batches_are_cached_only_for_suites_with_cross_row_queries(spark, tmp_path, monkeypatch):
+    """A contract's expectations share GE's aggregate passes, so their batch is not cached (a cache of the whole table
+    costs more than it saves); a suite with cross-row queries caches it for them and drops that copy afterwards."""
+    from crossrec.quality.validate import unexpected_rows_check
+
+    c, df, items = frames(spark, [("u1", "books", "b1", "view", T, 1.0, "r", "s")])
+    cached = []
+    persist = type(df).persist
+    monkeypatch.setattr(type(df), "persist", lambda self, *a, **k: cached.append(self) or persist(self, *a, **k))
+    v = Validator(str(tmp_path), "cache", local_max_rows=0)
+    assert v.check(c, df, PARAMS, references={"silver.items": items}).success and engine(v, 1) == "spark"
+    assert cached == []
+    query = unexpected_rows_check("SELECT user_id FROM {batch} WHERE weight < 0", "no negative weight")
+    assert v.check(c, df, PARAMS, references={"silver.items": items}, extra_expectations=[query]).success
+    assert len(cached) == 1 and not df.is_cached and not cached[0].is_cached
+
+
 def test_cross_row_check_runs_its_query_once_to_pass_and_names_offending_rows_when_it_fails(spark, tmp_path):
     """``unexpected_rows_check``: a passing suite runs the query once (stock GE runs it twice: the row count and the
     first rows, which pass/fail discards); a failing one is re-run for its report, which names the first rows."""

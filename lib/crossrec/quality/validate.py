@@ -272,7 +272,8 @@ class Validator:
     second, where the pandas engine takes a few milliseconds. Larger batches, suites with cross-row SQL checks
     (``extra_expectations``), and batches pandas cannot hold (a timestamp outside pandas' range) are validated on Spark.
     The expectations are the same; a not-nullable floating-point column holding NaN fails only on pandas (which
-    reads NaN as missing). ``local_max_rows=0``: always Spark."""
+    reads NaN as missing). ``local_max_rows=0``: always Spark. On Spark, GE caches the batch only for a suite with
+    cross-row queries (``extra_expectations``, each a pass of its own), and the cache is dropped after the check."""
 
     def __init__(self, reports_root: str, run_id: str, local_max_rows: int = LOCAL_MAX_ROWS):
         import great_expectations as gx
@@ -340,7 +341,11 @@ class Validator:
             self._n += 1
             name = f"{contract.table}#{self._n}"
             sources = self.context.data_sources
-            source = sources.add_pandas(name=f"crossrec-{self._n}") if local is not None else sources.add_spark(name=f"crossrec-{self._n}")
+            # GE caches a Spark batch only for cross-row queries, each a pass of its own; a contract's expectations are
+            # aggregates that GE computes in shared passes, and caching the whole table costs more than it saves
+            persist = bool(extra_expectations)
+            source = (sources.add_pandas(name=f"crossrec-{self._n}") if local is not None
+                      else sources.add_spark(name=f"crossrec-{self._n}", persist=persist))
             batch_def = source.add_dataframe_asset(name="tables").add_batch_definition_whole_dataframe("whole_table")
             suite = self.context.suites.add(gx.ExpectationSuite(
                 name=name, expectations=build_expectations(contract, params, expected_rows) + list(extra_expectations or [])))
@@ -349,13 +354,13 @@ class Validator:
         # expectation) but with counts and observed values, which the report and Data Docs show for passing checks
         # too. Only a failed suite is run again with SUMMARY, so that the report names the offending values.
         batch = {"dataframe": local if local is not None else df}
-        cached = df.is_cached  # GE persists a Spark batch frame; drop that copy afterwards unless the caller's own
+        cached = df.is_cached  # a frame GE persisted is unpersisted afterwards, the caller's own cache is left alone
         try:
             result = vd.run(batch_parameters=batch, result_format=FIRST_PASS)
             if not result.success:
                 result = vd.run(batch_parameters=batch, result_format="SUMMARY")
         finally:
-            if local is None and not cached:
+            if local is None and persist and not cached:
                 df.unpersist()
         results = [_describe(er, raw_ids=contract.table.startswith("bronze.")) for er in result.results]
         rows = _observed_rows(result.results, expected_rows)
