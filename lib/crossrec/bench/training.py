@@ -298,10 +298,7 @@ def loss_step_costs(catalog_sizes, threads: int, batch_size: int = 128, seq_len:
                 times = []
                 for _ in range(steps + 1):
                     t0 = time.perf_counter()
-                    value = model(batch, loss=True)
-                    opt.zero_grad(set_to_none=True)
-                    value.backward()
-                    opt.step()
+                    _train_step(model, opt, batch)
                     if device.type == "cuda":
                         torch.cuda.synchronize()
                     times.append(time.perf_counter() - t0)
@@ -370,10 +367,7 @@ def bare_torch_loop(cfg, epochs: int, threads: int) -> dict:
         for _ in range(epochs):
             t0 = time.perf_counter()
             for b in batches:
-                loss = model(b, loss=True)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                _train_step(model, optimizer, b)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             epoch_s.append(time.perf_counter() - t0)
@@ -382,6 +376,14 @@ def bare_torch_loop(cfg, epochs: int, threads: int) -> dict:
     samples = epochs * data.train.num_rows
     return {"value": round(samples / sum(epoch_s), 1), "unit": "samples/s", "threads": threads,
             "epoch_s": round(float(np.mean(epoch_s)), 3), "samples": samples, "device": device.type}
+
+
+def _train_step(model, optimizer, batch) -> None:
+    """One step of crossrec's training loop outside Ray: the loss, its gradients, the optimizer's update."""
+    loss = model(batch, loss=True)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def speedups(runs: list[dict]) -> dict[int, float]:
