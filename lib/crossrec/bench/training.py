@@ -17,9 +17,10 @@ is timed on the catalog's item texts in this process.
 **Time to quality** (``--losses softmax,sampled``): instead of the throughput runs, trains the default model once per
 loss with the largest ``--workers`` count for at most ``--epochs`` epochs, stopped early as ``crossrec train`` stops
 (no refit, no score terms, no id shrinkage: the Transformer as each loss leaves it), and reads each epoch's
-validation NDCG@10 and seconds (training + validation) from metrics.json. The target is the best validation NDCG@10 of the first loss named (the full softmax); each loss
-gets the seconds until its first epoch at or above it (``time_to_target``, None = never) and the ratio to the
-first loss's. On a real catalog each run is a full training: give it a prepared lake (``--lake-root``).
+validation NDCG@10 and seconds (training + validation) from metrics.json. The target is the best validation NDCG@10
+of the first loss named (the full softmax); each loss gets the seconds until its first epoch at or above it
+(``time_to_target``, None = never) and the ratio to the first loss's. On a real catalog each run is a full training:
+give it a prepared lake (``--lake-root``).
 
 **Step cost by catalog size** (``--catalog-sizes 1000,4096,16384``): one training step (forward, backward, AdamW) of the
 default model under each loss, on random right-padded windows of ``max_seq_len`` events over two domains of that many
@@ -209,7 +210,7 @@ def _time_to_quality(spec: TrainingSpec, lake: Path, out: Path, result: dict, li
                                      storage_path=str(out / f"ray-{loss}")))
         walls[loss] = time.perf_counter() - t0
         histories[loss] = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))["history"]
-        log.info("%s: valid NDCG@10 by epoch %s", loss, [round(h["valid_ndcg@10"], 4) for h in histories[loss]])
+        log.info("%s: %s by epoch %s", loss, METRIC, [round(h[METRIC], 4) for h in histories[loss]])
     ttq = time_to_target(histories)
     ref = spec.losses[0]
     for loss, r in ttq["losses"].items():
@@ -280,7 +281,8 @@ def loss_step_costs(catalog_sizes, threads: int, batch_size: int = 128, seq_len:
             gen = torch.Generator().manual_seed(seed)
             n_items = 2 * n
             item_domain = torch.cat([torch.zeros(1), torch.zeros(n), torch.ones(n)]).long()
-            features = ItemFeatures(text_emb=torch.randn(n_items + 1, 384, generator=gen), item_domain=item_domain,
+            features = ItemFeatures(text_emb=torch.randn(n_items + 1, ModelConfig.text_dim, generator=gen),
+                                    item_domain=item_domain,
                                     item_attr=torch.zeros(n_items + 1, dtype=torch.long),
                                     domain_items=[torch.arange(1, n + 1), torch.arange(n + 1, n_items + 1)])
             shape = (batch_size, seq_len)
@@ -332,8 +334,9 @@ def _train_config(spec: TrainingSpec, lake: Path, workers: int, **options):
     otherwise: two workers share this machine's two cores with the driver); ``options``: other TrainConfig fields."""
     from crossrec.train.config import TrainConfig
 
-    return TrainConfig(lake_root=str(lake), workers=workers, epochs=spec.epochs, **{"patience": spec.epochs, **options},
-                       cpus_per_worker=1.0 if workers == 1 else 0.5, seed=spec.seed)
+    options.setdefault("patience", spec.epochs)  # every epoch runs unless the caller asks for early stopping
+    return TrainConfig(lake_root=str(lake), workers=workers, epochs=spec.epochs,
+                       cpus_per_worker=1.0 if workers == 1 else 0.5, seed=spec.seed, **options)
 
 
 def bare_torch_loop(cfg, epochs: int, threads: int) -> dict:

@@ -369,8 +369,7 @@ def _bench(argv: list[str]) -> int:
                     help="comma-separated Ray Train worker counts, one run each (default %(default)s)")
     tr.add_argument("--losses", default="", help="time to quality instead of throughput: comma-separated losses "
                     "(softmax,sampled), one training each with the largest --workers count, at most --epochs epochs "
-                    "with early stopping; the first one's best "
-                    "validation NDCG@10 is the target")
+                    "with early stopping; the first one's best validation NDCG@10 is the target")
     tr.add_argument("--catalog-sizes", default="", help="also time one training step of each loss at these items per "
                     "domain (comma-separated, e.g. 1000,4096,16384; random data)")
     sl = sub.add_parser("scale", help="cost curve: every stage's wall time and peak memory at growing user counts",

@@ -264,7 +264,7 @@ def train_loop_per_worker(config: dict) -> None:
         else:
             state["bad_epochs"] += 1
         metrics.update(epoch=epoch, train_loss=float(totals[0] / max(totals[1], 1)), train_samples=int(totals[2]),
-                       epoch_train_s=float(totals[3]), epoch_valid_s=float(t_valid),  # rank 0's validation
+                       epoch_train_s=float(totals[3]), epoch_valid_s=float(t_valid),  # this rank's; rank 0's is kept
                        samples_per_s=float(totals[2] / max(totals[3], 1e-9)),
                        data_share=float(t_data / max(t_train, 1e-9)),  # rank 0's share of time in data loading
                        best_valid_ndcg=float(state["best_metric"]), best_epoch=int(state["best_epoch"]),
