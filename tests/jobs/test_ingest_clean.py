@@ -220,6 +220,48 @@ def test_validation_reports_written(runs):
     assert first_clean["details"]["data_docs"] == rep["docs_url"], "the run's record links its Data Docs"
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_records_counted_while_hashing_equal_sparks_count_of_the_lines(spark, tmp_path, monkeypatch, fmt):
+    """The input count ingest takes from the checksum pass is the one Spark's line reader gives (blank and
+    whitespace-only lines, byte order marks, LF / CRLF / CR endings, no final newline), whatever the chunk borders."""
+    from crossrec.data import ingest as ingest_mod
+    from crossrec.data.rawformat import FileSet
+
+    bom = "\ufeff"
+    body = ["h1,h2" if fmt == "csv" else '{"a": 0}', "x,1", "", "  \t ", bom, f"{bom}y,2", " z ", "\u00e9,3", "w,4"]
+    data = "\n".join(body[:4]) + "\r\n" + "\r\n".join(body[4:6]) + "\r" + "\r".join(body[6:]) + "\n\n \n" + "last,5"
+    path = tmp_path / f"f.{fmt}"
+    path.write_bytes(data.encode("utf-8"))
+    fs = FileSet("interactions", "d", str(tmp_path), fmt, {}, files=(str(path),))
+    by_spark = ingest_mod.count_raw_records(spark, fs, [str(path)])
+    assert by_spark == (6 if fmt == "csv" else 7)  # seven non-blank lines, one a header
+    for chunk in (1, 2, 3, 5, 1 << 20):  # borders inside CRLF, the BOM's bytes and a two-byte character
+        monkeypatch.setattr(ingest_mod, "_HASH_CHUNK", chunk)
+        sha, lines = ingest_mod.digest(str(path), count_lines=True)
+        assert sha == ingest_mod.sha256_file(str(path))
+        assert ingest_mod.count_raw_records(spark, fs, [str(path)], {str(path): lines}) == by_spark, chunk
+    assert ingest_mod.ascii_lines(fs) and not ingest_mod.ascii_lines(FileSet("items", "d", "", fmt, {}, {"encoding": "utf-16"}))
+    assert not ingest_mod.ascii_lines(FileSet("items", "d", "", "csv", {}, {"multiline": "true"}))
+
+
+def test_rows_name_the_file_and_checksum_they_came_from_whatever_the_file_is_called(spark, tmp_path):
+    """read_file_set maps the URI Spark reports back to the hashed path: directly for a path Spark spells as foreseen,
+    through decoding for one it spells otherwise (here, a name with a space, '#', '%' and a non-ASCII letter)."""
+    from crossrec.data.ingest import read_file_set, sha256_file
+    from crossrec.data.rawformat import FileSet
+
+    folder = tmp_path / "set"
+    folder.mkdir()
+    files = [folder / "plain.csv", folder / "a b#c%d \u00e9.csv"]
+    for i, f in enumerate(files):
+        f.write_text(f"u,i,t\nu{i},i{i},2021-01-01\nu{i},j{i},2021-01-02\n", encoding="utf-8")
+    fs = FileSet("interactions", "d", str(folder), "csv", {"user_id": "u", "item_id": "i", "event_ts": "t"},
+                 files=tuple(str(f) for f in files))
+    df = read_file_set(spark, fs, [(str(f), sha256_file(str(f))) for f in files])
+    got = {(r["source_file"], r["source_checksum"], r["count"]) for r in df.groupBy("source_file", "source_checksum").count().collect()}
+    assert got == {(str(f), sha256_file(str(f)), 2) for f in files}
+
+
 # ----------------------------------------------------------------------------- inputs that stop a run
 def test_missing_required_column_stops_before_writing(spark, tmp_path, key_file, capsys):
     raw = write_raw(tmp_path / "raw", books_header="reader,book,read_at,action,stars")

@@ -95,7 +95,7 @@ def _ingest(cfg: CrossrecConfig, spark, stage: StageRun) -> list[AccountingRow]:
         if plan.new:
             frames.setdefault(table, []).append(read_file_set(spark, fs, plan.new))
             # counted apart from the parse: what the appended rows must add up to
-            row.rows_in = count_raw_records(spark, fs, [p for p, _ in plan.new])
+            row.rows_in = count_raw_records(spark, fs, [p for p, _ in plan.new], plan.lines)
         accounting[i] = row
 
     checks: list[Check] = []  # what this run appended (earlier runs validated theirs), checked once all is written

@@ -39,15 +39,53 @@ class FilePlan:
     seen: list[tuple[str, str]] = field(default_factory=list)  # ingested by an earlier run
     duplicate: list[tuple[str, str]] = field(default_factory=list)  # same bytes as another file of this run
     empty: list[str] = field(default_factory=list)  # zero-byte or header-only files
+    lines: dict[str, int] = field(default_factory=dict)  # non-blank lines of a new local line-format file (see digest)
 
 
 def sha256_file(path: str) -> str:
     """sha256 of a local file's bytes, streamed."""
+    return digest(path)[0]
+
+
+_BOM = "\ufeff".encode()
+_BLANK = b" \t\x0b\x0c\r\n"  # Java's \s: what count_raw_records' Spark rule calls blank, with U+FEFF
+
+
+def digest(path: str, count_lines: bool = False) -> tuple[str, int | None]:
+    """sha256 of a local file's bytes and, with ``count_lines``, its non-blank lines, from one streamed read.
+
+    A line ends at LF, CR or CRLF (as Spark's line reader splits); it is blank when it holds nothing but ASCII
+    whitespace and byte order marks, the rule :func:`count_raw_records` applies with Spark. Counting is only right for
+    an encoding in which those characters are single ASCII bytes (:func:`ascii_lines`)."""
     h = hashlib.sha256()
+    lines, carry = 0, b""
     with open(_local(path), "rb") as fh:
         for chunk in iter(lambda: fh.read(_HASH_CHUNK), b""):
             h.update(chunk)
-    return h.hexdigest()
+            if count_lines:
+                buf = carry + chunk
+                cut = max(buf.rfind(b"\n"), buf.rfind(b"\r")) + 1  # complete lines before it, a partial one after
+                lines += _non_blank(buf[:cut])
+                carry = buf[cut:]
+    return h.hexdigest(), (lines + _non_blank(carry) if count_lines else None)
+
+
+def _non_blank(buf: bytes) -> int:
+    """Non-blank lines of ``buf`` (whole lines; see :func:`digest`)."""
+    buf = buf.replace(_BOM, b"").replace(b"\r", b"\n")  # CRLF becomes a line and a blank one
+    return sum(1 for line in buf.split(b"\n") if line.strip(_BLANK))
+
+
+def ascii_lines(fs: FileSet) -> bool:
+    """Whether the files of ``fs`` are line records (JSON lines, single-line CSV) in an encoding whose line breaks,
+    whitespace and byte order mark are those of UTF-8: their records can be counted on the bytes (:func:`digest`)."""
+    if fs.format == "parquet" or (fs.format == "csv" and fs.options.get("multiline") == "true"):
+        return False
+    probe = " \t\r\nx"
+    try:
+        return probe.encode(fs.options.get("encoding", "utf-8")) == probe.encode()
+    except (LookupError, UnicodeError):
+        return False
 
 
 def remote_checksums(spark, path: str) -> list[tuple[str, str]]:
@@ -153,7 +191,14 @@ def plan_files(spark, dataset: Dataset, seen_checksums: dict[tuple[str, str | No
         plan = FilePlan(fs)
         seen = seen_checksums.get((BRONZE_TABLE[fs.kind], fs.domain), set())
         this_run: dict[str, str] = {}
-        pairs = [(f, sha256_file(f)) for f in fs.files] if _is_local(fs.path) else remote_checksums(spark, fs.path)
+        lines: dict[str, int] = {}  # counted while hashed: what count_raw_records need not read again
+        if _is_local(fs.path):
+            pairs = []
+            for f in fs.files:
+                sha, lines[f] = digest(f, count_lines=ascii_lines(fs))
+                pairs.append((f, sha))
+        else:
+            pairs = remote_checksums(spark, fs.path)
         for path, sha in pairs:
             if sha in seen:
                 plan.seen.append((path, sha))
@@ -171,6 +216,8 @@ def plan_files(spark, dataset: Dataset, seen_checksums: dict[tuple[str, str | No
             if cols is not None:
                 check_columns(fs, path, cols)
             plan.new.append((path, sha))
+            if lines.get(path) is not None:
+                plan.lines[path] = lines[path]
         plans.append(plan)
     if not any(plan.file_set.files for plan in plans):
         raise RawFormatError(f"{dataset.root}: no input files in any file set of dataset.json")
@@ -214,13 +261,21 @@ def read_file_set(spark, fs: FileSet, files: list[tuple[str, str]]):
             raw = raw.select(*[F.col(f"`{c}`") for c in cols], F.col(CORRUPT_COL), F.col("_metadata.file_path").alias("_file"))
         frames.append(raw)
     df = reduce(DataFrame.unionByName, frames)
-    # map the URI Spark reports back to the path we hashed
+    # map the URI Spark reports back to the path we hashed: looked up as Spark spells a local path (a map lookup a
+    # row), else decoded and normalised (a regex and a URL decode a row), for a path Spark spells otherwise
     norm = {_norm_path(p): (p, sha) for p, sha in files}
-    lookup_path = F.create_map(*[x for k, (p, _) in norm.items() for x in (F.lit(k), F.lit(p))])
-    lookup_sha = F.create_map(*[x for k, (_, s) in norm.items() for x in (F.lit(k), F.lit(s))])
-    key = F.url_decode(F.regexp_replace("_file", r"^file:(//)?", ""))
-    df = df.withColumn(C.SOURCE_FILE, F.coalesce(lookup_path[key], F.col("_file")))
-    df = df.withColumn(C.SOURCE_CHECKSUM, lookup_sha[key]).drop("_file")
+    spelt = {_spark_uri(p): (p, sha) for p, sha in files if _is_local(p)}
+
+    decoded = F.url_decode(F.regexp_replace("_file", r"^file:(//)?", ""))
+
+    def looked_up(part: int):  # 0: the path, 1: its checksum
+        slow = F.create_map(*[x for k, v in norm.items() for x in (F.lit(k), F.lit(v[part]))])[decoded]
+        if not spelt:
+            return slow
+        return F.coalesce(F.create_map(*[x for k, v in spelt.items() for x in (F.lit(k), F.lit(v[part]))])[F.col("_file")], slow)
+
+    df = df.withColumn(C.SOURCE_FILE, F.coalesce(looked_up(0), F.col("_file")))
+    df = df.withColumn(C.SOURCE_CHECKSUM, looked_up(1)).drop("_file")
     return to_canonical(df, fs)
 
 
@@ -243,6 +298,14 @@ def check_empty_domains(plans: list[FilePlan], allow: bool) -> None:
         if not allow:
             raise RawFormatError(f"{msg}; fill them, drop the domain from dataset.json, or set allow_empty_domains = true")
         log.warning("%s; allowed by allow_empty_domains", msg)
+
+
+def _spark_uri(path: str) -> str:
+    """How Spark's ``_metadata.file_path`` spells a local file (``file:`` and the percent-encoded absolute path), as far
+    as it can be foreseen: a path it spells otherwise is matched through :func:`_norm_path`."""
+    from urllib.parse import quote
+
+    return "file:" + quote(str(Path(_local(path)).resolve()), safe="/!$&'()*+,;=:@")
 
 
 def _norm_path(path: str) -> str:
@@ -278,16 +341,21 @@ def to_canonical(df, fs: FileSet):
     return out
 
 
-def count_raw_records(spark, fs: FileSet, paths: list[str]) -> int | None:
+def count_raw_records(spark, fs: FileSet, paths: list[str], lines: dict[str, int] | None = None) -> int | None:
     """Records in ``paths`` counted without the file set's parser: the accounting's independent input count.
 
     Parquet: the row counts of the files' footers. Line formats (CSV, JSON lines): the non-blank lines, less one
-    header line per CSV file. None for multi-line CSV (a record may span lines: only the parser can count it).
+    header line per CSV file with a line; ``lines`` gives them per path where :func:`plan_files` counted them while
+    hashing, the others are counted by Spark. None for multi-line CSV (a record may span lines: only the parser can
+    count it).
     """
     from pyspark.sql import functions as F
 
     if not paths:
         return 0
+    lines = lines or {}
+    if fs.format != "parquet" and all(p in lines for p in paths):
+        return sum(n - 1 if fs.format == "csv" and n else n for n in (lines[p] for p in paths))
     if fs.format == "parquet":
         if all(_is_local(p) for p in paths):
             import pyarrow.parquet as pq
