@@ -193,9 +193,9 @@ def plan_files(spark, dataset: Dataset, seen_checksums: dict[tuple[str, str | No
         this_run: dict[str, str] = {}
         lines: dict[str, int] = {}  # counted while hashed: what count_raw_records need not read again
         if _is_local(fs.path):
-            pairs = []
+            pairs, count_lines = [], ascii_lines(fs)
             for f in fs.files:
-                sha, lines[f] = digest(f, count_lines=ascii_lines(fs))
+                sha, lines[f] = digest(f, count_lines)
                 pairs.append((f, sha))
         else:
             pairs = remote_checksums(spark, fs.path)
