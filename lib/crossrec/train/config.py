@@ -43,6 +43,9 @@ class TrainConfig:
             over ``epochs`` epochs, step by step (:func:`lr_at`), so ``epochs`` is then the length of the schedule,
             not only a cap; early stopping still applies.
         patience: stop when valid NDCG@10 has not improved for this many epochs.
+        min_epochs: early stopping never stops a run before this many epochs (0 = from the first); the best epoch is
+            still the one chosen on validation. A model whose validation dips after its first epoch and recovers
+            later (a single-domain model on ids alone, on a sparse catalog) is otherwise stopped before it learns.
         loss: ``softmax`` (full, per domain), ``sampled`` (``n_negatives`` popularity-drawn negatives per domain and
             step, log-Q corrected) or ``auto`` (default: :meth:`resolved_loss`).
         max_seq_len, seed, d_model, n_layers, n_heads, dropout, n_negatives, use_text, use_id_embedding,
@@ -94,6 +97,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_schedule: str = "constant"
     patience: int = 2
+    min_epochs: int = 0
     max_seq_len: int = MODEL["max_seq_len"]
     seed: int = CrossrecConfig.seed
     d_model: int = MODEL["d_model"]
@@ -134,6 +138,7 @@ class TrainConfig:
         assert self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"
         assert self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"
         assert self.patience >= 1, f"patience must be >= 1, got {self.patience}"
+        assert self.min_epochs >= 0, f"min_epochs must be >= 0, got {self.min_epochs}"
         assert self.lr >= 0 and self.weight_decay >= 0, "lr and weight_decay must be >= 0"
         assert self.max_failures >= -1, f"max_failures must be >= -1 (-1 = unlimited), got {self.max_failures}"
         assert self.max_users is None or self.max_users >= 1, f"max_users must be >= 1 or None, got {self.max_users}"

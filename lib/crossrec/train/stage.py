@@ -35,6 +35,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "or along a half cosine (default %(default)s)")
     g.add_argument("--patience", type=int, default=D["patience"],
                    help="epochs without valid NDCG@10 improvement before stopping (default %(default)s)")
+    g.add_argument("--min-epochs", type=int, default=D["min_epochs"],
+                   help="epochs run before early stopping may stop (default %(default)s)")
     g.add_argument("--d-model", type=int, default=D["d_model"], help="model width (default %(default)s)")
     g.add_argument("--n-layers", type=int, default=D["n_layers"], help="Transformer layers (default %(default)s)")
     g.add_argument("--n-heads", type=int, default=D["n_heads"], help="attention heads (default %(default)s)")
@@ -126,7 +128,7 @@ def _shrinkage(text: str) -> float | None:
 def train_config(cfg: CrossrecConfig, a: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of the stage's flags ``a`` over the resolved configuration ``cfg``."""
     same = ("workers", "use_gpu", "cpus_per_worker", "epochs", "batch_size", "lr", "weight_decay", "lr_schedule",
-            "patience", "d_model", "n_layers", "n_heads", "dropout", "loss", "n_negatives", "use_text",
+            "patience", "min_epochs", "d_model", "n_layers", "n_heads", "dropout", "loss", "n_negatives", "use_text",
             "use_id_embedding", "id_dropout", "id_shrinkage", "finetune_layers", "text_max_tokens", "text_lr_scale", "refit",
             "use_categories", "use_entities", "use_vectors", "cold_views", "max_users", "max_failures", "storage_path", "model_root", "ray_address")
     return TrainConfig(

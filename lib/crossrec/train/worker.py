@@ -13,7 +13,7 @@ Validation (the metric early stopping and model selection use) scores through th
 is ranked among all items of its domain, the items of the row's history in that domain excluded; rows with an empty
 history are scored by training popularity (``train_count``). Per rank: sums of NDCG@10, Recall@10, MRR and row
 counts per domain, then ``all_reduce(SUM)``; every rank so takes the same early-stopping decision (stop when
-``valid_ndcg@10`` has not improved for ``patience`` epochs).
+``valid_ndcg@10`` has not improved for ``patience`` epochs, once ``min_epochs`` epochs have run).
 """
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     ``config`` (built by :func:`train`): ``model`` (ModelConfig as a dict), ``catalog_ref`` (object ref of the
     catalog arrays), ``train_ref`` / ``valid_ref`` (object refs of the training windows and the validation rows, Arrow
-    tables), ``domains``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``patience``, ``seed``,
+    tables), ``domains``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``patience``, ``min_epochs``, ``seed``,
     ``log_every``, ``n_train_rows``, ``torch_threads``, ``_fail_once_at_step`` (test hook or None).
     """
     import ray
@@ -210,7 +210,8 @@ def train_loop_per_worker(config: dict) -> None:
     stop_after = config.get("stop_after") or config["epochs"]  # a refit runs the selected epochs of the schedule
 
     epoch = state["epoch"] + 1
-    while epoch < stop_after and state["bad_epochs"] < config["patience"]:
+    min_epochs = config.get("min_epochs", 0)
+    while epoch < stop_after and (state["bad_epochs"] < config["patience"] or epoch < min_epochs):
         model.train()
         t_epoch = last = time.perf_counter()
         loss_sum, n_steps, n_samples, window = 0.0, 0, 0, 0
@@ -269,7 +270,7 @@ def train_loop_per_worker(config: dict) -> None:
                        data_share=float(t_data / max(t_train, 1e-9)),  # rank 0's share of time in data loading
                        best_valid_ndcg=float(state["best_metric"]), best_epoch=int(state["best_epoch"]),
                        bad_epochs=int(state["bad_epochs"]), global_step=int(state["global_step"]),
-                       stop=bool(state["bad_epochs"] >= config["patience"]))
+                       stop=bool(state["bad_epochs"] >= config["patience"] and epoch + 1 >= min_epochs))
         state["epoch"] = epoch
         state["history"].append(dict(metrics))
         if rank == 0:
