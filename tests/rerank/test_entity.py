@@ -57,6 +57,29 @@ def test_features_sum_the_decayed_entity_cosines_over_their_row_maximum(tiny, te
     assert cold.features(books_only, 1)[0].tolist() == [1.0, 0.0, 0.0, 0.0]
 
 
+def test_a_catalog_of_tens_of_thousands_of_items_is_scored_under_inference_mode():
+    """Scoring runs under ``torch.inference_mode``, where torch's sparse ``index_select`` fails from a catalog of about
+    20,000 items on; the terms cut their per-domain vectors at load, outside it."""
+    from crossrec.rerank.base import Catalog
+
+    n, half = 30_000, 15_000
+    item_domain = torch.tensor([0] + [0] * half + [1] * (n - half))
+    ids = torch.arange(n + 1)
+    item_col = torch.cat([torch.tensor([-1]), torch.arange(half), torch.arange(n - half)])
+    entities = torch.cat([torch.zeros(1, 2, dtype=torch.long), torch.randint(1, 500, (n, 2), generator=torch.Generator().manual_seed(0))])
+    catalog = Catalog(item_domain=item_domain, domain_items=[ids[1:half + 1], ids[half + 1:]], item_col=item_col,
+                      text_units=None, item_entities=entities)
+    history = torch.tensor([[1, 2, half + 1, 0]])
+    for term_class in (SameDomainEntityTerm, ColdEntityTerm):
+        term = term_class()
+        term.fit(None, catalog)
+        want = [term.features(history, d) for d in (0, 1)]
+        term.fit(None, catalog)  # fresh state, first used under inference mode as the scorer uses it
+        with torch.inference_mode():
+            for d in (0, 1):
+                torch.testing.assert_close(term.features(history, d), want[d])
+
+
 def test_a_model_without_entities_cannot_use_them(two_domains):
     from crossrec.rerank.base import Catalog
 

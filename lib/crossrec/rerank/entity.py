@@ -84,14 +84,13 @@ class EntityTerm:
         super().load_state_dict(state, catalog)
         self.slot_weights = entity_slot_weights(catalog.item_entities)  # (n_items+1, E), the values of ``vectors``
         self.vectors = entity_vectors(catalog.item_entities, self.slot_weights)
-        self._domain_vectors: dict[int, Tensor] = {}  # (n_entities+1, n_d) per domain, transposed once
+        # (n_entities+1, n_d) per domain, transposed here: a sparse index_select fails under inference mode (torch 2.15)
+        self._domain_vectors = [self.vectors.index_select(0, items).t().coalesce() for items in catalog.domain_items]
 
     def features(self, item_idx: Tensor, domain: int, decay: float = 1.0) -> Tensor:
         """(B, T) histories -> (B, n_d): ``c(u, j) / max_j' c(u, j')`` (0 for a row whose events share no entity with
         the domain's items)."""
         c, d, B = self.catalog, int(domain), item_idx.shape[0]
-        if d not in self._domain_vectors:
-            self._domain_vectors[d] = self.vectors.index_select(0, c.domain_items[d]).t().coalesce()
         rows, items, w = recency_weights(item_idx, c.item_domain, d if self.events_of_domain else None, decay)
         if rows.numel() == 0:
             return torch.zeros(B, c.domain_size(d), device=item_idx.device)
