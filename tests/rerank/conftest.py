@@ -18,12 +18,14 @@ from crossrec.rerank.base import Catalog  # noqa: E402
 T0 = 1_600_000_000
 # the tiny catalog's entity ids per item (0 = none): entity 1 on items of both domains, item 3 has two
 ENTITIES = [[0, 0], [1, 0], [1, 2], [0, 0], [3, 0], [2, 0], [1, 0], [3, 2], [0, 0], [2, 0]]
+# the tiny catalog's (domain, category) ids per item (0 = none): items 1..5 in categories 1, 1, 2, -, 3; 6..9 in 4, 4, 5, -
+CATEGORIES = [0, 1, 1, 2, 0, 3, 4, 4, 5, 0]
 
 
 @pytest.fixture()
 def tiny():
-    """Items 1..5 in domain 0, 6..9 in domain 1 (random text vectors, not unit length; ``ENTITIES``); an untrained model
-    on them.
+    """Items 1..5 in domain 0, 6..9 in domain 1 (random text vectors, not unit length; ``ENTITIES``, ``CATEGORIES``); an
+    untrained model on them.
 
     ``batch(seqs, T)``: right-padded histories as the model reads them; ``pairs(seed)``: a random same-domain matrix as
     ``(dense (n+1, n+1), {"indptr", "indices", "values"})``; ``catalog()``: the catalog of the model.
@@ -35,12 +37,13 @@ def tiny():
     text = torch.cat([torch.zeros(1, 8), F.normalize(torch.randn(n, 8, generator=g), dim=-1)])
     text[1:] *= torch.linspace(0.5, 3.0, n)[:, None]  # not unit length: the text terms use cosines
     ids = torch.arange(n + 1)
-    feats = ItemFeatures(text_emb=text, item_domain=dom, item_attr=torch.zeros(n + 1, dtype=torch.long),
+    feats = ItemFeatures(text_emb=text, item_domain=dom, item_attr=torch.tensor(CATEGORIES),
                          domain_items=[ids[(dom == k) & (ids > 0)] for k in (0, 1)],
                          item_entities=torch.tensor(ENTITIES))
     torch.manual_seed(0)
     model = CrossDomainTransformer(ModelConfig(n_items=n, n_domains=2, text_dim=8, d_model=16, n_layers=2, n_heads=2,
-                                               dropout=0.0, max_seq_len=8, n_entities=3), feats).eval()
+                                               dropout=0.0, max_seq_len=8, n_entities=3,
+                                               n_attr_values=max(CATEGORIES)), feats).eval()
 
     def batch(seqs: list[list[int]], T: int) -> dict:
         item = torch.zeros(len(seqs), T, dtype=torch.long)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pkgutil
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import crossrec.rerank  # noqa: E402
 import crossrec.rerank.base as base  # noqa: E402
 from crossrec.inference import score_covariance  # noqa: E402
 from crossrec.rerank.base import ScoreTerm, TermSet, registered  # noqa: E402
+from crossrec.rerank.category import CategoryTerm  # noqa: E402
 from crossrec.rerank.cold_popularity import ColdPopularityTerm  # noqa: E402
 from crossrec.rerank.cold_text import ColdTextTerm  # noqa: E402
 from crossrec.rerank.cooccurrence import CooccurrenceTerm  # noqa: E402
@@ -26,18 +28,21 @@ DOMAINS = ["books", "movies"]
 
 
 def every_term(tiny) -> list[ScoreTerm]:
-    """The seven terms on the tiny catalog: random co-occurrence and transition matrices, a linear popularity."""
+    """The eight terms on the tiny catalog: random co-occurrence and transition matrices, a linear popularity, random
+    category statistics."""
     catalog = tiny.catalog()
     cooc, nxt, pop = CooccurrenceTerm(), NextItemTerm(), ColdPopularityTerm()
     cooc.load_state_dict(tiny.pairs(1)[1], catalog)
     counts = tiny.pairs(2)[1]
     nxt.load_state_dict({**counts, "values": (counts["values"] * 10).round()}, catalog)
     pop.load_state_dict({"popularity": torch.linspace(-1.5, 1.5, 10)}, catalog)
+    category = CategoryTerm()
+    category.fit(SimpleNamespace(item=torch.randint(1, 10, (40,), generator=torch.Generator().manual_seed(3)).numpy()), catalog)
     text, cold_text = TextSimilarityTerm(), ColdTextTerm()
     entity, cold_entity = SameDomainEntityTerm(), ColdEntityTerm()
     for term in (text, cold_text, entity, cold_entity):
         term.fit(None, catalog)
-    return [cold_text, nxt, entity, pop, text, cold_entity, cooc]  # any order: the set keeps fit order
+    return [cold_text, nxt, entity, pop, text, category, cold_entity, cooc]  # any order: the set keeps fit order
 
 
 def model_scores(tiny, batch, d):
@@ -52,7 +57,7 @@ def test_terms_add_their_weighted_values_times_each_users_score_spread_in_order(
     params = {"cooccurrence": {1: {"weight": 2.0, "decay": 0.6}}, "text_similarity": {1: {"weight": 3.0, "decay": 0.5}},
               "next_item": {1: {"weight": 1.5}}, "cold_popularity": {1: {"weight": 0.5}, 0: {"weight": 0.0}},
               "cold_text": {1: {"weight": 2.0, "decay": 0.5}}, "entity": {1: {"weight": 0.5, "decay": 0.8}},
-              "cold_entity": {1: {"weight": 1.5, "decay": 1.0}}}
+              "cold_entity": {1: {"weight": 1.5, "decay": 1.0}}, "category": {1: {"weight": 0.5, "decay": 0.6}}}
     ts = TermSet(terms, params, DOMAINS)
     assert [t.name for t in ts.terms] == list(registered()), "fit order"
     seqs = [[1, 2, 3, 2], [6, 7, 1], [8, 1], [6], [], [9, 2]]  # domain 1 (items 6..9): row 0 new to it, row 4 empty
@@ -63,7 +68,8 @@ def test_terms_add_their_weighted_values_times_each_users_score_spread_in_order(
     got = ts.apply(raw, batch["item_idx"], 1, h, cov)
     item_idx, t = batch["item_idx"], {x.name: x for x in terms}
     warm = (t["cooccurrence"].features(item_idx, 1, decay=0.6) * 2.0 + t["text_similarity"].features(item_idx, 1, decay=0.5) * 3.0
-            + t["next_item"].features(item_idx, 1) * 1.5 + t["entity"].features(item_idx, 1, decay=0.8) * 0.5)
+            + t["next_item"].features(item_idx, 1) * 1.5 + t["entity"].features(item_idx, 1, decay=0.8) * 0.5
+            + t["category"].features(item_idx, 1, decay=0.6) * 0.5)
     cold = (t["cold_popularity"].features(item_idx, 1) * 0.5 + t["cold_text"].features(item_idx, 1, decay=0.5) * 2.0
             + t["cold_entity"].features(item_idx, 1) * 1.5)
     warm_rows = [1, 2, 3, 5]
@@ -133,10 +139,11 @@ def test_settings_try_weight_zero_once_and_every_other_weight_with_every_decay()
 
 def test_every_module_of_the_package_is_imported_and_each_term_registered():
     modules = {m.name for m in pkgutil.iter_modules(crossrec.rerank.__path__)}
-    assert {"base", "fit", "cooccurrence", "text_similarity", "next_item", "cold_popularity", "cold_text", "entity"} <= modules
+    assert {"base", "fit", "cooccurrence", "text_similarity", "next_item", "cold_popularity", "cold_text", "entity",
+            "category"} <= modules
     assert all(f"crossrec.rerank.{m}" in sys.modules for m in modules)
-    assert list(registered()) == ["cooccurrence", "text_similarity", "entity", "next_item", "cold_popularity", "cold_text",
-                                  "cold_entity"]
+    assert list(registered()) == ["cooccurrence", "category", "text_similarity", "entity", "next_item", "cold_popularity",
+                                  "cold_text", "cold_entity"]
     with pytest.raises(AssertionError, match="is taken by"):
         type("Impostor", (NextItemTerm,), {"name": "cooccurrence"})
 
@@ -170,7 +177,7 @@ def test_a_sixth_term_is_one_class_fitted_saved_loaded_and_printed_with_no_other
             last = item_idx.gather(1, ((item_idx != 0).sum(1, keepdim=True) - 1).clamp(min=0))  # (B, 1)
             return (self.catalog.domain_items[domain][None, :] == last + 1).float()
 
-    assert list(registered())[4] == "next_id", "registered by its definition, in its order"
+    assert list(registered())[5] == "next_id", "registered by its definition, in its order"
     rng = np.random.default_rng(0)
     rows = []
     for u in range(40):  # books only; the target is the book after the latest one

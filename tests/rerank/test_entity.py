@@ -66,7 +66,8 @@ def test_a_catalog_of_tens_of_thousands_of_items_is_scored_under_inference_mode(
     item_domain = torch.tensor([0] + [0] * half + [1] * (n - half))
     ids = torch.arange(n + 1)
     item_col = torch.cat([torch.tensor([-1]), torch.arange(half), torch.arange(n - half)])
-    entities = torch.cat([torch.zeros(1, 2, dtype=torch.long), torch.randint(1, 500, (n, 2), generator=torch.Generator().manual_seed(0))])
+    drawn = torch.randint(1, 500, (n, 2), generator=torch.Generator().manual_seed(0))
+    entities = torch.cat([torch.zeros(1, 2, dtype=torch.long), drawn])
     catalog = Catalog(item_domain=item_domain, domain_items=[ids[1:half + 1], ids[half + 1:]], item_col=item_col,
                       text_units=None, item_entities=entities)
     history = torch.tensor([[1, 2, half + 1, 0]])

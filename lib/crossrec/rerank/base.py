@@ -14,7 +14,7 @@ order the fit chooses them in; a domain where every weight is 0 keeps exactly th
 A term is a :class:`ScoreTerm` subclass in a module of ``crossrec.rerank``: defining it registers it by name, and
 importing the package imports every module in it, so a new term is one new file there.
 
-A *collaborative* term (co-occurrence, next item, popularity) knows an item only from its training events, so an
+A *collaborative* term (co-occurrence, category, next item, popularity) knows an item only from its training events, so an
 item without any (a new release) would get 0 and sink under every item the term lifts. A term set therefore keeps a
 *stand-in* per item (:func:`stand_ins`): the item itself, or for an item without training events the item of its
 domain with training events nearest in the model's item representation (text, entities, vectors). In a domain with
@@ -73,6 +73,8 @@ class Catalog:
             None when the model has no frozen text table (``--no-text`` or a fine-tuned text encoder).
         item_entities: (n_items+1, E) long, each item's attribute entity ids (0 = none); None when the model has
             no entity table.
+        item_attr: (n_items+1,) long, each item's (domain, category) id (0 = none); None when the model has no
+            category embedding.
     """
 
     item_domain: Tensor
@@ -80,6 +82,7 @@ class Catalog:
     item_col: Tensor
     text_units: Tensor | None
     item_entities: Tensor | None = None
+    item_attr: Tensor | None = None
     _domain_units: dict[int, Tensor] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -87,6 +90,7 @@ class Catalog:
         assert self.item_col.shape == (n,), f"item_col must be ({n},), got {tuple(self.item_col.shape)}"
         assert self.text_units is None or self.text_units.shape[0] == n, f"text_units must have {n} rows"
         assert self.item_entities is None or self.item_entities.shape[0] == n, f"item_entities must have {n} rows"
+        assert self.item_attr is None or self.item_attr.shape == (n,), f"item_attr must be ({n},)"
 
     @classmethod
     def from_model(cls, model: "CrossDomainTransformer") -> "Catalog":
@@ -94,7 +98,8 @@ class Catalog:
         text = getattr(enc, "text_emb", None)  # absent without text or with a fine-tuned text encoder
         return cls(item_domain=enc.item_domain, domain_items=[model.domain_items(d) for d in range(model.config.n_domains)],
                    item_col=model.domain_item_idx, text_units=None if text is None else F.normalize(text.float(), dim=1),
-                   item_entities=enc.item_entities if enc.entity_emb is not None else None)
+                   item_entities=enc.item_entities if enc.entity_emb is not None else None,
+                   item_attr=enc.item_attr if enc.attr_emb is not None else None)
 
     @property
     def n_items(self) -> int:
