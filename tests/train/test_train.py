@@ -357,7 +357,8 @@ def test_train_job_writes_artifact_that_beats_random(ray_local, planted, capsys)
     cooc = report["terms"]["cooccurrence"]
     assert cooc["options"] == {"k": 200, "shrink": 10.0}
     assert all(len(r["valid_ndcg@10"]) == 1 + 7 * 4 for r in cooc["domains"].values()), "weight 0 once, others x decays"
-    assert terms.terms[0].indices.numel() > 0 and terms.terms[2].indices.numel() > 0, "co-occurrence and transitions"
+    by_name = {t.name: t for t in terms.terms}
+    assert by_name["cooccurrence"].indices.numel() > 0 and by_name["next_item"].indices.numel() > 0, "pairs and transitions"
     # the artifact is the refit: the selected epochs again on train events + valid targets
     assert metrics["refit"]["epochs"] == metrics["best_epoch"] + 1
     assert metrics["refit"]["train_windows"] > metrics["train_windows"], "the valid targets add windows"
