@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 CATEGORY_WEIGHT_GRID: tuple[float, ...] = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 # Smoothing, in events: a user's category taste starts from ALPHA events at the domain's category shares, an item's
-# share of its category from BETA events. Ranking by the two alone on generated catalogs moved by under 1.5% over
-# ALPHA 0.25-4 and BETA 0.01-1 (docs/evaluation.md).
+# share of its category from BETA events. Not searched by the fit: the ranking barely depends on them over an order
+# of magnitude each way (docs/benchmarks.md).
 ALPHA = 1.0
 BETA = 0.1
 NO_CATEGORIES = "the model has no category ids (no categories in gold.item_index, or --no-categories)"
