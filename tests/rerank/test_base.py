@@ -17,6 +17,7 @@ import crossrec.rerank.base as base  # noqa: E402
 from crossrec.inference import score_covariance  # noqa: E402
 from crossrec.rerank.base import ScoreTerm, TermSet, registered  # noqa: E402
 from crossrec.rerank.category import CategoryTerm  # noqa: E402
+from crossrec.rerank.cold_category import ColdCategoryTerm  # noqa: E402
 from crossrec.rerank.cold_popularity import ColdPopularityTerm  # noqa: E402
 from crossrec.rerank.cold_text import ColdTextTerm  # noqa: E402
 from crossrec.rerank.cooccurrence import CooccurrenceTerm  # noqa: E402
@@ -28,21 +29,24 @@ DOMAINS = ["books", "movies"]
 
 
 def every_term(tiny) -> list[ScoreTerm]:
-    """The eight terms on the tiny catalog: random co-occurrence and transition matrices, a linear popularity, random
-    category statistics."""
+    """The nine terms on the tiny catalog: random co-occurrence and transition matrices, a linear popularity, random
+    category statistics (random events of 5 users)."""
     catalog = tiny.catalog()
     cooc, nxt, pop = CooccurrenceTerm(), NextItemTerm(), ColdPopularityTerm()
     cooc.load_state_dict(tiny.pairs(1)[1], catalog)
     counts = tiny.pairs(2)[1]
     nxt.load_state_dict({**counts, "values": (counts["values"] * 10).round()}, catalog)
     pop.load_state_dict({"popularity": torch.linspace(-1.5, 1.5, 10)}, catalog)
-    category = CategoryTerm()
-    category.fit(SimpleNamespace(item=torch.randint(1, 10, (40,), generator=torch.Generator().manual_seed(3)).numpy()), catalog)
+    category, cold_category = CategoryTerm(), ColdCategoryTerm()
+    events = SimpleNamespace(item=torch.randint(1, 10, (40,), generator=torch.Generator().manual_seed(3)).numpy(),
+                             user=np.arange(40) % 5, n_users=5)
+    for term in (category, cold_category):
+        term.fit(events, catalog)
     text, cold_text = TextSimilarityTerm(), ColdTextTerm()
     entity, cold_entity = SameDomainEntityTerm(), ColdEntityTerm()
     for term in (text, cold_text, entity, cold_entity):
         term.fit(None, catalog)
-    return [cold_text, nxt, entity, pop, text, category, cold_entity, cooc]  # any order: the set keeps fit order
+    return [cold_text, nxt, entity, pop, text, category, cold_entity, cooc, cold_category]  # any order: kept in fit order
 
 
 def model_scores(tiny, batch, d):
@@ -57,7 +61,8 @@ def test_terms_add_their_weighted_values_times_each_users_score_spread_in_order(
     params = {"cooccurrence": {1: {"weight": 2.0, "decay": 0.6}}, "text_similarity": {1: {"weight": 3.0, "decay": 0.5}},
               "next_item": {1: {"weight": 1.5}}, "cold_popularity": {1: {"weight": 0.5}, 0: {"weight": 0.0}},
               "cold_text": {1: {"weight": 2.0, "decay": 0.5}}, "entity": {1: {"weight": 0.5, "decay": 0.8}},
-              "cold_entity": {1: {"weight": 1.5, "decay": 1.0}}, "category": {1: {"weight": 0.5, "decay": 0.6}}}
+              "cold_entity": {1: {"weight": 1.5, "decay": 1.0}}, "category": {1: {"weight": 0.5, "decay": 0.6, "transfer": 1.0}},
+              "cold_category": {1: {"weight": 0.7, "decay": 1.0, "transfer": 4.0}}}
     ts = TermSet(terms, params, DOMAINS)
     assert [t.name for t in ts.terms] == list(registered()), "fit order"
     seqs = [[1, 2, 3, 2], [6, 7, 1], [8, 1], [6], [], [9, 2]]  # domain 1 (items 6..9): row 0 new to it, row 4 empty
@@ -69,9 +74,9 @@ def test_terms_add_their_weighted_values_times_each_users_score_spread_in_order(
     item_idx, t = batch["item_idx"], {x.name: x for x in terms}
     warm = (t["cooccurrence"].features(item_idx, 1, decay=0.6) * 2.0 + t["text_similarity"].features(item_idx, 1, decay=0.5) * 3.0
             + t["next_item"].features(item_idx, 1) * 1.5 + t["entity"].features(item_idx, 1, decay=0.8) * 0.5
-            + t["category"].features(item_idx, 1, decay=0.6) * 0.5)
+            + t["category"].features(item_idx, 1, decay=0.6, transfer=1.0) * 0.5)
     cold = (t["cold_popularity"].features(item_idx, 1) * 0.5 + t["cold_text"].features(item_idx, 1, decay=0.5) * 2.0
-            + t["cold_entity"].features(item_idx, 1) * 1.5)
+            + t["cold_entity"].features(item_idx, 1) * 1.5 + t["cold_category"].features(item_idx, 1, transfer=4.0) * 0.7)
     warm_rows = [1, 2, 3, 5]
     torch.testing.assert_close(got[warm_rows], raw[warm_rows] + std[warm_rows] * warm[warm_rows], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got[0], raw[0] + std[0] * cold[0], rtol=1e-4, atol=1e-5)  # new to domain 1: cold terms only
@@ -120,6 +125,12 @@ def test_save_load_keeps_terms_state_and_parameters_by_domain_name(tiny, tmp_pat
         raw, h, cov = model_scores(tiny, batch, d)
         torch.testing.assert_close(loaded.apply(raw, batch["item_idx"], d, h, cov), ts.apply(raw, batch["item_idx"], d, h, cov),
                                    rtol=0, atol=0)
+    params["category"] = {1: {"weight": 1.0, "decay": 1.0, "transfer": 0.0}}
+    TermSet(terms, params, DOMAINS).save(tmp_path)
+    meta = json.loads((tmp_path / "terms.json").read_text())
+    del meta["params"]["category"]["movies"]["transfer"]  # as saved before the term had that parameter
+    (tmp_path / "terms.json").write_text(json.dumps(meta))
+    assert TermSet.load(tmp_path, tiny.catalog()).params["category"] == params["category"], "its neutral value"
     with pytest.raises(AssertionError, match="weights must be >= 0"):
         TermSet(terms, {"next_item": {0: {"weight": -1.0}}}, DOMAINS)
     with pytest.raises(AssertionError, match="parameters must be weight"):
@@ -140,10 +151,10 @@ def test_settings_try_weight_zero_once_and_every_other_weight_with_every_decay()
 def test_every_module_of_the_package_is_imported_and_each_term_registered():
     modules = {m.name for m in pkgutil.iter_modules(crossrec.rerank.__path__)}
     assert {"base", "fit", "cooccurrence", "text_similarity", "next_item", "cold_popularity", "cold_text", "entity",
-            "category"} <= modules
+            "category", "cold_category"} <= modules
     assert all(f"crossrec.rerank.{m}" in sys.modules for m in modules)
     assert list(registered()) == ["cooccurrence", "category", "text_similarity", "entity", "next_item", "cold_popularity",
-                                  "cold_text", "cold_entity"]
+                                  "cold_category", "cold_text", "cold_entity"]
     with pytest.raises(AssertionError, match="is taken by"):
         type("Impostor", (NextItemTerm,), {"name": "cooccurrence"})
 

@@ -195,7 +195,7 @@ def test_text_similarity_weight_is_chosen_where_the_next_item_has_the_closest_te
     off, report = fit_terms(model, valid, options=K5, grids={n: OFF for n in ("cooccurrence", "text_similarity", "next_item",
                                                                                "cold_popularity", "cold_text")})
     skipped = {n for n, e in report["terms"].items() if "domains" not in e}
-    assert skipped == {"entity", "cold_entity", "category"}, "no entity table, no categories"
+    assert skipped == {"entity", "cold_entity", "category", "cold_category"}, "no entity table, no categories"
     for entry in report["terms"].values():
         assert all(r["valid_ndcg@10"] == [] and r["params"]["weight"] == 0.0 and "skipped" in r
                    for r in entry.get("domains", {}).values())

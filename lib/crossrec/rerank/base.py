@@ -422,7 +422,8 @@ class TermSet:
 
     @classmethod
     def load(cls, folder: str | Path, catalog: Catalog) -> "TermSet":
-        """Read what :meth:`save` wrote; the terms' state goes to ``catalog``'s device."""
+        """Read what :meth:`save` wrote; the terms' state goes to ``catalog``'s device. A parameter a term gained after
+        the artifact was saved takes its neutral value (the term as it scored then)."""
         from safetensors.torch import load_file
 
         folder = Path(folder)
@@ -440,7 +441,9 @@ class TermSet:
                                  catalog)
             terms.append(term)
         index = {name: d for d, name in enumerate(domains)}
-        params = {name: {index[d]: p for d, p in by_domain.items()} for name, by_domain in meta["params"].items()}
+        neutral = {t.name: t.neutral for t in terms}
+        params = {name: {index[d]: {**neutral.get(name, {}), **p} for d, p in by_domain.items()}
+                  for name, by_domain in meta["params"].items()}
         stand_in_file = folder / TERMS_DIR / STAND_IN_FILE
         stand_in = load_file(str(stand_in_file), device=str(catalog.device))["stand_in"] if stand_in_file.is_file() else None
         weights = {index[d]: w for d, w in meta.get("stand_in_weight", {}).items()}
