@@ -12,8 +12,8 @@ instance when one is initialised):
    ``--reuse-lake`` the lake at ``--lake-root`` (e.g. an earlier run's, built from the same ``RAW_DIR``) is
    used as it is, to compare models or training settings without rebuilding it;
 2. ``train`` the cross-domain model (**crossrec**: text + id, every domain's history, plus the score terms of
-   ``crossrec.rerank``: co-occurrence, category, text similarity, shared entities, next item, and popularity, text and
-   shared entities for users new to a domain), learning rate annealed to 0 along a cosine over
+   ``crossrec.rerank``: co-occurrence, category, text similarity, shared entities, next item, and popularity,
+   category, text and shared entities for users new to a domain), learning rate annealed to 0 along a cosine over
    its epochs (:data:`OURS_TRAIN`); ``--crossrec-model`` evaluates an artifact trained earlier on the same lake
    instead (e.g. to add the baselines to a ``--no-sasrec`` run; its wall time is that training's);
 3. ``train`` the single-domain baseline once per domain (**sasrec**: the same Transformer with text off,
