@@ -73,11 +73,11 @@ def item_groups(item_attr: np.ndarray, item_domain: np.ndarray) -> tuple[np.ndar
     """(n_items+1,) category ids (0 = none) and domains -> (n_items+1,) each item's (domain, category) group, numbered
     by domain, then by category id (so a domain's groups are its categories in ``torch.unique`` order; the padding id
     gets group 0, never read), and (G,) each group's domain."""
-    key = item_domain[1:].astype(np.int64) * (int(item_attr.max(initial=0)) + 1) + item_attr[1:]
-    keys, group = np.unique(key, return_inverse=True)
+    base = int(item_attr.max(initial=0)) + 1
+    keys, group = np.unique(item_domain[1:].astype(np.int64) * base + item_attr[1:], return_inverse=True)
     out = np.zeros(len(item_attr), dtype=np.int64)
     out[1:] = group
-    return out, (keys // (int(item_attr.max(initial=0)) + 1)).astype(np.int64)
+    return out, keys // base
 
 
 def category_transfer(user: np.ndarray, group: np.ndarray, n_users: int, group_domain: np.ndarray,
