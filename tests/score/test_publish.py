@@ -36,3 +36,29 @@ def test_publish_checks_and_points_readers_at_the_recorded_run(spark, scored_lak
     assert Ledger(str(lake)).succeeded("publish")[-1]["writes"] == {"gold.recommendations": DeltaTable(table).version()}
 
     assert publish.main([*common, "--run-date", "2024-12-31"]) == 2, "no score run recorded for that date"
+
+
+def test_an_artifact_folder_outside_the_lake_is_scored_checked_and_published(spark, scored_lake, tmp_path, capsys):
+    """``--model-version FOLDER`` may name an artifact that neither the registry nor the lake's models/ holds (what
+    ``crossrec train --no-register --model-root`` writes): score checks the rows against that folder, and publish
+    finds it in the score run's record."""
+    from crossrec_jobs import score
+
+    lake = tmp_path / "lake"
+    shutil.copytree(scored_lake["lake"], lake)
+    folder = tmp_path / "elsewhere" / "20250105-copy0001"
+    shutil.copytree(next((lake / "models").glob("*-test*")), folder)
+    common = ["--lake-root", str(lake), "--pseudonym-key-file", str(scored_lake["key"]), "--spark-master", "local[2]"]
+    table = str(lake / "gold" / "recommendations")
+
+    day = "2025-01-05"
+    assert score.main([*common, "--run-date", day, "--model-version", str(folder), "--no-publish"]) == 0
+    run = [r for r in Ledger(str(lake)).succeeded("score") if r["run_date"] == day][-1]
+    assert run["details"]["model_folder"] == str(folder) and run["details"]["validated"]
+
+    day = "2025-01-06"  # not checked by score: publish checks it against the recorded folder, then publishes
+    assert score.main([*common, "--run-date", day, "--model-version", str(folder), "--no-validate", "--no-publish"]) == 0
+    assert publish.main([*common, "--run-date", day]) == 0
+    out = capsys.readouterr().out
+    assert "output checks passed" in out and "model 20250105-copy0001" in out
+    assert DeltaTable(table).metadata().configuration["crossrec.published.run_date"] == day

@@ -52,6 +52,7 @@ def _publish(cfg: CrossrecConfig, spark, version: int | None, check_only: bool, 
     if not table_exists(spark, path):
         raise RawFormatError(f"gold.recommendations does not exist at {path}: run `crossrec score` first")
     run_date = dt.date.fromisoformat(cfg.run_date)
+    folder = None  # the artifact the run was scored with, where ops.runs recorded it
     if version is None:
         scored = [r for r in Ledger(cfg.lake_uri).succeeded(S.STAGE) if r[C.RUN_DATE] == cfg.run_date]
         if not scored:
@@ -59,12 +60,13 @@ def _publish(cfg: CrossrecConfig, spark, version: int | None, check_only: bool, 
                                  "the version with --table-version")
         version = int(scored[-1]["writes"][TABLE])
         skip_checks = skip_checks or bool(scored[-1][C.DETAILS].get("validated"))
+        folder = scored[-1][C.DETAILS].get("model_folder")
         log.info("publishing v%d, recorded by score run %s%s", version, scored[-1][C.RUN_ID],
                  " (validated by it)" if skip_checks else "")
     if skip_checks:
         model_version, k = _run_meta(spark, path, version, run_date)
     else:
-        _, model_version, k = S.validate_run(spark, cfg, version, run_date)
+        _, model_version, k = S.validate_run(spark, cfg, version, run_date, folder=folder)
         print(f"gold.recommendations v{version} run_date {run_date}: output checks passed")
     out = {"version": version, "run_date": run_date.isoformat(), "model_version": model_version, "k": k, "published": False}
     if not check_only:

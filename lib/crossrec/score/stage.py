@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import os
 import threading
 import time
 from functools import partial
@@ -142,8 +143,6 @@ def score_users(spark, histories, folder: str, k: int, pop: np.ndarray, run_date
     """Recommendation rows of every user in ``histories`` (lazy DataFrame with the contract's ``schema``)."""
     parallelism = default_parallelism(spark)
     parts = scoring_partitions(spark, n_users, users_per_partition)
-    import os
-
     threads = max(1, (os.cpu_count() or 1) // parallelism) if is_local(spark) else None  # workers share one machine
     body = partial(score_batches, folder=folder, k=k, pop=pop, run_date=run_date, threads=threads,
                    batch_users=batch_users)
@@ -273,9 +272,11 @@ def register_check_views(spark, firsts, catalog, k: int) -> None:
     firsts.select(C.USER_ID, C.DOMAIN, C.ITEM_ID).createOrReplaceTempView("crossrec_seen")
 
 
-def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: bool = True):
+def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: bool = True, folder: str | None = None):
     """Check one run_date's rows of gold.recommendations at table ``version``: the contract suite plus
-    :func:`output_expectations`, against the artifact named in the rows and the newest silver tables.
+    :func:`output_expectations`, against the artifact the rows were scored with and the newest silver tables.
+    ``folder``: that artifact (the score stage passes the one it loaded, which may be a folder outside the lake and
+    the registry); None = resolved from the rows' model_version (:func:`crossrec.io.registry.artifact_folder`).
     Returns (ValidationReport, model_version, k)."""
     from pyspark.sql import functions as F
 
@@ -294,7 +295,11 @@ def validate_run(spark, cfg, version: int, run_date: dt.date, raise_on_failure: 
     if len(meta["mv"]) != 1:
         raise RawFormatError(f"run_date {run_date} at v{version} mixes model versions {sorted(meta['mv'])}")
     model_version, k = meta["mv"][0], int(meta["k"])
-    catalog = catalog_frame(spark, artifact_folder(cfg.lake_uri, model_version, cfg.mlflow_tracking_uri))
+    if folder is None:
+        folder = artifact_folder(cfg.lake_uri, model_version, cfg.mlflow_tracking_uri)
+    elif model_version != os.path.basename(folder.rstrip("/")):
+        raise RawFormatError(f"run_date {run_date} at v{version} was scored with model {model_version}, not {folder}")
+    catalog = catalog_frame(spark, folder)
     silver = pinned_versions(spark, cfg.lake_uri, ["silver.interactions", "silver.items"])  # what score read
     inter = read_table(spark, cfg.table_path("silver.interactions"), silver["silver.interactions"])
     register_check_views(spark, first_events(inter), catalog, k)
@@ -357,8 +362,6 @@ def run_score(cfg: CrossrecConfig, spark, k: int = 10, version: str | None = Non
 
 def _score(cfg: CrossrecConfig, spark, stage: StageRun, k: int, version: str | None, publish_run: bool, batch_users: int,
            users_per_partition: int) -> dict:
-    import os
-
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -382,7 +385,7 @@ def _score(cfg: CrossrecConfig, spark, stage: StageRun, k: int, version: str | N
         raise RawFormatError(f"silver.interactions does not exist at {inter_path}: run `crossrec clean` first")
     silver_v = pinned_versions(spark, cfg.lake_uri, ["silver.interactions"])["silver.interactions"]
     stage.reads = {"silver.interactions": silver_v}
-    stage.details.update(model_version=model_version, k=k)
+    stage.details.update(model_version=model_version, model_folder=folder, k=k)
     inter = read_table(spark, inter_path, silver_v)
     catalog = catalog_frame(spark, folder).persist()
     n_items = catalog.count()
@@ -416,7 +419,7 @@ def _score(cfg: CrossrecConfig, spark, stage: StageRun, k: int, version: str | N
     accounting = _accounting(hist, catalog, domains, per_domain, n_users, model_version)
 
     if cfg.validate:
-        report, _, _ = validate_run(spark, cfg, version_written, run_date)
+        report, _, _ = validate_run(spark, cfg, version_written, run_date, folder=folder)
         stage.details["data_docs"] = report.docs_url
     print(format_accounting(accounting))
     check_balanced(accounting)  # every active user has recommendations in every domain
