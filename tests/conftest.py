@@ -70,8 +70,10 @@ def ray_local():
     """One small local Ray instance for the module (2 CPUs, no dashboard); always shut down."""
     import ray
 
+    from crossrec.train.ray_setup import local_init_kwargs
+
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+        ray.init(**local_init_kwargs(num_cpus=2))
     yield ray
     ray.shutdown()
 

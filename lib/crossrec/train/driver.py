@@ -28,6 +28,7 @@ import numpy as np
 
 from crossrec.train.artifact import Tuning, write_artifact
 from crossrec.train.checkpoint import final_state
+from crossrec.train.ray_setup import local_init_kwargs
 from crossrec.train.config import GOLD_TABLES, METRIC, TrainConfig, model_version
 from crossrec.train.data import (add_item_entities, add_item_tokens, add_item_vectors, load_training_data,
                                  resolve_versions)
@@ -141,7 +142,10 @@ def train(cfg: TrainConfig) -> Path | str:
     address = ray_address(cfg.ray_address) if started else None
     if started:
         log.info("Ray: %s", "a new local instance" if address == "local" else address)
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        if address == "local":
+            ray.init(**local_init_kwargs())
+        else:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True)
     refit = None
     try:
         use_gpu = _use_gpu(cfg)
