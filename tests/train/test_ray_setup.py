@@ -39,4 +39,3 @@ def test_every_worker_process_of_the_local_instance_runs_the_setup(ray_local):
         return [type(f).__name__ for f in logging.getLogger(CLEANER_LOGGER).filters]
 
     assert ray.get(filters.remote()) == ["DropMessage"]
-

@@ -28,10 +28,10 @@ import numpy as np
 
 from crossrec.train.artifact import Tuning, write_artifact
 from crossrec.train.checkpoint import final_state
-from crossrec.train.ray_setup import local_init_kwargs
 from crossrec.train.config import GOLD_TABLES, METRIC, TrainConfig, model_version
 from crossrec.train.data import (add_item_entities, add_item_tokens, add_item_vectors, load_training_data,
                                  resolve_versions)
+from crossrec.train.ray_setup import local_init_kwargs
 from crossrec.train.worker import train_loop_per_worker
 
 if TYPE_CHECKING:
