@@ -30,8 +30,11 @@ def model():
     feats = ItemFeatures.from_item_index(np.arange(1, n + 1), DOM, local,
                                          text_emb=np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32))
     torch.manual_seed(0)
-    return CrossDomainTransformer(ModelConfig(n_items=n, n_domains=2, text_dim=8, d_model=16, n_layers=1, n_heads=2,
-                                              max_seq_len=3), feats)
+    model = CrossDomainTransformer(ModelConfig(n_items=n, n_domains=2, text_dim=8, d_model=16, n_layers=1, n_heads=2,
+                                               max_seq_len=3), feats)
+    with torch.no_grad():
+        model.item_bias.normal_()  # as after training: the path must add them
+    return model
 
 
 def test_collate_keeps_the_newest_events_right_padded_and_only_the_kept_domains(model):
@@ -82,9 +85,20 @@ def test_terms_are_added_before_the_popularity_and_the_exclusion(model):
     hist = [np.array([1, 3]), np.array([2, 5]), np.array([], dtype=np.int64)]  # warm, new to domain 0, empty
     batch = alone.collate(hist, [np.arange(len(h)) for h in hist])
     raw, h = alone.model_scores(batch, 0)
-    want = alone.finalize(batch, 0, terms.apply(raw, batch.inputs["item_idx"], 0, h, score_covariance(alone.domain_reps(0))))
+    cov = score_covariance(alone.domain_reps(0), model.item_bias[model.domain_items(0)].detach())
+    want = alone.finalize(batch, 0, terms.apply(raw, batch.inputs["item_idx"], 0, h, cov))
     got = with_terms.scores(batch, 0)
     torch.testing.assert_close(got, want)
     base = alone.scores(batch, 0)
     assert not torch.allclose(got[:2], base[:2]) and torch.equal(got[2], base[2]), "terms on rows 0 and 1; row 2: popularity"
     torch.testing.assert_close(with_terms.scores(batch, 1), alone.scores(batch, 1))  # no term in domain 1
+
+
+def test_the_score_spread_counts_the_item_biases(model):
+    p = Predictor(model)
+    batch = p.collate([np.array([1, 3]), np.array([2, 5, 6])], [np.arange(2), np.arange(3)])
+    from crossrec.rerank.base import score_std
+
+    for d in (0, 1):
+        raw, h = p.model_scores(batch, d)
+        torch.testing.assert_close(score_std(h, p.covariance(d)), raw.std(1))

@@ -3,7 +3,7 @@
     histories (global item ids, oldest first)
     -> Predictor.collate: the newest ``max_seq_len`` events, right-padded (B, T)
     -> the Transformer's shared user state, once per batch for every domain (item table looked up, not re-encoded)
-    -> per domain d: scores = domain_head(state, d) @ item_reps_d.T                          (B, n_d)
+    -> per domain d: scores = domain_head(state, d) @ item_reps_d.T + item_bias_d              (B, n_d)
     -> + the artifact's score terms (crossrec.rerank.base.TermSet.apply), when it has them
     -> rows with an empty history: the popularity vector instead (there is no user state to score from)
     -> every item of the history in d (the whole history given, not only the window): -inf
@@ -29,10 +29,12 @@ if TYPE_CHECKING:
     from crossrec.rerank.base import TermSet
 
 
-def score_covariance(item_reps: Tensor) -> Tensor:
-    """(n_d, D) item representations -> (D, D) covariance over the items (unbiased): the standard deviation of a
-    user's scores ``h @ item_reps.T`` is ``sqrt(h cov h)`` (crossrec.rerank.base.score_std)."""
-    return torch.cov(item_reps.float().T)
+def score_covariance(item_reps: Tensor, bias: Tensor | None = None) -> Tensor:
+    """(n_d, D) item representations and their (n_d,) biases (None = none) -> the (D, D) covariance over the items
+    (unbiased), (D + 1, D + 1) with the biases as a last column: the standard deviation of a user's scores
+    ``h @ item_reps.T + bias`` is ``sqrt(h' cov h')``, ``h' = [h, 1]`` (crossrec.rerank.base.score_std)."""
+    x = item_reps.float() if bias is None else torch.cat([item_reps.float(), bias.float()[:, None]], 1)
+    return torch.cov(x.T)
 
 
 @dataclass(eq=False)
@@ -88,6 +90,7 @@ class Predictor:
         assert item_table.shape == (n + 1, model.config.d_model), f"item_table must be ({n + 1}, D), got {tuple(item_table.shape)}"
         self.item_table = item_table  # (n+1, D): history items are looked up, not re-encoded
         self._reps: dict[int, Tensor] = {}
+        self._bias: dict[int, Tensor | None] = {}
         self._covs: dict[int, Tensor] = {}
         if terms is not None:
             terms.prepare()
@@ -128,11 +131,20 @@ class Predictor:
         return self._reps[d]
 
     @torch.inference_mode()
+    def domain_bias(self, domain: int) -> Tensor | None:
+        """(n_d,) the model's biases of ``domain``'s items, in domain_item_idx order; None without biases."""
+        d = int(domain)
+        if d not in self._bias:
+            bias = self.model.item_bias
+            self._bias[d] = None if bias is None else bias[self.model.domain_items(d)].to(self.item_table.dtype)
+        return self._bias[d]
+
+    @torch.inference_mode()
     def covariance(self, domain: int) -> Tensor:
-        """(D, D) :func:`score_covariance` of :meth:`domain_reps` (computed once)."""
+        """:func:`score_covariance` of :meth:`domain_reps` and :meth:`domain_bias` (computed once)."""
         d = int(domain)
         if d not in self._covs:
-            self._covs[d] = score_covariance(self.domain_reps(d))
+            self._covs[d] = score_covariance(self.domain_reps(d), self.domain_bias(d))
         return self._covs[d]
 
     # ------------------------------------------------------------------------------------------- the path
@@ -145,9 +157,13 @@ class Predictor:
 
     @torch.inference_mode()
     def model_scores(self, batch: Batch, domain: int) -> tuple[Tensor, Tensor]:
-        """The Transformer's scores (B, n_d) of ``domain``'s items and the user vectors h (B, D) they come from."""
+        """The Transformer's scores (B, n_d) of ``domain``'s items (biases included) and the user vectors h (B, D)
+        they come from."""
         h = self.model.domain_head(self.states(batch), int(domain))  # (B, D)
-        return h @ self.domain_reps(domain).T, h
+        bias = self.domain_bias(domain)
+        if bias is None:
+            return h @ self.domain_reps(domain).T, h
+        return torch.addmm(bias[None, :], h, self.domain_reps(domain).T), h
 
     @torch.inference_mode()
     def finalize(self, batch: Batch, domain: int, scores: Tensor, inplace: bool = False) -> Tensor:

@@ -100,6 +100,19 @@ def test_an_artifact_holds_the_model_its_terms_catalog_and_metrics_and_loads_wit
         torch.testing.assert_close(art.model.full_sort_predict(b, 1), model.full_sort_predict(b, 1), rtol=0, atol=0)
 
 
+def test_an_artifact_from_before_the_item_biases_loads_without_them(tmp_path):
+    model = tiny_model(item_bias=False).eval()
+    folder = save_model(model, tmp_path / "old")
+    meta = json.loads((folder / "config.json").read_text())
+    del meta["config"]["item_bias"]  # configs written before the key existed
+    (folder / "config.json").write_text(json.dumps(meta))
+    loaded = load_model(folder)
+    assert loaded.item_bias is None
+    with torch.no_grad():
+        b = batch_of([[1, 6, 2], [7, 8]])
+        torch.testing.assert_close(loaded.full_sort_predict(b, 1), model.full_sort_predict(b, 1), rtol=0, atol=0)
+
+
 def test_a_model_file_with_term_tensors_inside_is_refused(tmp_path):
     """Artifacts from before the terms moved out of the model (co-occurrence buffers in model.safetensors) do not load."""
     from safetensors.torch import load_file, save_file

@@ -1,4 +1,5 @@
-"""Id shrinkage: the factors, the in-place scaling, and a choice on validation that scores what it reported."""
+"""Id shrinkage: the factors, the in-place scaling, and a choice on validation that scores what it reported; the bias
+of items without training events, chosen on validation per domain."""
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from crossrec.evaluate.protocol import evaluate, transformer_score_fn  # noqa: E402
-from crossrec.train.id_shrinkage import choose_id_shrinkage, shrink_factors, shrink_id_embeddings  # noqa: E402
+from crossrec.train.id_shrinkage import (  # noqa: E402
+    choose_cold_bias,
+    choose_id_shrinkage,
+    shrink_factors,
+    shrink_id_embeddings,
+)
 
 
 def test_factors_trust_an_id_as_its_events_accumulate():
@@ -112,3 +118,69 @@ def test_of_the_ks_that_count_the_smallest_within_one_standard_error_of_the_best
     assert 0 < by_k[3]["below_best"] <= by_k[3]["below_best_se"], "and is within one s.e. of k=10"
     assert by_k[1]["value"] - by_k[0]["value"] < by_k[1]["gain_se"], "k=1 does not count"
     assert report["k"] == 3
+
+
+NEW = np.array([11, 12, 20, 21])  # items without training events: two books, two movies
+
+
+def _rows_with_new_items(dom: np.ndarray, new_share: float, users: int = 120, seed: int = 5) -> list[tuple]:
+    """Training histories of the other items only; each user's valid target is, with ``new_share``, one of the new
+    items of its target domain (books for even users, movies for odd ones), else one of that domain's other items."""
+    rng = np.random.default_rng(seed)
+    old = np.setdiff1d(np.arange(1, 22), NEW)
+    rows = []
+    for u in range(users):
+        d = u % 2
+        hist = [int(x) for x in rng.choice(old, size=8)]
+        pool = NEW[dom[NEW - 1] == d] if rng.random() < new_share else old[dom[old - 1] == d]
+        target = int(rng.choice(pool))
+        ts = list(range(100 * u, 100 * u + 9))
+        rows.append((f"u{u}", "train", "*", hist, [int(dom[i - 1]) for i in hist], ts[:8], None, None, False, 8))
+        rows.append((f"u{u}", "valid", ["books", "movies"][d], hist, [int(dom[i - 1]) for i in hist], ts[:8], target,
+                     ts[8], False, 8))
+    return rows
+
+
+def _trained_like(two_domains, seed: int):
+    model = two_domains.model(seed)
+    with torch.no_grad():  # biases as after training: spread, the new items' lowest
+        model.item_bias.copy_(torch.randn(22, generator=torch.Generator().manual_seed(seed)))
+        model.item_bias[torch.from_numpy(NEW)] -= 5
+    model.clear_id_embeddings(torch.from_numpy(NEW))
+    return model
+
+
+@pytest.mark.parametrize("new_share,high", [(0.8, True), (0.0, False)])
+def test_new_items_get_the_bias_quantile_that_validation_chooses_per_domain(two_domains, new_share, high):
+    valid = two_domains.valid(_rows_with_new_items(two_domains.dom, new_share))
+    model = _trained_like(two_domains, 3)
+    before = copy.deepcopy(model)
+    report = choose_cold_bias(model, valid, NEW)
+    assert set(report["valid_ndcg@10"]) == {"books", "movies"} and report["rows"] == 120
+    for d, name in enumerate(["books", "movies"]):
+        tried = {t["quantile"]: t for t in report["valid_ndcg@10"][name]}
+        q = report["quantile"][d]
+        if high:  # the new items are most targets: the top of the grid wins, the median is far below
+            assert q >= 0.75 and tried[1.0]["value"] > tried[0.5]["value"] + tried[1.0]["gain_se"], tried
+        else:  # never a target: lifting them only costs
+            assert q <= 0.5 and tried[1.0]["value"] < tried[0.5]["value"], tried
+        items = two_domains.index.item_idx.values[two_domains.dom == d]
+        others = torch.from_numpy(np.setdiff1d(items, NEW))
+        mine = torch.from_numpy(np.intersect1d(items, NEW))
+        assert (model.item_bias[mine] == before.item_bias[others].quantile(q)).all(), "the chosen quantile, applied"
+        assert torch.equal(model.item_bias[others], before.item_bias[others]), "trained items untouched"
+    m = copy.deepcopy(before)
+    m.clear_id_embeddings(torch.from_numpy(NEW), bias_quantile=1.0)
+    recs = evaluate("m", transformer_score_fn(m, valid, None), valid, ks=(10,))
+    got = {x["domain"]: x["value"] for x in recs if x["metric"] == "ndcg" and x["segment"] == "all"}
+    for name in ("books", "movies"):
+        want = next(t["value"] for t in report["valid_ndcg@10"][name] if t["quantile"] == 1.0)
+        assert got[name] == pytest.approx(want, abs=1e-6), "the report scores what the evaluation scores"
+
+
+def test_the_cold_bias_choice_is_skipped_without_new_items_or_biases(two_domains):
+    valid = two_domains.valid(_rows_with_new_items(two_domains.dom, 0.5))
+    model = _trained_like(two_domains, 2)
+    assert choose_cold_bias(model, valid, np.array([], dtype=np.int64))["skipped"] == "no item without training events"
+    model.item_bias = None
+    assert choose_cold_bias(model, valid, NEW) == {"quantile": [0.5, 0.5], "rows": 0, "skipped": "no item biases"}

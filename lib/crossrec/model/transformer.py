@@ -4,7 +4,9 @@ An item is represented from its frozen text embedding (all-MiniLM-L6-v2, ``gold.
 learned adapter, plus optional id, domain and attribute embeddings (:class:`crossrec.model.encoder.ItemEncoder`). The
 user's chronological cross-domain history goes through a causal Transformer (:class:`CrossDomainTransformer`); the
 final state, projected per target domain (:class:`DomainHead`), is the user's interest in that domain and is scored
-against the items of that domain only: ``score(u, i) = <h_u^d, e_i>`` with ``d`` the domain of ``i``.
+against the items of that domain only: ``score(u, i) = <h_u^d, e_i> + b_i`` with ``d`` the domain of ``i`` and ``b_i``
+the item's learned bias (with id embeddings; ``item_bias``). The item representations leave a LayerNorm, so their
+norms are alike and how often an item is chosen at all (its popularity) has no room in the product: the bias holds it.
 
 Because the item side reads the item's text, an item that never occurred in training still gets a
 meaningful representation, and a topic seen in domain A carries over to the items of domain B with similar
@@ -49,7 +51,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -100,7 +102,7 @@ class CrossDomainTransformer(nn.Module):
 
     input(t) = item_rep(item_t) + pos_emb(t) + gap_emb(bucket(ts_t - ts_{t-1})) -> dropout
     -> causal pre-norm TransformerEncoder -> final LayerNorm -> h_t (B, T, D)
-    score(u, i) = <DomainHead(h_last, domain(i)), item_rep(i)>
+    score(u, i) = <DomainHead(h_last, domain(i)), item_rep(i)> + item_bias(i)
 
     Positions count from the oldest event of the (truncated) window; recency comes from the time gaps.
     """
@@ -138,6 +140,10 @@ class CrossDomainTransformer(nn.Module):
             logq[items] = torch.log(w / w.sum())
         self.register_buffer("domain_item_idx", local, persistent=False)
         self.register_buffer("item_logq", logq, persistent=False)
+        # one scalar per item id (row 0: padding, never scored), starting at the log of the item's share of its
+        # domain's sample_weight (the training counts + 1 in training): the model starts from popularity, and the
+        # product learns what a user adds to it (a bias moves lr a step, too slowly to find log-popularity from 0)
+        self.item_bias = nn.Parameter(logq.clone()) if c.item_bias and c.use_id_embedding else None
         if c.text_encoder == "finetune" and c.loss == "softmax":
             log.warning("text_encoder='finetune' with loss='softmax' runs the text model over every item of each "
                         "target domain per step; use loss='sampled' beyond toy catalogs")
@@ -149,6 +155,10 @@ class CrossDomainTransformer(nn.Module):
         """(n_d,) global ids of the domain's items; position j = column j of full_sort_predict."""
         assert 0 <= domain < self.config.n_domains, f"domain {domain} not in 0..{self.config.n_domains - 1}"
         return self.domain_items_flat[self._offsets[domain] : self._offsets[domain + 1]]
+
+    def bias(self, item_idx: Tensor) -> Tensor | float:
+        """The items' learned biases b_i (same shape as ``item_idx``); 0.0 for a model without them."""
+        return 0.0 if self.item_bias is None else self.item_bias[item_idx]
 
     def sample_negatives(self, domain: int, n: int) -> Tensor:
         """(n,) global ids drawn with replacement from the domain's items, q proportional to sample_weight."""
@@ -268,12 +278,12 @@ class CrossDomainTransformer(nn.Module):
             r = rows[k]
             hk = self.domain_head(h[r], k)  # (N_k, D)
             if c.loss == "softmax":
-                logits = hk @ reps[1 + j].T  # (N_k, n_d)
+                logits = hk @ reps[1 + j].T + self.bias(cands[k])  # (N_k, n_d)
                 loss = loss + F.cross_entropy(logits, self.domain_item_idx[tgt[r]], reduction="sum")
             else:
                 neg = cands[k]  # (n_neg,)
-                pos_logit = (hk * reps[1][r]).sum(-1) - self.item_logq[tgt[r]]  # (N_k,)
-                neg_logit = hk @ reps[2 + j].T - self.item_logq[neg]  # (N_k, n_neg)
+                pos_logit = (hk * reps[1][r]).sum(-1) + self.bias(tgt[r]) - self.item_logq[tgt[r]]  # (N_k,)
+                neg_logit = hk @ reps[2 + j].T + self.bias(neg) - self.item_logq[neg]  # (N_k, n_neg)
                 neg_logit = neg_logit.masked_fill(neg[None, :] == tgt[r][:, None], float("-inf"))  # accidental hits
                 logits = torch.cat([pos_logit[:, None], neg_logit], 1)  # (N_k, 1 + n_neg), positive in column 0
                 loss = loss + F.cross_entropy(logits, torch.zeros_like(r), reduction="sum")
@@ -283,22 +293,38 @@ class CrossDomainTransformer(nn.Module):
         """Score of one item per user: item_idx (B,) -> (B,), scored with the user vector of the item's domain."""
         assert item_idx.shape == batch["item_idx"].shape[:1], f"item_idx must be (B,), got {tuple(item_idx.shape)}"
         h = self.user_vectors(batch, self.item_encoder.item_domain[item_idx])  # (B, D)
-        return (h * self.item_encoder(item_idx)).sum(-1)  # (B,)
+        return (h * self.item_encoder(item_idx)).sum(-1) + self.bias(item_idx)  # (B,)
 
     @torch.no_grad()
-    def clear_id_embeddings(self, item_idx: Tensor) -> int:
-        """Zero the id embeddings of ``item_idx`` (items absent from the training data); return how many.
+    def clear_id_embeddings(self, item_idx: Tensor, bias_quantile: float | Sequence[float] = 0.5) -> int:
+        """Zero the id embeddings of ``item_idx`` (items absent from the training data) and set their biases to the
+        ``bias_quantile`` quantile of the biases of their domain's other items (one for every domain, or one per
+        domain_idx); return how many.
 
-        Under the full softmax every item of a target's domain is a negative in every step, so the id vector of an
-        item never seen in training is only ever pushed away from users, and it drowns the item's text. Zeroed,
-        such an item is scored from its text, domain and category alone (text-only mode for items new to the
-        model). No-op without id embeddings."""
+        Under the full softmax every item of a target's domain is a negative in every step, so the id vector and the
+        bias of an item never seen in training are only ever pushed away from users, and they bury the item whatever
+        its text says. Cleared, such an item is scored from its text, domain and category (text-only mode for items
+        new to the model) with the bias of an item of its domain: by default a typical one (the median); whether the
+        items without training events of a data set are its long tail or its new releases, validation decides
+        (:func:`crossrec.train.id_shrinkage.choose_cold_bias`). No-op without id embeddings."""
         emb = self.item_encoder.id_emb
         idx = item_idx[item_idx != 0].long()
         if emb is None or idx.numel() == 0:
             return 0
         assert int(idx.max()) <= self.config.n_items and int(idx.min()) > 0, "item ids must be in 1..n_items"
-        emb.weight[idx.to(emb.weight.device)] = 0.0
+        idx = idx.to(emb.weight.device)
+        emb.weight[idx] = 0.0
+        if self.item_bias is not None:
+            cleared = torch.zeros_like(self.item_bias, dtype=torch.bool)
+            cleared[idx] = True
+            n = self.config.n_domains
+            qs = [float(bias_quantile)] * n if isinstance(bias_quantile, (int, float)) else list(bias_quantile)
+            assert len(qs) == n and all(0 <= q <= 1 for q in qs), f"bias_quantile must be in [0, 1]: {bias_quantile}"
+            for k in range(n):
+                items = self.domain_items(k)
+                kept = items[~cleared[items]]
+                if kept.numel():
+                    self.item_bias[items[cleared[items]]] = torch.quantile(self.item_bias[kept], qs[k])
         return int(idx.unique().numel())
 
     def item_table(self) -> Tensor:
@@ -311,7 +337,8 @@ class CrossDomainTransformer(nn.Module):
         return self.item_encoder(self.domain_items(int(domain)))
 
     def full_sort_predict(self, batch: Mapping[str, Tensor], domain: int, item_reps: Tensor | None = None) -> Tensor:
-        """The model's scores of every item of ``domain``: (B, n_items_in_domain), columns in domain_item_idx order.
+        """The model's scores of every item of ``domain`` (biases included): (B, n_items_in_domain), columns in
+        domain_item_idx order.
 
         ``item_reps``: :meth:`domain_item_reps` of ``domain``, precomputed (eval mode); None = compute here.
         """
@@ -319,7 +346,7 @@ class CrossDomainTransformer(nn.Module):
         h = self.user_vectors(batch, domain)  # (B, D)
         reps = self.domain_item_reps(domain) if item_reps is None else item_reps  # (n_d, D)
         assert reps.shape[0] == self.domain_items(domain).numel(), "item_reps must hold every item of the domain"
-        return h @ reps.T  # (B, n_d)
+        return h @ reps.T + self.bias(self.domain_items(domain))  # (B, n_d)
 
 
 __all__ = ["DomainHead", "CrossDomainTransformer", "time_gap_buckets", "N_TIME_BUCKETS"]

@@ -233,9 +233,13 @@ def registered() -> dict[str, type[ScoreTerm]]:
 
 
 def score_std(h: Tensor, item_cov: Tensor) -> Tensor:
-    """(B, D) user vectors, (D, D) covariance of the domain's item representations -> (B,) standard deviation of each
-    user's scores ``h @ item_reps.T`` over the domain's items, without a pass over the (B, n_d) scores."""
-    return torch.einsum("bd,de,be->b", h.float(), item_cov, h.float()).clamp(min=0).sqrt()
+    """(B, D) user vectors, the domain's :func:`crossrec.inference.score_covariance` -- (D, D), or (D + 1, D + 1) with
+    the item biases last -> (B,) standard deviation of each user's scores ``h @ item_reps.T [+ bias]`` over the
+    domain's items, without a pass over the (B, n_d) scores."""
+    h = h.float()
+    if item_cov.shape[0] == h.shape[1] + 1:
+        h = torch.cat([h, h.new_ones(h.shape[0], 1)], 1)  # (B, D + 1)
+    return torch.einsum("bd,de,be->b", h, item_cov, h).clamp(min=0).sqrt()
 
 
 def term_rows(item_idx: Tensor, item_domain: Tensor, domain: int, kind: str) -> Tensor | None:
@@ -370,9 +374,10 @@ class TermSet:
         """The Transformer's scores (B, n_d) of ``domain`` plus the active terms (see the module docstring).
 
         ``item_idx``: (B, T) the histories the scores were computed from; ``h``: (B, D) the user vectors of the
-        domain (``scores = h @ item_reps.T``); ``item_cov``: (D, D) covariance of ``item_reps`` (the standard
-        deviation of each row comes from it). Unchanged (the same tensor) when no term is active in ``domain``;
-        ``inplace``: add into ``scores`` itself (a caller that owns them) instead of a new tensor.
+        domain (``scores = h @ item_reps.T`` plus the item biases); ``item_cov``: their
+        :func:`~crossrec.inference.score_covariance` (the standard deviation of each row comes from it). Unchanged
+        (the same tensor) when no term is active in ``domain``; ``inplace``: add into ``scores`` itself (a caller that
+        owns them) instead of a new tensor.
 
         A term that can (:meth:`_adds_itself`) adds itself into the scores without a tensor of its values; the others
         go through :meth:`values` on their rows.

@@ -33,13 +33,16 @@ class Tuning:
     """What the validation split chose for a trained model (see :func:`write_artifact`).
 
     ``terms``: the score terms (:func:`crossrec.rerank.fit.fit_terms`), None = the Transformer alone; ``metrics``: the
-    reports to add to metrics.json (``"terms"``, ``"id_shrinkage"``); ``id_shrinkage``: the ``k`` of
-    :mod:`crossrec.train.id_shrinkage`, already applied to the model that was tuned; ``refit_counts``: (n_items+1,)
-    training events per item of a refit model (train events + validation targets), to apply ``k`` to it too."""
+    reports to add to metrics.json (``"terms"``, ``"id_shrinkage"``, ``"cold_bias"``); ``id_shrinkage``: the ``k`` of
+    :mod:`crossrec.train.id_shrinkage` and ``cold_bias`` the quantile per domain_idx of
+    :func:`~crossrec.train.id_shrinkage.choose_cold_bias` (None = the median), both already applied to the model that
+    was tuned; ``refit_counts``: (n_items+1,) training events per item of a refit model (train events + validation
+    targets), to apply them to it too."""
 
     terms: "TermSet | None" = None
     metrics: dict = field(default_factory=dict)
     id_shrinkage: float = 0.0
+    cold_bias: list[float] | None = None
     refit_counts: np.ndarray | None = None
 
 
@@ -49,9 +52,10 @@ def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | P
     """``<root>/<version>/`` from the checkpoint in ``best_ckpt_dir`` (written aside, then renamed into place).
 
     The id embeddings of items in no training window (``data.untrained_items``; ``data.refit_untrained`` for a refit
-    model) are zeroed first (:meth:`~crossrec.model.transformer.CrossDomainTransformer.clear_id_embeddings`): text
-    scores those items. ``tune(model) -> Tuning``: what the validation split chooses (the id shrinkage, then the score
-    terms), with the model of ``select_dir`` (the selected epoch's checkpoint, when ``best_ckpt_dir`` holds a refit
+    model) are zeroed first and their biases set to their domain's median
+    (:meth:`~crossrec.model.transformer.CrossDomainTransformer.clear_id_embeddings`): text scores those items.
+    ``tune(model) -> Tuning``: what the validation split chooses (the id shrinkage, the bias of those items, then the
+    score terms), with the model of ``select_dir`` (the selected epoch's checkpoint, when ``best_ckpt_dir`` holds a refit
     that learned the validation targets) or else with the saved model; the refit model gets the chosen id shrinkage
     over its own training events, the terms are saved with the model and the reports go to ``metrics.json``."""
     import torch
@@ -69,7 +73,8 @@ def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | P
     cleared = model.clear_id_embeddings(torch.from_numpy(untrained))
     metrics = {**metrics, "untrained_items": cleared}
     if cleared:
-        log.info("%d item(s) occur in no training window: id embeddings zeroed, text scores them", cleared)
+        log.info("%d item(s) occur in no training window: id embeddings zeroed and biases set to "
+                 "their domain's median, text scores them", cleared)
     terms = None
     if tune is not None:
         chooser = model
@@ -81,6 +86,8 @@ def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | P
         if chooser is not model:
             assert tuned.refit_counts is not None or tuned.id_shrinkage == 0, "a refit model's k needs its counts"
             shrink_id_embeddings(model, tuned.refit_counts, tuned.id_shrinkage)
+            if tuned.cold_bias is not None:
+                model.clear_id_embeddings(torch.from_numpy(untrained), bias_quantile=tuned.cold_bias)
     save_artifact(tmp, model, terms, data.item_index, metrics, data.entities)
     umask = os.umask(0)
     os.umask(umask)

@@ -49,7 +49,7 @@ class TrainConfig:
         loss: ``softmax`` (full, per domain), ``sampled`` (``n_negatives`` popularity-drawn negatives per domain and
             step, log-Q corrected) or ``auto`` (default: :meth:`resolved_loss`).
         max_seq_len, seed, d_model, n_layers, n_heads, dropout, n_negatives, use_text, use_id_embedding,
-            id_dropout: model
+            item_bias, id_dropout: model
         text_encoder: ``frozen`` (the gold.item_embeddings vectors), ``finetune`` (all-MiniLM-L6-v2 runs over the items'
             tokens in every step, its top ``finetune_layers`` trained at ``text_lr_scale`` x the learning rate, each
             item's text cut to ``text_max_tokens`` tokens; :func:`add_item_tokens`) or ``auto`` (default:
@@ -113,6 +113,7 @@ class TrainConfig:
     refit: bool = True
     use_text: bool = MODEL["use_text"]
     use_id_embedding: bool = MODEL["use_id_embedding"]
+    item_bias: bool = MODEL["item_bias"]
     id_dropout: float = MODEL["id_dropout"]
     id_shrinkage: float | None = None
     use_categories: bool = True
@@ -197,7 +198,7 @@ class TrainConfig:
         return ModelConfig(n_items=n_items, n_domains=n_domains, text_dim=text_dim, d_model=self.d_model,
                            n_layers=self.n_layers, n_heads=self.n_heads, dropout=self.dropout,
                            max_seq_len=self.max_seq_len, use_text=self.use_text,
-                           use_id_embedding=self.use_id_embedding,
+                           use_id_embedding=self.use_id_embedding, item_bias=self.item_bias,
                            loss=self.resolved_loss(n_items if largest_domain is None else largest_domain),
                            n_negatives=self.n_negatives, id_dropout=self.id_dropout, n_attr_values=n_attr_values,
                            text_encoder=text_encoder, finetune_layers=self.finetune_layers, n_entities=n_entities,

@@ -227,11 +227,11 @@ def train(cfg: TrainConfig) -> Path | str:
     }
 
     def tune(model: "CrossDomainTransformer") -> Tuning:
-        """The id shrinkage, then the score terms over the shrunk model, chosen on the validation split at the data
-        versions trained on."""
+        """The id shrinkage, the bias of items without training events, then the score terms over that model, chosen
+        on the validation split at the data versions trained on."""
         from crossrec.evaluate.protocol import load_eval_data
         from crossrec.rerank.fit import fit_terms
-        from crossrec.train.id_shrinkage import choose_id_shrinkage, shrink_id_embeddings
+        from crossrec.train.id_shrinkage import choose_cold_bias, choose_id_shrinkage, shrink_id_embeddings
 
         valid = load_eval_data(cfg.lake_root, dict(versions), split="valid", users=data.sampled_users)
         if cfg.id_shrinkage is None:
@@ -239,7 +239,9 @@ def train(cfg: TrainConfig) -> Path | str:
         else:
             shrink = {"k": cfg.id_shrinkage, "skipped": "set by id_shrinkage"}
             shrink_id_embeddings(model, np.bincount(valid.train.item, minlength=valid.train.n_items + 1), cfg.id_shrinkage)
-        tuned = Tuning(metrics={"id_shrinkage": shrink}, id_shrinkage=shrink["k"],
+        cold = choose_cold_bias(model, valid, data.untrained_items, seed=cfg.seed, input_domains=cfg.input_domains)
+        tuned = Tuning(metrics={"id_shrinkage": shrink, "cold_bias": cold}, id_shrinkage=shrink["k"],
+                       cold_bias=cold["quantile"],
                        refit_counts=np.bincount(valid.train_with_targets().item, minlength=valid.train.n_items + 1))
         if cfg.terms:
             tuned.terms, tuned.metrics["terms"] = fit_terms(model, valid, cfg.terms, seed=cfg.seed,

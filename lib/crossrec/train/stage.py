@@ -58,6 +58,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-lr-scale", type=float, default=D["text_lr_scale"],
                    help="finetune: the text layers' learning rate as a share of --lr (default %(default)s)")
     g.add_argument("--no-id-embedding", dest="use_id_embedding", action="store_false", help="text-only item representation")
+    g.add_argument("--no-item-bias", dest="item_bias", action="store_false",
+                   help="no learned score offset per item (default: one per item id, starting at the log of its share of "
+                        "its domain's training events)")
     g.add_argument("--no-entities", dest="use_entities", action="store_false",
                    help="no entity embeddings (default: each item gets the mean embedding of its attribute entities "
                         "from silver.item_entities, shared across domains)")
@@ -129,7 +132,7 @@ def train_config(cfg: CrossrecConfig, a: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of the stage's flags ``a`` over the resolved configuration ``cfg``."""
     same = ("workers", "use_gpu", "cpus_per_worker", "epochs", "batch_size", "lr", "weight_decay", "lr_schedule",
             "patience", "min_epochs", "d_model", "n_layers", "n_heads", "dropout", "loss", "n_negatives", "use_text",
-            "use_id_embedding", "id_dropout", "id_shrinkage", "finetune_layers", "text_max_tokens", "text_lr_scale", "refit",
+            "use_id_embedding", "item_bias", "id_dropout", "id_shrinkage", "finetune_layers", "text_max_tokens", "text_lr_scale", "refit",
             "use_categories", "use_entities", "use_vectors", "cold_views", "max_users", "max_failures", "storage_path", "model_root", "ray_address")
     return TrainConfig(
         lake_root=cfg.lake_uri, max_seq_len=cfg.max_seq_len, seed=cfg.seed, text_encoder=cfg.text_encoder,
@@ -169,6 +172,11 @@ def summary_lines(folder, m: dict, registered=None) -> list[str]:
     if m.get("refit"):
         lines.append(f"refit:            {m['refit']['epochs']} epoch(s) on train events + valid targets "
                      f"({m['refit']['train_windows']} windows, {m['refit']['wall_time_s']:.0f}s): the artifact's model")
+    if "k" in (m.get("id_shrinkage") or {}):
+        lines.append(f"id shrinkage:     k = {m['id_shrinkage']['k']:g}")
+    if (m.get("cold_bias") or {}).get("by_domain"):
+        lines.append(f"cold bias:        {m.get('untrained_items', 0)} item(s) without training events at the quantile of "
+                     "their domain's biases: " + ", ".join(f"{d} {q:g}" for d, q in m["cold_bias"]["by_domain"].items()))
     lines += report_lines(m.get("terms") or {})
     lines.append(f"throughput:       {m['samples_per_s']:.0f} samples/s over {m['workers']} {m['device']} worker(s); "
                  f"wall {m['wall_time_s']:.1f}s")
