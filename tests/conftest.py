@@ -145,7 +145,7 @@ def two_domains(tmp_path):
         write_deltalake(str(lake / "gold" / "user_sequences"), pd.DataFrame(rows, columns=SEQ_COLUMNS))
         return load_eval_data(str(lake), split="valid")
 
-    def model(seed: int, entities: list[int] | None = None) -> "CrossDomainTransformer":
+    def model(seed: int, entities: list[int] | None = None, item_bias: bool = False) -> "CrossDomainTransformer":
         """``entities``: one entity id (>= 1) per item 1..21, or None (a model without entities)."""
         ids = torch.arange(22)
         item_dom = torch.tensor([0, *dom])
@@ -156,7 +156,8 @@ def two_domains(tmp_path):
         torch.manual_seed(seed)
         return CrossDomainTransformer(ModelConfig(n_items=21, n_domains=2, text_dim=8, d_model=16, n_layers=1, n_heads=2,
                                                   dropout=0.0, max_seq_len=8,
-                                                  n_entities=0 if entities is None else max(entities)), feats)
+                                                  n_entities=0 if entities is None else max(entities),
+                                                  item_bias=item_bias), feats)
 
     return SimpleNamespace(dom=dom, index=index, valid=valid, model=model)
 

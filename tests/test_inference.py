@@ -31,7 +31,7 @@ def model():
                                          text_emb=np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32))
     torch.manual_seed(0)
     model = CrossDomainTransformer(ModelConfig(n_items=n, n_domains=2, text_dim=8, d_model=16, n_layers=1, n_heads=2,
-                                               max_seq_len=3), feats)
+                                               max_seq_len=3, item_bias=True), feats)
     with torch.no_grad():
         model.item_bias.normal_()  # as after training: the path must add them
     return model

@@ -221,7 +221,7 @@ def test_full_sort_predict_equals_predict_on_every_item_of_the_domain():
 
 def test_item_biases_enter_every_score_and_only_with_id_embeddings():
     feats = random_features()
-    model = tiny_model(feats).eval()
+    model = tiny_model(feats, item_bias=True).eval()
     with torch.no_grad():
         model.item_bias.copy_(torch.arange(feats.n_items + 1, dtype=torch.float32))
     batch = make_batch(SEQS, feats, T=6, train=False)
@@ -229,8 +229,8 @@ def test_item_biases_enter_every_score_and_only_with_id_embeddings():
         for d, items in enumerate(feats.domain_items):
             h = model.user_vectors(batch, d)
             torch.testing.assert_close(model.full_sort_predict(batch, d), h @ model.item_encoder(items).T + items.float())
-    assert tiny_model(feats, item_bias=False).item_bias is None
-    assert tiny_model(feats, use_id_embedding=False).item_bias is None, "text-only mode scores unseen items alike"
+    assert tiny_model(feats).item_bias is None, "off by default"
+    assert tiny_model(feats, item_bias=True, use_id_embedding=False).item_bias is None, "text-only mode: unseen items alike"
 
 
 @pytest.mark.parametrize("loss", ["softmax", "sampled"])
@@ -238,7 +238,7 @@ def test_item_biases_learn_how_often_an_item_is_the_target(loss):
     # item 2 is the target three times as often as items 3 and 4 after the same history: with only the biases
     # trained, the model's probabilities follow those counts, and domain 1 (no targets) keeps its biases at 0
     feats = random_features()
-    model = tiny_model(feats, loss=loss)
+    model = tiny_model(feats, loss=loss, item_bias=True)
     for name, p in model.named_parameters():
         p.requires_grad_(name == "item_bias")
     batch = make_batch([[1, 2], [1, 2], [1, 2], [1, 3], [1, 4]], feats, T=2)
@@ -259,7 +259,7 @@ def test_item_biases_learn_how_often_an_item_is_the_target(loss):
 
 def test_item_biases_start_at_the_log_share_of_the_sample_weight_in_the_domain():
     feats = random_features(sample_weight=True)
-    model = tiny_model(feats)
+    model = tiny_model(feats, item_bias=True)
     for items in feats.domain_items:
         w = feats.sample_weight[items]
         torch.testing.assert_close(model.item_bias.detach()[items], (w / w.sum()).log())
@@ -268,7 +268,7 @@ def test_item_biases_start_at_the_log_share_of_the_sample_weight_in_the_domain()
 # ------------------------------------------------------------------------------------------------ loss
 def test_softmax_loss_is_cross_entropy_over_the_target_domain_only():
     feats = random_features()
-    model = tiny_model(feats).eval()
+    model = tiny_model(feats, item_bias=True).eval()
     batch = make_batch(SEQS, feats, T=6)
     with torch.no_grad():
         model.item_bias.normal_()
@@ -403,11 +403,12 @@ def test_text_only_mode_scores_a_never_seen_item_like_a_trained_item_of_its_topi
     assert ((s_new - s_trained).abs() < 0.1 * spread).all()
 
 
-def test_cleared_id_embeddings_let_text_rank_never_seen_items_against_trained_ones(world):
+@pytest.mark.parametrize("item_bias", [False, True])
+def test_cleared_id_embeddings_let_text_rank_never_seen_items_against_trained_ones(world, item_bias):
     # full softmax: a never-seen item is a negative in every step, so its id vector is only pushed away from
     # users; cleared, the item is scored from its text and ranks with the trained items of its topic
     feats, topic, seen, _, test_batch = world
-    model = train_on_world(world)
+    model = train_on_world(world, item_bias=item_bias)
     b_items = feats.domain_items[1]
     unseen = b_items[~seen[b_items]]
 
@@ -419,17 +420,19 @@ def test_cleared_id_embeddings_let_text_rank_never_seen_items_against_trained_on
 
     before = auc_unseen_mine_vs_seen_other()
     kept = model.item_encoder.id_emb.weight[b_items[seen[b_items]]].clone()
-    bias = model.item_bias.detach().clone()
+    bias = None if model.item_bias is None else model.item_bias.detach().clone()
     assert model.clear_id_embeddings(torch.cat([unseen, unseen[:3], torch.tensor([0])])) == unseen.numel()
     assert (model.item_encoder.id_emb.weight[unseen] == 0).all()
     assert torch.equal(model.item_encoder.id_emb.weight[b_items[seen[b_items]]], kept), "trained ids untouched"
-    assert (model.item_bias[unseen] == bias[b_items[seen[b_items]]].quantile(0.5)).all(), "the bias of a typical item"
-    others = torch.ones_like(bias, dtype=torch.bool)
-    others[unseen] = False
-    assert torch.equal(model.item_bias[others], bias[others]), "other biases untouched (domain A's too)"
-    assert bias[unseen].max() < bias[b_items[seen[b_items]]].median(), "as trained, never-seen items sank"
+    if item_bias:
+        assert (model.item_bias[unseen] == bias[b_items[seen[b_items]]].quantile(0.5)).all(), "the bias of a typical item"
+        others = torch.ones_like(bias, dtype=torch.bool)
+        others[unseen] = False
+        assert torch.equal(model.item_bias[others], bias[others]), "other biases untouched (domain A's too)"
+        assert bias[unseen].max() < bias[b_items[seen[b_items]]].median(), "as trained, never-seen items sank"
     after = auc_unseen_mine_vs_seen_other()
     assert after > 0.95 and after > before + 0.03, (before, after)
+    assert item_bias or before < 0.8, "without biases, their ids alone bury them"
     assert tiny_model(feats, use_id_embedding=False).clear_id_embeddings(unseen) == 0, "no ids: nothing to clear"
 
 

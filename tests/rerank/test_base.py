@@ -52,8 +52,8 @@ def every_term(tiny) -> list[ScoreTerm]:
 def model_scores(tiny, batch, d):
     with torch.no_grad():
         h = tiny.model.user_vectors(batch, d)
-        reps, bias = tiny.model.domain_item_reps(d), tiny.model.bias(tiny.model.domain_items(d))
-        return h @ reps.T + bias, h, score_covariance(reps, bias)
+        reps = tiny.model.domain_item_reps(d)
+        return h @ reps.T, h, score_covariance(reps)
 
 
 def test_terms_add_their_weighted_values_times_each_users_score_spread_in_order(tiny):

@@ -84,8 +84,8 @@ def evaluation_scores(folder, terms: TermSet, batch: dict, d: int) -> np.ndarray
     """The model's scores of domain ``d`` plus ``terms``, as the evaluation computes them (before exclusions)."""
     model = load_artifact(folder).model
     with torch.no_grad():
-        h, reps, bias = model.user_vectors(batch, d), model.domain_item_reps(d), model.bias(model.domain_items(d))
-        return terms.apply(h @ reps.T + bias, batch["item_idx"], d, h, score_covariance(reps, bias)).numpy()
+        h, reps = model.user_vectors(batch, d), model.domain_item_reps(d)
+        return terms.apply(h @ reps.T, batch["item_idx"], d, h, score_covariance(reps)).numpy()
 
 
 def test_rows_exclude_seen_items_explain_picks_and_fall_back_to_popularity(artifact):

@@ -142,7 +142,7 @@ def _rows_with_new_items(dom: np.ndarray, new_share: float, users: int = 120, se
 
 
 def _trained_like(two_domains, seed: int):
-    model = two_domains.model(seed)
+    model = two_domains.model(seed, item_bias=True)
     with torch.no_grad():  # biases as after training: spread, the new items' lowest
         model.item_bias.copy_(torch.randn(22, generator=torch.Generator().manual_seed(seed)))
         model.item_bias[torch.from_numpy(NEW)] -= 5
@@ -182,5 +182,5 @@ def test_the_cold_bias_choice_is_skipped_without_new_items_or_biases(two_domains
     valid = two_domains.valid(_rows_with_new_items(two_domains.dom, 0.5))
     model = _trained_like(two_domains, 2)
     assert choose_cold_bias(model, valid, np.array([], dtype=np.int64))["skipped"] == "no item without training events"
-    model.item_bias = None
-    assert choose_cold_bias(model, valid, NEW) == {"quantile": [0.5, 0.5], "rows": 0, "skipped": "no item biases"}
+    assert choose_cold_bias(two_domains.model(2), valid, NEW) == {"quantile": [0.5, 0.5], "rows": 0,
+                                                                  "skipped": "no item biases"}, "off by default"

@@ -96,7 +96,7 @@ def load_model(folder: str | Path, *, device: str | torch.device = "cpu",
     folder = Path(local_copy(folder))
     meta = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
     assert meta.get("model") == "CrossDomainTransformer", f"{folder / CONFIG_FILE} is not a CrossDomainTransformer config"
-    config = ModelConfig.from_dict({"item_bias": False, **meta["config"]})  # artifacts from before the biases had none
+    config = ModelConfig.from_dict(meta["config"])
     t = load_file(str(folder / WEIGHTS_FILE), device="cpu")
     offsets = t["domain_offsets"].tolist()
     flat = t["domain_items_flat"]

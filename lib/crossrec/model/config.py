@@ -20,7 +20,7 @@ class ModelConfig:
     max_seq_len: int = 50
     use_text: bool = True  # learned adapter over the frozen text embedding
     use_id_embedding: bool = True  # False = text-only mode: scores items never seen in training
-    item_bias: bool = True  # a learned score offset per item id (with use_id_embedding only)
+    item_bias: bool = False  # a learned score offset per item id (with use_id_embedding only)
     id_dropout: float = 0.0  # training: share of item occurrences whose id embedding is dropped (text must carry them)
     n_attr_values: int = 0  # attribute/category ids 1..n_attr_values (0 in item_attr = none); 0 = no attribute
     n_entities: int = 0  # attribute entity ids 1..n_entities (silver.item_entities; 0 in item_entities = none); 0 = off

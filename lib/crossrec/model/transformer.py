@@ -5,8 +5,9 @@ learned adapter, plus optional id, domain and attribute embeddings (:class:`cros
 user's chronological cross-domain history goes through a causal Transformer (:class:`CrossDomainTransformer`); the
 final state, projected per target domain (:class:`DomainHead`), is the user's interest in that domain and is scored
 against the items of that domain only: ``score(u, i) = <h_u^d, e_i> + b_i`` with ``d`` the domain of ``i`` and ``b_i``
-the item's learned bias (with id embeddings; ``item_bias``). The item representations leave a LayerNorm, so their
-norms are alike and how often an item is chosen at all (its popularity) has no room in the product: the bias holds it.
+the item's learned bias (``item_bias``, off by default; with id embeddings only). The item representations leave a
+LayerNorm, so their norms are alike and how often an item is chosen at all (its popularity) has no room in the product:
+the bias holds it.
 
 Because the item side reads the item's text, an item that never occurred in training still gets a
 meaningful representation, and a topic seen in domain A carries over to the items of domain B with similar

@@ -212,6 +212,8 @@ class TrainConfig:
         d = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         if d["id_shrinkage"] is None:  # the default (chosen on validation) keeps the versions of models before it
             del d["id_shrinkage"]
+        if not d["item_bias"]:  # likewise the default, no item biases
+            del d["item_bias"]
         d["versions"] = dict(sorted(versions.items()))
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode("utf-8")).hexdigest()[:8]
 

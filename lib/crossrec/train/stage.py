@@ -58,9 +58,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--text-lr-scale", type=float, default=D["text_lr_scale"],
                    help="finetune: the text layers' learning rate as a share of --lr (default %(default)s)")
     g.add_argument("--no-id-embedding", dest="use_id_embedding", action="store_false", help="text-only item representation")
-    g.add_argument("--no-item-bias", dest="item_bias", action="store_false",
-                   help="no learned score offset per item (default: one per item id, starting at the log of its share of "
-                        "its domain's training events)")
+    g.add_argument("--item-bias", dest="item_bias", action="store_true",
+                   help="a learned score offset per item id, starting at the log of its share of its domain's training "
+                        "events (default: none; it lifts catalogs whose popularity is steep and costs Food+Kitchen's "
+                        "users, see docs/evaluation.md)")
     g.add_argument("--no-entities", dest="use_entities", action="store_false",
                    help="no entity embeddings (default: each item gets the mean embedding of its attribute entities "
                         "from silver.item_entities, shared across domains)")
