@@ -90,13 +90,10 @@ def choose_id_shrinkage(model: "CrossDomainTransformer", valid: "EvalData", grid
     model.eval()
     with torch.inference_mode():
         content, ids = encoder.parts(torch.arange(model.config.n_items + 1, device=encoder.item_domain.device))
-    keep = None if input_domains is None else np.array([valid.domains.index(d) for d in input_domains], dtype=np.int64)
-    samples = list(valid.sampled(max_rows, np.random.default_rng(seed), input_domains))
-    report["rows"] = int(sum(len(sel) for _, sel in samples))
-    if report["rows"] == 0:
-        report["skipped"] = "no validation rows"
+    sample = _validation_sample(valid, max_rows, seed, input_domains, report)
+    if sample is None:
         return report
-    popularity = valid.item_counts()
+    keep, samples, popularity = sample
     per_k = []
     for k in grid:
         f = shrink_factors(counts, k).to(ids)
@@ -112,6 +109,20 @@ def choose_id_shrinkage(model: "CrossDomainTransformer", valid: "EvalData", grid
     log.info("id shrinkage: k=%g chosen on %d validation rows in %.1fs (%s)", grid[best], report["rows"],
              time.time() - t0, ", ".join(f"k={t['k']:g}: {t['value']:.4f}" for t in tried))
     return report
+
+
+def _validation_sample(valid: "EvalData", max_rows: int, seed: int, input_domains: Sequence[str] | None,
+                       report: dict) -> tuple[np.ndarray | None, list, np.ndarray] | None:
+    """(the domain_idx the model reads, None = all; the seeded sample of each domain's validation rows, as
+    :meth:`~crossrec.evaluate.protocol.EvalData.sampled` yields them; the training popularity), with ``report["rows"]``
+    set; None, with ``report["skipped"]``, when there is no row."""
+    keep = None if input_domains is None else np.array([valid.domains.index(d) for d in input_domains], dtype=np.int64)
+    samples = list(valid.sampled(max_rows, np.random.default_rng(seed), input_domains))
+    report["rows"] = int(sum(len(sel) for _, sel in samples))
+    if report["rows"] == 0:
+        report["skipped"] = "no validation rows"
+        return None
+    return keep, samples, valid.item_counts()
 
 
 def _one_se_choice(grid: Sequence[float], per_setting: list[np.ndarray], default: int, min_gain_se: float,
@@ -151,13 +162,10 @@ def choose_cold_bias(model: "CrossDomainTransformer", valid: "EvalData", untrain
         report["skipped"] = ("no item biases" if model.item_bias is None else
                              "no item without training events" if untrained.numel() == 0 else "one quantile in the grid")
         return report
-    keep = None if input_domains is None else np.array([valid.domains.index(d) for d in input_domains], dtype=np.int64)
-    samples = list(valid.sampled(max_rows, np.random.default_rng(seed), input_domains))
-    report["rows"] = int(sum(len(sel) for _, sel in samples))
-    if report["rows"] == 0:
-        report["skipped"] = "no validation rows"
+    sample = _validation_sample(valid, max_rows, seed, input_domains, report)
+    if sample is None:
         return report
-    popularity = valid.item_counts()
+    keep, samples, popularity = sample
     per_q: dict[int, list[np.ndarray]] = {dt_.domain_idx: [] for dt_, _ in samples}
     for q in grid:
         model.clear_id_embeddings(untrained, bias_quantile=q)
