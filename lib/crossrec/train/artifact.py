@@ -52,7 +52,7 @@ def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | P
     """``<root>/<version>/`` from the checkpoint in ``best_ckpt_dir`` (written aside, then renamed into place).
 
     The id embeddings of items in no training window (``data.untrained_items``; ``data.refit_untrained`` for a refit
-    model) are zeroed first and their biases set to their domain's median
+    model) are zeroed first, and item biases, when the model has them, set to their domain's median
     (:meth:`~crossrec.model.transformer.CrossDomainTransformer.clear_id_embeddings`): text scores those items.
     ``tune(model) -> Tuning``: what the validation split chooses (the id shrinkage, the bias of those items, then the
     score terms), with the model of ``select_dir`` (the selected epoch's checkpoint, when ``best_ckpt_dir`` holds a refit
@@ -73,8 +73,8 @@ def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | P
     cleared = model.clear_id_embeddings(torch.from_numpy(untrained))
     metrics = {**metrics, "untrained_items": cleared}
     if cleared:
-        log.info("%d item(s) occur in no training window: id embeddings zeroed and biases set to "
-                 "their domain's median, text scores them", cleared)
+        log.info("%d item(s) occur in no training window: id embeddings zeroed (item biases, when the model has "
+                 "them, at their domain's median), text scores them", cleared)
     terms = None
     if tune is not None:
         chooser = model
