@@ -42,8 +42,8 @@ class Tuning:
     terms: "TermSet | None" = None
     metrics: dict = field(default_factory=dict)
     id_shrinkage: float = 0.0
-    cold_bias: list[float] | None = None
     refit_counts: np.ndarray | None = None
+    cold_bias: list[float] | None = None
 
 
 def write_artifact(folder_root: str | Path, version: str, best_ckpt_dir: str | Path, data: TrainingData,
