@@ -167,9 +167,12 @@ def choose_cold_bias(model: "CrossDomainTransformer", valid: "EvalData", untrain
         return report
     keep, samples, popularity = sample
     per_q: dict[int, list[np.ndarray]] = {dt_.domain_idx: [] for dt_, _ in samples}
+    model.eval()
+    with torch.inference_mode():
+        table = model.item_table()  # the quantiles move biases only: the items are encoded once
     for q in grid:
         model.clear_id_embeddings(untrained, bias_quantile=q)
-        predictor = Predictor(model, None, popularity)
+        predictor = Predictor(model, None, popularity, item_table=table)
         for dt_, sel in samples:
             per_q[dt_.domain_idx].append(_ndcg(predictor, valid, dt_, sel, keep))
     chosen, report["by_domain"], report["valid_ndcg@10"] = list(report["quantile"]), {}, {}
